@@ -1,0 +1,149 @@
+"""CI accuracy-regression gate: compare a run report with a stored baseline, metric by metric.
+
+Like MMDeploy's regression check, accuracy is judged against the fresh PyTorch run in the same
+report: an artifact's top-1 is compared as its change vs PyTorch (``delta``), so retraining that
+moves every number together is not mistaken for a quantization regression, while the PyTorch
+row itself is compared on its own top-1.
+
+Tolerances (YAML) name a metric and how far it may move the wrong way: a number is in the
+metric's own unit (points for accuracy), "N%" is relative to the baseline::
+
+    top1: 0.3          # points
+    agreement: 0.5     # points
+    latency_ms: 10%
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.artifacts import write_json_atomic
+from pipeline.errors import EdgepipeError
+
+# metric -> True when higher is better
+METRICS = {
+    "top1": True,
+    "agreement": True,
+    "cosine": True,
+    "max_abs_diff": False,
+    "latency_ms": False,
+    "throughput": True,
+    "size_mb": False,
+}
+DEFAULT_TOLERANCES = {"top1": 0.3, "agreement": 0.5, "latency_ms": "10%"}
+REPORT_FORMAT = 1
+
+
+def load_report(path: str | Path, role: str = "report") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise EdgepipeError(f"{role} {path} does not exist", fix="pass the report.json written by 'edgepipe run'" if role == "report" else "create one with --update-baseline")
+    try:
+        report = json.loads(path.read_text())
+    except ValueError as exc:
+        raise EdgepipeError(f"{role} {path} is not valid JSON ({exc.msg} at line {exc.lineno})", fix="pass the report.json written by 'edgepipe run'")
+    if not isinstance(report, dict) or "rows" not in report or "reference" not in report:
+        raise EdgepipeError(f"{role} {path} is not an edgepipe run report", fix="pass the report.json written by 'edgepipe run'")
+    if report.get("format") != REPORT_FORMAT:
+        raise EdgepipeError(
+            f"{role} {path} has report format {report.get('format')}, this edgepipe reads {REPORT_FORMAT}",
+            fix="run 'edgepipe run' again with this edgepipe, then 'edgepipe check --update-baseline' if it is the baseline",
+        )
+    return report
+
+
+def load_tolerances(path: str | Path | None) -> dict[str, tuple[float, bool]]:
+    """Parse the tolerance file into metric -> (amount, relative)."""
+    raw: Any = DEFAULT_TOLERANCES
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise EdgepipeError(f"tolerance file {path} does not exist", fix="pass a YAML file like 'top1: 0.3' or leave out --tolerances")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise EdgepipeError(f"tolerance file {path} is not valid YAML{where}", fix="write one 'metric: amount' per line, e.g. 'top1: 0.3' or 'latency_ms: 10%'")
+    if not isinstance(raw, dict) or not raw:
+        raise EdgepipeError(f"tolerance file {path} holds no 'metric: amount' lines", fix="write one 'metric: amount' per line, e.g. 'top1: 0.3' or 'latency_ms: 10%'")
+    return {str(metric): _parse_tolerance(str(metric), amount, path) for metric, amount in raw.items()}
+
+
+def _parse_tolerance(metric: str, amount: Any, path) -> tuple[float, bool]:
+    if metric not in METRICS:
+        raise EdgepipeError(f"tolerance file {path} names unknown metric '{metric}'", fix=f"use one of: {', '.join(METRICS)}")
+    text = str(amount).strip()
+    relative = text.endswith("%")
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        raise EdgepipeError(f"tolerance for {metric} is '{amount}', not a number", fix="write a number ('0.3') or a percentage ('10%')")
+    if value < 0:
+        raise EdgepipeError(f"tolerance for {metric} is negative ({amount})", fix="write how far the metric may move the wrong way, as a positive number")
+    return value, relative
+
+
+def _rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["artifact"]: row for row in report["rows"]}
+
+
+def _value(report: dict[str, Any], row: dict[str, Any], metric: str) -> float | None:
+    """The figure compared for ``metric``; top-1 of non-reference rows is taken vs PyTorch."""
+    if metric == "top1" and row.get("role") != "reference":
+        delta = row.get("delta")
+        return None if delta is None else float(delta)
+    value = row.get(metric)
+    return None if value is None else float(value)
+
+
+def check(report: dict[str, Any], baseline: dict[str, Any], tolerances: dict[str, tuple[float, bool]]) -> dict[str, Any]:
+    """Every regression of ``report`` against ``baseline``; ``passed`` is True when there is none."""
+    for key in ("model", "data"):
+        if report.get(key) != baseline.get(key):
+            raise EdgepipeError(
+                f"the baseline is for {key} {baseline.get(key)!r}, the report for {report.get(key)!r}",
+                fix="compare reports of the same model and dataset, or write a new baseline with --update-baseline",
+            )
+    now_rows, base_rows = _rows(report), _rows(baseline)
+    regressions, compared = [], 0
+    for artifact, base in base_rows.items():
+        if base.get("status") != "ok":
+            continue
+        row = now_rows.get(artifact)
+        if row is None or row.get("status") != "ok":
+            reason = "missing from the report" if row is None else f"status {row.get('status')}"
+            regressions.append({"artifact": artifact, "metric": "status", "baseline": "ok", "now": reason, "tolerance": None})
+            continue
+        for metric, (amount, relative) in tolerances.items():
+            base_value = _value(baseline, base, metric)
+            if base_value is None:
+                continue  # the baseline never measured it for this artifact (e.g. latency of a skipped engine)
+            now_value = _value(report, row, metric)
+            if now_value is None:
+                raise EdgepipeError(
+                    f"the report has no {metric} for {artifact}, which the tolerances name",
+                    fix=f"drop {metric} from the tolerance file or produce a report that measures it",
+                )
+            compared += 1
+            allowed = abs(base_value) * amount / 100.0 if relative else amount
+            worse = (base_value - now_value) if METRICS[metric] else (now_value - base_value)
+            if worse > allowed + 1e-9:
+                regressions.append({
+                    "artifact": artifact,
+                    "metric": "top1 vs PyTorch" if metric == "top1" and base.get("role") != "reference" else metric,
+                    "baseline": round(base_value, 4),
+                    "now": round(now_value, 4),
+                    "tolerance": f"{amount:g}%" if relative else amount,
+                })
+    return {"passed": not regressions, "compared": compared, "regressions": regressions}
+
+
+def update_baseline(report_path: str | Path, baseline_path: str | Path) -> dict[str, Any]:
+    report = load_report(report_path)
+    write_json_atomic(baseline_path, report)
+    return {"baseline": str(baseline_path), "rows": len(report["rows"]), "updated": True}

@@ -1,0 +1,43 @@
+import click
+
+from pipeline import check as checkmod
+from pipeline.clitools import EdgepipeCommand, emit, json_option
+from pipeline.progress import out
+
+
+@click.command("check", cls=EdgepipeCommand)
+@click.argument("report", type=click.Path(dir_okay=False))
+@click.option("--baseline", required=True, type=click.Path(dir_okay=False), help="Baseline report (JSON) to compare with.")
+@click.option("--tolerances", type=click.Path(dir_okay=False), default=None, help="YAML: metric: amount (points) or 'N%'. Default: top1 0.3, agreement 0.5, latency_ms 10%.")
+@click.option("--update-baseline", is_flag=True, help="Write REPORT as the new baseline instead of checking.")
+@json_option
+def check_command(report, baseline, tolerances, update_baseline, as_json):
+    """Compare a run report with a baseline; exit 1 listing every regression.
+
+    Accuracy of each artifact is compared as its change vs the PyTorch run in the same report.
+
+    \b
+    Example (in CI):
+      edgepipe run -o runs/ci
+      edgepipe check runs/ci/report.json --baseline ci/baseline.json --tolerances ci/tolerances.yaml
+    """
+    if update_baseline:
+        result = checkmod.update_baseline(report, baseline)
+        emit(result, as_json, lambda r: out.print(f"baseline {r['baseline']} updated ({r['rows']} rows)"))
+        return
+    result = checkmod.check(checkmod.load_report(report), checkmod.load_report(baseline, "baseline"), checkmod.load_tolerances(tolerances))
+    emit(result, as_json, _print)
+    if not result["passed"]:
+        raise click.exceptions.Exit(1)
+
+
+def _print(result) -> None:
+    if result["passed"]:
+        out.print(f"OK: no regressions ({result['compared']} figures compared)")
+        return
+    out.print(f"FAILED: {len(result['regressions'])} regression(s)")
+    for r in result["regressions"]:
+        out.print(f"  {r['artifact']}: {r['metric']} baseline {r['baseline']} now {r['now']} (tolerance {r['tolerance']})", markup=False)
+
+
+COMMANDS = [check_command]

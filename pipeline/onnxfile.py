@@ -1,0 +1,66 @@
+"""Reading ONNX models and the edgepipe metadata that export writes into them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from pipeline.errors import EdgepipeError
+
+CONFIG_KEY = "edgepipe.config"
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """Load an ONNX file, with one clear error for a missing, truncated or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgepipeError(f"ONNX model {path} does not exist", fix="pass the .onnx file written by 'edgepipe export'")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises DecodeError, onnx raises several others
+        raise EdgepipeError(f"{path} is not a readable ONNX model ({type(exc).__name__})", fix="export it again with 'edgepipe export'")
+    if not model.graph.node:
+        raise EdgepipeError(f"{path} is not a valid ONNX model (it has no graph)", fix="export it again with 'edgepipe export'")
+    return model
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    current = read_metadata(model)
+    current.update(values)
+    del model.metadata_props[:]
+    for key, value in sorted(current.items()):
+        model.metadata_props.add(key=key, value=value)
+
+
+def onnx_config(model: onnx.ModelProto, path: str | Path = "the ONNX model") -> dict[str, Any]:
+    """The checkpoint config export stored in the model: normalization, classes, held-out split."""
+    raw = read_metadata(model).get(CONFIG_KEY)
+    if raw is None:
+        raise EdgepipeError(
+            f"{path} has no edgepipe metadata (input shape, normalization, classes, held-out split)",
+            fix="export it with 'edgepipe export CHECKPOINT', or pass --checkpoint CKPT so edgepipe can take them from the checkpoint",
+        )
+    return json.loads(raw)
+
+
+def input_info(model: onnx.ModelProto) -> tuple[str, list[int | str]]:
+    """Name and shape (ints, or a name for a dynamic dimension) of the model's single input."""
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise EdgepipeError(f"the model has {len(inputs)} inputs; edgepipe handles image classifiers with one", fix="export a model with a single image input")
+    dims = inputs[0].type.tensor_type.shape.dim
+    return inputs[0].name, [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+
+def static_batch(model: onnx.ModelProto) -> int | None:
+    """The fixed batch size of the input, or None when the batch is dynamic."""
+    _, shape = input_info(model)
+    return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None

@@ -1,0 +1,122 @@
+"""The run report: one row per artifact, like the benchmark tables users know, as JSON and Markdown.
+
+Rows: the PyTorch reference, then ONNX and TensorRT artifacts per precision, each with status,
+size, top-1, change vs PyTorch, agreement, latency and throughput, plus tool versions and the
+machine. ``edgepipe check`` reads the JSON.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.artifacts import write_json_atomic, write_text_atomic
+from pipeline.check import REPORT_FORMAT
+
+FORMATS = {"pytorch": "PyTorch", "onnx": "ONNX", "engine": "TensorRT"}
+
+
+def assemble(folder: Path, model, data, validation, bench, artifacts: dict[str, Path | None], stages, engines_note, seconds: float) -> dict[str, Any]:
+    from pipeline.run import machine
+
+    val_rows = {Path(r["artifact"]).name: r for r in (validation or {}).get("rows", [])}
+    bench_rows = _bench_by_artifact(bench)
+    reference = dict((validation or {}).get("reference") or {})
+    rows = []
+    for artifact_id, path in artifacts.items():
+        kind, _, precision = artifact_id.partition("-")
+        row: dict[str, Any] = {
+            "artifact": artifact_id,
+            "role": "reference" if kind == "pytorch" else "artifact",
+            "format": FORMATS[kind],
+            "precision": precision or "fp32",
+            "file": path.name if path else None,
+            "size_mb": round(path.stat().st_size / 2**20, 3) if path and path.is_file() else None,
+        }
+        if kind == "pytorch":
+            row.update(status="ok" if reference.get("top1") is not None else "error: no PyTorch reference", top1=reference.get("top1"), delta=0.0, agreement=100.0)
+        else:
+            measured = val_rows.get(path.name, {}) if path else {}
+            row.update({k: measured.get(k) for k in ("top1", "delta", "agreement", "max_abs_diff", "cosine")})
+            row["status"] = measured.get("status", "error: not validated")
+        row.update(_latency(bench_rows.get("pytorch" if kind == "pytorch" else (path.name if path else ""), [])))
+        if row["status"] == "ok" and row.get("latency_status", "ok") != "ok" and kind == "engine":
+            row["status"] = row["latency_status"]
+        rows.append(row)
+    return {
+        "format": REPORT_FORMAT,
+        "edgepipe": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": model,
+        "data": data,
+        "reference": reference,
+        "rows": rows,
+        "engines": engines_note or "built",
+        "bench": {k: v for k, v in (bench or {}).items() if k != "rows"},
+        "stages": stages,
+        "seconds": round(seconds, 2),
+        "machine": machine(),
+    }
+
+
+def _bench_by_artifact(bench) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in (bench or {}).get("rows", []):
+        runtime = str(row.get("runtime", ""))
+        key = "pytorch" if runtime.startswith("pytorch") else Path(str(row.get("artifact", ""))).name
+        grouped.setdefault(key, []).append(row)
+    return grouped
+
+
+def _latency(bench_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median latency at the smallest batch measured, throughput at the largest."""
+    ok = sorted((r for r in bench_rows if r.get("status") == "ok"), key=lambda r: r["batch"])
+    if not ok:
+        status = bench_rows[0].get("status") if bench_rows else "not measured"
+        return {"latency_ms": None, "throughput": None, "latency_status": status}
+    return {
+        "latency_ms": ok[0]["median_ms"],
+        "latency_batch": ok[0]["batch"],
+        "throughput": ok[-1]["throughput"],
+        "throughput_batch": ok[-1]["batch"],
+        "latency_status": "ok",
+    }
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    def fmt(value, spec):
+        return "" if value is None else format(value, spec)
+
+    lines = [
+        f"# edgepipe run: {report['model']} on {Path(str(report['data'])).name}",
+        "",
+        f"PyTorch reference top-1: {fmt(report['reference'].get('top1'), '.2f')}% on {report['reference'].get('samples', '?')} held-out images. "
+        f"Engines: {report['engines']}. Run took {report['seconds']:.1f} s.",
+        "",
+        "| artifact | format | precision | status | size (MB) | top-1 (%) | vs PyTorch (pts) | agreement (%) | latency (ms) | throughput (img/s) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["rows"]:
+        lines.append(
+            f"| {row['artifact']} | {row['format']} | {row['precision']} | {row['status']} | {fmt(row['size_mb'], '.2f')} | "
+            f"{fmt(row['top1'], '.2f')} | {fmt(row['delta'], '+.2f')} | {fmt(row['agreement'], '.2f')} | "
+            f"{fmt(row.get('latency_ms'), '.3f')} | {fmt(row.get('throughput'), '.0f')} |"
+        )
+    batches = sorted({r.get("latency_batch") for r in report["rows"] if r.get("latency_batch")} | {r.get("throughput_batch") for r in report["rows"] if r.get("throughput_batch")})
+    if batches:
+        lines += ["", f"Latency is the median at batch {min(batches)}; throughput at batch {max(batches)}, on {report['bench'].get('device', 'this machine')}."]
+    if report.get("plot"):
+        lines += ["", f"![latency against accuracy]({report['plot']})"]
+    machine = report["machine"]
+    lines += ["", "## Machine and tools", "", f"{machine['platform']}, {machine['cpus']} CPUs, {machine['memory_gb']} GiB", ""]
+    lines += [f"- {name} {version}" for name, version in sorted(machine["tools"].items())]
+    lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---:|"]
+    lines += [f"| {name} | {s['status']}{': ' + s['reason'] if s.get('reason') else ''} | {s['seconds']:.2f} |" for name, s in report["stages"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict[str, Any], folder: Path) -> None:
+    write_json_atomic(folder / "report.json", report)
+    write_text_atomic(folder / "report.md", to_markdown(report))

@@ -1,0 +1,48 @@
+"""Shared fixtures: one trained checkpoint and its ONNX export, made once per test session.
+
+They are real: the default zoo model trained on the bundled digits with its default recipe,
+exported with the TorchScript exporter and checked against PyTorch with ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 2))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """(checkpoint path, config) of se_resnet trained on digits with its default recipe."""
+    from pipeline import train
+
+    folder = tmp_path_factory.mktemp("trained")
+    model, config = train.train("se_resnet", data="digits", seed=0, progress=False)
+    path = train.save_checkpoint(folder / "se_resnet.pt", model, config)
+    return path, config
+
+
+@pytest.fixture(scope="session")
+def exported(trained, tmp_path_factory):
+    """Path of the trained model exported to ONNX with a dynamic batch."""
+    from pipeline import export
+
+    path = tmp_path_factory.mktemp("exported") / "model.onnx"
+    export.export(trained[0], path, dynamic_batch=True)
+    return path
+
+
+@pytest.fixture()
+def runner():
+    """Click's CliRunner for the edgepipe group, with stderr kept apart from stdout."""
+    from click.testing import CliRunner
+
+    return CliRunner()
+
+
+def invoke(runner, *args):
+    from pipeline.cli import main
+
+    return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)

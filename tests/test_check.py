@@ -1,0 +1,114 @@
+"""The accuracy-regression gate on report files shaped like those `edgepipe run` writes."""
+
+import copy
+import json
+
+import pytest
+
+from conftest import invoke
+from pipeline import check
+from pipeline.errors import EdgepipeError
+
+
+def _report(ref_top1=98.9, int8_top1=98.6, latency=2.0):
+    return {
+        "format": check.REPORT_FORMAT,
+        "model": "se_resnet",
+        "data": "digits",
+        "reference": {"top1": ref_top1, "samples": 359},
+        "rows": [
+            {"artifact": "pytorch", "role": "reference", "status": "ok", "top1": ref_top1, "delta": 0.0, "agreement": 100.0, "latency_ms": latency},
+            {"artifact": "onnx-int8", "role": "artifact", "status": "ok", "top1": int8_top1, "delta": round(int8_top1 - ref_top1, 4), "agreement": 99.4, "latency_ms": 1.0},
+            {"artifact": "engine-int8", "role": "artifact", "status": "skipped: no NVIDIA GPU", "top1": None, "delta": None, "agreement": None, "latency_ms": None},
+        ],
+    }
+
+
+def _write(tmp_path, name, obj):
+    path = tmp_path / name
+    path.write_text(json.dumps(obj) if not isinstance(obj, str) else obj)
+    return path
+
+
+def test_same_report_passes():
+    result = check.check(_report(), _report(), check.load_tolerances(None))
+    assert result["passed"] and result["compared"] == 6  # top1, agreement, latency for two rows
+
+
+def test_accuracy_is_judged_against_the_fresh_pytorch_run():
+    # Retraining moved PyTorch and INT8 down together: INT8 is no worse relative to PyTorch.
+    result = check.check(_report(ref_top1=98.7, int8_top1=98.4), _report(), {"top1": (0.3, False)})
+    assert result["passed"]
+    # INT8 fell 0.6 points further behind PyTorch than in the baseline.
+    result = check.check(_report(int8_top1=98.0), _report(), {"top1": (0.3, False)})
+    assert not result["passed"]
+    [regression] = result["regressions"]
+    assert regression["artifact"] == "onnx-int8" and regression["metric"] == "top1 vs PyTorch"
+    assert regression["baseline"] == pytest.approx(-0.3) and regression["now"] == pytest.approx(-0.9)
+
+
+def test_relative_tolerance_and_every_regression_listed():
+    result = check.check(_report(ref_top1=98.0, int8_top1=97.0, latency=2.5), _report(), {"top1": (0.3, False), "latency_ms": (10.0, True)})
+    metrics = {(r["artifact"], r["metric"]) for r in result["regressions"]}
+    assert metrics == {("pytorch", "top1"), ("pytorch", "latency_ms"), ("onnx-int8", "top1 vs PyTorch")}
+
+
+def test_failed_artifact_is_a_regression():
+    now = _report()
+    now["rows"][1]["status"] = "error: quantization failed"
+    result = check.check(now, _report(), check.load_tolerances(None))
+    assert result["regressions"][0]["metric"] == "status"
+
+
+def test_cli_exit_codes_and_update_baseline(runner, tmp_path):
+    base = _write(tmp_path, "baseline.json", _report())
+    good = _write(tmp_path, "good.json", _report())
+    bad = _write(tmp_path, "bad.json", _report(int8_top1=97.0))
+    assert invoke(runner, "check", good, "--baseline", base).exit_code == 0
+    result = invoke(runner, "check", bad, "--baseline", base, "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["regressions"][0]["artifact"] == "onnx-int8"
+    human = invoke(runner, "check", bad, "--baseline", base)
+    assert "onnx-int8: top1 vs PyTorch baseline -0.3 now -1.9" in human.stdout
+    assert invoke(runner, "check", bad, "--baseline", tmp_path / "new.json", "--update-baseline").exit_code == 0
+    assert invoke(runner, "check", bad, "--baseline", tmp_path / "new.json").exit_code == 0
+
+
+@pytest.mark.parametrize("case, message", [
+    ("other_model", "baseline is for model 'bot_net'"),
+    ("missing_metric", "has no agreement for onnx-int8"),
+    ("malformed_yaml", "not valid YAML at line"),
+    ("unknown_metric", "unknown metric 'accuracy'"),
+    ("not_a_number", "tolerance for top1 is 'lots'"),
+    ("old_format", "report format 0"),
+    ("not_json", "not valid JSON"),
+])
+def test_bad_input_is_one_clear_line(runner, tmp_path, case, message):
+    baseline, report, tolerances = _report(), _report(), "top1: 0.3\nagreement: 0.5\n"
+    if case == "other_model":
+        baseline["model"] = "bot_net"
+    elif case == "missing_metric":
+        del report["rows"][1]["agreement"]
+    elif case == "malformed_yaml":
+        tolerances = "top1: [0.3\nagreement: 0.5\n"
+    elif case == "unknown_metric":
+        tolerances = "accuracy: 1\n"
+    elif case == "not_a_number":
+        tolerances = "top1: lots\n"
+    elif case == "old_format":
+        report["format"] = 0
+    paths = [_write(tmp_path, "report.json", "{not json" if case == "not_json" else report),
+             _write(tmp_path, "baseline.json", baseline), _write(tmp_path, "tol.yaml", tolerances)]
+    result = invoke(runner, "check", paths[0], "--baseline", paths[1], "--tolerances", paths[2])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr
+    assert "Fix:" in lines[0]
+
+
+def test_tolerance_parsing():
+    parsed = check.load_tolerances(None)
+    assert parsed["top1"] == (0.3, False) and parsed["latency_ms"] == (10.0, True)
+    with pytest.raises(EdgepipeError, match="negative"):
+        check._parse_tolerance("top1", -1, "t.yaml")
+    assert copy.deepcopy(parsed) == parsed

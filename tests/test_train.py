@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+
+import models
+from pipeline import data, train
+from pipeline.errors import EdgepipeError
+
+
+def test_default_model_reaches_target_on_digits(trained):
+    _, config = trained
+    assert config["train"]["val_top1"] >= 98.0
+    assert config["train"]["seconds"] < 180
+
+
+def test_checkpoint_loads_with_weights_only_and_holds_config(trained):
+    path, config = trained
+    blob = torch.load(path, weights_only=True)
+    assert set(blob) == {"state_dict", "config"}
+    saved = blob["config"]
+    assert saved["model"] == "se_resnet"
+    assert saved["input_shape"] == [1, 32, 32]
+    assert saved["class_names"] == [str(i) for i in range(10)]
+    assert len(saved["mean"]) == len(saved["std"]) == 1
+    assert len(saved["split"]["val_indices"]) == 359
+    assert saved["data"]["sha256"] == data.load_dataset("digits", 32).sha256
+
+
+def test_loaded_checkpoint_reproduces_accuracy(trained):
+    path, config = trained
+    model, loaded = train.load_checkpoint(path)
+    x_val, y_val = data.split_of(loaded, data.load_for_config(loaded), "val")
+    accuracy = (train.predict(model, x_val).argmax(1) == y_val).mean() * 100
+    assert accuracy == pytest.approx(config["train"]["val_top1"])
+
+
+def test_plain_state_dict_needs_and_takes_model_name(trained, tmp_path):
+    path, _ = trained
+    plain = tmp_path / "plain.pt"
+    torch.save(torch.load(path, weights_only=True)["state_dict"], plain)
+    with pytest.raises(EdgepipeError, match="plain state dict"):
+        train.load_checkpoint(plain)
+    model, config = train.load_checkpoint(plain, model_name="se_resnet")
+    assert config["model"] == "se_resnet" and config["class_names"][0] == "0"
+
+
+def test_training_is_deterministic_for_a_seed():
+    _, a = train.train("se_resnet", epochs=1, seed=5, progress=False)
+    _, b = train.train("se_resnet", epochs=1, seed=5, progress=False)
+    assert a["train"]["val_top1"] == b["train"]["val_top1"]
+    assert a["split"]["val_indices"] == b["split"]["val_indices"]
+
+
+def test_bad_checkpoints(trained, tmp_path):
+    path, _ = trained
+    with pytest.raises(EdgepipeError, match="does not exist"):
+        train.load_checkpoint(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(EdgepipeError, match="not a readable checkpoint"):
+        train.load_checkpoint(corrupt)
+    with pytest.raises(EdgepipeError, match="checkpoint for model se_resnet, not eca_resnet"):
+        train.load_checkpoint(path, model_name="eca_resnet")
+    other = tmp_path / "other.pt"
+    torch.save(models.create("eca_resnet", num_classes=3).state_dict(), other)
+    with pytest.raises(EdgepipeError, match="does not fit model eca_resnet with 10 classes"):
+        train.load_checkpoint(other, model_name="eca_resnet")
+
+
+def test_unpickling_arbitrary_objects_is_refused(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "config": np.dtype("float32")}, evil)
+    with pytest.raises(EdgepipeError, match="not a readable checkpoint"):
+        train.load_checkpoint(evil)
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(EdgepipeError, match="did you mean 'se_resnet'"):
+        train.train("se_resnt", epochs=1, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", models.names())
+def test_every_zoo_model_reaches_target_on_digits(name):
+    _, config = train.train(name, seed=0, progress=False)
+    assert config["train"]["val_top1"] >= 98.0
+    assert config["train"]["seconds"] <= 180
