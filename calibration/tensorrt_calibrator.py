@@ -1,0 +1,97 @@
+"""The classic TensorRT INT8 entropy calibrator, for TensorRT <= 10.x with --legacy-precision.
+
+TensorRT 10.1 deprecated implicit INT8 calibration and TensorRT 11 / TensorRT-RTX removed it;
+it remains the only INT8 path for DLA on JetPack 5 and 6. The calibrator class derives from the
+backend module's ``IInt8EntropyCalibrator2``, so the factory takes that module (only
+pipeline/backend.py imports TensorRT). pycuda, needed to put batches in GPU memory, is imported
+here lazily: nothing else in edgepipe's build path needs a GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.artifacts import atomic_output
+from pipeline.errors import EdgepipeError
+
+
+def make_entropy_calibrator(
+    trt: Any,
+    calib_set: Any,
+    batch_size: int,
+    cache_path: str | Path,
+    read_cache: bool = True,
+    on_cache_written: Callable[[Path], Any] | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> Any:
+    """An ``trt.IInt8EntropyCalibrator2`` fed from ``calibration.batches(calib_set, batch_size)``.
+
+    Batches are padded (by repeating their images) to ``batch_size``, the fixed batch of the
+    calibration profile. The calibration cache is read from ``cache_path`` when ``read_cache``
+    (its manifest matched) and written there atomically after calibration.
+    """
+    try:
+        import pycuda.autoinit  # noqa: F401 - creates the CUDA context the calibrator copies into
+        import pycuda.driver as cuda
+    except Exception as exc:  # ImportError without pycuda; RuntimeError/cuda errors without a GPU
+        raise EdgepipeError(
+            f"legacy INT8 calibration needs pycuda and a GPU ({type(exc).__name__}: {exc})",
+            fix="pip install 'edgepipe[gpu]' on the GPU machine, or drop --legacy-precision (explicit INT8 calibrates on the CPU)",
+        )
+    from calibration import batches
+
+    cache_path = Path(cache_path)
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self._batches = iter(batches(calib_set, batch_size))
+            self._device = None
+            self.count = 0
+            # TensorRT swallows exceptions raised in callbacks; the build re-raises this one.
+            self.exception: BaseException | None = None
+
+        def get_batch_size(self):
+            return batch_size
+
+        def get_batch(self, names):
+            try:
+                return self._next_batch(names)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the build
+                self.exception = exc
+                return None
+
+        def _next_batch(self, names):
+            try:
+                batch = next(self._batches)
+            except StopIteration:
+                return None
+            batch = np.ascontiguousarray(np.asarray(batch, dtype=np.float32))
+            if input_shape is not None and tuple(batch.shape[1:]) != tuple(input_shape[1:]):
+                raise EdgepipeError(
+                    f"the calibration images are {'x'.join(map(str, batch.shape[1:]))} but the model takes {'x'.join(map(str, input_shape[1:]))}",
+                    fix="make a calibration set for this model ('edgepipe calibrate'), or drop --calib to draw one from its training data",
+                )
+            if len(batch) < batch_size:
+                batch = np.ascontiguousarray(np.resize(batch, (batch_size, *batch.shape[1:])))
+            if self._device is None:
+                self._device = cuda.mem_alloc(batch.nbytes)
+            cuda.memcpy_htod(self._device, batch)
+            self.count += len(batch)
+            return [int(self._device)] * len(names)
+
+        def read_calibration_cache(self):
+            if read_cache and cache_path.is_file():
+                return cache_path.read_bytes()
+            return None
+
+        def write_calibration_cache(self, cache):
+            with atomic_output(cache_path) as tmp:
+                tmp.write_bytes(bytes(cache))
+            if on_cache_written is not None:
+                on_cache_written(cache_path)
+
+    return EntropyCalibrator()
