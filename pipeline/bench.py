@@ -1,0 +1,384 @@
+"""`edgepipe bench`: latency and throughput of the PyTorch reference and every artifact, side by side.
+
+Per artifact and batch, like trtexec: warm-up by time, then timed iterations (until a duration or
+an iteration count); min, mean, median, p90, p95, p99 latency and throughput; for TensorRT engines
+also H2D, GPU compute and D2H apart (CUDA events) and the device memory the engine needs.
+
+Each timed iteration is one ``runner.infer(batch)`` between two ``perf_counter`` calls. To show the
+harness adds nothing measurable, the same runner is also timed in a bare loop (N calls, timed once
+overall) and the ratio is reported. A failing artifact becomes a row with status "error" and its
+reason; engines on a machine without an NVIDIA GPU become rows "skipped: no NVIDIA GPU".
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.errors import EdgepipeError
+from pipeline.progress import info
+from pipeline.runners import (
+    NoGpuError,
+    Runner,
+    TorchRunner,
+    artifact_kind,
+    artifact_precision,
+    load_runner,
+    predict,
+)
+
+SKIPPED_NO_GPU = "skipped: no NVIDIA GPU"
+OVERHEAD_SECONDS = 0.2  # time each round of the harness and bare loops takes when checking overhead
+# Every row has every key (None where not measured), so CI can read rows without guessing.
+ROW_KEYS = (
+    "artifact", "format", "runtime", "precision", "batch", "status", "reason", "note",
+    "min_ms", "mean_ms", "median_ms", "p90_ms", "p95_ms", "p99_ms", "throughput",
+    "h2d_ms", "compute_ms", "d2h_ms", "compute_median_ms", "device_memory_mb",
+    "iterations", "warmup_iterations", "timed_s",
+)
+
+
+def bench(
+    artifacts: list[str] | tuple[str, ...],
+    checkpoint: str | Path | None = None,
+    batches: tuple[int, ...] = (1,),
+    warmup_ms: float = 200,
+    duration_s: float = 3.0,
+    iterations: int | None = None,
+    cuda_graph: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Measure the PyTorch reference (``checkpoint``) and every artifact; the --json object."""
+    batches = check_settings(batches, warmup_ms, duration_s, iterations, device)
+    if not artifacts and checkpoint is None:
+        raise EdgepipeError("nothing to measure", fix="pass one or more ARTIFACT files (.onnx, .engine) and/or --checkpoint CKPT for the PyTorch reference")
+    entries = ([str(checkpoint)] if checkpoint is not None else []) + [str(a) for a in artifacts]
+    reference_shape = _reference_input_shape(checkpoint)
+    rows: list[dict[str, Any]] = []
+    overhead: dict[str, Any] | None = None
+    for path in entries:
+        new_rows, measured = _bench_artifact(path, batches, warmup_ms, duration_s, iterations, cuda_graph, device, reference_shape, progress)
+        rows.extend(new_rows)
+        if measured and (overhead is None or measured["bare_ms"] < overhead["bare_ms"]):
+            overhead = measured  # the fastest runtime shows the harness's own cost best
+    return {
+        "device": describe_device(device),
+        "settings": {"batches": list(batches), "warmup_ms": warmup_ms, "duration_s": duration_s, "iterations": iterations, "cuda_graph": cuda_graph, "device": device},
+        "rows": rows,
+        "overhead": overhead,
+        "failed": sum(1 for r in rows if r["status"] == "error"),
+    }
+
+
+def check_settings(batches, warmup_ms: float, duration_s: float, iterations: int | None, device: str) -> tuple[int, ...]:
+    """The batches as a sorted tuple of distinct positive ints; a clear error for any bad setting."""
+    try:
+        values = sorted({int(b) for b in batches})
+    except (TypeError, ValueError):
+        raise EdgepipeError(f"--batch must be whole numbers, got {batches!r}", fix="pass e.g. --batch 1,8,32") from None
+    if not values or values[0] < 1:
+        raise EdgepipeError(f"--batch must be 1 or more, got {batches!r}", fix="pass e.g. --batch 1,8,32")
+    if warmup_ms < 0:
+        raise EdgepipeError(f"--warmup-ms must be 0 or more, got {warmup_ms}", fix="pass e.g. --warmup-ms 200")
+    if iterations is None and not duration_s > 0:
+        raise EdgepipeError(f"--duration-s must be more than 0, got {duration_s}", fix="pass e.g. --duration-s 3, or --iterations N")
+    if iterations is not None and iterations < 1:
+        raise EdgepipeError(f"--iterations must be 1 or more, got {iterations}", fix="pass e.g. --iterations 100")
+    if device not in ("cpu", "cuda"):
+        raise EdgepipeError(f"--device must be cpu or cuda, got {device!r}", fix="pass --device cpu or --device cuda")
+    return tuple(values)
+
+
+def _reference_input_shape(checkpoint) -> tuple[int, ...] | None:
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return None
+    try:
+        return tuple(TorchRunner.from_checkpoint(checkpoint).input_shape or ()) or None
+    except EdgepipeError:
+        return None  # the reference's own row reports why
+
+
+# --- one artifact -----------------------------------------------------------------------------
+
+
+def _bench_artifact(path: str, batches, warmup_ms, duration_s, iterations, cuda_graph, device, reference_shape, progress) -> tuple[list[dict], dict | None]:
+    base = dict.fromkeys(ROW_KEYS)
+    base["artifact"] = path
+    try:
+        kind = artifact_kind(path)
+        base.update(format=kind, precision="fp32" if kind == "pytorch" else artifact_precision(path))
+        runner = load_runner(path, device=device, cuda_graph=cuda_graph)
+    except NoGpuError as exc:
+        return [dict(base, batch=b, status=SKIPPED_NO_GPU, reason=str(exc)) for b in batches], None
+    except EdgepipeError as exc:
+        return [dict(base, batch=b, status="error", reason=str(exc)) for b in batches], None
+
+    rows, overhead = [], None
+    try:
+        base["runtime"] = runner.name
+        input_shape = runner.input_shape or reference_shape
+        measured_batches, note = list(batches), None
+        if runner.batch_size:
+            measured_batches = [runner.batch_size]
+            if list(batches) != measured_batches:
+                note = f"fixed batch {runner.batch_size}: measured only at batch {runner.batch_size}"
+        for b in measured_batches:
+            row = dict(base, batch=b)
+            if note:
+                row["note"] = note
+            try:
+                if not input_shape:
+                    raise EdgepipeError(f"{path} does not say its input shape", fix="pass --checkpoint CKPT so the reference's input shape is used")
+                x = np.random.default_rng(0).standard_normal((b, *input_shape)).astype(np.float32)
+                if progress:
+                    info(f"bench: {Path(path).name} ({runner.name}) at batch {b}")
+                row.update(measure(runner, x, warmup_ms, duration_s, iterations), status="ok")
+                memory = runner.device_memory_bytes()
+                if memory is not None:
+                    row["device_memory_mb"] = round(memory / 2**20, 3)
+                if overhead is None:  # at the smallest batch, where the harness's share is largest
+                    overhead = measure_overhead(runner, x, row["mean_ms"])
+                    overhead["artifact"], overhead["batch"] = path, b
+            except EdgepipeError as exc:
+                row.update(status="error", reason=str(exc))
+            rows.append(row)
+    finally:
+        runner.close()
+    return rows, overhead
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+
+def _timed_loop(infer: Callable, x: np.ndarray, iterations: int | None, duration_s: float, split: Callable | None) -> tuple[list[float], list[dict], float]:
+    """The harness: (latencies in seconds, per-iteration engine splits, total seconds)."""
+    clock = time.perf_counter
+    latencies: list[float] = []
+    splits: list[dict] = []
+    started = clock()
+    deadline = started + duration_s
+    while True:
+        t0 = clock()
+        infer(x)
+        t1 = clock()
+        latencies.append(t1 - t0)
+        if split is not None:
+            splits.append(split())
+        if (len(latencies) >= iterations) if iterations else (t1 >= deadline):
+            break
+    return latencies, splits, clock() - started
+
+
+def measure(runner: Runner, x: np.ndarray, warmup_ms: float = 200, duration_s: float = 3.0, iterations: int | None = None) -> dict[str, Any]:
+    """Warm up for ``warmup_ms``, then time ``iterations`` calls (or calls for ``duration_s``)."""
+    clock = time.perf_counter
+    warm, warm_until = 0, clock() + warmup_ms / 1000.0
+    while warmup_ms > 0 and (warm == 0 or clock() < warm_until):
+        runner.infer(x)
+        warm += 1
+    split = runner.last_timing if _has_split(runner) else None
+    latencies, splits, total = _timed_loop(runner.infer, x, iterations, duration_s, split)
+    result = latency_stats(np.asarray(latencies) * 1000.0, batch=len(x))
+    result.update(iterations=len(latencies), warmup_iterations=warm, timed_s=round(total, 4))
+    if splits:
+        for key in ("h2d_ms", "compute_ms", "d2h_ms"):
+            result[key] = round(float(np.mean([s[key] for s in splits])), 4)
+        result["compute_median_ms"] = round(float(np.median([s["compute_ms"] for s in splits])), 4)
+    return result
+
+
+def _has_split(runner: Runner) -> bool:
+    """True for runners that time H2D, compute and D2H apart (TensorRT engines)."""
+    return type(runner).last_timing is not Runner.last_timing
+
+
+def latency_stats(latencies_ms: np.ndarray, batch: int) -> dict[str, float]:
+    """trtexec's summary of per-iteration latencies (ms); throughput in images per second."""
+    p50, p90, p95, p99 = np.percentile(latencies_ms, [50, 90, 95, 99])
+    mean = float(latencies_ms.mean())
+    stats = {"min_ms": float(latencies_ms.min()), "mean_ms": mean, "median_ms": float(p50), "p90_ms": float(p90), "p95_ms": float(p95), "p99_ms": float(p99)}
+    stats = {k: round(v, 4) for k, v in stats.items()}
+    stats["throughput"] = round(batch * 1000.0 / mean, 2)
+    return stats
+
+
+def measure_overhead(runner: Runner, x: np.ndarray, mean_ms: float) -> dict[str, Any]:
+    """Per-iteration time of the harness loop against a bare loop of the same calls.
+
+    Both loops run the same number of calls, alternated three times; the fastest of each counts,
+    so a burst of noise from other processes does not decide the ratio.
+    """
+    n = int(min(max(OVERHEAD_SECONDS * 1000.0 / max(mean_ms, 1e-3), 10), 5000))
+    split = runner.last_timing if _has_split(runner) else None
+    harness, bare = [], []
+    for _ in range(3):
+        clock = time.perf_counter
+        started = clock()
+        for _ in range(n):
+            runner.infer(x)
+        bare.append((clock() - started) / n)
+        _, _, total = _timed_loop(runner.infer, x, n, 0.0, split)
+        harness.append(total / n)
+    harness_ms, bare_ms = min(harness) * 1000.0, min(bare) * 1000.0
+    return {"harness_ms": round(harness_ms, 5), "bare_ms": round(bare_ms, 5), "ratio": round(harness_ms / bare_ms, 4), "iterations": n, "runtime": runner.name}
+
+
+def describe_device(device: str) -> str:
+    """The machine the numbers come from: CPU model and cores, and the GPU where there is one."""
+    from pipeline import backend as backendmod
+
+    parts = [f"CPU {_cpu_name()} ({os.cpu_count()} cores)"]
+    if device == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            parts.insert(0, f"GPU {torch.cuda.get_device_name(0)}")
+    cc = backendmod.current_compute_capability()
+    parts.append(f"NVIDIA GPU compute capability {cc}" if cc else "no NVIDIA GPU")
+    return "; ".join(parts)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def held_out_top1(result: dict[str, Any]) -> dict[str, float]:
+    """Top-1 (%) on the held-out split per artifact path that ran, for the latency/accuracy plot.
+
+    ``pipeline.validate`` answers where it is available; otherwise each artifact is run here on
+    the held-out split its checkpoint (or ONNX metadata) records.
+    """
+    ok = list(dict.fromkeys(r["artifact"] for r in result["rows"] if r["status"] == "ok"))
+    reference = next((r["artifact"] for r in result["rows"] if r.get("format") == "pytorch"), None)
+    try:
+        from pipeline import validate
+
+        if reference is None:
+            raise ImportError("validate needs the checkpoint")
+        report = validate.validate(reference, [a for a in ok if a != reference])
+        by_name = {Path(str(r.get("artifact"))).name: r.get("top1") for r in report.get("rows", [])}
+        scores = {a: by_name.get(Path(a).name) for a in ok}
+        if reference is not None:
+            scores[reference] = (report.get("reference") or {}).get("top1")
+        return {a: float(v) for a, v in scores.items() if v is not None}
+    except (ImportError, AttributeError, TypeError, EdgepipeError):
+        pass
+    from pipeline import data as datamod
+    from pipeline.metrics import top1
+    from pipeline.onnxfile import load_onnx, onnx_config
+
+    scores = {}
+    for path in ok:
+        try:
+            runner = load_runner(path)
+            config = getattr(runner, "config", None) or onnx_config(load_onnx(path), path)
+            x, y = datamod.split_of(config, datamod.load_for_config(config), "val")
+            scores[path] = top1(predict(runner, x), y)
+            runner.close()
+        except EdgepipeError:
+            continue  # an engine on a CPU-only machine, or an ONNX without edgepipe metadata
+    return scores
+
+
+def write_report(result: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:
+    """Write bench.md (the table) and bench.png (latency against accuracy per precision) to ``folder``."""
+    from pipeline.artifacts import check_output, write_text_atomic
+
+    folder = Path(folder)
+    md_path, png_path = folder / "bench.md", folder / "bench.png"
+    check_output(md_path, force=True)
+    accuracy = held_out_top1(result)
+    _plot(result, accuracy, png_path)
+    write_text_atomic(md_path, to_markdown(result, accuracy, png_path.name))
+    return md_path, png_path
+
+
+def _fmt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def to_markdown(result: dict[str, Any], accuracy: dict[str, float] | None = None, plot: str | None = None) -> str:
+    accuracy = accuracy or {}
+    lines = [
+        "# edgepipe bench",
+        "",
+        f"Device: {result['device']}. Batches {', '.join(map(str, result['settings']['batches']))}; warm-up {result['settings']['warmup_ms']} ms, then "
+        + (f"{result['settings']['iterations']} iterations" if result["settings"]["iterations"] else f"{result['settings']['duration_s']} s") + " per row.",
+        "",
+        "| artifact | runtime | precision | batch | status | median (ms) | mean (ms) | p90 (ms) | p99 (ms) | throughput (img/s) | H2D (ms) | compute (ms) | D2H (ms) | device memory (MB) | top-1 (%) |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}".replace("|", "/")
+        lines.append(
+            f"| {Path(r['artifact']).name} | {r.get('runtime') or ''} | {r.get('precision') or ''} | {r['batch']} | {status} | "
+            f"{_fmt(r.get('median_ms'), '.3f')} | {_fmt(r.get('mean_ms'), '.3f')} | {_fmt(r.get('p90_ms'), '.3f')} | {_fmt(r.get('p99_ms'), '.3f')} | "
+            f"{_fmt(r.get('throughput'), '.1f')} | {_fmt(r.get('h2d_ms'), '.3f')} | {_fmt(r.get('compute_ms'), '.3f')} | {_fmt(r.get('d2h_ms'), '.3f')} | "
+            f"{_fmt(r.get('device_memory_mb'), '.2f')} | {_fmt(accuracy.get(r['artifact']), '.2f')} |"
+        )
+    lines += ["", *footer_lines(result)]
+    if plot:
+        lines += ["", f"![latency against top-1]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def footer_lines(result: dict[str, Any]) -> list[str]:
+    lines = sorted({f"{Path(r['artifact']).name}: {r['note']}" for r in result["rows"] if r.get("note")})
+    o = result.get("overhead")
+    if o:
+        lines.append(
+            f"Harness overhead: {o['harness_ms']:.4f} ms per iteration vs {o['bare_ms']:.4f} ms in a bare loop "
+            f"(ratio {o['ratio']:.3f}, {o['runtime']}, batch {o['batch']}, {o['iterations']} calls)."
+        )
+    return lines
+
+
+def _plot(result: dict[str, Any], accuracy: dict[str, float], path: Path) -> None:
+    """Median latency at the smallest batch measured against top-1, one colour per precision."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.artifacts import atomic_output
+
+    colours = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green"}
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    points = 0
+    for artifact in dict.fromkeys(r["artifact"] for r in result["rows"]):
+        ok = sorted((r for r in result["rows"] if r["artifact"] == artifact and r["status"] == "ok"), key=lambda r: r["batch"])
+        if not ok or artifact not in accuracy:
+            continue
+        r = ok[0]
+        ax.scatter(r["median_ms"], accuracy[artifact], color=colours.get(r["precision"], "tab:gray"), label=r["precision"], s=40)
+        ax.annotate(f"{r['runtime']} (b{r['batch']})", (r["median_ms"], accuracy[artifact]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        points += 1
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    if unique:
+        ax.legend(unique.values(), unique.keys(), title="precision")
+    if not points:
+        ax.text(0.5, 0.5, "no artifact with both latency and accuracy", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("median latency (ms, smallest batch)")
+    ax.set_ylabel("held-out top-1 (%)")
+    ax.set_title(f"Latency vs accuracy — {result['device'].split(';')[0]}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

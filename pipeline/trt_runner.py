@@ -1,0 +1,309 @@
+"""Running TensorRT engines on the GPU: the only module that imports pycuda.
+
+``TensorRTRunner`` holds page-locked host buffers, device buffers, a CUDA stream and four CUDA
+events per inference (before H2D, after H2D, after compute, after D2H), so every call reports
+H2D, GPU compute and D2H apart, like trtexec. Buffers are sized once for the largest batch the
+engine's optimization profile takes; a batch outside the profile is a clear error.
+
+Two TensorRT APIs, chosen by what the engine object has (not by version strings):
+
+- bindings (TensorRT 8.x/9.x, JetPack 5's 8.5): ``get_binding_index``, ``set_binding_shape``,
+  ``execute_async_v2(bindings, stream)``. Used whenever the engine still has it.
+- tensor addresses (TensorRT 10.x/11.x and TensorRT-RTX): ``num_io_tensors``, ``get_tensor_name``,
+  ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3(stream)``.
+
+CUDA graphs: pycuda (up to 2026.1) has no stream-capture API, so the runner captures the engine's
+enqueue with the CUDA driver's own functions (cuStreamBeginCapture_v2, cuStreamEndCapture,
+cuGraphInstantiateWithFlags, cuGraphLaunch) through ctypes on the same libcuda pycuda uses, on
+pycuda's stream. Like trtexec, only the enqueue is captured; the copies stay outside and timed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import EdgepipeError
+from pipeline.runners import Runner, check_batch
+
+PYCUDA_FIX = (
+    "pip install 'edgepipe[gpu]' on the GPU host (pycuda builds from source: it needs the CUDA toolkit, "
+    "with nvcc on PATH and CUDA_ROOT set; on Jetson the toolkit comes with JetPack)"
+)
+
+
+def import_pycuda() -> Any:
+    """``pycuda.driver``, or one clear error saying how to install it."""
+    try:
+        import pycuda.driver as cuda
+    except ImportError as exc:
+        raise pycuda_missing(exc) from None
+    return cuda
+
+
+def pycuda_missing(exc: BaseException) -> EdgepipeError:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return EdgepipeError(f"running TensorRT engines needs pycuda, which cannot be imported ({detail})", fix=PYCUDA_FIX)
+
+
+@dataclass
+class _Tensor:
+    name: str
+    index: int  # binding index (bindings API) or I/O tensor index
+    is_input: bool
+    dtype: Any  # numpy dtype of the engine's tensor
+    shape: tuple[int, ...]  # engine shape, -1 for dynamic dimensions
+    host: Any = None  # page-locked host buffer for the largest batch
+    device: Any = None  # device allocation for the largest batch
+
+
+class TensorRTRunner(Runner):
+    def __init__(self, engine_bytes: bytes, backend: Any, cuda_graph: bool = False, device_index: int = 0, label: str = "engine"):
+        cuda = import_pycuda()
+        self._cuda = cuda
+        self.backend = backend
+        self.label = label
+        self.name = f"{backend.name}-{backend.version}"
+        self._pushed = False
+        cuda.init()
+        # The primary context is the one the CUDA runtime (TensorRT, PyTorch) uses, so they share it.
+        self._context = cuda.Device(device_index).retain_primary_context()
+        self._context.push()
+        self._pushed = True
+        try:
+            self._setup(engine_bytes, cuda_graph)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, engine_bytes: bytes, cuda_graph: bool) -> None:
+        cuda, trt = self._cuda, self.backend.trt
+        self.engine = self.backend.deserialize(engine_bytes)
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise EdgepipeError(f"{self.label}: TensorRT could not create an execution context (out of GPU memory?)", fix="free GPU memory (other processes) and run again")
+        self.api = "bindings" if hasattr(self.engine, "get_binding_index") else "tensors"
+        self.tensors = self._bindings_tensors(trt) if self.api == "bindings" else self._named_tensors(trt)
+        inputs = [t for t in self.tensors if t.is_input]
+        if len(inputs) != 1:
+            raise EdgepipeError(f"{self.label} has {len(inputs)} inputs; edgepipe runs image classifiers with one", fix="build the engine from an ONNX with a single image input")
+        self.input = inputs[0]
+        self.outputs = [t for t in self.tensors if not t.is_input]
+        self.input_shape = tuple(self.input.shape[1:])
+        lo, hi = self._batch_range()
+        if lo == hi and self.input.shape[0] != -1:
+            self.batch_size = lo
+        self.min_batch, self.max_batch = lo, hi
+
+        self.stream = cuda.Stream()
+        self._events = [cuda.Event() for _ in range(4)]
+        for t in self.tensors:
+            shape = (hi, *t.shape[1:]) if t.shape and t.shape[0] == -1 else t.shape
+            t.host = cuda.pagelocked_empty(tuple(max(int(d), 1) for d in shape), t.dtype)
+            t.device = cuda.mem_alloc(max(t.host.nbytes, 1))
+        if self.api == "tensors":
+            for t in self.tensors:
+                self.context.set_tensor_address(t.name, int(t.device))
+        self._bindings = [0] * len(self.tensors)
+        for t in self.tensors:
+            if self.api == "bindings":
+                self._bindings[t.index] = int(t.device)
+        self._current_batch: int | None = None
+        self._graphs: dict[int, "_CudaGraph"] = {}
+        self._driver = _Driver() if cuda_graph else None
+        self._timing: dict[str, float] | None = None
+
+    # --- describing the engine ----------------------------------------------------------------
+
+    def _named_tensors(self, trt: Any) -> list[_Tensor]:
+        engine = self.engine
+        tensors = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            tensors.append(_Tensor(
+                name=name, index=i,
+                is_input=engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                dtype=np.dtype(trt.nptype(engine.get_tensor_dtype(name))),
+                shape=tuple(engine.get_tensor_shape(name)),
+            ))
+        return tensors
+
+    def _bindings_tensors(self, trt: Any) -> list[_Tensor]:
+        engine = self.engine
+        return [
+            _Tensor(
+                name=engine.get_binding_name(i), index=i,
+                is_input=engine.binding_is_input(i),
+                dtype=np.dtype(trt.nptype(engine.get_binding_dtype(i))),
+                shape=tuple(engine.get_binding_shape(i)),
+            )
+            for i in range(engine.num_bindings)
+        ]
+
+    def _batch_range(self) -> tuple[int, int]:
+        """(min, max) batch of optimization profile 0 (the static batch for a static engine)."""
+        t = self.input
+        if t.shape[0] != -1:
+            return t.shape[0], t.shape[0]
+        if self.api == "bindings":
+            lo, _opt, hi = self.engine.get_profile_shape(0, t.index)
+        else:
+            lo, _opt, hi = self.engine.get_tensor_profile_shape(t.name, 0)
+        return int(lo[0]), int(hi[0])
+
+    def device_memory_bytes(self) -> int | None:
+        """Activation memory the engine needs (weights not included), as trtexec reports it."""
+        for attribute in ("device_memory_size_v2", "device_memory_size"):
+            if hasattr(self.engine, attribute):
+                return int(getattr(self.engine, attribute))
+        return None
+
+    # --- running --------------------------------------------------------------------------------
+
+    def _set_batch(self, n: int) -> None:
+        if n == self._current_batch:
+            return
+        shape = (n, *self.input.shape[1:])
+        ok = self.context.set_binding_shape(self.input.index, shape) if self.api == "bindings" else self.context.set_input_shape(self.input.name, shape)
+        if ok is False:
+            raise EdgepipeError(f"{self.label}: TensorRT refused input shape {shape}", fix=f"use a batch from {self.min_batch} to {self.max_batch}")
+        self._current_batch = n
+
+    def _output_shape(self, t: _Tensor) -> tuple[int, ...]:
+        if self.api == "bindings":
+            return tuple(self.context.get_binding_shape(t.index))
+        return tuple(self.context.get_tensor_shape(t.name))
+
+    def _enqueue(self) -> None:
+        if self.api == "bindings":
+            ok = self.context.execute_async_v2(bindings=self._bindings, stream_handle=self.stream.handle)
+        else:
+            ok = self.context.execute_async_v3(stream_handle=self.stream.handle)
+        if ok is False:
+            raise EdgepipeError(f"{self.label}: TensorRT failed to run the engine: {self.backend.logger.last_error() or 'no reason given'}", fix="run again; if it persists, rebuild the engine on this machine")
+
+    def _compute(self, n: int) -> None:
+        """The engine's work on the stream: a CUDA graph replay when asked for, else an enqueue."""
+        if self._driver is None:
+            self._enqueue()
+            return
+        graph = self._graphs.get(n)
+        if graph is None:
+            # One plain run first: TensorRT finishes shape-dependent setup outside the capture.
+            self._enqueue()
+            self.stream.synchronize()
+            graph = self._graphs[n] = _CudaGraph.capture(self._driver, self.stream.handle, self._enqueue, self.label)
+        graph.launch(self.stream.handle)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        cuda = self._cuda
+        batch = check_batch(self.name, batch, self.input_shape, self.batch_size, self.min_batch, self.max_batch)
+        n = batch.shape[0]
+        self._set_batch(n)
+        host_in = self.input.host[:n]
+        np.copyto(host_in, batch, casting="unsafe")  # float32 -> the engine's input type (e.g. FP16)
+        start, copied_in, computed, copied_out = self._events
+        start.record(self.stream)
+        cuda.memcpy_htod_async(self.input.device, host_in, self.stream)
+        copied_in.record(self.stream)
+        self._compute(n)
+        computed.record(self.stream)
+        results = []
+        for t in self.outputs:
+            shape = self._output_shape(t)
+            host_out = t.host.reshape(-1)[: int(np.prod(shape))].reshape(shape)
+            cuda.memcpy_dtoh_async(host_out, t.device, self.stream)
+            results.append(host_out)
+        copied_out.record(self.stream)
+        copied_out.synchronize()
+        self._timing = {
+            "h2d_ms": start.time_till(copied_in),
+            "compute_ms": copied_in.time_till(computed),
+            "d2h_ms": computed.time_till(copied_out),
+        }
+        return np.array(results[0], dtype=np.float32)  # a copy: the host buffer is reused
+
+    def last_timing(self) -> dict[str, float] | None:
+        return self._timing
+
+    def close(self) -> None:
+        for graph in getattr(self, "_graphs", {}).values():
+            graph.destroy()
+        self._graphs = {}
+        for t in getattr(self, "tensors", []):
+            if t.device is not None:
+                t.device.free()
+                t.device = None
+            if t.host is not None:
+                t.host.base.free()  # page-locked memory goes back while its context is current
+                t.host = None
+        self.context = self.engine = None
+        if self._pushed:
+            self._cuda.Context.pop()
+            self._pushed = False
+
+
+# --- CUDA graphs through the driver API ---------------------------------------------------------
+
+_CAPTURE_MODE_THREAD_LOCAL = 1  # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL, as trtexec captures
+
+
+class _Driver:
+    """The few libcuda functions CUDA graph capture needs (pycuda does not wrap them)."""
+
+    def __init__(self):
+        try:
+            self.lib = ctypes.CDLL("libcuda.so.1")
+        except OSError as exc:
+            raise EdgepipeError(f"--cuda-graph needs the CUDA driver library libcuda.so.1 ({exc})", fix="install the NVIDIA driver, or run without --cuda-graph")
+        for name in ("cuStreamBeginCapture_v2", "cuStreamEndCapture", "cuGraphInstantiateWithFlags", "cuGraphLaunch", "cuGraphExecDestroy", "cuGraphDestroy"):
+            if not hasattr(self.lib, name):
+                raise EdgepipeError(f"--cuda-graph needs {name} from the CUDA driver (CUDA 11.4 or newer)", fix="update the NVIDIA driver, or run without --cuda-graph")
+        v = ctypes.c_void_p
+        self.lib.cuStreamBeginCapture_v2.argtypes = [v, ctypes.c_int]
+        self.lib.cuStreamEndCapture.argtypes = [v, ctypes.POINTER(v)]
+        self.lib.cuGraphInstantiateWithFlags.argtypes = [ctypes.POINTER(v), v, ctypes.c_ulonglong]
+        self.lib.cuGraphLaunch.argtypes = [v, v]
+        self.lib.cuGraphExecDestroy.argtypes = [v]
+        self.lib.cuGraphDestroy.argtypes = [v]
+
+    def check(self, result: int, what: str, label: str) -> None:
+        if result != 0:
+            text = ctypes.c_char_p()
+            self.lib.cuGetErrorString(result, ctypes.byref(text))
+            reason = text.value.decode() if text.value else f"CUDA error {result}"
+            raise EdgepipeError(f"{label}: {what} failed ({reason})", fix="run without --cuda-graph")
+
+
+class _CudaGraph:
+    def __init__(self, driver: _Driver, graph: ctypes.c_void_p, executable: ctypes.c_void_p, label: str):
+        self.driver, self.graph, self.executable, self.label = driver, graph, executable, label
+
+    @classmethod
+    def capture(cls, driver: _Driver, stream: int, enqueue, label: str) -> "_CudaGraph":
+        lib = driver.lib
+        driver.check(lib.cuStreamBeginCapture_v2(ctypes.c_void_p(stream), _CAPTURE_MODE_THREAD_LOCAL), "starting CUDA graph capture", label)
+        graph = ctypes.c_void_p()
+        try:
+            enqueue()
+        finally:
+            # Always end the capture, so a failed enqueue leaves the stream usable.
+            ended = lib.cuStreamEndCapture(ctypes.c_void_p(stream), ctypes.byref(graph))
+        driver.check(ended, "capturing the engine in a CUDA graph (the engine may not be capturable)", label)
+        executable = ctypes.c_void_p()
+        driver.check(lib.cuGraphInstantiateWithFlags(ctypes.byref(executable), graph, 0), "instantiating the CUDA graph", label)
+        return cls(driver, graph, executable, label)
+
+    def launch(self, stream: int) -> None:
+        self.driver.check(self.driver.lib.cuGraphLaunch(self.executable, ctypes.c_void_p(stream)), "launching the CUDA graph", self.label)
+
+    def destroy(self) -> None:
+        if self.executable:
+            self.driver.lib.cuGraphExecDestroy(self.executable)
+            self.executable = None
+        if self.graph:
+            self.driver.lib.cuGraphDestroy(self.graph)
+            self.graph = None

@@ -1,0 +1,162 @@
+"""Runners on real models: PyTorch and ONNX Runtime run here; TensorRT engines are real RTX builds
+that a CPU-only machine must refuse clearly (no GPU, another TensorRT version) instead of crashing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline import backend as backendmod
+from pipeline import data as datamod
+from pipeline.errors import EdgepipeError
+from pipeline.metrics import compare_logits
+from pipeline.runners import NoGpuError, OnnxRuntimeRunner, TorchRunner, check_batch, load_runner, predict
+
+NO_GPU = backendmod.current_compute_capability() is None
+
+
+def held_out(config, count=None):
+    x, y = datamod.split_of(config, datamod.load_for_config(config), "val")
+    return (x[:count], y[:count]) if count else (x, y)
+
+
+@pytest.fixture(scope="module")
+def reference(trained):
+    return TorchRunner.from_checkpoint(trained[0])
+
+
+@pytest.fixture(scope="module")
+def engine(exported, tmp_path_factory):
+    """A real engine built from the exported model (TensorRT-RTX builds it on the CPU)."""
+    from pipeline import build
+
+    if not backendmod.installed_backends():
+        pytest.skip("no TensorRT or TensorRT-RTX installed")
+    be = backendmod.get_backend()
+    path = tmp_path_factory.mktemp("engine") / "model.engine"
+    targets = ["8.9"] if be.name == backendmod.TENSORRT_RTX and NO_GPU else None
+    shapes = {"min": "input:1x1x32x32", "opt": "input:8x1x32x32", "max": "input:32x1x32x32"}
+    build.build_engine(exported, save_engine=path, shapes=shapes, compute_capability=targets, force=True)
+    return path
+
+
+def test_torch_and_onnxruntime_agree_on_held_out_split(trained, exported, reference):
+    x, y = held_out(trained[1])
+    ort = OnnxRuntimeRunner(exported)
+    stats = compare_logits(predict(reference, x), predict(ort, x))
+    assert reference.name == "pytorch-cpu" and ort.name == "onnxruntime-cpu"
+    assert stats["max_abs_diff"] < 1e-4
+    assert stats["top1_agreement"] == 100.0
+
+
+def test_dynamic_batch_runs_any_batch(trained, exported, reference):
+    x, _ = held_out(trained[1], 33)
+    ort = OnnxRuntimeRunner(exported)
+    assert ort.batch_size is None and ort.input_shape == (1, 32, 32)
+    for n in (1, 5, 33):
+        logits = ort.infer(x[:n])
+        assert logits.shape == (n, 10) and logits.dtype == np.float32
+        np.testing.assert_allclose(logits, reference.infer(x[:n]), atol=1e-4)
+
+
+def test_predict_pads_the_last_batch_of_a_fixed_batch_model(trained, reference, tmp_path):
+    from pipeline import export
+
+    path = tmp_path / "b4.onnx"
+    export.export(trained[0], path, batch=4)
+    x, _ = held_out(trained[1], 10)
+    ort = OnnxRuntimeRunner(path)
+    assert ort.batch_size == 4
+    logits = predict(ort, x)
+    assert logits.shape == (10, 10)
+    np.testing.assert_allclose(logits, reference.infer(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("make", ["torch", "onnxruntime"])
+def test_wrong_dtype_names_expected_and_got(make, exported, reference):
+    runner = reference if make == "torch" else OnnxRuntimeRunner(exported)
+    with pytest.raises(EdgepipeError, match="takes float32 input; got float64"):
+        runner.infer(np.zeros((2, 1, 32, 32), dtype=np.float64))
+
+
+@pytest.mark.parametrize("make", ["torch", "onnxruntime"])
+def test_wrong_shape_names_expected_and_got(make, exported, reference):
+    runner = reference if make == "torch" else OnnxRuntimeRunner(exported)
+    with pytest.raises(EdgepipeError, match=r"shape \(N, 1, 32, 32\); got \(2, 3, 32, 32\)"):
+        runner.infer(np.zeros((2, 3, 32, 32), dtype=np.float32))
+    with pytest.raises(EdgepipeError, match=r"got \(1, 32, 32\)"):
+        runner.infer(np.zeros((1, 32, 32), dtype=np.float32))
+
+
+def test_fixed_batch_model_refuses_another_batch(trained, tmp_path):
+    from pipeline import export
+
+    path = tmp_path / "b4.onnx"
+    export.export(trained[0], path, batch=4)
+    with pytest.raises(EdgepipeError, match="fixed batch of 4; got 3.*runners.predict"):
+        OnnxRuntimeRunner(path).infer(np.zeros((3, 1, 32, 32), dtype=np.float32))
+
+
+def test_batch_larger_than_the_profile_is_a_clear_error():
+    # The check every runner (the TensorRT runner with its profile's min and max) applies first.
+    batch = np.zeros((64, 1, 32, 32), dtype=np.float32)
+    with pytest.raises(EdgepipeError, match=r"batch 64 is outside.*takes 1 to 32.*--maxShapes input:64x"):
+        check_batch("tensorrt-rtx", batch, (1, 32, 32), None, 1, 32)
+    assert check_batch("tensorrt-rtx", batch[:32], (1, 32, 32), None, 1, 32) is not None
+
+
+def test_pytorch_on_cuda_without_a_gpu_is_a_clear_error(trained):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(NoGpuError, match="PyTorch sees no CUDA GPU"):
+        TorchRunner.from_checkpoint(trained[0], device="cuda")
+
+
+def test_missing_pycuda_tells_how_to_install_it():
+    from pipeline import trt_runner
+
+    message = str(trt_runner.pycuda_missing(ImportError("No module named 'pycuda'")))
+    assert "pip install 'edgepipe[gpu]'" in message and "CUDA toolkit" in message and "No module named 'pycuda'" in message
+    if importlib.util.find_spec("pycuda") is not None:
+        pytest.skip("pycuda is installed here; the import-failure path cannot run")
+    with pytest.raises(EdgepipeError, match=r"needs pycuda.*pip install 'edgepipe\[gpu\]'"):
+        trt_runner.import_pycuda()
+
+
+def test_unknown_artifact_type_is_a_clear_error(tmp_path):
+    path = tmp_path / "model.txt"
+    path.write_text("x")
+    with pytest.raises(EdgepipeError, match="cannot tell what"):
+        load_runner(path)
+    with pytest.raises(EdgepipeError, match="does not exist"):
+        load_runner(tmp_path / "missing.onnx")
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has an NVIDIA GPU (tests/test_gpu.py runs engines)")
+def test_engine_on_a_machine_without_gpu_is_refused_clearly(engine):
+    with pytest.raises(NoGpuError, match="needs an NVIDIA GPU"):
+        load_runner(engine)
+
+
+def test_engine_built_for_another_tensorrt_version_is_refused_before_the_gpu(engine, tmp_path):
+    copy = tmp_path / "other.engine"
+    shutil.copy(engine, copy)
+    manifest = json.loads((engine.parent / (engine.name + ".manifest.json")).read_text())
+    manifest["backend_version"] = "0.9.0"
+    (tmp_path / "other.engine.manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgepipeError, match=r"built with .* 0\.9\.0.*engines load only with the version that built them") as error:
+        load_runner(copy)
+    assert not isinstance(error.value, NoGpuError)
+
+
+def test_engine_without_manifest_is_refused(engine, tmp_path):
+    copy = tmp_path / "bare.engine"
+    shutil.copy(engine, copy)
+    with pytest.raises(EdgepipeError, match="no edgepipe engine manifest"):
+        load_runner(copy)
