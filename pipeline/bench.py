@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,6 @@ from pipeline.runners import (
     artifact_kind,
     artifact_precision,
     load_runner,
-    predict,
 )
 
 SKIPPED_NO_GPU = "skipped: no NVIDIA GPU"
@@ -260,49 +260,32 @@ def _cpu_name() -> str:
 def held_out_top1(result: dict[str, Any]) -> dict[str, float]:
     """Top-1 (%) on the held-out split per artifact path that ran, for the latency/accuracy plot.
 
-    ``pipeline.validate`` answers where it is available; otherwise each artifact is run here on
-    the held-out split its checkpoint (or ONNX metadata) records.
+    ``edgepipe validate`` measures it; that needs the PyTorch checkpoint among the bench rows.
     """
+    from pipeline import validate
+
     ok = list(dict.fromkeys(r["artifact"] for r in result["rows"] if r["status"] == "ok"))
     reference = next((r["artifact"] for r in result["rows"] if r.get("format") == "pytorch"), None)
-    try:
-        from pipeline import validate
-
-        if reference is None:
-            raise ImportError("validate needs the checkpoint")
-        report = validate.validate(reference, [a for a in ok if a != reference])
-        by_name = {Path(str(r.get("artifact"))).name: r.get("top1") for r in report.get("rows", [])}
-        scores = {a: by_name.get(Path(a).name) for a in ok}
-        if reference is not None:
-            scores[reference] = (report.get("reference") or {}).get("top1")
-        return {a: float(v) for a, v in scores.items() if v is not None}
-    except (ImportError, AttributeError, TypeError, EdgepipeError):
-        pass
-    from pipeline import data as datamod
-    from pipeline.metrics import top1
-    from pipeline.onnxfile import load_onnx, onnx_config
-
-    scores = {}
-    for path in ok:
-        try:
-            runner = load_runner(path)
-            config = getattr(runner, "config", None) or onnx_config(load_onnx(path), path)
-            x, y = datamod.split_of(config, datamod.load_for_config(config), "val")
-            scores[path] = top1(predict(runner, x), y)
-            runner.close()
-        except EdgepipeError:
-            continue  # an engine on a CPU-only machine, or an ONNX without edgepipe metadata
-    return scores
+    if reference is None:
+        return {}
+    report = validate.validate(reference, [a for a in ok if a != reference])
+    by_name = {Path(str(r.get("artifact"))).name: r.get("top1") for r in report.get("rows", [])}
+    scores = {a: by_name.get(Path(a).name) for a in ok}
+    scores[reference] = (report.get("reference") or {}).get("top1")
+    return {a: float(v) for a, v in scores.items() if v is not None}
 
 
-def write_report(result: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:
-    """Write bench.md (the table) and bench.png (latency against accuracy per precision) to ``folder``."""
+def write_report(result: dict[str, Any], folder: str | Path, accuracy: dict[str, float] | None = None) -> tuple[Path, Path]:
+    """Write bench.md (the table) and bench.png (latency against accuracy per precision) to ``folder``.
+
+    ``accuracy`` maps artifact paths to held-out top-1; measured with validate when not given.
+    """
     from pipeline.artifacts import check_output, write_text_atomic
 
     folder = Path(folder)
     md_path, png_path = folder / "bench.md", folder / "bench.png"
     check_output(md_path, force=True)
-    accuracy = held_out_top1(result)
+    accuracy = held_out_top1(result) if accuracy is None else accuracy
     _plot(result, accuracy, png_path)
     write_text_atomic(md_path, to_markdown(result, accuracy, png_path.name))
     return md_path, png_path

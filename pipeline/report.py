@@ -48,6 +48,7 @@ def assemble(folder: Path, model, data, validation, bench, artifacts: dict[str, 
     return {
         "format": REPORT_FORMAT,
         "edgepipe": __version__,
+        "folder": str(folder),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": model,
         "data": data,

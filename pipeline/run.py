@@ -195,9 +195,9 @@ def run(
     ref_key = _sha(reference) if reference else "none"
     validation = stages.stage("validate", {"reference": ref_key, "data": data, **artifact_key}, [],
                               lambda: _validate(reference, all_artifacts, data))
-    bench_json = folder / "bench.json"
-    bench_result = stages.stage("bench", {"reference": ref_key, "batches": list(bench_batches), "seconds": bench_seconds, **artifact_key}, [bench_json],
-                                lambda: _bench(reference, all_artifacts, bench_batches, bench_seconds, bench_json, folder))
+    bench_outputs = [folder / "bench.json", folder / "bench.md", folder / "bench.png"]
+    bench_result = stages.stage("bench", {"reference": ref_key, "batches": list(bench_batches), "seconds": bench_seconds, **artifact_key}, bench_outputs,
+                                lambda: _bench(reference, all_artifacts, bench_batches, bench_seconds, folder, validation))
 
     from pipeline import report as reportmod
 
@@ -212,6 +212,8 @@ def run(
         engines_note=backend_note,
         seconds=time.perf_counter() - started,
     )
+    if (folder / "bench.png").is_file():
+        report["plot"] = "bench.png"
     reportmod.write(report, folder)
     return report
 
@@ -283,11 +285,16 @@ def _validate(reference: Path | None, artifacts: list[Path], data: str | None) -
     return validate.validate(reference, [str(a) for a in artifacts], data=data)
 
 
-def _bench(reference: Path | None, artifacts: list[Path], batches, seconds: float, path: Path, folder: Path) -> dict[str, Any]:
+def _bench(reference: Path | None, artifacts: list[Path], batches, seconds: float, folder: Path, validation) -> dict[str, Any]:
     from pipeline import bench
 
     result = bench.bench([str(a) for a in artifacts], checkpoint=reference, batches=tuple(batches), duration_s=seconds, warmup_ms=100)
-    write_json_atomic(path, result)
+    write_json_atomic(folder / "bench.json", result)
+    # The plot's accuracy axis comes from the validate stage rather than a second evaluation.
+    accuracy = {r["artifact"]: r["top1"] for r in (validation or {}).get("rows", []) if r.get("top1") is not None}
+    if reference is not None and (validation or {}).get("reference", {}).get("top1") is not None:
+        accuracy[str(reference)] = validation["reference"]["top1"]
+    bench.write_report(result, folder, accuracy=accuracy)
     return result
 
 

@@ -2,7 +2,6 @@ import click
 
 from pipeline import run as runmod
 from pipeline.clitools import EdgepipeCommand, emit, json_option
-from pipeline.progress import out
 
 
 @click.command("run", cls=EdgepipeCommand)
@@ -58,8 +57,8 @@ def _batches(text: str) -> tuple[int, ...]:
 def _print(report) -> None:
     from pipeline.report import to_markdown
 
-    out.print(to_markdown(report).split("\n## Machine")[0], markup=False)
-    out.print(f"Report: {report.get('folder', '')}report.md and report.json", markup=False)
+    click.echo(to_markdown(report).split("\n## Machine")[0])
+    click.echo(f"Report: {report['folder']}/report.md and report.json")
 
 
 COMMANDS = [run_command]
