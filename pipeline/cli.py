@@ -23,3 +23,7 @@ def main() -> None:
 
 for command in all_commands():
     main.add_command(command)
+
+
+if __name__ == "__main__":
+    main()

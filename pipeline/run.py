@@ -191,7 +191,7 @@ def run(
 
     # 5. validate and bench every artifact against the PyTorch reference
     all_artifacts = [*onnx_artifacts.values(), *engine_artifacts.values()]
-    artifact_key = {p.name: _sha(p) for p in all_artifacts}
+    artifact_key = {p.name: _sha(p) for p in all_artifacts} or {"artifacts": _FAILED}
     ref_key = _sha(reference) if reference else "none"
     validation = stages.stage("validate", {"reference": ref_key, "data": data, **artifact_key}, [],
                               lambda: _validate(reference, all_artifacts, data))
@@ -207,7 +207,7 @@ def run(
         data=_data_identity(data_key),
         validation=validation,
         bench=bench_result,
-        artifacts={"pytorch": reference, **{f"onnx-{p}": a for p, a in onnx_artifacts.items()}, **{f"engine-{p}": e for p, e in engine_artifacts.items()}},
+        artifacts={**({"pytorch": reference} if reference else {}), **{f"onnx-{p}": a for p, a in onnx_artifacts.items()}, **{f"engine-{p}": e for p, e in engine_artifacts.items()}},
         stages=stages.timings,
         engines_note=backend_note,
         seconds=time.perf_counter() - started,

@@ -3,7 +3,9 @@
 One row per artifact (ONNX at any precision, TensorRT engine): top-1, its change against PyTorch
 in points, top-1 agreement with PyTorch, max/mean abs logit difference and cosine similarity.
 Like Ultralytics' benchmark table, an artifact that cannot be run is a row with status "error"
-and its reason, not the end of the run.
+and its reason, not the end of the run; an engine on a machine without a GPU is "skipped".
+Without a checkpoint (a run that starts from an ONNX model), the FP32 ONNX model on ONNX Runtime
+stands in as the reference.
 """
 
 from __future__ import annotations
@@ -15,29 +17,41 @@ from pipeline import data as datamod
 from pipeline.artifacts import read_manifest
 from pipeline.errors import EdgepipeError
 from pipeline.metrics import compare_logits, top1
-from pipeline.runners import TorchRunner, load_runner, predict
+from pipeline.onnxfile import load_onnx, onnx_config
+from pipeline.runners import NoGpuError, OnnxRuntimeRunner, TorchRunner, load_runner, predict
 from pipeline.train import load_checkpoint
 
 
-def validate(checkpoint: str | Path, artifacts: Iterable[str | Path], data: str | None = None) -> dict[str, Any]:
-    """Run the PyTorch reference and every artifact on the held-out split; one row per artifact."""
+def validate(checkpoint: str | Path | None, artifacts: Iterable[str | Path], data: str | None = None) -> dict[str, Any]:
+    """Run the reference and every artifact on the held-out split; one row per artifact."""
     artifacts = [Path(a) for a in artifacts]
     if not artifacts:
         raise EdgepipeError("no artifact to validate", fix="pass one or more .onnx or engine files after --checkpoint CKPT")
-    model, config = load_checkpoint(checkpoint, data=data)
+    reference_runner, config = _reference(checkpoint, artifacts, data)
     dataset = datamod.load_for_config(config, data)
     images, labels = datamod.split_of(config, dataset, "val")
-    reference = predict(TorchRunner(model), images)
+    reference = predict(reference_runner, images)
     reference_top1 = top1(reference, labels)
     rows = [_row(path, images, labels, reference, reference_top1, config) for path in artifacts]
     return {
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(checkpoint) if checkpoint else None,
         "model": config["model"],
         "data": dataset.source,
-        "reference": {"runner": "pytorch-cpu", "top1": reference_top1, "samples": int(len(labels))},
+        "reference": {"runner": reference_runner.name, "top1": reference_top1, "samples": int(len(labels))},
         "rows": rows,
-        "ok": all(row["status"] == "ok" for row in rows),
+        "ok": not any(row["status"] == "error" for row in rows),
     }
+
+
+def _reference(checkpoint: str | Path | None, artifacts: list[Path], data: str | None):
+    """(runner, config) of the reference: PyTorch from the checkpoint, else the FP32 ONNX model."""
+    if checkpoint is not None:
+        model, config = load_checkpoint(checkpoint, data=data)
+        return TorchRunner(model), config
+    fp32 = next((p for p in artifacts if p.suffix == ".onnx" and p.is_file() and artifact_precision(p) == "fp32"), None)
+    if fp32 is None:
+        raise EdgepipeError("no reference to validate against", fix="pass --checkpoint CKPT (or an FP32 .onnx model among the artifacts)")
+    return OnnxRuntimeRunner(fp32), onnx_config(load_onnx(fp32), fp32)
 
 
 def _row(path: Path, images, labels, reference, reference_top1: float, config: dict[str, Any]) -> dict[str, Any]:
@@ -49,6 +63,8 @@ def _row(path: Path, images, labels, reference, reference_top1: float, config: d
         logits = predict(runner, images)
         if logits.shape != reference.shape:
             raise EdgepipeError(f"it returns logits of shape {logits.shape}, PyTorch {reference.shape}", fix="pass artifacts made from this checkpoint")
+    except NoGpuError as exc:
+        return {**row, "status": "skipped: no NVIDIA GPU", "error": str(exc)}
     except EdgepipeError as exc:
         return {**row, "status": "error", "error": str(exc)}
     except Exception as exc:  # a runtime failing on this artifact is recorded, not fatal

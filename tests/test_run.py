@@ -1,0 +1,145 @@
+"""`edgepipe run` end to end, re-runs that reuse stages, failures, Ctrl-C, and the CI gate on its report."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import invoke
+from pipeline import run
+from pipeline.errors import EdgepipeError
+
+FAST = {"bench_batches": (1,), "bench_seconds": 0.2}
+
+
+@pytest.fixture(scope="module")
+def full_run(trained, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    report = run.run(checkpoint=trained[0], output=folder, **FAST)
+    return folder, report
+
+
+def test_run_makes_every_artifact_and_a_report(full_run):
+    folder, report = full_run
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "calib.npz",
+                 "model.fp32.engine", "model.fp16.engine", "model.int8.engine"):
+        assert (folder / name).is_file(), name
+        assert (folder / f"{name}.manifest.json").is_file(), name
+    for name in ("report.json", "report.md", "bench.png", "bench.md", "state.json"):
+        assert (folder / name).is_file(), name
+    assert not list(folder.glob("*.partial"))
+    rows = {r["artifact"]: r for r in json.loads((folder / "report.json").read_text())["rows"]}
+    assert list(rows) == ["pytorch", "onnx-fp32", "onnx-fp16", "onnx-int8", "engine-fp32", "engine-fp16", "engine-int8"]
+    assert rows["pytorch"]["top1"] >= 98.0
+    assert rows["onnx-fp32"]["agreement"] == 100.0
+    assert abs(rows["onnx-fp16"]["delta"]) <= 0.1 and rows["onnx-fp16"]["agreement"] >= 99.9
+    assert abs(rows["onnx-int8"]["delta"]) <= 0.5 and rows["onnx-int8"]["agreement"] >= 99.0
+    for artifact in ("pytorch", "onnx-fp32", "onnx-fp16", "onnx-int8"):
+        assert rows[artifact]["latency_ms"] > 0 and rows[artifact]["throughput"] > 0
+        assert rows[artifact]["size_mb"] > 0
+    if not os.environ.get("CUDA_VISIBLE_DEVICES") and not _has_gpu():
+        assert rows["engine-int8"]["status"] == "skipped: no NVIDIA GPU"
+    markdown = (folder / "report.md").read_text()
+    assert "| onnx-int8 | ONNX | int8 | ok |" in markdown
+    assert "tensorrt-rtx" in markdown and "## Machine and tools" in markdown
+    assert all(stage["status"] == "done" for stage in report["stages"].values())
+
+
+def _has_gpu():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_second_run_reuses_every_stage(full_run, trained):
+    folder, first = full_run
+    report = run.run(checkpoint=trained[0], output=folder, **FAST)
+    assert {stage["status"] for stage in report["stages"].values()} == {"reused"}
+    assert [r["top1"] for r in report["rows"]] == [r["top1"] for r in first["rows"]]
+
+
+def test_changed_input_redoes_only_what_depends_on_it(full_run, trained):
+    folder, _ = full_run
+    report = run.run(checkpoint=trained[0], output=folder, precisions=("fp32", "int8"), **{**FAST, "bench_seconds": 0.3})
+    statuses = {name: stage["status"] for name, stage in report["stages"].items()}
+    assert statuses["export"] == statuses["quantize-int8"] == statuses["build-int8"] == "reused"
+    assert statuses["validate"] == statuses["bench"] == "done"  # fewer artifacts, new bench settings
+    assert [r["artifact"] for r in report["rows"]] == ["pytorch", "onnx-fp32", "onnx-int8", "engine-fp32", "engine-int8"]
+
+
+def test_gate_on_a_real_report(full_run, runner, tmp_path):
+    folder, _ = full_run
+    baseline = tmp_path / "baseline.json"
+    assert invoke(runner, "check", folder / "report.json", "--baseline", baseline, "--update-baseline").exit_code == 0
+    result = invoke(runner, "check", folder / "report.json", "--baseline", baseline, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["compared"] >= 8
+
+
+def test_training_run_and_failed_stage_is_recorded(tmp_path, runner):
+    result = invoke(runner, "run", "--model", "eca_resnet", "--epochs", "1", "--precisions", "fp32", "--no-engines",
+                    "--batches", "1", "--bench-seconds", "0.1", "-o", tmp_path / "ok", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["model"] == "eca_resnet" and report["stages"]["train"]["status"] == "done"
+    # A stage that fails is recorded with its reason; the stages that need it are skipped.
+    (tmp_path / "other").mkdir()
+    import numpy as np
+
+    np.savez(tmp_path / "three.npz", x=np.random.rand(30, 8, 8).astype("float32"), y=np.arange(30) % 3)
+    ckpt = tmp_path / "ok" / "checkpoint.pt"
+    result = invoke(runner, "run", "--checkpoint", ckpt, "--data", tmp_path / "three.npz", "--precisions", "fp32",
+                    "--no-engines", "-o", tmp_path / "other", "--json")
+    assert result.exit_code == 1
+    stages = json.loads(result.stdout)["stages"]
+    assert stages["export"]["status"] == "failed" and "3 classes" in stages["export"]["reason"]
+    assert stages["validate"]["status"] == "skipped"
+    strict = invoke(runner, "run", "--checkpoint", ckpt, "--data", tmp_path / "three.npz", "--precisions", "fp32",
+                    "--no-engines", "-o", tmp_path / "other", "--strict")
+    assert strict.exit_code == 1 and strict.stderr.strip().splitlines()[-1].startswith("Error: dataset")
+
+
+def test_run_directory_from_another_version_is_refused(tmp_path, runner):
+    (tmp_path / "state.json").write_text(json.dumps({"format": 0, "edgepipe": "0.0.1", "stages": {}}))
+    result = invoke(runner, "run", "--epochs", "1", "-o", tmp_path)
+    assert result.exit_code == 1
+    line = result.stderr.strip()
+    assert line.startswith("Error: run directory") and "0.0.1" in line and "--force" in line and "\n" not in line
+
+
+def test_bad_run_options(tmp_path):
+    with pytest.raises(EdgepipeError, match="alternatives"):
+        run.run(model="se_resnet", checkpoint="x.pt", output=tmp_path)
+    with pytest.raises(EdgepipeError, match="unknown precision int4"):
+        run.run(precisions=("int4",), output=tmp_path)
+
+
+def test_ctrl_c_then_resume(trained, tmp_path):
+    """SIGINT in the middle of a run: exit 130, nothing half-written; the next run resumes."""
+    folder = tmp_path / "run"
+    command = [sys.executable, "-m", "pipeline.cli", "run", "--checkpoint", str(trained[0]), "-o", str(folder),
+               "--precisions", "fp32,int8", "--batches", "1", "--bench-seconds", "0.2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and "export" not in _stages(folder):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert not list(folder.glob(".*partial")) and not list(folder.glob("*.partial"))
+    done_before = set(_stages(folder))
+    report = run.run(checkpoint=trained[0], output=folder, precisions=("fp32", "int8"), **FAST)
+    assert all(report["stages"][name]["status"] == "reused" for name in done_before)
+    assert all(r["status"] == "ok" for r in report["rows"] if r["format"] != "TensorRT")
+
+
+def _stages(folder):
+    try:
+        return json.loads((folder / "state.json").read_text())["stages"]
+    except (OSError, ValueError):
+        return {}
