@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= rtx,dev
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench clean
+.PHONY: setup run test test-all gate bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,15 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
+# The accuracy-regression gate this repository's CI runs: the default pipeline against ci/baseline.json.
+gate: setup
+	$(BIN)/edgepipe run -o runs/ci
+	$(BIN)/edgepipe check runs/ci/report.json --baseline ci/baseline.json --tolerances ci/tolerances.yaml
+
 bench: setup
-	$(BIN)/python benchmarks/zoo.py
+	$(BIN)/python benchmarks/zoo.py --keep runs/zoo
+	$(BIN)/python benchmarks/precision.py runs/zoo
+	$(BIN)/python benchmarks/latency.py --checkpoint runs/zoo/se_resnet.pt --work runs/latency --out docs/latency.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

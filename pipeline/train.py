@@ -116,7 +116,7 @@ def train(
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                total_loss += float(loss) * len(batch)
+                total_loss += loss.item() * len(batch)
             bar.advance(f"epoch {epoch + 1} loss {total_loss / len(labels):.3f}")
     model.eval()
     config["train"] = {

@@ -34,6 +34,22 @@ def exported(trained, tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def engine(exported, tmp_path_factory):
+    """A real engine built from the exported model (TensorRT-RTX builds it on the CPU), batch 1-32."""
+    from pipeline import backend, build
+
+    if not backend.installed_backends():
+        pytest.skip("no TensorRT or TensorRT-RTX installed")
+    chosen = backend.get_backend()
+    no_gpu = backend.current_compute_capability() is None
+    targets = ["8.9"] if chosen.name == backend.TENSORRT_RTX and no_gpu else None
+    path = tmp_path_factory.mktemp("engine") / "model.engine"
+    shapes = {"min": "input:1x1x32x32", "opt": "input:8x1x32x32", "max": "input:32x1x32x32"}
+    build.build_engine(exported, save_engine=path, shapes=shapes, compute_capability=targets, force=True)
+    return path
+
+
 @pytest.fixture()
 def runner():
     """Click's CliRunner for the edgepipe group, with stderr kept apart from stdout."""

@@ -22,19 +22,6 @@ def result(trained, exported):
     return bench.bench([str(exported)], checkpoint=trained[0], batches=(1, 8), warmup_ms=50, iterations=ITERATIONS, progress=False)
 
 
-@pytest.fixture(scope="module")
-def engine(exported, tmp_path_factory):
-    from pipeline import build
-
-    if not backendmod.installed_backends():
-        pytest.skip("no TensorRT or TensorRT-RTX installed")
-    be = backendmod.get_backend()
-    path = tmp_path_factory.mktemp("bench_engine") / "model.engine"
-    targets = ["8.9"] if be.name == backendmod.TENSORRT_RTX and NO_GPU else None
-    build.build_engine(exported, save_engine=path, shapes={"min": "input:1x1x32x32", "opt": "input:8x1x32x32", "max": "input:32x1x32x32"}, compute_capability=targets, force=True)
-    return path
-
-
 def ok_rows(result):
     return [r for r in result["rows"] if r["status"] == "ok"]
 

@@ -310,6 +310,7 @@ def test_unwritable_output_path(model_onnx, tmp_path):
 def test_ctrl_c_during_the_real_build_leaves_no_engine(model_onnx, monkeypatch):
     """A real SIGINT arrives while the builder runs: the build is cancelled, nothing is written."""
     previous = build.build_engine(model_onnx, save_engine=model_onnx.with_name("keep.engine"))
+    handler_before = signal.getsignal(signal.SIGINT)
     steps = []
 
     def press_ctrl_c(status, be, phase, step):
@@ -326,7 +327,7 @@ def test_ctrl_c_during_the_real_build_leaves_no_engine(model_onnx, monkeypatch):
         build.build_engine(model_onnx, precision="fp32")
     assert not model_onnx.with_name("model.fp32.engine").exists()
     assert partial_files(model_onnx.parent) == []
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
 
 
 def test_ctrl_c_exits_130_on_the_command_line(model_onnx, monkeypatch):

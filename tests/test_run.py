@@ -123,7 +123,9 @@ def test_ctrl_c_then_resume(trained, tmp_path):
     folder = tmp_path / "run"
     command = [sys.executable, "-m", "pipeline.cli", "run", "--checkpoint", str(trained[0]), "-o", str(folder),
                "--precisions", "fp32,int8", "--batches", "1", "--bench-seconds", "0.2"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A CI job started in the background inherits SIGINT ignored; give the run the default handling.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and "export" not in _stages(folder):
         time.sleep(0.05)

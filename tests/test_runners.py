@@ -29,21 +29,6 @@ def reference(trained):
     return TorchRunner.from_checkpoint(trained[0])
 
 
-@pytest.fixture(scope="module")
-def engine(exported, tmp_path_factory):
-    """A real engine built from the exported model (TensorRT-RTX builds it on the CPU)."""
-    from pipeline import build
-
-    if not backendmod.installed_backends():
-        pytest.skip("no TensorRT or TensorRT-RTX installed")
-    be = backendmod.get_backend()
-    path = tmp_path_factory.mktemp("engine") / "model.engine"
-    targets = ["8.9"] if be.name == backendmod.TENSORRT_RTX and NO_GPU else None
-    shapes = {"min": "input:1x1x32x32", "opt": "input:8x1x32x32", "max": "input:32x1x32x32"}
-    build.build_engine(exported, save_engine=path, shapes=shapes, compute_capability=targets, force=True)
-    return path
-
-
 def test_torch_and_onnxruntime_agree_on_held_out_split(trained, exported, reference):
     x, y = held_out(trained[1])
     ort = OnnxRuntimeRunner(exported)

@@ -38,7 +38,7 @@ def bench_command(ctx, artifacts, checkpoint, batches, warmup_ms, duration_s, it
 
     \b
     Example:
-      edgepipe bench runs/se/model.onnx runs/se/model_fp16.engine \\
+      edgepipe bench runs/se/model.onnx runs/se/model.fp16.engine \\
           --checkpoint runs/se/se_resnet.pt --batch 1,8,32 --duration-s 3 --report runs/se/bench
     """
     quiet_libraries()
