@@ -15,11 +15,13 @@ from pipeline.clitools import EdgepipeCommand, emit, json_option
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batches", default="1,8", show_default=True, help="Batch sizes to bench.")
 @click.option("--bench-seconds", default=1.0, show_default=True, help="Timed seconds per artifact and batch.")
+@click.option("--max-drop", default=str(runmod.DEFAULT_MAX_DROP), show_default=True, metavar="PTS|none",
+              help="INT8 accuracy budget: points of top-1 INT8 may lose; sensitive nodes stay in higher precision until it holds. 'none': plain PTQ.")
 @click.option("--no-engines", is_flag=True, help="Skip TensorRT engines even when a TensorRT flavour is installed.")
 @click.option("--strict", is_flag=True, help="Stop at the first failed stage instead of recording it and going on.")
 @click.option("--force", is_flag=True, help="Redo every stage, even those whose inputs have not changed.")
 @json_option
-def run_command(model_name, checkpoint, onnx_model, data, precisions, output, epochs, seed, batches, bench_seconds, no_engines, strict, force, as_json):
+def run_command(model_name, checkpoint, onnx_model, data, precisions, output, epochs, seed, batches, bench_seconds, max_drop, no_engines, strict, force, as_json):
     """Train (or load), export, calibrate, quantize, build engines, validate and bench, in one run directory.
 
     Re-running reuses every stage whose inputs have not changed. Writes report.json and
@@ -34,12 +36,26 @@ def run_command(model_name, checkpoint, onnx_model, data, precisions, output, ep
         model=model_name, checkpoint=checkpoint, onnx_model=onnx_model, data=data,
         precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()), output=output,
         strict=strict, force=force, epochs=epochs, seed=seed, engines=not no_engines,
-        bench_batches=_batches(batches), bench_seconds=bench_seconds,
+        bench_batches=_batches(batches), bench_seconds=bench_seconds, max_drop=_budget(max_drop),
     )
     emit(report, as_json, _print)
     failed = [name for name, stage in report["stages"].items() if stage["status"] in ("failed", "skipped")]
     if failed:
         raise click.exceptions.Exit(1)
+
+
+def _budget(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        from pipeline.errors import EdgepipeError
+
+        raise EdgepipeError(f"--max-drop '{text}' is not a number of points", fix="pass e.g. --max-drop 0.5, or --max-drop none for plain PTQ")
+    return value
 
 
 def _batches(text: str) -> tuple[int, ...]:
