@@ -93,7 +93,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# edgepipe run: {report['model']} on {Path(str(report['data'])).name}",
         "",
-        f"PyTorch reference top-1: {fmt(report['reference'].get('top1'), '.2f')}% on {report['reference'].get('samples', '?')} held-out images. "
+        f"{_reference_name(report)} top-1: {fmt(report['reference'].get('top1'), '.2f')}% on {report['reference'].get('samples', '?')} held-out images. "
         f"Engines: {report['engines']}. Run took {report['seconds']:.1f} s.",
         "",
         "| artifact | format | precision | status | size (MB) | top-1 (%) | vs PyTorch (pts) | agreement (%) | latency (ms) | throughput (img/s) |",
@@ -116,6 +116,11 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---:|"]
     lines += [f"| {name} | {s['status']}{': ' + s['reason'] if s.get('reason') else ''} | {s['seconds']:.2f} |" for name, s in report["stages"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _reference_name(report: dict[str, Any]) -> str:
+    runner = str(report["reference"].get("runner", "pytorch"))
+    return "PyTorch reference" if runner.startswith("pytorch") else f"Reference (FP32 ONNX on {runner})"
 
 
 def write(report: dict[str, Any], folder: Path) -> None:

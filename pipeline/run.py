@@ -180,7 +180,7 @@ def run(
 
     # 4. engines, with whichever TensorRT flavour is installed
     engine_artifacts: dict[str, Path] = {}
-    backend_note = None
+    backend_note = "not requested (--no-engines)"
     if engines:
         backend_note = _backend_available()
         if backend_note is None:

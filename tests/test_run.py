@@ -145,3 +145,12 @@ def _stages(folder):
         return json.loads((folder / "state.json").read_text())["stages"]
     except (OSError, ValueError):
         return {}
+
+
+def test_run_from_an_onnx_model_uses_it_as_the_reference(exported, tmp_path):
+    report = run.run(onnx_model=exported, output=tmp_path, precisions=("fp32", "fp16"), engines=False, **FAST)
+    assert [r["artifact"] for r in report["rows"]] == ["onnx-fp32", "onnx-fp16"]
+    assert report["reference"]["runner"].startswith("onnxruntime")
+    assert report["rows"][0]["agreement"] == 100.0 and report["rows"][1]["agreement"] >= 99.9
+    assert "train" not in report["stages"] and "export" not in report["stages"]
+    assert "Reference (FP32 ONNX" in (tmp_path / "report.md").read_text()
