@@ -96,47 +96,42 @@ class AttentionResNet(nn.Module):
         return self.fc(self.drop(pooled))
 
 
-def _build(attention: str = "none", **kw) -> AttentionResNet:
-    return AttentionResNet(attention=attention, **kw)
+# The default training recipe every zoo model reaches its target with (see docs/zoo.md).
+RECIPE = {"default_epochs": 20, "default_lr": 3e-3}
+
+# Each factory takes AttentionResNet's arguments (num_classes, in_chans, img_size, ...) as keywords.
 
 
-@register_model(attention="se", description="residual CNN with squeeze-and-excitation in every block",
-                default_epochs=20, default_lr=3e-3)
-def se_resnet(num_classes: int = 10, in_chans: int = 1, img_size: int = 32, **kw) -> nn.Module:
-    return _build("se", num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
+@register_model(attention="se", description="residual CNN with squeeze-and-excitation in every block", **RECIPE)
+def se_resnet(**kw) -> nn.Module:
+    return AttentionResNet(attention="se", **kw)
 
 
-@register_model(attention="eca", description="residual CNN with efficient channel attention in every block",
-                default_epochs=20, default_lr=3e-3)
-def eca_resnet(num_classes: int = 10, in_chans: int = 1, img_size: int = 32, **kw) -> nn.Module:
-    return _build("eca", num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
+@register_model(attention="eca", description="residual CNN with efficient channel attention in every block", **RECIPE)
+def eca_resnet(**kw) -> nn.Module:
+    return AttentionResNet(attention="eca", **kw)
 
 
-@register_model(attention="cbam", description="residual CNN with CBAM (channel + spatial gates) in every block",
-                default_epochs=20, default_lr=3e-3)
-def cbam_resnet(num_classes: int = 10, in_chans: int = 1, img_size: int = 32, **kw) -> nn.Module:
-    return _build("cbam", num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
+@register_model(attention="cbam", description="residual CNN with CBAM (channel + spatial gates) in every block", **RECIPE)
+def cbam_resnet(**kw) -> nn.Module:
+    return AttentionResNet(attention="cbam", **kw)
 
 
-@register_model(attention="coord", description="residual CNN with coordinate attention in every block",
-                default_epochs=20, default_lr=3e-3)
-def coord_resnet(num_classes: int = 10, in_chans: int = 1, img_size: int = 32, **kw) -> nn.Module:
-    return _build("coord", num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
+@register_model(attention="coord", description="residual CNN with coordinate attention in every block", **RECIPE)
+def coord_resnet(**kw) -> nn.Module:
+    return AttentionResNet(attention="coord", **kw)
 
 
-@register_model(attention="gate", description="residual CNN with a gated 1x1-conv attention map in every block",
-                default_epochs=20, default_lr=3e-3)
-def gated_cnn(num_classes: int = 10, in_chans: int = 1, img_size: int = 32, **kw) -> nn.Module:
-    return _build("gate", num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
+@register_model(attention="gate", description="residual CNN with a gated 1x1-conv attention map in every block", **RECIPE)
+def gated_cnn(**kw) -> nn.Module:
+    return AttentionResNet(attention="gate", **kw)
 
 
-@register_model(attention="softmax-pool", description="residual CNN with a softmax feature-attention pooling head",
-                default_epochs=20, default_lr=3e-3)
-def attnpool_cnn(num_classes: int = 10, in_chans: int = 1, img_size: int = 32, **kw) -> nn.Module:
-    return _build("none", head="attention", num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
+@register_model(attention="softmax-pool", description="residual CNN with a softmax feature-attention pooling head", **RECIPE)
+def attnpool_cnn(**kw) -> nn.Module:
+    return AttentionResNet(head="attention", **kw)
 
 
-@register_model(attention="mhsa", description="residual CNN with multi-head self-attention in the last stage (BoTNet)",
-                default_epochs=20, default_lr=3e-3)
-def bot_net(num_classes: int = 10, in_chans: int = 1, img_size: int = 32, **kw) -> nn.Module:
-    return _build("none", mhsa_last=True, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
+@register_model(attention="mhsa", description="residual CNN with multi-head self-attention in the last stage (BoTNet)", **RECIPE)
+def bot_net(**kw) -> nn.Module:
+    return AttentionResNet(mhsa_last=True, **kw)

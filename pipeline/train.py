@@ -11,16 +11,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 import models
 from pipeline import data as datamod
-from pipeline.artifacts import atomic_output, check_output, sha256_file, write_manifest  # noqa: F401 (check_output is used by the CLI)
+from pipeline.artifacts import atomic_output, check_output, sha256_file, write_manifest
 from pipeline.errors import EdgepipeError
 from pipeline.metrics import top1
 from pipeline.progress import progress_bar
+from pipeline.runners import TorchRunner, predict
 
 DEFAULT_MODEL = "se_resnet"
 DEFAULT_EPOCHS = 20
@@ -51,16 +51,6 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
         return models.create(config["model"], **config["model_args"])
     except models.UnknownModelError as exc:
         raise EdgepipeError(str(exc).rstrip("."), fix="run 'edgepipe models' for the list")
-
-
-def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits of ``model`` in eval mode for normalized ``images``."""
-    model.eval()
-    outputs = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            outputs.append(model(torch.from_numpy(images[start : start + batch_size])).float().numpy())
-    return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
 
 
 def _shift(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -124,7 +114,7 @@ def train(
         "lr": lr,
         "batch_size": BATCH_SIZE,
         "seconds": round(time.perf_counter() - started, 2),
-        "val_top1": top1(predict(model, x_val), y_val),
+        "val_top1": top1(predict(TorchRunner(model), x_val), y_val),
     }
     return model, config
 

@@ -5,6 +5,7 @@ import torch
 import models
 from pipeline import data, train
 from pipeline.errors import EdgepipeError
+from pipeline.runners import TorchRunner, predict
 
 
 def test_default_model_reaches_target_on_digits(trained):
@@ -29,7 +30,7 @@ def test_loaded_checkpoint_reproduces_accuracy(trained):
     path, config = trained
     model, loaded = train.load_checkpoint(path)
     x_val, y_val = data.split_of(loaded, data.load_for_config(loaded), "val")
-    accuracy = (train.predict(model, x_val).argmax(1) == y_val).mean() * 100
+    accuracy = (predict(TorchRunner(model), x_val).argmax(1) == y_val).mean() * 100
     assert accuracy == pytest.approx(config["train"]["val_top1"])
 
 

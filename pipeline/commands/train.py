@@ -1,6 +1,7 @@
 import click
 
 from pipeline import train as trainmod
+from pipeline.artifacts import check_output
 from pipeline.clitools import EdgepipeCommand, emit, force_option, json_option
 from pipeline.data import DEFAULT_DATA
 from pipeline.progress import out
@@ -24,7 +25,7 @@ def train_command(model_name, data, epochs, lr, seed, img_size, output, force, a
       edgepipe train --model cbam_resnet --data digits --epochs 20 -o runs/cbam
     """
     path = _checkpoint_path(output, model_name)
-    trainmod.check_output(path, force)  # fail before training, not after
+    check_output(path, force)  # fail before training, not after
     model, config = trainmod.train(model_name, data=data, epochs=epochs, seed=seed, lr=lr, image_size=img_size, progress=not as_json)
     trainmod.save_checkpoint(path, model, config, force=force)
     result = {"checkpoint": str(path), "model": model_name, **{k: config["train"][k] for k in ("val_top1", "epochs", "seconds")}}
