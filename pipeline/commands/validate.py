@@ -1,19 +1,21 @@
-import sys
+"""edgepipe validate: every artifact against the reference on the held-out split."""
 
 import click
 from rich.table import Table
 
-from pipeline import validate as validatemod
-from pipeline.clitools import EdgepipeCommand, data_option, emit, json_option
+from pipeline.commands.options import EdgepipeCommand, data_option, emit, json_option
 from pipeline.progress import out
+from pipeline.validate import validate
 
 
 @click.command("validate", cls=EdgepipeCommand)
-@click.option("--checkpoint", required=True, metavar="CKPT", help="The PyTorch checkpoint every artifact is compared with.")
+@click.option("--reference", "--checkpoint", "reference", default=None, metavar="CKPT|MODEL.onnx",
+              help="The FP32 model every artifact is compared with: the PyTorch checkpoint, or an FP32 .onnx on ONNX Runtime. "
+              "Default: the first FP32 .onnx among the artifacts.")
 @click.argument("artifacts", nargs=-1, required=True, metavar="ARTIFACT...")
 @data_option
 @json_option
-def validate_command(checkpoint, artifacts, data, as_json):
+def validate_command(reference, artifacts, data, as_json):
     """Compare artifacts (ONNX at any precision, engines) with PyTorch on the held-out split.
 
     One row per artifact: precision, top-1, change vs PyTorch in points, top-1 agreement, max and
@@ -22,12 +24,10 @@ def validate_command(checkpoint, artifacts, data, as_json):
 
     \b
     Example:
-      edgepipe validate --checkpoint runs/se/se_resnet.pt runs/se/model.onnx runs/se/model.fp16.onnx runs/se/model.int8.onnx
+      edgepipe validate --reference runs/se/se_resnet.pt runs/se/model.onnx runs/se/model.fp16.onnx runs/se/model.int8.onnx
     """
-    result = validatemod.validate(checkpoint, artifacts, data=data)
-    emit(result, as_json, _print_table)
-    if not result["ok"]:
-        sys.exit(1)
+    result = validate(reference, artifacts, data=data)
+    emit(result, as_json, _print_table, failed=not result["ok"])
 
 
 def _print_table(result):
@@ -53,7 +53,5 @@ def _print_table(result):
         out.width = width
     for row in result["rows"]:
         if row["status"] != "ok":
-            out.print(f"{row['artifact']}: error: {row['error']}", soft_wrap=True)
+            out.print(f"{row['artifact']}: error: {row['error']}", soft_wrap=True, markup=False)
 
-
-COMMANDS = [validate_command]
