@@ -111,24 +111,29 @@ def current(path: str | Path, kind: Kind | str, inputs: dict[str, Any], params: 
     return None if why_stale(path, kind, inputs, params) else Artifact.open(path)
 
 
+# How a reason names an input role: "exists but was made from other inputs: another ONNX model".
+ROLE_NAMES = {"onnx": "ONNX model", "checkpoint": "checkpoint", "calibration": "calibration set", "data": "dataset"}
+
+
 def why_stale(path: str | Path, kind: Kind | str, inputs: dict[str, Any], params: dict[str, Any]) -> str | None:
-    """Why ``path`` cannot be reused for these inputs and settings; None when it can."""
+    """Why ``path`` cannot be reused for these inputs and settings, as a phrase that follows the
+    file's name ("model.engine exists but ..."); None when it can be reused."""
     path = Path(path)
     if not path.is_file():
-        return "it does not exist"
+        return "does not exist"
     manifest = read_manifest(path)
     if manifest is None or manifest.get("format") != ARTIFACT_FORMAT or manifest.get("kind") != str(kind):
-        return "it has no edgepipe manifest of this kind and format"
-    reasons = [f"another {role}" for role, sha in inputs.items() if manifest.get("inputs", {}).get(role) != sha]
-    reasons += [f"another {role}" for role in manifest.get("inputs", {}) if role not in inputs]
+        return "has no edgepipe manifest of this kind and format, so it may be another model's file"
+    reasons = [f"another {ROLE_NAMES.get(role, role)}" for role, sha in inputs.items() if manifest.get("inputs", {}).get(role) != sha]
+    reasons += [f"another {ROLE_NAMES.get(role, role)}" for role in manifest.get("inputs", {}) if role not in inputs]
     old = manifest.get("params", {})
     new = json.loads(json.dumps(params, default=str))
     reasons += [f"{key} {old.get(key)} (now {value})" for key, value in new.items() if old.get(key) != value]
     reasons += [f"{key} {value} (now not set)" for key, value in old.items() if key not in new]
     if reasons:
-        return "it was made from other inputs or settings: " + "; ".join(reasons)
+        return "was made from other inputs: " + "; ".join(reasons)
     if manifest.get("bytes") != path.stat().st_size or manifest.get("sha256") != sha256_file(path):
-        return "the file changed since it was made (sha256 differs from its manifest)"
+        return "changed since it was made (sha256 differs from its manifest)"
     return None
 
 

@@ -85,7 +85,7 @@ class Stages:
                 return
             info_styled(f"{stage.name} ...", "bold")
             if stage.output.exists():
-                info(f"  {stage.output.name} is redone: {stale}")
+                info(f"  {stage.output.name} is redone: it {stale}")
             result = stage.make()
             if stage.kind is Kind.RESULT:
                 write_json_atomic(stage.output, result)

@@ -236,7 +236,7 @@ def fp16_with_autocast(source, output) -> Path:
     from modelopt.onnx.autocast import convert_to_mixed_precision  # slow to import; only FP16 tests need it
 
     # --- edgepipe internals used here (re-point if they move) ---
-    from pipeline.precision import FP16_FP32_OPS
+    from pipeline.quantize import FP16_FP32_OPS
 
     converted = convert_to_mixed_precision(onnx_path=str(source), low_precision_type="fp16", keep_io_types=True,
                                            op_types_to_exclude=list(FP16_FP32_OPS), providers=["cpu"])

@@ -119,7 +119,7 @@ def test_engine_from_other_inputs_is_kept_without_force(model_onnx, onnx_files, 
     engine = tmp_path / "shared.engine"
     build.build_engine(model_onnx, save_engine=engine)
     before = sha256_file(engine)
-    with pytest.raises(EdgepipeError, match="exists but was built from other inputs: another ONNX model"):
+    with pytest.raises(EdgepipeError, match="exists but was made from other inputs: another ONNX model"):
         build.build_engine(onnx_files["static"], save_engine=engine)
     with pytest.raises(EdgepipeError, match="builder_optimization_level"):
         build.build_engine(model_onnx, save_engine=engine, builder_optimization_level=1)
@@ -130,7 +130,7 @@ def test_engine_from_other_inputs_is_kept_without_force(model_onnx, onnx_files, 
 def test_a_file_that_is_not_an_edgepipe_engine_is_not_overwritten(model_onnx):
     engine = model_onnx.with_name("model.fp32.engine")
     engine.write_bytes(b"someone else's engine")
-    with pytest.raises(EdgepipeError, match="no edgepipe engine manifest"):
+    with pytest.raises(EdgepipeError, match="no edgepipe manifest"):
         build.build_engine(model_onnx, precision="fp32")
     assert engine.read_bytes() == b"someone else's engine"
 
@@ -354,7 +354,7 @@ def test_check_engine_runtime(model_onnx):
     with pytest.raises(EdgepipeError, match="does not match its manifest"):
         compat.check_engine_runtime(engine, "tensorrt-rtx", "8.9")
     manifest_file.unlink()
-    with pytest.raises(EdgepipeError, match="no edgepipe engine manifest"):
+    with pytest.raises(EdgepipeError, match="no edgepipe manifest"):
         compat.check_engine_runtime(engine, "tensorrt-rtx", "8.9")
 
 

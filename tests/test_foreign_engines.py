@@ -15,8 +15,8 @@ from pipeline.onnxinfo import check_input_shape, describe, run_onnxruntime
 from pipeline.opset import prove_same, upgrade_opset
 
 # --- edgepipe internals used here (re-point this section if they move) -----------------------------
-from pipeline import backend as backendmod
-from pipeline.precision import INT8_DEFAULT_EXCLUDED_OPS, check_tensorrt_qdq_rules
+from pipeline.tensorrt import backend as backendmod
+from pipeline.quantize import INT8_DEFAULT_EXCLUDED_OPS, check_tensorrt_qdq_rules
 
 # ----------------------------------------------------------------------------------------------------
 

@@ -196,7 +196,7 @@ def test_run_from_an_onnx_model_uses_it_as_the_reference(exported, tmp_path, cap
     assert {name: s["status"] for name, s in again["stages"].items()} == {"quantize-fp16": "reused", "validate": "done", "bench": "reused"}
     assert again["reference"]["samples"] == 600 and again["data"] == str(tmp_path / "subset.npz")
     err = capsys.readouterr().err
-    assert "validate.json is redone: it was made from other inputs or settings: another data" in err
+    assert "validate.json is redone: it was made from other inputs: another dataset" in err
 
 
 def test_run_from_an_onnx_without_edgepipe_metadata_is_titled_by_its_file(exported, tmp_path):

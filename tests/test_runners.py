@@ -84,7 +84,7 @@ def test_fixed_batch_model_refuses_another_batch(trained, tmp_path):
 
     path = tmp_path / "b4.onnx"
     export.export(trained[0], path, batch=4)
-    with pytest.raises(EdgepipeError, match="fixed batch of 4; got 3.*runners.predict"):
+    with pytest.raises(EdgepipeError, match="fixed batch of 4; got 3.*runtime.predict"):
         OnnxRuntimeRunner(path).infer(np.zeros((3, 1, 32, 32), dtype=np.float32))
 
 

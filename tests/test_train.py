@@ -61,7 +61,7 @@ def test_bad_checkpoints(trained, tmp_path):
     corrupt.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(EdgepipeError, match="not a readable checkpoint"):
         load_checkpoint(corrupt)
-    with pytest.raises(EdgepipeError, match="checkpoint for model se_resnet, not eca_resnet"):
+    with pytest.raises(EdgepipeError, match="is for model se_resnet, not eca_resnet"):
         load_checkpoint(path, model_name="eca_resnet")
     other = tmp_path / "other.pt"
     torch.save(models.create("eca_resnet", num_classes=3).state_dict(), other)

@@ -79,7 +79,7 @@ def check_batch(name: str, batch: Any, input_shape: tuple[int, ...] | None, fixe
         )
     n = batch.shape[0]
     if fixed and n != fixed:
-        raise EdgepipeError(f"{name} takes a fixed batch of {fixed}; got {n}", fix="feed it through predict (which pads the last batch), or export with --dynamic-batch")
+        raise EdgepipeError(f"{name} takes a fixed batch of {fixed}; got {n}", fix="feed it through pipeline.runtime.predict (which pads the last batch), or export with --dynamic-batch")
     if n < least or (most is not None and n > most):
         raise EdgepipeError(
             f"batch {n} is outside what {name} allows (its optimization profile takes {least} to {most})",
