@@ -22,6 +22,8 @@ import numpy as np
 from pipeline.artifacts import Artifact, Kind
 from pipeline.errors import EdgepipeError
 from pipeline.machine import describe_device
+from pipeline.onnxinfo import describe, load_model
+from pipeline.preprocess import Preprocess
 from pipeline.progress import info
 from pipeline.runtime import NoGpuError, Runner, open_runner
 
@@ -47,8 +49,13 @@ def bench(
     cuda_graph: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    input_size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Measure the PyTorch reference (``checkpoint``) and every artifact; the --json object."""
+    """Measure the PyTorch reference (``checkpoint``) and every artifact; the --json object.
+
+    ``input_size``: (height, width) for ONNX models whose input leaves them open; without it such a
+    model is measured at the output size of the preprocessing stored in it.
+    """
     batches = check_settings(batches, warmup_ms, duration_s, iterations, device)
     if not artifacts and checkpoint is None:
         raise EdgepipeError("nothing to measure", fix="pass one or more ARTIFACT files (.onnx, .engine) and/or --checkpoint CKPT for the PyTorch reference")
@@ -57,13 +64,14 @@ def bench(
     rows: list[dict[str, Any]] = []
     overhead: dict[str, Any] | None = None
     for path in entries:
-        new_rows, measured = _bench_artifact(path, batches, warmup_ms, duration_s, iterations, cuda_graph, device, reference_shape, progress)
+        new_rows, measured = _bench_artifact(path, batches, warmup_ms, duration_s, iterations, cuda_graph, device, reference_shape, progress, input_size)
         rows.extend(new_rows)
         if measured and (overhead is None or measured["bare_ms"] < overhead["bare_ms"]):
             overhead = measured  # the fastest runtime shows the harness's own cost best
     return {
         "device": describe_device(device),
-        "settings": {"batches": list(batches), "warmup_ms": warmup_ms, "duration_s": duration_s, "iterations": iterations, "cuda_graph": cuda_graph, "device": device},
+        "settings": {"batches": list(batches), "warmup_ms": warmup_ms, "duration_s": duration_s, "iterations": iterations, "cuda_graph": cuda_graph, "device": device,
+                     "input_size": list(input_size) if input_size else None},
         "rows": rows,
         "overhead": overhead,
         "failed": sum(1 for r in rows if r["status"] == "error"),
@@ -102,7 +110,25 @@ def _reference_input_shape(checkpoint) -> tuple[int, ...] | None:
 # --- one artifact -----------------------------------------------------------------------------
 
 
-def _bench_artifact(path: str, batches, warmup_ms, duration_s, iterations, cuda_graph, device, reference_shape, progress) -> tuple[list[dict], dict | None]:
+def _input_shape(artifact: Artifact, runner: Runner, reference_shape, input_size: tuple[int, int] | None) -> tuple[int, ...]:
+    """One sample's shape: the runner's, else (ONNX with dynamic H/W) --input-size or the stored preprocessing's size, else the reference's."""
+    if runner.input_shape:
+        return tuple(runner.input_shape)
+    if artifact.kind is Kind.ONNX:
+        model = load_model(artifact.path)
+        info = describe(model)
+        stored = Preprocess.from_onnx(model)
+        size = input_size or (stored.output_hw if stored else None)
+        if info.dynamic_hw and size is None:
+            raise EdgepipeError(f"{artifact.path} has dynamic height/width ({info.input_name}: {info.input.text()}) and no stored preprocessing says the size",
+                                fix="pass --input-size HxW, e.g. --input-size 224x224")
+        return info.sample_shape(*(size or (None, None)))
+    if reference_shape:
+        return tuple(reference_shape)
+    raise EdgepipeError(f"{artifact.path} does not say its input shape", fix="pass --checkpoint CKPT so the reference's input shape is used")
+
+
+def _bench_artifact(path: str, batches, warmup_ms, duration_s, iterations, cuda_graph, device, reference_shape, progress, input_size=None) -> tuple[list[dict], dict | None]:
     base = dict.fromkeys(ROW_KEYS)
     base["artifact"] = path
     try:
@@ -117,7 +143,6 @@ def _bench_artifact(path: str, batches, warmup_ms, duration_s, iterations, cuda_
     rows, overhead = [], None
     try:
         base["runtime"] = runner.name
-        input_shape = runner.input_shape or reference_shape
         measured_batches, note = list(batches), None
         if runner.batch_size:
             measured_batches = [runner.batch_size]
@@ -128,8 +153,7 @@ def _bench_artifact(path: str, batches, warmup_ms, duration_s, iterations, cuda_
             if note:
                 row["note"] = note
             try:
-                if not input_shape:
-                    raise EdgepipeError(f"{path} does not say its input shape", fix="pass --checkpoint CKPT so the reference's input shape is used")
+                input_shape = _input_shape(artifact, runner, reference_shape, input_size)
                 x = np.random.default_rng(0).standard_normal((b, *input_shape)).astype(np.float32)
                 if progress:
                     info(f"bench: {Path(path).name} ({runner.name}) at batch {b}")

@@ -3,9 +3,12 @@
 Precision is explicit by default: ``--fp16``/``--int8`` first make an FP16 or Q/DQ INT8 ONNX
 (the precision stage, written beside the engine and reused while it is current), then the engine
 is built from it as a strongly typed network, which TensorRT 10.x, 11.x and TensorRT-RTX all
-support. An ONNX that already holds Q/DQ nodes, or is already FP16, is built as it is. On
-TensorRT <= 10.x ``legacy_precision`` uses the builder's FP16/INT8 flags and an entropy
-calibrator instead.
+support. That works for any single-image-input ONNX, with or without edgepipe's metadata: the
+converted model is checked against FP32 (held-out data, the user's ``--data``, or seeded
+synthetic inputs for FP16) and the engine's manifest records the check. A dynamic-H/W model is
+converted at its --optShapes size. An ONNX that already holds Q/DQ nodes, or is already FP16, is
+built as it is. On TensorRT <= 10.x ``legacy_precision`` uses the builder's FP16/INT8 flags and
+an entropy calibrator instead.
 
 Flags are parsed in ``pipeline.tensorrt.options``; every TensorRT vs TensorRT-RTX difference lives in
 ``pipeline.tensorrt``. Reuse follows the one rule of ``pipeline.artifacts``: the engine's manifest.
@@ -17,18 +20,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import calibration
 from pipeline import quantize
 from pipeline.artifacts import Kind, atomic_output, check_output, read_manifest, sha256_file, why_stale, write_manifest
 from pipeline.cuda import current_compute_capability
 from pipeline.errors import EdgepipeError
 from pipeline.machine import PeakRSS
 from pipeline.onnxfile import load_onnx
+from pipeline.onnxinfo import ModelInfo, check_profile_shapes, describe
 from pipeline.precision import Precision, is_quantized, of_onnx, parse
 from pipeline.progress import console
 from pipeline.tensorrt.backend import TENSORRT, Backend, BuildSettings, get_backend
 from pipeline.tensorrt.calibrator import legacy_calibrator
-from pipeline.tensorrt.options import _dims, _hardware_compatibility, _profiles_json, onnx_inputs, parse_mem_pool_size, resolve_profiles
+from pipeline.tensorrt.options import _dims, _hardware_compatibility, _profiles_json, onnx_inputs, parse_mem_pool_size, parse_shapes, resolve_profiles
 from pipeline.tensorrt.targets import resolve_compute_capabilities
 
 
@@ -54,12 +57,14 @@ def build_engine(
     version_compatible: bool = False,
     compute_capability: list[str] | tuple[str, ...] | None = None,
     verbose: bool = False,
+    data: str | None = None,
 ) -> dict[str, Any]:
     """Build (or reuse) the engine for ``onnx_path`` and return what --json prints.
 
     ``precision``: "fp32", "fp16", "int8", or None to build the model at the precision it has.
     ``shapes``: {"min"|"opt"|"max": "input:1x1x32x32" (trtexec syntax) or {name: shape}}.
     ``compute_capability``: TensorRT-RTX targets as "X.Y" (or "current").
+    ``data``: the user's images to check an FP16/INT8 conversion on (and draw INT8 calibration from).
     """
     started = time.perf_counter()
     precision = None if precision is None else parse(precision)
@@ -92,7 +97,11 @@ def build_engine(
     engine = Path(save_engine) if save_engine else default_engine_path(source, target)
     check_output(engine, force=True)  # a folder that can be written (existing files are handled below)
 
+    converting = mode == "explicit" and target != graph_precision
+    info = _image_input(model, required=converting)
     profiles, profile_note = resolve_profiles(onnx_inputs(model), shapes)
+    if info is not None:  # dimensions sharing one symbolic name, which TensorRT requires equal
+        check_profile_shapes(info, {f"--{kind}Shapes": parse_shapes((shapes or {}).get(kind), f"--{kind}Shapes") for kind in ("min", "opt", "max")})
     settings = BuildSettings(
         profiles=[profiles] if profiles else [],
         legacy_precision=target if legacy_precision else None,
@@ -123,6 +132,7 @@ def build_engine(
         "gpu_fallback": allow_gpu_fallback,
         "hardware_compatibility_level": settings.hardware_compatibility,
         "version_compatible": version_compatible,
+        "data": data,
     }
 
     if engine.exists():
@@ -135,7 +145,8 @@ def build_engine(
     if profile_note:
         _say(profile_note)
 
-    network_onnx = _network_onnx(source, inputs, graph_precision, target, mode, engine, calib, force)
+    conversion = _conversion(info, profiles, data) if converting else {}
+    network_onnx, check = _network_onnx(source, inputs, graph_precision, target, mode, engine, calib, force, conversion)
     cc_text = f"; targets compute capability {', '.join(targets)}" if targets else ""
     _say(f"Building {engine} from {network_onnx} with {be.display} ({target}, {mode} precision{cc_text})")
 
@@ -177,6 +188,7 @@ def build_engine(
         build_seconds=round(build_seconds, 3),
         peak_rss_mib=round(memory.peak / 2**20, 1),
         timing_cache_file=str(cache_path) if cache_path else None,
+        precision_check=check,
     )
     return _result(manifest, engine, started, cached=False)
 
@@ -196,43 +208,62 @@ def default_engine_path(onnx_path: Path, precision: str) -> Path:
 # --- precision --------------------------------------------------------------------------------------
 
 
-def _network_onnx(source: Path, inputs: dict, graph_precision: str, target: str, mode: str, engine: Path, calib: Any, force: bool) -> Path:
-    """The ONNX the network is parsed from: the source, or its FP16/INT8 version beside the engine."""
+def _network_onnx(source: Path, inputs: dict, graph_precision: str, target: str, mode: str, engine: Path, calib: Any, force: bool,
+                  conversion: dict[str, Any]) -> tuple[Path, dict[str, Any] | None]:
+    """The ONNX the network is parsed from (the source, or its FP16/INT8 version beside the engine) and its check against FP32."""
     if mode == "legacy" or target == graph_precision:
-        return source
+        return source, None
     stem = default_engine_path(source, target).stem  # model.fp16
     output = engine.with_name(f"{stem}.onnx")
     if output.resolve() == source.resolve():
         raise EdgepipeError(f"the {target.upper()} model would overwrite its source {source}", fix="rename the source ONNX, or pass --saveEngine in another folder")
-    if output.exists() and _intermediate_is_current(output, inputs["onnx"], target, calib):
-        _say(f"Precision: reusing {output} (made from the same ONNX{' and calibration set' if target == 'int8' else ''})")
-        return output
+    if output.exists() and _intermediate_is_current(output, inputs["onnx"], target, calib, conversion):
+        check = quantize.check_summary(read_manifest(output))
+        _say(f"Precision: reusing {output} (made from the same ONNX{' and calibration set' if target == 'int8' else ''})"
+             + (f"; checked against FP32 on {check['on']}" if check else ""))
+        return output, check
     _say(f"Precision: converting {source} to {target.upper()} -> {output}")
-    quantize.convert(target, source, output, calib=calib, force=force)
-    return output
+    quantize.convert(target, source, output, calib=calib, force=force, data=conversion["data"], size=conversion["size"], size_flag="--optShapes")
+    return output, quantize.check_summary(read_manifest(output))
 
 
-def _intermediate_is_current(output: Path, source_sha: str, target: str, calib: Any) -> bool:
-    """True when the FP16/INT8 ONNX beside the engine was made from this source (and calibration set)."""
+def _intermediate_is_current(output: Path, source_sha: str, target: str, calib: Any, conversion: dict[str, Any]) -> bool:
+    """True when the FP16/INT8 ONNX beside the engine was made from this source (and calibration set), shape and data."""
     manifest = read_manifest(output)
     if not manifest or manifest.get("params", {}).get("precision") != target or manifest.get("sha256") != sha256_file(output):
         return False
-    made_from = manifest.get("inputs", {})
-    if made_from.get("onnx") != source_sha:
+    params, made_from = manifest["params"], manifest.get("inputs", {})
+    if made_from.get("onnx") != source_sha or params.get("data") != conversion["data"] or params.get("input_shape") != conversion["input_shape"]:
         return False
     # A calibration set drawn by default is fixed by the source model (its training data, seed 0).
     return target != "int8" or calib is None or made_from.get("calibration") == _calibration_sha(calib)
+
+
+def _image_input(model: Any, required: bool) -> ModelInfo | None:
+    """The model's single image input as edgepipe reads it; a model it cannot read so is only an error where it is ``required``."""
+    try:
+        return describe(model)
+    except EdgepipeError:
+        if required:
+            raise
+        return None
+
+
+def _conversion(info: ModelInfo, profiles: dict, data: str | None) -> dict[str, Any]:
+    """How the FP16/INT8 conversion runs: at the --optShapes height/width of a dynamic-H/W model, checked on ``data``."""
+    size = None
+    if info.dynamic_hw and info.input_name in profiles:
+        opt = profiles[info.input_name][1]
+        size = (opt[info.hw_axes[0]], opt[info.hw_axes[1]])
+    shape = [1, *info.sample_shape(*(size or (None, None)))] if size or not info.dynamic_hw else None
+    return {"size": size, "data": data, "input_shape": shape}
 
 
 def _calibration_sha(calib: Any) -> str:
     """The calibration set's content sha256 (as the precision stage records it), or "default"."""
     if calib is None:
         return "default"  # drawn from the model's training data named in its ONNX metadata
-    return _calibration_set(calib).sha256
-
-
-def _calibration_set(calib: Any) -> Any:
-    return calib if isinstance(calib, calibration.CalibrationSet) else calibration.load(calib)
+    return quantize.calibration_sha256(calib)
 
 
 # --- checks and results -----------------------------------------------------------------------------
@@ -261,6 +292,7 @@ def _result(manifest: dict, engine: Path, started: float, cached: bool) -> dict[
         "build_seconds": manifest["build_seconds"],
         "peak_rss_mib": manifest["peak_rss_mib"],
         "manifest": str(engine) + ".manifest.json",
+        "check": manifest.get("precision_check"),
     }
 
 

@@ -9,7 +9,12 @@ is intact, is reused; otherwise it is made again, and so is everything made from
 redoes every stage. validate and bench write their results as JSON with a manifest of kind
 ``result``, reused the same way.
 
-The primary input (checkpoint or ONNX) is checked before the run directory is made. A failed
+A run may start from any single-image-input ONNX, with the user's images (``--data``, ``--labels``)
+and preprocessing flags: the first stage ("import") stores the preprocessing in a copy of the model,
+so that every FP16/INT8 model made from it carries it too and later stages need no flags; the
+calibration set is drawn from the calibration pool of the user's data, and validate judges on the
+held-out part. The primary input (checkpoint or ONNX, the data's listing, labels and preprocessing)
+is checked before the run directory is made. A failed
 stage is recorded in the report with its reason and the stages that need it are skipped; the
 rest goes on, unless ``strict``. Every file is written atomically, so a run stopped by Ctrl-C
 leaves nothing half-written and the next run resumes where it stopped.
@@ -30,6 +35,8 @@ from pipeline.artifacts import Kind, read_manifest, sha256_file, why_stale, writ
 from pipeline.checkpoint import DEFAULT_MODEL, load_checkpoint, model_info, save_checkpoint
 from pipeline.data import DEFAULT_DATA, load_dataset, load_for_config, resolve_source
 from pipeline.errors import EdgepipeError
+from pipeline.images import ImageSource, ModelInput, PreprocessFlags, refuse_for_recorded
+from pipeline.images import open_source as open_images
 from pipeline.onnxfile import CONFIG_KEY, load_onnx, onnx_config, read_metadata
 from pipeline.precision import Precision, parse_list
 from pipeline.progress import info, info_styled
@@ -41,6 +48,7 @@ BENCH_WARMUP_MS = 100
 # INT8 accuracy budget (points of top-1 below the FP32 model): the most sensitive nodes stay in
 # higher precision until INT8 is within it. Plain PTQ misses it on some models by a couple of images.
 DEFAULT_MAX_DROP = 0.5
+BUDGET_DEFAULT = "default"  # max_drop when the user gave none: DEFAULT_MAX_DROP, or no budget for unlabelled images
 NO_BACKEND = "no TensorRT flavour is installed (pip install 'edgepipe[rtx]', or JetPack's TensorRT on Jetson)"
 
 
@@ -78,7 +86,7 @@ class Stages:
             return
         try:
             inputs = stage.inputs()
-            stale = "--force redoes every stage" if self.force else _why_stale(stage, inputs)
+            stale = "is asked for by --force, which redoes every stage" if self.force else _why_stale(stage, inputs)
             if stale is None:
                 info_styled(f"{stage.name}: unchanged, reused", "dim")
                 self.record[stage.name] = {"status": "reused", "seconds": 0.0}
@@ -118,12 +126,26 @@ class Source:
     file: Path | None  # the checkpoint or ONNX given
     name: str  # the model's zoo name, else the file's name
     data: str | None  # the dataset it was trained on, as recorded
+    model_input: ModelInput | None = None  # an ONNX edgepipe did not export: its input and preprocessing
+    images: ImageSource | None = None  # and the user's images for it (--data), listed
+
+    def need_images(self) -> ImageSource:
+        if self.images is None:
+            raise EdgepipeError(f"{self.name} has no edgepipe metadata, so there is no recorded data to calibrate or validate it on",
+                                fix="pass --data with your images (an ImageFolder, a folder of images or an .npz), and --labels FILE if the folders are classes")
+        return self.images
 
 
-def open_source(model: str | None, checkpoint: str | Path | None, onnx_model: str | Path | None) -> Source:
-    """The run's primary input, or one error (missing, unreadable, unknown model) before any write."""
+def open_source(model: str | None, checkpoint: str | Path | None, onnx_model: str | Path | None, data: str | None = None,
+                labels: str | Path | None = None, preprocess: PreprocessFlags | None = None) -> Source:
+    """The run's primary input, or one error (missing, unreadable, unknown model, bad data or flags) before any write."""
     if sum(bool(s) for s in (model, checkpoint, onnx_model)) > 1:
         raise EdgepipeError("--model, --checkpoint and --onnx are alternatives", fix="pass only one of them")
+    if onnx_model and CONFIG_KEY not in read_metadata(load_onnx(onnx_model)):
+        model_input = ModelInput.of_onnx(onnx_model, preprocess)
+        found = open_images(data, labels=labels, num_classes=model_input.num_classes) if data else None
+        return Source("onnx", Path(onnx_model), Path(onnx_model).name, None, model_input, found)
+    refuse_for_recorded(checkpoint or onnx_model or model or DEFAULT_MODEL, preprocess, labels)
     if checkpoint:
         config = load_checkpoint(checkpoint)[1]
         return Source("checkpoint", Path(checkpoint), config["model"], config["data"]["source"])
@@ -150,12 +172,18 @@ def run(
     engines: bool = True,
     bench_batches: tuple[int, ...] = DEFAULT_BENCH_BATCHES,
     bench_seconds: float = 1.0,
-    max_drop: float | None = DEFAULT_MAX_DROP,
+    max_drop: float | None | str = BUDGET_DEFAULT,
+    labels: str | Path | None = None, preprocess: PreprocessFlags | None = None, workers: int | None = None,
 ) -> dict[str, Any]:
-    """Run the pipeline into ``output``; returns the report (also written as report.json/.md)."""
+    """Run the pipeline into ``output``; returns the report (also written as report.json/.md).
+
+    ``labels``, ``preprocess`` and ``workers`` are for an ``onnx_model`` edgepipe did not export.
+    """
     started = time.perf_counter()
     wanted = parse_list(precisions)
-    source = open_source(model, checkpoint, onnx_model)
+    source = open_source(model, checkpoint, onnx_model, data, labels, preprocess)
+    foreign = source.model_input is not None
+    max_drop = _budget(source, max_drop)
     data_name = resolve_source(data) if data else (source.data or DEFAULT_DATA)
     folder = Path(output or f"runs/{source.name if source.start == 'training' else source.file.stem}")
     if folder.exists() and not folder.is_dir():
@@ -164,26 +192,47 @@ def run(
 
     trained = source.start == "training"
     ckpt = folder / "checkpoint.pt" if trained else source.file if source.start == "checkpoint" else None
-    onnx_fp32 = source.file if source.start == "onnx" else folder / "model.onnx"
+    onnx_fp32 = source.file if source.start == "onnx" and not foreign else folder / "model.onnx"
+    if foreign and onnx_fp32.exists() and onnx_fp32.resolve() == source.file.resolve():
+        raise EdgepipeError(f"--onnx {source.file} is where this run writes its copy of the model", fix="pass another -o DIR")  # before any write
     calib = folder / "calib.npz"
     onnx = {Precision.FP32: onnx_fp32, Precision.FP16: folder / "model.fp16.onnx", Precision.INT8: folder / "model.int8.onnx"}
-    makers = {Precision.FP32: None if source.start == "onnx" else "export", Precision.FP16: "quantize-fp16", Precision.INT8: "quantize-int8"}
+    first = "import" if foreign else None if source.start == "onnx" else "export"  # the stage that makes the FP32 ONNX
+    makers = {Precision.FP32: first, Precision.FP16: "quantize-fp16", Precision.INT8: "quantize-int8"}
     validation, benched = folder / "validate.json", folder / "bench.json"
-    to_onnx = () if source.start == "onnx" else ("export",)
+    to_onnx = (first,) if first else ()
+    size = source.model_input.fixed_size if foreign else None
     backend, engines_note = _backend(engines)
     epochs = epochs or (model_info(source.name).get("default_epochs", train.DEFAULT_EPOCHS) if trained else None)
     stages = Stages(force, strict)
     datasets: dict[str, str] = {}
 
     def data_sha(config: dict[str, Any] | None = None) -> str:
+        if foreign:  # the user's images: their identity, without decoding them
+            return source.need_images().sha256
         key = json.dumps(config and config["input_shape"])
         if key not in datasets:  # loaded once per input shape, for every stage that names it
             datasets[key] = (load_for_config(config, data) if config else load_dataset(data or DEFAULT_DATA)).sha256
         return datasets[key]
 
     @functools.cache  # called only once export has finished; the FP32 ONNX does not change after
-    def fp32_config() -> dict[str, Any]:
-        return onnx_config(load_onnx(onnx_fp32), onnx_fp32)
+    def fp32_config() -> dict[str, Any] | None:
+        return None if foreign else onnx_config(load_onnx(onnx_fp32), onnx_fp32)
+
+    def draw_calibration() -> Path:
+        drawn = (calibration.draw_from_images(onnx_fp32, source.need_images().spec, seed=seed, labels=labels, workers=workers) if foreign
+                 else calibration.draw(fp32_config(), data=data, seed=seed))
+        return calibration.save(calib, drawn, force=True)
+
+    def calibration_inputs() -> dict[str, str]:
+        made_from = {"onnx": sha256_file(onnx_fp32)} if foreign else {"checkpoint": fp32_config().get("checkpoint_sha256")}
+        return {"data": data_sha(fp32_config()), **made_from}
+
+    def validated() -> dict[str, Any]:
+        files = [str(p) for p in made().values()]
+        if foreign:  # the held-out part of the user's images, never calibrated on
+            return validate.validate(onnx_fp32, files, data=source.need_images().spec, labels=labels, workers=workers, split="held-out")
+        return validate.validate(ckpt or onnx_fp32, files, data=data)
 
     def made() -> dict[str, Path]:
         """Artifact ids (the report's rows) -> files, for what this run has made."""
@@ -197,28 +246,29 @@ def run(
         return {"reference": sha256_file(ckpt or onnx_fp32), **{i: sha256_file(p) for i, p in made().items()}}
 
     table = [
+        Stage("import", onnx_fp32, Kind.ONNX, lambda: {"onnx": sha256_file(source.file)},
+              {"precision": "fp32", "preprocess": source.model_input.preprocess.to_dict() if foreign else None},
+              lambda: source.model_input.write_onnx(source.file, onnx_fp32), when=foreign),
         Stage("train", folder / "checkpoint.pt", Kind.CHECKPOINT, lambda: {"data": data_sha()},
               {"model": source.name, "epochs": epochs, "seed": seed}, lambda: _train(source.name, data, epochs, seed, folder / "checkpoint.pt"), when=trained),
         Stage("export", onnx_fp32, Kind.ONNX, lambda: {"checkpoint": sha256_file(ckpt)}, {"opset": export.DEFAULT_OPSET, "batch": None, "precision": "fp32"},
-              lambda: export.export(ckpt, onnx_fp32, dynamic_batch=True, data=data, force=True), needs=("train",) if trained else (), when=bool(to_onnx)),
-        Stage("calibrate", calib, Kind.CALIBRATION, lambda: {"data": data_sha(fp32_config()), "checkpoint": fp32_config().get("checkpoint_sha256")},
-              {"num": calibration.DEFAULT_NUM, "seed": seed, "split": "train"},
-              lambda: calibration.save(calib, calibration.draw(fp32_config(), data=data, seed=seed), force=True), needs=to_onnx, when=Precision.INT8 in wanted),
+              lambda: export.export(ckpt, onnx_fp32, dynamic_batch=True, data=data, force=True), needs=("train",) if trained else (), when=first == "export"),
+        Stage("calibrate", calib, Kind.CALIBRATION, calibration_inputs, {"num": calibration.DEFAULT_NUM, "seed": seed, "split": "pool" if foreign else "train"},
+              draw_calibration, needs=to_onnx, when=Precision.INT8 in wanted),
         Stage("quantize-int8", onnx[Precision.INT8], Kind.ONNX, lambda: {"onnx": sha256_file(onnx_fp32), "calibration": read_manifest(calib)["content_sha256"]},
               {"precision": "int8", "max_drop": max_drop},
-              lambda: quantize.to_int8(onnx_fp32, onnx[Precision.INT8], calib=calib, max_drop=max_drop, data=data, force=True),
+              lambda: quantize.to_int8(onnx_fp32, onnx[Precision.INT8], calib=calib, max_drop=max_drop, data=None if foreign else data, force=True, size=size),
               needs=("calibrate",), when=Precision.INT8 in wanted),
         Stage("quantize-fp16", onnx[Precision.FP16], Kind.ONNX, lambda: {"onnx": sha256_file(onnx_fp32)}, {"precision": "fp16"},
-              lambda: quantize.to_fp16(onnx_fp32, onnx[Precision.FP16], data=data, force=True), needs=to_onnx, when=Precision.FP16 in wanted),
+              lambda: quantize.to_fp16(onnx_fp32, onnx[Precision.FP16], data=None if foreign else data, force=True, size=size), needs=to_onnx, when=Precision.FP16 in wanted),
         *[Stage(f"build-{p}", folder / f"model.{p}.engine", Kind.ENGINE, lambda p=p: {"onnx": sha256_file(onnx[p])},
                 {"backend": backend.name, "backend_version": backend.version} if backend else {},
-                lambda p=p: build.build_engine(onnx[p], save_engine=folder / f"model.{p}.engine", force=True),
+                lambda p=p: build.build_engine(onnx[p], save_engine=folder / f"model.{p}.engine", force=True, shapes=source.model_input and source.model_input.profile_shapes()),
                 needs=tuple(filter(None, [makers[p]])), when=backend is not None and p in wanted)
           for p in PRECISIONS],
-        Stage("validate", validation, Kind.RESULT, lambda: {**measured_inputs(), "data": data_sha(fp32_config())}, {},
-              lambda: validate.validate(ckpt or onnx_fp32, [str(p) for p in made().values()], data=data), needs=to_onnx),
+        Stage("validate", validation, Kind.RESULT, lambda: {**measured_inputs(), "data": data_sha(fp32_config())}, {}, validated, needs=to_onnx),
         Stage("bench", benched, Kind.RESULT, measured_inputs, {"batches": list(bench_batches), "seconds": bench_seconds, "warmup_ms": BENCH_WARMUP_MS},
-              lambda: bench.bench([str(p) for p in made().values()], checkpoint=ckpt, batches=tuple(bench_batches), duration_s=bench_seconds, warmup_ms=BENCH_WARMUP_MS),
+              lambda: bench.bench([str(p) for p in made().values()], checkpoint=ckpt, batches=tuple(bench_batches), duration_s=bench_seconds, warmup_ms=BENCH_WARMUP_MS, input_size=size),
               needs=to_onnx),
     ]
     if engines and backend is None:
@@ -227,6 +277,17 @@ def run(
         if stage.when:
             stages.run(stage)
     return _report(folder, source, data_name, stages, ckpt, made(), engines_note, started)
+
+
+def _budget(source: Source, max_drop: float | None | str) -> float | None:
+    """The INT8 budget in top-1 points: --max-drop needs labelled images; given none, unlabelled images get plain PTQ."""
+    unlabelled = source.images is not None and not (source.images.labelled and source.model_input.num_classes is not None)
+    if unlabelled and max_drop not in (None, BUDGET_DEFAULT):
+        raise EdgepipeError(f"--max-drop needs labelled images, but {source.images.spec} has no labels for the model's classes ({source.images.kind})",
+                            fix="give class sub-folders (with --labels FILE in the model's order), or pass --max-drop none for plain PTQ")
+    if unlabelled and max_drop == BUDGET_DEFAULT:
+        info(f"INT8 without an accuracy budget: {source.images.spec} has no labels for the model's classes, and --max-drop counts top-1 points")
+    return (None if unlabelled else DEFAULT_MAX_DROP) if max_drop == BUDGET_DEFAULT else max_drop
 
 
 def _backend(engines: bool) -> tuple[Any, str | None]:

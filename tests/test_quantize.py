@@ -83,13 +83,16 @@ def test_unknown_exclude_op_lists_the_model_ops(exported, tmp_path):
         quantize.to_int8(exported, tmp_path / "x.onnx", exclude_ops=["LayerNorm"])
 
 
-def test_onnx_without_metadata_names_the_flags(exported, tmp_path):
+def test_onnx_without_metadata_converts_to_fp16_but_needs_calibration_images_for_int8(exported, tmp_path):
     model = onnx.load(exported)
     del model.metadata_props[:]
     bare = tmp_path / "bare.onnx"
     onnx.save(model, bare)
-    with pytest.raises(EdgepipeError, match="--checkpoint"):
-        quantize.to_fp16(bare, tmp_path / "x.onnx")
+    result = quantize.to_fp16(bare, tmp_path / "bare.fp16.onnx")
+    assert result["check"]["on"] == "synthetic" and result["samples"] == 32 and result["agreement"] >= 90
+    with pytest.raises(EdgepipeError, match="--int8 needs calibration images: .* no edgepipe metadata"):
+        quantize.to_int8(bare, tmp_path / "bare.int8.onnx")
+    assert not (tmp_path / "bare.int8.onnx").exists()
 
 
 def test_max_drop_keeps_sensitive_nodes_until_within_budget(exported, trained, tmp_path):

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import click
 
 from pipeline.errors import EdgepipeError
+from pipeline.images.model_input import FLAG_KEYS, PreprocessFlags
 from pipeline.precision import Precision, parse_list
 
 FAILED = 1  # a user error, or a result with a failed row, stage or regression
@@ -124,6 +125,20 @@ def parse_precisions(text: str, option: str = "--precisions") -> tuple[Precision
     return parse_list(text, option)
 
 
+def parse_input_size(text: str | None, option: str = "--input-size") -> tuple[int, int] | None:
+    """ "224x160" (or "224") -> (224, 160): height and width for a model whose input leaves them open."""
+    if text is None:
+        return None
+    parts = str(text).lower().split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise EdgepipeError(f"{option} {text!r} is not a size", fix=f"pass height x width in pixels, e.g. {option} 224x224")
+    return (values[0], values[-1])
+
+
 def _callback(parser: Callable[..., Any], *args: Any) -> Callable[[click.Context, click.Parameter, Any], Any]:
     return lambda ctx, param, value: parser(value, *args)
 
@@ -195,3 +210,49 @@ def precision_flags(helps: dict[Precision, str], *, required: bool = False) -> C
         return command
 
     return decorator
+
+
+def input_size_option(help: str = "Height x width for models whose input leaves them open (dynamic H/W).") -> Callable:
+    """``--input-size HxW`` -> ``input_size``: (height, width), or None."""
+    return click.option("--input-size", "input_size", default=None, metavar="HxW", callback=_callback(parse_input_size), help=help)
+
+
+_PREPROCESS_HELP = {
+    "resize": ("N|HxW", "Resize: N sets the shorter side (torchvision's Resize(N)), HxW the exact size. Default: the model's input size."),
+    "crop": ("N|HxW", "Centre crop after the resize (torchvision's CenterCrop)."),
+    "mean": ("a,b,c", "Mean subtracted per channel, in [0, 1] units as timm gives it."),
+    "std": ("a,b,c", "Standard deviation divided per channel, in [0, 1] units."),
+    "channel_order": ("rgb|bgr", "Channel order the model takes (mean/std are in that order). Default: rgb."),
+    "interpolation": ("NAME", "Resize filter: nearest, bilinear, bicubic, lanczos, box, hamming. Default: bilinear."),
+    "layout": ("nchw|nhwc", "The model input's layout. Default: read from the model."),
+}
+
+
+def preprocess_options(fn: Callable) -> Callable:
+    """The user's data, as models edgepipe did not export need it, parsed once into values.
+
+    ``--resize --crop --mean --std --channel-order --interpolation --layout --preprocess FILE``
+    -> ``preprocess``: a ``PreprocessFlags`` (each value checked here; the model's stored
+    preprocessing, the file and the flags are combined into its ``Preprocess`` when the model is
+    read); ``--labels FILE`` -> ``labels``; ``--workers N`` -> ``workers``.
+    """
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        flags = {key: kwargs.pop(key) for key in FLAG_KEYS}
+        kwargs["preprocess"] = PreprocessFlags.parse(file=kwargs.pop("preprocess_file"), **flags)
+        return fn(*args, **kwargs)
+
+    options = [click.option(f"--{key.replace('_', '-')}", key, default=None, metavar=metavar, help=text) for key, (metavar, text) in _PREPROCESS_HELP.items()]
+    options += [
+        click.option("--preprocess", "preprocess_file", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+                     help="The same keys in a YAML or JSON file (resize, crop, mean, std, channel_order, interpolation, layout); flags override it."),
+        click.option("--labels", "labels", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Class names, one per line, in the model's output order; ImageFolder sub-folders are mapped through it."),
+        click.option("--workers", "workers", default=None, type=click.IntRange(min=0), metavar="N",
+                     help="Processes decoding images in parallel (0: in the main process). Default: min(4, CPUs)."),
+    ]
+    for option in reversed(options):  # Click lists options in the order written
+        command = option(command)
+    return command
+

@@ -2,16 +2,19 @@
 
 import click
 
-from pipeline.commands.options import EdgepipeCommand, batches_option, data_option, emit, force_option, json_option, max_drop_option, precisions_option
+from pipeline.commands.options import (EdgepipeCommand, batches_option, data_option, emit, force_option, json_option, max_drop_option,
+                                      precisions_option, preprocess_options)
 from pipeline.report import to_markdown
-from pipeline.run import DEFAULT_MAX_DROP, run
+from pipeline.run import BUDGET_DEFAULT, DEFAULT_MAX_DROP, run
 
 
 @click.command("run", cls=EdgepipeCommand)
 @click.option("--model", "model_name", default=None, help="Zoo model to train (default: se_resnet when nothing else is given).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Start from this checkpoint instead of training.")
-@click.option("--onnx", "onnx_model", type=click.Path(dir_okay=False), default=None, help="Start from this exported ONNX model (no PyTorch reference then).")
-@data_option(help="Dataset (default: digits).")
+@click.option("--onnx", "onnx_model", type=click.Path(dir_okay=False), default=None,
+              help="Start from this ONNX model: an edgepipe export, or any single-image-input ONNX (then give --data). No PyTorch reference then.")
+@data_option(help="Dataset: 'digits' (the default), an ImageFolder, a folder of images, or an .npz with x (and y).")
+@preprocess_options
 @precisions_option(default="fp32,fp16,int8", help="Comma-separated precisions to make and measure.")
 @click.option("-o", "--output", default=None, metavar="DIR", help="Run directory (default: runs/MODEL).")
 @click.option("--epochs", type=int, default=None, help="Training epochs (default: the model's recipe).")
@@ -23,21 +26,29 @@ from pipeline.run import DEFAULT_MAX_DROP, run
 @click.option("--strict", is_flag=True, help="Stop at the first failed stage instead of recording it and going on.")
 @force_option(help="Redo every stage, even those whose inputs have not changed.")
 @json_option
-def run_command(model_name, checkpoint, onnx_model, data, precisions, output, epochs, seed, batches, bench_seconds, max_drop, no_engines, strict, force, as_json):
+@click.pass_context
+def run_command(ctx, model_name, checkpoint, onnx_model, data, preprocess, labels, workers, precisions, output, epochs, seed, batches, bench_seconds, max_drop,
+                no_engines, strict, force, as_json):
     """Train (or load), export, calibrate, quantize, build engines, validate and bench, in one run directory.
 
     Re-running reuses every stage whose inputs have not changed. Writes report.json and
     report.md (one row per artifact) into the run directory; exits 1 if any stage failed.
+    From any ONNX with your images: the preprocessing given once is stored in every artifact,
+    INT8 is calibrated on part of --data and validate judges on the held-out rest.
 
     \b
     Example (the default: se_resnet on the bundled digits, fp32/fp16/int8):
       edgepipe run
       edgepipe run --model cbam_resnet --precisions fp16,int8 -o runs/cbam
+      edgepipe run --onnx resnet.onnx --data photos/ --labels labels.txt --resize 256 --crop 224 \\
+          --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
     """
+    if ctx.get_parameter_source("max_drop") is click.core.ParameterSource.DEFAULT:
+        max_drop = BUDGET_DEFAULT  # the default budget, or none for unlabelled images
     report = run(
         model=model_name, checkpoint=checkpoint, onnx_model=onnx_model, data=data, precisions=precisions, output=output,
         strict=strict, force=force, epochs=epochs, seed=seed, engines=not no_engines,
-        bench_batches=batches, bench_seconds=bench_seconds, max_drop=max_drop,
+        bench_batches=batches, bench_seconds=bench_seconds, max_drop=max_drop, labels=labels, preprocess=preprocess, workers=workers,
     )
     failed = [name for name, stage in report["stages"].items() if stage["status"] in ("failed", "skipped")]
     emit(report, as_json, _print, failed=bool(failed))

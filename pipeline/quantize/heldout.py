@@ -1,4 +1,4 @@
-"""Held-out figures of a converted model against its FP32 source (which export proved equal to PyTorch)."""
+"""Held-out figures of a converted edgepipe export against its FP32 source (which export proved equal to PyTorch)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class HeldOut:
     def __init__(self, onnx_path: str | Path, config: dict[str, Any], data: str | None):
         dataset = load_for_config(config, data)
         self.images, self.labels = split_of(config, dataset, "val")
+        self.text = f"the {len(self.labels)} held-out images of {Path(dataset.source).name if data else config['data']['source']}"
         with OnnxRuntimeRunner(onnx_path) as runner:
             self.reference = predict(runner, self.images)
 
@@ -33,3 +34,6 @@ class HeldOut:
             figures: dict[str, Any] = evaluate(runner, self.images, self.reference, self.labels)
         figures["agreement"] = figures.pop("top1_agreement")
         return {name: figures[name] for name in FIGURES}
+
+    def record(self) -> dict[str, Any]:
+        return {"on": "held-out", "images": int(len(self.labels)), "labelled": True, "text": self.text, "hint": ""}

@@ -1,14 +1,16 @@
-"""INT8: ModelOpt post-training quantization (explicit Q/DQ), and the accuracy budget search.
+"""INT8: ModelOpt post-training quantization (explicit Q/DQ), checked against FP32, within an accuracy budget.
 
-Q/DQ scales come from a calibration set; attention gates (Sigmoid, Softmax) stay in higher
-precision. With an accuracy budget (``max_drop``), the nodes whose quantization hurts most (the
-sensitivity ranking) are kept in higher precision, 1, 2, 4 ... of them, until the budget holds.
+Q/DQ scales come from calibration images (``calib.py``: never random data); attention gates
+(Sigmoid, Softmax) stay in higher precision. The result is checked against the FP32 model on the
+held-out split of an edgepipe export, or on the user's images (``checks.py``). With a budget
+(``budget.py``: --max-drop, --min-agreement) the most sensitive nodes are kept in higher
+precision until it holds. The result says what stayed in higher precision and what share of the
+MACs runs in INT8 (``graph.py``).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -17,24 +19,24 @@ from typing import Any, Iterable
 import numpy as np
 import onnx
 
-import calibration
 from pipeline.artifacts import Kind, atomic_output, sha256_file, write_manifest
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
-from pipeline.progress import console
+from pipeline.progress import info as say
+from pipeline.quantize.budget import Budget, Outcome, attempt, search
+from pipeline.quantize.calib import foreign_calibration, zoo_calibration
+from pipeline.quantize.checks import Check, user_images
+from pipeline.quantize.graph import count_macs, int8_share
 from pipeline.quantize.heldout import HeldOut
 from pipeline.quantize.modelopt_log import last_line, modelopt_error, quiet_modelopt
 from pipeline.quantize.qdq_rules import check_tensorrt_qdq_rules
-from pipeline.quantize.sensitivity import rank_sensitive_nodes
-from pipeline.quantize.source import carry_metadata, check_paths, load_fp32
+from pipeline.quantize.source import Source, carry_metadata, check_paths, open_source
 
 METHODS = ("entropy", "max")
 HIGH_PRECISIONS = ("fp16", "fp32")
 # INT8 keeps attention gates in higher precision: a gate in [0, 1] rounded to 8 bits scales every
 # channel/position of the features it multiplies, and SE/CBAM/self-attention accuracy depends on it.
 INT8_DEFAULT_EXCLUDED_OPS = ("Sigmoid", "Softmax")
-# Calibration images the sensitivity ranking runs on (both models, every intermediate tensor).
-SENSITIVITY_IMAGES = 64
 
 
 def to_int8(
@@ -49,71 +51,108 @@ def to_int8(
     max_drop: float | None = None,
     data: str | None = None,
     force: bool = False,
+    *,
+    min_agreement: float | None = None,
+    size: tuple[int, int] | None = None,
+    size_flag: str = "--input-size",
 ) -> dict[str, Any]:
-    """Write an explicit Q/DQ INT8 version of ``onnx_path`` and return its held-out figures.
+    """Write an explicit Q/DQ INT8 version of ``onnx_path`` and return its figures against FP32.
 
-    ``calib``: a calibration .npz, a CalibrationSet, or None to draw the default set from the
-    model's training data. ``max_drop``: the most top-1 points INT8 may lose against FP32; the
-    most sensitive nodes are then kept in ``high_precision`` until it holds (or it fails).
+    ``calib``: a calibration set or .npz (None: an edgepipe export draws one from its training
+    split; any other model needs ``calib`` or ``data``). ``max_drop`` (top-1 points) and
+    ``min_agreement`` (percent) are the accuracy budget. ``size``: height and width for a model
+    with dynamic ones (``size_flag`` names the flag that gave it).
     """
     started = time.perf_counter()
     if method not in METHODS:
         raise EdgepipeError(f"unknown calibration method {method!r}", fix=f"use one of {', '.join(METHODS)}")
     if high_precision not in HIGH_PRECISIONS:
         raise EdgepipeError(f"unknown high precision {high_precision!r}", fix=f"use one of {', '.join(HIGH_PRECISIONS)}")
-    if max_drop is not None and max_drop < 0:
-        raise EdgepipeError(f"--max-drop must be 0 or more points, got {max_drop}", fix="pass a budget such as --max-drop 0.5")
+    budget = Budget(max_drop, min_agreement)
     output = check_paths(onnx_path, output, force)
-    model, config = load_fp32(onnx_path, "--int8")
+    source = open_source(onnx_path, "--int8", size, size_flag)
     exclude_ops, include_ops, exclude_nodes = list(exclude_ops), list(include_ops), list(exclude_nodes)
-    _check_op_types(model, exclude_ops + include_ops)
-    _check_node_names(model, exclude_nodes)
-    calib_set = _calibration_set(calib, config)
+    _check_op_types(source.model, exclude_ops + include_ops)
+    _check_node_names(source.model, exclude_nodes)
     excluded_ops = sorted((set(INT8_DEFAULT_EXCLUDED_OPS) - set(include_ops)) | set(exclude_ops))
 
-    quantizer = _Int8Quantizer(onnx_path, calib_set.images, method, excluded_ops, high_precision)
-    held_out = HeldOut(onnx_path, config, data)
+    calib_images, calib_info, check, check_images = _data(source, calib, data, budget)
+    record = check.record()
+    say(f"INT8 is checked against FP32 on {record['text']}" + (f"; {record['hint']}" if record["hint"] else ""))
+    quantizer = _Int8Quantizer(source, calib_images, method, excluded_ops, high_precision)
     quantized = quantizer.run(exclude_nodes)
-    figures = held_out.measure(quantized.SerializeToString())
-    kept: list[str] = []
-    attempts = [{"kept_nodes": [], "top1": figures["top1"], "delta": figures["delta"]}]
-    if max_drop is not None and -figures["delta"] > max_drop:
-        quantized, figures, kept = _meet_budget(model, quantized, figures, quantizer, held_out, calib_set, exclude_nodes, max_drop, attempts)
+    figures = check.measure(quantized.SerializeToString())
+    attempts = [attempt([], figures, "plain")]
+    outcome = Outcome(quantized, figures)
+    per_node = _macs_per_node(source)
+    if budget.active and not budget.met(figures):
+        outcome = search(budget, source.fp32, quantized, figures, check_images, check.measure, attempts, exclude_nodes, per_node)
+    quantized, figures, kept = outcome.model, outcome.figures, outcome.kept_nodes
+    macs = int8_share(quantized, per_node) if per_node else None
 
     nodes = exclude_nodes + kept
     recipe = {"method": method, "excluded_ops": excluded_ops, "excluded_nodes": nodes, "high_precision": high_precision}
-    carry_metadata(model, quantized, Precision.INT8, {"edgepipe.int8": json.dumps(recipe, sort_keys=True)})
+    carry_metadata(source.model, quantized, Precision.INT8, {"edgepipe.int8": json.dumps(recipe, sort_keys=True)})
     check_tensorrt_qdq_rules(quantized)
     with atomic_output(output) as tmp:
         onnx.save(quantized, str(tmp))
     seconds = round(time.perf_counter() - started, 2)
-    params = {"precision": "int8", "method": method, "excluded_ops": excluded_ops, "excluded_nodes": nodes, "high_precision": high_precision, "max_drop": max_drop}
-    calib_info = {"source": calib_set.manifest.get("path", "drawn from the training split"), "count": len(calib_set), "sha256": calib_set.sha256}
-    write_manifest(
-        output, Kind.ONNX, inputs={"onnx": sha256_file(onnx_path), "calibration": calib_set.sha256}, params=params, precision=Precision.INT8,
-        accuracy=figures, kept_nodes=kept, attempts=attempts, calibration=calib_info, seconds=seconds,
-    )
-    return {
-        "onnx": str(output), "source": str(onnx_path), "precision": "int8", "seconds": seconds, "method": method,
-        "high_precision": high_precision, "excluded_ops": excluded_ops, "excluded_nodes": nodes, "kept_nodes": kept,
-        "max_drop": max_drop, "calibration": calib_info, "attempts": attempts, **figures,
-    }
+    params = {"precision": "int8", "method": method, "excluded_ops": excluded_ops, "excluded_nodes": nodes, "high_precision": high_precision,
+              **budget.record(), "input_shape": list(source.input_shape()), "data": data}
+    facts = {"kept_nodes": kept, "kept_op_types": outcome.kept_op_types, "attempts": attempts, "calibration": calib_info,
+             "check": check.record(), "macs": macs, "opset_upgrade": source.upgrade}
+    write_manifest(output, Kind.ONNX, inputs={"onnx": sha256_file(onnx_path), "calibration": calib_info["sha256"]}, params=params,
+                   precision=Precision.INT8, accuracy=figures, seconds=seconds, **facts)
+    return {"onnx": str(output), "source": str(onnx_path), "precision": "int8", "seconds": seconds, "method": method,
+            "high_precision": high_precision, "excluded_ops": excluded_ops, "excluded_nodes": nodes, **budget.record(), **facts, **figures}
+
+
+def _data(source: Source, calib: Any, data: str | None, budget: Budget):
+    """(calibration images, their record, the check, the check's images) for an edgepipe export or any other model."""
+    if not source.foreign:
+        calib_set = zoo_calibration(calib, source.config)
+        calib_info = {"source": calib_set.manifest.get("path", "drawn from the training split"), "count": len(calib_set), "sha256": calib_set.sha256}
+        check = HeldOut(source.path, source.config, data)
+        source.prepare(calib_set.images, "calibration images")
+        return calib_set.images, calib_info, check, check.images
+    pool = held_out = None
+    if data is not None:
+        pool, held_out = user_images(data, source.info, None)
+        if source.info.dynamic_hw and source.size is None:
+            h_axis, w_axis = source.info.hw_axes
+            source.fix_size((pool.x.shape[h_axis], pool.x.shape[w_axis]), f"--data {Path(data).name}")
+    calib_images, calib_info = foreign_calibration(calib, pool, source)
+    check_images = held_out or calib_images
+    if held_out is None:
+        check_images.text, check_images.hint = f"the {calib_images.text}", "pass --data for held-out images"
+    budget.check_images(check_images.labelled, check_images.text)
+    note = source.prepare(calib_images.x, "calibration images")
+    if note:
+        say(note)
+    return calib_images.x, calib_info, Check(source.fp32.SerializeToString(), check_images, source.info), check_images.x
+
+
+def _macs_per_node(source: Source) -> dict[str, int] | None:
+    """MACs of each Conv/MatMul/Gemm for one sample; None where shape inference cannot follow the model."""
+    try:
+        return count_macs(source.fp32, source.input_shape(1))
+    except EdgepipeError:
+        return None
 
 
 class _Int8Quantizer:
-    """ModelOpt ONNX PTQ on a private copy of the model in a temporary folder, quietly."""
+    """ModelOpt ONNX PTQ of the source model in a private temporary folder, quietly."""
 
-    def __init__(self, onnx_path, images: np.ndarray, method: str, excluded_ops: list[str], high_precision: str):
-        self.onnx_path, self.images, self.method = Path(onnx_path), images, method
+    def __init__(self, source: Source, images: np.ndarray, method: str, excluded_ops: list[str], high_precision: str):
+        self.source, self.images, self.method = source, images, method
         self.excluded_ops, self.high_precision = excluded_ops, high_precision
 
     def run(self, nodes_to_exclude: list[str]) -> onnx.ModelProto:
         from modelopt.onnx.quantization import quantize  # ModelOpt takes seconds to import: only conversions pay
 
         with tempfile.TemporaryDirectory(prefix="edgepipe-int8-") as folder:
-            source = Path(folder) / "model.onnx"
+            source = self.source.write_fp32(Path(folder))  # ModelOpt writes intermediate files beside its input
             target = Path(folder) / "model.int8.onnx"
-            shutil.copyfile(self.onnx_path, source)  # ModelOpt writes intermediate files beside its input
             with quiet_modelopt() as log:
                 try:
                     quantize(
@@ -128,42 +167,9 @@ class _Int8Quantizer:
                     tail = last_line(log)
                     raise EdgepipeError(
                         "ModelOpt wrote no quantized model" + (f" (its log ends: {tail})" if tail else ""),
-                        fix="pass the FP32 ONNX from 'edgepipe export'; exclude the failing op with --exclude-op",
+                        fix="pass an FP32 ONNX model; exclude the failing op with --exclude-op",
                     )
             return onnx.load(str(target))
-
-
-def _meet_budget(model, quantized, figures, quantizer, held_out, calib_set, exclude_nodes, max_drop, attempts):
-    """Keep the most sensitive nodes in high precision, 1, 2, 4 ... of them, until within budget.
-
-    Returns (model, figures, kept nodes) and appends each try to ``attempts``; raises when no
-    number of kept nodes meets the budget.
-    """
-    ranking = [name for name, _ in rank_sensitive_nodes(model, quantized, calib_set.images[:SENSITIVITY_IMAGES]) if name not in exclude_nodes]
-    console.print(f"INT8 top-1 {figures['top1']:.2f}% is {-figures['delta']:.2f} points below FP32 (budget {max_drop:g}); "
-                  f"keeping the most sensitive of {len(ranking)} quantized nodes in higher precision")
-    best = (quantized, figures, [])
-    count = 1
-    while ranking and count <= len(ranking) * 2:
-        kept = ranking[: min(count, len(ranking))]
-        candidate = quantizer.run(exclude_nodes + kept)
-        result = held_out.measure(candidate.SerializeToString())
-        attempts.append({"kept_nodes": kept, "top1": result["top1"], "delta": result["delta"]})
-        console.print(f"  keeping {len(kept)} node(s): top-1 {result['top1']:.2f}% ({result['delta']:+.2f} points)")
-        if result["top1"] > best[1]["top1"]:
-            best = (candidate, result, kept)
-        if -result["delta"] <= max_drop:
-            return candidate, result, kept
-        if len(kept) == len(ranking):
-            break
-        count *= 2
-    _, best_figures, best_kept = best
-    raise EdgepipeError(
-        f"INT8 cannot stay within {max_drop:g} points of FP32 top-1 {best_figures['reference_top1']:.2f}%: the best reached was "
-        f"{best_figures['top1']:.2f}% ({best_figures['delta']:+.2f} points) keeping {len(best_kept)} node(s) in higher precision "
-        f"({', '.join(best_kept[:8]) or 'none'}{' ...' if len(best_kept) > 8 else ''}); nothing was written",
-        fix="raise --max-drop, try --method max or a larger calibration set (--calib), or use --fp16",
-    )
 
 
 def _check_op_types(model: onnx.ModelProto, op_types: list[str]) -> None:
@@ -179,17 +185,3 @@ def _check_node_names(model: onnx.ModelProto, names: list[str]) -> None:
     if unknown:
         example = ", ".join(sorted(n for n in present if n)[:5])
         raise EdgepipeError(f"the model has no node named {', '.join(unknown)} (names look like: {example})", fix="pass node names from the ONNX graph (e.g. as Netron shows them) to --exclude-node")
-
-
-def _calibration_set(calib: Any, config: dict[str, Any]) -> calibration.CalibrationSet:
-    """The calibration set ``calib`` names (None: drawn from the training split), checked against the model."""
-    if calib is None:
-        console.print(f"No --calib given: drawing {calibration.DEFAULT_NUM} calibration images from the model's training split ({config['data']['source']})")
-        calib_set = calibration.draw(config, num=calibration.DEFAULT_NUM, seed=0)
-    elif isinstance(calib, calibration.CalibrationSet):
-        calib_set = calib
-    else:
-        calib_set = calibration.load(calib)
-        calib_set.manifest = {**calib_set.manifest, "path": str(calib)}
-    calibration.check_matches(calib_set, config)
-    return calib_set

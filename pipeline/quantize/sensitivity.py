@@ -6,15 +6,19 @@ import numpy as np
 import onnx
 
 from pipeline.precision import QDQ_OPS
+from pipeline.quantize.graph import PASS_THROUGH_OPS
 
 # Nodes whose quantization can change a value: compute ops with a DequantizeLinear input.
-_NOT_RANKED = set(QDQ_OPS) | {"Cast", "Constant", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
+_NOT_RANKED = PASS_THROUGH_OPS
+# Images per ONNX Runtime call: every intermediate tensor of both models is held for a call.
+_CHUNK = 16
 
 
 def rank_sensitive_nodes(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, images: np.ndarray) -> list[tuple[str, float]]:
     """Quantized nodes, most harmful first: how much relative error each adds to its output.
 
-    Runs both models on ``images`` with ONNX Runtime, every intermediate tensor exposed as an
+    Runs both models on ``images`` (in the model's layout and dtype; a model with a fixed batch
+    takes them that many at a time) with ONNX Runtime, every intermediate tensor exposed as an
     output. A node's score is the relative L2 error of its output against the FP32 model's same
     tensor, minus the largest error already present on its inputs, so that error inherited from
     earlier layers is not blamed on later ones.
@@ -31,12 +35,15 @@ def rank_sensitive_nodes(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProt
     watched = sorted({n.output[0] for n in ranked_nodes} | {src for n in ranked_nodes for src in _sources(n, producers) if src in fp32_names})
     reference = _intermediates(fp32_model, watched, images)
     candidate = _intermediates(int8_model, watched, images)
+    norms = {name: (sum(float(np.sum((c - r) ** 2)) for r, c in zip(reference[name], candidate[name])),
+                    sum(float(np.sum(r ** 2)) for r in reference[name]))
+             for name in reference if name in candidate}
 
     def error(name: str) -> float:
-        if name not in reference or name not in candidate:
+        if name not in norms:
             return 0.0
-        ref = reference[name].astype(np.float64)
-        return float(np.linalg.norm(candidate[name].astype(np.float64) - ref) / max(np.linalg.norm(ref), 1e-12))
+        diff, ref = norms[name]
+        return float(np.sqrt(diff) / max(np.sqrt(ref), 1e-12))
 
     scores = []
     for node in ranked_nodes:
@@ -56,8 +63,8 @@ def _sources(node: onnx.NodeProto, producers: dict) -> list[str]:
     return sources
 
 
-def _intermediates(model: onnx.ModelProto, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
-    """Run ``model`` with ``names`` added to its outputs; returns the tensors found, as float32.
+def _intermediates(model: onnx.ModelProto, names: list[str], images: np.ndarray) -> dict[str, list[np.ndarray]]:
+    """Run ``model`` with ``names`` added to its outputs; returns the tensors found, as float64 chunks.
 
     A bare ONNX Runtime session rather than a runner: it needs graph optimizations off, so that
     every watched tensor still exists, and every output, not a classifier's logits.
@@ -76,7 +83,15 @@ def _intermediates(model: onnx.ModelProto, names: list[str], images: np.ndarray)
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
     session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    feed = session.get_inputs()[0]
+    fixed = isinstance(feed.shape[0], int) and feed.shape[0] > 0
+    batch = feed.shape[0] if fixed else _CHUNK
+    if fixed and len(images) % batch:  # whole batches only: repeat images to fill the last
+        images = np.resize(images, (-(-len(images) // batch) * batch, *images.shape[1:]))
     wanted = [o.name for o in session.get_outputs() if o.name in set(names)]
-    values = session.run(wanted, {input_name: np.ascontiguousarray(images, dtype=np.float32)})
-    return {name: value.astype(np.float32) for name, value in zip(wanted, values)}
+    found: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
+    for start in range(0, len(images), batch):
+        values = session.run(wanted, {feed.name: np.ascontiguousarray(images[start:start + batch])})
+        for name, value in zip(wanted, values):
+            found[name].append(value.astype(np.float64))
+    return found

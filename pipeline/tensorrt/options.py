@@ -84,7 +84,9 @@ def resolve_profiles(inputs: list[tuple[str, tuple[int, ...]]], shapes: dict[str
             if -1 not in shape:
                 continue
             if -1 in shape[1:]:
-                raise EdgepipeError(f"input {name!r} has dynamic dimensions besides the batch ({_dims(shape)})", fix=f"pass --minShapes/--optShapes/--maxShapes {name}:..., e.g. {name}:1x3x224x224")
+                example = _dims(tuple(1 if axis == 0 else d for axis, d in enumerate(shape)), 224)
+                raise EdgepipeError(f"input {name!r} has dynamic dimensions besides the batch ({_dims(shape)})",
+                                    fix=f"pass --minShapes/--optShapes/--maxShapes {name}:... (--optShapes is the size the engine is tuned, converted and checked at), e.g. --optShapes {name}:{example}")
             lo, opt, hi = ((b, *shape[1:]) for b in DEFAULT_BATCH)
             notes.append(f"{name}: batch {'/'.join(map(str, DEFAULT_BATCH))}")
         opt = opt or hi or lo
