@@ -11,10 +11,11 @@ Two budgets, parsed once into ``Budget``:
 collapsed (plain PTQ predicting one class nearly everywhere) may need more than a few nodes:
 then whole op types are kept besides the best of those, the attention products (MatMul of two
 activations, Softmax) first, then op types in the order their most sensitive node ranks, before
-the ranking goes on doubling. Every
-candidate is the calibrated model with Q/DQ taken off some nodes (``graph.keep_in_high_precision``),
-so a step costs one check, not a calibration. The first candidate that meets the budget is kept;
-when none does, the error names the best reached and nothing is written.
+the ranking goes on doubling, to all of it. Every candidate is the calibrated model with Q/DQ
+taken off some nodes (``graph.keep_in_high_precision``; quantizing again with those nodes excluded
+mostly gives the same figures), so a step costs one check, not a calibration. The
+first candidate that meets the budget is kept; when none does, the error names the best reached
+and nothing is written. Where little of the work is left in INT8, the result says so.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from pipeline.quantize.graph import int8_share, keep_in_high_precision, quantize
 from pipeline.quantize.sensitivity import rank_sensitive_nodes
 
 FEW_STEPS = 4  # ranked prefixes (1, 2, 4, 8 nodes) tried before whole op types
-# A candidate with less of its MACs in INT8 than this is not tried: it would be a higher-precision model with Q/DQ in it.
-MIN_INT8_SHARE = 1.0
+# Below this share of the MACs in INT8 the result says that FP16 may serve as well.
+LOW_INT8_SHARE = 50.0
 SENSITIVITY_IMAGES = 32  # check images the ranking runs on (both models, every intermediate tensor)
 ATTENTION = "attention"
 
@@ -113,9 +114,9 @@ def search(budget: Budget, fp32: onnx.ModelProto, plain: onnx.ModelProto, figure
     """The plain PTQ model with the fewest sensitive nodes in higher precision that meets ``budget``.
 
     ``measure`` gives a candidate's figures against FP32; ``images`` (the check images) feed the
-    ranking; ``fixed_nodes`` were excluded by the user and are not ranked; ``macs`` (per node) skip
-    candidates that would leave under ``MIN_INT8_SHARE`` percent of the MACs in INT8. Each step is
-    appended to ``attempts``. Raises naming the best reached when no candidate meets the budget.
+    ranking; ``fixed_nodes`` were excluded by the user and are not ranked; ``macs`` (per node) let
+    the result say when little of the work is left in INT8. Each step is appended to ``attempts``.
+    Raises naming the best reached when no candidate meets the budget.
     """
     say(f"INT8 {figures_text(figures)} misses the budget ({budget.text()}); keeping the most sensitive nodes in higher precision")
     ranking = [name for name, _ in rank_sensitive_nodes(fp32, plain, images[:SENSITIVITY_IMAGES]) if name not in fixed_nodes]
@@ -128,16 +129,14 @@ def search(budget: Budget, fp32: onnx.ModelProto, plain: onnx.ModelProto, figure
         yield from ((kept, [], "ranked") for kept in prefixes[:FEW_STEPS])
         for op_types, nodes in groups:
             yield best_prefix + [n for n in nodes if n not in best_prefix], op_types, "op types"
-        yield from ((kept, [], "ranked") for kept in prefixes[FEW_STEPS:])
+        yield from ((kept, [], "ranked") for kept in [*prefixes[FEW_STEPS:], ranking])
 
     tried = set()
     for kept, op_types, how in tries():
-        if frozenset(kept) in tried or len(kept) >= len(ranking):  # every ranked node kept leaves nothing in INT8
+        if frozenset(kept) in tried:
             continue
         tried.add(frozenset(kept))
         candidate = keep_in_high_precision(plain, kept)
-        if macs and int8_share(candidate, macs)["int8_share"] < MIN_INT8_SHARE:
-            continue
         result = measure(candidate.SerializeToString())
         attempts.append(attempt(kept, result, how))
         what = f"{len(kept)} node(s)"
@@ -149,6 +148,9 @@ def search(budget: Budget, fp32: onnx.ModelProto, plain: onnx.ModelProto, figure
             if how == "ranked":
                 best_prefix = kept
         if budget.met(result):
+            share = int8_share(candidate, macs)["int8_share"] if macs else None
+            if share is not None and share < LOW_INT8_SHARE:
+                say(f"  only {share:.1f}% of the MACs are left in INT8: --fp16 may serve as well")
             return best
     kept_text = ", ".join(best.kept_op_types) + " (whole op types)" if best.kept_op_types else (", ".join(best.kept_nodes[:8]) or "none")
     if len(best.kept_nodes) > 8 and not best.kept_op_types:
@@ -156,13 +158,12 @@ def search(budget: Budget, fp32: onnx.ModelProto, plain: onnx.ModelProto, figure
     raise EdgepipeError(
         f"INT8 cannot meet the budget ({budget.text()}): the best reached was {figures_text(best.figures)} keeping "
         f"{len(best.kept_nodes)} node(s) in higher precision ({kept_text}); nothing was written",
-        fix="loosen the budget (--max-drop / --min-agreement), try --method max or more calibration images, or use --fp16 "
-            f"(candidates with under {MIN_INT8_SHARE:g}% of the MACs in INT8 are not tried)",
+        fix="loosen the budget (--max-drop / --min-agreement), try --method max or more calibration images, or use --fp16",
     )
 
 
 def _doublings(count: int) -> list[int]:
-    """1, 2, 4 ... below ``count``."""
+    """1, 2, 4 ... below ``count`` (the whole ranking is tried last)."""
     sizes, size = [], 1
     while size < count:
         sizes.append(size)
@@ -191,6 +192,6 @@ def _op_type_groups(fp32: onnx.ModelProto, plain: onnx.ModelProto, ranking: list
         if not added:
             continue
         kept_types, kept_nodes = [*kept_types, op_type], kept_nodes + added
-        if len(kept_nodes) < len(quantized):  # keeping everything is no INT8 at all
+        if len(kept_nodes) < len(quantized):  # every node kept: the whole ranking, tried last
             groups.append((list(kept_types), list(kept_nodes)))
     return groups
