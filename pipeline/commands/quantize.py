@@ -63,12 +63,12 @@ def parse_input_size(text):
 @json_option
 def quantize_command(onnx_model, precision, output, calib, method, high_precision, exclude_op, exclude_node, include_op, max_drop, min_agreement,
                      input_size, data, force, as_json):
-    """Make an FP16 or INT8 (Q/DQ) ONNX model and check it against the FP32 model.
+    """Make an FP16 or INT8 (Q/DQ) ONNX model and check it on the held-out split.
 
     Any single-image-input ONNX works, with or without edgepipe's metadata. The result obeys
-    TensorRT's Q/DQ rules and is measured against FP32 on every output: the held-out split of an
-    edgepipe model, your images (--data), the calibration images, or (FP16 only) seeded synthetic
-    inputs. INT8 never calibrates on random data.
+    TensorRT's Q/DQ rules and is measured against the FP32 model on every output: on the held-out
+    split of an edgepipe model or of your images (--data), else on the calibration images, or (FP16
+    only) seeded synthetic inputs. INT8 never calibrates on random data.
 
     \b
     Example:
