@@ -58,13 +58,15 @@ def build_engine(
     compute_capability: list[str] | tuple[str, ...] | None = None,
     verbose: bool = False,
     data: str | None = None,
+    reading: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build (or reuse) the engine for ``onnx_path`` and return what --json prints.
 
     ``precision``: "fp32", "fp16", "int8", or None to build the model at the precision it has.
     ``shapes``: {"min"|"opt"|"max": "input:1x1x32x32" (trtexec syntax) or {name: shape}}.
     ``compute_capability``: TensorRT-RTX targets as "X.Y" (or "current").
-    ``data``: the user's images to check an FP16/INT8 conversion on (and draw INT8 calibration from).
+    ``data``: the user's images to check an FP16/INT8 conversion on (and draw INT8 calibration from);
+    ``reading``: how a folder of them is read (``preprocess`` flags, ``labels``, ``workers``).
     """
     started = time.perf_counter()
     precision = None if precision is None else parse(precision)
@@ -133,6 +135,7 @@ def build_engine(
         "hardware_compatibility_level": settings.hardware_compatibility,
         "version_compatible": version_compatible,
         "data": data,
+        "preprocess": quantize.folder_preprocess(model, data, (reading or {}).get("preprocess")) if converting else None,
     }
 
     if engine.exists():
@@ -145,7 +148,7 @@ def build_engine(
     if profile_note:
         _say(profile_note)
 
-    conversion = _conversion(info, profiles, data) if converting else {}
+    conversion = {**_conversion(info, profiles, data), "reading": reading or {}, "preprocess": params["preprocess"]} if converting else {}
     network_onnx, check = _network_onnx(source, inputs, graph_precision, target, mode, engine, calib, force, conversion)
     cc_text = f"; targets compute capability {', '.join(targets)}" if targets else ""
     _say(f"Building {engine} from {network_onnx} with {be.display} ({target}, {mode} precision{cc_text})")
@@ -223,7 +226,8 @@ def _network_onnx(source: Path, inputs: dict, graph_precision: str, target: str,
              + (f"; checked against FP32 on {check['on']}" if check else ""))
         return output, check
     _say(f"Precision: converting {source} to {target.upper()} -> {output}")
-    quantize.convert(target, source, output, calib=calib, force=force, data=conversion["data"], size=conversion["size"], size_flag="--optShapes")
+    quantize.convert(target, source, output, calib=calib, force=force, data=conversion["data"], size=conversion["size"], size_flag="--optShapes",
+                     **conversion["reading"])
     return output, quantize.check_summary(read_manifest(output))
 
 
@@ -233,7 +237,8 @@ def _intermediate_is_current(output: Path, source_sha: str, target: str, calib: 
     if not manifest or manifest.get("params", {}).get("precision") != target or manifest.get("sha256") != sha256_file(output):
         return False
     params, made_from = manifest["params"], manifest.get("inputs", {})
-    if made_from.get("onnx") != source_sha or params.get("data") != conversion["data"] or params.get("input_shape") != conversion["input_shape"]:
+    if made_from.get("onnx") != source_sha or params.get("data") != conversion["data"] or params.get("input_shape") != conversion["input_shape"] \
+            or params.get("preprocess") != conversion["preprocess"]:
         return False
     # A calibration set drawn by default is fixed by the source model (its training data, seed 0).
     return target != "int8" or calib is None or made_from.get("calibration") == _calibration_sha(calib)

@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline import data as datamod
 from pipeline import images
-from pipeline.images import ModelInput, PreprocessFlags, refuse_for_recorded
+from pipeline.images import FLAG_KEYS, ModelInput, PreprocessFlags, refuse_for_recorded
 from pipeline.artifacts import Artifact, Kind, read_manifest
 from pipeline.checkpoint import config_of
 from pipeline.errors import EdgepipeError
@@ -35,6 +35,7 @@ from pipeline.fidelity import DEFAULT_ATOL, DEFAULT_RTOL, Fidelity
 from pipeline.metrics import evaluate, top1
 from pipeline.onnxfile import CONFIG_KEY, load_onnx, read_metadata
 from pipeline.precision import Precision
+from pipeline.preprocess import Preprocess
 from pipeline.progress import info
 from pipeline.runtime import NoGpuError, Runner, batch_step, open_runner, predict, predict_batch
 
@@ -159,7 +160,7 @@ class _Candidate:
 def _validate_on_images(ref: Artifact, paths: list[Path], data, labels, preprocess, workers, split, batch_size, atol, rtol) -> dict[str, Any]:
     if split not in SPLITS and not isinstance(split, dict):
         raise EdgepipeError(f"unknown split {split!r}", fix=f"use one of {', '.join(SPLITS)}")
-    model_input = ModelInput.of_onnx(ref.path, preprocess)
+    model_input = ModelInput.of_onnx(ref.path, preprocess if preprocess is not None and preprocess.given else _stored_in_candidates(ref.path, paths))
     if data is None:
         raise EdgepipeError(f"{ref.path.name} has no edgepipe metadata, so there is no recorded data to validate it on",
                             fix="pass --data DIR|FILE.npz with your images (and --labels FILE with the model's class names, if the folders are classes)")
@@ -229,6 +230,17 @@ def _outputs(runner: Runner, x: np.ndarray) -> list[np.ndarray]:
     return parts[0] if len(parts) == 1 else [np.concatenate([part[i] for part in parts]) for i in range(len(parts[0]))]
 
 
+def _stored_in_candidates(reference: Path, paths: list[Path]) -> PreprocessFlags | None:
+    """With no flags and none stored in the reference, the preprocessing an FP16/INT8 model made from it stores (quantize --data FOLDER)."""
+    if Preprocess.from_onnx(load_onnx(reference)) is not None:
+        return None
+    for path in paths:
+        stored = Preprocess.from_onnx(load_onnx(path)) if path.suffix == ".onnx" and path.is_file() else None
+        if stored is not None:
+            return PreprocessFlags({key: value for key, value in stored.to_dict().items() if key in FLAG_KEYS and value is not None})
+    return None
+
+
 def _images_to_judge(source: images.ImageSource, paths: list[Path], split) -> tuple[np.ndarray, dict[str, Any]]:
     """The indices of the images to judge on, and what they are."""
     record = split if isinstance(split, dict) else _calibration_split(source, paths) if split == "auto" else None
@@ -246,7 +258,11 @@ def _images_to_judge(source: images.ImageSource, paths: list[Path], split) -> tu
 def _calibration_split(source: images.ImageSource, paths: list[Path]) -> dict[str, Any] | None:
     """The split of ``source`` an artifact's calibration set was drawn with, when one was."""
     for path in paths:
-        calibrated = (read_manifest(path) or {}).get("calibration")
+        manifest = read_manifest(path) or {}
+        checked = (manifest.get("check") or {}).get("split")  # converted by quantize/build-engine from a folder of these images
+        if isinstance(checked, dict) and checked.get("source_sha256") == source.sha256:
+            return checked
+        calibrated = manifest.get("calibration")
         where = calibrated.get("source") if isinstance(calibrated, dict) else None
         if not isinstance(where, str) or not where.endswith(".npz"):
             continue

@@ -178,6 +178,55 @@ def test_build_engine_int8_takes_a_set_drawn_from_a_flat_folder(photos, tmp_path
     assert (tmp_path / "text_recognizer.int8.onnx").is_file() and read_manifest(tmp_path / "text_recognizer.int8.onnx")["calibration"]["count"] == 64
 
 
+def test_quantize_fp16_and_int8_on_an_image_folder_store_the_preprocessing(photos, tmp_path):
+    folder, labels, _ = photos
+    model = copy_of("se_classifier", tmp_path, "classifier.onnx", opset=12)
+    fp16 = tmp_path / "classifier.fp16.onnx"
+    result = cli("quantize", model, "--fp16", "--data", folder, "--labels", labels, *TIMM, "--workers", 0, "-o", fp16, "--json")
+    assert result.exit_code == 0, result.output
+    checked = json.loads(result.stdout)
+    assert checked["check"]["on"] == "data" and checked["check"]["images"] == 20 and checked["check"]["split"]["counts"] == {"pool": 80, "held_out": 20}
+    assert checked["top1"] is not None and checked["agreement"] >= 99.0 and checked["samples"] == 20
+    stored = Preprocess.from_onnx(onnx.load(str(fp16)))  # later stages read the images the same way with no flags
+    assert stored.crop == (224, 224) and stored.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert read_manifest(fp16)["params"]["preprocess"]["resize"] == 256
+
+    int8 = tmp_path / "classifier.int8.onnx"
+    result = cli("quantize", model, "--int8", "--data", folder, "--labels", labels, *TIMM, "--workers", 0, "--min-agreement", "50", "-o", int8, "--json")
+    assert result.exit_code == 0, result.output
+    checked = json.loads(result.stdout)
+    assert checked["calibration"]["count"] == 80 and "calibration-pool images of photos" in checked["calibration"]["source"]
+    assert checked["check"]["text"] == "20 held-out images of photos" and checked["agreement"] >= 50.0
+    report = validate.validate(model, [int8], data=str(folder), labels=labels, workers=0)  # preprocessing read from the INT8 model
+    assert report["rows"][0]["status"] == "ok" and report["images"]["which"] == "held-out"
+
+
+def test_folder_flags_need_a_folder(photos, tmp_path):
+    folder, labels, _ = photos
+    model = copy_of("text_recognizer", tmp_path)
+    one_line_error(cli("quantize", model, "--fp16", "--resize", "64", "-o", tmp_path / "r.onnx"), "describe --data, which is not given")
+    lines = tmp_path / "lines.npz"
+    np.savez(lines, x=np.zeros((8, 1, 32, 128), np.float32))
+    one_line_error(cli("quantize", model, "--fp16", "--data", lines, "--resize", "64", "-o", tmp_path / "r.onnx"),
+                   "--resize applies to a folder of images", "already preprocessed")
+    one_line_error(cli("build", model, "--fp16", "--labels", labels), "describe --data, which is not given")
+    assert not list(tmp_path.glob("r*.onnx")) and not list(tmp_path.glob("*.engine"))
+
+
+@pytest.mark.skipif("tensorrt-rtx" not in backend.installed_backends(), reason="TensorRT-RTX is not installed")
+def test_build_engine_int8_calibrates_on_a_flat_folder_and_reuses_it(photos, tmp_path):
+    model = copy_of("text_recognizer", tmp_path)
+    args = [str(model), "--int8", "--data", str(photos[2]), "--workers", "0", "--computeCapability", "8.9", "--json"]
+    result = CliRunner().invoke(build_engine_main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "text_recognizer.int8.onnx")
+    assert manifest["calibration"]["count"] == 80 and manifest["check"]["text"] == "20 held-out images of flat"
+    again = CliRunner().invoke(build_engine_main, args, catch_exceptions=False)
+    assert again.exit_code == 0 and json.loads(again.stdout)["cached"] is True, again.output
+    changed = CliRunner().invoke(build_engine_main, [*args, "--mean", "0.5"], catch_exceptions=False)
+    assert changed.exit_code == 1 and "exists but" in changed.stderr  # other preprocessing: not reused silently
+
+
 # --- bench ----------------------------------------------------------------------------------------
 
 

@@ -3,7 +3,7 @@
 import click
 
 from pipeline.build import build_engine
-from pipeline.commands.options import EdgepipeCommand, data_option, emit, force_option, json_option, precision_flags
+from pipeline.commands.options import EdgepipeCommand, data_option, emit, force_option, json_option, precision_flags, preprocess_options
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import out
@@ -24,8 +24,10 @@ _SHAPES = "NAME:DIMS[,NAME:DIMS...]"
 @click.option("--calib", default=None, metavar="CALIB.npz", type=click.Path(dir_okay=False),
               help="Calibration images for --int8: a set from 'edgepipe calibrate' or an .npz with x (preprocessed, in the model's layout). "
               "Default: drawn from an edgepipe model's training data (another model needs --calib or --data).")
-@data_option(help="Your images to check the FP16/INT8 model against FP32 on (an .npz with x[, y] for a model edgepipe did not export). "
+@data_option(help="Your images to check the FP16/INT8 model against FP32 on (and draw INT8 calibration from): for a model edgepipe did not "
+             "export, a folder of images read through its preprocessing, or an .npz with x already preprocessed [, y]. "
              "Default: the held-out data of an edgepipe model; seeded synthetic inputs for FP16 of another model.")
+@preprocess_options
 @click.option("--saveEngine", "save_engine", default=None, metavar="PATH", help="Engine file to write. Default: MODEL.<precision>.engine beside the ONNX.")
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True,
               help="auto: standard TensorRT where installed, else TensorRT-RTX.")
@@ -49,7 +51,8 @@ _SHAPES = "NAME:DIMS[,NAME:DIMS...]"
 @click.option("--verbose", is_flag=True, help="Print the builder's log on stderr.")
 @force_option
 @json_option
-def build_command(onnx_file, onnx_option, precision, calib, data, save_engine, backend, min_shapes, opt_shapes, max_shapes, force, as_json, **controls):
+def build_command(onnx_file, onnx_option, precision, calib, data, preprocess, labels, workers, save_engine, backend, min_shapes, opt_shapes, max_shapes,
+                  force, as_json, **controls):
     """Build a TensorRT or TensorRT-RTX engine from an ONNX model, like trtexec.
 
     The engine gets a manifest beside it (backend, version, precision, inputs' sha256, profiles,
@@ -60,6 +63,7 @@ def build_command(onnx_file, onnx_option, precision, calib, data, save_engine, b
     Example:
       build-engine model.onnx --fp16
       build-engine model.onnx --int8 --calib calib.npz --saveEngine model.int8.engine
+      build-engine resnet.onnx --int8 --data photos/ --resize 256 --crop 224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
       build-engine dynamic.onnx --fp16 --minShapes image:1x3x160x160 --optShapes image:8x3x224x224 --maxShapes image:32x3x320x320
       edgepipe build model.onnx --minShapes input:1x1x32x32 --optShapes input:8x1x32x32 --maxShapes input:32x1x32x32
     """
@@ -69,8 +73,11 @@ def build_command(onnx_file, onnx_option, precision, calib, data, save_engine, b
     if not onnx_path:
         command = click.get_current_context().command_path
         raise EdgepipeError("missing the ONNX model", fix=f"name it: {command} MODEL.onnx [--fp16 | --int8 | --fp32]")
+    if data is None and (preprocess.given or labels is not None):
+        raise EdgepipeError("the preprocessing flags and --labels describe --data, which is not given", fix="pass --data FOLDER, or drop them")
     result = build_engine(
         onnx_path, precision=precision, save_engine=save_engine, calib=calib, data=data, backend=backend,
+        reading={"preprocess": preprocess if preprocess.given else None, "labels": labels, "workers": workers},
         shapes={"min": min_shapes, "opt": opt_shapes, "max": max_shapes}, force=force,
         **{**controls, "compute_capability": list(controls["compute_capability"]) or None},
     )

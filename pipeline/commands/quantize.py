@@ -6,7 +6,7 @@ import re
 import click
 
 from pipeline import quantize
-from pipeline.commands.options import EdgepipeCommand, data_option, emit, force_option, json_option, max_drop_option, precision_flags
+from pipeline.commands.options import EdgepipeCommand, data_option, emit, force_option, json_option, max_drop_option, precision_flags, preprocess_options
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import out
@@ -57,12 +57,14 @@ def parse_input_size(text):
 @click.option("--input-size", "input_size", default=None, metavar="HxW", callback=lambda ctx, param, value: parse_input_size(value),
               help="Height and width to convert and check a model with dynamic ones at (default: the model's, or the images').")
 @data_option(help="Images to check against FP32 on: 'digits', an ImageFolder or an .npz for an edgepipe model (default: its held-out split); "
-             "for another model an .npz with x[, y], split into a calibration pool and held-out images. "
+             "for another model a folder of images (class sub-folders for labels) read through its preprocessing, or an .npz with x "
+             "already preprocessed [, y]; split into a calibration pool and held-out images. "
              "Without it, FP16 of another model is checked on seeded synthetic inputs.")
+@preprocess_options
 @force_option
 @json_option
 def quantize_command(onnx_model, precision, output, calib, method, high_precision, exclude_op, exclude_node, include_op, max_drop, min_agreement,
-                     input_size, data, force, as_json):
+                     input_size, data, preprocess, labels, workers, force, as_json):
     """Make an FP16 or INT8 (Q/DQ) ONNX model and check it on the held-out split.
 
     Any single-image-input ONNX works, with or without edgepipe's metadata. The result obeys
@@ -75,8 +77,11 @@ def quantize_command(onnx_model, precision, output, calib, method, high_precisio
       edgepipe quantize runs/se/model.onnx --fp16 -o runs/se/model.fp16.onnx
       edgepipe quantize runs/se/model.onnx --int8 --calib runs/se/calib.npz --max-drop 0.5 -o runs/se/model.int8.onnx
       edgepipe quantize recognizer.onnx --int8 --data lines.npz --min-agreement 99 -o recognizer.int8.onnx
+      edgepipe quantize resnet.onnx --int8 --data photos/ --labels labels.txt --resize 256 --crop 224 --max-drop 1 -o resnet.int8.onnx
     """
-    size = {"size": input_size, "size_flag": "--input-size"}
+    if data is None and (preprocess.given or labels is not None):
+        raise EdgepipeError("the preprocessing flags and --labels describe --data, which is not given", fix="pass --data FOLDER, or drop them")
+    size = {"size": input_size, "size_flag": "--input-size", "preprocess": preprocess if preprocess.given else None, "labels": labels, "workers": workers}
     if precision is Precision.FP16:
         int8_only = {"--calib": calib, "--exclude-op": exclude_op, "--exclude-node": exclude_node, "--include-op": include_op, "--max-drop": max_drop,
                      "--min-agreement": min_agreement}

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from pipeline.errors import EdgepipeError
 from pipeline.images.kinds import DigitsSource, FileSource, NpzSource
-from pipeline.images.model_input import ModelInput, PreprocessFlags, refuse_for_recorded
+from pipeline.images.model_input import FLAG_KEYS, ModelInput, PreprocessFlags, refuse_for_recorded
 from pipeline.images.source import DIGITS, IMAGE_SUFFIXES, SPLIT_SEED, VAL_FRACTION, ImageSource, Split, read_labels
 from pipeline.images.stream import DEFAULT_BATCH_SIZE, BatchStream, default_workers
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DIGITS", "IMAGE_SUFFIXES", "SPLIT_SEED", "VAL_FRACTION", "BatchStream", "ImageSource", "ModelInput", "PreprocessFlags", "Split",
+__all__ = ["DEFAULT_BATCH_SIZE", "DIGITS", "FLAG_KEYS", "IMAGE_SUFFIXES", "SPLIT_SEED", "VAL_FRACTION", "BatchStream", "ImageSource", "ModelInput", "PreprocessFlags", "Split",
            "default_workers", "open_source", "read_labels", "refuse_for_recorded"]
 
 _DATA_FIX = "pass --data digits, a folder of class sub-folders, a folder of images, or an .npz with x (and y)"

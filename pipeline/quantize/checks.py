@@ -15,6 +15,7 @@ difference, cosine, argmax agreement along the last axis, and top-1 when there a
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,11 +25,17 @@ import numpy as np
 from pipeline.data import VAL_FRACTION, split_indices
 from pipeline.errors import EdgepipeError
 from pipeline.fidelity import Fidelity
+from pipeline.images import ModelInput
+from pipeline.images import open_source as open_images
+from pipeline.onnxfile import CONFIG_KEY
 from pipeline.onnxinfo import ModelInfo, synthetic_batch
+from pipeline.progress import info as say
 
 SYNTHETIC_COUNT = 32  # seeded synthetic inputs an FP16 model is checked on when no images are given
 SPLIT_SEED = 0
 _BATCH = 16  # images per ONNX Runtime call for a model with a dynamic batch
+POOL_LIMIT = 512  # calibration-pool images of a folder decoded for INT8 (calibration.DEFAULT_NUM)
+CHECK_LIMIT = 500  # held-out images of a folder a conversion is checked on (in memory: each candidate runs on them)
 
 
 @dataclass
@@ -40,6 +47,8 @@ class Images:
     what: str  # "synthetic", "calibration" or "data"
     text: str  # how messages name them: "32 synthetic inputs"
     hint: str = ""  # what a user can do for a better check: "pass --data for your images"
+    extra: dict[str, Any] | None = None  # for a folder: its split and the preprocessing, as recorded
+    preprocess: Any = None  # for a folder: the Preprocess the images went through (stored in the converted model)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -49,7 +58,7 @@ class Images:
         return self.y is not None
 
     def record(self) -> dict[str, Any]:
-        return {"on": self.what, "images": len(self), "labelled": self.labelled, "text": self.text, "hint": self.hint}
+        return {"on": self.what, "images": len(self), "labelled": self.labelled, "text": self.text, "hint": self.hint, **(self.extra or {})}
 
 
 def synthetic(info: ModelInfo, sample_shape: tuple[int, ...], count: int = SYNTHETIC_COUNT, seed: int = 0) -> Images:
@@ -63,18 +72,29 @@ def synthetic(info: ModelInfo, sample_shape: tuple[int, ...], count: int = SYNTH
     return Images(np.concatenate(chunks)[:count], None, "synthetic", f"{count} synthetic inputs (seeded)")
 
 
-def user_images(data: str | Path, info: ModelInfo, sample_shape: tuple[int, ...] | None) -> tuple[Images, Images]:
+def user_images(data: str | Path, model: Any, info: ModelInfo, sample_shape: tuple[int, ...] | None, *, preprocess: Any = None,
+                labels: str | Path | None = None, workers: int | None = None) -> tuple[Images, Images]:
     """The calibration pool and the held-out images of ``--data`` for a model edgepipe did not export.
 
-    The one place ``--data`` becomes images for such a model: an .npz with ``x`` already
-    preprocessed in the model's layout (and ``y``, one class index per image, optional), split
-    with a fixed seed as edgepipe splits every dataset (stratified when labelled).
+    The one place ``--data`` becomes images for such a model:
+
+    * a folder (class sub-folders, or images) is listed by ``pipeline.images``, split with the seed
+      every stage uses, and read through the model's preprocessing (stored in ``model``, or the
+      ``preprocess`` flags); at most ``POOL_LIMIT`` pool and ``CHECK_LIMIT`` held-out images are
+      decoded, drawn seeded (class by class when labelled), since every candidate is run on them;
+    * an .npz holds ``x`` already preprocessed in the model's layout (and ``y``, one class index per
+      image, optional), split the same way (stratified when labelled).
     """
     path = Path(data)
-    if path.suffix != ".npz" or not path.is_file():
-        raise EdgepipeError(f"--data {data} is not an .npz file; for a model edgepipe did not export, --data takes an .npz with x "
-                            "(images preprocessed for the model, in its layout) and optionally y (labels)",
-                            fix="save your preprocessed images with numpy.savez('images.npz', x=images, y=labels)")
+    if path.is_dir():
+        return _folder_images(path, model, info, sample_shape, preprocess, labels, workers)
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        raise EdgepipeError(f"--data {data} is neither a folder of images nor an .npz file",
+                            fix="pass a folder of images (class sub-folders for labels), or an .npz with x (images preprocessed for the model) and optionally y")
+    given = (preprocess.flag_names() if preprocess is not None else []) + (["--labels"] if labels is not None else [])
+    if given:
+        raise EdgepipeError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to a folder of images; x in {path.name} is already preprocessed for the model",
+                            fix=f"drop {', '.join(given)}, or pass the folder of images instead of the .npz")
     x, y = read_npz(path, "--data")
     check_fits(info, x, sample_shape, f"--data {path.name}")
     if y is not None:
@@ -88,6 +108,34 @@ def user_images(data: str | Path, info: ModelInfo, sample_shape: tuple[int, ...]
         return Images(x[indices], None if y is None else y[indices], "data", f"{len(indices)} {name} images of {path.name}")
 
     return part(pool, "calibration-pool"), part(held_out, "held-out")
+
+
+def _folder_images(folder: Path, model: Any, info: ModelInfo, sample_shape, preprocess, labels, workers) -> tuple[Images, Images]:
+    """A folder of the user's images, split and read through the model's preprocessing (see ``user_images``)."""
+    model_input = ModelInput.of_onnx(model, preprocess)
+    say(model_input.describe())
+    source = open_images(str(folder), labels=labels, num_classes=model_input.num_classes)
+    split = source.split(seed=SPLIT_SEED, val_fraction=VAL_FRACTION)
+    extra = {"split": split.record, "preprocess": model_input.record()}
+
+    def part(indices: np.ndarray, limit: int, name: str) -> Images:
+        picked = source.draw(indices, limit, seed=SPLIT_SEED)
+        batches = list(source.batches(model_input.preprocess, picked, workers=workers, progress=f"reading {name} images"))
+        x = np.concatenate([batch for batch, _ in batches])
+        y = np.concatenate([batch_labels for _, batch_labels in batches]) if source.labelled and model_input.num_classes else None
+        of = f" (seeded draw of {len(indices):,})" if len(picked) < len(indices) else ""
+        return Images(x, y, "data", f"{len(picked):,} {name} images of {folder.name}{of}", extra=extra, preprocess=model_input.preprocess)
+
+    pool, held_out = part(split.pool, POOL_LIMIT, "calibration-pool"), part(split.held_out, CHECK_LIMIT, "held-out")
+    check_fits(info, pool.x, sample_shape, f"--data {folder.name}")
+    return pool, held_out
+
+
+def folder_preprocess(model: Any, data: str | Path | None, preprocess: Any = None) -> dict[str, Any] | None:
+    """The preprocessing a folder given as ``data`` is read with for a model edgepipe did not export, as manifests record it; else None."""
+    if data is None or not Path(data).is_dir() or any(prop.key == CONFIG_KEY for prop in model.metadata_props):
+        return None
+    return json.loads(json.dumps(ModelInput.of_onnx(model, preprocess).preprocess.to_dict()))
 
 
 def read_npz(path: Path, flag: str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -33,18 +33,20 @@ FP16_FP32_OPS = (
 
 
 def to_fp16(onnx_path: str | Path, output: str | Path, force: bool = False, data: str | None = None, calib: Any = None, *,
-            size: tuple[int, int] | None = None, size_flag: str = "--input-size") -> dict[str, Any]:
+            size: tuple[int, int] | None = None, size_flag: str = "--input-size", preprocess: Any = None, labels: str | Path | None = None,
+            workers: int | None = None) -> dict[str, Any]:
     """Write an FP16 version of ``onnx_path`` (I/O and overflow-prone ops FP32); return its figures against FP32.
 
     ``calib`` is not used (FP16 needs no calibration); it is taken so that every entry of
     ``QUANTIZERS`` is called the same way. ``size``: height and width for a model with dynamic ones.
+    ``preprocess`` (PreprocessFlags), ``labels`` and ``workers``: how a folder given as ``data`` is read.
     """
     started = time.perf_counter()
     output = check_paths(onnx_path, output, force)
     source = open_source(onnx_path, "--fp16", size, size_flag)
     if source.foreign:
         if data is not None:
-            _, images = user_images(data, source.info, source.size and source.sample_shape)
+            _, images = user_images(data, source.model, source.info, source.size and source.sample_shape, preprocess=preprocess, labels=labels, workers=workers)
             if source.info.dynamic_hw and source.size is None:
                 source.fix_size(tuple(images.x.shape[a] for a in source.info.hw_axes), f"--data {Path(data).name}")
         else:
@@ -72,11 +74,15 @@ def to_fp16(onnx_path: str | Path, output: str | Path, force: bool = False, data
         except Exception as exc:  # ModelOpt raises many types on graphs it cannot convert
             raise modelopt_error("FP16 conversion", exc, log)
     carry_metadata(source.model, converted, Precision.FP16)
+    preprocess_used = check.images.preprocess if source.foreign else None
+    if preprocess_used is not None:  # later stages read the user's images the same way, with no flags
+        preprocess_used.store_in(converted)
     check_tensorrt_qdq_rules(converted)
     figures = check.measure(converted.SerializeToString())
     with atomic_output(output) as tmp:
         onnx.save(converted, str(tmp))
-    params = {"precision": "fp16", "keep_io_types": True, "fp32_ops": present, "input_shape": list(source.input_shape()), "data": data}
+    params = {"precision": "fp16", "keep_io_types": True, "fp32_ops": present, "input_shape": list(source.input_shape()), "data": data,
+              "preprocess": preprocess_used and preprocess_used.to_dict()}
     seconds = round(time.perf_counter() - started, 2)
     facts = {"check": check.record(), "opset_upgrade": source.upgrade}
     write_manifest(output, Kind.ONNX, inputs={"onnx": sha256_file(onnx_path)}, params=params, precision=Precision.FP16, accuracy=figures, seconds=seconds, **facts)

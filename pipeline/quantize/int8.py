@@ -55,13 +55,17 @@ def to_int8(
     min_agreement: float | None = None,
     size: tuple[int, int] | None = None,
     size_flag: str = "--input-size",
+    preprocess: Any = None,
+    labels: str | Path | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Write an explicit Q/DQ INT8 version of ``onnx_path`` and return its figures against FP32.
 
     ``calib``: a calibration set or .npz (None: an edgepipe export draws one from its training
     split; any other model needs ``calib`` or ``data``). ``max_drop`` (top-1 points) and
     ``min_agreement`` (percent) are the accuracy budget. ``size``: height and width for a model
-    with dynamic ones (``size_flag`` names the flag that gave it).
+    with dynamic ones (``size_flag`` names the flag that gave it). ``preprocess`` (PreprocessFlags),
+    ``labels`` and ``workers``: how a folder given as ``data`` is read.
     """
     started = time.perf_counter()
     if method not in METHODS:
@@ -76,7 +80,7 @@ def to_int8(
     _check_node_names(source.model, exclude_nodes)
     excluded_ops = sorted((set(INT8_DEFAULT_EXCLUDED_OPS) - set(include_ops)) | set(exclude_ops))
 
-    calib_images, calib_info, check, check_images = _data(source, calib, data, budget)
+    calib_images, calib_info, check, check_images = _data(source, calib, data, budget, {"preprocess": preprocess, "labels": labels, "workers": workers})
     record = check.record()
     say(f"INT8 is checked against FP32 on {record['text']}" + (f"; {record['hint']}" if record["hint"] else ""))
     quantizer = _Int8Quantizer(source, calib_images, method, excluded_ops, high_precision)
@@ -93,12 +97,16 @@ def to_int8(
     nodes = exclude_nodes + kept
     recipe = {"method": method, "excluded_ops": excluded_ops, "excluded_nodes": nodes, "high_precision": high_precision}
     carry_metadata(source.model, quantized, Precision.INT8, {"edgepipe.int8": json.dumps(recipe, sort_keys=True)})
+    preprocess_used = check.images.preprocess if source.foreign else None
+    if preprocess_used is not None:  # later stages read the user's images the same way, with no flags
+        preprocess_used.store_in(quantized)
     check_tensorrt_qdq_rules(quantized)
     with atomic_output(output) as tmp:
         onnx.save(quantized, str(tmp))
     seconds = round(time.perf_counter() - started, 2)
     params = {"precision": "int8", "method": method, "excluded_ops": excluded_ops, "excluded_nodes": nodes, "high_precision": high_precision,
-              **budget.record(), "input_shape": list(source.input_shape()), "data": data}
+              **budget.record(), "input_shape": list(source.input_shape()), "data": data,
+              "preprocess": preprocess_used and preprocess_used.to_dict()}
     facts = {"kept_nodes": kept, "kept_op_types": outcome.kept_op_types, "attempts": attempts, "calibration": calib_info,
              "check": check.record(), "macs": macs, "opset_upgrade": source.upgrade}
     write_manifest(output, Kind.ONNX, inputs={"onnx": sha256_file(onnx_path), "calibration": calib_info["sha256"]}, params=params,
@@ -107,7 +115,7 @@ def to_int8(
             "high_precision": high_precision, "excluded_ops": excluded_ops, "excluded_nodes": nodes, **budget.record(), **facts, **figures}
 
 
-def _data(source: Source, calib: Any, data: str | None, budget: Budget):
+def _data(source: Source, calib: Any, data: str | None, budget: Budget, reading: dict[str, Any]):
     """(calibration images, their record, the check, the check's images) for an edgepipe export or any other model."""
     if not source.foreign:
         calib_set = zoo_calibration(calib, source.config)
@@ -117,7 +125,7 @@ def _data(source: Source, calib: Any, data: str | None, budget: Budget):
         return calib_set.images, calib_info, check, check.images
     pool = held_out = None
     if data is not None:
-        pool, held_out = user_images(data, source.info, None)
+        pool, held_out = user_images(data, source.model, source.info, None, **reading)
         if source.info.dynamic_hw and source.size is None:
             h_axis, w_axis = source.info.hw_axes
             source.fix_size((pool.x.shape[h_axis], pool.x.shape[w_axis]), f"--data {Path(data).name}")
