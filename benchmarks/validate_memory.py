@@ -88,11 +88,44 @@ class TreeSampler:
         self._thread.join()
 
 
-def export_models(folder: Path) -> tuple[Path, Path]:
-    from foreign_models import export_se_classifier
+def se_resnet18():
+    """A ResNet-18 with a squeeze-and-excitation gate in every block (about 1.8 G MACs at 224x224), seeded."""
+    import torch
+    from torch import nn
 
-    reference = export_se_classifier(folder / "se.onnx")
-    artifact = folder / "se_copy.onnx"
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                                      nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+            self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cout, cout // 16, 1), nn.ReLU(inplace=True), nn.Conv2d(cout // 16, cout, 1), nn.Sigmoid())
+            self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            y = self.body(x)
+            return torch.relu(y * self.se(y) + self.skip(x))
+
+    torch.manual_seed(0)
+    widths, layers, cin = (64, 128, 256, 512), [], 64
+    for i, width in enumerate(widths):
+        layers += [Block(cin, width, 1 if i == 0 else 2), Block(width, width, 1)]
+        cin = width
+    stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+    return nn.Sequential(stem, *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10)).eval()
+
+
+def export_models(folder: Path, model: str = "small") -> tuple[Path, Path]:
+    """The reference and an identical artifact: the foreign SE classifier (about 40 M MACs) or an SE-ResNet-18 (1.8 G)."""
+    from foreign_models import _batch_axes, _export, export_se_classifier
+
+    if model == "small":
+        reference = export_se_classifier(folder / "se.onnx")
+    else:
+        import torch
+
+        reference = _export(se_resnet18(), folder / "se_resnet18.onnx", (torch.randn(1, 3, 224, 224),), ["image"], ["logits"],
+                            _batch_axes(["image", "logits"], "dynamic"), 17)
+    artifact = folder / f"{reference.stem}_copy.onnx"
     shutil.copyfile(reference, artifact)
     return reference, artifact
 
@@ -148,6 +181,8 @@ def main() -> None:
     parser.add_argument("--counts", default="2000,20000")
     parser.add_argument("--workers", type=int, default=None, help="decoding workers (default: validate's, min(4, CPUs))")
     parser.add_argument("--bare", type=int, default=640, help="images the bare loop runs over, decoded first")
+    parser.add_argument("--model", choices=("small", "se_resnet18"), default="small",
+                        help="small: the SE classifier of the tests (about 40 M MACs); se_resnet18: an SE-ResNet-18 (about 1.8 G MACs)")
     parser.add_argument("--keep", default=None, help="folder for the generated images (default: a temporary one, removed)")
     parser.add_argument("--measure-bare", nargs=3, default=None, help=argparse.SUPPRESS)  # internal: reference, artifact, folder
     args = parser.parse_args()
@@ -157,7 +192,7 @@ def main() -> None:
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="edgepipe-validate-"))
     try:
-        reference, artifact = export_models(root)
+        reference, artifact = export_models(root, args.model)
         results = []
         for count in (int(c) for c in args.counts.split(",")):
             folder = make_folder(root, count)
@@ -179,7 +214,7 @@ def main() -> None:
         cpu = [r["cpu_ms_per_image"] / bare["cpu_ms_per_image"] for r in results]
         print(f"validate / bare loop throughput: {', '.join(f'{t:.2f}x' for t in throughput)} (target >= 0.8x); "
               f"CPU per image: {', '.join(f'{c:.2f}x' for c in cpu)}")
-        print(f"machine: {machine()}; load average at the end {os.getloadavg()[0]:.1f}")
+        print(f"model: {args.model}; machine: {machine()}; load average at the end {os.getloadavg()[0]:.1f}")
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -135,7 +135,7 @@ def build_engine(
         "hardware_compatibility_level": settings.hardware_compatibility,
         "version_compatible": version_compatible,
         "data": data,
-        "preprocess": quantize.folder_preprocess(model, data, (reading or {}).get("preprocess")) if converting else None,
+        "preprocess": quantize.folder_preprocess(model, data, (reading or {}).get("preprocess"), calib) if converting else None,
     }
 
     if engine.exists():

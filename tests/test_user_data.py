@@ -204,13 +204,24 @@ def test_quantize_fp16_and_int8_on_an_image_folder_store_the_preprocessing(photo
 def test_folder_flags_need_a_folder(photos, tmp_path):
     folder, labels, _ = photos
     model = copy_of("text_recognizer", tmp_path)
-    one_line_error(cli("quantize", model, "--fp16", "--resize", "64", "-o", tmp_path / "r.onnx"), "describe --data, which is not given")
+    one_line_error(cli("quantize", model, "--fp16", "--resize", "64", "-o", tmp_path / "r.onnx"), "describe a folder of images (--data or --calib)")
     lines = tmp_path / "lines.npz"
     np.savez(lines, x=np.zeros((8, 1, 32, 128), np.float32))
     one_line_error(cli("quantize", model, "--fp16", "--data", lines, "--resize", "64", "-o", tmp_path / "r.onnx"),
                    "--resize applies to a folder of images", "already preprocessed")
-    one_line_error(cli("build", model, "--fp16", "--labels", labels), "describe --data, which is not given")
+    one_line_error(cli("build", model, "--fp16", "--labels", labels), "describe a folder of images (--data or --calib)")
     assert not list(tmp_path.glob("r*.onnx")) and not list(tmp_path.glob("*.engine"))
+
+
+def test_int8_calibrates_on_a_folder_given_as_calib(photos, tmp_path):
+    model = copy_of("text_recognizer", tmp_path)
+    int8 = tmp_path / "r.int8.onnx"
+    result = cli("quantize", model, "--int8", "--calib", photos[2], "--workers", 0, "-o", int8, "--json")
+    assert result.exit_code == 0, result.output
+    checked = json.loads(result.stdout)
+    assert checked["calibration"]["count"] == 100 and checked["calibration"]["source"] == str(photos[2])
+    assert checked["calibration"]["sha256"] == quantize.calibration_sha256(photos[2])
+    assert checked["check"]["text"] == "the 100 calibration images of flat" and checked["check"]["hint"] == "pass --data for held-out images"
 
 
 @pytest.mark.skipif("tensorrt-rtx" not in backend.installed_backends(), reason="TensorRT-RTX is not installed")

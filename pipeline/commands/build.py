@@ -1,5 +1,7 @@
 """build-engine / edgepipe build: a TensorRT or TensorRT-RTX engine from an ONNX model, trtexec's flags."""
 
+import os
+
 import click
 
 from pipeline.build import build_engine
@@ -21,8 +23,9 @@ _SHAPES = "NAME:DIMS[,NAME:DIMS...]"
     Precision.INT8: "INT8 engine: quantizes the ONNX with Q/DQ nodes first (MODEL.int8.onnx beside the engine).",
     Precision.FP32: "FP32 engine. Without a precision flag the model builds at the precision it has.",
 })
-@click.option("--calib", default=None, metavar="CALIB.npz", type=click.Path(dir_okay=False),
-              help="Calibration images for --int8: a set from 'edgepipe calibrate' or an .npz with x (preprocessed, in the model's layout). "
+@click.option("--calib", default=None, metavar="CALIB.npz|DIR", type=click.Path(),
+              help="Calibration images for --int8: a set from 'edgepipe calibrate', an .npz with x (preprocessed, in the model's layout), "
+              "or a folder of images (read through the model's preprocessing). "
               "Default: drawn from an edgepipe model's training data (another model needs --calib or --data).")
 @data_option(help="Your images to check the FP16/INT8 model against FP32 on (and draw INT8 calibration from): for a model edgepipe did not "
              "export, a folder of images read through its preprocessing, or an .npz with x already preprocessed [, y]. "
@@ -73,8 +76,9 @@ def build_command(onnx_file, onnx_option, precision, calib, data, preprocess, la
     if not onnx_path:
         command = click.get_current_context().command_path
         raise EdgepipeError("missing the ONNX model", fix=f"name it: {command} MODEL.onnx [--fp16 | --int8 | --fp32]")
-    if data is None and (preprocess.given or labels is not None):
-        raise EdgepipeError("the preprocessing flags and --labels describe --data, which is not given", fix="pass --data FOLDER, or drop them")
+    if data is None and not (calib and os.path.isdir(calib)) and (preprocess.given or labels is not None):
+        raise EdgepipeError("the preprocessing flags and --labels describe a folder of images (--data or --calib), and none is given",
+                            fix="pass --data FOLDER (or --calib FOLDER), or drop them")
     result = build_engine(
         onnx_path, precision=precision, save_engine=save_engine, calib=calib, data=data, backend=backend,
         reading={"preprocess": preprocess if preprocess.given else None, "labels": labels, "workers": workers},

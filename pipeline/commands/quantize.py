@@ -1,6 +1,7 @@
 """edgepipe quantize: an FP16 or INT8 (Q/DQ) ONNX model of any single-image-input ONNX, checked against FP32."""
 
 import math
+import os
 import re
 
 import click
@@ -42,8 +43,9 @@ def parse_input_size(text):
     Precision.INT8: "INT8 with explicit Q/DQ (ModelOpt PTQ), calibrated on --calib.",
 }, required=True)
 @click.option("-o", "--output", required=True, metavar="OUT.onnx", help="ONNX file to write (a manifest is written beside it).")
-@click.option("--calib", default=None, metavar="CALIB.npz",
-              help="Calibration images: a set from 'edgepipe calibrate', or an .npz with x (preprocessed, in the model's layout; y optional). "
+@click.option("--calib", default=None, metavar="CALIB.npz|DIR",
+              help="Calibration images: a set from 'edgepipe calibrate', an .npz with x (preprocessed, in the model's layout; y optional), "
+              "or a folder of images (read through the model's preprocessing). "
               "Default: 512 images drawn from an edgepipe model's training split; another model needs --calib or --data.")
 @click.option("--method", type=click.Choice(quantize.METHODS), default="entropy", show_default=True, help="INT8 calibration method.")
 @click.option("--high-precision", type=click.Choice(quantize.HIGH_PRECISIONS), default="fp16", show_default=True, help="Precision of the INT8 model's non-quantized ops (fp16 builds faster engines).")
@@ -79,8 +81,9 @@ def quantize_command(onnx_model, precision, output, calib, method, high_precisio
       edgepipe quantize recognizer.onnx --int8 --data lines.npz --min-agreement 99 -o recognizer.int8.onnx
       edgepipe quantize resnet.onnx --int8 --data photos/ --labels labels.txt --resize 256 --crop 224 --max-drop 1 -o resnet.int8.onnx
     """
-    if data is None and (preprocess.given or labels is not None):
-        raise EdgepipeError("the preprocessing flags and --labels describe --data, which is not given", fix="pass --data FOLDER, or drop them")
+    if data is None and not (calib and os.path.isdir(calib)) and (preprocess.given or labels is not None):
+        raise EdgepipeError("the preprocessing flags and --labels describe a folder of images (--data or --calib), and none is given",
+                            fix="pass --data FOLDER (or --calib FOLDER), or drop them")
     size = {"size": input_size, "size_flag": "--input-size", "preprocess": preprocess if preprocess.given else None, "labels": labels, "workers": workers}
     if precision is Precision.FP16:
         int8_only = {"--calib": calib, "--exclude-op": exclude_op, "--exclude-node": exclude_node, "--include-op": include_op, "--max-drop": max_drop,

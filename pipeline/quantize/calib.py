@@ -20,7 +20,8 @@ import numpy as np
 import calibration
 from pipeline.errors import EdgepipeError
 from pipeline.progress import info as say
-from pipeline.quantize.checks import Images, check_fits, read_npz
+from pipeline.images import open_source as open_images
+from pipeline.quantize.checks import Images, check_fits, folder_calibration, read_npz
 from pipeline.quantize.source import Source
 
 _EDGEPIPE_SET = {"images", "labels", "manifest"}  # the arrays of a set written by `edgepipe calibrate`
@@ -40,10 +41,11 @@ def zoo_calibration(calib: Any, config: dict[str, Any]) -> calibration.Calibrati
     return calib_set
 
 
-def foreign_calibration(calib: Any, pool: Images | None, source: Source, flag: str = "--int8") -> tuple[Images, dict[str, Any]]:
+def foreign_calibration(calib: Any, pool: Images | None, source: Source, flag: str = "--int8", reading: dict[str, Any] | None = None) -> tuple[Images, dict[str, Any]]:
     """Calibration images for a model edgepipe did not export, and their record (source, count, sha256).
 
-    From ``calib`` (a CalibrationSet, an edgepipe set or an .npz with x), else drawn from the
+    From ``calib`` (a CalibrationSet, an edgepipe set, an .npz with x, or a folder of images read
+    through the model's preprocessing with ``reading``: preprocess, labels, workers), else drawn from the
     calibration pool of ``--data``; neither is one clear error. The images must fit the model's input.
     """
     info = source.info
@@ -51,7 +53,7 @@ def foreign_calibration(calib: Any, pool: Images | None, source: Source, flag: s
         raise EdgepipeError(
             f"{flag} needs calibration images: {source.path} has no edgepipe metadata, so there is no training data to draw them from "
             "(edgepipe never calibrates on random data)",
-            fix="pass --calib CALIB.npz (an .npz with x: 64 or more images preprocessed for the model, in its layout; or a set from "
+            fix="pass --calib with 64 or more of your images (a folder, an .npz with x preprocessed for the model in its layout, or a set from "
                 "'edgepipe calibrate'), or --data with your images",
         )
     if calib is None:
@@ -59,6 +61,9 @@ def foreign_calibration(calib: Any, pool: Images | None, source: Source, flag: s
         picked = np.sort(np.random.default_rng(0).permutation(len(pool))[:count])
         images = Images(pool.x[picked], None if pool.y is None else pool.y[picked], "calibration", f"{count} calibration images drawn from {pool.text}")
         where = f"drawn from {pool.text}"
+    elif _is_folder(calib):
+        images = folder_calibration(Path(calib), source.model, **(reading or {}))
+        images.what, where = "calibration", str(calib)
     else:
         x, y, where = _read(calib)
         images = Images(x, y, "calibration", f"{len(x)} calibration images from {Path(where).name}")
@@ -70,7 +75,8 @@ def foreign_calibration(calib: Any, pool: Images | None, source: Source, flag: s
     if len(images) < least:
         raise EdgepipeError(f"there are {len(images)} calibration images; INT8 needs at least {least} for stable ranges",
                             fix=f"give {least} or more images (--calib, or --data with more images)")
-    record = {"source": where, "count": len(images), "sha256": content_sha256(images.x, images.y)}
+    sha256 = calibration_sha256(calib) if _is_folder(calib) else content_sha256(images.x, images.y)
+    record = {"source": where, "count": len(images), "sha256": sha256, **({"preprocess": images.extra["preprocess"]} if images.extra else {})}
     return images, record
 
 
@@ -78,6 +84,8 @@ def calibration_sha256(calib: Any) -> str:
     """The content sha256 of a calibration set or .npz, as the INT8 stage records it."""
     if isinstance(calib, calibration.CalibrationSet):
         return calib.sha256
+    if _is_folder(calib):  # the folder's identity (file list, sizes, times); its preprocessing is recorded beside it
+        return open_images(str(calib)).sha256
     if _is_edgepipe_set(Path(calib)):
         return calibration.load(calib).sha256
     x, y, _ = _read(calib)
@@ -103,6 +111,10 @@ def _read(calib: Any) -> tuple[np.ndarray, np.ndarray | None, str]:
         return calib_set.images, calib_set.labels, str(path)
     x, y = read_npz(path, "--calib")
     return x, y, str(path)
+
+
+def _is_folder(calib: Any) -> bool:
+    return isinstance(calib, (str, Path)) and Path(calib).is_dir()
 
 
 def _is_edgepipe_set(path: Path) -> bool:

@@ -118,22 +118,35 @@ def _folder_images(folder: Path, model: Any, info: ModelInfo, sample_shape, prep
     split = source.split(seed=SPLIT_SEED, val_fraction=VAL_FRACTION)
     extra = {"split": split.record, "preprocess": model_input.record()}
 
-    def part(indices: np.ndarray, limit: int, name: str) -> Images:
-        picked = source.draw(indices, limit, seed=SPLIT_SEED)
-        batches = list(source.batches(model_input.preprocess, picked, workers=workers, progress=f"reading {name} images"))
-        x = np.concatenate([batch for batch, _ in batches])
-        y = np.concatenate([batch_labels for _, batch_labels in batches]) if source.labelled and model_input.num_classes else None
-        of = f" (seeded draw of {len(indices):,})" if len(picked) < len(indices) else ""
-        return Images(x, y, "data", f"{len(picked):,} {name} images of {folder.name}{of}", extra=extra, preprocess=model_input.preprocess)
-
-    pool, held_out = part(split.pool, POOL_LIMIT, "calibration-pool"), part(split.held_out, CHECK_LIMIT, "held-out")
+    pool = _read_folder(source, model_input, split.pool, POOL_LIMIT, "calibration-pool", folder.name, extra, workers)
+    held_out = _read_folder(source, model_input, split.held_out, CHECK_LIMIT, "held-out", folder.name, extra, workers)
     check_fits(info, pool.x, sample_shape, f"--data {folder.name}")
     return pool, held_out
 
 
-def folder_preprocess(model: Any, data: str | Path | None, preprocess: Any = None) -> dict[str, Any] | None:
-    """The preprocessing a folder given as ``data`` is read with for a model edgepipe did not export, as manifests record it; else None."""
-    if data is None or not Path(data).is_dir() or any(prop.key == CONFIG_KEY for prop in model.metadata_props):
+def folder_calibration(folder: Path, model: Any, *, preprocess: Any = None, labels: str | Path | None = None, workers: int | None = None) -> Images:
+    """A folder given as ``--calib``: every image may calibrate; up to ``POOL_LIMIT`` of them, drawn seeded, through the model's preprocessing."""
+    model_input = ModelInput.of_onnx(model, preprocess)
+    say(model_input.describe())
+    source = open_images(str(folder), labels=labels, num_classes=model_input.num_classes)
+    return _read_folder(source, model_input, np.arange(len(source)), POOL_LIMIT, "calibration", folder.name, {"preprocess": model_input.record()}, workers)
+
+
+def _read_folder(source: Any, model_input: ModelInput, indices: np.ndarray, limit: int, name: str, folder_name: str, extra: dict[str, Any],
+                 workers: int | None) -> Images:
+    """Up to ``limit`` of ``indices`` (seeded, class by class when labelled), decoded into memory in the model's layout."""
+    picked = source.draw(indices, limit, seed=SPLIT_SEED)
+    batches = list(source.batches(model_input.preprocess, picked, progress=f"reading {name} images", workers=workers))
+    x = np.concatenate([batch for batch, _ in batches])
+    y = np.concatenate([batch_labels for _, batch_labels in batches]) if source.labelled and model_input.num_classes else None
+    of = f" (seeded draw of {len(indices):,})" if len(picked) < len(indices) else ""
+    return Images(x, y, "data", f"{len(picked):,} {name} images of {folder_name}{of}", extra=extra, preprocess=model_input.preprocess)
+
+
+def folder_preprocess(model: Any, data: str | Path | None, preprocess: Any = None, calib: Any = None) -> dict[str, Any] | None:
+    """The preprocessing a folder given as ``data`` or ``calib`` is read with for a model edgepipe did not export, as manifests record it; else None."""
+    folders = [path for path in (data, calib) if isinstance(path, (str, Path)) and Path(path).is_dir()]
+    if not folders or any(prop.key == CONFIG_KEY for prop in model.metadata_props):
         return None
     return json.loads(json.dumps(ModelInput.of_onnx(model, preprocess).preprocess.to_dict()))
 

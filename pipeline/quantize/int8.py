@@ -129,7 +129,7 @@ def _data(source: Source, calib: Any, data: str | None, budget: Budget, reading:
         if source.info.dynamic_hw and source.size is None:
             h_axis, w_axis = source.info.hw_axes
             source.fix_size((pool.x.shape[h_axis], pool.x.shape[w_axis]), f"--data {Path(data).name}")
-    calib_images, calib_info = foreign_calibration(calib, pool, source)
+    calib_images, calib_info = foreign_calibration(calib, pool, source, reading=reading)
     check_images = held_out or calib_images
     if held_out is None:
         check_images.text, check_images.hint = f"the {calib_images.text}", "pass --data for held-out images"
