@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
-EXTRAS ?= rtx,dev
+EXTRAS ?= rtx,dev,ray
 STAMP := $(VENV)/.installed
 
 .PHONY: setup run test test-all gate bench clean
@@ -21,7 +21,9 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/edgepipe run
 
+# The floors of docs/architecture.md first (import-linter's contracts in pyproject.toml), then the tests.
 test: setup
+	$(BIN)/lint-imports --no-cache --no-logo
 	$(BIN)/python -m pytest -q
 
 test-all: setup
@@ -38,4 +40,7 @@ bench: setup
 	$(BIN)/python benchmarks/latency.py --checkpoint runs/zoo/se_resnet.pt --work runs/latency --out docs/latency.md
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-timm runs .pytest_cache
+
+# The optional timm environment: make test-timm.
+include timm.mk

@@ -14,9 +14,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from pipeline import backend as backendmod
-from pipeline import bench, build, export, train
+from pipeline.tensorrt import backend as backendmod
+from pipeline import bench, benchreport, build, export, train
+from pipeline.checkpoint import save_checkpoint
 from pipeline.errors import EdgepipeError
+from pipeline import cuda
 
 
 def main() -> None:
@@ -36,12 +38,12 @@ def main() -> None:
     checkpoint = Path(args.checkpoint) if args.checkpoint else work / "model.pt"
     if not args.checkpoint:
         model, config = train.train(epochs=args.epochs, progress=True)
-        train.save_checkpoint(checkpoint, model, config)
+        save_checkpoint(checkpoint, model, config)
     onnx_path = work / "model.onnx"
     export.export(checkpoint, onnx_path, dynamic_batch=True, force=True)
 
     artifacts, note = [str(onnx_path)], "no NVIDIA GPU: TensorRT engines not built"
-    if backendmod.current_compute_capability() and backendmod.installed_backends():
+    if cuda.current_compute_capability() and backendmod.installed_backends():
         be = backendmod.get_backend()
         targets = ["current"] if be.name == backendmod.TENSORRT_RTX else None
         shapes = {"min": "input:1x1x32x32", "opt": "input:8x1x32x32", "max": "input:32x1x32x32"}
@@ -55,7 +57,7 @@ def main() -> None:
 
     batches = tuple(int(b) for b in args.batches.split(","))
     result = bench.bench(artifacts, checkpoint=checkpoint, batches=batches, duration_s=args.duration_s, cuda_graph=args.cuda_graph, device=args.device)
-    text = bench.to_markdown(result) + f"\n{note}.\n"
+    text = benchreport.to_markdown(result) + f"\n{note}.\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)

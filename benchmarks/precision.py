@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import calibration  # noqa: E402
 import models  # noqa: E402
 from pipeline import export, precision, train, validate  # noqa: E402
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
 
 TARGETS = {"fp32": (0.0, 100.0), "fp16": (0.1, 99.9), "int8": (0.5, 99.0)}
 
@@ -32,12 +33,12 @@ def bench_model(name: str, checkpoints: Path | None, folder: Path, max_drop: flo
     checkpoint = checkpoints / f"{name}.pt" if checkpoints else None
     if checkpoint is None or not checkpoint.is_file():
         net, config = train.train(name, progress=False)
-        checkpoint = train.save_checkpoint(folder / f"{name}.pt", net, config, force=True)
+        checkpoint = save_checkpoint(folder / f"{name}.pt", net, config, force=True)
     onnx_path = folder / f"{name}.onnx"
     export.export(checkpoint, onnx_path, dynamic_batch=True, force=True)
     precision.to_fp16(onnx_path, folder / f"{name}.fp16.onnx", force=True)
     started = time.perf_counter()
-    config = train.load_checkpoint(checkpoint)[1]
+    config = load_checkpoint(checkpoint)[1]
     calib = calibration.save(folder / f"{name}.calib.npz", calibration.draw(config, num=calibration.DEFAULT_NUM), force=True)
     int8 = precision.to_int8(onnx_path, folder / f"{name}.int8.onnx", calib=calib, max_drop=max_drop, force=True)
     calib_quant_seconds = time.perf_counter() - started

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
 from pipeline import train  # noqa: E402
+from pipeline.checkpoint import save_checkpoint  # noqa: E402
 
 
 def main() -> int:
@@ -32,7 +33,7 @@ def main() -> int:
     for name in args.models.split(","):
         net, config = train.train(name, progress=False)
         if args.keep:
-            train.save_checkpoint(Path(args.keep) / f"{name}.pt", net, config, force=True)
+            save_checkpoint(Path(args.keep) / f"{name}.pt", net, config, force=True)
         info = models.model_info(name)
         figures = config["train"]
         ok = figures["val_top1"] >= 98.0 and figures["seconds"] <= 180

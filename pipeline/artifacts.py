@@ -1,8 +1,14 @@
-"""Artifacts: atomic writes, sha256 and the JSON manifest beside every file edgepipe makes.
+"""Artifacts: a file edgepipe made (or was given) plus the manifest that says what it is.
 
-A manifest ``<artifact>.manifest.json`` records what the artifact was made from (the sha256 of
-each input), the parameters, and the tool versions. A stage whose manifest still matches its
-inputs and parameters is not redone.
+A manifest ``<artifact>.manifest.json`` records the artifact's kind, what it was made from (the
+sha256 of each input, by role), the settings, its precision, the backend for engines, figures
+measured when it was made, and the tool versions. ``Artifact.open`` reads a file and its manifest
+once; later stages read facts from it and never work them out again. The one reuse rule is
+``current``: an artifact is reused when its manifest names the same inputs and settings and the
+file is the one the manifest describes.
+
+Writes are atomic (temporary file, then rename): an error or Ctrl-C leaves no half-written file
+and keeps the older one. Finished files get the permissions of the user's umask, as any tool's.
 """
 
 from __future__ import annotations
@@ -11,21 +17,124 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import tempfile
 import time
-from importlib import metadata
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline import __version__
 from pipeline.errors import EdgepipeError
+from pipeline.machine import tool_versions
+from pipeline.onnxfile import load_onnx
+from pipeline.precision import Precision, of_onnx
 
 MANIFEST_SUFFIX = ".manifest.json"
 # Bump when the layout of artifacts changes in a way older files cannot be reused.
-ARTIFACT_FORMAT = 1
+ARTIFACT_FORMAT = 2
 
-_TOOLS = ("torch", "onnx", "onnxruntime", "nvidia-modelopt", "polygraphy", "tensorrt", "tensorrt-rtx")
+
+class Kind(str, Enum):
+    CHECKPOINT = "checkpoint"
+    ONNX = "onnx"
+    CALIBRATION = "calibration"
+    ENGINE = "engine"
+    CALIBRATION_CACHE = "calibration-cache"
+    RESULT = "result"  # validate/bench JSON written by a run
+
+    def __str__(self) -> str:
+        return self.value
+
+
+SUFFIXES = {".pt": Kind.CHECKPOINT, ".pth": Kind.CHECKPOINT, ".onnx": Kind.ONNX, ".npz": Kind.CALIBRATION,
+            ".engine": Kind.ENGINE, ".plan": Kind.ENGINE, ".trt": Kind.ENGINE}
+
+
+def kind_of(path: str | Path) -> Kind:
+    """The kind of an artifact file, from its suffix; one clear error for anything else."""
+    kind = SUFFIXES.get(Path(path).suffix.lower())
+    if kind is None:
+        raise EdgepipeError(f"cannot tell what {path} is from its suffix", fix="pass an .onnx model, a .engine/.plan file or a .pt checkpoint")
+    return kind
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file and its manifest ({} for a file made elsewhere, e.g. an ONNX from another exporter)."""
+
+    path: Path
+    kind: Kind
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False)
+    precision: Precision | None = None
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Artifact":
+        path = Path(path)
+        if not path.is_file():
+            raise EdgepipeError(f"{path} does not exist", fix="pass an existing .onnx model, engine file or checkpoint")
+        manifest = read_manifest(path) or {}
+        kind = kind_of(path)
+        recorded = manifest.get("precision") or (manifest.get("params") or {}).get("precision")
+        if recorded:
+            precision = Precision(recorded)
+        elif kind is Kind.ONNX:  # an ONNX made elsewhere: its graph is the only record
+            precision = of_onnx(load_onnx(path))
+        elif kind is Kind.CHECKPOINT:
+            precision = Precision.FP32
+        else:
+            precision = None
+        return cls(path, kind, manifest, precision)
+
+    @property
+    def made_from(self) -> dict[str, str]:
+        return self.manifest.get("inputs") or {}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.manifest.get("params") or {}
+
+    @property
+    def backend(self) -> str | None:
+        return self.manifest.get("backend")
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def intact(self) -> bool:
+        """True when the file is the one its manifest describes (not truncated or replaced)."""
+        return bool(self.manifest) and self.manifest.get("bytes") == self.path.stat().st_size and self.manifest.get("sha256") == sha256_file(self.path)
+
+
+def current(path: str | Path, kind: Kind | str, inputs: dict[str, Any], params: dict[str, Any]) -> Artifact | None:
+    """The artifact at ``path`` when it may be reused: same kind, inputs and settings, file intact."""
+    return None if why_stale(path, kind, inputs, params) else Artifact.open(path)
+
+
+# How a reason names an input role: "exists but was made from other inputs: another ONNX model".
+ROLE_NAMES = {"onnx": "ONNX model", "checkpoint": "checkpoint", "calibration": "calibration set", "data": "dataset"}
+
+
+def why_stale(path: str | Path, kind: Kind | str, inputs: dict[str, Any], params: dict[str, Any]) -> str | None:
+    """Why ``path`` cannot be reused for these inputs and settings, as a phrase that follows the
+    file's name ("model.engine exists but ..."); None when it can be reused."""
+    path = Path(path)
+    if not path.is_file():
+        return "does not exist"
+    manifest = read_manifest(path)
+    if manifest is None or manifest.get("format") != ARTIFACT_FORMAT or manifest.get("kind") != str(kind):
+        return "has no edgepipe manifest of this kind and format, so it may be another model's file"
+    reasons = [f"another {ROLE_NAMES.get(role, role)}" for role, sha in inputs.items() if manifest.get("inputs", {}).get(role) != sha]
+    reasons += [f"another {ROLE_NAMES.get(role, role)}" for role in manifest.get("inputs", {}) if role not in inputs]
+    old = manifest.get("params", {})
+    new = json.loads(json.dumps(params, default=str))
+    reasons += [f"{key} {old.get(key)} (now {value})" for key, value in new.items() if old.get(key) != value]
+    reasons += [f"{key} {value} (now not set)" for key, value in old.items() if key not in new]
+    if reasons:
+        return "was made from other inputs: " + "; ".join(reasons)
+    if manifest.get("bytes") != path.stat().st_size or manifest.get("sha256") != sha256_file(path):
+        return "changed since it was made (sha256 differs from its manifest)"
+    return None
 
 
 def sha256_file(path: str | Path) -> str:
@@ -38,16 +147,6 @@ def sha256_file(path: str | Path) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def tool_versions() -> dict[str, str]:
-    versions = {"edgepipe": __version__, "python": platform.python_version()}
-    for name in _TOOLS:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
 
 
 def manifest_path(artifact: str | Path) -> Path:
@@ -71,6 +170,13 @@ def check_output(path: str | Path, force: bool) -> Path:
     return path
 
 
+def _file_mode() -> int:
+    """0666 less the user's umask: what open() would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
@@ -84,6 +190,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _file_mode())  # mkstemp makes 0600; outputs follow the umask
         os.replace(tmp_path, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -96,29 +203,32 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def write_manifest(
     artifact: str | Path,
-    kind: str,
+    kind: Kind | str,
     inputs: dict[str, str] | None = None,
     params: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Write the manifest for a finished artifact. ``inputs`` maps a role to a sha256."""
+    """Write the manifest for a finished artifact. ``inputs`` maps a role to a sha256.
+
+    ``extra`` holds the facts later stages read: ``precision``, ``backend``, figures.
+    """
     artifact = Path(artifact)
     manifest = {
         "format": ARTIFACT_FORMAT,
-        "kind": kind,
+        "kind": str(kind),
         "file": artifact.name,
         "sha256": sha256_file(artifact),
         "bytes": artifact.stat().st_size,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "inputs": inputs or {},
-        "params": params or {},
+        "params": json.loads(json.dumps(params or {}, default=str)),
         "tools": tool_versions(),
-        **extra,
+        **json.loads(json.dumps(extra, default=str)),
     }
     write_json_atomic(manifest_path(artifact), manifest)
     return manifest
@@ -133,17 +243,6 @@ def read_manifest(artifact: str | Path) -> dict[str, Any] | None:
         return None
 
 
-def is_up_to_date(artifact: str | Path, kind: str, inputs: dict[str, str], params: dict[str, Any]) -> bool:
+def is_up_to_date(artifact: str | Path, kind: Kind | str, inputs: dict[str, str], params: dict[str, Any]) -> bool:
     """True when ``artifact`` exists, is intact, and was made from the same inputs and params."""
-    artifact = Path(artifact)
-    manifest = read_manifest(artifact)
-    if not artifact.is_file() or manifest is None:
-        return False
-    return (
-        manifest.get("format") == ARTIFACT_FORMAT
-        and manifest.get("kind") == kind
-        and manifest.get("inputs") == inputs
-        and manifest.get("params") == json.loads(json.dumps(params))
-        and manifest.get("bytes") == artifact.stat().st_size
-        and manifest.get("sha256") == sha256_file(artifact)
-    )
+    return why_stale(artifact, kind, inputs, params) is None

@@ -12,8 +12,6 @@ reason; engines on a machine without an NVIDIA GPU become rows "skipped: no NVID
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,18 +19,16 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.artifacts import Artifact, Kind
 from pipeline.errors import EdgepipeError
+from pipeline.machine import describe_device
+from pipeline.onnxinfo import describe, load_model
+from pipeline.preprocess import Preprocess
 from pipeline.progress import info
-from pipeline.runners import (
-    NoGpuError,
-    Runner,
-    TorchRunner,
-    artifact_kind,
-    artifact_precision,
-    load_runner,
-)
+from pipeline.runtime import NoGpuError, Runner, open_runner
 
 SKIPPED_NO_GPU = "skipped: no NVIDIA GPU"
+FORMATS = {Kind.CHECKPOINT: "pytorch", Kind.ONNX: "onnx", Kind.ENGINE: "engine"}
 OVERHEAD_SECONDS = 0.2  # time each round of the harness and bare loops takes when checking overhead
 # Every row has every key (None where not measured), so CI can read rows without guessing.
 ROW_KEYS = (
@@ -53,8 +49,13 @@ def bench(
     cuda_graph: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    input_size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Measure the PyTorch reference (``checkpoint``) and every artifact; the --json object."""
+    """Measure the PyTorch reference (``checkpoint``) and every artifact; the --json object.
+
+    ``input_size``: (height, width) for ONNX models whose input leaves them open; without it such a
+    model is measured at the output size of the preprocessing stored in it.
+    """
     batches = check_settings(batches, warmup_ms, duration_s, iterations, device)
     if not artifacts and checkpoint is None:
         raise EdgepipeError("nothing to measure", fix="pass one or more ARTIFACT files (.onnx, .engine) and/or --checkpoint CKPT for the PyTorch reference")
@@ -63,13 +64,14 @@ def bench(
     rows: list[dict[str, Any]] = []
     overhead: dict[str, Any] | None = None
     for path in entries:
-        new_rows, measured = _bench_artifact(path, batches, warmup_ms, duration_s, iterations, cuda_graph, device, reference_shape, progress)
+        new_rows, measured = _bench_artifact(path, batches, warmup_ms, duration_s, iterations, cuda_graph, device, reference_shape, progress, input_size)
         rows.extend(new_rows)
         if measured and (overhead is None or measured["bare_ms"] < overhead["bare_ms"]):
             overhead = measured  # the fastest runtime shows the harness's own cost best
     return {
         "device": describe_device(device),
-        "settings": {"batches": list(batches), "warmup_ms": warmup_ms, "duration_s": duration_s, "iterations": iterations, "cuda_graph": cuda_graph, "device": device},
+        "settings": {"batches": list(batches), "warmup_ms": warmup_ms, "duration_s": duration_s, "iterations": iterations, "cuda_graph": cuda_graph, "device": device,
+                     "input_size": list(input_size) if input_size else None},
         "rows": rows,
         "overhead": overhead,
         "failed": sum(1 for r in rows if r["status"] == "error"),
@@ -99,7 +101,8 @@ def _reference_input_shape(checkpoint) -> tuple[int, ...] | None:
     if checkpoint is None or not Path(checkpoint).is_file():
         return None
     try:
-        return tuple(TorchRunner.from_checkpoint(checkpoint).input_shape or ()) or None
+        with open_runner(checkpoint) as runner:
+            return tuple(runner.input_shape or ()) or None
     except EdgepipeError:
         return None  # the reference's own row reports why
 
@@ -107,13 +110,31 @@ def _reference_input_shape(checkpoint) -> tuple[int, ...] | None:
 # --- one artifact -----------------------------------------------------------------------------
 
 
-def _bench_artifact(path: str, batches, warmup_ms, duration_s, iterations, cuda_graph, device, reference_shape, progress) -> tuple[list[dict], dict | None]:
+def _input_shape(artifact: Artifact, runner: Runner, reference_shape, input_size: tuple[int, int] | None) -> tuple[int, ...]:
+    """One sample's shape: the runner's, else (ONNX with dynamic H/W) --input-size or the stored preprocessing's size, else the reference's."""
+    if runner.input_shape:
+        return tuple(runner.input_shape)
+    if artifact.kind is Kind.ONNX:
+        model = load_model(artifact.path)
+        info = describe(model)
+        stored = Preprocess.from_onnx(model)
+        size = input_size or (stored.output_hw if stored else None)
+        if info.dynamic_hw and size is None:
+            raise EdgepipeError(f"{artifact.path} has dynamic height/width ({info.input_name}: {info.input.text()}) and no stored preprocessing says the size",
+                                fix="pass --input-size HxW, e.g. --input-size 224x224")
+        return info.sample_shape(*(size or (None, None)))
+    if reference_shape:
+        return tuple(reference_shape)
+    raise EdgepipeError(f"{artifact.path} does not say its input shape", fix="pass --checkpoint CKPT so the reference's input shape is used")
+
+
+def _bench_artifact(path: str, batches, warmup_ms, duration_s, iterations, cuda_graph, device, reference_shape, progress, input_size=None) -> tuple[list[dict], dict | None]:
     base = dict.fromkeys(ROW_KEYS)
     base["artifact"] = path
     try:
-        kind = artifact_kind(path)
-        base.update(format=kind, precision="fp32" if kind == "pytorch" else artifact_precision(path))
-        runner = load_runner(path, device=device, cuda_graph=cuda_graph)
+        artifact = Artifact.open(path)
+        base.update(format=FORMATS[artifact.kind], precision=str(artifact.precision) if artifact.precision else None)
+        runner = open_runner(artifact, device=device, cuda_graph=cuda_graph)
     except NoGpuError as exc:
         return [dict(base, batch=b, status=SKIPPED_NO_GPU, reason=str(exc)) for b in batches], None
     except EdgepipeError as exc:
@@ -122,7 +143,6 @@ def _bench_artifact(path: str, batches, warmup_ms, duration_s, iterations, cuda_
     rows, overhead = [], None
     try:
         base["runtime"] = runner.name
-        input_shape = runner.input_shape or reference_shape
         measured_batches, note = list(batches), None
         if runner.batch_size:
             measured_batches = [runner.batch_size]
@@ -133,8 +153,7 @@ def _bench_artifact(path: str, batches, warmup_ms, duration_s, iterations, cuda_
             if note:
                 row["note"] = note
             try:
-                if not input_shape:
-                    raise EdgepipeError(f"{path} does not say its input shape", fix="pass --checkpoint CKPT so the reference's input shape is used")
+                input_shape = _input_shape(artifact, runner, reference_shape, input_size)
                 x = np.random.default_rng(0).standard_normal((b, *input_shape)).astype(np.float32)
                 if progress:
                     info(f"bench: {Path(path).name} ({runner.name}) at batch {b}")
@@ -229,139 +248,3 @@ def measure_overhead(runner: Runner, x: np.ndarray, mean_ms: float) -> dict[str,
     return {"harness_ms": round(harness_ms, 5), "bare_ms": round(bare_ms, 5), "ratio": round(harness_ms / bare_ms, 4), "iterations": n, "runtime": runner.name}
 
 
-def describe_device(device: str) -> str:
-    """The machine the numbers come from: CPU model and cores, and the GPU where there is one."""
-    from pipeline import backend as backendmod
-
-    parts = [f"CPU {_cpu_name()} ({os.cpu_count()} cores)"]
-    if device == "cuda":
-        import torch
-
-        if torch.cuda.is_available():
-            parts.insert(0, f"GPU {torch.cuda.get_device_name(0)}")
-    cc = backendmod.current_compute_capability()
-    parts.append(f"NVIDIA GPU compute capability {cc}" if cc else "no NVIDIA GPU")
-    return "; ".join(parts)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-# --- report -------------------------------------------------------------------------------------
-
-
-def held_out_top1(result: dict[str, Any]) -> dict[str, float]:
-    """Top-1 (%) on the held-out split per artifact path that ran, for the latency/accuracy plot.
-
-    ``edgepipe validate`` measures it; that needs the PyTorch checkpoint among the bench rows.
-    """
-    from pipeline import validate
-
-    ok = list(dict.fromkeys(r["artifact"] for r in result["rows"] if r["status"] == "ok"))
-    reference = next((r["artifact"] for r in result["rows"] if r.get("format") == "pytorch"), None)
-    if reference is None:
-        return {}
-    report = validate.validate(reference, [a for a in ok if a != reference])
-    by_name = {Path(str(r.get("artifact"))).name: r.get("top1") for r in report.get("rows", [])}
-    scores = {a: by_name.get(Path(a).name) for a in ok}
-    scores[reference] = (report.get("reference") or {}).get("top1")
-    return {a: float(v) for a, v in scores.items() if v is not None}
-
-
-def write_report(result: dict[str, Any], folder: str | Path, accuracy: dict[str, float] | None = None) -> tuple[Path, Path]:
-    """Write bench.md (the table) and bench.png (latency against accuracy per precision) to ``folder``.
-
-    ``accuracy`` maps artifact paths to held-out top-1; measured with validate when not given.
-    """
-    from pipeline.artifacts import check_output, write_text_atomic
-
-    folder = Path(folder)
-    md_path, png_path = folder / "bench.md", folder / "bench.png"
-    check_output(md_path, force=True)
-    accuracy = held_out_top1(result) if accuracy is None else accuracy
-    _plot(result, accuracy, png_path)
-    write_text_atomic(md_path, to_markdown(result, accuracy, png_path.name))
-    return md_path, png_path
-
-
-def _fmt(value, spec: str) -> str:
-    return "" if value is None else format(value, spec)
-
-
-def to_markdown(result: dict[str, Any], accuracy: dict[str, float] | None = None, plot: str | None = None) -> str:
-    accuracy = accuracy or {}
-    lines = [
-        "# edgepipe bench",
-        "",
-        f"Device: {result['device']}. Batches {', '.join(map(str, result['settings']['batches']))}; warm-up {result['settings']['warmup_ms']} ms, then "
-        + (f"{result['settings']['iterations']} iterations" if result["settings"]["iterations"] else f"{result['settings']['duration_s']} s") + " per row.",
-        "",
-        "| artifact | runtime | precision | batch | status | median (ms) | mean (ms) | p90 (ms) | p99 (ms) | throughput (img/s) | H2D (ms) | compute (ms) | D2H (ms) | device memory (MB) | top-1 (%) |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in result["rows"]:
-        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}".replace("|", "/")
-        lines.append(
-            f"| {Path(r['artifact']).name} | {r.get('runtime') or ''} | {r.get('precision') or ''} | {r['batch']} | {status} | "
-            f"{_fmt(r.get('median_ms'), '.3f')} | {_fmt(r.get('mean_ms'), '.3f')} | {_fmt(r.get('p90_ms'), '.3f')} | {_fmt(r.get('p99_ms'), '.3f')} | "
-            f"{_fmt(r.get('throughput'), '.1f')} | {_fmt(r.get('h2d_ms'), '.3f')} | {_fmt(r.get('compute_ms'), '.3f')} | {_fmt(r.get('d2h_ms'), '.3f')} | "
-            f"{_fmt(r.get('device_memory_mb'), '.2f')} | {_fmt(accuracy.get(r['artifact']), '.2f')} |"
-        )
-    lines += ["", *footer_lines(result)]
-    if plot:
-        lines += ["", f"![latency against top-1]({plot})"]
-    return "\n".join(lines) + "\n"
-
-
-def footer_lines(result: dict[str, Any]) -> list[str]:
-    lines = sorted({f"{Path(r['artifact']).name}: {r['note']}" for r in result["rows"] if r.get("note")})
-    o = result.get("overhead")
-    if o:
-        lines.append(
-            f"Harness overhead: {o['harness_ms']:.4f} ms per iteration vs {o['bare_ms']:.4f} ms in a bare loop "
-            f"(ratio {o['ratio']:.3f}, {o['runtime']}, batch {o['batch']}, {o['iterations']} calls)."
-        )
-    return lines
-
-
-def _plot(result: dict[str, Any], accuracy: dict[str, float], path: Path) -> None:
-    """Median latency at the smallest batch measured against top-1, one colour per precision."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pipeline.artifacts import atomic_output
-
-    colours = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green"}
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    points = 0
-    for artifact in dict.fromkeys(r["artifact"] for r in result["rows"]):
-        ok = sorted((r for r in result["rows"] if r["artifact"] == artifact and r["status"] == "ok"), key=lambda r: r["batch"])
-        if not ok or artifact not in accuracy:
-            continue
-        r = ok[0]
-        ax.scatter(r["median_ms"], accuracy[artifact], color=colours.get(r["precision"], "tab:gray"), label=r["precision"], s=40)
-        ax.annotate(f"{r['runtime']} (b{r['batch']})", (r["median_ms"], accuracy[artifact]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        points += 1
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    if unique:
-        ax.legend(unique.values(), unique.keys(), title="precision")
-    if not points:
-        ax.text(0.5, 0.5, "no artifact with both latency and accuracy", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("median latency (ms, smallest batch)")
-    ax.set_ylabel("held-out top-1 (%)")
-    ax.set_title(f"Latency vs accuracy — {result['device'].split(';')[0]}", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)

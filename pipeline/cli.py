@@ -1,15 +1,70 @@
-"""The edgepipe command line: a thin Click layer over the pipeline's Python API."""
+"""The edgepipe command line: an explicit list of commands, each loaded only when it runs.
+
+``COMMANDS`` names every command, where it lives and its one-line help. ``edgepipe --help`` prints
+the list from the table alone, so it starts at once; running a command imports only its own module
+(and so only the model runtime that command needs). This is Click's documented lazy-group pattern.
+A new command: one thin module in ``pipeline/commands/`` and one row here.
+"""
 
 from __future__ import annotations
 
+import difflib
+import importlib
+
 import click
+from click.utils import make_default_short_help
 
 from pipeline import __version__
-from pipeline.clitools import EdgepipeGroup, quiet_libraries
-from pipeline.commands import all_commands
+from pipeline.commands.options import Guarded
+
+# name -> ("module:attribute", one-line help: the first line of the command's docstring)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("pipeline.commands.bench:bench_command", "Measure latency and throughput of the PyTorch reference and every artifact, side by side."),
+    "build": ("pipeline.commands.build:build_command", "Build a TensorRT or TensorRT-RTX engine from an ONNX model, like trtexec."),
+    "calibrate": ("pipeline.commands.calibrate:calibrate_command", "Draw a class-balanced calibration set from the model's training split."),
+    "check": ("pipeline.commands.check:check_command", "Compare a run report with a baseline; exit 1 listing every regression."),
+    "export": ("pipeline.commands.export:export_command", "Export a checkpoint to ONNX and check it against PyTorch on the held-out split."),
+    "models": ("pipeline.commands.models:models_command", "List the model zoo: attention type, parameters and MACs."),
+    "quantize": ("pipeline.commands.quantize:quantize_command", "Make an FP16 or INT8 (Q/DQ) ONNX model and check it on the held-out split."),
+    "run": ("pipeline.commands.run:run_command", "Train (or load), export, calibrate, quantize, build engines, validate and bench, in one run directory."),
+    "train": ("pipeline.commands.train:train_command", "Train a model and write a checkpoint with its config, model spec and held-out split."),
+    "validate": ("pipeline.commands.validate:validate_command", "Compare artifacts (ONNX at any precision, engines) with PyTorch on the held-out split."),
+}
 
 
-@click.group(cls=EdgepipeGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(Guarded, click.Group):
+    """A group whose commands are imported on first use, from a table of ``name -> (target, help)``."""
+
+    def __init__(self, *args, lazy_commands: dict[str, tuple[str, str]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = lazy_commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.lazy_commands)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.lazy_commands:
+            return None
+        module, _, attribute = self.lazy_commands[name][0].partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in self.lazy_commands:
+            close = difflib.get_close_matches(name, self.lazy_commands, n=1)
+            raise click.UsageError(f"No such command '{name}'" + (f" (did you mean '{close[0]}')" if close else ""), ctx)
+        return super().resolve_command(ctx, args)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from the table, without importing any command."""
+        limit = formatter.width - 6 - max(len(name) for name in self.lazy_commands)
+        rows = [(name, make_default_short_help(self.lazy_commands[name][1], limit)) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edgepipe")
 def main() -> None:
     """edgepipe: attention CNNs from PyTorch to validated FP16/INT8 ONNX models and TensorRT engines.
@@ -18,11 +73,6 @@ def main() -> None:
     Example, the whole pipeline on the bundled digits data:
       edgepipe run
     """
-    quiet_libraries()
-
-
-for command in all_commands():
-    main.add_command(command)
 
 
 if __name__ == "__main__":

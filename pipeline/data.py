@@ -21,6 +21,9 @@ from pipeline.errors import EdgepipeError
 DEFAULT_DATA = "digits"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 VAL_FRACTION = 0.2
+# Without class_names an .npz's classes are 0..max(y). More than this, and more than its images: the
+# labels are ids, not class indices (a classifier head that wide is not what was meant).
+MAX_IMPLIED_CLASSES = 100_000
 
 
 @dataclass
@@ -121,12 +124,29 @@ def _load_npz(path: Path):
         x = x.transpose(0, 3, 1, 2)
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise EdgepipeError(f"{path}: x has shape {x.shape}", fix="use N,H,W or N,H,W,C or N,C,H,W with 1 or 3 channels")
-    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
-        raise EdgepipeError(f"{path}: y must be {len(x)} integer labels, got shape {y.shape} dtype {y.dtype}", fix="save one integer class index per image as y")
+    if y.ndim != 1 or len(y) != len(x):
+        raise EdgepipeError(f"{path}: y must be {len(x)} labels, one per image, got shape {y.shape}", fix="save one integer class index per image as y")
+    names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
+    y = _npz_labels(path, y, names)
     x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-    n_classes = int(y.max()) + 1 if len(y) else 0
-    names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else [str(i) for i in range(n_classes)]
-    return x, y, names
+    return x, y, names if names is not None else [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)]
+
+
+def _npz_labels(path: Path, y: np.ndarray, names: list[str] | None) -> np.ndarray:
+    """``y`` as int64 class indices 0..N-1, or one error naming what is wrong and how to fix it."""
+    renumber = "renumber them 0..N-1, e.g. y = numpy.unique(y, return_inverse=True)[1]"
+    if not np.issubdtype(y.dtype, np.integer):
+        whole = np.issubdtype(y.dtype, np.floating) and bool(np.isfinite(y).all()) and bool((y == np.round(y)).all())
+        fix = "save them as integers: y.astype('int64')" if whole else f"save one integer class index per image; {renumber}"
+        raise EdgepipeError(f"{path}: labels y are {y.dtype}, not integer class indices", fix=fix)
+    if len(y) and int(y.min()) < 0:
+        raise EdgepipeError(f"{path}: label {int(y.min())} is negative; labels are class indices from 0", fix=renumber)
+    largest = int(y.max()) if len(y) else -1
+    if names is not None and largest >= len(names):
+        raise EdgepipeError(f"{path}: label {largest} is out of range: class_names names {len(names)} classes (0..{len(names) - 1})", fix=f"{renumber}, or save one class name per class")
+    if names is None and largest >= max(len(y), MAX_IMPLIED_CLASSES):
+        raise EdgepipeError(f"{path}: label {largest} is out of range: it would make {largest + 1} classes for {len(y)} images", fix=f"{renumber}, and save the class names as class_names")
+    return y.astype(np.int64)
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
@@ -155,9 +175,9 @@ def _check_dataset(images, labels, class_names, spec) -> None:
         raise EdgepipeError(f"dataset {spec} is empty", fix="add images")
     if not np.isfinite(images).all():
         raise EdgepipeError(f"dataset {spec} holds NaN or Inf values", fix="clean the data")
-    counts = np.bincount(labels, minlength=len(class_names))
-    if len(counts) > len(class_names) or labels.min() < 0:
+    if labels.min() < 0 or labels.max() >= len(class_names):
         raise EdgepipeError(f"dataset {spec} has labels outside 0..{len(class_names) - 1}", fix="label classes 0..N-1 or add class_names")
+    counts = np.bincount(labels, minlength=len(class_names))
     if (counts[counts > 0] < 2).any() or (counts > 0).sum() < 2:
         raise EdgepipeError(f"dataset {spec} needs at least 2 classes with 2 images each", fix="add more images per class")
 

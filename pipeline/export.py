@@ -11,12 +11,15 @@ import torch
 
 from pipeline import __version__
 from pipeline import data as datamod
-from pipeline.artifacts import atomic_output, check_output, write_manifest
+from pipeline.artifacts import Kind, atomic_output, check_output, write_manifest
+from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import EdgepipeError
-from pipeline.metrics import compare_logits, top1
+from pipeline.metrics import evaluate
 from pipeline.onnxfile import CONFIG_KEY, set_metadata
-from pipeline.runners import OnnxRuntimeRunner, TorchRunner, predict
-from pipeline.train import load_checkpoint
+from pipeline.precision import Precision
+from pipeline.runtime import predict
+from pipeline.runtime.ort import OnnxRuntimeRunner
+from pipeline.runtime.pytorch import TorchRunner
 
 DEFAULT_OPSET = 17
 # The TensorRT ONNX parser needs opset >= 13 for Q/DQ; the TorchScript exporter goes up to 20.
@@ -33,6 +36,7 @@ def export(
     dynamic_batch: bool = False,
     data: str | None = None,
     force: bool = False,
+    trust_model_code: bool = False,
 ) -> dict[str, Any]:
     """Write ``output`` from ``checkpoint`` and return the parity figures; fail if they are off."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -40,15 +44,16 @@ def export(
     if batch < 1:
         raise EdgepipeError(f"--batch must be at least 1, got {batch}", fix="pass --batch 1 or more, or --dynamic-batch")
     output = check_output(output, force)
-    model, config = load_checkpoint(checkpoint, model_name=model_name, data=data)
+    model, config = load_checkpoint(checkpoint, model_name=model_name, data=data, trust_model_code=trust_model_code)
     dataset = datamod.load_for_config(config, data)
     x_val, y_val = datamod.split_of(config, dataset, "val")
 
     with atomic_output(output) as tmp:
         _export_to(model, config, tmp, opset, batch, dynamic_batch)
-        reference = predict(TorchRunner(model), x_val)
-        logits = predict(OnnxRuntimeRunner(tmp), x_val)
-        figures = compare_logits(reference, logits)
+        with TorchRunner(model) as runner:
+            reference = predict(runner, x_val)
+        with OnnxRuntimeRunner(tmp) as runner:
+            figures = evaluate(runner, x_val, reference, y_val)
         if figures["max_abs_diff"] > MAX_ABS_DIFF or figures["top1_agreement"] < 100.0:
             raise EdgepipeError(
                 f"the ONNX model differs from PyTorch: max abs logit diff {figures['max_abs_diff']:.2e} (limit {MAX_ABS_DIFF:g}), "
@@ -57,9 +62,10 @@ def export(
             )
     write_manifest(
         output,
-        "onnx",
+        Kind.ONNX,
         inputs={"checkpoint": config["checkpoint_sha256"]},
         params={"opset": opset, "batch": None if dynamic_batch else batch, "precision": "fp32"},
+        precision=Precision.FP32,
         parity=figures,
     )
     return {
@@ -68,8 +74,8 @@ def export(
         "opset": opset,
         "batch": "dynamic" if dynamic_batch else batch,
         "samples": int(len(y_val)),
-        "top1_pytorch": top1(reference, y_val),
-        "top1_onnx": top1(logits, y_val),
+        "top1_pytorch": figures.pop("reference_top1"),
+        "top1_onnx": figures.pop("top1"),
         **figures,
     }
 

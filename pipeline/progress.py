@@ -1,4 +1,9 @@
-"""Progress bars and messages on stderr, so that stdout stays one JSON object under --json."""
+"""Progress bars and messages on stderr, so that stdout stays one JSON object under --json.
+
+Rich markup is off everywhere: messages carry user text (paths, model names, error messages), and
+a path such as ``runs/[abc]/model.onnx`` must print as it is. Style a whole message with
+``info_styled``; never with ``[bold]...[/bold]`` tags.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,19 @@ from typing import Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, markup=False)
 # Human-readable results (tables) go to stdout; progress and messages to stderr.
-out = Console(highlight=False)
+out = Console(highlight=False, markup=False)
 
 
-def info(message: str) -> None:
-    console.print(message)
+def info(text: str) -> None:
+    """Print ``text`` on stderr exactly as it is."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def info_styled(text: str, style: str) -> None:
+    """Print ``text`` on stderr as it is, in a Rich ``style`` ("bold", "dim", "red", "yellow" ...)."""
+    console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -22,7 +33,8 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     if not enabled:
         yield _Bar(None, None)
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}", markup=False), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total, status="")
         yield _Bar(progress, task)

@@ -14,16 +14,20 @@ from typing import Any
 from pipeline import __version__
 from pipeline.artifacts import write_json_atomic, write_text_atomic
 from pipeline.check import REPORT_FORMAT
+from pipeline.machine import host
 
 FORMATS = {"pytorch": "PyTorch", "onnx": "ONNX", "engine": "TensorRT"}
 
 
-def assemble(folder: Path, model, data, validation, bench, artifacts: dict[str, Path | None], stages, engines_note, seconds: float) -> dict[str, Any]:
-    from pipeline.run import machine
-
+def assemble(folder: Path, model: str, data: str, source: dict[str, Any], validation, bench, artifacts: dict[str, Path | None],
+             stages, engines_note, seconds: float) -> dict[str, Any]:
+    """The report of a run. ``source``: what it started from, {"start": "training" | "checkpoint" |
+    "onnx", "file": the checkpoint or ONNX}; the reference is that file (the checkpoint trained for
+    "training"), measured by the validate stage when it ran.
+    """
     val_rows = {Path(r["artifact"]).name: r for r in (validation or {}).get("rows", [])}
     bench_rows = _bench_by_artifact(bench)
-    reference = dict((validation or {}).get("reference") or {})
+    reference = {"format": "ONNX" if source["start"] == "onnx" else "PyTorch", "file": source.get("file"), **((validation or {}).get("reference") or {})}
     rows = []
     for artifact_id, path in artifacts.items():
         kind, _, precision = artifact_id.partition("-")
@@ -52,13 +56,14 @@ def assemble(folder: Path, model, data, validation, bench, artifacts: dict[str, 
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": model,
         "data": data,
+        "source": source,
         "reference": reference,
         "rows": rows,
         "engines": engines_note or "built",
         "bench": {k: v for k, v in (bench or {}).items() if k != "rows"},
         "stages": stages,
         "seconds": round(seconds, 2),
-        "machine": machine(),
+        "machine": host(),
     }
 
 
@@ -91,10 +96,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         return "" if value is None else format(value, spec)
 
     lines = [
-        f"# edgepipe run: {report['model']} on {Path(str(report['data'])).name}",
+        f"# edgepipe run: {title(report)}",
         "",
-        f"{_reference_name(report)} top-1: {fmt(report['reference'].get('top1'), '.2f')}% on {report['reference'].get('samples', '?')} held-out images. "
-        f"Engines: {report['engines']}. Run took {report['seconds']:.1f} s.",
+        f"{reference_line(report)} Engines: {report['engines']}. Run took {report['seconds']:.1f} s.",
         "",
         "| artifact | format | precision | status | size (MB) | top-1 (%) | vs PyTorch (pts) | agreement (%) | latency (ms) | throughput (img/s) |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
@@ -118,9 +122,26 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _reference_name(report: dict[str, Any]) -> str:
-    runner = str(report["reference"].get("runner", "pytorch"))
-    return "PyTorch reference" if runner.startswith("pytorch") else f"Reference (FP32 ONNX on {runner})"
+def title(report: dict[str, Any]) -> str:
+    """ "se_resnet on digits", and the file the run started from when it did not train."""
+    source = report.get("source") or {}
+    name = Path(str(source.get("file"))).name
+    start = f", from {name}" if source.get("start") in ("checkpoint", "onnx") and name != report["model"] else ""
+    return f"{report['model']} on {Path(str(report['data'])).name}{start}"
+
+
+def reference_line(report: dict[str, Any]) -> str:
+    """Which model every artifact was measured against, and its top-1 when the validate stage measured it."""
+    reference = report["reference"]
+    name = Path(str(reference.get("file"))).name if reference.get("file") else "none"
+    if reference.get("format") == "ONNX":
+        runner = f" ({reference['runner']})" if reference.get("runner") else ""
+        what = f"Reference (FP32 ONNX on ONNX Runtime): {name}{runner}"
+    else:
+        what = f"Reference (PyTorch checkpoint): {name}"
+    if reference.get("top1") is None:
+        return f"{what}, not measured (see Stages)."
+    return f"{what}, top-1 {reference['top1']:.2f}% on {reference.get('samples', '?')} held-out images."
 
 
 def write(report: dict[str, Any], folder: Path) -> None:

@@ -1,114 +1,161 @@
 """`edgepipe run`: every stage end to end into one run directory, redoing only what changed.
 
-Stages: train (or load) -> export -> calibrate -> quantize (fp16, int8) -> build engines ->
-validate -> bench -> report. ``state.json`` in the run directory records, for each stage, a key
-(the sha256 of its inputs and its parameters) and the sha256 of what it wrote. A stage whose key
-and outputs still match is reused; its artifacts are written atomically, so a run stopped by
-Ctrl-C resumes at the stage it was in. A failed stage is recorded with its reason and the stages
-that need it are skipped; the rest goes on, unless ``strict``.
+The run is a table of stages (train or the given checkpoint -> export -> calibrate -> quantize ->
+build engines -> validate -> bench), then the report. A row names what the stage makes, the
+inputs it is made from (sha256 by role, as the output's manifest records them), the settings
+that matter, and how to make it. The one reuse rule is the output's own manifest
+(``artifacts.why_stale``): a stage whose output was made from the same inputs and settings, and
+is intact, is reused; otherwise it is made again, and so is everything made from it. ``force``
+redoes every stage. validate and bench write their results as JSON with a manifest of kind
+``result``, reused the same way.
+
+A run may start from any single-image-input ONNX, with the user's images (``--data``, ``--labels``)
+and preprocessing flags: the first stage ("import") stores the preprocessing in a copy of the model,
+so that every FP16/INT8 model made from it carries it too and later stages need no flags; the
+calibration set is drawn from the calibration pool of the user's data, and validate judges on the
+held-out part. The primary input (checkpoint or ONNX, the data's listing, labels and preprocessing)
+is checked before the run directory is made. A failed
+stage is recorded in the report with its reason and the stages that need it are skipped; the
+rest goes on, unless ``strict``. Every file is written atomically, so a run stopped by Ctrl-C
+leaves nothing half-written and the next run resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline import __version__
-from pipeline.artifacts import sha256_file, tool_versions, write_json_atomic
+import calibration
+from pipeline import bench, benchreport, build, export, quantize, report, train, validate
+from pipeline.artifacts import Kind, read_manifest, sha256_file, why_stale, write_json_atomic, write_manifest
+from pipeline.checkpoint import DEFAULT_MODEL, load_checkpoint, model_info, save_checkpoint
+from pipeline.data import DEFAULT_DATA, load_dataset, load_for_config, resolve_source
 from pipeline.errors import EdgepipeError
-from pipeline.progress import info
+from pipeline.images import ImageSource, ModelInput, PreprocessFlags, refuse_for_recorded
+from pipeline.images import open_source as open_images
+from pipeline.onnxfile import CONFIG_KEY, load_onnx, onnx_config, read_metadata
+from pipeline.precision import Precision, parse_list
+from pipeline.progress import info, info_styled
+from pipeline.tensorrt.backend import get_backend, installed_backends
 
-STATE_FORMAT = 1
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = tuple(Precision)
 DEFAULT_BENCH_BATCHES = (1, 8)
+BENCH_WARMUP_MS = 100
 # INT8 accuracy budget (points of top-1 below the FP32 model): the most sensitive nodes stay in
 # higher precision until INT8 is within it. Plain PTQ misses it on some models by a couple of images.
 DEFAULT_MAX_DROP = 0.5
+BUDGET_DEFAULT = "default"  # max_drop when the user gave none: DEFAULT_MAX_DROP, or no budget for unlabelled images
+NO_BACKEND = "no TensorRT flavour is installed (pip install 'edgepipe[rtx]', or JetPack's TensorRT on Jetson)"
 
 
-class RunState:
-    """The run directory's state.json: one entry per stage."""
+@dataclass
+class Stage:
+    """One row: ``make`` writes ``output`` (and its manifest) from ``inputs`` with ``settings``."""
 
-    def __init__(self, folder: Path, force: bool):
-        self.folder = folder
-        self.path = folder / "state.json"
-        self.stages: dict[str, Any] = {}
-        if self.path.exists() and not force:
-            try:
-                saved = json.loads(self.path.read_text())
-            except ValueError:
-                saved = {}
-            if saved.get("format") != STATE_FORMAT:
-                raise EdgepipeError(
-                    f"run directory {folder} was made by another edgepipe version ({saved.get('edgepipe', 'unknown')})",
-                    fix="pass --force to redo every stage there, or choose another -o",
-                )
-            self.stages = saved.get("stages", {})
-
-    def reusable(self, stage: str, key: dict[str, Any]) -> dict[str, Any] | None:
-        entry = self.stages.get(stage)
-        if not entry or entry.get("status") != "ok" or entry.get("key") != key:
-            return None
-        for name, digest in entry.get("outputs", {}).items():
-            path = self.folder / name
-            if not path.is_file() or sha256_file(path) != digest:
-                return None
-        return entry
-
-    def record(self, stage: str, key: dict[str, Any], status: str, outputs: list[Path] = (), result: Any = None, reason: str | None = None) -> None:
-        self.stages[stage] = {
-            "status": status,
-            "key": key,
-            "outputs": {p.name: sha256_file(p) for p in outputs if p.is_file()},
-            "result": result,
-            "reason": reason,
-        }
-        write_json_atomic(self.path, {"format": STATE_FORMAT, "edgepipe": __version__, "stages": self.stages})
+    name: str
+    output: Path
+    kind: Kind
+    inputs: Callable[[], dict[str, str]]  # role -> sha256, worked out when the stage's turn comes
+    settings: dict[str, Any]
+    make: Callable[[], Any]
+    needs: tuple[str, ...] = ()  # stages that must have finished first
+    when: bool = True  # whether this run has the stage at all
 
 
-class Runner:
-    """Runs stages against a RunState, reusing, recording failures, and timing them."""
+class Stages:
+    """Runs rows in order: reuses by the output's manifest, records failures, skips what needs them."""
 
-    def __init__(self, state: RunState, strict: bool):
-        self.state, self.strict = state, strict
-        self.timings: dict[str, dict[str, Any]] = {}
+    def __init__(self, force: bool, strict: bool):
+        self.force, self.strict = force, strict
+        self.record: dict[str, dict[str, Any]] = {}
 
-    def stage(self, name: str, key: dict[str, Any], outputs: list[Path], make: Callable[[], Any]) -> Any:
-        """Result of stage ``name``; None when it failed (recorded) or a stage it needs failed."""
-        if _FAILED in key.values():
-            self.state.record(name, {}, "skipped", reason="a stage it needs failed")
-            self.timings[name] = {"status": "skipped", "seconds": 0.0}
-            return None
-        cached = self.state.reusable(name, key)
-        if cached is not None:
-            info(f"[dim]{name}: unchanged, reused[/dim]")
-            self.timings[name] = {"status": "reused", "seconds": 0.0}
-            return cached["result"]
-        info(f"[bold]{name}[/bold] ...")
+    def ok(self, name: str | None) -> bool:
+        return name is None or self.record.get(name, {}).get("status") in ("done", "reused")
+
+    def run(self, stage: Stage) -> None:
         started = time.perf_counter()
+        unfinished = [name for name in stage.needs if not self.ok(name)]
+        if unfinished:
+            reason = f"needs {', '.join(unfinished)}, which did not finish"
+            info_styled(f"{stage.name}: skipped, {reason}", "yellow")
+            self.record[stage.name] = {"status": "skipped", "seconds": 0.0, "reason": reason}
+            return
         try:
-            result = make()
+            inputs = stage.inputs()
+            stale = "is asked for by --force, which redoes every stage" if self.force else _why_stale(stage, inputs)
+            if stale is None:
+                info_styled(f"{stage.name}: unchanged, reused", "dim")
+                self.record[stage.name] = {"status": "reused", "seconds": 0.0}
+                return
+            info_styled(f"{stage.name} ...", "bold")
+            if stage.output.exists():
+                info(f"  {stage.output.name} is redone: it {stale}")
+            result = stage.make()
+            if stage.kind is Kind.RESULT:
+                write_json_atomic(stage.output, result)
+                write_manifest(stage.output, Kind.RESULT, inputs=inputs, params=stage.settings)
         except EdgepipeError as exc:
             if self.strict:
                 raise
-            info(f"[red]{name} failed:[/red] {exc}")
-            self.state.record(name, key, "failed", reason=str(exc))
-            self.timings[name] = {"status": "failed", "seconds": round(time.perf_counter() - started, 2), "reason": str(exc)}
-            return None
-        self.state.record(name, key, "ok", outputs=outputs, result=result)
-        self.timings[name] = {"status": "done", "seconds": round(time.perf_counter() - started, 2)}
-        return result
+            info_styled(f"{stage.name} failed: {exc}", "red")
+            self.record[stage.name] = {"status": "failed", "seconds": round(time.perf_counter() - started, 2), "reason": str(exc)}
+            return
+        self.record[stage.name] = {"status": "done", "seconds": round(time.perf_counter() - started, 2)}
+
+    def result(self, stage: str, path: Path) -> dict[str, Any] | None:
+        """A validate or bench result, when that stage finished."""
+        return json.loads(path.read_text()) if self.ok(stage) else None
 
 
-# Stands in a stage key for an input a failed stage did not make.
-_FAILED = "<not made>"
+def _why_stale(stage: Stage, inputs: dict[str, str]) -> str | None:
+    recorded = (read_manifest(stage.output) or {}).get("params", {})
+    # What a stage works out for itself (nodes kept in FP32, training figures) is not a setting of
+    # the run; it is compared as recorded, while every setting the run passes must match.
+    return why_stale(stage.output, stage.kind, inputs, {**recorded, **stage.settings})
 
 
-def _sha(path: Path) -> str | None:
-    return sha256_file(path) if path.is_file() else _FAILED
+@dataclass
+class Source:
+    """What the run starts from, checked before anything is written."""
+
+    start: str  # "training", "checkpoint" or "onnx"
+    file: Path | None  # the checkpoint or ONNX given
+    name: str  # the model's zoo name, else the file's name
+    data: str | None  # the dataset it was trained on, as recorded
+    model_input: ModelInput | None = None  # an ONNX edgepipe did not export: its input and preprocessing
+    images: ImageSource | None = None  # and the user's images for it (--data), listed
+
+    def need_images(self) -> ImageSource:
+        if self.images is None:
+            raise EdgepipeError(f"{self.name} has no edgepipe metadata, so there is no recorded data to calibrate or validate it on",
+                                fix="pass --data with your images (an ImageFolder, a folder of images or an .npz), and --labels FILE if the folders are classes")
+        return self.images
+
+
+def open_source(model: str | None, checkpoint: str | Path | None, onnx_model: str | Path | None, data: str | None = None,
+                labels: str | Path | None = None, preprocess: PreprocessFlags | None = None) -> Source:
+    """The run's primary input, or one error (missing, unreadable, unknown model, bad data or flags) before any write."""
+    if sum(bool(s) for s in (model, checkpoint, onnx_model)) > 1:
+        raise EdgepipeError("--model, --checkpoint and --onnx are alternatives", fix="pass only one of them")
+    if onnx_model and CONFIG_KEY not in read_metadata(load_onnx(onnx_model)):
+        model_input = ModelInput.of_onnx(onnx_model, preprocess)
+        found = open_images(data, labels=labels, num_classes=model_input.num_classes) if data else None
+        return Source("onnx", Path(onnx_model), Path(onnx_model).name, None, model_input, found)
+    refuse_for_recorded(checkpoint or onnx_model or model or DEFAULT_MODEL, preprocess, labels)
+    if checkpoint:
+        config = load_checkpoint(checkpoint)[1]
+        return Source("checkpoint", Path(checkpoint), config["model"], config["data"]["source"])
+    if onnx_model:
+        metadata = read_metadata(load_onnx(onnx_model))
+        config = json.loads(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else {}
+        return Source("onnx", Path(onnx_model), metadata.get("edgepipe.model") or Path(onnx_model).name, (config.get("data") or {}).get("source"))
+    model = model or DEFAULT_MODEL
+    model_info(model)  # an unknown zoo name is refused here
+    return Source("training", None, model, None)
 
 
 def run(
@@ -116,7 +163,7 @@ def run(
     checkpoint: str | Path | None = None,
     onnx_model: str | Path | None = None,
     data: str | None = None,
-    precisions: tuple[str, ...] = PRECISIONS,
+    precisions: tuple[str | Precision, ...] | str = PRECISIONS,
     output: str | Path | None = None,
     strict: bool = False,
     force: bool = False,
@@ -125,201 +172,158 @@ def run(
     engines: bool = True,
     bench_batches: tuple[int, ...] = DEFAULT_BENCH_BATCHES,
     bench_seconds: float = 1.0,
-    max_drop: float | None = DEFAULT_MAX_DROP,
+    max_drop: float | None | str = BUDGET_DEFAULT,
+    labels: str | Path | None = None, preprocess: PreprocessFlags | None = None, workers: int | None = None,
 ) -> dict[str, Any]:
-    """Run the pipeline into ``output``; returns the report (also written as report.json/.md)."""
-    from pipeline import train as trainmod
+    """Run the pipeline into ``output``; returns the report (also written as report.json/.md).
 
-    sources = [s for s in (model, checkpoint, onnx_model) if s]
-    if len(sources) > 1:
-        raise EdgepipeError("--model, --checkpoint and --onnx are alternatives", fix="pass only one of them")
-    unknown = [p for p in precisions if p not in PRECISIONS]
-    if unknown or not precisions:
-        raise EdgepipeError(f"unknown precision {', '.join(unknown) or '(none)'}", fix="pass --precisions with some of fp32,fp16,int8")
-    model = model or (None if sources else trainmod.DEFAULT_MODEL)
-    folder = Path(output or f"runs/{model or Path(str(checkpoint or onnx_model)).stem}")
-    folder.mkdir(parents=True, exist_ok=True)
+    ``labels``, ``preprocess`` and ``workers`` are for an ``onnx_model`` edgepipe did not export.
+    """
     started = time.perf_counter()
-    stages = Runner(RunState(folder, force), strict)
-    data_key = data or "digits"
+    wanted = parse_list(precisions)
+    source = open_source(model, checkpoint, onnx_model, data, labels, preprocess)
+    foreign = source.model_input is not None
+    max_drop = _budget(source, max_drop)
+    data_name = resolve_source(data) if data else (source.data or DEFAULT_DATA)
+    folder = Path(output or f"runs/{source.name if source.start == 'training' else source.file.stem}")
+    if folder.exists() and not folder.is_dir():
+        raise EdgepipeError(f"run directory {folder} is a file", fix="pass another -o DIR")
+    folder.mkdir(parents=True, exist_ok=True)
 
-    # 1. the PyTorch model
-    ckpt_path = folder / "checkpoint.pt"
-    if model:
-        stages.stage("train", {"model": model, "data": _data_identity(data_key), "epochs": epochs, "seed": seed, "edgepipe": __version__}, [ckpt_path],
-                     lambda: _train(model, data_key, epochs, seed, ckpt_path))
-        reference = ckpt_path if ckpt_path.is_file() else None
-    else:
-        reference = Path(checkpoint) if checkpoint else None
-    # 2. ONNX
-    onnx_path = folder / "model.onnx"
-    if onnx_model:
-        onnx_path = Path(onnx_model)
-    else:
-        stages.stage("export", {"checkpoint": _sha(reference) if reference else _FAILED, "data": data}, [onnx_path],
-                     lambda: _export(reference, onnx_path, data))
-    onnx_sha = _sha(onnx_path)
+    trained = source.start == "training"
+    ckpt = folder / "checkpoint.pt" if trained else source.file if source.start == "checkpoint" else None
+    onnx_fp32 = source.file if source.start == "onnx" and not foreign else folder / "model.onnx"
+    if foreign and onnx_fp32.exists() and onnx_fp32.resolve() == source.file.resolve():
+        raise EdgepipeError(f"--onnx {source.file} is where this run writes its copy of the model", fix="pass another -o DIR")  # before any write
+    calib = folder / "calib.npz"
+    onnx = {Precision.FP32: onnx_fp32, Precision.FP16: folder / "model.fp16.onnx", Precision.INT8: folder / "model.int8.onnx"}
+    first = "import" if foreign else None if source.start == "onnx" else "export"  # the stage that makes the FP32 ONNX
+    makers = {Precision.FP32: first, Precision.FP16: "quantize-fp16", Precision.INT8: "quantize-int8"}
+    validation, benched = folder / "validate.json", folder / "bench.json"
+    to_onnx = (first,) if first else ()
+    size = source.model_input.fixed_size if foreign else None
+    backend, engines_note = _backend(engines)
+    epochs = epochs or (model_info(source.name).get("default_epochs", train.DEFAULT_EPOCHS) if trained else None)
+    stages = Stages(force, strict)
+    datasets: dict[str, str] = {}
 
-    # 3. calibration and lower precisions
-    artifacts: dict[str, Path] = {"fp32": onnx_path} if onnx_sha != _FAILED else {}
-    if "int8" in precisions:
-        calib_path = folder / "calib.npz"
-        stages.stage("calibrate", {"onnx": onnx_sha, "data": data, "seed": seed}, [calib_path],
-                     lambda: _calibrate(onnx_path, calib_path, data, seed))
-        int8_path = folder / "model.int8.onnx"
-        stages.stage("quantize-int8", {"onnx": onnx_sha, "calib": _sha(calib_path), "max_drop": max_drop}, [int8_path],
-                     lambda: _quantize(onnx_path, int8_path, "int8", data, calib_path, max_drop))
-        if int8_path.is_file():
-            artifacts["int8"] = int8_path
-    if "fp16" in precisions:
-        fp16_path = folder / "model.fp16.onnx"
-        stages.stage("quantize-fp16", {"onnx": onnx_sha}, [fp16_path], lambda: _quantize(onnx_path, fp16_path, "fp16", data))
-        if fp16_path.is_file():
-            artifacts["fp16"] = fp16_path
-    onnx_artifacts = {p: artifacts[p] for p in PRECISIONS if p in artifacts and p in precisions}
+    def data_sha(config: dict[str, Any] | None = None) -> str:
+        if foreign:  # the user's images: their identity, without decoding them
+            return source.need_images().sha256
+        key = json.dumps(config and config["input_shape"])
+        if key not in datasets:  # loaded once per input shape, for every stage that names it
+            datasets[key] = (load_for_config(config, data) if config else load_dataset(data or DEFAULT_DATA)).sha256
+        return datasets[key]
 
-    # 4. engines, with whichever TensorRT flavour is installed
-    engine_artifacts: dict[str, Path] = {}
-    backend_note = "not requested (--no-engines)"
-    if engines:
-        backend_note = _backend_available()
-        if backend_note is None:
-            for precision, source in onnx_artifacts.items():
-                engine_path = folder / f"model.{precision}.engine"
-                stages.stage(f"build-{precision}", {"onnx": _sha(source), "backend": _backend_version()}, [engine_path],
-                             lambda s=source, e=engine_path: _build(s, e))
-                if engine_path.is_file():
-                    engine_artifacts[precision] = engine_path
-        else:
-            info(f"[yellow]engines skipped:[/yellow] {backend_note}")
+    @functools.cache  # called only once export has finished; the FP32 ONNX does not change after
+    def fp32_config() -> dict[str, Any] | None:
+        return None if foreign else onnx_config(load_onnx(onnx_fp32), onnx_fp32)
 
-    # 5. validate and bench every artifact against the PyTorch reference
-    all_artifacts = [*onnx_artifacts.values(), *engine_artifacts.values()]
-    artifact_key = {p.name: _sha(p) for p in all_artifacts} or {"artifacts": _FAILED}
-    ref_key = _sha(reference) if reference else "none"
-    validation = stages.stage("validate", {"reference": ref_key, "data": data, **artifact_key}, [],
-                              lambda: _validate(reference, all_artifacts, data))
-    bench_outputs = [folder / "bench.json", folder / "bench.md", folder / "bench.png"]
-    bench_result = stages.stage("bench", {"reference": ref_key, "batches": list(bench_batches), "seconds": bench_seconds, **artifact_key}, bench_outputs,
-                                lambda: _bench(reference, all_artifacts, bench_batches, bench_seconds, folder, validation))
+    def draw_calibration() -> Path:
+        drawn = (calibration.draw_from_images(onnx_fp32, source.need_images().spec, seed=seed, labels=labels, workers=workers) if foreign
+                 else calibration.draw(fp32_config(), data=data, seed=seed))
+        return calibration.save(calib, drawn, force=True)
 
-    from pipeline import report as reportmod
+    def calibration_inputs() -> dict[str, str]:
+        made_from = {"onnx": sha256_file(onnx_fp32)} if foreign else {"checkpoint": fp32_config().get("checkpoint_sha256")}
+        return {"data": data_sha(fp32_config()), **made_from}
 
-    report = reportmod.assemble(
-        folder=folder,
-        model=_model_name(reference, onnx_path),
-        data=_data_identity(data_key),
-        validation=validation,
-        bench=bench_result,
-        artifacts={**({"pytorch": reference} if reference else {}), **{f"onnx-{p}": a for p, a in onnx_artifacts.items()}, **{f"engine-{p}": e for p, e in engine_artifacts.items()}},
-        stages=stages.timings,
-        engines_note=backend_note,
+    def validated() -> dict[str, Any]:
+        files = [str(p) for p in made().values()]
+        if foreign:  # the held-out part of the user's images, never calibrated on
+            return validate.validate(onnx_fp32, files, data=source.need_images().spec, labels=labels, workers=workers, split="held-out")
+        return validate.validate(ckpt or onnx_fp32, files, data=data)
+
+    def made() -> dict[str, Path]:
+        """Artifact ids (the report's rows) -> files, for what this run has made."""
+        ids = {f"onnx-{p}": onnx[p] for p in PRECISIONS if p in wanted and stages.ok(makers[p])}
+        ids.update({f"engine-{p}": folder / f"model.{p}.engine" for p in PRECISIONS if p in wanted and stages.ok(f"build-{p}")})
+        return ids
+
+    def measured_inputs() -> dict[str, str]:
+        if not made():
+            raise EdgepipeError("no artifact was made to measure", fix="see the stages that failed above")
+        return {"reference": sha256_file(ckpt or onnx_fp32), **{i: sha256_file(p) for i, p in made().items()}}
+
+    table = [
+        Stage("import", onnx_fp32, Kind.ONNX, lambda: {"onnx": sha256_file(source.file)},
+              {"precision": "fp32", "preprocess": source.model_input.preprocess.to_dict() if foreign else None},
+              lambda: source.model_input.write_onnx(source.file, onnx_fp32), when=foreign),
+        Stage("train", folder / "checkpoint.pt", Kind.CHECKPOINT, lambda: {"data": data_sha()},
+              {"model": source.name, "epochs": epochs, "seed": seed}, lambda: _train(source.name, data, epochs, seed, folder / "checkpoint.pt"), when=trained),
+        Stage("export", onnx_fp32, Kind.ONNX, lambda: {"checkpoint": sha256_file(ckpt)}, {"opset": export.DEFAULT_OPSET, "batch": None, "precision": "fp32"},
+              lambda: export.export(ckpt, onnx_fp32, dynamic_batch=True, data=data, force=True), needs=("train",) if trained else (), when=first == "export"),
+        Stage("calibrate", calib, Kind.CALIBRATION, calibration_inputs, {"num": calibration.DEFAULT_NUM, "seed": seed, "split": "pool" if foreign else "train"},
+              draw_calibration, needs=to_onnx, when=Precision.INT8 in wanted),
+        Stage("quantize-int8", onnx[Precision.INT8], Kind.ONNX, lambda: {"onnx": sha256_file(onnx_fp32), "calibration": read_manifest(calib)["content_sha256"]},
+              {"precision": "int8", "max_drop": max_drop},
+              lambda: quantize.to_int8(onnx_fp32, onnx[Precision.INT8], calib=calib, max_drop=max_drop, data=None if foreign else data, force=True, size=size),
+              needs=("calibrate",), when=Precision.INT8 in wanted),
+        Stage("quantize-fp16", onnx[Precision.FP16], Kind.ONNX, lambda: {"onnx": sha256_file(onnx_fp32)}, {"precision": "fp16"},
+              lambda: quantize.to_fp16(onnx_fp32, onnx[Precision.FP16], data=None if foreign else data, force=True, size=size), needs=to_onnx, when=Precision.FP16 in wanted),
+        *[Stage(f"build-{p}", folder / f"model.{p}.engine", Kind.ENGINE, lambda p=p: {"onnx": sha256_file(onnx[p])},
+                {"backend": backend.name, "backend_version": backend.version} if backend else {},
+                lambda p=p: build.build_engine(onnx[p], save_engine=folder / f"model.{p}.engine", force=True, shapes=source.model_input and source.model_input.profile_shapes()),
+                needs=tuple(filter(None, [makers[p]])), when=backend is not None and p in wanted)
+          for p in PRECISIONS],
+        Stage("validate", validation, Kind.RESULT, lambda: {**measured_inputs(), "data": data_sha(fp32_config())}, {}, validated, needs=to_onnx),
+        Stage("bench", benched, Kind.RESULT, measured_inputs, {"batches": list(bench_batches), "seconds": bench_seconds, "warmup_ms": BENCH_WARMUP_MS},
+              lambda: bench.bench([str(p) for p in made().values()], checkpoint=ckpt, batches=tuple(bench_batches), duration_s=bench_seconds, warmup_ms=BENCH_WARMUP_MS, input_size=size),
+              needs=to_onnx),
+    ]
+    if engines and backend is None:
+        info_styled(f"engines skipped: {engines_note}", "yellow")
+    for stage in table:
+        if stage.when:
+            stages.run(stage)
+    return _report(folder, source, data_name, stages, ckpt, made(), engines_note, started)
+
+
+def _budget(source: Source, max_drop: float | None | str) -> float | None:
+    """The INT8 budget in top-1 points: --max-drop needs labelled images; given none, unlabelled images get plain PTQ."""
+    unlabelled = source.images is not None and not (source.images.labelled and source.model_input.num_classes is not None)
+    if unlabelled and max_drop not in (None, BUDGET_DEFAULT):
+        raise EdgepipeError(f"--max-drop needs labelled images, but {source.images.spec} has no labels for the model's classes ({source.images.kind})",
+                            fix="give class sub-folders (with --labels FILE in the model's order), or pass --max-drop none for plain PTQ")
+    if unlabelled and max_drop == BUDGET_DEFAULT:
+        info(f"INT8 without an accuracy budget: {source.images.spec} has no labels for the model's classes, and --max-drop counts top-1 points")
+    return (None if unlabelled else DEFAULT_MAX_DROP) if max_drop == BUDGET_DEFAULT else max_drop
+
+
+def _backend(engines: bool) -> tuple[Any, str | None]:
+    """The TensorRT flavour engines are built with, or None and why engines are skipped."""
+    if not engines:
+        return None, "not requested (--no-engines)"
+    if not installed_backends():
+        return None, NO_BACKEND
+    try:
+        return get_backend("auto"), None
+    except EdgepipeError as exc:  # installed but cannot be loaded: the rest of the run still goes on
+        return None, str(exc)
+
+
+def _train(model: str, data: str | None, epochs: int | None, seed: int, path: Path) -> None:
+    net, config = train.train(model, data=data or DEFAULT_DATA, epochs=epochs, seed=seed)
+    config["train"]["seed"] = seed  # so that the checkpoint's manifest names every setting a run compares
+    save_checkpoint(path, net, config, force=True)
+
+
+def _report(folder: Path, source: Source, data: str, stages: Stages, ckpt: Path | None, made: dict[str, Path], engines_note, started: float) -> dict[str, Any]:
+    validation = stages.result("validate", folder / "validate.json")
+    benched = stages.result("bench", folder / "bench.json")
+    reference = ckpt or source.file or folder / "model.onnx"
+    artifacts = {**({"pytorch": ckpt} if ckpt and stages.ok("train" if source.start == "training" else None) else {}), **made}
+    summary = report.assemble(
+        folder=folder, model=source.name, data=data, source={"start": source.start, "file": str(reference)},
+        validation=validation, bench=benched, artifacts=artifacts, stages=stages.record, engines_note=engines_note,
         seconds=time.perf_counter() - started,
     )
-    if (folder / "bench.png").is_file():
-        report["plot"] = "bench.png"
-    reportmod.write(report, folder)
-    return report
-
-
-def _data_identity(data: str) -> str:
-    from pipeline.data import resolve_source
-
-    return resolve_source(data)
-
-
-def _train(model: str, data: str, epochs: int | None, seed: int, path: Path) -> dict[str, Any]:
-    from pipeline import train as trainmod
-
-    net, config = trainmod.train(model, data=data, epochs=epochs, seed=seed)
-    trainmod.save_checkpoint(path, net, config, force=True)
-    return {"val_top1": config["train"]["val_top1"], "seconds": config["train"]["seconds"]}
-
-
-def _export(checkpoint: Path, path: Path, data: str | None) -> dict[str, Any]:
-    from pipeline import export
-
-    # A dynamic batch lets one ONNX serve every bench batch and engine profile.
-    return export.export(checkpoint, path, dynamic_batch=True, data=data, force=True)
-
-
-def _calibrate(onnx_path: Path, path: Path, data: str | None, seed: int) -> dict[str, Any]:
-    import calibration
-    from pipeline.onnxfile import load_onnx, onnx_config
-
-    config = onnx_config(load_onnx(onnx_path), onnx_path)
-    calib_set = calibration.draw(config, data=data, seed=seed)
-    calibration.save(path, calib_set, force=True)
-    return {"count": int(len(calib_set.images))}
-
-
-def _quantize(onnx_path: Path, path: Path, precision: str, data: str | None, calib: Path | None = None, max_drop: float | None = None) -> dict[str, Any]:
-    from pipeline import precision as precisionmod
-
-    if precision == "fp16":
-        return precisionmod.to_fp16(onnx_path, path, data=data, force=True)
-    return precisionmod.to_int8(onnx_path, path, calib=calib, max_drop=max_drop, data=data, force=True)
-
-
-def _backend_available() -> str | None:
-    """None when a TensorRT flavour is installed, else why engines are skipped."""
-    from pipeline import backend
-
-    if backend.installed_backends():
-        return None
-    return "no TensorRT flavour is installed (pip install 'edgepipe[rtx]', or JetPack's TensorRT on Jetson)"
-
-
-def _backend_version() -> str:
-    from pipeline import backend
-
-    chosen = backend.get_backend("auto")
-    return f"{chosen.name} {chosen.version}"
-
-
-def _build(onnx_path: Path, engine_path: Path) -> dict[str, Any]:
-    from pipeline import build
-
-    return build.build_engine(onnx_path, precision=None, save_engine=engine_path, force=True)
-
-
-def _validate(reference: Path | None, artifacts: list[Path], data: str | None) -> dict[str, Any]:
-    from pipeline import validate
-
-    return validate.validate(reference, [str(a) for a in artifacts], data=data)
-
-
-def _bench(reference: Path | None, artifacts: list[Path], batches, seconds: float, folder: Path, validation) -> dict[str, Any]:
-    from pipeline import bench
-
-    result = bench.bench([str(a) for a in artifacts], checkpoint=reference, batches=tuple(batches), duration_s=seconds, warmup_ms=100)
-    write_json_atomic(folder / "bench.json", result)
-    # The plot's accuracy axis comes from the validate stage rather than a second evaluation.
-    accuracy = {r["artifact"]: r["top1"] for r in (validation or {}).get("rows", []) if r.get("top1") is not None}
-    if reference is not None and (validation or {}).get("reference", {}).get("top1") is not None:
-        accuracy[str(reference)] = validation["reference"]["top1"]
-    bench.write_report(result, folder, accuracy=accuracy)
-    return result
-
-
-def _model_name(reference: Path | None, onnx_path: Path) -> str | None:
-    from pipeline.onnxfile import load_onnx, read_metadata
-
-    if onnx_path.is_file():
-        return read_metadata(load_onnx(onnx_path)).get("edgepipe.model")
-    return None
-
-
-def machine() -> dict[str, Any]:
-    import os
-
-    import psutil
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.machine(),
-        "cpus": os.cpu_count(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "tools": tool_versions(),
-    }
+    if benched is not None:
+        # The plot's accuracy axis comes from the validate stage rather than a second evaluation.
+        accuracy = {Path(r["artifact"]).name: r["top1"] for r in (validation or {}).get("rows", []) if r.get("top1") is not None}
+        if ckpt is not None and (validation or {}).get("reference", {}).get("top1") is not None:
+            accuracy[ckpt.name] = validation["reference"]["top1"]
+        benchreport.write_report(benched, folder, accuracy=accuracy, labels={path.name: name for name, path in artifacts.items()})
+        summary["plot"] = "bench.png"
+    report.write(summary, folder)
+    return summary

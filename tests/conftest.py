@@ -17,10 +17,11 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 2))
 def trained(tmp_path_factory):
     """(checkpoint path, config) of se_resnet trained on digits with its default recipe."""
     from pipeline import train
+    from pipeline.checkpoint import save_checkpoint
 
     folder = tmp_path_factory.mktemp("trained")
     model, config = train.train("se_resnet", data="digits", seed=0, progress=False)
-    path = train.save_checkpoint(folder / "se_resnet.pt", model, config)
+    path = save_checkpoint(folder / "se_resnet.pt", model, config)
     return path, config
 
 
@@ -37,12 +38,13 @@ def exported(trained, tmp_path_factory):
 @pytest.fixture(scope="session")
 def engine(exported, tmp_path_factory):
     """A real engine built from the exported model (TensorRT-RTX builds it on the CPU), batch 1-32."""
-    from pipeline import backend, build
+    from pipeline import build, cuda
+    from pipeline.tensorrt import backend
 
     if not backend.installed_backends():
         pytest.skip("no TensorRT or TensorRT-RTX installed")
     chosen = backend.get_backend()
-    no_gpu = backend.current_compute_capability() is None
+    no_gpu = cuda.current_compute_capability() is None
     targets = ["8.9"] if chosen.name == backend.TENSORRT_RTX and no_gpu else None
     path = tmp_path_factory.mktemp("engine") / "model.engine"
     shapes = {"min": "input:1x1x32x32", "opt": "input:8x1x32x32", "max": "input:32x1x32x32"}

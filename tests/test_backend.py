@@ -6,12 +6,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from pipeline import backend as backendmod
+from pipeline.tensorrt import backend as backendmod
 from pipeline.errors import EdgepipeError
+from pipeline.tensorrt import targets
+from pipeline import cuda
 
 
 def _has_gpu() -> bool:
-    return backendmod.current_compute_capability() is not None
+    return cuda.current_compute_capability() is not None
 
 
 def test_installed_backends_lists_tensorrt_rtx_and_auto_picks_it():
@@ -39,12 +41,12 @@ def test_unknown_backend_is_an_error():
 
 @pytest.mark.parametrize("text, expected", [("8.9", "8.9"), ("sm89", "8.9"), ("SM_120", "12.0"), ("120", "12.0"), ("current", "current")])
 def test_compute_capability_spellings(text, expected):
-    assert backendmod.normalize_compute_capability(text) == expected
+    assert targets.normalize_compute_capability(text) == expected
 
 
 def test_bad_compute_capability_is_an_error():
     with pytest.raises(EdgepipeError, match="is not a compute capability"):
-        backendmod.normalize_compute_capability("ada")
+        targets.normalize_compute_capability("ada")
 
 
 @pytest.mark.parametrize("settings, option", [

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from conftest import invoke
 
-from pipeline import backend as backendmod
-from pipeline import bench
+from pipeline import bench, benchreport
 from pipeline.errors import EdgepipeError
-from pipeline.runners import OnnxRuntimeRunner
+from pipeline.runtime.ort import OnnxRuntimeRunner
+from pipeline import cuda
 
-NO_GPU = backendmod.current_compute_capability() is None
+NO_GPU = cuda.current_compute_capability() is None
 ITERATIONS = 20
 
 
@@ -118,7 +118,7 @@ def test_nothing_to_measure_is_a_clear_error():
 
 
 def test_report_has_the_table_and_a_png_plot(result, tmp_path):
-    md, png = bench.write_report(result, tmp_path / "report")
+    md, png = benchreport.write_report(result, tmp_path / "report")
     text = md.read_text()
     assert "| artifact | runtime | precision | batch | status | median (ms)" in text
     assert "| model.onnx | onnxruntime-cpu | fp32 | 8 | ok |" in text

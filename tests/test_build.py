@@ -20,11 +20,14 @@ from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
 import models
-from pipeline import backend as backendmod
+from pipeline.tensorrt import backend as backendmod
 from pipeline import build
 from pipeline.artifacts import read_manifest, sha256_file
 from pipeline.commands.build import build_engine_main
 from pipeline.errors import EdgepipeError
+from pipeline.tensorrt import options
+from pipeline.tensorrt import compat
+from pipeline import cuda
 
 DEFAULT_MODEL = "se_resnet"
 RTX_DEFAULT_TARGETS = ["8.0", "8.6", "8.9", "12.0", "12.1"]
@@ -116,7 +119,7 @@ def test_engine_from_other_inputs_is_kept_without_force(model_onnx, onnx_files, 
     engine = tmp_path / "shared.engine"
     build.build_engine(model_onnx, save_engine=engine)
     before = sha256_file(engine)
-    with pytest.raises(EdgepipeError, match="exists but was built from other inputs: another ONNX model"):
+    with pytest.raises(EdgepipeError, match="exists but was made from other inputs: another ONNX model"):
         build.build_engine(onnx_files["static"], save_engine=engine)
     with pytest.raises(EdgepipeError, match="builder_optimization_level"):
         build.build_engine(model_onnx, save_engine=engine, builder_optimization_level=1)
@@ -127,7 +130,7 @@ def test_engine_from_other_inputs_is_kept_without_force(model_onnx, onnx_files, 
 def test_a_file_that_is_not_an_edgepipe_engine_is_not_overwritten(model_onnx):
     engine = model_onnx.with_name("model.fp32.engine")
     engine.write_bytes(b"someone else's engine")
-    with pytest.raises(EdgepipeError, match="no edgepipe engine manifest"):
+    with pytest.raises(EdgepipeError, match="no edgepipe manifest"):
         build.build_engine(model_onnx, precision="fp32")
     assert engine.read_bytes() == b"someone else's engine"
 
@@ -172,7 +175,7 @@ def test_explicit_profile_targets_and_controls(model_onnx, tmp_path):
     ("workspace:512K,tacticSharedMem:1M", {"workspace": 512 * 2**10, "tacticSharedMem": 2**20}),
 ])
 def test_mem_pool_size_uses_trtexec_units(text, expected):
-    assert build.parse_mem_pool_size(text) == expected
+    assert options.parse_mem_pool_size(text) == expected
 
 
 def test_default_engine_names():
@@ -285,15 +288,10 @@ def test_parser_rejection_names_node_op_reason_and_fix(tmp_path):
     (["--calib", "calib.npz"], "only used for INT8"),
 ])
 def test_bad_flags(model_onnx, flags, needle):
-    if "current" in flags and backendmod.current_compute_capability():
+    if "current" in flags and cuda.current_compute_capability():
         pytest.skip("this machine has a GPU")
     assert_one_line_error(run_cli(model_onnx, *flags), needle)
     assert not list(model_onnx.parent.glob("*.engine*"))
-
-
-def test_two_precisions_is_a_usage_error(model_onnx):
-    result = run_cli(model_onnx, "--fp16", "--int8")
-    assert result.exit_code == 2 and "choose one precision" in result.output
 
 
 def test_shapes_on_a_static_model_must_match_it(onnx_files):
@@ -343,21 +341,21 @@ def test_ctrl_c_exits_130_on_the_command_line(model_onnx, monkeypatch):
 def test_check_engine_runtime(model_onnx):
     result = build.build_engine(model_onnx, compute_capability=["8.6", "8.9"])
     engine = Path(result["engine"])
-    assert build.check_engine_runtime(engine, "tensorrt-rtx", "8.9")["precision"] == "fp32"
+    assert compat.check_engine_runtime(engine, "tensorrt-rtx", "8.9")["precision"] == "fp32"
     with pytest.raises(EdgepipeError, match="targets compute capability 8.6, 8.9, but this GPU is 12.0"):
-        build.check_engine_runtime(engine, backendmod.get_backend(), "12.0")
+        compat.check_engine_runtime(engine, backendmod.get_backend(), "12.0")
     manifest_file = Path(str(engine) + ".manifest.json")
     manifest = json.loads(manifest_file.read_text())
     manifest_file.write_text(json.dumps({**manifest, "backend_version": "0.9.0"}))
     with pytest.raises(EdgepipeError, match="built with TensorRT-RTX 0.9.0, but this runtime is TensorRT-RTX"):
-        build.check_engine_runtime(engine, "tensorrt-rtx", None)
+        compat.check_engine_runtime(engine, "tensorrt-rtx", None)
     manifest_file.write_text(json.dumps(manifest))
     engine.write_bytes(engine.read_bytes()[:1000])
     with pytest.raises(EdgepipeError, match="does not match its manifest"):
-        build.check_engine_runtime(engine, "tensorrt-rtx", "8.9")
+        compat.check_engine_runtime(engine, "tensorrt-rtx", "8.9")
     manifest_file.unlink()
-    with pytest.raises(EdgepipeError, match="no edgepipe engine manifest"):
-        build.check_engine_runtime(engine, "tensorrt-rtx", "8.9")
+    with pytest.raises(EdgepipeError, match="no edgepipe (engine )?manifest"):
+        compat.check_engine_runtime(engine, "tensorrt-rtx", "8.9")
 
 
 # --- through the precision stage ----------------------------------------------------------------
@@ -429,7 +427,7 @@ def _gpu_available() -> bool:
 def test_build_for_this_gpu_and_deserialize(model_onnx):
     result = build.build_engine(model_onnx, compute_capability=["current"])
     be = backendmod.get_backend()
-    device = backendmod.current_compute_capability()
-    build.check_engine_runtime(result["engine"], be, device)
+    device = cuda.current_compute_capability()
+    compat.check_engine_runtime(result["engine"], be, device)
     engine = be.deserialize(Path(result["engine"]).read_bytes())
     assert engine.num_io_tensors == 2

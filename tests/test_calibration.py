@@ -14,7 +14,7 @@ from pipeline.errors import EdgepipeError
 @pytest.fixture(scope="module")
 def config(trained):
     """The config as later stages see it: loaded from the checkpoint (with its sha256)."""
-    from pipeline.train import load_checkpoint
+    from pipeline.checkpoint import load_checkpoint
 
     return load_checkpoint(trained[0])[1]
 

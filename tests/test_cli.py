@@ -1,27 +1,148 @@
-"""The CLI through Click's CliRunner: --json output, one-line errors, exit codes."""
+"""The CLI through Click's CliRunner: the command list, --json output, one-line errors, exit codes, start-up."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from conftest import invoke
+from pipeline.cli import COMMANDS, main
+from pipeline.commands.build import build_engine_main
+
+ROOT = Path(__file__).resolve().parents[1]
+# What a command that needs no model runtime must not import: each takes a second or more.
+RUNTIMES = ("torch", "modelopt", "tensorrt", "tensorrt_rtx", "onnxruntime")
 
 
-def _one_error_line(result):
+def _one_error_line(result, exit_code=1):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.exit_code != 0
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert result.exit_code == exit_code, result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Fix: " in lines[0], result.stderr
     assert "Traceback" not in result.output
     return lines[0]
 
 
-def test_every_command_has_help_with_an_example(runner):
-    from pipeline.cli import main
+# --- the command list ------------------------------------------------------------------------------
 
-    for name in main.commands:
+
+def test_help_lists_every_command_from_the_table(runner):
+    result = invoke(runner, "--help")
+    assert result.exit_code == 0
+    listed = result.stdout.split("Commands:")[1].split()
+    assert all(name in listed for name in COMMANDS)
+    assert main.list_commands(None) == sorted(COMMANDS)
+
+
+def test_table_matches_each_command(runner):
+    """Each row names a command of that name, and its help is the command's first docstring line."""
+    for name, (_, short_help) in COMMANDS.items():
+        command = main.get_command(None, name)
+        assert command is not None and command.name == name
+        assert command.help.strip().splitlines()[0] == short_help, name
+
+
+def test_every_command_has_help_with_an_example(runner):
+    for name in COMMANDS:
         result = invoke(runner, name, "--help")
-        assert result.exit_code == 0
+        assert result.exit_code == 0, name
         assert "Example" in result.stdout, name
+    result = CliRunner().invoke(build_engine_main, ["--help"])
+    assert result.exit_code == 0 and "Example:" in result.stdout and "Usage: build-engine" in result.stdout
+
+
+def test_readme_names_every_command():
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in COMMANDS if f"edgepipe {name}" not in readme]
+    assert not missing, f"README.md's command reference does not name: {missing}"
+    assert "build-engine model.onnx" in readme
+
+
+# --- start-up: commands load only what they need ----------------------------------------------------
+
+PROBE = """
+import json, sys
+from {module} import {attribute} as command
+try:
+    command({args!r})
+except SystemExit as exit:
+    status = exit.code
+sys.stderr.write("PROBE " + json.dumps({{"status": status, "loaded": sorted(m for m in {runtimes!r} if m in sys.modules)}}) + "\\n")
+"""
+
+
+def _probe(args, entry="pipeline.cli:main", runtimes=RUNTIMES, cwd=ROOT):
+    """(exit status, runtimes imported) of a fresh process running the command."""
+    module, attribute = entry.split(":")
+    code = PROBE.format(module=module, attribute=attribute, args=[str(a) for a in args], runtimes=runtimes)
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
+    line = next((line for line in done.stderr.splitlines() if line.startswith("PROBE ")), None)
+    assert line, done.stderr
+    found = json.loads(line[len("PROBE "):])
+    return found["status"], found["loaded"]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["check", "--help"], ["build", "--help"], ["trian"]])
+def test_help_and_usage_errors_import_no_model_runtime(args):
+    status, loaded = _probe(args)
+    assert status in (0, 2) and loaded == [], f"edgepipe {' '.join(args)} imported {loaded}"
+
+
+def test_check_imports_no_model_runtime(tmp_path):
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    status, loaded = _probe(["check", report, "--baseline", tmp_path / "missing.json"])
+    assert status == 1 and loaded == []
+
+
+def test_cached_build_imports_no_torch_onnxruntime_or_modelopt(exported, tmp_path):
+    from pipeline import cuda
+    from pipeline.tensorrt import backend
+
+    if not backend.installed_backends():
+        pytest.skip("no TensorRT or TensorRT-RTX installed")
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(exported.read_bytes())
+    args = [onnx_path, "--fp16", "--minShapes", "input:1x1x32x32", "--optShapes", "input:4x1x32x32", "--maxShapes", "input:8x1x32x32"]
+    if backend.get_backend().name == backend.TENSORRT_RTX and cuda.current_compute_capability() is None:
+        args += ["--computeCapability", "8.9"]
+    first = CliRunner().invoke(build_engine_main, [str(a) for a in args], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    status, loaded = _probe(args, entry="pipeline.commands.build:build_engine_main", runtimes=("torch", "modelopt", "onnxruntime"))
+    assert status == 0 and loaded == [], f"a cached build-engine imported {loaded}"
+
+
+# --- bad flags: one line, the fix, a non-zero exit --------------------------------------------------
+
+
+@pytest.mark.parametrize("args, message, exit_code", [
+    (["trian"], "did you mean 'train'", 2),
+    (["check", "--bogus"], "No such option", 2),
+    (["check"], "Missing argument 'REPORT'", 2),
+    (["bench", "x.onnx", "--batch", "1,x"], "--batch '1,x' is not a list of batch sizes", 1),
+    (["bench", "x.onnx", "--iterations", "many"], "'many' is not a valid integer", 2),
+    (["run", "--batches", "0"], "--batches '0' is not a list of batch sizes", 1),
+    (["run", "--max-drop", "lots"], "--max-drop 'lots' is not a number of points", 1),
+    (["run", "--max-drop", "-1"], "--max-drop '-1' is not a number of points", 1),
+    (["run", "--precisions", "fp8"], "--precisions 'fp8' is not a precision", 1),
+    (["run", "--precisions", ","], "--precisions names no precision", 1),
+    (["build", "x.onnx", "--fp16", "--fp32"], "choose one precision, not --fp16 and --fp32", 1),
+    (["build"], "missing the ONNX model", 1),
+    (["build", "a.onnx", "--onnx", "b.onnx"], "given twice", 1),
+    (["quantize", "x.onnx", "-o", "y.onnx"], "exactly one of --fp16 and --int8", 1),
+    (["quantize", "x.onnx", "--fp16", "--max-drop", "0.5", "-o", "y.onnx"], "--max-drop only applies to --int8", 1),
+])
+def test_bad_flags_are_one_line(runner, args, message, exit_code):
+    line = _one_error_line(invoke(runner, *args), exit_code)
+    assert message in line
+
+
+def test_build_engine_with_two_precisions_is_one_line(tmp_path):
+    result = CliRunner().invoke(build_engine_main, [str(tmp_path / "model.onnx"), "--fp16", "--int8"], catch_exceptions=False)
+    line = _one_error_line(result)
+    assert "choose one precision, not --fp16 and --int8" in line and "exactly one of --fp16, --int8 and --fp32" in line
 
 
 def test_models_json_lists_every_model(runner):

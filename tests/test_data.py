@@ -92,3 +92,31 @@ def test_bad_datasets_give_one_clear_error(tmp_path, case, message):
 def test_normalize_uses_recorded_stats():
     images = np.ones((2, 1, 4, 4), dtype=np.float32)
     assert np.allclose(data.normalize(images, [0.5], [0.25]), 2.0)
+
+
+@pytest.mark.parametrize("labels, class_names, message, fix", [
+    (np.array([0, 1, -1, 2] * 3), None, "label -1 is negative", "renumber them 0..N-1"),
+    (np.array([0.0, 1.0, 2.0] * 4), None, "labels y are float64, not integer", "y.astype('int64')"),
+    (np.array([0.5, 1.0, 2.0] * 4), None, "labels y are float64, not integer", "renumber them 0..N-1"),
+    (np.array(["cat", "dog", "cat"] * 4), None, "not integer class indices", "numpy.unique"),
+    (np.array([0, 1, 2] * 4), np.array(["cat", "dog"]), "label 2 is out of range: class_names names 2 classes", "one class name per class"),
+    (np.array([0, 1_000_000, 2_000_000] * 4), None, "label 2000000 is out of range", "class_names"),
+])
+def test_npz_with_bad_labels_gives_one_clear_error(tmp_path, labels, class_names, message, fix):
+    path = tmp_path / "data.npz"
+    extra = {} if class_names is None else {"class_names": class_names}
+    np.savez(path, x=np.zeros((12, 8, 8), dtype=np.float32), y=labels, **extra)
+    with pytest.raises(EdgepipeError, match=message) as info:
+        data.load_dataset(str(path), image_size=8)
+    text = str(info.value)
+    assert str(path) in text and fix in text.split("Fix:")[1] and "\n" not in text
+
+
+def test_npz_bad_labels_on_the_command_line_are_one_line(tmp_path, runner):
+    from conftest import invoke
+
+    path = tmp_path / "negative.npz"
+    np.savez(path, x=np.zeros((12, 8, 8), dtype=np.float32), y=np.array([0, 1, -1] * 4))
+    result = invoke(runner, "train", "--data", path, "--epochs", "1", "-o", tmp_path / "model.pt")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: {path}: label -1 is negative; labels are class indices from 0. Fix: renumber them 0..N-1, e.g. y = numpy.unique(y, return_inverse=True)[1]."

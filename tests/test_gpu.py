@@ -11,18 +11,20 @@ import importlib.util
 import numpy as np
 import pytest
 
-from pipeline import backend as backendmod
+from pipeline.tensorrt import backend as backendmod
 from pipeline import data as datamod
 from pipeline.errors import EdgepipeError
 from pipeline.metrics import compare_logits
-from pipeline.runners import TorchRunner, load_runner, predict
+from pipeline.runtime import open_runner as load_runner, predict
+from pipeline.runtime.pytorch import TorchRunner
+from pipeline import cuda
 
 pytestmark = pytest.mark.gpu
 SHAPES = {"min": "input:1x1x32x32", "opt": "input:8x1x32x32", "max": "input:32x1x32x32"}
 
 
 def _missing() -> str | None:
-    if backendmod.current_compute_capability() is None:
+    if cuda.current_compute_capability() is None:
         return "no NVIDIA GPU (the CUDA driver reports none)"
     if not backendmod.installed_backends():
         return "neither TensorRT nor TensorRT-RTX is installed"

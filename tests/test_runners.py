@@ -10,13 +10,15 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline import backend as backendmod
+from pipeline import cuda
 from pipeline import data as datamod
 from pipeline.errors import EdgepipeError
 from pipeline.metrics import compare_logits
-from pipeline.runners import NoGpuError, OnnxRuntimeRunner, TorchRunner, check_batch, load_runner, predict
+from pipeline.runtime import NoGpuError, check_batch, open_runner as load_runner, predict
+from pipeline.runtime.ort import OnnxRuntimeRunner
+from pipeline.runtime.pytorch import TorchRunner
 
-NO_GPU = backendmod.current_compute_capability() is None
+NO_GPU = cuda.current_compute_capability() is None
 
 
 def held_out(config, count=None):
@@ -82,7 +84,7 @@ def test_fixed_batch_model_refuses_another_batch(trained, tmp_path):
 
     path = tmp_path / "b4.onnx"
     export.export(trained[0], path, batch=4)
-    with pytest.raises(EdgepipeError, match="fixed batch of 4; got 3.*runners.predict"):
+    with pytest.raises(EdgepipeError, match="fixed batch of 4; got 3.*runtime.predict"):
         OnnxRuntimeRunner(path).infer(np.zeros((3, 1, 32, 32), dtype=np.float32))
 
 
@@ -104,7 +106,7 @@ def test_pytorch_on_cuda_without_a_gpu_is_a_clear_error(trained):
 
 
 def test_missing_pycuda_tells_how_to_install_it():
-    from pipeline import trt_runner
+    trt_runner = cuda
 
     message = str(trt_runner.pycuda_missing(ImportError("No module named 'pycuda'")))
     assert "pip install 'edgepipe[gpu]'" in message and "CUDA toolkit" in message and "No module named 'pycuda'" in message

@@ -5,7 +5,9 @@ import torch
 import models
 from pipeline import data, train
 from pipeline.errors import EdgepipeError
-from pipeline.runners import TorchRunner, predict
+from pipeline.runtime import predict
+from pipeline.runtime.pytorch import TorchRunner
+from pipeline.checkpoint import load_checkpoint
 
 
 def test_default_model_reaches_target_on_digits(trained):
@@ -28,7 +30,7 @@ def test_checkpoint_loads_with_weights_only_and_holds_config(trained):
 
 def test_loaded_checkpoint_reproduces_accuracy(trained):
     path, config = trained
-    model, loaded = train.load_checkpoint(path)
+    model, loaded = load_checkpoint(path)
     x_val, y_val = data.split_of(loaded, data.load_for_config(loaded), "val")
     accuracy = (predict(TorchRunner(model), x_val).argmax(1) == y_val).mean() * 100
     assert accuracy == pytest.approx(config["train"]["val_top1"])
@@ -39,8 +41,8 @@ def test_plain_state_dict_needs_and_takes_model_name(trained, tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save(torch.load(path, weights_only=True)["state_dict"], plain)
     with pytest.raises(EdgepipeError, match="plain state dict"):
-        train.load_checkpoint(plain)
-    model, config = train.load_checkpoint(plain, model_name="se_resnet")
+        load_checkpoint(plain)
+    model, config = load_checkpoint(plain, model_name="se_resnet")
     assert config["model"] == "se_resnet" and config["class_names"][0] == "0"
 
 
@@ -54,24 +56,24 @@ def test_training_is_deterministic_for_a_seed():
 def test_bad_checkpoints(trained, tmp_path):
     path, _ = trained
     with pytest.raises(EdgepipeError, match="does not exist"):
-        train.load_checkpoint(tmp_path / "missing.pt")
+        load_checkpoint(tmp_path / "missing.pt")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(EdgepipeError, match="not a readable checkpoint"):
-        train.load_checkpoint(corrupt)
-    with pytest.raises(EdgepipeError, match="checkpoint for model se_resnet, not eca_resnet"):
-        train.load_checkpoint(path, model_name="eca_resnet")
+        load_checkpoint(corrupt)
+    with pytest.raises(EdgepipeError, match="is for model se_resnet, not eca_resnet"):
+        load_checkpoint(path, model_name="eca_resnet")
     other = tmp_path / "other.pt"
     torch.save(models.create("eca_resnet", num_classes=3).state_dict(), other)
     with pytest.raises(EdgepipeError, match="does not fit model eca_resnet with 10 classes"):
-        train.load_checkpoint(other, model_name="eca_resnet")
+        load_checkpoint(other, model_name="eca_resnet")
 
 
 def test_unpickling_arbitrary_objects_is_refused(tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"state_dict": {}, "config": np.dtype("float32")}, evil)
     with pytest.raises(EdgepipeError, match="not a readable checkpoint"):
-        train.load_checkpoint(evil)
+        load_checkpoint(evil)
 
 
 def test_unknown_model_suggests_close_names():

@@ -1,10 +1,5 @@
-"""Click commands, one module per stage. Each module lists its commands in ``COMMANDS``."""
+"""Click commands: one thin module per command over the pipeline's Python API.
 
-import importlib
-import pkgutil
-
-
-def all_commands():
-    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{__name__}.{module_info.name}")
-        yield from getattr(module, "COMMANDS", [])
+Shared options, their parsers and how a command ends live in ``options``; the list of commands,
+loaded lazily, in ``pipeline.cli``.
+"""

@@ -1,34 +1,32 @@
+"""edgepipe bench: latency and throughput of every artifact beside the PyTorch reference."""
+
+from pathlib import Path
+
 import click
+from rich import box
+from rich.table import Table
 
-from pipeline import bench as benchmod
+from pipeline import bench, benchreport
 from pipeline.artifacts import check_output, write_json_atomic
-from pipeline.clitools import EdgepipeCommand, emit, force_option, json_option, quiet_libraries
-from pipeline.errors import EdgepipeError
+from pipeline.commands.options import EdgepipeCommand, batches_option, emit, force_option, input_size_option, json_option
 from pipeline.progress import out
-
-
-def _batches(ctx, param, value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of batch sizes (e.g. 1,8,32)") from None
 
 
 @click.command("bench", cls=EdgepipeCommand)
 @click.argument("artifacts", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), metavar="CKPT", help="PyTorch checkpoint: the reference measured beside the artifacts.")
-@click.option("--batch", "batches", default="1", show_default=True, callback=_batches, metavar="1,8,32", help="Batch sizes to measure (a fixed-batch artifact only at its own).")
+@batches_option("--batch", default="1", help="Batch sizes to measure (a fixed-batch artifact only at its own).")
 @click.option("--warmup-ms", default=200.0, show_default=True, help="Warm-up time before timing, per artifact and batch.")
 @click.option("--duration-s", default=3.0, show_default=True, help="Timed duration per artifact and batch.")
 @click.option("--iterations", default=None, type=int, help="Timed iterations per artifact and batch (instead of --duration-s).")
 @click.option("--cuda-graph", is_flag=True, help="Replay TensorRT engines as CUDA graphs (like trtexec --useCudaGraph).")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]), help="Where PyTorch and ONNX Runtime run; engines always run on the GPU.")
+@input_size_option(help="Height x width for ONNX models whose input leaves them open (dynamic H/W). Default: the size of the preprocessing stored in the model.")
 @click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False), metavar="DIR", help="Write bench.md and bench.png (latency against accuracy) to DIR.")
 @click.option("--json-out", default=None, type=click.Path(dir_okay=False), metavar="FILE", help="Also write the JSON result to FILE.")
 @force_option
 @json_option
-@click.pass_context
-def bench_command(ctx, artifacts, checkpoint, batches, warmup_ms, duration_s, iterations, cuda_graph, device, report_dir, json_out, force, as_json):
+def bench_command(artifacts, checkpoint, batches, warmup_ms, duration_s, iterations, cuda_graph, device, input_size, report_dir, json_out, force, as_json):
     """Measure latency and throughput of the PyTorch reference and every artifact, side by side.
 
     Per artifact and batch: min, mean, median, p90, p95, p99 latency and throughput after a
@@ -41,32 +39,20 @@ def bench_command(ctx, artifacts, checkpoint, batches, warmup_ms, duration_s, it
       edgepipe bench runs/se/model.onnx runs/se/model.fp16.engine \\
           --checkpoint runs/se/se_resnet.pt --batch 1,8,32 --duration-s 3 --report runs/se/bench
     """
-    quiet_libraries()
-    if not artifacts and checkpoint is None:
-        raise EdgepipeError("nothing to measure", fix="pass one or more ARTIFACT files and/or --checkpoint CKPT")
-    if json_out:
-        check_output(json_out, force)
+    outputs = ([json_out] if json_out else []) + ([f"{report_dir}/bench.md", f"{report_dir}/bench.png"] if report_dir else [])
+    for path in outputs:
+        check_output(path, force)  # fail before measuring, not after
+    result = bench.bench(list(artifacts), checkpoint=checkpoint, batches=batches, warmup_ms=warmup_ms, duration_s=duration_s, iterations=iterations, cuda_graph=cuda_graph, device=device, input_size=input_size)
     if report_dir:
-        for name in ("bench.md", "bench.png"):
-            check_output(f"{report_dir}/{name}", force)
-    result = benchmod.bench(list(artifacts), checkpoint=checkpoint, batches=batches, warmup_ms=warmup_ms, duration_s=duration_s, iterations=iterations, cuda_graph=cuda_graph, device=device)
-    if report_dir:
-        md, png = benchmod.write_report(result, report_dir)
+        md, png = benchreport.write_report(result, report_dir)
         result["report"] = {"markdown": str(md), "plot": str(png)}
     if json_out:
         write_json_atomic(json_out, result)
-    emit(result, as_json, _print_table)
-    if result["failed"]:
-        ctx.exit(1)
+    emit(result, as_json, _print_table, failed=bool(result["failed"]))
 
 
 def _print_table(result) -> None:
     """One row per artifact and batch; reasons for skipped or failed rows are listed below once."""
-    from pathlib import Path
-
-    from rich import box
-    from rich.table import Table
-
     rows = result["rows"]
     engines = any(r.get("compute_ms") is not None for r in rows)
     # Narrow enough for 80 columns; min, p90 and p95 are in --json and the --report table.
@@ -91,11 +77,8 @@ def _print_table(result) -> None:
         table.add_row(*cells)
     out.print(table)
     for what, reason in reasons.items():
-        out.print(f"{what} ({reason})" if reason else what)
-    for line in benchmod.footer_lines(result):
-        out.print(line)
+        out.print(f"{what} ({reason})" if reason else what, markup=False)
+    for line in benchreport.footer_lines(result):
+        out.print(line, markup=False)
     if result.get("report"):
-        out.print(f"Report: {result['report']['markdown']}, plot {result['report']['plot']}")
-
-
-COMMANDS = [bench_command]
+        out.print(f"Report: {result['report']['markdown']}, plot {result['report']['plot']}", markup=False)

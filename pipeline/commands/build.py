@@ -1,9 +1,14 @@
+"""build-engine / edgepipe build: a TensorRT or TensorRT-RTX engine from an ONNX model, trtexec's flags."""
+
 import click
 
-from pipeline import backend as backendmod
-from pipeline import build as buildmod
-from pipeline.clitools import EdgepipeCommand, emit, force_option, json_option, quiet_libraries
+from pipeline.build import build_engine
+from pipeline.commands.options import EdgepipeCommand, data_option, emit, force_option, json_option, precision_flags
+from pipeline.errors import EdgepipeError
+from pipeline.precision import Precision
 from pipeline.progress import out
+from pipeline.tensorrt.backend import BACKENDS
+from pipeline.tensorrt.options import HARDWARE_COMPATIBILITY
 
 _SHAPES = "NAME:DIMS[,NAME:DIMS...]"
 
@@ -11,12 +16,18 @@ _SHAPES = "NAME:DIMS[,NAME:DIMS...]"
 @click.command("build", cls=EdgepipeCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("onnx_file", required=False, metavar="MODEL.onnx", type=click.Path(dir_okay=False))
 @click.option("--onnx", "onnx_option", default=None, metavar="MODEL.onnx", help="The ONNX model (trtexec spelling; same as the argument).")
-@click.option("--fp16", is_flag=True, help="FP16 engine: converts the ONNX to FP16 first (MODEL.fp16.onnx beside the engine).")
-@click.option("--int8", is_flag=True, help="INT8 engine: quantizes the ONNX with Q/DQ nodes first (MODEL.int8.onnx beside the engine).")
-@click.option("--fp32", is_flag=True, help="FP32 engine. Without a precision flag the model builds at the precision it has.")
-@click.option("--calib", default=None, metavar="CALIB.npz", type=click.Path(dir_okay=False), help="Calibration set for --int8. Default: drawn from the model's training data.")
+@precision_flags({
+    Precision.FP16: "FP16 engine: converts the ONNX to FP16 first (MODEL.fp16.onnx beside the engine).",
+    Precision.INT8: "INT8 engine: quantizes the ONNX with Q/DQ nodes first (MODEL.int8.onnx beside the engine).",
+    Precision.FP32: "FP32 engine. Without a precision flag the model builds at the precision it has.",
+})
+@click.option("--calib", default=None, metavar="CALIB.npz", type=click.Path(dir_okay=False),
+              help="Calibration images for --int8: a set from 'edgepipe calibrate' or an .npz with x (preprocessed, in the model's layout). "
+              "Default: drawn from an edgepipe model's training data (another model needs --calib or --data).")
+@data_option(help="Your images to check the FP16/INT8 model against FP32 on (an .npz with x[, y] for a model edgepipe did not export). "
+             "Default: the held-out data of an edgepipe model; seeded synthetic inputs for FP16 of another model.")
 @click.option("--saveEngine", "save_engine", default=None, metavar="PATH", help="Engine file to write. Default: MODEL.<precision>.engine beside the ONNX.")
-@click.option("--backend", type=click.Choice(["auto", *backendmod.BACKENDS]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True,
               help="auto: standard TensorRT where installed, else TensorRT-RTX.")
 @click.option("--minShapes", "min_shapes", default=None, metavar=_SHAPES, help="Smallest input shapes of the profile, e.g. input:1x1x32x32.")
 @click.option("--optShapes", "opt_shapes", default=None, metavar=_SHAPES, help="Shapes the engine is tuned for.")
@@ -28,7 +39,7 @@ _SHAPES = "NAME:DIMS[,NAME:DIMS...]"
 @click.option("--useDLACore", "use_dla_core", type=int, default=None, metavar="N", help="Run on DLA core N (Jetson, standard TensorRT).")
 @click.option("--allowGPUFallback", "allow_gpu_fallback", is_flag=True, help="With --useDLACore: run layers DLA lacks on the GPU.")
 @click.option("--hardwareCompatibilityLevel", "hardware_compatibility_level", default=None,
-              type=click.Choice(list(backendmod.HARDWARE_COMPATIBILITY), case_sensitive=False), help="Engines that run on other GPUs (ampere+: any Ampere or newer).")
+              type=click.Choice(list(HARDWARE_COMPATIBILITY), case_sensitive=False), help="Engines that run on other GPUs (ampere+: any Ampere or newer).")
 @click.option("--versionCompatible", "version_compatible", is_flag=True, help="Engine loadable by later TensorRT releases of the same major version.")
 @click.option("--computeCapability", "compute_capability", multiple=True, metavar="X.Y",
               help="TensorRT-RTX target GPU, repeatable (e.g. 8.6, 8.9, 12.0, or 'current'). "
@@ -38,7 +49,7 @@ _SHAPES = "NAME:DIMS[,NAME:DIMS...]"
 @click.option("--verbose", is_flag=True, help="Print the builder's log on stderr.")
 @force_option
 @json_option
-def build_command(onnx_file, onnx_option, fp16, int8, fp32, calib, save_engine, backend, min_shapes, opt_shapes, max_shapes, force, as_json, **controls):
+def build_command(onnx_file, onnx_option, precision, calib, data, save_engine, backend, min_shapes, opt_shapes, max_shapes, force, as_json, **controls):
     """Build a TensorRT or TensorRT-RTX engine from an ONNX model, like trtexec.
 
     The engine gets a manifest beside it (backend, version, precision, inputs' sha256, profiles,
@@ -49,19 +60,17 @@ def build_command(onnx_file, onnx_option, fp16, int8, fp32, calib, save_engine, 
     Example:
       build-engine model.onnx --fp16
       build-engine model.onnx --int8 --calib calib.npz --saveEngine model.int8.engine
+      build-engine dynamic.onnx --fp16 --minShapes image:1x3x160x160 --optShapes image:8x3x224x224 --maxShapes image:32x3x320x320
       edgepipe build model.onnx --minShapes input:1x1x32x32 --optShapes input:8x1x32x32 --maxShapes input:32x1x32x32
     """
-    quiet_libraries()
     if onnx_file and onnx_option and onnx_file != onnx_option:
-        raise click.UsageError("give the ONNX model once: as the argument or as --onnx")
+        raise EdgepipeError("the ONNX model is given twice, as the argument and as --onnx", fix="give it once, as the argument or as --onnx")
     onnx_path = onnx_file or onnx_option
     if not onnx_path:
-        raise click.UsageError("missing the ONNX model: build-engine MODEL.onnx [--fp16 | --int8 | --fp32]")
-    chosen = [name for name, flag in (("fp16", fp16), ("int8", int8), ("fp32", fp32)) if flag]
-    if len(chosen) > 1:
-        raise click.UsageError(f"choose one precision, not {' and '.join('--' + c for c in chosen)}")
-    result = buildmod.build_engine(
-        onnx_path, precision=chosen[0] if chosen else None, save_engine=save_engine, calib=calib, backend=backend,
+        command = click.get_current_context().command_path
+        raise EdgepipeError("missing the ONNX model", fix=f"name it: {command} MODEL.onnx [--fp16 | --int8 | --fp32]")
+    result = build_engine(
+        onnx_path, precision=precision, save_engine=save_engine, calib=calib, data=data, backend=backend,
         shapes={"min": min_shapes, "opt": opt_shapes, "max": max_shapes}, force=force,
         **{**controls, "compute_capability": list(controls["compute_capability"]) or None},
     )
@@ -71,12 +80,24 @@ def build_command(onnx_file, onnx_option, fp16, int8, fp32, calib, save_engine, 
 def _print_human(r):
     targets = f", targets {', '.join(r['compute_capabilities'])}" if r["compute_capabilities"] else ""
     if r["cached"]:
-        out.print(f"{r['engine']}: up to date ({r['backend_version']}, {r['precision']}), reused in {r['seconds']:.2f} s", soft_wrap=True)
+        out.print(f"{r['engine']}: up to date ({r['backend_version']}, {r['precision']}), reused in {r['seconds']:.2f} s{_check_text(r.get('check'))}",
+                  soft_wrap=True, markup=False)
         return
     out.print(
         f"{r['engine']}: {r['backend']} {r['backend_version']}, {r['precision']}, {r['bytes'] / 2**20:.1f} MiB{targets}; "
-        f"built in {r['build_seconds']:.2f} s (peak host memory {r['peak_rss_mib']:.0f} MiB)", soft_wrap=True,
+        f"built in {r['build_seconds']:.2f} s (peak host memory {r['peak_rss_mib']:.0f} MiB){_check_text(r.get('check'))}", soft_wrap=True, markup=False,
     )
+
+
+def _check_text(check):
+    """ "; checked against FP32 on 32 synthetic inputs ...: agreement 100.00%, max abs diff 0.0013" """
+    if not check:
+        return ""
+    top1 = f"top-1 {check['top1']:.2f}% ({check['delta']:+.2f} points), " if check.get("top1") is not None else ""
+    macs = f", {check['macs']['int8_share']:.1f}% of MACs in INT8" if check.get("macs") else ""
+    hint = f"; {check['hint']}" if check.get("hint") else ""
+    return (f"; {check['precision'].upper()} checked against FP32 on {check['on']}: {top1}agreement {check['agreement']:.2f}%, "
+            f"max abs diff {check['max_abs_diff']:.3g}{macs}{hint}")
 
 
 # The standalone `build-engine` console script: the same command under its own name.
@@ -84,5 +105,3 @@ build_engine_main = EdgepipeCommand(
     name="build-engine", params=build_command.params, callback=build_command.callback, help=build_command.help,
     context_settings=build_command.context_settings,
 )
-
-COMMANDS = [build_command]

@@ -1,53 +1,51 @@
-from pathlib import Path
+"""edgepipe calibrate: a calibration set from the model's training split, or from the user's images."""
 
 import click
 
 import calibration
-from pipeline.clitools import EdgepipeCommand, emit, force_option, json_option
+from pipeline.artifacts import check_output
+from pipeline.commands.options import EdgepipeCommand, data_option, emit, force_option, json_option, preprocess_options
 from pipeline.progress import out
 
 
-def config_of(checkpoint: str) -> dict:
-    """The model config from a checkpoint, or from an exported .onnx's metadata."""
-    if Path(checkpoint).suffix == ".onnx":
-        from pipeline.onnxfile import load_onnx, onnx_config
-
-        return onnx_config(load_onnx(checkpoint), checkpoint)
-    from pipeline.train import load_checkpoint
-
-    return load_checkpoint(checkpoint)[1]
-
-
 @click.command("calibrate", cls=EdgepipeCommand)
-@click.option("--checkpoint", required=True, metavar="CKPT|MODEL.onnx", help="The model to calibrate for: a checkpoint or an exported .onnx (its preprocessing and training split are used).")
-@click.option("--data", default=None, metavar="digits|DIR|FILE.npz", help="Dataset to draw from. Default: the model's own training data (training split only).")
-@click.option("--num", default=calibration.DEFAULT_NUM, show_default=True, help="Number of images (balanced over classes).")
+@click.option("--checkpoint", "checkpoint", required=True, metavar="CKPT|MODEL.onnx",
+              help="The model to calibrate for: a checkpoint, an edgepipe export, or any single-image-input .onnx (then --data is needed).")
+@data_option(help="Images to draw from: an ImageFolder, a folder of images, an .npz with x (and y), or 'digits'. "
+             "Default: an edgepipe model's own training data (training split only).")
+@preprocess_options
+@click.option("--num", default=calibration.DEFAULT_NUM, show_default=True, help="Number of images (balanced over classes when labelled).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the draw.")
 @click.option("-o", "--output", required=True, metavar="CALIB.npz", help="Calibration set to write (a manifest is written beside it).")
 @force_option
 @json_option
-def calibrate_command(checkpoint, data, num, seed, output, force, as_json):
+def calibrate_command(checkpoint, data, preprocess, labels, workers, num, seed, output, force, as_json):
     """Draw a class-balanced calibration set from the model's training split.
 
-    Images get the model's own preprocessing (input size, mean/std); held-out images are never
-    drawn. The .npz feeds 'edgepipe quantize --int8 --calib' and TensorRT calibrators.
+    Seeded, and never from held-out images. For an edgepipe model: from its training split, with its own preprocessing. For any other
+    ONNX: from the calibration pool of --data (a seeded split keeps 20% held out for validate,
+    recorded in the set's manifest), through the model's preprocessing (stored in it, or the
+    flags). The .npz feeds 'edgepipe quantize --int8 --calib' and 'build-engine --int8 --calib'.
 
     \b
-    Example:
+    Examples:
       edgepipe calibrate --checkpoint runs/se/se_resnet.pt --num 512 -o runs/se/calib.npz
+      edgepipe calibrate --checkpoint resnet.onnx --data photos/ --labels labels.txt --resize 256 --crop 224 \\
+          --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --num 512 -o calib.npz
     """
-    from pipeline.artifacts import check_output
-
-    check_output(output, force)
-    calib_set = calibration.draw(config_of(checkpoint), data=data, num=num, seed=seed)
+    check_output(output, force)  # fail before drawing, not after
+    calib_set = calibration.draw_for(checkpoint, data=data, num=num, seed=seed, labels=labels, preprocess=preprocess, workers=workers)
     path = calibration.save(output, calib_set, force=force)
     m = calib_set.manifest
-    result = {"calibration": str(path), "count": m["count"], "count_per_class": m["count_per_class"], "source": m["source"],
-              "seed": seed, "input_shape": m["input_shape"], "mean": m["mean"], "std": m["std"], "sha256": m["sha256"]}
-    emit(result, as_json, lambda r: out.print(
-        f"{r['calibration']}: {r['count']} images from the training split of {r['source']} "
-        f"({min(r['count_per_class'].values())}-{max(r['count_per_class'].values())} per class), seed {r['seed']}"
-    ))
+    split = m.get("split")
+    result = {"calibration": str(path), "count": m["count"], "count_per_class": m.get("count_per_class"), "source": m["source"],
+              "seed": seed, "input_shape": m["input_shape"], "mean": m.get("mean"), "std": m.get("std"), "sha256": m["sha256"],
+              "from": "calibration pool" if split else "training split", "split": split, "preprocess": m.get("preprocess")}
+    emit(result, as_json, _print)
 
 
-COMMANDS = [calibrate_command]
+def _print(r) -> None:
+    per_class = r["count_per_class"]
+    balance = f" ({min(per_class.values())}-{max(per_class.values())} per class)" if per_class else " (unlabelled)"
+    held = f"; {r['split']['counts']['held_out']} images held out for validate" if r.get("split") else ""
+    out.print(f"{r['calibration']}: {r['count']} images from the {r['from']} of {r['source']}{balance}, seed {r['seed']}{held}", markup=False, soft_wrap=True)

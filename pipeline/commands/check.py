@@ -1,7 +1,9 @@
+"""edgepipe check: the CI gate, a run report against a baseline."""
+
 import click
 
-from pipeline import check as checkmod
-from pipeline.clitools import EdgepipeCommand, emit, json_option
+from pipeline import check
+from pipeline.commands.options import EdgepipeCommand, emit, json_option
 from pipeline.progress import out
 
 
@@ -22,13 +24,11 @@ def check_command(report, baseline, tolerances, update_baseline, as_json):
       edgepipe check runs/ci/report.json --baseline ci/baseline.json --tolerances ci/tolerances.yaml
     """
     if update_baseline:
-        result = checkmod.update_baseline(report, baseline)
-        emit(result, as_json, lambda r: out.print(f"baseline {r['baseline']} updated ({r['rows']} rows)"))
+        result = check.update_baseline(report, baseline)
+        emit(result, as_json, lambda r: out.print(f"baseline {r['baseline']} updated ({r['rows']} rows)", markup=False))
         return
-    result = checkmod.check(checkmod.load_report(report), checkmod.load_report(baseline, "baseline"), checkmod.load_tolerances(tolerances))
-    emit(result, as_json, _print)
-    if not result["passed"]:
-        raise click.exceptions.Exit(1)
+    result = check.check(check.load_report(report), check.load_report(baseline, "baseline"), check.load_tolerances(tolerances))
+    emit(result, as_json, _print, failed=not result["passed"])
 
 
 def _print(result) -> None:
@@ -38,6 +38,3 @@ def _print(result) -> None:
     out.print(f"FAILED: {len(result['regressions'])} regression(s)")
     for r in result["regressions"]:
         out.print(f"  {r['artifact']}: {r['metric']} baseline {r['baseline']} now {r['now']} (tolerance {r['tolerance']})", markup=False)
-
-
-COMMANDS = [check_command]

@@ -1,7 +1,10 @@
+"""edgepipe models: the model zoo with attention type, parameters and MACs."""
+
 import click
+from rich.table import Table
 
 import models
-from pipeline.clitools import EdgepipeCommand, emit, json_option
+from pipeline.commands.options import EdgepipeCommand, emit, json_option
 from pipeline.progress import out
 
 
@@ -31,14 +34,9 @@ def models_command(img_size: int, in_chans: int, as_json: bool) -> None:
 
 
 def _print_table(result) -> None:
-    from rich.table import Table
-
     table = Table(title=f"edgepipe model zoo (MACs at input {'x'.join(map(str, result['input_shape']))})")
     for column in ("model", "attention", "params", "MACs", "description"):
         table.add_column(column, justify="right" if column in ("params", "MACs") else "left")
     for row in result["models"]:
         table.add_row(row["name"], row["attention"], f"{row['params']:,}", f"{row['macs'] / 1e6:.2f} M", row["description"])
     out.print(table)
-
-
-COMMANDS = [models_command]

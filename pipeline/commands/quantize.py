@@ -1,60 +1,111 @@
+"""edgepipe quantize: an FP16 or INT8 (Q/DQ) ONNX model of any single-image-input ONNX, checked against FP32."""
+
+import math
+import re
+
 import click
 
-from pipeline import precision
-from pipeline.clitools import EdgepipeCommand, data_option, emit, force_option, json_option
+from pipeline import quantize
+from pipeline.commands.options import EdgepipeCommand, data_option, emit, force_option, json_option, max_drop_option, precision_flags
 from pipeline.errors import EdgepipeError
+from pipeline.precision import Precision
 from pipeline.progress import out
+
+
+def parse_min_agreement(text):
+    """ "99" or "99%" -> 99.0 percent of argmax agreement with FP32; None without the flag."""
+    if text is None:
+        return None
+    try:
+        value = float(str(text).strip().rstrip("%"))
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 100:
+        raise EdgepipeError(f"--min-agreement {text!r} is not a percentage from 0 to 100", fix="pass e.g. --min-agreement 99")
+    return value
+
+
+def parse_input_size(text):
+    """ "224x224" or "224" -> (224, 224): height and width for a model with dynamic ones."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", str(text))
+    if not match or int(match.group(1)) < 1 or int(match.group(2) or match.group(1)) < 1:
+        raise EdgepipeError(f"--input-size {text!r} is not HEIGHTxWIDTH", fix="pass e.g. --input-size 224x224 (or 224 for a square)")
+    return int(match.group(1)), int(match.group(2) or match.group(1))
 
 
 @click.command("quantize", cls=EdgepipeCommand)
 @click.argument("onnx_model", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
-@click.option("--fp16", is_flag=True, help="FP16 (ModelOpt AutoCast): I/O and overflow-prone ops stay FP32.")
-@click.option("--int8", is_flag=True, help="INT8 with explicit Q/DQ (ModelOpt PTQ), calibrated on --calib.")
+@precision_flags({
+    Precision.FP16: "FP16 (ModelOpt AutoCast): I/O and overflow-prone ops stay FP32.",
+    Precision.INT8: "INT8 with explicit Q/DQ (ModelOpt PTQ), calibrated on --calib.",
+}, required=True)
 @click.option("-o", "--output", required=True, metavar="OUT.onnx", help="ONNX file to write (a manifest is written beside it).")
-@click.option("--calib", default=None, metavar="CALIB.npz", help="Calibration set from 'edgepipe calibrate'. Default: 512 images drawn from the model's training split.")
-@click.option("--method", type=click.Choice(precision.METHODS), default="entropy", show_default=True, help="INT8 calibration method.")
-@click.option("--high-precision", type=click.Choice(precision.HIGH_PRECISIONS), default="fp16", show_default=True, help="Precision of the INT8 model's non-quantized ops (fp16 builds faster engines).")
+@click.option("--calib", default=None, metavar="CALIB.npz",
+              help="Calibration images: a set from 'edgepipe calibrate', or an .npz with x (preprocessed, in the model's layout; y optional). "
+              "Default: 512 images drawn from an edgepipe model's training split; another model needs --calib or --data.")
+@click.option("--method", type=click.Choice(quantize.METHODS), default="entropy", show_default=True, help="INT8 calibration method.")
+@click.option("--high-precision", type=click.Choice(quantize.HIGH_PRECISIONS), default="fp16", show_default=True, help="Precision of the INT8 model's non-quantized ops (fp16 builds faster engines).")
 @click.option("--exclude-op", multiple=True, metavar="OP", help="Op type to keep out of INT8 (repeatable).")
 @click.option("--exclude-node", multiple=True, metavar="NODE", help="Node name to keep out of INT8 (repeatable).")
 @click.option("--include-op", multiple=True, metavar="OP", help="Quantize an op type edgepipe keeps out of INT8 by default (Sigmoid, Softmax).")
-@click.option("--max-drop", type=float, default=None, metavar="PTS", help="INT8 accuracy budget: most top-1 points below FP32 on the held-out split; keeps the most sensitive nodes in higher precision until met.")
-@data_option
+@max_drop_option()
+@click.option("--min-agreement", "min_agreement", default=None, metavar="PCT", callback=lambda ctx, param, value: parse_min_agreement(value),
+              help="INT8 accuracy budget without labels: the least argmax agreement with FP32 in percent (per position for sequence outputs); "
+              "the most sensitive nodes stay in higher precision until it holds.")
+@click.option("--input-size", "input_size", default=None, metavar="HxW", callback=lambda ctx, param, value: parse_input_size(value),
+              help="Height and width to convert and check a model with dynamic ones at (default: the model's, or the images').")
+@data_option(help="Images to check against FP32 on: 'digits', an ImageFolder or an .npz for an edgepipe model (default: its held-out split); "
+             "for another model an .npz with x[, y], split into a calibration pool and held-out images. "
+             "Without it, FP16 of another model is checked on seeded synthetic inputs.")
 @force_option
 @json_option
-def quantize_command(onnx_model, fp16, int8, output, calib, method, high_precision, exclude_op, exclude_node, include_op, max_drop, data, force, as_json):
+def quantize_command(onnx_model, precision, output, calib, method, high_precision, exclude_op, exclude_node, include_op, max_drop, min_agreement,
+                     input_size, data, force, as_json):
     """Make an FP16 or INT8 (Q/DQ) ONNX model and check it on the held-out split.
 
-    The result obeys TensorRT's Q/DQ rules and is measured against the FP32 model (proven equal
-    to PyTorch by export): top-1, change in points, top-1 agreement, logit differences.
+    Any single-image-input ONNX works, with or without edgepipe's metadata. The result obeys
+    TensorRT's Q/DQ rules and is measured against the FP32 model on every output: on the held-out
+    split of an edgepipe model or of your images (--data), else on the calibration images, or (FP16
+    only) seeded synthetic inputs. INT8 never calibrates on random data.
 
     \b
     Example:
       edgepipe quantize runs/se/model.onnx --fp16 -o runs/se/model.fp16.onnx
       edgepipe quantize runs/se/model.onnx --int8 --calib runs/se/calib.npz --max-drop 0.5 -o runs/se/model.int8.onnx
+      edgepipe quantize recognizer.onnx --int8 --data lines.npz --min-agreement 99 -o recognizer.int8.onnx
     """
-    if fp16 == int8:
-        raise EdgepipeError("pass exactly one of --fp16 and --int8", fix="run the command once per precision")
-    if fp16:
-        int8_only = {"--calib": calib, "--exclude-op": exclude_op, "--exclude-node": exclude_node, "--include-op": include_op, "--max-drop": max_drop}
-        given = [flag for flag, value in int8_only.items() if value]
+    size = {"size": input_size, "size_flag": "--input-size"}
+    if precision is Precision.FP16:
+        int8_only = {"--calib": calib, "--exclude-op": exclude_op, "--exclude-node": exclude_node, "--include-op": include_op, "--max-drop": max_drop,
+                     "--min-agreement": min_agreement}
+        given = [flag for flag, value in int8_only.items() if value is not None and value != ()]
         if given:
-            raise EdgepipeError(f"{', '.join(given)} only apply to --int8", fix="drop them, or use --int8")
-        result = precision.to_fp16(onnx_model, output, force=force, data=data)
+            raise EdgepipeError(f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} to --int8", fix="drop them, or use --int8")
+        result = quantize.to_fp16(onnx_model, output, force=force, data=data, **size)
     else:
-        result = precision.to_int8(
-            onnx_model, output, calib=calib, method=method, exclude_ops=exclude_op, exclude_nodes=exclude_node,
-            include_ops=include_op, high_precision=high_precision, max_drop=max_drop, data=data, force=force,
+        result = quantize.to_int8(
+            onnx_model, output, calib=calib, method=method, exclude_ops=exclude_op, exclude_nodes=exclude_node, include_ops=include_op,
+            high_precision=high_precision, max_drop=max_drop, min_agreement=min_agreement, data=data, force=force, **size,
         )
     emit(result, as_json, _print_result)
 
 
 def _print_result(r):
-    kept = f"; kept in higher precision: {', '.join(r['kept_nodes'])}" if r.get("kept_nodes") else ""
+    top1 = f"top-1 {r['top1']:.2f}% ({r['delta']:+.2f} points vs FP32 {r['reference_top1']:.2f}%), " if r.get("top1") is not None else ""
+    check = r.get("check") or {}
+    where = check.get("text") or f"{r['samples']} held-out images"
+    hint = f"; {check['hint']}" if check.get("hint") else ""
+    kept = ""
+    if r.get("kept_op_types"):
+        kept = f"; kept in higher precision: whole op types {', '.join(r['kept_op_types'])} ({len(r['kept_nodes'])} nodes)"
+    elif r.get("kept_nodes"):
+        kept = f"; kept in higher precision: {', '.join(r['kept_nodes'])}"
+    macs = f"; {r['macs']['int8_share']:.1f}% of MACs in INT8" if r.get("macs") else ""
+    outputs = r.get("outputs") or {}
+    others = "".join(f"; {name}: cosine {o['cosine']:.5f}" for name, o in list(outputs.items())[1:])
     out.print(
-        f"{r['onnx']}: {r['precision'].upper()} in {r['seconds']:.1f} s; on {r['samples']} held-out images: top-1 {r['top1']:.2f}% "
-        f"({r['delta']:+.2f} points vs FP32 {r['reference_top1']:.2f}%), agreement {r['agreement']:.2f}%, "
-        f"max abs diff {r['max_abs_diff']:.3g}, cosine {r['cosine']:.5f}{kept}"
+        f"{r['onnx']}: {r['precision'].upper()} in {r['seconds']:.1f} s; on {where}: {top1}agreement {r['agreement']:.2f}%, "
+        f"max abs diff {r['max_abs_diff']:.3g}, cosine {r['cosine']:.5f}{others}{kept}{macs}{hint}", markup=False, soft_wrap=True,
     )
-
-
-COMMANDS = [quantize_command]

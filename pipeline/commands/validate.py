@@ -1,47 +1,70 @@
-import sys
+"""edgepipe validate: every artifact against the FP32 reference, on its held-out split or the user's images."""
 
 import click
 from rich.table import Table
 
-from pipeline import validate as validatemod
-from pipeline.clitools import EdgepipeCommand, data_option, emit, json_option
+from pipeline.commands.options import EdgepipeCommand, data_option, emit, json_option, preprocess_options
+from pipeline.fidelity import DEFAULT_ATOL, DEFAULT_RTOL
 from pipeline.progress import out
+from pipeline.validate import SPLITS, validate
 
 
 @click.command("validate", cls=EdgepipeCommand)
-@click.option("--checkpoint", required=True, metavar="CKPT", help="The PyTorch checkpoint every artifact is compared with.")
+@click.option("--reference", "--checkpoint", "reference", default=None, metavar="CKPT|MODEL.onnx",
+              help="The FP32 model every artifact is compared with: the PyTorch checkpoint, or an FP32 .onnx on ONNX Runtime "
+              "(any single-image-input ONNX). Default: the first FP32 .onnx among the artifacts.")
 @click.argument("artifacts", nargs=-1, required=True, metavar="ARTIFACT...")
-@data_option
+@data_option(help="Images to validate on: an ImageFolder, a folder of images, an .npz with x (and y), or 'digits'. "
+             "Default: the data an edgepipe model records; a model edgepipe did not export needs it.")
+@preprocess_options
+@click.option("--split", type=click.Choice(SPLITS), default="auto", show_default=True,
+              help="Which of --data's images count: the held-out part of a seeded split, all, or auto (held-out when an artifact was calibrated on the rest).")
+@click.option("--atol", default=DEFAULT_ATOL, show_default=True, help="Absolute tolerance of the pass/fail check, per output element (Polygraphy's).")
+@click.option("--rtol", default=DEFAULT_RTOL, show_default=True, help="Relative tolerance of the pass/fail check.")
 @json_option
-def validate_command(checkpoint, artifacts, data, as_json):
+def validate_command(reference, artifacts, data, preprocess, labels, workers, split, atol, rtol, as_json):
     """Compare artifacts (ONNX at any precision, engines) with PyTorch on the held-out split.
 
-    One row per artifact: precision, top-1, change vs PyTorch in points, top-1 agreement, max and
-    mean abs logit difference, cosine similarity. An artifact that cannot be run is a row with
-    status "error"; the exit code is then 1.
+    One row per artifact: precision, top-1 and its change in points (labelled images), argmax
+    agreement, max and mean abs output difference, cosine similarity. An artifact that cannot be
+    run is a row with status "error"; the exit code is then 1. The reference may also be an FP32
+    ONNX, run on ONNX Runtime. For a model edgepipe did not export it is the FP32 ONNX, and the
+    images are --data, streamed once through the reference and every artifact with the model's
+    preprocessing (stored in it, or given here).
 
     \b
-    Example:
-      edgepipe validate --checkpoint runs/se/se_resnet.pt runs/se/model.onnx runs/se/model.fp16.onnx runs/se/model.int8.onnx
+    Examples:
+      edgepipe validate --reference runs/se/se_resnet.pt runs/se/model.onnx runs/se/model.fp16.onnx runs/se/model.int8.onnx
+      edgepipe validate --reference resnet.onnx resnet.int8.onnx --data photos/ --labels labels.txt \\
+          --resize 256 --crop 224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
     """
-    result = validatemod.validate(checkpoint, artifacts, data=data)
-    emit(result, as_json, _print_table)
-    if not result["ok"]:
-        sys.exit(1)
+    result = validate(reference, artifacts, data=data, labels=labels, preprocess=preprocess, workers=workers, split=split, atol=atol, rtol=rtol)
+    emit(result, as_json, _print_table, failed=not result["ok"])
+
+
+def _f(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _title(result) -> str:
+    ref = result["reference"]
+    if "images" not in result:  # an edgepipe model, on its recorded held-out split
+        return f"{result['model']} on {ref['samples']} held-out images; PyTorch top-1 {ref['top1']:.2f}%"
+    accuracy = f"FP32 top-1 {ref['top1']:.2f}%" if ref.get("top1") is not None else "unlabelled: agreement with FP32"
+    return f"{result['model']} on {result['images']['text']}; {accuracy}"
 
 
 def _print_table(result):
-    ref = result["reference"]
-    table = Table(title=f"{result['model']} on {ref['samples']} held-out images; PyTorch top-1 {ref['top1']:.2f}%")
+    table = Table(title=_title(result))
     for column in ("artifact", "precision", "top-1 %", "Δ pts", "agreement %", "max |Δ|", "mean |Δ|", "cosine", "status"):
         table.add_column(column, justify="left" if column in ("artifact", "precision", "status") else "right")
     for row in result["rows"]:
         if row["status"] != "ok":
-            table.add_row(row["artifact"], row["precision"] or "?", "", "", "", "", "", "", "error")
+            table.add_row(row["artifact"], row["precision"] or "?", "", "", "", "", "", "", row["status"].split(":")[0])
             continue
         table.add_row(
-            row["artifact"], row["precision"], f"{row['top1']:.2f}", f"{row['delta']:+.2f}", f"{row['agreement']:.2f}",
-            f"{row['max_abs_diff']:.3g}", f"{row['mean_abs_diff']:.3g}", f"{row['cosine']:.6f}", "ok",
+            row["artifact"], row["precision"], _f(row.get("top1"), ".2f"), _f(row.get("delta"), "+.2f"), _f(row.get("agreement"), ".2f"),
+            _f(row["max_abs_diff"], ".3g"), _f(row["mean_abs_diff"], ".3g"), _f(row["cosine"], ".6f"), "ok",
         )
     # Full width when piped (CI logs), so that numbers and paths are not cut.
     width = out.width
@@ -52,8 +75,11 @@ def _print_table(result):
     finally:
         out.width = width
     for row in result["rows"]:
+        if row["status"] == "ok" and len(row.get("outputs") or {}) > 1:
+            for name, figures in row["outputs"].items():
+                agreement = f", argmax agreement {figures['argmax_agreement']:.2f}%" if figures.get("argmax_agreement") is not None else ""
+                out.print(f"{row['artifact']} output '{name}': max |Δ| {figures['max_abs_diff']:.3g}, cosine {figures['cosine']:.6f}{agreement}", soft_wrap=True, markup=False)
         if row["status"] != "ok":
-            out.print(f"{row['artifact']}: error: {row['error']}", soft_wrap=True)
-
-
-COMMANDS = [validate_command]
+            out.print(f"{row['artifact']}: {row['status'].split(':')[0]}: {row['error']}", soft_wrap=True, markup=False)
+    for note in result.get("notes") or []:
+        out.print(f"Note: {note}", soft_wrap=True, markup=False)

@@ -9,27 +9,30 @@ from conftest import invoke
 from onnx import TensorProto, helper, numpy_helper
 
 import calibration
-from pipeline import precision
+from pipeline import quantize
 from pipeline.artifacts import read_manifest
 from pipeline.errors import EdgepipeError
+from pipeline.precision import Precision, is_quantized, of_onnx
+from pipeline.quantize.modelopt_log import modelopt_error
+from pipeline.tensorrt.messages import _parser_fix
 
 
 @pytest.fixture(scope="module")
 def fp16(exported, tmp_path_factory):
-    return precision.to_fp16(exported, tmp_path_factory.mktemp("fp16") / "model.fp16.onnx")
+    return quantize.to_fp16(exported, tmp_path_factory.mktemp("fp16") / "model.fp16.onnx")
 
 
 @pytest.fixture(scope="module")
 def int8(exported, trained, tmp_path_factory):
     calib = calibration.draw(trained[1], num=256, seed=0)
-    return precision.to_int8(exported, tmp_path_factory.mktemp("int8") / "model.int8.onnx", calib=calib)
+    return quantize.to_int8(exported, tmp_path_factory.mktemp("int8") / "model.int8.onnx", calib=calib)
 
 
 def test_fp16_meets_accuracy_targets(fp16):
     assert fp16["precision"] == "fp16"
     assert abs(fp16["delta"]) <= 0.1 and fp16["agreement"] >= 99.9
     model = onnx.load(fp16["onnx"])
-    assert precision.detect_precision(model) == "fp16"
+    assert of_onnx(model) == "fp16"
     # inputs and outputs stay FP32; the SE squeeze (ReduceMean) is computed in FP32
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
@@ -38,14 +41,17 @@ def test_fp16_meets_accuracy_targets(fp16):
     types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
     reduce_inputs = [n.input[0] for n in model.graph.node if n.op_type == "ReduceMean"]
     assert reduce_inputs and all(types[name] == TensorProto.FLOAT for name in reduce_inputs)
-    assert read_manifest(fp16["onnx"])["params"]["precision"] == "fp16"
+    manifest = read_manifest(fp16["onnx"])
+    assert manifest["params"]["precision"] == "fp16" and manifest["precision"] == "fp16"
+    figures = ("samples", "top1", "reference_top1", "delta", "agreement", "max_abs_diff", "mean_abs_diff", "median_abs_diff", "cosine", "cosine_min")
+    assert manifest["accuracy"] == {name: fp16[name] for name in figures}
 
 
 def test_int8_meets_accuracy_targets_and_tensorrt_rules(int8, exported):
     assert abs(int8["delta"]) <= 0.5 and int8["agreement"] >= 99.0
     model = onnx.load(int8["onnx"])
-    assert precision.is_quantized(model) and precision.detect_precision(model) == "int8"
-    precision.check_tensorrt_qdq_rules(model)
+    assert is_quantized(model) and of_onnx(model) == "int8"
+    quantize.check_tensorrt_qdq_rules(model)
     # the edgepipe config survives quantization, so later stages can evaluate the model
     assert any(p.key == "edgepipe.config" for p in model.metadata_props)
     manifest = read_manifest(int8["onnx"])
@@ -64,26 +70,29 @@ def test_int8_keeps_attention_gates_unquantized(int8):
 
 def test_already_converted_models_are_refused(int8, fp16, tmp_path):
     with pytest.raises(EdgepipeError, match="already INT8"):
-        precision.to_int8(int8["onnx"], tmp_path / "again.onnx")
+        quantize.to_int8(int8["onnx"], tmp_path / "again.onnx")
     with pytest.raises(EdgepipeError, match="already INT8"):
-        precision.to_fp16(int8["onnx"], tmp_path / "again.onnx")
+        quantize.to_fp16(int8["onnx"], tmp_path / "again.onnx")
     with pytest.raises(EdgepipeError, match="already FP16"):
-        precision.to_int8(fp16["onnx"], tmp_path / "again.onnx")
+        quantize.to_int8(fp16["onnx"], tmp_path / "again.onnx")
     assert not (tmp_path / "again.onnx").exists()
 
 
 def test_unknown_exclude_op_lists_the_model_ops(exported, tmp_path):
     with pytest.raises(EdgepipeError, match=r"no LayerNorm op \(it has: .*Conv.*Sigmoid"):
-        precision.to_int8(exported, tmp_path / "x.onnx", exclude_ops=["LayerNorm"])
+        quantize.to_int8(exported, tmp_path / "x.onnx", exclude_ops=["LayerNorm"])
 
 
-def test_onnx_without_metadata_names_the_flags(exported, tmp_path):
+def test_onnx_without_metadata_converts_to_fp16_but_needs_calibration_images_for_int8(exported, tmp_path):
     model = onnx.load(exported)
     del model.metadata_props[:]
     bare = tmp_path / "bare.onnx"
     onnx.save(model, bare)
-    with pytest.raises(EdgepipeError, match="--checkpoint"):
-        precision.to_fp16(bare, tmp_path / "x.onnx")
+    result = quantize.to_fp16(bare, tmp_path / "bare.fp16.onnx")
+    assert result["check"]["on"] == "synthetic" and result["samples"] == 32 and result["agreement"] >= 90
+    with pytest.raises(EdgepipeError, match="--int8 needs calibration images: .* no edgepipe metadata"):
+        quantize.to_int8(bare, tmp_path / "bare.int8.onnx")
+    assert not (tmp_path / "bare.int8.onnx").exists()
 
 
 def test_max_drop_keeps_sensitive_nodes_until_within_budget(exported, trained, tmp_path):
@@ -91,7 +100,7 @@ def test_max_drop_keeps_sensitive_nodes_until_within_budget(exported, trained, t
     # and only keeping nodes in higher precision brings it back within the budget.
     good = calibration.draw(trained[1], num=128, seed=0)
     shrunk = calibration.CalibrationSet(good.images * 0.1, good.labels, good.manifest)
-    result = precision.to_int8(exported, tmp_path / "budget.onnx", calib=shrunk, max_drop=0.5)
+    result = quantize.to_int8(exported, tmp_path / "budget.onnx", calib=shrunk, max_drop=0.5)
     assert result["attempts"][0]["delta"] < -0.5
     assert result["kept_nodes"] and -result["delta"] <= 0.5
     assert set(result["kept_nodes"]) <= set(result["excluded_nodes"])
@@ -100,11 +109,31 @@ def test_max_drop_keeps_sensitive_nodes_until_within_budget(exported, trained, t
 
 def test_sensitivity_ranking_names_quantized_nodes(int8, exported, trained):
     calib = calibration.draw(trained[1], num=80, seed=0)
-    ranking = precision.rank_sensitive_nodes(onnx.load(exported), onnx.load(int8["onnx"]), calib.images[:16])
+    ranking = quantize.rank_sensitive_nodes(onnx.load(exported), onnx.load(int8["onnx"]), calib.images[:16])
     names = {n.name for n in onnx.load(exported).graph.node}
     assert len(ranking) > 10 and all(name in names for name, _ in ranking)
     scores = [score for _, score in ranking]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_convert_goes_through_the_table_and_refuses_fp32(tmp_path):
+    assert quantize.QUANTIZERS == {Precision.FP16: quantize.to_fp16, Precision.INT8: quantize.to_int8}
+    with pytest.raises(EdgepipeError, match="no FP32 conversion"):
+        quantize.convert("fp32", tmp_path / "model.onnx", tmp_path / "x.onnx")
+
+
+def test_modelopt_failure_is_one_line_quoting_its_log(tmp_path):
+    log = tmp_path / "modelopt.log"
+    log.write_text("calibrating\n\nERROR: node /conv/Conv has no shape\n")
+    error = modelopt_error("INT8 quantization", RuntimeError(), log)
+    assert "\n" not in str(error)
+    assert "INT8 quantization failed: RuntimeError (ERROR: node /conv/Conv has no shape)" in str(error)
+    assert "first line" in str(modelopt_error("FP16 conversion", ValueError("first line\nsecond"), log))
+
+
+def test_tensorrt_parser_fixes_name_the_quantize_command():
+    assert "'edgepipe quantize --int8'" in _parser_fix("DequantizeLinear", "INT32 bias is not supported")
+    assert "'edgepipe quantize --int8'" in _parser_fix("QuantizeLinear", "non-zero zero_point")
 
 
 # --- TensorRT Q/DQ rules on hand-built graphs ------------------------------------------------------
@@ -140,35 +169,35 @@ def _qdq_conv(zero_point=0, weight_axis=0, weight_scale_len=4, act_scale_len=1, 
 
 
 def test_rules_accept_symmetric_per_channel_weights():
-    precision.check_tensorrt_qdq_rules(_qdq_conv())
-    precision.check_tensorrt_qdq_rules(_qdq_conv(conv="ConvTranspose", weight_axis=1))
+    quantize.check_tensorrt_qdq_rules(_qdq_conv())
+    quantize.check_tensorrt_qdq_rules(_qdq_conv(conv="ConvTranspose", weight_axis=1))
 
 
 def test_rules_reject_non_zero_zero_point():
     with pytest.raises(EdgepipeError, match="QuantizeLinear node 'x_q' has a non-zero zero point"):
-        precision.check_tensorrt_qdq_rules(_qdq_conv(zero_point=3))
+        quantize.check_tensorrt_qdq_rules(_qdq_conv(zero_point=3))
 
 
 def test_rules_reject_int32_bias_dequantize():
     with pytest.raises(EdgepipeError, match="'bias_dq' dequantizes an INT32 tensor"):
-        precision.check_tensorrt_qdq_rules(_qdq_conv(int32_bias=True))
+        quantize.check_tensorrt_qdq_rules(_qdq_conv(int32_bias=True))
 
 
 def test_rules_reject_per_channel_activations():
     with pytest.raises(EdgepipeError, match="'x_q' quantizes an activation per channel"):
-        precision.check_tensorrt_qdq_rules(_qdq_conv(act_scale_len=2))
+        quantize.check_tensorrt_qdq_rules(_qdq_conv(act_scale_len=2))
 
 
 def test_rules_reject_weights_off_their_output_channel_axis():
     with pytest.raises(EdgepipeError, match="weight of Conv node 'conv' along axis 1; TensorRT needs its output-channel axis 0"):
-        precision.check_tensorrt_qdq_rules(_qdq_conv(weight_axis=1, weight_scale_len=2))
+        quantize.check_tensorrt_qdq_rules(_qdq_conv(weight_axis=1, weight_scale_len=2))
     with pytest.raises(EdgepipeError, match="ConvTranspose node 'conv' along axis 0; .* axis 1"):
-        precision.check_tensorrt_qdq_rules(_qdq_conv(conv="ConvTranspose", weight_axis=0, weight_scale_len=2))
+        quantize.check_tensorrt_qdq_rules(_qdq_conv(conv="ConvTranspose", weight_axis=0, weight_scale_len=2))
 
 
 def test_rules_reject_old_opset():
     with pytest.raises(EdgepipeError, match="opset 12"):
-        precision.check_tensorrt_qdq_rules(_qdq_conv(opset=12))
+        quantize.check_tensorrt_qdq_rules(_qdq_conv(opset=12))
 
 
 # --- CLI -------------------------------------------------------------------------------------------

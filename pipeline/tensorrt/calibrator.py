@@ -2,9 +2,9 @@
 
 TensorRT 10.1 deprecated implicit INT8 calibration and TensorRT 11 / TensorRT-RTX removed it;
 it remains the only INT8 path for DLA on JetPack 5 and 6. The calibrator class derives from the
-backend module's ``IInt8EntropyCalibrator2``, so the factory takes that module (only
-pipeline/backend.py imports TensorRT). pycuda, needed to put batches in GPU memory, is imported
-here lazily: nothing else in edgepipe's build path needs a GPU.
+backend module's ``IInt8EntropyCalibrator2``, so the factory takes that module. pycuda, needed
+to put batches in GPU memory, comes through ``pipeline.cuda`` when a calibrator is made: nothing
+else in edgepipe's build path needs a GPU.
 """
 
 from __future__ import annotations
@@ -14,8 +14,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.artifacts import atomic_output
+import calibration
+from pipeline.artifacts import Kind, atomic_output, is_up_to_date, write_manifest
+from pipeline.cuda import autoinit
 from pipeline.errors import EdgepipeError
+from pipeline.onnxfile import onnx_config
+from pipeline.tensorrt.options import onnx_inputs
+
+CALIBRATION_BATCH = 32
 
 
 def make_entropy_calibrator(
@@ -33,22 +39,14 @@ def make_entropy_calibrator(
     calibration profile. The calibration cache is read from ``cache_path`` when ``read_cache``
     (its manifest matched) and written there atomically after calibration.
     """
-    try:
-        import pycuda.autoinit  # noqa: F401 - creates the CUDA context the calibrator copies into
-        import pycuda.driver as cuda
-    except Exception as exc:  # ImportError without pycuda; RuntimeError/cuda errors without a GPU
-        raise EdgepipeError(
-            f"legacy INT8 calibration needs pycuda and a GPU ({type(exc).__name__}: {exc})",
-            fix="pip install 'edgepipe[gpu]' on the GPU machine, or drop --legacy-precision (explicit INT8 calibrates on the CPU)",
-        )
-    from calibration import batches
+    cuda = autoinit()
 
     cache_path = Path(cache_path)
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
             trt.IInt8EntropyCalibrator2.__init__(self)
-            self._batches = iter(batches(calib_set, batch_size))
+            self._batches = iter(calibration.batches(calib_set, batch_size))
             self._device = None
             self.count = 0
             # TensorRT swallows exceptions raised in callbacks; the build re-raises this one.
@@ -95,3 +93,23 @@ def make_entropy_calibrator(
                 on_cache_written(cache_path)
 
     return EntropyCalibrator()
+
+
+def legacy_calibrator(be: Any, model: Any, profiles: dict, calib: Any, engine: Path, inputs: dict) -> tuple[Any, dict]:
+    """An entropy calibrator and its fixed-shape calibration profile (TensorRT <= 10.x only)."""
+    calib_set = calib if isinstance(calib, calibration.CalibrationSet) else calibration.load(calib)
+    calibration.check_matches(calib_set, onnx_config(model))
+    (name, shape), *others = onnx_inputs(model)
+    if others:
+        raise EdgepipeError("legacy INT8 calibration handles models with one input", fix="drop --legacy-precision: explicit INT8 handles any number of inputs")
+    lo, _, hi = profiles.get(name, (shape, shape, shape))
+    batch = min(max(CALIBRATION_BATCH, lo[0]), hi[0])
+    calibration_shape = (batch, *shape[1:])
+    cache = engine.with_name(engine.name + ".calibration.cache")
+    reuse = is_up_to_date(cache, Kind.CALIBRATION_CACHE, inputs, {"shape": list(calibration_shape)})
+    calibrator = make_entropy_calibrator(
+        be.trt, calib_set, batch, cache, read_cache=reuse,
+        on_cache_written=lambda path: write_manifest(path, Kind.CALIBRATION_CACHE, inputs=inputs, params={"shape": list(calibration_shape)}),
+        input_shape=calibration_shape,
+    )
+    return calibrator, {name: calibration_shape}

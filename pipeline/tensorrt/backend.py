@@ -12,18 +12,16 @@ Their Python APIs are nearly the same. What differs is handled here, by feature 
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import importlib
 import importlib.util
-import re
-import signal
-import sys
-import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from pipeline.errors import EdgepipeError
+from pipeline.tensorrt.messages import build_fix, parse_error
+from pipeline.tensorrt.monitor import make_logger, progress_monitor, sigint_cancels
+from pipeline.tensorrt.options import HARDWARE_COMPATIBILITY, MEMORY_POOLS
+from pipeline.tensorrt.targets import cc_key, sm_to_text, text_to_sm
 
 TENSORRT, TENSORRT_RTX = "tensorrt", "tensorrt-rtx"
 BACKENDS = (TENSORRT, TENSORRT_RTX)
@@ -34,17 +32,6 @@ INSTALL_FIX = (
     "on Jetson install JetPack's TensorRT Python bindings (sudo apt install python3-libnvinfer); "
     "on x86 run 'pip install tensorrt' (data-centre GPUs) or \"pip install 'edgepipe[rtx]'\" (TensorRT-RTX for RTX GPUs)"
 )
-
-# trtexec's names for --hardwareCompatibilityLevel, and the enum member each one means.
-HARDWARE_COMPATIBILITY = {"none": "NONE", "ampere+": "AMPERE_PLUS", "sameComputeCapability": "SAME_COMPUTE_CAPABILITY"}
-# trtexec's names for --memPoolSize pools.
-MEMORY_POOLS = {
-    "workspace": "WORKSPACE",
-    "dlaSRAM": "DLA_MANAGED_SRAM",
-    "dlaLocalDRAM": "DLA_LOCAL_DRAM",
-    "dlaGlobalDRAM": "DLA_GLOBAL_DRAM",
-    "tacticSharedMem": "TACTIC_SHARED_MEMORY",
-}
 
 
 @dataclass
@@ -77,7 +64,7 @@ class Backend:
         if not self.has_compute_capability_targets:
             return []
         names = [n for n in dir(self.trt.ComputeCapability) if n.startswith("SM") and n[2:].isdigit()]
-        return sorted((_sm_to_text(n) for n in names), key=_cc_key)
+        return sorted((sm_to_text(n) for n in names), key=cc_key)
 
     # --- building ---------------------------------------------------------------------------
 
@@ -156,7 +143,7 @@ class Backend:
         if settings.compute_capabilities:
             config.num_compute_capabilities = len(settings.compute_capabilities)
             for i, cc in enumerate(settings.compute_capabilities):
-                member = "CURRENT" if cc == "current" else _text_to_sm(cc)
+                member = "CURRENT" if cc == "current" else text_to_sm(cc)
                 config.set_compute_capability(getattr(trt.ComputeCapability, member), i)
         if settings.timing_cache is not None:
             cache = config.create_timing_cache(settings.timing_cache)
@@ -205,17 +192,17 @@ class Backend:
         exceptions raised there; so the monitor records them, cancels the build, and they are
         raised again here once the builder has returned.
         """
-        monitor = _progress_monitor(self.trt, on_step)
+        monitor = progress_monitor(self.trt, on_step)
         if monitor is not None:
             config.progress_monitor = monitor
         self.logger.clear()
-        with _sigint_cancels(monitor):
+        with sigint_cancels(monitor):
             engine = builder.build_serialized_network(network, config)
         if monitor is not None and monitor.exception is not None:
             raise monitor.exception
         if engine is None:
             reason = self.logger.last_error() or "no reason given"
-            raise EdgepipeError(f"{self.display} could not build the engine: {reason}", fix=_build_fix(reason))
+            raise EdgepipeError(f"{self.display} could not build the engine: {reason}", fix=build_fix(reason))
         return bytes(engine)
 
     def timing_cache_bytes(self, config: Any) -> bytes | None:
@@ -287,192 +274,7 @@ def get_backend(which: str = "auto") -> Backend:
         except Exception as exc:  # ImportError, or OSError when the shared libraries are missing
             failures.append(f"{DISPLAY_NAMES[name]}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'not importable'}")
             continue
-        _loaded[name] = Backend(name=name, version=module.__version__, trt=module, logger=_make_logger(module, DISPLAY_NAMES[name]))
+        _loaded[name] = Backend(name=name, version=module.__version__, trt=module, logger=make_logger(module, DISPLAY_NAMES[name]))
         return _loaded[name]
     what = "no TensorRT is installed" if which == "auto" else f"{DISPLAY_NAMES[which]} is not installed"
     raise EdgepipeError(f"{what} ({'; '.join(failures)})", fix=INSTALL_FIX)
-
-
-def current_compute_capability() -> str | None:
-    """Compute capability ("X.Y") of GPU 0 through the CUDA driver, or None without a GPU.
-
-    It asks libcuda directly (a few microseconds) rather than importing torch (a second or more).
-    """
-    for library in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            cuda = ctypes.CDLL(library)
-            break
-        except OSError:
-            continue
-    else:
-        return None
-    count, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
-        return None
-    # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76
-    if cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, 0) != 0 or cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, 0) != 0:
-        return None
-    return f"{major.value}.{minor.value}"
-
-
-def normalize_compute_capability(text: str) -> str:
-    """ "8.9", "sm89", "SM_89", "89" -> "8.9"; "current" stays. An unreadable value is an error."""
-    value = text.strip().lower().replace("_", "")
-    if value == "current":
-        return value
-    value = value[2:] if value.startswith("sm") else value
-    if "." in value:
-        major, _, minor = value.partition(".")
-    else:
-        major, minor = value[:-1], value[-1:]
-    if not (major.isdigit() and minor.isdigit()):
-        raise EdgepipeError(f"--computeCapability {text!r} is not a compute capability", fix="pass it as X.Y, e.g. --computeCapability 8.9, or 'current'")
-    return f"{int(major)}.{int(minor)}"
-
-
-def _sm_to_text(member: str) -> str:
-    digits = member[2:]
-    return f"{int(digits[:-1])}.{digits[-1]}"
-
-
-def _text_to_sm(cc: str) -> str:
-    major, minor = cc.split(".")
-    return f"SM{major}{minor}"
-
-
-def _cc_key(cc: str) -> tuple[int, int]:
-    major, minor = cc.split(".")
-    return int(major), int(minor)
-
-
-# --- parser errors ------------------------------------------------------------------------------
-
-
-def parse_error(backend: Backend, path: Any, errors: list, log_errors: list[str]) -> EdgepipeError:
-    """One clear error for the first parser failure: node, op, the parser's reason, a fix."""
-    if not errors:
-        reason = log_errors[-1] if log_errors else "no reason given"
-        return EdgepipeError(f"{backend.display} cannot parse {path}: {reason}", fix="check the model with 'edgepipe check' or re-export it")
-    first = errors[0]
-    node_name = _safe(lambda: first.node_name()) or "?"
-    op = _safe(lambda: first.node_operator()) or "?"
-    reason = (_safe(lambda: first.desc()) or str(first)).strip().splitlines()[0]
-    detail = _first_real_error(log_errors)
-    if detail and detail not in reason:
-        reason = f"{reason}: {detail}"
-    more = f" (+{len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return EdgepipeError(
-        f"{backend.display} cannot parse {path}: node '{node_name}' ({op}): {reason}{more}",
-        fix=_parser_fix(op, reason),
-    )
-
-
-def _first_real_error(log_errors: list[str]) -> str | None:
-    """The builder's own reason, without the parser's node banners and CPU-only CUDA noise."""
-    for message in log_errors:
-        line = message.strip().splitlines()[0] if message.strip() else ""
-        if line and "ModelImporter" not in line and "cudaError" not in line and "catchCudaError" not in line:
-            return re.sub(r" In \w+ at /\S+\)$", ")", line)
-    return None
-
-
-def _parser_fix(op: str, reason: str) -> str:
-    text = reason.lower()
-    if op == "DequantizeLinear" and ("int32" in text or "bias" in text):
-        return "TensorRT takes no quantized bias: quantize with 'edgepipe precision --int8' (bias stays float) instead of a tool that makes INT32 bias DequantizeLinear nodes"
-    if op in ("QuantizeLinear", "DequantizeLinear") and ("zero" in text or "zero_point" in text or "asymmetric" in text):
-        return "TensorRT takes only symmetric quantization (zero point 0): quantize with 'edgepipe precision --int8'"
-    if "opset" in text or "version" in text:
-        return "re-export with a newer opset ('edgepipe export --opset 17'); TensorRT needs opset >= 13 for Q/DQ"
-    if "no importer registered" in text or "plugin" in text:
-        return f"TensorRT has no {op} op: re-export the model so it uses standard ONNX ops (or register a plugin for {op})"
-    return "re-export the model with 'edgepipe export' (opset 17), or replace the node's op with one TensorRT supports"
-
-
-def _build_fix(reason: str) -> str:
-    text = reason.lower()
-    if "turing" in text or "sm75" in text:
-        return "Turing (compute capability 7.5) has no FP32 matrix multiply in TensorRT-RTX: build with --fp16 or --int8, or drop 7.5 from --computeCapability"
-    if "workspace" in text:
-        return "raise the workspace limit, e.g. --memPoolSize workspace:1024 (MiB), or drop --memPoolSize"
-    return "run again with --verbose for the builder's log"
-
-
-def _safe(getter: Callable[[], Any]) -> Any:
-    try:
-        return getter()
-    except Exception:
-        return None
-
-
-# --- logger, progress monitor and Ctrl-C ----------------------------------------------------
-
-
-def _make_logger(trt: Any, label: str) -> Any:
-    class EdgepipeLogger(trt.ILogger):
-        """Keeps the builder's messages; prints them to stderr only with ``verbose``."""
-
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.messages: list[tuple[Any, str]] = []
-            self.verbose = False
-
-        def log(self, severity, msg):
-            self.messages.append((severity, msg))
-            if self.verbose and severity <= trt.ILogger.INFO:
-                print(f"[{label}] {msg}", file=sys.stderr)
-
-        def clear(self):
-            self.messages = []
-
-        def errors(self) -> list[str]:
-            return [m for s, m in self.messages if s <= trt.ILogger.ERROR]
-
-        def last_error(self) -> str | None:
-            errors = self.errors()
-            return errors[-1].strip() if errors else None
-
-    return EdgepipeLogger()
-
-
-def _progress_monitor(trt: Any, on_step: Callable[[str, int], None] | None) -> Any:
-    if not hasattr(trt, "IProgressMonitor"):
-        return None  # TensorRT 8.x: no monitor, so Ctrl-C waits for the build to end
-
-    class CancellableMonitor(trt.IProgressMonitor):
-        def __init__(self):
-            trt.IProgressMonitor.__init__(self)
-            self.exception: BaseException | None = None
-
-        def phase_start(self, phase_name, parent_phase, num_steps):
-            pass
-
-        def phase_finish(self, phase_name):
-            pass
-
-        def step_complete(self, phase_name, step):
-            try:
-                if self.exception is None and on_step is not None:
-                    on_step(phase_name, step)
-            except BaseException as exc:  # noqa: BLE001 - re-raised after the builder returns
-                self.exception = exc
-            return self.exception is None  # False cancels the build
-
-    return CancellableMonitor()
-
-
-@contextlib.contextmanager
-def _sigint_cancels(monitor: Any) -> Iterator[None]:
-    """While building, Ctrl-C asks the progress monitor to cancel instead of being lost in C++."""
-    if monitor is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def cancel(signum, frame):
-        monitor.exception = monitor.exception or KeyboardInterrupt()
-
-    previous = signal.signal(signal.SIGINT, cancel)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)

@@ -1,4 +1,4 @@
-"""Running TensorRT engines on the GPU: the only module that imports pycuda.
+"""Running TensorRT engines on the GPU, through pycuda's buffers, streams and events.
 
 ``TensorRTRunner`` holds page-locked host buffers, device buffers, a CUDA stream and four CUDA
 events per inference (before H2D, after H2D, after compute, after D2H), so every call reports
@@ -12,41 +12,19 @@ Two TensorRT APIs, chosen by what the engine object has (not by version strings)
 - tensor addresses (TensorRT 10.x/11.x and TensorRT-RTX): ``num_io_tensors``, ``get_tensor_name``,
   ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3(stream)``.
 
-CUDA graphs: pycuda (up to 2026.1) has no stream-capture API, so the runner captures the engine's
-enqueue with the CUDA driver's own functions (cuStreamBeginCapture_v2, cuStreamEndCapture,
-cuGraphInstantiateWithFlags, cuGraphLaunch) through ctypes on the same libcuda pycuda uses, on
-pycuda's stream. Like trtexec, only the enqueue is captured; the copies stay outside and timed.
+pycuda and libcuda (CUDA graphs) are reached through ``pipeline.cuda`` only.
 """
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from pipeline.cuda import CudaGraph, Driver, import_pycuda
 from pipeline.errors import EdgepipeError
-from pipeline.runners import Runner, check_batch
-
-PYCUDA_FIX = (
-    "pip install 'edgepipe[gpu]' on the GPU host (pycuda builds from source: it needs the CUDA toolkit, "
-    "with nvcc on PATH and CUDA_ROOT set; on Jetson the toolkit comes with JetPack)"
-)
-
-
-def import_pycuda() -> Any:
-    """``pycuda.driver``, or one clear error saying how to install it."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise pycuda_missing(exc) from None
-    return cuda
-
-
-def pycuda_missing(exc: BaseException) -> EdgepipeError:
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return EdgepipeError(f"running TensorRT engines needs pycuda, which cannot be imported ({detail})", fix=PYCUDA_FIX)
+from pipeline.runtime.base import Runner
 
 
 @dataclass
@@ -112,8 +90,8 @@ class TensorRTRunner(Runner):
             if self.api == "bindings":
                 self._bindings[t.index] = int(t.device)
         self._current_batch: int | None = None
-        self._graphs: dict[int, "_CudaGraph"] = {}
-        self._driver = _Driver() if cuda_graph else None
+        self._graphs: dict[int, CudaGraph] = {}
+        self._driver = Driver() if cuda_graph else None
         self._timing: dict[str, float] | None = None
 
     # --- describing the engine ----------------------------------------------------------------
@@ -195,12 +173,11 @@ class TensorRTRunner(Runner):
             # One plain run first: TensorRT finishes shape-dependent setup outside the capture.
             self._enqueue()
             self.stream.synchronize()
-            graph = self._graphs[n] = _CudaGraph.capture(self._driver, self.stream.handle, self._enqueue, self.label)
+            graph = self._graphs[n] = CudaGraph.capture(self._driver, self.stream.handle, self._enqueue, self.label)
         graph.launch(self.stream.handle)
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer_impl(self, batch: np.ndarray) -> list[np.ndarray]:
         cuda = self._cuda
-        batch = check_batch(self.name, batch, self.input_shape, self.batch_size, self.min_batch, self.max_batch)
         n = batch.shape[0]
         self._set_batch(n)
         host_in = self.input.host[:n]
@@ -224,7 +201,7 @@ class TensorRTRunner(Runner):
             "compute_ms": copied_in.time_till(computed),
             "d2h_ms": computed.time_till(copied_out),
         }
-        return np.array(results[0], dtype=np.float32)  # a copy: the host buffer is reused
+        return [np.array(r, dtype=np.float32) for r in results]  # copies: the host buffers are reused
 
     def last_timing(self) -> dict[str, float] | None:
         return self._timing
@@ -244,66 +221,3 @@ class TensorRTRunner(Runner):
         if self._pushed:
             self._cuda.Context.pop()
             self._pushed = False
-
-
-# --- CUDA graphs through the driver API ---------------------------------------------------------
-
-_CAPTURE_MODE_THREAD_LOCAL = 1  # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL, as trtexec captures
-
-
-class _Driver:
-    """The few libcuda functions CUDA graph capture needs (pycuda does not wrap them)."""
-
-    def __init__(self):
-        try:
-            self.lib = ctypes.CDLL("libcuda.so.1")
-        except OSError as exc:
-            raise EdgepipeError(f"--cuda-graph needs the CUDA driver library libcuda.so.1 ({exc})", fix="install the NVIDIA driver, or run without --cuda-graph")
-        for name in ("cuStreamBeginCapture_v2", "cuStreamEndCapture", "cuGraphInstantiateWithFlags", "cuGraphLaunch", "cuGraphExecDestroy", "cuGraphDestroy"):
-            if not hasattr(self.lib, name):
-                raise EdgepipeError(f"--cuda-graph needs {name} from the CUDA driver (CUDA 11.4 or newer)", fix="update the NVIDIA driver, or run without --cuda-graph")
-        v = ctypes.c_void_p
-        self.lib.cuStreamBeginCapture_v2.argtypes = [v, ctypes.c_int]
-        self.lib.cuStreamEndCapture.argtypes = [v, ctypes.POINTER(v)]
-        self.lib.cuGraphInstantiateWithFlags.argtypes = [ctypes.POINTER(v), v, ctypes.c_ulonglong]
-        self.lib.cuGraphLaunch.argtypes = [v, v]
-        self.lib.cuGraphExecDestroy.argtypes = [v]
-        self.lib.cuGraphDestroy.argtypes = [v]
-
-    def check(self, result: int, what: str, label: str) -> None:
-        if result != 0:
-            text = ctypes.c_char_p()
-            self.lib.cuGetErrorString(result, ctypes.byref(text))
-            reason = text.value.decode() if text.value else f"CUDA error {result}"
-            raise EdgepipeError(f"{label}: {what} failed ({reason})", fix="run without --cuda-graph")
-
-
-class _CudaGraph:
-    def __init__(self, driver: _Driver, graph: ctypes.c_void_p, executable: ctypes.c_void_p, label: str):
-        self.driver, self.graph, self.executable, self.label = driver, graph, executable, label
-
-    @classmethod
-    def capture(cls, driver: _Driver, stream: int, enqueue, label: str) -> "_CudaGraph":
-        lib = driver.lib
-        driver.check(lib.cuStreamBeginCapture_v2(ctypes.c_void_p(stream), _CAPTURE_MODE_THREAD_LOCAL), "starting CUDA graph capture", label)
-        graph = ctypes.c_void_p()
-        try:
-            enqueue()
-        finally:
-            # Always end the capture, so a failed enqueue leaves the stream usable.
-            ended = lib.cuStreamEndCapture(ctypes.c_void_p(stream), ctypes.byref(graph))
-        driver.check(ended, "capturing the engine in a CUDA graph (the engine may not be capturable)", label)
-        executable = ctypes.c_void_p()
-        driver.check(lib.cuGraphInstantiateWithFlags(ctypes.byref(executable), graph, 0), "instantiating the CUDA graph", label)
-        return cls(driver, graph, executable, label)
-
-    def launch(self, stream: int) -> None:
-        self.driver.check(self.driver.lib.cuGraphLaunch(self.executable, ctypes.c_void_p(stream)), "launching the CUDA graph", self.label)
-
-    def destroy(self) -> None:
-        if self.executable:
-            self.driver.lib.cuGraphExecDestroy(self.executable)
-            self.executable = None
-        if self.graph:
-            self.driver.lib.cuGraphDestroy(self.graph)
-            self.graph = None

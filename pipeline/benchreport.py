@@ -1,0 +1,162 @@
+"""The bench report: bench.md (trtexec-style table) and bench.png (latency against accuracy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import atomic_output, check_output, write_text_atomic
+from pipeline.validate import validate
+
+
+def write_report(result: dict[str, Any], folder: str | Path, accuracy: dict[str, float] | None = None,
+                 labels: dict[str, str] | None = None) -> tuple[Path, Path]:
+    """Write bench.md (the table) and bench.png (latency against accuracy, one point per artifact) to ``folder``.
+
+    ``accuracy`` maps artifact paths (or file names) to held-out top-1; measured with validate when
+    not given. ``labels`` names the points (a run's artifact ids: pytorch, onnx-fp16, engine-int8);
+    an artifact without one is labelled by its file name.
+    """
+    folder = Path(folder)
+    md_path, png_path = folder / "bench.md", folder / "bench.png"
+    check_output(md_path, force=True)
+    accuracy = held_out_top1(result) if accuracy is None else accuracy
+    _plot(result, accuracy, labels or {}, png_path)
+    write_text_atomic(md_path, to_markdown(result, accuracy, png_path.name))
+    return md_path, png_path
+
+
+def to_markdown(result: dict[str, Any], accuracy: dict[str, float] | None = None, plot: str | None = None) -> str:
+    accuracy = accuracy or {}
+    lines = [
+        "# edgepipe bench",
+        "",
+        f"Device: {result['device']}. Batches {', '.join(map(str, result['settings']['batches']))}; warm-up {result['settings']['warmup_ms']} ms, then "
+        + (f"{result['settings']['iterations']} iterations" if result["settings"]["iterations"] else f"{result['settings']['duration_s']} s") + " per row.",
+        "",
+        "| artifact | runtime | precision | batch | status | median (ms) | mean (ms) | p90 (ms) | p99 (ms) | throughput (img/s) | H2D (ms) | compute (ms) | D2H (ms) | device memory (MB) | top-1 (%) |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}".replace("|", "/")
+        lines.append(
+            f"| {Path(r['artifact']).name} | {r.get('runtime') or ''} | {r.get('precision') or ''} | {r['batch']} | {status} | "
+            f"{_fmt(r.get('median_ms'), '.3f')} | {_fmt(r.get('mean_ms'), '.3f')} | {_fmt(r.get('p90_ms'), '.3f')} | {_fmt(r.get('p99_ms'), '.3f')} | "
+            f"{_fmt(r.get('throughput'), '.1f')} | {_fmt(r.get('h2d_ms'), '.3f')} | {_fmt(r.get('compute_ms'), '.3f')} | {_fmt(r.get('d2h_ms'), '.3f')} | "
+            f"{_fmt(r.get('device_memory_mb'), '.2f')} | {_fmt(_by_path_or_name(accuracy, r['artifact']), '.2f')} |"
+        )
+    lines += ["", *footer_lines(result)]
+    if plot:
+        lines += ["", f"![latency against top-1]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def footer_lines(result: dict[str, Any]) -> list[str]:
+    lines = sorted({f"{Path(r['artifact']).name}: {r['note']}" for r in result["rows"] if r.get("note")})
+    o = result.get("overhead")
+    if o:
+        lines.append(
+            f"Harness overhead: {o['harness_ms']:.4f} ms per iteration vs {o['bare_ms']:.4f} ms in a bare loop "
+            f"(ratio {o['ratio']:.3f}, {o['runtime']}, batch {o['batch']}, {o['iterations']} calls)."
+        )
+    return lines
+
+
+# Colour says the precision, the marker the format; each artifact is one legend entry.
+COLOURS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green"}
+MARKERS = {"pytorch": "o", "onnx": "s", "engine": "^"}
+SPARE_MARKERS = ("D", "v", "P", "X", "*", "h", "<", ">")
+
+
+def plot_points(result: dict[str, Any], accuracy: dict[str, float], labels: dict[str, str]) -> list[dict[str, Any]]:
+    """One point per artifact with both a latency (median, smallest batch measured) and a top-1."""
+    points = []
+    for artifact in dict.fromkeys(r["artifact"] for r in result["rows"]):
+        ok = sorted((r for r in result["rows"] if r["artifact"] == artifact and r["status"] == "ok"), key=lambda r: r["batch"])
+        top1 = _by_path_or_name(accuracy, artifact)
+        if not ok or top1 is None:
+            continue
+        label = _by_path_or_name(labels, artifact) or Path(str(artifact)).name
+        points.append({"label": label, "latency_ms": ok[0]["median_ms"], "batch": ok[0]["batch"], "top1": float(top1),
+                       "precision": ok[0].get("precision"), "format": ok[0].get("format")})
+    return points
+
+
+def accuracy_limits(values: list[float]) -> tuple[float, float]:
+    """The top-1 axis: a margin around the points, never below 0% or above 100%."""
+    if not values:
+        return 0.0, 100.0
+    low, high = min(values), max(values)
+    pad = max(0.5, 0.15 * (high - low))
+    return max(0.0, low - pad), min(100.0, high + pad)
+
+
+def figure(result: dict[str, Any], accuracy: dict[str, float], labels: dict[str, str]):
+    """The latency/accuracy figure: labelled by a legend beside the axes, so labels never overlap."""
+    import matplotlib  # a second to import: only bench reports draw
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4), dpi=120)
+    points = plot_points(result, accuracy, labels)
+    used: set[tuple[str, str]] = set()
+    spare = iter(SPARE_MARKERS)
+    for i, p in enumerate(points):
+        colour = COLOURS.get(str(p["precision"]), "tab:gray")
+        marker = MARKERS.get(str(p["format"]), "o")
+        if (colour, marker) in used:  # two artifacts of one format and precision: tell them apart
+            marker = next(spare, "o")
+        used.add((colour, marker))
+        # Each point a little smaller than the one before: artifacts with the same figures show as rings.
+        ax.scatter(p["latency_ms"], p["top1"], color=colour, marker=marker, s=max(24, 110 - 14 * i), edgecolors="black", linewidths=0.5,
+                   clip_on=False, zorder=3 + i, label=f"{p['label']} (batch {p['batch']})")
+    if points:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, title="artifact", title_fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no artifact with both latency and accuracy", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(*accuracy_limits([p["top1"] for p in points]))
+    latencies = [p["latency_ms"] for p in points if p["latency_ms"]]
+    if latencies and max(latencies) / min(latencies) > 30:  # PyTorch and an engine can be 100x apart
+        ax.set_xscale("log")
+    else:
+        ax.set_xlim(left=0.0)
+    ax.set_xlabel("median latency (ms, smallest batch" + (", log scale)" if ax.get_xscale() == "log" else ")"))
+    ax.set_ylabel("held-out top-1 (%)")
+    ax.set_title(f"Latency vs accuracy: {result['device'].split(';')[0]}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+def _plot(result: dict[str, Any], accuracy: dict[str, float], labels: dict[str, str], path: Path) -> None:
+    import matplotlib.pyplot as plt  # loaded by figure() already
+
+    fig = figure(result, accuracy, labels)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+
+
+def _by_path_or_name(mapping: dict[str, Any], artifact: str) -> Any:
+    value = mapping.get(str(artifact))
+    return value if value is not None else mapping.get(Path(str(artifact)).name)
+
+
+def held_out_top1(result: dict[str, Any]) -> dict[str, float]:
+    """Top-1 (%) on the held-out split per artifact path that ran, for the latency/accuracy plot.
+
+    ``edgepipe validate`` measures it; that needs the PyTorch checkpoint among the bench rows.
+    """
+    ok = list(dict.fromkeys(r["artifact"] for r in result["rows"] if r["status"] == "ok"))
+    reference = next((r["artifact"] for r in result["rows"] if r.get("format") == "pytorch"), None)
+    if reference is None:
+        return {}
+    report = validate(reference, [a for a in ok if a != reference])
+    by_name = {Path(str(r.get("artifact"))).name: r.get("top1") for r in report.get("rows", [])}
+    scores = {a: by_name.get(Path(a).name) for a in ok}
+    scores[reference] = (report.get("reference") or {}).get("top1")
+    return {a: float(v) for a, v in scores.items() if v is not None}
+
+
+def _fmt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)

@@ -1,0 +1,224 @@
+"""The kinds of ``ImageSource``: image files in folders, an .npz's arrays, the bundled digits.
+
+Each lists its images up front and decodes one only when ``read`` is called (from a stream
+worker). An .npz written by ``numpy.savez`` stores its arrays uncompressed, so ``x`` is
+memory-mapped from inside the archive and a 3 GB array costs no memory until rows are read;
+an .npz from ``savez_compressed`` cannot be read row by row and is loaded whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data import load_dataset
+from pipeline.errors import EdgepipeError
+from pipeline.images.source import DIGITS, ImageSource, folder_labels, list_images
+from pipeline.preprocess import Preprocess
+
+_NPZ_FIX = "save images as x (N,H,W | N,H,W,C | N,C,H,W; uint8 0..255 or float 0..1) and, if labelled, integer class indices as y, with numpy.savez"
+
+
+class PathList:
+    """File names packed in one bytes object, read back one at a time.
+
+    Stream workers are forked from the main process and share its memory until they write to it.
+    A list of 20,000 str objects would be written to as each name is used (its reference count
+    changes), copying a page per image into every worker: memory that grows with the data set.
+    One bytes object and an offsets array are only read.
+    """
+
+    def __init__(self, paths: list[str]):
+        encoded = [p.encode("utf-8", "surrogateescape") for p in paths]
+        self._blob = b"".join(encoded)
+        self._ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> str:
+        start = int(self._ends[index - 1]) if index > 0 else 0
+        return self._blob[start : int(self._ends[index])].decode("utf-8", "surrogateescape")
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+class FileSource(ImageSource):
+    """Image files: an ImageFolder (one sub-folder per class) or a flat folder of unlabelled images."""
+
+    def __init__(self, root: Path, files: list[Path], labels, class_names, kind: str):
+        super().__init__(str(root), len(files), labels, class_names)
+        self.root, self.files, self.kind = root, PathList([str(f) for f in files]), kind
+
+    @classmethod
+    def from_folder(cls, root: Path, names: list[str] | None, labels_file: str | None) -> "FileSource":
+        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        per_class = [list_images(d, recursive=True) for d in class_dirs]
+        loose = list_images(root, recursive=False)
+        if any(per_class):
+            if loose:
+                shown = ", ".join(p.name for p in loose[:3]) + (", ..." if len(loose) > 3 else "")
+                raise EdgepipeError(
+                    f"{root} holds both class sub-folders and {len(loose)} image(s) outside them ({shown})",
+                    fix="move those images into their class's sub-folder, or point --data at a folder of images only",
+                )
+            indices, class_names = folder_labels([d.name for d in class_dirs], names, labels_file)
+            files = [f for files in per_class for f in files]
+            labels = np.asarray([index for index, files in zip(indices, per_class) for _ in files], dtype=np.int64)
+            return cls(root, files, labels, class_names, "ImageFolder")
+        if not loose:
+            raise EdgepipeError(f"{root} holds no images", fix="put image files in it, or in one sub-folder per class")
+        return cls(root, loose, None, names, "folder of images")
+
+    def name_of(self, index: int) -> str:
+        return self.files[index]
+
+    def read(self, index: int):
+        from PIL import Image
+
+        with Image.open(self.files[index]) as image:
+            image.load()  # decode now, inside the caller's error handling
+            return image
+
+    def _identity(self) -> bytes:
+        digest = hashlib.sha256()
+        labels = self.labels if self.labels is not None else [-1] * len(self.files)
+        for name, label in zip(self.files, labels):
+            stat = Path(name).stat()
+            digest.update(f"{Path(name).relative_to(self.root)}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
+        return digest.digest()
+
+
+class NpzSource(ImageSource):
+    """An .npz with images ``x`` and, optionally, integer labels ``y`` (and ``class_names``)."""
+
+    kind = ".npz"
+
+    def __init__(self, path: Path, names: list[str] | None):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = [m[:-4] for m in archive.namelist() if m.endswith(".npy")]
+            if "x" not in members:
+                raise EdgepipeError(f"{path} has no array x (it has: {', '.join(members) or 'nothing'})", fix=_NPZ_FIX)
+            x = _npz_member(path, "x")
+            with np.load(path, allow_pickle=False) as archive:
+                y = archive["y"] if "y" in members else None
+                stored_names = [str(n) for n in archive["class_names"]] if "class_names" in members else None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, struct.error) as exc:
+            raise EdgepipeError(f"cannot read {path}: {type(exc).__name__}: {str(exc)[:120]}", fix=_NPZ_FIX)
+        if x.ndim not in (3, 4) or (x.ndim == 4 and 1 not in (x.shape[1], x.shape[-1]) and 3 not in (x.shape[1], x.shape[-1])):
+            raise EdgepipeError(f"{path}: x has shape {x.shape}", fix="use N,H,W or N,H,W,C or N,C,H,W with 1 or 3 channels")
+        if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+            raise EdgepipeError(f"{path}: x has dtype {x.dtype}", fix="save x as uint8 (0..255) or float (0..1)")
+        self.path, self._x, self._shape = path, (x if not isinstance(x, np.memmap) else None), x.shape
+        self.channels_first = x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3)
+        labels = _check_y(path, y, len(x), len(names) if names else None) if y is not None else None
+        class_names = names or stored_names
+        if labels is not None and class_names is None:
+            class_names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
+        super().__init__(str(path), len(x), labels, class_names)
+
+    def __getstate__(self):  # workers map the file themselves instead of receiving a copy
+        state = dict(self.__dict__)
+        if isinstance(state.get("_x"), np.memmap):
+            state["_x"] = None
+        return state
+
+    def _array(self) -> np.ndarray:
+        if self._x is None:
+            self._x = _npz_member(self.path, "x")
+        return self._x
+
+    def name_of(self, index: int) -> str:
+        return f"{self.path} x[{index}]"
+
+    def read(self, index: int):
+        row = np.array(self._array()[index])  # copy this one image out of the mapped file
+        row = row.transpose(1, 2, 0) if self.channels_first else row
+        if row.dtype == np.uint8:  # pixels: preprocessed exactly as a decoded image file
+            from PIL import Image
+
+            return Image.fromarray(np.ascontiguousarray(row[..., 0] if row.ndim == 3 and row.shape[-1] == 1 else row))
+        return row
+
+    def _identity(self) -> bytes:
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        return digest.digest()
+
+
+class DigitsSource(ImageSource):
+    """The bundled digits (1797 8x8 gray images), through today's loader so results stay the same."""
+
+    kind = "bundled digits"
+
+    def __init__(self, names: list[str] | None):
+        native = load_dataset(DIGITS, image_size=8)
+        super().__init__("digits", len(native), native.labels.astype(np.int64), names or list(native.class_names))
+        self._native_sha256 = native.sha256
+        self._images = native.images
+
+    def prepare(self, preprocess: Preprocess) -> None:
+        """At an exact square size (edgepipe's default), resize as training did; else from 8x8."""
+        size = preprocess.resize if isinstance(preprocess.resize, tuple) and preprocess.resize[0] == preprocess.resize[1] else (8, 8)
+        if self._images.shape[-2:] != tuple(size):
+            self._images = load_dataset(DIGITS, image_size=size[0]).images  # today's loader: torch's antialiased bilinear
+
+    def name_of(self, index: int) -> str:
+        return f"digits[{index}]"
+
+    def read(self, index: int) -> np.ndarray:
+        return self._images[index].transpose(1, 2, 0)
+
+    def _identity(self) -> bytes:
+        return self._native_sha256.encode()
+
+
+def _check_y(path: Path, y: np.ndarray, count: int, num_names: int | None) -> np.ndarray:
+    if y.ndim != 1 or len(y) != count:
+        raise EdgepipeError(f"{path}: y has shape {y.shape} but x holds {count} images", fix="save one class index per image as y")
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == np.bool_):
+        raise EdgepipeError(f"{path}: y has dtype {y.dtype}, not class indices", fix="save y as integers 0..C-1 in the model's output order")
+    if np.issubdtype(y.dtype, np.floating):
+        fractional = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        if len(fractional):
+            raise EdgepipeError(f"{path}: y[{fractional[0]}] is {y[fractional[0]]}, not an integer class index ({len(fractional)} such labels)", fix="save y as integers 0..C-1 in the model's output order")
+    if len(y) and y.min() < 0:
+        first = int(np.flatnonzero(y < 0)[0])
+        raise EdgepipeError(f"{path}: y[{first}] is {y[first]}, a negative class index", fix="save y as integers 0..C-1 in the model's output order")
+    if num_names is not None and len(y) and y.max() >= num_names:
+        first = int(np.flatnonzero(y >= num_names)[0])
+        raise EdgepipeError(f"{path}: y[{first}] is {y[first]}, out of range for the {num_names} names in the labels file", fix="save y as indices into the labels file (0..C-1)")
+    return y.astype(np.int64)
+
+
+def _npz_member(path: Path, name: str) -> np.ndarray:
+    """Array ``name`` of an .npz: memory-mapped when stored uncompressed (numpy.savez), else loaded."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{name}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        with np.load(path, allow_pickle=False) as archive:
+            return archive[name]
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if local[:4] != b"PK\x03\x04":
+            raise ValueError(f"{name}.npy has a damaged zip header")
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{name} holds Python objects")
+    if int(np.prod(shape)) == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, order="F" if fortran_order else "C", offset=offset)

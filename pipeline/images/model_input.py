@@ -1,0 +1,180 @@
+"""What a model takes from the user's images: the preprocessing for its input, its classes, its outputs.
+
+The preprocessing flags (``--resize --crop --mean --std --channel-order --interpolation --layout
+--preprocess FILE``) are parsed once at the command line into ``PreprocessFlags``; every value is
+checked there. ``ModelInput.of_onnx`` combines them with the model: lowest first, the
+preprocessing stored in its metadata, the file, the flags. With none of them, images are resized to
+the model's static input size and scaled to [0, 1], and ``describe`` says so. The number of
+channels, the layout and the static height/width always come from the graph (``onnxinfo``).
+
+    flags = PreprocessFlags.parse(resize="256", crop="224", mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
+    model_input = ModelInput.of_onnx("classifier.onnx", flags)
+    model_input.preprocess           # a Preprocess in the model's layout, checked against its input
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from pipeline.artifacts import Kind, atomic_output, sha256_file, write_manifest
+from pipeline.errors import EdgepipeError
+from pipeline.onnxinfo import ModelInfo, describe, load_model
+from pipeline.precision import Precision
+from pipeline.preprocess import Preprocess
+from pipeline.preprocess_options import CHANNEL_ORDERS, INTERPOLATION_NAMES, LAYOUTS, choice, parse_value, read_file
+
+FLAG_KEYS = ("resize", "crop", "mean", "std", "channel_order", "interpolation", "layout")
+
+
+@dataclass(frozen=True)
+class PreprocessFlags:
+    """The preprocessing a user gave on the command line (each value parsed), and the file's keys."""
+
+    values: dict[str, Any] = field(default_factory=dict)  # flag key -> parsed value, only the flags given
+    file: str | None = None
+    file_values: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, file: str | Path | None = None, **flags: Any) -> "PreprocessFlags":
+        """Parse every given flag (``resize="256"``, ``mean="0.485,0.456,0.406"`` ...) and read ``file``.
+
+        What can be checked without the model is checked here, once: sizes, names, a crop larger
+        than the resize, mean/std in 0-255 units or with a zero std, a file with unknown keys.
+        """
+        unknown = sorted(set(flags) - set(FLAG_KEYS))
+        if unknown:
+            raise TypeError(f"unknown preprocessing flags {unknown}")
+        values = {key: parse_value(key, value) for key, value in flags.items() if value is not None}
+        for key in ("channel_order", "interpolation", "layout"):
+            if key in values:
+                choice(key, values[key], {"channel_order": CHANNEL_ORDERS, "layout": LAYOUTS, "interpolation": INTERPOLATION_NAMES}[key])
+        file_values = read_file(file) if file is not None else {}
+        merged = {**file_values, **values}
+        geometry = {key: merged[key] for key in ("resize", "crop", "interpolation", "channel_order") if merged.get(key) is not None}
+        Preprocess.from_dict(geometry)  # a crop larger than the resize, or a bad name, fails here
+        for key in ("mean", "std"):
+            if merged.get(key) is not None:
+                numbers = parse_value(key, merged[key])
+                if len(numbers) not in (1, 3):
+                    raise EdgepipeError(f"{key} has {len(numbers)} values; images have 1 (grayscale) or 3 (colour) channels",
+                                        fix=f"give one value per channel, e.g. --{key} {'0.485,0.456,0.406' if key == 'mean' else '0.229,0.224,0.225'}")
+                Preprocess(**{key: numbers, "channels": len(numbers)})  # 0-255 units or a zero std fail here
+        return cls(values, None if file is None else str(file), file_values)
+
+    @property
+    def given(self) -> bool:
+        return bool(self.values) or self.file is not None
+
+    def flag_names(self) -> list[str]:
+        return [f"--{key.replace('_', '-')}" for key in self.values] + (["--preprocess"] if self.file else [])
+
+
+    def resolve(self, info: ModelInfo, stored: Preprocess | None = None) -> Preprocess:
+        """The preprocessing for a model with input ``info``: stored, then the file, then the flags.
+
+        Channels, layout and a static height/width come from the model; with no resize and no crop,
+        images are resized to its static size.
+        """
+        channels = info.channels or 3
+        input_hw = (info.height, info.width) if not info.dynamic_hw else None
+        if not self.given and stored is None:
+            preprocess = dataclasses.replace(Preprocess.default_for(input_hw, channels), layout=info.layout)
+        else:
+            values = {**(stored.to_dict() if stored else {}), **self.file_values, **self.values}
+            values = {key: value for key, value in values.items() if value is not None}
+            if "channels" in values and int(values["channels"]) != channels:
+                raise EdgepipeError(f"the preprocessing says {values['channels']} channels, the model's input has {channels}",
+                                    fix="drop 'channels' from the preprocessing file, it comes from the model")
+            values.update(channels=channels, layout=values.get("layout", info.layout))
+            if values.get("resize") is None and values.get("crop") is None and input_hw:
+                values["resize"] = list(input_hw)
+            preprocess = Preprocess.from_dict(values)
+        if preprocess.layout != info.layout:
+            raise EdgepipeError(f"the preprocessing lays images out as {preprocess.layout.upper()}, but input '{info.input_name}' is "
+                                f"{info.layout.upper()} ({info.input.text()})", fix=f"pass --layout {info.layout}, or drop --layout")
+        preprocess.check_fits(input_hw)
+        if info.dynamic_hw and preprocess.output_hw is None:
+            raise EdgepipeError(
+                f"input '{info.input_name}' has dynamic height/width ({info.input.text()}) and the preprocessing gives no fixed size",
+                fix="pass --resize HxW, or --resize N with --crop N (e.g. --resize 256 --crop 224), so that every image has one size",
+            )
+        return preprocess
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """A model's image input (``info``), the preprocessing that feeds it, and its classes when it is a classifier."""
+
+    info: ModelInfo
+    preprocess: Preprocess
+    origin: str  # "default", "stored" (the model's metadata), "given" (flags or file), or "stored, then given"
+
+    @classmethod
+    def of_onnx(cls, model: str | Path | onnx.ModelProto, flags: PreprocessFlags | None = None) -> "ModelInput":
+        """The input of any single-image-input ONNX model and its preprocessing (stored, file, flags, or default)."""
+        flags = flags or PreprocessFlags()
+        proto = load_model(model)
+        info = describe(proto, layout=flags.values.get("layout") or flags.file_values.get("layout"))
+        stored = Preprocess.from_onnx(proto)
+        origin = "stored, then given" if stored and flags.given else "stored" if stored else "given" if flags.given else "default"
+        return cls(info, flags.resolve(info, stored), origin)
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes of a classifier (first output N x C with a static C); None for other outputs."""
+        first = self.info.outputs[0]
+        return first.shape[-1] if first.rank == 2 and isinstance(first.shape[-1], int) and first.shape[-1] > 0 else None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One preprocessed image in the model's layout: (C, H, W) or (H, W, C)."""
+        height, width = self.preprocess.output_hw or (None, None)
+        return self.info.sample_shape(height, width)
+
+    @property
+    def fixed_size(self) -> tuple[int, int] | None:
+        """Height and width a model with dynamic ones is converted, calibrated and measured at: the preprocessing's."""
+        return self.preprocess.output_hw if self.info.dynamic_hw else None
+
+    def profile_shapes(self, batches: tuple[int, int, int] = (1, 8, 32)) -> dict[str, str] | None:
+        """TensorRT profiles (trtexec syntax) for a model with dynamic height/width, at the preprocessing's size."""
+        if self.fixed_size is None:
+            return None
+        sample = "x".join(str(d) for d in self.sample_shape)
+        batches = (self.info.batch,) * 3 if self.info.batch else batches
+        return {key: f"{self.info.input_name}:{batch}x{sample}" for key, batch in zip(("min", "opt", "max"), batches)}
+
+    def write_onnx(self, source: str | Path, output: str | Path) -> Path:
+        """``source`` with this preprocessing stored in its metadata (FP16/INT8 models made from it carry it over), and a manifest."""
+        model = load_model(source)
+        self.preprocess.store_in(model)
+        with atomic_output(output) as tmp:
+            onnx.save(model, str(tmp))
+        write_manifest(output, Kind.ONNX, inputs={"onnx": sha256_file(source)}, params={"precision": "fp32", "preprocess": self.preprocess.to_dict()},
+                       precision=Precision.FP32, source=str(source))
+        return Path(output)
+
+    def describe(self) -> str:
+        """One line for the user, e.g. 'no preprocessing given: images are resized to 224x224 and scaled to [0, 1]'."""
+        if self.origin == "default":
+            return self.preprocess.describe()
+        where = {"stored": " (stored in the model)", "stored, then given": " (stored in the model, with the flags given)"}.get(self.origin, "")
+        return f"preprocessing{where}: {self.preprocess.describe()}"
+
+    def record(self) -> dict[str, Any]:
+        """What manifests and results store of it."""
+        return {"preprocess": self.preprocess.to_dict(), "origin": self.origin, "input": self.info.input_name,
+                "layout": self.info.layout, "sample_shape": list(self.sample_shape)}
+
+
+def refuse_for_recorded(model: str | Path, preprocess: PreprocessFlags | None, labels: str | Path | None) -> None:
+    """Raise when preprocessing flags or a labels file are given for one of edgepipe's own models, which records its own."""
+    given = (preprocess.flag_names() if preprocess else []) + (["--labels"] if labels is not None else [])
+    if given:
+        raise EdgepipeError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to models edgepipe did not export; "
+                            f"{Path(model).name} records its own preprocessing and classes", fix=f"drop {', '.join(given)}")

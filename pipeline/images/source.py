@@ -1,0 +1,190 @@
+"""What every kind of image source is: images listed, not decoded; labels in the model's order; splits.
+
+An ``ImageSource`` lists its images (and labels, when the data has them) without decoding them;
+pixels are read only when a batch is streamed (``batches``, see ``stream.py``), so a folder of
+100,000 photos costs a file list, not 60 GB of float32. Labels follow the model's output order:
+``--labels FILE`` (one class name per line, as jetson-inference writes them) maps ImageFolder
+sub-folder names to the model's indices (``folder_labels``), because sorted folder names rarely
+match it ("0, 180, 270, 90"). Without it, sorted folder names are the classes, as before.
+The kinds (folders, .npz, digits) are in ``kinds.py``; ``open_source`` picks one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.data import split_indices
+from pipeline.errors import EdgepipeError
+from pipeline.images.stream import DEFAULT_BATCH_SIZE, BatchStream
+from pipeline.preprocess import Preprocess
+
+DIGITS = "digits"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+VAL_FRACTION = 0.2
+SPLIT_SEED = 0  # the seed of the calibration pool / held-out split of a user's data, so every stage draws the same
+
+
+@dataclass
+class Split:
+    """A seeded, non-overlapping calibration pool / held-out split; ``record`` is what to store."""
+
+    pool: np.ndarray  # sorted source indices calibration may draw from
+    held_out: np.ndarray  # sorted source indices artifacts are judged on, never calibrated on
+    record: dict[str, Any]
+
+
+class ImageSource:
+    """Images listed but not decoded. ``labels`` is int64 in the model's output order, or None."""
+
+    kind = "images"
+
+    def __init__(self, spec: str, count: int, labels: np.ndarray | None, class_names: list[str] | None):
+        self.spec, self._count, self.labels, self.class_names = spec, count, labels, class_names
+        self._sha256: str | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+    @property
+    def sha256(self) -> str:
+        """Identity of the data without reading every pixel (file list, sizes, mtimes; or file content)."""
+        if self._sha256 is None:
+            digest = hashlib.sha256(self._identity())
+            digest.update(repr(self.class_names).encode())
+            self._sha256 = digest.hexdigest()
+        return self._sha256
+
+    def describe(self) -> str:
+        """E.g. '2,000 images in 4 classes from /data/rotations (ImageFolder)'."""
+        labels = f"in {len(self.class_names)} classes" if self.labelled else "unlabelled"
+        return f"{len(self):,} images {labels} from {self.spec} ({self.kind})"
+
+    def require_labels(self, why: str = "--max-drop") -> None:
+        """Raise when the data has no labels but ``why`` needs them."""
+        if not self.labelled:
+            raise EdgepipeError(
+                f"{why} needs labelled data, but {self.spec} has no labels ({self.kind})",
+                fix="use --min-agreement PCT, which compares with the FP32 model and needs no labels, or give labelled data (class sub-folders, or y in the .npz)",
+            )
+
+    def split(self, seed: int = 0, val_fraction: float = VAL_FRACTION) -> Split:
+        """Seeded split into calibration pool and held-out images; stratified when labelled."""
+        if not 0.0 < val_fraction < 1.0:
+            raise EdgepipeError(f"held-out fraction {val_fraction} must lie between 0 and 1", fix="use e.g. 0.2")
+        if len(self) < 2:
+            raise EdgepipeError(f"{self.spec} has {len(self)} image(s); a calibration pool and held-out split need at least 2", fix="add images")
+        stratified = self.labelled and _stratifiable(self.labels)
+        if stratified:
+            pool, held_out = split_indices(self.labels, seed=seed, val_fraction=val_fraction)  # as checkpoints record it
+        else:
+            order = np.random.default_rng(seed).permutation(len(self))
+            n_held = min(max(int(round(len(self) * val_fraction)), 1), len(self) - 1)
+            pool, held_out = np.sort(order[n_held:]), np.sort(order[:n_held])
+        record = {
+            "source": self.spec,
+            "seed": int(seed),
+            "val_fraction": float(val_fraction),
+            "stratified": bool(stratified),
+            "counts": {"pool": int(len(pool)), "held_out": int(len(held_out))},
+            "source_sha256": self.sha256,
+            "held_out_sha256": _indices_sha256(self.sha256, held_out),
+        }
+        return Split(np.asarray(pool, dtype=np.int64), np.asarray(held_out, dtype=np.int64), record)
+
+    def redraw(self, record: dict[str, Any]) -> Split:
+        """The split ``record`` describes, drawn again; raises when the data changed since."""
+        if record.get("source_sha256") != self.sha256:
+            raise EdgepipeError(f"{self.spec} changed since its split was drawn (images added, removed, modified or relabelled)", fix="pass the data the split was drawn from, or start again to draw a new split")
+        split = self.split(record["seed"], record["val_fraction"])
+        if split.record["held_out_sha256"] != record.get("held_out_sha256"):
+            raise EdgepipeError(f"the recorded split of {self.spec} cannot be drawn again (the held-out images differ)", fix="start again to draw a new split")
+        return split
+
+    def draw(self, indices, num: int, seed: int = 0) -> np.ndarray:
+        """Up to ``num`` of ``indices`` (e.g. ``split.pool``), seeded; class by class in turns when labelled."""
+        indices = np.asarray(indices, dtype=np.int64)
+        rng = np.random.default_rng(seed)
+        if not self.labelled:
+            return np.sort(rng.permutation(indices)[:num])
+        pools = [rng.permutation(indices[self.labels[indices] == c]) for c in np.unique(self.labels[indices])]
+        picked = [pool[depth] for depth in range(max((len(p) for p in pools), default=0)) for pool in pools if depth < len(pool)]
+        return np.sort(np.asarray(picked[:num], dtype=np.int64))
+
+    def batches(self, preprocess: Preprocess, indices=None, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, progress=None) -> BatchStream:
+        """Stream ``indices`` (default: all) as preprocessed ``(x, y_or_None)`` batches; see ``BatchStream``."""
+        return BatchStream(self, preprocess, indices, batch_size=batch_size, workers=workers, progress=progress)
+
+    # What each kind of source implements:
+    def name_of(self, index: int) -> str:  # how an image is named in messages
+        raise NotImplementedError
+
+    def read(self, index: int):  # the decoded PIL image, or a float H x W x C array; raises if it does not decode
+        raise NotImplementedError
+
+    def prepare(self, preprocess: Preprocess) -> None:  # before workers start (shared, read-only state)
+        pass
+
+    def _identity(self) -> bytes:
+        raise NotImplementedError
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """Class names, one per line, in the model's output order (blank lines are ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgepipeError(f"labels file {path} does not exist", fix="pass --labels with a text file holding one class name per line, in the model's output order")
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise EdgepipeError(f"labels file {path} is not a text file", fix="write one class name per line (UTF-8 text)")
+    if not names:
+        raise EdgepipeError(f"labels file {path} is empty", fix="write one class name per line, in the model's output order")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise EdgepipeError(f"labels file {path} names {', '.join(repeated)} more than once", fix="list each class once, in the model's output order")
+    return names
+
+
+def folder_labels(folder_names: list[str], names: list[str] | None, labels_file: str | None) -> tuple[list[int], list[str]]:
+    """Each class folder's label index, and the class names: through the labels file, or sorted folders."""
+    if names is None:
+        return list(range(len(folder_names))), list(folder_names)
+    missing = [folder for folder in folder_names if folder not in names]
+    if missing:
+        unused = [name for name in names if name not in folder_names]  # a renamed folder matches a name no folder has
+        hints = [f"{m} -> {c[0]}" for m in missing if (c := difflib.get_close_matches(m, unused, n=1, cutoff=0.6))]
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        raise EdgepipeError(f"class folder{'s' if len(missing) > 1 else ''} {', '.join(missing)} {'are' if len(missing) > 1 else 'is'} not in labels file {labels_file}{hint}", fix="rename the folders to names from the labels file, or add the missing names in the model's output order")
+    return [names.index(folder) for folder in folder_names], list(names)
+
+
+def _stratifiable(labels: np.ndarray) -> bool:
+    counts = np.bincount(labels)
+    present = counts[counts > 0]
+    return len(present) >= 2 and present.min() >= 2
+
+
+def _indices_sha256(source_sha256: str, indices: np.ndarray) -> str:
+    return hashlib.sha256(source_sha256.encode() + np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()
+
+
+def list_images(folder: Path, recursive: bool) -> list[Path]:
+    """Image files (by suffix) under ``folder``, sorted, hidden files and folders skipped."""
+    if not recursive:
+        return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found)

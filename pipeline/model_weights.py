@@ -1,0 +1,112 @@
+"""Load a weights file into a built model, strictly, and say exactly why one does not fit.
+
+A ``.pt``/``.pth`` file is read with ``torch.load(weights_only=True)``: tensors and plain types only,
+so a weights file cannot run code. It may hold a plain state dict, ``{"state_dict": ...}``,
+``{"model": ...}`` or an edgepipe checkpoint (``{"state_dict", "config"}``). ``.safetensors`` files
+are read with safetensors. Every key and shape must match the model (strict).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import traceback
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import EdgepipeError
+
+SAVE_FIX = "save the weights with torch.save(model.state_dict(), PATH) or safetensors.torch.save_file"
+WRAPPER_KEYS = ("state_dict", "model")  # where trainers commonly keep the state dict
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def read_state_dict(path: str | Path) -> dict[str, Any]:
+    """The state dict in ``path`` (tensors on the CPU), unwrapped from a checkpoint if need be."""
+    import torch  # only stages that load weights need torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgepipeError(f"weights file {path} does not exist", fix="pass --weights with a .pt, .pth or .safetensors file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types for a bad header
+            raise EdgepipeError(f"{path.name} is not a readable .safetensors file ({_first_line(exc)})", fix=SAVE_FIX) from None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for unsafe or corrupt files
+        text = str(exc)
+        culprit = re.search(r"GLOBAL ([\w.]+) was not an allowed global", text)
+        if culprit:
+            raise EdgepipeError(f"{path.name} holds pickled Python objects (a {culprit.group(1)}), which edgepipe "
+                                "does not unpickle (weights_only)", fix=SAVE_FIX) from None
+        inner = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        reason = inner.group(1) if inner else traceback.format_exception_only(type(exc), exc)[-1].strip()
+        raise EdgepipeError(f"{path.name} is not a readable weights file (torch.load: {reason[:160]})", fix=SAVE_FIX) from None
+    for key in WRAPPER_KEYS:
+        if isinstance(blob, dict) and isinstance(blob.get(key), dict):
+            blob = blob[key]
+            break
+    if not (isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values())):
+        found = f"a dict with keys {sorted(map(str, blob))[:5]}" if isinstance(blob, dict) else f"a {type(blob).__name__}"
+        raise EdgepipeError(f"{path.name} holds {found}, not a state dict of tensors", fix=SAVE_FIX)
+    return blob
+
+
+def _strip_prefix(state: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
+    """Drop DataParallel's "module." prefix when every key has it and the model's keys do not."""
+    prefix = "module."
+    if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _shape(t) -> str:
+    return "[" + ", ".join(str(d) for d in t.shape) + "]"
+
+
+def mismatch(state: dict[str, Any], expected: dict[str, Any]) -> str | None:
+    """The first way ``state`` does not fit ``expected`` (the model's state dict), or None."""
+    for key, want in expected.items():
+        if key not in state:
+            more = sum(k not in state for k in expected) - 1
+            return f"it has no {key} (the model needs it{f', and {more} more' if more else ''})"
+        if tuple(state[key].shape) != tuple(want.shape):
+            return f"{key} is {_shape(state[key])} in the file but {_shape(want)} in the model"
+    extra = [k for k in state if k not in expected]
+    if extra:
+        more = len(extra) - 1
+        return f"it has {extra[0]}, which the model does not{f' (and {more} more)' if more else ''}"
+    return None
+
+
+def load_weights(model, path: str | Path) -> str:
+    """Load ``path`` into ``model`` strictly; return the file's sha256 (for manifests and reports)."""
+    path = Path(path)
+    expected = model.state_dict()
+    state = _strip_prefix(read_state_dict(path), expected)
+    problem = mismatch(state, expected)
+    if problem:
+        raise EdgepipeError(f"{path.name} holds weights for another architecture: {problem}",
+                            fix="pass the weights trained for this --model and its --model-arg values (e.g. num_classes)")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # e.g. a dtype torch cannot copy
+        reason = traceback.format_exception_only(type(exc), exc)[-1].strip()[:200]
+        raise EdgepipeError(f"{path.name} does not load into the model: {reason}", fix=SAVE_FIX) from None
+    return _sha256(path)

@@ -1,0 +1,64 @@
+"""The quantize stage: FP16 and INT8 (explicit Q/DQ) ONNX models made with NVIDIA ModelOpt, proven against FP32.
+
+TensorRT 11 and TensorRT-RTX take precision from the ONNX graph (strongly typed networks), so
+this stage rewrites the graph, for edgepipe's own exports and for any single-image-input ONNX:
+
+* ``source.py``: the FP32 source, with or without edgepipe metadata; the one input shape a
+  dynamic-H/W model is converted and checked at; opset 11/12 upgraded and proven unchanged.
+* FP16 (``fp16.py``): ModelOpt AutoCast converts the graph, keeps inputs/outputs FP32 and keeps
+  the ops that overflow or lose accuracy in FP16 (reductions, softmax, normalization,
+  exp/pow/sqrt) in FP32.
+* INT8 (``int8.py``): ModelOpt post-training quantization inserts QuantizeLinear/DequantizeLinear
+  pairs whose scales come from calibration images (``calib.py``; never random data). Attention
+  gates (Sigmoid, Softmax) stay in higher precision. With an accuracy budget (``budget.py``:
+  --max-drop, --min-agreement) the nodes whose quantization hurts most (``sensitivity.py``) are
+  kept in higher precision until it holds; ``graph.py`` says what share of the MACs runs in INT8.
+
+Every model written obeys the TensorRT ONNX parser's Q/DQ rules (``qdq_rules.py``) and is
+measured against the FP32 model: on the held-out split of an edgepipe export (``heldout.py``),
+else on the user's images, the calibration images or seeded synthetic inputs (``checks.py``).
+``modelopt_log.py`` keeps ModelOpt quiet and turns its failures into one-line errors.
+
+``QUANTIZERS`` is the one table from a precision to its converter; ``convert`` calls it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import EdgepipeError
+from pipeline.precision import Precision, parse
+from pipeline.quantize.fp16 import FP16_FP32_OPS, to_fp16
+from pipeline.quantize.budget import Budget
+from pipeline.quantize.calib import calibration_sha256
+from pipeline.quantize.checks import check_summary
+from pipeline.quantize.graph import count_macs, int8_share, keep_in_high_precision
+from pipeline.quantize.int8 import HIGH_PRECISIONS, INT8_DEFAULT_EXCLUDED_OPS, METHODS, to_int8
+from pipeline.quantize.qdq_rules import MIN_OPSET, check_tensorrt_qdq_rules
+from pipeline.quantize.sensitivity import rank_sensitive_nodes
+from pipeline.quantize.source import PRECISION_KEY
+
+__all__ = [
+    "FP16_FP32_OPS", "HIGH_PRECISIONS", "INT8_DEFAULT_EXCLUDED_OPS", "METHODS", "MIN_OPSET", "PRECISION_KEY", "QUANTIZERS", "Budget",
+    "calibration_sha256", "check_summary", "check_tensorrt_qdq_rules", "convert", "count_macs", "int8_share", "keep_in_high_precision",
+    "rank_sensitive_nodes", "to_fp16", "to_int8",
+]
+
+QUANTIZERS = {Precision.FP16: to_fp16, Precision.INT8: to_int8}
+
+
+def convert(precision: Precision | str, onnx_path: str | Path, output: str | Path, calib: Any = None, force: bool = False, **options: Any) -> dict[str, Any]:
+    """The FP16 or INT8 version of an FP32 ONNX model, through the one table of quantizers.
+
+    ``calib`` is the INT8 calibration set (an .npz, a CalibrationSet, or None: drawn from an
+    edgepipe export's training data); FP16 takes none. ``options``: ``data`` (images to check
+    on), ``size`` and ``size_flag`` (the fixed height/width of a dynamic-H/W model).
+    """
+    precision = parse(precision)
+    if precision not in QUANTIZERS:
+        raise EdgepipeError(
+            f"there is no {precision.label} conversion: an exported ONNX model is already {precision.label}",
+            fix=f"convert to one of {', '.join(p.value for p in QUANTIZERS)}",
+        )
+    return QUANTIZERS[precision](onnx_path, output, calib=calib, force=force, **options)

@@ -1,0 +1,64 @@
+"""Opening a runner for any artifact: one table from kind to runtime, the engine check first.
+
+    with open_runner(Artifact.open("model.int8.onnx")) as runner:
+        logits = predict(runner, images)
+
+``device`` places PyTorch and ONNX Runtime ("cuda": ONNX Runtime's CUDA provider where it is
+installed); TensorRT engines always run on the GPU, optionally replayed as a CUDA graph. An engine
+is checked against the installed TensorRT and the GPU (from its manifest) before anything touches
+the GPU; without a GPU it then raises ``NoGpuError``, a skip rather than a failure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from pipeline.artifacts import Artifact, Kind
+from pipeline.cuda import current_compute_capability
+from pipeline.errors import EdgepipeError
+from pipeline.runtime.base import NoGpuError, Runner, batch_step, check_batch, predict, predict_batch
+from pipeline.tensorrt.backend import BACKENDS, get_backend
+from pipeline.tensorrt.compat import check_engine_runtime
+
+__all__ = ["NoGpuError", "Runner", "batch_step", "check_batch", "open_runner", "predict", "predict_batch"]
+
+
+def _pytorch(artifact: Artifact, device: str, cuda_graph: bool) -> Runner:
+    from pipeline.runtime.pytorch import TorchRunner  # imports torch: only for checkpoints
+
+    return TorchRunner.from_checkpoint(artifact.path, device=device)
+
+
+def _onnxruntime(artifact: Artifact, device: str, cuda_graph: bool) -> Runner:
+    from pipeline.runtime.ort import OnnxRuntimeRunner  # imports onnxruntime: only for ONNX models
+
+    return OnnxRuntimeRunner(artifact.path, device=device)
+
+
+def _engine(artifact: Artifact, device: str, cuda_graph: bool) -> Runner:
+    backend = get_backend(artifact.backend if artifact.backend in BACKENDS else "auto")
+    device_cc = current_compute_capability()
+    check_engine_runtime(artifact.path, backend, device_cc)
+    if device_cc is None:
+        raise NoGpuError(f"running TensorRT engine {artifact.path} needs an NVIDIA GPU, and this machine has none", fix="run it on a GPU host; here, validate and bench the .onnx it was built from")
+    from pipeline.runtime.engine import TensorRTRunner  # imports pycuda: only on a GPU host
+
+    return TensorRTRunner(artifact.path.read_bytes(), backend, cuda_graph=cuda_graph, label=artifact.name)
+
+
+RUNNERS: dict[Kind, Callable[[Artifact, str, bool], Runner]] = {
+    Kind.CHECKPOINT: _pytorch,
+    Kind.ONNX: _onnxruntime,
+    Kind.ENGINE: _engine,
+}
+
+
+def open_runner(artifact: Artifact | str | Path, device: str = "cpu", cuda_graph: bool = False) -> Runner:
+    """The runner for an artifact (a checkpoint, an ONNX model or a TensorRT engine)."""
+    if not isinstance(artifact, Artifact):
+        artifact = Artifact.open(artifact)
+    opener = RUNNERS.get(artifact.kind)
+    if opener is None:
+        raise EdgepipeError(f"{artifact.path} is a {artifact.kind}, not a model", fix="pass an .onnx model, a .engine/.plan file or a .pt checkpoint")
+    return opener(artifact, device, cuda_graph)

@@ -1,0 +1,112 @@
+"""The runner contract: one interface (feed a batch, get the outputs) over every runtime.
+
+Like Polygraphy's runners, each wraps one runtime and is a context manager, so whatever it holds
+(GPU buffers, CUDA contexts, sessions) is always released::
+
+    with open_runner(artifact) as runner:
+        logits = predict(runner, images)
+
+``infer`` is the template: it checks the batch (type, shape, batch size) and calls the runtime's
+``infer_impl``, which returns every output of the model; ``infer`` gives the first (the logits of
+a classifier), ``infer_all`` all of them. A batch of the wrong type, shape or size is a clear
+``EdgepipeError`` naming what was expected and what came.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import EdgepipeError
+
+
+class NoGpuError(EdgepipeError):
+    """Running this artifact needs an NVIDIA GPU and there is none: a skip, not a failure."""
+
+
+class Runner:
+    name = "runner"  # runtime and device, e.g. "pytorch-cpu", "onnxruntime-cpu", "tensorrt-rtx-1.7"
+    batch_size: int | None = None  # fixed batch the artifact takes; None when dynamic
+    min_batch: int = 1  # smallest batch accepted (a TensorRT profile's min)
+    max_batch: int | None = None  # largest batch accepted (a TensorRT profile's max); None: no limit
+    input_shape: tuple[int, ...] | None = None  # one sample's shape (C, H, W) when known
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """The first output (a classifier's logits) for one batch, as float32."""
+        return self.infer_all(batch)[0]
+
+    def infer_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the model for one batch, as float32 arrays."""
+        return self.infer_impl(self.check_input(batch))
+
+    def infer_impl(self, batch: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def last_timing(self) -> dict[str, float] | None:
+        """H2D, GPU compute and D2H times (ms) of the last ``infer``, where the runtime has them."""
+        return None
+
+    def device_memory_bytes(self) -> int | None:
+        """Device memory the model needs besides its weights (TensorRT's activation memory)."""
+        return None
+
+    def close(self) -> None:
+        """Free what the runner holds (GPU buffers, contexts); a no-op for most runners."""
+
+    def check_input(self, batch: Any) -> np.ndarray:
+        """``batch`` if it is a float32 array this runner accepts, else a clear error."""
+        return check_batch(self.name, batch, self.input_shape, self.batch_size, self.min_batch, self.max_batch)
+
+
+def check_batch(name: str, batch: Any, input_shape: tuple[int, ...] | None, fixed: int | None, least: int = 1, most: int | None = None) -> np.ndarray:
+    """Check one input batch against what a runner takes; the message names expected vs got."""
+    if not isinstance(batch, np.ndarray):
+        raise EdgepipeError(f"{name} takes a numpy array; got {type(batch).__name__}", fix="pass np.asarray(batch, dtype=np.float32)")
+    if batch.dtype != np.float32:
+        raise EdgepipeError(f"{name} takes float32 input; got {batch.dtype}", fix="convert the batch with batch.astype(np.float32) after the model's normalization")
+    expected = ("N", *input_shape) if input_shape else ("N", "C", "H", "W")
+    if batch.ndim != len(expected) or (input_shape and tuple(batch.shape[1:]) != tuple(input_shape)):
+        raise EdgepipeError(
+            f"{name} takes input of shape {_shape_text(expected)}; got {_shape_text(batch.shape)}",
+            fix="resize the images to the model's input size (its recorded preprocessing) and keep the model's layout",
+        )
+    n = batch.shape[0]
+    if fixed and n != fixed:
+        raise EdgepipeError(f"{name} takes a fixed batch of {fixed}; got {n}", fix="feed it through pipeline.runtime.predict (which pads the last batch), or export with --dynamic-batch")
+    if n < least or (most is not None and n > most):
+        raise EdgepipeError(
+            f"batch {n} is outside what {name} allows (its optimization profile takes {least} to {most})",
+            fix=f"use a batch from {least} to {most}, or rebuild the engine with --maxShapes input:{n}x...",
+        )
+    return batch
+
+
+def _shape_text(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def batch_step(runner: Runner, batch_size: int = 64) -> int:
+    """The batch ``predict`` feeds: the runner's fixed batch, else ``batch_size`` within its profile."""
+    return runner.batch_size or min(batch_size, runner.max_batch or batch_size)
+
+
+def predict_batch(runner: Runner, batch: np.ndarray, outputs: str = "first") -> Any:
+    """One batch through ``runner``, padded to a fixed batch size and cut back; "first" or "all" outputs."""
+    real = len(batch)
+    if runner.batch_size and real < runner.batch_size:
+        batch = np.concatenate([batch, np.repeat(batch[-1:], runner.batch_size - real, axis=0)])
+    results = [o[:real] for o in runner.infer_all(np.ascontiguousarray(batch))]
+    return results[0] if outputs == "first" else results
+
+
+def predict(runner: Runner, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Logits (first output) for all ``images``, in batches the runner takes."""
+    step = batch_step(runner, batch_size)
+    return np.concatenate([predict_batch(runner, images[start : start + step]) for start in range(0, len(images), step)])

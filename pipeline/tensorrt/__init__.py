@@ -1,0 +1,1 @@
+"""TensorRT and TensorRT-RTX: the only package that imports ``tensorrt`` or ``tensorrt_rtx``."""

@@ -1,0 +1,161 @@
+"""trtexec's build flags parsed once into values: shape profiles, memory pools, compatibility levels.
+
+A stage never sees a raw ``input:1x3x224x224`` string: ``resolve_profiles`` turns the three shape
+flags into ``{input: (min, opt, max)}`` checked against the model, and every bad flag is one
+``Error: ... Fix: ...`` line.
+
+A dynamic-batch model built without shapes gets the profile batch 1 (min) / 1 (opt) / 64 (max):
+batch 1 is the latency case the engine is tuned for, and 64 is the batch edgepipe's validation
+and benchmarks feed, so they run without splitting batches.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pipeline.errors import EdgepipeError
+
+DEFAULT_BATCH = (1, 1, 64)  # min, opt, max of a dynamic batch when no shapes are given
+
+
+# trtexec's names for --hardwareCompatibilityLevel, and the enum member each one means.
+HARDWARE_COMPATIBILITY = {"none": "NONE", "ampere+": "AMPERE_PLUS", "sameComputeCapability": "SAME_COMPUTE_CAPABILITY"}
+
+
+# trtexec's names for --memPoolSize pools.
+MEMORY_POOLS = {
+    "workspace": "WORKSPACE",
+    "dlaSRAM": "DLA_MANAGED_SRAM",
+    "dlaLocalDRAM": "DLA_LOCAL_DRAM",
+    "dlaGlobalDRAM": "DLA_GLOBAL_DRAM",
+    "tacticSharedMem": "TACTIC_SHARED_MEMORY",
+}
+
+
+def parse_shapes(text: str | dict | None, option: str = "--shapes") -> dict[str, tuple[int, ...]]:
+    """trtexec's "input:1x3x32x32,other:1x8" -> {"input": (1, 3, 32, 32), "other": (1, 8)}."""
+    if not text:
+        return {}
+    if isinstance(text, dict):
+        return {name: tuple(int(d) for d in shape) for name, shape in text.items()}
+    shapes = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, dims = item.rpartition(":")
+        name = name.strip("'\"")
+        if not sep or not name or not re.fullmatch(r"\d+(x\d+)*", dims):
+            raise EdgepipeError(f"{option} {item!r} is not NAME:DIMS", fix=f"write it as trtexec does, e.g. {option} input:1x1x32x32 (several inputs separated by commas)")
+        shapes[name] = tuple(int(d) for d in dims.split("x"))
+    return shapes
+
+
+def onnx_inputs(model: Any) -> list[tuple[str, tuple[int, ...]]]:
+    """Name and shape (-1 for a dynamic dimension) of each real input of the ONNX graph."""
+    initializers = {init.name for init in model.graph.initializer}
+    result = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        result.append((value.name, tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in dims)))
+    return result
+
+
+def resolve_profiles(inputs: list[tuple[str, tuple[int, ...]]], shapes: dict[str, Any] | None) -> tuple[dict, str | None]:
+    """{input: (min, opt, max)} for the dynamic inputs, checked against the model; plus a note.
+
+    A missing min or max takes the opt shape, a missing opt takes max (trtexec fills them the same
+    way). Static models need no profile; shapes given for them must equal their shape.
+    """
+    shapes = shapes or {}
+    given = {kind: parse_shapes(shapes.get(kind), f"--{kind}Shapes") for kind in ("min", "opt", "max")}
+    known = dict(inputs)
+    for kind, by_name in given.items():
+        for name in by_name:
+            if name not in known:
+                raise EdgepipeError(
+                    f"--{kind}Shapes names input {name!r}, which the model does not have (inputs: {', '.join(known)})",
+                    fix=f"use the model's input name, e.g. --{kind}Shapes {next(iter(known), 'input')}:{_dims(known.get(next(iter(known), ''), ()))}",
+                )
+    profiles, notes = {}, []
+    for name, shape in inputs:
+        lo, opt, hi = (given[kind].get(name) for kind in ("min", "opt", "max"))
+        if lo is None and opt is None and hi is None:
+            if -1 not in shape:
+                continue
+            if -1 in shape[1:]:
+                example = _dims(tuple(1 if axis == 0 else d for axis, d in enumerate(shape)), 224)
+                raise EdgepipeError(f"input {name!r} has dynamic dimensions besides the batch ({_dims(shape)})",
+                                    fix=f"pass --minShapes/--optShapes/--maxShapes {name}:... (--optShapes is the size the engine is tuned, converted and checked at), e.g. --optShapes {name}:{example}")
+            lo, opt, hi = ((b, *shape[1:]) for b in DEFAULT_BATCH)
+            notes.append(f"{name}: batch {'/'.join(map(str, DEFAULT_BATCH))}")
+        opt = opt or hi or lo
+        lo, hi = lo or opt, hi or opt
+        _check_profile(name, shape, lo, opt, hi)
+        if -1 in shape:
+            profiles[name] = (lo, opt, hi)
+    note = None
+    if notes:
+        note = (f"Dynamic batch and no --minShapes/--optShapes/--maxShapes: using min/opt/max {', '.join(notes)} "
+                "(pass the shape flags for another range)")
+    return profiles, note
+
+
+def _check_profile(name: str, shape: tuple[int, ...], lo: tuple, opt: tuple, hi: tuple) -> None:
+    for kind, dims in (("min", lo), ("opt", opt), ("max", hi)):
+        if len(dims) != len(shape):
+            raise EdgepipeError(f"--{kind}Shapes {name}:{_dims(dims)} has {len(dims)} dimensions, but the input has {len(shape)} ({_dims(shape)})", fix=f"give {len(shape)} dimensions, e.g. {name}:{_dims(shape, 1)}")
+        for axis, (want, got) in enumerate(zip(shape, dims)):
+            if got < 1:
+                raise EdgepipeError(f"--{kind}Shapes {name}:{_dims(dims)} has a dimension below 1", fix="use dimensions of 1 or more")
+            if want != -1 and want != got:
+                raise EdgepipeError(
+                    f"--{kind}Shapes {name}:{_dims(dims)} does not fit the model's input {_dims(shape)} (dimension {axis} is fixed at {want})",
+                    fix=f"keep the fixed dimensions, e.g. {name}:{_dims(shape, got if want == -1 else 1)}; export with --dynamic-batch to vary the batch",
+                )
+    for axis in range(len(shape)):
+        if not lo[axis] <= opt[axis] <= hi[axis]:
+            raise EdgepipeError(
+                f"shapes for {name!r} are out of order at dimension {axis}: min {_dims(lo)}, opt {_dims(opt)}, max {_dims(hi)}",
+                fix="give min <= opt <= max in every dimension",
+            )
+
+
+def _dims(shape: tuple, dynamic: int | None = None) -> str:
+    return "x".join(str(dynamic if (d == -1 and dynamic is not None) else ("?" if d == -1 else d)) for d in shape)
+
+
+def _profiles_json(profiles: dict) -> list[dict]:
+    if not profiles:
+        return []
+    return [{name: {"min": list(lo), "opt": list(opt), "max": list(hi)} for name, (lo, opt, hi) in profiles.items()}]
+
+
+def parse_mem_pool_size(value: str | dict | None) -> dict[str, int]:
+    """trtexec's "workspace:1024,dlaSRAM:0.5" -> bytes per pool. A bare number is MiB; K/M/G suffixes."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return {pool: int(size) for pool, size in value.items()}
+    pools = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        pool, sep, size = item.partition(":")
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGkmg]?)(?:i?[Bb])?", size.strip())
+        if not sep or pool not in MEMORY_POOLS or not match:
+            raise EdgepipeError(
+                f"--memPoolSize {item!r} is not POOL:SIZE",
+                fix=f"write e.g. --memPoolSize workspace:1024 (MiB) or workspace:2G; pools: {', '.join(MEMORY_POOLS)}",
+            )
+        unit = {"": 2**20, "k": 2**10, "m": 2**20, "g": 2**30}[match.group(2).lower()]
+        pools[pool] = int(float(match.group(1)) * unit)
+    return pools
+
+
+def _hardware_compatibility(level: str | None) -> str | None:
+    if level is None or level == "none":
+        return None
+    aliases = {name.lower(): name for name in HARDWARE_COMPATIBILITY}
+    aliases.update({"same-cc": "sameComputeCapability", "samecomputecapability": "sameComputeCapability", "ampere_plus": "ampere+"})
+    if level.lower() not in aliases:
+        raise EdgepipeError(f"--hardwareCompatibilityLevel {level!r} is unknown", fix=f"use one of {', '.join(HARDWARE_COMPATIBILITY)}")
+    return aliases[level.lower()]

@@ -1,0 +1,90 @@
+"""timm models: build one with random weights, and read its own data config (size, crop, mean/std).
+
+timm is optional (``pip install 'edgepipe[timm]'``) and imports torchvision at import time, so it is
+imported only inside these functions: edgepipe without timm never touches it. Weights never come
+from a hub here; they load from a local file (:func:`pipeline.model_weights.load_weights`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import traceback
+from typing import Any
+
+from pipeline.errors import EdgepipeError
+
+TIMM_PREFIX = "timm:"
+INSTALL_FIX = "pip install 'edgepipe[timm]' (timm needs a torchvision that matches your torch)"
+
+
+def _import_timm():
+    try:
+        import timm  # optional, and it imports torchvision
+    except Exception as exc:  # ImportError, or torchvision failing to load against this torch
+        reason = traceback.format_exception_only(type(exc), exc)[-1].strip()[:200]
+        raise EdgepipeError(f"timm models need timm, which does not import here ({reason})", fix=INSTALL_FIX) from None
+    return timm
+
+
+def create_timm(name: str, kwargs: dict[str, Any]):
+    """``timm.create_model(name, pretrained=False, **kwargs)``, with close names for a typo."""
+    timm = _import_timm()
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = ("; did you mean " + " or ".join(f"timm:{c}" for c in close) + "?") if close else ""
+        raise EdgepipeError(f"timm has no model {name!r}{hint}", fix="pass --model timm:NAME with a name from timm.list_models()")
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except Exception as exc:  # e.g. a --model-arg the model's constructor does not take
+        reason = traceback.format_exception_only(type(exc), exc)[-1].strip()[:200]
+        raise EdgepipeError(f"timm could not build {name} with {kwargs}: {reason}", fix="check the --model-arg values") from None
+
+
+def timm_default_input_size(name: str, in_chans: int | None = None) -> tuple[int, int, int] | None:
+    """The input size timm's pretrained config gives model ``name``, without building it."""
+    timm = _import_timm()
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not cfg.input_size:
+        return None
+    channels, height, width = cfg.input_size
+    return (int(in_chans or channels), int(height), int(width))
+
+
+def _in_channels(model) -> int | None:
+    from torch import nn
+
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else None
+
+
+def timm_data_config(model) -> dict[str, Any]:
+    """timm's data config for ``model`` and the preprocessing it implies, in timm/torchvision terms.
+
+    Keys: input_size [C, H, W], interpolation, crop_pct, crop_mode, mean, std (of pixels scaled to
+    [0, 1]); and the evaluation preprocessing: resize (shorter side, floor(size / crop_pct); [H, W]
+    for a non-square input), crop [H, W], channel_order, layout. Plain types only, for manifests.
+    """
+    timm = _import_timm()
+    channels = _in_channels(model)
+    args = {"in_chans": channels} if channels else None
+    resolve = getattr(timm.data, "resolve_model_data_config", None)
+    cfg = resolve(model, args=args) if resolve else timm.data.resolve_data_config(args or {}, model=model)
+    c, h, w = (int(v) for v in cfg["input_size"])
+    crop_pct = float(cfg.get("crop_pct") or 0.875)
+    mean, std = [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
+    if len(mean) != c:  # e.g. a 1-channel model with ImageNet's RGB statistics: average them
+        mean, std = [sum(mean) / len(mean)] * c, [sum(std) / len(std)] * c
+    resize: int | list[int] = math.floor(h / crop_pct) if h == w else [math.floor(h / crop_pct), math.floor(w / crop_pct)]
+    return {
+        "input_size": [c, h, w],
+        "interpolation": str(cfg.get("interpolation") or "bilinear"),
+        "crop_pct": crop_pct,
+        "crop_mode": str(cfg.get("crop_mode") or "center"),
+        "mean": mean,
+        "std": std,
+        "resize": resize,
+        "crop": [h, w],
+        "channel_order": "rgb" if c == 3 else "gray" if c == 1 else f"{c}-channel",
+        "layout": "nchw",
+    }

@@ -1,0 +1,139 @@
+"""The floors hold: imports only downward, no cycle, small files, and every late import says why.
+
+The floors are the import-linter contracts in pyproject.toml ([tool.importlinter]); the layout
+and the rules are in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import subprocess
+import sys
+import tokenize
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("pipeline", "calibration", "models")
+MAX_LINES = 330
+
+
+def _sources() -> list[Path]:
+    return sorted(p for package in PACKAGES for p in (ROOT / package).rglob("*.py"))
+
+
+def _name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def test_layers_contract_holds():
+    """lint-imports, as CI runs it: any import from a higher floor breaks a contract."""
+    script = Path(sys.executable).parent / "lint-imports"
+    command = [str(script)] if script.is_file() else [sys.executable, "-c", "from importlinter.cli import lint_imports_command as c; c()"]
+    done = subprocess.run([*command, "--no-cache", "--no-logo"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, f"the floors are broken (docs/architecture.md says where things go):\n{done.stdout}{done.stderr}"
+
+
+def test_every_module_has_a_floor():
+    """A new module must be put on a floor in pyproject.toml (and a line in docs/architecture.md)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    floors = next(c for c in config["contracts"] if c["id"] == "floors")
+    placed = {name.strip() for layer in floors["layers"] for name in layer.replace("|", ":").split(":")}
+    modules = {_name(p) for p in _sources()} - set(PACKAGES)
+    unplaced = sorted(m for m in modules if not any(m == p or m.startswith(p + ".") for p in placed))
+    assert not unplaced, f"modules on no floor: {unplaced}; add them to the 'floors' contract in pyproject.toml"
+    layout = (ROOT / "docs" / "architecture.md").read_text()
+    undocumented = sorted(m for m in modules if f"{m.replace('.', '/')}" not in layout)
+    assert not undocumented, f"modules missing from docs/architecture.md: {undocumented}"
+
+
+def test_no_import_cycle():
+    """No cycle among edgepipe's modules, counting imports inside functions and the packages a module is in."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph(*PACKAGES, cache_dir=None)
+    modules = sorted(graph.modules)
+    edges = {m: set() for m in modules}
+    for importer in modules:
+        for imported in graph.find_modules_directly_imported_by(importer):
+            # Importing a.b.c runs a/__init__ and a/b/__init__ first, unless the importer is inside them.
+            parts = imported.split(".")
+            for n in range(1, len(parts) + 1):
+                target = ".".join(parts[:n])
+                if target in edges and not (importer + ".").startswith(target + "."):
+                    edges[importer].add(target)
+    cycles = [sorted(c) for c in _strongly_connected(edges) if len(c) > 1]
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def _strongly_connected(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's algorithm, iteratively."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components = []
+    for start in edges:
+        if start in index:
+            continue
+        work = [(start, iter(sorted(edges[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                components.append(component)
+    return components
+
+
+def test_no_file_over_the_limit():
+    long = {str(p.relative_to(ROOT)): n for p in _sources() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"files over {MAX_LINES} lines (split them by concept): {long}"
+
+
+def test_late_imports_of_our_own_modules_say_why():
+    """An import of edgepipe's own code inside a function needs a comment (on it or just above) saying why."""
+    silent = []
+    for path in _sources():
+        text = path.read_text()
+        comments = {t.start[0] for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type == tokenize.COMMENT}
+        for function in ast.walk(ast.parse(text)):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.Import):
+                    own = any(alias.name.split(".")[0] in PACKAGES for alias in node.names)
+                elif isinstance(node, ast.ImportFrom):
+                    own = node.level > 0 or (node.module or "").split(".")[0] in PACKAGES
+                else:
+                    continue
+                if own and not comments & set(range(node.lineno - 1, node.end_lineno + 1)):
+                    silent.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not silent, f"function-level imports of edgepipe's own modules without a comment saying why: {sorted(set(silent))}"
