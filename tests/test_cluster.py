@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import invoke
-from pipeline import cluster
 from pipeline.errors import EdgepipeError
+from pipeline.sweep import cluster
 
 pytest.importorskip("ray")
 pytest.importorskip("tensorrt_rtx")

@@ -15,42 +15,23 @@ its run directory is the truth, whatever happened to the workers.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pipeline import sweep_adapter as edgepipe
 from pipeline.errors import EdgepipeError
+from pipeline.sweep import adapter as edgepipe
+from pipeline.sweep.targets import is_target, parse_target, target_name
 
 INSTALL_FIX = "pip install 'edgepipe[ray]' (it pins the Ray version every node must run)"
 CONNECT_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 120.0
 DEFAULT_RETRIES = 2
-_TARGET = re.compile(r"sm_(\d+)(\d)", re.IGNORECASE)
 
 
-# --- targets as Ray resources ----------------------------------------------------------------------
-
-
-def parse_target(name: str) -> str:
-    """ "sm_89" -> "8.9", "sm_120" -> "12.0"; anything else is an error naming the fix."""
-    match = _TARGET.fullmatch(name.strip())
-    if not match:
-        raise EdgepipeError(
-            f"target {name.strip()!r} is not sm_XY",
-            fix="name targets by compute capability, e.g. --targets sm_89,sm_87 (RTX 4090 sm_89, Jetson Orin sm_87, A100 sm_80, H100 sm_90)",
-        )
-    return f"{int(match.group(1))}.{match.group(2)}"
-
-
-def target_name(compute_capability: str) -> str:
-    """ "8.9" -> "sm_89": the Ray resource a worker with that GPU advertises."""
-    major, _, minor = compute_capability.partition(".")
-    return f"sm_{major}{minor}"
+# --- Ray ---------------------------------------------------------------------------------------------
 
 
 def require_ray() -> Any:
@@ -80,7 +61,7 @@ class Node:
 
     @property
     def targets(self) -> list[str]:
-        return sorted(name for name in self.resources if _TARGET.fullmatch(name))
+        return sorted(name for name in self.resources if is_target(name))
 
     @property
     def gpu(self) -> str | None:
@@ -99,17 +80,15 @@ def probe_node() -> dict[str, Any]:
     """Runs on each node before a sweep: the versions and hardware the driver must agree with."""
     import platform
 
-    import ray
-
-    from pipeline import sweep_adapter
+    import ray  # runs inside a Ray task: Ray is there
 
     return {
         "host": socket.gethostname(),
-        "edgepipe": sweep_adapter.EDGEPIPE_VERSION,
+        "edgepipe": edgepipe.EDGEPIPE_VERSION,
         "ray": ray.__version__,
         "python": platform.python_version(),
-        "gpu": sweep_adapter.gpu_compute_capability(),
-        "flavours": sweep_adapter.tensorrt_flavours(),
+        "gpu": edgepipe.gpu_compute_capability(),
+        "flavours": edgepipe.tensorrt_flavours(),
     }
 
 
@@ -311,7 +290,7 @@ def worker_resources(targets: list[str] | None = None, num_cpus: int | None = No
 
 def receive_file(path: Path, data: bytes, sha256: str) -> None:
     """Write bytes that came back from a worker, only if they hash to what the worker reported."""
-    actual = hashlib.sha256(data).hexdigest()
+    actual = edgepipe.sha256_bytes(data)
     if actual != sha256:
         raise EdgepipeError(f"{path.name} arrived damaged (sha256 {actual[:12]}, the worker reported {sha256[:12]})", fix="sweep again; the cell is rebuilt")
     with edgepipe.atomic_output(path) as tmp:

@@ -19,12 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import cluster as clustermod
-from pipeline import sweep_adapter as edgepipe
-from pipeline import sweep_inputs, sweep_report
 from pipeline.errors import EdgepipeError
-from pipeline.sweep_cell import build_cell, choose_backend
-from pipeline.sweep_inputs import ModelSpec
+from pipeline.precision import Precision
+from pipeline.sweep import adapter as edgepipe
+from pipeline.sweep import cluster as clustermod
+from pipeline.sweep import inputs as sweep_inputs
+from pipeline.sweep import report as sweep_report
+from pipeline.sweep.cell import build_cell, choose_backend
+from pipeline.sweep.inputs import SweepModel
+from pipeline.sweep.targets import cc_order, parse_target
 
 ORPHAN_CHECK_S = 15.0  # how often pending cells are checked against the nodes still alive
 
@@ -34,13 +37,13 @@ DEFAULT_OUTPUT = "runs/sweep"
 @dataclass
 class Cell:
     model: str
-    precision: str
+    precision: Precision
     target: str
     row: dict[str, Any] = field(default_factory=dict)
 
     @property
     def cc(self) -> str:
-        return clustermod.parse_target(self.target)
+        return parse_target(self.target)
 
     @property
     def artifact(self) -> str:
@@ -55,16 +58,16 @@ class Cell:
 
 
 def sweep(
-    models: list[str | ModelSpec] | None = None,
+    models: list[str | SweepModel] | None = None,
     models_file: str | Path | None = None,
-    precisions: list[str] | tuple[str, ...] | None = None,
+    precisions: list[str | Precision] | tuple[str | Precision, ...] | None = None,
     targets: list[str] | None = None,
     output: str | Path = DEFAULT_OUTPUT,
     address: str = "local",
     data: str | None = None,
     epochs: int | None = None,
     seed: int = 0,
-    max_drop: float | None = edgepipe.DEFAULT_MAX_DROP,
+    max_drop: float | None | str = "default",
     bench_batches: tuple[int, ...] = (1, 8),
     bench_seconds: float = 1.0,
     strict: bool = False,
@@ -77,7 +80,8 @@ def sweep(
 
     ``targets`` None sweeps every target a worker advertises. ``resources``/``num_cpus`` describe
     the embedded node of ``address="local"`` (default: this machine's GPU, or the TensorRT-RTX
-    targets it builds ahead of time).
+    targets it builds ahead of time). ``max_drop`` is the INT8 budget in top-1 points, None for
+    plain PTQ, or "default": edgepipe run's own default.
     """
     specs, chosen_precisions, chosen_targets = sweep_inputs.resolve(models, models_file, precisions, targets)
     folder = Path(output)
@@ -89,7 +93,7 @@ def sweep(
     with clustermod.connect(address, resources=resources, num_cpus=num_cpus, retries=retries) as ray_cluster:
         nodes = ray_cluster.nodes()
         connected = time.perf_counter() - started
-        chosen_targets = chosen_targets or sorted({t for n in nodes for t in n.targets}, key=lambda t: float(clustermod.parse_target(t)))
+        chosen_targets = chosen_targets or sorted({t for n in nodes for t in n.targets}, key=cc_order)
         if not chosen_targets:
             raise EdgepipeError("no worker advertises a target GPU, and --targets was not given",
                                 fix="join GPU machines with 'edgepipe worker --address HEAD:PORT', or pass --targets sm_XY")
@@ -127,7 +131,7 @@ class _Driver:
         self.stopped_by: str | None = None
         self.timings: dict[str, float] = {"prepare": 0.0, "wait_for_cells": 0.0}
 
-    def run(self, specs: list[ModelSpec], precisions: tuple[str, ...], targets: list[str], overlap: bool) -> None:
+    def run(self, specs: list[SweepModel], precisions: tuple[Precision, ...], targets: list[str], overlap: bool) -> None:
         """Prepare each model and submit its cells. With ``overlap`` the cluster builds one model's
         engines while the driver prepares the next; without it (embedded Ray, where the cells share
         this machine's CPU and GPU) every model is prepared first, so neither slows the other and
@@ -164,9 +168,9 @@ class _Driver:
         self.objects.clear()  # submitted tasks keep what they need alive
         self._collect(timeout=0)
 
-    def _prepare(self, spec: ModelSpec, precisions: tuple[str, ...]) -> dict[str, Any] | None:
+    def _prepare(self, spec: SweepModel, precisions: tuple[Precision, ...]) -> dict[str, Any] | None:
         s = self.settings
-        edgepipe.info(f"[bold]{spec.name}[/bold]: target-independent stages in {self.folder / spec.name}")
+        edgepipe.info_styled(f"{spec.name}: target-independent stages in {self.folder / spec.name}", "bold")
         try:
             report = edgepipe.prepare_model(spec.name, spec.checkpoint, spec.onnx, self.folder / spec.name, s["data"], precisions,
                                             spec.epochs or s["epochs"], s["seed"], tuple(s["bench_batches"]), s["bench_seconds"],
@@ -177,7 +181,7 @@ class _Driver:
                 self._stop(f"{spec.name}: {exc}")
             return None
         self.model_reports[spec.name] = report
-        self.sources[spec.name] = _sources(spec, self.folder / spec.name)
+        self.sources[spec.name] = {"onnx": edgepipe.onnx_models(report, self.folder / spec.name), "reference": edgepipe.reference_of(report)}
         return report
 
     def _decide(self, cell: Cell, report: dict[str, Any] | None) -> None:
@@ -185,25 +189,24 @@ class _Driver:
         if report is None:
             return self._finish(cell, f"skipped: {cell.model} could not be prepared ({self.model_reports[cell.model]['error']})")
         model_dir = self.folder / cell.model
-        onnx = self.sources[cell.model]["onnx"][cell.precision]
+        onnx = self.sources[cell.model]["onnx"].get(cell.precision)
         builders = self._builders(cell)
-        if not onnx.is_file():
-            failed = {n: s for n, s in report.get("stages", {}).items() if s["status"] in ("failed", "skipped")}
-            why = "; ".join(f"{n} {s['status']}{': ' + s['reason'] if s.get('reason') else ''}" for n, s in failed.items()) or "not made"
-            return self._finish(cell, f"skipped: {onnx.name} was not made ({why})")
+        if onnx is None or not onnx.is_file():
+            why = "; ".join(f"{name} {problem}" for name, problem in edgepipe.stage_problems(report).items()) or "not made"
+            return self._finish(cell, f"skipped: the {cell.precision.label} ONNX model was not made ({why})")
         if not any(cell.target in n.targets for n in self.nodes):
             return self._finish(cell, f"skipped: no worker advertises {cell.target}")
         if not builders:
             return self._finish(cell, f"skipped: no worker advertising {cell.target} can build it ({self._why_not(cell)})")
         onnx_sha = edgepipe.sha256_file(onnx)
         engine = model_dir / cell.engine_name
-        if not self.settings["force"] and engine_is_current(engine, onnx_sha, cell.precision, cell.cc, builders):
+        if not self.settings["force"] and edgepipe.engine_is_current(engine, onnx_sha, cell.precision, cell.cc, builders):
             kept = self.previous.get(cell.artifact, {})
             kept = {k: v for k, v in kept.items() if k not in ("status", "kind")} if kept.get("sha256") == edgepipe.sha256_file(engine) else {}
             measured = not str(kept.get("validation") or "skipped").startswith("skipped")
             gpu_in_cluster = any(cell.target in n.targets and n.gpu == cell.cc for n in self.nodes)
             if measured or not gpu_in_cluster:  # else: built ahead of time, and now a GPU can measure it
-                return self._finish(cell, "reused", **{**kept, **_engine_fields(engine, model_dir)})
+                return self._finish(cell, "reused", **{**kept, **edgepipe.engine_fields(engine, model_dir)})
         reference = self.sources[cell.model]["reference"]
         payload = {"model": cell.model, "precision": cell.precision, "target": cell.target, "cc": cell.cc, "onnx_name": onnx.name,
                    "onnx_sha256": onnx_sha, "engine_name": cell.engine_name, "data": self.settings["data"],
@@ -271,11 +274,10 @@ class _Driver:
         onnx = str(self.sources[cell.model]["onnx"][cell.precision])
         manifest.update(onnx=onnx, built_on={"host": result["host"], "node_id": result["node_id"], "gpu": result["gpu"]})
         manifest["network_onnx"] = {**manifest.get("network_onnx", {}), "file": onnx}
-        with edgepipe.atomic_output(Path(str(engine) + ".manifest.json")) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        edgepipe.write_json_atomic(edgepipe.manifest_path(engine), manifest)
         measured = dict(result.get("measured", {}))
         validation = measured.pop("status", None)
-        self._finish(cell, "built", **{**where, **measured, "validation": validation, "seconds": result["seconds"], **_engine_fields(engine, model_dir)})
+        self._finish(cell, "built", **{**where, **measured, "validation": validation, "seconds": result["seconds"], **edgepipe.engine_fields(engine, model_dir)})
 
     def _finish(self, cell: Cell, status: str, **fields: Any) -> None:
         cell.row = {"status": status, **fields}
@@ -288,31 +290,3 @@ class _Driver:
         self.stopped_by = reason
         self.cluster.cancel(list(self.pending))
         self.pending.clear()
-
-
-def _sources(spec: ModelSpec, model_dir: Path) -> dict[str, Any]:
-    """Where `edgepipe run` left the model's ONNX files, and the reference its engines are measured against."""
-    onnx = {p: model_dir / name for p, name in edgepipe.ONNX_FILES.items()}
-    if spec.onnx:
-        onnx["fp32"] = Path(spec.onnx)  # a run that starts from an ONNX model uses it where it is
-    reference = Path(spec.checkpoint) if spec.checkpoint else model_dir / "checkpoint.pt"
-    if not reference.is_file():
-        reference = onnx["fp32"] if onnx["fp32"].is_file() else None  # no PyTorch model: the FP32 ONNX stands in
-    return {"onnx": onnx, "reference": reference}
-
-
-def engine_is_current(engine: Path, onnx_sha: str, precision: str, cc: str, builders: set[tuple[str, str]]) -> bool:
-    """True when ``engine`` is intact and was built from this ONNX, for ``cc``, by a builder the cluster runs."""
-    manifest = edgepipe.read_manifest(engine)
-    if not engine.is_file() or not manifest or manifest.get("kind") != "engine" or manifest.get("sha256") != edgepipe.sha256_file(engine):
-        return False
-    targets = manifest.get("target_compute_capabilities") or [manifest.get("gpu_compute_capability")]
-    return (manifest.get("inputs", {}).get("onnx") == onnx_sha and manifest.get("precision") == precision and cc in targets
-            and (manifest.get("backend"), manifest.get("backend_version")) in builders)
-
-
-def _engine_fields(engine: Path, model_dir: Path) -> dict[str, Any]:
-    manifest = edgepipe.read_manifest(engine) or {}
-    return {"engine": f"{model_dir.name}/{engine.name}", "sha256": manifest.get("sha256"), "bytes": manifest.get("bytes"),
-            "backend": manifest.get("backend"), "backend_version": manifest.get("backend_version"),
-            "build_seconds": manifest.get("build_seconds")}

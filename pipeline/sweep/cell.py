@@ -9,7 +9,6 @@ retry it; only a worker or node that dies is retried.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import tempfile
@@ -17,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import sweep_adapter as edgepipe
-from pipeline.cluster import target_name
 from pipeline.errors import EdgepipeError
+from pipeline.sweep import adapter as edgepipe
+from pipeline.sweep.targets import target_name
 
 
 def choose_backend(target_cc: str, gpu: str | None, flavours: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
@@ -46,7 +45,7 @@ def build_cell(cell: dict[str, Any], onnx_bytes: bytes, reference_bytes: bytes |
     ``cell``: model, precision, target, cc, onnx_name, onnx_sha256, engine_name, data, reference
     (".pt" or ".onnx": what ``reference_bytes`` are), bench_batches, bench_seconds.
     """
-    import ray
+    import ray  # runs inside a Ray task: Ray is there
 
     started = time.perf_counter()
     gpu, flavours = edgepipe.gpu_compute_capability(), edgepipe.tensorrt_flavours()
@@ -59,7 +58,7 @@ def build_cell(cell: dict[str, Any], onnx_bytes: bytes, reference_bytes: bytes |
     backend, why = choose_backend(cell["cc"], gpu, flavours)
     if backend is None:
         return {**result, "status": "failed", "reason": f"{result['host']} advertises {cell['target']} but {why}"}
-    if hashlib.sha256(onnx_bytes).hexdigest() != cell["onnx_sha256"]:
+    if edgepipe.sha256_bytes(onnx_bytes) != cell["onnx_sha256"]:
         return {**result, "status": "failed", "reason": f"{cell['onnx_name']} arrived damaged (sha256 differs from the driver's)"}
     with tempfile.TemporaryDirectory(prefix="edgepipe-cell-") as tmp:
         onnx_path, engine_path = Path(tmp) / cell["onnx_name"], Path(tmp) / cell["engine_name"]
@@ -72,7 +71,7 @@ def build_cell(cell: dict[str, Any], onnx_bytes: bytes, reference_bytes: bytes |
         result.update(
             status="built",
             engine=engine,
-            sha256=hashlib.sha256(engine).hexdigest(),
+            sha256=edgepipe.sha256_bytes(engine),
             manifest=edgepipe.read_manifest(engine_path),
             backend=built["backend"],
             backend_version=built["backend_version"],
@@ -87,16 +86,13 @@ def _measure(cell: dict[str, Any], engine: Path, reference_bytes: bytes | None, 
     """Top-1 against the PyTorch reference and latency, on this node's GPU when it is the target."""
     if gpu != cell["cc"]:
         return {"status": f"skipped: no {cell['target']} GPU on {host}" + (f" (it has {target_name(gpu)})" if gpu else "")}
-    checkpoint, artifacts = None, [engine]
-    if reference_bytes is not None:
-        reference = tmp / f"reference{cell['reference']}"
-        reference.write_bytes(reference_bytes)
-        # A PyTorch checkpoint is the reference; without one, the FP32 ONNX model on ONNX Runtime is.
-        checkpoint, artifacts = (None, [reference, engine]) if reference.suffix == ".onnx" else (reference, [engine])
-    measured: dict[str, Any] = {"status": "ok"}
+    measured: dict[str, Any] = {"status": "skipped: no reference model came with the cell"}
+    if reference_bytes is None:
+        return measured
+    reference = tmp / f"reference{cell['reference']}"  # a PyTorch checkpoint (.pt), else the FP32 ONNX model
+    reference.write_bytes(reference_bytes)
     try:
-        validation = edgepipe.validate_engine(checkpoint, artifacts, cell["data"])
-        row = validation["rows"][-1]
+        row = edgepipe.validate_engine(reference, engine, cell["data"])
         measured.update({k: row.get(k) for k in ("top1", "delta", "agreement", "max_abs_diff", "cosine")})
         measured["status"] = row.get("status", "ok")
         timing = edgepipe.bench_engine(engine, tuple(cell["bench_batches"]), cell["bench_seconds"])

@@ -10,12 +10,11 @@ accuracy and latency where a worker had the target GPU. With ``rows``, ``referen
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import sweep_adapter as edgepipe
+from pipeline.sweep import adapter as edgepipe
 
 CELL_COLUMNS = ("model", "precision", "target", "status", "node", "build (s)", "measured on the GPU", "top-1 (%)", "vs PyTorch (pts)", "latency (ms)", "engine", "sha256")
 
@@ -110,7 +109,5 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def write(report: dict[str, Any], folder: Path) -> None:
-    with edgepipe.atomic_output(folder / "sweep.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
-    with edgepipe.atomic_output(folder / "sweep.md") as tmp:
-        tmp.write_text(to_markdown(report))
+    edgepipe.write_json_atomic(folder / "sweep.json", report)
+    edgepipe.write_text_atomic(folder / "sweep.md", to_markdown(report))

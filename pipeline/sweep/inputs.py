@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import cluster as clustermod
-from pipeline import sweep_adapter as edgepipe
 from pipeline.errors import EdgepipeError
+from pipeline.precision import Precision
+from pipeline.sweep import adapter as edgepipe
+from pipeline.sweep.targets import parse_target, target_name
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """One model of the sweep: a zoo name, or a name for a checkpoint or ONNX model of your own."""
+class SweepModel:
+    """One model of the sweep: a zoo name (or ``timm:NAME``), or a name for a checkpoint or ONNX model of your own."""
 
     name: str
     checkpoint: str | None = None
@@ -52,9 +53,9 @@ def load_models_file(path: str | Path) -> dict[str, Any]:
     return {"models": specs, "precisions": _as_list(raw.get("precisions")), "targets": _as_list(raw.get("targets"))}
 
 
-def _spec(entry: Any, source: Path) -> ModelSpec:
+def _spec(entry: Any, source: Path) -> SweepModel:
     if isinstance(entry, str):
-        return ModelSpec(entry)
+        return SweepModel(entry)
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or set(entry) - {"name", "checkpoint", "onnx", "epochs"}:
         raise EdgepipeError(f"models file {source} has an entry {entry!r} that is not a model",
                             fix="write a name, or {name: N, checkpoint: PATH} / {name: N, onnx: PATH} / {name: N, epochs: E}")
@@ -62,7 +63,7 @@ def _spec(entry: Any, source: Path) -> ModelSpec:
     if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
         raise EdgepipeError(f"models file {source}: epochs of {entry['name']!r} is {epochs!r}, not a number of epochs", fix="write e.g. 'epochs: 20'")
     paths = {k: str((source.parent / entry[k]).resolve()) for k in ("checkpoint", "onnx") if entry.get(k)}
-    return ModelSpec(entry["name"], paths.get("checkpoint"), paths.get("onnx"), entry.get("epochs"))
+    return SweepModel(entry["name"], paths.get("checkpoint"), paths.get("onnx"), entry.get("epochs"))
 
 
 def _as_list(value: Any) -> list[str] | None:
@@ -71,7 +72,7 @@ def _as_list(value: Any) -> list[str] | None:
     return [str(v).strip() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
 
 
-def check_models(specs: list[ModelSpec], where: str = "--models") -> list[ModelSpec]:
+def check_models(specs: list[SweepModel], where: str = "--models") -> list[SweepModel]:
     """Zoo names must exist (close names suggested); own models must point at a file."""
     if not specs:
         raise EdgepipeError("no model to sweep", fix="pass --models A,B or --models-file sweep.yaml")
@@ -97,24 +98,20 @@ def _close_names(name: str, known: list[str]) -> list[str]:
     return [k for ratio, k in scored[:3] if ratio >= 0.6 and ratio >= scored[0][0] - 0.05]
 
 
-def check_precisions(precisions: list[str]) -> tuple[str, ...]:
-    unknown = [p for p in precisions if p not in edgepipe.PRECISIONS]
-    if unknown or not precisions:
-        raise EdgepipeError(f"unknown precision {', '.join(unknown) or '(none)'}", fix="pass --precisions with some of fp32,fp16,int8")
-    return tuple(dict.fromkeys(precisions))
+def check_precisions(precisions: list[Any]) -> tuple[Precision, ...]:
+    """The precisions to build, each a ``Precision``, in the order given, without repeats."""
+    return edgepipe.parse_list(precisions)
 
 
 def check_targets(targets: list[str]) -> list[str]:
     """Targets as canonical ``sm_XY`` names, each checked (``sm_89``, ``SM_120``...)."""
-    return list(dict.fromkeys(clustermod.target_name(clustermod.parse_target(t)) for t in targets))
+    return list(dict.fromkeys(target_name(parse_target(t)) for t in targets))
 
 
-
-
-def resolve(models: list[Any] | None, models_file: str | Path | None, precisions, targets) -> tuple[list[ModelSpec], tuple[str, ...], list[str] | None]:
+def resolve(models: list[Any] | None, models_file: str | Path | None, precisions, targets) -> tuple[list[SweepModel], tuple[Precision, ...], list[str] | None]:
     """(models, precisions, targets or None for "every advertised target"), all checked."""
     from_file = load_models_file(models_file) if models_file else {"models": [], "precisions": None, "targets": None}
-    specs = [m if isinstance(m, ModelSpec) else ModelSpec(m) for m in (models or [])] + from_file["models"]
+    specs = [m if isinstance(m, SweepModel) else SweepModel(m) for m in (models or [])] + from_file["models"]
     specs = check_models(specs, where=f"models file {models_file}" if models_file and not models else "--models")
     chosen = check_precisions(list(precisions or from_file["precisions"] or edgepipe.PRECISIONS))
     wanted = targets or from_file["targets"]
