@@ -37,18 +37,20 @@ SETTINGS = {"bench_batches": (1, 8), "bench_seconds": 1.0}
 def one_process(args, folder: Path) -> dict:
     from pipeline import run
     from pipeline.build import build_engine
-    from pipeline.cluster import parse_target
+    from pipeline.precision import Precision
+    from pipeline.sweep.adapter import onnx_models
+    from pipeline.sweep.targets import parse_target
 
-    files = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
     timings = {"prepare": 0.0, "build": 0.0}
     for model in args.models:
         started = time.perf_counter()
-        run.run(model=model, output=folder / model, precisions=tuple(args.precisions), engines=False, epochs=args.epochs, **SETTINGS)
+        report = run.run(model=model, output=folder / model, precisions=tuple(args.precisions), engines=False, epochs=args.epochs, **SETTINGS)
         timings["prepare"] += time.perf_counter() - started
         started = time.perf_counter()
+        made = onnx_models(report, folder / model)
         for precision in args.precisions:
             for target in args.targets:
-                build_engine(folder / model / files[precision], save_engine=folder / model / f"model.{precision}.{target}.engine",
+                build_engine(made[Precision(precision)], save_engine=folder / model / f"model.{precision}.{target}.engine",
                              compute_capability=[parse_target(target)])
         timings["build"] += time.perf_counter() - started
     return {"timings": {k: round(v, 2) for k, v in timings.items()}}

@@ -104,6 +104,7 @@ def _sweep(args, cwd, env=None):
                           capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow  # a real two-node cluster and a sweep in its own process: about 90 s
 def test_each_cell_runs_on_the_node_with_its_resource(two_nodes, tmp_path):
     address, _ = two_nodes
     out = tmp_path / "sweep"
@@ -123,6 +124,7 @@ def test_each_cell_runs_on_the_node_with_its_resource(two_nodes, tmp_path):
     assert report["submitted"] == 2
 
 
+@pytest.mark.slow  # a real two-node cluster and a sweep in its own process: about 90 s
 def test_node_with_another_edgepipe_is_refused(two_nodes, tmp_path):
     address, folder = two_nodes
     other = tmp_path / "other-edgepipe"
