@@ -11,6 +11,10 @@ metric's own unit (points for accuracy), "N%" is relative to the baseline::
     top1: 0.3          # points
     agreement: 0.5     # points
     latency_ms: 10%
+
+A sweep report (``edgepipe sweep``) has the same layout, plus one row per engine cell: a cell
+``built`` or ``reused`` counts as ok, a ``skipped`` one (no worker serves its target) is listed but
+is no regression, and a ``failed`` one always is.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ METRICS = {
 }
 DEFAULT_TOLERANCES = {"top1": 0.3, "agreement": 0.5, "latency_ms": "10%"}
 REPORT_FORMAT = 1
+OK_STATUSES = ("ok", "built", "reused")  # a run row measured; a sweep cell built now or reused from before
 
 
 def load_report(path: str | Path, role: str = "report") -> dict[str, Any]:
@@ -101,8 +106,17 @@ def _value(report: dict[str, Any], row: dict[str, Any], metric: str) -> float | 
     return None if value is None else float(value)
 
 
+def row_state(row: dict[str, Any]) -> str:
+    """ "ok", "skipped" or "error", whatever words the row's status adds."""
+    status = str(row.get("status"))
+    return "ok" if status in OK_STATUSES else "skipped" if status.startswith("skipped") else "error"
+
+
 def check(report: dict[str, Any], baseline: dict[str, Any], tolerances: dict[str, tuple[float, bool]]) -> dict[str, Any]:
-    """Every regression of ``report`` against ``baseline``; ``passed`` is True when there is none."""
+    """Every regression of ``report`` against ``baseline``; ``passed`` is True when there is none.
+
+    ``skipped``: rows the baseline measured that the report skipped (a sweep target no worker served).
+    """
     for key in ("model", "data"):
         if report.get(key) != baseline.get(key):
             raise EdgepipeError(
@@ -110,12 +124,15 @@ def check(report: dict[str, Any], baseline: dict[str, Any], tolerances: dict[str
                 fix="compare reports of the same model and dataset, or write a new baseline with --update-baseline",
             )
     now_rows, base_rows = _rows(report), _rows(baseline)
-    regressions, compared = [], 0
+    regressions, skipped, compared = [], [], 0
     for artifact, base in base_rows.items():
-        if base.get("status") != "ok":
+        if row_state(base) != "ok":
             continue
         row = now_rows.get(artifact)
-        if row is None or row.get("status") != "ok":
+        if row is not None and row_state(row) == "skipped":
+            skipped.append({"artifact": artifact, "status": row["status"]})
+            continue
+        if row is None or row_state(row) != "ok":
             reason = "missing from the report" if row is None else f"status {row.get('status')}"
             regressions.append({"artifact": artifact, "metric": "status", "baseline": "ok", "now": reason, "tolerance": None})
             continue
@@ -140,7 +157,10 @@ def check(report: dict[str, Any], baseline: dict[str, Any], tolerances: dict[str
                     "now": round(now_value, 4),
                     "tolerance": f"{amount:g}%" if relative else amount,
                 })
-    return {"passed": not regressions, "compared": compared, "regressions": regressions}
+    for artifact, row in now_rows.items():  # a failed sweep cell fails the gate, whatever the baseline held
+        if row.get("kind") == "cell" and row_state(row) == "error" and not any(r["artifact"] == artifact for r in regressions):
+            regressions.append({"artifact": artifact, "metric": "status", "baseline": base_rows.get(artifact, {}).get("status"), "now": row["status"], "tolerance": None})
+    return {"passed": not regressions, "compared": compared, "regressions": regressions, "skipped": skipped}
 
 
 def update_baseline(report_path: str | Path, baseline_path: str | Path) -> dict[str, Any]:

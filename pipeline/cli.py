@@ -27,8 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("pipeline.commands.models:models_command", "List the model zoo: attention type, parameters and MACs."),
     "quantize": ("pipeline.commands.quantize:quantize_command", "Make an FP16 or INT8 (Q/DQ) ONNX model and check it on the held-out split."),
     "run": ("pipeline.commands.run:run_command", "Train (or load), export, calibrate, quantize, build engines, validate and bench, in one run directory."),
+    "sweep": ("pipeline.commands.sweep:sweep_command", "Build and measure every model x precision x target GPU, fanned out on Ray."),
     "train": ("pipeline.commands.train:train_command", "Train a model and write a checkpoint with its config, model spec and held-out split."),
     "validate": ("pipeline.commands.validate:validate_command", "Compare artifacts (ONNX at any precision, engines) with PyTorch on the held-out split."),
+    "worker": ("pipeline.commands.worker:worker_command", "Join a Ray cluster as a sweep worker advertising this machine's target GPU."),
 }
 
 

@@ -112,3 +112,36 @@ def test_tolerance_parsing():
     with pytest.raises(EdgepipeError, match="negative"):
         check._parse_tolerance("top1", -1, "t.yaml")
     assert copy.deepcopy(parsed) == parsed
+
+
+def _sweep_report(cells):
+    """A report shaped like sweep.json: the run rows of one model, then one row per engine cell."""
+    report = _report()
+    report["kind"] = "sweep"
+    for row in report["rows"]:
+        row.update(kind="run", artifact=f"se_resnet/{row['artifact']}")
+    report["rows"] += [{"kind": "cell", "artifact": f"se_resnet/engine-int8-{target}", "role": "artifact", "status": status,
+                        "top1": None, "delta": None, "agreement": None, "latency_ms": None} for target, status in cells.items()]
+    return report
+
+
+def test_sweep_cells_built_or_reused_are_ok_skipped_is_listed_failed_fails(runner, tmp_path):
+    baseline = _sweep_report({"sm_89": "built", "sm_87": "built", "sm_86": "built"})
+    now = _sweep_report({"sm_89": "reused", "sm_87": "skipped: no worker advertises sm_87", "sm_86": "built"})
+    result = check.check(now, baseline, check.load_tolerances(None))
+    assert result["passed"] and result["compared"] == 6
+    assert result["skipped"] == [{"artifact": "se_resnet/engine-int8-sm_87", "status": "skipped: no worker advertises sm_87"}]
+
+    failed = _sweep_report({"sm_89": "reused", "sm_87": "built", "sm_86": "failed: TensorRT-RTX cannot build it"})
+    result = check.check(failed, baseline, check.load_tolerances(None))
+    assert not result["passed"]
+    assert result["regressions"] == [{"artifact": "se_resnet/engine-int8-sm_86", "metric": "status", "baseline": "ok",
+                                      "now": "status failed: TensorRT-RTX cannot build it", "tolerance": None}]
+    # A cell the baseline never built fails the gate too.
+    new_failure = _sweep_report({"sm_89": "built", "sm_87": "built", "sm_86": "built", "sm_120": "failed: build error"})
+    assert [r["artifact"] for r in check.check(new_failure, baseline, check.load_tolerances(None))["regressions"]] == ["se_resnet/engine-int8-sm_120"]
+
+    report, base = _write(tmp_path, "sweep.json", now), _write(tmp_path, "base.json", baseline)
+    result = invoke(runner, "check", report, "--baseline", base)
+    assert result.exit_code == 0 and "se_resnet/engine-int8-sm_87: not compared, skipped: no worker advertises sm_87" in result.stdout
+    assert invoke(runner, "check", _write(tmp_path, "failed.json", failed), "--baseline", base).exit_code == 1

@@ -32,6 +32,8 @@ def check_command(report, baseline, tolerances, update_baseline, as_json):
 
 
 def _print(result) -> None:
+    for row in result.get("skipped", []):
+        out.print(f"  {row['artifact']}: not compared, {row['status']}", markup=False)
     if result["passed"]:
         out.print(f"OK: no regressions ({result['compared']} figures compared)")
         return

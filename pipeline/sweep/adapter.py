@@ -1,0 +1,133 @@
+"""The one room of the sweep that calls into the rest of edgepipe.
+
+The sweep (inputs, cluster, cell tasks, driver, report) speaks only to the names below: the stages
+(run, build, validate, bench), what an artifact's manifest says, the GPU here and the TensorRT
+flavours installed. When a stage moves, this file is the only one to re-point. The types every
+room shares (``EdgepipeError``, ``Precision``) are imported where they are used.
+
+``pipeline.run`` and the model zoo import torch (a second or more), so they are imported when
+called: every node answers the driver's version probe, and a cell that only builds an engine never
+needs torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__ as EDGEPIPE_VERSION
+from pipeline import bench, build, validate
+from pipeline.artifacts import ARTIFACT_FORMAT, Artifact, Kind, atomic_output, manifest_path, read_manifest, sha256_bytes, sha256_file, write_json_atomic, write_text_atomic
+from pipeline.check import REPORT_FORMAT as RUN_REPORT_FORMAT
+from pipeline.cuda import current_compute_capability as gpu_compute_capability
+from pipeline.errors import EdgepipeError
+from pipeline.precision import ALL as PRECISIONS
+from pipeline.precision import Precision, parse_list
+from pipeline.progress import info, info_styled
+from pipeline.tensorrt.backend import TENSORRT, TENSORRT_RTX, get_backend, installed_backends
+
+BENCH_WARMUP_MS = 100
+
+
+def prepare_model(name: str, checkpoint: str | None, onnx_model: str | None, folder: Path, data: str | None,
+                  precisions: tuple[Precision, ...], epochs: int | None, seed: int, bench_batches: tuple[int, ...],
+                  bench_seconds: float, max_drop: float | None | str, strict: bool, force: bool) -> dict[str, Any]:
+    """The target-independent stages of one model into ``folder`` (reusing what is current): the run report."""
+    from pipeline import run  # imports torch: only the driver, when it prepares a model
+
+    return run.run(
+        model=None if (checkpoint or onnx_model) else name, checkpoint=checkpoint, onnx_model=onnx_model,
+        data=data, precisions=precisions, output=folder, strict=strict, force=force, epochs=epochs, seed=seed,
+        engines=False, bench_batches=bench_batches, bench_seconds=bench_seconds, max_drop=max_drop,
+    )
+
+
+def onnx_models(report: dict[str, Any], folder: Path) -> dict[Precision, Path]:
+    """The ONNX model of each precision the run made, read from its report (rows name files in ``folder``;
+    a run that starts from an edgepipe ONNX uses that model where it is)."""
+    made = {}
+    for row in report.get("rows", []):
+        if row.get("format") == "ONNX" and row.get("file"):
+            path = folder / row["file"]
+            source = Path(report["source"]["file"])
+            made[Precision(row["precision"])] = path if path.is_file() or source.name != row["file"] else source
+    return made
+
+
+def reference_of(report: dict[str, Any]) -> Path | None:
+    """The model engines are measured against: the run's PyTorch checkpoint, else its FP32 ONNX."""
+    reference = report.get("source", {}).get("file")
+    return Path(reference) if reference and Path(reference).is_file() else None
+
+
+def stage_problems(report: dict[str, Any]) -> dict[str, str]:
+    """Stages of the run that failed or were skipped, with their reasons."""
+    return {name: stage["status"] + (f": {stage['reason']}" if stage.get("reason") else "")
+            for name, stage in report.get("stages", {}).items() if stage.get("status") in ("failed", "skipped")}
+
+
+def build_engine(onnx_path: Path, engine_path: Path, compute_capability: str, backend: str) -> dict[str, Any]:
+    """A real engine of ``onnx_path`` at the precision the ONNX has, for one target GPU."""
+    return build.build_engine(onnx_path, precision=None, save_engine=engine_path, backend=backend,
+                              compute_capability=[compute_capability], force=True)
+
+
+def validate_engine(reference: Path, engine: Path, data: str | None) -> dict[str, Any]:
+    """The engine's row against the reference (a PyTorch checkpoint, or an FP32 ONNX model)."""
+    return validate.validate(reference, [engine], data=data)["rows"][-1]
+
+
+def bench_engine(engine: Path, batches: tuple[int, ...], seconds: float) -> dict[str, Any]:
+    return bench.bench([str(engine)], batches=batches, duration_s=seconds, warmup_ms=BENCH_WARMUP_MS, progress=False)
+
+
+def model_names() -> list[str]:
+    import models  # the zoo imports torch: only when a sweep checks its model names
+
+    return models.names()
+
+
+def tensorrt_flavours() -> dict[str, dict[str, Any]]:
+    """The TensorRT flavours installed here: {name: {"version": ..., "targets": [...]}}.
+
+    ``targets`` are the compute capabilities TensorRT-RTX builds for ahead of time; standard
+    TensorRT builds only for the GPU it runs on, so its list is empty.
+    """
+    flavours = {}
+    for name in installed_backends():
+        try:
+            chosen = get_backend(name)
+        except EdgepipeError:
+            continue  # installed but not loadable (missing shared libraries): it cannot build
+        flavours[name] = {"version": chosen.version, "targets": chosen.compute_capability_targets()}
+    return flavours
+
+
+def engine_is_current(engine: Path, onnx_sha: str, precision: Precision, cc: str, builders: set[tuple[str, str]]) -> bool:
+    """True when ``engine`` is intact and its manifest says it was built from this ONNX, at this
+    precision, for ``cc``, by a builder (flavour, version) the cluster runs."""
+    if not engine.is_file():
+        return False
+    found = Artifact.open(engine)
+    manifest = found.manifest
+    if manifest.get("format") != ARTIFACT_FORMAT or manifest.get("kind") != Kind.ENGINE or not found.intact():
+        return False
+    targets = manifest.get("target_compute_capabilities") or [manifest.get("gpu_compute_capability")]
+    return (found.made_from.get("onnx") == onnx_sha and found.precision is precision and cc in targets
+            and (found.backend, manifest.get("backend_version")) in builders)
+
+
+def engine_fields(engine: Path, model_dir: Path) -> dict[str, Any]:
+    """What a sweep row says of an engine, from its manifest."""
+    manifest = read_manifest(engine) or {}
+    return {"engine": f"{model_dir.name}/{engine.name}", "sha256": manifest.get("sha256"), "bytes": manifest.get("bytes"),
+            "backend": manifest.get("backend"), "backend_version": manifest.get("backend_version"),
+            "build_seconds": manifest.get("build_seconds")}
+
+
+__all__ = [
+    "EDGEPIPE_VERSION", "RUN_REPORT_FORMAT", "PRECISIONS", "Precision", "parse_list", "TENSORRT", "TENSORRT_RTX",
+    "atomic_output", "manifest_path", "read_manifest", "sha256_bytes", "sha256_file", "write_json_atomic", "write_text_atomic", "info", "info_styled",
+    "prepare_model", "onnx_models", "reference_of", "stage_problems", "build_engine", "validate_engine", "bench_engine",
+    "model_names", "gpu_compute_capability", "tensorrt_flavours", "engine_is_current", "engine_fields",
+]

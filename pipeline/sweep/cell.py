@@ -1,0 +1,104 @@
+"""One sweep cell on a worker: build the engine of one model, precision and target GPU, and where
+the worker has that GPU, validate and bench it there.
+
+The worker keeps nothing: the ONNX model (and the PyTorch checkpoint used as the reference) come
+in as bytes, the engine and its manifest go back as bytes with their sha256, and the driver writes
+them. A build error is a result ("failed" with its reason), not an exception, so Ray does not
+retry it; only a worker or node that dies is retried.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import EdgepipeError
+from pipeline.sweep import adapter as edgepipe
+from pipeline.sweep.targets import target_name
+
+
+def choose_backend(target_cc: str, gpu: str | None, flavours: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
+    """(flavour, "") that builds for ``target_cc`` on a node with ``gpu``, or (None, why not).
+
+    Standard TensorRT builds only for the GPU it runs on; TensorRT-RTX builds ahead of time for
+    its list of targets on any machine, GPU or not.
+    """
+    if edgepipe.TENSORRT in flavours and gpu == target_cc:
+        return edgepipe.TENSORRT, ""
+    rtx = flavours.get(edgepipe.TENSORRT_RTX)
+    if rtx and target_cc in rtx.get("targets", []):
+        return edgepipe.TENSORRT_RTX, ""
+    if rtx:
+        return None, f"TensorRT-RTX does not build for {target_cc} and standard TensorRT with that GPU is not here"
+    if edgepipe.TENSORRT in flavours:
+        return None, f"standard TensorRT builds only for the GPU it runs on ({gpu or 'none here'})"
+    return None, "no TensorRT flavour is installed"
+
+
+def build_cell(cell: dict[str, Any], onnx_bytes: bytes, reference_bytes: bytes | None) -> dict[str, Any]:
+    """Build (and where possible measure) one cell; runs inside a Ray task on the chosen node.
+
+    ``cell``: model, precision, target, cc, onnx_name, onnx_sha256, engine_name, data, reference
+    (".pt" or ".onnx": what ``reference_bytes`` are), bench_batches, bench_seconds.
+    """
+    import ray  # runs inside a Ray task: Ray is there
+
+    started = time.perf_counter()
+    gpu, flavours = edgepipe.gpu_compute_capability(), edgepipe.tensorrt_flavours()
+    result: dict[str, Any] = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "gpu": gpu,
+    }
+    backend, why = choose_backend(cell["cc"], gpu, flavours)
+    if backend is None:
+        return {**result, "status": "failed", "reason": f"{result['host']} advertises {cell['target']} but {why}"}
+    if edgepipe.sha256_bytes(onnx_bytes) != cell["onnx_sha256"]:
+        return {**result, "status": "failed", "reason": f"{cell['onnx_name']} arrived damaged (sha256 differs from the driver's)"}
+    with tempfile.TemporaryDirectory(prefix="edgepipe-cell-") as tmp:
+        onnx_path, engine_path = Path(tmp) / cell["onnx_name"], Path(tmp) / cell["engine_name"]
+        onnx_path.write_bytes(onnx_bytes)
+        try:
+            built = edgepipe.build_engine(onnx_path, engine_path, cell["cc"], backend)
+        except EdgepipeError as exc:
+            return {**result, "status": "failed", "reason": str(exc), "seconds": round(time.perf_counter() - started, 3)}
+        engine = engine_path.read_bytes()
+        result.update(
+            status="built",
+            engine=engine,
+            sha256=edgepipe.sha256_bytes(engine),
+            manifest=edgepipe.read_manifest(engine_path),
+            backend=built["backend"],
+            backend_version=built["backend_version"],
+            build_seconds=built["build_seconds"],
+        )
+        result["measured"] = _measure(cell, engine_path, reference_bytes, gpu, result["host"], Path(tmp))
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _measure(cell: dict[str, Any], engine: Path, reference_bytes: bytes | None, gpu: str | None, host: str, tmp: Path) -> dict[str, Any]:
+    """Top-1 against the PyTorch reference and latency, on this node's GPU when it is the target."""
+    if gpu != cell["cc"]:
+        return {"status": f"skipped: no {cell['target']} GPU on {host}" + (f" (it has {target_name(gpu)})" if gpu else "")}
+    measured: dict[str, Any] = {"status": "skipped: no reference model came with the cell"}
+    if reference_bytes is None:
+        return measured
+    reference = tmp / f"reference{cell['reference']}"  # a PyTorch checkpoint (.pt), else the FP32 ONNX model
+    reference.write_bytes(reference_bytes)
+    try:
+        row = edgepipe.validate_engine(reference, engine, cell["data"])
+        measured.update({k: row.get(k) for k in ("top1", "delta", "agreement", "max_abs_diff", "cosine")})
+        measured["status"] = row.get("status", "ok")
+        timing = edgepipe.bench_engine(engine, tuple(cell["bench_batches"]), cell["bench_seconds"])
+        ok = sorted((r for r in timing["rows"] if r.get("status") == "ok"), key=lambda r: r["batch"])
+        if ok:
+            measured.update(latency_ms=ok[0]["median_ms"], latency_batch=ok[0]["batch"], throughput=ok[-1]["throughput"], throughput_batch=ok[-1]["batch"])
+    except EdgepipeError as exc:
+        measured["status"] = f"error: {exc}"
+    return measured

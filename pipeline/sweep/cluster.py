@@ -1,0 +1,302 @@
+"""Ray for `edgepipe sweep`: connect, read the nodes, submit cell tasks, take results back.
+
+Ray Core is the engine; edgepipe adds no scheduler. A target GPU is a Ray custom resource named
+``sm_XY`` (``sm_89: 1`` on a machine with an RTX 4090, one task at a time per GPU so timings are
+honest); a task that needs it asks for it and Ray places it. Before anything is submitted the
+driver probes every node (edgepipe, Ray and Python versions, GPU, TensorRT flavours), because a
+node with another edgepipe would build other engines and Ray waits forever for a resource no node
+has. Results come back as bytes with their sha256, checked and written atomically by the driver:
+its run directory is the truth, whatever happened to the workers.
+
+``import ray`` happens inside functions so that commands other than ``sweep``/``worker`` (and
+``edgepipe --help``) never pay for it, and a missing Ray is one clear error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pipeline.errors import EdgepipeError
+from pipeline.sweep import adapter as edgepipe
+from pipeline.sweep.targets import is_target, parse_target, target_name
+
+INSTALL_FIX = "pip install 'edgepipe[ray]' (it pins the Ray version every node must run)"
+CONNECT_TIMEOUT_S = 5.0
+PROBE_TIMEOUT_S = 120.0
+DEFAULT_RETRIES = 2
+
+
+# --- Ray ---------------------------------------------------------------------------------------------
+
+
+def require_ray() -> Any:
+    try:
+        import ray  # heavy (about a second): only sweep and worker need it
+    except ImportError:
+        raise EdgepipeError("Ray is not installed, and edgepipe sweep and worker run on Ray", fix=INSTALL_FIX) from None
+    return ray
+
+
+# --- nodes ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    """One alive Ray node: what it advertises and what it runs (from the probe)."""
+
+    node_id: str
+    address: str
+    resources: dict[str, float]
+    probe: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """Host (or address) and the start of the node id: nodes may share a machine."""
+        return f"{self.probe.get('host') or self.address} ({self.node_id[:8]})"
+
+    @property
+    def targets(self) -> list[str]:
+        return sorted(name for name in self.resources if is_target(name))
+
+    @property
+    def gpu(self) -> str | None:
+        return self.probe.get("gpu")
+
+    @property
+    def flavours(self) -> dict[str, dict[str, Any]]:
+        return self.probe.get("flavours", {})
+
+    def describe(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "address": self.address, "cpus": self.resources.get("CPU", 0),
+                "targets": {t: self.resources[t] for t in self.targets}, **self.probe}
+
+
+def probe_node() -> dict[str, Any]:
+    """Runs on each node before a sweep: the versions and hardware the driver must agree with."""
+    import platform
+
+    import ray  # runs inside a Ray task: Ray is there
+
+    return {
+        "host": socket.gethostname(),
+        "edgepipe": edgepipe.EDGEPIPE_VERSION,
+        "ray": ray.__version__,
+        "python": platform.python_version(),
+        "gpu": edgepipe.gpu_compute_capability(),
+        "flavours": edgepipe.tensorrt_flavours(),
+    }
+
+
+# --- the connection ---------------------------------------------------------------------------------
+
+
+class Cluster:
+    """A Ray connection for one sweep: nodes, submission, results."""
+
+    def __init__(self, ray: Any, address: str, retries: int = DEFAULT_RETRIES):
+        self.ray, self.address, self.retries = ray, address, retries
+        self._remote: dict[Callable, Any] = {}
+
+    def nodes(self, probe: bool = True) -> list[Node]:
+        """Alive nodes; with ``probe``, each one's versions, checked against this driver's."""
+        nodes = [Node(n["NodeID"], n["NodeManagerAddress"], dict(n["Resources"])) for n in self.ray.nodes() if n["Alive"]]
+        if probe:
+            self._probe(nodes)
+            check_versions(nodes, {"edgepipe": edgepipe.EDGEPIPE_VERSION, "ray": self.ray.__version__})
+        return nodes
+
+    def _probe(self, nodes: list[Node]) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        refs = {}
+        for node in nodes:
+            # num_cpus=0: a head node started with --num-cpus 0 answers too.
+            strategy = NodeAffinitySchedulingStrategy(node.node_id, soft=False)
+            refs[self._function(probe_node).options(num_cpus=0, scheduling_strategy=strategy, max_retries=1).remote()] = node
+        ready, late = self.ray.wait(list(refs), num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
+        if late:
+            where = ", ".join(refs[r].name for r in late)
+            raise EdgepipeError(f"node {where} did not answer the version probe within {PROBE_TIMEOUT_S:.0f} s",
+                                fix="check that edgepipe and Ray are installed there and that it can start Ray workers ('ray status' on the head)")
+        for ref in ready:
+            outcome = self.result(ref)
+            if outcome.error:
+                raise EdgepipeError(f"node {refs[ref].name} cannot run edgepipe's sweep code ({outcome.error})",
+                                    fix=f"install edgepipe {edgepipe.EDGEPIPE_VERSION} there, then restart its Ray node with 'edgepipe worker'")
+            refs[ref].probe = outcome.value
+
+    def put(self, data: bytes) -> Any:
+        return self.ray.put(data)
+
+    def submit(self, fn: Callable, *args: Any, resources: dict[str, float], name: str) -> Any:
+        """Run ``fn(*args)`` where ``resources`` are; a dead worker or node is retried, an exception is not."""
+        options = dict(resources=resources, num_cpus=1, name=name, max_retries=self.retries, retry_exceptions=False)
+        return self._function(fn).options(**options).remote(*args)
+
+    def wait(self, refs: list[Any], timeout: float) -> tuple[list[Any], list[Any]]:
+        if not refs:
+            return [], []
+        return self.ray.wait(refs, num_returns=1, timeout=timeout)
+
+    def result(self, ref: Any) -> "Outcome":
+        """A finished task's value, or why it failed (an exception in the task or a system failure)."""
+        from ray import exceptions as rayex
+
+        try:
+            return Outcome(value=self.ray.get(ref))
+        except rayex.TaskCancelledError:
+            return Outcome(error="cancelled", cancelled=True)
+        except rayex.RayTaskError as exc:
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            return Outcome(error=f"{type(cause).__name__}: {_first_line(cause)}")
+        except rayex.RayError as exc:  # worker or node died more often than the retries allow
+            return Outcome(error=f"system failure after {self.retries} retries: {type(exc).__name__}: {_first_line(exc)}")
+
+    def cancel(self, refs: list[Any]) -> None:
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                self.ray.cancel(ref, force=True)
+
+    def _function(self, fn: Callable) -> Any:
+        if fn not in self._remote:
+            self._remote[fn] = self.ray.remote(fn)
+        return self._remote[fn]
+
+
+@dataclass
+class Outcome:
+    """What came back from a task: its value, or why there is none."""
+
+    value: Any = None
+    error: str | None = None
+    cancelled: bool = False
+
+
+def check_versions(nodes: list[Node], driver: dict[str, str]) -> None:
+    """Refuse the cluster when a node runs another edgepipe or Ray than this driver."""
+    for key in ("edgepipe", "ray"):
+        others = [n for n in nodes if n.probe.get(key) != driver[key]]
+        if others:
+            install = f"pip install 'edgepipe[ray]=={driver[key]}'" if key == "edgepipe" else f"pip install 'ray=={driver[key]}'"
+            raise EdgepipeError(
+                f"node {others[0].name} runs {key} {others[0].probe.get(key)}, this driver {driver[key]}; every node must run the same {key}",
+                fix=f"{install} on that node and restart it with 'edgepipe worker --address HEAD:PORT'",
+            )
+
+
+@contextlib.contextmanager
+def connect(address: str = "local", resources: dict[str, float] | None = None, num_cpus: int | None = None,
+            retries: int = DEFAULT_RETRIES) -> Iterator[Cluster]:
+    """A Ray connection: "local" starts an embedded one-machine Ray (stopped afterwards), "auto" joins
+    the cluster running on this machine, "HOST:PORT" a cluster's head. A connection this process
+    already made (``ray.init`` by the caller) is used as it is and left open."""
+    ray = require_ray()
+    if ray.is_initialized():
+        yield Cluster(ray, address, retries)
+        return
+    quiet = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+    if address == "local":
+        local = resources if resources is not None else worker_resources(num_cpus=num_cpus)
+        _init(ray, address, dict(address="local", resources=local, num_cpus=num_cpus, **quiet))
+    elif address == "auto":
+        _init(ray, address, dict(address="auto", **quiet))
+    else:
+        host, port = split_address(address)
+        check_reachable(host, port)
+        check_head(ray, address)
+        _init(ray, address, dict(address=address, **quiet))
+    try:
+        yield Cluster(ray, address, retries)
+    finally:
+        ray.shutdown()
+
+
+def _init(ray: Any, address: str, options: dict[str, Any]) -> None:
+    try:
+        ray.init(**options)
+    except ConnectionError as exc:
+        if address == "auto":
+            raise EdgepipeError("no Ray cluster is running on this machine (--address auto)",
+                                fix="start one with 'ray start --head', or use --address local for an embedded one") from None
+        raise EdgepipeError(f"cannot connect to Ray at {address}: {_first_line(exc)}", fix="check the head's address and port ('ray status' on the head)") from None
+    except RuntimeError as exc:
+        if "version" in str(exc).lower():
+            raise EdgepipeError(f"the Ray cluster at {address} runs another Ray or Python version ({_first_line(exc)})",
+                                fix=f"run Ray {ray.__version__} and the same Python version on the driver and every node ({INSTALL_FIX})") from None
+        raise
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise EdgepipeError(f"--address {address!r} is not local, auto or HOST:PORT", fix="pass e.g. --address 10.0.0.1:6379 (the head's 'ray start --head' port), or --address local")
+    return host, int(port)
+
+
+def check_reachable(host: str, port: int) -> None:
+    """One fast TCP connect: Ray itself retries an unreachable head for many minutes."""
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise EdgepipeError(f"cannot reach a Ray head at {host}:{port} ({exc.strerror or exc})",
+                            fix="start the head with 'ray start --head --port PORT' and check the address and firewall, or use --address local") from None
+
+
+def check_head(ray: Any, address: str) -> None:
+    """Ask the head for its Ray and Python versions before joining (a bounded wait, not Ray's endless retry)."""
+    import json
+    import platform
+
+    try:
+        from ray._raylet import GcsClient  # internal but stable since Ray 2.0; skipped if it moves
+
+        raw = GcsClient(address=address).internal_kv_get(b"CLUSTER_METADATA", namespace=b"cluster", timeout=CONNECT_TIMEOUT_S * 2)
+    except ImportError:
+        return
+    except Exception as exc:  # noqa: BLE001  (Ray's RpcError/RuntimeError: nothing answered as a Ray head)
+        raise EdgepipeError(f"{address} does not answer as a Ray head ({_first_line(exc)})",
+                            fix="pass the GCS port printed by 'ray start --head' (6379 by default)") from None
+    meta = json.loads(raw) if raw else {}
+    head_ray, head_python = meta.get("ray_version"), meta.get("python_version")
+    if head_ray and head_ray != ray.__version__:
+        raise EdgepipeError(f"the Ray head at {address} runs Ray {head_ray}, this driver Ray {ray.__version__}", fix=f"run the same Ray on every machine: {INSTALL_FIX}")
+    if head_python and head_python.rsplit(".", 1)[0] != platform.python_version().rsplit(".", 1)[0]:
+        raise EdgepipeError(f"the Ray head at {address} runs Python {head_python}, this driver Python {platform.python_version()}",
+                            fix="run the driver with the head's Python version (Ray clusters need one Python version)")
+
+
+# --- workers and results ----------------------------------------------------------------------------
+
+
+def worker_resources(targets: list[str] | None = None, num_cpus: int | None = None) -> dict[str, float]:
+    """The ``sm_XY`` resources this machine serves: its GPU (one task at a time), or, without a GPU,
+    every TensorRT-RTX target from Ampere on, built ahead of time on the CPU (one per core)."""
+    import os
+
+    if targets:
+        return {target_name(parse_target(t)): 1.0 for t in targets}
+    gpu, flavours = edgepipe.gpu_compute_capability(), edgepipe.tensorrt_flavours()
+    rtx = flavours.get(edgepipe.TENSORRT_RTX, {}).get("targets", [])
+    if gpu and (edgepipe.TENSORRT in flavours or gpu in rtx):
+        return {target_name(gpu): 1.0}
+    slots = float(num_cpus or os.cpu_count() or 1)
+    return {target_name(cc): slots for cc in rtx if int(cc.split(".")[0]) >= 8}
+
+
+def receive_file(path: Path, data: bytes, sha256: str) -> None:
+    """Write bytes that came back from a worker, only if they hash to what the worker reported."""
+    actual = edgepipe.sha256_bytes(data)
+    if actual != sha256:
+        raise EdgepipeError(f"{path.name} arrived damaged (sha256 {actual[:12]}, the worker reported {sha256[:12]})", fix="sweep again; the cell is rebuilt")
+    with edgepipe.atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if "Traceback" in text else (text.splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,292 @@
+"""`edgepipe sweep`: every model x precision x target GPU, fanned out on Ray.
+
+For each model the target-independent stages run once on the driver (train or load, export,
+calibrate, FP16/INT8 ONNX, validate and bench the ONNX models) into ``DIR/<model>/``, exactly as
+``edgepipe run`` does; then one cell per (precision, target) is built on a worker advertising the
+target's ``sm_XY`` resource, and validated and benched there when that worker has the GPU. The
+cluster builds the engines of one model while the driver prepares the next.
+
+The driver decides everything before submitting: a target no worker serves is skipped with that
+reason (Ray would wait for it forever), and an engine whose manifest still matches its ONNX model,
+target and builder is reused, so a sweep with nothing changed submits no task.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import EdgepipeError
+from pipeline.precision import Precision
+from pipeline.sweep import adapter as edgepipe
+from pipeline.sweep import cluster as clustermod
+from pipeline.sweep import inputs as sweep_inputs
+from pipeline.sweep import report as sweep_report
+from pipeline.sweep.cell import build_cell, choose_backend
+from pipeline.sweep.inputs import SweepModel
+from pipeline.sweep.targets import cc_order, parse_target
+
+ORPHAN_CHECK_S = 15.0  # how often pending cells are checked against the nodes still alive
+
+DEFAULT_OUTPUT = "runs/sweep"
+
+
+@dataclass
+class Cell:
+    model: str
+    precision: Precision
+    target: str
+    row: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cc(self) -> str:
+        return parse_target(self.target)
+
+    @property
+    def artifact(self) -> str:
+        return f"{self.model}/engine-{self.precision}-{self.target}"
+
+    @property
+    def engine_name(self) -> str:
+        return f"model.{self.precision}.{self.target}.engine"
+
+
+# --- the sweep --------------------------------------------------------------------------------------
+
+
+def sweep(
+    models: list[str | SweepModel] | None = None,
+    models_file: str | Path | None = None,
+    precisions: list[str | Precision] | tuple[str | Precision, ...] | None = None,
+    targets: list[str] | None = None,
+    output: str | Path = DEFAULT_OUTPUT,
+    address: str = "local",
+    data: str | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    max_drop: float | None | str = "default",
+    bench_batches: tuple[int, ...] = (1, 8),
+    bench_seconds: float = 1.0,
+    strict: bool = False,
+    force: bool = False,
+    retries: int = clustermod.DEFAULT_RETRIES,
+    resources: dict[str, float] | None = None,
+    num_cpus: int | None = None,
+) -> dict[str, Any]:
+    """Run the sweep into ``output``; returns the report (also written as sweep.json and sweep.md).
+
+    ``targets`` None sweeps every target a worker advertises. ``resources``/``num_cpus`` describe
+    the embedded node of ``address="local"`` (default: this machine's GPU, or the TensorRT-RTX
+    targets it builds ahead of time). ``max_drop`` is the INT8 budget in top-1 points, None for
+    plain PTQ, or "default": edgepipe run's own default.
+    """
+    specs, chosen_precisions, chosen_targets = sweep_inputs.resolve(models, models_file, precisions, targets)
+    folder = Path(output)
+    if address not in ("local", "auto"):
+        clustermod.split_address(address)
+    settings = {"data": data, "epochs": epochs, "seed": seed, "max_drop": max_drop, "bench_batches": list(bench_batches),
+                "bench_seconds": bench_seconds, "strict": strict, "force": force}
+    started = time.perf_counter()
+    with clustermod.connect(address, resources=resources, num_cpus=num_cpus, retries=retries) as ray_cluster:
+        nodes = ray_cluster.nodes()
+        connected = time.perf_counter() - started
+        chosen_targets = chosen_targets or sorted({t for n in nodes for t in n.targets}, key=cc_order)
+        if not chosen_targets:
+            raise EdgepipeError("no worker advertises a target GPU, and --targets was not given",
+                                fix="join GPU machines with 'edgepipe worker --address HEAD:PORT', or pass --targets sm_XY")
+        folder.mkdir(parents=True, exist_ok=True)  # only now: bad input writes nothing
+        driver = _Driver(ray_cluster, nodes, folder, settings, _previous_rows(folder))
+        driver.run(specs, chosen_precisions, chosen_targets, overlap=address != "local")
+    driver.timings.update(connect_and_probe=round(connected, 2))
+    report = sweep_report.assemble(folder, specs, chosen_precisions, chosen_targets, nodes, driver, address, time.perf_counter() - started)
+    sweep_report.write(report, folder)
+    if driver.stopped_by:
+        raise EdgepipeError(f"{driver.stopped_by} (--strict stopped the sweep; report in {folder / 'sweep.md'})",
+                            fix="fix the cause and sweep again (finished cells are reused), or drop --strict to record failures and go on")
+    return report
+
+
+def _previous_rows(folder: Path) -> dict[str, dict[str, Any]]:
+    """Rows of the last sweep.json, so a reused engine keeps the measurements made on its GPU."""
+    try:
+        return {row["artifact"]: row for row in json.loads((folder / "sweep.json").read_text())["rows"] if row.get("kind") == "cell"}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+class _Driver:
+    """Prepares models, decides each cell, submits what must be built and writes what comes back."""
+
+    def __init__(self, ray_cluster: clustermod.Cluster, nodes: list[clustermod.Node], folder: Path, settings: dict[str, Any], previous: dict[str, dict]):
+        self.cluster, self.nodes, self.folder, self.settings, self.previous = ray_cluster, nodes, folder, settings, previous
+        self.cells: list[Cell] = []
+        self.model_reports: dict[str, dict[str, Any]] = {}
+        self.pending: dict[Any, Cell] = {}
+        self.objects: dict[Path, Any] = {}
+        self.sources: dict[str, dict[str, Any]] = {}
+        self.submitted = 0
+        self.stopped_by: str | None = None
+        self.timings: dict[str, float] = {"prepare": 0.0, "wait_for_cells": 0.0}
+
+    def run(self, specs: list[SweepModel], precisions: tuple[Precision, ...], targets: list[str], overlap: bool) -> None:
+        """Prepare each model and submit its cells. With ``overlap`` the cluster builds one model's
+        engines while the driver prepares the next; without it (embedded Ray, where the cells share
+        this machine's CPU and GPU) every model is prepared first, so neither slows the other and
+        GPU timings are taken on a quiet machine."""
+        prepared = []
+        for spec in specs:
+            cells = [Cell(spec.name, p, t) for p in precisions for t in targets]
+            self.cells.extend(cells)
+            if self.stopped_by:
+                continue
+            started = time.perf_counter()
+            report = self._prepare(spec, precisions)
+            self.timings["prepare"] += time.perf_counter() - started
+            prepared.append((cells, report))
+            if overlap:
+                self._submit(*prepared.pop())
+        for cells, report in prepared:
+            self._submit(cells, report)
+        started = last_check = time.perf_counter()
+        while self.pending:
+            self._collect(timeout=1.0)
+            if time.perf_counter() - last_check > ORPHAN_CHECK_S:
+                self._fail_orphans()
+                last_check = time.perf_counter()
+        self.timings["wait_for_cells"] = time.perf_counter() - started
+        self.timings = {k: round(v, 2) for k, v in self.timings.items()}
+        for cell in self.cells:
+            cell.row.setdefault("status", "skipped: --strict stopped the sweep")
+
+    def _submit(self, cells: list[Cell], report: dict[str, Any] | None) -> None:
+        for cell in cells:
+            if not self.stopped_by:
+                self._decide(cell, report)
+        self.objects.clear()  # submitted tasks keep what they need alive
+        self._collect(timeout=0)
+
+    def _prepare(self, spec: SweepModel, precisions: tuple[Precision, ...]) -> dict[str, Any] | None:
+        s = self.settings
+        edgepipe.info_styled(f"{spec.name}: target-independent stages in {self.folder / spec.name}", "bold")
+        try:
+            report = edgepipe.prepare_model(spec.name, spec.checkpoint, spec.onnx, self.folder / spec.name, s["data"], precisions,
+                                            spec.epochs or s["epochs"], s["seed"], tuple(s["bench_batches"]), s["bench_seconds"],
+                                            s["max_drop"], s["strict"], s["force"])
+        except EdgepipeError as exc:
+            self.model_reports[spec.name] = {"error": str(exc)}
+            if s["strict"]:
+                self._stop(f"{spec.name}: {exc}")
+            return None
+        self.model_reports[spec.name] = report
+        self.sources[spec.name] = {"onnx": edgepipe.onnx_models(report, self.folder / spec.name), "reference": edgepipe.reference_of(report)}
+        return report
+
+    def _decide(self, cell: Cell, report: dict[str, Any] | None) -> None:
+        """Skip, reuse, or submit one cell."""
+        if report is None:
+            return self._finish(cell, f"skipped: {cell.model} could not be prepared ({self.model_reports[cell.model]['error']})")
+        model_dir = self.folder / cell.model
+        onnx = self.sources[cell.model]["onnx"].get(cell.precision)
+        builders = self._builders(cell)
+        if onnx is None or not onnx.is_file():
+            why = "; ".join(f"{name} {problem}" for name, problem in edgepipe.stage_problems(report).items()) or "not made"
+            return self._finish(cell, f"skipped: the {cell.precision.label} ONNX model was not made ({why})")
+        if not any(cell.target in n.targets for n in self.nodes):
+            return self._finish(cell, f"skipped: no worker advertises {cell.target}")
+        if not builders:
+            return self._finish(cell, f"skipped: no worker advertising {cell.target} can build it ({self._why_not(cell)})")
+        onnx_sha = edgepipe.sha256_file(onnx)
+        engine = model_dir / cell.engine_name
+        if not self.settings["force"] and edgepipe.engine_is_current(engine, onnx_sha, cell.precision, cell.cc, builders):
+            kept = self.previous.get(cell.artifact, {})
+            kept = {k: v for k, v in kept.items() if k not in ("status", "kind")} if kept.get("sha256") == edgepipe.sha256_file(engine) else {}
+            measured = not str(kept.get("validation") or "skipped").startswith("skipped")
+            gpu_in_cluster = any(cell.target in n.targets and n.gpu == cell.cc for n in self.nodes)
+            if measured or not gpu_in_cluster:  # else: built ahead of time, and now a GPU can measure it
+                return self._finish(cell, "reused", **{**kept, **edgepipe.engine_fields(engine, model_dir)})
+        reference = self.sources[cell.model]["reference"]
+        payload = {"model": cell.model, "precision": cell.precision, "target": cell.target, "cc": cell.cc, "onnx_name": onnx.name,
+                   "onnx_sha256": onnx_sha, "engine_name": cell.engine_name, "data": self.settings["data"],
+                   "reference": reference.suffix if reference else None,
+                   "bench_batches": self.settings["bench_batches"], "bench_seconds": self.settings["bench_seconds"]}
+        ref = self.cluster.submit(build_cell, payload, self._object(onnx), self._object(reference) if reference else None,
+                                  resources={cell.target: 1}, name=f"cell:{cell.artifact}")
+        self.pending[ref] = cell
+        self.submitted += 1
+
+    def _object(self, path: Path) -> Any:
+        """The file's bytes in Ray's object store, put once for every cell that needs them."""
+        if path not in self.objects:
+            self.objects[path] = self.cluster.put(path.read_bytes())
+        return self.objects[path]
+
+    def _builders(self, cell: Cell) -> set[tuple[str, str]]:
+        """(flavour, version) of every builder a node advertising the cell's target would use."""
+        found = set()
+        for node in self.nodes:
+            if cell.target in node.targets:
+                flavour, _ = choose_backend(cell.cc, node.gpu, node.flavours)
+                if flavour:
+                    found.add((flavour, node.flavours[flavour]["version"]))
+        return found
+
+    def _why_not(self, cell: Cell) -> str:
+        node = next(n for n in self.nodes if cell.target in n.targets)
+        return f"{node.name}: {choose_backend(cell.cc, node.gpu, node.flavours)[1]}"
+
+    def _collect(self, timeout: float) -> None:
+        done, _ = self.cluster.wait(list(self.pending), timeout=timeout)
+        for ref in done:
+            cell = self.pending.pop(ref)
+            outcome = self.cluster.result(ref)
+            if outcome.cancelled:
+                continue
+            if outcome.error:
+                self._finish(cell, f"failed: {outcome.error}")
+            else:
+                self._receive(cell, outcome.value)
+
+    def _fail_orphans(self) -> None:
+        """Pending cells whose target no alive node advertises any more: Ray would wait for them forever."""
+        alive = {t for node in self.cluster.nodes(probe=False) for t in node.targets}
+        for ref, cell in list(self.pending.items()):
+            if cell.target not in alive:
+                self.cluster.cancel([ref])
+                del self.pending[ref]
+                self._finish(cell, f"failed: every worker advertising {cell.target} left the cluster")
+
+    def _receive(self, cell: Cell, result: dict[str, Any]) -> None:
+        where = {k: result.get(k) for k in ("host", "node_id", "pid", "gpu")}
+        if result["status"] != "built":
+            return self._finish(cell, f"failed: {result['reason']}", **where)
+        model_dir = self.folder / cell.model
+        engine = model_dir / cell.engine_name
+        manifest = dict(result["manifest"] or {})
+        try:
+            if manifest.get("sha256") != result["sha256"]:
+                raise EdgepipeError(f"{engine.name} does not match the manifest built with it", fix="sweep again")
+            clustermod.receive_file(engine, result["engine"], result["sha256"])
+        except EdgepipeError as exc:
+            return self._finish(cell, f"failed: {exc}", **where)
+        onnx = str(self.sources[cell.model]["onnx"][cell.precision])
+        manifest.update(onnx=onnx, built_on={"host": result["host"], "node_id": result["node_id"], "gpu": result["gpu"]})
+        manifest["network_onnx"] = {**manifest.get("network_onnx", {}), "file": onnx}
+        edgepipe.write_json_atomic(edgepipe.manifest_path(engine), manifest)
+        measured = dict(result.get("measured", {}))
+        validation = measured.pop("status", None)
+        self._finish(cell, "built", **{**where, **measured, "validation": validation, "seconds": result["seconds"], **edgepipe.engine_fields(engine, model_dir)})
+
+    def _finish(self, cell: Cell, status: str, **fields: Any) -> None:
+        cell.row = {"status": status, **fields}
+        where = f" on {fields['host']}" if fields.get("host") and status == "built" else ""
+        edgepipe.info(f"  {cell.artifact}: {status if len(status) < 100 else status[:97] + '...'}{where}")
+        if self.settings["strict"] and status.startswith("failed") and not self.stopped_by:
+            self._stop(f"{cell.artifact} {status}")
+
+    def _stop(self, reason: str) -> None:
+        self.stopped_by = reason
+        self.cluster.cancel(list(self.pending))
+        self.pending.clear()

@@ -1,0 +1,118 @@
+"""What a sweep is asked for: models (names, or a models file), precisions and target GPUs.
+
+Everything is checked before a cluster is touched, so bad input ends as one line and nothing is
+submitted: an unknown zoo model gets the closest names, a target that is not ``sm_XY`` the
+compute-capability spelling.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import EdgepipeError
+from pipeline.precision import Precision
+from pipeline.sweep import adapter as edgepipe
+from pipeline.sweep.targets import parse_target, target_name
+
+
+@dataclass(frozen=True)
+class SweepModel:
+    """One model of the sweep: a zoo name (or ``timm:NAME``), or a name for a checkpoint or ONNX model of your own."""
+
+    name: str
+    checkpoint: str | None = None
+    onnx: str | None = None
+    epochs: int | None = None
+
+
+# --- inputs -----------------------------------------------------------------------------------------
+
+
+def load_models_file(path: str | Path) -> dict[str, Any]:
+    """A YAML file: ``models:`` (names, or {name, checkpoint|onnx, epochs}), optional ``precisions``/``targets``."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgepipeError(f"models file {path} does not exist", fix="pass a YAML file with a 'models:' list, or use --models A,B")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise EdgepipeError(f"models file {path} is not valid YAML{f' at line {mark.line + 1}' if mark else ''}", fix="write 'models: [se_resnet, cbam_resnet]'")
+    raw = {"models": raw} if isinstance(raw, list) else raw
+    if not isinstance(raw, dict) or not isinstance(raw.get("models"), list) or not raw["models"]:
+        raise EdgepipeError(f"models file {path} has no 'models:' list", fix="write 'models: [se_resnet, cbam_resnet]'")
+    unknown = set(raw) - {"models", "precisions", "targets"}
+    if unknown:
+        raise EdgepipeError(f"models file {path} has unknown key {sorted(unknown)[0]!r}", fix="use only models, precisions and targets")
+    specs = [_spec(entry, path) for entry in raw["models"]]
+    return {"models": specs, "precisions": _as_list(raw.get("precisions")), "targets": _as_list(raw.get("targets"))}
+
+
+def _spec(entry: Any, source: Path) -> SweepModel:
+    if isinstance(entry, str):
+        return SweepModel(entry)
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or set(entry) - {"name", "checkpoint", "onnx", "epochs"}:
+        raise EdgepipeError(f"models file {source} has an entry {entry!r} that is not a model",
+                            fix="write a name, or {name: N, checkpoint: PATH} / {name: N, onnx: PATH} / {name: N, epochs: E}")
+    epochs = entry.get("epochs")
+    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
+        raise EdgepipeError(f"models file {source}: epochs of {entry['name']!r} is {epochs!r}, not a number of epochs", fix="write e.g. 'epochs: 20'")
+    paths = {k: str((source.parent / entry[k]).resolve()) for k in ("checkpoint", "onnx") if entry.get(k)}
+    return SweepModel(entry["name"], paths.get("checkpoint"), paths.get("onnx"), entry.get("epochs"))
+
+
+def _as_list(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    return [str(v).strip() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
+
+
+def check_models(specs: list[SweepModel], where: str = "--models") -> list[SweepModel]:
+    """Zoo names must exist (close names suggested); own models must point at a file."""
+    if not specs:
+        raise EdgepipeError("no model to sweep", fix="pass --models A,B or --models-file sweep.yaml")
+    known = edgepipe.model_names()
+    seen = set()
+    for spec in specs:
+        if spec.name in seen:
+            raise EdgepipeError(f"{where} names {spec.name!r} twice", fix="give each model of the sweep its own name")
+        seen.add(spec.name)
+        own = spec.checkpoint or spec.onnx
+        if own and not Path(own).is_file():
+            raise EdgepipeError(f"{where}: model {spec.name!r} points at {own}, which does not exist", fix="correct the path (relative to the models file)")
+        if not own and spec.name not in known and not spec.name.startswith("timm:"):
+            close = _close_names(spec.name, known)
+            hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+            raise EdgepipeError(f"{where} names unknown model {spec.name!r}{hint}", fix="'edgepipe models' lists the zoo; a model of your own needs 'checkpoint:' or 'onnx:' in the models file")
+    return specs
+
+
+def _close_names(name: str, known: list[str]) -> list[str]:
+    """The best match, and any nearly as good (two equally likely typos), as `edgepipe models` does."""
+    scored = sorted(((difflib.SequenceMatcher(None, name, k).ratio(), k) for k in known), reverse=True)
+    return [k for ratio, k in scored[:3] if ratio >= 0.6 and ratio >= scored[0][0] - 0.05]
+
+
+def check_precisions(precisions: list[Any]) -> tuple[Precision, ...]:
+    """The precisions to build, each a ``Precision``, in the order given, without repeats."""
+    return edgepipe.parse_list(precisions)
+
+
+def check_targets(targets: list[str]) -> list[str]:
+    """Targets as canonical ``sm_XY`` names, each checked (``sm_89``, ``SM_120``...)."""
+    return list(dict.fromkeys(target_name(parse_target(t)) for t in targets))
+
+
+def resolve(models: list[Any] | None, models_file: str | Path | None, precisions, targets) -> tuple[list[SweepModel], tuple[Precision, ...], list[str] | None]:
+    """(models, precisions, targets or None for "every advertised target"), all checked."""
+    from_file = load_models_file(models_file) if models_file else {"models": [], "precisions": None, "targets": None}
+    specs = [m if isinstance(m, SweepModel) else SweepModel(m) for m in (models or [])] + from_file["models"]
+    specs = check_models(specs, where=f"models file {models_file}" if models_file and not models else "--models")
+    chosen = check_precisions(list(precisions or from_file["precisions"] or edgepipe.PRECISIONS))
+    wanted = targets or from_file["targets"]
+    return specs, chosen, check_targets(wanted) if wanted else None

@@ -1,0 +1,113 @@
+"""The sweep report: one row per model x precision x target, as sweep.json and sweep.md.
+
+``rows`` holds two kinds of row. ``kind: "run"`` rows are each model's run report rows (PyTorch
+and its ONNX models, with accuracy and latency), named ``<model>/<artifact>``; ``kind: "cell"``
+rows are the engines, named ``<model>/engine-<precision>-<target>``, with status built, reused,
+"skipped: reason" or "failed: reason", the engine path and sha256, build seconds, the node, and
+accuracy and latency where a worker had the target GPU. With ``rows``, ``reference`` and
+``format`` laid out as in a run report, ``edgepipe check`` gates a whole sweep.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.sweep import adapter as edgepipe
+
+CELL_COLUMNS = ("model", "precision", "target", "status", "node", "build (s)", "measured on the GPU", "top-1 (%)", "vs PyTorch (pts)", "latency (ms)", "engine", "sha256")
+
+
+def assemble(folder: Path, specs, precisions, targets, nodes, driver, address: str, seconds: float) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    references: dict[str, Any] = {}
+    for spec in specs:
+        report = driver.model_reports.get(spec.name) or {}
+        references[spec.name] = report.get("reference") or {}
+        for row in report.get("rows", []):
+            rows.append({**row, "kind": "run", "model": spec.name, "artifact": f"{spec.name}/{row['artifact']}"})
+    for cell in driver.cells:
+        rows.append({"kind": "cell", "artifact": cell.artifact, "role": "artifact", "format": "TensorRT", "model": cell.model,
+                     "precision": cell.precision, "target": cell.target, **cell.row})
+    cells = [r for r in rows if r["kind"] == "cell"]
+    counts = {name: sum(1 for r in cells if r["status"].split(":")[0] == name) for name in ("built", "reused", "skipped", "failed")}
+    model_problems = {name: _model_problem(r) for name, r in driver.model_reports.items() if _model_problem(r)}
+    return {
+        "format": edgepipe.RUN_REPORT_FORMAT,
+        "kind": "sweep",
+        "edgepipe": edgepipe.EDGEPIPE_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "folder": str(folder),
+        "model": ",".join(spec.name for spec in specs),
+        "data": next((r.get("data") for r in driver.model_reports.values() if r.get("data")), None),
+        "precisions": list(precisions),
+        "targets": list(targets),
+        "reference": references,
+        "rows": rows,
+        "cells": counts,
+        "submitted": driver.submitted,
+        "stopped_by": driver.stopped_by,
+        "model_problems": model_problems,
+        "ok": not counts["failed"] and not model_problems and not driver.stopped_by,
+        "cluster": {"address": address, "nodes": [n.describe() for n in nodes]},
+        "model_reports": {spec.name: f"{spec.name}/report.json" for spec in specs if (folder / spec.name / "report.json").is_file()},
+        "seconds": round(seconds, 2),
+        "timings": driver.timings,
+    }
+
+
+def _model_problem(report: dict[str, Any]) -> str | None:
+    if report.get("error"):
+        return report["error"]
+    failed = [f"{name} {stage['status']}" for name, stage in report.get("stages", {}).items() if stage.get("status") == "failed"]
+    return "; ".join(failed) or None
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    counts = report["cells"]
+    lines = [
+        f"# edgepipe sweep: {len(report['reference'])} models x {len(report['precisions'])} precisions x {len(report['targets'])} targets",
+        "",
+        f"{sum(counts.values())} cells: {counts['built']} built, {counts['reused']} reused, {counts['skipped']} skipped, {counts['failed']} failed; "
+        f"{report['submitted']} tasks submitted to Ray ({report['cluster']['address']}, {len(report['cluster']['nodes'])} nodes); took {report['seconds']:.1f} s.",
+        "",
+        "| " + " | ".join(CELL_COLUMNS) + " |",
+        "|---|---|---|---|---|---:|---|---:|---:|---:|---|---|",
+    ]
+    for row in (r for r in report["rows"] if r["kind"] == "cell"):
+        lines.append(
+            f"| {row['model']} | {row['precision']} | {row['target']} | {row['status']} | {_node(row)} | {_fmt(row.get('build_seconds'), '.2f')} | "
+            f"{row.get('validation') or ''} | {_fmt(row.get('top1'), '.2f')} | {_fmt(row.get('delta'), '+.2f')} | {_fmt(row.get('latency_ms'), '.3f')} | "
+            f"{row.get('engine') or ''} | {(row.get('sha256') or '')[:12]} |"
+        )
+    lines += ["", "## Models (target-independent stages, on the driver)", "",
+              "| artifact | status | top-1 (%) | vs PyTorch (pts) | agreement (%) | latency (ms) |", "|---|---|---:|---:|---:|---:|"]
+    for row in (r for r in report["rows"] if r["kind"] == "run"):
+        lines.append(f"| {row['artifact']} | {row['status']} | {_fmt(row.get('top1'), '.2f')} | {_fmt(row.get('delta'), '+.2f')} | "
+                     f"{_fmt(row.get('agreement'), '.2f')} | {_fmt(row.get('latency_ms'), '.3f')} |")
+    for name, problem in report["model_problems"].items():
+        lines.append(f"\n{name}: {problem}")
+    lines += ["", "## Cluster", "", "| node | targets | GPU | TensorRT | edgepipe | Ray | Python |", "|---|---|---|---|---|---|---|"]
+    for node in report["cluster"]["nodes"]:
+        flavours = ", ".join(f"{k} {v['version']}" for k, v in node.get("flavours", {}).items()) or "none"
+        targets = ", ".join(f"{t}: {n:g}" for t, n in node["targets"].items()) or "none"
+        lines.append(f"| {_node(node)} | {targets} | {node.get('gpu') or 'none'} | {flavours} | "
+                     f"{node.get('edgepipe')} | {node.get('ray')} | {node.get('python')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _node(row: dict[str, Any]) -> str:
+    """Host and the start of the node id (several nodes may share a machine)."""
+    if not row.get("node_id"):
+        return ""
+    return f"{row.get('host') or row.get('address', '')} ({row['node_id'][:8]})"
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def write(report: dict[str, Any], folder: Path) -> None:
+    edgepipe.write_json_atomic(folder / "sweep.json", report)
+    edgepipe.write_text_atomic(folder / "sweep.md", to_markdown(report))
