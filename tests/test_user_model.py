@@ -28,3 +28,57 @@ def test_user_module_trains_and_exports_and_user_code_needs_naming(tmp_path, run
     trusted = invoke(runner, "export", ckpt, "--trust-model-code", "-o", tmp_path / "trusted.onnx", "--json")
     assert trusted.exit_code == 0, trusted.output
     assert (tmp_path / "trusted.onnx").is_file()
+
+
+def write_image_folder(root, classes=3, per_class=28, size=96, seed=0):
+    """An ImageFolder of RGB pictures (enough for a calibration set) whose class is the colour of a box on a noisy background."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 220, 40)]
+    for c in range(classes):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, (size + 8, size + 4, 3)).astype(np.uint8)
+            y, x = rng.integers(0, size // 2, 2)
+            pixels[y:y + size // 2, x:x + size // 2] = colours[c]
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def test_user_module_runs_every_stage_at_its_input_size(tmp_path, runner):
+    """file.py:callable -> train -> export -> calibrate -> fp16/int8 -> validate -> bench, at 96x96."""
+    import json
+
+    net = write_model(tmp_path / "usermodel")
+    data = write_image_folder(tmp_path / "photos")
+    folder = tmp_path / "run"
+    args = ["run", "--model", f"{net}:make_net", "--model-arg", "width=8", "--input-size", "3x96x96", "--data", data,
+            "--epochs", "1", "--no-engines", "--batches", "1", "--bench-seconds", "0.05", "--max-drop", "none", "-o", folder, "--json"]
+    result = invoke(runner, *args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {name: s["status"] for name, s in report["stages"].items()} == dict.fromkeys(
+        ["train", "export", "calibrate", "quantize-int8", "quantize-fp16", "validate", "bench"], "done")
+    assert report["source"]["model_spec"]["spec"] == f"{net}:make_net" and report["source"]["input_shape"] == [3, 96, 96]
+    assert f"Model: --model {net}:make_net at 3x96x96" in (folder / "report.md").read_text()
+
+    checkpoint = json.loads((folder / "checkpoint.pt.manifest.json").read_text())
+    assert checkpoint["model"]["model_spec"]["args"] == {"width": 8} and checkpoint["params"]["input_shape"] == [3, 96, 96]
+    exported = json.loads((folder / "model.onnx.manifest.json").read_text())
+    assert exported["model"]["spec"] == f"{net}:make_net"
+    assert exported["parity"]["max_abs_diff"] <= 1e-4 and exported["parity"]["top1_agreement"] == 100.0
+    validated = json.loads((folder / "validate.json").read_text())
+    assert {row["precision"]: row["status"] for row in validated["rows"]} == {"fp32": "ok", "fp16": "ok", "int8": "ok"}
+
+    again = invoke(runner, *args)  # nothing changed: every stage is reused, the model is not trained again
+    assert again.exit_code == 0, again.output
+    assert {s["status"] for s in json.loads(again.stdout)["stages"].values()} == {"reused"}
+
+    refused = invoke(runner, "run", "--checkpoint", folder / "checkpoint.pt", "--data", data, "-o", tmp_path / "refused", "--no-engines")
+    assert refused.exit_code == 1
+    message = refused.output.strip().splitlines()[-1]
+    assert message.startswith("Error:") and "user code" in message and "--trust-model-code" in message
+    assert not (tmp_path / "refused").exists(), "refused before the run directory is made"
