@@ -82,3 +82,43 @@ def test_user_module_runs_every_stage_at_its_input_size(tmp_path, runner):
     message = refused.output.strip().splitlines()[-1]
     assert message.startswith("Error:") and "user code" in message and "--trust-model-code" in message
     assert not (tmp_path / "refused").exists(), "refused before the run directory is made"
+
+
+def test_validate_bench_and_export_refuse_user_code_unless_named_and_say_what_a_size_raised(tmp_path, runner):
+    import json
+
+    net = write_model(tmp_path / "usermodel")
+    spec = f"{net}:make_net"
+    ckpt = tmp_path / "net.pt"
+    trained = invoke(runner, "train", "--model", spec, "--data", "digits", "--epochs", "1", "--input-size", "1x32x32", "-o", ckpt, "--json")
+    assert trained.exit_code == 0, trained.output
+    onnx = tmp_path / "net.onnx"
+    assert invoke(runner, "export", ckpt, "--model", spec, "--dynamic-batch", "-o", onnx).exit_code == 0
+    marker = net.with_name("imported.marker")
+    marker.unlink()
+
+    for args in (["validate", "--reference", ckpt, onnx], ["bench", onnx, "--checkpoint", ckpt, "--iterations", "2", "--json-out", tmp_path / "b.json"]):
+        refused = invoke(runner, *args)
+        assert refused.exit_code == 1, refused.output
+        message = refused.output.strip().splitlines()[-1]
+        assert message.startswith("Error:") and "names user code" in message and f"--model {net.resolve()}:make_net" in message
+        assert not marker.exists() and not (tmp_path / "b.json").exists()
+
+    named = invoke(runner, "validate", "--reference", ckpt, onnx, "--model", spec, "--json")
+    assert named.exit_code == 0, named.output
+    assert json.loads(named.stdout)["model_record"]["model_spec"]["spec"] == spec
+    trusted = invoke(runner, "bench", onnx, "--checkpoint", ckpt, "--trust-model-code", "--iterations", "2", "--json")
+    assert trusted.exit_code == 0, trusted.output
+    assert {row["status"] for row in json.loads(trusted.stdout)["rows"]} == {"ok"}
+    other = invoke(runner, "validate", "--reference", ckpt, onnx, "--model", "se_resnet")
+    assert other.exit_code == 1 and "the checkpoint is for model" in other.output
+
+    # the model was built for 1 channel: its first convolution says what is wrong with 3
+    colour = invoke(runner, "export", ckpt, "--model", spec, "--input-size", "3x32x32", "-o", tmp_path / "colour.onnx")
+    assert colour.exit_code == 1 and "the model cannot take input 3x32x32: its forward pass raised RuntimeError" in colour.output
+    assert not (tmp_path / "colour.onnx").exists()
+    wrong = invoke(runner, "train", "--model", spec, "--data", "digits", "--epochs", "1", "--input-size", "3x32", "-o", tmp_path / "x.pt")
+    assert wrong.exit_code == 1 and "--input-size 3x32 is not CxHxW" in wrong.output
+    bigger = invoke(runner, "export", ckpt, "--model", spec, "--input-size", "1x48x48", "--dynamic-size", "-o", tmp_path / "big.onnx", "--json")
+    assert bigger.exit_code == 0, bigger.output
+    assert json.loads(bigger.stdout)["input_shape"] == [1, 48, 48] and json.loads(bigger.stdout)["max_abs_diff"] <= 1e-4
