@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.artifacts import Artifact, Kind
+from pipeline.checkpoint import check_model_code
 from pipeline.errors import EdgepipeError
 from pipeline.machine import describe_device
 from pipeline.onnxinfo import describe, load_model
+from pipeline.modelspec import ModelCode
 from pipeline.preprocess import Preprocess
 from pipeline.progress import info
 from pipeline.runtime import NoGpuError, Runner, open_runner
@@ -50,8 +52,11 @@ def bench(
     device: str = "cpu",
     progress: bool = True,
     input_size: tuple[int, int] | None = None,
+    code: ModelCode = ModelCode(),
 ) -> dict[str, Any]:
     """Measure the PyTorch reference (``checkpoint``) and every artifact; the --json object.
+
+    ``code``: the user code the checkpoint's model may be rebuilt from (--model, --trust-model-code).
 
     ``input_size``: (height, width) for ONNX models whose input leaves them open; without it such a
     model is measured at the output size of the preprocessing stored in it.
@@ -60,11 +65,13 @@ def bench(
     if not artifacts and checkpoint is None:
         raise EdgepipeError("nothing to measure", fix="pass one or more ARTIFACT files (.onnx, .engine) and/or --checkpoint CKPT for the PyTorch reference")
     entries = ([str(checkpoint)] if checkpoint is not None else []) + [str(a) for a in artifacts]
-    reference_shape = _reference_input_shape(checkpoint)
+    if checkpoint is not None and Path(checkpoint).is_file() and Artifact.open(checkpoint).kind is Kind.CHECKPOINT:
+        check_model_code(checkpoint, code)  # user code refused before anything is measured
+    reference_shape = _reference_input_shape(checkpoint, code)
     rows: list[dict[str, Any]] = []
     overhead: dict[str, Any] | None = None
     for path in entries:
-        new_rows, measured = _bench_artifact(path, batches, warmup_ms, duration_s, iterations, cuda_graph, device, reference_shape, progress, input_size)
+        new_rows, measured = _bench_artifact(path, batches, warmup_ms, duration_s, iterations, cuda_graph, device, reference_shape, progress, input_size, code)
         rows.extend(new_rows)
         if measured and (overhead is None or measured["bare_ms"] < overhead["bare_ms"]):
             overhead = measured  # the fastest runtime shows the harness's own cost best
@@ -97,11 +104,11 @@ def check_settings(batches, warmup_ms: float, duration_s: float, iterations: int
     return tuple(values)
 
 
-def _reference_input_shape(checkpoint) -> tuple[int, ...] | None:
+def _reference_input_shape(checkpoint, code: ModelCode) -> tuple[int, ...] | None:
     if checkpoint is None or not Path(checkpoint).is_file():
         return None
     try:
-        with open_runner(checkpoint) as runner:
+        with open_runner(checkpoint, code=code) as runner:
             return tuple(runner.input_shape or ()) or None
     except EdgepipeError:
         return None  # the reference's own row reports why
@@ -128,13 +135,14 @@ def _input_shape(artifact: Artifact, runner: Runner, reference_shape, input_size
     raise EdgepipeError(f"{artifact.path} does not say its input shape", fix="pass --checkpoint CKPT so the reference's input shape is used")
 
 
-def _bench_artifact(path: str, batches, warmup_ms, duration_s, iterations, cuda_graph, device, reference_shape, progress, input_size=None) -> tuple[list[dict], dict | None]:
+def _bench_artifact(path: str, batches, warmup_ms, duration_s, iterations, cuda_graph, device, reference_shape, progress, input_size=None,
+                    code: ModelCode = ModelCode()) -> tuple[list[dict], dict | None]:
     base = dict.fromkeys(ROW_KEYS)
     base["artifact"] = path
     try:
         artifact = Artifact.open(path)
         base.update(format=FORMATS[artifact.kind], precision=str(artifact.precision) if artifact.precision else None)
-        runner = open_runner(artifact, device=device, cuda_graph=cuda_graph)
+        runner = open_runner(artifact, device=device, cuda_graph=cuda_graph, code=code)
     except NoGpuError as exc:
         return [dict(base, batch=b, status=SKIPPED_NO_GPU, reason=str(exc)) for b in batches], None
     except EdgepipeError as exc:

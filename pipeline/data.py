@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import EdgepipeError
+from pipeline.preprocess import Preprocess
 
 DEFAULT_DATA = "digits"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -48,18 +49,24 @@ def resolve_source(spec: str) -> str:
     return str(path.resolve())
 
 
-def load_dataset(spec: str = DEFAULT_DATA, image_size: int = 32, channels: int | None = None) -> Dataset:
-    """Load ``spec`` at ``image_size`` x ``image_size``; ``channels`` None keeps the data's own."""
+def load_dataset(spec: str = DEFAULT_DATA, image_size: int | tuple[int, int] = 32, channels: int | None = None,
+                 geometry: Preprocess | None = None) -> Dataset:
+    """Load ``spec`` at ``image_size`` (N, or height x width); ``channels`` None keeps the data's own.
+
+    ``geometry`` is a model's own resize and centre crop (timm's evaluation transform), applied to
+    an ImageFolder's pictures instead of a plain resize; normalization stays with the caller.
+    """
+    size = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
     source = resolve_source(spec)
     if source == DEFAULT_DATA:
         images, labels, class_names = _load_digits()
     elif Path(source).is_dir():
-        images, labels, class_names = _load_image_folder(Path(source), image_size, channels)
+        images, labels, class_names = _load_image_folder(Path(source), size, channels, geometry)
     elif source.endswith(".npz"):
         images, labels, class_names = _load_npz(Path(source))
     else:
         raise EdgepipeError(f"cannot read dataset {spec}", fix="pass --data digits, a folder of class sub-folders, or an .npz with x and y")
-    images = _to_channels(_resize(images, image_size), channels, spec)
+    images = _to_channels(_resize(images, size), channels, spec)
     labels = labels.astype(np.int64)
     _check_dataset(images, labels, class_names, spec)
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes() + labels.tobytes()).hexdigest()
@@ -74,7 +81,7 @@ def _load_digits():
     return images, digits.target, [str(name) for name in digits.target_names]
 
 
-def _load_image_folder(root: Path, image_size: int, channels: int | None):
+def _load_image_folder(root: Path, size: tuple[int, int], channels: int | None, geometry: Preprocess | None):
     from PIL import Image, UnidentifiedImageError
 
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -99,8 +106,10 @@ def _load_image_folder(root: Path, image_size: int, channels: int | None):
     for f, label in files:
         try:
             with Image.open(f) as img:
-                img = img.convert(mode).resize((image_size, image_size), Image.BILINEAR)
-                array = np.asarray(img, dtype=np.float32) / 255.0
+                img = img.convert(mode)
+                if geometry is not None:  # the model's own resize and centre crop first
+                    img = geometry.resized_and_cropped(img)
+                array = np.asarray(img.resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32) / 255.0
         except (OSError, UnidentifiedImageError, ValueError):
             raise EdgepipeError(f"{f} is not a readable image", fix="remove it or replace it with an image file (PNG, JPEG, ...)")
         images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
@@ -149,14 +158,14 @@ def _npz_labels(path: Path, y: np.ndarray, names: list[str] | None) -> np.ndarra
     return y.astype(np.int64)
 
 
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
-    if images.shape[-2:] == (size, size):
+def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if images.shape[-2:] == tuple(size):
         return images
     import torch
     import torch.nn.functional as F
 
     tensor = torch.from_numpy(np.ascontiguousarray(images))
-    return F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True).numpy()
+    return F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False, antialias=True).numpy()
 
 
 def _to_channels(images: np.ndarray, channels: int | None, spec: str) -> np.ndarray:
@@ -211,8 +220,9 @@ def normalize(images: np.ndarray, mean: list[float], std: list[float]) -> np.nda
 def load_for_config(config: dict[str, Any], data: str | None = None) -> Dataset:
     """Reload the dataset a checkpoint was trained on (or ``data``) with its preprocessing size."""
     spec = data or config["data"]["source"]
-    channels, size, _ = config["input_shape"]
-    dataset = load_dataset(spec, image_size=size, channels=channels)
+    channels, height, width = config["input_shape"]
+    geometry = Preprocess.from_dict(config["preprocess"]) if config.get("preprocess") else None
+    dataset = load_dataset(spec, image_size=(height, width), channels=channels, geometry=geometry)
     if len(dataset.class_names) != len(config["class_names"]):
         raise EdgepipeError(
             f"dataset {spec} has {len(dataset.class_names)} classes, the model {len(config['class_names'])}",

@@ -12,11 +12,13 @@ import torch
 from pipeline import __version__
 from pipeline import data as datamod
 from pipeline.artifacts import Kind, atomic_output, check_output, write_manifest
-from pipeline.checkpoint import load_checkpoint
+from pipeline.checkpoint import load_checkpoint, model_record
 from pipeline.errors import EdgepipeError
 from pipeline.metrics import evaluate
+from pipeline.modelspec import probe
 from pipeline.onnxfile import CONFIG_KEY, set_metadata
 from pipeline.precision import Precision
+from pipeline.preprocess import Preprocess
 from pipeline.runtime import predict
 from pipeline.runtime.ort import OnnxRuntimeRunner
 from pipeline.runtime.pytorch import TorchRunner
@@ -37,19 +39,28 @@ def export(
     data: str | None = None,
     force: bool = False,
     trust_model_code: bool = False,
+    input_shape: tuple[int, int, int] | None = None,
+    dynamic_size: bool = False,
 ) -> dict[str, Any]:
-    """Write ``output`` from ``checkpoint`` and return the parity figures; fail if they are off."""
+    """Write ``output`` from ``checkpoint`` and return the parity figures; fail if they are off.
+
+    ``input_shape`` (C, H, W) exports at another size than the checkpoint's (one forward pass
+    first proves the model takes it); ``dynamic_size`` also leaves height and width open.
+    """
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise EdgepipeError(f"opset {opset} is not supported", fix=f"pass --opset between {MIN_OPSET} and {MAX_OPSET} (TensorRT needs >= 13 for INT8)")
     if batch < 1:
         raise EdgepipeError(f"--batch must be at least 1, got {batch}", fix="pass --batch 1 or more, or --dynamic-batch")
     output = check_output(output, force)
     model, config = load_checkpoint(checkpoint, model_name=model_name, data=data, trust_model_code=trust_model_code)
+    if input_shape is not None and list(input_shape) != config["input_shape"]:
+        probe(model, tuple(input_shape))  # one line naming what the forward pass raised
+        config = {**config, "input_shape": list(input_shape), **_resized_preprocess(config, input_shape)}
     dataset = datamod.load_for_config(config, data)
     x_val, y_val = datamod.split_of(config, dataset, "val")
 
     with atomic_output(output) as tmp:
-        _export_to(model, config, tmp, opset, batch, dynamic_batch)
+        _export_to(model, config, tmp, opset, batch, dynamic_batch, dynamic_size)
         with TorchRunner(model) as runner:
             reference = predict(runner, x_val)
         with OnnxRuntimeRunner(tmp) as runner:
@@ -64,15 +75,20 @@ def export(
         output,
         Kind.ONNX,
         inputs={"checkpoint": config["checkpoint_sha256"]},
-        params={"opset": opset, "batch": None if dynamic_batch else batch, "precision": "fp32"},
+        params={"opset": opset, "batch": None if dynamic_batch else batch, "precision": "fp32",
+                **({"input_shape": config["input_shape"]} if input_shape is not None else {}), **({"dynamic_size": True} if dynamic_size else {})},
         precision=Precision.FP32,
         parity=figures,
+        model=model_record(config),
     )
     return {
         "onnx": str(output),
         "model": config["model"],
         "opset": opset,
         "batch": "dynamic" if dynamic_batch else batch,
+        "input_shape": config["input_shape"],
+        "dynamic_size": dynamic_size,
+        "weights_sha256": model_record(config)["weights_sha256"],
         "samples": int(len(y_val)),
         "top1_pytorch": figures.pop("reference_top1"),
         "top1_onnx": figures.pop("top1"),
@@ -80,9 +96,21 @@ def export(
     }
 
 
-def _export_to(model: torch.nn.Module, config: dict[str, Any], path: Path, opset: int, batch: int, dynamic_batch: bool) -> None:
+def _resized_preprocess(config: dict[str, Any], shape: tuple[int, int, int]) -> dict[str, Any]:
+    """A recorded resize-and-crop (timm's) at a new size: the crop is the size, the resize keeps its ratio."""
+    recorded = config.get("preprocess")
+    if not recorded:
+        return {}
+    old_h, new_h, new_w = config["input_shape"][1], shape[1], shape[2]
+    ratio = (recorded["resize"] if isinstance(recorded["resize"], int) else recorded["resize"][0]) / old_h
+    resize = int(new_h * ratio) if new_h == new_w else [int(new_h * ratio), int(new_w * ratio)]
+    return {"preprocess": {**recorded, "resize": resize, "crop": [new_h, new_w]}}
+
+
+def _export_to(model: torch.nn.Module, config: dict[str, Any], path: Path, opset: int, batch: int, dynamic_batch: bool, dynamic_size: bool = False) -> None:
     example = torch.zeros(1 if dynamic_batch else batch, *config["input_shape"])
-    dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    axes = {**({0: "batch"} if dynamic_batch else {}), **({2: "height", 3: "width"} if dynamic_size else {})}
+    dynamic_axes = {"input": axes, "logits": {0: "batch"} if dynamic_batch else {}} if axes else None
     try:
         # The TorchScript exporter: fast (well under a second for the zoo) and it keeps the
         # plain op set (Conv, ReduceMean, Sigmoid, Softmax, MatMul) TensorRT fuses best.
@@ -101,8 +129,12 @@ def _export_to(model: torch.nn.Module, config: dict[str, Any], path: Path, opset
         "edgepipe.std": json.dumps(config["std"]),
         "edgepipe.class_names": json.dumps(config["class_names"]),
         "edgepipe.checkpoint_sha256": config["checkpoint_sha256"],
+        "edgepipe.model_spec": json.dumps(config.get("model_spec"), sort_keys=True),
+        "edgepipe.weights_sha256": model_record(config)["weights_sha256"] or "",
         "edgepipe.version": __version__,
     })
+    if config.get("preprocess"):  # the model's own resize, crop and normalization, for every later stage
+        Preprocess.from_dict(config["preprocess"]).store_in(proto)
     proto.producer_name = "edgepipe"
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     onnx.checker.check_model(proto, full_check=True)

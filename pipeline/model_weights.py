@@ -8,24 +8,16 @@ are read with safetensors. Every key and shape must match the model (strict).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import traceback
 from pathlib import Path
 from typing import Any
 
+from pipeline.artifacts import sha256_file
 from pipeline.errors import EdgepipeError
 
 SAVE_FIX = "save the weights with torch.save(model.state_dict(), PATH) or safetensors.torch.save_file"
 WRAPPER_KEYS = ("state_dict", "model")  # where trainers commonly keep the state dict
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -109,4 +101,4 @@ def load_weights(model, path: str | Path) -> str:
     except RuntimeError as exc:  # e.g. a dtype torch cannot copy
         reason = traceback.format_exception_only(type(exc), exc)[-1].strip()[:200]
         raise EdgepipeError(f"{path.name} does not load into the model: {reason}", fix=SAVE_FIX) from None
-    return _sha256(path)
+    return sha256_file(path)

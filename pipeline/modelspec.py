@@ -24,11 +24,12 @@ import yaml
 
 from pipeline.errors import EdgepipeError
 from pipeline.model_weights import load_weights  # noqa: F401  (part of this module's API)
-from pipeline.user_code import call_user_callable, error_line, sha256_of
-from pipeline.timm_models import TIMM_PREFIX, create_timm, timm_data_config, timm_default_input_size
+from pipeline.artifacts import sha256_file
+from pipeline.user_code import call_user_callable, error_line
+from pipeline.timm_models import TIMM_PREFIX, create_timm, timm_data_config, timm_default_input_size, timm_preprocess
 
-__all__ = ["ModelSpec", "build", "input_size", "load_recorded", "load_weights", "parse_input_size",
-           "parse_model_args", "probe", "timm_data_config"]
+__all__ = ["ModelCode", "ModelSpec", "build", "input_size", "load_recorded", "load_weights", "parse_input_size",
+           "parse_model_args", "probe", "timm_data_config", "timm_preprocess"]
 
 KINDS = ("zoo", "timm", "module", "file")
 USER_CODE_KINDS = ("module", "file")
@@ -109,7 +110,7 @@ class ModelSpec:
             path = Path(where).expanduser().resolve()
             if not path.is_file():
                 raise EdgepipeError(f"model file {where} does not exist", fix="pass --model path/to/file.py:callable with the path to your model file")
-            return cls(text, "file", str(path), attr, args, sha256_of(path))
+            return cls(text, "file", str(path), attr, args, sha256_file(path))
         if not all(part.isidentifier() for part in where.split(".")):
             raise EdgepipeError(f"--model {text}: {where!r} is not a module name or a .py file", fix=fix)
         return cls(text, "module", where, attr, args)
@@ -155,6 +156,15 @@ class ModelSpec:
         return self.target == other.target or (self.kind == "file" and self.sha256 is not None and self.sha256 == other.sha256)
 
 
+@dataclass(frozen=True)
+class ModelCode:
+    """What a stage may import to rebuild a checkpoint's model: ``given`` is --model named again
+    (with its --model-arg values), ``trust`` is --trust-model-code. The default allows no user code."""
+
+    given: ModelSpec | None = None
+    trust: bool = False
+
+
 def load_recorded(spec_json: dict[str, Any] | str, given: ModelSpec | None, trust_model_code: bool) -> ModelSpec:
     """The spec to build for a checkpoint that recorded ``spec_json``; imports nothing.
 
@@ -179,7 +189,7 @@ def load_recorded(spec_json: dict[str, Any] | str, given: ModelSpec | None, trus
         path = Path(recorded.target)
         if not path.is_file():
             raise EdgepipeError(f"model file {path} recorded in the checkpoint does not exist", fix="pass --model path/to/file.py:callable with its new path")
-        if recorded.sha256 and sha256_of(path) != recorded.sha256:
+        if recorded.sha256 and sha256_file(path) != recorded.sha256:
             raise EdgepipeError(f"model file {path} has changed since the checkpoint recorded it (sha256 differs)",
                                 fix=f"pass --model {recorded.canonical} to use the file as it is now")
     return recorded

@@ -99,6 +99,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"# edgepipe run: {title(report)}",
         "",
         f"{reference_line(report)} Engines: {report['engines']}. Run took {report['seconds']:.1f} s.",
+        *model_lines(report),
         "",
         "| artifact | format | precision | status | size (MB) | top-1 (%) | vs PyTorch (pts) | agreement (%) | latency (ms) | throughput (img/s) |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
@@ -128,6 +129,17 @@ def title(report: dict[str, Any]) -> str:
     name = Path(str(source.get("file"))).name
     start = f", from {name}" if source.get("start") in ("checkpoint", "onnx") and name != report["model"] else ""
     return f"{report['model']} on {Path(str(report['data'])).name}{start}"
+
+
+def model_lines(report: dict[str, Any]) -> list[str]:
+    """The PyTorch model's spec, input size and the sha256 of the weights it started from, when known."""
+    source = report.get("source") or {}
+    spec = (source.get("model_spec") or {}).get("spec")
+    if not spec:
+        return []
+    shape = "x".join(str(v) for v in source.get("input_shape") or [])
+    weights = f", weights sha256 {source['weights_sha256']}" if source.get("weights_sha256") else ""
+    return ["", f"Model: --model {spec}{f' at {shape}' if shape else ''}{weights}."]
 
 
 def reference_line(report: dict[str, Any]) -> str:

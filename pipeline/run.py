@@ -32,14 +32,15 @@ from typing import Any, Callable
 import calibration
 from pipeline import bench, benchreport, build, export, quantize, report, train, validate
 from pipeline.artifacts import Kind, read_manifest, sha256_file, why_stale, write_json_atomic, write_manifest
-from pipeline.checkpoint import DEFAULT_MODEL, load_checkpoint, model_info, save_checkpoint
+from pipeline.checkpoint import config_of, model_info, model_record, save_checkpoint
 from pipeline.data import DEFAULT_DATA, load_dataset, load_for_config, resolve_source
 from pipeline.errors import EdgepipeError
-from pipeline.images import ImageSource, ModelInput, PreprocessFlags, refuse_for_recorded
-from pipeline.images import open_source as open_images
-from pipeline.onnxfile import CONFIG_KEY, load_onnx, onnx_config, read_metadata
+from pipeline.images import PreprocessFlags
+from pipeline.modelspec import ModelCode, ModelSpec
+from pipeline.onnxfile import load_onnx, onnx_config
 from pipeline.precision import Precision, parse_list
 from pipeline.progress import info, info_styled
+from pipeline.runsource import Source, open_source
 from pipeline.tensorrt.backend import get_backend, installed_backends
 
 PRECISIONS = tuple(Precision)
@@ -118,48 +119,8 @@ def _why_stale(stage: Stage, inputs: dict[str, str]) -> str | None:
     return why_stale(stage.output, stage.kind, inputs, {**recorded, **stage.settings})
 
 
-@dataclass
-class Source:
-    """What the run starts from, checked before anything is written."""
-
-    start: str  # "training", "checkpoint" or "onnx"
-    file: Path | None  # the checkpoint or ONNX given
-    name: str  # the model's zoo name, else the file's name
-    data: str | None  # the dataset it was trained on, as recorded
-    model_input: ModelInput | None = None  # an ONNX edgepipe did not export: its input and preprocessing
-    images: ImageSource | None = None  # and the user's images for it (--data), listed
-
-    def need_images(self) -> ImageSource:
-        if self.images is None:
-            raise EdgepipeError(f"{self.name} has no edgepipe metadata, so there is no recorded data to calibrate or validate it on",
-                                fix="pass --data with your images (an ImageFolder, a folder of images or an .npz), and --labels FILE if the folders are classes")
-        return self.images
-
-
-def open_source(model: str | None, checkpoint: str | Path | None, onnx_model: str | Path | None, data: str | None = None,
-                labels: str | Path | None = None, preprocess: PreprocessFlags | None = None) -> Source:
-    """The run's primary input, or one error (missing, unreadable, unknown model, bad data or flags) before any write."""
-    if sum(bool(s) for s in (model, checkpoint, onnx_model)) > 1:
-        raise EdgepipeError("--model, --checkpoint and --onnx are alternatives", fix="pass only one of them")
-    if onnx_model and CONFIG_KEY not in read_metadata(load_onnx(onnx_model)):
-        model_input = ModelInput.of_onnx(onnx_model, preprocess)
-        found = open_images(data, labels=labels, num_classes=model_input.num_classes) if data else None
-        return Source("onnx", Path(onnx_model), Path(onnx_model).name, None, model_input, found)
-    refuse_for_recorded(checkpoint or onnx_model or model or DEFAULT_MODEL, preprocess, labels)
-    if checkpoint:
-        config = load_checkpoint(checkpoint)[1]
-        return Source("checkpoint", Path(checkpoint), config["model"], config["data"]["source"])
-    if onnx_model:
-        metadata = read_metadata(load_onnx(onnx_model))
-        config = json.loads(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else {}
-        return Source("onnx", Path(onnx_model), metadata.get("edgepipe.model") or Path(onnx_model).name, (config.get("data") or {}).get("source"))
-    model = model or DEFAULT_MODEL
-    model_info(model)  # an unknown zoo name is refused here
-    return Source("training", None, model, None)
-
-
 def run(
-    model: str | None = None,
+    model: str | ModelSpec | None = None,
     checkpoint: str | Path | None = None,
     onnx_model: str | Path | None = None,
     data: str | None = None,
@@ -174,18 +135,22 @@ def run(
     bench_seconds: float = 1.0,
     max_drop: float | None | str = BUDGET_DEFAULT,
     labels: str | Path | None = None, preprocess: PreprocessFlags | None = None, workers: int | None = None,
+    weights: str | Path | None = None, input_shape: tuple[int, int, int] | None = None, code: ModelCode | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline into ``output``; returns the report (also written as report.json/.md).
 
     ``labels``, ``preprocess`` and ``workers`` are for an ``onnx_model`` edgepipe did not export.
+    ``model`` is any --model spec; ``weights`` start it (with ``epochs`` None: taken as they are,
+    no training), ``input_shape`` is its (C, H, W); ``code`` is the user code a given checkpoint may
+    be rebuilt from (by default: ``model``'s).
     """
     started = time.perf_counter()
     wanted = parse_list(precisions)
-    source = open_source(model, checkpoint, onnx_model, data, labels, preprocess)
+    source = open_source(model, checkpoint, onnx_model, data, labels, preprocess, code, weights)
     foreign = source.model_input is not None
     max_drop = _budget(source, max_drop)
     data_name = resolve_source(data) if data else (source.data or DEFAULT_DATA)
-    folder = Path(output or f"runs/{source.name if source.start == 'training' else source.file.stem}")
+    folder = Path(output or f"runs/{source.folder_name}")
     if folder.exists() and not folder.is_dir():
         raise EdgepipeError(f"run directory {folder} is a file", fix="pass another -o DIR")
     folder.mkdir(parents=True, exist_ok=True)
@@ -203,14 +168,15 @@ def run(
     to_onnx = (first,) if first else ()
     size = source.model_input.fixed_size if foreign else None
     backend, engines_note = _backend(engines)
-    epochs = epochs or (model_info(source.name).get("default_epochs", train.DEFAULT_EPOCHS) if trained else None)
+    if trained and epochs is None:  # given weights are taken as they are; else the model's recipe
+        epochs = 0 if weights else model_info(source.name).get("default_epochs", train.DEFAULT_EPOCHS)
     stages = Stages(force, strict)
     datasets: dict[str, str] = {}
 
     def data_sha(config: dict[str, Any] | None = None) -> str:
         if foreign:  # the user's images: their identity, without decoding them
             return source.need_images().sha256
-        key = json.dumps(config and config["input_shape"])
+        key = json.dumps(config and [config["input_shape"], config.get("preprocess")])
         if key not in datasets:  # loaded once per input shape, for every stage that names it
             datasets[key] = (load_for_config(config, data) if config else load_dataset(data or DEFAULT_DATA)).sha256
         return datasets[key]
@@ -232,7 +198,7 @@ def run(
         files = [str(p) for p in made().values()]
         if foreign:  # the held-out part of the user's images, never calibrated on
             return validate.validate(onnx_fp32, files, data=source.need_images().spec, labels=labels, workers=workers, split="held-out")
-        return validate.validate(ckpt or onnx_fp32, files, data=data)
+        return validate.validate(ckpt or onnx_fp32, files, data=data, code=source.code)
 
     def made() -> dict[str, Path]:
         """Artifact ids (the report's rows) -> files, for what this run has made."""
@@ -249,10 +215,12 @@ def run(
         Stage("import", onnx_fp32, Kind.ONNX, lambda: {"onnx": sha256_file(source.file)},
               {"precision": "fp32", "preprocess": source.model_input.preprocess.to_dict() if foreign else None},
               lambda: source.model_input.write_onnx(source.file, onnx_fp32), when=foreign),
-        Stage("train", folder / "checkpoint.pt", Kind.CHECKPOINT, lambda: {"data": data_sha()},
-              {"model": source.name, "epochs": epochs, "seed": seed}, lambda: _train(source.name, data, epochs, seed, folder / "checkpoint.pt"), when=trained),
+        Stage("train", folder / "checkpoint.pt", Kind.CHECKPOINT, lambda: {"data": data_sha(_recorded_config(ckpt)), **({"weights": sha256_file(weights)} if weights else {})},
+              {"model": source.name, "model_spec": source.spec and source.spec.to_json(), "input_size": list(input_shape) if input_shape else None, "epochs": epochs, "seed": seed},
+              lambda: _train(source.spec, data, epochs, seed, weights, input_shape, folder / "checkpoint.pt"), when=trained),
         Stage("export", onnx_fp32, Kind.ONNX, lambda: {"checkpoint": sha256_file(ckpt)}, {"opset": export.DEFAULT_OPSET, "batch": None, "precision": "fp32"},
-              lambda: export.export(ckpt, onnx_fp32, dynamic_batch=True, data=data, force=True), needs=("train",) if trained else (), when=first == "export"),
+              lambda: export.export(ckpt, onnx_fp32, dynamic_batch=True, data=data, force=True, model_name=source.code.given, trust_model_code=source.code.trust),
+              needs=("train",) if trained else (), when=first == "export"),
         Stage("calibrate", calib, Kind.CALIBRATION, calibration_inputs, {"num": calibration.DEFAULT_NUM, "seed": seed, "split": "pool" if foreign else "train"},
               draw_calibration, needs=to_onnx, when=Precision.INT8 in wanted),
         Stage("quantize-int8", onnx[Precision.INT8], Kind.ONNX, lambda: {"onnx": sha256_file(onnx_fp32), "calibration": read_manifest(calib)["content_sha256"]},
@@ -268,7 +236,8 @@ def run(
           for p in PRECISIONS],
         Stage("validate", validation, Kind.RESULT, lambda: {**measured_inputs(), "data": data_sha(fp32_config())}, {}, validated, needs=to_onnx),
         Stage("bench", benched, Kind.RESULT, measured_inputs, {"batches": list(bench_batches), "seconds": bench_seconds, "warmup_ms": BENCH_WARMUP_MS},
-              lambda: bench.bench([str(p) for p in made().values()], checkpoint=ckpt, batches=tuple(bench_batches), duration_s=bench_seconds, warmup_ms=BENCH_WARMUP_MS, input_size=size),
+              lambda: bench.bench([str(p) for p in made().values()], checkpoint=ckpt, batches=tuple(bench_batches), duration_s=bench_seconds, warmup_ms=BENCH_WARMUP_MS, input_size=size,
+                                  code=source.code),
               needs=to_onnx),
     ]
     if engines and backend is None:
@@ -302,10 +271,19 @@ def _backend(engines: bool) -> tuple[Any, str | None]:
         return None, str(exc)
 
 
-def _train(model: str, data: str | None, epochs: int | None, seed: int, path: Path) -> None:
-    net, config = train.train(model, data=data or DEFAULT_DATA, epochs=epochs, seed=seed)
-    config["train"]["seed"] = seed  # so that the checkpoint's manifest names every setting a run compares
+def _train(spec: ModelSpec, data: str | None, epochs: int | None, seed: int, weights, input_shape, path: Path) -> None:
+    net, config = train.train(spec, data=data or DEFAULT_DATA, epochs=epochs, seed=seed, weights=weights, input_shape=input_shape)
+    # so that the checkpoint's manifest names every setting a run compares
+    config["train"].update(seed=seed, input_size=list(input_shape) if input_shape else None)
     save_checkpoint(path, net, config, force=True)
+
+
+def _recorded_config(checkpoint: Path | None) -> dict[str, Any] | None:
+    """The config of a checkpoint an earlier run trained, so that its data is hashed as it was loaded then."""
+    try:
+        return config_of(checkpoint) if checkpoint is not None and checkpoint.is_file() else None
+    except EdgepipeError:  # unreadable: the train stage makes it again
+        return None
 
 
 def _report(folder: Path, source: Source, data: str, stages: Stages, ckpt: Path | None, made: dict[str, Path], engines_note, started: float) -> dict[str, Any]:
@@ -314,7 +292,7 @@ def _report(folder: Path, source: Source, data: str, stages: Stages, ckpt: Path 
     reference = ckpt or source.file or folder / "model.onnx"
     artifacts = {**({"pytorch": ckpt} if ckpt and stages.ok("train" if source.start == "training" else None) else {}), **made}
     summary = report.assemble(
-        folder=folder, model=source.name, data=data, source={"start": source.start, "file": str(reference)},
+        folder=folder, model=source.name, data=data, source={"start": source.start, "file": str(reference), **_model_record(ckpt if ckpt and ckpt.is_file() else None)},
         validation=validation, bench=benched, artifacts=artifacts, stages=stages.record, engines_note=engines_note,
         seconds=time.perf_counter() - started,
     )
@@ -327,3 +305,14 @@ def _report(folder: Path, source: Source, data: str, stages: Stages, ckpt: Path 
         summary["plot"] = "bench.png"
     report.write(summary, folder)
     return summary
+
+
+def _model_record(checkpoint: Path | None) -> dict[str, Any]:
+    """The model spec and the weights' sha256 the report names, from the checkpoint's config."""
+    if checkpoint is None:
+        return {}
+    try:
+        record = model_record(config_of(checkpoint))
+    except EdgepipeError:
+        return {}
+    return {"model_spec": record["model_spec"], "weights_sha256": record["weights_sha256"], "input_shape": record["input_shape"]}

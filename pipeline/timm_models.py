@@ -88,3 +88,17 @@ def timm_data_config(model) -> dict[str, Any]:
         "channel_order": "rgb" if c == 3 else "gray" if c == 1 else f"{c}-channel",
         "layout": "nchw",
     }
+
+
+def timm_preprocess(model, size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """timm's evaluation preprocessing for ``model`` in ``Preprocess`` keys, at ``size`` (H, W) or its own.
+
+    At another size the crop is that size and the resize keeps timm's crop_pct (shorter side
+    floor(size / crop_pct)), as timm's ``resolve_data_config(input_size=...)`` would give.
+    """
+    cfg = timm_data_config(model)
+    height, width = size or cfg["crop"]
+    crop_pct = cfg["crop_pct"]
+    resize: int | list[int] = math.floor(height / crop_pct) if height == width else [math.floor(height / crop_pct), math.floor(width / crop_pct)]
+    return {"resize": resize, "crop": [height, width], "mean": cfg["mean"], "std": cfg["std"], "channel_order": cfg["channel_order"],
+            "interpolation": cfg["interpolation"], "layout": "nchw", "channels": cfg["input_size"][0]}

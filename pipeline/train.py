@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from pipeline import data as datamod
-from pipeline.checkpoint import DEFAULT_MODEL, build_model, make_config, model_info
+from pipeline.checkpoint import DEFAULT_MODEL, model_for_data, model_info
 from pipeline.errors import EdgepipeError
 from pipeline.modelspec import ModelSpec, load_weights
 from pipeline.metrics import top1
@@ -41,37 +42,51 @@ def train(
     epochs: int | None = None,
     seed: int = 0,
     lr: float | None = None,
-    image_size: int = 32,
+    input_shape: tuple[int, int, int] | int | None = None,
     progress: bool = True,
     weights: str | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train ``model_name`` on ``data``; returns the model and its checkpoint config.
 
     ``model_name`` is a zoo name or a ``--model`` spec (timm:NAME, module:callable, file.py:callable);
-    ``weights`` (.pt state dict or .safetensors) starts a fine-tune from them.
+    ``input_shape`` is (C, H, W) from --input-size (an int N: NxN in the data's channels), else the
+    model's own size, else 32x32. ``weights`` (.pt state dict or .safetensors) starts a fine-tune
+    from them; with ``epochs=0`` they are taken as they are (no training), which needs weights.
     """
     spec = model_name if isinstance(model_name, ModelSpec) else ModelSpec.parse(model_name)
     info = model_info(spec.text) if spec.kind == "zoo" else {}
-    epochs = epochs or info.get("default_epochs", DEFAULT_EPOCHS)
+    epochs = info.get("default_epochs", DEFAULT_EPOCHS) if epochs is None else epochs
     lr = lr or info.get("default_lr", DEFAULT_LR)
-    if epochs < 1:
-        raise EdgepipeError(f"--epochs must be at least 1, got {epochs}", fix="pass --epochs 1 or more")
-    dataset = datamod.load_dataset(data, image_size=image_size)
-    config = make_config(spec, dataset, image_size, seed)
+    if epochs < (0 if weights else 1):
+        raise EdgepipeError(f"--epochs must be at least 1, got {epochs}", fix="pass --epochs 1 or more (0 only with --weights, to take them as they are)")
+    if isinstance(input_shape, int):
+        input_shape = (None, input_shape, input_shape)  # --img-size N: in the data's own channels
+    model, config, dataset = model_for_data(spec, data, seed, input_shape)
     x_train, y_train = datamod.split_of(config, dataset, "train")
     x_val, y_val = datamod.split_of(config, dataset, "val")
-
-    torch.manual_seed(seed)
-    model = build_model(config, spec)
     if weights is not None:
-        config["weights_sha256"] = load_weights(model, weights)
+        config["weights"] = {"file": str(Path(weights).resolve()), "sha256": load_weights(model, weights)}
+    started = time.perf_counter()
+    if epochs:
+        _fit(model, spec, torch.from_numpy(x_train), torch.from_numpy(y_train), epochs, lr, seed, progress)
+    model.eval()
+    config["train"] = {
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": BATCH_SIZE,
+        "seconds": round(time.perf_counter() - started, 2),
+        "val_top1": top1(predict(TorchRunner(model), x_val), y_val),
+    }
+    return model, config
+
+
+
+def _fit(model: torch.nn.Module, spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float, seed: int, progress: bool) -> None:
+    """The training loop every model gets: AdamW, one-cycle schedule, label smoothing, random shifts."""
     generator = torch.Generator().manual_seed(seed)
-    images, labels = torch.from_numpy(x_train), torch.from_numpy(y_train)
     steps_per_epoch = max(1, (len(labels) + BATCH_SIZE - 1) // BATCH_SIZE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
-
-    started = time.perf_counter()
     with progress_bar(f"train {spec.text}", epochs, enabled=progress) as bar:
         for epoch in range(epochs):
             model.train()
@@ -86,14 +101,3 @@ def train(
                 schedule.step()
                 total_loss += loss.item() * len(batch)
             bar.advance(f"epoch {epoch + 1} loss {total_loss / len(labels):.3f}")
-    model.eval()
-    config["train"] = {
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": BATCH_SIZE,
-        "seconds": round(time.perf_counter() - started, 2),
-        "val_top1": top1(predict(TorchRunner(model), x_val), y_val),
-    }
-    return model, config
-
-

@@ -21,15 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from pipeline.artifacts import sha256_file
 from pipeline.errors import EdgepipeError
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def error_line(exc: BaseException) -> str:
@@ -61,7 +54,7 @@ def _import_module(dotted: str):
 
 def _import_file(path: Path, sha256: str | None):
     # Unique per path and content: two model files named net.py never share a module.
-    key = hashlib.sha256(f"{path}\0{sha256 or sha256_of(path)}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{path}\0{sha256 or sha256_file(path)}".encode()).hexdigest()[:12]
     name = f"edgepipe_user_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{key}"
     if name in sys.modules:
         return sys.modules[name]

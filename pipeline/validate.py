@@ -29,9 +29,10 @@ from pipeline import data as datamod
 from pipeline import images
 from pipeline.images import FLAG_KEYS, ModelInput, PreprocessFlags, refuse_for_recorded
 from pipeline.artifacts import Artifact, Kind, read_manifest
-from pipeline.checkpoint import config_of
+from pipeline.checkpoint import config_of, model_record
 from pipeline.errors import EdgepipeError
 from pipeline.fidelity import DEFAULT_ATOL, DEFAULT_RTOL, Fidelity
+from pipeline.modelspec import ModelCode
 from pipeline.metrics import evaluate, top1
 from pipeline.onnxfile import CONFIG_KEY, load_onnx, read_metadata
 from pipeline.precision import Precision
@@ -46,8 +47,11 @@ FIGURE_KEYS = ("max_abs_diff", "mean_abs_diff", "median_abs_diff", "cosine", "co
 
 def validate(reference: str | Path | None, artifacts: Iterable[str | Path], data: str | None = None, *, labels: str | Path | None = None,
              preprocess: PreprocessFlags | None = None, workers: int | None = None, split: str | dict[str, Any] = "auto",
-             batch_size: int = images.DEFAULT_BATCH_SIZE, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
+             batch_size: int = images.DEFAULT_BATCH_SIZE, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+             code: ModelCode = ModelCode()) -> dict[str, Any]:
     """Run the reference and every artifact on the same images; one row per artifact.
+
+    ``code``: the user code a checkpoint reference may be rebuilt from (--model, --trust-model-code).
 
     ``labels``, ``preprocess``, ``workers`` and ``split`` are for models edgepipe did not export:
     ``split`` "held-out" judges on the held-out part of a seeded split of ``data``, "all" on every
@@ -60,7 +64,7 @@ def validate(reference: str | Path | None, artifacts: Iterable[str | Path], data
     ref = _reference(reference, paths)
     if ref.kind is Kind.CHECKPOINT or CONFIG_KEY in read_metadata(load_onnx(ref.path)):
         refuse_for_recorded(ref.path, preprocess, labels)
-        return _validate_recorded(ref, paths, data)
+        return _validate_recorded(ref, paths, data, code)
     return _validate_on_images(ref, paths, data, labels, preprocess, workers, split, batch_size, atol, rtol)
 
 
@@ -82,11 +86,11 @@ def _reference(reference: str | Path | None, artifacts: list[Path]) -> Artifact:
 # --- edgepipe's own models: the held-out split the checkpoint records -----------------------------
 
 
-def _validate_recorded(ref: Artifact, paths: list[Path], data: str | None) -> dict[str, Any]:
+def _validate_recorded(ref: Artifact, paths: list[Path], data: str | None, code: ModelCode) -> dict[str, Any]:
     config = config_of(ref.path)
     dataset = datamod.load_for_config(config, data)
     x, y = datamod.split_of(config, dataset, "val")
-    with open_runner(ref) as runner:
+    with open_runner(ref, code=code) as runner:
         reference_logits = predict(runner, x)
         reference_runner = runner.name
     rows = [_recorded_row(path, x, y, reference_logits, config) for path in paths]
@@ -94,6 +98,7 @@ def _validate_recorded(ref: Artifact, paths: list[Path], data: str | None) -> di
         "reference_model": str(ref.path),
         "checkpoint": str(ref.path) if ref.kind is Kind.CHECKPOINT else None,
         "model": config["model"],
+        "model_record": model_record(config),
         "data": dataset.source,
         "reference": {"runner": reference_runner, "top1": top1(reference_logits, y), "samples": int(len(y)), "file": str(ref.path)},
         "rows": rows,

@@ -182,3 +182,65 @@ def test_timm_errors_are_one_line(tmp_path):
         probe(se_resnet, (1, 224, 224))
     with pytest.raises(EdgepipeError, match=r"timm could not build seresnet18 .*TypeError"):
         build(ModelSpec.parse("timm:seresnet18", ["depth_multiplier=2"]))
+
+
+def test_timm_through_edgepipe_run_with_local_weights(weights, tmp_path, capsys):
+    """timm:NAME at its own size through every stage of `edgepipe run`, weights from a local file.
+
+    The images are labelled with the source model's own predictions, so the FP32 model is right on
+    all of them and the INT8 budget (top-1 points lost) measures what quantization changed. As on a
+    trained model's own held-out images, only clearly classified pictures are kept (top-2 margin in
+    the upper half): a random head leaves some pictures on a class boundary, where any rounding flips them.
+    """
+    import json
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    spec, path, source, size, _ = weights
+    if spec.target != "seresnet18":
+        pytest.skip("one model is enough through every stage")
+    cfg = timm_data_config(source)
+    pictures = images(220, seed=3)
+    with torch.no_grad():
+        logits = source(torch.from_numpy(np.stack([preprocess(p, cfg) for p in pictures])))
+    top2 = logits.topk(2, dim=1).values
+    margin = (top2[:, 0] - top2[:, 1]).numpy()
+    clear = margin >= np.median(margin)
+    pictures = [p for p, keep in zip(pictures, clear) if keep]
+    predicted = [int(c) for c, keep in zip(logits.argmax(1).tolist(), clear) if keep]
+    counts = np.bincount(predicted, minlength=NUM_CLASSES)
+    folder = tmp_path / "photos"
+    for c in range(NUM_CLASSES):
+        (folder / f"class{c}").mkdir(parents=True)
+    for i, (picture, label) in enumerate(zip(pictures, predicted)):
+        if counts[label] >= 2:  # every class present holds at least two images
+            picture.save(folder / f"class{label}" / f"{i}.png")
+
+    run_dir = tmp_path / "run"
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, ["run", "--model", spec.text, "--weights", str(path), "--data", str(folder), "--no-engines",
+                                       "--batches", "1", "--bench-seconds", "0.2", "-o", str(run_dir), "--json"], catch_exceptions=False)
+    report(spec.text, "edgepipe run (train stage takes the weights, export, calibrate, fp16, int8, validate, bench)", time.perf_counter() - started)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["source"]["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert summary["source"]["input_shape"] == size
+    exported = json.loads((run_dir / "model.onnx.manifest.json").read_text())
+    assert exported["parity"]["max_abs_diff"] <= 1e-4 and exported["parity"]["top1_agreement"] == 100.0
+    import onnx
+
+    stored = {p.key: p.value for p in onnx.load(str(run_dir / "model.onnx")).metadata_props}
+    assert json.loads(stored["edgepipe.preprocess"])["crop"] == size[1:] and json.loads(stored["edgepipe.preprocess"])["interpolation"] == "bicubic"
+    rows = {row["precision"]: row for row in json.loads((run_dir / "validate.json").read_text())["rows"]}
+    int8 = json.loads((run_dir / "model.int8.onnx.manifest.json").read_text())
+    with capsys.disabled():
+        print(f"\n[timm run] {spec.text}: export max abs diff {exported['parity']['max_abs_diff']:.2e}; "
+              f"FP16 agreement {rows['fp16']['agreement']:.2f}% max |d| {rows['fp16']['max_abs_diff']:.3g}; "
+              f"INT8 agreement {rows['int8']['agreement']:.2f}% top-1 {rows['int8']['top1']:.2f}% (FP32 {rows['fp32']['top1']:.2f}%), "
+              f"on {json.loads((run_dir / 'validate.json').read_text())['reference']['samples']} held-out images; "
+              f"INT8 params {json.dumps({k: v for k, v in int8.get('params', {}).items() if k != 'precision'}, default=str)[:600]}; "
+              f"stages {json.dumps({k: v['seconds'] for k, v in summary['stages'].items()})}")
+    assert rows["fp16"]["agreement"] >= 99.9
+    assert rows["int8"]["status"] == "ok" and rows["fp32"]["top1"] - rows["int8"]["top1"] <= 0.5 + 1e-9

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from pipeline import bench, benchreport
 from pipeline.artifacts import check_output, write_json_atomic
-from pipeline.commands.options import EdgepipeCommand, batches_option, emit, force_option, input_size_option, json_option
+from pipeline.commands.options import EdgepipeCommand, batches_option, emit, force_option, input_size_option, json_option, model_options
 from pipeline.progress import out
 
 
@@ -24,9 +24,10 @@ from pipeline.progress import out
 @input_size_option(help="Height x width for ONNX models whose input leaves them open (dynamic H/W). Default: the size of the preprocessing stored in the model.")
 @click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False), metavar="DIR", help="Write bench.md and bench.png (latency against accuracy) to DIR.")
 @click.option("--json-out", default=None, type=click.Path(dir_okay=False), metavar="FILE", help="Also write the JSON result to FILE.")
+@model_options(help="The model of a --checkpoint that names your own code: --model again, or --trust-model-code.")
 @force_option
 @json_option
-def bench_command(artifacts, checkpoint, batches, warmup_ms, duration_s, iterations, cuda_graph, device, input_size, report_dir, json_out, force, as_json):
+def bench_command(artifacts, checkpoint, batches, warmup_ms, duration_s, iterations, cuda_graph, device, input_size, report_dir, json_out, model, code, force, as_json):
     """Measure latency and throughput of the PyTorch reference and every artifact, side by side.
 
     Per artifact and batch: min, mean, median, p90, p95, p99 latency and throughput after a
@@ -42,7 +43,7 @@ def bench_command(artifacts, checkpoint, batches, warmup_ms, duration_s, iterati
     outputs = ([json_out] if json_out else []) + ([f"{report_dir}/bench.md", f"{report_dir}/bench.png"] if report_dir else [])
     for path in outputs:
         check_output(path, force)  # fail before measuring, not after
-    result = bench.bench(list(artifacts), checkpoint=checkpoint, batches=batches, warmup_ms=warmup_ms, duration_s=duration_s, iterations=iterations, cuda_graph=cuda_graph, device=device, input_size=input_size)
+    result = bench.bench(list(artifacts), checkpoint=checkpoint, batches=batches, warmup_ms=warmup_ms, duration_s=duration_s, iterations=iterations, cuda_graph=cuda_graph, device=device, input_size=input_size, code=code)
     if report_dir:
         md, png = benchreport.write_report(result, report_dir)
         result["report"] = {"markdown": str(md), "plot": str(png)}

@@ -24,6 +24,8 @@ import click
 
 from pipeline.errors import EdgepipeError
 from pipeline.images.model_input import FLAG_KEYS, PreprocessFlags
+from pipeline.modelspec import ModelCode, ModelSpec
+from pipeline.modelspec import parse_input_size as parse_chw
 from pipeline.precision import Precision, parse_list
 
 FAILED = 1  # a user error, or a result with a failed row, stage or regression
@@ -139,6 +141,11 @@ def parse_input_size(text: str | None, option: str = "--input-size") -> tuple[in
     return (values[0], values[-1])
 
 
+def parse_input_shape(text: str | None) -> tuple[int, int, int] | None:
+    """ "3x96x96" -> (3, 96, 96): channels, height and width a PyTorch model is trained and exported at."""
+    return None if text is None else parse_chw(text)
+
+
 def _callback(parser: Callable[..., Any], *args: Any) -> Callable[[click.Context, click.Parameter, Any], Any]:
     return lambda ctx, param, value: parser(value, *args)
 
@@ -215,6 +222,52 @@ def precision_flags(helps: dict[Precision, str], *, required: bool = False) -> C
 def input_size_option(help: str = "Height x width for models whose input leaves them open (dynamic H/W).") -> Callable:
     """``--input-size HxW`` -> ``input_size``: (height, width), or None."""
     return click.option("--input-size", "input_size", default=None, metavar="HxW", callback=_callback(parse_input_size), help=help)
+
+
+def input_shape_option(help: str = "Channels x height x width of the model's input (default: the model's own size, else 32x32 in the data's channels).") -> Callable:
+    """``--input-size CxHxW`` -> ``input_shape``: (C, H, W) of a PyTorch model's input, or None."""
+    return click.option("--input-size", "input_shape", default=None, metavar="CxHxW", callback=_callback(parse_input_shape), help=help)
+
+
+MODEL_HELP = "Zoo model ('edgepipe models'), a timm model (timm installed), or your own: a callable returning an nn.Module."
+
+
+def model_options(default: str | None = None, *, weights: bool = False, trust: bool = True, help: str = MODEL_HELP) -> Callable:
+    """``--model SPEC --model-arg K=V ... [--weights FILE] [--trust-model-code]`` -> ``model`` and ``code``.
+
+    ``model`` is the parsed ``ModelSpec`` (or None when not given and no default); ``code`` is the
+    ``ModelCode`` a stage needs to rebuild a checkpoint's model: the user code it may import. With
+    ``weights``, ``--weights FILE`` -> ``weights``.
+    """
+
+    def decorator(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            text, pairs = kwargs.pop("model_name"), kwargs.pop("model_args")
+            if text is None and pairs:
+                raise EdgepipeError("--model-arg was given without --model", fix="pass --model SPEC with its --model-arg values")
+            given = ModelSpec.parse(text, pairs) if text is not None else None
+            trusted = kwargs.pop("trust_model_code", False)
+            kwargs["model"] = given
+            kwargs["code"] = ModelCode(given, trusted)
+            return fn(*args, **kwargs)
+
+        options = [
+            click.option("--model", "model_name", default=default, show_default=default is not None,
+                         metavar="NAME|timm:NAME|module:callable|file.py:callable", help=help),
+            click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE", help="Keyword argument for the model's callable (repeatable)."),
+        ]
+        if weights:
+            options.append(click.option("--weights", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+                                        help="Weights to start from (.pt/.pth state dict, or .safetensors; never pickled objects)."))
+        if trust:
+            options.append(click.option("--trust-model-code", "trust_model_code", is_flag=True,
+                                        help="Import the user code a checkpoint names without --model (only for checkpoints you trust)."))
+        for option in reversed(options):  # Click lists options in the order written
+            command = option(command)
+        return command
+
+    return decorator
 
 
 _PREPROCESS_HELP = {

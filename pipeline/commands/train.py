@@ -6,40 +6,42 @@ import click
 
 from pipeline.artifacts import check_output
 from pipeline.checkpoint import DEFAULT_MODEL, save_checkpoint
-from pipeline.commands.options import EdgepipeCommand, data_option, emit, force_option, json_option
+from pipeline.commands.options import EdgepipeCommand, data_option, emit, force_option, input_shape_option, json_option, model_options
 from pipeline.data import DEFAULT_DATA
+from pipeline.errors import EdgepipeError
 from pipeline.modelspec import ModelSpec
 from pipeline.progress import out
 from pipeline.train import train
 
 
 @click.command("train", cls=EdgepipeCommand)
-@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, metavar="NAME|timm:NAME|module:callable|file.py:callable",
-              help="Zoo model ('edgepipe models'), a timm model (timm installed), or your own: a callable returning an nn.Module.")
-@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE", help="Keyword argument for the model's callable (repeatable).")
-@click.option("--weights", default=None, type=click.Path(dir_okay=False), metavar="FILE", help="Start from these weights (.pt/.pth state dict, or .safetensors): a fine-tune.")
+@model_options(default=DEFAULT_MODEL, weights=True, trust=False)
 @data_option(default=DEFAULT_DATA, help="Dataset: bundled digits, an ImageFolder directory, or an .npz with x and y.")
-@click.option("--epochs", type=int, default=None, help="Epochs (default: the model's recipe).")
+@click.option("--epochs", type=int, default=None, help="Epochs (default: the model's recipe; 0 with --weights: take them as they are).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the model's recipe).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the split, initialisation and batches.")
-@click.option("--img-size", default=32, show_default=True, help="Input size images are resized to.")
+@input_shape_option()
+@click.option("--img-size", type=int, default=None, metavar="N", help="N x N in the data's channels (a shorthand for --input-size).")
 @click.option("-o", "--output", required=True, metavar="DIR|FILE.pt", help="Folder (gets MODEL.pt) or checkpoint path.")
 @force_option
 @json_option
-def train_command(model_name, model_args, weights, data, epochs, lr, seed, img_size, output, force, as_json):
+def train_command(model, code, weights, data, epochs, lr, seed, input_shape, img_size, output, force, as_json):
     """Train a model and write a checkpoint with its config, model spec and held-out split.
 
     \b
     Example:
       edgepipe train --model cbam_resnet --data digits --epochs 20 -o runs/cbam
-      edgepipe train --model mynets.py:make_net --model-arg width=32 --data photos/ --img-size 96 -o runs/mine
+      edgepipe train --model mynets.py:make_net --model-arg width=32 --data photos/ --input-size 3x96x96 -o runs/mine
     """
-    spec = ModelSpec.parse(model_name, model_args)
+    spec = model
+    if input_shape and img_size:
+        raise EdgepipeError("--input-size and --img-size both set the input size", fix="pass only --input-size CxHxW")
     path = _checkpoint_path(output, spec)
     check_output(path, force)  # fail before training, not after
-    model, config = train(spec, data=data, weights=weights, epochs=epochs, seed=seed, lr=lr, image_size=img_size, progress=not as_json)
-    save_checkpoint(path, model, config, force=force)
-    result = {"checkpoint": str(path), "model": spec.text, **{k: config["train"][k] for k in ("val_top1", "epochs", "seconds")}}
+    net, config = train(spec, data=data, weights=weights, epochs=epochs, seed=seed, lr=lr, input_shape=input_shape or img_size, progress=not as_json)
+    save_checkpoint(path, net, config, force=force)
+    result = {"checkpoint": str(path), "model": spec.text, "input_shape": config["input_shape"],
+              "weights_sha256": (config.get("weights") or {}).get("sha256"), **{k: config["train"][k] for k in ("val_top1", "epochs", "seconds")}}
     result["val_samples"] = len(config["split"]["val_indices"])
     emit(result, as_json, lambda r: out.print(
         f"{r['checkpoint']}: held-out top-1 {r['val_top1']:.2f}% on {r['val_samples']} images after {r['epochs']} epochs ({r['seconds']:.0f} s)", markup=False,

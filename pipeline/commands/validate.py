@@ -3,7 +3,7 @@
 import click
 from rich.table import Table
 
-from pipeline.commands.options import EdgepipeCommand, data_option, emit, json_option, preprocess_options
+from pipeline.commands.options import EdgepipeCommand, data_option, emit, json_option, model_options, preprocess_options
 from pipeline.fidelity import DEFAULT_ATOL, DEFAULT_RTOL
 from pipeline.progress import out
 from pipeline.validate import SPLITS, validate
@@ -21,8 +21,9 @@ from pipeline.validate import SPLITS, validate
               help="Which of --data's images count: the held-out part of a seeded split, all, or auto (held-out when an artifact was calibrated on the rest).")
 @click.option("--atol", default=DEFAULT_ATOL, show_default=True, help="Absolute tolerance of the pass/fail check, per output element (Polygraphy's).")
 @click.option("--rtol", default=DEFAULT_RTOL, show_default=True, help="Relative tolerance of the pass/fail check.")
+@model_options(help="The model of a checkpoint reference that names your own code: --model again, or --trust-model-code.")
 @json_option
-def validate_command(reference, artifacts, data, preprocess, labels, workers, split, atol, rtol, as_json):
+def validate_command(reference, artifacts, data, preprocess, labels, workers, split, atol, rtol, model, code, as_json):
     """Compare artifacts (ONNX at any precision, engines) with PyTorch on the held-out split.
 
     One row per artifact: precision, top-1 and its change in points (labelled images), argmax
@@ -38,7 +39,7 @@ def validate_command(reference, artifacts, data, preprocess, labels, workers, sp
       edgepipe validate --reference resnet.onnx resnet.int8.onnx --data photos/ --labels labels.txt \\
           --resize 256 --crop 224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
     """
-    result = validate(reference, artifacts, data=data, labels=labels, preprocess=preprocess, workers=workers, split=split, atol=atol, rtol=rtol)
+    result = validate(reference, artifacts, data=data, labels=labels, preprocess=preprocess, workers=workers, split=split, atol=atol, rtol=rtol, code=code)
     emit(result, as_json, _print_table, failed=not result["ok"])
 
 

@@ -17,6 +17,7 @@ from typing import Callable
 from pipeline.artifacts import Artifact, Kind
 from pipeline.cuda import current_compute_capability
 from pipeline.errors import EdgepipeError
+from pipeline.modelspec import ModelCode
 from pipeline.runtime.base import NoGpuError, Runner, batch_step, check_batch, predict, predict_batch
 from pipeline.tensorrt.backend import BACKENDS, get_backend
 from pipeline.tensorrt.compat import check_engine_runtime
@@ -24,19 +25,19 @@ from pipeline.tensorrt.compat import check_engine_runtime
 __all__ = ["NoGpuError", "Runner", "batch_step", "check_batch", "open_runner", "predict", "predict_batch"]
 
 
-def _pytorch(artifact: Artifact, device: str, cuda_graph: bool) -> Runner:
+def _pytorch(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode) -> Runner:
     from pipeline.runtime.pytorch import TorchRunner  # imports torch: only for checkpoints
 
-    return TorchRunner.from_checkpoint(artifact.path, device=device)
+    return TorchRunner.from_checkpoint(artifact.path, device=device, code=code)
 
 
-def _onnxruntime(artifact: Artifact, device: str, cuda_graph: bool) -> Runner:
+def _onnxruntime(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode) -> Runner:
     from pipeline.runtime.ort import OnnxRuntimeRunner  # imports onnxruntime: only for ONNX models
 
     return OnnxRuntimeRunner(artifact.path, device=device)
 
 
-def _engine(artifact: Artifact, device: str, cuda_graph: bool) -> Runner:
+def _engine(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode) -> Runner:
     backend = get_backend(artifact.backend if artifact.backend in BACKENDS else "auto")
     device_cc = current_compute_capability()
     check_engine_runtime(artifact.path, backend, device_cc)
@@ -47,18 +48,21 @@ def _engine(artifact: Artifact, device: str, cuda_graph: bool) -> Runner:
     return TensorRTRunner(artifact.path.read_bytes(), backend, cuda_graph=cuda_graph, label=artifact.name)
 
 
-RUNNERS: dict[Kind, Callable[[Artifact, str, bool], Runner]] = {
+RUNNERS: dict[Kind, Callable[[Artifact, str, bool, ModelCode], Runner]] = {
     Kind.CHECKPOINT: _pytorch,
     Kind.ONNX: _onnxruntime,
     Kind.ENGINE: _engine,
 }
 
 
-def open_runner(artifact: Artifact | str | Path, device: str = "cpu", cuda_graph: bool = False) -> Runner:
-    """The runner for an artifact (a checkpoint, an ONNX model or a TensorRT engine)."""
+def open_runner(artifact: Artifact | str | Path, device: str = "cpu", cuda_graph: bool = False, code: ModelCode = ModelCode()) -> Runner:
+    """The runner for an artifact (a checkpoint, an ONNX model or a TensorRT engine).
+
+    ``code`` is the user code a checkpoint's model may be rebuilt from (--model, --trust-model-code).
+    """
     if not isinstance(artifact, Artifact):
         artifact = Artifact.open(artifact)
     opener = RUNNERS.get(artifact.kind)
     if opener is None:
         raise EdgepipeError(f"{artifact.path} is a {artifact.kind}, not a model", fix="pass an .onnx model, a .engine/.plan file or a .pt checkpoint")
-    return opener(artifact, device, cuda_graph)
+    return opener(artifact, device, cuda_graph, code)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from pipeline.checkpoint import load_checkpoint
+from pipeline.modelspec import ModelCode
 from pipeline.runtime.base import NoGpuError, Runner
 
 
@@ -22,9 +23,12 @@ class TorchRunner(Runner):
         self.config: dict | None = None
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, device: str = "cpu") -> "TorchRunner":
-        """The PyTorch reference for a checkpoint, with the input shape its config records."""
-        model, config = load_checkpoint(checkpoint)
+    def from_checkpoint(cls, checkpoint: str | Path, device: str = "cpu", code: ModelCode = ModelCode()) -> "TorchRunner":
+        """The PyTorch reference for a checkpoint, with the input shape its config records.
+
+        User code the checkpoint names is imported only as ``code`` allows (--model, --trust-model-code).
+        """
+        model, config = load_checkpoint(checkpoint, model_name=code.given, trust_model_code=code.trust)
         runner = cls(model, device=device, input_shape=tuple(config["input_shape"]))
         runner.config = config
         return runner
