@@ -20,6 +20,7 @@ from pipeline.images import open_source as open_images
 from pipeline.model_weights import read_state_dict
 from pipeline.modelspec import ModelCode, ModelSpec
 from pipeline.onnxfile import CONFIG_KEY, load_onnx, read_metadata
+from pipeline.user_code import find_user_callable
 
 
 @dataclass
@@ -76,6 +77,8 @@ def open_source(model: str | ModelSpec | None, checkpoint: str | Path | None, on
         return Source("onnx", Path(onnx_model), metadata.get("edgepipe.model") or Path(onnx_model).name, (config.get("data") or {}).get("source"))
     spec = spec or ModelSpec.parse(DEFAULT_MODEL)
     model_info(spec.text)  # an unknown zoo name is refused here
+    if spec.is_user_code:  # named on the command line, so importing it is consented; a module that does not import is refused here
+        find_user_callable(spec.kind, spec.target, spec.attr, spec.sha256, spec.text)
     if weights:
         read_state_dict(weights)  # a missing, unreadable or pickled weights file is refused here
     return Source("training", None, spec.text, None, spec=spec, code=code)

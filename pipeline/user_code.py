@@ -98,6 +98,16 @@ def _accepted(fn, defaults: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in defaults.items() if k in names}
 
 
+def find_user_callable(kind: str, target: str, attr: str, sha256: str | None, text: str) -> tuple[Any, str]:
+    """Import ``target`` and return ``(attr, the folder it is called from)``; one error when it does not import or has no such callable."""
+    if kind == "file":
+        path = Path(target)
+        module, where, folder = _import_file(path, sha256), path.name, str(path.parent)
+    else:
+        module, where, folder = _import_module(target), target, os.getcwd()
+    return _find_callable(module, where, attr, text), folder
+
+
 def call_user_callable(kind: str, target: str, attr: str, args: dict[str, Any], defaults: dict[str, Any],
                        sha256: str | None, text: str) -> Any:
     """Import ``target`` (kind "module": a dotted name; "file": a .py path) and return ``attr(**kwargs)``.
@@ -105,12 +115,7 @@ def call_user_callable(kind: str, target: str, attr: str, args: dict[str, Any], 
     kwargs are the ``defaults`` the callable's signature takes, overridden by ``args``; ``text`` is
     the --model text, for messages. The result is returned unchecked.
     """
-    if kind == "file":
-        path = Path(target)
-        module, where, folder = _import_file(path, sha256), path.name, str(path.parent)
-    else:
-        module, where, folder = _import_module(target), target, os.getcwd()
-    fn = _find_callable(module, where, attr, text)
+    fn, folder = find_user_callable(kind, target, attr, sha256, text)
     kwargs = {**_accepted(fn, defaults), **args}
     try:
         with _on_sys_path(folder):  # a callable may import its siblings lazily

@@ -122,3 +122,16 @@ def test_validate_bench_and_export_refuse_user_code_unless_named_and_say_what_a_
     bigger = invoke(runner, "export", ckpt, "--model", spec, "--input-size", "1x48x48", "--dynamic-size", "-o", tmp_path / "big.onnx", "--json")
     assert bigger.exit_code == 0, bigger.output
     assert json.loads(bigger.stdout)["input_shape"] == [1, 48, 48] and json.loads(bigger.stdout)["max_abs_diff"] <= 1e-4
+
+
+def test_run_refuses_user_code_that_does_not_import_before_making_the_run_directory(tmp_path, runner):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import torch\nimport not_a_module_anywhere\n\ndef make_net():\n    return torch.nn.Linear(2, 2)\n")
+    output = tmp_path / "runs" / "broken"
+    result = invoke(runner, "run", "--model", f"{broken}:make_net", "--data", "digits", "-o", output)
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "not_a_module_anywhere" in lines[0]  # the import error's last line
+    missing = invoke(runner, "run", "--model", f"{broken.with_name('absent.py')}:make_net", "--data", "digits", "-o", output)
+    assert missing.exit_code == 1 and "absent.py" in missing.output.strip().splitlines()[-1]
+    assert not output.exists()
