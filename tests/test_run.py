@@ -132,6 +132,10 @@ def test_missing_or_unreadable_input_stops_at_the_door(tmp_path, runner, flag, c
 
 def test_bad_run_options(tmp_path):
     with pytest.raises(EdgepipeError, match="alternatives"):
+        run.run(model="se_resnet", onnx_model="x.onnx", output=tmp_path / "a")
+    with pytest.raises(EdgepipeError, match="alternatives"):
+        run.run(checkpoint="x.pt", onnx_model="x.onnx", output=tmp_path / "a")
+    with pytest.raises(EdgepipeError, match="x.pt does not exist"):  # --model with --checkpoint names its code again
         run.run(model="se_resnet", checkpoint="x.pt", output=tmp_path / "a")
     with pytest.raises(EdgepipeError, match="'int4' is not a precision"):
         run.run(precisions=("int4",), output=tmp_path / "b")

@@ -220,9 +220,9 @@ def test_timm_through_edgepipe_run_with_local_weights(weights, tmp_path, capsys)
 
     run_dir = tmp_path / "run"
     started = time.perf_counter()
-    result = CliRunner().invoke(main, ["run", "--model", spec.text, "--weights", str(path), "--data", str(folder), "--no-engines",
+    result = CliRunner().invoke(main, ["run", "--model", spec.text, "--weights", str(path), "--data", str(folder),
                                        "--batches", "1", "--bench-seconds", "0.2", "-o", str(run_dir), "--json"], catch_exceptions=False)
-    report(spec.text, "edgepipe run (train stage takes the weights, export, calibrate, fp16, int8, validate, bench)", time.perf_counter() - started)
+    report(spec.text, "edgepipe run (train stage takes the weights, export, calibrate, fp16, int8, engines, validate, bench)", time.perf_counter() - started)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["source"]["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -244,3 +244,8 @@ def test_timm_through_edgepipe_run_with_local_weights(weights, tmp_path, capsys)
               f"stages {json.dumps({k: v['seconds'] for k, v in summary['stages'].items()})}")
     assert rows["fp16"]["agreement"] >= 99.9
     assert rows["int8"]["status"] == "ok" and rows["fp32"]["top1"] - rows["int8"]["top1"] <= 0.5 + 1e-9
+    for precision in ("fp32", "fp16", "int8"):  # TensorRT-RTX builds ahead of time without a GPU
+        engine = json.loads((run_dir / f"model.{precision}.engine.manifest.json").read_text())
+        assert (run_dir / f"model.{precision}.engine").stat().st_size > 0 and engine["precision"] == precision
+        with capsys.disabled():
+            print(f"[timm run] {precision} engine: {engine.get('seconds')} s to build, {(run_dir / f'model.{precision}.engine').stat().st_size / 1e6:.1f} MB")
