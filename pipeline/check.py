@@ -23,10 +23,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline.artifacts import write_json_atomic
 from pipeline.errors import EdgepipeError
+from pipeline.yamlfile import read_yaml
 
 # metric -> True when higher is better
 METRICS = {
@@ -65,15 +64,8 @@ def load_tolerances(path: str | Path | None) -> dict[str, tuple[float, bool]]:
     """Parse the tolerance file into metric -> (amount, relative)."""
     raw: Any = DEFAULT_TOLERANCES
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise EdgepipeError(f"tolerance file {path} does not exist", fix="pass a YAML file like 'top1: 0.3' or leave out --tolerances")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise EdgepipeError(f"tolerance file {path} is not valid YAML{where}", fix="write one 'metric: amount' per line, e.g. 'top1: 0.3' or 'latency_ms: 10%'")
+        raw = read_yaml(path, "tolerance file", fix="write one 'metric: amount' per line, e.g. 'top1: 0.3' or 'latency_ms: 10%'",
+                        missing_fix="pass a YAML file like 'top1: 0.3' or leave out --tolerances")
     if not isinstance(raw, dict) or not raw:
         raise EdgepipeError(f"tolerance file {path} holds no 'metric: amount' lines", fix="write one 'metric: amount' per line, e.g. 'top1: 0.3' or 'latency_ms: 10%'")
     return {str(metric): _parse_tolerance(str(metric), amount, path) for metric, amount in raw.items()}

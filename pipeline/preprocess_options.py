@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import EdgepipeError
+from pipeline.yamlfile import read_yaml
 
 INTERPOLATION_NAMES = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -29,17 +30,8 @@ def parse_value(key: str, value: Any):
 
 def read_file(path: str | Path) -> dict[str, Any]:
     """The keys of a --preprocess YAML or JSON file (JSON is read as YAML, which it is a subset of)."""
-    import yaml  # only commands given --preprocess read YAML
-
-    path = Path(path)
     fix = "write one key per line, e.g. 'resize: 256', 'crop: 224', 'mean: [0.485, 0.456, 0.406]' (or the same as a JSON object)"
-    if not path.is_file():
-        raise EdgepipeError(f"preprocessing file {path} does not exist", fix="pass --preprocess with the path of a YAML or JSON file")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        where = getattr(exc, "problem_mark", None)
-        raise EdgepipeError(f"preprocessing file {path} is not YAML or JSON" + (f" (line {where.line + 1})" if where else ""), fix=fix)
+    values = read_yaml(path, "preprocessing file", fix, missing_fix="pass --preprocess with the path of a YAML or JSON file")
     if not isinstance(values, dict):
         raise EdgepipeError(f"preprocessing file {path} holds {type(values).__name__ if values is not None else 'nothing'}, not key: value pairs", fix=fix)
     values = {str(key).replace("-", "_"): value for key, value in values.items()}

@@ -77,7 +77,7 @@ def test_cli_exit_codes_and_update_baseline(runner, tmp_path):
 @pytest.mark.parametrize("case, message", [
     ("other_model", "baseline is for model 'bot_net'"),
     ("missing_metric", "has no agreement for onnx-int8"),
-    ("malformed_yaml", "not valid YAML at line"),
+    ("malformed_yaml", "not valid YAML or JSON (line"),
     ("unknown_metric", "unknown metric 'accuracy'"),
     ("not_a_number", "tolerance for top1 is 'lots'"),
     ("old_format", "report format 0"),

@@ -165,8 +165,8 @@ def test_bad_options_are_one_line(options, message):
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("pre.yaml", "resize: 256\ncrop: [224\n", "is not YAML or JSON (line 3)"),
-    ("pre.bin", b"\xff\xfe\x00binary\x00", "is not YAML or JSON"),
+    ("pre.yaml", "resize: 256\ncrop: [224\n", "is not valid YAML or JSON (line 3)"),
+    ("pre.bin", b"\xff\xfe\x00binary\x00", "is not valid YAML or JSON"),
     ("pre.json", "[1, 2, 3]", "holds list, not key: value pairs"),
     ("pre.yaml", "", "holds nothing"),
     ("pre.yaml", "resize: 256\nmena: [0.5, 0.5, 0.5]\ncorp: 224\nsize: 3\n", "unknown keys mena, corp, size (did you mean mena -> mean, corp -> crop"),

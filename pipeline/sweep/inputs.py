@@ -16,6 +16,7 @@ from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.sweep import adapter as edgepipe
 from pipeline.sweep.targets import parse_target, target_name
+from pipeline.yamlfile import read_yaml
 
 
 @dataclass(frozen=True)
@@ -33,16 +34,8 @@ class SweepModel:
 
 def load_models_file(path: str | Path) -> dict[str, Any]:
     """A YAML file: ``models:`` (names, or {name, checkpoint|onnx, epochs}), optional ``precisions``/``targets``."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise EdgepipeError(f"models file {path} does not exist", fix="pass a YAML file with a 'models:' list, or use --models A,B")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise EdgepipeError(f"models file {path} is not valid YAML{f' at line {mark.line + 1}' if mark else ''}", fix="write 'models: [se_resnet, cbam_resnet]'")
+    raw = read_yaml(path, "models file", fix="write 'models: [se_resnet, cbam_resnet]'", missing_fix="pass a YAML file with a 'models:' list, or use --models A,B")
     raw = {"models": raw} if isinstance(raw, list) else raw
     if not isinstance(raw, dict) or not isinstance(raw.get("models"), list) or not raw["models"]:
         raise EdgepipeError(f"models file {path} has no 'models:' list", fix="write 'models: [se_resnet, cbam_resnet]'")
