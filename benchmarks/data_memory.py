@@ -61,28 +61,34 @@ def make_folder(root: Path, count: int) -> Path:
     return folder
 
 
-class TreeMemory:
-    """Samples the PSS of this process and its children in a thread; keeps the peak."""
+class TreeSampler:
+    """Samples the PSS and RSS of a process and all its descendants in a thread; keeps the peaks."""
 
-    def __init__(self, interval_s: float = 0.05):
+    def __init__(self, pid: int, interval_s: float = 0.1):
         import psutil
 
-        self.process, self.interval_s, self.peak_pss, self._stop = psutil.Process(), interval_s, 0, threading.Event()
-        self.cpu_seconds = 0.0  # the sampler's own CPU time, taken off the loader's
+        self.root, self.interval_s = psutil.Process(pid), interval_s
+        self.peak_pss = self.peak_rss_sum = self.peak_main_rss = 0
+        self.cpu_seconds = 0.0  # the sampler's own CPU time, which a measurement of this process takes off
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> int:
-        total = 0
-        for proc in [self.process, *self.process.children(recursive=True)]:
-            try:
-                total += proc.memory_full_info().pss
-            except Exception:  # a worker that just exited
-                pass
-        return total
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_pss = max(self.peak_pss, self._sample())
+            pss = rss = 0
+            try:
+                processes = [self.root, *self.root.children(recursive=True)]
+            except Exception:  # the process tree is gone
+                break
+            for proc in processes:
+                try:
+                    memory = proc.memory_full_info()
+                except Exception:  # a worker that just exited
+                    continue
+                pss, rss = pss + memory.pss, rss + memory.rss
+                if proc.pid == self.root.pid:
+                    self.peak_main_rss = max(self.peak_main_rss, memory.rss)
+            self.peak_pss, self.peak_rss_sum = max(self.peak_pss, pss), max(self.peak_rss_sum, rss)
             self.cpu_seconds = time.thread_time()
             time.sleep(self.interval_s)
 
@@ -106,7 +112,7 @@ def measure(folder: Path, workers: int | None, batch_size: int) -> dict:
     source = images.open_source(str(folder))
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     predictions = []
-    with TreeMemory() as memory:
+    with TreeSampler(os.getpid(), interval_s=0.05) as memory:
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         stream = source.batches(preprocess, batch_size=batch_size, workers=workers)
         for x, _ in stream:

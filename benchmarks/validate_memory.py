@@ -33,7 +33,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -43,49 +42,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests")]  # data_memory's image folders and machine line; the foreign test models
 
-from data_memory import PREPROCESS, gb, machine, make_folder  # noqa: E402
+from data_memory import PREPROCESS, TreeSampler, gb, machine, make_folder  # noqa: E402
 
 FLAGS = [f"--{key}={value}" for key, value in PREPROCESS.items()]
 TARGET_BYTES = 1.2e9
 BATCH = 64
-
-
-class TreeSampler:
-    """Samples the PSS and RSS of a process and all its descendants in a thread; keeps the peaks."""
-
-    def __init__(self, pid: int, interval_s: float = 0.1):
-        import psutil
-
-        self.root, self.interval_s = psutil.Process(pid), interval_s
-        self.peak_pss = self.peak_rss_sum = self.peak_main_rss = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            pss = rss = 0
-            try:
-                processes = [self.root, *self.root.children(recursive=True)]
-            except Exception:  # the process tree is gone
-                break
-            for proc in processes:
-                try:
-                    memory = proc.memory_full_info()
-                except Exception:  # a worker that just exited
-                    continue
-                pss, rss = pss + memory.pss, rss + memory.rss
-                if proc.pid == self.root.pid:
-                    self.peak_main_rss = max(self.peak_main_rss, memory.rss)
-            self.peak_pss, self.peak_rss_sum = max(self.peak_pss, pss), max(self.peak_rss_sum, rss)
-            time.sleep(self.interval_s)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def se_resnet18():
