@@ -171,6 +171,8 @@ def run(
     if trained and epochs is None:  # given weights are taken as they are; else the model's recipe
         epochs = 0 if weights else model_info(source.name).get("default_epochs", train.DEFAULT_EPOCHS)
     stages = Stages(force, strict)
+    # FP16/INT8 of a foreign model are checked on the held-out part of a folder of images (an .npz here holds pixels, not model inputs)
+    checked_on = {"data": data, "labels": labels, "workers": workers} if foreign and data and Path(data).is_dir() else {"data": None if foreign else data}
     datasets: dict[str, str] = {}
 
     def data_sha(config: dict[str, Any] | None = None) -> str:
@@ -225,10 +227,10 @@ def run(
               draw_calibration, needs=to_onnx, when=Precision.INT8 in wanted),
         Stage("quantize-int8", onnx[Precision.INT8], Kind.ONNX, lambda: {"onnx": sha256_file(onnx_fp32), "calibration": read_manifest(calib)["content_sha256"]},
               {"precision": "int8", "max_drop": max_drop},
-              lambda: quantize.to_int8(onnx_fp32, onnx[Precision.INT8], calib=calib, max_drop=max_drop, data=None if foreign else data, force=True, size=size),
+              lambda: quantize.to_int8(onnx_fp32, onnx[Precision.INT8], calib=calib, max_drop=max_drop, force=True, size=size, **checked_on),
               needs=("calibrate",), when=Precision.INT8 in wanted),
         Stage("quantize-fp16", onnx[Precision.FP16], Kind.ONNX, lambda: {"onnx": sha256_file(onnx_fp32)}, {"precision": "fp16"},
-              lambda: quantize.to_fp16(onnx_fp32, onnx[Precision.FP16], data=None if foreign else data, force=True, size=size), needs=to_onnx, when=Precision.FP16 in wanted),
+              lambda: quantize.to_fp16(onnx_fp32, onnx[Precision.FP16], force=True, size=size, **checked_on), needs=to_onnx, when=Precision.FP16 in wanted),
         *[Stage(f"build-{p}", folder / f"model.{p}.engine", Kind.ENGINE, lambda p=p: {"onnx": sha256_file(onnx[p])},
                 {"backend": backend.name, "backend_version": backend.version} if backend else {},
                 lambda p=p: build.build_engine(onnx[p], save_engine=folder / f"model.{p}.engine", force=True, shapes=source.model_input and source.model_input.profile_shapes()),

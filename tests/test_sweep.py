@@ -174,3 +174,32 @@ def test_build_error_is_recorded_and_strict_stops(first_sweep, tmp_path):
     # eca_resnet's cells queue behind the failing one on the single sm_75 slot: they are cancelled.
     assert "skipped: --strict stopped the sweep" in statuses
     assert all(s in ("built", "reused", "skipped: --strict stopped the sweep") or s.startswith("failed: TensorRT-RTX") for s in statuses)
+
+
+def test_models_file_entry_with_an_onnx_from_elsewhere_and_its_images(tmp_path):
+    """An ONNX edgepipe did not export, with its own images, labels-free, and a preprocessing file."""
+    import numpy as np
+    from foreign_models import foreign_model
+    from PIL import Image
+
+    shutil.copy(foreign_model("text_recognizer"), tmp_path / "recognizer.onnx")
+    lines = tmp_path / "lines"
+    lines.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(80):
+        Image.fromarray(rng.integers(0, 256, (40, 150), dtype=np.uint8)).save(lines / f"line_{i:02d}.png")
+    (tmp_path / "recognizer.yaml").write_text("resize: [32, 128]\n")
+    models_file = tmp_path / "sweep.yaml"
+    models_file.write_text("models:\n  - name: recognizer\n    onnx: recognizer.onnx\n    data: lines\n    preprocess: recognizer.yaml\n"
+                           "precisions: [fp16]\ntargets: [sm_89]\n")
+    report = sweep.sweep(models_file=models_file, output=tmp_path / "out", **FAST)
+    cell = _cells(report)["recognizer/engine-fp16-sm_89"]
+    assert cell["status"] == "built", cell
+    fp16 = read_manifest(tmp_path / "out" / "recognizer" / "model.fp16.onnx")
+    assert fp16["check"]["on"] == "data" and fp16["check"]["text"] == "16 held-out images of lines"  # its own images, not synthetic inputs
+    assert fp16["check"]["split"]["counts"] == {"pool": 64, "held_out": 16} and report["ok"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  - name: recognizer\n    onnx: recognizer.onnx\n    preprocess: missing.yaml\n")
+    with pytest.raises(EdgepipeError, match="missing.yaml, which does not exist"):
+        sweep.sweep(models_file=bad, output=tmp_path / "bad", **FAST)
+    assert not (tmp_path / "bad").exists()

@@ -16,29 +16,36 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__ as EDGEPIPE_VERSION
-from pipeline import bench, build, validate
+from pipeline import bench, build, images, validate
 from pipeline.artifacts import ARTIFACT_FORMAT, Artifact, Kind, atomic_output, manifest_path, read_manifest, sha256_bytes, sha256_file, write_json_atomic, write_text_atomic
 from pipeline.check import REPORT_FORMAT as RUN_REPORT_FORMAT
 from pipeline.cuda import current_compute_capability as gpu_compute_capability
 from pipeline.errors import EdgepipeError
+from pipeline.images import PreprocessFlags
 from pipeline.precision import ALL as PRECISIONS
 from pipeline.precision import Precision, parse_list
 from pipeline.progress import info, info_styled
 from pipeline.tensorrt.backend import TENSORRT, TENSORRT_RTX, get_backend, installed_backends
 
 BENCH_WARMUP_MS = 100
+DIGITS = images.DIGITS  # the bundled data's name, which a models file may give as data
 
 
 def prepare_model(name: str, checkpoint: str | None, onnx_model: str | None, folder: Path, data: str | None,
                   precisions: tuple[Precision, ...], epochs: int | None, seed: int, bench_batches: tuple[int, ...],
-                  bench_seconds: float, max_drop: float | None | str, strict: bool, force: bool) -> dict[str, Any]:
-    """The target-independent stages of one model into ``folder`` (reusing what is current): the run report."""
+                  bench_seconds: float, max_drop: float | None | str, strict: bool, force: bool,
+                  labels: str | None = None, preprocess_file: str | None = None) -> dict[str, Any]:
+    """The target-independent stages of one model into ``folder`` (reusing what is current): the run report.
+
+    ``labels`` and ``preprocess_file`` are for an ONNX edgepipe did not export, as `edgepipe run` takes them.
+    """
     from pipeline import run  # imports torch: only the driver, when it prepares a model
 
     return run.run(
         model=None if (checkpoint or onnx_model) else name, checkpoint=checkpoint, onnx_model=onnx_model,
         data=data, precisions=precisions, output=folder, strict=strict, force=force, epochs=epochs, seed=seed,
         engines=False, bench_batches=bench_batches, bench_seconds=bench_seconds, max_drop=max_drop,
+        labels=labels, preprocess=PreprocessFlags.parse(file=preprocess_file) if preprocess_file else None,
     )
 
 

@@ -172,9 +172,9 @@ class _Driver:
         s = self.settings
         edgepipe.info_styled(f"{spec.name}: target-independent stages in {self.folder / spec.name}", "bold")
         try:
-            report = edgepipe.prepare_model(spec.name, spec.checkpoint, spec.onnx, self.folder / spec.name, s["data"], precisions,
+            report = edgepipe.prepare_model(spec.name, spec.checkpoint, spec.onnx, self.folder / spec.name, spec.data or s["data"], precisions,
                                             spec.epochs or s["epochs"], s["seed"], tuple(s["bench_batches"]), s["bench_seconds"],
-                                            s["max_drop"], s["strict"], s["force"])
+                                            s["max_drop"], s["strict"], s["force"], spec.labels, spec.preprocess)
         except EdgepipeError as exc:
             self.model_reports[spec.name] = {"error": str(exc)}
             if s["strict"]:

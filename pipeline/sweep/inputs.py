@@ -27,13 +27,16 @@ class SweepModel:
     checkpoint: str | None = None
     onnx: str | None = None
     epochs: int | None = None
+    data: str | None = None  # this model's images (default: the sweep's --data)
+    labels: str | None = None  # a labels file, for an ONNX edgepipe did not export
+    preprocess: str | None = None  # a preprocessing file (resize, crop, mean, std ...), for such an ONNX
 
 
 # --- inputs -----------------------------------------------------------------------------------------
 
 
 def load_models_file(path: str | Path) -> dict[str, Any]:
-    """A YAML file: ``models:`` (names, or {name, checkpoint|onnx, epochs}), optional ``precisions``/``targets``."""
+    """A YAML file: ``models:`` (names, or {name, checkpoint|onnx, epochs, data, labels, preprocess}), optional ``precisions``/``targets``."""
     path = Path(path)
     raw = read_yaml(path, "models file", fix="write 'models: [se_resnet, cbam_resnet]'", missing_fix="pass a YAML file with a 'models:' list, or use --models A,B")
     raw = {"models": raw} if isinstance(raw, list) else raw
@@ -49,14 +52,19 @@ def load_models_file(path: str | Path) -> dict[str, Any]:
 def _spec(entry: Any, source: Path) -> SweepModel:
     if isinstance(entry, str):
         return SweepModel(entry)
-    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or set(entry) - {"name", "checkpoint", "onnx", "epochs"}:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or set(entry) - set(_ENTRY_KEYS):
         raise EdgepipeError(f"models file {source} has an entry {entry!r} that is not a model",
-                            fix="write a name, or {name: N, checkpoint: PATH} / {name: N, onnx: PATH} / {name: N, epochs: E}")
+                            fix="write a name, or {name: N, checkpoint: PATH} / {name: N, onnx: PATH, data: DIR, labels: FILE, preprocess: FILE} / {name: N, epochs: E}")
     epochs = entry.get("epochs")
     if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
         raise EdgepipeError(f"models file {source}: epochs of {entry['name']!r} is {epochs!r}, not a number of epochs", fix="write e.g. 'epochs: 20'")
-    paths = {k: str((source.parent / entry[k]).resolve()) for k in ("checkpoint", "onnx") if entry.get(k)}
-    return SweepModel(entry["name"], paths.get("checkpoint"), paths.get("onnx"), entry.get("epochs"))
+    paths = {k: str((source.parent / entry[k]).resolve()) for k in ("checkpoint", "onnx", "data", "labels", "preprocess") if entry.get(k)}
+    if entry.get("data") == edgepipe.DIGITS:  # the bundled data is a name, not a path
+        paths["data"] = edgepipe.DIGITS
+    return SweepModel(entry["name"], paths.get("checkpoint"), paths.get("onnx"), entry.get("epochs"), paths.get("data"), paths.get("labels"), paths.get("preprocess"))
+
+
+_ENTRY_KEYS = ("name", "checkpoint", "onnx", "epochs", "data", "labels", "preprocess")
 
 
 def _as_list(value: Any) -> list[str] | None:
@@ -76,8 +84,9 @@ def check_models(specs: list[SweepModel], where: str = "--models") -> list[Sweep
             raise EdgepipeError(f"{where} names {spec.name!r} twice", fix="give each model of the sweep its own name")
         seen.add(spec.name)
         own = spec.checkpoint or spec.onnx
-        if own and not Path(own).is_file():
-            raise EdgepipeError(f"{where}: model {spec.name!r} points at {own}, which does not exist", fix="correct the path (relative to the models file)")
+        for path in (own, spec.labels, spec.preprocess, spec.data if spec.data != edgepipe.DIGITS else None):
+            if path and not Path(path).exists():
+                raise EdgepipeError(f"{where}: model {spec.name!r} points at {path}, which does not exist", fix="correct the path (relative to the models file)")
         if not own and spec.name not in known and not spec.name.startswith("timm:"):
             close = _close_names(spec.name, known)
             hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
