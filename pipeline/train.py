@@ -21,16 +21,22 @@ from pipeline.runtime.pytorch import TorchRunner
 DEFAULT_EPOCHS = 20
 DEFAULT_LR = 3e-3
 BATCH_SIZE = 64
-MAX_SHIFT = 2  # pixels of random translation, the only augmentation
+MAX_SHIFT = 2  # pixels of random translation at the zoo's 32x32, the only augmentation
+SHIFT_FRACTION = 1 / 16  # at larger sizes, up to this share of the shorter side (14 px at 224x224)
 
 
 def _shift(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random translation by up to MAX_SHIFT pixels, one offset per image."""
+    """Random translation (replicated border) by up to max(MAX_SHIFT, 1/16 of the shorter side) pixels, one offset per image.
+
+    Translation keeps a class that depends on orientation (a rotation classifier's "90" and "270")
+    what it is, which flips and rotations would not.
+    """
     n, _, h, w = batch.shape
-    padded = F.pad(batch, (MAX_SHIFT,) * 4, mode="replicate")
-    dx = torch.randint(0, 2 * MAX_SHIFT + 1, (n,), generator=generator)
-    dy = torch.randint(0, 2 * MAX_SHIFT + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None].expand(n, batch.shape[1], h, w + 2 * MAX_SHIFT)
+    shift = max(MAX_SHIFT, int(min(h, w) * SHIFT_FRACTION))
+    padded = F.pad(batch, (shift,) * 4, mode="replicate")
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None].expand(n, batch.shape[1], h, w + 2 * shift)
     out = padded.gather(2, rows)
     cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :].expand(n, batch.shape[1], h, w)
     return out.gather(3, cols)

@@ -86,3 +86,19 @@ def test_unknown_model_suggests_close_names():
 def test_every_zoo_model_reaches_target_on_digits(name):
     _, config = train.train(name, seed=0, progress=False)
     assert config["train"]["val_top1"] >= 98.0  # training time is measured by benchmarks/zoo.py
+
+
+def test_translation_augmentation_scales_with_the_image_size():
+    """Up to 2 px at the zoo's 32x32, up to 1/16 of the shorter side at larger sizes; content is moved, never rescaled."""
+    import torch
+
+    from pipeline.train import _shift
+
+    generator = torch.Generator().manual_seed(0)
+    for size, most in ((32, 2), (224, 14)):
+        x = torch.zeros(256, 1, size, size)
+        x[:, :, size // 2, size // 2] = 1.0  # one bright pixel in the middle of each image
+        moved = _shift(x, generator)
+        rows, cols = (moved[:, 0] == 1.0).nonzero()[:, 1:].T
+        offsets = torch.cat([(rows - size // 2).abs(), (cols - size // 2).abs()])
+        assert len(rows) == 256 and offsets.max() == most  # every image keeps its pixel; the largest offset is reached
