@@ -15,7 +15,7 @@ from typing import Any
 from pipeline import data as datamod
 from pipeline.artifacts import Kind, atomic_output, check_output, sha256_file, write_manifest
 from pipeline.errors import EdgepipeError
-from pipeline.modelspec import ModelCode, ModelSpec, build, input_size, load_recorded, probe, timm_preprocess
+from pipeline.modelspec import ModelCode, ModelSpec, build, input_size, load_recorded, load_weights, probe, timm_preprocess
 from pipeline.preprocess import Preprocess
 from pipeline.onnxfile import load_onnx, onnx_config
 
@@ -159,6 +159,40 @@ def load_checkpoint(path: str | Path, model_name: str | ModelSpec | None = None,
     model.eval()
     config.setdefault("checkpoint_sha256", sha256_file(path))
     return model, config
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is an edgepipe checkpoint (state dict and config), not a plain weights file."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        return False
+    blob = _read(path)
+    return isinstance(blob, dict) and "state_dict" in blob and isinstance(blob.get("config"), dict)
+
+
+def model_from_weights(path: str | Path, spec: ModelSpec, input_shape: tuple[int, int, int] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The model ``spec`` names with the weights in ``path``, knowing no data: (model, record).
+
+    The model is built from its own defaults and the --model-arg values alone (no dataset imposes
+    channels or classes), so the weights decide. The size is ``input_shape`` (--input-size), else the
+    model's own (timm's data config, a declared ``input_size``/``img_size``); one forward pass proves
+    the model takes it and gives the class count. The record holds what an export states about the
+    model: spec, weights and their sha256, input shape, classes, and timm's preprocessing.
+    """
+    path = Path(path)
+    model = build(spec)
+    sha256 = load_weights(model, path)
+    model.eval()
+    shape = tuple(input_shape) if input_shape else (input_size(spec) or input_size(model))
+    if shape is None:
+        raise EdgepipeError(f"{spec.text} declares no input size (no input_size or img_size attribute, no timm data config) and no --data gives one",
+                            fix="pass --input-size CxHxW, e.g. --input-size 3x224x224")
+    classes = probe(model, shape)[1]
+    record = {"model": spec.text, "model_spec": spec.to_json(), "input_shape": list(shape), "num_classes": int(classes),
+              "weights": {"file": str(path), "sha256": sha256}, "checkpoint_sha256": sha256}
+    if spec.kind == "timm":  # timm says how its models read images: every later stage uses it
+        record["preprocess"] = timm_preprocess(model, tuple(shape[1:]))
+    return model, record
 
 
 def _read(path: Path) -> Any:
