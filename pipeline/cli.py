@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("pipeline.commands.build:build_command", "Build a TensorRT or TensorRT-RTX engine from an ONNX model, like trtexec."),
     "calibrate": ("pipeline.commands.calibrate:calibrate_command", "Draw a class-balanced calibration set from the model's training split."),
     "check": ("pipeline.commands.check:check_command", "Compare a run report with a baseline; exit 1 listing every regression."),
-    "export": ("pipeline.commands.export:export_command", "Export a checkpoint to ONNX and check it against PyTorch on the held-out split."),
+    "export": ("pipeline.commands.export:export_command", "Export a checkpoint or weights file to ONNX and prove it against PyTorch (held-out images, else synthetic inputs)."),
     "models": ("pipeline.commands.models:models_command", "List the model zoo: attention type, parameters and MACs."),
     "quantize": ("pipeline.commands.quantize:quantize_command", "Make an FP16 or INT8 (Q/DQ) ONNX model and check it on the held-out split."),
     "run": ("pipeline.commands.run:run_command", "Train (or load), export, calibrate, quantize, build engines, validate and bench, in one run directory."),

@@ -57,8 +57,8 @@ def export(
 
     ``input_shape`` (C, H, W) exports at another size than the checkpoint's (one forward pass
     first proves the model takes it); ``dynamic_size`` also leaves height and width open. A plain
-    weights file with ``model_name`` and no ``data`` is exported from the model alone
-    (:func:`_export_weights`).
+    weights file with a timm or user-code ``model_name`` and no ``data`` is exported from the
+    model alone (:func:`_export_weights`).
     """
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise EdgepipeError(f"opset {opset} is not supported", fix=f"pass --opset between {MIN_OPSET} and {MAX_OPSET} (TensorRT needs >= 13 for INT8)")
@@ -66,7 +66,8 @@ def export(
         raise EdgepipeError(f"--batch must be at least 1, got {batch}", fix="pass --batch 1 or more, or --dynamic-batch")
     output = check_output(output, force)
     given = ModelSpec.parse(model_name) if isinstance(model_name, str) else model_name
-    if data is None and given is not None and not is_checkpoint(checkpoint):
+    # A zoo model's plain state dict keeps meaning edgepipe's own data (the bundled digits by default).
+    if data is None and given is not None and given.kind != "zoo" and not is_checkpoint(checkpoint):
         return _export_weights(checkpoint, output, given, opset, batch, dynamic_batch, input_shape, dynamic_size)
     model, config = load_checkpoint(checkpoint, model_name=model_name, data=data, trust_model_code=trust_model_code)
     if input_shape is not None and list(input_shape) != config["input_shape"]:

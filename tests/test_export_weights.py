@@ -139,3 +139,13 @@ def test_weights_export_errors_are_one_line_and_write_nothing(net, tmp_path, run
     sized = invoke(runner, "export", plain_weights, "--model", f"{plain}:make_plain", "--input-size", "3x40x40", "--batch", "4", "-o", out, "--json")
     assert sized.exit_code == 0, sized.output
     assert json.loads(sized.stdout)["num_classes"] == 4 and input_info(onnx.load(str(out)))[1] == [4, 3, 40, 40]
+
+
+def test_a_zoo_models_plain_state_dict_still_means_the_bundled_digits(tmp_path, runner):
+    model = build(ModelSpec.parse("se_resnet"), {"num_classes": 10, "in_chans": 1})
+    torch.save(model.state_dict(), tmp_path / "se.pt")
+    result = invoke(runner, "export", tmp_path / "se.pt", "--model", "se_resnet", "-o", tmp_path / "se.onnx", "--json")
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert figures["samples"] == 359 and figures["top1_agreement"] == 100.0  # the digits' held-out split, not synthetic inputs
+    assert CONFIG_KEY in read_metadata(onnx.load(str(tmp_path / "se.onnx")))

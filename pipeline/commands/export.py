@@ -20,7 +20,7 @@ from pipeline.progress import out
 @force_option
 @json_option
 def export_command(checkpoint, output, model, code, opset, batch, dynamic_batch, input_shape, dynamic_size, data, force, as_json):
-    """Export a checkpoint to ONNX and check it against PyTorch on the held-out split.
+    """Export a checkpoint or weights file to ONNX and prove it against PyTorch (held-out images, else synthetic inputs).
 
     Fails (and writes nothing) unless the max abs logit difference is <= 1e-4 and top-1 agrees
     on every held-out image. A plain weights file (.pt/.pth state dict or .safetensors) with
