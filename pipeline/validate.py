@@ -29,7 +29,7 @@ from pipeline import data as datamod
 from pipeline import images
 from pipeline.images import FLAG_KEYS, ModelInput, PreprocessFlags, refuse_for_recorded
 from pipeline.artifacts import Artifact, Kind, read_manifest
-from pipeline.checkpoint import config_of, model_record
+from pipeline.checkpoint import config_of, is_checkpoint, model_from_weights, model_record
 from pipeline.errors import EdgepipeError
 from pipeline.fidelity import DEFAULT_ATOL, DEFAULT_RTOL, Fidelity
 from pipeline.modelspec import ModelCode
@@ -61,6 +61,8 @@ def validate(reference: str | Path | None, artifacts: Iterable[str | Path], data
     paths = [Path(a) for a in artifacts]
     if not paths:
         raise EdgepipeError("no artifact to validate", fix="pass one or more .onnx or engine files after --reference MODEL")
+    if reference is not None and _is_plain_weights(Path(reference), code):
+        return _validate_weights(Path(reference), paths, data, labels, preprocess, workers, split, batch_size, atol, rtol, code)
     ref = _reference(reference, paths)
     if ref.kind is Kind.CHECKPOINT or CONFIG_KEY in read_metadata(load_onnx(ref.path)):
         refuse_for_recorded(ref.path, preprocess, labels)
@@ -163,11 +165,38 @@ class _Candidate:
 
 
 def _validate_on_images(ref: Artifact, paths: list[Path], data, labels, preprocess, workers, split, batch_size, atol, rtol) -> dict[str, Any]:
+    model_input = ModelInput.of_onnx(ref.path, preprocess if preprocess is not None and preprocess.given else _stored_in_candidates(ref.path, paths))
+    return _compare_on_images(ref.path, lambda: open_runner(ref), model_input, paths, data, labels, workers, split, batch_size, atol, rtol)
+
+
+def _is_plain_weights(path: Path, code: ModelCode) -> bool:
+    """A .pt/.pth/.safetensors state dict (not an edgepipe checkpoint) given with a timm or user-code --model."""
+    return (path.suffix.lower() in (".pt", ".pth", ".safetensors") and code.given is not None and code.given.kind != "zoo"
+            and path.is_file() and not is_checkpoint(path))
+
+
+def _validate_weights(weights: Path, paths: list[Path], data, labels, preprocess, workers, split, batch_size, atol, rtol, code: ModelCode) -> dict[str, Any]:
+    """The user's PyTorch model (``--model`` with ``--reference WEIGHTS``) as the reference of ONNX models and engines made from it."""
+    onnx_models = [path for path in paths if path.suffix == ".onnx" and path.is_file()]
+    if not onnx_models:
+        raise EdgepipeError(f"--reference {weights.name} is a weights file: edgepipe reads the model's input and preprocessing from an ONNX model "
+                            "among the artifacts, and there is none", fix="add the exported .onnx to the artifacts, or pass --reference MODEL.onnx")
+    model_input = ModelInput.of_onnx(onnx_models[0], preprocess if preprocess is not None and preprocess.given else None)
+    if model_input.info.layout != "nchw":
+        raise EdgepipeError(f"{onnx_models[0].name} takes NHWC images, a PyTorch model NCHW", fix="pass --reference MODEL.onnx (the FP32 ONNX) instead of the weights")
+    from pipeline.runtime.pytorch import TorchRunner  # imports torch: only a PyTorch reference pays for it
+
+    model, _ = model_from_weights(weights, code.given, tuple(model_input.sample_shape))
+    return _compare_on_images(weights, lambda: TorchRunner(model), model_input, paths, data, labels, workers, split, batch_size, atol, rtol)
+
+
+def _compare_on_images(reference: Path, open_reference, model_input: ModelInput, paths: list[Path], data, labels, workers, split, batch_size,
+                       atol, rtol) -> dict[str, Any]:
+    """Stream the user's images once through the reference and every artifact; one row per artifact."""
     if split not in SPLITS and not isinstance(split, dict):
         raise EdgepipeError(f"unknown split {split!r}", fix=f"use one of {', '.join(SPLITS)}")
-    model_input = ModelInput.of_onnx(ref.path, preprocess if preprocess is not None and preprocess.given else _stored_in_candidates(ref.path, paths))
     if data is None:
-        raise EdgepipeError(f"{ref.path.name} has no edgepipe metadata, so there is no recorded data to validate it on",
+        raise EdgepipeError(f"{reference.name} has no edgepipe metadata, so there is no recorded data to validate it on",
                             fix="pass --data DIR|FILE.npz with your images (and --labels FILE with the model's class names, if the folders are classes)")
     info(model_input.describe())
     source = images.open_source(data, labels=labels, num_classes=model_input.num_classes)
@@ -176,7 +205,7 @@ def _validate_on_images(ref: Artifact, paths: list[Path], data, labels, preproce
     output_names = model_input.info.output_names
     correct, started = 0, time.perf_counter()
     with contextlib.ExitStack() as stack:
-        reference_runner = stack.enter_context(open_runner(ref))
+        reference_runner = stack.enter_context(open_reference())
         candidates = [_open_candidate(path, output_names, stack) for path in paths]
         stream = source.batches(model_input.preprocess, indices, batch_size=batch_size, workers=workers, progress="validate")
         for x, y in stream:
@@ -192,13 +221,13 @@ def _validate_on_images(ref: Artifact, paths: list[Path], data, labels, preproce
     rows = [candidate.row(atol, rtol) for candidate in candidates]
     notes = [] if use_labels or not source.labelled else [f"labels are not compared: output '{output_names[0]}' is not N x classes"]
     return {
-        "reference_model": str(ref.path),
+        "reference_model": str(reference),
         "checkpoint": None,
-        "model": ref.path.name,
+        "model": reference.name,
         "data": source.spec,
         "images": {**judged, "kind": source.kind, "labelled": use_labels},
         "preprocess": model_input.record(),
-        "reference": {"runner": reference_name, "top1": 100.0 * correct / len(indices) if use_labels else None, "samples": int(len(indices)), "file": str(ref.path)},
+        "reference": {"runner": reference_name, "top1": 100.0 * correct / len(indices) if use_labels else None, "samples": int(len(indices)), "file": str(reference)},
         "atol": atol,
         "rtol": rtol,
         "seconds": round(seconds, 3),

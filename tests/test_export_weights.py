@@ -149,3 +149,29 @@ def test_a_zoo_models_plain_state_dict_still_means_the_bundled_digits(tmp_path, 
     figures = json.loads(result.stdout)
     assert figures["samples"] == 359 and figures["top1_agreement"] == 100.0  # the digits' held-out split, not synthetic inputs
     assert CONFIG_KEY in read_metadata(onnx.load(str(tmp_path / "se.onnx")))
+
+
+def test_validate_against_the_users_pytorch_model_from_its_weights(net, tmp_path, runner):
+    from PIL import Image
+
+    _, spec = net
+    weights = tmp_path / "w.safetensors"
+    weights_of(spec, weights, "width=8")
+    onnx_path, fp16 = tmp_path / "model.onnx", tmp_path / "model.fp16.onnx"
+    exported = invoke(runner, "export", weights, "--model", spec, "--model-arg", "width=8", "--input-size", "3x64x64", "--dynamic-batch", "-o", onnx_path)
+    assert exported.exit_code == 0, exported.output
+    assert invoke(runner, "quantize", onnx_path, "--fp16", "-o", fp16).exit_code == 0
+    photos = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        (photos / f"c{c}").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (72, 80, 3), dtype=np.uint8)).save(photos / f"c{c}" / f"{i}.png")
+    args = ["validate", "--reference", weights, "--model", spec, "--model-arg", "width=8"]
+    result = invoke(runner, *args, onnx_path, fp16, "--data", photos, "--resize", "64x64", "--workers", 0, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["reference"]["runner"] == "pytorch-cpu" and report["reference"]["samples"] == 30
+    fp32_row, fp16_row = report["rows"]
+    assert fp32_row["max_abs_diff"] <= 1e-4 and fp32_row["agreement"] == 100.0 and fp16_row["status"] == "ok"
+    one_line_error(invoke(runner, *args, tmp_path / "missing.engine", "--data", photos), "is a weights file", "among the artifacts")
