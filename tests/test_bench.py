@@ -43,7 +43,8 @@ def test_percentiles_are_ordered(result):
 
 def test_throughput_follows_mean_latency_and_batch(result):
     for r in ok_rows(result):
-        assert r["throughput"] == pytest.approx(r["batch"] * 1000.0 / r["mean_ms"], rel=1e-3)
+        # throughput is reported to 0.01 images/s: on a slow, loaded machine that rounding exceeds 1e-3 of it
+        assert r["throughput"] == pytest.approx(r["batch"] * 1000.0 / r["mean_ms"], rel=1e-3, abs=0.005)
 
 
 def test_iterations_are_honoured_and_warm_up_is_not_counted(result):
