@@ -91,9 +91,9 @@ def export_models(folder: Path, model: str = "small") -> tuple[Path, Path]:
     return reference, artifact
 
 
-def validate_in_a_fresh_process(reference: Path, artifact: Path, folder: Path, workers: int | None) -> dict:
+def validate_in_a_fresh_process(reference: Path, artifact: Path, folder: Path, workers: int | None, batch_size: int = BATCH) -> dict:
     command = [sys.executable, "-c", "from pipeline.cli import main; main()", "validate", "--reference", str(reference), str(artifact),
-               "--data", str(folder), *FLAGS, "--json", *(["--workers", str(workers)] if workers is not None else [])]
+               "--data", str(folder), *FLAGS, "--json", "--batch-size", str(batch_size), *(["--workers", str(workers)] if workers is not None else [])]
     started, cpu_before = time.perf_counter(), _children_cpu()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     with TreeSampler(process.pid) as sampler:
@@ -141,6 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", default="2000,20000")
     parser.add_argument("--workers", type=int, default=None, help="decoding workers (default: validate's, min(4, CPUs))")
+    parser.add_argument("--batch-size", type=int, default=BATCH, help="validate's --batch-size (the bare loop runs batches of 64)")
     parser.add_argument("--bare", type=int, default=640, help="images the bare loop runs over, decoded first")
     parser.add_argument("--model", choices=("small", "se_resnet18"), default="small",
                         help="small: the SE classifier of the tests (about 40 M MACs); se_resnet18: an SE-ResNet-18 (about 1.8 G MACs)")
@@ -157,7 +158,7 @@ def main() -> None:
         results = []
         for count in (int(c) for c in args.counts.split(",")):
             folder = make_folder(root, count)
-            result = validate_in_a_fresh_process(reference, artifact, folder, args.workers)
+            result = validate_in_a_fresh_process(reference, artifact, folder, args.workers, args.batch_size)
             results.append(result)
             print(f"{count:>6} images: process tree peak PSS {gb(result['tree_peak_pss_bytes'])} (summed RSS {gb(result['tree_peak_rss_sum_bytes'])}), "
                   f"main peak RSS {gb(result['main_peak_rss_bytes'])}; {result['images_per_s']:.1f} images/s through 2 runners "

@@ -207,6 +207,7 @@ def _compare_on_images(reference: Path, open_reference, model_input: ModelInput,
     with contextlib.ExitStack() as stack:
         reference_runner = stack.enter_context(open_reference())
         candidates = [_open_candidate(path, output_names, stack) for path in paths]
+        workers = images.default_workers(beside_model=True) if workers is None else workers
         stream = source.batches(model_input.preprocess, indices, batch_size=batch_size, workers=workers, progress="validate")
         for x, y in stream:
             y = y if use_labels else None

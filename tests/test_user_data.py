@@ -102,6 +102,22 @@ def test_validate_any_onnx_on_an_image_folder_in_one_pass(photos, tmp_path, monk
     assert len(closed) == 2  # the reference's runner and the artifact's
 
 
+def test_validate_batch_size_changes_memory_not_figures(photos, tmp_path):
+    folder, labels, _ = photos
+    reference = copy_of("se_classifier", tmp_path)
+    fp16 = tmp_path / "fp16.onnx"
+    assert cli("quantize", reference, "--fp16", "-o", fp16).exit_code == 0
+    reports = []
+    for batch in ("64", "7"):
+        result = cli("validate", "--reference", reference, fp16, "--data", folder, "--labels", labels, "--workers", 0, "--batch-size", batch, "--json")
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads(result.stdout))
+    (first,), (second,) = reports[0]["rows"], reports[1]["rows"]
+    assert second["agreement"] == first["agreement"] and second["top1"] == first["top1"] and reports[1]["reference"]["samples"] == 100
+    assert second["max_abs_diff"] == pytest.approx(first["max_abs_diff"], rel=1e-3)
+    assert cli("validate", "--reference", reference, fp16, "--data", folder, "--batch-size", "0").exit_code == 2
+
+
 def test_validate_dynamic_nhwc_two_outputs_and_a_sequence_model(photos, tmp_path):
     folder, labels, flat = photos
     dynamic = copy_of("se_classifier", tmp_path, "dynamic.onnx", nhwc=True, dynamic_hw=True)

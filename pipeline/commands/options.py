@@ -303,7 +303,8 @@ def preprocess_options(fn: Callable) -> Callable:
         click.option("--labels", "labels", default=None, type=click.Path(dir_okay=False), metavar="FILE",
                      help="Class names, one per line, in the model's output order; ImageFolder sub-folders are mapped through it."),
         click.option("--workers", "workers", default=None, type=click.IntRange(min=0), metavar="N",
-                     help="Processes decoding images in parallel (0: in the main process). Default: min(4, CPUs)."),
+                     help="Processes decoding images in parallel (0: in the main process). Default: min(4, CPUs); "
+                     "validate on 2 CPUs or fewer decodes in the main process, beside the models."),
     ]
     for option in reversed(options):  # Click lists options in the order written
         command = option(command)

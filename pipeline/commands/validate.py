@@ -5,14 +5,15 @@ from rich.table import Table
 
 from pipeline.commands.options import EdgepipeCommand, data_option, emit, json_option, model_options, preprocess_options
 from pipeline.fidelity import DEFAULT_ATOL, DEFAULT_RTOL
+from pipeline.images import DEFAULT_BATCH_SIZE
 from pipeline.progress import out
 from pipeline.validate import SPLITS, validate
 
 
 @click.command("validate", cls=EdgepipeCommand)
-@click.option("--reference", "--checkpoint", "reference", default=None, metavar="CKPT|MODEL.onnx",
-              help="The FP32 model every artifact is compared with: the PyTorch checkpoint, or an FP32 .onnx on ONNX Runtime "
-              "(any single-image-input ONNX). Default: the first FP32 .onnx among the artifacts.")
+@click.option("--reference", "--checkpoint", "reference", default=None, metavar="CKPT|MODEL.onnx|WEIGHTS",
+              help="The FP32 model every artifact is compared with: the PyTorch checkpoint, an FP32 .onnx on ONNX Runtime "
+              "(any single-image-input ONNX), or your model's weights file with --model. Default: the first FP32 .onnx among the artifacts.")
 @click.argument("artifacts", nargs=-1, required=True, metavar="ARTIFACT...")
 @data_option(help="Images to validate on: an ImageFolder, a folder of images, an .npz with x (and y), or 'digits'. "
              "Default: the data an edgepipe model records; a model edgepipe did not export needs it.")
@@ -21,9 +22,11 @@ from pipeline.validate import SPLITS, validate
               help="Which of --data's images count: the held-out part of a seeded split, all, or auto (held-out when an artifact was calibrated on the rest).")
 @click.option("--atol", default=DEFAULT_ATOL, show_default=True, help="Absolute tolerance of the pass/fail check, per output element (Polygraphy's).")
 @click.option("--rtol", default=DEFAULT_RTOL, show_default=True, help="Relative tolerance of the pass/fail check.")
+@click.option("--batch-size", "batch_size", default=DEFAULT_BATCH_SIZE, show_default=True, type=click.IntRange(min=1),
+              help="Images per batch when --data is streamed through the models (memory for a big model's activations grows with it).")
 @model_options(help="The model of a checkpoint reference that names your own code: --model again, or --trust-model-code.")
 @json_option
-def validate_command(reference, artifacts, data, preprocess, labels, workers, split, atol, rtol, model, code, as_json):
+def validate_command(reference, artifacts, data, preprocess, labels, workers, split, atol, rtol, batch_size, model, code, as_json):
     """Compare artifacts (ONNX at any precision, engines) with PyTorch on the held-out split.
 
     One row per artifact: precision, top-1 and its change in points (labelled images), argmax
@@ -39,7 +42,8 @@ def validate_command(reference, artifacts, data, preprocess, labels, workers, sp
       edgepipe validate --reference resnet.onnx resnet.int8.onnx --data photos/ --labels labels.txt \\
           --resize 256 --crop 224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
     """
-    result = validate(reference, artifacts, data=data, labels=labels, preprocess=preprocess, workers=workers, split=split, atol=atol, rtol=rtol, code=code)
+    result = validate(reference, artifacts, data=data, labels=labels, preprocess=preprocess, workers=workers, split=split, atol=atol, rtol=rtol,
+                      batch_size=batch_size, code=code)
     emit(result, as_json, _print_table, failed=not result["ok"])
 
 
