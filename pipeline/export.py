@@ -90,12 +90,7 @@ def export(
         model=model_record(config),
     )
     return {
-        "onnx": str(output),
-        "model": config["model"],
-        "opset": opset,
-        "batch": "dynamic" if dynamic_batch else batch,
-        "input_shape": config["input_shape"],
-        "dynamic_size": dynamic_size,
+        **_what_was_written(output, config["model"], opset, batch, dynamic_batch, config["input_shape"], dynamic_size),
         "weights_sha256": model_record(config)["weights_sha256"],
         "samples": int(len(y_val)),
         "checked_on": f"{len(y_val)} held-out images",
@@ -132,12 +127,7 @@ def _export_weights(weights: str | Path, output: Path, spec: ModelSpec, opset: i
         model={**model_record(record), "num_classes": record["num_classes"]},
     )
     return {
-        "onnx": str(output),
-        "model": record["model"],
-        "opset": opset,
-        "batch": "dynamic" if dynamic_batch else batch,
-        "input_shape": record["input_shape"],
-        "dynamic_size": dynamic_size,
+        **_what_was_written(output, record["model"], opset, batch, dynamic_batch, record["input_shape"], dynamic_size),
         "num_classes": record["num_classes"],
         "weights_sha256": sha256,
         "samples": SYNTHETIC_COUNT,
@@ -145,6 +135,12 @@ def _export_weights(weights: str | Path, output: Path, spec: ModelSpec, opset: i
         "hint": SYNTHETIC_HINT,
         **figures,
     }
+
+
+def _what_was_written(output: Path, model: str, opset: int, batch: int, dynamic_batch: bool, input_shape: list[int], dynamic_size: bool) -> dict[str, Any]:
+    """The head of export's result: the file, the model, and the shape it was exported with."""
+    return {"onnx": str(output), "model": model, "opset": opset, "batch": "dynamic" if dynamic_batch else batch,
+            "input_shape": input_shape, "dynamic_size": dynamic_size}
 
 
 def _parity(model: torch.nn.Module, onnx_path: Path, images: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:

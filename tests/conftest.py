@@ -64,3 +64,13 @@ def invoke(runner, *args):
     from pipeline.cli import main
 
     return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result, *needles) -> str:
+    """A command that failed as bad input must: exit 1, one "Error:" line naming every needle, no traceback; the line."""
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]

@@ -17,6 +17,7 @@ import onnx
 import pytest
 from budget_models import CLASSIFIER_SHAPE, export_outlier_recognizer, export_varied_classifier, images
 from click.testing import CliRunner
+from conftest import one_line_error
 from foreign_models import TEXT_SHAPE, foreign_model
 
 from pipeline import quantize
@@ -43,14 +44,6 @@ def copy_of(kind: str, folder: Path, **options) -> Path:
 
 def run(*args, command=main):
     return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(result, *needles):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def made_files(folder: Path, *sources: Path) -> list[str]:

@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import invoke
+from conftest import invoke, one_line_error
 from test_modelspec import write_model
 
 from pipeline.commands.build import build_engine_main
@@ -49,14 +49,6 @@ def weights_of(spec: str, path, *args: str) -> torch.nn.Module:
     else:
         torch.save(model.state_dict(), path)
     return model
-
-
-def one_line_error(result, *needles):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_pt_weights_export_at_the_given_size_proven_on_synthetic_inputs_and_build_fp16(net, tmp_path, runner):

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from conftest import one_line_error
 from foreign_models import NUM_CLASSES, foreign_model
 from PIL import Image
 
@@ -40,15 +41,6 @@ TIMM = ("--resize", "256", "--crop", "224", "--mean", "0.485,0.456,0.406", "--st
 
 def cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(result, *needles):
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error:")]
-    assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 def _jpeg(rng, folder: Path, name: str, size=(64, 48)) -> None:

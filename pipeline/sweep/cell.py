@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import EdgepipeError
-from pipeline.sweep import adapter as edgepipe
+import pipeline.sweep.adapter as edgepipe
 from pipeline.sweep.targets import target_name
 
 

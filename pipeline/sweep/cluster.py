@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from pipeline.errors import EdgepipeError
-from pipeline.sweep import adapter as edgepipe
+import pipeline.sweep.adapter as edgepipe
 from pipeline.sweep.targets import is_target, parse_target, target_name
 
 INSTALL_FIX = "pip install 'edgepipe[ray]' (it pins the Ray version every node must run)"

@@ -21,10 +21,10 @@ from typing import Any
 
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
-from pipeline.sweep import adapter as edgepipe
-from pipeline.sweep import cluster as clustermod
-from pipeline.sweep import inputs as sweep_inputs
-from pipeline.sweep import report as sweep_report
+import pipeline.sweep.adapter as edgepipe
+import pipeline.sweep.cluster as clustermod
+import pipeline.sweep.inputs as sweep_inputs
+import pipeline.sweep.report as sweep_report
 from pipeline.sweep.cell import build_cell, choose_backend
 from pipeline.sweep.inputs import SweepModel
 from pipeline.sweep.targets import cc_order, parse_target

@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
-from pipeline.sweep import adapter as edgepipe
+import pipeline.sweep.adapter as edgepipe
 from pipeline.sweep.targets import parse_target, target_name
 from pipeline.yamlfile import read_yaml
 

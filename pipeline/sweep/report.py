@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.sweep import adapter as edgepipe
+import pipeline.sweep.adapter as edgepipe
 
 CELL_COLUMNS = ("model", "precision", "target", "status", "node", "build (s)", "measured on the GPU", "top-1 (%)", "vs PyTorch (pts)", "latency (ms)", "engine", "sha256")
 
