@@ -21,8 +21,11 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/edgepipe run
 
-# The floors of docs/architecture.md first (import-linter's contracts in pyproject.toml), then the tests.
+# The formatter and linter, the floors of docs/architecture.md (import-linter's contracts in pyproject.toml),
+# then the tests.
 test: setup
+	$(BIN)/ruff format --check --quiet .
+	$(BIN)/ruff check --quiet .
 	$(BIN)/lint-imports --no-cache --no-logo
 	$(BIN)/python -m pytest -q
 

@@ -103,10 +103,10 @@ class TreeSampler:
 
 def measure(folder: Path, workers: int | None, batch_size: int) -> dict:
     """Run in a fresh process: stream ``folder`` once, keep the argmax per image, report memory and time."""
+    import torch.utils.data  # noqa: F401  imported before timing: a validate process has torch loaded already
+
     from pipeline import images
     from pipeline.preprocess import Preprocess
-
-    import torch.utils.data  # noqa: F401  imported before timing: a validate process has torch loaded already
 
     preprocess = Preprocess.from_options(**PREPROCESS)
     source = images.open_source(str(folder))
@@ -146,7 +146,12 @@ def bare_loop(folder: Path, limit: int) -> dict:
         with Image.open(path) as image:
             preprocess.apply(image).reshape(3, -1).mean(axis=1).argmax()
     seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
-    return {"count": len(files), "seconds": seconds, "images_per_s": len(files) / seconds, "cpu_ms_per_image": cpu / len(files) * 1e3}
+    return {
+        "count": len(files),
+        "seconds": seconds,
+        "images_per_s": len(files) / seconds,
+        "cpu_ms_per_image": cpu / len(files) * 1e3,
+    }
 
 
 def _cpu_seconds() -> float:
@@ -156,7 +161,9 @@ def _cpu_seconds() -> float:
 
 
 def in_fresh_process(*args: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
     done = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -164,7 +171,14 @@ def in_fresh_process(*args: str) -> dict:
 def machine() -> str:
     import psutil
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {platform.python_version()}"
 
 
@@ -178,7 +192,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: min(4, CPUs))")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--bare", type=int, default=1000, help="images decoded in the bare loop")
-    parser.add_argument("--keep", default=None, help="folder for the generated images (default: a temporary one, removed)")
+    parser.add_argument(
+        "--keep", default=None, help="folder for the generated images (default: a temporary one, removed)"
+    )
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: one measurement
     parser.add_argument("--measure-bare", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -197,16 +213,26 @@ def main() -> None:
             extra = ["--workers", str(args.workers)] if args.workers is not None else []
             result = in_fresh_process("--measure", str(folder), "--batch-size", str(args.batch_size), *extra)
             results.append(result)
-            print(f"{count:>6} images: main peak RSS {gb(result['main_peak_rss_bytes'])} (after imports {gb(result['rss_before_bytes'])}), "
-                  f"largest worker {gb(result['worker_peak_rss_bytes'])}, process tree peak PSS {gb(result['tree_peak_pss_bytes'])}; "
-                  f"{result['images_per_s']:.0f} images/s with {result['workers']} workers, {result['cpu_ms_per_image']:.2f} CPU ms/image; "
-                  f"all as float32: {gb(count * 3 * 224 * 224 * 4)}")
-        bare = in_fresh_process("--measure-bare", str(make_folder(root, int(args.counts.split(",")[0]))), "--bare", str(args.bare))
-        print(f"bare loop (1 process, no loader): {bare['images_per_s']:.0f} images/s, {bare['cpu_ms_per_image']:.2f} CPU ms/image over {bare['count']} images")
+            print(
+                f"{count:>6} images: main peak RSS {gb(result['main_peak_rss_bytes'])} (after imports {gb(result['rss_before_bytes'])}), "
+                f"largest worker {gb(result['worker_peak_rss_bytes'])}, process tree peak PSS {gb(result['tree_peak_pss_bytes'])}; "
+                f"{result['images_per_s']:.0f} images/s with {result['workers']} workers, {result['cpu_ms_per_image']:.2f} CPU ms/image; "
+                f"all as float32: {gb(count * 3 * 224 * 224 * 4)}"
+            )
+        bare = in_fresh_process(
+            "--measure-bare", str(make_folder(root, int(args.counts.split(",")[0]))), "--bare", str(args.bare)
+        )
+        print(
+            f"bare loop (1 process, no loader): {bare['images_per_s']:.0f} images/s, {bare['cpu_ms_per_image']:.2f} CPU ms/image over {bare['count']} images"
+        )
         first, last = results[0], results[-1]
-        print(f"peak PSS {last['count']} / {first['count']} images: {last['tree_peak_pss_bytes'] / first['tree_peak_pss_bytes']:.3f}; "
-              f"main RSS: {last['main_peak_rss_bytes'] / first['main_peak_rss_bytes']:.3f}")
-        print(f"loader / bare loop: throughput {last['images_per_s'] / bare['images_per_s']:.2f}x, CPU per image {last['cpu_ms_per_image'] / bare['cpu_ms_per_image']:.2f}x")
+        print(
+            f"peak PSS {last['count']} / {first['count']} images: {last['tree_peak_pss_bytes'] / first['tree_peak_pss_bytes']:.3f}; "
+            f"main RSS: {last['main_peak_rss_bytes'] / first['main_peak_rss_bytes']:.3f}"
+        )
+        print(
+            f"loader / bare loop: throughput {last['images_per_s'] / bare['images_per_s']:.2f}x, CPU per image {last['cpu_ms_per_image'] / bare['cpu_ms_per_image']:.2f}x"
+        )
         print(f"machine: {machine()}; load average at the end {os.getloadavg()[0]:.1f}")
     finally:
         if not args.keep:

@@ -73,8 +73,10 @@ def main() -> None:
     for label, shape in SHAPES.items():
         print(f"Fidelity.update, {label}: {update_cost(shape):.1f} ms per batch")
     ten, two_hundred = held_memory()
-    print(f"Python memory held: {ten / 1024:.0f} KiB after 10 batches of 64x1000, {two_hundred / 1024:.0f} KiB after 200 "
-          f"(the outputs compared: {200 * 2 * 64 * 1000 * 4 / 2**20:.0f} MiB)")
+    print(
+        f"Python memory held: {ten / 1024:.0f} KiB after 10 batches of 64x1000, {two_hundred / 1024:.0f} KiB after 200 "
+        f"(the outputs compared: {200 * 2 * 64 * 1000 * 4 / 2**20:.0f} MiB)"
+    )
 
 
 if __name__ == "__main__":

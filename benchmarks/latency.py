@@ -14,11 +14,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from pipeline.tensorrt import backend as backendmod
-from pipeline import bench, benchreport, build, export, train
+from pipeline import bench, benchreport, build, cuda, export, train
 from pipeline.checkpoint import save_checkpoint
 from pipeline.errors import EdgepipeError
-from pipeline import cuda
+from pipeline.tensorrt import backend as backendmod
 
 
 def main() -> None:
@@ -29,7 +28,9 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=3.0)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--cuda-graph", action="store_true")
-    parser.add_argument("--work", default=None, help="folder for the checkpoint, ONNX and engines (default: a temporary one)")
+    parser.add_argument(
+        "--work", default=None, help="folder for the checkpoint, ONNX and engines (default: a temporary one)"
+    )
     parser.add_argument("--out", default="benchmarks/latency.md")
     args = parser.parse_args()
 
@@ -49,14 +50,28 @@ def main() -> None:
         shapes = {"min": "input:1x1x32x32", "opt": "input:8x1x32x32", "max": "input:32x1x32x32"}
         for precision in ("fp32", "fp16"):
             try:
-                result = build.build_engine(onnx_path, precision=precision, save_engine=work / f"model_{precision}.engine", shapes=shapes, compute_capability=targets, force=True)
+                result = build.build_engine(
+                    onnx_path,
+                    precision=precision,
+                    save_engine=work / f"model_{precision}.engine",
+                    shapes=shapes,
+                    compute_capability=targets,
+                    force=True,
+                )
                 artifacts.append(result["engine"])
             except EdgepipeError as exc:
                 print(f"{precision} engine not built: {exc}")
         note = f"engines built with {be.display}"
 
     batches = tuple(int(b) for b in args.batches.split(","))
-    result = bench.bench(artifacts, checkpoint=checkpoint, batches=batches, duration_s=args.duration_s, cuda_graph=args.cuda_graph, device=args.device)
+    result = bench.bench(
+        artifacts,
+        checkpoint=checkpoint,
+        batches=batches,
+        duration_s=args.duration_s,
+        cuda_graph=args.cuda_graph,
+        device=args.device,
+    )
     text = benchreport.to_markdown(result) + f"\n{note}.\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -39,7 +39,9 @@ def bench_model(name: str, checkpoints: Path | None, folder: Path, max_drop: flo
     precision.to_fp16(onnx_path, folder / f"{name}.fp16.onnx", force=True)
     started = time.perf_counter()
     config = load_checkpoint(checkpoint)[1]
-    calib = calibration.save(folder / f"{name}.calib.npz", calibration.draw(config, num=calibration.DEFAULT_NUM), force=True)
+    calib = calibration.save(
+        folder / f"{name}.calib.npz", calibration.draw(config, num=calibration.DEFAULT_NUM), force=True
+    )
     int8 = precision.to_int8(onnx_path, folder / f"{name}.int8.onnx", calib=calib, max_drop=max_drop, force=True)
     calib_quant_seconds = time.perf_counter() - started
     result = validate.validate(checkpoint, [onnx_path, folder / f"{name}.fp16.onnx", folder / f"{name}.int8.onnx"])
@@ -81,7 +83,11 @@ def main() -> int:
     parser.add_argument("checkpoints", nargs="?", default=None, help="folder with <model>.pt checkpoints to reuse")
     parser.add_argument("--models", default=",".join(models.names()))
     parser.add_argument("--out", default="docs/precision.md")
-    parser.add_argument("--max-drop", default="0.5", help="INT8 accuracy budget in points, as 'edgepipe run' uses by default; 'none' for plain PTQ")
+    parser.add_argument(
+        "--max-drop",
+        default="0.5",
+        help="INT8 accuracy budget in points, as 'edgepipe run' uses by default; 'none' for plain PTQ",
+    )
     args = parser.parse_args()
     max_drop = None if args.max_drop.lower() == "none" else float(args.max_drop)
     checkpoints = Path(args.checkpoints) if args.checkpoints else None

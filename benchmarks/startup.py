@@ -70,7 +70,9 @@ def main() -> int:
         else:
             onnx_path = make_onnx(work)
         edgepipe = script("edgepipe", "from pipeline.cli import main; main()")
-        build_engine = script("build-engine", "from pipeline.commands.build import build_engine_main; build_engine_main()")
+        build_engine = script(
+            "build-engine", "from pipeline.commands.build import build_engine_main; build_engine_main()"
+        )
         commands = {
             'python -c "import torch"': [sys.executable, "-c", "import torch"],
             "python -c pass": [sys.executable, "-c", "pass"],
@@ -91,19 +93,31 @@ def main() -> int:
     for name, values in times.items():
         median = statistics.median(values)
         target = TARGETS.get(name)
-        rows.append({
-            "command": name, "median_s": round(median, 3), "min_s": round(min(values), 3), "ratio": round(median / baseline, 3),
-            "target": target, "ok": None if target is None else median / baseline <= target,
-        })
+        rows.append(
+            {
+                "command": name,
+                "median_s": round(median, 3),
+                "min_s": round(min(values), 3),
+                "ratio": round(median / baseline, 3),
+                "target": target,
+                "ok": None if target is None else median / baseline <= target,
+            }
+        )
     result = {
-        "runs": args.runs, "python": platform.python_version(), "torch": metadata.version("torch"),
-        "cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()], "rows": rows,
+        "runs": args.runs,
+        "python": platform.python_version(),
+        "torch": metadata.version("torch"),
+        "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "rows": rows,
     }
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"Start-up, median of {args.runs} runs (Python {result['python']}, torch {result['torch']}, "
-              f"{result['cpus']} CPUs, load {result['load_average'][0]}); ratio = time / import torch")
+        print(
+            f"Start-up, median of {args.runs} runs (Python {result['python']}, torch {result['torch']}, "
+            f"{result['cpus']} CPUs, load {result['load_average'][0]}); ratio = time / import torch"
+        )
         print(f"{'command':44} {'median s':>9} {'min s':>7} {'ratio':>6} {'target':>7}")
         for r in rows:
             target = "" if r["target"] is None else f"<= {r['target']}" + (" ok" if r["ok"] else " MISSED")

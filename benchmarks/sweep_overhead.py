@@ -44,14 +44,24 @@ def one_process(args, folder: Path) -> dict:
     timings = {"prepare": 0.0, "build": 0.0}
     for model in args.models:
         started = time.perf_counter()
-        report = run.run(model=model, output=folder / model, precisions=tuple(args.precisions), engines=False, epochs=args.epochs, **SETTINGS)
+        report = run.run(
+            model=model,
+            output=folder / model,
+            precisions=tuple(args.precisions),
+            engines=False,
+            epochs=args.epochs,
+            **SETTINGS,
+        )
         timings["prepare"] += time.perf_counter() - started
         started = time.perf_counter()
         made = onnx_models(report, folder / model)
         for precision in args.precisions:
             for target in args.targets:
-                build_engine(made[Precision(precision)], save_engine=folder / model / f"model.{precision}.{target}.engine",
-                             compute_capability=[parse_target(target)])
+                build_engine(
+                    made[Precision(precision)],
+                    save_engine=folder / model / f"model.{precision}.{target}.engine",
+                    compute_capability=[parse_target(target)],
+                )
         timings["build"] += time.perf_counter() - started
     return {"timings": {k: round(v, 2) for k, v in timings.items()}}
 
@@ -59,14 +69,33 @@ def one_process(args, folder: Path) -> dict:
 def sweep_pass(args, folder: Path) -> dict:
     from pipeline import sweep
 
-    report = sweep.sweep(models=args.models, precisions=args.precisions, targets=args.targets, output=folder, epochs=args.epochs, **SETTINGS)
+    report = sweep.sweep(
+        models=args.models,
+        precisions=args.precisions,
+        targets=args.targets,
+        output=folder,
+        epochs=args.epochs,
+        **SETTINGS,
+    )
     return {"submitted": report["submitted"], "cells": report["cells"], "timings": report["timings"]}
 
 
 def run_pass(name: str, args, folder: Path) -> dict:
     """One pass in a fresh interpreter; wall time measured from outside, imports included."""
-    command = [sys.executable, __file__, "--pass", name, "--folder", str(folder), "--models", ",".join(args.models),
-               "--precisions", ",".join(args.precisions), "--targets", ",".join(args.targets)]
+    command = [
+        sys.executable,
+        __file__,
+        "--pass",
+        name,
+        "--folder",
+        str(folder),
+        "--models",
+        ",".join(args.models),
+        "--precisions",
+        ",".join(args.precisions),
+        "--targets",
+        ",".join(args.targets),
+    ]
     command += ["--epochs", str(args.epochs)] if args.epochs else []
     # RAY_AUTH_MODE: left to the user; unset, Ray 2.60 writes a token to ~/.ray/auth_token.
     env = {"RAY_AUTH_MODE": "disabled", **os.environ, "PYTHONPATH": str(REPO)}
@@ -79,7 +108,11 @@ def run_pass(name: str, args, folder: Path) -> dict:
     # CPU seconds of the pass and of the processes it waited for: unlike wall time, not inflated
     # when other jobs share the machine.
     cpu = _children_cpu() - cpu_before
-    return {"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), **json.loads(result.stdout.strip().splitlines()[-1])}
+    return {
+        "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu, 1),
+        **json.loads(result.stdout.strip().splitlines()[-1]),
+    }
 
 
 def _children_cpu() -> float:
@@ -95,7 +128,12 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,fp16,int8")
     parser.add_argument("--targets", default="sm_89,sm_86")
     parser.add_argument("--epochs", type=int, default=None, help="Training epochs (default: each model's recipe).")
-    parser.add_argument("--repeat", type=int, default=1, help="Alternate the one-process and sweep passes N times; the fastest of each counts.")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="Alternate the one-process and sweep passes N times; the fastest of each counts.",
+    )
     parser.add_argument("--work", default=None, help="Folder for the passes' outputs (default: a temporary one).")
     parser.add_argument("--out", default=None, help="Append the Markdown table to this file.")
     parser.add_argument("--pass", dest="which", default=None, help=argparse.SUPPRESS)
@@ -103,7 +141,9 @@ def main() -> None:
     args = parser.parse_args()
     args.models, args.precisions, args.targets = (a.split(",") for a in (args.models, args.precisions, args.targets))
     if args.which:  # inside one pass
-        result = one_process(args, Path(args.folder)) if args.which == "one-process" else sweep_pass(args, Path(args.folder))
+        result = (
+            one_process(args, Path(args.folder)) if args.which == "one-process" else sweep_pass(args, Path(args.folder))
+        )
         print(json.dumps(result))
         return
     work = Path(args.work or tempfile.mkdtemp(prefix="sweep-overhead-"))

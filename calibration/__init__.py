@@ -23,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,9 @@ _FORMAT = 1
 
 @dataclass
 class CalibrationSet:
-    images: np.ndarray  # float32, one preprocessed image per row, in the model's layout (N x C x H x W for edgepipe's models)
+    images: (
+        np.ndarray
+    )  # float32, one preprocessed image per row, in the model's layout (N x C x H x W for edgepipe's models)
     labels: np.ndarray | None  # int64 N, or None for unlabelled images
     manifest: dict[str, Any] = field(default_factory=dict)
 
@@ -150,35 +153,57 @@ def _balanced_positions(labels: np.ndarray, num: int, seed: int) -> np.ndarray:
     return np.sort(np.asarray(picked, dtype=np.int64))
 
 
-def draw_for(model: str | Path, data: str | None = None, num: int = DEFAULT_NUM, seed: int = 0, labels: str | Path | None = None,
-             preprocess: PreprocessFlags | None = None, workers: int | None = None) -> CalibrationSet:
+def draw_for(
+    model: str | Path,
+    data: str | None = None,
+    num: int = DEFAULT_NUM,
+    seed: int = 0,
+    labels: str | Path | None = None,
+    preprocess: PreprocessFlags | None = None,
+    workers: int | None = None,
+) -> CalibrationSet:
     """A calibration set for any model: an edgepipe checkpoint or export draws from its recorded
     training split (``draw``), any other ONNX from the calibration pool of ``data`` (``draw_from_images``)."""
     if Path(model).suffix.lower() == ".onnx" and CONFIG_KEY not in read_metadata(load_onnx(model)):
         if data is None:
-            raise EdgepipeError(f"{model} has no edgepipe metadata, so there is no training data to draw calibration images from",
-                                fix="pass --data with your images (an ImageFolder, a folder of images or an .npz), and --labels FILE if the folders are classes")
+            raise EdgepipeError(
+                f"{model} has no edgepipe metadata, so there is no training data to draw calibration images from",
+                fix="pass --data with your images (an ImageFolder, a folder of images or an .npz), and --labels FILE if the folders are classes",
+            )
         return draw_from_images(model, data, num=num, seed=seed, labels=labels, preprocess=preprocess, workers=workers)
     refuse_for_recorded(model, preprocess, labels)
     return draw(config_of(model), data=data, num=num, seed=seed)
 
 
-def draw_from_images(model: str | Path, data: str, num: int = DEFAULT_NUM, seed: int = 0, labels: str | Path | None = None,
-                     preprocess: PreprocessFlags | None = None, workers: int | None = None) -> CalibrationSet:
+def draw_from_images(
+    model: str | Path,
+    data: str,
+    num: int = DEFAULT_NUM,
+    seed: int = 0,
+    labels: str | Path | None = None,
+    preprocess: PreprocessFlags | None = None,
+    workers: int | None = None,
+) -> CalibrationSet:
     """Draw ``num`` images from the calibration pool of the user's ``data`` for any ONNX ``model``.
 
     Class by class in turns when the data is labelled, seeded; never from the held-out part of the
     split (``SPLIT_SEED``), which the manifest records so that validate judges on the rest.
     """
     if num < MIN_TOTAL:
-        raise EdgepipeError(f"--num {num} is too few calibration images (minimum {MIN_TOTAL})", fix=f"pass --num {MIN_TOTAL} or more, to keep calibration ranges stable")
+        raise EdgepipeError(
+            f"--num {num} is too few calibration images (minimum {MIN_TOTAL})",
+            fix=f"pass --num {MIN_TOTAL} or more, to keep calibration ranges stable",
+        )
     model_input = ModelInput.of_onnx(model, preprocess)
     info(model_input.describe())
     source = open_source(data, labels=labels, num_classes=model_input.num_classes)
     split = source.split(seed=SPLIT_SEED, val_fraction=VAL_FRACTION)
     if len(split.pool) < MIN_TOTAL:
-        raise EdgepipeError(f"the calibration pool of {source.spec} has {len(split.pool)} images (the other {len(split.held_out)} are held out for validation); "
-                            f"calibration needs at least {MIN_TOTAL}", fix=f"add images: {int(np.ceil(MIN_TOTAL / (1 - VAL_FRACTION)))} or more in all")
+        raise EdgepipeError(
+            f"the calibration pool of {source.spec} has {len(split.pool)} images (the other {len(split.held_out)} are held out for validation); "
+            f"calibration needs at least {MIN_TOTAL}",
+            fix=f"add images: {int(np.ceil(MIN_TOTAL / (1 - VAL_FRACTION)))} or more in all",
+        )
     picked = source.draw(split.pool, num, seed=seed)
     x, y = source.batches(model_input.preprocess, picked, workers=workers, progress="calibrate").collect()
     classes = source.class_names if source.labelled else None
@@ -190,7 +215,9 @@ def draw_from_images(model: str | Path, data: str, num: int = DEFAULT_NUM, seed:
         "seed": seed,
         "requested": num,
         "count": int(len(x)),
-        "count_per_class": {name: int(n) for name, n in zip(classes, np.bincount(y, minlength=len(classes)))} if y is not None else None,
+        "count_per_class": {name: int(n) for name, n in zip(classes, np.bincount(y, minlength=len(classes)))}
+        if y is not None
+        else None,
         "shapes": {"images": list(x.shape), "labels": list(y.shape) if y is not None else None},
         "input_shape": list(x.shape[1:]),
         "layout": model_input.info.layout,
@@ -213,19 +240,32 @@ def save(path: str | Path, calib_set: CalibrationSet, force: bool = False) -> Pa
         raise EdgepipeError(f"calibration output {path} must end in .npz", fix="pass -o NAME.npz")
     manifest = dict(calib_set.manifest)
     manifest.setdefault("sha256", content_sha256(calib_set.images, calib_set.labels))
-    arrays = {"images": np.ascontiguousarray(calib_set.images, dtype=np.float32), "manifest": np.asarray(json.dumps(manifest, sort_keys=True))}
+    arrays = {
+        "images": np.ascontiguousarray(calib_set.images, dtype=np.float32),
+        "manifest": np.asarray(json.dumps(manifest, sort_keys=True)),
+    }
     if calib_set.labels is not None:  # unlabelled images are saved without labels
         arrays["labels"] = calib_set.labels.astype(np.int64)
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
             np.savez(f, **arrays)
     foreign = "onnx_sha256" in manifest  # drawn from the user's images for a model edgepipe did not export
-    made_from = {"data": manifest.get("data_sha256"), "onnx": manifest["onnx_sha256"]} if foreign else {"data": manifest.get("data_sha256"), "checkpoint": manifest.get("checkpoint_sha256")}
+    made_from = (
+        {"data": manifest.get("data_sha256"), "onnx": manifest["onnx_sha256"]}
+        if foreign
+        else {"data": manifest.get("data_sha256"), "checkpoint": manifest.get("checkpoint_sha256")}
+    )
     params = {"num": manifest.get("requested"), "seed": manifest.get("seed"), "split": "pool" if foreign else "train"}
     extra = ("split", "preprocess", "layout", "class_names") if foreign else ()
     write_manifest(
-        path, "calibration", inputs=made_from, params=params,
-        **{key: manifest.get(key) for key in ("source", "count", "count_per_class", "shapes", "input_shape", "mean", "std", "model", *extra)},
+        path,
+        "calibration",
+        inputs=made_from,
+        params=params,
+        **{
+            key: manifest.get(key)
+            for key in ("source", "count", "count_per_class", "shapes", "input_shape", "mean", "std", "model", *extra)
+        },
         content_sha256=manifest["sha256"],
     )
     return path
@@ -244,18 +284,31 @@ def load(path: str | Path) -> CalibrationSet:
         raise EdgepipeError(f"{path} is not a readable .npz ({type(exc).__name__}: {str(exc)[:120]})", fix=fix)
     missing = [key for key in ("images", "manifest") if key not in arrays]
     if missing:
-        raise EdgepipeError(f"{path} is not an edgepipe calibration set (no {', '.join(missing)}; it has {', '.join(arrays) or 'nothing'})", fix=fix)
+        raise EdgepipeError(
+            f"{path} is not an edgepipe calibration set (no {', '.join(missing)}; it has {', '.join(arrays) or 'nothing'})",
+            fix=fix,
+        )
     try:
         manifest = json.loads(str(arrays["manifest"]))
     except ValueError:
         raise EdgepipeError(f"{path} has an unreadable description", fix=fix)
     images, labels = arrays["images"], arrays.get("labels")  # no labels: drawn from unlabelled images
-    if images.ndim != 4 or images.dtype != np.float32 or (labels is not None and (labels.ndim != 1 or len(labels) != len(images))):
+    if (
+        images.ndim != 4
+        or images.dtype != np.float32
+        or (labels is not None and (labels.ndim != 1 or len(labels) != len(images)))
+    ):
         shown = labels.shape if labels is not None else "none"
-        raise EdgepipeError(f"{path} holds images {images.shape} {images.dtype} and labels {shown}; expected float32 N x C x H x W (or N x H x W x C) and N labels", fix=fix)
+        raise EdgepipeError(
+            f"{path} holds images {images.shape} {images.dtype} and labels {shown}; expected float32 N x C x H x W (or N x H x W x C) and N labels",
+            fix=fix,
+        )
     if not np.isfinite(images).all():
         bad = int((~np.isfinite(images)).reshape(len(images), -1).any(axis=1).sum())
-        raise EdgepipeError(f"{path} holds NaN or Inf values in {bad} image(s)", fix="clean the source data and draw the set again with 'edgepipe calibrate'")
+        raise EdgepipeError(
+            f"{path} holds NaN or Inf values in {bad} image(s)",
+            fix="clean the source data and draw the set again with 'edgepipe calibrate'",
+        )
     return CalibrationSet(np.ascontiguousarray(images), None if labels is None else labels.astype(np.int64), manifest)
 
 
@@ -264,13 +317,21 @@ def check_matches(calib_set: CalibrationSet, config: dict[str, Any]) -> None:
     fix = "draw a set for this model with 'edgepipe calibrate --checkpoint MODEL', or drop --calib to draw one from its training data"
     shape = list(calib_set.images.shape[1:])
     if shape != list(config["input_shape"]):
-        raise EdgepipeError(f"the calibration images are {_dims(shape)} but the model takes {_dims(config['input_shape'])}", fix=fix)
+        raise EdgepipeError(
+            f"the calibration images are {_dims(shape)} but the model takes {_dims(config['input_shape'])}", fix=fix
+        )
     if not np.isfinite(calib_set.images).all():
-        raise EdgepipeError("the calibration set holds NaN or Inf values", fix="clean the source data and draw the set again")
+        raise EdgepipeError(
+            "the calibration set holds NaN or Inf values", fix="clean the source data and draw the set again"
+        )
     manifest = calib_set.manifest
     for key in ("mean", "std"):
         theirs = manifest.get(key)
-        if theirs is None or len(theirs) != len(config[key]) or not np.allclose(theirs, config[key], rtol=_PREPROCESSING_RTOL, atol=1e-7):
+        if (
+            theirs is None
+            or len(theirs) != len(config[key])
+            or not np.allclose(theirs, config[key], rtol=_PREPROCESSING_RTOL, atol=1e-7)
+        ):
             raise EdgepipeError(
                 f"the calibration set was normalized with {key} {_fmt(theirs)}, the model uses {_fmt(config[key])}",
                 fix=fix,
@@ -286,7 +347,9 @@ def check_matches(calib_set: CalibrationSet, config: dict[str, Any]) -> None:
 def batches(calib_set: CalibrationSet, batch_size: int) -> Iterator[np.ndarray]:
     """Contiguous float32 batches of exactly ``batch_size``; the last is padded by repeating images."""
     if batch_size < 1:
-        raise EdgepipeError(f"calibration batch size must be at least 1, got {batch_size}", fix="use a batch size of 1 or more")
+        raise EdgepipeError(
+            f"calibration batch size must be at least 1, got {batch_size}", fix="use a batch size of 1 or more"
+        )
     images = calib_set.images
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]

@@ -170,21 +170,22 @@ class MHSA(nn.Module):
     has a static spatial size, only the batch is dynamic). ``pos="none"`` drops position.
     """
 
-    def __init__(self, channels: int, feat_size: int | tuple[int, int] | None = None, num_heads: int = 4,
-                 pos: str = "abs"):
+    def __init__(
+        self, channels: int, feat_size: int | tuple[int, int] | None = None, num_heads: int = 4, pos: str = "abs"
+    ):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"channels ({channels}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
         self.dk = channels // num_heads
-        self.scale = self.dk ** -0.5
+        self.scale = self.dk**-0.5
         self.qkv = nn.Conv2d(channels, 3 * channels, 1, bias=False)
         if pos == "abs":
             if feat_size is None:
                 raise ValueError("mhsa with pos='abs' needs feat_size=(H, W) of its feature map")
             fh, fw = (feat_size, feat_size) if isinstance(feat_size, int) else tuple(feat_size)
-            self.pos_h = nn.Parameter(torch.randn(num_heads, self.dk, fh, 1) * self.dk ** -0.5)
-            self.pos_w = nn.Parameter(torch.randn(num_heads, self.dk, 1, fw) * self.dk ** -0.5)
+            self.pos_h = nn.Parameter(torch.randn(num_heads, self.dk, fh, 1) * self.dk**-0.5)
+            self.pos_w = nn.Parameter(torch.randn(num_heads, self.dk, 1, fw) * self.dk**-0.5)
         elif pos != "none":
             raise ValueError(f"unknown position embedding {pos!r}; use 'abs' or 'none'")
         self.pos = pos

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,8 +28,14 @@ class UnknownModelError(ValueError):
     """A model name that edgepipe cannot build."""
 
 
-def register_model(name: str | None = None, *, attention: str, description: str,
-                   default_epochs: int | None = None, default_lr: float | None = None) -> Callable:
+def register_model(
+    name: str | None = None,
+    *,
+    attention: str,
+    description: str,
+    default_epochs: int | None = None,
+    default_lr: float | None = None,
+) -> Callable:
     """Register a factory ``fn(num_classes=10, in_chans=1, img_size=32, **kw) -> nn.Module``.
 
     The name defaults to the function's name. ``default_epochs``/``default_lr`` record the
@@ -71,7 +78,7 @@ def _unknown(name: str) -> UnknownModelError:
 def model_info(name: str) -> dict[str, Any]:
     """Name, attention kind, description and (where known) default_epochs/default_lr of a model."""
     if name.startswith(TIMM_PREFIX):
-        return {"name": name, "attention": "timm", "description": f"timm model {name[len(TIMM_PREFIX):]}"}
+        return {"name": name, "attention": "timm", "description": f"timm model {name[len(TIMM_PREFIX) :]}"}
     if name not in _REGISTRY:
         raise _unknown(name)
     return dict(_REGISTRY[name]["info"])
@@ -95,7 +102,7 @@ def create(name: str, *, num_classes: int = 10, in_chans: int = 1, img_size: int
     """Build registered model ``name`` (or ``timm:NAME``) with random weights."""
     if name.startswith(TIMM_PREFIX):
         # timm models take their input size from the data; img_size does not apply.
-        return _create_timm(name[len(TIMM_PREFIX):], num_classes, in_chans, **kw)
+        return _create_timm(name[len(TIMM_PREFIX) :], num_classes, in_chans, **kw)
     if name not in _REGISTRY:
         raise _unknown(name)
     return _REGISTRY[name]["fn"](num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
@@ -111,8 +118,11 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 32, 32)) 
     from torch.utils.flop_counter import FlopCounterMode
 
     param = next(model.parameters(), None)
-    x = torch.zeros(input_shape, device=param.device if param is not None else "cpu",
-                    dtype=param.dtype if param is not None else torch.float32)
+    x = torch.zeros(
+        input_shape,
+        device=param.device if param is not None else "cpu",
+        dtype=param.dtype if param is not None else torch.float32,
+    )
     was_training = model.training
     model.eval()
     try:

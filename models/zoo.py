@@ -33,15 +33,21 @@ def _downsampled(size: int, stride: int) -> int:
 class BasicBlock(nn.Module):
     """conv-bn-relu, conv-bn (or MHSA-bn), attention, + shortcut, relu."""
 
-    def __init__(self, cin: int, cout: int, stride: int, attention: str = "none",
-                 attn_kw: dict | None = None, mhsa_feat_size: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        attention: str = "none",
+        attn_kw: dict | None = None,
+        mhsa_feat_size: tuple[int, int] | None = None,
+    ):
         super().__init__()
         self.conv1 = _conv_bn(cin, cout, stride)
         self.act = nn.ReLU(inplace=True)
         if mhsa_feat_size is not None:
             # BoTNet: self-attention takes the place of the block's spatial conv.
-            self.conv2 = nn.Sequential(create_attention("mhsa", cout, feat_size=mhsa_feat_size),
-                                       nn.BatchNorm2d(cout))
+            self.conv2 = nn.Sequential(create_attention("mhsa", cout, feat_size=mhsa_feat_size), nn.BatchNorm2d(cout))
             self.attn = nn.Identity()
         else:
             self.conv2 = _conv_bn(cout, cout)
@@ -58,10 +64,19 @@ class BasicBlock(nn.Module):
 class AttentionResNet(nn.Module):
     """The shared edgepipe backbone; ``attention`` picks the layer inside every block."""
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: int = 32,
-                 attention: str = "none", attn_kw: dict | None = None, head: str = "mean",
-                 mhsa_last: bool = False, widths: tuple[int, ...] = WIDTHS, stem_width: int = STEM_WIDTH,
-                 drop_rate: float = 0.0):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        img_size: int = 32,
+        attention: str = "none",
+        attn_kw: dict | None = None,
+        head: str = "mean",
+        mhsa_last: bool = False,
+        widths: tuple[int, ...] = WIDTHS,
+        stem_width: int = STEM_WIDTH,
+        drop_rate: float = 0.0,
+    ):
         super().__init__()
         self.stem = nn.Sequential(_conv_bn(in_chans, stem_width), nn.ReLU(inplace=True))
         blocks, cin, size = [], stem_width, img_size
@@ -112,7 +127,9 @@ def eca_resnet(**kw) -> nn.Module:
     return AttentionResNet(attention="eca", **kw)
 
 
-@register_model(attention="cbam", description="residual CNN with CBAM (channel + spatial gates) in every block", **RECIPE)
+@register_model(
+    attention="cbam", description="residual CNN with CBAM (channel + spatial gates) in every block", **RECIPE
+)
 def cbam_resnet(**kw) -> nn.Module:
     return AttentionResNet(attention="cbam", **kw)
 
@@ -122,16 +139,22 @@ def coord_resnet(**kw) -> nn.Module:
     return AttentionResNet(attention="coord", **kw)
 
 
-@register_model(attention="gate", description="residual CNN with a gated 1x1-conv attention map in every block", **RECIPE)
+@register_model(
+    attention="gate", description="residual CNN with a gated 1x1-conv attention map in every block", **RECIPE
+)
 def gated_cnn(**kw) -> nn.Module:
     return AttentionResNet(attention="gate", **kw)
 
 
-@register_model(attention="softmax-pool", description="residual CNN with a softmax feature-attention pooling head", **RECIPE)
+@register_model(
+    attention="softmax-pool", description="residual CNN with a softmax feature-attention pooling head", **RECIPE
+)
 def attnpool_cnn(**kw) -> nn.Module:
     return AttentionResNet(head="attention", **kw)
 
 
-@register_model(attention="mhsa", description="residual CNN with multi-head self-attention in the last stage (BoTNet)", **RECIPE)
+@register_model(
+    attention="mhsa", description="residual CNN with multi-head self-attention in the last stage (BoTNet)", **RECIPE
+)
 def bot_net(**kw) -> nn.Module:
     return AttentionResNet(mhsa_last=True, **kw)

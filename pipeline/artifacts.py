@@ -19,10 +19,11 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pipeline.errors import EdgepipeError
 from pipeline.machine import tool_versions
@@ -46,15 +47,25 @@ class Kind(str, Enum):
         return self.value
 
 
-SUFFIXES = {".pt": Kind.CHECKPOINT, ".pth": Kind.CHECKPOINT, ".onnx": Kind.ONNX, ".npz": Kind.CALIBRATION,
-            ".engine": Kind.ENGINE, ".plan": Kind.ENGINE, ".trt": Kind.ENGINE}
+SUFFIXES = {
+    ".pt": Kind.CHECKPOINT,
+    ".pth": Kind.CHECKPOINT,
+    ".onnx": Kind.ONNX,
+    ".npz": Kind.CALIBRATION,
+    ".engine": Kind.ENGINE,
+    ".plan": Kind.ENGINE,
+    ".trt": Kind.ENGINE,
+}
 
 
 def kind_of(path: str | Path) -> Kind:
     """The kind of an artifact file, from its suffix; one clear error for anything else."""
     kind = SUFFIXES.get(Path(path).suffix.lower())
     if kind is None:
-        raise EdgepipeError(f"cannot tell what {path} is from its suffix", fix="pass an .onnx model, a .engine/.plan file or a .pt checkpoint")
+        raise EdgepipeError(
+            f"cannot tell what {path} is from its suffix",
+            fix="pass an .onnx model, a .engine/.plan file or a .pt checkpoint",
+        )
     return kind
 
 
@@ -68,7 +79,7 @@ class Artifact:
     precision: Precision | None = None
 
     @classmethod
-    def open(cls, path: str | Path) -> "Artifact":
+    def open(cls, path: str | Path) -> Artifact:
         path = Path(path)
         if not path.is_file():
             raise EdgepipeError(f"{path} does not exist", fix="pass an existing .onnx model, engine file or checkpoint")
@@ -103,7 +114,11 @@ class Artifact:
 
     def intact(self) -> bool:
         """True when the file is the one its manifest describes (not truncated or replaced)."""
-        return bool(self.manifest) and self.manifest.get("bytes") == self.path.stat().st_size and self.manifest.get("sha256") == sha256_file(self.path)
+        return (
+            bool(self.manifest)
+            and self.manifest.get("bytes") == self.path.stat().st_size
+            and self.manifest.get("sha256") == sha256_file(self.path)
+        )
 
 
 def current(path: str | Path, kind: Kind | str, inputs: dict[str, Any], params: dict[str, Any]) -> Artifact | None:
@@ -124,7 +139,11 @@ def why_stale(path: str | Path, kind: Kind | str, inputs: dict[str, Any], params
     manifest = read_manifest(path)
     if manifest is None or manifest.get("format") != ARTIFACT_FORMAT or manifest.get("kind") != str(kind):
         return "has no edgepipe manifest of this kind and format, so it may be another model's file"
-    reasons = [f"another {ROLE_NAMES.get(role, role)}" for role, sha in inputs.items() if manifest.get("inputs", {}).get(role) != sha]
+    reasons = [
+        f"another {ROLE_NAMES.get(role, role)}"
+        for role, sha in inputs.items()
+        if manifest.get("inputs", {}).get(role) != sha
+    ]
     reasons += [f"another {ROLE_NAMES.get(role, role)}" for role in manifest.get("inputs", {}) if role not in inputs]
     old = manifest.get("params", {})
     new = json.loads(json.dumps(params, default=str))

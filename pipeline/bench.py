@@ -23,8 +23,8 @@ from pipeline.artifacts import Artifact, Kind
 from pipeline.checkpoint import check_model_code
 from pipeline.errors import EdgepipeError
 from pipeline.machine import describe_device
-from pipeline.onnxinfo import describe, load_model
 from pipeline.modelspec import ModelCode
+from pipeline.onnxinfo import describe, load_model
 from pipeline.preprocess import Preprocess
 from pipeline.progress import info
 from pipeline.runtime import NoGpuError, Runner, open_runner
@@ -34,10 +34,29 @@ FORMATS = {Kind.CHECKPOINT: "pytorch", Kind.ONNX: "onnx", Kind.ENGINE: "engine"}
 OVERHEAD_SECONDS = 0.2  # time each round of the harness and bare loops takes when checking overhead
 # Every row has every key (None where not measured), so CI can read rows without guessing.
 ROW_KEYS = (
-    "artifact", "format", "runtime", "precision", "batch", "status", "reason", "note",
-    "min_ms", "mean_ms", "median_ms", "p90_ms", "p95_ms", "p99_ms", "throughput",
-    "h2d_ms", "compute_ms", "d2h_ms", "compute_median_ms", "device_memory_mb",
-    "iterations", "warmup_iterations", "timed_s",
+    "artifact",
+    "format",
+    "runtime",
+    "precision",
+    "batch",
+    "status",
+    "reason",
+    "note",
+    "min_ms",
+    "mean_ms",
+    "median_ms",
+    "p90_ms",
+    "p95_ms",
+    "p99_ms",
+    "throughput",
+    "h2d_ms",
+    "compute_ms",
+    "d2h_ms",
+    "compute_median_ms",
+    "device_memory_mb",
+    "iterations",
+    "warmup_iterations",
+    "timed_s",
 )
 
 
@@ -63,7 +82,10 @@ def bench(
     """
     batches = check_settings(batches, warmup_ms, duration_s, iterations, device)
     if not artifacts and checkpoint is None:
-        raise EdgepipeError("nothing to measure", fix="pass one or more ARTIFACT files (.onnx, .engine) and/or --checkpoint CKPT for the PyTorch reference")
+        raise EdgepipeError(
+            "nothing to measure",
+            fix="pass one or more ARTIFACT files (.onnx, .engine) and/or --checkpoint CKPT for the PyTorch reference",
+        )
     entries = ([str(checkpoint)] if checkpoint is not None else []) + [str(a) for a in artifacts]
     if checkpoint is not None and Path(checkpoint).is_file() and Artifact.open(checkpoint).kind is Kind.CHECKPOINT:
         check_model_code(checkpoint, code)  # user code refused before anything is measured
@@ -71,21 +93,42 @@ def bench(
     rows: list[dict[str, Any]] = []
     overhead: dict[str, Any] | None = None
     for path in entries:
-        new_rows, measured = _bench_artifact(path, batches, warmup_ms, duration_s, iterations, cuda_graph, device, reference_shape, progress, input_size, code)
+        new_rows, measured = _bench_artifact(
+            path,
+            batches,
+            warmup_ms,
+            duration_s,
+            iterations,
+            cuda_graph,
+            device,
+            reference_shape,
+            progress,
+            input_size,
+            code,
+        )
         rows.extend(new_rows)
         if measured and (overhead is None or measured["bare_ms"] < overhead["bare_ms"]):
             overhead = measured  # the fastest runtime shows the harness's own cost best
     return {
         "device": describe_device(device),
-        "settings": {"batches": list(batches), "warmup_ms": warmup_ms, "duration_s": duration_s, "iterations": iterations, "cuda_graph": cuda_graph, "device": device,
-                     "input_size": list(input_size) if input_size else None},
+        "settings": {
+            "batches": list(batches),
+            "warmup_ms": warmup_ms,
+            "duration_s": duration_s,
+            "iterations": iterations,
+            "cuda_graph": cuda_graph,
+            "device": device,
+            "input_size": list(input_size) if input_size else None,
+        },
         "rows": rows,
         "overhead": overhead,
         "failed": sum(1 for r in rows if r["status"] == "error"),
     }
 
 
-def check_settings(batches, warmup_ms: float, duration_s: float, iterations: int | None, device: str) -> tuple[int, ...]:
+def check_settings(
+    batches, warmup_ms: float, duration_s: float, iterations: int | None, device: str
+) -> tuple[int, ...]:
     """The batches as a sorted tuple of distinct positive ints; a clear error for any bad setting."""
     try:
         values = sorted({int(b) for b in batches})
@@ -96,7 +139,9 @@ def check_settings(batches, warmup_ms: float, duration_s: float, iterations: int
     if warmup_ms < 0:
         raise EdgepipeError(f"--warmup-ms must be 0 or more, got {warmup_ms}", fix="pass e.g. --warmup-ms 200")
     if iterations is None and not duration_s > 0:
-        raise EdgepipeError(f"--duration-s must be more than 0, got {duration_s}", fix="pass e.g. --duration-s 3, or --iterations N")
+        raise EdgepipeError(
+            f"--duration-s must be more than 0, got {duration_s}", fix="pass e.g. --duration-s 3, or --iterations N"
+        )
     if iterations is not None and iterations < 1:
         raise EdgepipeError(f"--iterations must be 1 or more, got {iterations}", fix="pass e.g. --iterations 100")
     if device not in ("cpu", "cuda"):
@@ -117,7 +162,9 @@ def _reference_input_shape(checkpoint, code: ModelCode) -> tuple[int, ...] | Non
 # --- one artifact -----------------------------------------------------------------------------
 
 
-def _input_shape(artifact: Artifact, runner: Runner, reference_shape, input_size: tuple[int, int] | None) -> tuple[int, ...]:
+def _input_shape(
+    artifact: Artifact, runner: Runner, reference_shape, input_size: tuple[int, int] | None
+) -> tuple[int, ...]:
     """One sample's shape: the runner's, else (ONNX with dynamic H/W) --input-size or the stored preprocessing's size, else the reference's."""
     if runner.input_shape:
         return tuple(runner.input_shape)
@@ -127,16 +174,32 @@ def _input_shape(artifact: Artifact, runner: Runner, reference_shape, input_size
         stored = Preprocess.from_onnx(model)
         size = input_size or (stored.output_hw if stored else None)
         if info.dynamic_hw and size is None:
-            raise EdgepipeError(f"{artifact.path} has dynamic height/width ({info.input_name}: {info.input.text()}) and no stored preprocessing says the size",
-                                fix="pass --input-size HxW, e.g. --input-size 224x224")
+            raise EdgepipeError(
+                f"{artifact.path} has dynamic height/width ({info.input_name}: {info.input.text()}) and no stored preprocessing says the size",
+                fix="pass --input-size HxW, e.g. --input-size 224x224",
+            )
         return info.sample_shape(*(size or (None, None)))
     if reference_shape:
         return tuple(reference_shape)
-    raise EdgepipeError(f"{artifact.path} does not say its input shape", fix="pass --checkpoint CKPT so the reference's input shape is used")
+    raise EdgepipeError(
+        f"{artifact.path} does not say its input shape",
+        fix="pass --checkpoint CKPT so the reference's input shape is used",
+    )
 
 
-def _bench_artifact(path: str, batches, warmup_ms, duration_s, iterations, cuda_graph, device, reference_shape, progress, input_size=None,
-                    code: ModelCode = ModelCode()) -> tuple[list[dict], dict | None]:
+def _bench_artifact(
+    path: str,
+    batches,
+    warmup_ms,
+    duration_s,
+    iterations,
+    cuda_graph,
+    device,
+    reference_shape,
+    progress,
+    input_size=None,
+    code: ModelCode = ModelCode(),
+) -> tuple[list[dict], dict | None]:
     base = dict.fromkeys(ROW_KEYS)
     base["artifact"] = path
     try:
@@ -183,7 +246,9 @@ def _bench_artifact(path: str, batches, warmup_ms, duration_s, iterations, cuda_
 # --- timing -------------------------------------------------------------------------------------
 
 
-def _timed_loop(infer: Callable, x: np.ndarray, iterations: int | None, duration_s: float, split: Callable | None) -> tuple[list[float], list[dict], float]:
+def _timed_loop(
+    infer: Callable, x: np.ndarray, iterations: int | None, duration_s: float, split: Callable | None
+) -> tuple[list[float], list[dict], float]:
     """The harness: (latencies in seconds, per-iteration engine splits, total seconds)."""
     clock = time.perf_counter
     latencies: list[float] = []
@@ -202,7 +267,9 @@ def _timed_loop(infer: Callable, x: np.ndarray, iterations: int | None, duration
     return latencies, splits, clock() - started
 
 
-def measure(runner: Runner, x: np.ndarray, warmup_ms: float = 200, duration_s: float = 3.0, iterations: int | None = None) -> dict[str, Any]:
+def measure(
+    runner: Runner, x: np.ndarray, warmup_ms: float = 200, duration_s: float = 3.0, iterations: int | None = None
+) -> dict[str, Any]:
     """Warm up for ``warmup_ms``, then time ``iterations`` calls (or calls for ``duration_s``)."""
     clock = time.perf_counter
     warm, warm_until = 0, clock() + warmup_ms / 1000.0
@@ -229,7 +296,14 @@ def latency_stats(latencies_ms: np.ndarray, batch: int) -> dict[str, float]:
     """trtexec's summary of per-iteration latencies (ms); throughput in images per second."""
     p50, p90, p95, p99 = np.percentile(latencies_ms, [50, 90, 95, 99])
     mean = float(latencies_ms.mean())
-    stats = {"min_ms": float(latencies_ms.min()), "mean_ms": mean, "median_ms": float(p50), "p90_ms": float(p90), "p95_ms": float(p95), "p99_ms": float(p99)}
+    stats = {
+        "min_ms": float(latencies_ms.min()),
+        "mean_ms": mean,
+        "median_ms": float(p50),
+        "p90_ms": float(p90),
+        "p95_ms": float(p95),
+        "p99_ms": float(p99),
+    }
     stats = {k: round(v, 4) for k, v in stats.items()}
     stats["throughput"] = round(batch * 1000.0 / mean, 2)
     return stats
@@ -253,6 +327,10 @@ def measure_overhead(runner: Runner, x: np.ndarray, mean_ms: float) -> dict[str,
         _, _, total = _timed_loop(runner.infer, x, n, 0.0, split)
         harness.append(total / n)
     harness_ms, bare_ms = min(harness) * 1000.0, min(bare) * 1000.0
-    return {"harness_ms": round(harness_ms, 5), "bare_ms": round(bare_ms, 5), "ratio": round(harness_ms / bare_ms, 4), "iterations": n, "runtime": runner.name}
-
-
+    return {
+        "harness_ms": round(harness_ms, 5),
+        "bare_ms": round(bare_ms, 5),
+        "ratio": round(harness_ms / bare_ms, 4),
+        "iterations": n,
+        "runtime": runner.name,
+    }

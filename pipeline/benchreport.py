@@ -9,8 +9,12 @@ from pipeline.artifacts import atomic_output, check_output, write_text_atomic
 from pipeline.validate import validate
 
 
-def write_report(result: dict[str, Any], folder: str | Path, accuracy: dict[str, float] | None = None,
-                 labels: dict[str, str] | None = None) -> tuple[Path, Path]:
+def write_report(
+    result: dict[str, Any],
+    folder: str | Path,
+    accuracy: dict[str, float] | None = None,
+    labels: dict[str, str] | None = None,
+) -> tuple[Path, Path]:
     """Write bench.md (the table) and bench.png (latency against accuracy, one point per artifact) to ``folder``.
 
     ``accuracy`` maps artifact paths (or file names) to held-out top-1; measured with validate when
@@ -32,7 +36,12 @@ def to_markdown(result: dict[str, Any], accuracy: dict[str, float] | None = None
         "# edgepipe bench",
         "",
         f"Device: {result['device']}. Batches {', '.join(map(str, result['settings']['batches']))}; warm-up {result['settings']['warmup_ms']} ms, then "
-        + (f"{result['settings']['iterations']} iterations" if result["settings"]["iterations"] else f"{result['settings']['duration_s']} s") + " per row.",
+        + (
+            f"{result['settings']['iterations']} iterations"
+            if result["settings"]["iterations"]
+            else f"{result['settings']['duration_s']} s"
+        )
+        + " per row.",
         "",
         "| artifact | runtime | precision | batch | status | median (ms) | mean (ms) | p90 (ms) | p99 (ms) | throughput (img/s) | H2D (ms) | compute (ms) | D2H (ms) | device memory (MB) | top-1 (%) |",
         "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -72,13 +81,23 @@ def plot_points(result: dict[str, Any], accuracy: dict[str, float], labels: dict
     """One point per artifact with both a latency (median, smallest batch measured) and a top-1."""
     points = []
     for artifact in dict.fromkeys(r["artifact"] for r in result["rows"]):
-        ok = sorted((r for r in result["rows"] if r["artifact"] == artifact and r["status"] == "ok"), key=lambda r: r["batch"])
+        ok = sorted(
+            (r for r in result["rows"] if r["artifact"] == artifact and r["status"] == "ok"), key=lambda r: r["batch"]
+        )
         top1 = _by_path_or_name(accuracy, artifact)
         if not ok or top1 is None:
             continue
         label = _by_path_or_name(labels, artifact) or Path(str(artifact)).name
-        points.append({"label": label, "latency_ms": ok[0]["median_ms"], "batch": ok[0]["batch"], "top1": float(top1),
-                       "precision": ok[0].get("precision"), "format": ok[0].get("format")})
+        points.append(
+            {
+                "label": label,
+                "latency_ms": ok[0]["median_ms"],
+                "batch": ok[0]["batch"],
+                "top1": float(top1),
+                "precision": ok[0].get("precision"),
+                "format": ok[0].get("format"),
+            }
+        )
     return points
 
 
@@ -109,12 +128,31 @@ def figure(result: dict[str, Any], accuracy: dict[str, float], labels: dict[str,
             marker = next(spare, "o")
         used.add((colour, marker))
         # Each point a little smaller than the one before: artifacts with the same figures show as rings.
-        ax.scatter(p["latency_ms"], p["top1"], color=colour, marker=marker, s=max(24, 110 - 14 * i), edgecolors="black", linewidths=0.5,
-                   clip_on=False, zorder=3 + i, label=f"{p['label']} (batch {p['batch']})")
+        ax.scatter(
+            p["latency_ms"],
+            p["top1"],
+            color=colour,
+            marker=marker,
+            s=max(24, 110 - 14 * i),
+            edgecolors="black",
+            linewidths=0.5,
+            clip_on=False,
+            zorder=3 + i,
+            label=f"{p['label']} (batch {p['batch']})",
+        )
     if points:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, title="artifact", title_fontsize=8)
+        ax.legend(
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0,
+            fontsize=8,
+            title="artifact",
+            title_fontsize=8,
+        )
     else:
-        ax.text(0.5, 0.5, "no artifact with both latency and accuracy", ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, "no artifact with both latency and accuracy", ha="center", va="center", transform=ax.transAxes
+        )
     ax.set_ylim(*accuracy_limits([p["top1"] for p in points]))
     latencies = [p["latency_ms"] for p in points if p["latency_ms"]]
     if latencies and max(latencies) / min(latencies) > 30:  # PyTorch and an engine can be 100x apart

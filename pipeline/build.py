@@ -31,9 +31,16 @@ from pipeline.precision import Precision, is_quantized, of_onnx, parse
 from pipeline.progress import console
 from pipeline.tensorrt.backend import TENSORRT, Backend, BuildSettings, get_backend
 from pipeline.tensorrt.calibrator import legacy_calibrator
-from pipeline.tensorrt.options import _dims, _hardware_compatibility, _profiles_json, onnx_inputs, parse_mem_pool_size, parse_shapes, resolve_profiles
+from pipeline.tensorrt.options import (
+    _dims,
+    _hardware_compatibility,
+    _profiles_json,
+    onnx_inputs,
+    parse_mem_pool_size,
+    parse_shapes,
+    resolve_profiles,
+)
 from pipeline.tensorrt.targets import resolve_compute_capabilities
-
 
 # --- the public API --------------------------------------------------------------------------------
 
@@ -75,7 +82,10 @@ def build_engine(
     if use_dla_core is not None and use_dla_core < 0:
         raise EdgepipeError(f"--useDLACore must be 0 or more, got {use_dla_core}", fix="pass --useDLACore 0 or 1")
     if builder_optimization_level is not None and not 0 <= builder_optimization_level <= 5:
-        raise EdgepipeError(f"--builderOptimizationLevel must be 0-5, got {builder_optimization_level}", fix="pass a level from 0 (fastest build) to 5 (3 is the default)")
+        raise EdgepipeError(
+            f"--builderOptimizationLevel must be 0-5, got {builder_optimization_level}",
+            fix="pass a level from 0 (fastest build) to 5 (3 is the default)",
+        )
 
     source = Path(onnx_path)
     model = load_onnx(source)
@@ -89,7 +99,10 @@ def build_engine(
     if legacy_precision:
         be.check_settings(BuildSettings(legacy_precision=target))  # names what the backend lacks
     if legacy_precision and target == "int8" and graph_precision != "int8" and calib is None:
-        raise EdgepipeError("legacy INT8 calibration needs a calibration set", fix="pass --calib CALIB.npz, or drop --legacy-precision (explicit INT8 draws one from the training data)")
+        raise EdgepipeError(
+            "legacy INT8 calibration needs a calibration set",
+            fix="pass --calib CALIB.npz, or drop --legacy-precision (explicit INT8 draws one from the training data)",
+        )
     if mode == "explicit" and target != graph_precision and graph_precision != "fp32":
         raise EdgepipeError(
             f"{source} is already {graph_precision.upper()}; it cannot be built as {target.upper()}",
@@ -103,7 +116,13 @@ def build_engine(
     info = _image_input(model, required=converting)
     profiles, profile_note = resolve_profiles(onnx_inputs(model), shapes)
     if info is not None:  # dimensions sharing one symbolic name, which TensorRT requires equal
-        check_profile_shapes(info, {f"--{kind}Shapes": parse_shapes((shapes or {}).get(kind), f"--{kind}Shapes") for kind in ("min", "opt", "max")})
+        check_profile_shapes(
+            info,
+            {
+                f"--{kind}Shapes": parse_shapes((shapes or {}).get(kind), f"--{kind}Shapes")
+                for kind in ("min", "opt", "max")
+            },
+        )
     settings = BuildSettings(
         profiles=[profiles] if profiles else [],
         legacy_precision=target if legacy_precision else None,
@@ -135,7 +154,9 @@ def build_engine(
         "hardware_compatibility_level": settings.hardware_compatibility,
         "version_compatible": version_compatible,
         "data": data,
-        "preprocess": quantize.folder_preprocess(model, data, (reading or {}).get("preprocess"), calib) if converting else None,
+        "preprocess": quantize.folder_preprocess(model, data, (reading or {}).get("preprocess"), calib)
+        if converting
+        else None,
     }
 
     if engine.exists():
@@ -144,11 +165,17 @@ def build_engine(
             _say(f"{engine} is up to date (same ONNX, settings and {be.display}); reusing it (--force rebuilds)")
             return _result(read_manifest(engine), engine, started, cached=True)
         if not force:
-            raise EdgepipeError(f"{engine} exists but {stale}", fix="pass --force to rebuild it, or choose another --saveEngine")
+            raise EdgepipeError(
+                f"{engine} exists but {stale}", fix="pass --force to rebuild it, or choose another --saveEngine"
+            )
     if profile_note:
         _say(profile_note)
 
-    conversion = {**_conversion(info, profiles, data), "reading": reading or {}, "preprocess": params["preprocess"]} if converting else {}
+    conversion = (
+        {**_conversion(info, profiles, data), "reading": reading or {}, "preprocess": params["preprocess"]}
+        if converting
+        else {}
+    )
     network_onnx, check = _network_onnx(source, inputs, graph_precision, target, mode, engine, calib, force, conversion)
     cc_text = f"; targets compute capability {', '.join(targets)}" if targets else ""
     _say(f"Building {engine} from {network_onnx} with {be.display} ({target}, {mode} precision{cc_text})")
@@ -160,11 +187,15 @@ def build_engine(
         cache_path = Path(timing_cache_file) if timing_cache_file else None
         settings.timing_cache = _read_timing_cache(cache_path) if cache_path else None
         if mode == "legacy" and target == "int8" and not is_quantized(model):
-            settings.calibrator, settings.calibration_shapes = legacy_calibrator(be, model, profiles, calib, engine, inputs)
+            settings.calibrator, settings.calibration_shapes = legacy_calibrator(
+                be, model, profiles, calib, engine, inputs
+            )
         config = be.builder_config(builder, network, settings)
         with console.status(f"Building with {be.display}...") as status:
             try:
-                serialized = be.build(builder, network, config, on_step=lambda phase, step: _show_step(status, be, phase, step))
+                serialized = be.build(
+                    builder, network, config, on_step=lambda phase, step: _show_step(status, be, phase, step)
+                )
             except EdgepipeError:
                 calibration_error = getattr(settings.calibrator, "exception", None)
                 if calibration_error is not None:
@@ -180,7 +211,10 @@ def build_engine(
             with atomic_output(cache_path) as tmp:
                 tmp.write_bytes(timing_cache)
     manifest = write_manifest(
-        engine, Kind.ENGINE, inputs=inputs, params=params,
+        engine,
+        Kind.ENGINE,
+        inputs=inputs,
+        params=params,
         onnx=str(source),
         network_onnx={"file": str(network_onnx), "sha256": sha256_file(network_onnx)},
         backend=be.name,
@@ -211,34 +245,67 @@ def default_engine_path(onnx_path: Path, precision: str) -> Path:
 # --- precision --------------------------------------------------------------------------------------
 
 
-def _network_onnx(source: Path, inputs: dict, graph_precision: str, target: str, mode: str, engine: Path, calib: Any, force: bool,
-                  conversion: dict[str, Any]) -> tuple[Path, dict[str, Any] | None]:
+def _network_onnx(
+    source: Path,
+    inputs: dict,
+    graph_precision: str,
+    target: str,
+    mode: str,
+    engine: Path,
+    calib: Any,
+    force: bool,
+    conversion: dict[str, Any],
+) -> tuple[Path, dict[str, Any] | None]:
     """The ONNX the network is parsed from (the source, or its FP16/INT8 version beside the engine) and its check against FP32."""
     if mode == "legacy" or target == graph_precision:
         return source, None
     stem = default_engine_path(source, target).stem  # model.fp16
     output = engine.with_name(f"{stem}.onnx")
     if output.resolve() == source.resolve():
-        raise EdgepipeError(f"the {target.upper()} model would overwrite its source {source}", fix="rename the source ONNX, or pass --saveEngine in another folder")
+        raise EdgepipeError(
+            f"the {target.upper()} model would overwrite its source {source}",
+            fix="rename the source ONNX, or pass --saveEngine in another folder",
+        )
     if output.exists() and _intermediate_is_current(output, inputs["onnx"], target, calib, conversion):
         check = quantize.check_summary(read_manifest(output))
-        _say(f"Precision: reusing {output} (made from the same ONNX{' and calibration set' if target == 'int8' else ''})"
-             + (f"; checked against FP32 on {check['on']}" if check else ""))
+        _say(
+            f"Precision: reusing {output} (made from the same ONNX{' and calibration set' if target == 'int8' else ''})"
+            + (f"; checked against FP32 on {check['on']}" if check else "")
+        )
         return output, check
     _say(f"Precision: converting {source} to {target.upper()} -> {output}")
-    quantize.convert(target, source, output, calib=calib, force=force, data=conversion["data"], size=conversion["size"], size_flag="--optShapes",
-                     **conversion["reading"])
+    quantize.convert(
+        target,
+        source,
+        output,
+        calib=calib,
+        force=force,
+        data=conversion["data"],
+        size=conversion["size"],
+        size_flag="--optShapes",
+        **conversion["reading"],
+    )
     return output, quantize.check_summary(read_manifest(output))
 
 
-def _intermediate_is_current(output: Path, source_sha: str, target: str, calib: Any, conversion: dict[str, Any]) -> bool:
+def _intermediate_is_current(
+    output: Path, source_sha: str, target: str, calib: Any, conversion: dict[str, Any]
+) -> bool:
     """True when the FP16/INT8 ONNX beside the engine was made from this source (and calibration set), shape and data."""
     manifest = read_manifest(output)
-    if not manifest or manifest.get("params", {}).get("precision") != target or manifest.get("sha256") != sha256_file(output):
+    if (
+        not manifest
+        or manifest.get("params", {}).get("precision") != target
+        or manifest.get("sha256") != sha256_file(output)
+    ):
         return False
     params, made_from = manifest["params"], manifest.get("inputs", {})
-    if made_from.get("onnx") != source_sha or params.get("data") != conversion["data"] or params.get("input_shape") != conversion["input_shape"] \
-            or params.get("preprocess") != conversion["preprocess"]:
+    if (
+        made_from.get("onnx") != source_sha
+        or params.get("data") != conversion["data"]
+        or params.get("input_shape") != conversion["input_shape"]
+        or params.get("preprocess") != conversion["preprocess"]
+    ):
         return False
     # A calibration set drawn by default is fixed by the source model (its training data, seed 0).
     return target != "int8" or calib is None or made_from.get("calibration") == _calibration_sha(calib)
@@ -278,7 +345,10 @@ def _check_network_inputs(be: Backend, network: Any, profiles: dict) -> None:
     """The parsed network must have the dynamic inputs the profile covers (the ONNX said so)."""
     for name, shape in be.network_inputs(network):
         if -1 in shape and name not in profiles:
-            raise EdgepipeError(f"input {name!r} is dynamic ({_dims(shape)}) but has no shape profile", fix=f"pass --minShapes/--optShapes/--maxShapes {name}:...")
+            raise EdgepipeError(
+                f"input {name!r} is dynamic ({_dims(shape)}) but has no shape profile",
+                fix=f"pass --minShapes/--optShapes/--maxShapes {name}:...",
+            )
 
 
 def _result(manifest: dict, engine: Path, started: float, cached: bool) -> dict[str, Any]:
@@ -320,5 +390,3 @@ def _show_step(status: Any, be: Backend, phase: str, step: int) -> None:
 def _say(message: str) -> None:
     """One message on stderr, on one line however narrow the terminal."""
     console.print(message, soft_wrap=True, markup=False)
-
-

@@ -45,13 +45,23 @@ OK_STATUSES = ("ok", "built", "reused")  # a run row measured; a sweep cell buil
 def load_report(path: str | Path, role: str = "report") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise EdgepipeError(f"{role} {path} does not exist", fix="pass the report.json written by 'edgepipe run'" if role == "report" else "create one with --update-baseline")
+        raise EdgepipeError(
+            f"{role} {path} does not exist",
+            fix="pass the report.json written by 'edgepipe run'"
+            if role == "report"
+            else "create one with --update-baseline",
+        )
     try:
         report = json.loads(path.read_text())
     except ValueError as exc:
-        raise EdgepipeError(f"{role} {path} is not valid JSON ({exc.msg} at line {exc.lineno})", fix="pass the report.json written by 'edgepipe run'")
+        raise EdgepipeError(
+            f"{role} {path} is not valid JSON ({exc.msg} at line {exc.lineno})",
+            fix="pass the report.json written by 'edgepipe run'",
+        )
     if not isinstance(report, dict) or "rows" not in report or "reference" not in report:
-        raise EdgepipeError(f"{role} {path} is not an edgepipe run report", fix="pass the report.json written by 'edgepipe run'")
+        raise EdgepipeError(
+            f"{role} {path} is not an edgepipe run report", fix="pass the report.json written by 'edgepipe run'"
+        )
     if report.get("format") != REPORT_FORMAT:
         raise EdgepipeError(
             f"{role} {path} has report format {report.get('format')}, this edgepipe reads {REPORT_FORMAT}",
@@ -64,24 +74,38 @@ def load_tolerances(path: str | Path | None) -> dict[str, tuple[float, bool]]:
     """Parse the tolerance file into metric -> (amount, relative)."""
     raw: Any = DEFAULT_TOLERANCES
     if path is not None:
-        raw = read_yaml(path, "tolerance file", fix="write one 'metric: amount' per line, e.g. 'top1: 0.3' or 'latency_ms: 10%'",
-                        missing_fix="pass a YAML file like 'top1: 0.3' or leave out --tolerances")
+        raw = read_yaml(
+            path,
+            "tolerance file",
+            fix="write one 'metric: amount' per line, e.g. 'top1: 0.3' or 'latency_ms: 10%'",
+            missing_fix="pass a YAML file like 'top1: 0.3' or leave out --tolerances",
+        )
     if not isinstance(raw, dict) or not raw:
-        raise EdgepipeError(f"tolerance file {path} holds no 'metric: amount' lines", fix="write one 'metric: amount' per line, e.g. 'top1: 0.3' or 'latency_ms: 10%'")
+        raise EdgepipeError(
+            f"tolerance file {path} holds no 'metric: amount' lines",
+            fix="write one 'metric: amount' per line, e.g. 'top1: 0.3' or 'latency_ms: 10%'",
+        )
     return {str(metric): _parse_tolerance(str(metric), amount, path) for metric, amount in raw.items()}
 
 
 def _parse_tolerance(metric: str, amount: Any, path) -> tuple[float, bool]:
     if metric not in METRICS:
-        raise EdgepipeError(f"tolerance file {path} names unknown metric '{metric}'", fix=f"use one of: {', '.join(METRICS)}")
+        raise EdgepipeError(
+            f"tolerance file {path} names unknown metric '{metric}'", fix=f"use one of: {', '.join(METRICS)}"
+        )
     text = str(amount).strip()
     relative = text.endswith("%")
     try:
         value = float(text.rstrip("%"))
     except ValueError:
-        raise EdgepipeError(f"tolerance for {metric} is '{amount}', not a number", fix="write a number ('0.3') or a percentage ('10%')")
+        raise EdgepipeError(
+            f"tolerance for {metric} is '{amount}', not a number", fix="write a number ('0.3') or a percentage ('10%')"
+        )
     if value < 0:
-        raise EdgepipeError(f"tolerance for {metric} is negative ({amount})", fix="write how far the metric may move the wrong way, as a positive number")
+        raise EdgepipeError(
+            f"tolerance for {metric} is negative ({amount})",
+            fix="write how far the metric may move the wrong way, as a positive number",
+        )
     return value, relative
 
 
@@ -104,7 +128,9 @@ def row_state(row: dict[str, Any]) -> str:
     return "ok" if status in OK_STATUSES else "skipped" if status.startswith("skipped") else "error"
 
 
-def check(report: dict[str, Any], baseline: dict[str, Any], tolerances: dict[str, tuple[float, bool]]) -> dict[str, Any]:
+def check(
+    report: dict[str, Any], baseline: dict[str, Any], tolerances: dict[str, tuple[float, bool]]
+) -> dict[str, Any]:
     """Every regression of ``report`` against ``baseline``; ``passed`` is True when there is none.
 
     ``skipped``: rows the baseline measured that the report skipped (a sweep target no worker served).
@@ -126,7 +152,9 @@ def check(report: dict[str, Any], baseline: dict[str, Any], tolerances: dict[str
             continue
         if row is None or row_state(row) != "ok":
             reason = "missing from the report" if row is None else f"status {row.get('status')}"
-            regressions.append({"artifact": artifact, "metric": "status", "baseline": "ok", "now": reason, "tolerance": None})
+            regressions.append(
+                {"artifact": artifact, "metric": "status", "baseline": "ok", "now": reason, "tolerance": None}
+            )
             continue
         for metric, (amount, relative) in tolerances.items():
             base_value = _value(baseline, base, metric)
@@ -142,16 +170,30 @@ def check(report: dict[str, Any], baseline: dict[str, Any], tolerances: dict[str
             allowed = abs(base_value) * amount / 100.0 if relative else amount
             worse = (base_value - now_value) if METRICS[metric] else (now_value - base_value)
             if worse > allowed + 1e-9:
-                regressions.append({
-                    "artifact": artifact,
-                    "metric": "top1 vs PyTorch" if metric == "top1" and base.get("role") != "reference" else metric,
-                    "baseline": round(base_value, 4),
-                    "now": round(now_value, 4),
-                    "tolerance": f"{amount:g}%" if relative else amount,
-                })
+                regressions.append(
+                    {
+                        "artifact": artifact,
+                        "metric": "top1 vs PyTorch" if metric == "top1" and base.get("role") != "reference" else metric,
+                        "baseline": round(base_value, 4),
+                        "now": round(now_value, 4),
+                        "tolerance": f"{amount:g}%" if relative else amount,
+                    }
+                )
     for artifact, row in now_rows.items():  # a failed sweep cell fails the gate, whatever the baseline held
-        if row.get("kind") == "cell" and row_state(row) == "error" and not any(r["artifact"] == artifact for r in regressions):
-            regressions.append({"artifact": artifact, "metric": "status", "baseline": base_rows.get(artifact, {}).get("status"), "now": row["status"], "tolerance": None})
+        if (
+            row.get("kind") == "cell"
+            and row_state(row) == "error"
+            and not any(r["artifact"] == artifact for r in regressions)
+        ):
+            regressions.append(
+                {
+                    "artifact": artifact,
+                    "metric": "status",
+                    "baseline": base_rows.get(artifact, {}).get("status"),
+                    "now": row["status"],
+                    "tolerance": None,
+                }
+            )
     return {"passed": not regressions, "compared": compared, "regressions": regressions, "skipped": skipped}
 
 

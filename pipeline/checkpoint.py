@@ -15,15 +15,26 @@ from typing import Any
 from pipeline import data as datamod
 from pipeline.artifacts import Kind, atomic_output, check_output, sha256_file, write_manifest
 from pipeline.errors import EdgepipeError
-from pipeline.modelspec import ModelCode, ModelSpec, build, input_size, load_recorded, load_weights, probe, timm_preprocess
-from pipeline.preprocess import Preprocess
+from pipeline.modelspec import (
+    ModelCode,
+    ModelSpec,
+    build,
+    input_size,
+    load_recorded,
+    load_weights,
+    probe,
+    timm_preprocess,
+)
 from pipeline.onnxfile import load_onnx, onnx_config
+from pipeline.preprocess import Preprocess
 
 DEFAULT_MODEL = "se_resnet"  # the zoo model a run trains when given nothing else
 DEFAULT_IMAGE_SIZE = 32  # the input size when neither --input-size nor the model says one
 
 
-def make_config(model: str | ModelSpec, dataset: datamod.Dataset, seed: int, preprocess: dict[str, Any] | None = None) -> dict[str, Any]:
+def make_config(
+    model: str | ModelSpec, dataset: datamod.Dataset, seed: int, preprocess: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The config a checkpoint carries: everything later stages need to rebuild and evaluate it.
 
     ``model`` is a zoo name or a parsed ``--model`` spec (zoo, timm:NAME, module:callable,
@@ -41,7 +52,11 @@ def make_config(model: str | ModelSpec, dataset: datamod.Dataset, seed: int, pre
     config = {
         "model": spec.text,
         "model_spec": spec.to_json(),
-        "model_args": {"num_classes": len(dataset.class_names), "in_chans": channels, "img_size": height if height == width else [height, width]},
+        "model_args": {
+            "num_classes": len(dataset.class_names),
+            "in_chans": channels,
+            "img_size": height if height == width else [height, width],
+        },
         "input_shape": [channels, height, width],
         "mean": mean,
         "std": std,
@@ -54,7 +69,9 @@ def make_config(model: str | ModelSpec, dataset: datamod.Dataset, seed: int, pre
     return config
 
 
-def model_for_data(spec: ModelSpec, data: str, seed: int, input_shape: tuple[int | None, int, int] | None = None) -> tuple[Any, dict[str, Any], datamod.Dataset]:
+def model_for_data(
+    spec: ModelSpec, data: str, seed: int, input_shape: tuple[int | None, int, int] | None = None
+) -> tuple[Any, dict[str, Any], datamod.Dataset]:
     """The model ``spec`` names, built for ``data`` at the size it takes: (model, checkpoint config, dataset).
 
     The size is ``input_shape`` (--input-size; channels None: the data's), else the model's own (a zoo ``img_size`` argument,
@@ -116,8 +133,16 @@ def save_checkpoint(path: str | Path, model: Any, config: dict[str, Any], force:
     with atomic_output(path) as tmp:
         torch.save({"state_dict": model.state_dict(), "config": config}, tmp)
     record = model_record(config)
-    inputs = {"data": config["data"]["sha256"], **({"weights": record["weights_sha256"]} if record["weights_sha256"] else {})}
-    params = {"model": config["model"], "model_spec": config.get("model_spec"), "input_shape": config["input_shape"], **config.get("train", {})}
+    inputs = {
+        "data": config["data"]["sha256"],
+        **({"weights": record["weights_sha256"]} if record["weights_sha256"] else {}),
+    }
+    params = {
+        "model": config["model"],
+        "model_spec": config.get("model_spec"),
+        "input_shape": config["input_shape"],
+        **config.get("train", {}),
+    }
     write_manifest(path, Kind.CHECKPOINT, inputs=inputs, params=params, precision="fp32", model=record)
     return path
 
@@ -125,12 +150,23 @@ def save_checkpoint(path: str | Path, model: Any, config: dict[str, Any], force:
 def model_record(config: dict[str, Any]) -> dict[str, Any]:
     """What manifests and reports say about the PyTorch model: its spec, input shape and weights' sha256."""
     weights = config.get("weights") or {}
-    return {"spec": config.get("model"), "model_spec": config.get("model_spec"), "input_shape": config.get("input_shape"),
-            "weights": weights.get("file"), "weights_sha256": weights.get("sha256")}
+    return {
+        "spec": config.get("model"),
+        "model_spec": config.get("model_spec"),
+        "input_shape": config.get("input_shape"),
+        "weights": weights.get("file"),
+        "weights_sha256": weights.get("sha256"),
+    }
 
 
-def load_checkpoint(path: str | Path, model_name: str | ModelSpec | None = None, data: str | None = None, seed: int = 0, image_size: int = 32,
-                    trust_model_code: bool = False):
+def load_checkpoint(
+    path: str | Path,
+    model_name: str | ModelSpec | None = None,
+    data: str | None = None,
+    seed: int = 0,
+    image_size: int = 32,
+    trust_model_code: bool = False,
+):
     """Load an edgepipe checkpoint, or a plain state dict for ``model_name``; returns (model, config).
 
     Only tensors and plain types are unpickled (weights_only), never arbitrary objects; user code a
@@ -145,17 +181,26 @@ def load_checkpoint(path: str | Path, model_name: str | ModelSpec | None = None,
         state_dict, config = blob["state_dict"], blob["config"]
     elif isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
         if given is None:
-            raise EdgepipeError(f"{path} is a plain state dict with no model name", fix="pass --model NAME ('edgepipe models' lists them) or --model file.py:callable")
+            raise EdgepipeError(
+                f"{path} is a plain state dict with no model name",
+                fix="pass --model NAME ('edgepipe models' lists them) or --model file.py:callable",
+            )
         dataset = datamod.load_dataset(data or datamod.DEFAULT_DATA, image_size=image_size)
         state_dict, config = blob, make_config(given, dataset, seed)
     else:
-        raise EdgepipeError(f"{path} holds no state dict", fix="pass a checkpoint written by 'edgepipe train' or a plain state dict saved with torch.save")
+        raise EdgepipeError(
+            f"{path} holds no state dict",
+            fix="pass a checkpoint written by 'edgepipe train' or a plain state dict saved with torch.save",
+        )
     model = build_model(config, given, trust_model_code)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])[:240]
-        raise EdgepipeError(f"{path} does not fit model {config['model']} with {len(config['class_names'])} classes: {detail}", fix="pass the --model and --data the checkpoint was trained with")
+        raise EdgepipeError(
+            f"{path} does not fit model {config['model']} with {len(config['class_names'])} classes: {detail}",
+            fix="pass the --model and --data the checkpoint was trained with",
+        )
     model.eval()
     config.setdefault("checkpoint_sha256", sha256_file(path))
     return model, config
@@ -170,7 +215,9 @@ def is_checkpoint(path: str | Path) -> bool:
     return isinstance(blob, dict) and "state_dict" in blob and isinstance(blob.get("config"), dict)
 
 
-def model_from_weights(path: str | Path, spec: ModelSpec, input_shape: tuple[int, int, int] | None = None) -> tuple[Any, dict[str, Any]]:
+def model_from_weights(
+    path: str | Path, spec: ModelSpec, input_shape: tuple[int, int, int] | None = None
+) -> tuple[Any, dict[str, Any]]:
     """The model ``spec`` names with the weights in ``path``, knowing no data: (model, record).
 
     The model is built from its own defaults and the --model-arg values alone (no dataset imposes
@@ -185,11 +232,19 @@ def model_from_weights(path: str | Path, spec: ModelSpec, input_shape: tuple[int
     model.eval()
     shape = tuple(input_shape) if input_shape else (input_size(spec) or input_size(model))
     if shape is None:
-        raise EdgepipeError(f"{spec.text} declares no input size (no input_size or img_size attribute, no timm data config) and no --data gives one",
-                            fix="pass --input-size CxHxW, e.g. --input-size 3x224x224")
+        raise EdgepipeError(
+            f"{spec.text} declares no input size (no input_size or img_size attribute, no timm data config) and no --data gives one",
+            fix="pass --input-size CxHxW, e.g. --input-size 3x224x224",
+        )
     classes = probe(model, shape)[1]
-    record = {"model": spec.text, "model_spec": spec.to_json(), "input_shape": list(shape), "num_classes": int(classes),
-              "weights": {"file": str(path), "sha256": sha256}, "checkpoint_sha256": sha256}
+    record = {
+        "model": spec.text,
+        "model_spec": spec.to_json(),
+        "input_shape": list(shape),
+        "num_classes": int(classes),
+        "weights": {"file": str(path), "sha256": sha256},
+        "checkpoint_sha256": sha256,
+    }
     if spec.kind == "timm":  # timm says how its models read images: every later stage uses it
         record["preprocess"] = timm_preprocess(model, tuple(shape[1:]))
     return model, record
@@ -205,7 +260,10 @@ def _read(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise EdgepipeError(f"{path} is not a readable checkpoint ({reason})", fix="pass a checkpoint written by 'edgepipe train' or a plain state dict saved with torch.save")
+        raise EdgepipeError(
+            f"{path} is not a readable checkpoint ({reason})",
+            fix="pass a checkpoint written by 'edgepipe train' or a plain state dict saved with torch.save",
+        )
 
 
 def config_of(path: str | Path) -> dict[str, Any]:

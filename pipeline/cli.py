@@ -19,18 +19,51 @@ from pipeline.commands.options import Guarded
 
 # name -> ("module:attribute", one-line help: the first line of the command's docstring)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("pipeline.commands.bench:bench_command", "Measure latency and throughput of the PyTorch reference and every artifact, side by side."),
-    "build": ("pipeline.commands.build:build_command", "Build a TensorRT or TensorRT-RTX engine from an ONNX model, like trtexec."),
-    "calibrate": ("pipeline.commands.calibrate:calibrate_command", "Draw a class-balanced calibration set from the model's training split."),
-    "check": ("pipeline.commands.check:check_command", "Compare a run report with a baseline; exit 1 listing every regression."),
-    "export": ("pipeline.commands.export:export_command", "Export a checkpoint or weights file to ONNX and prove it against PyTorch (held-out images, else synthetic inputs)."),
+    "bench": (
+        "pipeline.commands.bench:bench_command",
+        "Measure latency and throughput of the PyTorch reference and every artifact, side by side.",
+    ),
+    "build": (
+        "pipeline.commands.build:build_command",
+        "Build a TensorRT or TensorRT-RTX engine from an ONNX model, like trtexec.",
+    ),
+    "calibrate": (
+        "pipeline.commands.calibrate:calibrate_command",
+        "Draw a class-balanced calibration set from the model's training split.",
+    ),
+    "check": (
+        "pipeline.commands.check:check_command",
+        "Compare a run report with a baseline; exit 1 listing every regression.",
+    ),
+    "export": (
+        "pipeline.commands.export:export_command",
+        "Export a checkpoint or weights file to ONNX and prove it against PyTorch (held-out images, else synthetic inputs).",
+    ),
     "models": ("pipeline.commands.models:models_command", "List the model zoo: attention type, parameters and MACs."),
-    "quantize": ("pipeline.commands.quantize:quantize_command", "Make an FP16 or INT8 (Q/DQ) ONNX model and check it on the held-out split."),
-    "run": ("pipeline.commands.run:run_command", "Train (or load), export, calibrate, quantize, build engines, validate and bench, in one run directory."),
-    "sweep": ("pipeline.commands.sweep:sweep_command", "Build and measure every model x precision x target GPU, fanned out on Ray."),
-    "train": ("pipeline.commands.train:train_command", "Train a model and write a checkpoint with its config, model spec and held-out split."),
-    "validate": ("pipeline.commands.validate:validate_command", "Compare artifacts (ONNX at any precision, engines) with PyTorch on the held-out split."),
-    "worker": ("pipeline.commands.worker:worker_command", "Join a Ray cluster as a sweep worker advertising this machine's target GPU."),
+    "quantize": (
+        "pipeline.commands.quantize:quantize_command",
+        "Make an FP16 or INT8 (Q/DQ) ONNX model and check it on the held-out split.",
+    ),
+    "run": (
+        "pipeline.commands.run:run_command",
+        "Train (or load), export, calibrate, quantize, build engines, validate and bench, in one run directory.",
+    ),
+    "sweep": (
+        "pipeline.commands.sweep:sweep_command",
+        "Build and measure every model x precision x target GPU, fanned out on Ray.",
+    ),
+    "train": (
+        "pipeline.commands.train:train_command",
+        "Train a model and write a checkpoint with its config, model spec and held-out split.",
+    ),
+    "validate": (
+        "pipeline.commands.validate:validate_command",
+        "Compare artifacts (ONNX at any precision, engines) with PyTorch on the held-out split.",
+    ),
+    "worker": (
+        "pipeline.commands.worker:worker_command",
+        "Join a Ray cluster as a sweep worker advertising this machine's target GPU.",
+    ),
 }
 
 
@@ -50,11 +83,15 @@ class LazyGroup(Guarded, click.Group):
         module, _, attribute = self.lazy_commands[name][0].partition(":")
         return getattr(importlib.import_module(module), attribute)
 
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
         name = args[0] if args else ""
         if name and not name.startswith("-") and name not in self.lazy_commands:
             close = difflib.get_close_matches(name, self.lazy_commands, n=1)
-            raise click.UsageError(f"No such command '{name}'" + (f" (did you mean '{close[0]}')" if close else ""), ctx)
+            raise click.UsageError(
+                f"No such command '{name}'" + (f" (did you mean '{close[0]}')" if close else ""), ctx
+            )
         return super().resolve_command(ctx, args)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -65,8 +102,11 @@ class LazyGroup(Guarded, click.Group):
             formatter.write_dl(rows)
 
 
-
-@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="edgepipe")
 def main() -> None:
     """edgepipe: attention CNNs from PyTorch to validated FP16/INT8 ONNX models and TensorRT engines.

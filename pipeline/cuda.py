@@ -68,7 +68,10 @@ def current_compute_capability() -> str | None:
     if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
         return None
     # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76
-    if cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, 0) != 0 or cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, 0) != 0:
+    if (
+        cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, 0) != 0
+        or cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, 0) != 0
+    ):
         return None
     return f"{major.value}.{minor.value}"
 
@@ -85,10 +88,23 @@ class Driver:
         try:
             self.lib = ctypes.CDLL("libcuda.so.1")
         except OSError as exc:
-            raise EdgepipeError(f"--cuda-graph needs the CUDA driver library libcuda.so.1 ({exc})", fix="install the NVIDIA driver, or run without --cuda-graph")
-        for name in ("cuStreamBeginCapture_v2", "cuStreamEndCapture", "cuGraphInstantiateWithFlags", "cuGraphLaunch", "cuGraphExecDestroy", "cuGraphDestroy"):
+            raise EdgepipeError(
+                f"--cuda-graph needs the CUDA driver library libcuda.so.1 ({exc})",
+                fix="install the NVIDIA driver, or run without --cuda-graph",
+            )
+        for name in (
+            "cuStreamBeginCapture_v2",
+            "cuStreamEndCapture",
+            "cuGraphInstantiateWithFlags",
+            "cuGraphLaunch",
+            "cuGraphExecDestroy",
+            "cuGraphDestroy",
+        ):
             if not hasattr(self.lib, name):
-                raise EdgepipeError(f"--cuda-graph needs {name} from the CUDA driver (CUDA 11.4 or newer)", fix="update the NVIDIA driver, or run without --cuda-graph")
+                raise EdgepipeError(
+                    f"--cuda-graph needs {name} from the CUDA driver (CUDA 11.4 or newer)",
+                    fix="update the NVIDIA driver, or run without --cuda-graph",
+                )
         v = ctypes.c_void_p
         self.lib.cuStreamBeginCapture_v2.argtypes = [v, ctypes.c_int]
         self.lib.cuStreamEndCapture.argtypes = [v, ctypes.POINTER(v)]
@@ -110,9 +126,13 @@ class CudaGraph:
         self.driver, self.graph, self.executable, self.label = driver, graph, executable, label
 
     @classmethod
-    def capture(cls, driver: Driver, stream: int, enqueue, label: str) -> "CudaGraph":
+    def capture(cls, driver: Driver, stream: int, enqueue, label: str) -> CudaGraph:
         lib = driver.lib
-        driver.check(lib.cuStreamBeginCapture_v2(ctypes.c_void_p(stream), _CAPTURE_MODE_THREAD_LOCAL), "starting CUDA graph capture", label)
+        driver.check(
+            lib.cuStreamBeginCapture_v2(ctypes.c_void_p(stream), _CAPTURE_MODE_THREAD_LOCAL),
+            "starting CUDA graph capture",
+            label,
+        )
         graph = ctypes.c_void_p()
         try:
             enqueue()
@@ -121,11 +141,17 @@ class CudaGraph:
             ended = lib.cuStreamEndCapture(ctypes.c_void_p(stream), ctypes.byref(graph))
         driver.check(ended, "capturing the engine in a CUDA graph (the engine may not be capturable)", label)
         executable = ctypes.c_void_p()
-        driver.check(lib.cuGraphInstantiateWithFlags(ctypes.byref(executable), graph, 0), "instantiating the CUDA graph", label)
+        driver.check(
+            lib.cuGraphInstantiateWithFlags(ctypes.byref(executable), graph, 0), "instantiating the CUDA graph", label
+        )
         return cls(driver, graph, executable, label)
 
     def launch(self, stream: int) -> None:
-        self.driver.check(self.driver.lib.cuGraphLaunch(self.executable, ctypes.c_void_p(stream)), "launching the CUDA graph", self.label)
+        self.driver.check(
+            self.driver.lib.cuGraphLaunch(self.executable, ctypes.c_void_p(stream)),
+            "launching the CUDA graph",
+            self.label,
+        )
 
     def destroy(self) -> None:
         if self.executable:

@@ -45,12 +45,19 @@ def resolve_source(spec: str) -> str:
         return spec
     path = Path(spec).expanduser()
     if not path.exists():
-        raise EdgepipeError(f"dataset {spec} does not exist", fix="pass --data digits, a folder of class sub-folders, or an .npz with x and y")
+        raise EdgepipeError(
+            f"dataset {spec} does not exist",
+            fix="pass --data digits, a folder of class sub-folders, or an .npz with x and y",
+        )
     return str(path.resolve())
 
 
-def load_dataset(spec: str = DEFAULT_DATA, image_size: int | tuple[int, int] = 32, channels: int | None = None,
-                 geometry: Preprocess | None = None) -> Dataset:
+def load_dataset(
+    spec: str = DEFAULT_DATA,
+    image_size: int | tuple[int, int] = 32,
+    channels: int | None = None,
+    geometry: Preprocess | None = None,
+) -> Dataset:
     """Load ``spec`` at ``image_size`` (N, or height x width); ``channels`` None keeps the data's own.
 
     ``geometry`` is a model's own resize and centre crop (timm's evaluation transform), applied to
@@ -65,7 +72,10 @@ def load_dataset(spec: str = DEFAULT_DATA, image_size: int | tuple[int, int] = 3
     elif source.endswith(".npz"):
         images, labels, class_names = _load_npz(Path(source))
     else:
-        raise EdgepipeError(f"cannot read dataset {spec}", fix="pass --data digits, a folder of class sub-folders, or an .npz with x and y")
+        raise EdgepipeError(
+            f"cannot read dataset {spec}",
+            fix="pass --data digits, a folder of class sub-folders, or an .npz with x and y",
+        )
     images = _to_channels(_resize(images, size), channels, spec)
     labels = labels.astype(np.int64)
     _check_dataset(images, labels, class_names, spec)
@@ -86,9 +96,17 @@ def _load_image_folder(root: Path, size: tuple[int, int], channels: int | None, 
 
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
-        raise EdgepipeError(f"dataset folder {root} has no class sub-folders", fix="put the images of each class in a sub-folder named after the class")
+        raise EdgepipeError(
+            f"dataset folder {root} has no class sub-folders",
+            fix="put the images of each class in a sub-folder named after the class",
+        )
     mode = {1: "L", 3: "RGB"}.get(channels or 0)
-    files = [(f, label) for label, d in enumerate(class_dirs) for f in sorted(d.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    files = [
+        (f, label)
+        for label, d in enumerate(class_dirs)
+        for f in sorted(d.iterdir())
+        if f.is_file() and not f.name.startswith(".")
+    ]
     if not files:
         raise EdgepipeError(f"dataset folder {root} has no images", fix="put image files in its class sub-folders")
     if mode is None:  # no channel count asked for: RGB if any image has colour
@@ -111,7 +129,9 @@ def _load_image_folder(root: Path, size: tuple[int, int], channels: int | None, 
                     img = geometry.resized_and_cropped(img)
                 array = np.asarray(img.resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32) / 255.0
         except (OSError, UnidentifiedImageError, ValueError):
-            raise EdgepipeError(f"{f} is not a readable image", fix="remove it or replace it with an image file (PNG, JPEG, ...)")
+            raise EdgepipeError(
+                f"{f} is not a readable image", fix="remove it or replace it with an image file (PNG, JPEG, ...)"
+            )
         images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
         labels.append(label)
     return np.stack(images), np.asarray(labels), [d.name for d in class_dirs]
@@ -125,16 +145,24 @@ def _load_npz(path: Path):
         raise EdgepipeError(f"cannot read {path}: {exc}", fix="pass an .npz written by numpy.savez with arrays x and y")
     missing = [key for key in ("x", "y") if key not in arrays]
     if missing:
-        raise EdgepipeError(f"{path} has no array {' or '.join(missing)} (it has: {', '.join(arrays) or 'nothing'})", fix="save images as x (N,H,W | N,H,W,C | N,C,H,W) and integer labels as y")
+        raise EdgepipeError(
+            f"{path} has no array {' or '.join(missing)} (it has: {', '.join(arrays) or 'nothing'})",
+            fix="save images as x (N,H,W | N,H,W,C | N,C,H,W) and integer labels as y",
+        )
     x, y = arrays["x"], arrays["y"]
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.transpose(0, 3, 1, 2)
     if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise EdgepipeError(f"{path}: x has shape {x.shape}", fix="use N,H,W or N,H,W,C or N,C,H,W with 1 or 3 channels")
+        raise EdgepipeError(
+            f"{path}: x has shape {x.shape}", fix="use N,H,W or N,H,W,C or N,C,H,W with 1 or 3 channels"
+        )
     if y.ndim != 1 or len(y) != len(x):
-        raise EdgepipeError(f"{path}: y must be {len(x)} labels, one per image, got shape {y.shape}", fix="save one integer class index per image as y")
+        raise EdgepipeError(
+            f"{path}: y must be {len(x)} labels, one per image, got shape {y.shape}",
+            fix="save one integer class index per image as y",
+        )
     names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
     y = _npz_labels(path, y, names)
     x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
@@ -146,15 +174,25 @@ def _npz_labels(path: Path, y: np.ndarray, names: list[str] | None) -> np.ndarra
     renumber = "renumber them 0..N-1, e.g. y = numpy.unique(y, return_inverse=True)[1]"
     if not np.issubdtype(y.dtype, np.integer):
         whole = np.issubdtype(y.dtype, np.floating) and bool(np.isfinite(y).all()) and bool((y == np.round(y)).all())
-        fix = "save them as integers: y.astype('int64')" if whole else f"save one integer class index per image; {renumber}"
+        fix = (
+            "save them as integers: y.astype('int64')"
+            if whole
+            else f"save one integer class index per image; {renumber}"
+        )
         raise EdgepipeError(f"{path}: labels y are {y.dtype}, not integer class indices", fix=fix)
     if len(y) and int(y.min()) < 0:
         raise EdgepipeError(f"{path}: label {int(y.min())} is negative; labels are class indices from 0", fix=renumber)
     largest = int(y.max()) if len(y) else -1
     if names is not None and largest >= len(names):
-        raise EdgepipeError(f"{path}: label {largest} is out of range: class_names names {len(names)} classes (0..{len(names) - 1})", fix=f"{renumber}, or save one class name per class")
+        raise EdgepipeError(
+            f"{path}: label {largest} is out of range: class_names names {len(names)} classes (0..{len(names) - 1})",
+            fix=f"{renumber}, or save one class name per class",
+        )
     if names is None and largest >= max(len(y), MAX_IMPLIED_CLASSES):
-        raise EdgepipeError(f"{path}: label {largest} is out of range: it would make {largest + 1} classes for {len(y)} images", fix=f"{renumber}, and save the class names as class_names")
+        raise EdgepipeError(
+            f"{path}: label {largest} is out of range: it would make {largest + 1} classes for {len(y)} images",
+            fix=f"{renumber}, and save the class names as class_names",
+        )
     return y.astype(np.int64)
 
 
@@ -176,7 +214,9 @@ def _to_channels(images: np.ndarray, channels: int | None, spec: str) -> np.ndar
         return np.repeat(images, 3, axis=1)
     if have == 3 and channels == 1:
         return images.mean(axis=1, keepdims=True, dtype=np.float32)
-    raise EdgepipeError(f"dataset {spec} has {have} channels, the model takes {channels}", fix="use data with 1 or 3 channels")
+    raise EdgepipeError(
+        f"dataset {spec} has {have} channels, the model takes {channels}", fix="use data with 1 or 3 channels"
+    )
 
 
 def _check_dataset(images, labels, class_names, spec) -> None:
@@ -185,13 +225,20 @@ def _check_dataset(images, labels, class_names, spec) -> None:
     if not np.isfinite(images).all():
         raise EdgepipeError(f"dataset {spec} holds NaN or Inf values", fix="clean the data")
     if labels.min() < 0 or labels.max() >= len(class_names):
-        raise EdgepipeError(f"dataset {spec} has labels outside 0..{len(class_names) - 1}", fix="label classes 0..N-1 or add class_names")
+        raise EdgepipeError(
+            f"dataset {spec} has labels outside 0..{len(class_names) - 1}",
+            fix="label classes 0..N-1 or add class_names",
+        )
     counts = np.bincount(labels, minlength=len(class_names))
     if (counts[counts > 0] < 2).any() or (counts > 0).sum() < 2:
-        raise EdgepipeError(f"dataset {spec} needs at least 2 classes with 2 images each", fix="add more images per class")
+        raise EdgepipeError(
+            f"dataset {spec} needs at least 2 classes with 2 images each", fix="add more images per class"
+        )
 
 
-def split_indices(labels: np.ndarray, seed: int = 0, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    labels: np.ndarray, seed: int = 0, val_fraction: float = VAL_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, seeded train/held-out split; returns sorted index arrays."""
     from sklearn.model_selection import train_test_split
 

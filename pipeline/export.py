@@ -61,9 +61,14 @@ def export(
     model alone (:func:`_export_weights`).
     """
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise EdgepipeError(f"opset {opset} is not supported", fix=f"pass --opset between {MIN_OPSET} and {MAX_OPSET} (TensorRT needs >= 13 for INT8)")
+        raise EdgepipeError(
+            f"opset {opset} is not supported",
+            fix=f"pass --opset between {MIN_OPSET} and {MAX_OPSET} (TensorRT needs >= 13 for INT8)",
+        )
     if batch < 1:
-        raise EdgepipeError(f"--batch must be at least 1, got {batch}", fix="pass --batch 1 or more, or --dynamic-batch")
+        raise EdgepipeError(
+            f"--batch must be at least 1, got {batch}", fix="pass --batch 1 or more, or --dynamic-batch"
+        )
     output = check_output(output, force)
     given = ModelSpec.parse(model_name) if isinstance(model_name, str) else model_name
     # A zoo model's plain state dict keeps meaning edgepipe's own data (the bundled digits by default).
@@ -83,8 +88,13 @@ def export(
         output,
         Kind.ONNX,
         inputs={"checkpoint": config["checkpoint_sha256"]},
-        params={"opset": opset, "batch": None if dynamic_batch else batch, "precision": "fp32",
-                **({"input_shape": config["input_shape"]} if input_shape is not None else {}), **({"dynamic_size": True} if dynamic_size else {})},
+        params={
+            "opset": opset,
+            "batch": None if dynamic_batch else batch,
+            "precision": "fp32",
+            **({"input_shape": config["input_shape"]} if input_shape is not None else {}),
+            **({"dynamic_size": True} if dynamic_size else {}),
+        },
         precision=Precision.FP32,
         parity=figures,
         model=model_record(config),
@@ -100,8 +110,16 @@ def export(
     }
 
 
-def _export_weights(weights: str | Path, output: Path, spec: ModelSpec, opset: int, batch: int, dynamic_batch: bool,
-                    input_shape: tuple[int, int, int] | None, dynamic_size: bool) -> dict[str, Any]:
+def _export_weights(
+    weights: str | Path,
+    output: Path,
+    spec: ModelSpec,
+    opset: int,
+    batch: int,
+    dynamic_batch: bool,
+    input_shape: tuple[int, int, int] | None,
+    dynamic_size: bool,
+) -> dict[str, Any]:
     """A plain weights file exported with no data: proven on seeded synthetic inputs, and said so.
 
     The ONNX records the model spec, the weights' sha256, the input shape and the class count, and
@@ -110,7 +128,11 @@ def _export_weights(weights: str | Path, output: Path, spec: ModelSpec, opset: i
     synthetic inputs when none are given).
     """
     model, record = model_from_weights(weights, spec, input_shape)
-    images = np.random.default_rng(SYNTHETIC_SEED).standard_normal((SYNTHETIC_COUNT, *record["input_shape"])).astype(np.float32)
+    images = (
+        np.random.default_rng(SYNTHETIC_SEED)
+        .standard_normal((SYNTHETIC_COUNT, *record["input_shape"]))
+        .astype(np.float32)
+    )
     with atomic_output(output) as tmp:
         _export_to(model, record, tmp, opset, batch, dynamic_batch, dynamic_size, _weights_metadata(record))
         figures = _parity(model, tmp, images, None)
@@ -120,8 +142,14 @@ def _export_weights(weights: str | Path, output: Path, spec: ModelSpec, opset: i
         output,
         Kind.ONNX,
         inputs={"weights": sha256},
-        params={"opset": opset, "batch": None if dynamic_batch else batch, "precision": "fp32", "input_shape": record["input_shape"],
-                **({"dynamic_size": True} if dynamic_size else {}), "checked_on": "synthetic"},
+        params={
+            "opset": opset,
+            "batch": None if dynamic_batch else batch,
+            "precision": "fp32",
+            "input_shape": record["input_shape"],
+            **({"dynamic_size": True} if dynamic_size else {}),
+            "checked_on": "synthetic",
+        },
         precision=Precision.FP32,
         parity={**figures, "checked_on": SYNTHETIC_TEXT, "hint": SYNTHETIC_HINT},
         model={**model_record(record), "num_classes": record["num_classes"]},
@@ -137,10 +165,18 @@ def _export_weights(weights: str | Path, output: Path, spec: ModelSpec, opset: i
     }
 
 
-def _what_was_written(output: Path, model: str, opset: int, batch: int, dynamic_batch: bool, input_shape: list[int], dynamic_size: bool) -> dict[str, Any]:
+def _what_was_written(
+    output: Path, model: str, opset: int, batch: int, dynamic_batch: bool, input_shape: list[int], dynamic_size: bool
+) -> dict[str, Any]:
     """The head of export's result: the file, the model, and the shape it was exported with."""
-    return {"onnx": str(output), "model": model, "opset": opset, "batch": "dynamic" if dynamic_batch else batch,
-            "input_shape": input_shape, "dynamic_size": dynamic_size}
+    return {
+        "onnx": str(output),
+        "model": model,
+        "opset": opset,
+        "batch": "dynamic" if dynamic_batch else batch,
+        "input_shape": input_shape,
+        "dynamic_size": dynamic_size,
+    }
 
 
 def _parity(model: torch.nn.Module, onnx_path: Path, images: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
@@ -196,8 +232,16 @@ def _resized_preprocess(config: dict[str, Any], shape: tuple[int, int, int]) -> 
     return {"preprocess": {**recorded, "resize": resize, "crop": [new_h, new_w]}}
 
 
-def _export_to(model: torch.nn.Module, config: dict[str, Any], path: Path, opset: int, batch: int, dynamic_batch: bool, dynamic_size: bool,
-               metadata: dict[str, str]) -> None:
+def _export_to(
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    path: Path,
+    opset: int,
+    batch: int,
+    dynamic_batch: bool,
+    dynamic_size: bool,
+    metadata: dict[str, str],
+) -> None:
     example = torch.zeros(1 if dynamic_batch else batch, *config["input_shape"])
     axes = {**({0: "batch"} if dynamic_batch else {}), **({2: "height", 3: "width"} if dynamic_size else {})}
     dynamic_axes = {"input": axes, "logits": {0: "batch"} if dynamic_batch else {}} if axes else None
@@ -205,11 +249,21 @@ def _export_to(model: torch.nn.Module, config: dict[str, Any], path: Path, opset
         # The TorchScript exporter: fast (well under a second for the zoo) and it keeps the
         # plain op set (Conv, ReduceMean, Sigmoid, Softmax, MatMul) TensorRT fuses best.
         torch.onnx.export(
-            model, (example,), str(path), opset_version=opset, dynamo=False, do_constant_folding=True,
-            input_names=["input"], output_names=["logits"], dynamic_axes=dynamic_axes,
+            model,
+            (example,),
+            str(path),
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes=dynamic_axes,
         )
     except Exception as exc:  # the exporter raises many types for unsupported ops
-        raise EdgepipeError(f"PyTorch could not export {config['model']} to ONNX: {str(exc).splitlines()[0][:200]}", fix="try another --opset")
+        raise EdgepipeError(
+            f"PyTorch could not export {config['model']} to ONNX: {str(exc).splitlines()[0][:200]}",
+            fix="try another --opset",
+        )
     proto = onnx.load(str(path))
     set_metadata(proto, {**metadata, "edgepipe.version": __version__})
     if config.get("preprocess"):  # the model's own resize, crop and normalization, for every later stage

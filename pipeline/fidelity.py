@@ -20,7 +20,8 @@ points, which is all that is kept of them.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,9 @@ class Fidelity:
         self._stats = [_OutputStats(name) for name in self.output_names]
         self._labelled = self._correct = self._reference_correct = 0
 
-    def update(self, reference_outputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray], labels: np.ndarray | None = None) -> None:
+    def update(
+        self, reference_outputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray], labels: np.ndarray | None = None
+    ) -> None:
         """Add one batch: every output of the reference and of the candidate, and optional labels."""
         reference_outputs, outputs = _arrays(reference_outputs), _arrays(outputs)
         count = len(self.output_names)
@@ -54,12 +57,16 @@ class Fidelity:
         # Check the whole batch before counting any of it, so a bad batch leaves the figures as they were.
         for name, reference, output in zip(self.output_names, reference_outputs, outputs):
             if reference.shape != output.shape:
-                raise EdgepipeError(f"output '{name}' has shape {output.shape}; the reference's is {reference.shape}",
-                                    fix="compare an artifact converted from the reference model, fed the same batch")
+                raise EdgepipeError(
+                    f"output '{name}' has shape {output.shape}; the reference's is {reference.shape}",
+                    fix="compare an artifact converted from the reference model, fed the same batch",
+                )
         predicted = outputs[0].argmax(axis=-1) if labels is not None else None
         if labels is not None and np.shape(labels) != predicted.shape:
-            raise EdgepipeError(f"labels of shape {np.shape(labels)} do not match output '{self.output_names[0]}' (argmax shape {predicted.shape})",
-                                fix="pass one class index per sample (per position for sequence outputs), in the order the images were fed")
+            raise EdgepipeError(
+                f"labels of shape {np.shape(labels)} do not match output '{self.output_names[0]}' (argmax shape {predicted.shape})",
+                fix="pass one class index per sample (per position for sequence outputs), in the order the images were fed",
+            )
         for stats, reference, output in zip(self._stats, reference_outputs, outputs):
             stats.update(reference, output)
         if labels is not None:
@@ -73,7 +80,10 @@ class Fidelity:
     def result(self, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
         """Figures per output under "outputs"; the first output's also at the top level."""
         if atol < 0 or rtol < 0:
-            raise EdgepipeError(f"--atol and --rtol must be 0 or more, got {atol:g} and {rtol:g}", fix="pass e.g. --atol 1e-3 --rtol 1e-3")
+            raise EdgepipeError(
+                f"--atol and --rtol must be 0 or more, got {atol:g} and {rtol:g}",
+                fix="pass e.g. --atol 1e-3 --rtol 1e-3",
+            )
         if self._stats[0].samples == 0:
             raise EdgepipeError("no outputs were compared (no batches)", fix="compare at least one image")
         per_output = {stats.name: stats.result(atol, rtol) for stats in self._stats}
@@ -93,7 +103,9 @@ class Fidelity:
         if self._labelled:
             top1 = 100.0 * self._correct / self._labelled
             reference_top1 = 100.0 * self._reference_correct / self._labelled
-            figures.update(labelled=self._labelled, top1=top1, reference_top1=reference_top1, delta=top1 - reference_top1)
+            figures.update(
+                labelled=self._labelled, top1=top1, reference_top1=reference_top1, delta=top1 - reference_top1
+            )
         return figures
 
 

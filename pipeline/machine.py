@@ -73,7 +73,7 @@ class PeakRSS:
     not the block's own peak; sampling RSS does.
     """
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         import psutil
 
         self._process = psutil.Process()

@@ -31,31 +31,42 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise EdgepipeError(f"weights file {path} does not exist", fix="pass --weights with a .pt, .pth or .safetensors file")
+        raise EdgepipeError(
+            f"weights file {path} does not exist", fix="pass --weights with a .pt, .pth or .safetensors file"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises its own error types for a bad header
-            raise EdgepipeError(f"{path.name} is not a readable .safetensors file ({_first_line(exc)})", fix=SAVE_FIX) from None
+            raise EdgepipeError(
+                f"{path.name} is not a readable .safetensors file ({_first_line(exc)})", fix=SAVE_FIX
+            ) from None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for unsafe or corrupt files
         text = str(exc)
         culprit = re.search(r"GLOBAL ([\w.]+) was not an allowed global", text)
         if culprit:
-            raise EdgepipeError(f"{path.name} holds pickled Python objects (a {culprit.group(1)}), which edgepipe "
-                                "does not unpickle (weights_only)", fix=SAVE_FIX) from None
+            raise EdgepipeError(
+                f"{path.name} holds pickled Python objects (a {culprit.group(1)}), which edgepipe "
+                "does not unpickle (weights_only)",
+                fix=SAVE_FIX,
+            ) from None
         inner = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
         reason = inner.group(1) if inner else traceback.format_exception_only(type(exc), exc)[-1].strip()
-        raise EdgepipeError(f"{path.name} is not a readable weights file (torch.load: {reason[:160]})", fix=SAVE_FIX) from None
+        raise EdgepipeError(
+            f"{path.name} is not a readable weights file (torch.load: {reason[:160]})", fix=SAVE_FIX
+        ) from None
     for key in WRAPPER_KEYS:
         if isinstance(blob, dict) and isinstance(blob.get(key), dict):
             blob = blob[key]
             break
     if not (isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values())):
-        found = f"a dict with keys {sorted(map(str, blob))[:5]}" if isinstance(blob, dict) else f"a {type(blob).__name__}"
+        found = (
+            f"a dict with keys {sorted(map(str, blob))[:5]}" if isinstance(blob, dict) else f"a {type(blob).__name__}"
+        )
         raise EdgepipeError(f"{path.name} holds {found}, not a state dict of tensors", fix=SAVE_FIX)
     return blob
 
@@ -64,7 +75,7 @@ def _strip_prefix(state: dict[str, Any], expected: dict[str, Any]) -> dict[str, 
     """Drop DataParallel's "module." prefix when every key has it and the model's keys do not."""
     prefix = "module."
     if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
-        return {k[len(prefix):]: v for k, v in state.items()}
+        return {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -94,8 +105,10 @@ def load_weights(model, path: str | Path) -> str:
     state = _strip_prefix(read_state_dict(path), expected)
     problem = mismatch(state, expected)
     if problem:
-        raise EdgepipeError(f"{path.name} holds weights for another architecture: {problem}",
-                            fix="pass the weights trained for this --model and its --model-arg values (e.g. num_classes)")
+        raise EdgepipeError(
+            f"{path.name} holds weights for another architecture: {problem}",
+            fix="pass the weights trained for this --model and its --model-arg values (e.g. num_classes)",
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # e.g. a dtype torch cannot copy

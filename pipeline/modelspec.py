@@ -16,20 +16,32 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
+from pipeline.artifacts import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.model_weights import load_weights  # noqa: F401  (part of this module's API)
-from pipeline.artifacts import sha256_file
-from pipeline.user_code import call_user_callable, error_line
 from pipeline.timm_models import TIMM_PREFIX, create_timm, timm_data_config, timm_default_input_size, timm_preprocess
+from pipeline.user_code import call_user_callable, error_line
 
-__all__ = ["ModelCode", "ModelSpec", "build", "input_size", "load_recorded", "load_weights", "parse_input_size",
-           "parse_model_args", "probe", "timm_data_config", "timm_preprocess"]
+__all__ = [
+    "ModelCode",
+    "ModelSpec",
+    "build",
+    "input_size",
+    "load_recorded",
+    "load_weights",
+    "parse_input_size",
+    "parse_model_args",
+    "probe",
+    "timm_data_config",
+    "timm_preprocess",
+]
 
 KINDS = ("zoo", "timm", "module", "file")
 USER_CODE_KINDS = ("module", "file")
@@ -43,7 +55,11 @@ def _zoo_create(name: str, kwargs: dict[str, Any]):
     try:
         return models.create(name, **kwargs)
     except models.UnknownModelError as exc:
-        raise EdgepipeError(str(exc).rstrip("."), fix="run 'edgepipe models' for the list, or pass --model package.module:callable") from None
+        raise EdgepipeError(
+            str(exc).rstrip("."), fix="run 'edgepipe models' for the list, or pass --model package.module:callable"
+        ) from None
+
+
 # --- end of calls into other edgepipe internals ----------------------------------------------
 
 
@@ -54,7 +70,9 @@ def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
         key, sep, text = pair.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise EdgepipeError(f"--model-arg {pair!r} is not key=value", fix="pass --model-arg NAME=VALUE, e.g. --model-arg width=32")
+            raise EdgepipeError(
+                f"--model-arg {pair!r} is not key=value", fix="pass --model-arg NAME=VALUE, e.g. --model-arg width=32"
+            )
         if key in args:
             raise EdgepipeError(f"--model-arg {key} is given twice", fix=f"pass --model-arg {key}=... once")
         try:
@@ -64,8 +82,10 @@ def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
         if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
             value = float(value)
         if not (value is None or isinstance(value, (bool, int, float, str))):
-            raise EdgepipeError(f"--model-arg {key}={text} is a {type(value).__name__}, not a number, bool or string",
-                                fix=f"quote it to pass a string (--model-arg '{key}=\"{text}\"'), or set it in the callable")
+            raise EdgepipeError(
+                f"--model-arg {key}={text} is a {type(value).__name__}, not a number, bool or string",
+                fix=f"quote it to pass a string (--model-arg '{key}=\"{text}\"'), or set it in the callable",
+            )
         args[key] = value
     return args
 
@@ -95,21 +115,29 @@ class ModelSpec:
         if not text:
             raise EdgepipeError("--model is empty", fix=fix)
         if text.startswith(TIMM_PREFIX):
-            name = text[len(TIMM_PREFIX):]
+            name = text[len(TIMM_PREFIX) :]
             if not name:
-                raise EdgepipeError(f"--model {text} names no timm model", fix="pass --model timm:NAME, e.g. timm:seresnet18")
+                raise EdgepipeError(
+                    f"--model {text} names no timm model", fix="pass --model timm:NAME, e.g. timm:seresnet18"
+                )
             return cls(text, "timm", name, args=args)
         where, sep, attr = text.rpartition(":")
         if not sep:
             if text.endswith(".py") or "/" in text or os.sep in text or "." in text:
-                raise EdgepipeError(f"--model {text} names no callable", fix=f"pass --model {text}:NAME, the function or class that returns the model")
+                raise EdgepipeError(
+                    f"--model {text} names no callable",
+                    fix=f"pass --model {text}:NAME, the function or class that returns the model",
+                )
             return cls(text, "zoo", text, args=args)
         if not attr or not all(part.isidentifier() for part in attr.split(".")):
             raise EdgepipeError(f"--model {text}: {attr!r} is not a Python name", fix=fix)
         if where.endswith(".py") or "/" in where or os.sep in where:
             path = Path(where).expanduser().resolve()
             if not path.is_file():
-                raise EdgepipeError(f"model file {where} does not exist", fix="pass --model path/to/file.py:callable with the path to your model file")
+                raise EdgepipeError(
+                    f"model file {where} does not exist",
+                    fix="pass --model path/to/file.py:callable with the path to your model file",
+                )
             return cls(text, "file", str(path), attr, args, sha256_file(path))
         if not all(part.isidentifier() for part in where.split(".")):
             raise EdgepipeError(f"--model {text}: {where!r} is not a module name or a .py file", fix=fix)
@@ -135,8 +163,10 @@ class ModelSpec:
             if kind not in (None, *KINDS) or (kind == "file" and not blob.get("file")):
                 raise ValueError(kind)
         except (AttributeError, KeyError, TypeError, ValueError):
-            raise EdgepipeError(f"the recorded model spec {str(blob)[:120]} is not one edgepipe wrote",
-                                fix="pass --model and --weights instead") from None
+            raise EdgepipeError(
+                f"the recorded model spec {str(blob)[:120]} is not one edgepipe wrote",
+                fix="pass --model and --weights instead",
+            ) from None
         if kind == "file":
             return cls(text, "file", str(blob["file"]), text.rpartition(":")[2], args, blob.get("sha256"))
         if kind == "module" or (kind is None and ":" in text and not text.startswith(TIMM_PREFIX)):
@@ -153,7 +183,9 @@ class ModelSpec:
         """Whether ``other`` names the same callable (a moved but unchanged file counts as the same)."""
         if (self.kind, self.attr) != (other.kind, other.attr):
             return False
-        return self.target == other.target or (self.kind == "file" and self.sha256 is not None and self.sha256 == other.sha256)
+        return self.target == other.target or (
+            self.kind == "file" and self.sha256 is not None and self.sha256 == other.sha256
+        )
 
 
 @dataclass(frozen=True)
@@ -175,9 +207,13 @@ def load_recorded(spec_json: dict[str, Any] | str, given: ModelSpec | None, trus
     recorded = ModelSpec.from_json(spec_json)
     if given is not None:
         if not given.same_model(recorded):
-            raise EdgepipeError(f"the checkpoint is for model {recorded.canonical}, not {given.canonical}",
-                                fix=f"drop --model or pass --model {recorded.canonical}")
-        return ModelSpec(given.text, given.kind, given.target, given.attr, {**recorded.args, **given.args}, given.sha256)
+            raise EdgepipeError(
+                f"the checkpoint is for model {recorded.canonical}, not {given.canonical}",
+                fix=f"drop --model or pass --model {recorded.canonical}",
+            )
+        return ModelSpec(
+            given.text, given.kind, given.target, given.attr, {**recorded.args, **given.args}, given.sha256
+        )
     if not recorded.is_user_code:
         return recorded
     if not trust_model_code:
@@ -188,10 +224,15 @@ def load_recorded(spec_json: dict[str, Any] | str, given: ModelSpec | None, trus
     if recorded.kind == "file":
         path = Path(recorded.target)
         if not path.is_file():
-            raise EdgepipeError(f"model file {path} recorded in the checkpoint does not exist", fix="pass --model path/to/file.py:callable with its new path")
+            raise EdgepipeError(
+                f"model file {path} recorded in the checkpoint does not exist",
+                fix="pass --model path/to/file.py:callable with its new path",
+            )
         if recorded.sha256 and sha256_file(path) != recorded.sha256:
-            raise EdgepipeError(f"model file {path} has changed since the checkpoint recorded it (sha256 differs)",
-                                fix=f"pass --model {recorded.canonical} to use the file as it is now")
+            raise EdgepipeError(
+                f"model file {path} has changed since the checkpoint recorded it (sha256 differs)",
+                fix=f"pass --model {recorded.canonical} to use the file as it is now",
+            )
     return recorded
 
 
@@ -212,8 +253,10 @@ def build(spec: ModelSpec, defaults: dict[str, Any] | None = None):
     else:
         model = call_user_callable(spec.kind, spec.target, spec.attr, spec.args, defaults, spec.sha256, spec.text)
     if not isinstance(model, nn.Module):
-        raise EdgepipeError(f"{spec.text} returned a {type(model).__name__}, not a torch.nn.Module",
-                            fix="make the callable return the model itself (an nn.Module instance)")
+        raise EdgepipeError(
+            f"{spec.text} returned a {type(model).__name__}, not a torch.nn.Module",
+            fix="make the callable return the model itself (an nn.Module instance)",
+        )
     return model
 
 
@@ -221,7 +264,9 @@ def parse_input_size(text: str) -> tuple[int, int, int]:
     """``"3x224x224"`` -> (3, 224, 224)."""
     parts = str(text).lower().replace(" ", "").split("x")
     if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise EdgepipeError(f"--input-size {text} is not CxHxW", fix="pass --input-size CHANNELSxHEIGHTxWIDTH, e.g. 3x224x224")
+        raise EdgepipeError(
+            f"--input-size {text} is not CxHxW", fix="pass --input-size CHANNELSxHEIGHTxWIDTH, e.g. 3x224x224"
+        )
     return tuple(int(p) for p in parts)  # type: ignore[return-value]
 
 
@@ -274,12 +319,16 @@ def probe(model, size: tuple[int, int, int]) -> tuple[int, ...]:
         with torch.no_grad():
             out = model(torch.zeros(1, *size))
     except Exception as exc:
-        raise EdgepipeError(f"the model cannot take input {shown}: its forward pass raised {error_line(exc)}",
-                            fix="pass --input-size CxHxW with the size the model was built for") from None
+        raise EdgepipeError(
+            f"the model cannot take input {shown}: its forward pass raised {error_line(exc)}",
+            fix="pass --input-size CxHxW with the size the model was built for",
+        ) from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         what = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
-        raise EdgepipeError(f"the model's forward pass returns {what}, not logits of shape (batch, classes)",
-                            fix="return one logits tensor from forward (wrap the model to pick it)")
+        raise EdgepipeError(
+            f"the model's forward pass returns {what}, not logits of shape (batch, classes)",
+            fix="return one logits tensor from forward (wrap the model to pick it)",
+        )
     return tuple(out.shape)

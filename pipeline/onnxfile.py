@@ -21,9 +21,13 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises DecodeError, onnx raises several others
-        raise EdgepipeError(f"{path} is not a readable ONNX model ({type(exc).__name__})", fix="export it again with 'edgepipe export'")
+        raise EdgepipeError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__})", fix="export it again with 'edgepipe export'"
+        )
     if not model.graph.node:
-        raise EdgepipeError(f"{path} is not a valid ONNX model (it has no graph)", fix="export it again with 'edgepipe export'")
+        raise EdgepipeError(
+            f"{path} is not a valid ONNX model (it has no graph)", fix="export it again with 'edgepipe export'"
+        )
     return model
 
 
@@ -55,7 +59,10 @@ def input_info(model: onnx.ModelProto) -> tuple[str, list[int | str]]:
     initializers = {init.name for init in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
-        raise EdgepipeError(f"the model has {len(inputs)} inputs; edgepipe handles image classifiers with one", fix="export a model with a single image input")
+        raise EdgepipeError(
+            f"the model has {len(inputs)} inputs; edgepipe handles image classifiers with one",
+            fix="export a model with a single image input",
+        )
     dims = inputs[0].type.tensor_type.shape.dim
     return inputs[0].name, [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
 

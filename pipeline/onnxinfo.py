@@ -98,18 +98,24 @@ class ModelInfo:
 
     def notes(self) -> list[str]:
         """What a user should be told about this model before edgepipe works on it."""
-        notes = [f"input '{self.input_name}' names its {' and '.join(self.axis_word(a) for a in axes)} '{symbol}': TensorRT requires them equal in every shape"
-                 for symbol, axes in self.tied_dims.items()]
+        notes = [
+            f"input '{self.input_name}' names its {' and '.join(self.axis_word(a) for a in axes)} '{symbol}': TensorRT requires them equal in every shape"
+            for symbol, axes in self.tied_dims.items()
+        ]
         if self.needs_opset_upgrade:
-            notes.append(f"opset {self.opset} is older than the {MIN_QDQ_OPSET} INT8 (Q/DQ) needs: it is upgraded to {DEFAULT_TARGET_OPSET} and proven unchanged")
+            notes.append(
+                f"opset {self.opset} is older than the {MIN_QDQ_OPSET} INT8 (Q/DQ) needs: it is upgraded to {DEFAULT_TARGET_OPSET} and proven unchanged"
+            )
         return notes
 
     def sample_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
         """One sample's shape in the model's layout (C,H,W or H,W,C); ``height``/``width`` fill dynamic H/W."""
         height, width = self.height or height, self.width or width
         if height is None or width is None or self.channels is None:
-            raise EdgepipeError(f"input '{self.input_name}' has shape {self.input.text()} with dynamic height/width and no size was given",
-                                fix=f"pass the size to use, e.g. --optShapes {self.input_name}:{_example(self)}")
+            raise EdgepipeError(
+                f"input '{self.input_name}' has shape {self.input.text()} with dynamic height/width and no size was given",
+                fix=f"pass the size to use, e.g. --optShapes {self.input_name}:{_example(self)}",
+            )
         return (self.channels, height, width) if self.layout == "nchw" else (height, width, self.channels)
 
     def axis_word(self, axis: int) -> str:
@@ -132,7 +138,10 @@ def load_model(source: ModelSource) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises DecodeError, onnx several others
-        raise EdgepipeError(f"{path} is not a readable ONNX model ({type(exc).__name__})", fix="check the file is complete; export it again")
+        raise EdgepipeError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__})",
+            fix="check the file is complete; export it again",
+        )
     if not model.graph.node:
         raise EdgepipeError(f"{path} is not a valid ONNX model (it has no graph)", fix="export it again")
     return model
@@ -150,12 +159,16 @@ def describe(model: ModelSource, layout: str | None = None) -> ModelInfo:
     inputs = [_tensor_info(v) for v in model.graph.input if v.name not in initializers]
     if len(inputs) != 1:
         listed = " and ".join(f"'{i.name}' ({i.text()})" for i in inputs) or "none"
-        raise EdgepipeError(f"the model has {len(inputs)} inputs: {listed}; edgepipe takes models with a single image input",
-                            fix="export the model with the image as its only input (fold the other inputs into constants, e.g. by exporting a wrapper module that supplies them)")
+        raise EdgepipeError(
+            f"the model has {len(inputs)} inputs: {listed}; edgepipe takes models with a single image input",
+            fix="export the model with the image as its only input (fold the other inputs into constants, e.g. by exporting a wrapper module that supplies them)",
+        )
     image = inputs[0]
     if image.rank != 4:
-        raise EdgepipeError(f"input '{image.name}' has shape {image.text()}; edgepipe takes a 4-D image input (N,C,H,W or N,H,W,C)",
-                            fix="export the model with a batched image input")
+        raise EdgepipeError(
+            f"input '{image.name}' has shape {image.text()}; edgepipe takes a 4-D image input (N,C,H,W or N,H,W,C)",
+            fix="export the model with a batched image input",
+        )
     return ModelInfo(
         input=image,
         layout=_layout(image, layout),
@@ -174,11 +187,16 @@ def check_input_shape(info: ModelInfo, shape: tuple[int, ...], option: str = "--
     """
     name, example = info.input_name, f"{info.input_name}:{_example(info)}"
     if len(shape) != info.input.rank:
-        raise EdgepipeError(f"{option} gives input '{name}' {len(shape)} dimensions; the model's is {info.input.text()}", fix=f"pass {option} {example}")
+        raise EdgepipeError(
+            f"{option} gives input '{name}' {len(shape)} dimensions; the model's is {info.input.text()}",
+            fix=f"pass {option} {example}",
+        )
     for axis, (dim, given) in enumerate(zip(info.input.shape, shape)):
         if isinstance(dim, int) and dim > 0 and dim != given:
-            raise EdgepipeError(f"{option} gives input '{name}' {info.axis_label(axis)} {given}; the model fixes it at {dim} ({info.input.text()})",
-                                fix=f"pass {dim} there, e.g. {option} {example}")
+            raise EdgepipeError(
+                f"{option} gives input '{name}' {info.axis_label(axis)} {given}; the model fixes it at {dim} ({info.input.text()})",
+                fix=f"pass {dim} there, e.g. {option} {example}",
+            )
     for symbol, axes in info.tied_dims.items():
         if len({shape[a] for a in axes}) > 1:
             given = " and ".join(f"{info.axis_label(a)} {shape[a]}" for a in axes)
@@ -186,8 +204,10 @@ def check_input_shape(info: ModelInfo, shape: tuple[int, ...], option: str = "--
             distinct = ", ".join(f"{a}: '{word}'" for a, word in zip(axes, words))
             raise EdgepipeError(
                 f"{option} gives input '{name}' {given}, but the model names these dimensions with one symbol '{symbol}', so TensorRT requires them equal",
-                fix=(f"pass equal {' and '.join(words)} in --minShapes/--optShapes/--maxShapes (e.g. {example}), or re-export the model "
-                     f"with a distinct name per dimension (torch.onnx.export dynamic_axes={{'{name}': {{{distinct}}}}})"),
+                fix=(
+                    f"pass equal {' and '.join(words)} in --minShapes/--optShapes/--maxShapes (e.g. {example}), or re-export the model "
+                    f"with a distinct name per dimension (torch.onnx.export dynamic_axes={{'{name}': {{{distinct}}}}})"
+                ),
             )
 
 
@@ -196,12 +216,16 @@ def check_profile_shapes(info: ModelInfo, profiles: dict[str, dict[str, tuple[in
     for option, shapes in profiles.items():
         for name, shape in shapes.items():
             if name != info.input_name:
-                raise EdgepipeError(f"{option} names input '{name}', which the model does not have (its input is '{info.input_name}')",
-                                    fix=f"pass {option} {info.input_name}:{_example(info)}")
+                raise EdgepipeError(
+                    f"{option} names input '{name}', which the model does not have (its input is '{info.input_name}')",
+                    fix=f"pass {option} {info.input_name}:{_example(info)}",
+                )
             check_input_shape(info, tuple(shape), option)
 
 
-def synthetic_batch(info: ModelInfo, batch: int = 2, height: int | None = None, width: int | None = None, seed: int = 0) -> np.ndarray:
+def synthetic_batch(
+    info: ModelInfo, batch: int = 2, height: int | None = None, width: int | None = None, seed: int = 0
+) -> np.ndarray:
     """Seeded standard-normal input in the model's layout and dtype, for checks that need no real data."""
     values = np.random.default_rng(seed).standard_normal((info.batch or batch, *info.sample_shape(height, width)))
     if np.issubdtype(np.dtype(info.input.dtype), np.integer):
@@ -221,11 +245,16 @@ def run_onnxruntime(model: ModelSource, inputs: np.ndarray | dict[str, np.ndarra
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(load_model(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            load_model(model).SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
         feeds = {session.get_inputs()[0].name: inputs} if isinstance(inputs, np.ndarray) else inputs
         values = session.run(None, feeds)
     except Exception as exc:  # ORT raises its own types for invalid graphs and bad feeds
-        raise EdgepipeError(f"ONNX Runtime cannot run the model: {str(exc).strip().splitlines()[0][:200]}", fix="check the model with onnx.checker and the input's shape and dtype")
+        raise EdgepipeError(
+            f"ONNX Runtime cannot run the model: {str(exc).strip().splitlines()[0][:200]}",
+            fix="check the model with onnx.checker and the input's shape and dtype",
+        )
     return {output.name: value for output, value in zip(session.get_outputs(), values)}
 
 

@@ -33,12 +33,19 @@ def upgrade_opset(model: ModelSource, target: int = DEFAULT_TARGET_OPSET) -> onn
         onnx.checker.check_model(upgraded)
     except Exception as exc:  # the converter raises plain RuntimeErrors from C++ for ops it cannot lift
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise EdgepipeError(f"onnx's version converter cannot upgrade the model from opset {current} to {target}: {reason}",
-                            fix=f"re-export the model at opset {MIN_QDQ_OPSET} or later (e.g. torch.onnx.export(..., opset_version={target}))")
+        raise EdgepipeError(
+            f"onnx's version converter cannot upgrade the model from opset {current} to {target}: {reason}",
+            fix=f"re-export the model at opset {MIN_QDQ_OPSET} or later (e.g. torch.onnx.export(..., opset_version={target}))",
+        )
     return upgraded  # the converter keeps metadata_props and the producer
 
 
-def prove_same(original: ModelSource, upgraded: ModelSource, inputs: np.ndarray | dict[str, np.ndarray], tolerance: float = SAME_TOLERANCE) -> dict[str, float]:
+def prove_same(
+    original: ModelSource,
+    upgraded: ModelSource,
+    inputs: np.ndarray | dict[str, np.ndarray],
+    tolerance: float = SAME_TOLERANCE,
+) -> dict[str, float]:
     """Run both models on ONNX Runtime; every output must agree within ``tolerance`` (abs + rel).
 
     Returns the max abs difference per output name; raises naming the output and the difference.
@@ -52,7 +59,9 @@ def prove_same(original: ModelSource, upgraded: ModelSource, inputs: np.ndarray 
         if name not in got:
             raise EdgepipeError(f"{what} has no output '{name}' (it has {', '.join(got)})", fix=fix)
         if got[name].shape != reference.shape:
-            raise EdgepipeError(f"{what} gives output '{name}' shape {got[name].shape}; {against} gives {reference.shape}", fix=fix)
+            raise EdgepipeError(
+                f"{what} gives output '{name}' shape {got[name].shape}; {against} gives {reference.shape}", fix=fix
+            )
         ref64 = reference.astype(np.float64)
         diff = np.abs(got[name].astype(np.float64) - ref64)
         outside = ~(diff <= tolerance + tolerance * np.abs(ref64))  # NaN counts as outside

@@ -7,8 +7,9 @@ ONNX exported elsewhere). Nothing else guesses a precision, least of all from a 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import Enum
-from typing import Any, Iterable
+from typing import Any
 
 from pipeline.errors import EdgepipeError
 
@@ -78,7 +79,12 @@ def of_onnx(model: Any) -> Precision:
         any(init.data_type == float16 for init in graph.initializer)
         or any(v.type.tensor_type.elem_type == float16 for v in typed)
         or any(node.op_type == "Cast" and attribute(node, "to") == float16 for node in graph.node)
-        or any(node.op_type == "Constant" and attribute(node, "value") is not None and attribute(node, "value").data_type == float16 for node in graph.node)
+        or any(
+            node.op_type == "Constant"
+            and attribute(node, "value") is not None
+            and attribute(node, "value").data_type == float16
+            for node in graph.node
+        )
     ):
         return Precision.FP16
     return Precision.FP32

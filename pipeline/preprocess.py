@@ -22,10 +22,21 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import EdgepipeError
-from pipeline.preprocess_options import CHANNEL_ORDERS, EXAMPLE, INTERPOLATION_NAMES, LAYOUTS, check_keys, choice, parse_value, read_file
+from pipeline.preprocess_options import (
+    CHANNEL_ORDERS,
+    EXAMPLE,
+    INTERPOLATION_NAMES,
+    LAYOUTS,
+    check_keys,
+    choice,
+    parse_value,
+    read_file,
+)
 
 METADATA_KEY = "edgepipe.preprocess"
-INTERPOLATIONS = {name: getattr(Image.Resampling, name.upper()) for name in INTERPOLATION_NAMES}  # timm/torchvision names
+INTERPOLATIONS = {
+    name: getattr(Image.Resampling, name.upper()) for name in INTERPOLATION_NAMES
+}  # timm/torchvision names
 _LUMA = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
 
 
@@ -53,9 +64,15 @@ class Preprocess:
         choice("channel_order", self.channel_order, CHANNEL_ORDERS)
         choice("layout", self.layout, LAYOUTS)
         if self.channels not in (1, 3):
-            raise EdgepipeError(f"the model's input has {self.channels} channels; image preprocessing makes 1 (grayscale) or 3", fix="use a model whose image input has 1 or 3 channels")
+            raise EdgepipeError(
+                f"the model's input has {self.channels} channels; image preprocessing makes 1 (grayscale) or 3",
+                fix="use a model whose image input has 1 or 3 channels",
+            )
         if self.channel_order == "bgr" and self.channels == 1:
-            raise EdgepipeError("channel_order bgr was given for a model with 1 (grayscale) channel", fix="drop --channel-order for grayscale models")
+            raise EdgepipeError(
+                "channel_order bgr was given for a model with 1 (grayscale) channel",
+                fix="drop --channel-order for grayscale models",
+            )
         for key in ("mean", "std"):
             values = getattr(self, key)
             if values is not None and len(values) != self.channels:
@@ -64,25 +81,46 @@ class Preprocess:
                     fix=f"give one value per channel, e.g. --{key} {EXAMPLE[key] if self.channels == 3 else '0.5'}",
                 )
             if values is not None and max(abs(v) for v in values) > 1.0:
-                raise EdgepipeError(f"{key} {_fmt(values)} looks like 0-255 units; edgepipe takes [0, 1] units as timm does", fix=f"divide by 255, e.g. --{key} {EXAMPLE[key]}")
+                raise EdgepipeError(
+                    f"{key} {_fmt(values)} looks like 0-255 units; edgepipe takes [0, 1] units as timm does",
+                    fix=f"divide by 255, e.g. --{key} {EXAMPLE[key]}",
+                )
         if self.std is not None and min(self.std) <= 0:
-            raise EdgepipeError(f"std {_fmt(self.std)} has a value <= 0", fix="give positive standard deviations, e.g. --std 0.229,0.224,0.225")
+            raise EdgepipeError(
+                f"std {_fmt(self.std)} has a value <= 0",
+                fix="give positive standard deviations, e.g. --std 0.229,0.224,0.225",
+            )
         resized = self.resize if isinstance(self.resize, tuple) else (self.resize, self.resize) if self.resize else None
         if self.crop and resized and (self.crop[0] > resized[0] or self.crop[1] > resized[1]):
             crop, resize = _dims(self.crop), self.resize if isinstance(self.resize, int) else _dims(self.resize)
-            raise EdgepipeError(f"crop {crop} is larger than resize {resize} (the centre crop is cut from the resized image)", fix="pass a crop no larger than the resize, e.g. --resize 256 --crop 224")
+            raise EdgepipeError(
+                f"crop {crop} is larger than resize {resize} (the centre crop is cut from the resized image)",
+                fix="pass a crop no larger than the resize, e.g. --resize 256 --crop 224",
+            )
 
     # --- constructors -------------------------------------------------------------------------
 
     @classmethod
-    def default_for(cls, input_hw: tuple[int, int] | None, channels: int = 3) -> "Preprocess":
+    def default_for(cls, input_hw: tuple[int, int] | None, channels: int = 3) -> Preprocess:
         """What edgepipe does when given nothing: resize to the model's static input size, scale to [0, 1]."""
         return cls(resize=tuple(input_hw) if input_hw else None, channels=channels, defaulted=True)
 
     @classmethod
-    def from_options(cls, *, resize=None, crop=None, mean=None, std=None, channel_order=None, interpolation=None, layout=None,
-                     file: str | Path | None = None, channels: int = 3, input_hw: tuple[int, int] | None = None,
-                     base: "Preprocess | None" = None) -> "Preprocess":
+    def from_options(
+        cls,
+        *,
+        resize=None,
+        crop=None,
+        mean=None,
+        std=None,
+        channel_order=None,
+        interpolation=None,
+        layout=None,
+        file: str | Path | None = None,
+        channels: int = 3,
+        input_hw: tuple[int, int] | None = None,
+        base: Preprocess | None = None,
+    ) -> Preprocess:
         """Combine, lowest first: ``base`` (e.g. what a model's metadata stored), ``file``, the flags.
 
         ``channels`` and ``input_hw`` come from the model's input. With nothing given at all, this is
@@ -92,11 +130,22 @@ class Preprocess:
         values: dict[str, Any] = base.to_dict() if base else {}
         if file is not None:
             values.update(read_file(file))
-        flags = {"resize": resize, "crop": crop, "mean": mean, "std": std, "channel_order": channel_order, "interpolation": interpolation, "layout": layout}
+        flags = {
+            "resize": resize,
+            "crop": crop,
+            "mean": mean,
+            "std": std,
+            "channel_order": channel_order,
+            "interpolation": interpolation,
+            "layout": layout,
+        }
         values.update({key: value for key, value in flags.items() if value is not None})
         values = {key: value for key, value in values.items() if value is not None}
         if "channels" in values and int(values["channels"]) != channels:
-            raise EdgepipeError(f"the preprocessing says {values['channels']} channels, the model's input has {channels}", fix="drop 'channels' from the preprocessing file, it comes from the model")
+            raise EdgepipeError(
+                f"the preprocessing says {values['channels']} channels, the model's input has {channels}",
+                fix="drop 'channels' from the preprocessing file, it comes from the model",
+            )
         values["channels"] = channels
         if set(values) <= {"channels"}:
             return cls.default_for(input_hw, channels)
@@ -105,26 +154,32 @@ class Preprocess:
         return cls.from_dict(values)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Preprocess":
+    def from_dict(cls, values: dict[str, Any]) -> Preprocess:
         check_keys(values, "preprocessing")
         parsed = {key: parse_value(key, value) for key, value in values.items() if value is not None}
         return cls(**parsed)
 
     @classmethod
-    def from_json(cls, text: str | dict[str, Any]) -> "Preprocess":
+    def from_json(cls, text: str | dict[str, Any]) -> Preprocess:
         """Read what ``to_json`` wrote (a JSON string, or the dict a manifest holds)."""
         if isinstance(text, dict):
             return cls.from_dict(text)
         try:
             values = json.loads(text)
         except ValueError as exc:
-            raise EdgepipeError(f"the stored preprocessing is not JSON ({exc})", fix="pass the preprocessing again with --resize/--crop/--mean/--std or --preprocess FILE")
+            raise EdgepipeError(
+                f"the stored preprocessing is not JSON ({exc})",
+                fix="pass the preprocessing again with --resize/--crop/--mean/--std or --preprocess FILE",
+            )
         if not isinstance(values, dict):
-            raise EdgepipeError("the stored preprocessing is not a JSON object", fix="pass the preprocessing again with --preprocess FILE")
+            raise EdgepipeError(
+                "the stored preprocessing is not a JSON object",
+                fix="pass the preprocessing again with --preprocess FILE",
+            )
         return cls.from_dict(values)
 
     @classmethod
-    def from_onnx(cls, model) -> "Preprocess | None":
+    def from_onnx(cls, model) -> Preprocess | None:
         """The preprocessing stored in an ``onnx.ModelProto``'s metadata, or None when there is none."""
         for prop in model.metadata_props:
             if prop.key == METADATA_KEY:
@@ -168,7 +223,10 @@ class Preprocess:
         """Raise when this preprocessing makes images of another size than the model's static input."""
         out = self.output_hw
         if input_hw and out and tuple(out) != tuple(input_hw):
-            raise EdgepipeError(f"the preprocessing makes {_dims(out)} images but the model takes {_dims(input_hw)}", fix=f"pass --crop {_dims(input_hw)} (or --resize {_dims(input_hw)})")
+            raise EdgepipeError(
+                f"the preprocessing makes {_dims(out)} images but the model takes {_dims(input_hw)}",
+                fix=f"pass --crop {_dims(input_hw)} (or --resize {_dims(input_hw)})",
+            )
 
     def describe(self) -> str:
         """One sentence for the user, e.g. 'no preprocessing given: images are resized to 224x224 and scaled to [0, 1]'."""
@@ -183,7 +241,9 @@ class Preprocess:
             steps.append(f"centre-cropped to {_dims(self.crop)}")
         steps.append("scaled to [0, 1]")
         if self.mean or self.std:
-            steps.append(f"normalized with mean {_fmt(self.mean or (0.0,) * self.channels)} and std {_fmt(self.std or (1.0,) * self.channels)}")
+            steps.append(
+                f"normalized with mean {_fmt(self.mean or (0.0,) * self.channels)} and std {_fmt(self.std or (1.0,) * self.channels)}"
+            )
         if self.channel_order == "bgr":
             steps.append("with channels in BGR order")
         if self.layout == "nhwc":
@@ -229,7 +289,10 @@ class Preprocess:
         if array.dtype == np.uint8:
             return self.apply(Image.fromarray(np.ascontiguousarray(array)))
         planes = [array] if array.ndim == 2 else [array[..., c] for c in range(array.shape[-1])]
-        planes = [np.asarray(self._geometry(Image.fromarray(np.ascontiguousarray(p, dtype=np.float32))), dtype=np.float32) for p in planes]
+        planes = [
+            np.asarray(self._geometry(Image.fromarray(np.ascontiguousarray(p, dtype=np.float32))), dtype=np.float32)
+            for p in planes
+        ]
         stacked = np.stack(planes, axis=-1)
         if stacked.shape[-1] != self.channels:  # grayscale to 3 channels, or colour to luma
             stacked = np.repeat(stacked, 3, axis=-1) if self.channels == 3 else (stacked @ _LUMA)[..., None]
@@ -246,7 +309,10 @@ class Preprocess:
             if crop_h > height or crop_w > width:
                 after = " after resizing" if self.resize is not None else ""
                 raise ValueError(f"it is {width}x{height}{after}, smaller than the {_dims(self.crop)} crop")
-            top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))  # torchvision's rounding
+            top, left = (
+                int(round((height - crop_h) / 2.0)),
+                int(round((width - crop_w) / 2.0)),
+            )  # torchvision's rounding
             image = image.crop((left, top, left + crop_w, top + crop_h))
         return image
 

@@ -31,9 +31,14 @@ def parse_value(key: str, value: Any):
 def read_file(path: str | Path) -> dict[str, Any]:
     """The keys of a --preprocess YAML or JSON file (JSON is read as YAML, which it is a subset of)."""
     fix = "write one key per line, e.g. 'resize: 256', 'crop: 224', 'mean: [0.485, 0.456, 0.406]' (or the same as a JSON object)"
-    values = read_yaml(path, "preprocessing file", fix, missing_fix="pass --preprocess with the path of a YAML or JSON file")
+    values = read_yaml(
+        path, "preprocessing file", fix, missing_fix="pass --preprocess with the path of a YAML or JSON file"
+    )
     if not isinstance(values, dict):
-        raise EdgepipeError(f"preprocessing file {path} holds {type(values).__name__ if values is not None else 'nothing'}, not key: value pairs", fix=fix)
+        raise EdgepipeError(
+            f"preprocessing file {path} holds {type(values).__name__ if values is not None else 'nothing'}, not key: value pairs",
+            fix=fix,
+        )
     values = {str(key).replace("-", "_"): value for key, value in values.items()}
     check_keys(values, f"preprocessing file {path}")
     return values
@@ -42,9 +47,16 @@ def read_file(path: str | Path) -> dict[str, Any]:
 def check_keys(values: dict[str, Any], where: str) -> None:
     unknown = [key for key in values if key not in KEYS]
     if unknown:
-        hints = [f"{key} -> {close[0]}" for key in unknown if (close := difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6))]
+        hints = [
+            f"{key} -> {close[0]}"
+            for key in unknown
+            if (close := difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6))
+        ]
         hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
-        raise EdgepipeError(f"{where} has unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}{hint}", fix=f"use only {', '.join(KEYS[:-1])}")
+        raise EdgepipeError(
+            f"{where} has unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}{hint}",
+            fix=f"use only {', '.join(KEYS[:-1])}",
+        )
 
 
 def choice(key: str, value: str, allowed) -> None:
@@ -56,14 +68,23 @@ def choice(key: str, value: str, allowed) -> None:
 
 def _parse_size(key: str, value: Any, shorter_side: bool) -> int | tuple[int, int]:
     """An int ('224') or height x width ('224x160', [224, 160]); for crop an int N means N x N."""
-    text = value if isinstance(value, str) else "x".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    text = (
+        value
+        if isinstance(value, str)
+        else "x".join(str(v) for v in value)
+        if isinstance(value, (list, tuple))
+        else str(value)
+    )
     parts = text.lower().replace(",", "x").split("x")
     try:
         numbers = [int(part.strip()) for part in parts]
     except ValueError:
         numbers = []
     if len(numbers) not in (1, 2) or min(numbers) < 1 or isinstance(value, (bool, float)):
-        raise EdgepipeError(f"{key} '{value}' is not a size", fix=f"give a positive whole number of pixels or HxW, e.g. --{key} {256 if key == 'resize' else 224}")
+        raise EdgepipeError(
+            f"{key} '{value}' is not a size",
+            fix=f"give a positive whole number of pixels or HxW, e.g. --{key} {256 if key == 'resize' else 224}",
+        )
     if len(numbers) == 1:
         return numbers[0] if shorter_side else (numbers[0], numbers[0])
     return numbers[0], numbers[1]
@@ -76,7 +97,9 @@ def _parse_floats(key: str, value: Any) -> tuple[float, ...]:
     except (TypeError, ValueError):
         numbers = ()
     if not numbers or not all(np.isfinite(numbers)):
-        raise EdgepipeError(f"{key} '{value}' is not a list of numbers", fix=f"give one number per channel, e.g. --{key} {EXAMPLE[key]}")
+        raise EdgepipeError(
+            f"{key} '{value}' is not a list of numbers", fix=f"give one number per channel, e.g. --{key} {EXAMPLE[key]}"
+        )
     return numbers
 
 

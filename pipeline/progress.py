@@ -8,7 +8,7 @@ a path such as ``runs/[abc]/model.onnx`` must print as it is. Style a whole mess
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -29,12 +29,17 @@ def info_styled(text: str, style: str) -> None:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator["_Bar"]:
+def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[_Bar]:
     if not enabled:
         yield _Bar(None, None)
         return
-    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[status]}", markup=False), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}", markup=False),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total, status="")
         yield _Bar(progress, task)

@@ -19,15 +19,29 @@ from pipeline.machine import host
 FORMATS = {"pytorch": "PyTorch", "onnx": "ONNX", "engine": "TensorRT"}
 
 
-def assemble(folder: Path, model: str, data: str, source: dict[str, Any], validation, bench, artifacts: dict[str, Path | None],
-             stages, engines_note, seconds: float) -> dict[str, Any]:
+def assemble(
+    folder: Path,
+    model: str,
+    data: str,
+    source: dict[str, Any],
+    validation,
+    bench,
+    artifacts: dict[str, Path | None],
+    stages,
+    engines_note,
+    seconds: float,
+) -> dict[str, Any]:
     """The report of a run. ``source``: what it started from, {"start": "training" | "checkpoint" |
     "onnx", "file": the checkpoint or ONNX}; the reference is that file (the checkpoint trained for
     "training"), measured by the validate stage when it ran.
     """
     val_rows = {Path(r["artifact"]).name: r for r in (validation or {}).get("rows", [])}
     bench_rows = _bench_by_artifact(bench)
-    reference = {"format": "ONNX" if source["start"] == "onnx" else "PyTorch", "file": source.get("file"), **((validation or {}).get("reference") or {})}
+    reference = {
+        "format": "ONNX" if source["start"] == "onnx" else "PyTorch",
+        "file": source.get("file"),
+        **((validation or {}).get("reference") or {}),
+    }
     rows = []
     for artifact_id, path in artifacts.items():
         kind, _, precision = artifact_id.partition("-")
@@ -40,7 +54,12 @@ def assemble(folder: Path, model: str, data: str, source: dict[str, Any], valida
             "size_mb": round(path.stat().st_size / 2**20, 3) if path and path.is_file() else None,
         }
         if kind == "pytorch":
-            row.update(status="ok" if reference.get("top1") is not None else "error: no PyTorch reference", top1=reference.get("top1"), delta=0.0, agreement=100.0)
+            row.update(
+                status="ok" if reference.get("top1") is not None else "error: no PyTorch reference",
+                top1=reference.get("top1"),
+                delta=0.0,
+                agreement=100.0,
+            )
         else:
             measured = val_rows.get(path.name, {}) if path else {}
             row.update({k: measured.get(k) for k in ("top1", "delta", "agreement", "max_abs_diff", "cosine")})
@@ -110,16 +129,31 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{fmt(row['top1'], '.2f')} | {fmt(row['delta'], '+.2f')} | {fmt(row['agreement'], '.2f')} | "
             f"{fmt(row.get('latency_ms'), '.3f')} | {fmt(row.get('throughput'), '.0f')} |"
         )
-    batches = sorted({r.get("latency_batch") for r in report["rows"] if r.get("latency_batch")} | {r.get("throughput_batch") for r in report["rows"] if r.get("throughput_batch")})
+    batches = sorted(
+        {r.get("latency_batch") for r in report["rows"] if r.get("latency_batch")}
+        | {r.get("throughput_batch") for r in report["rows"] if r.get("throughput_batch")}
+    )
     if batches:
-        lines += ["", f"Latency is the median at batch {min(batches)}; throughput at batch {max(batches)}, on {report['bench'].get('device', 'this machine')}."]
+        lines += [
+            "",
+            f"Latency is the median at batch {min(batches)}; throughput at batch {max(batches)}, on {report['bench'].get('device', 'this machine')}.",
+        ]
     if report.get("plot"):
         lines += ["", f"![latency against accuracy]({report['plot']})"]
     machine = report["machine"]
-    lines += ["", "## Machine and tools", "", f"{machine['platform']}, {machine['cpus']} CPUs, {machine['memory_gb']} GiB", ""]
+    lines += [
+        "",
+        "## Machine and tools",
+        "",
+        f"{machine['platform']}, {machine['cpus']} CPUs, {machine['memory_gb']} GiB",
+        "",
+    ]
     lines += [f"- {name} {version}" for name, version in sorted(machine["tools"].items())]
     lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---:|"]
-    lines += [f"| {name} | {s['status']}{': ' + s['reason'] if s.get('reason') else ''} | {s['seconds']:.2f} |" for name, s in report["stages"].items()]
+    lines += [
+        f"| {name} | {s['status']}{': ' + s['reason'] if s.get('reason') else ''} | {s['seconds']:.2f} |"
+        for name, s in report["stages"].items()
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -25,9 +25,10 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import calibration
 from pipeline import bench, benchreport, build, export, quantize, report, train, validate
@@ -103,7 +104,11 @@ class Stages:
             if self.strict:
                 raise
             info_styled(f"{stage.name} failed: {exc}", "red")
-            self.record[stage.name] = {"status": "failed", "seconds": round(time.perf_counter() - started, 2), "reason": str(exc)}
+            self.record[stage.name] = {
+                "status": "failed",
+                "seconds": round(time.perf_counter() - started, 2),
+                "reason": str(exc),
+            }
             return
         self.record[stage.name] = {"status": "done", "seconds": round(time.perf_counter() - started, 2)}
 
@@ -134,8 +139,12 @@ def run(
     bench_batches: tuple[int, ...] = DEFAULT_BENCH_BATCHES,
     bench_seconds: float = 1.0,
     max_drop: float | None | str = BUDGET_DEFAULT,
-    labels: str | Path | None = None, preprocess: PreprocessFlags | None = None, workers: int | None = None,
-    weights: str | Path | None = None, input_shape: tuple[int, int, int] | None = None, code: ModelCode | None = None,
+    labels: str | Path | None = None,
+    preprocess: PreprocessFlags | None = None,
+    workers: int | None = None,
+    weights: str | Path | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    code: ModelCode | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline into ``output``; returns the report (also written as report.json/.md).
 
@@ -159,9 +168,15 @@ def run(
     ckpt = folder / "checkpoint.pt" if trained else source.file if source.start == "checkpoint" else None
     onnx_fp32 = source.file if source.start == "onnx" and not foreign else folder / "model.onnx"
     if foreign and onnx_fp32.exists() and onnx_fp32.resolve() == source.file.resolve():
-        raise EdgepipeError(f"--onnx {source.file} is where this run writes its copy of the model", fix="pass another -o DIR")  # before any write
+        raise EdgepipeError(
+            f"--onnx {source.file} is where this run writes its copy of the model", fix="pass another -o DIR"
+        )  # before any write
     calib = folder / "calib.npz"
-    onnx = {Precision.FP32: onnx_fp32, Precision.FP16: folder / "model.fp16.onnx", Precision.INT8: folder / "model.int8.onnx"}
+    onnx = {
+        Precision.FP32: onnx_fp32,
+        Precision.FP16: folder / "model.fp16.onnx",
+        Precision.INT8: folder / "model.int8.onnx",
+    }
     first = "import" if foreign else None if source.start == "onnx" else "export"  # the stage that makes the FP32 ONNX
     makers = {Precision.FP32: first, Precision.FP16: "quantize-fp16", Precision.INT8: "quantize-int8"}
     validation, benched = folder / "validate.json", folder / "bench.json"
@@ -172,7 +187,11 @@ def run(
         epochs = 0 if weights else model_info(source.name).get("default_epochs", train.DEFAULT_EPOCHS)
     stages = Stages(force, strict)
     # FP16/INT8 of a foreign model are checked on the held-out part of a folder of images (an .npz here holds pixels, not model inputs)
-    checked_on = {"data": data, "labels": labels, "workers": workers} if foreign and data and Path(data).is_dir() else {"data": None if foreign else data}
+    checked_on = (
+        {"data": data, "labels": labels, "workers": workers}
+        if foreign and data and Path(data).is_dir()
+        else {"data": None if foreign else data}
+    )
     datasets: dict[str, str] = {}
 
     def data_sha(config: dict[str, Any] | None = None) -> str:
@@ -188,24 +207,35 @@ def run(
         return None if foreign else onnx_config(load_onnx(onnx_fp32), onnx_fp32)
 
     def draw_calibration() -> Path:
-        drawn = (calibration.draw_from_images(onnx_fp32, source.need_images().spec, seed=seed, labels=labels, workers=workers) if foreign
-                 else calibration.draw(fp32_config(), data=data, seed=seed))
+        drawn = (
+            calibration.draw_from_images(
+                onnx_fp32, source.need_images().spec, seed=seed, labels=labels, workers=workers
+            )
+            if foreign
+            else calibration.draw(fp32_config(), data=data, seed=seed)
+        )
         return calibration.save(calib, drawn, force=True)
 
     def calibration_inputs() -> dict[str, str]:
-        made_from = {"onnx": sha256_file(onnx_fp32)} if foreign else {"checkpoint": fp32_config().get("checkpoint_sha256")}
+        made_from = (
+            {"onnx": sha256_file(onnx_fp32)} if foreign else {"checkpoint": fp32_config().get("checkpoint_sha256")}
+        )
         return {"data": data_sha(fp32_config()), **made_from}
 
     def validated() -> dict[str, Any]:
         files = [str(p) for p in made().values()]
         if foreign:  # the held-out part of the user's images, never calibrated on
-            return validate.validate(onnx_fp32, files, data=source.need_images().spec, labels=labels, workers=workers, split="held-out")
+            return validate.validate(
+                onnx_fp32, files, data=source.need_images().spec, labels=labels, workers=workers, split="held-out"
+            )
         return validate.validate(ckpt or onnx_fp32, files, data=data, code=source.code)
 
     def made() -> dict[str, Path]:
         """Artifact ids (the report's rows) -> files, for what this run has made."""
         ids = {f"onnx-{p}": onnx[p] for p in PRECISIONS if p in wanted and stages.ok(makers[p])}
-        ids.update({f"engine-{p}": folder / f"model.{p}.engine" for p in PRECISIONS if p in wanted and stages.ok(f"build-{p}")})
+        ids.update(
+            {f"engine-{p}": folder / f"model.{p}.engine" for p in PRECISIONS if p in wanted and stages.ok(f"build-{p}")}
+        )
         return ids
 
     def measured_inputs() -> dict[str, str]:
@@ -214,33 +244,127 @@ def run(
         return {"reference": sha256_file(ckpt or onnx_fp32), **{i: sha256_file(p) for i, p in made().items()}}
 
     table = [
-        Stage("import", onnx_fp32, Kind.ONNX, lambda: {"onnx": sha256_file(source.file)},
-              {"precision": "fp32", "preprocess": source.model_input.preprocess.to_dict() if foreign else None},
-              lambda: source.model_input.write_onnx(source.file, onnx_fp32), when=foreign),
-        Stage("train", folder / "checkpoint.pt", Kind.CHECKPOINT, lambda: {"data": data_sha(_recorded_config(ckpt)), **({"weights": sha256_file(weights)} if weights else {})},
-              {"model": source.name, "model_spec": source.spec and source.spec.to_json(), "input_size": list(input_shape) if input_shape else None, "epochs": epochs, "seed": seed},
-              lambda: _train(source.spec, data, epochs, seed, weights, input_shape, folder / "checkpoint.pt"), when=trained),
-        Stage("export", onnx_fp32, Kind.ONNX, lambda: {"checkpoint": sha256_file(ckpt)}, {"opset": export.DEFAULT_OPSET, "batch": None, "precision": "fp32"},
-              lambda: export.export(ckpt, onnx_fp32, dynamic_batch=True, data=data, force=True, model_name=source.code.given, trust_model_code=source.code.trust),
-              needs=("train",) if trained else (), when=first == "export"),
-        Stage("calibrate", calib, Kind.CALIBRATION, calibration_inputs, {"num": calibration.DEFAULT_NUM, "seed": seed, "split": "pool" if foreign else "train"},
-              draw_calibration, needs=to_onnx, when=Precision.INT8 in wanted),
-        Stage("quantize-int8", onnx[Precision.INT8], Kind.ONNX, lambda: {"onnx": sha256_file(onnx_fp32), "calibration": read_manifest(calib)["content_sha256"]},
-              {"precision": "int8", "max_drop": max_drop},
-              lambda: quantize.to_int8(onnx_fp32, onnx[Precision.INT8], calib=calib, max_drop=max_drop, force=True, size=size, **checked_on),
-              needs=("calibrate",), when=Precision.INT8 in wanted),
-        Stage("quantize-fp16", onnx[Precision.FP16], Kind.ONNX, lambda: {"onnx": sha256_file(onnx_fp32)}, {"precision": "fp16"},
-              lambda: quantize.to_fp16(onnx_fp32, onnx[Precision.FP16], force=True, size=size, **checked_on), needs=to_onnx, when=Precision.FP16 in wanted),
-        *[Stage(f"build-{p}", folder / f"model.{p}.engine", Kind.ENGINE, lambda p=p: {"onnx": sha256_file(onnx[p])},
+        Stage(
+            "import",
+            onnx_fp32,
+            Kind.ONNX,
+            lambda: {"onnx": sha256_file(source.file)},
+            {"precision": "fp32", "preprocess": source.model_input.preprocess.to_dict() if foreign else None},
+            lambda: source.model_input.write_onnx(source.file, onnx_fp32),
+            when=foreign,
+        ),
+        Stage(
+            "train",
+            folder / "checkpoint.pt",
+            Kind.CHECKPOINT,
+            lambda: {
+                "data": data_sha(_recorded_config(ckpt)),
+                **({"weights": sha256_file(weights)} if weights else {}),
+            },
+            {
+                "model": source.name,
+                "model_spec": source.spec and source.spec.to_json(),
+                "input_size": list(input_shape) if input_shape else None,
+                "epochs": epochs,
+                "seed": seed,
+            },
+            lambda: _train(source.spec, data, epochs, seed, weights, input_shape, folder / "checkpoint.pt"),
+            when=trained,
+        ),
+        Stage(
+            "export",
+            onnx_fp32,
+            Kind.ONNX,
+            lambda: {"checkpoint": sha256_file(ckpt)},
+            {"opset": export.DEFAULT_OPSET, "batch": None, "precision": "fp32"},
+            lambda: export.export(
+                ckpt,
+                onnx_fp32,
+                dynamic_batch=True,
+                data=data,
+                force=True,
+                model_name=source.code.given,
+                trust_model_code=source.code.trust,
+            ),
+            needs=("train",) if trained else (),
+            when=first == "export",
+        ),
+        Stage(
+            "calibrate",
+            calib,
+            Kind.CALIBRATION,
+            calibration_inputs,
+            {"num": calibration.DEFAULT_NUM, "seed": seed, "split": "pool" if foreign else "train"},
+            draw_calibration,
+            needs=to_onnx,
+            when=Precision.INT8 in wanted,
+        ),
+        Stage(
+            "quantize-int8",
+            onnx[Precision.INT8],
+            Kind.ONNX,
+            lambda: {"onnx": sha256_file(onnx_fp32), "calibration": read_manifest(calib)["content_sha256"]},
+            {"precision": "int8", "max_drop": max_drop},
+            lambda: quantize.to_int8(
+                onnx_fp32, onnx[Precision.INT8], calib=calib, max_drop=max_drop, force=True, size=size, **checked_on
+            ),
+            needs=("calibrate",),
+            when=Precision.INT8 in wanted,
+        ),
+        Stage(
+            "quantize-fp16",
+            onnx[Precision.FP16],
+            Kind.ONNX,
+            lambda: {"onnx": sha256_file(onnx_fp32)},
+            {"precision": "fp16"},
+            lambda: quantize.to_fp16(onnx_fp32, onnx[Precision.FP16], force=True, size=size, **checked_on),
+            needs=to_onnx,
+            when=Precision.FP16 in wanted,
+        ),
+        *[
+            Stage(
+                f"build-{p}",
+                folder / f"model.{p}.engine",
+                Kind.ENGINE,
+                lambda p=p: {"onnx": sha256_file(onnx[p])},
                 {"backend": backend.name, "backend_version": backend.version} if backend else {},
-                lambda p=p: build.build_engine(onnx[p], save_engine=folder / f"model.{p}.engine", force=True, shapes=source.model_input and source.model_input.profile_shapes()),
-                needs=tuple(filter(None, [makers[p]])), when=backend is not None and p in wanted)
-          for p in PRECISIONS],
-        Stage("validate", validation, Kind.RESULT, lambda: {**measured_inputs(), "data": data_sha(fp32_config())}, {}, validated, needs=to_onnx),
-        Stage("bench", benched, Kind.RESULT, measured_inputs, {"batches": list(bench_batches), "seconds": bench_seconds, "warmup_ms": BENCH_WARMUP_MS},
-              lambda: bench.bench([str(p) for p in made().values()], checkpoint=ckpt, batches=tuple(bench_batches), duration_s=bench_seconds, warmup_ms=BENCH_WARMUP_MS, input_size=size,
-                                  code=source.code),
-              needs=to_onnx),
+                lambda p=p: build.build_engine(
+                    onnx[p],
+                    save_engine=folder / f"model.{p}.engine",
+                    force=True,
+                    shapes=source.model_input and source.model_input.profile_shapes(),
+                ),
+                needs=tuple(filter(None, [makers[p]])),
+                when=backend is not None and p in wanted,
+            )
+            for p in PRECISIONS
+        ],
+        Stage(
+            "validate",
+            validation,
+            Kind.RESULT,
+            lambda: {**measured_inputs(), "data": data_sha(fp32_config())},
+            {},
+            validated,
+            needs=to_onnx,
+        ),
+        Stage(
+            "bench",
+            benched,
+            Kind.RESULT,
+            measured_inputs,
+            {"batches": list(bench_batches), "seconds": bench_seconds, "warmup_ms": BENCH_WARMUP_MS},
+            lambda: bench.bench(
+                [str(p) for p in made().values()],
+                checkpoint=ckpt,
+                batches=tuple(bench_batches),
+                duration_s=bench_seconds,
+                warmup_ms=BENCH_WARMUP_MS,
+                input_size=size,
+                code=source.code,
+            ),
+            needs=to_onnx,
+        ),
     ]
     if engines and backend is None:
         info_styled(f"engines skipped: {engines_note}", "yellow")
@@ -252,12 +376,18 @@ def run(
 
 def _budget(source: Source, max_drop: float | None | str) -> float | None:
     """The INT8 budget in top-1 points: --max-drop needs labelled images; given none, unlabelled images get plain PTQ."""
-    unlabelled = source.images is not None and not (source.images.labelled and source.model_input.num_classes is not None)
+    unlabelled = source.images is not None and not (
+        source.images.labelled and source.model_input.num_classes is not None
+    )
     if unlabelled and max_drop not in (None, BUDGET_DEFAULT):
-        raise EdgepipeError(f"--max-drop needs labelled images, but {source.images.spec} has no labels for the model's classes ({source.images.kind})",
-                            fix="give class sub-folders (with --labels FILE in the model's order), or pass --max-drop none for plain PTQ")
+        raise EdgepipeError(
+            f"--max-drop needs labelled images, but {source.images.spec} has no labels for the model's classes ({source.images.kind})",
+            fix="give class sub-folders (with --labels FILE in the model's order), or pass --max-drop none for plain PTQ",
+        )
     if unlabelled and max_drop == BUDGET_DEFAULT:
-        info(f"INT8 without an accuracy budget: {source.images.spec} has no labels for the model's classes, and --max-drop counts top-1 points")
+        info(
+            f"INT8 without an accuracy budget: {source.images.spec} has no labels for the model's classes, and --max-drop counts top-1 points"
+        )
     return (None if unlabelled else DEFAULT_MAX_DROP) if max_drop == BUDGET_DEFAULT else max_drop
 
 
@@ -274,7 +404,9 @@ def _backend(engines: bool) -> tuple[Any, str | None]:
 
 
 def _train(spec: ModelSpec, data: str | None, epochs: int | None, seed: int, weights, input_shape, path: Path) -> None:
-    net, config = train.train(spec, data=data or DEFAULT_DATA, epochs=epochs, seed=seed, weights=weights, input_shape=input_shape)
+    net, config = train.train(
+        spec, data=data or DEFAULT_DATA, epochs=epochs, seed=seed, weights=weights, input_shape=input_shape
+    )
     # so that the checkpoint's manifest names every setting a run compares
     config["train"].update(seed=seed, input_size=list(input_shape) if input_shape else None)
     save_checkpoint(path, net, config, force=True)
@@ -288,22 +420,49 @@ def _recorded_config(checkpoint: Path | None) -> dict[str, Any] | None:
         return None
 
 
-def _report(folder: Path, source: Source, data: str, stages: Stages, ckpt: Path | None, made: dict[str, Path], engines_note, started: float) -> dict[str, Any]:
+def _report(
+    folder: Path,
+    source: Source,
+    data: str,
+    stages: Stages,
+    ckpt: Path | None,
+    made: dict[str, Path],
+    engines_note,
+    started: float,
+) -> dict[str, Any]:
     validation = stages.result("validate", folder / "validate.json")
     benched = stages.result("bench", folder / "bench.json")
     reference = ckpt or source.file or folder / "model.onnx"
-    artifacts = {**({"pytorch": ckpt} if ckpt and stages.ok("train" if source.start == "training" else None) else {}), **made}
+    artifacts = {
+        **({"pytorch": ckpt} if ckpt and stages.ok("train" if source.start == "training" else None) else {}),
+        **made,
+    }
     summary = report.assemble(
-        folder=folder, model=source.name, data=data, source={"start": source.start, "file": str(reference), **_model_record(ckpt if ckpt and ckpt.is_file() else None)},
-        validation=validation, bench=benched, artifacts=artifacts, stages=stages.record, engines_note=engines_note,
+        folder=folder,
+        model=source.name,
+        data=data,
+        source={
+            "start": source.start,
+            "file": str(reference),
+            **_model_record(ckpt if ckpt and ckpt.is_file() else None),
+        },
+        validation=validation,
+        bench=benched,
+        artifacts=artifacts,
+        stages=stages.record,
+        engines_note=engines_note,
         seconds=time.perf_counter() - started,
     )
     if benched is not None:
         # The plot's accuracy axis comes from the validate stage rather than a second evaluation.
-        accuracy = {Path(r["artifact"]).name: r["top1"] for r in (validation or {}).get("rows", []) if r.get("top1") is not None}
+        accuracy = {
+            Path(r["artifact"]).name: r["top1"] for r in (validation or {}).get("rows", []) if r.get("top1") is not None
+        }
         if ckpt is not None and (validation or {}).get("reference", {}).get("top1") is not None:
             accuracy[ckpt.name] = validation["reference"]["top1"]
-        benchreport.write_report(benched, folder, accuracy=accuracy, labels={path.name: name for name, path in artifacts.items()})
+        benchreport.write_report(
+            benched, folder, accuracy=accuracy, labels={path.name: name for name, path in artifacts.items()}
+        )
         summary["plot"] = "bench.png"
     report.write(summary, folder)
     return summary
@@ -317,4 +476,8 @@ def _model_record(checkpoint: Path | None) -> dict[str, Any]:
         record = model_record(config_of(checkpoint))
     except EdgepipeError:
         return {}
-    return {"model_spec": record["model_spec"], "weights_sha256": record["weights_sha256"], "input_shape": record["input_shape"]}
+    return {
+        "model_spec": record["model_spec"],
+        "weights_sha256": record["weights_sha256"],
+        "input_shape": record["input_shape"],
+    }

@@ -46,22 +46,36 @@ class Source:
 
     def need_images(self) -> ImageSource:
         if self.images is None:
-            raise EdgepipeError(f"{self.name} has no edgepipe metadata, so there is no recorded data to calibrate or validate it on",
-                                fix="pass --data with your images (an ImageFolder, a folder of images or an .npz), and --labels FILE if the folders are classes")
+            raise EdgepipeError(
+                f"{self.name} has no edgepipe metadata, so there is no recorded data to calibrate or validate it on",
+                fix="pass --data with your images (an ImageFolder, a folder of images or an .npz), and --labels FILE if the folders are classes",
+            )
         return self.images
 
 
-def open_source(model: str | ModelSpec | None, checkpoint: str | Path | None, onnx_model: str | Path | None, data: str | None = None,
-                labels: str | Path | None = None, preprocess: PreprocessFlags | None = None, code: ModelCode | None = None,
-                weights: str | Path | None = None) -> Source:
+def open_source(
+    model: str | ModelSpec | None,
+    checkpoint: str | Path | None,
+    onnx_model: str | Path | None,
+    data: str | None = None,
+    labels: str | Path | None = None,
+    preprocess: PreprocessFlags | None = None,
+    code: ModelCode | None = None,
+    weights: str | Path | None = None,
+) -> Source:
     """The run's primary input, or one error (missing, unreadable, unknown model, untrusted code, bad data or flags) before any write."""
     spec = ModelSpec.parse(model) if isinstance(model, str) else model
     code = code or ModelCode(spec)
     if sum(bool(s) for s in (checkpoint, onnx_model)) > 1 or (spec and onnx_model):
-        raise EdgepipeError("--model, --checkpoint and --onnx are alternatives (--model with --checkpoint only names its code again)",
-                            fix="pass only one of them")
+        raise EdgepipeError(
+            "--model, --checkpoint and --onnx are alternatives (--model with --checkpoint only names its code again)",
+            fix="pass only one of them",
+        )
     if weights and (checkpoint or onnx_model):
-        raise EdgepipeError("--weights is for a model the run builds from --model", fix="drop --weights: the checkpoint or ONNX holds its weights")
+        raise EdgepipeError(
+            "--weights is for a model the run builds from --model",
+            fix="drop --weights: the checkpoint or ONNX holds its weights",
+        )
     if onnx_model and CONFIG_KEY not in read_metadata(load_onnx(onnx_model)):
         model_input = ModelInput.of_onnx(onnx_model, preprocess)
         found = open_images(data, labels=labels, num_classes=model_input.num_classes) if data else None
@@ -74,10 +88,17 @@ def open_source(model: str | ModelSpec | None, checkpoint: str | Path | None, on
     if onnx_model:
         metadata = read_metadata(load_onnx(onnx_model))
         config = json.loads(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else {}
-        return Source("onnx", Path(onnx_model), metadata.get("edgepipe.model") or Path(onnx_model).name, (config.get("data") or {}).get("source"))
+        return Source(
+            "onnx",
+            Path(onnx_model),
+            metadata.get("edgepipe.model") or Path(onnx_model).name,
+            (config.get("data") or {}).get("source"),
+        )
     spec = spec or ModelSpec.parse(DEFAULT_MODEL)
     model_info(spec.text)  # an unknown zoo name is refused here
-    if spec.is_user_code:  # named on the command line, so importing it is consented; a module that does not import is refused here
+    if (
+        spec.is_user_code
+    ):  # named on the command line, so importing it is consented; a module that does not import is refused here
         find_user_callable(spec.kind, spec.target, spec.attr, spec.sha256, spec.text)
     if weights:
         read_state_dict(weights)  # a missing, unreadable or pickled weights file is refused here

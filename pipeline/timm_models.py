@@ -33,12 +33,16 @@ def create_timm(name: str, kwargs: dict[str, Any]):
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
         hint = ("; did you mean " + " or ".join(f"timm:{c}" for c in close) + "?") if close else ""
-        raise EdgepipeError(f"timm has no model {name!r}{hint}", fix="pass --model timm:NAME with a name from timm.list_models()")
+        raise EdgepipeError(
+            f"timm has no model {name!r}{hint}", fix="pass --model timm:NAME with a name from timm.list_models()"
+        )
     try:
         return timm.create_model(name, pretrained=False, **kwargs)
     except Exception as exc:  # e.g. a --model-arg the model's constructor does not take
         reason = traceback.format_exception_only(type(exc), exc)[-1].strip()[:200]
-        raise EdgepipeError(f"timm could not build {name} with {kwargs}: {reason}", fix="check the --model-arg values") from None
+        raise EdgepipeError(
+            f"timm could not build {name} with {kwargs}: {reason}", fix="check the --model-arg values"
+        ) from None
 
 
 def timm_default_input_size(name: str, in_chans: int | None = None) -> tuple[int, int, int] | None:
@@ -75,7 +79,9 @@ def timm_data_config(model) -> dict[str, Any]:
     mean, std = [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
     if len(mean) != c:  # e.g. a 1-channel model with ImageNet's RGB statistics: average them
         mean, std = [sum(mean) / len(mean)] * c, [sum(std) / len(std)] * c
-    resize: int | list[int] = math.floor(h / crop_pct) if h == w else [math.floor(h / crop_pct), math.floor(w / crop_pct)]
+    resize: int | list[int] = (
+        math.floor(h / crop_pct) if h == w else [math.floor(h / crop_pct), math.floor(w / crop_pct)]
+    )
     return {
         "input_size": [c, h, w],
         "interpolation": str(cfg.get("interpolation") or "bilinear"),
@@ -99,6 +105,18 @@ def timm_preprocess(model, size: tuple[int, int] | None = None) -> dict[str, Any
     cfg = timm_data_config(model)
     height, width = size or cfg["crop"]
     crop_pct = cfg["crop_pct"]
-    resize: int | list[int] = math.floor(height / crop_pct) if height == width else [math.floor(height / crop_pct), math.floor(width / crop_pct)]
-    return {"resize": resize, "crop": [height, width], "mean": cfg["mean"], "std": cfg["std"], "channel_order": cfg["channel_order"],
-            "interpolation": cfg["interpolation"], "layout": "nchw", "channels": cfg["input_size"][0]}
+    resize: int | list[int] = (
+        math.floor(height / crop_pct)
+        if height == width
+        else [math.floor(height / crop_pct), math.floor(width / crop_pct)]
+    )
+    return {
+        "resize": resize,
+        "crop": [height, width],
+        "mean": cfg["mean"],
+        "std": cfg["std"],
+        "channel_order": cfg["channel_order"],
+        "interpolation": cfg["interpolation"],
+        "layout": "nchw",
+        "channels": cfg["input_size"][0],
+    }

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from pipeline import data as datamod
 from pipeline.checkpoint import DEFAULT_MODEL, model_for_data, model_info
 from pipeline.errors import EdgepipeError
-from pipeline.modelspec import ModelSpec, load_weights
 from pipeline.metrics import top1
+from pipeline.modelspec import ModelSpec, load_weights
 from pipeline.progress import progress_bar
 from pipeline.runtime.base import predict
 from pipeline.runtime.pytorch import TorchRunner
@@ -64,7 +64,10 @@ def train(
     epochs = info.get("default_epochs", DEFAULT_EPOCHS) if epochs is None else epochs
     lr = lr or info.get("default_lr", DEFAULT_LR)
     if epochs < (0 if weights else 1):
-        raise EdgepipeError(f"--epochs must be at least 1, got {epochs}", fix="pass --epochs 1 or more (0 only with --weights, to take them as they are)")
+        raise EdgepipeError(
+            f"--epochs must be at least 1, got {epochs}",
+            fix="pass --epochs 1 or more (0 only with --weights, to take them as they are)",
+        )
     if isinstance(input_shape, int):
         input_shape = (None, input_shape, input_shape)  # --img-size N: in the data's own channels
     model, config, dataset = model_for_data(spec, data, seed, input_shape)
@@ -86,8 +89,16 @@ def train(
     return model, config
 
 
-
-def _fit(model: torch.nn.Module, spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float, seed: int, progress: bool) -> None:
+def _fit(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    lr: float,
+    seed: int,
+    progress: bool,
+) -> None:
     """The training loop every model gets: AdamW, one-cycle schedule, label smoothing, random shifts."""
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = max(1, (len(labels) + BATCH_SIZE - 1) // BATCH_SIZE)

@@ -17,9 +17,10 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pipeline.artifacts import sha256_file
 from pipeline.errors import EdgepipeError
@@ -48,8 +49,10 @@ def _import_module(dotted: str):
         with _on_sys_path(os.getcwd()):  # as `python -m` and uvicorn do: the working folder imports
             return importlib.import_module(dotted)
     except Exception as exc:  # the user's module may raise anything while importing
-        raise EdgepipeError(f"module {dotted} does not import: {error_line(exc)}",
-                            fix="install the package or run edgepipe from the folder that holds it (or set PYTHONPATH)") from None
+        raise EdgepipeError(
+            f"module {dotted} does not import: {error_line(exc)}",
+            fix="install the package or run edgepipe from the folder that holds it (or set PYTHONPATH)",
+        ) from None
 
 
 def _import_file(path: Path, sha256: str | None):
@@ -68,7 +71,9 @@ def _import_file(path: Path, sha256: str | None):
             module_spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise EdgepipeError(f"model file {path.name} does not import: {error_line(exc)}", fix=f"fix {path} so that `python {path}` runs") from None
+        raise EdgepipeError(
+            f"model file {path.name} does not import: {error_line(exc)}", fix=f"fix {path} so that `python {path}` runs"
+        ) from None
     return module
 
 
@@ -79,10 +84,16 @@ def _find_callable(module, where: str, attr: str, text: str):
             names = [n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None))]
             close = difflib.get_close_matches(part, names, n=3, cutoff=0.5)
             hint = ("; did you mean " + " or ".join(close) + "?") if close else ""
-            raise EdgepipeError(f"{where} has no {attr}{hint}", fix="pass --model ...:NAME with the function or class that returns the model")
+            raise EdgepipeError(
+                f"{where} has no {attr}{hint}",
+                fix="pass --model ...:NAME with the function or class that returns the model",
+            )
         obj = getattr(obj, part)
     if not callable(obj):
-        raise EdgepipeError(f"{text} is a {type(obj).__name__}, not a function or class", fix="name the function or class that returns the model")
+        raise EdgepipeError(
+            f"{text} is a {type(obj).__name__}, not a function or class",
+            fix="name the function or class that returns the model",
+        )
     return obj
 
 
@@ -108,8 +119,9 @@ def find_user_callable(kind: str, target: str, attr: str, sha256: str | None, te
     return _find_callable(module, where, attr, text), folder
 
 
-def call_user_callable(kind: str, target: str, attr: str, args: dict[str, Any], defaults: dict[str, Any],
-                       sha256: str | None, text: str) -> Any:
+def call_user_callable(
+    kind: str, target: str, attr: str, args: dict[str, Any], defaults: dict[str, Any], sha256: str | None, text: str
+) -> Any:
     """Import ``target`` (kind "module": a dotted name; "file": a .py path) and return ``attr(**kwargs)``.
 
     kwargs are the ``defaults`` the callable's signature takes, overridden by ``args``; ``text`` is
@@ -122,4 +134,7 @@ def call_user_callable(kind: str, target: str, attr: str, args: dict[str, Any], 
             return fn(**kwargs)
     except Exception as exc:
         shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        raise EdgepipeError(f"{text}({shown}) raised {error_line(exc)}", fix="check the --model-arg values against the callable's arguments") from None
+        raise EdgepipeError(
+            f"{text}({shown}) raised {error_line(exc)}",
+            fix="check the --model-arg values against the callable's arguments",
+        ) from None

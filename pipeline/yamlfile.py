@@ -25,4 +25,6 @@ def read_yaml(path: str | Path, what: str, fix: str, missing_fix: str | None = N
         return yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise EdgepipeError(f"{what} {path} is not valid YAML or JSON{f' (line {mark.line + 1})' if mark else ''}", fix=fix) from None
+        raise EdgepipeError(
+            f"{what} {path} is not valid YAML or JSON{f' (line {mark.line + 1})' if mark else ''}", fix=fix
+        ) from None

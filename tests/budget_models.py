@@ -58,7 +58,15 @@ def export_varied_classifier(path, opset: int = 17, seed: int = 0) -> Path:
     with torch.no_grad():
         _scale_biases(model, 0.1)
         _centre_head(model, model.head, torch.from_numpy(images(CLASSIFIER_SHAPE, 16, seed=100)))
-    return _export(model, path, (torch.randn(1, *CLASSIFIER_SHAPE),), ["image"], ["logits"], _batch_axes(["image", "logits"], "dynamic"), opset)
+    return _export(
+        model,
+        path,
+        (torch.randn(1, *CLASSIFIER_SHAPE),),
+        ["image"],
+        ["logits"],
+        _batch_axes(["image", "logits"], "dynamic"),
+        opset,
+    )
 
 
 def export_outlier_recognizer(path, opset: int = 17, seed: int = 0) -> Path:
@@ -70,4 +78,12 @@ def export_outlier_recognizer(path, opset: int = 17, seed: int = 0) -> Path:
         _centre_head(model, model.classify, torch.from_numpy(images(TEXT_SHAPE, 16, seed=100)))
         model.attention.norm.weight[:OUTLIER_CHANNELS] = OUTLIER_GAIN
         model.classify.weight[:, :OUTLIER_CHANNELS] /= OUTLIER_GAIN
-    return _export(model, path, (torch.randn(1, *TEXT_SHAPE),), ["image"], ["char_logits"], _batch_axes(["image", "char_logits"], "dynamic"), opset)
+    return _export(
+        model,
+        path,
+        (torch.randn(1, *TEXT_SHAPE),),
+        ["image"],
+        ["char_logits"],
+        _batch_axes(["image", "char_logits"], "dynamic"),
+        opset,
+    )

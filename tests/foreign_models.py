@@ -23,8 +23,8 @@ import functools
 import math
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -75,7 +75,9 @@ class SEClassifier(nn.Module):
     def __init__(self, num_classes: int = NUM_CLASSES, nhwc: bool = False, embedding: bool = False):
         super().__init__()
         self.nhwc, self.embedding = nhwc, embedding
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        )
         self.blocks = nn.Sequential(SEBasicBlock(16, 16, 1), SEBasicBlock(16, 32, 2), SEBasicBlock(32, 64, 2))
         self.head = nn.Linear(64, num_classes)
         self.project = nn.Linear(64, EMBEDDING_SIZE) if embedding else None
@@ -126,11 +128,17 @@ class TextRecognizer(nn.Module):
         super().__init__()
 
         def conv(cin, cout, pool):
-            return [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(pool, pool)]
+            return [
+                nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.MaxPool2d(pool, pool),
+            ]
 
         # 32x128 -> 16x64 -> 8x32 -> 4x32 (then the height is averaged away: 32 steps)
-        self.features = nn.Sequential(*conv(1, 32, 2), *conv(32, 64, 2), *conv(64, 96, (2, 1)),
-                                      nn.Conv2d(96, 128, 3, 1, 1), nn.ReLU())
+        self.features = nn.Sequential(
+            *conv(1, 32, 2), *conv(32, 64, 2), *conv(64, 96, (2, 1)), nn.Conv2d(96, 128, 3, 1, 1), nn.ReLU()
+        )
         self.attention = SelfAttention(128)
         self.classify = nn.Linear(128, classes)
 
@@ -144,7 +152,9 @@ def _seeded(module: nn.Module, seed: int) -> nn.Module:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in module.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * (1.0 / math.sqrt(max(parameter[0].numel(), 1))))
+            parameter.copy_(
+                torch.randn(parameter.shape, generator=generator) * (1.0 / math.sqrt(max(parameter[0].numel(), 1)))
+            )
         for layer in module.modules():
             if isinstance(layer, nn.BatchNorm2d):
                 size = layer.num_features
@@ -166,8 +176,17 @@ def _export(module: nn.Module, path, examples: tuple, input_names, output_names,
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         # The TorchScript exporter, as most ONNX files in the wild were made; no edgepipe metadata.
-        torch.onnx.export(module, examples, str(path), opset_version=opset, dynamo=False, do_constant_folding=True,
-                          input_names=list(input_names), output_names=list(output_names), dynamic_axes=dynamic_axes or None)
+        torch.onnx.export(
+            module,
+            examples,
+            str(path),
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes or None,
+        )
     return path
 
 
@@ -175,8 +194,16 @@ def _batch_axes(names, batch) -> dict:
     return {name: {0: "batch"} for name in names} if batch == "dynamic" else {}
 
 
-def export_se_classifier(path, opset: int = 17, dynamic_hw: bool = False, nhwc: bool = False, batch="dynamic",
-                         embedding: bool = False, shared_hw: bool = False, seed: int = 0) -> Path:
+def export_se_classifier(
+    path,
+    opset: int = 17,
+    dynamic_hw: bool = False,
+    nhwc: bool = False,
+    batch="dynamic",
+    embedding: bool = False,
+    shared_hw: bool = False,
+    seed: int = 0,
+) -> Path:
     """An SE-ResNet-style classifier, input "image" 1x3x224x224 (or 1x224x224x3 with ``nhwc``).
 
     ``batch``: "dynamic" or a fixed size. ``dynamic_hw``: height and width named "height" and
@@ -238,8 +265,13 @@ def fp16_with_autocast(source, output) -> Path:
     # --- edgepipe internals used here (re-point if they move) ---
     from pipeline.quantize import FP16_FP32_OPS
 
-    converted = convert_to_mixed_precision(onnx_path=str(source), low_precision_type="fp16", keep_io_types=True,
-                                           op_types_to_exclude=list(FP16_FP32_OPS), providers=["cpu"])
+    converted = convert_to_mixed_precision(
+        onnx_path=str(source),
+        low_precision_type="fp16",
+        keep_io_types=True,
+        op_types_to_exclude=list(FP16_FP32_OPS),
+        providers=["cpu"],
+    )
     onnx.save(converted, str(output))
     return Path(output)
 

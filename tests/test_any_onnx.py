@@ -32,7 +32,9 @@ from pipeline.quantize.graph import quantized_nodes
 from pipeline.tensorrt import backend
 
 TARGET = ("--computeCapability", "8.9")
-needs_rtx = pytest.mark.skipif("tensorrt-rtx" not in backend.installed_backends(), reason="TensorRT-RTX is not installed")
+needs_rtx = pytest.mark.skipif(
+    "tensorrt-rtx" not in backend.installed_backends(), reason="TensorRT-RTX is not installed"
+)
 
 
 def copy_of(kind: str, folder: Path, **options) -> Path:
@@ -78,7 +80,11 @@ def test_build_engine_fp16_works_as_typed_on_an_opset_11_model(tmp_path):
     assert converted["check"]["on"] == "synthetic" and converted["opset_upgrade"]["from"] == 11
     assert onnx.load(str(tmp_path / "se_classifier.fp16.onnx")).opset_import[0].version >= 17
     again = run(model, "--fp16", *TARGET, command=build_engine_main)
-    assert again.exit_code == 0 and "up to date" in again.stdout and "checked against FP32 on 32 synthetic inputs" in again.stdout
+    assert (
+        again.exit_code == 0
+        and "up to date" in again.stdout
+        and "checked against FP32 on 32 synthetic inputs" in again.stdout
+    )
 
 
 def test_quantize_fp16_compares_every_output_of_a_two_output_nhwc_model(tmp_path):
@@ -89,12 +95,17 @@ def test_quantize_fp16_compares_every_output_of_a_two_output_nhwc_model(tmp_path
     assert two.exit_code == 0, two.output
     report = json.loads(two.stdout)
     assert set(report["outputs"]) == {"logits", "embedding"} and report["outputs"]["embedding"]["shape"] == [32]
-    assert all(o["cosine"] > 0.999 for o in report["outputs"].values()) and report["agreement"] == report["outputs"]["logits"]["argmax_agreement"]
+    assert (
+        all(o["cosine"] > 0.999 for o in report["outputs"].values())
+        and report["agreement"] == report["outputs"]["logits"]["argmax_agreement"]
+    )
     assert report["check"]["text"] == "32 synthetic inputs (seeded)"
 
 
 def test_fp16_on_the_users_images_instead_of_synthetic_inputs(tmp_path, recognizer):
-    result = run("quantize", recognizer, "--fp16", "--data", recognizer.parent / "lines.npz", "-o", tmp_path / "r.fp16.onnx")
+    result = run(
+        "quantize", recognizer, "--fp16", "--data", recognizer.parent / "lines.npz", "-o", tmp_path / "r.fp16.onnx"
+    )
     assert result.exit_code == 0, result.output
     assert "on 20 held-out images of lines.npz" in result.stdout and "synthetic" not in result.output
 
@@ -107,29 +118,64 @@ def test_dynamic_hw_runs_at_one_fixed_size(tmp_path):
     asked = run("quantize", model, "--fp16", "-o", tmp_path / "x.onnx")
     one_line_error(asked, "dynamic height/width", "--input-size 224x224")
     result = quantize.to_fp16(model, tmp_path / "dyn.fp16.onnx", size=(160, 192))
-    assert read_manifest(tmp_path / "dyn.fp16.onnx")["params"]["input_shape"] == [1, 3, 160, 192] and result["samples"] == 32
+    assert (
+        read_manifest(tmp_path / "dyn.fp16.onnx")["params"]["input_shape"] == [1, 3, 160, 192]
+        and result["samples"] == 32
+    )
     converted = onnx.load(str(tmp_path / "dyn.fp16.onnx"))
-    assert [d.dim_param for d in converted.graph.input[0].type.tensor_type.shape.dim][2:] == ["height", "width"]  # still dynamic
+    assert [d.dim_param for d in converted.graph.input[0].type.tensor_type.shape.dim][2:] == [
+        "height",
+        "width",
+    ]  # still dynamic
 
 
 @needs_rtx
 def test_build_engine_converts_a_dynamic_model_at_its_opt_shape(tmp_path):
     model = copy_of("se_classifier", tmp_path, dynamic_hw=True)
-    shapes = ("--minShapes", "image:1x3x160x160", "--optShapes", "image:4x3x192x224", "--maxShapes", "image:8x3x320x320")
+    shapes = (
+        "--minShapes",
+        "image:1x3x160x160",
+        "--optShapes",
+        "image:4x3x192x224",
+        "--maxShapes",
+        "image:8x3x320x320",
+    )
     result = run(model, "--fp16", *shapes, *TARGET, "--json", command=build_engine_main)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["check"]["on"] == "32 synthetic inputs (seeded)"
     assert read_manifest(tmp_path / "se_classifier.fp16.onnx")["params"]["input_shape"] == [1, 3, 192, 224]
-    missing = run(copy_of("se_classifier", tmp_path, dynamic_hw=True), "--fp16", *TARGET, "--saveEngine", tmp_path / "none.engine", command=build_engine_main)
+    missing = run(
+        copy_of("se_classifier", tmp_path, dynamic_hw=True),
+        "--fp16",
+        *TARGET,
+        "--saveEngine",
+        tmp_path / "none.engine",
+        command=build_engine_main,
+    )
     one_line_error(missing, "dynamic dimensions besides the batch", "--optShapes image:1x3x224x224")
 
 
 @needs_rtx
-@pytest.mark.parametrize("flags, needles", [
-    (("--minShapes", "image:1x3x160x128", "--optShapes", "image:4x3x192x160", "--maxShapes", "image:8x3x320x256"),
-     ("one symbol 'size', so TensorRT requires them equal", "pass equal height and width")),
-    (("--optShapes", "picture:1x3x224x224"), ("--optShapes names input 'picture', which the model does not have (inputs: image)",)),
-])
+@pytest.mark.parametrize(
+    "flags, needles",
+    [
+        (
+            (
+                "--minShapes",
+                "image:1x3x160x128",
+                "--optShapes",
+                "image:4x3x192x160",
+                "--maxShapes",
+                "image:8x3x320x256",
+            ),
+            ("one symbol 'size', so TensorRT requires them equal", "pass equal height and width"),
+        ),
+        (
+            ("--optShapes", "picture:1x3x224x224"),
+            ("--optShapes names input 'picture', which the model does not have (inputs: image)",),
+        ),
+    ],
+)
 def test_bad_shapes_for_build_engine(tmp_path, flags, needles):
     model = copy_of("shared_hw", tmp_path)
     one_line_error(run(model, "--fp16", *flags, *TARGET, command=build_engine_main), *needles)
@@ -149,7 +195,11 @@ def test_several_inputs_are_named_and_refused(tmp_path):
 
 def test_int8_without_calibration_data_is_one_clear_error(tmp_path):
     model = copy_of("text_recognizer", tmp_path)
-    one_line_error(run("quantize", model, "--int8", "-o", tmp_path / "x.onnx"), "--int8 needs calibration images", "never calibrates on random data")
+    one_line_error(
+        run("quantize", model, "--int8", "-o", tmp_path / "x.onnx"),
+        "--int8 needs calibration images",
+        "never calibrates on random data",
+    )
     if "tensorrt-rtx" in backend.installed_backends():
         one_line_error(run(model, "--int8", *TARGET, command=build_engine_main), "--int8 needs calibration images")
     assert made_files(tmp_path, model) == []
@@ -160,10 +210,18 @@ def test_bad_calibration_and_data_for_a_budget(tmp_path, recognizer):
     np.savez(tmp_path / "wrong.npz", x=images((1, 32, 96), 64))
     wrong = run("quantize", recognizer, "--int8", "--calib", tmp_path / "wrong.npz", "-o", tmp_path / "x.onnx")
     one_line_error(wrong, "--calib holds images of shape 1 x 32 x 96", "takes 1 x 32 x 128")
-    unlabelled = run("quantize", recognizer, "--int8", "--calib", folder / "calib.npz", "--max-drop", "1", "-o", tmp_path / "x.onnx")
+    unlabelled = run(
+        "quantize", recognizer, "--int8", "--calib", folder / "calib.npz", "--max-drop", "1", "-o", tmp_path / "x.onnx"
+    )
     one_line_error(unlabelled, "--max-drop measures top-1 against labels", "use --min-agreement")
-    for flags, needle in ((("--min-agreement", "101"), "not a percentage"), (("--input-size", "big"), "not HEIGHTxWIDTH")):
-        one_line_error(run("quantize", recognizer, "--int8", "--calib", folder / "calib.npz", *flags, "-o", tmp_path / "x.onnx"), needle)
+    for flags, needle in (
+        (("--min-agreement", "101"), "not a percentage"),
+        (("--input-size", "big"), "not HEIGHTxWIDTH"),
+    ):
+        one_line_error(
+            run("quantize", recognizer, "--int8", "--calib", folder / "calib.npz", *flags, "-o", tmp_path / "x.onnx"),
+            needle,
+        )
     assert made_files(tmp_path, tmp_path / "wrong.npz") == []
 
 
@@ -173,7 +231,9 @@ def test_int8_of_an_opset_12_model_with_a_plain_npz(tmp_path, recognizer):
     assert result["opset_upgrade"]["from"] == 12 and result["opset_upgrade"]["proven_on"] == "8 calibration images"
     assert result["check"]["on"] == "calibration" and result["check"]["hint"] == "pass --data for held-out images"
     assert result["calibration"]["count"] == 64 and result["macs"]["int8_share"] == 100.0
-    opset17 = quantize.count_macs(onnx.load(str(foreign_model("text_recognizer"))), (1, *TEXT_SHAPE))  # the same network
+    opset17 = quantize.count_macs(
+        onnx.load(str(foreign_model("text_recognizer"))), (1, *TEXT_SHAPE)
+    )  # the same network
     assert len(opset17) == 9 and result["macs"]["total"] == sum(opset17.values())
     quantize.check_tensorrt_qdq_rules(onnx.load(str(tmp_path / "r12.int8.onnx")))
 
@@ -183,7 +243,9 @@ def test_build_engine_int8_of_a_dynamic_model_calibrated_at_the_images_size(tmp_
     model = copy_of("se_classifier", tmp_path, dynamic_hw=True)
     np.savez(tmp_path / "calib.npz", x=images((3, 96, 128), 64, seed=1))
     shapes = ("--minShapes", "image:1x3x96x96", "--optShapes", "image:1x3x96x128", "--maxShapes", "image:4x3x160x160")
-    result = run(model, "--int8", "--calib", tmp_path / "calib.npz", *shapes, *TARGET, "--json", command=build_engine_main)
+    result = run(
+        model, "--int8", "--calib", tmp_path / "calib.npz", *shapes, *TARGET, "--json", command=build_engine_main
+    )
     assert result.exit_code == 0, result.output
     check = json.loads(result.stdout)["check"]
     assert check["on"] == "the 64 calibration images from calib.npz" and check["macs"]["int8_share"] > 90
@@ -195,15 +257,29 @@ def test_build_engine_int8_of_a_dynamic_model_calibrated_at_the_images_size(tmp_
 
 def test_min_agreement_recovers_a_collapsed_text_recognizer(tmp_path, recognizer, capsys):
     """Plain PTQ agrees with FP32 at under 20% of the positions; one node kept in higher precision brings it back."""
-    result = run("quantize", recognizer, "--int8", "--data", recognizer.parent / "lines.npz", "--min-agreement", "85", "--json",
-                 "-o", tmp_path / "r.int8.onnx")
+    result = run(
+        "quantize",
+        recognizer,
+        "--int8",
+        "--data",
+        recognizer.parent / "lines.npz",
+        "--min-agreement",
+        "85",
+        "--json",
+        "-o",
+        tmp_path / "r.int8.onnx",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["attempts"][0]["how"] == "plain" and report["attempts"][0]["agreement"] < 20
     assert report["agreement"] >= 85 and report["kept_nodes"] == ["/classify/MatMul"] and report["kept_op_types"] == []
     assert report["macs"]["int8_share"] > 99 and report["check"]["text"] == "20 held-out images of lines.npz"
     manifest = read_manifest(tmp_path / "r.int8.onnx")
-    assert manifest["kept_nodes"] == ["/classify/MatMul"] and manifest["macs"] == report["macs"] and manifest["params"]["min_agreement"] == 85
+    assert (
+        manifest["kept_nodes"] == ["/classify/MatMul"]
+        and manifest["macs"] == report["macs"]
+        and manifest["params"]["min_agreement"] == 85
+    )
     model = onnx.load(str(tmp_path / "r.int8.onnx"))
     quantize.check_tensorrt_qdq_rules(model)
     assert "/classify/MatMul" not in quantized_nodes(model) and "/attention/qkv/MatMul" in quantized_nodes(model)
@@ -215,16 +291,34 @@ def test_whole_op_types_when_the_ranking_does_not_recover_it(tmp_path, recognize
     """A ranking that puts the culprit last: the few ranked steps fail, keeping whole op types meets the budget."""
     ranked = budget.rank_sensitive_nodes
     monkeypatch.setattr(budget, "rank_sensitive_nodes", lambda *args: list(reversed(ranked(*args))))
-    result = quantize.to_int8(recognizer, tmp_path / "r.int8.onnx", data=recognizer.parent / "lines.npz", min_agreement=85)
+    result = quantize.to_int8(
+        recognizer, tmp_path / "r.int8.onnx", data=recognizer.parent / "lines.npz", min_agreement=85
+    )
     hows = [row["how"] for row in result["attempts"]]
     assert hows[:5] == ["plain", "ranked", "ranked", "ranked", "ranked"] and hows[-1] == "op types"
-    assert "MatMul" in result["kept_op_types"] and "/classify/MatMul" in result["kept_nodes"] and result["agreement"] >= 85
+    assert (
+        "MatMul" in result["kept_op_types"] and "/classify/MatMul" in result["kept_nodes"] and result["agreement"] >= 85
+    )
     assert read_manifest(tmp_path / "r.int8.onnx")["kept_op_types"] == result["kept_op_types"]
 
 
 def test_a_budget_that_cannot_be_met_names_the_best_and_writes_nothing(tmp_path, recognizer):
-    result = run("quantize", recognizer, "--int8", "--data", recognizer.parent / "lines.npz", "--min-agreement", "99.9", "-o", tmp_path / "r.int8.onnx")
-    one_line_error(result, "INT8 cannot meet the budget (at least 99.9% argmax agreement with FP32): the best reached was agreement", "nothing was written")
+    result = run(
+        "quantize",
+        recognizer,
+        "--int8",
+        "--data",
+        recognizer.parent / "lines.npz",
+        "--min-agreement",
+        "99.9",
+        "-o",
+        tmp_path / "r.int8.onnx",
+    )
+    one_line_error(
+        result,
+        "INT8 cannot meet the budget (at least 99.9% argmax agreement with FP32): the best reached was agreement",
+        "nothing was written",
+    )
     assert not list(tmp_path.iterdir())
 
 
@@ -235,7 +329,10 @@ def test_max_drop_on_labelled_images_of_a_classifier(tmp_path):
     np.savez(tmp_path / "photos.npz", x=x, y=y)
     result = quantize.to_int8(model, tmp_path / "c.int8.onnx", data=tmp_path / "photos.npz", max_drop=10)
     assert result["reference_top1"] == 100.0 and -result["delta"] <= 10 and result["samples"] == 16
-    assert result["calibration"]["count"] == 64 and result["calibration"]["source"] == "drawn from 64 calibration-pool images of photos.npz"
+    assert (
+        result["calibration"]["count"] == 64
+        and result["calibration"]["source"] == "drawn from 64 calibration-pool images of photos.npz"
+    )
     assert len(np.unique(y)) >= 5
 
 

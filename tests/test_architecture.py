@@ -36,9 +36,15 @@ def _name(path: Path) -> str:
 def test_layers_contract_holds():
     """lint-imports, as CI runs it: any import from a higher floor breaks a contract."""
     script = Path(sys.executable).parent / "lint-imports"
-    command = [str(script)] if script.is_file() else [sys.executable, "-c", "from importlinter.cli import lint_imports_command as c; c()"]
+    command = (
+        [str(script)]
+        if script.is_file()
+        else [sys.executable, "-c", "from importlinter.cli import lint_imports_command as c; c()"]
+    )
     done = subprocess.run([*command, "--no-cache", "--no-logo"], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, f"the floors are broken (docs/architecture.md says where things go):\n{done.stdout}{done.stderr}"
+    assert done.returncode == 0, (
+        f"the floors are broken (docs/architecture.md says where things go):\n{done.stdout}{done.stderr}"
+    )
 
 
 def test_every_module_has_a_floor():
@@ -123,7 +129,9 @@ def test_late_imports_of_our_own_modules_say_why():
     silent = []
     for path in _sources():
         text = path.read_text()
-        comments = {t.start[0] for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type == tokenize.COMMENT}
+        comments = {
+            t.start[0] for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type == tokenize.COMMENT
+        }
         for function in ast.walk(ast.parse(text)):
             if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
@@ -136,4 +144,6 @@ def test_late_imports_of_our_own_modules_say_why():
                     continue
                 if own and not comments & set(range(node.lineno - 1, node.end_lineno + 1)):
                     silent.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-    assert not silent, f"function-level imports of edgepipe's own modules without a comment saying why: {sorted(set(silent))}"
+    assert not silent, (
+        f"function-level imports of edgepipe's own modules without a comment saying why: {sorted(set(silent))}"
+    )

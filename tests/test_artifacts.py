@@ -33,7 +33,10 @@ def test_reuse_rule_names_what_changed(tmp_path):
     write_manifest(path, Kind.ONNX, inputs={"onnx": "a"}, params={"precision": "fp16"}, precision=Precision.FP16)
     assert why_stale(path, Kind.ONNX, {"onnx": "a"}, {"precision": "fp16"}) is None
     assert current(path, Kind.ONNX, {"onnx": "a"}, {"precision": "fp16"}).precision is Precision.FP16
-    assert why_stale(path, Kind.ONNX, {"onnx": "b"}, {"precision": "fp16"}) == "was made from other inputs: another ONNX model"
+    assert (
+        why_stale(path, Kind.ONNX, {"onnx": "b"}, {"precision": "fp16"})
+        == "was made from other inputs: another ONNX model"
+    )
     assert "precision fp16 (now int8)" in why_stale(path, Kind.ONNX, {"onnx": "a"}, {"precision": "int8"})
     path.write_bytes(b"replaced")
     assert why_stale(path, Kind.ONNX, {"onnx": "a"}, {"precision": "fp16"}).startswith("changed since it was made")

@@ -6,10 +6,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from pipeline.tensorrt import backend as backendmod
-from pipeline.errors import EdgepipeError
-from pipeline.tensorrt import targets
 from pipeline import cuda
+from pipeline.errors import EdgepipeError
+from pipeline.tensorrt import backend as backendmod
+from pipeline.tensorrt import targets
 
 
 def _has_gpu() -> bool:
@@ -39,7 +39,9 @@ def test_unknown_backend_is_an_error():
         backendmod.get_backend("onnxruntime")
 
 
-@pytest.mark.parametrize("text, expected", [("8.9", "8.9"), ("sm89", "8.9"), ("SM_120", "12.0"), ("120", "12.0"), ("current", "current")])
+@pytest.mark.parametrize(
+    "text, expected", [("8.9", "8.9"), ("sm89", "8.9"), ("SM_120", "12.0"), ("120", "12.0"), ("current", "current")]
+)
 def test_compute_capability_spellings(text, expected):
     assert targets.normalize_compute_capability(text) == expected
 
@@ -49,11 +51,14 @@ def test_bad_compute_capability_is_an_error():
         targets.normalize_compute_capability("ada")
 
 
-@pytest.mark.parametrize("settings, option", [
-    (backendmod.BuildSettings(dla_core=0), "--useDLACore"),
-    (backendmod.BuildSettings(version_compatible=True), "--versionCompatible"),
-    (backendmod.BuildSettings(legacy_precision="int8"), "--legacy-precision"),
-])
+@pytest.mark.parametrize(
+    "settings, option",
+    [
+        (backendmod.BuildSettings(dla_core=0), "--useDLACore"),
+        (backendmod.BuildSettings(version_compatible=True), "--versionCompatible"),
+        (backendmod.BuildSettings(legacy_precision="int8"), "--legacy-precision"),
+    ],
+)
 def test_options_the_backend_lacks_name_the_backend(settings, option):
     be = backendmod.get_backend("tensorrt-rtx")
     with pytest.raises(EdgepipeError) as info:
@@ -71,7 +76,10 @@ def _unknown_op_model(path):
     y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])
     node = helper.make_node("FancyGate", ["input"], ["out"], name="gate_0", domain="example.custom")
     graph = helper.make_graph([node], "g", [x], [y])
-    return _write(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("example.custom", 1)]), path)
+    return _write(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("example.custom", 1)]),
+        path,
+    )
 
 
 def test_parser_error_names_node_op_and_reason(tmp_path):
@@ -88,8 +96,15 @@ def test_cancelled_build_raises_keyboard_interrupt_from_the_real_builder(tmp_pat
     import models
 
     path = tmp_path / "m.onnx"
-    torch.onnx.export(models.create("se_resnet", num_classes=10, in_chans=1, img_size=32).eval(), (torch.zeros(1, 1, 32, 32),), str(path),
-                      opset_version=17, dynamo=False, input_names=["input"], output_names=["logits"])
+    torch.onnx.export(
+        models.create("se_resnet", num_classes=10, in_chans=1, img_size=32).eval(),
+        (torch.zeros(1, 1, 32, 32),),
+        str(path),
+        opset_version=17,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+    )
     be = backendmod.get_backend()
     builder, network, _ = be.parse_onnx(path)
     config = be.builder_config(builder, network, backendmod.BuildSettings(compute_capabilities=["8.9"]))

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from conftest import invoke
 
-from pipeline import bench, benchreport
+from pipeline import bench, benchreport, cuda
 from pipeline.errors import EdgepipeError
 from pipeline.runtime.ort import OnnxRuntimeRunner
-from pipeline import cuda
 
 NO_GPU = cuda.current_compute_capability() is None
 ITERATIONS = 20
@@ -19,7 +18,9 @@ ITERATIONS = 20
 
 @pytest.fixture(scope="module")
 def result(trained, exported):
-    return bench.bench([str(exported)], checkpoint=trained[0], batches=(1, 8), warmup_ms=50, iterations=ITERATIONS, progress=False)
+    return bench.bench(
+        [str(exported)], checkpoint=trained[0], batches=(1, 8), warmup_ms=50, iterations=ITERATIONS, progress=False
+    )
 
 
 def ok_rows(result):
@@ -28,7 +29,12 @@ def ok_rows(result):
 
 def test_reference_and_artifact_are_measured_side_by_side(result, exported):
     rows = result["rows"]
-    assert [(r["runtime"], r["batch"]) for r in rows] == [("pytorch-cpu", 1), ("pytorch-cpu", 8), ("onnxruntime-cpu", 1), ("onnxruntime-cpu", 8)]
+    assert [(r["runtime"], r["batch"]) for r in rows] == [
+        ("pytorch-cpu", 1),
+        ("pytorch-cpu", 8),
+        ("onnxruntime-cpu", 1),
+        ("onnxruntime-cpu", 8),
+    ]
     assert all(r["status"] == "ok" and r["precision"] == "fp32" for r in rows)
     assert rows[2]["artifact"] == str(exported)
     assert result["failed"] == 0 and "CPU" in result["device"]
@@ -132,8 +138,24 @@ def test_report_has_the_table_and_a_png_plot(result, tmp_path):
 
 def test_cli_prints_one_json_object_and_writes_files(runner, trained, exported, tmp_path):
     out_json = tmp_path / "bench.json"
-    result = invoke(runner, "bench", exported, "--checkpoint", trained[0], "--batch", "1,2", "--iterations", 5, "--warmup-ms", 10,
-                    "--json", "--json-out", out_json, "--report", tmp_path / "rep")
+    result = invoke(
+        runner,
+        "bench",
+        exported,
+        "--checkpoint",
+        trained[0],
+        "--batch",
+        "1,2",
+        "--iterations",
+        5,
+        "--warmup-ms",
+        10,
+        "--json",
+        "--json-out",
+        out_json,
+        "--report",
+        tmp_path / "rep",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert {"device", "rows", "overhead"} <= set(data)

@@ -20,14 +20,12 @@ from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
 import models
-from pipeline.tensorrt import backend as backendmod
-from pipeline import build
+from pipeline import build, cuda
 from pipeline.artifacts import read_manifest, sha256_file
 from pipeline.commands.build import build_engine_main
 from pipeline.errors import EdgepipeError
-from pipeline.tensorrt import options
-from pipeline.tensorrt import compat
-from pipeline import cuda
+from pipeline.tensorrt import backend as backendmod
+from pipeline.tensorrt import compat, options
 
 DEFAULT_MODEL = "se_resnet"
 RTX_DEFAULT_TARGETS = ["8.0", "8.6", "8.9", "12.0", "12.1"]
@@ -38,8 +36,16 @@ def export_untrained(name: str, path: Path, dynamic: bool = True) -> Path:
 
     model = models.create(name, num_classes=10, in_chans=1, img_size=32).eval()
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
-    torch.onnx.export(model, (torch.zeros(1, 1, 32, 32),), str(path), opset_version=17, dynamo=False,
-                      input_names=["input"], output_names=["logits"], dynamic_axes=axes)
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, 32, 32),),
+        str(path),
+        opset_version=17,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes=axes,
+    )
     return path
 
 
@@ -47,7 +53,9 @@ def quantize_with_modelopt(source: Path, output: Path) -> Path:
     from modelopt.onnx.quantization import quantize
 
     data = np.random.default_rng(0).random((16, 1, 32, 32), dtype=np.float32)
-    quantize(str(source), quantize_mode="int8", calibration_data=data, calibration_method="entropy", output_path=str(output))
+    quantize(
+        str(source), quantize_mode="int8", calibration_data=data, calibration_method="entropy", output_path=str(output)
+    )
     return output
 
 
@@ -97,7 +105,9 @@ def test_fp32_build_writes_a_real_engine_and_its_manifest(model_onnx):
     assert manifest["inputs"] == {"onnx": sha256_file(model_onnx)}
     assert manifest["backend_version"] == backendmod.get_backend().version
     # Dynamic batch without shape flags: the documented default profile.
-    assert manifest["params"]["profiles"] == [{"input": {"min": [1, 1, 32, 32], "opt": [1, 1, 32, 32], "max": [64, 1, 32, 32]}}]
+    assert manifest["params"]["profiles"] == [
+        {"input": {"min": [1, 1, 32, 32], "opt": [1, 1, 32, 32], "max": [64, 1, 32, 32]}}
+    ]
     # No GPU here: every TensorRT-RTX target from Ampere on.
     assert manifest["target_compute_capabilities"] == RTX_DEFAULT_TARGETS
     assert manifest["build_seconds"] > 0 and manifest["peak_rss_mib"] > 50
@@ -158,10 +168,14 @@ def test_static_model_needs_no_profile(onnx_files, tmp_path):
 def test_explicit_profile_targets_and_controls(model_onnx, tmp_path):
     cache = tmp_path / "timing.cache"
     result = build.build_engine(
-        model_onnx, save_engine=tmp_path / "tuned.engine",
+        model_onnx,
+        save_engine=tmp_path / "tuned.engine",
         shapes={"min": "input:2x1x32x32", "opt": "input:8x1x32x32", "max": "input:16x1x32x32"},
-        compute_capability=["8.9", "sm86"], mem_pool_size="workspace:512M", builder_optimization_level=2,
-        timing_cache_file=cache, hardware_compatibility_level="none",
+        compute_capability=["8.9", "sm86"],
+        mem_pool_size="workspace:512M",
+        builder_optimization_level=2,
+        timing_cache_file=cache,
+        hardware_compatibility_level="none",
     )
     assert result["profiles"] == [{"input": {"min": [2, 1, 32, 32], "opt": [8, 1, 32, 32], "max": [16, 1, 32, 32]}}]
     assert result["compute_capabilities"] == ["8.9", "8.6"]
@@ -170,10 +184,14 @@ def test_explicit_profile_targets_and_controls(model_onnx, tmp_path):
     assert cache.is_file() and cache.stat().st_size > 0
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("workspace:1024", {"workspace": 1024 * 2**20}), ("workspace:2G", {"workspace": 2 * 2**30}),
-    ("workspace:512K,tacticSharedMem:1M", {"workspace": 512 * 2**10, "tacticSharedMem": 2**20}),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("workspace:1024", {"workspace": 1024 * 2**20}),
+        ("workspace:2G", {"workspace": 2 * 2**30}),
+        ("workspace:512K,tacticSharedMem:1M", {"workspace": 512 * 2**10, "tacticSharedMem": 2**20}),
+    ],
+)
 def test_mem_pool_size_uses_trtexec_units(text, expected):
     assert options.parse_mem_pool_size(text) == expected
 
@@ -192,7 +210,16 @@ def test_build_engine_console_script_prints_json(model_onnx):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["engine"] == str(model_onnx.with_name("model.fp32.engine"))
-    assert {"backend", "backend_version", "precision", "seconds", "cached", "bytes", "profiles", "compute_capabilities"} <= set(payload)
+    assert {
+        "backend",
+        "backend_version",
+        "precision",
+        "seconds",
+        "cached",
+        "bytes",
+        "profiles",
+        "compute_capabilities",
+    } <= set(payload)
     assert "TensorRT-RTX" in result.stderr  # auto says which backend it chose
     cached = runner.invoke(build_engine_main, ["--onnx", str(model_onnx), "--fp32", "--json"], catch_exceptions=False)
     assert json.loads(cached.stdout)["cached"] is True
@@ -202,8 +229,17 @@ def test_edgepipe_build_with_trtexec_spelling(model_onnx, runner):
     from conftest import invoke
 
     engine = model_onnx.with_name("my.engine")
-    result = invoke(runner, "build", model_onnx, f"--saveEngine={engine}", "--minShapes=input:1x1x32x32",
-                    "--optShapes=input:4x1x32x32", "--maxShapes=input:8x1x32x32", "--computeCapability", "8.9")
+    result = invoke(
+        runner,
+        "build",
+        model_onnx,
+        f"--saveEngine={engine}",
+        "--minShapes=input:1x1x32x32",
+        "--optShapes=input:4x1x32x32",
+        "--maxShapes=input:8x1x32x32",
+        "--computeCapability",
+        "8.9",
+    )
     assert result.exit_code == 0, result.output
     assert engine.is_file() and "my.engine" in result.stdout
 
@@ -230,7 +266,9 @@ def assert_one_line_error(result, *needles):
 
 def test_forcing_standard_tensorrt_says_what_to_install(model_onnx):
     result = run_cli(model_onnx, "--fp16", "--backend", "tensorrt")
-    assert_one_line_error(result, "TensorRT is not installed", "python3-libnvinfer", "pip install tensorrt", "edgepipe[rtx]")
+    assert_one_line_error(
+        result, "TensorRT is not installed", "python3-libnvinfer", "pip install tensorrt", "edgepipe[rtx]"
+    )
     assert not list(model_onnx.parent.glob("*.engine"))
 
 
@@ -251,10 +289,14 @@ def quantized_conv_with_int32_bias(path: Path) -> Path:
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, 8, 8])
     y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])
     inits = [
-        nh.from_array(np.array(0.02, np.float32), "xs"), nh.from_array(np.array(0, np.int8), "xz"),
-        nh.from_array(np.ones((4, 2, 3, 3), np.int8), "wq"), nh.from_array(np.full((4,), 0.01, np.float32), "ws"),
-        nh.from_array(np.zeros(4, np.int8), "wz"), nh.from_array(np.arange(4, dtype=np.int32), "bq"),
-        nh.from_array(np.full((4,), 2e-4, np.float32), "bs"), nh.from_array(np.zeros(4, np.int32), "bz"),
+        nh.from_array(np.array(0.02, np.float32), "xs"),
+        nh.from_array(np.array(0, np.int8), "xz"),
+        nh.from_array(np.ones((4, 2, 3, 3), np.int8), "wq"),
+        nh.from_array(np.full((4,), 0.01, np.float32), "ws"),
+        nh.from_array(np.zeros(4, np.int8), "wz"),
+        nh.from_array(np.arange(4, dtype=np.int32), "bq"),
+        nh.from_array(np.full((4,), 2e-4, np.float32), "bs"),
+        nh.from_array(np.zeros(4, np.int32), "bz"),
     ]
     nodes = [
         helper.make_node("QuantizeLinear", ["input", "xs", "xz"], ["xq"], name="q_in"),
@@ -263,7 +305,10 @@ def quantized_conv_with_int32_bias(path: Path) -> Path:
         helper.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["bd"], name="dq_bias", axis=0),
         helper.make_node("Conv", ["xd", "wd", "bd"], ["out"], name="conv", pads=[1, 1, 1, 1]),
     ]
-    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(
+        helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)]),
+        str(path),
+    )
     return path
 
 
@@ -273,20 +318,26 @@ def test_parser_rejection_names_node_op_reason_and_fix(tmp_path):
     assert not list(tmp_path.glob("*.engine*"))
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (["--maxShapes", "input:8x3x32x32"], "dimension 1 is fixed at 1"),
-    (["--optShapes", "image:4x1x32x32"], "does not have (inputs: input)"),
-    (["--minShapes", "input:8x1x32x32", "--optShapes", "input:4x1x32x32", "--maxShapes", "input:2x1x32x32"], "out of order"),
-    (["--maxShapes", "input:8x1x32"], "has 3 dimensions"),
-    (["--maxShapes", "input=8x1x32x32"], "is not NAME:DIMS"),
-    (["--memPoolSize", "workspace:lots"], "is not POOL:SIZE"),
-    (["--computeCapability", "current"], "needs a GPU"),
-    (["--computeCapability", "9.0"], "cannot build for compute capability 9.0"),
-    (["--useDLACore", "0"], "--useDLACore is not available with TensorRT-RTX"),
-    (["--versionCompatible"], "--versionCompatible is not available with TensorRT-RTX"),
-    (["--int8", "--legacy-precision"], "drop --legacy-precision"),
-    (["--calib", "calib.npz"], "only used for INT8"),
-])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--maxShapes", "input:8x3x32x32"], "dimension 1 is fixed at 1"),
+        (["--optShapes", "image:4x1x32x32"], "does not have (inputs: input)"),
+        (
+            ["--minShapes", "input:8x1x32x32", "--optShapes", "input:4x1x32x32", "--maxShapes", "input:2x1x32x32"],
+            "out of order",
+        ),
+        (["--maxShapes", "input:8x1x32"], "has 3 dimensions"),
+        (["--maxShapes", "input=8x1x32x32"], "is not NAME:DIMS"),
+        (["--memPoolSize", "workspace:lots"], "is not POOL:SIZE"),
+        (["--computeCapability", "current"], "needs a GPU"),
+        (["--computeCapability", "9.0"], "cannot build for compute capability 9.0"),
+        (["--useDLACore", "0"], "--useDLACore is not available with TensorRT-RTX"),
+        (["--versionCompatible"], "--versionCompatible is not available with TensorRT-RTX"),
+        (["--int8", "--legacy-precision"], "drop --legacy-precision"),
+        (["--calib", "calib.npz"], "only used for INT8"),
+    ],
+)
 def test_bad_flags(model_onnx, flags, needle):
     if "current" in flags and cuda.current_compute_capability():
         pytest.skip("this machine has a GPU")
@@ -296,7 +347,11 @@ def test_bad_flags(model_onnx, flags, needle):
 
 def test_shapes_on_a_static_model_must_match_it(onnx_files):
     with pytest.raises(EdgepipeError, match="dimension 0 is fixed at 1"):
-        build.build_engine(onnx_files["static"], shapes={"max": "input:4x1x32x32"}, save_engine=onnx_files["static"].with_name("s4.engine"))
+        build.build_engine(
+            onnx_files["static"],
+            shapes={"max": "input:4x1x32x32"},
+            save_engine=onnx_files["static"].with_name("s4.engine"),
+        )
 
 
 def test_unwritable_output_path(model_onnx, tmp_path):
@@ -391,7 +446,9 @@ def test_int8_flag_quantizes_with_the_default_calibration_set_then_builds(traine
 def test_calibration_set_for_another_model_is_refused(trained_onnx):
     import calibration
 
-    wrong = calibration.CalibrationSet(np.zeros((64, 3, 8, 8), np.float32), np.zeros(64, np.int64), {"mean": [0.5], "std": [0.5]})
+    wrong = calibration.CalibrationSet(
+        np.zeros((64, 3, 8, 8), np.float32), np.zeros(64, np.int64), {"mean": [0.5], "std": [0.5]}
+    )
     with pytest.raises(EdgepipeError, match="calibration images are 3x8x8"):
         build.build_engine(trained_onnx, precision="int8", calib=wrong)
     assert not list(trained_onnx.parent.glob("*.engine*")) and not list(trained_onnx.parent.glob("*.int8.onnx"))
@@ -403,8 +460,11 @@ def test_calibration_set_for_another_model_is_refused(trained_onnx):
 @pytest.mark.parametrize("name", models.names())
 def test_every_zoo_model_builds_at_every_precision(name, tmp_path):
     fp32 = export_untrained(name, tmp_path / f"{name}.onnx")
-    sources = {"fp32": fp32, "fp16": autocast_fp16(fp32, tmp_path / f"{name}.fp16.onnx"),
-               "int8": quantize_with_modelopt(fp32, tmp_path / f"{name}.int8.onnx")}
+    sources = {
+        "fp32": fp32,
+        "fp16": autocast_fp16(fp32, tmp_path / f"{name}.fp16.onnx"),
+        "int8": quantize_with_modelopt(fp32, tmp_path / f"{name}.int8.onnx"),
+    }
     for precision, source in sources.items():
         result = build.build_engine(source)
         assert result["precision"] == precision and Path(result["engine"]).stat().st_size > 10_000

@@ -67,7 +67,10 @@ def test_batches_are_contiguous_and_pad_the_last(calib_set):
 def test_mismatched_shape_or_preprocessing_is_refused(calib_set, trained):
     config = trained[1]
     with pytest.raises(EdgepipeError, match="the model takes 1x32x32"):
-        calibration.check_matches(calibration.CalibrationSet(calib_set.images[:, :, :16, :16].copy(), calib_set.labels, calib_set.manifest), config)
+        calibration.check_matches(
+            calibration.CalibrationSet(calib_set.images[:, :, :16, :16].copy(), calib_set.labels, calib_set.manifest),
+            config,
+        )
     other = dict(calib_set.manifest, mean=[0.5])
     with pytest.raises(EdgepipeError, match="normalized with mean"):
         calibration.check_matches(calibration.CalibrationSet(calib_set.images, calib_set.labels, other), config)

@@ -4,8 +4,8 @@ import copy
 import json
 
 import pytest
-
 from conftest import invoke
+
 from pipeline import check
 from pipeline.errors import EdgepipeError
 
@@ -17,9 +17,33 @@ def _report(ref_top1=98.9, int8_top1=98.6, latency=2.0):
         "data": "digits",
         "reference": {"top1": ref_top1, "samples": 359},
         "rows": [
-            {"artifact": "pytorch", "role": "reference", "status": "ok", "top1": ref_top1, "delta": 0.0, "agreement": 100.0, "latency_ms": latency},
-            {"artifact": "onnx-int8", "role": "artifact", "status": "ok", "top1": int8_top1, "delta": round(int8_top1 - ref_top1, 4), "agreement": 99.4, "latency_ms": 1.0},
-            {"artifact": "engine-int8", "role": "artifact", "status": "skipped: no NVIDIA GPU", "top1": None, "delta": None, "agreement": None, "latency_ms": None},
+            {
+                "artifact": "pytorch",
+                "role": "reference",
+                "status": "ok",
+                "top1": ref_top1,
+                "delta": 0.0,
+                "agreement": 100.0,
+                "latency_ms": latency,
+            },
+            {
+                "artifact": "onnx-int8",
+                "role": "artifact",
+                "status": "ok",
+                "top1": int8_top1,
+                "delta": round(int8_top1 - ref_top1, 4),
+                "agreement": 99.4,
+                "latency_ms": 1.0,
+            },
+            {
+                "artifact": "engine-int8",
+                "role": "artifact",
+                "status": "skipped: no NVIDIA GPU",
+                "top1": None,
+                "delta": None,
+                "agreement": None,
+                "latency_ms": None,
+            },
         ],
     }
 
@@ -48,7 +72,11 @@ def test_accuracy_is_judged_against_the_fresh_pytorch_run():
 
 
 def test_relative_tolerance_and_every_regression_listed():
-    result = check.check(_report(ref_top1=98.0, int8_top1=97.0, latency=2.5), _report(), {"top1": (0.3, False), "latency_ms": (10.0, True)})
+    result = check.check(
+        _report(ref_top1=98.0, int8_top1=97.0, latency=2.5),
+        _report(),
+        {"top1": (0.3, False), "latency_ms": (10.0, True)},
+    )
     metrics = {(r["artifact"], r["metric"]) for r in result["regressions"]}
     assert metrics == {("pytorch", "top1"), ("pytorch", "latency_ms"), ("onnx-int8", "top1 vs PyTorch")}
 
@@ -74,15 +102,18 @@ def test_cli_exit_codes_and_update_baseline(runner, tmp_path):
     assert invoke(runner, "check", bad, "--baseline", tmp_path / "new.json").exit_code == 0
 
 
-@pytest.mark.parametrize("case, message", [
-    ("other_model", "baseline is for model 'bot_net'"),
-    ("missing_metric", "has no agreement for onnx-int8"),
-    ("malformed_yaml", "not valid YAML or JSON (line"),
-    ("unknown_metric", "unknown metric 'accuracy'"),
-    ("not_a_number", "tolerance for top1 is 'lots'"),
-    ("old_format", "report format 0"),
-    ("not_json", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("other_model", "baseline is for model 'bot_net'"),
+        ("missing_metric", "has no agreement for onnx-int8"),
+        ("malformed_yaml", "not valid YAML or JSON (line"),
+        ("unknown_metric", "unknown metric 'accuracy'"),
+        ("not_a_number", "tolerance for top1 is 'lots'"),
+        ("old_format", "report format 0"),
+        ("not_json", "not valid JSON"),
+    ],
+)
 def test_bad_input_is_one_clear_line(runner, tmp_path, case, message):
     baseline, report, tolerances = _report(), _report(), "top1: 0.3\nagreement: 0.5\n"
     if case == "other_model":
@@ -97,8 +128,11 @@ def test_bad_input_is_one_clear_line(runner, tmp_path, case, message):
         tolerances = "top1: lots\n"
     elif case == "old_format":
         report["format"] = 0
-    paths = [_write(tmp_path, "report.json", "{not json" if case == "not_json" else report),
-             _write(tmp_path, "baseline.json", baseline), _write(tmp_path, "tol.yaml", tolerances)]
+    paths = [
+        _write(tmp_path, "report.json", "{not json" if case == "not_json" else report),
+        _write(tmp_path, "baseline.json", baseline),
+        _write(tmp_path, "tol.yaml", tolerances),
+    ]
     result = invoke(runner, "check", paths[0], "--baseline", paths[1], "--tolerances", paths[2])
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
@@ -120,8 +154,19 @@ def _sweep_report(cells):
     report["kind"] = "sweep"
     for row in report["rows"]:
         row.update(kind="run", artifact=f"se_resnet/{row['artifact']}")
-    report["rows"] += [{"kind": "cell", "artifact": f"se_resnet/engine-int8-{target}", "role": "artifact", "status": status,
-                        "top1": None, "delta": None, "agreement": None, "latency_ms": None} for target, status in cells.items()]
+    report["rows"] += [
+        {
+            "kind": "cell",
+            "artifact": f"se_resnet/engine-int8-{target}",
+            "role": "artifact",
+            "status": status,
+            "top1": None,
+            "delta": None,
+            "agreement": None,
+            "latency_ms": None,
+        }
+        for target, status in cells.items()
+    ]
     return report
 
 
@@ -130,18 +175,32 @@ def test_sweep_cells_built_or_reused_are_ok_skipped_is_listed_failed_fails(runne
     now = _sweep_report({"sm_89": "reused", "sm_87": "skipped: no worker advertises sm_87", "sm_86": "built"})
     result = check.check(now, baseline, check.load_tolerances(None))
     assert result["passed"] and result["compared"] == 6
-    assert result["skipped"] == [{"artifact": "se_resnet/engine-int8-sm_87", "status": "skipped: no worker advertises sm_87"}]
+    assert result["skipped"] == [
+        {"artifact": "se_resnet/engine-int8-sm_87", "status": "skipped: no worker advertises sm_87"}
+    ]
 
     failed = _sweep_report({"sm_89": "reused", "sm_87": "built", "sm_86": "failed: TensorRT-RTX cannot build it"})
     result = check.check(failed, baseline, check.load_tolerances(None))
     assert not result["passed"]
-    assert result["regressions"] == [{"artifact": "se_resnet/engine-int8-sm_86", "metric": "status", "baseline": "ok",
-                                      "now": "status failed: TensorRT-RTX cannot build it", "tolerance": None}]
+    assert result["regressions"] == [
+        {
+            "artifact": "se_resnet/engine-int8-sm_86",
+            "metric": "status",
+            "baseline": "ok",
+            "now": "status failed: TensorRT-RTX cannot build it",
+            "tolerance": None,
+        }
+    ]
     # A cell the baseline never built fails the gate too.
     new_failure = _sweep_report({"sm_89": "built", "sm_87": "built", "sm_86": "built", "sm_120": "failed: build error"})
-    assert [r["artifact"] for r in check.check(new_failure, baseline, check.load_tolerances(None))["regressions"]] == ["se_resnet/engine-int8-sm_120"]
+    assert [r["artifact"] for r in check.check(new_failure, baseline, check.load_tolerances(None))["regressions"]] == [
+        "se_resnet/engine-int8-sm_120"
+    ]
 
     report, base = _write(tmp_path, "sweep.json", now), _write(tmp_path, "base.json", baseline)
     result = invoke(runner, "check", report, "--baseline", base)
-    assert result.exit_code == 0 and "se_resnet/engine-int8-sm_87: not compared, skipped: no worker advertises sm_87" in result.stdout
+    assert (
+        result.exit_code == 0
+        and "se_resnet/engine-int8-sm_87: not compared, skipped: no worker advertises sm_87" in result.stdout
+    )
     assert invoke(runner, "check", _write(tmp_path, "failed.json", failed), "--baseline", base).exit_code == 1

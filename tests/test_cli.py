@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import invoke
+
 from pipeline.cli import COMMANDS, main
 from pipeline.commands.build import build_engine_main
 
@@ -80,7 +80,7 @@ def _probe(args, entry="pipeline.cli:main", runtimes=RUNTIMES, cwd=ROOT):
     done = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
     line = next((line for line in done.stderr.splitlines() if line.startswith("PROBE ")), None)
     assert line, done.stderr
-    found = json.loads(line[len("PROBE "):])
+    found = json.loads(line[len("PROBE ") :])
     return found["status"], found["loaded"]
 
 
@@ -105,42 +105,58 @@ def test_cached_build_imports_no_torch_onnxruntime_or_modelopt(exported, tmp_pat
         pytest.skip("no TensorRT or TensorRT-RTX installed")
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(exported.read_bytes())
-    args = [onnx_path, "--fp16", "--minShapes", "input:1x1x32x32", "--optShapes", "input:4x1x32x32", "--maxShapes", "input:8x1x32x32"]
+    args = [
+        onnx_path,
+        "--fp16",
+        "--minShapes",
+        "input:1x1x32x32",
+        "--optShapes",
+        "input:4x1x32x32",
+        "--maxShapes",
+        "input:8x1x32x32",
+    ]
     if backend.get_backend().name == backend.TENSORRT_RTX and cuda.current_compute_capability() is None:
         args += ["--computeCapability", "8.9"]
     first = CliRunner().invoke(build_engine_main, [str(a) for a in args], catch_exceptions=False)
     assert first.exit_code == 0, first.output
-    status, loaded = _probe(args, entry="pipeline.commands.build:build_engine_main", runtimes=("torch", "modelopt", "onnxruntime"))
+    status, loaded = _probe(
+        args, entry="pipeline.commands.build:build_engine_main", runtimes=("torch", "modelopt", "onnxruntime")
+    )
     assert status == 0 and loaded == [], f"a cached build-engine imported {loaded}"
 
 
 # --- bad flags: one line, the fix, a non-zero exit --------------------------------------------------
 
 
-@pytest.mark.parametrize("args, message, exit_code", [
-    (["trian"], "did you mean 'train'", 2),
-    (["check", "--bogus"], "No such option", 2),
-    (["check"], "Missing argument 'REPORT'", 2),
-    (["bench", "x.onnx", "--batch", "1,x"], "--batch '1,x' is not a list of batch sizes", 1),
-    (["bench", "x.onnx", "--iterations", "many"], "'many' is not a valid integer", 2),
-    (["run", "--batches", "0"], "--batches '0' is not a list of batch sizes", 1),
-    (["run", "--max-drop", "lots"], "--max-drop 'lots' is not a number of points", 1),
-    (["run", "--max-drop", "-1"], "--max-drop '-1' is not a number of points", 1),
-    (["run", "--precisions", "fp8"], "--precisions 'fp8' is not a precision", 1),
-    (["run", "--precisions", ","], "--precisions names no precision", 1),
-    (["build", "x.onnx", "--fp16", "--fp32"], "choose one precision, not --fp16 and --fp32", 1),
-    (["build"], "missing the ONNX model", 1),
-    (["build", "a.onnx", "--onnx", "b.onnx"], "given twice", 1),
-    (["quantize", "x.onnx", "-o", "y.onnx"], "exactly one of --fp16 and --int8", 1),
-    (["quantize", "x.onnx", "--fp16", "--max-drop", "0.5", "-o", "y.onnx"], "--max-drop only applies to --int8", 1),
-])
+@pytest.mark.parametrize(
+    "args, message, exit_code",
+    [
+        (["trian"], "did you mean 'train'", 2),
+        (["check", "--bogus"], "No such option", 2),
+        (["check"], "Missing argument 'REPORT'", 2),
+        (["bench", "x.onnx", "--batch", "1,x"], "--batch '1,x' is not a list of batch sizes", 1),
+        (["bench", "x.onnx", "--iterations", "many"], "'many' is not a valid integer", 2),
+        (["run", "--batches", "0"], "--batches '0' is not a list of batch sizes", 1),
+        (["run", "--max-drop", "lots"], "--max-drop 'lots' is not a number of points", 1),
+        (["run", "--max-drop", "-1"], "--max-drop '-1' is not a number of points", 1),
+        (["run", "--precisions", "fp8"], "--precisions 'fp8' is not a precision", 1),
+        (["run", "--precisions", ","], "--precisions names no precision", 1),
+        (["build", "x.onnx", "--fp16", "--fp32"], "choose one precision, not --fp16 and --fp32", 1),
+        (["build"], "missing the ONNX model", 1),
+        (["build", "a.onnx", "--onnx", "b.onnx"], "given twice", 1),
+        (["quantize", "x.onnx", "-o", "y.onnx"], "exactly one of --fp16 and --int8", 1),
+        (["quantize", "x.onnx", "--fp16", "--max-drop", "0.5", "-o", "y.onnx"], "--max-drop only applies to --int8", 1),
+    ],
+)
 def test_bad_flags_are_one_line(runner, args, message, exit_code):
     line = _one_error_line(invoke(runner, *args), exit_code)
     assert message in line
 
 
 def test_build_engine_with_two_precisions_is_one_line(tmp_path):
-    result = CliRunner().invoke(build_engine_main, [str(tmp_path / "model.onnx"), "--fp16", "--int8"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        build_engine_main, [str(tmp_path / "model.onnx"), "--fp16", "--int8"], catch_exceptions=False
+    )
     line = _one_error_line(result)
     assert "choose one precision, not --fp16 and --int8" in line and "exactly one of --fp16, --int8 and --fp32" in line
 
@@ -168,12 +184,15 @@ def test_train_then_export_json(runner, tmp_path):
     assert exported["max_abs_diff"] <= 1e-4 and exported["top1_agreement"] == 100.0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--model", "cbam_resnt", "-o", "{tmp}"], "did you mean 'cbam_resnet'"),
-    (["train", "--data", "{tmp}/nowhere", "-o", "{tmp}"], "does not exist"),
-    (["export", "{tmp}/missing.pt", "-o", "{tmp}/m.onnx"], "does not exist"),
-    (["export", "{ckpt}", "-o", "{tmp}/m.onnx", "--model", "bot_net"], "not bot_net"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--model", "cbam_resnt", "-o", "{tmp}"], "did you mean 'cbam_resnet'"),
+        (["train", "--data", "{tmp}/nowhere", "-o", "{tmp}"], "does not exist"),
+        (["export", "{tmp}/missing.pt", "-o", "{tmp}/m.onnx"], "does not exist"),
+        (["export", "{ckpt}", "-o", "{tmp}/m.onnx", "--model", "bot_net"], "not bot_net"),
+    ],
+)
 def test_bad_input_is_one_line_and_nonzero(runner, tmp_path, trained, args, message):
     args = [a.format(tmp=tmp_path, ckpt=trained[0]) for a in args]
     line = _one_error_line(invoke(runner, *args))

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import invoke
+
 from pipeline.errors import EdgepipeError
 from pipeline.sweep import cluster
 
@@ -55,7 +55,9 @@ def _stop(process):
 
 
 def _wait_for_nodes(address, count, timeout=120):
-    code = f"import ray; ray.init(address={address!r}, log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))"
+    code = (
+        f"import ray; ray.init(address={address!r}, log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))"
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         probe = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
@@ -73,7 +75,20 @@ def _short_temp_dir(base):
 
 
 def _worker(address, target, temp_dir, log, pythonpath=REPO):
-    command = [sys.executable, "-m", "pipeline.cli", "worker", "--address", address, "--targets", target, "--num-cpus", "1", "--temp-dir", str(temp_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "worker",
+        "--address",
+        address,
+        "--targets",
+        target,
+        "--num-cpus",
+        "1",
+        "--temp-dir",
+        str(temp_dir),
+    ]
     return _start(command, log, _env(pythonpath))
 
 
@@ -83,8 +98,19 @@ def two_nodes(tmp_path_factory):
     address = f"127.0.0.1:{_free_port()}"
     logs = open(folder / "nodes.log", "wb")
     temp_dirs = [_short_temp_dir("head"), _short_temp_dir("worker")]
-    head_command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={address.split(':')[1]}",
-                    "--num-cpus=1", '--resources={"sm_89": 1}', "--include-dashboard=false", f"--temp-dir={temp_dirs[0]}"]
+    head_command = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        "--block",
+        f"--port={address.split(':')[1]}",
+        "--num-cpus=1",
+        '--resources={"sm_89": 1}',
+        "--include-dashboard=false",
+        f"--temp-dir={temp_dirs[0]}",
+    ]
     processes = [_start(head_command, logs, _env())]
     try:
         _wait_for_nodes(address, 1)
@@ -100,16 +126,37 @@ def two_nodes(tmp_path_factory):
 
 
 def _sweep(args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", "sweep", *map(str, args)], cwd=cwd, env=env or _env(),
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "sweep", *map(str, args)],
+        cwd=cwd,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.mark.slow  # a real two-node cluster and a sweep in its own process: about 90 s
 def test_each_cell_runs_on_the_node_with_its_resource(two_nodes, tmp_path):
     address, _ = two_nodes
     out = tmp_path / "sweep"
-    result = _sweep(["--models", "se_resnet", "--precisions", "fp32", "--targets", "sm_89,sm_86,sm_87", "-o", out,
-                     "--address", address, *CLI_FAST, "--json"], cwd=tmp_path)
+    result = _sweep(
+        [
+            "--models",
+            "se_resnet",
+            "--precisions",
+            "fp32",
+            "--targets",
+            "sm_89,sm_86,sm_87",
+            "-o",
+            out,
+            "--address",
+            address,
+            *CLI_FAST,
+            "--json",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     nodes = {node["node_id"]: node for node in report["cluster"]["nodes"]}
@@ -138,19 +185,32 @@ def test_node_with_another_edgepipe_is_refused(two_nodes, tmp_path):
         try:
             _wait_for_nodes(address, 3)
             out = tmp_path / "sweep"
-            result = _sweep(["--models", "se_resnet", "--targets", "sm_89", "-o", out, "--address", address, *CLI_FAST], cwd=tmp_path)
+            result = _sweep(
+                ["--models", "se_resnet", "--targets", "sm_89", "-o", out, "--address", address, *CLI_FAST],
+                cwd=tmp_path,
+            )
         finally:
             _stop(node)
             shutil.rmtree(temp_dir, ignore_errors=True)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("Error: node ") and "runs edgepipe 0.0.9-" in lines[-1] and "pip install 'edgepipe[ray]==" in lines[-1]
+    assert (
+        lines[-1].startswith("Error: node ")
+        and "runs edgepipe 0.0.9-" in lines[-1]
+        and "pip install 'edgepipe[ray]==" in lines[-1]
+    )
     assert not out.exists()  # refused before anything was prepared or submitted
 
 
 def test_ray_version_differences_are_refused_by_name():
-    nodes = [cluster.Node("a" * 56, "10.0.0.2", {"CPU": 4.0, "sm_87": 1.0}, {"host": "orin", "edgepipe": "0.1.0", "ray": "2.59.0"})]
-    with pytest.raises(EdgepipeError, match=r"node orin \(aaaaaaaa\) runs ray 2.59.0, this driver 2.60.0.*pip install 'ray==2.60.0'"):
+    nodes = [
+        cluster.Node(
+            "a" * 56, "10.0.0.2", {"CPU": 4.0, "sm_87": 1.0}, {"host": "orin", "edgepipe": "0.1.0", "ray": "2.59.0"}
+        )
+    ]
+    with pytest.raises(
+        EdgepipeError, match=r"node orin \(aaaaaaaa\) runs ray 2.59.0, this driver 2.60.0.*pip install 'ray==2.60.0'"
+    ):
         cluster.check_versions(nodes, {"edgepipe": "0.1.0", "ray": "2.60.0"})
 
 
@@ -161,29 +221,39 @@ def test_worker_advertises_what_this_machine_builds(runner):
     # No GPU here: every TensorRT-RTX target from Ampere on, built ahead of time, one per CPU.
     assert plan["resources"] == {"sm_80": 2.0, "sm_86": 2.0, "sm_89": 2.0, "sm_120": 2.0, "sm_121": 2.0}
     assert plan["command"][:4] == ["ray", "start", "--address", "10.0.0.1:6379"] and "--block" in plan["command"]
-    jetson = json.loads(invoke(runner, "worker", "--address", "10.0.0.1:6379", "--targets", "sm_87", "--dry-run", "--json").stdout)
+    jetson = json.loads(
+        invoke(runner, "worker", "--address", "10.0.0.1:6379", "--targets", "sm_87", "--dry-run", "--json").stdout
+    )
     assert jetson["resources"] == {"sm_87": 1.0}
 
 
 def _one_line_error(result):
     lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: ") and ". Fix: " in lines[0], result.output
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: ") and ". Fix: " in lines[0], (
+        result.output
+    )
     return lines[0]
 
 
 def test_unreachable_address(runner, tmp_path):
     port = _free_port()  # nothing listens there
-    line = _one_line_error(invoke(runner, "sweep", "--models", "se_resnet", "--address", f"127.0.0.1:{port}", "-o", tmp_path / "out"))
+    line = _one_line_error(
+        invoke(runner, "sweep", "--models", "se_resnet", "--address", f"127.0.0.1:{port}", "-o", tmp_path / "out")
+    )
     assert f"cannot reach a Ray head at 127.0.0.1:{port}" in line
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_address_and_target_names(runner, tmp_path):
     assert "--address 'headnode' is not local, auto or HOST:PORT" in _one_line_error(
-        invoke(runner, "sweep", "--models", "se_resnet", "--address", "headnode", "-o", tmp_path / "out"))
+        invoke(runner, "sweep", "--models", "se_resnet", "--address", "headnode", "-o", tmp_path / "out")
+    )
     assert "target '8.9' is not sm_XY" in _one_line_error(
-        invoke(runner, "sweep", "--models", "se_resnet", "--targets", "sm_89,8.9", "-o", tmp_path / "out"))
-    assert "target 'sm89' is not sm_XY" in _one_line_error(invoke(runner, "worker", "--address", "10.0.0.1:6379", "--targets", "sm89", "--dry-run"))
+        invoke(runner, "sweep", "--models", "se_resnet", "--targets", "sm_89,8.9", "-o", tmp_path / "out")
+    )
+    assert "target 'sm89' is not sm_XY" in _one_line_error(
+        invoke(runner, "worker", "--address", "10.0.0.1:6379", "--targets", "sm89", "--dry-run")
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -197,7 +267,9 @@ def test_models_file_with_an_unknown_model_suggests_close_names(runner, tmp_path
 
 def test_ray_missing_names_the_install(runner, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # what Python does when the package is absent
-    line = _one_line_error(invoke(runner, "sweep", "--models", "se_resnet", "--targets", "sm_89", "-o", tmp_path / "out"))
+    line = _one_line_error(
+        invoke(runner, "sweep", "--models", "se_resnet", "--targets", "sm_89", "-o", tmp_path / "out")
+    )
     assert "Ray is not installed" in line and "pip install 'edgepipe[ray]'" in line
     assert "pip install 'edgepipe[ray]'" in _one_line_error(invoke(runner, "worker", "--address", "10.0.0.1:6379"))
     assert not (tmp_path / "out").exists()

@@ -47,24 +47,29 @@ def test_image_folder(tmp_path):
 def test_npz_layouts(tmp_path):
     rng = np.random.default_rng(0)
     y = np.array([0, 1, 2] * 4)
-    for name, x in {"nhw": rng.integers(0, 255, (12, 8, 8), dtype=np.uint8),
-                    "nhwc": rng.random((12, 8, 8, 3), dtype=np.float32),
-                    "nchw": rng.random((12, 3, 8, 8), dtype=np.float32)}.items():
+    for name, x in {
+        "nhw": rng.integers(0, 255, (12, 8, 8), dtype=np.uint8),
+        "nhwc": rng.random((12, 8, 8, 3), dtype=np.float32),
+        "nchw": rng.random((12, 3, 8, 8), dtype=np.float32),
+    }.items():
         np.savez(tmp_path / f"{name}.npz", x=x, y=y)
         ds = data.load_dataset(str(tmp_path / f"{name}.npz"), image_size=16)
         assert ds.images.shape[0] == 12 and ds.images.shape[2:] == (16, 16)
         assert ds.images.max() <= 1.0
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "does not exist"),
-    ("empty_dir", "no class sub-folders"),
-    ("no_images", "has no images"),
-    ("not_image", "is not a readable image"),
-    ("npz_no_y", "has no array y"),
-    ("npz_corrupt", "cannot read"),
-    ("npz_nan", "NaN or Inf"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist"),
+        ("empty_dir", "no class sub-folders"),
+        ("no_images", "has no images"),
+        ("not_image", "is not a readable image"),
+        ("npz_no_y", "has no array y"),
+        ("npz_corrupt", "cannot read"),
+        ("npz_nan", "NaN or Inf"),
+    ],
+)
 def test_bad_datasets_give_one_clear_error(tmp_path, case, message):
     path = tmp_path / "data"
     if case == "empty_dir":
@@ -94,14 +99,22 @@ def test_normalize_uses_recorded_stats():
     assert np.allclose(data.normalize(images, [0.5], [0.25]), 2.0)
 
 
-@pytest.mark.parametrize("labels, class_names, message, fix", [
-    (np.array([0, 1, -1, 2] * 3), None, "label -1 is negative", "renumber them 0..N-1"),
-    (np.array([0.0, 1.0, 2.0] * 4), None, "labels y are float64, not integer", "y.astype('int64')"),
-    (np.array([0.5, 1.0, 2.0] * 4), None, "labels y are float64, not integer", "renumber them 0..N-1"),
-    (np.array(["cat", "dog", "cat"] * 4), None, "not integer class indices", "numpy.unique"),
-    (np.array([0, 1, 2] * 4), np.array(["cat", "dog"]), "label 2 is out of range: class_names names 2 classes", "one class name per class"),
-    (np.array([0, 1_000_000, 2_000_000] * 4), None, "label 2000000 is out of range", "class_names"),
-])
+@pytest.mark.parametrize(
+    "labels, class_names, message, fix",
+    [
+        (np.array([0, 1, -1, 2] * 3), None, "label -1 is negative", "renumber them 0..N-1"),
+        (np.array([0.0, 1.0, 2.0] * 4), None, "labels y are float64, not integer", "y.astype('int64')"),
+        (np.array([0.5, 1.0, 2.0] * 4), None, "labels y are float64, not integer", "renumber them 0..N-1"),
+        (np.array(["cat", "dog", "cat"] * 4), None, "not integer class indices", "numpy.unique"),
+        (
+            np.array([0, 1, 2] * 4),
+            np.array(["cat", "dog"]),
+            "label 2 is out of range: class_names names 2 classes",
+            "one class name per class",
+        ),
+        (np.array([0, 1_000_000, 2_000_000] * 4), None, "label 2000000 is out of range", "class_names"),
+    ],
+)
 def test_npz_with_bad_labels_gives_one_clear_error(tmp_path, labels, class_names, message, fix):
     path = tmp_path / "data.npz"
     extra = {} if class_names is None else {"class_names": class_names}
@@ -119,4 +132,7 @@ def test_npz_bad_labels_on_the_command_line_are_one_line(tmp_path, runner):
     np.savez(path, x=np.zeros((12, 8, 8), dtype=np.float32), y=np.array([0, 1, -1] * 4))
     result = invoke(runner, "train", "--data", path, "--epochs", "1", "-o", tmp_path / "model.pt")
     assert result.exit_code == 1
-    assert result.stderr.strip() == f"Error: {path}: label -1 is negative; labels are class indices from 0. Fix: renumber them 0..N-1, e.g. y = numpy.unique(y, return_inverse=True)[1]."
+    assert (
+        result.stderr.strip()
+        == f"Error: {path}: label -1 is negative; labels are class indices from 0. Fix: renumber them 0..N-1, e.g. y = numpy.unique(y, return_inverse=True)[1]."
+    )

@@ -48,7 +48,9 @@ def test_existing_output_is_not_overwritten(trained, tmp_path):
     assert onnx.load(str(out)).graph.node
 
 
-@pytest.mark.parametrize("kwargs, message", [({"opset": 11}, "opset 11 is not supported"), ({"batch": 0}, "--batch must be at least 1")])
+@pytest.mark.parametrize(
+    "kwargs, message", [({"opset": 11}, "opset 11 is not supported"), ({"batch": 0}, "--batch must be at least 1")]
+)
 def test_bad_export_options(trained, tmp_path, kwargs, message):
     with pytest.raises(EdgepipeError, match=message):
         export.export(trained[0], tmp_path / "m.onnx", **kwargs)

@@ -29,7 +29,10 @@ def _whole_array(reference, candidate):
     flat_ref, flat_out = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
     cosine = (flat_ref * flat_out).sum(1) / (np.linalg.norm(flat_ref, axis=1) * np.linalg.norm(flat_out, axis=1))
     return {
-        "max_abs_diff": diff.max(), "mean_abs_diff": diff.mean(), "cosine": cosine.mean(), "cosine_min": cosine.min(),
+        "max_abs_diff": diff.max(),
+        "mean_abs_diff": diff.mean(),
+        "cosine": cosine.mean(),
+        "cosine_min": cosine.min(),
         "argmax_agreement": 100.0 * (ref.argmax(-1) == out.argmax(-1)).mean(),
     }
 
@@ -70,7 +73,7 @@ def test_pass_fail_is_polygraphys_check_for_any_tolerance_chosen_afterwards():
     reference, candidate, _ = _outputs(seed=1, n=64)
     fidelity = Fidelity(["logits", "embedding", "char_logits"])
     for start in range(0, 64, 16):
-        fidelity.update([r[start:start + 16] for r in reference], [c[start:start + 16] for c in candidate])
+        fidelity.update([r[start : start + 16] for r in reference], [c[start : start + 16] for c in candidate])
     for name, ref, out in zip(["logits", "embedding", "char_logits"], reference, candidate):
         r, d = np.abs(ref.astype(np.float64)), np.abs(out.astype(np.float64) - ref)
         for rtol in (0.0, 1e-3, 0.05, 0.5, 10.0):
@@ -126,7 +129,9 @@ def test_foreign_models_compared_on_every_output(tmp_path):
         expected = _whole_array(np.concatenate(kept[name][0]), np.concatenate(kept[name][1]))
         assert figures["max_abs_diff"] == pytest.approx(expected["max_abs_diff"]) and 0 < figures["max_abs_diff"] < 1e-2
         assert figures["cosine_min"] > 0.9999 and figures["samples"] == 24 and figures["passed"] is True
-    assert result["passed"] is True and fidelity.result()["passed"] is False  # FP16 is not within Polygraphy's default 1e-5
+    assert (
+        result["passed"] is True and fidelity.result()["passed"] is False
+    )  # FP16 is not within Polygraphy's default 1e-5
 
 
 def test_sequence_output_agreement_is_per_position(tmp_path):
@@ -136,7 +141,10 @@ def test_sequence_output_agreement_is_per_position(tmp_path):
     same = positions = 0
     for seed in range(2):
         images = random_images((1, 32, 128), 16, seed=seed)
-        reference, candidate = run_onnxruntime(source, images)["char_logits"], run_onnxruntime(fp16, images)["char_logits"]
+        reference, candidate = (
+            run_onnxruntime(source, images)["char_logits"],
+            run_onnxruntime(fp16, images)["char_logits"],
+        )
         assert reference.shape == (16, TEXT_STEPS, TEXT_CLASSES)
         fidelity.update([reference], [candidate])
         same += int((reference.argmax(-1) == candidate.argmax(-1)).sum())
@@ -167,11 +175,16 @@ def test_non_finite_outputs_fail_and_identical_zeros_agree():
 def test_mismatched_outputs_and_labels_are_clear_errors():
     fidelity = Fidelity(["logits", "embedding"])
     logits, embedding = np.zeros((4, 10), np.float32), np.zeros((4, 32), np.float32)
-    with pytest.raises(EdgepipeError, match=r"expected 2 output\(s\) \(logits, embedding\); got 2 from the reference and 1 from the candidate"):
+    with pytest.raises(
+        EdgepipeError,
+        match=r"expected 2 output\(s\) \(logits, embedding\); got 2 from the reference and 1 from the candidate",
+    ):
         fidelity.update([logits, embedding], [logits])
     with pytest.raises(EdgepipeError, match=r"output 'embedding' has shape \(4, 16\); the reference's is \(4, 32\)"):
         fidelity.update([logits, embedding], [logits, embedding[:, :16]])
-    with pytest.raises(EdgepipeError, match=r"labels of shape \(3,\) do not match output 'logits' \(argmax shape \(4,\)\)"):
+    with pytest.raises(
+        EdgepipeError, match=r"labels of shape \(3,\) do not match output 'logits' \(argmax shape \(4,\)\)"
+    ):
         Fidelity(["logits"]).update([logits], [logits], labels=np.zeros(3, int))
     with pytest.raises(EdgepipeError, match="no outputs were compared"):
         Fidelity(["logits"]).result()

@@ -13,10 +13,10 @@ from pipeline.errors import EdgepipeError
 from pipeline.fidelity import Fidelity
 from pipeline.onnxinfo import check_input_shape, describe, run_onnxruntime
 from pipeline.opset import prove_same, upgrade_opset
+from pipeline.quantize import INT8_DEFAULT_EXCLUDED_OPS, check_tensorrt_qdq_rules
 
 # --- edgepipe internals used here (re-point this section if they move) -----------------------------
 from pipeline.tensorrt import backend as backendmod
-from pipeline.quantize import INT8_DEFAULT_EXCLUDED_OPS, check_tensorrt_qdq_rules
 
 # ----------------------------------------------------------------------------------------------------
 
@@ -47,9 +47,17 @@ def test_modelopt_int8_accepts_the_upgraded_opset_11_model(tmp_path):
     onnx.save(upgraded, str(fp32))
     int8 = tmp_path / "upgraded.int8.onnx"
     # As edgepipe's --int8 calls it (calibration images stand in for a user's set here).
-    quantize(str(fp32), quantize_mode="int8", calibration_data=random_images((3, 224, 224), 32, seed=1), calibration_method="entropy",
-             calibration_eps=["cpu"], op_types_to_exclude=list(INT8_DEFAULT_EXCLUDED_OPS), output_path=str(int8), log_level="WARNING",
-             high_precision_dtype="fp16")
+    quantize(
+        str(fp32),
+        quantize_mode="int8",
+        calibration_data=random_images((3, 224, 224), 32, seed=1),
+        calibration_method="entropy",
+        calibration_eps=["cpu"],
+        op_types_to_exclude=list(INT8_DEFAULT_EXCLUDED_OPS),
+        output_path=str(int8),
+        log_level="WARNING",
+        high_precision_dtype="fp16",
+    )
     model = onnx.load(str(int8))
     assert sum(node.op_type == "QuantizeLinear" for node in model.graph.node) > 10
     check_tensorrt_qdq_rules(model)
@@ -61,13 +69,16 @@ def test_modelopt_int8_accepts_the_upgraded_opset_11_model(tmp_path):
     assert len(_build(int8, _profile(describe(model), sizes=((224, 224),) * 3))) > 0
 
 
-@pytest.mark.parametrize("kind, options", [
-    ("se_classifier", {"opset": 11}),
-    ("se_classifier", {"dynamic_hw": True}),
-    ("se_classifier", {"nhwc": True}),
-    ("two_output", {}),
-    ("text_recognizer", {}),
-])
+@pytest.mark.parametrize(
+    "kind, options",
+    [
+        ("se_classifier", {"opset": 11}),
+        ("se_classifier", {"dynamic_hw": True}),
+        ("se_classifier", {"nhwc": True}),
+        ("two_output", {}),
+        ("text_recognizer", {}),
+    ],
+)
 def test_tensorrt_rtx_builds_foreign_models_in_fp16(tmp_path, kind, options):
     source = foreign_model(kind, **options)
     info = describe(source)

@@ -11,13 +11,14 @@ import importlib.util
 import numpy as np
 import pytest
 
-from pipeline.tensorrt import backend as backendmod
+from pipeline import cuda
 from pipeline import data as datamod
 from pipeline.errors import EdgepipeError
 from pipeline.metrics import compare_logits
-from pipeline.runtime import open_runner as load_runner, predict
+from pipeline.runtime import open_runner as load_runner
+from pipeline.runtime import predict
 from pipeline.runtime.pytorch import TorchRunner
-from pipeline import cuda
+from pipeline.tensorrt import backend as backendmod
 
 pytestmark = pytest.mark.gpu
 SHAPES = {"min": "input:1x1x32x32", "opt": "input:8x1x32x32", "max": "input:32x1x32x32"}
@@ -46,7 +47,9 @@ def _build(onnx_path, folder, precision="fp32"):
     be = backendmod.get_backend()
     targets = ["current"] if be.name == backendmod.TENSORRT_RTX else None
     path = folder / f"model_{precision}.engine"
-    build.build_engine(onnx_path, precision=precision, save_engine=path, shapes=SHAPES, compute_capability=targets, force=True)
+    build.build_engine(
+        onnx_path, precision=precision, save_engine=path, shapes=SHAPES, compute_capability=targets, force=True
+    )
     return path
 
 
@@ -137,7 +140,16 @@ def test_bench_times_the_engine_with_the_trtexec_split(trained, engine_fp32, cud
 def bench_engine(trained, engine, device, cuda_graph):
     from pipeline import bench
 
-    return bench.bench([str(engine)], checkpoint=trained[0], batches=(1, 8), warmup_ms=100, iterations=50, cuda_graph=cuda_graph, device=device, progress=False)
+    return bench.bench(
+        [str(engine)],
+        checkpoint=trained[0],
+        batches=(1, 8),
+        warmup_ms=100,
+        iterations=50,
+        cuda_graph=cuda_graph,
+        device=device,
+        progress=False,
+    )
 
 
 def test_engine_is_faster_than_pytorch_eager_on_the_same_gpu(trained, engine_fp32):

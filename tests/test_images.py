@@ -76,7 +76,9 @@ def test_batches_through_a_pipe_when_shared_memory_is_small_and_collect(rotation
 
     source = images.open_source(str(rotations[0]))
     shared, _ = _all(source.batches(PRE, batch_size=8, workers=2))
-    monkeypatch.setattr(image_stream, "_shared_memory_fits", lambda in_flight_bytes: False)  # e.g. Docker's 64 MB /dev/shm
+    monkeypatch.setattr(
+        image_stream, "_shared_memory_fits", lambda in_flight_bytes: False
+    )  # e.g. Docker's 64 MB /dev/shm
     piped, _ = _all(source.batches(PRE, batch_size=8, workers=2))
     np.testing.assert_array_equal(piped, shared)
     x, y = source.batches(PRE, [2, 5, 17], batch_size=2, workers=0).collect()
@@ -209,20 +211,30 @@ def _folder(tmp_path, names, loose=False):
     return tmp_path
 
 
-@pytest.mark.parametrize("case, message", [
-    ("fewer", "has 3 names, fewer than the model's 4 classes"),
-    ("missing", "class folders bird, dgo are not in labels file .* \\(did you mean dgo -> dog\\?\\)"),
-    ("repeated", "names cat more than once"),
-    ("empty", "labels file .* is empty"),
-    ("no labels file", "has 3 class folders but the model has 4 classes, so sorted folder names cannot be its output order"),
-    ("loose", "holds both class sub-folders and 1 image\\(s\\) outside them \\(stray.png\\)"),
-    ("no images", "holds no images"),
-    ("not data", "not a folder or an .npz"),
-    ("absent", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("fewer", "has 3 names, fewer than the model's 4 classes"),
+        ("missing", "class folders bird, dgo are not in labels file .* \\(did you mean dgo -> dog\\?\\)"),
+        ("repeated", "names cat more than once"),
+        ("empty", "labels file .* is empty"),
+        (
+            "no labels file",
+            "has 3 class folders but the model has 4 classes, so sorted folder names cannot be its output order",
+        ),
+        ("loose", "holds both class sub-folders and 1 image\\(s\\) outside them \\(stray.png\\)"),
+        ("no images", "holds no images"),
+        ("not data", "not a folder or an .npz"),
+        ("absent", "does not exist"),
+    ],
+)
 def test_bad_folders_and_labels_files(tmp_path, case, message):
     labels = tmp_path / "labels.txt"
-    labels.write_text({"fewer": "cat\ndog\nfox\n", "repeated": "cat\ndog\ncat\nfox\n", "empty": "\n\n"}.get(case, "cat\ndog\nfox\nowl\n"))
+    labels.write_text(
+        {"fewer": "cat\ndog\nfox\n", "repeated": "cat\ndog\ncat\nfox\n", "empty": "\n\n"}.get(
+            case, "cat\ndog\nfox\nowl\n"
+        )
+    )
     root = tmp_path / "data"
     root.mkdir()
     spec, labels_arg = str(root), labels
@@ -244,13 +256,16 @@ def test_bad_folders_and_labels_files(tmp_path, case, message):
     assert "\n" not in str(caught.value) and caught.value.fix
 
 
-@pytest.mark.parametrize("y, message", [
-    (np.array([0, 1, -1, 2]), "y\\[2\\] is -1, a negative class index"),
-    (np.array([0.0, 1.5, 2.0, 1.0]), "y\\[1\\] is 1.5, not an integer class index"),
-    (np.array([0, 1, 7, 2]), "has label 7, out of range for the model's 3 classes"),
-    (np.array(["a", "b", "c", "d"]), "y has dtype <U1, not class indices"),
-    (np.array([0, 1, 2]), "y has shape \\(3,\\) but x holds 4 images"),
-])
+@pytest.mark.parametrize(
+    "y, message",
+    [
+        (np.array([0, 1, -1, 2]), "y\\[2\\] is -1, a negative class index"),
+        (np.array([0.0, 1.5, 2.0, 1.0]), "y\\[1\\] is 1.5, not an integer class index"),
+        (np.array([0, 1, 7, 2]), "has label 7, out of range for the model's 3 classes"),
+        (np.array(["a", "b", "c", "d"]), "y has dtype <U1, not class indices"),
+        (np.array([0, 1, 2]), "y has shape \\(3,\\) but x holds 4 images"),
+    ],
+)
 def test_bad_npz_labels(tmp_path, y, message):
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 8, 8), np.uint8), y=y)
     with pytest.raises(EdgepipeError, match=message):

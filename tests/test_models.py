@@ -87,8 +87,12 @@ def test_register_model_decorator():
         net = models.create("edgepipe-test-named", num_classes=4, in_chans=3, img_size=8)
         assert net(torch.zeros(2, 3, 8, 8)).shape == (2, 4)
         info = models.model_info("_edgepipe_test_net")
-        assert info == {"name": "_edgepipe_test_net", "attention": "none", "description": "test model",
-                        "default_epochs": 3}
+        assert info == {
+            "name": "_edgepipe_test_net",
+            "attention": "none",
+            "description": "test model",
+            "default_epochs": 3,
+        }
         with pytest.raises(ValueError, match="already registered"):
             models.register_model("se_resnet", attention="x", description="clash")(_factory)
     finally:
@@ -208,8 +212,13 @@ def exported(tmp_path_factory):
             net = _randomize_init(models.create(name, num_classes=10, in_chans=1, img_size=32)).eval()
             path = out_dir / f"{name}.onnx"
             torch.onnx.export(
-                net, torch.randn(1, 1, 32, 32), str(path), opset_version=17, dynamo=False,
-                input_names=["input"], output_names=["logits"],
+                net,
+                torch.randn(1, 1, 32, 32),
+                str(path),
+                opset_version=17,
+                dynamo=False,
+                input_names=["input"],
+                output_names=["logits"],
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             )
             cache[name] = (net, path)

@@ -25,7 +25,7 @@ from pipeline.modelspec import (
 
 # A small attention CNN as a user would keep it: its SE block in a sibling module, and a marker
 # file written on import so a test can prove whether edgepipe imported (ran) it.
-BLOCKS_PY = '''
+BLOCKS_PY = """
 from torch import nn
 
 
@@ -37,9 +37,9 @@ class SqueezeExcite(nn.Module):
 
     def forward(self, x):
         return x * self.fc2(self.fc1(x.mean((2, 3), keepdim=True)).relu()).sigmoid()
-'''
+"""
 
-NET_PY = '''
+NET_PY = """
 from pathlib import Path
 
 from torch import nn
@@ -86,7 +86,7 @@ def not_a_model(**kw):
 
 
 LAYERS = 3
-'''
+"""
 
 
 def write_model(folder):
@@ -112,6 +112,7 @@ def error_of(fn, *args, **kwargs) -> str:
 
 # --- parsing -------------------------------------------------------------------------------------
 
+
 def test_parse_names_each_kind(net_file, monkeypatch):
     zoo, timm = ModelSpec.parse("se_resnet"), ModelSpec.parse("timm:seresnet18")
     module = ModelSpec.parse("mypkg.nets:make_net", ["width=8"])
@@ -119,36 +120,59 @@ def test_parse_names_each_kind(net_file, monkeypatch):
     file = ModelSpec.parse("usermodel/net.py:make_net")
     assert [s.kind for s in (zoo, timm, module, file)] == ["zoo", "timm", "module", "file"]
     assert [s.is_user_code for s in (zoo, timm, module, file)] == [False, False, True, True]
-    assert (timm.target, module.target, module.attr, module.args) == ("seresnet18", "mypkg.nets", "make_net", {"width": 8})
+    assert (timm.target, module.target, module.attr, module.args) == (
+        "seresnet18",
+        "mypkg.nets",
+        "make_net",
+        {"width": 8},
+    )
     assert file.target == str(net_file.resolve()) and file.attr == "make_net"
     assert file.sha256 == hashlib.sha256(net_file.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("", "--model is empty"),
-    ("timm:", "names no timm model"),
-    ("net.py", "names no callable"),
-    ("mypkg.nets", "names no callable"),
-    ("mypkg.nets:1net", "is not a Python name"),
-    ("my-pkg:make", "is not a module name"),
-    ("missing/net.py:make", "model file missing/net.py does not exist"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", "--model is empty"),
+        ("timm:", "names no timm model"),
+        ("net.py", "names no callable"),
+        ("mypkg.nets", "names no callable"),
+        ("mypkg.nets:1net", "is not a Python name"),
+        ("my-pkg:make", "is not a module name"),
+        ("missing/net.py:make", "model file missing/net.py does not exist"),
+    ],
+)
 def test_parse_refuses_bad_specs(text, expected):
     assert expected in error_of(ModelSpec.parse, text)
 
 
 def test_model_args_are_yaml_scalars():
-    args = parse_model_args(["width=32", "drop=0.1", "lr=1e-3", "se=true", "act=relu", "name='64'", "scale=-2", "tag=", "none=null"])
-    assert args == {"width": 32, "drop": 0.1, "lr": 0.001, "se": True, "act": "relu", "name": "64", "scale": -2, "tag": "", "none": None}
+    args = parse_model_args(
+        ["width=32", "drop=0.1", "lr=1e-3", "se=true", "act=relu", "name='64'", "scale=-2", "tag=", "none=null"]
+    )
+    assert args == {
+        "width": 32,
+        "drop": 0.1,
+        "lr": 0.001,
+        "se": True,
+        "act": "relu",
+        "name": "64",
+        "scale": -2,
+        "tag": "",
+        "none": None,
+    }
     assert type(args["width"]) is int and type(args["lr"]) is float
 
 
-@pytest.mark.parametrize("pairs, expected", [
-    (["width"], "is not key=value"),
-    (["2x=3"], "is not key=value"),
-    (["width=1", "width=2"], "is given twice"),
-    (["widths=[1, 2]"], "is a list, not a number, bool or string"),
-])
+@pytest.mark.parametrize(
+    "pairs, expected",
+    [
+        (["width"], "is not key=value"),
+        (["2x=3"], "is not key=value"),
+        (["width=1", "width=2"], "is given twice"),
+        (["widths=[1, 2]"], "is a list, not a number, bool or string"),
+    ],
+)
 def test_model_args_refuse_bad_pairs(pairs, expected):
     assert expected in error_of(parse_model_args, pairs)
 
@@ -156,8 +180,13 @@ def test_model_args_refuse_bad_pairs(pairs, expected):
 def test_json_round_trip_records_file_path_and_sha(net_file):
     spec = ModelSpec.parse(f"{net_file}:make_net", ["width=8"])
     blob = spec.to_json()
-    assert blob == {"spec": f"{net_file}:make_net", "kind": "file", "args": {"width": 8},
-                    "file": str(net_file.resolve()), "sha256": hashlib.sha256(net_file.read_bytes()).hexdigest()}
+    assert blob == {
+        "spec": f"{net_file}:make_net",
+        "kind": "file",
+        "args": {"width": 8},
+        "file": str(net_file.resolve()),
+        "sha256": hashlib.sha256(net_file.read_bytes()).hexdigest(),
+    }
     assert ModelSpec.from_json(blob) == spec
     for text in ("se_resnet", "timm:seresnet18", "mypkg.nets:make_net"):
         assert ModelSpec.from_json(ModelSpec.parse(text).to_json()) == ModelSpec.parse(text)
@@ -165,6 +194,7 @@ def test_json_round_trip_records_file_path_and_sha(net_file):
 
 
 # --- building ------------------------------------------------------------------------------------
+
 
 def test_build_from_file_with_sibling_import_and_data_defaults(net_file):
     spec = ModelSpec.parse(f"{net_file}:make_net", ["width=8"])
@@ -197,12 +227,16 @@ def test_module_that_does_not_import_shows_the_error_line(tmp_path):
     bad = tmp_path / "broken.py"
     bad.write_text("import torch\nimport no_such_package_xyz\n")
     assert "broken.py does not import: ModuleNotFoundError: No module named 'no_such_package_xyz'" in error_of(
-        build, ModelSpec.parse(f"{bad}:make"))
+        build, ModelSpec.parse(f"{bad}:make")
+    )
     (tmp_path / "syntax.py").write_text("def make(:\n")
     assert "SyntaxError" in error_of(build, ModelSpec.parse(f"{tmp_path / 'syntax.py'}:make"))
     assert "module no_such_package_xyz.nets does not import: ModuleNotFoundError" in error_of(
-        build, ModelSpec.parse("no_such_package_xyz.nets:make"))
-    assert not [name for name in sys.modules if name.startswith("edgepipe_user_broken")]  # nothing half-imported is kept
+        build, ModelSpec.parse("no_such_package_xyz.nets:make")
+    )
+    assert not [
+        name for name in sys.modules if name.startswith("edgepipe_user_broken")
+    ]  # nothing half-imported is kept
 
 
 def test_missing_callable_suggests_close_names(net_file):
@@ -219,14 +253,23 @@ def test_callable_must_return_a_module(net_file):
 
 # --- the trust rule ------------------------------------------------------------------------------
 
+
 def test_recorded_user_code_is_not_imported_without_consent(net_file):
     recorded = ModelSpec.parse(f"{net_file}:make_net", ["width=8"]).to_json()
     marker = net_file.with_name("imported.marker")
     message = error_of(load_recorded, recorded, None, False)
-    assert "names user code" in message and "--trust-model-code" in message and f"--model {net_file.resolve()}:make_net" in message
+    assert (
+        "names user code" in message
+        and "--trust-model-code" in message
+        and f"--model {net_file.resolve()}:make_net" in message
+    )
     assert not marker.exists()  # refused before anything was imported
-    assert not [name for name in sys.modules if name.startswith("edgepipe_user_net_")
-                and getattr(sys.modules[name], "__file__", "") == str(net_file.resolve())]
+    assert not [
+        name
+        for name in sys.modules
+        if name.startswith("edgepipe_user_net_")
+        and getattr(sys.modules[name], "__file__", "") == str(net_file.resolve())
+    ]
 
     trusted = load_recorded(recorded, None, trust_model_code=True)
     assert trusted.args == {"width": 8} and not marker.exists()  # consent given, still nothing imported
@@ -241,7 +284,9 @@ def test_same_model_given_again_is_consent_and_its_args_win(net_file, tmp_path):
     moved = write_model(tmp_path / "moved")  # the same file at another path is the same model
     assert load_recorded(recorded, ModelSpec.parse(f"{moved}:make_net"), False).target == str(moved.resolve())
     assert "checkpoint is for model" in error_of(load_recorded, recorded, ModelSpec.parse("se_resnet"), False)
-    assert "checkpoint is for model" in error_of(load_recorded, recorded, ModelSpec.parse(f"{net_file}:make_fixed"), False)
+    assert "checkpoint is for model" in error_of(
+        load_recorded, recorded, ModelSpec.parse(f"{net_file}:make_fixed"), False
+    )
 
 
 def test_recorded_relative_file_is_named_by_its_absolute_path(net_file, monkeypatch):
@@ -252,7 +297,9 @@ def test_recorded_relative_file_is_named_by_its_absolute_path(net_file, monkeypa
     assert load_recorded(recorded, ModelSpec.parse("usermodel/net.py:make_net"), False).kind == "file"
 
 
-@pytest.mark.parametrize("blob", [{"kind": "file"}, {"spec": "x.py:f", "kind": "file"}, {"spec": "a", "kind": "plugin"}, ["se_resnet"]])
+@pytest.mark.parametrize(
+    "blob", [{"kind": "file"}, {"spec": "x.py:f", "kind": "file"}, {"spec": "a", "kind": "plugin"}, ["se_resnet"]]
+)
 def test_recorded_spec_edgepipe_did_not_write_is_refused(blob):
     assert "is not one edgepipe wrote" in error_of(load_recorded, blob, None, True)
 
@@ -269,11 +316,15 @@ def test_recorded_zoo_and_timm_specs_load_as_before():
     assert load_recorded(ModelSpec.parse("se_resnet", ["img_size=48"]).to_json(), None, False).args == {"img_size": 48}
     assert load_recorded("se_resnet", None, False).kind == "zoo"
     assert load_recorded({"spec": "timm:seresnet18", "kind": "timm", "args": {}}, None, False).target == "seresnet18"
-    assert load_recorded(ModelSpec.parse("mypkg.nets:make").to_json(), ModelSpec.parse("mypkg.nets:make"), False).kind == "module"
+    assert (
+        load_recorded(ModelSpec.parse("mypkg.nets:make").to_json(), ModelSpec.parse("mypkg.nets:make"), False).kind
+        == "module"
+    )
     assert "names user code" in error_of(load_recorded, ModelSpec.parse("mypkg.nets:make").to_json(), None, False)
 
 
 # --- weights -------------------------------------------------------------------------------------
+
 
 @pytest.fixture()
 def net_and_reference(net_file):
@@ -296,8 +347,12 @@ def test_weights_load_strictly_from_pt_and_safetensors(net_and_reference, tmp_pa
         save_file(state, str(path))
     else:
         path = tmp_path / "w.pth"
-        blob = {"plain": state, "state_dict": {"state_dict": state}, "model": {"model": state, "epoch": 3},
-                "checkpoint": {"state_dict": state, "config": {"model": "x", "mean": [0.5]}}}[wrap]
+        blob = {
+            "plain": state,
+            "state_dict": {"state_dict": state},
+            "model": {"model": state, "epoch": 3},
+            "checkpoint": {"state_dict": state, "config": {"model": "x", "mean": [0.5]}},
+        }[wrap]
         torch.save(blob, path)
     model = build(spec, {"num_classes": 5}).eval()
     assert load_weights(model, path) == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -336,6 +391,7 @@ def test_pickled_model_in_pt_is_refused(net_and_reference, tmp_path):
 
 
 # --- input size and the probe --------------------------------------------------------------------
+
 
 def test_input_size_given_or_the_models_own(net_and_reference):
     spec, trained, _, _ = net_and_reference
@@ -385,8 +441,16 @@ def test_user_model_exports_to_onnx_with_parity(net_and_reference, tmp_path):
     shape = input_size(model)
     probe(model, shape)
     onnx_path = tmp_path / "net.onnx"
-    torch.onnx.export(model, (torch.zeros(1, *shape),), str(onnx_path), dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, *shape),),
+        str(onnx_path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
     images = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
     with torch.no_grad():
         reference = trained(torch.from_numpy(images)).numpy()

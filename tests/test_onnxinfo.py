@@ -59,7 +59,9 @@ def test_upgrade_keeps_metadata_and_leaves_a_model_at_the_target_as_is():
     old = onnx.load(foreign_model("se_classifier", opset=12))
     old.metadata_props.add(key="labels", value="cat,dog")
     upgraded = upgrade_opset(old)
-    assert [(p.key, p.value) for p in upgraded.metadata_props] == [("labels", "cat,dog")] and upgraded.producer_name == "pytorch"
+    assert [(p.key, p.value) for p in upgraded.metadata_props] == [
+        ("labels", "cat,dog")
+    ] and upgraded.producer_name == "pytorch"
 
 
 def test_prove_same_names_the_output_that_differs():
@@ -84,7 +86,9 @@ def test_dynamic_height_and_width_are_described():
     assert info.dynamic_hw and info.height is None and info.width is None and info.channels == 3
     assert info.tied_dims == {}
     assert info.sample_shape(160, 192) == (3, 160, 192)
-    with pytest.raises(EdgepipeError, match=r"dynamic height/width and no size was given.*--optShapes image:1x3x224x224"):
+    with pytest.raises(
+        EdgepipeError, match=r"dynamic height/width and no size was given.*--optShapes image:1x3x224x224"
+    ):
         info.sample_shape()
     check_input_shape(info, (4, 3, 160, 192))
     batch = onnxinfo.synthetic_batch(info, batch=2, height=160, width=192)
@@ -96,14 +100,26 @@ def test_dynamic_height_and_width_are_described():
 def test_nhwc_input_is_detected():
     info = describe(foreign_model("se_classifier", nhwc=True))
     assert info.input.shape == ("batch", 224, 224, 3)
-    assert (info.layout, info.channel_axis, info.hw_axes, info.channels, info.height, info.width) == ("nhwc", 3, (1, 2), 3, 224, 224)
+    assert (info.layout, info.channel_axis, info.hw_axes, info.channels, info.height, info.width) == (
+        "nhwc",
+        3,
+        (1, 2),
+        3,
+        224,
+        224,
+    )
     assert info.sample_shape() == (224, 224, 3)
-    assert onnxinfo.run_onnxruntime(foreign_model("se_classifier", nhwc=True), onnxinfo.synthetic_batch(info))["logits"].shape == (2, NUM_CLASSES)
+    assert onnxinfo.run_onnxruntime(foreign_model("se_classifier", nhwc=True), onnxinfo.synthetic_batch(info))[
+        "logits"
+    ].shape == (2, NUM_CLASSES)
 
 
 def test_layout_that_cannot_be_told_asks_for_layout(tmp_path):
     model = _identity_model([1, 4, 32, 32])
-    with pytest.raises(EdgepipeError, match=r"cannot tell whether input 'x' .* is NCHW or NHWC.*Fix: pass --layout nchw or --layout nhwc"):
+    with pytest.raises(
+        EdgepipeError,
+        match=r"cannot tell whether input 'x' .* is NCHW or NHWC.*Fix: pass --layout nchw or --layout nhwc",
+    ):
         describe(model)
     assert describe(model, layout="nchw").channels == 4
     with pytest.raises(EdgepipeError, match="unknown layout 'chw'"):
@@ -113,12 +129,19 @@ def test_layout_that_cannot_be_told_asks_for_layout(tmp_path):
 def test_several_outputs_are_listed():
     info = describe(foreign_model("two_output"))
     assert info.output_names == ["logits", "embedding"]
-    assert [o.shape for o in info.outputs] == [("batch", NUM_CLASSES), ("batch", 32)] and [o.rank for o in info.outputs] == [2, 2]
+    assert [o.shape for o in info.outputs] == [("batch", NUM_CLASSES), ("batch", 32)] and [
+        o.rank for o in info.outputs
+    ] == [2, 2]
 
 
 def test_sequence_model_is_described():
     info = describe(foreign_model("text_recognizer"))
-    assert info.input.shape == ("batch", 1, 32, 128) and (info.layout, info.channels, info.height, info.width) == ("nchw", 1, 32, 128)
+    assert info.input.shape == ("batch", 1, 32, 128) and (info.layout, info.channels, info.height, info.width) == (
+        "nchw",
+        1,
+        32,
+        128,
+    )
     assert info.outputs == (TensorInfo("char_logits", ("batch", TEXT_STEPS, TEXT_CLASSES), "float32"),)
     assert info.outputs[0].rank == 3
 
@@ -127,14 +150,19 @@ def test_model_with_two_inputs_is_refused_naming_them():
     with pytest.raises(EdgepipeError) as info:
         describe(foreign_model("two_input"))
     message = str(info.value)
-    assert "the model has 2 inputs: 'image' (float32 [batch, 3, 224, 224]) and 'class_prior' (float32 [batch, 10])" in message
+    assert (
+        "the model has 2 inputs: 'image' (float32 [batch, 3, 224, 224]) and 'class_prior' (float32 [batch, 10])"
+        in message
+    )
     assert "single image input" in message and "Fix: export the model with the image as its only input" in message
 
 
 def test_shared_symbolic_height_and_width_are_named():
     info = describe(foreign_model("shared_hw"))
     assert info.input.shape == ("batch", 3, "size", "size") and info.tied_dims == {"size": (2, 3)}
-    assert info.notes() == ["input 'image' names its height and width 'size': TensorRT requires them equal in every shape"]
+    assert info.notes() == [
+        "input 'image' names its height and width 'size': TensorRT requires them equal in every shape"
+    ]
     check_input_shape(info, (8, 3, 256, 256), "--maxShapes")
     with pytest.raises(EdgepipeError) as error:
         check_input_shape(info, (8, 3, 224, 192), "--optShapes")
@@ -142,15 +170,24 @@ def test_shared_symbolic_height_and_width_are_named():
     assert "--optShapes gives input 'image' height (axis 2) 224 and width (axis 3) 192" in message
     assert "one symbol 'size', so TensorRT requires them equal" in message
     assert "pass equal height and width in --minShapes/--optShapes/--maxShapes (e.g. image:1x3x224x224)" in message
-    assert "re-export the model with a distinct name per dimension (torch.onnx.export dynamic_axes={'image': {2: 'height', 3: 'width'}})" in message
+    assert (
+        "re-export the model with a distinct name per dimension (torch.onnx.export dynamic_axes={'image': {2: 'height', 3: 'width'}})"
+        in message
+    )
 
 
 def test_profile_shapes_must_name_the_input_and_fit_it():
     info = describe(foreign_model("se_classifier"))
-    check_profile_shapes(info, {"--minShapes": {"image": (1, 3, 224, 224)}, "--maxShapes": {"image": (32, 3, 224, 224)}})
-    with pytest.raises(EdgepipeError, match=r"--minShapes names input 'input', which the model does not have \(its input is 'image'\)"):
+    check_profile_shapes(
+        info, {"--minShapes": {"image": (1, 3, 224, 224)}, "--maxShapes": {"image": (32, 3, 224, 224)}}
+    )
+    with pytest.raises(
+        EdgepipeError, match=r"--minShapes names input 'input', which the model does not have \(its input is 'image'\)"
+    ):
         check_profile_shapes(info, {"--minShapes": {"input": (1, 3, 224, 224)}})
-    with pytest.raises(EdgepipeError, match=r"--maxShapes gives input 'image' height \(axis 2\) 160; the model fixes it at 224"):
+    with pytest.raises(
+        EdgepipeError, match=r"--maxShapes gives input 'image' height \(axis 2\) 160; the model fixes it at 224"
+    ):
         check_profile_shapes(info, {"--maxShapes": {"image": (8, 3, 160, 224)}})
     with pytest.raises(EdgepipeError, match="gives input 'image' 3 dimensions"):
         check_input_shape(info, (3, 224, 224))
@@ -168,7 +205,9 @@ def test_non_image_input_and_unreadable_files_are_refused(tmp_path):
 
 def _identity_model(shape) -> onnx.ModelProto:
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

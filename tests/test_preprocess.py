@@ -97,17 +97,30 @@ def test_default_is_model_size_and_says_so():
     assert pre.apply(_noise(300, 200)).shape == (3, 224, 224)
     # Normalization alone keeps the model's size.
     assert Preprocess.from_options(mean="0.5,0.5,0.5", input_hw=(32, 32)).resize == (32, 32)
-    text = Preprocess.from_options(resize=256, crop=224, mean="0.485,0.456,0.406", std="0.229,0.224,0.225", layout="nhwc").describe()
+    text = Preprocess.from_options(
+        resize=256, crop=224, mean="0.485,0.456,0.406", std="0.229,0.224,0.225", layout="nhwc"
+    ).describe()
     assert "256 on the shorter side" in text and "centre-cropped to 224x224" in text and "NHWC" in text
 
 
 def test_file_yaml_and_json_flags_override(tmp_path):
     yaml_file = tmp_path / "pre.yaml"
-    yaml_file.write_text("resize: 256\ncrop: 224\nmean: [0.485, 0.456, 0.406]\nstd: 0.229,0.224,0.225\ninterpolation: bicubic\nchannel-order: rgb\n")
+    yaml_file.write_text(
+        "resize: 256\ncrop: 224\nmean: [0.485, 0.456, 0.406]\nstd: 0.229,0.224,0.225\ninterpolation: bicubic\nchannel-order: rgb\n"
+    )
     from_yaml = Preprocess.from_options(file=yaml_file)
-    assert (from_yaml.resize, from_yaml.crop, from_yaml.mean, from_yaml.interpolation) == (256, (224, 224), MEAN, "bicubic")
+    assert (from_yaml.resize, from_yaml.crop, from_yaml.mean, from_yaml.interpolation) == (
+        256,
+        (224, 224),
+        MEAN,
+        "bicubic",
+    )
     json_file = tmp_path / "pre.json"
-    json_file.write_text(json.dumps({"resize": 256, "crop": [224, 224], "mean": list(MEAN), "std": list(STD), "interpolation": "bicubic"}))
+    json_file.write_text(
+        json.dumps(
+            {"resize": 256, "crop": [224, 224], "mean": list(MEAN), "std": list(STD), "interpolation": "bicubic"}
+        )
+    )
     assert Preprocess.from_options(file=json_file) == from_yaml
     overridden = Preprocess.from_options(file=yaml_file, crop="192", layout="nhwc")
     assert overridden.crop == (192, 192) and overridden.layout == "nhwc" and overridden.resize == 256
@@ -140,23 +153,26 @@ def _write(tmp_path, name, text):
     return path
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"resize": "224", "crop": "256"}, "crop 256x256 is larger than resize 224"),
-    ({"resize": "100x200", "crop": "150"}, "crop 150x150 is larger than resize 100x200"),
-    ({"mean": "0.5,0.5"}, "mean has 2 values but the model's input has 3 channels"),
-    ({"std": "0.2,0.2,0.2,0.2"}, "std has 4 values but the model's input has 3 channels"),
-    ({"mean": "0.5,0.5,0.5", "channels": 1}, "mean has 3 values but the model's input has 1 channel"),
-    ({"mean": "123.675,116.28,103.53"}, "looks like 0-255 units"),
-    ({"std": "0.2,0,0.2"}, "std 0.2,0,0.2 has a value <= 0"),
-    ({"mean": "a,b,c"}, "mean 'a,b,c' is not a list of numbers"),
-    ({"resize": "big"}, "resize 'big' is not a size"),
-    ({"crop": "0"}, "crop '0' is not a size"),
-    ({"interpolation": "bilinar"}, "unknown interpolation 'bilinar' (did you mean bilinear?)"),
-    ({"interpolation": "cubic"}, "unknown interpolation 'cubic'"),
-    ({"layout": "nwhc"}, "unknown layout 'nwhc' (did you mean nhwc?)"),
-    ({"channel_order": "rbg"}, "unknown channel_order 'rbg' (did you mean rgb?)"),
-    ({"channel_order": "bgr", "channels": 1}, "channel_order bgr was given for a model with 1"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"resize": "224", "crop": "256"}, "crop 256x256 is larger than resize 224"),
+        ({"resize": "100x200", "crop": "150"}, "crop 150x150 is larger than resize 100x200"),
+        ({"mean": "0.5,0.5"}, "mean has 2 values but the model's input has 3 channels"),
+        ({"std": "0.2,0.2,0.2,0.2"}, "std has 4 values but the model's input has 3 channels"),
+        ({"mean": "0.5,0.5,0.5", "channels": 1}, "mean has 3 values but the model's input has 1 channel"),
+        ({"mean": "123.675,116.28,103.53"}, "looks like 0-255 units"),
+        ({"std": "0.2,0,0.2"}, "std 0.2,0,0.2 has a value <= 0"),
+        ({"mean": "a,b,c"}, "mean 'a,b,c' is not a list of numbers"),
+        ({"resize": "big"}, "resize 'big' is not a size"),
+        ({"crop": "0"}, "crop '0' is not a size"),
+        ({"interpolation": "bilinar"}, "unknown interpolation 'bilinar' (did you mean bilinear?)"),
+        ({"interpolation": "cubic"}, "unknown interpolation 'cubic'"),
+        ({"layout": "nwhc"}, "unknown layout 'nwhc' (did you mean nhwc?)"),
+        ({"channel_order": "rbg"}, "unknown channel_order 'rbg' (did you mean rgb?)"),
+        ({"channel_order": "bgr", "channels": 1}, "channel_order bgr was given for a model with 1"),
+    ],
+)
 def test_bad_options_are_one_line(options, message):
     with pytest.raises(EdgepipeError) as caught:
         Preprocess.from_options(**options)
@@ -164,14 +180,21 @@ def test_bad_options_are_one_line(options, message):
     assert "\n" not in str(caught.value) and caught.value.fix
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("pre.yaml", "resize: 256\ncrop: [224\n", "is not valid YAML or JSON (line 3)"),
-    ("pre.bin", b"\xff\xfe\x00binary\x00", "is not valid YAML or JSON"),
-    ("pre.json", "[1, 2, 3]", "holds list, not key: value pairs"),
-    ("pre.yaml", "", "holds nothing"),
-    ("pre.yaml", "resize: 256\nmena: [0.5, 0.5, 0.5]\ncorp: 224\nsize: 3\n", "unknown keys mena, corp, size (did you mean mena -> mean, corp -> crop"),
-    ("pre.yaml", "channels: 1\nresize: 32\n", "says 1 channels, the model's input has 3"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("pre.yaml", "resize: 256\ncrop: [224\n", "is not valid YAML or JSON (line 3)"),
+        ("pre.bin", b"\xff\xfe\x00binary\x00", "is not valid YAML or JSON"),
+        ("pre.json", "[1, 2, 3]", "holds list, not key: value pairs"),
+        ("pre.yaml", "", "holds nothing"),
+        (
+            "pre.yaml",
+            "resize: 256\nmena: [0.5, 0.5, 0.5]\ncorp: 224\nsize: 3\n",
+            "unknown keys mena, corp, size (did you mean mena -> mean, corp -> crop",
+        ),
+        ("pre.yaml", "channels: 1\nresize: 32\n", "says 1 channels, the model's input has 3"),
+    ],
+)
 def test_bad_files_are_one_line(tmp_path, name, content, message):
     path = _write(tmp_path, name, content)
     with pytest.raises(EdgepipeError) as caught:

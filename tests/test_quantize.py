@@ -43,7 +43,18 @@ def test_fp16_meets_accuracy_targets(fp16):
     assert reduce_inputs and all(types[name] == TensorProto.FLOAT for name in reduce_inputs)
     manifest = read_manifest(fp16["onnx"])
     assert manifest["params"]["precision"] == "fp16" and manifest["precision"] == "fp16"
-    figures = ("samples", "top1", "reference_top1", "delta", "agreement", "max_abs_diff", "mean_abs_diff", "median_abs_diff", "cosine", "cosine_min")
+    figures = (
+        "samples",
+        "top1",
+        "reference_top1",
+        "delta",
+        "agreement",
+        "max_abs_diff",
+        "mean_abs_diff",
+        "median_abs_diff",
+        "cosine",
+        "cosine_min",
+    )
     assert manifest["accuracy"] == {name: fp16[name] for name in figures}
 
 
@@ -56,7 +67,9 @@ def test_int8_meets_accuracy_targets_and_tensorrt_rules(int8, exported):
     assert any(p.key == "edgepipe.config" for p in model.metadata_props)
     manifest = read_manifest(int8["onnx"])
     assert manifest["inputs"]["calibration"] == int8["calibration"]["sha256"]
-    assert manifest["params"]["excluded_ops"] == ["Sigmoid", "Softmax"] and manifest["params"]["high_precision"] == "fp16"
+    assert (
+        manifest["params"]["excluded_ops"] == ["Sigmoid", "Softmax"] and manifest["params"]["high_precision"] == "fp16"
+    )
 
 
 def test_int8_keeps_attention_gates_unquantized(int8):
@@ -65,7 +78,9 @@ def test_int8_keeps_attention_gates_unquantized(int8):
     gates = [n for n in model.graph.node if n.op_type in ("Sigmoid", "Softmax")]
     assert gates
     for gate in gates:
-        assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in gate.input), gate.name
+        assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in gate.input), (
+            gate.name
+        )
 
 
 def test_already_converted_models_are_refused(int8, fp16, tmp_path):
@@ -139,7 +154,9 @@ def test_tensorrt_parser_fixes_name_the_quantize_command():
 # --- TensorRT Q/DQ rules on hand-built graphs ------------------------------------------------------
 
 
-def _qdq_conv(zero_point=0, weight_axis=0, weight_scale_len=4, act_scale_len=1, int32_bias=False, opset=17, conv="Conv"):
+def _qdq_conv(
+    zero_point=0, weight_axis=0, weight_scale_len=4, act_scale_len=1, int32_bias=False, opset=17, conv="Conv"
+):
     """input -> Q/DQ -> Conv(weight through Q/DQ, optional INT32-dequantized bias) -> output."""
     w_shape = [4, 2, 3, 3] if conv == "Conv" else [2, 4, 3, 3]
     inits = [
@@ -150,20 +167,34 @@ def _qdq_conv(zero_point=0, weight_axis=0, weight_scale_len=4, act_scale_len=1, 
         numpy_helper.from_array(np.zeros([weight_scale_len], np.int8), "w_zp"),
     ]
     nodes = [
-        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"], name="x_q", **({"axis": 1} if act_scale_len > 1 else {})),
-        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xdq"], name="x_dq", **({"axis": 1} if act_scale_len > 1 else {})),
+        helper.make_node(
+            "QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"], name="x_q", **({"axis": 1} if act_scale_len > 1 else {})
+        ),
+        helper.make_node(
+            "DequantizeLinear",
+            ["xq", "x_scale", "x_zp"],
+            ["xdq"],
+            name="x_dq",
+            **({"axis": 1} if act_scale_len > 1 else {}),
+        ),
         helper.make_node("QuantizeLinear", ["w", "w_scale", "w_zp"], ["wq"], name="w_q", axis=weight_axis),
         helper.make_node("DequantizeLinear", ["wq", "w_scale", "w_zp"], ["wdq"], name="w_dq", axis=weight_axis),
     ]
     conv_inputs = ["xdq", "wdq"]
     if int32_bias:
-        inits += [numpy_helper.from_array(np.arange(4, dtype=np.int32), "b_int32"), numpy_helper.from_array(np.array(0.002, np.float32), "b_scale")]
+        inits += [
+            numpy_helper.from_array(np.arange(4, dtype=np.int32), "b_int32"),
+            numpy_helper.from_array(np.array(0.002, np.float32), "b_scale"),
+        ]
         nodes.append(helper.make_node("DequantizeLinear", ["b_int32", "b_scale"], ["b"], name="bias_dq"))
         conv_inputs.append("b")
     nodes.append(helper.make_node(conv, conv_inputs, ["y"], name="conv", pads=[1, 1, 1, 1]))
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits,
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
@@ -189,7 +220,9 @@ def test_rules_reject_per_channel_activations():
 
 
 def test_rules_reject_weights_off_their_output_channel_axis():
-    with pytest.raises(EdgepipeError, match="weight of Conv node 'conv' along axis 1; TensorRT needs its output-channel axis 0"):
+    with pytest.raises(
+        EdgepipeError, match="weight of Conv node 'conv' along axis 1; TensorRT needs its output-channel axis 0"
+    ):
         quantize.check_tensorrt_qdq_rules(_qdq_conv(weight_axis=1, weight_scale_len=2))
     with pytest.raises(EdgepipeError, match="ConvTranspose node 'conv' along axis 0; .* axis 1"):
         quantize.check_tensorrt_qdq_rules(_qdq_conv(conv="ConvTranspose", weight_axis=0, weight_scale_len=2))
@@ -213,7 +246,21 @@ def test_quantize_cli_needs_exactly_one_precision(runner, exported, tmp_path):
 def test_quantize_cli_int8_with_calibration_file(runner, exported, trained, tmp_path):
     calib = calibration.save(tmp_path / "calib.npz", calibration.draw(trained[1], num=128, seed=0))
     out = tmp_path / "m.int8.onnx"
-    result = invoke(runner, "quantize", exported, "--int8", "--calib", calib, "--method", "max", "--high-precision", "fp32", "--json", "-o", out)
+    result = invoke(
+        runner,
+        "quantize",
+        exported,
+        "--int8",
+        "--calib",
+        calib,
+        "--method",
+        "max",
+        "--high-precision",
+        "fp32",
+        "--json",
+        "-o",
+        out,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["precision"] == "int8" and report["method"] == "max" and report["high_precision"] == "fp32"
@@ -222,6 +269,8 @@ def test_quantize_cli_int8_with_calibration_file(runner, exported, trained, tmp_
 
 def test_quantize_cli_bad_calibration_files(runner, exported, tmp_path):
     (tmp_path / "corrupt.npz").write_bytes(b"not an npz")
-    result = invoke(runner, "quantize", exported, "--int8", "--calib", tmp_path / "corrupt.npz", "-o", tmp_path / "x.onnx")
+    result = invoke(
+        runner, "quantize", exported, "--int8", "--calib", tmp_path / "corrupt.npz", "-o", tmp_path / "x.onnx"
+    )
     assert result.exit_code == 1 and "not a readable .npz" in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "x.onnx").exists()

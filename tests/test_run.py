@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import invoke
+
 from pipeline import run
 from pipeline.errors import EdgepipeError
 
@@ -26,8 +26,15 @@ def full_run(trained, tmp_path_factory):
 
 def test_run_makes_every_artifact_and_a_report(full_run):
     folder, report = full_run
-    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "calib.npz",
-                 "model.fp32.engine", "model.fp16.engine", "model.int8.engine"):
+    for name in (
+        "model.onnx",
+        "model.fp16.onnx",
+        "model.int8.onnx",
+        "calib.npz",
+        "model.fp32.engine",
+        "model.fp16.engine",
+        "model.int8.engine",
+    ):
         assert (folder / name).is_file(), name
         assert (folder / f"{name}.manifest.json").is_file(), name
     for name in ("report.json", "report.md", "bench.png", "bench.md", "validate.json", "bench.json"):
@@ -70,11 +77,19 @@ def test_second_run_reuses_every_stage(full_run, trained):
 
 def test_changed_input_redoes_only_what_depends_on_it(full_run, trained):
     folder, _ = full_run
-    report = run.run(checkpoint=trained[0], output=folder, precisions=("fp32", "int8"), **{**FAST, "bench_seconds": 0.3})
+    report = run.run(
+        checkpoint=trained[0], output=folder, precisions=("fp32", "int8"), **{**FAST, "bench_seconds": 0.3}
+    )
     statuses = {name: stage["status"] for name, stage in report["stages"].items()}
     assert statuses["export"] == statuses["quantize-int8"] == statuses["build-int8"] == "reused"
     assert statuses["validate"] == statuses["bench"] == "done"  # fewer artifacts, new bench settings
-    assert [r["artifact"] for r in report["rows"]] == ["pytorch", "onnx-fp32", "onnx-int8", "engine-fp32", "engine-int8"]
+    assert [r["artifact"] for r in report["rows"]] == [
+        "pytorch",
+        "onnx-fp32",
+        "onnx-int8",
+        "engine-fp32",
+        "engine-int8",
+    ]
 
 
 def test_gate_on_a_real_report(full_run, runner, tmp_path):
@@ -87,8 +102,24 @@ def test_gate_on_a_real_report(full_run, runner, tmp_path):
 
 
 def test_training_run_and_failed_stage_is_recorded(tmp_path, runner):
-    result = invoke(runner, "run", "--model", "eca_resnet", "--epochs", "1", "--precisions", "fp32", "--no-engines",
-                    "--batches", "1", "--bench-seconds", "0.1", "-o", tmp_path / "ok", "--json")
+    result = invoke(
+        runner,
+        "run",
+        "--model",
+        "eca_resnet",
+        "--epochs",
+        "1",
+        "--precisions",
+        "fp32",
+        "--no-engines",
+        "--batches",
+        "1",
+        "--bench-seconds",
+        "0.1",
+        "-o",
+        tmp_path / "ok",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["model"] == "eca_resnet" and report["stages"]["train"]["status"] == "done"
@@ -98,23 +129,50 @@ def test_training_run_and_failed_stage_is_recorded(tmp_path, runner):
 
     np.savez(tmp_path / "three.npz", x=np.random.rand(30, 8, 8).astype("float32"), y=np.arange(30) % 3)
     ckpt = tmp_path / "ok" / "checkpoint.pt"
-    result = invoke(runner, "run", "--checkpoint", ckpt, "--data", tmp_path / "three.npz", "--precisions", "fp32",
-                    "--no-engines", "-o", tmp_path / "other", "--json")
+    result = invoke(
+        runner,
+        "run",
+        "--checkpoint",
+        ckpt,
+        "--data",
+        tmp_path / "three.npz",
+        "--precisions",
+        "fp32",
+        "--no-engines",
+        "-o",
+        tmp_path / "other",
+        "--json",
+    )
     assert result.exit_code == 1
     stages = json.loads(result.stdout)["stages"]
     assert stages["export"]["status"] == "failed" and "3 classes" in stages["export"]["reason"]
     assert stages["validate"]["status"] == "skipped"
-    strict = invoke(runner, "run", "--checkpoint", ckpt, "--data", tmp_path / "three.npz", "--precisions", "fp32",
-                    "--no-engines", "-o", tmp_path / "other", "--strict")
+    strict = invoke(
+        runner,
+        "run",
+        "--checkpoint",
+        ckpt,
+        "--data",
+        tmp_path / "three.npz",
+        "--precisions",
+        "fp32",
+        "--no-engines",
+        "-o",
+        tmp_path / "other",
+        "--strict",
+    )
     assert strict.exit_code == 1 and strict.stderr.strip().splitlines()[-1].startswith("Error: dataset")
 
 
-@pytest.mark.parametrize("flag, content, message", [
-    ("--checkpoint", None, "checkpoint {path} does not exist"),
-    ("--checkpoint", b"not a checkpoint", "{path} is not a readable checkpoint"),
-    ("--onnx", None, "ONNX model {path} does not exist"),
-    ("--onnx", b"not an onnx model", "{path} is not a readable ONNX model"),
-])
+@pytest.mark.parametrize(
+    "flag, content, message",
+    [
+        ("--checkpoint", None, "checkpoint {path} does not exist"),
+        ("--checkpoint", b"not a checkpoint", "{path} is not a readable checkpoint"),
+        ("--onnx", None, "ONNX model {path} does not exist"),
+        ("--onnx", b"not an onnx model", "{path} is not a readable ONNX model"),
+    ],
+)
 def test_missing_or_unreadable_input_stops_at_the_door(tmp_path, runner, flag, content, message):
     path = tmp_path / ("model.pt" if flag == "--checkpoint" else "model.onnx")
     if content is not None:
@@ -147,11 +205,30 @@ def test_bad_run_options(tmp_path):
 def test_ctrl_c_then_resume(trained, tmp_path):
     """SIGINT in the middle of a run: exit 130, nothing half-written; the next run resumes."""
     folder = tmp_path / "run"
-    command = [sys.executable, "-m", "pipeline.cli", "run", "--checkpoint", str(trained[0]), "-o", str(folder),
-               "--precisions", "fp32,int8", "--batches", "1", "--bench-seconds", "0.2"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "run",
+        "--checkpoint",
+        str(trained[0]),
+        "-o",
+        str(folder),
+        "--precisions",
+        "fp32,int8",
+        "--batches",
+        "1",
+        "--bench-seconds",
+        "0.2",
+    ]
     # A CI job started in the background inherits SIGINT ignored; give the run the default handling.
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while time.time() < deadline and "export" not in _finished(folder):
         time.sleep(0.05)
@@ -168,9 +245,17 @@ def test_ctrl_c_then_resume(trained, tmp_path):
 
 
 # The file each stage of a run from a checkpoint makes; its manifest is written once it is finished.
-OUTPUTS = {"export": "model.onnx", "calibrate": "calib.npz", "quantize-int8": "model.int8.onnx", "quantize-fp16": "model.fp16.onnx",
-           "build-fp32": "model.fp32.engine", "build-fp16": "model.fp16.engine", "build-int8": "model.int8.engine",
-           "validate": "validate.json", "bench": "bench.json"}
+OUTPUTS = {
+    "export": "model.onnx",
+    "calibrate": "calib.npz",
+    "quantize-int8": "model.int8.onnx",
+    "quantize-fp16": "model.fp16.onnx",
+    "build-fp32": "model.fp32.engine",
+    "build-fp16": "model.fp16.engine",
+    "build-int8": "model.int8.engine",
+    "validate": "validate.json",
+    "bench": "bench.json",
+}
 
 
 def _finished(folder):
@@ -196,8 +281,19 @@ def test_run_from_an_onnx_model_uses_it_as_the_reference(exported, tmp_path, cap
 
     digits = load_digits()
     np.savez(tmp_path / "subset.npz", x=(digits.images[:600] / 16.0).astype("float32"), y=digits.target[:600])
-    again = run.run(onnx_model=exported, output=folder, data=str(tmp_path / "subset.npz"), precisions=("fp32", "fp16"), engines=False, **FAST)
-    assert {name: s["status"] for name, s in again["stages"].items()} == {"quantize-fp16": "reused", "validate": "done", "bench": "reused"}
+    again = run.run(
+        onnx_model=exported,
+        output=folder,
+        data=str(tmp_path / "subset.npz"),
+        precisions=("fp32", "fp16"),
+        engines=False,
+        **FAST,
+    )
+    assert {name: s["status"] for name, s in again["stages"].items()} == {
+        "quantize-fp16": "reused",
+        "validate": "done",
+        "bench": "reused",
+    }
     assert again["reference"]["samples"] == 600 and again["data"] == str(tmp_path / "subset.npz")
     err = capsys.readouterr().err
     assert "validate.json is redone: it was made from other inputs: another dataset" in err
@@ -212,7 +308,10 @@ def test_run_from_an_onnx_without_edgepipe_metadata_is_titled_by_its_file(export
     onnx.save(model, str(foreign))
     report = run.run(onnx_model=foreign, output=tmp_path / "run", precisions=("fp32",), engines=False, **FAST)
     assert report["model"] == "resnet_foreign.onnx"
-    assert report["stages"]["validate"]["status"] == "failed" and "no edgepipe metadata" in report["stages"]["validate"]["reason"]
+    assert (
+        report["stages"]["validate"]["status"] == "failed"
+        and "no edgepipe metadata" in report["stages"]["validate"]["reason"]
+    )
     markdown = (tmp_path / "run" / "report.md").read_text()
     assert markdown.startswith("# edgepipe run: resnet_foreign.onnx on digits\n")
     assert "Reference (FP32 ONNX on ONNX Runtime): resnet_foreign.onnx, not measured (see Stages)." in markdown

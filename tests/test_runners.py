@@ -14,7 +14,8 @@ from pipeline import cuda
 from pipeline import data as datamod
 from pipeline.errors import EdgepipeError
 from pipeline.metrics import compare_logits
-from pipeline.runtime import NoGpuError, check_batch, open_runner as load_runner, predict
+from pipeline.runtime import NoGpuError, check_batch, predict
+from pipeline.runtime import open_runner as load_runner
 from pipeline.runtime.ort import OnnxRuntimeRunner
 from pipeline.runtime.pytorch import TorchRunner
 
@@ -109,7 +110,9 @@ def test_missing_pycuda_tells_how_to_install_it():
     trt_runner = cuda
 
     message = str(trt_runner.pycuda_missing(ImportError("No module named 'pycuda'")))
-    assert "pip install 'edgepipe[gpu]'" in message and "CUDA toolkit" in message and "No module named 'pycuda'" in message
+    assert (
+        "pip install 'edgepipe[gpu]'" in message and "CUDA toolkit" in message and "No module named 'pycuda'" in message
+    )
     if importlib.util.find_spec("pycuda") is not None:
         pytest.skip("pycuda is installed here; the import-failure path cannot run")
     with pytest.raises(EdgepipeError, match=r"needs pycuda.*pip install 'edgepipe\[gpu\]'"):
@@ -137,7 +140,9 @@ def test_engine_built_for_another_tensorrt_version_is_refused_before_the_gpu(eng
     manifest = json.loads((engine.parent / (engine.name + ".manifest.json")).read_text())
     manifest["backend_version"] = "0.9.0"
     (tmp_path / "other.engine.manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(EdgepipeError, match=r"built with .* 0\.9\.0.*engines load only with the version that built them") as error:
+    with pytest.raises(
+        EdgepipeError, match=r"built with .* 0\.9\.0.*engines load only with the version that built them"
+    ) as error:
         load_runner(copy)
     assert not isinstance(error.value, NoGpuError)
 

@@ -14,8 +14,8 @@ import time
 
 import psutil
 import pytest
-
 from conftest import invoke
+
 from pipeline import sweep
 from pipeline.artifacts import read_manifest, sha256_file
 from pipeline.errors import EdgepipeError
@@ -34,7 +34,9 @@ def embedded_ray():
 
     saved = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"  # a test cluster on this machine only; no token file in ~/.ray
-    ray.init(address="local", num_cpus=2, resources={"sm_89": 1, "sm_75": 1}, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=2, resources={"sm_89": 1, "sm_75": 1}, include_dashboard=False, log_to_driver=False
+    )
     try:
         yield ray
     finally:
@@ -59,7 +61,9 @@ def _cells(report):
 def _copy_models(source, destination):
     """The prepared model directories without their engines, so a sweep there rebuilds the cells."""
     for model in MODELS:
-        shutil.copytree(source / model, destination / model, ignore=shutil.ignore_patterns("*.engine", "*.engine.manifest.json"))
+        shutil.copytree(
+            source / model, destination / model, ignore=shutil.ignore_patterns("*.engine", "*.engine.manifest.json")
+        )
 
 
 def test_sweep_builds_served_targets_and_skips_the_others(first_sweep):
@@ -89,8 +93,20 @@ def test_sweep_builds_served_targets_and_skips_the_others(first_sweep):
 
 def test_resweep_with_nothing_changed_submits_nothing(first_sweep, runner):
     folder, report = first_sweep
-    result = invoke(runner, "sweep", "--models", ",".join(MODELS), "--precisions", "fp32,int8", "--targets", "sm_89,sm_87",
-                    "-o", folder, *CLI_FAST, "--json")
+    result = invoke(
+        runner,
+        "sweep",
+        "--models",
+        ",".join(MODELS),
+        "--precisions",
+        "fp32,int8",
+        "--targets",
+        "sm_89,sm_87",
+        "-o",
+        folder,
+        *CLI_FAST,
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     again = json.loads(result.stdout)
     assert again["submitted"] == 0 and again["cells"]["reused"] == 4
@@ -120,7 +136,9 @@ def test_models_file_with_an_onnx_model_of_your_own(first_sweep, tmp_path):
     assert cell["status"] == "built", cell
     manifest = read_manifest(tmp_path / "out" / cell["engine"])
     # Built from the ONNX model where it is; the run directory holds the engine and the run report.
-    assert manifest["onnx"] == str(tmp_path / "vendor.onnx") and manifest["inputs"]["onnx"] == sha256_file(tmp_path / "vendor.onnx")
+    assert manifest["onnx"] == str(tmp_path / "vendor.onnx") and manifest["inputs"]["onnx"] == sha256_file(
+        tmp_path / "vendor.onnx"
+    )
     assert (tmp_path / "out" / "vendor" / "report.json").is_file() and report["ok"]
 
 
@@ -128,8 +146,11 @@ def test_worker_killed_mid_task_is_retried(first_sweep, tmp_path):
     source, first = first_sweep
     _copy_models(source, tmp_path)
     outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(report=sweep.sweep(
-        models=MODELS, precisions=["fp32", "int8"], targets=["sm_89"], output=tmp_path, **FAST)))
+    thread = threading.Thread(
+        target=lambda: outcome.update(
+            report=sweep.sweep(models=MODELS, precisions=["fp32", "int8"], targets=["sm_89"], output=tmp_path, **FAST)
+        )
+    )
     thread.start()
     killed = None
     deadline = time.monotonic() + 300
@@ -150,10 +171,15 @@ def test_worker_killed_mid_task_is_retried(first_sweep, tmp_path):
     assert {row["status"] for row in cells.values()} == {"built"}
     assert cells[killed[1]]["pid"] != killed[0]  # finished by another worker process
     for row in cells.values():
-        assert sha256_file(tmp_path / row["engine"]) == row["sha256"] == read_manifest(tmp_path / row["engine"])["sha256"]
+        assert (
+            sha256_file(tmp_path / row["engine"]) == row["sha256"] == read_manifest(tmp_path / row["engine"])["sha256"]
+        )
     assert len({row["sha256"] for row in cells.values()}) == 4
     assert not list(tmp_path.rglob("*.partial"))
-    assert sweep.sweep(models=MODELS, precisions=["fp32", "int8"], targets=["sm_89"], output=tmp_path, **FAST)["submitted"] == 0
+    assert (
+        sweep.sweep(models=MODELS, precisions=["fp32", "int8"], targets=["sm_89"], output=tmp_path, **FAST)["submitted"]
+        == 0
+    )
 
 
 def test_build_error_is_recorded_and_strict_stops(first_sweep, tmp_path):
@@ -173,7 +199,10 @@ def test_build_error_is_recorded_and_strict_stops(first_sweep, tmp_path):
     statuses = [row["status"] for row in _cells(stopped).values()]
     # eca_resnet's cells queue behind the failing one on the single sm_75 slot: they are cancelled.
     assert "skipped: --strict stopped the sweep" in statuses
-    assert all(s in ("built", "reused", "skipped: --strict stopped the sweep") or s.startswith("failed: TensorRT-RTX") for s in statuses)
+    assert all(
+        s in ("built", "reused", "skipped: --strict stopped the sweep") or s.startswith("failed: TensorRT-RTX")
+        for s in statuses
+    )
 
 
 def test_models_file_entry_with_an_onnx_from_elsewhere_and_its_images(tmp_path):
@@ -190,13 +219,17 @@ def test_models_file_entry_with_an_onnx_from_elsewhere_and_its_images(tmp_path):
         Image.fromarray(rng.integers(0, 256, (40, 150), dtype=np.uint8)).save(lines / f"line_{i:02d}.png")
     (tmp_path / "recognizer.yaml").write_text("resize: [32, 128]\n")
     models_file = tmp_path / "sweep.yaml"
-    models_file.write_text("models:\n  - name: recognizer\n    onnx: recognizer.onnx\n    data: lines\n    preprocess: recognizer.yaml\n"
-                           "precisions: [fp16]\ntargets: [sm_89]\n")
+    models_file.write_text(
+        "models:\n  - name: recognizer\n    onnx: recognizer.onnx\n    data: lines\n    preprocess: recognizer.yaml\n"
+        "precisions: [fp16]\ntargets: [sm_89]\n"
+    )
     report = sweep.sweep(models_file=models_file, output=tmp_path / "out", **FAST)
     cell = _cells(report)["recognizer/engine-fp16-sm_89"]
     assert cell["status"] == "built", cell
     fp16 = read_manifest(tmp_path / "out" / "recognizer" / "model.fp16.onnx")
-    assert fp16["check"]["on"] == "data" and fp16["check"]["text"] == "16 held-out images of lines"  # its own images, not synthetic inputs
+    assert (
+        fp16["check"]["on"] == "data" and fp16["check"]["text"] == "16 held-out images of lines"
+    )  # its own images, not synthetic inputs
     assert fp16["check"]["split"]["counts"] == {"pool": 64, "held_out": 16} and report["ok"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("models:\n  - name: recognizer\n    onnx: recognizer.onnx\n    preprocess: missing.yaml\n")

@@ -58,7 +58,7 @@ def trained_like(model: torch.nn.Module, batch: torch.Tensor, seed: int = 0) -> 
         features = model.forward_head(model.forward_features(batch), pre_logits=True)
         mean, std = features.mean(0), features.std(0) + 1e-6
         head = model.get_classifier()
-        weight = torch.randn(head.out_features, head.in_features, generator=generator) / std / head.in_features ** 0.5
+        weight = torch.randn(head.out_features, head.in_features, generator=generator) / std / head.in_features**0.5
         head.weight.copy_(weight)
         head.bias.copy_(-(weight @ mean))
 
@@ -73,7 +73,7 @@ def images(count: int, seed: int = 0) -> list[Image.Image]:
         pixels = np.stack([xs / w * 255, ys / h * 255, (xs + ys) / (h + w) * 255], -1)
         for _ in range(4):
             y, x = int(rng.integers(0, h - 60)), int(rng.integers(0, w - 60))
-            pixels[y:y + 60, x:x + 60] = rng.integers(0, 256, 3)
+            pixels[y : y + 60, x : x + 60] = rng.integers(0, 256, 3)
         out.append(Image.fromarray(pixels.astype(np.uint8)))
     return out
 
@@ -145,9 +145,17 @@ def test_timm_build_load_export_onnx_runtime_parity(weights, tmp_path):
 
     onnx_path = tmp_path / f"{spec.target}.onnx"
     started = time.perf_counter()
-    torch.onnx.export(model, (torch.zeros(1, *shape),), str(onnx_path), dynamo=False, opset_version=17,
-                      do_constant_folding=True, input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, *shape),),
+        str(onnx_path),
+        dynamo=False,
+        opset_version=17,
+        do_constant_folding=True,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
     report(spec.text, f"torch.onnx.export at {'x'.join(map(str, shape))}", time.perf_counter() - started)
 
     graph_input = onnx.load(str(onnx_path)).graph.input[0].type.tensor_type.shape.dim
@@ -220,9 +228,31 @@ def test_timm_through_edgepipe_run_with_local_weights(weights, tmp_path, capsys)
 
     run_dir = tmp_path / "run"
     started = time.perf_counter()
-    result = CliRunner().invoke(main, ["run", "--model", spec.text, "--weights", str(path), "--data", str(folder),
-                                       "--batches", "1", "--bench-seconds", "0.2", "-o", str(run_dir), "--json"], catch_exceptions=False)
-    report(spec.text, "edgepipe run (train stage takes the weights, export, calibrate, fp16, int8, engines, validate, bench)", time.perf_counter() - started)
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--model",
+            spec.text,
+            "--weights",
+            str(path),
+            "--data",
+            str(folder),
+            "--batches",
+            "1",
+            "--bench-seconds",
+            "0.2",
+            "-o",
+            str(run_dir),
+            "--json",
+        ],
+        catch_exceptions=False,
+    )
+    report(
+        spec.text,
+        "edgepipe run (train stage takes the weights, export, calibrate, fp16, int8, engines, validate, bench)",
+        time.perf_counter() - started,
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["source"]["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -232,20 +262,31 @@ def test_timm_through_edgepipe_run_with_local_weights(weights, tmp_path, capsys)
     import onnx
 
     stored = {p.key: p.value for p in onnx.load(str(run_dir / "model.onnx")).metadata_props}
-    assert json.loads(stored["edgepipe.preprocess"])["crop"] == size[1:] and json.loads(stored["edgepipe.preprocess"])["interpolation"] == "bicubic"
-    rows = {row["precision"]: row for row in json.loads((run_dir / "validate.json").read_text())["rows"] if row["artifact"].endswith(".onnx")}
+    assert (
+        json.loads(stored["edgepipe.preprocess"])["crop"] == size[1:]
+        and json.loads(stored["edgepipe.preprocess"])["interpolation"] == "bicubic"
+    )
+    rows = {
+        row["precision"]: row
+        for row in json.loads((run_dir / "validate.json").read_text())["rows"]
+        if row["artifact"].endswith(".onnx")
+    }
     int8 = json.loads((run_dir / "model.int8.onnx.manifest.json").read_text())
     with capsys.disabled():
-        print(f"\n[timm run] {spec.text}: export max abs diff {exported['parity']['max_abs_diff']:.2e}; "
-              f"FP16 agreement {rows['fp16']['agreement']:.2f}% max |d| {rows['fp16']['max_abs_diff']:.3g}; "
-              f"INT8 agreement {rows['int8']['agreement']:.2f}% top-1 {rows['int8']['top1']:.2f}% (FP32 {rows['fp32']['top1']:.2f}%), "
-              f"on {json.loads((run_dir / 'validate.json').read_text())['reference']['samples']} held-out images; "
-              f"INT8 params {json.dumps({k: v for k, v in int8.get('params', {}).items() if k != 'precision'}, default=str)[:600]}; "
-              f"stages {json.dumps({k: v['seconds'] for k, v in summary['stages'].items()})}")
+        print(
+            f"\n[timm run] {spec.text}: export max abs diff {exported['parity']['max_abs_diff']:.2e}; "
+            f"FP16 agreement {rows['fp16']['agreement']:.2f}% max |d| {rows['fp16']['max_abs_diff']:.3g}; "
+            f"INT8 agreement {rows['int8']['agreement']:.2f}% top-1 {rows['int8']['top1']:.2f}% (FP32 {rows['fp32']['top1']:.2f}%), "
+            f"on {json.loads((run_dir / 'validate.json').read_text())['reference']['samples']} held-out images; "
+            f"INT8 params {json.dumps({k: v for k, v in int8.get('params', {}).items() if k != 'precision'}, default=str)[:600]}; "
+            f"stages {json.dumps({k: v['seconds'] for k, v in summary['stages'].items()})}"
+        )
     assert rows["fp16"]["agreement"] >= 99.9
     assert rows["int8"]["status"] == "ok" and rows["fp32"]["top1"] - rows["int8"]["top1"] <= 0.5 + 1e-9
     for precision in ("fp32", "fp16", "int8"):  # TensorRT-RTX builds ahead of time without a GPU
         engine = json.loads((run_dir / f"model.{precision}.engine.manifest.json").read_text())
         assert (run_dir / f"model.{precision}.engine").stat().st_size > 0 and engine["precision"] == precision
         with capsys.disabled():
-            print(f"[timm run] {precision} engine: {engine.get('seconds')} s to build, {(run_dir / f'model.{precision}.engine').stat().st_size / 1e6:.1f} MB")
+            print(
+                f"[timm run] {precision} engine: {engine.get('seconds')} s to build, {(run_dir / f'model.{precision}.engine').stat().st_size / 1e6:.1f} MB"
+            )

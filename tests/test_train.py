@@ -4,10 +4,10 @@ import torch
 
 import models
 from pipeline import data, train
+from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import EdgepipeError
 from pipeline.runtime import predict
 from pipeline.runtime.pytorch import TorchRunner
-from pipeline.checkpoint import load_checkpoint
 
 
 def test_default_model_reaches_target_on_digits(trained):

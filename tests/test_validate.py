@@ -24,7 +24,17 @@ def test_validate_cli_json_and_table(runner, trained, exported, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     row = report["rows"][0]
-    for key in ("artifact", "precision", "top1", "delta", "agreement", "max_abs_diff", "mean_abs_diff", "cosine", "status"):
+    for key in (
+        "artifact",
+        "precision",
+        "top1",
+        "delta",
+        "agreement",
+        "max_abs_diff",
+        "mean_abs_diff",
+        "cosine",
+        "status",
+    ):
         assert key in row
     missing = tmp_path / "missing.onnx"
     table = invoke(runner, "validate", "--checkpoint", trained[0], exported, missing)

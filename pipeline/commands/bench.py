@@ -8,26 +8,83 @@ from rich.table import Table
 
 from pipeline import bench, benchreport
 from pipeline.artifacts import check_output, write_json_atomic
-from pipeline.commands.options import EdgepipeCommand, batches_option, emit, force_option, input_size_option, json_option, model_options
+from pipeline.commands.options import (
+    EdgepipeCommand,
+    batches_option,
+    emit,
+    force_option,
+    input_size_option,
+    json_option,
+    model_options,
+)
 from pipeline.progress import out
 
 
 @click.command("bench", cls=EdgepipeCommand)
 @click.argument("artifacts", nargs=-1, type=click.Path(dir_okay=False))
-@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), metavar="CKPT", help="PyTorch checkpoint: the reference measured beside the artifacts.")
+@click.option(
+    "--checkpoint",
+    default=None,
+    type=click.Path(dir_okay=False),
+    metavar="CKPT",
+    help="PyTorch checkpoint: the reference measured beside the artifacts.",
+)
 @batches_option("--batch", default="1", help="Batch sizes to measure (a fixed-batch artifact only at its own).")
-@click.option("--warmup-ms", default=200.0, show_default=True, help="Warm-up time before timing, per artifact and batch.")
+@click.option(
+    "--warmup-ms", default=200.0, show_default=True, help="Warm-up time before timing, per artifact and batch."
+)
 @click.option("--duration-s", default=3.0, show_default=True, help="Timed duration per artifact and batch.")
-@click.option("--iterations", default=None, type=int, help="Timed iterations per artifact and batch (instead of --duration-s).")
-@click.option("--cuda-graph", is_flag=True, help="Replay TensorRT engines as CUDA graphs (like trtexec --useCudaGraph).")
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]), help="Where PyTorch and ONNX Runtime run; engines always run on the GPU.")
-@input_size_option(help="Height x width for ONNX models whose input leaves them open (dynamic H/W). Default: the size of the preprocessing stored in the model.")
-@click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False), metavar="DIR", help="Write bench.md and bench.png (latency against accuracy) to DIR.")
-@click.option("--json-out", default=None, type=click.Path(dir_okay=False), metavar="FILE", help="Also write the JSON result to FILE.")
+@click.option(
+    "--iterations", default=None, type=int, help="Timed iterations per artifact and batch (instead of --duration-s)."
+)
+@click.option(
+    "--cuda-graph", is_flag=True, help="Replay TensorRT engines as CUDA graphs (like trtexec --useCudaGraph)."
+)
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    type=click.Choice(["cpu", "cuda"]),
+    help="Where PyTorch and ONNX Runtime run; engines always run on the GPU.",
+)
+@input_size_option(
+    help="Height x width for ONNX models whose input leaves them open (dynamic H/W). Default: the size of the preprocessing stored in the model."
+)
+@click.option(
+    "--report",
+    "report_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Write bench.md and bench.png (latency against accuracy) to DIR.",
+)
+@click.option(
+    "--json-out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Also write the JSON result to FILE.",
+)
 @model_options(help="The model of a --checkpoint that names your own code: --model again, or --trust-model-code.")
 @force_option
 @json_option
-def bench_command(artifacts, checkpoint, batches, warmup_ms, duration_s, iterations, cuda_graph, device, input_size, report_dir, json_out, model, code, force, as_json):
+def bench_command(
+    artifacts,
+    checkpoint,
+    batches,
+    warmup_ms,
+    duration_s,
+    iterations,
+    cuda_graph,
+    device,
+    input_size,
+    report_dir,
+    json_out,
+    model,
+    code,
+    force,
+    as_json,
+):
     """Measure latency and throughput of the PyTorch reference and every artifact, side by side.
 
     Per artifact and batch: min, mean, median, p90, p95, p99 latency and throughput after a
@@ -40,10 +97,23 @@ def bench_command(artifacts, checkpoint, batches, warmup_ms, duration_s, iterati
       edgepipe bench runs/se/model.onnx runs/se/model.fp16.engine \\
           --checkpoint runs/se/se_resnet.pt --batch 1,8,32 --duration-s 3 --report runs/se/bench
     """
-    outputs = ([json_out] if json_out else []) + ([f"{report_dir}/bench.md", f"{report_dir}/bench.png"] if report_dir else [])
+    outputs = ([json_out] if json_out else []) + (
+        [f"{report_dir}/bench.md", f"{report_dir}/bench.png"] if report_dir else []
+    )
     for path in outputs:
         check_output(path, force)  # fail before measuring, not after
-    result = bench.bench(list(artifacts), checkpoint=checkpoint, batches=batches, warmup_ms=warmup_ms, duration_s=duration_s, iterations=iterations, cuda_graph=cuda_graph, device=device, input_size=input_size, code=code)
+    result = bench.bench(
+        list(artifacts),
+        checkpoint=checkpoint,
+        batches=batches,
+        warmup_ms=warmup_ms,
+        duration_s=duration_s,
+        iterations=iterations,
+        cuda_graph=cuda_graph,
+        device=device,
+        input_size=input_size,
+        code=code,
+    )
     if report_dir:
         md, png = benchreport.write_report(result, report_dir)
         result["report"] = {"markdown": str(md), "plot": str(png)}
@@ -59,9 +129,13 @@ def _print_table(result) -> None:
     # Narrow enough for 80 columns; min, p90 and p95 are in --json and the --report table.
     columns = ["artifact", "runtime", "prec", "batch", "status", "median", "mean", "p99", "img/s"]
     columns += ["H2D", "GPU", "D2H", "MB"] if engines else []
-    table = Table(title=f"Latency (ms) on {result['device']}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title=f"Latency (ms) on {result['device']}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+    )
     for column in columns:
-        table.add_column(column, justify="left" if column in ("artifact", "runtime", "prec", "status") else "right", overflow="fold")
+        table.add_column(
+            column, justify="left" if column in ("artifact", "runtime", "prec", "status") else "right", overflow="fold"
+        )
 
     def f(value, spec=".3f"):
         return "" if value is None else format(value, spec)
@@ -71,10 +145,24 @@ def _print_table(result) -> None:
         name = Path(r["artifact"]).name
         if r["status"] != "ok":
             reasons.setdefault(f"{name}: {r['status']}", r.get("reason", ""))
-        cells = [name, r.get("runtime") or "", r.get("precision") or "", str(r["batch"]), r["status"].split(":")[0],
-                 f(r.get("median_ms")), f(r.get("mean_ms")), f(r.get("p99_ms")), f(r.get("throughput"), ".0f")]
+        cells = [
+            name,
+            r.get("runtime") or "",
+            r.get("precision") or "",
+            str(r["batch"]),
+            r["status"].split(":")[0],
+            f(r.get("median_ms")),
+            f(r.get("mean_ms")),
+            f(r.get("p99_ms")),
+            f(r.get("throughput"), ".0f"),
+        ]
         if engines:
-            cells += [f(r.get("h2d_ms")), f(r.get("compute_ms")), f(r.get("d2h_ms")), f(r.get("device_memory_mb"), ".2f")]
+            cells += [
+                f(r.get("h2d_ms")),
+                f(r.get("compute_ms")),
+                f(r.get("d2h_ms")),
+                f(r.get("device_memory_mb"), ".2f"),
+            ]
         table.add_row(*cells)
     out.print(table)
     for what, reason in reasons.items():

@@ -5,7 +5,15 @@ import os
 import click
 
 from pipeline.build import build_engine
-from pipeline.commands.options import EdgepipeCommand, data_option, emit, force_option, json_option, precision_flags, preprocess_options
+from pipeline.commands.options import (
+    EdgepipeCommand,
+    data_option,
+    emit,
+    force_option,
+    json_option,
+    precision_flags,
+    preprocess_options,
+)
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import out
@@ -15,47 +23,144 @@ from pipeline.tensorrt.options import HARDWARE_COMPATIBILITY
 _SHAPES = "NAME:DIMS[,NAME:DIMS...]"
 
 
-@click.command("build", cls=EdgepipeCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(
+    "build", cls=EdgepipeCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.argument("onnx_file", required=False, metavar="MODEL.onnx", type=click.Path(dir_okay=False))
-@click.option("--onnx", "onnx_option", default=None, metavar="MODEL.onnx", help="The ONNX model (trtexec spelling; same as the argument).")
-@precision_flags({
-    Precision.FP16: "FP16 engine: converts the ONNX to FP16 first (MODEL.fp16.onnx beside the engine).",
-    Precision.INT8: "INT8 engine: quantizes the ONNX with Q/DQ nodes first (MODEL.int8.onnx beside the engine).",
-    Precision.FP32: "FP32 engine. Without a precision flag the model builds at the precision it has.",
-})
-@click.option("--calib", default=None, metavar="CALIB.npz|DIR", type=click.Path(),
-              help="Calibration images for --int8: a set from 'edgepipe calibrate', an .npz with x (preprocessed, in the model's layout), "
-              "or a folder of images (read through the model's preprocessing). "
-              "Default: drawn from an edgepipe model's training data (another model needs --calib or --data).")
-@data_option(help="Your images to check the FP16/INT8 model against FP32 on (and draw INT8 calibration from): for a model edgepipe did not "
-             "export, a folder of images read through its preprocessing, or an .npz with x already preprocessed [, y]. "
-             "Default: the held-out data of an edgepipe model; seeded synthetic inputs for FP16 of another model.")
+@click.option(
+    "--onnx",
+    "onnx_option",
+    default=None,
+    metavar="MODEL.onnx",
+    help="The ONNX model (trtexec spelling; same as the argument).",
+)
+@precision_flags(
+    {
+        Precision.FP16: "FP16 engine: converts the ONNX to FP16 first (MODEL.fp16.onnx beside the engine).",
+        Precision.INT8: "INT8 engine: quantizes the ONNX with Q/DQ nodes first (MODEL.int8.onnx beside the engine).",
+        Precision.FP32: "FP32 engine. Without a precision flag the model builds at the precision it has.",
+    }
+)
+@click.option(
+    "--calib",
+    default=None,
+    metavar="CALIB.npz|DIR",
+    type=click.Path(),
+    help="Calibration images for --int8: a set from 'edgepipe calibrate', an .npz with x (preprocessed, in the model's layout), "
+    "or a folder of images (read through the model's preprocessing). "
+    "Default: drawn from an edgepipe model's training data (another model needs --calib or --data).",
+)
+@data_option(
+    help="Your images to check the FP16/INT8 model against FP32 on (and draw INT8 calibration from): for a model edgepipe did not "
+    "export, a folder of images read through its preprocessing, or an .npz with x already preprocessed [, y]. "
+    "Default: the held-out data of an edgepipe model; seeded synthetic inputs for FP16 of another model."
+)
 @preprocess_options
-@click.option("--saveEngine", "save_engine", default=None, metavar="PATH", help="Engine file to write. Default: MODEL.<precision>.engine beside the ONNX.")
-@click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True,
-              help="auto: standard TensorRT where installed, else TensorRT-RTX.")
-@click.option("--minShapes", "min_shapes", default=None, metavar=_SHAPES, help="Smallest input shapes of the profile, e.g. input:1x1x32x32.")
+@click.option(
+    "--saveEngine",
+    "save_engine",
+    default=None,
+    metavar="PATH",
+    help="Engine file to write. Default: MODEL.<precision>.engine beside the ONNX.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", *BACKENDS]),
+    default="auto",
+    show_default=True,
+    help="auto: standard TensorRT where installed, else TensorRT-RTX.",
+)
+@click.option(
+    "--minShapes",
+    "min_shapes",
+    default=None,
+    metavar=_SHAPES,
+    help="Smallest input shapes of the profile, e.g. input:1x1x32x32.",
+)
 @click.option("--optShapes", "opt_shapes", default=None, metavar=_SHAPES, help="Shapes the engine is tuned for.")
-@click.option("--maxShapes", "max_shapes", default=None, metavar=_SHAPES,
-              help="Largest input shapes. Default for a dynamic batch: 1 (min), 1 (opt), 64 (max).")
-@click.option("--memPoolSize", "mem_pool_size", default=None, metavar="POOL:SIZE[,...]", help="Memory pool limits, e.g. workspace:1024 (MiB; K, M, G suffixes).")
-@click.option("--builderOptimizationLevel", "builder_optimization_level", type=click.IntRange(0, 5), default=None, help="0 (fastest build) to 5 (most tuning); backend default 3.")
-@click.option("--timingCacheFile", "timing_cache_file", default=None, metavar="PATH", help="Timing cache to read and update.")
-@click.option("--useDLACore", "use_dla_core", type=int, default=None, metavar="N", help="Run on DLA core N (Jetson, standard TensorRT).")
-@click.option("--allowGPUFallback", "allow_gpu_fallback", is_flag=True, help="With --useDLACore: run layers DLA lacks on the GPU.")
-@click.option("--hardwareCompatibilityLevel", "hardware_compatibility_level", default=None,
-              type=click.Choice(list(HARDWARE_COMPATIBILITY), case_sensitive=False), help="Engines that run on other GPUs (ampere+: any Ampere or newer).")
-@click.option("--versionCompatible", "version_compatible", is_flag=True, help="Engine loadable by later TensorRT releases of the same major version.")
-@click.option("--computeCapability", "compute_capability", multiple=True, metavar="X.Y",
-              help="TensorRT-RTX target GPU, repeatable (e.g. 8.6, 8.9, 12.0, or 'current'). "
-              "Default: this GPU; without a GPU every target from 8.0 on.")
-@click.option("--legacy-precision", "legacy_precision", is_flag=True,
-              help="TensorRT <= 10.x: use the builder's FP16/INT8 flags and an entropy calibrator instead of FP16/Q-DQ ONNX.")
+@click.option(
+    "--maxShapes",
+    "max_shapes",
+    default=None,
+    metavar=_SHAPES,
+    help="Largest input shapes. Default for a dynamic batch: 1 (min), 1 (opt), 64 (max).",
+)
+@click.option(
+    "--memPoolSize",
+    "mem_pool_size",
+    default=None,
+    metavar="POOL:SIZE[,...]",
+    help="Memory pool limits, e.g. workspace:1024 (MiB; K, M, G suffixes).",
+)
+@click.option(
+    "--builderOptimizationLevel",
+    "builder_optimization_level",
+    type=click.IntRange(0, 5),
+    default=None,
+    help="0 (fastest build) to 5 (most tuning); backend default 3.",
+)
+@click.option(
+    "--timingCacheFile", "timing_cache_file", default=None, metavar="PATH", help="Timing cache to read and update."
+)
+@click.option(
+    "--useDLACore",
+    "use_dla_core",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Run on DLA core N (Jetson, standard TensorRT).",
+)
+@click.option(
+    "--allowGPUFallback", "allow_gpu_fallback", is_flag=True, help="With --useDLACore: run layers DLA lacks on the GPU."
+)
+@click.option(
+    "--hardwareCompatibilityLevel",
+    "hardware_compatibility_level",
+    default=None,
+    type=click.Choice(list(HARDWARE_COMPATIBILITY), case_sensitive=False),
+    help="Engines that run on other GPUs (ampere+: any Ampere or newer).",
+)
+@click.option(
+    "--versionCompatible",
+    "version_compatible",
+    is_flag=True,
+    help="Engine loadable by later TensorRT releases of the same major version.",
+)
+@click.option(
+    "--computeCapability",
+    "compute_capability",
+    multiple=True,
+    metavar="X.Y",
+    help="TensorRT-RTX target GPU, repeatable (e.g. 8.6, 8.9, 12.0, or 'current'). "
+    "Default: this GPU; without a GPU every target from 8.0 on.",
+)
+@click.option(
+    "--legacy-precision",
+    "legacy_precision",
+    is_flag=True,
+    help="TensorRT <= 10.x: use the builder's FP16/INT8 flags and an entropy calibrator instead of FP16/Q-DQ ONNX.",
+)
 @click.option("--verbose", is_flag=True, help="Print the builder's log on stderr.")
 @force_option
 @json_option
-def build_command(onnx_file, onnx_option, precision, calib, data, preprocess, labels, workers, save_engine, backend, min_shapes, opt_shapes, max_shapes,
-                  force, as_json, **controls):
+def build_command(
+    onnx_file,
+    onnx_option,
+    precision,
+    calib,
+    data,
+    preprocess,
+    labels,
+    workers,
+    save_engine,
+    backend,
+    min_shapes,
+    opt_shapes,
+    max_shapes,
+    force,
+    as_json,
+    **controls,
+):
     """Build a TensorRT or TensorRT-RTX engine from an ONNX model, like trtexec.
 
     The engine gets a manifest beside it (backend, version, precision, inputs' sha256, profiles,
@@ -71,18 +176,29 @@ def build_command(onnx_file, onnx_option, precision, calib, data, preprocess, la
       edgepipe build model.onnx --minShapes input:1x1x32x32 --optShapes input:8x1x32x32 --maxShapes input:32x1x32x32
     """
     if onnx_file and onnx_option and onnx_file != onnx_option:
-        raise EdgepipeError("the ONNX model is given twice, as the argument and as --onnx", fix="give it once, as the argument or as --onnx")
+        raise EdgepipeError(
+            "the ONNX model is given twice, as the argument and as --onnx",
+            fix="give it once, as the argument or as --onnx",
+        )
     onnx_path = onnx_file or onnx_option
     if not onnx_path:
         command = click.get_current_context().command_path
         raise EdgepipeError("missing the ONNX model", fix=f"name it: {command} MODEL.onnx [--fp16 | --int8 | --fp32]")
     if data is None and not (calib and os.path.isdir(calib)) and (preprocess.given or labels is not None):
-        raise EdgepipeError("the preprocessing flags and --labels describe a folder of images (--data or --calib), and none is given",
-                            fix="pass --data FOLDER (or --calib FOLDER), or drop them")
+        raise EdgepipeError(
+            "the preprocessing flags and --labels describe a folder of images (--data or --calib), and none is given",
+            fix="pass --data FOLDER (or --calib FOLDER), or drop them",
+        )
     result = build_engine(
-        onnx_path, precision=precision, save_engine=save_engine, calib=calib, data=data, backend=backend,
+        onnx_path,
+        precision=precision,
+        save_engine=save_engine,
+        calib=calib,
+        data=data,
+        backend=backend,
         reading={"preprocess": preprocess if preprocess.given else None, "labels": labels, "workers": workers},
-        shapes={"min": min_shapes, "opt": opt_shapes, "max": max_shapes}, force=force,
+        shapes={"min": min_shapes, "opt": opt_shapes, "max": max_shapes},
+        force=force,
         **{**controls, "compute_capability": list(controls["compute_capability"]) or None},
     )
     emit(result, as_json, _print_human)
@@ -91,12 +207,17 @@ def build_command(onnx_file, onnx_option, precision, calib, data, preprocess, la
 def _print_human(r):
     targets = f", targets {', '.join(r['compute_capabilities'])}" if r["compute_capabilities"] else ""
     if r["cached"]:
-        out.print(f"{r['engine']}: up to date ({r['backend_version']}, {r['precision']}), reused in {r['seconds']:.2f} s{_check_text(r.get('check'))}",
-                  soft_wrap=True, markup=False)
+        out.print(
+            f"{r['engine']}: up to date ({r['backend_version']}, {r['precision']}), reused in {r['seconds']:.2f} s{_check_text(r.get('check'))}",
+            soft_wrap=True,
+            markup=False,
+        )
         return
     out.print(
         f"{r['engine']}: {r['backend']} {r['backend_version']}, {r['precision']}, {r['bytes'] / 2**20:.1f} MiB{targets}; "
-        f"built in {r['build_seconds']:.2f} s (peak host memory {r['peak_rss_mib']:.0f} MiB){_check_text(r.get('check'))}", soft_wrap=True, markup=False,
+        f"built in {r['build_seconds']:.2f} s (peak host memory {r['peak_rss_mib']:.0f} MiB){_check_text(r.get('check'))}",
+        soft_wrap=True,
+        markup=False,
     )
 
 
@@ -107,12 +228,17 @@ def _check_text(check):
     top1 = f"top-1 {check['top1']:.2f}% ({check['delta']:+.2f} points), " if check.get("top1") is not None else ""
     macs = f", {check['macs']['int8_share']:.1f}% of MACs in INT8" if check.get("macs") else ""
     hint = f"; {check['hint']}" if check.get("hint") else ""
-    return (f"; {check['precision'].upper()} checked against FP32 on {check['on']}: {top1}agreement {check['agreement']:.2f}%, "
-            f"max abs diff {check['max_abs_diff']:.3g}{macs}{hint}")
+    return (
+        f"; {check['precision'].upper()} checked against FP32 on {check['on']}: {top1}agreement {check['agreement']:.2f}%, "
+        f"max abs diff {check['max_abs_diff']:.3g}{macs}{hint}"
+    )
 
 
 # The standalone `build-engine` console script: the same command under its own name.
 build_engine_main = EdgepipeCommand(
-    name="build-engine", params=build_command.params, callback=build_command.callback, help=build_command.help,
+    name="build-engine",
+    params=build_command.params,
+    callback=build_command.callback,
+    help=build_command.help,
     context_settings=build_command.context_settings,
 )

@@ -9,14 +9,32 @@ from pipeline.progress import out
 
 
 @click.command("calibrate", cls=EdgepipeCommand)
-@click.option("--checkpoint", "checkpoint", required=True, metavar="CKPT|MODEL.onnx",
-              help="The model to calibrate for: a checkpoint, an edgepipe export, or any single-image-input .onnx (then --data is needed).")
-@data_option(help="Images to draw from: an ImageFolder, a folder of images, an .npz with x (and y), or 'digits'. "
-             "Default: an edgepipe model's own training data (training split only).")
+@click.option(
+    "--checkpoint",
+    "checkpoint",
+    required=True,
+    metavar="CKPT|MODEL.onnx",
+    help="The model to calibrate for: a checkpoint, an edgepipe export, or any single-image-input .onnx (then --data is needed).",
+)
+@data_option(
+    help="Images to draw from: an ImageFolder, a folder of images, an .npz with x (and y), or 'digits'. "
+    "Default: an edgepipe model's own training data (training split only)."
+)
 @preprocess_options
-@click.option("--num", default=calibration.DEFAULT_NUM, show_default=True, help="Number of images (balanced over classes when labelled).")
+@click.option(
+    "--num",
+    default=calibration.DEFAULT_NUM,
+    show_default=True,
+    help="Number of images (balanced over classes when labelled).",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the draw.")
-@click.option("-o", "--output", required=True, metavar="CALIB.npz", help="Calibration set to write (a manifest is written beside it).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    metavar="CALIB.npz",
+    help="Calibration set to write (a manifest is written beside it).",
+)
 @force_option
 @json_option
 def calibrate_command(checkpoint, data, preprocess, labels, workers, num, seed, output, force, as_json):
@@ -34,13 +52,26 @@ def calibrate_command(checkpoint, data, preprocess, labels, workers, num, seed, 
           --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --num 512 -o calib.npz
     """
     check_output(output, force)  # fail before drawing, not after
-    calib_set = calibration.draw_for(checkpoint, data=data, num=num, seed=seed, labels=labels, preprocess=preprocess, workers=workers)
+    calib_set = calibration.draw_for(
+        checkpoint, data=data, num=num, seed=seed, labels=labels, preprocess=preprocess, workers=workers
+    )
     path = calibration.save(output, calib_set, force=force)
     m = calib_set.manifest
     split = m.get("split")
-    result = {"calibration": str(path), "count": m["count"], "count_per_class": m.get("count_per_class"), "source": m["source"],
-              "seed": seed, "input_shape": m["input_shape"], "mean": m.get("mean"), "std": m.get("std"), "sha256": m["sha256"],
-              "from": "calibration pool" if split else "training split", "split": split, "preprocess": m.get("preprocess")}
+    result = {
+        "calibration": str(path),
+        "count": m["count"],
+        "count_per_class": m.get("count_per_class"),
+        "source": m["source"],
+        "seed": seed,
+        "input_shape": m["input_shape"],
+        "mean": m.get("mean"),
+        "std": m.get("std"),
+        "sha256": m["sha256"],
+        "from": "calibration pool" if split else "training split",
+        "split": split,
+        "preprocess": m.get("preprocess"),
+    }
     emit(result, as_json, _print)
 
 
@@ -48,4 +79,8 @@ def _print(r) -> None:
     per_class = r["count_per_class"]
     balance = f" ({min(per_class.values())}-{max(per_class.values())} per class)" if per_class else " (unlabelled)"
     held = f"; {r['split']['counts']['held_out']} images held out for validate" if r.get("split") else ""
-    out.print(f"{r['calibration']}: {r['count']} images from the {r['from']} of {r['source']}{balance}, seed {r['seed']}{held}", markup=False, soft_wrap=True)
+    out.print(
+        f"{r['calibration']}: {r['count']} images from the {r['from']} of {r['source']}{balance}, seed {r['seed']}{held}",
+        markup=False,
+        soft_wrap=True,
+    )

@@ -9,8 +9,15 @@ from pipeline.progress import out
 
 @click.command("check", cls=EdgepipeCommand)
 @click.argument("report", type=click.Path(dir_okay=False))
-@click.option("--baseline", required=True, type=click.Path(dir_okay=False), help="Baseline report (JSON) to compare with.")
-@click.option("--tolerances", type=click.Path(dir_okay=False), default=None, help="YAML: metric: amount (points) or 'N%'. Default: top1 0.3, agreement 0.5, latency_ms 10%.")
+@click.option(
+    "--baseline", required=True, type=click.Path(dir_okay=False), help="Baseline report (JSON) to compare with."
+)
+@click.option(
+    "--tolerances",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML: metric: amount (points) or 'N%'. Default: top1 0.3, agreement 0.5, latency_ms 10%.",
+)
 @click.option("--update-baseline", is_flag=True, help="Write REPORT as the new baseline instead of checking.")
 @json_option
 def check_command(report, baseline, tolerances, update_baseline, as_json):
@@ -27,7 +34,9 @@ def check_command(report, baseline, tolerances, update_baseline, as_json):
         result = check.update_baseline(report, baseline)
         emit(result, as_json, lambda r: out.print(f"baseline {r['baseline']} updated ({r['rows']} rows)", markup=False))
         return
-    result = check.check(check.load_report(report), check.load_report(baseline, "baseline"), check.load_tolerances(tolerances))
+    result = check.check(
+        check.load_report(report), check.load_report(baseline, "baseline"), check.load_tolerances(tolerances)
+    )
     emit(result, as_json, _print, failed=not result["passed"])
 
 
@@ -39,4 +48,7 @@ def _print(result) -> None:
         return
     out.print(f"FAILED: {len(result['regressions'])} regression(s)")
     for r in result["regressions"]:
-        out.print(f"  {r['artifact']}: {r['metric']} baseline {r['baseline']} now {r['now']} (tolerance {r['tolerance']})", markup=False)
+        out.print(
+            f"  {r['artifact']}: {r['metric']} baseline {r['baseline']} now {r['now']} (tolerance {r['tolerance']})",
+            markup=False,
+        )

@@ -23,13 +23,15 @@ def models_command(img_size: int, in_chans: int, as_json: bool) -> None:
     for name in models.names():
         model = models.create(name, in_chans=in_chans, img_size=img_size)
         info = models.model_info(name)
-        rows.append({
-            "name": name,
-            "attention": info["attention"],
-            "params": models.count_params(model),
-            "macs": models.count_macs(model, (1, in_chans, img_size, img_size)),
-            "description": info["description"],
-        })
+        rows.append(
+            {
+                "name": name,
+                "attention": info["attention"],
+                "params": models.count_params(model),
+                "macs": models.count_macs(model, (1, in_chans, img_size, img_size)),
+                "description": info["description"],
+            }
+        )
     emit({"input_shape": [1, in_chans, img_size, img_size], "models": rows}, as_json, _print_table)
 
 
@@ -38,5 +40,7 @@ def _print_table(result) -> None:
     for column in ("model", "attention", "params", "MACs", "description"):
         table.add_column(column, justify="right" if column in ("params", "MACs") else "left")
     for row in result["models"]:
-        table.add_row(row["name"], row["attention"], f"{row['params']:,}", f"{row['macs'] / 1e6:.2f} M", row["description"])
+        table.add_row(
+            row["name"], row["attention"], f"{row['params']:,}", f"{row['macs'] / 1e6:.2f} M", row["description"]
+        )
     out.print(table)

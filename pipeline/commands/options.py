@@ -18,7 +18,8 @@ import json
 import logging
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -49,7 +50,9 @@ def _guarded(call: Callable[[], Any]) -> Any:
     except EdgepipeError as exc:
         _exit_with(exc, exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("Error: interrupted; nothing half-written was kept. Fix: run the same command again to resume.", err=True)
+        click.echo(
+            "Error: interrupted; nothing half-written was kept. Fix: run the same command again to resume.", err=True
+        )
         raise click.exceptions.Exit(INTERRUPTED) from None
 
 
@@ -82,7 +85,9 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], None], *, failed: bool = False) -> None:
+def emit(
+    result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], None], *, failed: bool = False
+) -> None:
     """Print ``result`` as one JSON object on stdout, or in a human form; exit 1 when ``failed``.
 
     The one way a command reports that its result holds a failure (a failed row, stage or regression).
@@ -105,7 +110,10 @@ def parse_batches(text: str, option: str = "--batch") -> tuple[int, ...]:
     except ValueError:
         values = ()
     if not values or min(values) < 1:
-        raise EdgepipeError(f"{option} {text!r} is not a list of batch sizes", fix=f"pass sizes of 1 or more separated by commas, e.g. {option} 1,8,32")
+        raise EdgepipeError(
+            f"{option} {text!r} is not a list of batch sizes",
+            fix=f"pass sizes of 1 or more separated by commas, e.g. {option} 1,8,32",
+        )
     return values
 
 
@@ -118,7 +126,10 @@ def parse_max_drop(text: str | float | None) -> float | None:
     except ValueError:
         value = math.nan
     if not value >= 0 or math.isinf(value):
-        raise EdgepipeError(f"--max-drop {text!r} is not a number of points", fix="pass e.g. --max-drop 0.5, or --max-drop none for plain PTQ")
+        raise EdgepipeError(
+            f"--max-drop {text!r} is not a number of points",
+            fix="pass e.g. --max-drop 0.5, or --max-drop none for plain PTQ",
+        )
     return value
 
 
@@ -137,7 +148,9 @@ def parse_input_size(text: str | None, option: str = "--input-size") -> tuple[in
     except ValueError:
         values = ()
     if len(values) not in (1, 2) or min(values) < 1:
-        raise EdgepipeError(f"{option} {text!r} is not a size", fix=f"pass height x width in pixels, e.g. {option} 224x224")
+        raise EdgepipeError(
+            f"{option} {text!r} is not a size", fix=f"pass height x width in pixels, e.g. {option} 224x224"
+        )
     return (values[0], values[-1])
 
 
@@ -168,20 +181,34 @@ def force_option(fn: Callable | None = None, *, help: str = "Overwrite an existi
 
 def data_option(fn: Callable | None = None, *, default: str | None = None, help: str = DATA_HELP) -> Callable:
     """``--data digits|DIR|FILE.npz``; ``@data_option`` or ``@data_option(default=..., help=...)``."""
-    decorator = click.option("--data", default=default, show_default=default is not None, metavar="digits|DIR|FILE.npz", help=help)
+    decorator = click.option(
+        "--data", default=default, show_default=default is not None, metavar="digits|DIR|FILE.npz", help=help
+    )
     return decorator(fn) if fn is not None else decorator
 
 
 def batches_option(name: str = "--batch", default: str = "1", help: str = "Batch sizes to measure.") -> Callable:
     """``--batch 1,8,32`` -> ``batches``: a tuple of batch sizes."""
-    return click.option(name, "batches", default=default, show_default=True, metavar="1,8,32", callback=_callback(parse_batches, name), help=help)
+    return click.option(
+        name,
+        "batches",
+        default=default,
+        show_default=True,
+        metavar="1,8,32",
+        callback=_callback(parse_batches, name),
+        help=help,
+    )
 
 
 def max_drop_option(default: float | None = None) -> Callable:
     """``--max-drop PTS|none`` -> ``max_drop``: the INT8 accuracy budget in top-1 points, or None."""
     return click.option(
-        "--max-drop", "max_drop", default=None if default is None else str(default), show_default=default is not None,
-        metavar="PTS|none", callback=_callback(parse_max_drop),
+        "--max-drop",
+        "max_drop",
+        default=None if default is None else str(default),
+        show_default=default is not None,
+        metavar="PTS|none",
+        callback=_callback(parse_max_drop),
         help="INT8 accuracy budget: the most top-1 points INT8 may lose against FP32 on the held-out split; "
         "the most sensitive nodes stay in higher precision until it holds. 'none': plain PTQ.",
     )
@@ -189,7 +216,14 @@ def max_drop_option(default: float | None = None) -> Callable:
 
 def precisions_option(default: str = "fp32,fp16,int8", help: str = "Comma-separated precisions.") -> Callable:
     """``--precisions fp32,int8`` -> ``precisions``: a tuple of ``Precision``."""
-    return click.option("--precisions", "precisions", default=default, show_default=True, callback=_callback(parse_precisions), help=help)
+    return click.option(
+        "--precisions",
+        "precisions",
+        default=default,
+        show_default=True,
+        callback=_callback(parse_precisions),
+        help=help,
+    )
 
 
 def precision_flags(helps: dict[Precision, str], *, required: bool = False) -> Callable:
@@ -207,7 +241,10 @@ def precision_flags(helps: dict[Precision, str], *, required: bool = False) -> C
             chosen = [p for p in helps if kwargs.pop(p.value)]
             if len(chosen) > 1:
                 given = " and ".join(f"--{p.value}" for p in chosen)
-                raise EdgepipeError(f"choose one precision, not {given}", fix=f"pass exactly one of {one_of} (run the command once per precision)")
+                raise EdgepipeError(
+                    f"choose one precision, not {given}",
+                    fix=f"pass exactly one of {one_of} (run the command once per precision)",
+                )
             if required and not chosen:
                 raise EdgepipeError("no precision given", fix=f"pass exactly one of {one_of}")
             return fn(*args, precision=chosen[0] if chosen else None, **kwargs)
@@ -221,18 +258,28 @@ def precision_flags(helps: dict[Precision, str], *, required: bool = False) -> C
 
 def input_size_option(help: str = "Height x width for models whose input leaves them open (dynamic H/W).") -> Callable:
     """``--input-size HxW`` -> ``input_size``: (height, width), or None."""
-    return click.option("--input-size", "input_size", default=None, metavar="HxW", callback=_callback(parse_input_size), help=help)
+    return click.option(
+        "--input-size", "input_size", default=None, metavar="HxW", callback=_callback(parse_input_size), help=help
+    )
 
 
-def input_shape_option(help: str = "Channels x height x width of the model's input (default: the model's own size, else 32x32 in the data's channels).") -> Callable:
+def input_shape_option(
+    help: str = "Channels x height x width of the model's input (default: the model's own size, else 32x32 in the data's channels).",
+) -> Callable:
     """``--input-size CxHxW`` -> ``input_shape``: (C, H, W) of a PyTorch model's input, or None."""
-    return click.option("--input-size", "input_shape", default=None, metavar="CxHxW", callback=_callback(parse_input_shape), help=help)
+    return click.option(
+        "--input-size", "input_shape", default=None, metavar="CxHxW", callback=_callback(parse_input_shape), help=help
+    )
 
 
-MODEL_HELP = "Zoo model ('edgepipe models'), a timm model (timm installed), or your own: a callable returning an nn.Module."
+MODEL_HELP = (
+    "Zoo model ('edgepipe models'), a timm model (timm installed), or your own: a callable returning an nn.Module."
+)
 
 
-def model_options(default: str | None = None, *, weights: bool = False, trust: bool = True, help: str = MODEL_HELP) -> Callable:
+def model_options(
+    default: str | None = None, *, weights: bool = False, trust: bool = True, help: str = MODEL_HELP
+) -> Callable:
     """``--model SPEC --model-arg K=V ... [--weights FILE] [--trust-model-code]`` -> ``model`` and ``code``.
 
     ``model`` is the parsed ``ModelSpec`` (or None when not given and no default); ``code`` is the
@@ -245,7 +292,9 @@ def model_options(default: str | None = None, *, weights: bool = False, trust: b
         def command(*args: Any, **kwargs: Any) -> Any:
             text, pairs = kwargs.pop("model_name"), kwargs.pop("model_args")
             if text is None and pairs:
-                raise EdgepipeError("--model-arg was given without --model", fix="pass --model SPEC with its --model-arg values")
+                raise EdgepipeError(
+                    "--model-arg was given without --model", fix="pass --model SPEC with its --model-arg values"
+                )
             given = ModelSpec.parse(text, pairs) if text is not None else None
             trusted = kwargs.pop("trust_model_code", False)
             kwargs["model"] = given
@@ -253,16 +302,41 @@ def model_options(default: str | None = None, *, weights: bool = False, trust: b
             return fn(*args, **kwargs)
 
         options = [
-            click.option("--model", "model_name", default=default, show_default=default is not None,
-                         metavar="NAME|timm:NAME|module:callable|file.py:callable", help=help),
-            click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE", help="Keyword argument for the model's callable (repeatable)."),
+            click.option(
+                "--model",
+                "model_name",
+                default=default,
+                show_default=default is not None,
+                metavar="NAME|timm:NAME|module:callable|file.py:callable",
+                help=help,
+            ),
+            click.option(
+                "--model-arg",
+                "model_args",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="Keyword argument for the model's callable (repeatable).",
+            ),
         ]
         if weights:
-            options.append(click.option("--weights", default=None, type=click.Path(dir_okay=False), metavar="FILE",
-                                        help="Weights to start from (.pt/.pth state dict, or .safetensors; never pickled objects)."))
+            options.append(
+                click.option(
+                    "--weights",
+                    default=None,
+                    type=click.Path(dir_okay=False),
+                    metavar="FILE",
+                    help="Weights to start from (.pt/.pth state dict, or .safetensors; never pickled objects).",
+                )
+            )
         if trust:
-            options.append(click.option("--trust-model-code", "trust_model_code", is_flag=True,
-                                        help="Import the user code a checkpoint names without --model (only for checkpoints you trust)."))
+            options.append(
+                click.option(
+                    "--trust-model-code",
+                    "trust_model_code",
+                    is_flag=True,
+                    help="Import the user code a checkpoint names without --model (only for checkpoints you trust).",
+                )
+            )
         for option in reversed(options):  # Click lists options in the order written
             command = option(command)
         return command
@@ -271,7 +345,10 @@ def model_options(default: str | None = None, *, weights: bool = False, trust: b
 
 
 _PREPROCESS_HELP = {
-    "resize": ("N|HxW", "Resize: N sets the shorter side (torchvision's Resize(N)), HxW the exact size. Default: the model's input size."),
+    "resize": (
+        "N|HxW",
+        "Resize: N sets the shorter side (torchvision's Resize(N)), HxW the exact size. Default: the model's input size.",
+    ),
     "crop": ("N|HxW", "Centre crop after the resize (torchvision's CenterCrop)."),
     "mean": ("a,b,c", "Mean subtracted per channel, in [0, 1] units as timm gives it."),
     "std": ("a,b,c", "Standard deviation divided per channel, in [0, 1] units."),
@@ -296,17 +373,37 @@ def preprocess_options(fn: Callable) -> Callable:
         kwargs["preprocess"] = PreprocessFlags.parse(file=kwargs.pop("preprocess_file"), **flags)
         return fn(*args, **kwargs)
 
-    options = [click.option(f"--{key.replace('_', '-')}", key, default=None, metavar=metavar, help=text) for key, (metavar, text) in _PREPROCESS_HELP.items()]
+    options = [
+        click.option(f"--{key.replace('_', '-')}", key, default=None, metavar=metavar, help=text)
+        for key, (metavar, text) in _PREPROCESS_HELP.items()
+    ]
     options += [
-        click.option("--preprocess", "preprocess_file", default=None, type=click.Path(dir_okay=False), metavar="FILE",
-                     help="The same keys in a YAML or JSON file (resize, crop, mean, std, channel_order, interpolation, layout); flags override it."),
-        click.option("--labels", "labels", default=None, type=click.Path(dir_okay=False), metavar="FILE",
-                     help="Class names, one per line, in the model's output order; ImageFolder sub-folders are mapped through it."),
-        click.option("--workers", "workers", default=None, type=click.IntRange(min=0), metavar="N",
-                     help="Processes decoding images in parallel (0: in the main process). Default: min(4, CPUs); "
-                     "validate on 2 CPUs or fewer decodes in the main process, beside the models."),
+        click.option(
+            "--preprocess",
+            "preprocess_file",
+            default=None,
+            type=click.Path(dir_okay=False),
+            metavar="FILE",
+            help="The same keys in a YAML or JSON file (resize, crop, mean, std, channel_order, interpolation, layout); flags override it.",
+        ),
+        click.option(
+            "--labels",
+            "labels",
+            default=None,
+            type=click.Path(dir_okay=False),
+            metavar="FILE",
+            help="Class names, one per line, in the model's output order; ImageFolder sub-folders are mapped through it.",
+        ),
+        click.option(
+            "--workers",
+            "workers",
+            default=None,
+            type=click.IntRange(min=0),
+            metavar="N",
+            help="Processes decoding images in parallel (0: in the main process). Default: min(4, CPUs); "
+            "validate on 2 CPUs or fewer decodes in the main process, beside the models.",
+        ),
     ]
     for option in reversed(options):  # Click lists options in the order written
         command = option(command)
     return command
-

@@ -7,7 +7,16 @@ import re
 import click
 
 from pipeline import quantize
-from pipeline.commands.options import EdgepipeCommand, data_option, emit, force_option, json_option, max_drop_option, precision_flags, preprocess_options
+from pipeline.commands.options import (
+    EdgepipeCommand,
+    data_option,
+    emit,
+    force_option,
+    json_option,
+    max_drop_option,
+    precision_flags,
+    preprocess_options,
+)
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import out
@@ -22,7 +31,9 @@ def parse_min_agreement(text):
     except ValueError:
         value = math.nan
     if not 0 <= value <= 100:
-        raise EdgepipeError(f"--min-agreement {text!r} is not a percentage from 0 to 100", fix="pass e.g. --min-agreement 99")
+        raise EdgepipeError(
+            f"--min-agreement {text!r} is not a percentage from 0 to 100", fix="pass e.g. --min-agreement 99"
+        )
     return value
 
 
@@ -32,41 +43,101 @@ def parse_input_size(text):
         return None
     match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", str(text))
     if not match or int(match.group(1)) < 1 or int(match.group(2) or match.group(1)) < 1:
-        raise EdgepipeError(f"--input-size {text!r} is not HEIGHTxWIDTH", fix="pass e.g. --input-size 224x224 (or 224 for a square)")
+        raise EdgepipeError(
+            f"--input-size {text!r} is not HEIGHTxWIDTH", fix="pass e.g. --input-size 224x224 (or 224 for a square)"
+        )
     return int(match.group(1)), int(match.group(2) or match.group(1))
 
 
 @click.command("quantize", cls=EdgepipeCommand)
 @click.argument("onnx_model", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
-@precision_flags({
-    Precision.FP16: "FP16 (ModelOpt AutoCast): I/O and overflow-prone ops stay FP32.",
-    Precision.INT8: "INT8 with explicit Q/DQ (ModelOpt PTQ), calibrated on --calib.",
-}, required=True)
-@click.option("-o", "--output", required=True, metavar="OUT.onnx", help="ONNX file to write (a manifest is written beside it).")
-@click.option("--calib", default=None, metavar="CALIB.npz|DIR",
-              help="Calibration images: a set from 'edgepipe calibrate', an .npz with x (preprocessed, in the model's layout; y optional), "
-              "or a folder of images (read through the model's preprocessing). "
-              "Default: 512 images drawn from an edgepipe model's training split; another model needs --calib or --data.")
-@click.option("--method", type=click.Choice(quantize.METHODS), default="entropy", show_default=True, help="INT8 calibration method.")
-@click.option("--high-precision", type=click.Choice(quantize.HIGH_PRECISIONS), default="fp16", show_default=True, help="Precision of the INT8 model's non-quantized ops (fp16 builds faster engines).")
+@precision_flags(
+    {
+        Precision.FP16: "FP16 (ModelOpt AutoCast): I/O and overflow-prone ops stay FP32.",
+        Precision.INT8: "INT8 with explicit Q/DQ (ModelOpt PTQ), calibrated on --calib.",
+    },
+    required=True,
+)
+@click.option(
+    "-o", "--output", required=True, metavar="OUT.onnx", help="ONNX file to write (a manifest is written beside it)."
+)
+@click.option(
+    "--calib",
+    default=None,
+    metavar="CALIB.npz|DIR",
+    help="Calibration images: a set from 'edgepipe calibrate', an .npz with x (preprocessed, in the model's layout; y optional), "
+    "or a folder of images (read through the model's preprocessing). "
+    "Default: 512 images drawn from an edgepipe model's training split; another model needs --calib or --data.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(quantize.METHODS),
+    default="entropy",
+    show_default=True,
+    help="INT8 calibration method.",
+)
+@click.option(
+    "--high-precision",
+    type=click.Choice(quantize.HIGH_PRECISIONS),
+    default="fp16",
+    show_default=True,
+    help="Precision of the INT8 model's non-quantized ops (fp16 builds faster engines).",
+)
 @click.option("--exclude-op", multiple=True, metavar="OP", help="Op type to keep out of INT8 (repeatable).")
 @click.option("--exclude-node", multiple=True, metavar="NODE", help="Node name to keep out of INT8 (repeatable).")
-@click.option("--include-op", multiple=True, metavar="OP", help="Quantize an op type edgepipe keeps out of INT8 by default (Sigmoid, Softmax).")
+@click.option(
+    "--include-op",
+    multiple=True,
+    metavar="OP",
+    help="Quantize an op type edgepipe keeps out of INT8 by default (Sigmoid, Softmax).",
+)
 @max_drop_option()
-@click.option("--min-agreement", "min_agreement", default=None, metavar="PCT", callback=lambda ctx, param, value: parse_min_agreement(value),
-              help="INT8 accuracy budget without labels: the least argmax agreement with FP32 in percent (per position for sequence outputs); "
-              "the most sensitive nodes stay in higher precision until it holds.")
-@click.option("--input-size", "input_size", default=None, metavar="HxW", callback=lambda ctx, param, value: parse_input_size(value),
-              help="Height and width to convert and check a model with dynamic ones at (default: the model's, or the images').")
-@data_option(help="Images to check against FP32 on: 'digits', an ImageFolder or an .npz for an edgepipe model (default: its held-out split); "
-             "for another model a folder of images (class sub-folders for labels) read through its preprocessing, or an .npz with x "
-             "already preprocessed [, y]; split into a calibration pool and held-out images. "
-             "Without it, FP16 of another model is checked on seeded synthetic inputs.")
+@click.option(
+    "--min-agreement",
+    "min_agreement",
+    default=None,
+    metavar="PCT",
+    callback=lambda ctx, param, value: parse_min_agreement(value),
+    help="INT8 accuracy budget without labels: the least argmax agreement with FP32 in percent (per position for sequence outputs); "
+    "the most sensitive nodes stay in higher precision until it holds.",
+)
+@click.option(
+    "--input-size",
+    "input_size",
+    default=None,
+    metavar="HxW",
+    callback=lambda ctx, param, value: parse_input_size(value),
+    help="Height and width to convert and check a model with dynamic ones at (default: the model's, or the images').",
+)
+@data_option(
+    help="Images to check against FP32 on: 'digits', an ImageFolder or an .npz for an edgepipe model (default: its held-out split); "
+    "for another model a folder of images (class sub-folders for labels) read through its preprocessing, or an .npz with x "
+    "already preprocessed [, y]; split into a calibration pool and held-out images. "
+    "Without it, FP16 of another model is checked on seeded synthetic inputs."
+)
 @preprocess_options
 @force_option
 @json_option
-def quantize_command(onnx_model, precision, output, calib, method, high_precision, exclude_op, exclude_node, include_op, max_drop, min_agreement,
-                     input_size, data, preprocess, labels, workers, force, as_json):
+def quantize_command(
+    onnx_model,
+    precision,
+    output,
+    calib,
+    method,
+    high_precision,
+    exclude_op,
+    exclude_node,
+    include_op,
+    max_drop,
+    min_agreement,
+    input_size,
+    data,
+    preprocess,
+    labels,
+    workers,
+    force,
+    as_json,
+):
     """Make an FP16 or INT8 (Q/DQ) ONNX model and check it on the held-out split.
 
     Any single-image-input ONNX works, with or without edgepipe's metadata. The result obeys
@@ -82,32 +153,66 @@ def quantize_command(onnx_model, precision, output, calib, method, high_precisio
       edgepipe quantize resnet.onnx --int8 --data photos/ --labels labels.txt --resize 256 --crop 224 --max-drop 1 -o resnet.int8.onnx
     """
     if data is None and not (calib and os.path.isdir(calib)) and (preprocess.given or labels is not None):
-        raise EdgepipeError("the preprocessing flags and --labels describe a folder of images (--data or --calib), and none is given",
-                            fix="pass --data FOLDER (or --calib FOLDER), or drop them")
-    size = {"size": input_size, "size_flag": "--input-size", "preprocess": preprocess if preprocess.given else None, "labels": labels, "workers": workers}
+        raise EdgepipeError(
+            "the preprocessing flags and --labels describe a folder of images (--data or --calib), and none is given",
+            fix="pass --data FOLDER (or --calib FOLDER), or drop them",
+        )
+    size = {
+        "size": input_size,
+        "size_flag": "--input-size",
+        "preprocess": preprocess if preprocess.given else None,
+        "labels": labels,
+        "workers": workers,
+    }
     if precision is Precision.FP16:
-        int8_only = {"--calib": calib, "--exclude-op": exclude_op, "--exclude-node": exclude_node, "--include-op": include_op, "--max-drop": max_drop,
-                     "--min-agreement": min_agreement}
+        int8_only = {
+            "--calib": calib,
+            "--exclude-op": exclude_op,
+            "--exclude-node": exclude_node,
+            "--include-op": include_op,
+            "--max-drop": max_drop,
+            "--min-agreement": min_agreement,
+        }
         given = [flag for flag, value in int8_only.items() if value is not None and value != ()]
         if given:
-            raise EdgepipeError(f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} to --int8", fix="drop them, or use --int8")
+            raise EdgepipeError(
+                f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} to --int8",
+                fix="drop them, or use --int8",
+            )
         result = quantize.to_fp16(onnx_model, output, force=force, data=data, **size)
     else:
         result = quantize.to_int8(
-            onnx_model, output, calib=calib, method=method, exclude_ops=exclude_op, exclude_nodes=exclude_node, include_ops=include_op,
-            high_precision=high_precision, max_drop=max_drop, min_agreement=min_agreement, data=data, force=force, **size,
+            onnx_model,
+            output,
+            calib=calib,
+            method=method,
+            exclude_ops=exclude_op,
+            exclude_nodes=exclude_node,
+            include_ops=include_op,
+            high_precision=high_precision,
+            max_drop=max_drop,
+            min_agreement=min_agreement,
+            data=data,
+            force=force,
+            **size,
         )
     emit(result, as_json, _print_result)
 
 
 def _print_result(r):
-    top1 = f"top-1 {r['top1']:.2f}% ({r['delta']:+.2f} points vs FP32 {r['reference_top1']:.2f}%), " if r.get("top1") is not None else ""
+    top1 = (
+        f"top-1 {r['top1']:.2f}% ({r['delta']:+.2f} points vs FP32 {r['reference_top1']:.2f}%), "
+        if r.get("top1") is not None
+        else ""
+    )
     check = r.get("check") or {}
     where = check.get("text") or f"{r['samples']} held-out images"
     hint = f"; {check['hint']}" if check.get("hint") else ""
     kept = ""
     if r.get("kept_op_types"):
-        kept = f"; kept in higher precision: whole op types {', '.join(r['kept_op_types'])} ({len(r['kept_nodes'])} nodes)"
+        kept = (
+            f"; kept in higher precision: whole op types {', '.join(r['kept_op_types'])} ({len(r['kept_nodes'])} nodes)"
+        )
     elif r.get("kept_nodes"):
         kept = f"; kept in higher precision: {', '.join(r['kept_nodes'])}"
     macs = f"; {r['macs']['int8_share']:.1f}% of MACs in INT8" if r.get("macs") else ""
@@ -115,5 +220,7 @@ def _print_result(r):
     others = "".join(f"; {name}: cosine {o['cosine']:.5f}" for name, o in list(outputs.items())[1:])
     out.print(
         f"{r['onnx']}: {r['precision'].upper()} in {r['seconds']:.1f} s; on {where}: {top1}agreement {r['agreement']:.2f}%, "
-        f"max abs diff {r['max_abs_diff']:.3g}, cosine {r['cosine']:.5f}{others}{kept}{macs}{hint}", markup=False, soft_wrap=True,
+        f"max abs diff {r['max_abs_diff']:.3g}, cosine {r['cosine']:.5f}{others}{kept}{macs}{hint}",
+        markup=False,
+        soft_wrap=True,
     )

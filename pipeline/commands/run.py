@@ -2,24 +2,53 @@
 
 import click
 
-from pipeline.commands.options import (EdgepipeCommand, batches_option, data_option, emit, force_option, input_shape_option, json_option,
-                                      max_drop_option, model_options, precisions_option, preprocess_options)
+from pipeline.commands.options import (
+    EdgepipeCommand,
+    batches_option,
+    data_option,
+    emit,
+    force_option,
+    input_shape_option,
+    json_option,
+    max_drop_option,
+    model_options,
+    precisions_option,
+    preprocess_options,
+)
 from pipeline.report import to_markdown
 from pipeline.run import BUDGET_DEFAULT, DEFAULT_MAX_DROP, run
 
 
 @click.command("run", cls=EdgepipeCommand)
-@model_options(weights=True, help="The model to train: a zoo name (default: se_resnet when nothing else is given), timm:NAME, "
-               "package.module:callable or path/to/file.py:callable. With --checkpoint: names the code the checkpoint was trained from.")
+@model_options(
+    weights=True,
+    help="The model to train: a zoo name (default: se_resnet when nothing else is given), timm:NAME, "
+    "package.module:callable or path/to/file.py:callable. With --checkpoint: names the code the checkpoint was trained from.",
+)
 @input_shape_option()
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Start from this checkpoint instead of training.")
-@click.option("--onnx", "onnx_model", type=click.Path(dir_okay=False), default=None,
-              help="Start from this ONNX model: an edgepipe export, or any single-image-input ONNX (then give --data). No PyTorch reference then.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Start from this checkpoint instead of training.",
+)
+@click.option(
+    "--onnx",
+    "onnx_model",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Start from this ONNX model: an edgepipe export, or any single-image-input ONNX (then give --data). No PyTorch reference then.",
+)
 @data_option(help="Dataset: 'digits' (the default), an ImageFolder, a folder of images, or an .npz with x (and y).")
 @preprocess_options
 @precisions_option(default="fp32,fp16,int8", help="Comma-separated precisions to make and measure.")
 @click.option("-o", "--output", default=None, metavar="DIR", help="Run directory (default: runs/MODEL).")
-@click.option("--epochs", type=int, default=None, help="Training epochs (default: the model's recipe; with --weights: none, the weights as they are).")
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help="Training epochs (default: the model's recipe; with --weights: none, the weights as they are).",
+)
 @click.option("--seed", default=0, show_default=True)
 @batches_option("--batches", default="1,8", help="Batch sizes to bench.")
 @click.option("--bench-seconds", default=1.0, show_default=True, help="Timed seconds per artifact and batch.")
@@ -29,8 +58,30 @@ from pipeline.run import BUDGET_DEFAULT, DEFAULT_MAX_DROP, run
 @force_option(help="Redo every stage, even those whose inputs have not changed.")
 @json_option
 @click.pass_context
-def run_command(ctx, model, code, weights, input_shape, checkpoint, onnx_model, data, preprocess, labels, workers, precisions, output, epochs, seed, batches, bench_seconds, max_drop,
-                no_engines, strict, force, as_json):
+def run_command(
+    ctx,
+    model,
+    code,
+    weights,
+    input_shape,
+    checkpoint,
+    onnx_model,
+    data,
+    preprocess,
+    labels,
+    workers,
+    precisions,
+    output,
+    epochs,
+    seed,
+    batches,
+    bench_seconds,
+    max_drop,
+    no_engines,
+    strict,
+    force,
+    as_json,
+):
     """Train (or load), export, calibrate, quantize, build engines, validate and bench, in one run directory.
 
     Re-running reuses every stage whose inputs have not changed. Writes report.json and
@@ -50,9 +101,26 @@ def run_command(ctx, model, code, weights, input_shape, checkpoint, onnx_model, 
     if ctx.get_parameter_source("max_drop") is click.core.ParameterSource.DEFAULT:
         max_drop = BUDGET_DEFAULT  # the default budget, or none for unlabelled images
     report = run(
-        model=model, code=code, weights=weights, input_shape=input_shape, checkpoint=checkpoint, onnx_model=onnx_model, data=data, precisions=precisions, output=output,
-        strict=strict, force=force, epochs=epochs, seed=seed, engines=not no_engines,
-        bench_batches=batches, bench_seconds=bench_seconds, max_drop=max_drop, labels=labels, preprocess=preprocess, workers=workers,
+        model=model,
+        code=code,
+        weights=weights,
+        input_shape=input_shape,
+        checkpoint=checkpoint,
+        onnx_model=onnx_model,
+        data=data,
+        precisions=precisions,
+        output=output,
+        strict=strict,
+        force=force,
+        epochs=epochs,
+        seed=seed,
+        engines=not no_engines,
+        bench_batches=batches,
+        bench_seconds=bench_seconds,
+        max_drop=max_drop,
+        labels=labels,
+        preprocess=preprocess,
+        workers=workers,
     )
     failed = [name for name, stage in report["stages"].items() if stage["status"] in ("failed", "skipped")]
     emit(report, as_json, _print, failed=bool(failed))

@@ -2,8 +2,16 @@
 
 import click
 
-from pipeline.commands.options import (EdgepipeCommand, batches_option, data_option, emit, force_option, json_option, max_drop_option,
-                                      parse_precisions)
+from pipeline.commands.options import (
+    EdgepipeCommand,
+    batches_option,
+    data_option,
+    emit,
+    force_option,
+    json_option,
+    max_drop_option,
+    parse_precisions,
+)
 from pipeline.errors import EdgepipeError
 from pipeline.run import BUDGET_DEFAULT, DEFAULT_MAX_DROP
 from pipeline.sweep import DEFAULT_OUTPUT, sweep
@@ -12,27 +20,78 @@ from pipeline.sweep.report import to_markdown
 
 @click.command("sweep", cls=EdgepipeCommand)
 @click.option("--models", default=None, metavar="A,B", help="Zoo models to sweep, comma-separated.")
-@click.option("--models-file", type=click.Path(dir_okay=False), default=None, metavar="sweep.yaml",
-              help="YAML with 'models:' (names, or {name, checkpoint|onnx, epochs}) and optional 'precisions:'/'targets:'.")
-@click.option("--precisions", default=None, metavar="fp32,fp16,int8", callback=lambda ctx, param, value: value and parse_precisions(value),
-              help="Precisions to build (default: the models file's, else fp32,fp16,int8).")
-@click.option("--targets", default=None, metavar="sm_89,sm_87", help="Target GPUs by compute capability (default: every target a worker advertises).")
-@click.option("-o", "--output", default=DEFAULT_OUTPUT, show_default=True, metavar="DIR", help="Sweep directory: sweep.json, sweep.md and one run directory per model.")
-@click.option("--address", default="local", show_default=True, metavar="local|auto|HOST:PORT",
-              help="local: embedded Ray on this machine (nothing to start); auto: the cluster running here (e.g. under 'ray job submit'); HOST:PORT: a cluster's head.")
+@click.option(
+    "--models-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="sweep.yaml",
+    help="YAML with 'models:' (names, or {name, checkpoint|onnx, epochs}) and optional 'precisions:'/'targets:'.",
+)
+@click.option(
+    "--precisions",
+    default=None,
+    metavar="fp32,fp16,int8",
+    callback=lambda ctx, param, value: value and parse_precisions(value),
+    help="Precisions to build (default: the models file's, else fp32,fp16,int8).",
+)
+@click.option(
+    "--targets",
+    default=None,
+    metavar="sm_89,sm_87",
+    help="Target GPUs by compute capability (default: every target a worker advertises).",
+)
+@click.option(
+    "-o",
+    "--output",
+    default=DEFAULT_OUTPUT,
+    show_default=True,
+    metavar="DIR",
+    help="Sweep directory: sweep.json, sweep.md and one run directory per model.",
+)
+@click.option(
+    "--address",
+    default="local",
+    show_default=True,
+    metavar="local|auto|HOST:PORT",
+    help="local: embedded Ray on this machine (nothing to start); auto: the cluster running here (e.g. under 'ray job submit'); HOST:PORT: a cluster's head.",
+)
 @data_option(help="Dataset (default: digits). GPU workers that validate need it at the same path.")
 @click.option("--epochs", type=int, default=None, help="Training epochs (default: each model's recipe).")
 @click.option("--seed", default=0, show_default=True)
 @batches_option("--batches", default="1,8", help="Batch sizes to bench.")
 @click.option("--bench-seconds", default=1.0, show_default=True, help="Timed seconds per artifact and batch.")
 @max_drop_option(default=DEFAULT_MAX_DROP)
-@click.option("--retries", default=2, show_default=True, help="Retries of a cell whose worker or node dies (a build error is never retried).")
-@click.option("--strict", is_flag=True, help="Stop the sweep at the first failure instead of recording it and going on.")
+@click.option(
+    "--retries",
+    default=2,
+    show_default=True,
+    help="Retries of a cell whose worker or node dies (a build error is never retried).",
+)
+@click.option(
+    "--strict", is_flag=True, help="Stop the sweep at the first failure instead of recording it and going on."
+)
 @force_option(help="Redo every stage and rebuild every engine, even those that are current.")
 @json_option
 @click.pass_context
-def sweep_command(ctx, models, models_file, precisions, targets, output, address, data, epochs, seed, batches, bench_seconds, max_drop, retries,
-                  strict, force, as_json):
+def sweep_command(
+    ctx,
+    models,
+    models_file,
+    precisions,
+    targets,
+    output,
+    address,
+    data,
+    epochs,
+    seed,
+    batches,
+    bench_seconds,
+    max_drop,
+    retries,
+    strict,
+    force,
+    as_json,
+):
     """Build and measure every model x precision x target GPU, fanned out on Ray.
 
     Each model's target-independent stages run once on this machine (into DIR/<model>/, as
@@ -51,9 +110,21 @@ def sweep_command(ctx, models, models_file, precisions, targets, output, address
     if ctx.get_parameter_source("max_drop") is click.core.ParameterSource.DEFAULT:
         max_drop = BUDGET_DEFAULT  # edgepipe run's default budget, or none for unlabelled images
     report = sweep(
-        models=_split(models), models_file=models_file, precisions=precisions, targets=_split(targets),
-        output=output, address=address, data=data, epochs=epochs, seed=seed, max_drop=max_drop,
-        bench_batches=batches, bench_seconds=bench_seconds, strict=strict, force=force, retries=retries,
+        models=_split(models),
+        models_file=models_file,
+        precisions=precisions,
+        targets=_split(targets),
+        output=output,
+        address=address,
+        data=data,
+        epochs=epochs,
+        seed=seed,
+        max_drop=max_drop,
+        bench_batches=batches,
+        bench_seconds=bench_seconds,
+        strict=strict,
+        force=force,
+        retries=retries,
     )
     emit(report, as_json, _print, failed=not report["ok"])
 

@@ -6,7 +6,15 @@ import click
 
 from pipeline.artifacts import check_output
 from pipeline.checkpoint import DEFAULT_MODEL, save_checkpoint
-from pipeline.commands.options import EdgepipeCommand, data_option, emit, force_option, input_shape_option, json_option, model_options
+from pipeline.commands.options import (
+    EdgepipeCommand,
+    data_option,
+    emit,
+    force_option,
+    input_shape_option,
+    json_option,
+    model_options,
+)
 from pipeline.data import DEFAULT_DATA
 from pipeline.errors import EdgepipeError
 from pipeline.modelspec import ModelSpec
@@ -17,11 +25,22 @@ from pipeline.train import train
 @click.command("train", cls=EdgepipeCommand)
 @model_options(default=DEFAULT_MODEL, weights=True, trust=False)
 @data_option(default=DEFAULT_DATA, help="Dataset: bundled digits, an ImageFolder directory, or an .npz with x and y.")
-@click.option("--epochs", type=int, default=None, help="Epochs (default: the model's recipe; 0 with --weights: take them as they are).")
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help="Epochs (default: the model's recipe; 0 with --weights: take them as they are).",
+)
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the model's recipe).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the split, initialisation and batches.")
 @input_shape_option()
-@click.option("--img-size", type=int, default=None, metavar="N", help="N x N in the data's channels (a shorthand for --input-size).")
+@click.option(
+    "--img-size",
+    type=int,
+    default=None,
+    metavar="N",
+    help="N x N in the data's channels (a shorthand for --input-size).",
+)
 @click.option("-o", "--output", required=True, metavar="DIR|FILE.pt", help="Folder (gets MODEL.pt) or checkpoint path.")
 @force_option
 @json_option
@@ -38,14 +57,33 @@ def train_command(model, code, weights, data, epochs, lr, seed, input_shape, img
         raise EdgepipeError("--input-size and --img-size both set the input size", fix="pass only --input-size CxHxW")
     path = _checkpoint_path(output, spec)
     check_output(path, force)  # fail before training, not after
-    net, config = train(spec, data=data, weights=weights, epochs=epochs, seed=seed, lr=lr, input_shape=input_shape or img_size, progress=not as_json)
+    net, config = train(
+        spec,
+        data=data,
+        weights=weights,
+        epochs=epochs,
+        seed=seed,
+        lr=lr,
+        input_shape=input_shape or img_size,
+        progress=not as_json,
+    )
     save_checkpoint(path, net, config, force=force)
-    result = {"checkpoint": str(path), "model": spec.text, "input_shape": config["input_shape"],
-              "weights_sha256": (config.get("weights") or {}).get("sha256"), **{k: config["train"][k] for k in ("val_top1", "epochs", "seconds")}}
+    result = {
+        "checkpoint": str(path),
+        "model": spec.text,
+        "input_shape": config["input_shape"],
+        "weights_sha256": (config.get("weights") or {}).get("sha256"),
+        **{k: config["train"][k] for k in ("val_top1", "epochs", "seconds")},
+    }
     result["val_samples"] = len(config["split"]["val_indices"])
-    emit(result, as_json, lambda r: out.print(
-        f"{r['checkpoint']}: held-out top-1 {r['val_top1']:.2f}% on {r['val_samples']} images after {r['epochs']} epochs ({r['seconds']:.0f} s)", markup=False,
-    ))
+    emit(
+        result,
+        as_json,
+        lambda r: out.print(
+            f"{r['checkpoint']}: held-out top-1 {r['val_top1']:.2f}% on {r['val_samples']} images after {r['epochs']} epochs ({r['seconds']:.0f} s)",
+            markup=False,
+        ),
+    )
 
 
 def _checkpoint_path(output: str, spec: ModelSpec) -> Path:

@@ -11,22 +11,50 @@ from pipeline.validate import SPLITS, validate
 
 
 @click.command("validate", cls=EdgepipeCommand)
-@click.option("--reference", "--checkpoint", "reference", default=None, metavar="CKPT|MODEL.onnx|WEIGHTS",
-              help="The FP32 model every artifact is compared with: the PyTorch checkpoint, an FP32 .onnx on ONNX Runtime "
-              "(any single-image-input ONNX), or your model's weights file with --model. Default: the first FP32 .onnx among the artifacts.")
+@click.option(
+    "--reference",
+    "--checkpoint",
+    "reference",
+    default=None,
+    metavar="CKPT|MODEL.onnx|WEIGHTS",
+    help="The FP32 model every artifact is compared with: the PyTorch checkpoint, an FP32 .onnx on ONNX Runtime "
+    "(any single-image-input ONNX), or your model's weights file with --model. Default: the first FP32 .onnx among the artifacts.",
+)
 @click.argument("artifacts", nargs=-1, required=True, metavar="ARTIFACT...")
-@data_option(help="Images to validate on: an ImageFolder, a folder of images, an .npz with x (and y), or 'digits'. "
-             "Default: the data an edgepipe model records; a model edgepipe did not export needs it.")
+@data_option(
+    help="Images to validate on: an ImageFolder, a folder of images, an .npz with x (and y), or 'digits'. "
+    "Default: the data an edgepipe model records; a model edgepipe did not export needs it."
+)
 @preprocess_options
-@click.option("--split", type=click.Choice(SPLITS), default="auto", show_default=True,
-              help="Which of --data's images count: the held-out part of a seeded split, all, or auto (held-out when an artifact was calibrated on the rest).")
-@click.option("--atol", default=DEFAULT_ATOL, show_default=True, help="Absolute tolerance of the pass/fail check, per output element (Polygraphy's).")
+@click.option(
+    "--split",
+    type=click.Choice(SPLITS),
+    default="auto",
+    show_default=True,
+    help="Which of --data's images count: the held-out part of a seeded split, all, or auto (held-out when an artifact was calibrated on the rest).",
+)
+@click.option(
+    "--atol",
+    default=DEFAULT_ATOL,
+    show_default=True,
+    help="Absolute tolerance of the pass/fail check, per output element (Polygraphy's).",
+)
 @click.option("--rtol", default=DEFAULT_RTOL, show_default=True, help="Relative tolerance of the pass/fail check.")
-@click.option("--batch-size", "batch_size", default=DEFAULT_BATCH_SIZE, show_default=True, type=click.IntRange(min=1),
-              help="Images per batch when --data is streamed through the models (memory for a big model's activations grows with it).")
-@model_options(help="The model of a checkpoint reference that names your own code: --model again, or --trust-model-code.")
+@click.option(
+    "--batch-size",
+    "batch_size",
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per batch when --data is streamed through the models (memory for a big model's activations grows with it).",
+)
+@model_options(
+    help="The model of a checkpoint reference that names your own code: --model again, or --trust-model-code."
+)
 @json_option
-def validate_command(reference, artifacts, data, preprocess, labels, workers, split, atol, rtol, batch_size, model, code, as_json):
+def validate_command(
+    reference, artifacts, data, preprocess, labels, workers, split, atol, rtol, batch_size, model, code, as_json
+):
     """Compare artifacts (ONNX at any precision, engines) with PyTorch on the held-out split.
 
     One row per artifact: precision, top-1 and its change in points (labelled images), argmax
@@ -42,8 +70,19 @@ def validate_command(reference, artifacts, data, preprocess, labels, workers, sp
       edgepipe validate --reference resnet.onnx resnet.int8.onnx --data photos/ --labels labels.txt \\
           --resize 256 --crop 224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
     """
-    result = validate(reference, artifacts, data=data, labels=labels, preprocess=preprocess, workers=workers, split=split, atol=atol, rtol=rtol,
-                      batch_size=batch_size, code=code)
+    result = validate(
+        reference,
+        artifacts,
+        data=data,
+        labels=labels,
+        preprocess=preprocess,
+        workers=workers,
+        split=split,
+        atol=atol,
+        rtol=rtol,
+        batch_size=batch_size,
+        code=code,
+    )
     emit(result, as_json, _print_table, failed=not result["ok"])
 
 
@@ -61,15 +100,32 @@ def _title(result) -> str:
 
 def _print_table(result):
     table = Table(title=_title(result))
-    for column in ("artifact", "precision", "top-1 %", "Δ pts", "agreement %", "max |Δ|", "mean |Δ|", "cosine", "status"):
+    for column in (
+        "artifact",
+        "precision",
+        "top-1 %",
+        "Δ pts",
+        "agreement %",
+        "max |Δ|",
+        "mean |Δ|",
+        "cosine",
+        "status",
+    ):
         table.add_column(column, justify="left" if column in ("artifact", "precision", "status") else "right")
     for row in result["rows"]:
         if row["status"] != "ok":
             table.add_row(row["artifact"], row["precision"] or "?", "", "", "", "", "", "", row["status"].split(":")[0])
             continue
         table.add_row(
-            row["artifact"], row["precision"], _f(row.get("top1"), ".2f"), _f(row.get("delta"), "+.2f"), _f(row.get("agreement"), ".2f"),
-            _f(row["max_abs_diff"], ".3g"), _f(row["mean_abs_diff"], ".3g"), _f(row["cosine"], ".6f"), "ok",
+            row["artifact"],
+            row["precision"],
+            _f(row.get("top1"), ".2f"),
+            _f(row.get("delta"), "+.2f"),
+            _f(row.get("agreement"), ".2f"),
+            _f(row["max_abs_diff"], ".3g"),
+            _f(row["mean_abs_diff"], ".3g"),
+            _f(row["cosine"], ".6f"),
+            "ok",
         )
     # Full width when piped (CI logs), so that numbers and paths are not cut.
     width = out.width
@@ -82,8 +138,16 @@ def _print_table(result):
     for row in result["rows"]:
         if row["status"] == "ok" and len(row.get("outputs") or {}) > 1:
             for name, figures in row["outputs"].items():
-                agreement = f", argmax agreement {figures['argmax_agreement']:.2f}%" if figures.get("argmax_agreement") is not None else ""
-                out.print(f"{row['artifact']} output '{name}': max |Δ| {figures['max_abs_diff']:.3g}, cosine {figures['cosine']:.6f}{agreement}", soft_wrap=True, markup=False)
+                agreement = (
+                    f", argmax agreement {figures['argmax_agreement']:.2f}%"
+                    if figures.get("argmax_agreement") is not None
+                    else ""
+                )
+                out.print(
+                    f"{row['artifact']} output '{name}': max |Δ| {figures['max_abs_diff']:.3g}, cosine {figures['cosine']:.6f}{agreement}",
+                    soft_wrap=True,
+                    markup=False,
+                )
         if row["status"] != "ok":
             out.print(f"{row['artifact']}: {row['status'].split(':')[0]}: {row['error']}", soft_wrap=True, markup=False)
     for note in result.get("notes") or []:

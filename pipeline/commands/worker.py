@@ -14,9 +14,18 @@ from pipeline.sweep import cluster
 
 
 @click.command("worker", cls=EdgepipeCommand)
-@click.option("--address", required=True, metavar="HEAD:PORT", help="The head's address ('ray start --head' prints it; port 6379 by default).")
-@click.option("--targets", default=None, metavar="sm_89,...",
-              help="Targets to advertise (default: this GPU; without a GPU, the TensorRT-RTX targets built ahead of time).")
+@click.option(
+    "--address",
+    required=True,
+    metavar="HEAD:PORT",
+    help="The head's address ('ray start --head' prints it; port 6379 by default).",
+)
+@click.option(
+    "--targets",
+    default=None,
+    metavar="sm_89,...",
+    help="Targets to advertise (default: this GPU; without a GPU, the TensorRT-RTX targets built ahead of time).",
+)
 @click.option("--num-cpus", type=int, default=None, help="CPUs Ray may use here (default: all).")
 @click.option("--temp-dir", default=None, metavar="DIR", help="Ray's temporary directory on this machine.")
 @click.option("--dry-run", is_flag=True, help="Print the 'ray start' command instead of running it.")
@@ -37,19 +46,41 @@ def worker_command(address, targets, num_cpus, temp_dir, dry_run, as_json):
     """
     cluster.require_ray()
     host, port = cluster.split_address(address)
-    resources = cluster.worker_resources([t.strip() for t in targets.split(",") if t.strip()] if targets else None, num_cpus)
+    resources = cluster.worker_resources(
+        [t.strip() for t in targets.split(",") if t.strip()] if targets else None, num_cpus
+    )
     if not resources:
-        raise EdgepipeError("this machine has no NVIDIA GPU and no TensorRT-RTX, so it serves no target",
-                            fix="install TensorRT-RTX (pip install 'edgepipe[rtx]') to build ahead of time, or pass --targets sm_XY")
-    command = ["ray", "start", "--address", f"{host}:{port}", "--resources", json.dumps(resources, sort_keys=True), "--block"]
+        raise EdgepipeError(
+            "this machine has no NVIDIA GPU and no TensorRT-RTX, so it serves no target",
+            fix="install TensorRT-RTX (pip install 'edgepipe[rtx]') to build ahead of time, or pass --targets sm_XY",
+        )
+    command = [
+        "ray",
+        "start",
+        "--address",
+        f"{host}:{port}",
+        "--resources",
+        json.dumps(resources, sort_keys=True),
+        "--block",
+    ]
     command += [f"--num-cpus={num_cpus}"] if num_cpus else []
     command += [f"--temp-dir={temp_dir}"] if temp_dir else []
     result = {"address": f"{host}:{port}", "resources": resources, "command": command, "started": not dry_run}
     if dry_run:
-        emit(result, as_json, lambda r: out.print(" ".join(shlex.quote(c) for c in r["command"]), markup=False, soft_wrap=True))
+        emit(
+            result,
+            as_json,
+            lambda r: out.print(" ".join(shlex.quote(c) for c in r["command"]), markup=False, soft_wrap=True),
+        )
         return
     cluster.check_reachable(host, port)
-    emit(result, as_json, lambda r: click.echo(f"Joining {r['address']} advertising {', '.join(f'{k}: {v:g}' for k, v in resources.items())}", err=True))
+    emit(
+        result,
+        as_json,
+        lambda r: click.echo(
+            f"Joining {r['address']} advertising {', '.join(f'{k}: {v:g}' for k, v in resources.items())}", err=True
+        ),
+    )
     sys.stdout.flush()
     # The same interpreter's Ray, in this process: signals (Ctrl-C, kill PID) reach 'ray start' directly.
     os.execv(sys.executable, [sys.executable, "-m", "ray.scripts.scripts", *command[1:]])

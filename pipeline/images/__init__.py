@@ -24,8 +24,23 @@ from pipeline.images.model_input import FLAG_KEYS, ModelInput, PreprocessFlags, 
 from pipeline.images.source import DIGITS, IMAGE_SUFFIXES, SPLIT_SEED, VAL_FRACTION, ImageSource, Split, read_labels
 from pipeline.images.stream import DEFAULT_BATCH_SIZE, BatchStream, default_workers
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DIGITS", "FLAG_KEYS", "IMAGE_SUFFIXES", "SPLIT_SEED", "VAL_FRACTION", "BatchStream", "ImageSource", "ModelInput", "PreprocessFlags", "Split",
-           "default_workers", "open_source", "read_labels", "refuse_for_recorded"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DIGITS",
+    "FLAG_KEYS",
+    "IMAGE_SUFFIXES",
+    "SPLIT_SEED",
+    "VAL_FRACTION",
+    "BatchStream",
+    "ImageSource",
+    "ModelInput",
+    "PreprocessFlags",
+    "Split",
+    "default_workers",
+    "open_source",
+    "read_labels",
+    "refuse_for_recorded",
+]
 
 _DATA_FIX = "pass --data digits, a folder of class sub-folders, a folder of images, or an .npz with x (and y)"
 
@@ -39,7 +54,10 @@ def open_source(spec: str, labels: str | Path | None = None, num_classes: int | 
     names = read_labels(labels) if labels is not None else None
     if names is not None and num_classes is not None and len(names) != num_classes:
         relation = "fewer" if len(names) < num_classes else "more"
-        raise EdgepipeError(f"labels file {labels} has {len(names)} names, {relation} than the model's {num_classes} classes", fix="list every class the model outputs, one per line, in its output order")
+        raise EdgepipeError(
+            f"labels file {labels} has {len(names)} names, {relation} than the model's {num_classes} classes",
+            fix="list every class the model outputs, one per line, in its output order",
+        )
     if spec == DIGITS:
         source = DigitsSource(names)
     else:
@@ -62,8 +80,14 @@ def _check_label_range(source: ImageSource, num_classes: int, labels_file) -> No
     top = int(source.labels.max()) if len(source.labels) else -1
     if top >= num_classes:
         if source.kind == "ImageFolder" and labels_file is None:
-            raise EdgepipeError(f"{source.spec} has {len(source.class_names)} class folders but the model has {num_classes} classes", fix="pass --labels FILE naming the model's classes in output order, or remove the extra folders")
-        raise EdgepipeError(f"{source.spec} has label {top}, out of range for the model's {num_classes} classes (0..{num_classes - 1})", fix="label images with class indices the model outputs")
+            raise EdgepipeError(
+                f"{source.spec} has {len(source.class_names)} class folders but the model has {num_classes} classes",
+                fix="pass --labels FILE naming the model's classes in output order, or remove the extra folders",
+            )
+        raise EdgepipeError(
+            f"{source.spec} has label {top}, out of range for the model's {num_classes} classes (0..{num_classes - 1})",
+            fix="label images with class indices the model outputs",
+        )
     if source.kind == "ImageFolder" and labels_file is None and len(source.class_names) != num_classes:
         raise EdgepipeError(
             f"{source.spec} has {len(source.class_names)} class folders but the model has {num_classes} classes, so sorted folder names cannot be its output order",

@@ -56,7 +56,7 @@ class FileSource(ImageSource):
         self.root, self.files, self.kind = root, PathList([str(f) for f in files]), kind
 
     @classmethod
-    def from_folder(cls, root: Path, names: list[str] | None, labels_file: str | None) -> "FileSource":
+    def from_folder(cls, root: Path, names: list[str] | None, labels_file: str | None) -> FileSource:
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         per_class = [list_images(d, recursive=True) for d in class_dirs]
         loose = list_images(root, recursive=False)
@@ -90,7 +90,9 @@ class FileSource(ImageSource):
         labels = self.labels if self.labels is not None else [-1] * len(self.files)
         for name, label in zip(self.files, labels):
             stat = Path(name).stat()
-            digest.update(f"{Path(name).relative_to(self.root)}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
+            digest.update(
+                f"{Path(name).relative_to(self.root)}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode()
+            )
         return digest.digest()
 
 
@@ -111,8 +113,12 @@ class NpzSource(ImageSource):
                 stored_names = [str(n) for n in archive["class_names"]] if "class_names" in members else None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, struct.error) as exc:
             raise EdgepipeError(f"cannot read {path}: {type(exc).__name__}: {str(exc)[:120]}", fix=_NPZ_FIX)
-        if x.ndim not in (3, 4) or (x.ndim == 4 and 1 not in (x.shape[1], x.shape[-1]) and 3 not in (x.shape[1], x.shape[-1])):
-            raise EdgepipeError(f"{path}: x has shape {x.shape}", fix="use N,H,W or N,H,W,C or N,C,H,W with 1 or 3 channels")
+        if x.ndim not in (3, 4) or (
+            x.ndim == 4 and 1 not in (x.shape[1], x.shape[-1]) and 3 not in (x.shape[1], x.shape[-1])
+        ):
+            raise EdgepipeError(
+                f"{path}: x has shape {x.shape}", fix="use N,H,W or N,H,W,C or N,C,H,W with 1 or 3 channels"
+            )
         if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
             raise EdgepipeError(f"{path}: x has dtype {x.dtype}", fix="save x as uint8 (0..255) or float (0..1)")
         self.path, self._x, self._shape = path, (x if not isinstance(x, np.memmap) else None), x.shape
@@ -167,9 +173,15 @@ class DigitsSource(ImageSource):
 
     def prepare(self, preprocess: Preprocess) -> None:
         """At an exact square size (edgepipe's default), resize as training did; else from 8x8."""
-        size = preprocess.resize if isinstance(preprocess.resize, tuple) and preprocess.resize[0] == preprocess.resize[1] else (8, 8)
+        size = (
+            preprocess.resize
+            if isinstance(preprocess.resize, tuple) and preprocess.resize[0] == preprocess.resize[1]
+            else (8, 8)
+        )
         if self._images.shape[-2:] != tuple(size):
-            self._images = load_dataset(DIGITS, image_size=size[0]).images  # today's loader: torch's antialiased bilinear
+            self._images = load_dataset(
+                DIGITS, image_size=size[0]
+            ).images  # today's loader: torch's antialiased bilinear
 
     def name_of(self, index: int) -> str:
         return f"digits[{index}]"
@@ -183,19 +195,33 @@ class DigitsSource(ImageSource):
 
 def _check_y(path: Path, y: np.ndarray, count: int, num_names: int | None) -> np.ndarray:
     if y.ndim != 1 or len(y) != count:
-        raise EdgepipeError(f"{path}: y has shape {y.shape} but x holds {count} images", fix="save one class index per image as y")
+        raise EdgepipeError(
+            f"{path}: y has shape {y.shape} but x holds {count} images", fix="save one class index per image as y"
+        )
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == np.bool_):
-        raise EdgepipeError(f"{path}: y has dtype {y.dtype}, not class indices", fix="save y as integers 0..C-1 in the model's output order")
+        raise EdgepipeError(
+            f"{path}: y has dtype {y.dtype}, not class indices",
+            fix="save y as integers 0..C-1 in the model's output order",
+        )
     if np.issubdtype(y.dtype, np.floating):
         fractional = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
         if len(fractional):
-            raise EdgepipeError(f"{path}: y[{fractional[0]}] is {y[fractional[0]]}, not an integer class index ({len(fractional)} such labels)", fix="save y as integers 0..C-1 in the model's output order")
+            raise EdgepipeError(
+                f"{path}: y[{fractional[0]}] is {y[fractional[0]]}, not an integer class index ({len(fractional)} such labels)",
+                fix="save y as integers 0..C-1 in the model's output order",
+            )
     if len(y) and y.min() < 0:
         first = int(np.flatnonzero(y < 0)[0])
-        raise EdgepipeError(f"{path}: y[{first}] is {y[first]}, a negative class index", fix="save y as integers 0..C-1 in the model's output order")
+        raise EdgepipeError(
+            f"{path}: y[{first}] is {y[first]}, a negative class index",
+            fix="save y as integers 0..C-1 in the model's output order",
+        )
     if num_names is not None and len(y) and y.max() >= num_names:
         first = int(np.flatnonzero(y >= num_names)[0])
-        raise EdgepipeError(f"{path}: y[{first}] is {y[first]}, out of range for the {num_names} names in the labels file", fix="save y as indices into the labels file (0..C-1)")
+        raise EdgepipeError(
+            f"{path}: y[{first}] is {y[first]}, out of range for the {num_names} names in the labels file",
+            fix="save y as indices into the labels file (0..C-1)",
+        )
     return y.astype(np.int64)
 
 

@@ -40,7 +40,7 @@ class PreprocessFlags:
     file_values: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, file: str | Path | None = None, **flags: Any) -> "PreprocessFlags":
+    def parse(cls, file: str | Path | None = None, **flags: Any) -> PreprocessFlags:
         """Parse every given flag (``resize="256"``, ``mean="0.485,0.456,0.406"`` ...) and read ``file``.
 
         What can be checked without the model is checked here, once: sizes, names, a crop larger
@@ -52,17 +52,27 @@ class PreprocessFlags:
         values = {key: parse_value(key, value) for key, value in flags.items() if value is not None}
         for key in ("channel_order", "interpolation", "layout"):
             if key in values:
-                choice(key, values[key], {"channel_order": CHANNEL_ORDERS, "layout": LAYOUTS, "interpolation": INTERPOLATION_NAMES}[key])
+                choice(
+                    key,
+                    values[key],
+                    {"channel_order": CHANNEL_ORDERS, "layout": LAYOUTS, "interpolation": INTERPOLATION_NAMES}[key],
+                )
         file_values = read_file(file) if file is not None else {}
         merged = {**file_values, **values}
-        geometry = {key: merged[key] for key in ("resize", "crop", "interpolation", "channel_order") if merged.get(key) is not None}
+        geometry = {
+            key: merged[key]
+            for key in ("resize", "crop", "interpolation", "channel_order")
+            if merged.get(key) is not None
+        }
         Preprocess.from_dict(geometry)  # a crop larger than the resize, or a bad name, fails here
         for key in ("mean", "std"):
             if merged.get(key) is not None:
                 numbers = parse_value(key, merged[key])
                 if len(numbers) not in (1, 3):
-                    raise EdgepipeError(f"{key} has {len(numbers)} values; images have 1 (grayscale) or 3 (colour) channels",
-                                        fix=f"give one value per channel, e.g. --{key} {'0.485,0.456,0.406' if key == 'mean' else '0.229,0.224,0.225'}")
+                    raise EdgepipeError(
+                        f"{key} has {len(numbers)} values; images have 1 (grayscale) or 3 (colour) channels",
+                        fix=f"give one value per channel, e.g. --{key} {'0.485,0.456,0.406' if key == 'mean' else '0.229,0.224,0.225'}",
+                    )
                 Preprocess(**{key: numbers, "channels": len(numbers)})  # 0-255 units or a zero std fail here
         return cls(values, None if file is None else str(file), file_values)
 
@@ -72,7 +82,6 @@ class PreprocessFlags:
 
     def flag_names(self) -> list[str]:
         return [f"--{key.replace('_', '-')}" for key in self.values] + (["--preprocess"] if self.file else [])
-
 
     def resolve(self, info: ModelInfo, stored: Preprocess | None = None) -> Preprocess:
         """The preprocessing for a model with input ``info``: stored, then the file, then the flags.
@@ -88,15 +97,20 @@ class PreprocessFlags:
             values = {**(stored.to_dict() if stored else {}), **self.file_values, **self.values}
             values = {key: value for key, value in values.items() if value is not None}
             if "channels" in values and int(values["channels"]) != channels:
-                raise EdgepipeError(f"the preprocessing says {values['channels']} channels, the model's input has {channels}",
-                                    fix="drop 'channels' from the preprocessing file, it comes from the model")
+                raise EdgepipeError(
+                    f"the preprocessing says {values['channels']} channels, the model's input has {channels}",
+                    fix="drop 'channels' from the preprocessing file, it comes from the model",
+                )
             values.update(channels=channels, layout=values.get("layout", info.layout))
             if values.get("resize") is None and values.get("crop") is None and input_hw:
                 values["resize"] = list(input_hw)
             preprocess = Preprocess.from_dict(values)
         if preprocess.layout != info.layout:
-            raise EdgepipeError(f"the preprocessing lays images out as {preprocess.layout.upper()}, but input '{info.input_name}' is "
-                                f"{info.layout.upper()} ({info.input.text()})", fix=f"pass --layout {info.layout}, or drop --layout")
+            raise EdgepipeError(
+                f"the preprocessing lays images out as {preprocess.layout.upper()}, but input '{info.input_name}' is "
+                f"{info.layout.upper()} ({info.input.text()})",
+                fix=f"pass --layout {info.layout}, or drop --layout",
+            )
         preprocess.check_fits(input_hw)
         if info.dynamic_hw and preprocess.output_hw is None:
             raise EdgepipeError(
@@ -115,13 +129,21 @@ class ModelInput:
     origin: str  # "default", "stored" (the model's metadata), "given" (flags or file), or "stored, then given"
 
     @classmethod
-    def of_onnx(cls, model: str | Path | onnx.ModelProto, flags: PreprocessFlags | None = None) -> "ModelInput":
+    def of_onnx(cls, model: str | Path | onnx.ModelProto, flags: PreprocessFlags | None = None) -> ModelInput:
         """The input of any single-image-input ONNX model and its preprocessing (stored, file, flags, or default)."""
         flags = flags or PreprocessFlags()
         proto = load_model(model)
         info = describe(proto, layout=flags.values.get("layout") or flags.file_values.get("layout"))
         stored = Preprocess.from_onnx(proto)
-        origin = "stored, then given" if stored and flags.given else "stored" if stored else "given" if flags.given else "default"
+        origin = (
+            "stored, then given"
+            if stored and flags.given
+            else "stored"
+            if stored
+            else "given"
+            if flags.given
+            else "default"
+        )
         return cls(info, flags.resolve(info, stored), origin)
 
     @property
@@ -155,26 +177,43 @@ class ModelInput:
         self.preprocess.store_in(model)
         with atomic_output(output) as tmp:
             onnx.save(model, str(tmp))
-        write_manifest(output, Kind.ONNX, inputs={"onnx": sha256_file(source)}, params={"precision": "fp32", "preprocess": self.preprocess.to_dict()},
-                       precision=Precision.FP32, source=str(source))
+        write_manifest(
+            output,
+            Kind.ONNX,
+            inputs={"onnx": sha256_file(source)},
+            params={"precision": "fp32", "preprocess": self.preprocess.to_dict()},
+            precision=Precision.FP32,
+            source=str(source),
+        )
         return Path(output)
 
     def describe(self) -> str:
         """One line for the user, e.g. 'no preprocessing given: images are resized to 224x224 and scaled to [0, 1]'."""
         if self.origin == "default":
             return self.preprocess.describe()
-        where = {"stored": " (stored in the model)", "stored, then given": " (stored in the model, with the flags given)"}.get(self.origin, "")
+        where = {
+            "stored": " (stored in the model)",
+            "stored, then given": " (stored in the model, with the flags given)",
+        }.get(self.origin, "")
         return f"preprocessing{where}: {self.preprocess.describe()}"
 
     def record(self) -> dict[str, Any]:
         """What manifests and results store of it."""
-        return {"preprocess": self.preprocess.to_dict(), "origin": self.origin, "input": self.info.input_name,
-                "layout": self.info.layout, "sample_shape": list(self.sample_shape)}
+        return {
+            "preprocess": self.preprocess.to_dict(),
+            "origin": self.origin,
+            "input": self.info.input_name,
+            "layout": self.info.layout,
+            "sample_shape": list(self.sample_shape),
+        }
 
 
 def refuse_for_recorded(model: str | Path, preprocess: PreprocessFlags | None, labels: str | Path | None) -> None:
     """Raise when preprocessing flags or a labels file are given for one of edgepipe's own models, which records its own."""
     given = (preprocess.flag_names() if preprocess else []) + (["--labels"] if labels is not None else [])
     if given:
-        raise EdgepipeError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to models edgepipe did not export; "
-                            f"{Path(model).name} records its own preprocessing and classes", fix=f"drop {', '.join(given)}")
+        raise EdgepipeError(
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to models edgepipe did not export; "
+            f"{Path(model).name} records its own preprocessing and classes",
+            fix=f"drop {', '.join(given)}",
+        )

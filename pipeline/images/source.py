@@ -83,10 +83,15 @@ class ImageSource:
         if not 0.0 < val_fraction < 1.0:
             raise EdgepipeError(f"held-out fraction {val_fraction} must lie between 0 and 1", fix="use e.g. 0.2")
         if len(self) < 2:
-            raise EdgepipeError(f"{self.spec} has {len(self)} image(s); a calibration pool and held-out split need at least 2", fix="add images")
+            raise EdgepipeError(
+                f"{self.spec} has {len(self)} image(s); a calibration pool and held-out split need at least 2",
+                fix="add images",
+            )
         stratified = self.labelled and _stratifiable(self.labels)
         if stratified:
-            pool, held_out = split_indices(self.labels, seed=seed, val_fraction=val_fraction)  # as checkpoints record it
+            pool, held_out = split_indices(
+                self.labels, seed=seed, val_fraction=val_fraction
+            )  # as checkpoints record it
         else:
             order = np.random.default_rng(seed).permutation(len(self))
             n_held = min(max(int(round(len(self) * val_fraction)), 1), len(self) - 1)
@@ -105,10 +110,16 @@ class ImageSource:
     def redraw(self, record: dict[str, Any]) -> Split:
         """The split ``record`` describes, drawn again; raises when the data changed since."""
         if record.get("source_sha256") != self.sha256:
-            raise EdgepipeError(f"{self.spec} changed since its split was drawn (images added, removed, modified or relabelled)", fix="pass the data the split was drawn from, or start again to draw a new split")
+            raise EdgepipeError(
+                f"{self.spec} changed since its split was drawn (images added, removed, modified or relabelled)",
+                fix="pass the data the split was drawn from, or start again to draw a new split",
+            )
         split = self.split(record["seed"], record["val_fraction"])
         if split.record["held_out_sha256"] != record.get("held_out_sha256"):
-            raise EdgepipeError(f"the recorded split of {self.spec} cannot be drawn again (the held-out images differ)", fix="start again to draw a new split")
+            raise EdgepipeError(
+                f"the recorded split of {self.spec} cannot be drawn again (the held-out images differ)",
+                fix="start again to draw a new split",
+            )
         return split
 
     def draw(self, indices, num: int, seed: int = 0) -> np.ndarray:
@@ -118,10 +129,22 @@ class ImageSource:
         if not self.labelled:
             return np.sort(rng.permutation(indices)[:num])
         pools = [rng.permutation(indices[self.labels[indices] == c]) for c in np.unique(self.labels[indices])]
-        picked = [pool[depth] for depth in range(max((len(p) for p in pools), default=0)) for pool in pools if depth < len(pool)]
+        picked = [
+            pool[depth]
+            for depth in range(max((len(p) for p in pools), default=0))
+            for pool in pools
+            if depth < len(pool)
+        ]
         return np.sort(np.asarray(picked[:num], dtype=np.int64))
 
-    def batches(self, preprocess: Preprocess, indices=None, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, progress=None) -> BatchStream:
+    def batches(
+        self,
+        preprocess: Preprocess,
+        indices=None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int | None = None,
+        progress=None,
+    ) -> BatchStream:
         """Stream ``indices`` (default: all) as preprocessed ``(x, y_or_None)`` batches; see ``BatchStream``."""
         return BatchStream(self, preprocess, indices, batch_size=batch_size, workers=workers, progress=progress)
 
@@ -143,20 +166,30 @@ def read_labels(path: str | Path) -> list[str]:
     """Class names, one per line, in the model's output order (blank lines are ignored)."""
     path = Path(path)
     if not path.is_file():
-        raise EdgepipeError(f"labels file {path} does not exist", fix="pass --labels with a text file holding one class name per line, in the model's output order")
+        raise EdgepipeError(
+            f"labels file {path} does not exist",
+            fix="pass --labels with a text file holding one class name per line, in the model's output order",
+        )
     try:
         names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except UnicodeDecodeError:
         raise EdgepipeError(f"labels file {path} is not a text file", fix="write one class name per line (UTF-8 text)")
     if not names:
-        raise EdgepipeError(f"labels file {path} is empty", fix="write one class name per line, in the model's output order")
+        raise EdgepipeError(
+            f"labels file {path} is empty", fix="write one class name per line, in the model's output order"
+        )
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise EdgepipeError(f"labels file {path} names {', '.join(repeated)} more than once", fix="list each class once, in the model's output order")
+        raise EdgepipeError(
+            f"labels file {path} names {', '.join(repeated)} more than once",
+            fix="list each class once, in the model's output order",
+        )
     return names
 
 
-def folder_labels(folder_names: list[str], names: list[str] | None, labels_file: str | None) -> tuple[list[int], list[str]]:
+def folder_labels(
+    folder_names: list[str], names: list[str] | None, labels_file: str | None
+) -> tuple[list[int], list[str]]:
     """Each class folder's label index, and the class names: through the labels file, or sorted folders."""
     if names is None:
         return list(range(len(folder_names))), list(folder_names)
@@ -165,7 +198,10 @@ def folder_labels(folder_names: list[str], names: list[str] | None, labels_file:
         unused = [name for name in names if name not in folder_names]  # a renamed folder matches a name no folder has
         hints = [f"{m} -> {c[0]}" for m in missing if (c := difflib.get_close_matches(m, unused, n=1, cutoff=0.6))]
         hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
-        raise EdgepipeError(f"class folder{'s' if len(missing) > 1 else ''} {', '.join(missing)} {'are' if len(missing) > 1 else 'is'} not in labels file {labels_file}{hint}", fix="rename the folders to names from the labels file, or add the missing names in the model's output order")
+        raise EdgepipeError(
+            f"class folder{'s' if len(missing) > 1 else ''} {', '.join(missing)} {'are' if len(missing) > 1 else 'is'} not in labels file {labels_file}{hint}",
+            fix="rename the folders to names from the labels file, or add the missing names in the model's output order",
+        )
     return [names.index(folder) for folder in folder_names], list(names)
 
 
@@ -182,7 +218,11 @@ def _indices_sha256(source_sha256: str, indices: np.ndarray) -> str:
 def list_images(folder: Path, recursive: bool) -> list[Path]:
     """Image files (by suffix) under ``folder``, sorted, hidden files and folders skipped."""
     if not recursive:
-        return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(
+            p
+            for p in folder.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        )
     found = []
     for root, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))

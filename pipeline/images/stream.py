@@ -15,8 +15,9 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -65,7 +66,12 @@ class _BatchDecoder:
     """DataLoader dataset whose item ``b`` is the whole preprocessed batch ``b`` (x, y or None)."""
 
     def __init__(self, source: Listed, preprocess: Preprocess, index_batches: list[np.ndarray], as_tensors: bool):
-        self.source, self.preprocess, self.index_batches, self.as_tensors = source, preprocess, index_batches, as_tensors
+        self.source, self.preprocess, self.index_batches, self.as_tensors = (
+            source,
+            preprocess,
+            index_batches,
+            as_tensors,
+        )
         self._tensor = None  # the batch being filled, when sent as a shared-memory tensor
 
     def __len__(self) -> int:
@@ -79,11 +85,21 @@ class _BatchDecoder:
             try:
                 image = self.source.read(index)
             except Exception as exc:  # any decoder failure is a property of this one file
-                return _Failure(f"{name} is not a readable image ({_reason(exc, name)})", f"remove or replace it; edgepipe reads {READABLE} files")
+                return _Failure(
+                    f"{name} is not a readable image ({_reason(exc, name)})",
+                    f"remove or replace it; edgepipe reads {READABLE} files",
+                )
             try:  # decoded images stay uint8 here and are scaled per batch in the main process
-                array = self.preprocess.arrange(image) if isinstance(image, Image.Image) else self.preprocess.apply_array(image)
+                array = (
+                    self.preprocess.arrange(image)
+                    if isinstance(image, Image.Image)
+                    else self.preprocess.apply_array(image)
+                )
             except ValueError as exc:
-                return _Failure(f"{name} cannot be preprocessed: {exc}", "pass a --resize at least as large as --crop, or remove the image")
+                return _Failure(
+                    f"{name} cannot be preprocessed: {exc}",
+                    "pass a --resize at least as large as --crop, or remove the image",
+                )
             if array.dtype != np.uint8 and not np.isfinite(array).all():
                 return _Failure(f"{name} holds NaN or Inf values", "clean the data")
             if out is None:
@@ -169,17 +185,29 @@ class BatchStream:
     ``progress``: True or a description for a rich bar with ETA on stderr, or a callable hook.
     """
 
-    def __init__(self, source: Listed, preprocess: Preprocess, indices=None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 workers: int | None = None, progress: bool | str | Progress | None = None):
+    def __init__(
+        self,
+        source: Listed,
+        preprocess: Preprocess,
+        indices=None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int | None = None,
+        progress: bool | str | Progress | None = None,
+    ):
         if batch_size < 1:
             raise EdgepipeError(f"batch size must be at least 1, got {batch_size}", fix="use a batch size of 1 or more")
         self.indices = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
         if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= len(source)):
-            raise EdgepipeError(f"image indices must lie in 0..{len(source) - 1}", fix="draw them from this source's split")
+            raise EdgepipeError(
+                f"image indices must lie in 0..{len(source) - 1}", fix="draw them from this source's split"
+            )
         self.source, self.preprocess, self.batch_size = source, preprocess, batch_size
         self.workers = default_workers() if workers is None else workers
         if self.workers < 0:
-            raise EdgepipeError(f"--workers must be 0 or more, got {workers}", fix="pass --workers 0 to decode in the main process, or a positive number")
+            raise EdgepipeError(
+                f"--workers must be 0 or more, got {workers}",
+                fix="pass --workers 0 to decode in the main process, or a positive number",
+            )
         self.progress = progress
 
     @property
@@ -193,12 +221,21 @@ class BatchStream:
         from torch.utils.data import DataLoader  # torch only for passes over images, not at CLI start-up
 
         self.source.prepare(self.preprocess)
-        index_batches = [self.indices[start : start + self.batch_size] for start in range(0, self.count, self.batch_size)]
+        index_batches = [
+            self.indices[start : start + self.batch_size] for start in range(0, self.count, self.batch_size)
+        ]
         workers = min(self.workers, len(index_batches))
         as_tensors = workers > 0 and _shared_memory_fits(workers * _PREFETCH * self._batch_bytes())
         decoder = _BatchDecoder(self.source, self.preprocess, index_batches, as_tensors)
-        loader = DataLoader(decoder, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
-                            prefetch_factor=_PREFETCH if workers else None, worker_init_fn=_init_worker)
+        loader = DataLoader(
+            decoder,
+            batch_size=None,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_identity,
+            prefetch_factor=_PREFETCH if workers else None,
+            worker_init_fn=_init_worker,
+        )
         hook, bar = self._progress_hook()
         done = 0
         try:
@@ -239,10 +276,25 @@ class BatchStream:
             return self.progress, None
         if not self.progress:
             return (lambda done, total: None), None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         description = self.progress if isinstance(self.progress, str) else "images"
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn(), TimeElapsedColumn(), console=console)  # stderr: stdout stays clean for --json
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )  # stderr: stdout stays clean for --json
         task = bar.add_task(description, total=self.count)
         bar.start()
         return (lambda done, total: bar.update(task, completed=done)), bar

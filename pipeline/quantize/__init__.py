@@ -29,10 +29,10 @@ from typing import Any
 
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision, parse
-from pipeline.quantize.fp16 import FP16_FP32_OPS, to_fp16
 from pipeline.quantize.budget import Budget
 from pipeline.quantize.calib import calibration_sha256
 from pipeline.quantize.checks import check_summary, folder_preprocess
+from pipeline.quantize.fp16 import FP16_FP32_OPS, to_fp16
 from pipeline.quantize.graph import count_macs, int8_share, keep_in_high_precision
 from pipeline.quantize.int8 import HIGH_PRECISIONS, INT8_DEFAULT_EXCLUDED_OPS, METHODS, to_int8
 from pipeline.quantize.qdq_rules import MIN_OPSET, check_tensorrt_qdq_rules
@@ -40,15 +40,38 @@ from pipeline.quantize.sensitivity import rank_sensitive_nodes
 from pipeline.quantize.source import PRECISION_KEY
 
 __all__ = [
-    "FP16_FP32_OPS", "HIGH_PRECISIONS", "INT8_DEFAULT_EXCLUDED_OPS", "METHODS", "MIN_OPSET", "PRECISION_KEY", "QUANTIZERS", "Budget",
-    "calibration_sha256", "check_summary", "check_tensorrt_qdq_rules", "convert", "count_macs", "folder_preprocess", "int8_share", "keep_in_high_precision",
-    "rank_sensitive_nodes", "to_fp16", "to_int8",
+    "FP16_FP32_OPS",
+    "HIGH_PRECISIONS",
+    "INT8_DEFAULT_EXCLUDED_OPS",
+    "METHODS",
+    "MIN_OPSET",
+    "PRECISION_KEY",
+    "QUANTIZERS",
+    "Budget",
+    "calibration_sha256",
+    "check_summary",
+    "check_tensorrt_qdq_rules",
+    "convert",
+    "count_macs",
+    "folder_preprocess",
+    "int8_share",
+    "keep_in_high_precision",
+    "rank_sensitive_nodes",
+    "to_fp16",
+    "to_int8",
 ]
 
 QUANTIZERS = {Precision.FP16: to_fp16, Precision.INT8: to_int8}
 
 
-def convert(precision: Precision | str, onnx_path: str | Path, output: str | Path, calib: Any = None, force: bool = False, **options: Any) -> dict[str, Any]:
+def convert(
+    precision: Precision | str,
+    onnx_path: str | Path,
+    output: str | Path,
+    calib: Any = None,
+    force: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
     """The FP16 or INT8 version of an FP32 ONNX model, through the one table of quantizers.
 
     ``calib`` is the INT8 calibration set (an .npz, a CalibrationSet, or None: drawn from an

@@ -21,8 +21,9 @@ and nothing is written. Where little of the work is left in INT8, the result say
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -48,9 +49,14 @@ class Budget:
 
     def __post_init__(self):
         if self.max_drop is not None and not (self.max_drop >= 0 and math.isfinite(self.max_drop)):
-            raise EdgepipeError(f"--max-drop must be 0 or more points, got {self.max_drop}", fix="pass a budget such as --max-drop 0.5")
+            raise EdgepipeError(
+                f"--max-drop must be 0 or more points, got {self.max_drop}", fix="pass a budget such as --max-drop 0.5"
+            )
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 100:
-            raise EdgepipeError(f"--min-agreement must be a percentage from 0 to 100, got {self.min_agreement:g}", fix="pass e.g. --min-agreement 99")
+            raise EdgepipeError(
+                f"--min-agreement must be a percentage from 0 to 100, got {self.min_agreement:g}",
+                fix="pass e.g. --min-agreement 99",
+            )
 
     @property
     def active(self) -> bool:
@@ -59,8 +65,10 @@ class Budget:
     def check_images(self, labelled: bool, what: str) -> None:
         """--max-drop needs labels on the images the budget is measured on."""
         if self.max_drop is not None and not labelled:
-            raise EdgepipeError(f"--max-drop measures top-1 against labels, but {what} have none",
-                                fix="use --min-agreement PCT (argmax agreement with FP32, needs no labels), or give labelled images (y in the .npz)")
+            raise EdgepipeError(
+                f"--max-drop measures top-1 against labels, but {what} have none",
+                fix="use --min-agreement PCT (argmax agreement with FP32, needs no labels), or give labelled images (y in the .npz)",
+            )
 
     def shortfall(self, figures: dict[str, Any]) -> float:
         """How far ``figures`` are from the budget (0 when met): points below it, summed."""
@@ -108,9 +116,17 @@ class Outcome:
     kept_op_types: list[str] = field(default_factory=list)
 
 
-def search(budget: Budget, fp32: onnx.ModelProto, plain: onnx.ModelProto, figures: dict[str, Any], images: np.ndarray,
-           measure: Callable[[bytes], dict[str, Any]], attempts: list[dict[str, Any]], fixed_nodes: list[str] = (),
-           macs: dict[str, int] | None = None) -> Outcome:
+def search(
+    budget: Budget,
+    fp32: onnx.ModelProto,
+    plain: onnx.ModelProto,
+    figures: dict[str, Any],
+    images: np.ndarray,
+    measure: Callable[[bytes], dict[str, Any]],
+    attempts: list[dict[str, Any]],
+    fixed_nodes: list[str] = (),
+    macs: dict[str, int] | None = None,
+) -> Outcome:
     """The plain PTQ model with the fewest sensitive nodes in higher precision that meets ``budget``.
 
     ``measure`` gives a candidate's figures against FP32; ``images`` (the check images) feed the
@@ -118,8 +134,12 @@ def search(budget: Budget, fp32: onnx.ModelProto, plain: onnx.ModelProto, figure
     the result say when little of the work is left in INT8. Each step is appended to ``attempts``.
     Raises naming the best reached when no candidate meets the budget.
     """
-    say(f"INT8 {figures_text(figures)} misses the budget ({budget.text()}); keeping the most sensitive nodes in higher precision")
-    ranking = [name for name, _ in rank_sensitive_nodes(fp32, plain, images[:SENSITIVITY_IMAGES]) if name not in fixed_nodes]
+    say(
+        f"INT8 {figures_text(figures)} misses the budget ({budget.text()}); keeping the most sensitive nodes in higher precision"
+    )
+    ranking = [
+        name for name, _ in rank_sensitive_nodes(fp32, plain, images[:SENSITIVITY_IMAGES]) if name not in fixed_nodes
+    ]
     best = Outcome(plain, figures)
     groups = _op_type_groups(fp32, plain, ranking)
     prefixes = [ranking[:count] for count in _doublings(len(ranking))]
@@ -152,7 +172,11 @@ def search(budget: Budget, fp32: onnx.ModelProto, plain: onnx.ModelProto, figure
             if share is not None and share < LOW_INT8_SHARE:
                 say(f"  only {share:.1f}% of the MACs are left in INT8: --fp16 may serve as well")
             return best
-    kept_text = ", ".join(best.kept_op_types) + " (whole op types)" if best.kept_op_types else (", ".join(best.kept_nodes[:8]) or "none")
+    kept_text = (
+        ", ".join(best.kept_op_types) + " (whole op types)"
+        if best.kept_op_types
+        else (", ".join(best.kept_nodes[:8]) or "none")
+    )
     if len(best.kept_nodes) > 8 and not best.kept_op_types:
         kept_text += " ..."
     raise EdgepipeError(
@@ -171,13 +195,24 @@ def _doublings(count: int) -> list[int]:
     return sizes
 
 
-def _op_type_groups(fp32: onnx.ModelProto, plain: onnx.ModelProto, ranking: list[str]) -> list[tuple[list[str], list[str]]]:
+def _op_type_groups(
+    fp32: onnx.ModelProto, plain: onnx.ModelProto, ranking: list[str]
+) -> list[tuple[list[str], list[str]]]:
     """Whole op types to keep, cumulatively: the attention products first, then op types in the order their first node ranks."""
     quantized = set(quantized_nodes(plain)) & set(ranking)
     nodes = {node.name: node for node in fp32.graph.node}
-    constants = {init.name for init in fp32.graph.initializer} | {out for node in fp32.graph.node if node.op_type == "Constant" for out in node.output}
-    attention = [name for name in ranking if name in nodes and (
-        nodes[name].op_type == "Softmax" or (nodes[name].op_type == "MatMul" and not any(i in constants for i in nodes[name].input)))]
+    constants = {init.name for init in fp32.graph.initializer} | {
+        out for node in fp32.graph.node if node.op_type == "Constant" for out in node.output
+    }
+    attention = [
+        name
+        for name in ranking
+        if name in nodes
+        and (
+            nodes[name].op_type == "Softmax"
+            or (nodes[name].op_type == "MatMul" and not any(i in constants for i in nodes[name].input))
+        )
+    ]
     by_type: dict[str, list[str]] = {}
     for name in ranking:
         if name in quantized and name in nodes:

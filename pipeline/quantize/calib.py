@@ -19,8 +19,8 @@ import numpy as np
 
 import calibration
 from pipeline.errors import EdgepipeError
-from pipeline.progress import info as say
 from pipeline.images import open_source as open_images
+from pipeline.progress import info as say
 from pipeline.quantize.checks import Images, check_fits, folder_calibration, read_npz
 from pipeline.quantize.source import Source
 
@@ -30,7 +30,9 @@ _EDGEPIPE_SET = {"images", "labels", "manifest"}  # the arrays of a set written 
 def zoo_calibration(calib: Any, config: dict[str, Any]) -> calibration.CalibrationSet:
     """The calibration set of an edgepipe export: ``calib``, or drawn from its training split; checked against it."""
     if calib is None:
-        say(f"No --calib given: drawing {calibration.DEFAULT_NUM} calibration images from the model's training split ({config['data']['source']})")
+        say(
+            f"No --calib given: drawing {calibration.DEFAULT_NUM} calibration images from the model's training split ({config['data']['source']})"
+        )
         calib_set = calibration.draw(config, num=calibration.DEFAULT_NUM, seed=0)
     elif isinstance(calib, calibration.CalibrationSet):
         calib_set = calib
@@ -41,7 +43,9 @@ def zoo_calibration(calib: Any, config: dict[str, Any]) -> calibration.Calibrati
     return calib_set
 
 
-def foreign_calibration(calib: Any, pool: Images | None, source: Source, flag: str = "--int8", reading: dict[str, Any] | None = None) -> tuple[Images, dict[str, Any]]:
+def foreign_calibration(
+    calib: Any, pool: Images | None, source: Source, flag: str = "--int8", reading: dict[str, Any] | None = None
+) -> tuple[Images, dict[str, Any]]:
     """Calibration images for a model edgepipe did not export, and their record (source, count, sha256).
 
     From ``calib`` (a CalibrationSet, an edgepipe set, an .npz with x, or a folder of images read
@@ -54,12 +58,17 @@ def foreign_calibration(calib: Any, pool: Images | None, source: Source, flag: s
             f"{flag} needs calibration images: {source.path} has no edgepipe metadata, so there is no training data to draw them from "
             "(edgepipe never calibrates on random data)",
             fix="pass --calib with 64 or more of your images (a folder, an .npz with x preprocessed for the model in its layout, or a set from "
-                "'edgepipe calibrate'), or --data with your images",
+            "'edgepipe calibrate'), or --data with your images",
         )
     if calib is None:
         count = min(len(pool), calibration.DEFAULT_NUM)
         picked = np.sort(np.random.default_rng(0).permutation(len(pool))[:count])
-        images = Images(pool.x[picked], None if pool.y is None else pool.y[picked], "calibration", f"{count} calibration images drawn from {pool.text}")
+        images = Images(
+            pool.x[picked],
+            None if pool.y is None else pool.y[picked],
+            "calibration",
+            f"{count} calibration images drawn from {pool.text}",
+        )
         where = f"drawn from {pool.text}"
     elif _is_folder(calib):
         images = folder_calibration(Path(calib), source.model, **(reading or {}))
@@ -73,10 +82,17 @@ def foreign_calibration(calib: Any, pool: Images | None, source: Source, flag: s
     check_fits(info, images.x, source.sample_shape, "--calib" if calib is not None else "--data")
     least = calibration.MIN_TOTAL
     if len(images) < least:
-        raise EdgepipeError(f"there are {len(images)} calibration images; INT8 needs at least {least} for stable ranges",
-                            fix=f"give {least} or more images (--calib, or --data with more images)")
+        raise EdgepipeError(
+            f"there are {len(images)} calibration images; INT8 needs at least {least} for stable ranges",
+            fix=f"give {least} or more images (--calib, or --data with more images)",
+        )
     sha256 = calibration_sha256(calib) if _is_folder(calib) else content_sha256(images.x, images.y)
-    record = {"source": where, "count": len(images), "sha256": sha256, **({"preprocess": images.extra["preprocess"]} if images.extra else {})}
+    record = {
+        "source": where,
+        "count": len(images),
+        "sha256": sha256,
+        **({"preprocess": images.extra["preprocess"]} if images.extra else {}),
+    }
     return images, record
 
 
@@ -105,7 +121,10 @@ def _read(calib: Any) -> tuple[np.ndarray, np.ndarray | None, str]:
         return calib.images, calib.labels, calib.manifest.get("path", "a calibration set")
     path = Path(calib)
     if not path.is_file():
-        raise EdgepipeError(f"calibration set {path} does not exist", fix="pass an .npz with x (images preprocessed for the model), or a set from 'edgepipe calibrate'")
+        raise EdgepipeError(
+            f"calibration set {path} does not exist",
+            fix="pass an .npz with x (images preprocessed for the model), or a set from 'edgepipe calibrate'",
+        )
     if _is_edgepipe_set(path):
         calib_set = calibration.load(path)
         return calib_set.images, calib_set.labels, str(path)

@@ -16,9 +16,10 @@ difference, cosine, argmax agreement along the last axis, and top-1 when there a
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,14 @@ class Images:
         return self.y is not None
 
     def record(self) -> dict[str, Any]:
-        return {"on": self.what, "images": len(self), "labelled": self.labelled, "text": self.text, "hint": self.hint, **(self.extra or {})}
+        return {
+            "on": self.what,
+            "images": len(self),
+            "labelled": self.labelled,
+            "text": self.text,
+            "hint": self.hint,
+            **(self.extra or {}),
+        }
 
 
 def synthetic(info: ModelInfo, sample_shape: tuple[int, ...], count: int = SYNTHETIC_COUNT, seed: int = 0) -> Images:
@@ -72,8 +80,16 @@ def synthetic(info: ModelInfo, sample_shape: tuple[int, ...], count: int = SYNTH
     return Images(np.concatenate(chunks)[:count], None, "synthetic", f"{count} synthetic inputs (seeded)")
 
 
-def user_images(data: str | Path, model: Any, info: ModelInfo, sample_shape: tuple[int, ...] | None, *, preprocess: Any = None,
-                labels: str | Path | None = None, workers: int | None = None) -> tuple[Images, Images]:
+def user_images(
+    data: str | Path,
+    model: Any,
+    info: ModelInfo,
+    sample_shape: tuple[int, ...] | None,
+    *,
+    preprocess: Any = None,
+    labels: str | Path | None = None,
+    workers: int | None = None,
+) -> tuple[Images, Images]:
     """The calibration pool and the held-out images of ``--data`` for a model edgepipe did not export.
 
     The one place ``--data`` becomes images for such a model:
@@ -89,12 +105,16 @@ def user_images(data: str | Path, model: Any, info: ModelInfo, sample_shape: tup
     if path.is_dir():
         return _folder_images(path, model, info, sample_shape, preprocess, labels, workers)
     if path.suffix.lower() != ".npz" or not path.is_file():
-        raise EdgepipeError(f"--data {data} is neither a folder of images nor an .npz file",
-                            fix="pass a folder of images (class sub-folders for labels), or an .npz with x (images preprocessed for the model) and optionally y")
+        raise EdgepipeError(
+            f"--data {data} is neither a folder of images nor an .npz file",
+            fix="pass a folder of images (class sub-folders for labels), or an .npz with x (images preprocessed for the model) and optionally y",
+        )
     given = (preprocess.flag_names() if preprocess is not None else []) + (["--labels"] if labels is not None else [])
     if given:
-        raise EdgepipeError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to a folder of images; x in {path.name} is already preprocessed for the model",
-                            fix=f"drop {', '.join(given)}, or pass the folder of images instead of the .npz")
+        raise EdgepipeError(
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to a folder of images; x in {path.name} is already preprocessed for the model",
+            fix=f"drop {', '.join(given)}, or pass the folder of images instead of the .npz",
+        )
     x, y = read_npz(path, "--data")
     check_fits(info, x, sample_shape, f"--data {path.name}")
     if y is not None:
@@ -105,12 +125,16 @@ def user_images(data: str | Path, model: Any, info: ModelInfo, sample_shape: tup
         held_out, pool = np.sort(order[:cut]), np.sort(order[cut:])
 
     def part(indices: np.ndarray, name: str) -> Images:
-        return Images(x[indices], None if y is None else y[indices], "data", f"{len(indices)} {name} images of {path.name}")
+        return Images(
+            x[indices], None if y is None else y[indices], "data", f"{len(indices)} {name} images of {path.name}"
+        )
 
     return part(pool, "calibration-pool"), part(held_out, "held-out")
 
 
-def _folder_images(folder: Path, model: Any, info: ModelInfo, sample_shape, preprocess, labels, workers) -> tuple[Images, Images]:
+def _folder_images(
+    folder: Path, model: Any, info: ModelInfo, sample_shape, preprocess, labels, workers
+) -> tuple[Images, Images]:
     """A folder of the user's images, split and read through the model's preprocessing (see ``user_images``)."""
     model_input = ModelInput.of_onnx(model, preprocess)
     say(model_input.describe())
@@ -124,26 +148,58 @@ def _folder_images(folder: Path, model: Any, info: ModelInfo, sample_shape, prep
     return pool, held_out
 
 
-def folder_calibration(folder: Path, model: Any, *, preprocess: Any = None, labels: str | Path | None = None, workers: int | None = None) -> Images:
+def folder_calibration(
+    folder: Path, model: Any, *, preprocess: Any = None, labels: str | Path | None = None, workers: int | None = None
+) -> Images:
     """A folder given as ``--calib``: every image may calibrate; up to ``POOL_LIMIT`` of them, drawn seeded, through the model's preprocessing."""
     model_input = ModelInput.of_onnx(model, preprocess)
     say(model_input.describe())
     source = open_images(str(folder), labels=labels, num_classes=model_input.num_classes)
-    return _read_folder(source, model_input, np.arange(len(source)), POOL_LIMIT, "calibration", folder.name, {"preprocess": model_input.record()}, workers)
+    return _read_folder(
+        source,
+        model_input,
+        np.arange(len(source)),
+        POOL_LIMIT,
+        "calibration",
+        folder.name,
+        {"preprocess": model_input.record()},
+        workers,
+    )
 
 
-def _read_folder(source: Any, model_input: ModelInput, indices: np.ndarray, limit: int, name: str, folder_name: str, extra: dict[str, Any],
-                 workers: int | None) -> Images:
+def _read_folder(
+    source: Any,
+    model_input: ModelInput,
+    indices: np.ndarray,
+    limit: int,
+    name: str,
+    folder_name: str,
+    extra: dict[str, Any],
+    workers: int | None,
+) -> Images:
     """Up to ``limit`` of ``indices`` (seeded, class by class when labelled), decoded into memory in the model's layout."""
     picked = source.draw(indices, limit, seed=SPLIT_SEED)
     batches = list(source.batches(model_input.preprocess, picked, progress=f"reading {name} images", workers=workers))
     x = np.concatenate([batch for batch, _ in batches])
-    y = np.concatenate([batch_labels for _, batch_labels in batches]) if source.labelled and model_input.num_classes else None
+    y = (
+        np.concatenate([batch_labels for _, batch_labels in batches])
+        if source.labelled and model_input.num_classes
+        else None
+    )
     of = f" (seeded draw of {len(indices):,})" if len(picked) < len(indices) else ""
-    return Images(x, y, "data", f"{len(picked):,} {name} images of {folder_name}{of}", extra=extra, preprocess=model_input.preprocess)
+    return Images(
+        x,
+        y,
+        "data",
+        f"{len(picked):,} {name} images of {folder_name}{of}",
+        extra=extra,
+        preprocess=model_input.preprocess,
+    )
 
 
-def folder_preprocess(model: Any, data: str | Path | None, preprocess: Any = None, calib: Any = None) -> dict[str, Any] | None:
+def folder_preprocess(
+    model: Any, data: str | Path | None, preprocess: Any = None, calib: Any = None
+) -> dict[str, Any] | None:
     """The preprocessing a folder given as ``data`` or ``calib`` is read with for a model edgepipe did not export, as manifests record it; else None."""
     folders = [path for path in (data, calib) if isinstance(path, (str, Path)) and Path(path).is_dir()]
     if not folders or any(prop.key == CONFIG_KEY for prop in model.metadata_props):
@@ -164,10 +220,16 @@ def read_npz(path: Path, flag: str) -> tuple[np.ndarray, np.ndarray | None]:
     if x is None:
         raise EdgepipeError(f"{flag} {path} has no array x", fix=fix)
     if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x.astype(np.float64, copy=False)).all():
-        raise EdgepipeError(f"{flag} {path} holds non-numeric, NaN or Inf values in x", fix="clean the images and save them again")
-    if y is not None and (y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0)):
-        raise EdgepipeError(f"{flag} {path} has labels y of shape {y.shape} ({y.dtype}); expected one class index (0 or more) per image, {len(x)} in all",
-                            fix="save y as integers, one per image in x, or leave y out")
+        raise EdgepipeError(
+            f"{flag} {path} holds non-numeric, NaN or Inf values in x", fix="clean the images and save them again"
+        )
+    if y is not None and (
+        y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0)
+    ):
+        raise EdgepipeError(
+            f"{flag} {path} has labels y of shape {y.shape} ({y.dtype}); expected one class index (0 or more) per image, {len(x)} in all",
+            fix="save y as integers, one per image in x, or leave y out",
+        )
     return x, (y.astype(np.int64) if y is not None else None)
 
 
@@ -181,9 +243,11 @@ def check_fits(info: ModelInfo, x: np.ndarray, sample_shape: tuple[int, ...] | N
         bad = tuple(x.shape[1:]) != tuple(sample_shape)
         wanted = " x ".join(str(d) for d in sample_shape)
     if bad:
-        raise EdgepipeError(f"{what} holds images of shape {' x '.join(str(d) for d in x.shape[1:])} ({len(x)} of them), but the model's input "
-                            f"'{info.input_name}' takes {wanted} ({layout}, {info.input.text()})",
-                            fix=f"preprocess the images to {wanted}, in the model's layout")
+        raise EdgepipeError(
+            f"{what} holds images of shape {' x '.join(str(d) for d in x.shape[1:])} ({len(x)} of them), but the model's input "
+            f"'{info.input_name}' takes {wanted} ({layout}, {info.input.text()})",
+            fix=f"preprocess the images to {wanted}, in the model's layout",
+        )
     if len(x) == 0:
         raise EdgepipeError(f"{what} holds no images", fix="give at least one image")
 
@@ -197,8 +261,10 @@ class Check:
         self.reference = list(self._run(fp32_bytes))
         classes = self.reference[0][1][0].shape[-1] if self.reference else 0
         if images.y is not None and images.y.max(initial=0) >= classes:
-            raise EdgepipeError(f"the labels of the {images.text} go up to {int(images.y.max())}, but output '{info.output_names[0]}' has {classes} classes",
-                                fix="give labels as class indices in the model's output order (0 to classes - 1)")
+            raise EdgepipeError(
+                f"the labels of the {images.text} go up to {int(images.y.max())}, but output '{info.output_names[0]}' has {classes} classes",
+                fix="give labels as class indices in the model's output order (0 to classes - 1)",
+            )
 
     def record(self) -> dict[str, Any]:
         return self.images.record()
@@ -213,8 +279,12 @@ class Check:
         if "top1" in result:
             figures.update(top1=result["top1"], reference_top1=result["reference_top1"], delta=result["delta"])
         figures.update({key: result[key] for key in ("max_abs_diff", "mean_abs_diff", "cosine", "cosine_min")})
-        figures["outputs"] = {name: {key: value for key, value in figures_of.items() if key not in ("passed", "required_atol", "nonfinite")}
-                              for name, figures_of in result["outputs"].items()}
+        figures["outputs"] = {
+            name: {
+                key: value for key, value in figures_of.items() if key not in ("passed", "required_atol", "nonfinite")
+            }
+            for name, figures_of in result["outputs"].items()
+        }
         return figures
 
     def _run(self, model_bytes: bytes) -> Iterator[tuple[np.ndarray | None, list[np.ndarray]]]:
@@ -226,12 +296,15 @@ class Check:
         name = session.get_inputs()[0].name
         x, y = self.images.x, self.images.y
         for start in range(0, len(x), self.batch):
-            batch = x[start:start + self.batch]
+            batch = x[start : start + self.batch]
             count = len(batch)
             if len(batch) < self.batch and self.info.batch:  # a fixed batch: fill it, compare only the real images
                 batch = np.resize(batch, (self.batch, *batch.shape[1:]))
             outputs = session.run(None, {name: np.ascontiguousarray(batch)})
-            yield (None if y is None else _labels_for(y[start:start + count], outputs[0][:count])), [o[:count] for o in outputs]
+            yield (
+                (None if y is None else _labels_for(y[start : start + count], outputs[0][:count])),
+                [o[:count] for o in outputs],
+            )
 
 
 def check_summary(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -239,9 +312,19 @@ def check_summary(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
     if not manifest or not manifest.get("check"):
         return None
     accuracy = manifest.get("accuracy") or {}
-    figures = {key: accuracy[key] for key in ("samples", "top1", "delta", "agreement", "max_abs_diff", "cosine") if accuracy.get(key) is not None}
+    figures = {
+        key: accuracy[key]
+        for key in ("samples", "top1", "delta", "agreement", "max_abs_diff", "cosine")
+        if accuracy.get(key) is not None
+    }
     extra = {key: manifest[key] for key in ("kept_nodes", "macs") if manifest.get(key)}
-    return {"precision": manifest.get("precision"), "on": manifest["check"].get("text"), "hint": manifest["check"].get("hint", ""), **figures, **extra}
+    return {
+        "precision": manifest.get("precision"),
+        "on": manifest["check"].get("text"),
+        "hint": manifest["check"].get("hint", ""),
+        **figures,
+        **extra,
+    }
 
 
 def _labels_for(labels: np.ndarray, output: np.ndarray) -> np.ndarray | None:

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
@@ -22,7 +22,18 @@ from pipeline.precision import QDQ_OPS
 MAC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # Ops that pass values through unchanged, only rearrange them or read their shape: quantizing their
 # input changes no value they compute, so the budget search does not rank or keep them.
-PASS_THROUGH_OPS = set(QDQ_OPS) | {"Cast", "Constant", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Shape", "Size"}
+PASS_THROUGH_OPS = set(QDQ_OPS) | {
+    "Cast",
+    "Constant",
+    "Identity",
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Shape",
+    "Size",
+}
 
 
 def count_macs(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[str, int]:
@@ -42,9 +53,13 @@ def count_macs(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[str
     try:
         inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
     except Exception as exc:  # inference raises on graphs it cannot follow (custom ops)
-        raise EdgepipeError(f"onnx shape inference cannot follow the model ({str(exc).splitlines()[0][:160]})",
-                            fix="check the model with onnx.checker; edgepipe counts MACs from inferred shapes") from None
-    shapes = {v.name: _static_shape(v) for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+        raise EdgepipeError(
+            f"onnx shape inference cannot follow the model ({str(exc).splitlines()[0][:160]})",
+            fix="check the model with onnx.checker; edgepipe counts MACs from inferred shapes",
+        ) from None
+    shapes = {
+        v.name: _static_shape(v) for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    }
     shapes.update({init.name: tuple(init.dims) for init in inferred.graph.initializer})
     macs = {}
     for node in inferred.graph.node:
@@ -60,8 +75,10 @@ def quantized_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the compute nodes that read a DequantizeLinear output (they compute on quantized values)."""
     producers = _producers(model)
     return [
-        node.name for node in model.graph.node
-        if node.name and node.op_type not in PASS_THROUGH_OPS
+        node.name
+        for node in model.graph.node
+        if node.name
+        and node.op_type not in PASS_THROUGH_OPS
         and any(_is_dq(producers.get(name)) for name in node.input)
     ]
 
@@ -69,8 +86,13 @@ def quantized_nodes(model: onnx.ModelProto) -> list[str]:
 def int8_share(model: onnx.ModelProto, macs: dict[str, int]) -> dict[str, float | int]:
     """MACs in INT8 (Conv/MatMul/Gemm with both data inputs through DequantizeLinear) over all MACs."""
     producers = _producers(model)
-    int8 = sum(macs.get(node.name, 0) for node in model.graph.node
-               if node.op_type in MAC_OPS and len(node.input) >= 2 and all(_is_dq(producers.get(name)) for name in node.input[:2]))
+    int8 = sum(
+        macs.get(node.name, 0)
+        for node in model.graph.node
+        if node.op_type in MAC_OPS
+        and len(node.input) >= 2
+        and all(_is_dq(producers.get(name)) for name in node.input[:2])
+    )
     total = sum(macs.values())
     return {"total": int(total), "int8": int(int8), "int8_share": round(100.0 * int8 / total, 2) if total else 0.0}
 
@@ -98,7 +120,10 @@ def keep_in_high_precision(model: onnx.ModelProto, names: Iterable[str]) -> onnx
                 node.input[index] = q.input[0]
     missing = sorted(wanted - found)
     if missing:
-        raise EdgepipeError(f"the quantized model has no node named {', '.join(missing[:5])}", fix="name nodes of the FP32 model's graph")
+        raise EdgepipeError(
+            f"the quantized model has no node named {', '.join(missing[:5])}",
+            fix="name nodes of the FP32 model's graph",
+        )
     _remove_unused(kept)
     return kept
 

@@ -11,7 +11,18 @@ from pipeline.runtime.base import predict
 from pipeline.runtime.ort import OnnxRuntimeRunner
 
 # The figures quantize returns and records in a manifest's "accuracy", in this order.
-FIGURES = ("samples", "top1", "reference_top1", "delta", "agreement", "max_abs_diff", "mean_abs_diff", "median_abs_diff", "cosine", "cosine_min")
+FIGURES = (
+    "samples",
+    "top1",
+    "reference_top1",
+    "delta",
+    "agreement",
+    "max_abs_diff",
+    "mean_abs_diff",
+    "median_abs_diff",
+    "cosine",
+    "cosine_min",
+)
 
 
 class HeldOut:

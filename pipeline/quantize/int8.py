@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -71,7 +72,9 @@ def to_int8(
     if method not in METHODS:
         raise EdgepipeError(f"unknown calibration method {method!r}", fix=f"use one of {', '.join(METHODS)}")
     if high_precision not in HIGH_PRECISIONS:
-        raise EdgepipeError(f"unknown high precision {high_precision!r}", fix=f"use one of {', '.join(HIGH_PRECISIONS)}")
+        raise EdgepipeError(
+            f"unknown high precision {high_precision!r}", fix=f"use one of {', '.join(HIGH_PRECISIONS)}"
+        )
     budget = Budget(max_drop, min_agreement)
     output = check_paths(onnx_path, output, force)
     source = open_source(onnx_path, "--int8", size, size_flag)
@@ -80,7 +83,9 @@ def to_int8(
     _check_node_names(source.model, exclude_nodes)
     excluded_ops = sorted((set(INT8_DEFAULT_EXCLUDED_OPS) - set(include_ops)) | set(exclude_ops))
 
-    calib_images, calib_info, check, check_images = _data(source, calib, data, budget, {"preprocess": preprocess, "labels": labels, "workers": workers})
+    calib_images, calib_info, check, check_images = _data(
+        source, calib, data, budget, {"preprocess": preprocess, "labels": labels, "workers": workers}
+    )
     record = check.record()
     say(f"INT8 is checked against FP32 on {record['text']}" + (f"; {record['hint']}" if record["hint"] else ""))
     quantizer = _Int8Quantizer(source, calib_images, method, excluded_ops, high_precision)
@@ -90,7 +95,9 @@ def to_int8(
     outcome = Outcome(quantized, figures)
     per_node = _macs_per_node(source)
     if budget.active and not budget.met(figures):
-        outcome = search(budget, source.fp32, quantized, figures, check_images, check.measure, attempts, exclude_nodes, per_node)
+        outcome = search(
+            budget, source.fp32, quantized, figures, check_images, check.measure, attempts, exclude_nodes, per_node
+        )
     quantized, figures, kept = outcome.model, outcome.figures, outcome.kept_nodes
     macs = int8_share(quantized, per_node) if per_node else None
 
@@ -104,22 +111,60 @@ def to_int8(
     with atomic_output(output) as tmp:
         onnx.save(quantized, str(tmp))
     seconds = round(time.perf_counter() - started, 2)
-    params = {"precision": "int8", "method": method, "excluded_ops": excluded_ops, "excluded_nodes": nodes, "high_precision": high_precision,
-              **budget.record(), "input_shape": list(source.input_shape()), "data": data,
-              "preprocess": preprocess_used and preprocess_used.to_dict()}
-    facts = {"kept_nodes": kept, "kept_op_types": outcome.kept_op_types, "attempts": attempts, "calibration": calib_info,
-             "check": check.record(), "macs": macs, "opset_upgrade": source.upgrade}
-    write_manifest(output, Kind.ONNX, inputs={"onnx": sha256_file(onnx_path), "calibration": calib_info["sha256"]}, params=params,
-                   precision=Precision.INT8, accuracy=figures, seconds=seconds, **facts)
-    return {"onnx": str(output), "source": str(onnx_path), "precision": "int8", "seconds": seconds, "method": method,
-            "high_precision": high_precision, "excluded_ops": excluded_ops, "excluded_nodes": nodes, **budget.record(), **facts, **figures}
+    params = {
+        "precision": "int8",
+        "method": method,
+        "excluded_ops": excluded_ops,
+        "excluded_nodes": nodes,
+        "high_precision": high_precision,
+        **budget.record(),
+        "input_shape": list(source.input_shape()),
+        "data": data,
+        "preprocess": preprocess_used and preprocess_used.to_dict(),
+    }
+    facts = {
+        "kept_nodes": kept,
+        "kept_op_types": outcome.kept_op_types,
+        "attempts": attempts,
+        "calibration": calib_info,
+        "check": check.record(),
+        "macs": macs,
+        "opset_upgrade": source.upgrade,
+    }
+    write_manifest(
+        output,
+        Kind.ONNX,
+        inputs={"onnx": sha256_file(onnx_path), "calibration": calib_info["sha256"]},
+        params=params,
+        precision=Precision.INT8,
+        accuracy=figures,
+        seconds=seconds,
+        **facts,
+    )
+    return {
+        "onnx": str(output),
+        "source": str(onnx_path),
+        "precision": "int8",
+        "seconds": seconds,
+        "method": method,
+        "high_precision": high_precision,
+        "excluded_ops": excluded_ops,
+        "excluded_nodes": nodes,
+        **budget.record(),
+        **facts,
+        **figures,
+    }
 
 
 def _data(source: Source, calib: Any, data: str | None, budget: Budget, reading: dict[str, Any]):
     """(calibration images, their record, the check, the check's images) for an edgepipe export or any other model."""
     if not source.foreign:
         calib_set = zoo_calibration(calib, source.config)
-        calib_info = {"source": calib_set.manifest.get("path", "drawn from the training split"), "count": len(calib_set), "sha256": calib_set.sha256}
+        calib_info = {
+            "source": calib_set.manifest.get("path", "drawn from the training split"),
+            "count": len(calib_set),
+            "sha256": calib_set.sha256,
+        }
         check = HeldOut(source.path, source.config, data)
         source.prepare(calib_set.images, "calibration images")
         return calib_set.images, calib_info, check, check.images
@@ -164,9 +209,15 @@ class _Int8Quantizer:
             with quiet_modelopt() as log:
                 try:
                     quantize(
-                        str(source), quantize_mode="int8", calibration_data=self.images, calibration_method=self.method,
-                        calibration_eps=["cpu"], op_types_to_exclude=list(self.excluded_ops) or None,
-                        nodes_to_exclude=list(nodes_to_exclude) or None, output_path=str(target), log_level="WARNING",
+                        str(source),
+                        quantize_mode="int8",
+                        calibration_data=self.images,
+                        calibration_method=self.method,
+                        calibration_eps=["cpu"],
+                        op_types_to_exclude=list(self.excluded_ops) or None,
+                        nodes_to_exclude=list(nodes_to_exclude) or None,
+                        output_path=str(target),
+                        log_level="WARNING",
                         high_precision_dtype=self.high_precision,
                     )
                 except Exception as exc:  # ModelOpt raises many types on graphs it cannot quantize
@@ -184,7 +235,10 @@ def _check_op_types(model: onnx.ModelProto, op_types: list[str]) -> None:
     present = sorted({node.op_type for node in model.graph.node})
     unknown = [op for op in op_types if op not in present]
     if unknown:
-        raise EdgepipeError(f"the model has no {', '.join(unknown)} op (it has: {', '.join(present)})", fix="pass op types from that list to --exclude-op/--include-op")
+        raise EdgepipeError(
+            f"the model has no {', '.join(unknown)} op (it has: {', '.join(present)})",
+            fix="pass op types from that list to --exclude-op/--include-op",
+        )
 
 
 def _check_node_names(model: onnx.ModelProto, names: list[str]) -> None:
@@ -192,4 +246,7 @@ def _check_node_names(model: onnx.ModelProto, names: list[str]) -> None:
     unknown = [name for name in names if name not in present]
     if unknown:
         example = ", ".join(sorted(n for n in present if n)[:5])
-        raise EdgepipeError(f"the model has no node named {', '.join(unknown)} (names look like: {example})", fix="pass node names from the ONNX graph (e.g. as Netron shows them) to --exclude-node")
+        raise EdgepipeError(
+            f"the model has no node named {', '.join(unknown)} (names look like: {example})",
+            fix="pass node names from the ONNX graph (e.g. as Netron shows them) to --exclude-node",
+        )

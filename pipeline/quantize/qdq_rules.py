@@ -27,7 +27,10 @@ def check_tensorrt_qdq_rules(model: onnx.ModelProto) -> None:
     """
     opset = _default_opset(model)
     if opset < MIN_OPSET:
-        raise EdgepipeError(f"the model uses ONNX opset {opset}; TensorRT needs >= {MIN_OPSET} for Q/DQ", fix="export it again with --opset 13 or later")
+        raise EdgepipeError(
+            f"the model uses ONNX opset {opset}; TensorRT needs >= {MIN_OPSET} for Q/DQ",
+            fix="export it again with --opset 13 or later",
+        )
     constants = _constants(model)
     producers = {out: node for node in model.graph.node for out in node.output}
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
@@ -41,19 +44,32 @@ def check_tensorrt_qdq_rules(model: onnx.ModelProto) -> None:
         if len(node.input) > 2 and node.input[2]:
             zero_point = constants.get(node.input[2])
             if zero_point is None:
-                raise EdgepipeError(f"{label} has a zero point that is not a constant; TensorRT needs zero point 0", fix=_FIX)
+                raise EdgepipeError(
+                    f"{label} has a zero point that is not a constant; TensorRT needs zero point 0", fix=_FIX
+                )
             if np.any(zero_point != 0):
-                raise EdgepipeError(f"{label} has a non-zero zero point; TensorRT only takes symmetric quantization (zero point 0)", fix=_FIX)
+                raise EdgepipeError(
+                    f"{label} has a non-zero zero point; TensorRT only takes symmetric quantization (zero point 0)",
+                    fix=_FIX,
+                )
         if node.op_type == "DequantizeLinear":
             x = constants.get(node.input[0])
             if x is not None and x.dtype == np.int32:
-                raise EdgepipeError(f"{label} dequantizes an INT32 tensor (a quantized bias); the TensorRT ONNX parser rejects it", fix="keep biases in float: " + _FIX)
+                raise EdgepipeError(
+                    f"{label} dequantizes an INT32 tensor (a quantized bias); the TensorRT ONNX parser rejects it",
+                    fix="keep biases in float: " + _FIX,
+                )
             for consumer, index in consumers.get(node.output[0], []):
                 if consumer.op_type in ("Conv", "ConvTranspose", "Gemm") and index == 2:
-                    raise EdgepipeError(f"{label} feeds the bias of {consumer.op_type} node {consumer.name!r}; TensorRT takes no quantized bias", fix="keep biases in float: " + _FIX)
+                    raise EdgepipeError(
+                        f"{label} feeds the bias of {consumer.op_type} node {consumer.name!r}; TensorRT takes no quantized bias",
+                        fix="keep biases in float: " + _FIX,
+                    )
         scale = constants.get(node.input[1])
         if scale is None:
-            raise EdgepipeError(f"{label} has a scale that is not a constant; TensorRT needs build-time scales", fix=_FIX)
+            raise EdgepipeError(
+                f"{label} has a scale that is not a constant; TensorRT needs build-time scales", fix=_FIX
+            )
         if scale.size > 1 or scale.ndim > 0 and scale.ndim != 1:
             _check_per_channel(node, label, scale, constants, producers, consumers)
 
@@ -61,10 +77,15 @@ def check_tensorrt_qdq_rules(model: onnx.ModelProto) -> None:
 def _check_per_channel(node, label, scale, constants, producers, consumers) -> None:
     """A per-channel scale is only allowed on a constant weight, along its output-channel axis."""
     if scale.ndim != 1:
-        raise EdgepipeError(f"{label} has a {scale.ndim}-D scale; TensorRT takes a scalar or a 1-D per-channel scale for INT8", fix=_FIX)
+        raise EdgepipeError(
+            f"{label} has a {scale.ndim}-D scale; TensorRT takes a scalar or a 1-D per-channel scale for INT8", fix=_FIX
+        )
     weight = _weight_behind(node, constants, producers)
     if weight is None:
-        raise EdgepipeError(f"{label} quantizes an activation per channel; TensorRT allows per-channel scales only for weights", fix=_FIX)
+        raise EdgepipeError(
+            f"{label} quantizes an activation per channel; TensorRT allows per-channel scales only for weights",
+            fix=_FIX,
+        )
     axis = _attr(node, "axis")
     axis = 1 if axis is None else axis
     axis = axis + weight.ndim if axis < 0 else axis

@@ -14,7 +14,9 @@ _NOT_RANKED = PASS_THROUGH_OPS
 _CHUNK = 16
 
 
-def rank_sensitive_nodes(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, images: np.ndarray) -> list[tuple[str, float]]:
+def rank_sensitive_nodes(
+    fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, images: np.ndarray
+) -> list[tuple[str, float]]:
     """Quantized nodes, most harmful first: how much relative error each adds to its output.
 
     Runs both models on ``images`` (in the model's layout and dtype; a model with a fixed batch
@@ -26,18 +28,29 @@ def rank_sensitive_nodes(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProt
     fp32_names = {out for node in fp32_model.graph.node for out in node.output}
     producers = {out: node for node in int8_model.graph.node for out in node.output}
     ranked_nodes = [
-        node for node in int8_model.graph.node
-        if node.op_type not in _NOT_RANKED and node.name and node.output[0] in fp32_names
+        node
+        for node in int8_model.graph.node
+        if node.op_type not in _NOT_RANKED
+        and node.name
+        and node.output[0] in fp32_names
         and any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input)
     ]
     if not ranked_nodes:
         return []
-    watched = sorted({n.output[0] for n in ranked_nodes} | {src for n in ranked_nodes for src in _sources(n, producers) if src in fp32_names})
+    watched = sorted(
+        {n.output[0] for n in ranked_nodes}
+        | {src for n in ranked_nodes for src in _sources(n, producers) if src in fp32_names}
+    )
     reference = _intermediates(fp32_model, watched, images)
     candidate = _intermediates(int8_model, watched, images)
-    norms = {name: (sum(float(np.sum((c - r) ** 2)) for r, c in zip(reference[name], candidate[name])),
-                    sum(float(np.sum(r ** 2)) for r in reference[name]))
-             for name in reference if name in candidate}
+    norms = {
+        name: (
+            sum(float(np.sum((c - r) ** 2)) for r, c in zip(reference[name], candidate[name])),
+            sum(float(np.sum(r**2)) for r in reference[name]),
+        )
+        for name in reference
+        if name in candidate
+    }
 
     def error(name: str) -> float:
         if name not in norms:
@@ -72,7 +85,9 @@ def _intermediates(model: onnx.ModelProto, names: list[str], images: np.ndarray)
     import onnxruntime as ort  # a second to import: only a budget search pays for it
 
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    types = {
+        v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.output)
+    }
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
     existing = {o.name for o in exposed.graph.output}
@@ -91,7 +106,7 @@ def _intermediates(model: onnx.ModelProto, names: list[str], images: np.ndarray)
     wanted = [o.name for o in session.get_outputs() if o.name in set(names)]
     found: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
     for start in range(0, len(images), batch):
-        values = session.run(wanted, {feed.name: np.ascontiguousarray(images[start:start + batch])})
+        values = session.run(wanted, {feed.name: np.ascontiguousarray(images[start : start + batch])})
         for name, value in zip(wanted, values):
             found[name].append(value.astype(np.float64))
     return found

@@ -51,7 +51,11 @@ class Source:
         info = self.info
         if info.dynamic_hw and self.size is None:
             example = "x".join(str(d) for d in (1, *info.sample_shape(224, 224)))
-            flag = f"--optShapes {info.input_name}:{example}" if self.size_flag == "--optShapes" else f"{self.size_flag} 224x224"
+            flag = (
+                f"--optShapes {info.input_name}:{example}"
+                if self.size_flag == "--optShapes"
+                else f"{self.size_flag} 224x224"
+            )
             raise EdgepipeError(
                 f"input '{info.input_name}' has dynamic height/width ({info.input.text()}); edgepipe converts and checks the model at one fixed size",
                 fix=f"pass the size to use, e.g. {flag} (the converted model keeps its dynamic height/width)",
@@ -68,12 +72,15 @@ class Source:
             if tuple(size) != (info.height, info.width):
                 raise EdgepipeError(
                     f"{given_by or self.size_flag} gives height x width {size[0]}x{size[1]}, but the model's input '{info.input_name}' is fixed at "
-                    f"{info.height}x{info.width} ({info.input.text()})", fix=f"drop {given_by or self.size_flag}, or pass {info.height}x{info.width}")
+                    f"{info.height}x{info.width} ({info.input.text()})",
+                    fix=f"drop {given_by or self.size_flag}, or pass {info.height}x{info.width}",
+                )
             return
         if self.size is not None and tuple(size) != self.size:
             raise EdgepipeError(
                 f"{given_by} is {size[0]}x{size[1]} (height x width), but the model is converted at {self.size[0]}x{self.size[1]} ({self.size_flag})",
-                fix=f"give images of {self.size[0]}x{self.size[1]}, or pass {self.size_flag} {size[0]}x{size[1]}")
+                fix=f"give images of {self.size[0]}x{self.size[1]}, or pass {self.size_flag} {size[0]}x{size[1]}",
+            )
         self.size = (int(size[0]), int(size[1]))
 
     def input_shape(self, batch: int = 1) -> tuple[int, ...]:
@@ -89,9 +96,16 @@ class Source:
         differences = prove_same(self.model, upgraded, np.ascontiguousarray(inputs[:batch]))
         self.fp32 = upgraded
         worst = max(differences.values(), default=0.0)
-        self.upgrade = {"from": self.info.opset, "to": DEFAULT_TARGET_OPSET, "proven_on": f"{batch} {described}", "max_abs_diff": differences}
-        return (f"Opset {self.info.opset} is older than the 13 INT8 (Q/DQ) needs: upgraded to {DEFAULT_TARGET_OPSET} with onnx's version converter, "
-                f"proven unchanged on {batch} {described} (max abs diff {worst:.2g})")
+        self.upgrade = {
+            "from": self.info.opset,
+            "to": DEFAULT_TARGET_OPSET,
+            "proven_on": f"{batch} {described}",
+            "max_abs_diff": differences,
+        }
+        return (
+            f"Opset {self.info.opset} is older than the 13 INT8 (Q/DQ) needs: upgraded to {DEFAULT_TARGET_OPSET} with onnx's version converter, "
+            f"proven unchanged on {batch} {described} (max abs diff {worst:.2g})"
+        )
 
     def write_fp32(self, folder: Path) -> Path:
         """The model ModelOpt converts, written into ``folder`` (ModelOpt reads a path and writes beside it)."""
@@ -100,7 +114,9 @@ class Source:
         return path
 
 
-def open_source(onnx_path: str | Path, flag: str, size: tuple[int, int] | None = None, size_flag: str = "--input-size") -> Source:
+def open_source(
+    onnx_path: str | Path, flag: str, size: tuple[int, int] | None = None, size_flag: str = "--input-size"
+) -> Source:
     """The FP32 model at ``onnx_path``, with or without edgepipe metadata; refuses converted models.
 
     ``flag`` (--fp16/--int8) names the conversion in messages; ``size`` fixes a dynamic height/width
@@ -109,7 +125,9 @@ def open_source(onnx_path: str | Path, flag: str, size: tuple[int, int] | None =
     model = load_model(onnx_path)
     have = of_onnx(model)
     if have != Precision.FP32:
-        raise EdgepipeError(f"{onnx_path} is already {have.label}; {flag} needs the FP32 model", fix="pass the FP32 .onnx model")
+        raise EdgepipeError(
+            f"{onnx_path} is already {have.label}; {flag} needs the FP32 model", fix="pass the FP32 .onnx model"
+        )
     info = describe(model)
     raw = next((prop.value for prop in model.metadata_props if prop.key == CONFIG_KEY), None)
     source = Source(Path(onnx_path), model, info, json.loads(raw) if raw else None, size_flag)
@@ -125,7 +143,9 @@ def check_paths(onnx_path: str | Path, output: str | Path, force: bool) -> Path:
     return check_output(output, force)
 
 
-def carry_metadata(source: onnx.ModelProto, target: onnx.ModelProto, precision: Precision, extra: dict[str, str] | None = None) -> None:
+def carry_metadata(
+    source: onnx.ModelProto, target: onnx.ModelProto, precision: Precision, extra: dict[str, str] | None = None
+) -> None:
     """ModelOpt drops metadata_props: copy the source's (edgepipe's config, if any) and record the precision."""
     values = {prop.key: prop.value for prop in source.metadata_props}
     values.update({PRECISION_KEY: precision.value, **(extra or {})})

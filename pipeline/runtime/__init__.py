@@ -11,8 +11,8 @@ the GPU; without a GPU it then raises ``NoGpuError``, a skip rather than a failu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pipeline.artifacts import Artifact, Kind
 from pipeline.cuda import current_compute_capability
@@ -42,7 +42,10 @@ def _engine(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode) 
     device_cc = current_compute_capability()
     check_engine_runtime(artifact.path, backend, device_cc)
     if device_cc is None:
-        raise NoGpuError(f"running TensorRT engine {artifact.path} needs an NVIDIA GPU, and this machine has none", fix="run it on a GPU host; here, validate and bench the .onnx it was built from")
+        raise NoGpuError(
+            f"running TensorRT engine {artifact.path} needs an NVIDIA GPU, and this machine has none",
+            fix="run it on a GPU host; here, validate and bench the .onnx it was built from",
+        )
     from pipeline.runtime.engine import TensorRTRunner  # imports pycuda: only on a GPU host
 
     return TensorRTRunner(artifact.path.read_bytes(), backend, cuda_graph=cuda_graph, label=artifact.name)
@@ -55,7 +58,9 @@ RUNNERS: dict[Kind, Callable[[Artifact, str, bool, ModelCode], Runner]] = {
 }
 
 
-def open_runner(artifact: Artifact | str | Path, device: str = "cpu", cuda_graph: bool = False, code: ModelCode = ModelCode()) -> Runner:
+def open_runner(
+    artifact: Artifact | str | Path, device: str = "cpu", cuda_graph: bool = False, code: ModelCode = ModelCode()
+) -> Runner:
     """The runner for an artifact (a checkpoint, an ONNX model or a TensorRT engine).
 
     ``code`` is the user code a checkpoint's model may be rebuilt from (--model, --trust-model-code).
@@ -64,5 +69,8 @@ def open_runner(artifact: Artifact | str | Path, device: str = "cpu", cuda_graph
         artifact = Artifact.open(artifact)
     opener = RUNNERS.get(artifact.kind)
     if opener is None:
-        raise EdgepipeError(f"{artifact.path} is a {artifact.kind}, not a model", fix="pass an .onnx model, a .engine/.plan file or a .pt checkpoint")
+        raise EdgepipeError(
+            f"{artifact.path} is a {artifact.kind}, not a model",
+            fix="pass an .onnx model, a .engine/.plan file or a .pt checkpoint",
+        )
     return opener(artifact, device, cuda_graph, code)

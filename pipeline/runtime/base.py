@@ -32,7 +32,7 @@ class Runner:
     max_batch: int | None = None  # largest batch accepted (a TensorRT profile's max); None: no limit
     input_shape: tuple[int, ...] | None = None  # one sample's shape (C, H, W) when known
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -65,12 +65,24 @@ class Runner:
         return check_batch(self.name, batch, self.input_shape, self.batch_size, self.min_batch, self.max_batch)
 
 
-def check_batch(name: str, batch: Any, input_shape: tuple[int, ...] | None, fixed: int | None, least: int = 1, most: int | None = None) -> np.ndarray:
+def check_batch(
+    name: str,
+    batch: Any,
+    input_shape: tuple[int, ...] | None,
+    fixed: int | None,
+    least: int = 1,
+    most: int | None = None,
+) -> np.ndarray:
     """Check one input batch against what a runner takes; the message names expected vs got."""
     if not isinstance(batch, np.ndarray):
-        raise EdgepipeError(f"{name} takes a numpy array; got {type(batch).__name__}", fix="pass np.asarray(batch, dtype=np.float32)")
+        raise EdgepipeError(
+            f"{name} takes a numpy array; got {type(batch).__name__}", fix="pass np.asarray(batch, dtype=np.float32)"
+        )
     if batch.dtype != np.float32:
-        raise EdgepipeError(f"{name} takes float32 input; got {batch.dtype}", fix="convert the batch with batch.astype(np.float32) after the model's normalization")
+        raise EdgepipeError(
+            f"{name} takes float32 input; got {batch.dtype}",
+            fix="convert the batch with batch.astype(np.float32) after the model's normalization",
+        )
     expected = ("N", *input_shape) if input_shape else ("N", "C", "H", "W")
     if batch.ndim != len(expected) or (input_shape and tuple(batch.shape[1:]) != tuple(input_shape)):
         raise EdgepipeError(
@@ -79,7 +91,10 @@ def check_batch(name: str, batch: Any, input_shape: tuple[int, ...] | None, fixe
         )
     n = batch.shape[0]
     if fixed and n != fixed:
-        raise EdgepipeError(f"{name} takes a fixed batch of {fixed}; got {n}", fix="feed it through pipeline.runtime.predict (which pads the last batch), or export with --dynamic-batch")
+        raise EdgepipeError(
+            f"{name} takes a fixed batch of {fixed}; got {n}",
+            fix="feed it through pipeline.runtime.predict (which pads the last batch), or export with --dynamic-batch",
+        )
     if n < least or (most is not None and n > most):
         raise EdgepipeError(
             f"batch {n} is outside what {name} allows (its optimization profile takes {least} to {most})",
@@ -109,4 +124,6 @@ def predict_batch(runner: Runner, batch: np.ndarray, outputs: str = "first") -> 
 def predict(runner: Runner, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Logits (first output) for all ``images``, in batches the runner takes."""
     step = batch_step(runner, batch_size)
-    return np.concatenate([predict_batch(runner, images[start : start + step]) for start in range(0, len(images), step)])
+    return np.concatenate(
+        [predict_batch(runner, images[start : start + step]) for start in range(0, len(images), step)]
+    )

@@ -39,7 +39,9 @@ class _Tensor:
 
 
 class TensorRTRunner(Runner):
-    def __init__(self, engine_bytes: bytes, backend: Any, cuda_graph: bool = False, device_index: int = 0, label: str = "engine"):
+    def __init__(
+        self, engine_bytes: bytes, backend: Any, cuda_graph: bool = False, device_index: int = 0, label: str = "engine"
+    ):
         cuda = import_pycuda()
         self._cuda = cuda
         self.backend = backend
@@ -62,12 +64,18 @@ class TensorRTRunner(Runner):
         self.engine = self.backend.deserialize(engine_bytes)
         self.context = self.engine.create_execution_context()
         if self.context is None:
-            raise EdgepipeError(f"{self.label}: TensorRT could not create an execution context (out of GPU memory?)", fix="free GPU memory (other processes) and run again")
+            raise EdgepipeError(
+                f"{self.label}: TensorRT could not create an execution context (out of GPU memory?)",
+                fix="free GPU memory (other processes) and run again",
+            )
         self.api = "bindings" if hasattr(self.engine, "get_binding_index") else "tensors"
         self.tensors = self._bindings_tensors(trt) if self.api == "bindings" else self._named_tensors(trt)
         inputs = [t for t in self.tensors if t.is_input]
         if len(inputs) != 1:
-            raise EdgepipeError(f"{self.label} has {len(inputs)} inputs; edgepipe runs image classifiers with one", fix="build the engine from an ONNX with a single image input")
+            raise EdgepipeError(
+                f"{self.label} has {len(inputs)} inputs; edgepipe runs image classifiers with one",
+                fix="build the engine from an ONNX with a single image input",
+            )
         self.input = inputs[0]
         self.outputs = [t for t in self.tensors if not t.is_input]
         self.input_shape = tuple(self.input.shape[1:])
@@ -101,19 +109,23 @@ class TensorRTRunner(Runner):
         tensors = []
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
-            tensors.append(_Tensor(
-                name=name, index=i,
-                is_input=engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
-                dtype=np.dtype(trt.nptype(engine.get_tensor_dtype(name))),
-                shape=tuple(engine.get_tensor_shape(name)),
-            ))
+            tensors.append(
+                _Tensor(
+                    name=name,
+                    index=i,
+                    is_input=engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                    dtype=np.dtype(trt.nptype(engine.get_tensor_dtype(name))),
+                    shape=tuple(engine.get_tensor_shape(name)),
+                )
+            )
         return tensors
 
     def _bindings_tensors(self, trt: Any) -> list[_Tensor]:
         engine = self.engine
         return [
             _Tensor(
-                name=engine.get_binding_name(i), index=i,
+                name=engine.get_binding_name(i),
+                index=i,
                 is_input=engine.binding_is_input(i),
                 dtype=np.dtype(trt.nptype(engine.get_binding_dtype(i))),
                 shape=tuple(engine.get_binding_shape(i)),
@@ -145,9 +157,16 @@ class TensorRTRunner(Runner):
         if n == self._current_batch:
             return
         shape = (n, *self.input.shape[1:])
-        ok = self.context.set_binding_shape(self.input.index, shape) if self.api == "bindings" else self.context.set_input_shape(self.input.name, shape)
+        ok = (
+            self.context.set_binding_shape(self.input.index, shape)
+            if self.api == "bindings"
+            else self.context.set_input_shape(self.input.name, shape)
+        )
         if ok is False:
-            raise EdgepipeError(f"{self.label}: TensorRT refused input shape {shape}", fix=f"use a batch from {self.min_batch} to {self.max_batch}")
+            raise EdgepipeError(
+                f"{self.label}: TensorRT refused input shape {shape}",
+                fix=f"use a batch from {self.min_batch} to {self.max_batch}",
+            )
         self._current_batch = n
 
     def _output_shape(self, t: _Tensor) -> tuple[int, ...]:
@@ -161,7 +180,10 @@ class TensorRTRunner(Runner):
         else:
             ok = self.context.execute_async_v3(stream_handle=self.stream.handle)
         if ok is False:
-            raise EdgepipeError(f"{self.label}: TensorRT failed to run the engine: {self.backend.logger.last_error() or 'no reason given'}", fix="run again; if it persists, rebuild the engine on this machine")
+            raise EdgepipeError(
+                f"{self.label}: TensorRT failed to run the engine: {self.backend.logger.last_error() or 'no reason given'}",
+                fix="run again; if it persists, rebuild the engine on this machine",
+            )
 
     def _compute(self, n: int) -> None:
         """The engine's work on the stream: a CUDA graph replay when asked for, else an enqueue."""

@@ -27,12 +27,18 @@ class OnnxRuntimeRunner(Runner):
             self.session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
             what = "the model" if isinstance(model, bytes) else model
-            raise EdgepipeError(f"ONNX Runtime cannot load {what}: {str(exc).splitlines()[0][:200]}", fix="check the model with 'onnx.checker' or export it again")
+            raise EdgepipeError(
+                f"ONNX Runtime cannot load {what}: {str(exc).splitlines()[0][:200]}",
+                fix="check the model with 'onnx.checker' or export it again",
+            )
         self.name = "onnxruntime-" + self.session.get_providers()[0].replace("ExecutionProvider", "").lower()
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             names = ", ".join(i.name for i in inputs)
-            raise EdgepipeError(f"the model has {len(inputs)} inputs ({names}); edgepipe runs models with one image input", fix="export a model with a single image input")
+            raise EdgepipeError(
+                f"the model has {len(inputs)} inputs ({names}); edgepipe runs models with one image input",
+                fix="export a model with a single image input",
+            )
         first = inputs[0]
         self.input_name = first.name
         self.batch_size = first.shape[0] if isinstance(first.shape[0], int) else None

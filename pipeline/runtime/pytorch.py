@@ -15,7 +15,9 @@ from pipeline.runtime.base import NoGpuError, Runner
 class TorchRunner(Runner):
     def __init__(self, model: torch.nn.Module, device: str = "cpu", input_shape: tuple[int, ...] | None = None):
         if str(device).startswith("cuda") and not torch.cuda.is_available():
-            raise NoGpuError("PyTorch sees no CUDA GPU", fix="pass --device cpu, or install a CUDA build of torch on a GPU host")
+            raise NoGpuError(
+                "PyTorch sees no CUDA GPU", fix="pass --device cpu, or install a CUDA build of torch on a GPU host"
+            )
         self.name = f"pytorch-{torch.device(device).type}"
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -23,7 +25,7 @@ class TorchRunner(Runner):
         self.config: dict | None = None
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, device: str = "cpu", code: ModelCode = ModelCode()) -> "TorchRunner":
+    def from_checkpoint(cls, checkpoint: str | Path, device: str = "cpu", code: ModelCode = ModelCode()) -> TorchRunner:
         """The PyTorch reference for a checkpoint, with the input shape its config records.
 
         User code the checkpoint names is imported only as ``code`` allows (--model, --trust-model-code).

@@ -17,7 +17,18 @@ from typing import Any
 
 from pipeline import __version__ as EDGEPIPE_VERSION
 from pipeline import bench, build, images, validate
-from pipeline.artifacts import ARTIFACT_FORMAT, Artifact, Kind, atomic_output, manifest_path, read_manifest, sha256_bytes, sha256_file, write_json_atomic, write_text_atomic
+from pipeline.artifacts import (
+    ARTIFACT_FORMAT,
+    Artifact,
+    Kind,
+    atomic_output,
+    manifest_path,
+    read_manifest,
+    sha256_bytes,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 from pipeline.check import REPORT_FORMAT as RUN_REPORT_FORMAT
 from pipeline.cuda import current_compute_capability as gpu_compute_capability
 from pipeline.errors import EdgepipeError
@@ -31,10 +42,23 @@ BENCH_WARMUP_MS = 100
 DIGITS = images.DIGITS  # the bundled data's name, which a models file may give as data
 
 
-def prepare_model(name: str, checkpoint: str | None, onnx_model: str | None, folder: Path, data: str | None,
-                  precisions: tuple[Precision, ...], epochs: int | None, seed: int, bench_batches: tuple[int, ...],
-                  bench_seconds: float, max_drop: float | None | str, strict: bool, force: bool,
-                  labels: str | None = None, preprocess_file: str | None = None) -> dict[str, Any]:
+def prepare_model(
+    name: str,
+    checkpoint: str | None,
+    onnx_model: str | None,
+    folder: Path,
+    data: str | None,
+    precisions: tuple[Precision, ...],
+    epochs: int | None,
+    seed: int,
+    bench_batches: tuple[int, ...],
+    bench_seconds: float,
+    max_drop: float | None | str,
+    strict: bool,
+    force: bool,
+    labels: str | None = None,
+    preprocess_file: str | None = None,
+) -> dict[str, Any]:
     """The target-independent stages of one model into ``folder`` (reusing what is current): the run report.
 
     ``labels`` and ``preprocess_file`` are for an ONNX edgepipe did not export, as `edgepipe run` takes them.
@@ -42,10 +66,22 @@ def prepare_model(name: str, checkpoint: str | None, onnx_model: str | None, fol
     from pipeline import run  # imports torch: only the driver, when it prepares a model
 
     return run.run(
-        model=None if (checkpoint or onnx_model) else name, checkpoint=checkpoint, onnx_model=onnx_model,
-        data=data, precisions=precisions, output=folder, strict=strict, force=force, epochs=epochs, seed=seed,
-        engines=False, bench_batches=bench_batches, bench_seconds=bench_seconds, max_drop=max_drop,
-        labels=labels, preprocess=PreprocessFlags.parse(file=preprocess_file) if preprocess_file else None,
+        model=None if (checkpoint or onnx_model) else name,
+        checkpoint=checkpoint,
+        onnx_model=onnx_model,
+        data=data,
+        precisions=precisions,
+        output=folder,
+        strict=strict,
+        force=force,
+        epochs=epochs,
+        seed=seed,
+        engines=False,
+        bench_batches=bench_batches,
+        bench_seconds=bench_seconds,
+        max_drop=max_drop,
+        labels=labels,
+        preprocess=PreprocessFlags.parse(file=preprocess_file) if preprocess_file else None,
     )
 
 
@@ -69,14 +105,23 @@ def reference_of(report: dict[str, Any]) -> Path | None:
 
 def stage_problems(report: dict[str, Any]) -> dict[str, str]:
     """Stages of the run that failed or were skipped, with their reasons."""
-    return {name: stage["status"] + (f": {stage['reason']}" if stage.get("reason") else "")
-            for name, stage in report.get("stages", {}).items() if stage.get("status") in ("failed", "skipped")}
+    return {
+        name: stage["status"] + (f": {stage['reason']}" if stage.get("reason") else "")
+        for name, stage in report.get("stages", {}).items()
+        if stage.get("status") in ("failed", "skipped")
+    }
 
 
 def build_engine(onnx_path: Path, engine_path: Path, compute_capability: str, backend: str) -> dict[str, Any]:
     """A real engine of ``onnx_path`` at the precision the ONNX has, for one target GPU."""
-    return build.build_engine(onnx_path, precision=None, save_engine=engine_path, backend=backend,
-                              compute_capability=[compute_capability], force=True)
+    return build.build_engine(
+        onnx_path,
+        precision=None,
+        save_engine=engine_path,
+        backend=backend,
+        compute_capability=[compute_capability],
+        force=True,
+    )
 
 
 def validate_engine(reference: Path, engine: Path, data: str | None) -> dict[str, Any]:
@@ -110,7 +155,9 @@ def tensorrt_flavours() -> dict[str, dict[str, Any]]:
     return flavours
 
 
-def engine_is_current(engine: Path, onnx_sha: str, precision: Precision, cc: str, builders: set[tuple[str, str]]) -> bool:
+def engine_is_current(
+    engine: Path, onnx_sha: str, precision: Precision, cc: str, builders: set[tuple[str, str]]
+) -> bool:
     """True when ``engine`` is intact and its manifest says it was built from this ONNX, at this
     precision, for ``cc``, by a builder (flavour, version) the cluster runs."""
     if not engine.is_file():
@@ -120,21 +167,54 @@ def engine_is_current(engine: Path, onnx_sha: str, precision: Precision, cc: str
     if manifest.get("format") != ARTIFACT_FORMAT or manifest.get("kind") != Kind.ENGINE or not found.intact():
         return False
     targets = manifest.get("target_compute_capabilities") or [manifest.get("gpu_compute_capability")]
-    return (found.made_from.get("onnx") == onnx_sha and found.precision is precision and cc in targets
-            and (found.backend, manifest.get("backend_version")) in builders)
+    return (
+        found.made_from.get("onnx") == onnx_sha
+        and found.precision is precision
+        and cc in targets
+        and (found.backend, manifest.get("backend_version")) in builders
+    )
 
 
 def engine_fields(engine: Path, model_dir: Path) -> dict[str, Any]:
     """What a sweep row says of an engine, from its manifest."""
     manifest = read_manifest(engine) or {}
-    return {"engine": f"{model_dir.name}/{engine.name}", "sha256": manifest.get("sha256"), "bytes": manifest.get("bytes"),
-            "backend": manifest.get("backend"), "backend_version": manifest.get("backend_version"),
-            "build_seconds": manifest.get("build_seconds")}
+    return {
+        "engine": f"{model_dir.name}/{engine.name}",
+        "sha256": manifest.get("sha256"),
+        "bytes": manifest.get("bytes"),
+        "backend": manifest.get("backend"),
+        "backend_version": manifest.get("backend_version"),
+        "build_seconds": manifest.get("build_seconds"),
+    }
 
 
 __all__ = [
-    "EDGEPIPE_VERSION", "RUN_REPORT_FORMAT", "PRECISIONS", "Precision", "parse_list", "TENSORRT", "TENSORRT_RTX",
-    "atomic_output", "manifest_path", "read_manifest", "sha256_bytes", "sha256_file", "write_json_atomic", "write_text_atomic", "info", "info_styled",
-    "prepare_model", "onnx_models", "reference_of", "stage_problems", "build_engine", "validate_engine", "bench_engine",
-    "model_names", "gpu_compute_capability", "tensorrt_flavours", "engine_is_current", "engine_fields",
+    "EDGEPIPE_VERSION",
+    "RUN_REPORT_FORMAT",
+    "PRECISIONS",
+    "Precision",
+    "parse_list",
+    "TENSORRT",
+    "TENSORRT_RTX",
+    "atomic_output",
+    "manifest_path",
+    "read_manifest",
+    "sha256_bytes",
+    "sha256_file",
+    "write_json_atomic",
+    "write_text_atomic",
+    "info",
+    "info_styled",
+    "prepare_model",
+    "onnx_models",
+    "reference_of",
+    "stage_problems",
+    "build_engine",
+    "validate_engine",
+    "bench_engine",
+    "model_names",
+    "gpu_compute_capability",
+    "tensorrt_flavours",
+    "engine_is_current",
+    "engine_fields",
 ]

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import EdgepipeError
 import pipeline.sweep.adapter as edgepipe
+from pipeline.errors import EdgepipeError
 from pipeline.sweep.targets import target_name
 
 
@@ -59,14 +59,23 @@ def build_cell(cell: dict[str, Any], onnx_bytes: bytes, reference_bytes: bytes |
     if backend is None:
         return {**result, "status": "failed", "reason": f"{result['host']} advertises {cell['target']} but {why}"}
     if edgepipe.sha256_bytes(onnx_bytes) != cell["onnx_sha256"]:
-        return {**result, "status": "failed", "reason": f"{cell['onnx_name']} arrived damaged (sha256 differs from the driver's)"}
+        return {
+            **result,
+            "status": "failed",
+            "reason": f"{cell['onnx_name']} arrived damaged (sha256 differs from the driver's)",
+        }
     with tempfile.TemporaryDirectory(prefix="edgepipe-cell-") as tmp:
         onnx_path, engine_path = Path(tmp) / cell["onnx_name"], Path(tmp) / cell["engine_name"]
         onnx_path.write_bytes(onnx_bytes)
         try:
             built = edgepipe.build_engine(onnx_path, engine_path, cell["cc"], backend)
         except EdgepipeError as exc:
-            return {**result, "status": "failed", "reason": str(exc), "seconds": round(time.perf_counter() - started, 3)}
+            return {
+                **result,
+                "status": "failed",
+                "reason": str(exc),
+                "seconds": round(time.perf_counter() - started, 3),
+            }
         engine = engine_path.read_bytes()
         result.update(
             status="built",
@@ -82,10 +91,14 @@ def build_cell(cell: dict[str, Any], onnx_bytes: bytes, reference_bytes: bytes |
     return result
 
 
-def _measure(cell: dict[str, Any], engine: Path, reference_bytes: bytes | None, gpu: str | None, host: str, tmp: Path) -> dict[str, Any]:
+def _measure(
+    cell: dict[str, Any], engine: Path, reference_bytes: bytes | None, gpu: str | None, host: str, tmp: Path
+) -> dict[str, Any]:
     """Top-1 against the PyTorch reference and latency, on this node's GPU when it is the target."""
     if gpu != cell["cc"]:
-        return {"status": f"skipped: no {cell['target']} GPU on {host}" + (f" (it has {target_name(gpu)})" if gpu else "")}
+        return {
+            "status": f"skipped: no {cell['target']} GPU on {host}" + (f" (it has {target_name(gpu)})" if gpu else "")
+        }
     measured: dict[str, Any] = {"status": "skipped: no reference model came with the cell"}
     if reference_bytes is None:
         return measured
@@ -98,7 +111,12 @@ def _measure(cell: dict[str, Any], engine: Path, reference_bytes: bytes | None, 
         timing = edgepipe.bench_engine(engine, tuple(cell["bench_batches"]), cell["bench_seconds"])
         ok = sorted((r for r in timing["rows"] if r.get("status") == "ok"), key=lambda r: r["batch"])
         if ok:
-            measured.update(latency_ms=ok[0]["median_ms"], latency_batch=ok[0]["batch"], throughput=ok[-1]["throughput"], throughput_batch=ok[-1]["batch"])
+            measured.update(
+                latency_ms=ok[0]["median_ms"],
+                latency_batch=ok[0]["batch"],
+                throughput=ok[-1]["throughput"],
+                throughput_batch=ok[-1]["batch"],
+            )
     except EdgepipeError as exc:
         measured["status"] = f"error: {exc}"
     return measured

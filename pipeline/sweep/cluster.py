@@ -17,12 +17,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from pipeline.errors import EdgepipeError
 import pipeline.sweep.adapter as edgepipe
+from pipeline.errors import EdgepipeError
 from pipeline.sweep.targets import is_target, parse_target, target_name
 
 INSTALL_FIX = "pip install 'edgepipe[ray]' (it pins the Ray version every node must run)"
@@ -72,8 +73,13 @@ class Node:
         return self.probe.get("flavours", {})
 
     def describe(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "address": self.address, "cpus": self.resources.get("CPU", 0),
-                "targets": {t: self.resources[t] for t in self.targets}, **self.probe}
+        return {
+            "node_id": self.node_id,
+            "address": self.address,
+            "cpus": self.resources.get("CPU", 0),
+            "targets": {t: self.resources[t] for t in self.targets},
+            **self.probe,
+        }
 
 
 def probe_node() -> dict[str, Any]:
@@ -104,7 +110,9 @@ class Cluster:
 
     def nodes(self, probe: bool = True) -> list[Node]:
         """Alive nodes; with ``probe``, each one's versions, checked against this driver's."""
-        nodes = [Node(n["NodeID"], n["NodeManagerAddress"], dict(n["Resources"])) for n in self.ray.nodes() if n["Alive"]]
+        nodes = [
+            Node(n["NodeID"], n["NodeManagerAddress"], dict(n["Resources"])) for n in self.ray.nodes() if n["Alive"]
+        ]
         if probe:
             self._probe(nodes)
             check_versions(nodes, {"edgepipe": edgepipe.EDGEPIPE_VERSION, "ray": self.ray.__version__})
@@ -117,17 +125,23 @@ class Cluster:
         for node in nodes:
             # num_cpus=0: a head node started with --num-cpus 0 answers too.
             strategy = NodeAffinitySchedulingStrategy(node.node_id, soft=False)
-            refs[self._function(probe_node).options(num_cpus=0, scheduling_strategy=strategy, max_retries=1).remote()] = node
+            refs[
+                self._function(probe_node).options(num_cpus=0, scheduling_strategy=strategy, max_retries=1).remote()
+            ] = node
         ready, late = self.ray.wait(list(refs), num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
         if late:
             where = ", ".join(refs[r].name for r in late)
-            raise EdgepipeError(f"node {where} did not answer the version probe within {PROBE_TIMEOUT_S:.0f} s",
-                                fix="check that edgepipe and Ray are installed there and that it can start Ray workers ('ray status' on the head)")
+            raise EdgepipeError(
+                f"node {where} did not answer the version probe within {PROBE_TIMEOUT_S:.0f} s",
+                fix="check that edgepipe and Ray are installed there and that it can start Ray workers ('ray status' on the head)",
+            )
         for ref in ready:
             outcome = self.result(ref)
             if outcome.error:
-                raise EdgepipeError(f"node {refs[ref].name} cannot run edgepipe's sweep code ({outcome.error})",
-                                    fix=f"install edgepipe {edgepipe.EDGEPIPE_VERSION} there, then restart its Ray node with 'edgepipe worker'")
+                raise EdgepipeError(
+                    f"node {refs[ref].name} cannot run edgepipe's sweep code ({outcome.error})",
+                    fix=f"install edgepipe {edgepipe.EDGEPIPE_VERSION} there, then restart its Ray node with 'edgepipe worker'",
+                )
             refs[ref].probe = outcome.value
 
     def put(self, data: bytes) -> Any:
@@ -143,7 +157,7 @@ class Cluster:
             return [], []
         return self.ray.wait(refs, num_returns=1, timeout=timeout)
 
-    def result(self, ref: Any) -> "Outcome":
+    def result(self, ref: Any) -> Outcome:
         """A finished task's value, or why it failed (an exception in the task or a system failure)."""
         from ray import exceptions as rayex
 
@@ -155,7 +169,9 @@ class Cluster:
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
             return Outcome(error=f"{type(cause).__name__}: {_first_line(cause)}")
         except rayex.RayError as exc:  # worker or node died more often than the retries allow
-            return Outcome(error=f"system failure after {self.retries} retries: {type(exc).__name__}: {_first_line(exc)}")
+            return Outcome(
+                error=f"system failure after {self.retries} retries: {type(exc).__name__}: {_first_line(exc)}"
+            )
 
     def cancel(self, refs: list[Any]) -> None:
         for ref in refs:
@@ -182,7 +198,11 @@ def check_versions(nodes: list[Node], driver: dict[str, str]) -> None:
     for key in ("edgepipe", "ray"):
         others = [n for n in nodes if n.probe.get(key) != driver[key]]
         if others:
-            install = f"pip install 'edgepipe[ray]=={driver[key]}'" if key == "edgepipe" else f"pip install 'ray=={driver[key]}'"
+            install = (
+                f"pip install 'edgepipe[ray]=={driver[key]}'"
+                if key == "edgepipe"
+                else f"pip install 'ray=={driver[key]}'"
+            )
             raise EdgepipeError(
                 f"node {others[0].name} runs {key} {others[0].probe.get(key)}, this driver {driver[key]}; every node must run the same {key}",
                 fix=f"{install} on that node and restart it with 'edgepipe worker --address HEAD:PORT'",
@@ -190,8 +210,12 @@ def check_versions(nodes: list[Node], driver: dict[str, str]) -> None:
 
 
 @contextlib.contextmanager
-def connect(address: str = "local", resources: dict[str, float] | None = None, num_cpus: int | None = None,
-            retries: int = DEFAULT_RETRIES) -> Iterator[Cluster]:
+def connect(
+    address: str = "local",
+    resources: dict[str, float] | None = None,
+    num_cpus: int | None = None,
+    retries: int = DEFAULT_RETRIES,
+) -> Iterator[Cluster]:
     """A Ray connection: "local" starts an embedded one-machine Ray (stopped afterwards), "auto" joins
     the cluster running on this machine, "HOST:PORT" a cluster's head. A connection this process
     already made (``ray.init`` by the caller) is used as it is and left open."""
@@ -221,20 +245,30 @@ def _init(ray: Any, address: str, options: dict[str, Any]) -> None:
         ray.init(**options)
     except ConnectionError as exc:
         if address == "auto":
-            raise EdgepipeError("no Ray cluster is running on this machine (--address auto)",
-                                fix="start one with 'ray start --head', or use --address local for an embedded one") from None
-        raise EdgepipeError(f"cannot connect to Ray at {address}: {_first_line(exc)}", fix="check the head's address and port ('ray status' on the head)") from None
+            raise EdgepipeError(
+                "no Ray cluster is running on this machine (--address auto)",
+                fix="start one with 'ray start --head', or use --address local for an embedded one",
+            ) from None
+        raise EdgepipeError(
+            f"cannot connect to Ray at {address}: {_first_line(exc)}",
+            fix="check the head's address and port ('ray status' on the head)",
+        ) from None
     except RuntimeError as exc:
         if "version" in str(exc).lower():
-            raise EdgepipeError(f"the Ray cluster at {address} runs another Ray or Python version ({_first_line(exc)})",
-                                fix=f"run Ray {ray.__version__} and the same Python version on the driver and every node ({INSTALL_FIX})") from None
+            raise EdgepipeError(
+                f"the Ray cluster at {address} runs another Ray or Python version ({_first_line(exc)})",
+                fix=f"run Ray {ray.__version__} and the same Python version on the driver and every node ({INSTALL_FIX})",
+            ) from None
         raise
 
 
 def split_address(address: str) -> tuple[str, int]:
     host, sep, port = address.strip().rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise EdgepipeError(f"--address {address!r} is not local, auto or HOST:PORT", fix="pass e.g. --address 10.0.0.1:6379 (the head's 'ray start --head' port), or --address local")
+        raise EdgepipeError(
+            f"--address {address!r} is not local, auto or HOST:PORT",
+            fix="pass e.g. --address 10.0.0.1:6379 (the head's 'ray start --head' port), or --address local",
+        )
     return host, int(port)
 
 
@@ -243,8 +277,10 @@ def check_reachable(host: str, port: int) -> None:
     try:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
-        raise EdgepipeError(f"cannot reach a Ray head at {host}:{port} ({exc.strerror or exc})",
-                            fix="start the head with 'ray start --head --port PORT' and check the address and firewall, or use --address local") from None
+        raise EdgepipeError(
+            f"cannot reach a Ray head at {host}:{port} ({exc.strerror or exc})",
+            fix="start the head with 'ray start --head --port PORT' and check the address and firewall, or use --address local",
+        ) from None
 
 
 def check_head(ray: Any, address: str) -> None:
@@ -255,19 +291,28 @@ def check_head(ray: Any, address: str) -> None:
     try:
         from ray._raylet import GcsClient  # internal but stable since Ray 2.0; skipped if it moves
 
-        raw = GcsClient(address=address).internal_kv_get(b"CLUSTER_METADATA", namespace=b"cluster", timeout=CONNECT_TIMEOUT_S * 2)
+        raw = GcsClient(address=address).internal_kv_get(
+            b"CLUSTER_METADATA", namespace=b"cluster", timeout=CONNECT_TIMEOUT_S * 2
+        )
     except ImportError:
         return
     except Exception as exc:  # noqa: BLE001  (Ray's RpcError/RuntimeError: nothing answered as a Ray head)
-        raise EdgepipeError(f"{address} does not answer as a Ray head ({_first_line(exc)})",
-                            fix="pass the GCS port printed by 'ray start --head' (6379 by default)") from None
+        raise EdgepipeError(
+            f"{address} does not answer as a Ray head ({_first_line(exc)})",
+            fix="pass the GCS port printed by 'ray start --head' (6379 by default)",
+        ) from None
     meta = json.loads(raw) if raw else {}
     head_ray, head_python = meta.get("ray_version"), meta.get("python_version")
     if head_ray and head_ray != ray.__version__:
-        raise EdgepipeError(f"the Ray head at {address} runs Ray {head_ray}, this driver Ray {ray.__version__}", fix=f"run the same Ray on every machine: {INSTALL_FIX}")
+        raise EdgepipeError(
+            f"the Ray head at {address} runs Ray {head_ray}, this driver Ray {ray.__version__}",
+            fix=f"run the same Ray on every machine: {INSTALL_FIX}",
+        )
     if head_python and head_python.rsplit(".", 1)[0] != platform.python_version().rsplit(".", 1)[0]:
-        raise EdgepipeError(f"the Ray head at {address} runs Python {head_python}, this driver Python {platform.python_version()}",
-                            fix="run the driver with the head's Python version (Ray clusters need one Python version)")
+        raise EdgepipeError(
+            f"the Ray head at {address} runs Python {head_python}, this driver Python {platform.python_version()}",
+            fix="run the driver with the head's Python version (Ray clusters need one Python version)",
+        )
 
 
 # --- workers and results ----------------------------------------------------------------------------
@@ -292,7 +337,10 @@ def receive_file(path: Path, data: bytes, sha256: str) -> None:
     """Write bytes that came back from a worker, only if they hash to what the worker reported."""
     actual = edgepipe.sha256_bytes(data)
     if actual != sha256:
-        raise EdgepipeError(f"{path.name} arrived damaged (sha256 {actual[:12]}, the worker reported {sha256[:12]})", fix="sweep again; the cell is rebuilt")
+        raise EdgepipeError(
+            f"{path.name} arrived damaged (sha256 {actual[:12]}, the worker reported {sha256[:12]})",
+            fix="sweep again; the cell is rebuilt",
+        )
     with edgepipe.atomic_output(path) as tmp:
         tmp.write_bytes(data)
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import EdgepipeError
-from pipeline.precision import Precision
 import pipeline.sweep.adapter as edgepipe
 import pipeline.sweep.cluster as clustermod
 import pipeline.sweep.inputs as sweep_inputs
 import pipeline.sweep.report as sweep_report
+from pipeline.errors import EdgepipeError
+from pipeline.precision import Precision
 from pipeline.sweep.cell import build_cell, choose_backend
 from pipeline.sweep.inputs import SweepModel
 from pipeline.sweep.targets import cc_order, parse_target
@@ -87,32 +87,50 @@ def sweep(
     folder = Path(output)
     if address not in ("local", "auto"):
         clustermod.split_address(address)
-    settings = {"data": data, "epochs": epochs, "seed": seed, "max_drop": max_drop, "bench_batches": list(bench_batches),
-                "bench_seconds": bench_seconds, "strict": strict, "force": force}
+    settings = {
+        "data": data,
+        "epochs": epochs,
+        "seed": seed,
+        "max_drop": max_drop,
+        "bench_batches": list(bench_batches),
+        "bench_seconds": bench_seconds,
+        "strict": strict,
+        "force": force,
+    }
     started = time.perf_counter()
     with clustermod.connect(address, resources=resources, num_cpus=num_cpus, retries=retries) as ray_cluster:
         nodes = ray_cluster.nodes()
         connected = time.perf_counter() - started
         chosen_targets = chosen_targets or sorted({t for n in nodes for t in n.targets}, key=cc_order)
         if not chosen_targets:
-            raise EdgepipeError("no worker advertises a target GPU, and --targets was not given",
-                                fix="join GPU machines with 'edgepipe worker --address HEAD:PORT', or pass --targets sm_XY")
+            raise EdgepipeError(
+                "no worker advertises a target GPU, and --targets was not given",
+                fix="join GPU machines with 'edgepipe worker --address HEAD:PORT', or pass --targets sm_XY",
+            )
         folder.mkdir(parents=True, exist_ok=True)  # only now: bad input writes nothing
         driver = _Driver(ray_cluster, nodes, folder, settings, _previous_rows(folder))
         driver.run(specs, chosen_precisions, chosen_targets, overlap=address != "local")
     driver.timings.update(connect_and_probe=round(connected, 2))
-    report = sweep_report.assemble(folder, specs, chosen_precisions, chosen_targets, nodes, driver, address, time.perf_counter() - started)
+    report = sweep_report.assemble(
+        folder, specs, chosen_precisions, chosen_targets, nodes, driver, address, time.perf_counter() - started
+    )
     sweep_report.write(report, folder)
     if driver.stopped_by:
-        raise EdgepipeError(f"{driver.stopped_by} (--strict stopped the sweep; report in {folder / 'sweep.md'})",
-                            fix="fix the cause and sweep again (finished cells are reused), or drop --strict to record failures and go on")
+        raise EdgepipeError(
+            f"{driver.stopped_by} (--strict stopped the sweep; report in {folder / 'sweep.md'})",
+            fix="fix the cause and sweep again (finished cells are reused), or drop --strict to record failures and go on",
+        )
     return report
 
 
 def _previous_rows(folder: Path) -> dict[str, dict[str, Any]]:
     """Rows of the last sweep.json, so a reused engine keeps the measurements made on its GPU."""
     try:
-        return {row["artifact"]: row for row in json.loads((folder / "sweep.json").read_text())["rows"] if row.get("kind") == "cell"}
+        return {
+            row["artifact"]: row
+            for row in json.loads((folder / "sweep.json").read_text())["rows"]
+            if row.get("kind") == "cell"
+        }
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
@@ -120,8 +138,21 @@ def _previous_rows(folder: Path) -> dict[str, dict[str, Any]]:
 class _Driver:
     """Prepares models, decides each cell, submits what must be built and writes what comes back."""
 
-    def __init__(self, ray_cluster: clustermod.Cluster, nodes: list[clustermod.Node], folder: Path, settings: dict[str, Any], previous: dict[str, dict]):
-        self.cluster, self.nodes, self.folder, self.settings, self.previous = ray_cluster, nodes, folder, settings, previous
+    def __init__(
+        self,
+        ray_cluster: clustermod.Cluster,
+        nodes: list[clustermod.Node],
+        folder: Path,
+        settings: dict[str, Any],
+        previous: dict[str, dict],
+    ):
+        self.cluster, self.nodes, self.folder, self.settings, self.previous = (
+            ray_cluster,
+            nodes,
+            folder,
+            settings,
+            previous,
+        )
         self.cells: list[Cell] = []
         self.model_reports: dict[str, dict[str, Any]] = {}
         self.pending: dict[Any, Cell] = {}
@@ -131,7 +162,9 @@ class _Driver:
         self.stopped_by: str | None = None
         self.timings: dict[str, float] = {"prepare": 0.0, "wait_for_cells": 0.0}
 
-    def run(self, specs: list[SweepModel], precisions: tuple[Precision, ...], targets: list[str], overlap: bool) -> None:
+    def run(
+        self, specs: list[SweepModel], precisions: tuple[Precision, ...], targets: list[str], overlap: bool
+    ) -> None:
         """Prepare each model and submit its cells. With ``overlap`` the cluster builds one model's
         engines while the driver prepares the next; without it (embedded Ray, where the cells share
         this machine's CPU and GPU) every model is prepared first, so neither slows the other and
@@ -172,48 +205,93 @@ class _Driver:
         s = self.settings
         edgepipe.info_styled(f"{spec.name}: target-independent stages in {self.folder / spec.name}", "bold")
         try:
-            report = edgepipe.prepare_model(spec.name, spec.checkpoint, spec.onnx, self.folder / spec.name, spec.data or s["data"], precisions,
-                                            spec.epochs or s["epochs"], s["seed"], tuple(s["bench_batches"]), s["bench_seconds"],
-                                            s["max_drop"], s["strict"], s["force"], spec.labels, spec.preprocess)
+            report = edgepipe.prepare_model(
+                spec.name,
+                spec.checkpoint,
+                spec.onnx,
+                self.folder / spec.name,
+                spec.data or s["data"],
+                precisions,
+                spec.epochs or s["epochs"],
+                s["seed"],
+                tuple(s["bench_batches"]),
+                s["bench_seconds"],
+                s["max_drop"],
+                s["strict"],
+                s["force"],
+                spec.labels,
+                spec.preprocess,
+            )
         except EdgepipeError as exc:
             self.model_reports[spec.name] = {"error": str(exc)}
             if s["strict"]:
                 self._stop(f"{spec.name}: {exc}")
             return None
         self.model_reports[spec.name] = report
-        self.sources[spec.name] = {"onnx": edgepipe.onnx_models(report, self.folder / spec.name), "reference": edgepipe.reference_of(report)}
+        self.sources[spec.name] = {
+            "onnx": edgepipe.onnx_models(report, self.folder / spec.name),
+            "reference": edgepipe.reference_of(report),
+        }
         return report
 
     def _decide(self, cell: Cell, report: dict[str, Any] | None) -> None:
         """Skip, reuse, or submit one cell."""
         if report is None:
-            return self._finish(cell, f"skipped: {cell.model} could not be prepared ({self.model_reports[cell.model]['error']})")
+            return self._finish(
+                cell, f"skipped: {cell.model} could not be prepared ({self.model_reports[cell.model]['error']})"
+            )
         model_dir = self.folder / cell.model
         onnx = self.sources[cell.model]["onnx"].get(cell.precision)
         builders = self._builders(cell)
         if onnx is None or not onnx.is_file():
-            why = "; ".join(f"{name} {problem}" for name, problem in edgepipe.stage_problems(report).items()) or "not made"
+            why = (
+                "; ".join(f"{name} {problem}" for name, problem in edgepipe.stage_problems(report).items())
+                or "not made"
+            )
             return self._finish(cell, f"skipped: the {cell.precision.label} ONNX model was not made ({why})")
         if not any(cell.target in n.targets for n in self.nodes):
             return self._finish(cell, f"skipped: no worker advertises {cell.target}")
         if not builders:
-            return self._finish(cell, f"skipped: no worker advertising {cell.target} can build it ({self._why_not(cell)})")
+            return self._finish(
+                cell, f"skipped: no worker advertising {cell.target} can build it ({self._why_not(cell)})"
+            )
         onnx_sha = edgepipe.sha256_file(onnx)
         engine = model_dir / cell.engine_name
-        if not self.settings["force"] and edgepipe.engine_is_current(engine, onnx_sha, cell.precision, cell.cc, builders):
+        if not self.settings["force"] and edgepipe.engine_is_current(
+            engine, onnx_sha, cell.precision, cell.cc, builders
+        ):
             kept = self.previous.get(cell.artifact, {})
-            kept = {k: v for k, v in kept.items() if k not in ("status", "kind")} if kept.get("sha256") == edgepipe.sha256_file(engine) else {}
+            kept = (
+                {k: v for k, v in kept.items() if k not in ("status", "kind")}
+                if kept.get("sha256") == edgepipe.sha256_file(engine)
+                else {}
+            )
             measured = not str(kept.get("validation") or "skipped").startswith("skipped")
             gpu_in_cluster = any(cell.target in n.targets and n.gpu == cell.cc for n in self.nodes)
             if measured or not gpu_in_cluster:  # else: built ahead of time, and now a GPU can measure it
                 return self._finish(cell, "reused", **{**kept, **edgepipe.engine_fields(engine, model_dir)})
         reference = self.sources[cell.model]["reference"]
-        payload = {"model": cell.model, "precision": cell.precision, "target": cell.target, "cc": cell.cc, "onnx_name": onnx.name,
-                   "onnx_sha256": onnx_sha, "engine_name": cell.engine_name, "data": self.settings["data"],
-                   "reference": reference.suffix if reference else None,
-                   "bench_batches": self.settings["bench_batches"], "bench_seconds": self.settings["bench_seconds"]}
-        ref = self.cluster.submit(build_cell, payload, self._object(onnx), self._object(reference) if reference else None,
-                                  resources={cell.target: 1}, name=f"cell:{cell.artifact}")
+        payload = {
+            "model": cell.model,
+            "precision": cell.precision,
+            "target": cell.target,
+            "cc": cell.cc,
+            "onnx_name": onnx.name,
+            "onnx_sha256": onnx_sha,
+            "engine_name": cell.engine_name,
+            "data": self.settings["data"],
+            "reference": reference.suffix if reference else None,
+            "bench_batches": self.settings["bench_batches"],
+            "bench_seconds": self.settings["bench_seconds"],
+        }
+        ref = self.cluster.submit(
+            build_cell,
+            payload,
+            self._object(onnx),
+            self._object(reference) if reference else None,
+            resources={cell.target: 1},
+            name=f"cell:{cell.artifact}",
+        )
         self.pending[ref] = cell
         self.submitted += 1
 
@@ -272,12 +350,24 @@ class _Driver:
         except EdgepipeError as exc:
             return self._finish(cell, f"failed: {exc}", **where)
         onnx = str(self.sources[cell.model]["onnx"][cell.precision])
-        manifest.update(onnx=onnx, built_on={"host": result["host"], "node_id": result["node_id"], "gpu": result["gpu"]})
+        manifest.update(
+            onnx=onnx, built_on={"host": result["host"], "node_id": result["node_id"], "gpu": result["gpu"]}
+        )
         manifest["network_onnx"] = {**manifest.get("network_onnx", {}), "file": onnx}
         edgepipe.write_json_atomic(edgepipe.manifest_path(engine), manifest)
         measured = dict(result.get("measured", {}))
         validation = measured.pop("status", None)
-        self._finish(cell, "built", **{**where, **measured, "validation": validation, "seconds": result["seconds"], **edgepipe.engine_fields(engine, model_dir)})
+        self._finish(
+            cell,
+            "built",
+            **{
+                **where,
+                **measured,
+                "validation": validation,
+                "seconds": result["seconds"],
+                **edgepipe.engine_fields(engine, model_dir),
+            },
+        )
 
     def _finish(self, cell: Cell, status: str, **fields: Any) -> None:
         cell.row = {"status": status, **fields}

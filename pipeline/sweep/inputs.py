@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pipeline.sweep.adapter as edgepipe
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
-import pipeline.sweep.adapter as edgepipe
 from pipeline.sweep.targets import parse_target, target_name
 from pipeline.yamlfile import read_yaml
 
@@ -38,13 +38,20 @@ class SweepModel:
 def load_models_file(path: str | Path) -> dict[str, Any]:
     """A YAML file: ``models:`` (names, or {name, checkpoint|onnx, epochs, data, labels, preprocess}), optional ``precisions``/``targets``."""
     path = Path(path)
-    raw = read_yaml(path, "models file", fix="write 'models: [se_resnet, cbam_resnet]'", missing_fix="pass a YAML file with a 'models:' list, or use --models A,B")
+    raw = read_yaml(
+        path,
+        "models file",
+        fix="write 'models: [se_resnet, cbam_resnet]'",
+        missing_fix="pass a YAML file with a 'models:' list, or use --models A,B",
+    )
     raw = {"models": raw} if isinstance(raw, list) else raw
     if not isinstance(raw, dict) or not isinstance(raw.get("models"), list) or not raw["models"]:
         raise EdgepipeError(f"models file {path} has no 'models:' list", fix="write 'models: [se_resnet, cbam_resnet]'")
     unknown = set(raw) - {"models", "precisions", "targets"}
     if unknown:
-        raise EdgepipeError(f"models file {path} has unknown key {sorted(unknown)[0]!r}", fix="use only models, precisions and targets")
+        raise EdgepipeError(
+            f"models file {path} has unknown key {sorted(unknown)[0]!r}", fix="use only models, precisions and targets"
+        )
     specs = [_spec(entry, path) for entry in raw["models"]]
     return {"models": specs, "precisions": _as_list(raw.get("precisions")), "targets": _as_list(raw.get("targets"))}
 
@@ -53,15 +60,32 @@ def _spec(entry: Any, source: Path) -> SweepModel:
     if isinstance(entry, str):
         return SweepModel(entry)
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or set(entry) - set(_ENTRY_KEYS):
-        raise EdgepipeError(f"models file {source} has an entry {entry!r} that is not a model",
-                            fix="write a name, or {name: N, checkpoint: PATH} / {name: N, onnx: PATH, data: DIR, labels: FILE, preprocess: FILE} / {name: N, epochs: E}")
+        raise EdgepipeError(
+            f"models file {source} has an entry {entry!r} that is not a model",
+            fix="write a name, or {name: N, checkpoint: PATH} / {name: N, onnx: PATH, data: DIR, labels: FILE, preprocess: FILE} / {name: N, epochs: E}",
+        )
     epochs = entry.get("epochs")
     if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
-        raise EdgepipeError(f"models file {source}: epochs of {entry['name']!r} is {epochs!r}, not a number of epochs", fix="write e.g. 'epochs: 20'")
-    paths = {k: str((source.parent / entry[k]).resolve()) for k in ("checkpoint", "onnx", "data", "labels", "preprocess") if entry.get(k)}
+        raise EdgepipeError(
+            f"models file {source}: epochs of {entry['name']!r} is {epochs!r}, not a number of epochs",
+            fix="write e.g. 'epochs: 20'",
+        )
+    paths = {
+        k: str((source.parent / entry[k]).resolve())
+        for k in ("checkpoint", "onnx", "data", "labels", "preprocess")
+        if entry.get(k)
+    }
     if entry.get("data") == edgepipe.DIGITS:  # the bundled data is a name, not a path
         paths["data"] = edgepipe.DIGITS
-    return SweepModel(entry["name"], paths.get("checkpoint"), paths.get("onnx"), entry.get("epochs"), paths.get("data"), paths.get("labels"), paths.get("preprocess"))
+    return SweepModel(
+        entry["name"],
+        paths.get("checkpoint"),
+        paths.get("onnx"),
+        entry.get("epochs"),
+        paths.get("data"),
+        paths.get("labels"),
+        paths.get("preprocess"),
+    )
 
 
 _ENTRY_KEYS = ("name", "checkpoint", "onnx", "epochs", "data", "labels", "preprocess")
@@ -86,11 +110,17 @@ def check_models(specs: list[SweepModel], where: str = "--models") -> list[Sweep
         own = spec.checkpoint or spec.onnx
         for path in (own, spec.labels, spec.preprocess, spec.data if spec.data != edgepipe.DIGITS else None):
             if path and not Path(path).exists():
-                raise EdgepipeError(f"{where}: model {spec.name!r} points at {path}, which does not exist", fix="correct the path (relative to the models file)")
+                raise EdgepipeError(
+                    f"{where}: model {spec.name!r} points at {path}, which does not exist",
+                    fix="correct the path (relative to the models file)",
+                )
         if not own and spec.name not in known and not spec.name.startswith("timm:"):
             close = _close_names(spec.name, known)
             hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-            raise EdgepipeError(f"{where} names unknown model {spec.name!r}{hint}", fix="'edgepipe models' lists the zoo; a model of your own needs 'checkpoint:' or 'onnx:' in the models file")
+            raise EdgepipeError(
+                f"{where} names unknown model {spec.name!r}{hint}",
+                fix="'edgepipe models' lists the zoo; a model of your own needs 'checkpoint:' or 'onnx:' in the models file",
+            )
     return specs
 
 
@@ -110,7 +140,9 @@ def check_targets(targets: list[str]) -> list[str]:
     return list(dict.fromkeys(target_name(parse_target(t)) for t in targets))
 
 
-def resolve(models: list[Any] | None, models_file: str | Path | None, precisions, targets) -> tuple[list[SweepModel], tuple[Precision, ...], list[str] | None]:
+def resolve(
+    models: list[Any] | None, models_file: str | Path | None, precisions, targets
+) -> tuple[list[SweepModel], tuple[Precision, ...], list[str] | None]:
     """(models, precisions, targets or None for "every advertised target"), all checked."""
     from_file = load_models_file(models_file) if models_file else {"models": [], "precisions": None, "targets": None}
     specs = [m if isinstance(m, SweepModel) else SweepModel(m) for m in (models or [])] + from_file["models"]

@@ -16,7 +16,20 @@ from typing import Any
 
 import pipeline.sweep.adapter as edgepipe
 
-CELL_COLUMNS = ("model", "precision", "target", "status", "node", "build (s)", "measured on the GPU", "top-1 (%)", "vs PyTorch (pts)", "latency (ms)", "engine", "sha256")
+CELL_COLUMNS = (
+    "model",
+    "precision",
+    "target",
+    "status",
+    "node",
+    "build (s)",
+    "measured on the GPU",
+    "top-1 (%)",
+    "vs PyTorch (pts)",
+    "latency (ms)",
+    "engine",
+    "sha256",
+)
 
 
 def assemble(folder: Path, specs, precisions, targets, nodes, driver, address: str, seconds: float) -> dict[str, Any]:
@@ -28,10 +41,23 @@ def assemble(folder: Path, specs, precisions, targets, nodes, driver, address: s
         for row in report.get("rows", []):
             rows.append({**row, "kind": "run", "model": spec.name, "artifact": f"{spec.name}/{row['artifact']}"})
     for cell in driver.cells:
-        rows.append({"kind": "cell", "artifact": cell.artifact, "role": "artifact", "format": "TensorRT", "model": cell.model,
-                     "precision": cell.precision, "target": cell.target, **cell.row})
+        rows.append(
+            {
+                "kind": "cell",
+                "artifact": cell.artifact,
+                "role": "artifact",
+                "format": "TensorRT",
+                "model": cell.model,
+                "precision": cell.precision,
+                "target": cell.target,
+                **cell.row,
+            }
+        )
     cells = [r for r in rows if r["kind"] == "cell"]
-    counts = {name: sum(1 for r in cells if r["status"].split(":")[0] == name) for name in ("built", "reused", "skipped", "failed")}
+    counts = {
+        name: sum(1 for r in cells if r["status"].split(":")[0] == name)
+        for name in ("built", "reused", "skipped", "failed")
+    }
     model_problems = {name: _model_problem(r) for name, r in driver.model_reports.items() if _model_problem(r)}
     return {
         "format": edgepipe.RUN_REPORT_FORMAT,
@@ -51,7 +77,9 @@ def assemble(folder: Path, specs, precisions, targets, nodes, driver, address: s
         "model_problems": model_problems,
         "ok": not counts["failed"] and not model_problems and not driver.stopped_by,
         "cluster": {"address": address, "nodes": [n.describe() for n in nodes]},
-        "model_reports": {spec.name: f"{spec.name}/report.json" for spec in specs if (folder / spec.name / "report.json").is_file()},
+        "model_reports": {
+            spec.name: f"{spec.name}/report.json" for spec in specs if (folder / spec.name / "report.json").is_file()
+        },
         "seconds": round(seconds, 2),
         "timings": driver.timings,
     }
@@ -60,7 +88,11 @@ def assemble(folder: Path, specs, precisions, targets, nodes, driver, address: s
 def _model_problem(report: dict[str, Any]) -> str | None:
     if report.get("error"):
         return report["error"]
-    failed = [f"{name} {stage['status']}" for name, stage in report.get("stages", {}).items() if stage.get("status") == "failed"]
+    failed = [
+        f"{name} {stage['status']}"
+        for name, stage in report.get("stages", {}).items()
+        if stage.get("status") == "failed"
+    ]
     return "; ".join(failed) or None
 
 
@@ -81,19 +113,34 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{row.get('validation') or ''} | {_fmt(row.get('top1'), '.2f')} | {_fmt(row.get('delta'), '+.2f')} | {_fmt(row.get('latency_ms'), '.3f')} | "
             f"{row.get('engine') or ''} | {(row.get('sha256') or '')[:12]} |"
         )
-    lines += ["", "## Models (target-independent stages, on the driver)", "",
-              "| artifact | status | top-1 (%) | vs PyTorch (pts) | agreement (%) | latency (ms) |", "|---|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Models (target-independent stages, on the driver)",
+        "",
+        "| artifact | status | top-1 (%) | vs PyTorch (pts) | agreement (%) | latency (ms) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for row in (r for r in report["rows"] if r["kind"] == "run"):
-        lines.append(f"| {row['artifact']} | {row['status']} | {_fmt(row.get('top1'), '.2f')} | {_fmt(row.get('delta'), '+.2f')} | "
-                     f"{_fmt(row.get('agreement'), '.2f')} | {_fmt(row.get('latency_ms'), '.3f')} |")
+        lines.append(
+            f"| {row['artifact']} | {row['status']} | {_fmt(row.get('top1'), '.2f')} | {_fmt(row.get('delta'), '+.2f')} | "
+            f"{_fmt(row.get('agreement'), '.2f')} | {_fmt(row.get('latency_ms'), '.3f')} |"
+        )
     for name, problem in report["model_problems"].items():
         lines.append(f"\n{name}: {problem}")
-    lines += ["", "## Cluster", "", "| node | targets | GPU | TensorRT | edgepipe | Ray | Python |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Cluster",
+        "",
+        "| node | targets | GPU | TensorRT | edgepipe | Ray | Python |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for node in report["cluster"]["nodes"]:
         flavours = ", ".join(f"{k} {v['version']}" for k, v in node.get("flavours", {}).items()) or "none"
         targets = ", ".join(f"{t}: {n:g}" for t, n in node["targets"].items()) or "none"
-        lines.append(f"| {_node(node)} | {targets} | {node.get('gpu') or 'none'} | {flavours} | "
-                     f"{node.get('edgepipe')} | {node.get('ray')} | {node.get('python')} |")
+        lines.append(
+            f"| {_node(node)} | {targets} | {node.get('gpu') or 'none'} | {flavours} | "
+            f"{node.get('edgepipe')} | {node.get('ray')} | {node.get('python')} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pipeline.errors import EdgepipeError
 from pipeline.tensorrt.messages import build_fix, parse_error
@@ -103,7 +104,7 @@ class Backend:
         """Name and shape (-1 for a dynamic dimension) of each network input."""
         return [(t.name, tuple(t.shape)) for t in (network.get_input(i) for i in range(network.num_inputs))]
 
-    def builder_config(self, builder: Any, network: Any, settings: "BuildSettings") -> Any:
+    def builder_config(self, builder: Any, network: Any, settings: BuildSettings) -> Any:
         """A builder config with the profiles, precision and build controls of ``settings``.
 
         An option the backend lacks is a clear error naming the backend.
@@ -137,7 +138,9 @@ class Backend:
             if settings.gpu_fallback:
                 config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
         if settings.hardware_compatibility:
-            config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, HARDWARE_COMPATIBILITY[settings.hardware_compatibility])
+            config.hardware_compatibility_level = getattr(
+                trt.HardwareCompatibilityLevel, HARDWARE_COMPATIBILITY[settings.hardware_compatibility]
+            )
         if settings.version_compatible:
             config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
         if settings.compute_capabilities:
@@ -150,7 +153,7 @@ class Backend:
             config.set_timing_cache(cache, ignore_mismatch=True)
         return config
 
-    def check_settings(self, settings: "BuildSettings") -> None:
+    def check_settings(self, settings: BuildSettings) -> None:
         """A clear error naming the backend for each option it lacks (before any work is done)."""
         trt = self.trt
         if settings.legacy_precision and not self.has_legacy_precision:
@@ -163,17 +166,27 @@ class Backend:
         if settings.optimization_level is not None:
             self._require(hasattr(trt.IBuilderConfig, "builder_optimization_level"), "--builderOptimizationLevel")
         if settings.dla_core is not None:
-            self._require(self.name == TENSORRT and hasattr(trt, "DeviceType"), "--useDLACore", "DLA cores exist only on Jetson, with standard TensorRT")
+            self._require(
+                self.name == TENSORRT and hasattr(trt, "DeviceType"),
+                "--useDLACore",
+                "DLA cores exist only on Jetson, with standard TensorRT",
+            )
         if settings.gpu_fallback and settings.dla_core is None:
-            raise EdgepipeError("--allowGPUFallback only applies with --useDLACore", fix="add --useDLACore N, or drop --allowGPUFallback")
+            raise EdgepipeError(
+                "--allowGPUFallback only applies with --useDLACore",
+                fix="add --useDLACore N, or drop --allowGPUFallback",
+            )
         if settings.hardware_compatibility:
             self._require(hasattr(trt, "HardwareCompatibilityLevel"), "--hardwareCompatibilityLevel")
         if settings.version_compatible:
             # TensorRT-RTX has the flag, but such builds need a lean runtime library it does not ship.
-            self._require(self.name == TENSORRT and hasattr(trt.BuilderFlag, "VERSION_COMPATIBLE"), "--versionCompatible")
+            self._require(
+                self.name == TENSORRT and hasattr(trt.BuilderFlag, "VERSION_COMPATIBLE"), "--versionCompatible"
+            )
         if settings.compute_capabilities:
             self._require(
-                self.has_compute_capability_targets, "--computeCapability",
+                self.has_compute_capability_targets,
+                "--computeCapability",
                 "standard TensorRT builds for the GPU it runs on; use --hardwareCompatibilityLevel ampere+ for portable engines",
             )
 
@@ -185,7 +198,9 @@ class Backend:
                 fix=f"drop {option.split()[0]}, or build with --backend {TENSORRT_RTX if self.name == TENSORRT else TENSORRT} ({other}) where it is installed",
             )
 
-    def build(self, builder: Any, network: Any, config: Any, on_step: Callable[[str, int], None] | None = None) -> bytes:
+    def build(
+        self, builder: Any, network: Any, config: Any, on_step: Callable[[str, int], None] | None = None
+    ) -> bytes:
         """Serialize an engine. Ctrl-C (or an exception from ``on_step``) cancels the build cleanly.
 
         The builder calls back into Python only through the progress monitor, and it swallows
@@ -272,9 +287,13 @@ def get_backend(which: str = "auto") -> Backend:
         try:
             module = importlib.import_module(_MODULES[name])
         except Exception as exc:  # ImportError, or OSError when the shared libraries are missing
-            failures.append(f"{DISPLAY_NAMES[name]}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'not importable'}")
+            failures.append(
+                f"{DISPLAY_NAMES[name]}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'not importable'}"
+            )
             continue
-        _loaded[name] = Backend(name=name, version=module.__version__, trt=module, logger=make_logger(module, DISPLAY_NAMES[name]))
+        _loaded[name] = Backend(
+            name=name, version=module.__version__, trt=module, logger=make_logger(module, DISPLAY_NAMES[name])
+        )
         return _loaded[name]
     what = "no TensorRT is installed" if which == "auto" else f"{DISPLAY_NAMES[which]} is not installed"
     raise EdgepipeError(f"{what} ({'; '.join(failures)})", fix=INSTALL_FIX)

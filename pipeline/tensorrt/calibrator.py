@@ -9,8 +9,9 @@ else in edgepipe's build path needs a GPU.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -101,15 +102,24 @@ def legacy_calibrator(be: Any, model: Any, profiles: dict, calib: Any, engine: P
     calibration.check_matches(calib_set, onnx_config(model))
     (name, shape), *others = onnx_inputs(model)
     if others:
-        raise EdgepipeError("legacy INT8 calibration handles models with one input", fix="drop --legacy-precision: explicit INT8 handles any number of inputs")
+        raise EdgepipeError(
+            "legacy INT8 calibration handles models with one input",
+            fix="drop --legacy-precision: explicit INT8 handles any number of inputs",
+        )
     lo, _, hi = profiles.get(name, (shape, shape, shape))
     batch = min(max(CALIBRATION_BATCH, lo[0]), hi[0])
     calibration_shape = (batch, *shape[1:])
     cache = engine.with_name(engine.name + ".calibration.cache")
     reuse = is_up_to_date(cache, Kind.CALIBRATION_CACHE, inputs, {"shape": list(calibration_shape)})
     calibrator = make_entropy_calibrator(
-        be.trt, calib_set, batch, cache, read_cache=reuse,
-        on_cache_written=lambda path: write_manifest(path, Kind.CALIBRATION_CACHE, inputs=inputs, params={"shape": list(calibration_shape)}),
+        be.trt,
+        calib_set,
+        batch,
+        cache,
+        read_cache=reuse,
+        on_cache_written=lambda path: write_manifest(
+            path, Kind.CALIBRATION_CACHE, inputs=inputs, params={"shape": list(calibration_shape)}
+        ),
         input_shape=calibration_shape,
     )
     return calibrator, {name: calibration_shape}

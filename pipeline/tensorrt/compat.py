@@ -17,7 +17,9 @@ from pipeline.tensorrt.backend import DISPLAY_NAMES, TENSORRT, TENSORRT_RTX, Bac
 from pipeline.tensorrt.targets import cc_major, normalize_compute_capability
 
 
-def check_engine_runtime(engine_path: str | Path, backend: Any, device_compute_capability: str | None) -> dict[str, Any]:
+def check_engine_runtime(
+    engine_path: str | Path, backend: Any, device_compute_capability: str | None
+) -> dict[str, Any]:
     """The engine's manifest, after checking it was built for this backend, version and GPU.
 
     ``backend`` is a ``Backend`` or a backend name; ``device_compute_capability`` is "X.Y" of the
@@ -31,14 +33,24 @@ def check_engine_runtime(engine_path: str | Path, backend: Any, device_compute_c
     manifest = read_manifest(engine)
     rebuild = f"rebuild it here with 'build-engine {manifest.get('onnx', 'MODEL.onnx') if manifest else 'MODEL.onnx'} --saveEngine {engine} --force'"
     if manifest is None or manifest.get("kind") != Kind.ENGINE:
-        raise EdgepipeError(f"{engine} has no edgepipe engine manifest, so it cannot be checked against this runtime", fix=rebuild)
+        raise EdgepipeError(
+            f"{engine} has no edgepipe engine manifest, so it cannot be checked against this runtime", fix=rebuild
+        )
     if manifest.get("bytes") != engine.stat().st_size or manifest.get("sha256") != sha256_file(engine):
-        raise EdgepipeError(f"{engine} does not match its manifest (truncated or replaced since it was built)", fix=rebuild)
+        raise EdgepipeError(
+            f"{engine} does not match its manifest (truncated or replaced since it was built)", fix=rebuild
+        )
     built = f"{DISPLAY_NAMES.get(manifest['backend'], manifest['backend'])} {manifest['backend_version']}"
     if manifest["backend"] != be.name:
-        raise EdgepipeError(f"{engine} was built with {built}, but this runtime is {be.display}", fix=f"load it with --backend {manifest['backend']}, or {rebuild}")
+        raise EdgepipeError(
+            f"{engine} was built with {built}, but this runtime is {be.display}",
+            fix=f"load it with --backend {manifest['backend']}, or {rebuild}",
+        )
     if not _version_can_load(manifest, be.version):
-        raise EdgepipeError(f"{engine} was built with {built}, but this runtime is {be.display}; engines load only with the version that built them", fix=rebuild)
+        raise EdgepipeError(
+            f"{engine} was built with {built}, but this runtime is {be.display}; engines load only with the version that built them",
+            fix=rebuild,
+        )
     if device_compute_capability:
         device = normalize_compute_capability(device_compute_capability)
         targets = manifest.get("target_compute_capabilities") or []

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pipeline.errors import EdgepipeError
 
@@ -12,7 +13,10 @@ def parse_error(backend: Any, path: Any, errors: list, log_errors: list[str]) ->
     """One clear error for the first parser failure: node, op, the parser's reason, a fix."""
     if not errors:
         reason = log_errors[-1] if log_errors else "no reason given"
-        return EdgepipeError(f"{backend.display} cannot parse {path}: {reason}", fix="check the model with onnx.checker.check_model or 'polygraphy inspect model', or re-export it with 'edgepipe export'")
+        return EdgepipeError(
+            f"{backend.display} cannot parse {path}: {reason}",
+            fix="check the model with onnx.checker.check_model or 'polygraphy inspect model', or re-export it with 'edgepipe export'",
+        )
     first = errors[0]
     node_name = _safe(lambda: first.node_name()) or "?"
     op = _safe(lambda: first.node_operator()) or "?"
@@ -40,12 +44,16 @@ def _parser_fix(op: str, reason: str) -> str:
     text = reason.lower()
     if op == "DequantizeLinear" and ("int32" in text or "bias" in text):
         return "TensorRT takes no quantized bias: quantize with 'edgepipe quantize --int8' (bias stays float) instead of a tool that makes INT32 bias DequantizeLinear nodes"
-    if op in ("QuantizeLinear", "DequantizeLinear") and ("zero" in text or "zero_point" in text or "asymmetric" in text):
+    if op in ("QuantizeLinear", "DequantizeLinear") and (
+        "zero" in text or "zero_point" in text or "asymmetric" in text
+    ):
         return "TensorRT takes only symmetric quantization (zero point 0): quantize with 'edgepipe quantize --int8'"
     if "opset" in text or "version" in text:
         return "re-export with a newer opset ('edgepipe export --opset 17'); TensorRT needs opset >= 13 for Q/DQ"
     if "no importer registered" in text or "plugin" in text:
-        return f"TensorRT has no {op} op: re-export the model so it uses standard ONNX ops (or register a plugin for {op})"
+        return (
+            f"TensorRT has no {op} op: re-export the model so it uses standard ONNX ops (or register a plugin for {op})"
+        )
     return "re-export the model with 'edgepipe export' (opset 17), or replace the node's op with one TensorRT supports"
 
 

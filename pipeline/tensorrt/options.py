@@ -44,7 +44,10 @@ def parse_shapes(text: str | dict | None, option: str = "--shapes") -> dict[str,
         name, sep, dims = item.rpartition(":")
         name = name.strip("'\"")
         if not sep or not name or not re.fullmatch(r"\d+(x\d+)*", dims):
-            raise EdgepipeError(f"{option} {item!r} is not NAME:DIMS", fix=f"write it as trtexec does, e.g. {option} input:1x1x32x32 (several inputs separated by commas)")
+            raise EdgepipeError(
+                f"{option} {item!r} is not NAME:DIMS",
+                fix=f"write it as trtexec does, e.g. {option} input:1x1x32x32 (several inputs separated by commas)",
+            )
         shapes[name] = tuple(int(d) for d in dims.split("x"))
     return shapes
 
@@ -57,11 +60,15 @@ def onnx_inputs(model: Any) -> list[tuple[str, tuple[int, ...]]]:
         if value.name in initializers:
             continue
         dims = value.type.tensor_type.shape.dim
-        result.append((value.name, tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in dims)))
+        result.append(
+            (value.name, tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in dims))
+        )
     return result
 
 
-def resolve_profiles(inputs: list[tuple[str, tuple[int, ...]]], shapes: dict[str, Any] | None) -> tuple[dict, str | None]:
+def resolve_profiles(
+    inputs: list[tuple[str, tuple[int, ...]]], shapes: dict[str, Any] | None
+) -> tuple[dict, str | None]:
     """{input: (min, opt, max)} for the dynamic inputs, checked against the model; plus a note.
 
     A missing min or max takes the opt shape, a missing opt takes max (trtexec fills them the same
@@ -85,8 +92,10 @@ def resolve_profiles(inputs: list[tuple[str, tuple[int, ...]]], shapes: dict[str
                 continue
             if -1 in shape[1:]:
                 example = _dims(tuple(1 if axis == 0 else d for axis, d in enumerate(shape)), 224)
-                raise EdgepipeError(f"input {name!r} has dynamic dimensions besides the batch ({_dims(shape)})",
-                                    fix=f"pass --minShapes/--optShapes/--maxShapes {name}:... (--optShapes is the size the engine is tuned, converted and checked at), e.g. --optShapes {name}:{example}")
+                raise EdgepipeError(
+                    f"input {name!r} has dynamic dimensions besides the batch ({_dims(shape)})",
+                    fix=f"pass --minShapes/--optShapes/--maxShapes {name}:... (--optShapes is the size the engine is tuned, converted and checked at), e.g. --optShapes {name}:{example}",
+                )
             lo, opt, hi = ((b, *shape[1:]) for b in DEFAULT_BATCH)
             notes.append(f"{name}: batch {'/'.join(map(str, DEFAULT_BATCH))}")
         opt = opt or hi or lo
@@ -96,18 +105,25 @@ def resolve_profiles(inputs: list[tuple[str, tuple[int, ...]]], shapes: dict[str
             profiles[name] = (lo, opt, hi)
     note = None
     if notes:
-        note = (f"Dynamic batch and no --minShapes/--optShapes/--maxShapes: using min/opt/max {', '.join(notes)} "
-                "(pass the shape flags for another range)")
+        note = (
+            f"Dynamic batch and no --minShapes/--optShapes/--maxShapes: using min/opt/max {', '.join(notes)} "
+            "(pass the shape flags for another range)"
+        )
     return profiles, note
 
 
 def _check_profile(name: str, shape: tuple[int, ...], lo: tuple, opt: tuple, hi: tuple) -> None:
     for kind, dims in (("min", lo), ("opt", opt), ("max", hi)):
         if len(dims) != len(shape):
-            raise EdgepipeError(f"--{kind}Shapes {name}:{_dims(dims)} has {len(dims)} dimensions, but the input has {len(shape)} ({_dims(shape)})", fix=f"give {len(shape)} dimensions, e.g. {name}:{_dims(shape, 1)}")
+            raise EdgepipeError(
+                f"--{kind}Shapes {name}:{_dims(dims)} has {len(dims)} dimensions, but the input has {len(shape)} ({_dims(shape)})",
+                fix=f"give {len(shape)} dimensions, e.g. {name}:{_dims(shape, 1)}",
+            )
         for axis, (want, got) in enumerate(zip(shape, dims)):
             if got < 1:
-                raise EdgepipeError(f"--{kind}Shapes {name}:{_dims(dims)} has a dimension below 1", fix="use dimensions of 1 or more")
+                raise EdgepipeError(
+                    f"--{kind}Shapes {name}:{_dims(dims)} has a dimension below 1", fix="use dimensions of 1 or more"
+                )
             if want != -1 and want != got:
                 raise EdgepipeError(
                     f"--{kind}Shapes {name}:{_dims(dims)} does not fit the model's input {_dims(shape)} (dimension {axis} is fixed at {want})",
@@ -155,7 +171,11 @@ def _hardware_compatibility(level: str | None) -> str | None:
     if level is None or level == "none":
         return None
     aliases = {name.lower(): name for name in HARDWARE_COMPATIBILITY}
-    aliases.update({"same-cc": "sameComputeCapability", "samecomputecapability": "sameComputeCapability", "ampere_plus": "ampere+"})
+    aliases.update(
+        {"same-cc": "sameComputeCapability", "samecomputecapability": "sameComputeCapability", "ampere_plus": "ampere+"}
+    )
     if level.lower() not in aliases:
-        raise EdgepipeError(f"--hardwareCompatibilityLevel {level!r} is unknown", fix=f"use one of {', '.join(HARDWARE_COMPATIBILITY)}")
+        raise EdgepipeError(
+            f"--hardwareCompatibilityLevel {level!r} is unknown", fix=f"use one of {', '.join(HARDWARE_COMPATIBILITY)}"
+        )
     return aliases[level.lower()]

@@ -21,7 +21,10 @@ def normalize_compute_capability(text: str) -> str:
     else:
         major, minor = value[:-1], value[-1:]
     if not (major.isdigit() and minor.isdigit()):
-        raise EdgepipeError(f"--computeCapability {text!r} is not a compute capability", fix="pass it as X.Y, e.g. --computeCapability 8.9, or 'current'")
+        raise EdgepipeError(
+            f"--computeCapability {text!r} is not a compute capability",
+            fix="pass it as X.Y, e.g. --computeCapability 8.9, or 'current'",
+        )
     return f"{int(major)}.{int(minor)}"
 
 
@@ -60,7 +63,10 @@ def resolve_compute_capabilities(be: Any, requested) -> tuple[list[str], list[st
     if not requested:
         requested = ["current"] if device else [cc for cc in supported if cc_major(cc) >= DEFAULT_MIN_MAJOR]
     if "current" in requested and not device:
-        raise EdgepipeError("--computeCapability current needs a GPU, and none was found here", fix=f"name the target GPUs, e.g. --computeCapability 8.9 (supported: {', '.join(supported)})")
+        raise EdgepipeError(
+            "--computeCapability current needs a GPU, and none was found here",
+            fix=f"name the target GPUs, e.g. --computeCapability 8.9 (supported: {', '.join(supported)})",
+        )
     targets = []
     for cc in dict.fromkeys(requested):
         concrete = device if cc == "current" else cc
