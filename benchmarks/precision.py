@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import calibration  # noqa: E402
 import models  # noqa: E402
-from pipeline import export, precision, train, validate  # noqa: E402
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline import export, quantize, train, validate  # noqa: E402
+from pipeline.checkpoint import save_checkpoint
 
 TARGETS = {"fp32": (0.0, 100.0), "fp16": (0.1, 99.9), "int8": (0.5, 99.0)}
 
@@ -36,13 +36,12 @@ def bench_model(name: str, checkpoints: Path | None, folder: Path, max_drop: flo
         checkpoint = save_checkpoint(folder / f"{name}.pt", net, config, force=True)
     onnx_path = folder / f"{name}.onnx"
     export.export(checkpoint, onnx_path, dynamic_batch=True, force=True)
-    precision.to_fp16(onnx_path, folder / f"{name}.fp16.onnx", force=True)
+    quantize.to_fp16(onnx_path, folder / f"{name}.fp16.onnx", force=True)
     started = time.perf_counter()
-    config = load_checkpoint(checkpoint)[1]
     calib = calibration.save(
-        folder / f"{name}.calib.npz", calibration.draw(config, num=calibration.DEFAULT_NUM), force=True
+        folder / f"{name}.calib.npz", calibration.draw_for(checkpoint, num=calibration.DEFAULT_NUM), force=True
     )
-    int8 = precision.to_int8(onnx_path, folder / f"{name}.int8.onnx", calib=calib, max_drop=max_drop, force=True)
+    int8 = quantize.to_int8(onnx_path, folder / f"{name}.int8.onnx", calib=calib, max_drop=max_drop, force=True)
     calib_quant_seconds = time.perf_counter() - started
     result = validate.validate(checkpoint, [onnx_path, folder / f"{name}.fp16.onnx", folder / f"{name}.int8.onnx"])
     rows = []

@@ -38,10 +38,10 @@ def script(name: str, module_call: str) -> list[str]:
 
 def make_onnx(folder: Path) -> Path:
     """An untrained se_resnet exported by edgepipe (weights do not change start-up time)."""
-    from pipeline import data, export
+    from pipeline import export, images
     from pipeline.checkpoint import build_model, make_config, save_checkpoint
 
-    config = make_config("se_resnet", data.load_dataset("digits", image_size=32), 32, 0)
+    config = make_config("se_resnet", images.open_source("digits"), 0)[0]
     save_checkpoint(folder / "model.pt", build_model(config).eval(), config, force=True)
     return Path(export.export(folder / "model.pt", folder / "model.onnx", dynamic_batch=True, force=True)["onnx"])
 

@@ -2,19 +2,22 @@
 
 A checkpoint is ``{"state_dict": ..., "config": ...}`` saved with torch.save and readable with
 ``torch.load(path, weights_only=True)``: the config holds only plain types (model name and
-arguments, input shape, normalization, class names, the data's sha256 and the held-out split).
-``config_of`` is the one reader of that config, for a checkpoint or for the metadata that export
-writes into an ONNX model.
+arguments, input shape, preprocessing, class names, the data's identity and its split: the same
+``Record`` an ONNX carries in its metadata). ``model_input_of`` reads what any model file records.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import data as datamod
+import numpy as np
+
 from pipeline.artifacts import Kind, atomic_output, check_output, sha256_file, write_manifest
 from pipeline.errors import EdgepipeError
+from pipeline.images import DIGITS, VAL_FRACTION, ImageSource, ModelInput, PreprocessFlags, open_source
 from pipeline.modelspec import (
     ModelCode,
     ModelSpec,
@@ -25,54 +28,87 @@ from pipeline.modelspec import (
     probe,
     timm_preprocess,
 )
-from pipeline.onnxfile import load_onnx, onnx_config
 from pipeline.preprocess import Preprocess
 
 DEFAULT_MODEL = "se_resnet"  # the zoo model a run trains when given nothing else
 DEFAULT_IMAGE_SIZE = 32  # the input size when neither --input-size nor the model says one
 
 
-def make_config(
-    model: str | ModelSpec, dataset: datamod.Dataset, seed: int, preprocess: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The config a checkpoint carries: everything later stages need to rebuild and evaluate it.
+@dataclass
+class TrainingImages:
+    """A model's data through its preprocessing: the pool (trained on) and the held-out part, in memory."""
 
-    ``model`` is a zoo name or a parsed ``--model`` spec (zoo, timm:NAME, module:callable,
-    file.py:callable); the spec is recorded so later stages rebuild exactly the user's model. The
-    input shape is the dataset's (loaded at the model's size). ``preprocess`` is a model's own
-    preprocessing (timm's data config): its mean/std replace the data's, and it is recorded so
-    every stage (and every exported ONNX) resizes and crops the way the model expects.
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+def make_config(
+    model: str | ModelSpec,
+    source: ImageSource,
+    seed: int,
+    shape: tuple[int | None, int, int] | None = None,
+    preprocess: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], TrainingImages]:
+    """The config a checkpoint carries, and its images: everything later stages need to rebuild and judge it.
+
+    ``model`` is a zoo name or a parsed ``--model`` spec; the spec is recorded so later stages rebuild
+    exactly the user's model. The images are ``source`` read through the one image reader at
+    ``shape`` (C, H, W; C None: the data's own; None: DEFAULT_IMAGE_SIZE square), split by
+    ``ImageSource.split``; the preprocessing recorded is that resize and the pool's channel mean/std,
+    or ``preprocess`` (a model's own, timm's data config) as it is.
     """
     spec = model if isinstance(model, ModelSpec) else ModelSpec.parse(model)
-    train_idx, val_idx = datamod.split_indices(dataset.labels, seed=seed)
-    mean, std = datamod.channel_stats(dataset.images[train_idx])
-    if preprocess:
-        mean, std = list(preprocess["mean"]), list(preprocess["std"])
-    channels, height, width = (int(v) for v in dataset.images.shape[1:])
+    split = source.split(seed=seed, val_fraction=VAL_FRACTION)
+    channels = (shape[0] if shape else None) or source.channels
+    height, width = shape[1:] if shape else (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+    plain = {**(preprocess or {"resize": [height, width]}), "mean": None, "std": None, "channels": channels}
+    geometry = Preprocess.from_dict(plain)
+    x_train, y_train = source.batches(geometry, split.pool).collect()
+    x_val, y_val = source.batches(geometry, split.held_out).collect()
+    mean, std = (preprocess["mean"], preprocess["std"]) if preprocess else channel_stats(x_train)
+    final = dataclasses.replace(geometry, mean=tuple(mean), std=tuple(std))
+    channels, height, width = (int(v) for v in x_train.shape[1:])
     config = {
         "model": spec.text,
         "model_spec": spec.to_json(),
         "model_args": {
-            "num_classes": len(dataset.class_names),
+            "num_classes": len(source.class_names),
             "in_chans": channels,
             "img_size": height if height == width else [height, width],
         },
         "input_shape": [channels, height, width],
-        "mean": mean,
-        "std": std,
-        "class_names": list(dataset.class_names),
-        "data": {"source": dataset.source, "sha256": dataset.sha256, "count": len(dataset)},
-        "split": {"seed": seed, "val_fraction": datamod.VAL_FRACTION, "val_indices": [int(i) for i in val_idx]},
+        "preprocess": final.to_dict(),
+        "class_names": list(source.class_names),
+        "data": {"source": source.spec, "sha256": source.sha256, "count": len(source)},
+        "split": split.record,
     }
-    if preprocess:
-        config["preprocess"] = dict(preprocess)
-    return config
+    return config, TrainingImages(final.scale(x_train), y_train, final.scale(x_val), y_val)
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of N x C x H x W images, the normalization a checkpoint records."""
+    mean = images.mean(axis=(0, 2, 3), dtype=np.float64)
+    std = images.std(axis=(0, 2, 3), dtype=np.float64)
+    return [float(m) for m in mean], [float(max(s, 1e-6)) for s in std]
+
+
+def open_training_data(data: str) -> ImageSource:
+    """The labelled images a model is trained on; unlabelled images are refused."""
+    source = open_source(data)
+    if not source.labelled:
+        raise EdgepipeError(
+            f"training needs labelled images, but {source.spec} has no labels ({source.kind})",
+            fix="give class sub-folders, or an .npz with y",
+        )
+    return source
 
 
 def model_for_data(
     spec: ModelSpec, data: str, seed: int, input_shape: tuple[int | None, int, int] | None = None
-) -> tuple[Any, dict[str, Any], datamod.Dataset]:
-    """The model ``spec`` names, built for ``data`` at the size it takes: (model, checkpoint config, dataset).
+) -> tuple[Any, dict[str, Any], TrainingImages]:
+    """The model ``spec`` names, built for ``data`` at the size it takes: (model, checkpoint config, images).
 
     The size is ``input_shape`` (--input-size; channels None: the data's), else the model's own (a zoo ``img_size`` argument,
     timm's data config, or an ``input_size``/``img_size`` a user's module declares), else
@@ -82,22 +118,20 @@ def model_for_data(
     import torch  # only stages that build a model need it
 
     shape = tuple(input_shape) if input_shape else input_size(spec)
+    source = open_training_data(data)
 
     def attempt(shape, preprocess=None):
-        size = tuple(shape[1:]) if shape else DEFAULT_IMAGE_SIZE
-        geometry = Preprocess.from_dict(preprocess) if preprocess else None
-        dataset = datamod.load_dataset(data, image_size=size, channels=shape[0] if shape else None, geometry=geometry)
-        config = make_config(spec, dataset, seed, preprocess)
+        config, images = make_config(spec, source, seed, shape, preprocess)
         torch.manual_seed(seed)
-        return build_model(config, spec), config, dataset
+        return build_model(config, spec), config, images
 
-    model, config, dataset = attempt(shape)
+    model, config, images = attempt(shape)
     own = None if shape else input_size(model)
     preprocess = timm_preprocess(model, tuple(config["input_shape"][1:])) if spec.kind == "timm" else None
     if preprocess or (own and list(own) != config["input_shape"]):
-        model, config, dataset = attempt(tuple(config["input_shape"]) if preprocess else own, preprocess)
+        model, config, images = attempt(tuple(config["input_shape"]) if preprocess else own, preprocess)
     probe(model, tuple(config["input_shape"]))
-    return model, config, dataset
+    return model, config, images
 
 
 def build_model(config: dict[str, Any], given: ModelSpec | None = None, trust_model_code: bool = False) -> Any:
@@ -185,8 +219,8 @@ def load_checkpoint(
                 f"{path} is a plain state dict with no model name",
                 fix="pass --model NAME ('edgepipe models' lists them) or --model file.py:callable",
             )
-        dataset = datamod.load_dataset(data or datamod.DEFAULT_DATA, image_size=image_size)
-        state_dict, config = blob, make_config(given, dataset, seed)
+        source = open_training_data(data or DIGITS)
+        state_dict, config = blob, make_config(given, source, seed, (None, image_size, image_size))[0]
     else:
         raise EdgepipeError(
             f"{path} holds no state dict",
@@ -267,14 +301,16 @@ def _read(path: Path) -> Any:
 
 
 def config_of(path: str | Path) -> dict[str, Any]:
-    """The model config of a checkpoint, or of an exported .onnx (its edgepipe metadata).
-
-    Reading a config builds no model, so it imports no user code: calibration needs only this.
-    """
+    """The config of an edgepipe checkpoint. Reading it builds no model, so it imports no user code."""
     path = Path(path)
-    if path.suffix.lower() == ".onnx":
-        return onnx_config(load_onnx(path), path)
     blob = _read(path)
     if isinstance(blob, dict) and "state_dict" in blob and isinstance(blob.get("config"), dict):
         return {**blob["config"], "checkpoint_sha256": sha256_file(path)}
     return load_checkpoint(path)[1]  # a plain state dict: says what is missing
+
+
+def model_input_of(path: str | Path, flags: PreprocessFlags | None = None) -> ModelInput:
+    """What a model file records and takes, one answer for every model: an ONNX's metadata, a checkpoint's config."""
+    if Path(path).suffix.lower() == ".onnx":
+        return ModelInput.of_onnx(path, flags)
+    return ModelInput.of_config(config_of(path), flags, Path(path).name)

@@ -17,13 +17,14 @@ import onnx
 import torch
 
 from pipeline import __version__
-from pipeline import data as datamod
 from pipeline.artifacts import Kind, atomic_output, check_output, write_manifest
 from pipeline.checkpoint import is_checkpoint, load_checkpoint, model_from_weights, model_record
 from pipeline.errors import EdgepipeError
+from pipeline.images import ModelData, ModelInput, Record
 from pipeline.metrics import evaluate
 from pipeline.modelspec import ModelSpec, probe
-from pipeline.onnxfile import CONFIG_KEY, set_metadata
+from pipeline.onnxfile import set_metadata
+from pipeline.onnxinfo import SYNTHETIC_COUNT
 from pipeline.precision import Precision
 from pipeline.preprocess import Preprocess
 from pipeline.progress import info as say
@@ -35,7 +36,7 @@ DEFAULT_OPSET = 17
 # The TensorRT ONNX parser needs opset >= 13 for Q/DQ; the TorchScript exporter goes up to 20.
 MIN_OPSET, MAX_OPSET = 13, 20
 MAX_ABS_DIFF = 1e-4
-SYNTHETIC_COUNT, SYNTHETIC_SEED = 32, 0  # standard-normal inputs a weights file with no --data is proven on
+SYNTHETIC_SEED = 0  # of the standard-normal inputs a weights file with no --data is proven on
 SYNTHETIC_TEXT = f"{SYNTHETIC_COUNT} synthetic inputs (seeded)"
 SYNTHETIC_HINT = "pass --data for your images"
 
@@ -78,8 +79,7 @@ def export(
     if input_shape is not None and list(input_shape) != config["input_shape"]:
         probe(model, tuple(input_shape))  # one line naming what the forward pass raised
         config = {**config, "input_shape": list(input_shape), **_resized_preprocess(config, input_shape)}
-    dataset = datamod.load_for_config(config, data)
-    x_val, y_val = datamod.split_of(config, dataset, "val")
+    x_val, y_val = ModelData.of(ModelInput.of_config(config, name=Path(checkpoint).name), data).batches().collect()
 
     with atomic_output(output) as tmp:
         _export_to(model, config, tmp, opset, batch, dynamic_batch, dynamic_size, _checkpoint_metadata(config))
@@ -195,14 +195,10 @@ def _parity(model: torch.nn.Module, onnx_path: Path, images: np.ndarray, labels:
 
 
 def _checkpoint_metadata(config: dict[str, Any]) -> dict[str, str]:
-    """What an export of an edgepipe checkpoint records: its whole config (data, split, classes) for later stages."""
+    """What an export of an edgepipe checkpoint records besides its ``Record``: the model and where it came from."""
     return {
-        CONFIG_KEY: json.dumps(config, sort_keys=True),
         "edgepipe.model": config["model"],
         "edgepipe.input_shape": json.dumps(config["input_shape"]),
-        "edgepipe.mean": json.dumps(config["mean"]),
-        "edgepipe.std": json.dumps(config["std"]),
-        "edgepipe.class_names": json.dumps(config["class_names"]),
         "edgepipe.checkpoint_sha256": config["checkpoint_sha256"],
         "edgepipe.model_spec": json.dumps(config.get("model_spec"), sort_keys=True),
         "edgepipe.weights_sha256": model_record(config)["weights_sha256"] or "",
@@ -222,14 +218,20 @@ def _weights_metadata(record: dict[str, Any]) -> dict[str, str]:
 
 
 def _resized_preprocess(config: dict[str, Any], shape: tuple[int, int, int]) -> dict[str, Any]:
-    """A recorded resize-and-crop (timm's) at a new size: the crop is the size, the resize keeps its ratio."""
-    recorded = config.get("preprocess")
-    if not recorded:
-        return {}
+    """The recorded preprocessing at a new size: a plain resize becomes that size; a resize-and-crop (timm's)
+    crops to it, the resize keeping its ratio."""
+    recorded = config["preprocess"]
     old_h, new_h, new_w = config["input_shape"][1], shape[1], shape[2]
+    if not recorded.get("crop"):
+        return {"preprocess": {**recorded, "resize": [new_h, new_w]}}
     ratio = (recorded["resize"] if isinstance(recorded["resize"], int) else recorded["resize"][0]) / old_h
     resize = int(new_h * ratio) if new_h == new_w else [int(new_h * ratio), int(new_w * ratio)]
     return {"preprocess": {**recorded, "resize": resize, "crop": [new_h, new_w]}}
+
+
+def _preprocess_of(record: dict[str, Any]) -> Preprocess | None:
+    """A weights file's recorded preprocessing: timm's, when the model is timm's."""
+    return Preprocess.from_dict(record["preprocess"]) if record.get("preprocess") else None
 
 
 def _export_to(
@@ -266,8 +268,8 @@ def _export_to(
         )
     proto = onnx.load(str(path))
     set_metadata(proto, {**metadata, "edgepipe.version": __version__})
-    if config.get("preprocess"):  # the model's own resize, crop and normalization, for every later stage
-        Preprocess.from_dict(config["preprocess"]).store_in(proto)
+    record = Record.of_config(config) if "split" in config else Record(_preprocess_of(config))
+    record.store_in(proto)  # preprocessing, classes, data and split: what every later stage reads
     proto.producer_name = "edgepipe"
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     onnx.checker.check_model(proto, full_check=True)

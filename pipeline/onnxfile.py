@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import onnx
 
 from pipeline.errors import EdgepipeError
-
-CONFIG_KEY = "edgepipe.config"
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
@@ -41,17 +37,6 @@ def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
     del model.metadata_props[:]
     for key, value in sorted(current.items()):
         model.metadata_props.add(key=key, value=value)
-
-
-def onnx_config(model: onnx.ModelProto, path: str | Path = "the ONNX model") -> dict[str, Any]:
-    """The checkpoint config export stored in the model: normalization, classes, held-out split."""
-    raw = read_metadata(model).get(CONFIG_KEY)
-    if raw is None:
-        raise EdgepipeError(
-            f"{path} has no edgepipe metadata (input shape, normalization, classes, held-out split)",
-            fix="export it with 'edgepipe export CHECKPOINT', or pass --checkpoint CKPT so edgepipe can take them from the checkpoint",
-        )
-    return json.loads(raw)
 
 
 def input_info(model: onnx.ModelProto) -> tuple[str, list[int | str]]:

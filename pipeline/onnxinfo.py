@@ -17,15 +17,11 @@ import numpy as np
 import onnx
 
 from pipeline.errors import EdgepipeError
-
-# --- edgepipe internals used here (re-point this section if they move) -----------------------------
-from pipeline.onnxfile import CONFIG_KEY  # metadata key edgepipe's export writes: "edgepipe.config"
-
-# ----------------------------------------------------------------------------------------------------
+from pipeline.preprocess_options import LAYOUTS
 
 MIN_QDQ_OPSET = 13  # QuantizeLinear/DequantizeLinear with a per-channel axis: what TensorRT parses for INT8
 DEFAULT_TARGET_OPSET = 17
-LAYOUTS = ("nchw", "nhwc")
+SYNTHETIC_COUNT = 32  # seeded synthetic inputs a model is checked on when no images are given
 _AXES = {"nchw": (1, 2, 3), "nhwc": (3, 1, 2)}  # channel, height, width axis of each layout
 _WORDS = ("channels", "height", "width")
 
@@ -60,7 +56,6 @@ class ModelInfo:
     outputs: tuple[TensorInfo, ...]
     opset: int
     producer: str
-    has_edgepipe_metadata: bool
     tied_dims: dict[str, tuple[int, ...]] = field(default_factory=dict)  # symbolic name -> input axes sharing it
     channels: int | None = field(init=False)
     height: int | None = field(init=False)
@@ -175,7 +170,6 @@ def describe(model: ModelSource, layout: str | None = None) -> ModelInfo:
         outputs=tuple(_outputs(model)),
         opset=opset_of(model),
         producer=f"{model.producer_name} {model.producer_version}".strip() or "unknown",
-        has_edgepipe_metadata=any(prop.key == CONFIG_KEY for prop in model.metadata_props),
         tied_dims=_tied_dims(image),
     )
 

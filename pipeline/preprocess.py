@@ -7,7 +7,7 @@ and reproduces torchvision's arithmetic on PIL images, so the images edgepipe ca
 validates on are the images the model was trained for. The object is parsed once at the edge,
 stored in every artifact's metadata (``METADATA_KEY``) and manifests, and read back by later stages.
 
-    pre = Preprocess.from_options(resize="256", crop="224", mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
+    pre = Preprocess.from_dict({"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
     array = pre.apply(PIL.Image.open("cat.jpg"))    # float32, 3x224x224
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,6 @@ from pipeline.preprocess_options import (
     check_keys,
     choice,
     parse_value,
-    read_file,
 )
 
 METADATA_KEY = "edgepipe.preprocess"
@@ -104,54 +102,6 @@ class Preprocess:
     def default_for(cls, input_hw: tuple[int, int] | None, channels: int = 3) -> Preprocess:
         """What edgepipe does when given nothing: resize to the model's static input size, scale to [0, 1]."""
         return cls(resize=tuple(input_hw) if input_hw else None, channels=channels, defaulted=True)
-
-    @classmethod
-    def from_options(
-        cls,
-        *,
-        resize=None,
-        crop=None,
-        mean=None,
-        std=None,
-        channel_order=None,
-        interpolation=None,
-        layout=None,
-        file: str | Path | None = None,
-        channels: int = 3,
-        input_hw: tuple[int, int] | None = None,
-        base: Preprocess | None = None,
-    ) -> Preprocess:
-        """Combine, lowest first: ``base`` (e.g. what a model's metadata stored), ``file``, the flags.
-
-        ``channels`` and ``input_hw`` come from the model's input. With nothing given at all, this is
-        ``default_for(input_hw, channels)``; with no resize and no crop, images are resized to
-        ``input_hw`` (when the model has a static size).
-        """
-        values: dict[str, Any] = base.to_dict() if base else {}
-        if file is not None:
-            values.update(read_file(file))
-        flags = {
-            "resize": resize,
-            "crop": crop,
-            "mean": mean,
-            "std": std,
-            "channel_order": channel_order,
-            "interpolation": interpolation,
-            "layout": layout,
-        }
-        values.update({key: value for key, value in flags.items() if value is not None})
-        values = {key: value for key, value in values.items() if value is not None}
-        if "channels" in values and int(values["channels"]) != channels:
-            raise EdgepipeError(
-                f"the preprocessing says {values['channels']} channels, the model's input has {channels}",
-                fix="drop 'channels' from the preprocessing file, it comes from the model",
-            )
-        values["channels"] = channels
-        if set(values) <= {"channels"}:
-            return cls.default_for(input_hw, channels)
-        if values.get("resize") is None and values.get("crop") is None and input_hw:
-            values["resize"] = list(input_hw)
-        return cls.from_dict(values)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Preprocess:

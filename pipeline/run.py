@@ -22,31 +22,23 @@ leaves nothing half-written and the next run resumes where it stopped.
 
 from __future__ import annotations
 
-import functools
-import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import calibration
-from pipeline import bench, benchreport, build, export, quantize, report, train, validate
-from pipeline.artifacts import Kind, read_manifest, sha256_file, why_stale, write_json_atomic, write_manifest
-from pipeline.checkpoint import config_of, model_info, model_record, save_checkpoint
-from pipeline.data import DEFAULT_DATA, load_dataset, load_for_config, resolve_source
+from pipeline import benchreport, report
+from pipeline.checkpoint import config_of, model_record
 from pipeline.errors import EdgepipeError
-from pipeline.images import PreprocessFlags
+from pipeline.images import DIGITS, PreprocessFlags
 from pipeline.modelspec import ModelCode, ModelSpec
-from pipeline.onnxfile import load_onnx, onnx_config
 from pipeline.precision import Precision, parse_list
 from pipeline.progress import info, info_styled
-from pipeline.runsource import Source, open_source
+from pipeline.runplan import PRECISIONS, Plan, Stages, table
+from pipeline.runsource import RunStart, open_start
 from pipeline.tensorrt.backend import get_backend, installed_backends
 
-PRECISIONS = tuple(Precision)
 DEFAULT_BENCH_BATCHES = (1, 8)
-BENCH_WARMUP_MS = 100
 # INT8 accuracy budget (points of top-1 below the FP32 model): the most sensitive nodes stay in
 # higher precision until INT8 is within it. Plain PTQ misses it on some models by a couple of images.
 DEFAULT_MAX_DROP = 0.5
@@ -54,74 +46,28 @@ BUDGET_DEFAULT = "default"  # max_drop when the user gave none: DEFAULT_MAX_DROP
 NO_BACKEND = "no TensorRT flavour is installed (pip install 'edgepipe[rtx]', or JetPack's TensorRT on Jetson)"
 
 
-@dataclass
-class Stage:
-    """One row: ``make`` writes ``output`` (and its manifest) from ``inputs`` with ``settings``."""
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run makes and how: precisions, output folder, training, engines, bench, INT8 budget, images."""
 
-    name: str
-    output: Path
-    kind: Kind
-    inputs: Callable[[], dict[str, str]]  # role -> sha256, worked out when the stage's turn comes
-    settings: dict[str, Any]
-    make: Callable[[], Any]
-    needs: tuple[str, ...] = ()  # stages that must have finished first
-    when: bool = True  # whether this run has the stage at all
+    precisions: tuple[Precision, ...] | str = PRECISIONS
+    output: str | Path | None = None
+    strict: bool = False
+    force: bool = False
+    epochs: int | None = None
+    seed: int = 0
+    engines: bool = True
+    bench_batches: tuple[int, ...] = DEFAULT_BENCH_BATCHES
+    bench_seconds: float = 1.0
+    max_drop: float | None | str = BUDGET_DEFAULT
+    labels: str | Path | None = None
+    preprocess: PreprocessFlags | None = None
+    workers: int | None = None
+    weights: str | Path | None = None
+    input_shape: tuple[int, int, int] | None = None
 
-
-class Stages:
-    """Runs rows in order: reuses by the output's manifest, records failures, skips what needs them."""
-
-    def __init__(self, force: bool, strict: bool):
-        self.force, self.strict = force, strict
-        self.record: dict[str, dict[str, Any]] = {}
-
-    def ok(self, name: str | None) -> bool:
-        return name is None or self.record.get(name, {}).get("status") in ("done", "reused")
-
-    def run(self, stage: Stage) -> None:
-        started = time.perf_counter()
-        unfinished = [name for name in stage.needs if not self.ok(name)]
-        if unfinished:
-            reason = f"needs {', '.join(unfinished)}, which did not finish"
-            info_styled(f"{stage.name}: skipped, {reason}", "yellow")
-            self.record[stage.name] = {"status": "skipped", "seconds": 0.0, "reason": reason}
-            return
-        try:
-            inputs = stage.inputs()
-            stale = "is asked for by --force, which redoes every stage" if self.force else _why_stale(stage, inputs)
-            if stale is None:
-                info_styled(f"{stage.name}: unchanged, reused", "dim")
-                self.record[stage.name] = {"status": "reused", "seconds": 0.0}
-                return
-            info_styled(f"{stage.name} ...", "bold")
-            if stage.output.exists():
-                info(f"  {stage.output.name} is redone: it {stale}")
-            result = stage.make()
-            if stage.kind is Kind.RESULT:
-                write_json_atomic(stage.output, result)
-                write_manifest(stage.output, Kind.RESULT, inputs=inputs, params=stage.settings)
-        except EdgepipeError as exc:
-            if self.strict:
-                raise
-            info_styled(f"{stage.name} failed: {exc}", "red")
-            self.record[stage.name] = {
-                "status": "failed",
-                "seconds": round(time.perf_counter() - started, 2),
-                "reason": str(exc),
-            }
-            return
-        self.record[stage.name] = {"status": "done", "seconds": round(time.perf_counter() - started, 2)}
-
-    def result(self, stage: str, path: Path) -> dict[str, Any] | None:
-        """A validate or bench result, when that stage finished."""
-        return json.loads(path.read_text()) if self.ok(stage) else None
-
-
-def _why_stale(stage: Stage, inputs: dict[str, str]) -> str | None:
-    recorded = (read_manifest(stage.output) or {}).get("params", {})
-    # What a stage works out for itself (nodes kept in FP32, training figures) is not a setting of
-    # the run; it is compared as recorded, while every setting the run passes must match.
-    return why_stale(stage.output, stage.kind, inputs, {**recorded, **stage.settings})
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precisions", tuple(parse_list(self.precisions)))
 
 
 def run(
@@ -129,256 +75,47 @@ def run(
     checkpoint: str | Path | None = None,
     onnx_model: str | Path | None = None,
     data: str | None = None,
-    precisions: tuple[str | Precision, ...] | str = PRECISIONS,
-    output: str | Path | None = None,
-    strict: bool = False,
-    force: bool = False,
-    epochs: int | None = None,
-    seed: int = 0,
-    engines: bool = True,
-    bench_batches: tuple[int, ...] = DEFAULT_BENCH_BATCHES,
-    bench_seconds: float = 1.0,
-    max_drop: float | None | str = BUDGET_DEFAULT,
-    labels: str | Path | None = None,
-    preprocess: PreprocessFlags | None = None,
-    workers: int | None = None,
-    weights: str | Path | None = None,
-    input_shape: tuple[int, int, int] | None = None,
     code: ModelCode | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """Run the pipeline into ``output``; returns the report (also written as report.json/.md).
+    """Run the pipeline; returns the report (also written as report.json/.md).
 
-    ``labels``, ``preprocess`` and ``workers`` are for an ``onnx_model`` edgepipe did not export.
-    ``model`` is any --model spec; ``weights`` start it (with ``epochs`` None: taken as they are,
-    no training), ``input_shape`` is its (C, H, W); ``code`` is the user code a given checkpoint may
-    be rebuilt from (by default: ``model``'s).
+    ``settings``: the fields of ``RunSettings``. ``model`` is any --model spec (``weights`` start it;
+    with ``epochs`` None they are taken as they are), ``checkpoint`` or ``onnx_model`` the file to
+    start from; ``data`` the images (default: what the model records, or the bundled digits);
+    ``code`` the user code a given checkpoint may be rebuilt from (by default: ``model``'s).
     """
     started = time.perf_counter()
-    wanted = parse_list(precisions)
-    source = open_source(model, checkpoint, onnx_model, data, labels, preprocess, code, weights)
-    foreign = source.model_input is not None
-    max_drop = _budget(source, max_drop)
-    data_name = resolve_source(data) if data else (source.data or DEFAULT_DATA)
-    folder = Path(output or f"runs/{source.folder_name}")
+    chosen = RunSettings(**settings)
+    start = open_start(model, checkpoint, onnx_model, data, chosen.labels, chosen.preprocess, code, chosen.weights)
+    folder = Path(chosen.output or f"runs/{start.folder_name}")
     if folder.exists() and not folder.is_dir():
         raise EdgepipeError(f"run directory {folder} is a file", fix="pass another -o DIR")
-    folder.mkdir(parents=True, exist_ok=True)
-
-    trained = source.start == "training"
-    ckpt = folder / "checkpoint.pt" if trained else source.file if source.start == "checkpoint" else None
-    onnx_fp32 = source.file if source.start == "onnx" and not foreign else folder / "model.onnx"
-    if foreign and onnx_fp32.exists() and onnx_fp32.resolve() == source.file.resolve():
+    if (
+        start.file is not None
+        and (folder / "model.onnx").exists()
+        and (folder / "model.onnx").resolve() == start.file.resolve()
+    ):
         raise EdgepipeError(
-            f"--onnx {source.file} is where this run writes its copy of the model", fix="pass another -o DIR"
-        )  # before any write
-    calib = folder / "calib.npz"
-    onnx = {
-        Precision.FP32: onnx_fp32,
-        Precision.FP16: folder / "model.fp16.onnx",
-        Precision.INT8: folder / "model.int8.onnx",
-    }
-    first = "import" if foreign else None if source.start == "onnx" else "export"  # the stage that makes the FP32 ONNX
-    makers = {Precision.FP32: first, Precision.FP16: "quantize-fp16", Precision.INT8: "quantize-int8"}
-    validation, benched = folder / "validate.json", folder / "bench.json"
-    to_onnx = (first,) if first else ()
-    size = source.model_input.fixed_size if foreign else None
-    backend, engines_note = _backend(engines)
-    if trained and epochs is None:  # given weights are taken as they are; else the model's recipe
-        epochs = 0 if weights else model_info(source.name).get("default_epochs", train.DEFAULT_EPOCHS)
-    stages = Stages(force, strict)
-    # FP16/INT8 of a foreign model are checked on the held-out part of a folder of images (an .npz here holds pixels, not model inputs)
-    checked_on = (
-        {"data": data, "labels": labels, "workers": workers}
-        if foreign and data and Path(data).is_dir()
-        else {"data": None if foreign else data}
-    )
-    datasets: dict[str, str] = {}
-
-    def data_sha(config: dict[str, Any] | None = None) -> str:
-        if foreign:  # the user's images: their identity, without decoding them
-            return source.need_images().sha256
-        key = json.dumps(config and [config["input_shape"], config.get("preprocess")])
-        if key not in datasets:  # loaded once per input shape, for every stage that names it
-            datasets[key] = (load_for_config(config, data) if config else load_dataset(data or DEFAULT_DATA)).sha256
-        return datasets[key]
-
-    @functools.cache  # called only once export has finished; the FP32 ONNX does not change after
-    def fp32_config() -> dict[str, Any] | None:
-        return None if foreign else onnx_config(load_onnx(onnx_fp32), onnx_fp32)
-
-    def draw_calibration() -> Path:
-        drawn = (
-            calibration.draw_from_images(
-                onnx_fp32, source.need_images().spec, seed=seed, labels=labels, workers=workers
-            )
-            if foreign
-            else calibration.draw(fp32_config(), data=data, seed=seed)
+            f"--onnx {start.file} is where this run writes its copy of the model", fix="pass another -o DIR"
         )
-        return calibration.save(calib, drawn, force=True)
-
-    def calibration_inputs() -> dict[str, str]:
-        made_from = (
-            {"onnx": sha256_file(onnx_fp32)} if foreign else {"checkpoint": fp32_config().get("checkpoint_sha256")}
-        )
-        return {"data": data_sha(fp32_config()), **made_from}
-
-    def validated() -> dict[str, Any]:
-        files = [str(p) for p in made().values()]
-        if foreign:  # the held-out part of the user's images, never calibrated on
-            return validate.validate(
-                onnx_fp32, files, data=source.need_images().spec, labels=labels, workers=workers, split="held-out"
-            )
-        return validate.validate(ckpt or onnx_fp32, files, data=data, code=source.code)
-
-    def made() -> dict[str, Path]:
-        """Artifact ids (the report's rows) -> files, for what this run has made."""
-        ids = {f"onnx-{p}": onnx[p] for p in PRECISIONS if p in wanted and stages.ok(makers[p])}
-        ids.update(
-            {f"engine-{p}": folder / f"model.{p}.engine" for p in PRECISIONS if p in wanted and stages.ok(f"build-{p}")}
-        )
-        return ids
-
-    def measured_inputs() -> dict[str, str]:
-        if not made():
-            raise EdgepipeError("no artifact was made to measure", fix="see the stages that failed above")
-        return {"reference": sha256_file(ckpt or onnx_fp32), **{i: sha256_file(p) for i, p in made().items()}}
-
-    table = [
-        Stage(
-            "import",
-            onnx_fp32,
-            Kind.ONNX,
-            lambda: {"onnx": sha256_file(source.file)},
-            {"precision": "fp32", "preprocess": source.model_input.preprocess.to_dict() if foreign else None},
-            lambda: source.model_input.write_onnx(source.file, onnx_fp32),
-            when=foreign,
-        ),
-        Stage(
-            "train",
-            folder / "checkpoint.pt",
-            Kind.CHECKPOINT,
-            lambda: {
-                "data": data_sha(_recorded_config(ckpt)),
-                **({"weights": sha256_file(weights)} if weights else {}),
-            },
-            {
-                "model": source.name,
-                "model_spec": source.spec and source.spec.to_json(),
-                "input_size": list(input_shape) if input_shape else None,
-                "epochs": epochs,
-                "seed": seed,
-            },
-            lambda: _train(source.spec, data, epochs, seed, weights, input_shape, folder / "checkpoint.pt"),
-            when=trained,
-        ),
-        Stage(
-            "export",
-            onnx_fp32,
-            Kind.ONNX,
-            lambda: {"checkpoint": sha256_file(ckpt)},
-            {"opset": export.DEFAULT_OPSET, "batch": None, "precision": "fp32"},
-            lambda: export.export(
-                ckpt,
-                onnx_fp32,
-                dynamic_batch=True,
-                data=data,
-                force=True,
-                model_name=source.code.given,
-                trust_model_code=source.code.trust,
-            ),
-            needs=("train",) if trained else (),
-            when=first == "export",
-        ),
-        Stage(
-            "calibrate",
-            calib,
-            Kind.CALIBRATION,
-            calibration_inputs,
-            {"num": calibration.DEFAULT_NUM, "seed": seed, "split": "pool" if foreign else "train"},
-            draw_calibration,
-            needs=to_onnx,
-            when=Precision.INT8 in wanted,
-        ),
-        Stage(
-            "quantize-int8",
-            onnx[Precision.INT8],
-            Kind.ONNX,
-            lambda: {"onnx": sha256_file(onnx_fp32), "calibration": read_manifest(calib)["content_sha256"]},
-            {"precision": "int8", "max_drop": max_drop},
-            lambda: quantize.to_int8(
-                onnx_fp32, onnx[Precision.INT8], calib=calib, max_drop=max_drop, force=True, size=size, **checked_on
-            ),
-            needs=("calibrate",),
-            when=Precision.INT8 in wanted,
-        ),
-        Stage(
-            "quantize-fp16",
-            onnx[Precision.FP16],
-            Kind.ONNX,
-            lambda: {"onnx": sha256_file(onnx_fp32)},
-            {"precision": "fp16"},
-            lambda: quantize.to_fp16(onnx_fp32, onnx[Precision.FP16], force=True, size=size, **checked_on),
-            needs=to_onnx,
-            when=Precision.FP16 in wanted,
-        ),
-        *[
-            Stage(
-                f"build-{p}",
-                folder / f"model.{p}.engine",
-                Kind.ENGINE,
-                lambda p=p: {"onnx": sha256_file(onnx[p])},
-                {"backend": backend.name, "backend_version": backend.version} if backend else {},
-                lambda p=p: build.build_engine(
-                    onnx[p],
-                    save_engine=folder / f"model.{p}.engine",
-                    force=True,
-                    shapes=source.model_input and source.model_input.profile_shapes(),
-                ),
-                needs=tuple(filter(None, [makers[p]])),
-                when=backend is not None and p in wanted,
-            )
-            for p in PRECISIONS
-        ],
-        Stage(
-            "validate",
-            validation,
-            Kind.RESULT,
-            lambda: {**measured_inputs(), "data": data_sha(fp32_config())},
-            {},
-            validated,
-            needs=to_onnx,
-        ),
-        Stage(
-            "bench",
-            benched,
-            Kind.RESULT,
-            measured_inputs,
-            {"batches": list(bench_batches), "seconds": bench_seconds, "warmup_ms": BENCH_WARMUP_MS},
-            lambda: bench.bench(
-                [str(p) for p in made().values()],
-                checkpoint=ckpt,
-                batches=tuple(bench_batches),
-                duration_s=bench_seconds,
-                warmup_ms=BENCH_WARMUP_MS,
-                input_size=size,
-                code=source.code,
-            ),
-            needs=to_onnx,
-        ),
-    ]
-    if engines and backend is None:
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = Plan(start, chosen, folder, data, _budget(start, chosen.max_drop))
+    backend, engines_note = _backend(chosen.engines)
+    if chosen.engines and backend is None:
         info_styled(f"engines skipped: {engines_note}", "yellow")
-    for stage in table:
+    stages = Stages(chosen.force, chosen.strict)
+    plan.stages = stages
+    for stage in table(plan, backend):
         if stage.when:
             stages.run(stage)
-    return _report(folder, source, data_name, stages, ckpt, made(), engines_note, started)
+    data_name = start.images.spec if start.images is not None else DIGITS
+    return _report(folder, start, data_name, stages, plan.ckpt, plan.made(), engines_note, started)
 
 
-def _budget(source: Source, max_drop: float | None | str) -> float | None:
+def _budget(source: RunStart, max_drop: float | None | str) -> float | None:
     """The INT8 budget in top-1 points: --max-drop needs labelled images; given none, unlabelled images get plain PTQ."""
-    unlabelled = source.images is not None and not (
-        source.images.labelled and source.model_input.num_classes is not None
-    )
+    unlabelled = source.model_data is not None and not source.model_data.labelled
     if unlabelled and max_drop not in (None, BUDGET_DEFAULT):
         raise EdgepipeError(
             f"--max-drop needs labelled images, but {source.images.spec} has no labels for the model's classes ({source.images.kind})",
@@ -403,26 +140,9 @@ def _backend(engines: bool) -> tuple[Any, str | None]:
         return None, str(exc)
 
 
-def _train(spec: ModelSpec, data: str | None, epochs: int | None, seed: int, weights, input_shape, path: Path) -> None:
-    net, config = train.train(
-        spec, data=data or DEFAULT_DATA, epochs=epochs, seed=seed, weights=weights, input_shape=input_shape
-    )
-    # so that the checkpoint's manifest names every setting a run compares
-    config["train"].update(seed=seed, input_size=list(input_shape) if input_shape else None)
-    save_checkpoint(path, net, config, force=True)
-
-
-def _recorded_config(checkpoint: Path | None) -> dict[str, Any] | None:
-    """The config of a checkpoint an earlier run trained, so that its data is hashed as it was loaded then."""
-    try:
-        return config_of(checkpoint) if checkpoint is not None and checkpoint.is_file() else None
-    except EdgepipeError:  # unreadable: the train stage makes it again
-        return None
-
-
 def _report(
     folder: Path,
-    source: Source,
+    source: RunStart,
     data: str,
     stages: Stages,
     ckpt: Path | None,

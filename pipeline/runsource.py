@@ -8,31 +8,29 @@ that code again or ``--trust-model-code`` is given.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.checkpoint import DEFAULT_MODEL, check_model_code, config_of, model_info
 from pipeline.errors import EdgepipeError
-from pipeline.images import ImageSource, ModelInput, PreprocessFlags, refuse_for_recorded
-from pipeline.images import open_source as open_images
+from pipeline.images import DIGITS, ImageSource, ModelData, ModelInput, PreprocessFlags, open_source
 from pipeline.model_weights import read_state_dict
 from pipeline.modelspec import ModelCode, ModelSpec
-from pipeline.onnxfile import CONFIG_KEY, load_onnx, read_metadata
+from pipeline.onnxfile import load_onnx, read_metadata
 from pipeline.user_code import find_user_callable
 
 
 @dataclass
-class Source:
+class RunStart:
     """What the run starts from, checked before anything is written."""
 
     start: str  # "training", "checkpoint" or "onnx"
     file: Path | None  # the checkpoint or ONNX given
     name: str  # the model's spec (zoo name, timm:NAME, module:callable, file.py:callable), else the file's name
-    data: str | None  # the dataset it was trained on, as recorded
-    model_input: ModelInput | None = None  # an ONNX edgepipe did not export: its input and preprocessing
-    images: ImageSource | None = None  # and the user's images for it (--data), listed
+    model_input: ModelInput | None = None  # what the checkpoint or ONNX takes and records, with the flags
+    model_data: ModelData | None = None  # and its images (--data, or what it records), listed and split
+    images: ImageSource | None = None  # the images the run works on, listed
     spec: ModelSpec | None = None  # the model to train
     code: ModelCode = field(default_factory=ModelCode)  # the user code stages may import to rebuild it
 
@@ -44,16 +42,8 @@ class Source:
             return re.sub(r"[^0-9A-Za-z_.-]", "_", name)
         return self.file.stem if self.file else self.name
 
-    def need_images(self) -> ImageSource:
-        if self.images is None:
-            raise EdgepipeError(
-                f"{self.name} has no edgepipe metadata, so there is no recorded data to calibrate or validate it on",
-                fix="pass --data with your images (an ImageFolder, a folder of images or an .npz), and --labels FILE if the folders are classes",
-            )
-        return self.images
 
-
-def open_source(
+def open_start(
     model: str | ModelSpec | None,
     checkpoint: str | Path | None,
     onnx_model: str | Path | None,
@@ -62,7 +52,7 @@ def open_source(
     preprocess: PreprocessFlags | None = None,
     code: ModelCode | None = None,
     weights: str | Path | None = None,
-) -> Source:
+) -> RunStart:
     """The run's primary input, or one error (missing, unreadable, unknown model, untrusted code, bad data or flags) before any write."""
     spec = ModelSpec.parse(model) if isinstance(model, str) else model
     code = code or ModelCode(spec)
@@ -76,30 +66,29 @@ def open_source(
             "--weights is for a model the run builds from --model",
             fix="drop --weights: the checkpoint or ONNX holds its weights",
         )
-    if onnx_model and CONFIG_KEY not in read_metadata(load_onnx(onnx_model)):
+    if onnx_model:  # the import stage stores the merged record in the run's copy
         model_input = ModelInput.of_onnx(onnx_model, preprocess)
-        found = open_images(data, labels=labels, num_classes=model_input.num_classes) if data else None
-        return Source("onnx", Path(onnx_model), Path(onnx_model).name, None, model_input, found)
-    refuse_for_recorded(checkpoint or onnx_model or (spec and spec.text) or DEFAULT_MODEL, preprocess, labels)
+        found = ModelData.of(model_input, data, labels) if data or model_input.record.source else None
+        name = read_metadata(load_onnx(onnx_model)).get("edgepipe.model") or Path(onnx_model).name
+        return RunStart("onnx", Path(onnx_model), name, model_input, found, found and found.source)
+    given = (preprocess.flag_names() if preprocess else []) + (["--labels"] if labels is not None else [])
+    if given:  # export records the checkpoint's own preprocessing and classes
+        raise EdgepipeError(
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to a run from --onnx; a model the run trains or exports records its own",
+            fix=f"drop {', '.join(given)}",
+        )
     if checkpoint:
         check_model_code(checkpoint, code)  # user code refused here, with nothing imported
         config = config_of(checkpoint)
-        return Source("checkpoint", Path(checkpoint), config["model"], config["data"]["source"], code=code)
-    if onnx_model:
-        metadata = read_metadata(load_onnx(onnx_model))
-        config = json.loads(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else {}
-        return Source(
-            "onnx",
-            Path(onnx_model),
-            metadata.get("edgepipe.model") or Path(onnx_model).name,
-            (config.get("data") or {}).get("source"),
-        )
+        model_input = ModelInput.of_config(config, name=Path(checkpoint).name)
+        found = ModelData.of(model_input, data)
+        return RunStart("checkpoint", Path(checkpoint), config["model"], model_input, found, found.source, code=code)
     spec = spec or ModelSpec.parse(DEFAULT_MODEL)
     model_info(spec.text)  # an unknown zoo name is refused here
     if (
         spec.is_user_code
-    ):  # named on the command line, so importing it is consented; a module that does not import is refused here
+    ):  # named on the command line, so importing it is consented; one that does not import is refused here
         find_user_callable(spec.kind, spec.target, spec.attr, spec.sha256, spec.text)
     if weights:
         read_state_dict(weights)  # a missing, unreadable or pickled weights file is refused here
-    return Source("training", None, spec.text, None, spec=spec, code=code)
+    return RunStart("training", None, spec.text, images=open_source(data or DIGITS), spec=spec, code=code)

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pipeline import data as datamod
 from pipeline.checkpoint import DEFAULT_MODEL, model_for_data, model_info
 from pipeline.errors import EdgepipeError
+from pipeline.images import DIGITS
 from pipeline.metrics import top1
 from pipeline.modelspec import ModelSpec, load_weights
 from pipeline.progress import progress_bar
@@ -44,7 +44,7 @@ def _shift(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def train(
     model_name: str | ModelSpec = DEFAULT_MODEL,
-    data: str = datamod.DEFAULT_DATA,
+    data: str = DIGITS,
     epochs: int | None = None,
     seed: int = 0,
     lr: float | None = None,
@@ -70,21 +70,21 @@ def train(
         )
     if isinstance(input_shape, int):
         input_shape = (None, input_shape, input_shape)  # --img-size N: in the data's own channels
-    model, config, dataset = model_for_data(spec, data, seed, input_shape)
-    x_train, y_train = datamod.split_of(config, dataset, "train")
-    x_val, y_val = datamod.split_of(config, dataset, "val")
+    model, config, images = model_for_data(spec, data, seed, input_shape)
     if weights is not None:
         config["weights"] = {"file": str(Path(weights).resolve()), "sha256": load_weights(model, weights)}
     started = time.perf_counter()
     if epochs:
-        _fit(model, spec, torch.from_numpy(x_train), torch.from_numpy(y_train), epochs, lr, seed, progress)
+        _fit(
+            model, spec, torch.from_numpy(images.x_train), torch.from_numpy(images.y_train), epochs, lr, seed, progress
+        )
     model.eval()
     config["train"] = {
         "epochs": epochs,
         "lr": lr,
         "batch_size": BATCH_SIZE,
         "seconds": round(time.perf_counter() - started, 2),
-        "val_top1": top1(predict(TorchRunner(model), x_val), y_val),
+        "val_top1": top1(predict(TorchRunner(model), images.x_val), images.y_val),
     }
     return model, config
 

@@ -5,7 +5,8 @@ import pytest
 
 from pipeline import export
 from pipeline.errors import EdgepipeError
-from pipeline.onnxfile import onnx_config, static_batch
+from pipeline.images import ModelInput, Record
+from pipeline.onnxfile import static_batch
 
 
 def test_export_passes_checker_and_matches_pytorch(trained, tmp_path):
@@ -27,8 +28,10 @@ def test_export_metadata_carries_what_later_stages_need(exported, trained):
     assert json.loads(meta["edgepipe.input_shape"]) == [1, 32, 32]
     assert json.loads(meta["edgepipe.class_names"]) == [str(i) for i in range(10)]
     assert len(meta["edgepipe.checkpoint_sha256"]) == 64
-    config = onnx_config(model)
-    assert config["split"]["val_indices"] == trained[1]["split"]["val_indices"]
+    record = Record.of_onnx(model)  # the same record the checkpoint's config holds
+    assert record == ModelInput.of_config(trained[1]).record
+    assert record.split == trained[1]["split"] and record.source == "digits"
+    assert "edgepipe.config" not in meta
     assert static_batch(model) is None
 
 

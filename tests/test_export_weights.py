@@ -18,7 +18,8 @@ from test_modelspec import write_model
 
 from pipeline.commands.build import build_engine_main
 from pipeline.modelspec import ModelSpec, build
-from pipeline.onnxfile import CONFIG_KEY, input_info, read_metadata
+from pipeline.images import Record
+from pipeline.onnxfile import input_info, read_metadata
 from pipeline.tensorrt import backend
 
 SYNTHETIC = "32 synthetic inputs (seeded); pass --data for your images"
@@ -83,7 +84,7 @@ def test_pt_weights_export_at_the_given_size_proven_on_synthetic_inputs_and_buil
 
     proto = onnx.load(str(onnx_path))
     metadata = read_metadata(proto)
-    assert CONFIG_KEY not in metadata  # no data: later stages treat it as any ONNX
+    assert Record.of_onnx(proto).data is None  # no data recorded: later stages take the user's images
     assert (
         json.loads(metadata["edgepipe.model_spec"])["args"] == {"width": 8}
         and metadata["edgepipe.weights_sha256"] == sha256
@@ -222,7 +223,7 @@ def test_a_zoo_models_plain_state_dict_still_means_the_bundled_digits(tmp_path, 
     assert (
         figures["samples"] == 359 and figures["top1_agreement"] == 100.0
     )  # the digits' held-out split, not synthetic inputs
-    assert CONFIG_KEY in read_metadata(onnx.load(str(tmp_path / "se.onnx")))
+    assert Record.of_onnx(onnx.load(str(tmp_path / "se.onnx"))).source == "digits"
 
 
 def test_validate_against_the_users_pytorch_model_from_its_weights(net, tmp_path, runner):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline import cuda
-from pipeline import data as datamod
+from pipeline.images import ModelData, ModelInput
 from pipeline.errors import EdgepipeError
 from pipeline.metrics import compare_logits
 from pipeline.runtime import open_runner as load_runner
@@ -61,7 +61,7 @@ def engine_fp32(exported, tmp_path_factory):
 @pytest.fixture(scope="module")
 def held_out(trained):
     config = trained[1]
-    return datamod.split_of(config, datamod.load_for_config(config), "val")
+    return ModelData.of(ModelInput.of_config(config)).batches().collect()
 
 
 def test_fp32_engine_matches_pytorch(trained, engine_fp32, held_out):

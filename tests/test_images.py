@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import data, images
+from pipeline import images
 from pipeline.errors import EdgepipeError
 from pipeline.preprocess import Preprocess
 
 ROTATIONS = ["0", "180", "270", "90"]  # sorted folder names
 MODEL_ORDER = ["0", "90", "180", "270"]  # the model's output order, as its labels file lists it
-PRE = Preprocess.from_options(resize=64, crop=56, mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
+PRE = Preprocess.from_dict({"resize": 64, "crop": 56, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
 
 
 def _image(seed, size, mode):
@@ -65,7 +65,7 @@ def test_batches_are_the_single_image_preprocessing_in_order(rotations):
             np.testing.assert_array_equal(x[index], PRE.apply(image))
     x_in_process, _ = _all(source.batches(PRE, batch_size=7, workers=0))
     np.testing.assert_array_equal(x_in_process, x)
-    nhwc = Preprocess.from_options(resize=64, crop=56, layout="nhwc")
+    nhwc = Preprocess.from_dict({"resize": 64, "crop": 56, "layout": "nhwc"})
     some = [3, 11, 12]
     x_nhwc, y_nhwc = _all(source.batches(nhwc, some, batch_size=2, workers=1))
     assert x_nhwc.shape == (3, 56, 56, 3) and list(y_nhwc) == list(source.labels[some])
@@ -115,7 +115,7 @@ def test_npz_memory_mapped_with_and_without_labels(tmp_path):
     np.savez(tmp_path / "labelled.npz", x=x, y=np.arange(12) % 3)
     source = images.open_source(str(tmp_path / "labelled.npz"), num_classes=3)
     assert isinstance(source._array(), np.memmap) and source.class_names == ["0", "1", "2"]
-    pre = Preprocess.from_options(resize="10x12")
+    pre = Preprocess.from_dict({"resize": "10x12"})
     got, y = _all(source.batches(pre, batch_size=5, workers=2))
     np.testing.assert_array_equal(got[4], pre.apply(Image.fromarray(x[4])))
     assert list(y) == list(np.arange(12) % 3)
@@ -127,16 +127,24 @@ def test_npz_memory_mapped_with_and_without_labels(tmp_path):
     np.testing.assert_allclose(got, floats, atol=1e-7) and y is None
 
 
-def test_digits_stream_as_todays_loader():
+def test_digits_stream_through_torch_s_antialiased_resize():
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     source = images.open_source("digits", num_classes=10)
-    assert len(source) == 1797 and source.class_names == [str(i) for i in range(10)]
+    assert len(source) == 1797 and source.class_names == [str(i) for i in range(10)] and source.channels == 1
     pre = Preprocess.default_for((32, 32), 1)
     x, y = _all(source.batches(pre, np.arange(40), batch_size=16, workers=0))
-    today = data.load_dataset("digits", image_size=32)
-    np.testing.assert_array_equal(x, today.images[:40])
-    np.testing.assert_array_equal(y, today.labels[:40])
-    split = source.split(seed=0)
-    np.testing.assert_array_equal(split.held_out, data.split_indices(today.labels, seed=0)[1])
+    digits = load_digits()
+    native = torch.from_numpy((digits.images[:40] / 16.0).astype(np.float32)[:, None])
+    resized = F.interpolate(native, size=(32, 32), mode="bilinear", align_corners=False, antialias=True).numpy()
+    np.testing.assert_array_equal(x, resized)
+    np.testing.assert_array_equal(y, digits.target[:40])
+    split = source.split(seed=0)  # scikit-learn's stratified split, as a checkpoint records it
+    expected = train_test_split(np.arange(1797), test_size=359, random_state=0, stratify=digits.target)[1]
+    np.testing.assert_array_equal(split.held_out, np.sort(expected))
 
 
 def test_split_seeded_disjoint_stratified_recorded(rotations):
@@ -199,7 +207,7 @@ def test_different_sizes_without_resize_and_small_images_under_a_crop(tmp_path):
     with pytest.raises(EdgepipeError, match="b.png becomes a 3x20x30 input but .*a.png a 3x20x20 one"):
         list(source.batches(Preprocess.default_for(None, 3), workers=0))
     with pytest.raises(EdgepipeError, match="a.png cannot be preprocessed: it is 20x20, smaller than the 24x24 crop"):
-        list(source.batches(Preprocess.from_options(crop=24), workers=0))
+        list(source.batches(Preprocess.from_dict({"crop": 24}), workers=0))
 
 
 def _folder(tmp_path, names, loose=False):

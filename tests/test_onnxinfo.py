@@ -19,15 +19,13 @@ def test_foreign_classifier_is_described_from_its_graph():
     assert not info.dynamic_hw and info.sample_shape() == (3, 224, 224)
     assert info.outputs == (TensorInfo("logits", ("batch", NUM_CLASSES), "float32"),)
     assert info.opset == 17 and not info.needs_opset_upgrade
-    assert info.producer.startswith("pytorch") and info.has_edgepipe_metadata is False
+    assert info.producer.startswith("pytorch")
     assert info.tied_dims == {} and info.notes() == []
 
 
-def test_edgepipe_metadata_and_a_fixed_batch_are_read():
+def test_a_fixed_batch_is_read():
     model = onnx.load(foreign_model("se_classifier", batch=8))
-    assert describe(model).batch == 8
-    model.metadata_props.add(key="edgepipe.config", value="{}")
-    assert describe(model.SerializeToString()).has_edgepipe_metadata is True
+    assert describe(model).batch == 8 and describe(model.SerializeToString()).batch == 8
 
 
 @pytest.mark.parametrize("kind, opset", [("se_classifier", 11), ("se_classifier", 12), ("text_recognizer", 11)])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline import cuda
-from pipeline import data as datamod
+from pipeline.images import ModelData, ModelInput
 from pipeline.errors import EdgepipeError
 from pipeline.metrics import compare_logits
 from pipeline.runtime import NoGpuError, check_batch, predict
@@ -23,7 +23,7 @@ NO_GPU = cuda.current_compute_capability() is None
 
 
 def held_out(config, count=None):
-    x, y = datamod.split_of(config, datamod.load_for_config(config), "val")
+    x, y = ModelData.of(ModelInput.of_config(config)).batches().collect()
     return (x[:count], y[:count]) if count else (x, y)
 
 

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 import models
-from pipeline import data, train
+from pipeline import train
 from pipeline.checkpoint import load_checkpoint
+from pipeline.images import ModelData, ModelInput, open_source
 from pipeline.errors import EdgepipeError
 from pipeline.runtime import predict
 from pipeline.runtime.pytorch import TorchRunner
@@ -23,15 +24,16 @@ def test_checkpoint_loads_with_weights_only_and_holds_config(trained):
     assert saved["model"] == "se_resnet"
     assert saved["input_shape"] == [1, 32, 32]
     assert saved["class_names"] == [str(i) for i in range(10)]
-    assert len(saved["mean"]) == len(saved["std"]) == 1
-    assert len(saved["split"]["val_indices"]) == 359
-    assert saved["data"]["sha256"] == data.load_dataset("digits", 32).sha256
+    assert len(saved["preprocess"]["mean"]) == len(saved["preprocess"]["std"]) == 1
+    assert saved["preprocess"]["resize"] == [32, 32]
+    assert saved["split"]["counts"]["held_out"] == 359 and saved["split"]["stratified"] is True
+    assert saved["data"]["sha256"] == saved["split"]["source_sha256"] == open_source("digits").sha256
 
 
 def test_loaded_checkpoint_reproduces_accuracy(trained):
     path, config = trained
     model, loaded = load_checkpoint(path)
-    x_val, y_val = data.split_of(loaded, data.load_for_config(loaded), "val")
+    x_val, y_val = ModelData.of(ModelInput.of_config(loaded)).batches().collect()
     accuracy = (predict(TorchRunner(model), x_val).argmax(1) == y_val).mean() * 100
     assert accuracy == pytest.approx(config["train"]["val_top1"])
 
@@ -50,7 +52,7 @@ def test_training_is_deterministic_for_a_seed():
     _, a = train.train("se_resnet", epochs=1, seed=5, progress=False)
     _, b = train.train("se_resnet", epochs=1, seed=5, progress=False)
     assert a["train"]["val_top1"] == b["train"]["val_top1"]
-    assert a["split"]["val_indices"] == b["split"]["val_indices"]
+    assert a["split"]["held_out_sha256"] == b["split"]["held_out_sha256"]
 
 
 def test_bad_checkpoints(trained, tmp_path):
@@ -102,3 +104,16 @@ def test_translation_augmentation_scales_with_the_image_size():
         rows, cols = (moved[:, 0] == 1.0).nonzero()[:, 1:].T
         offsets = torch.cat([(rows - size // 2).abs(), (cols - size // 2).abs()])
         assert len(rows) == 256 and offsets.max() == most  # every image keeps its pixel; the largest offset is reached
+
+
+def test_a_checkpoint_of_an_older_version_names_the_command_that_remakes_it(trained, tmp_path):
+    path, _ = trained
+    blob = torch.load(path, weights_only=True)
+    old = {**blob["config"], "split": {"seed": 0, "val_fraction": 0.2, "val_indices": [1, 2]}}
+    del old["preprocess"]
+    torch.save({"state_dict": blob["state_dict"], "config": old}, tmp_path / "old.pt")
+    from pipeline.checkpoint import model_input_of
+
+    with pytest.raises(EdgepipeError, match="written by an older edgepipe") as info:
+        model_input_of(tmp_path / "old.pt")
+    assert "edgepipe train --model se_resnet --data digits" in str(info.value)

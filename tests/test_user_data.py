@@ -29,7 +29,6 @@ from pipeline.cli import main
 from pipeline.commands.build import build_engine_main
 from pipeline.errors import EdgepipeError
 from pipeline.images import ModelInput, PreprocessFlags, kinds
-from pipeline.onnxfile import CONFIG_KEY, set_metadata
 from pipeline.preprocess import Preprocess
 from pipeline.runtime.ort import OnnxRuntimeRunner
 from pipeline.tensorrt import backend
@@ -176,26 +175,17 @@ def test_validate_dynamic_nhwc_two_outputs_and_a_sequence_model(photos, tmp_path
     assert result["reference"]["top1"] is None and "not N x classes" in result["notes"][0]
 
 
-def test_validate_needs_data_and_refuses_flags_for_edgepipe_models(photos, tmp_path):
+def test_validate_needs_data_and_the_flags_merge_over_what_a_model_records(photos, tmp_path):
     reference = copy_of("se_classifier", tmp_path)
-    with pytest.raises(EdgepipeError, match="has no edgepipe metadata, so there is no recorded data"):
+    with pytest.raises(EdgepipeError, match="records no data, so there are no images to calibrate or validate"):
         validate.validate(reference, [reference])
     model = onnx.load(str(reference))
-    set_metadata(model, {CONFIG_KEY: "{}"})
+    Preprocess.from_dict({"resize": 300, "crop": 224}).store_in(model)
     onnx.save(model, str(tmp_path / "ours.onnx"))
-    result = cli(
-        "validate",
-        "--reference",
-        tmp_path / "ours.onnx",
-        tmp_path / "ours.onnx",
-        "--data",
-        photos[0],
-        "--resize",
-        "256",
-        "--labels",
-        photos[1],
-    )
-    one_line_error(result, "--resize, --labels apply to models edgepipe did not export")
+    flags = PreprocessFlags.parse(resize="256")
+    result = validate.validate(tmp_path / "ours.onnx", [tmp_path / "ours.onnx"], data=str(photos[0]), labels=photos[1], preprocess=flags, workers=0)
+    assert result["preprocess"]["origin"] == "stored, then given"
+    assert result["preprocess"]["preprocess"]["resize"] == 256 and result["preprocess"]["preprocess"]["crop"] == [224, 224]
 
 
 # --- calibrate, then quantize and validate on the held-out rest ----------------------------------
@@ -233,7 +223,7 @@ def test_calibrate_from_the_pool_quantize_and_validate_on_the_held_out_rest(phot
     held_out = source.redraw(manifest["split"]).held_out
     assert not set(drawn.manifest["indices"]) & set(held_out.tolist())  # never a held-out image
     expected = source.batches(
-        Preprocess.from_options(resize="256", crop="224", mean="0.485,0.456,0.406", std="0.229,0.224,0.225"),
+        Preprocess.from_dict({"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}),
         drawn.manifest["indices"][:4],
         workers=0,
     ).collect()[0]

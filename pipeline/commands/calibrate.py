@@ -38,12 +38,12 @@ from pipeline.progress import out
 @force_option
 @json_option
 def calibrate_command(checkpoint, data, preprocess, labels, workers, num, seed, output, force, as_json):
-    """Draw a class-balanced calibration set from the model's training split.
+    """Draw a class-balanced calibration set from the model's calibration pool.
 
-    Seeded, and never from held-out images. For an edgepipe model: from its training split, with its own preprocessing. For any other
-    ONNX: from the calibration pool of --data (a seeded split keeps 20% held out for validate,
-    recorded in the set's manifest), through the model's preprocessing (stored in it, or the
-    flags). The .npz feeds 'edgepipe quantize --int8 --calib' and 'build-engine --int8 --calib'.
+    Seeded, and never from held-out images: from the data and split the model records, or from
+    --data (a seeded split keeps 20% held out for validate, recorded in the set's manifest),
+    through the model's preprocessing (recorded, then --preprocess, then the flags). The .npz
+    feeds 'edgepipe quantize --int8 --calib' and 'build-engine --int8 --calib'.
 
     \b
     Examples:
@@ -65,10 +65,7 @@ def calibrate_command(checkpoint, data, preprocess, labels, workers, num, seed, 
         "source": m["source"],
         "seed": seed,
         "input_shape": m["input_shape"],
-        "mean": m.get("mean"),
-        "std": m.get("std"),
         "sha256": m["sha256"],
-        "from": "calibration pool" if split else "training split",
         "split": split,
         "preprocess": m.get("preprocess"),
     }
@@ -78,9 +75,9 @@ def calibrate_command(checkpoint, data, preprocess, labels, workers, num, seed, 
 def _print(r) -> None:
     per_class = r["count_per_class"]
     balance = f" ({min(per_class.values())}-{max(per_class.values())} per class)" if per_class else " (unlabelled)"
-    held = f"; {r['split']['counts']['held_out']} images held out for validate" if r.get("split") else ""
+    held = f"; {r['split']['counts']['held_out']} images held out for validate"
     out.print(
-        f"{r['calibration']}: {r['count']} images from the {r['from']} of {r['source']}{balance}, seed {r['seed']}{held}",
+        f"{r['calibration']}: {r['count']} images from the calibration pool of {r['source']}{balance}, seed {r['seed']}{held}",
         markup=False,
         soft_wrap=True,
     )

@@ -15,8 +15,8 @@ from pipeline.commands.options import (
     json_option,
     model_options,
 )
-from pipeline.data import DEFAULT_DATA
 from pipeline.errors import EdgepipeError
+from pipeline.images import DIGITS
 from pipeline.modelspec import ModelSpec
 from pipeline.progress import out
 from pipeline.train import train
@@ -24,7 +24,7 @@ from pipeline.train import train
 
 @click.command("train", cls=EdgepipeCommand)
 @model_options(default=DEFAULT_MODEL, weights=True, trust=False)
-@data_option(default=DEFAULT_DATA, help="Dataset: bundled digits, an ImageFolder directory, or an .npz with x and y.")
+@data_option(default=DIGITS, help="Dataset: bundled digits, an ImageFolder directory, or an .npz with x and y.")
 @click.option(
     "--epochs",
     type=int,
@@ -75,7 +75,7 @@ def train_command(model, code, weights, data, epochs, lr, seed, input_shape, img
         "weights_sha256": (config.get("weights") or {}).get("sha256"),
         **{k: config["train"][k] for k in ("val_top1", "epochs", "seconds")},
     }
-    result["val_samples"] = len(config["split"]["val_indices"])
+    result["val_samples"] = config["split"]["counts"]["held_out"]
     emit(
         result,
         as_json,

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data import load_dataset
 from pipeline.errors import EdgepipeError
-from pipeline.images.source import DIGITS, ImageSource, folder_labels, list_images
+from pipeline.images.source import DIGITS, ImageSource, folder_labels, list_images, read_labels
 from pipeline.preprocess import Preprocess
 
-_NPZ_FIX = "save images as x (N,H,W | N,H,W,C | N,C,H,W; uint8 0..255 or float 0..1) and, if labelled, integer class indices as y, with numpy.savez"
+# Without class names an .npz's classes are 0..max(y). More than this, and more than its images: the
+# labels are ids, not class indices (a classifier head that wide is not what was meant).
+MAX_IMPLIED_CLASSES = 100_000
+_NPZ_FIX = "save pixels as x (N,H,W | N,H,W,C | N,C,H,W; uint8 0..255 or float 0..1), or preprocessed model inputs as inputs, and, if labelled, integer class indices as y, with numpy.savez"
 
 
 class PathList:
@@ -75,6 +77,20 @@ class FileSource(ImageSource):
             raise EdgepipeError(f"{root} holds no images", fix="put image files in it, or in one sub-folder per class")
         return cls(root, loose, None, names, "folder of images")
 
+    @property
+    def channels(self) -> int:
+        """3 when any image has colour, else 1 (what a model trained on these images takes)."""
+        from PIL import Image
+
+        for name in self.files:
+            try:
+                with Image.open(name) as image:
+                    if image.mode not in ("L", "1", "I", "I;16", "F"):
+                        return 3
+            except OSError:
+                continue  # reported by name when its batch is read
+        return 1
+
     def name_of(self, index: int) -> str:
         return self.files[index]
 
@@ -97,7 +113,8 @@ class FileSource(ImageSource):
 
 
 class NpzSource(ImageSource):
-    """An .npz with images ``x`` and, optionally, integer labels ``y`` (and ``class_names``)."""
+    """An .npz with pixels ``x`` (read through the model's preprocessing) or preprocessed model ``inputs``
+    (fed as they are), and optionally integer labels ``y`` (and ``class_names``)."""
 
     kind = ".npz"
 
@@ -105,25 +122,23 @@ class NpzSource(ImageSource):
         try:
             with zipfile.ZipFile(path) as archive:
                 members = [m[:-4] for m in archive.namelist() if m.endswith(".npy")]
-            if "x" not in members:
-                raise EdgepipeError(f"{path} has no array x (it has: {', '.join(members) or 'nothing'})", fix=_NPZ_FIX)
-            x = _npz_member(path, "x")
+            self.key = _npz_key(path, members)
+            x = _npz_member(path, self.key)
             with np.load(path, allow_pickle=False) as archive:
                 y = archive["y"] if "y" in members else None
                 stored_names = [str(n) for n in archive["class_names"]] if "class_names" in members else None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, struct.error) as exc:
             raise EdgepipeError(f"cannot read {path}: {type(exc).__name__}: {str(exc)[:120]}", fix=_NPZ_FIX)
-        if x.ndim not in (3, 4) or (
-            x.ndim == 4 and 1 not in (x.shape[1], x.shape[-1]) and 3 not in (x.shape[1], x.shape[-1])
-        ):
-            raise EdgepipeError(
-                f"{path}: x has shape {x.shape}", fix="use N,H,W or N,H,W,C or N,C,H,W with 1 or 3 channels"
-            )
-        if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
-            raise EdgepipeError(f"{path}: x has dtype {x.dtype}", fix="save x as uint8 (0..255) or float (0..1)")
+        self.preprocessed = self.key == "inputs"
+        if self.preprocessed:
+            if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
+                raise EdgepipeError(f"{path}: inputs has shape {x.shape} and dtype {x.dtype}", fix=_NPZ_FIX)
+        else:
+            _check_pixels(path, x)
         self.path, self._x, self._shape = path, (x if not isinstance(x, np.memmap) else None), x.shape
         self.channels_first = x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3)
-        labels = _check_y(path, y, len(x), len(names) if names else None) if y is not None else None
+        self.channels = 1 if x.ndim == 3 else int(x.shape[1] if self.channels_first else x.shape[-1])
+        labels = _check_y(path, y, len(x), len(names or stored_names or []) or None) if y is not None else None
         class_names = names or stored_names
         if labels is not None and class_names is None:
             class_names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
@@ -137,14 +152,16 @@ class NpzSource(ImageSource):
 
     def _array(self) -> np.ndarray:
         if self._x is None:
-            self._x = _npz_member(self.path, "x")
+            self._x = _npz_member(self.path, self.key)
         return self._x
 
     def name_of(self, index: int) -> str:
-        return f"{self.path} x[{index}]"
+        return f"{self.path} {self.key}[{index}]"
 
     def read(self, index: int):
         row = np.array(self._array()[index])  # copy this one image out of the mapped file
+        if self.preprocessed:
+            return row.astype(np.float32)
         row = row.transpose(1, 2, 0) if self.channels_first else row
         if row.dtype == np.uint8:  # pixels: preprocessed exactly as a decoded image file
             from PIL import Image
@@ -160,28 +177,53 @@ class NpzSource(ImageSource):
         return digest.digest()
 
 
+def _npz_key(path: Path, members: list[str]) -> str:
+    """ "x" (pixels) or "inputs" (preprocessed model inputs): exactly one of them."""
+    present = [key for key in ("x", "inputs") if key in members]
+    if len(present) != 1:
+        what = "both x and inputs" if present else f"neither x nor inputs (it has: {', '.join(members) or 'nothing'})"
+        raise EdgepipeError(f"{path} holds {what}", fix=_NPZ_FIX)
+    return present[0]
+
+
+def _check_pixels(path: Path, x: np.ndarray) -> None:
+    """``x`` holds pixels: 1 or 3 channels, uint8 0..255 or float 0..1."""
+    if x.ndim not in (3, 4) or (
+        x.ndim == 4 and 1 not in (x.shape[1], x.shape[-1]) and 3 not in (x.shape[1], x.shape[-1])
+    ):
+        raise EdgepipeError(
+            f"{path}: x has shape {x.shape}", fix="use N,H,W or N,H,W,C or N,C,H,W with 1 or 3 channels"
+        )
+    if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+        raise EdgepipeError(f"{path}: x has dtype {x.dtype}", fix="save x as uint8 (0..255) or float (0..1)")
+    if np.issubdtype(x.dtype, np.floating) and x.size and (float(np.nanmin(x)) < 0.0 or float(np.nanmax(x)) > 1.0):
+        raise EdgepipeError(
+            f"{path}: x holds floats outside [0, 1] ({float(np.nanmin(x)):.3g} to {float(np.nanmax(x)):.3g}), so they are not pixels",
+            fix="save pixels as uint8 0..255 or float 0..1 in x; preprocessed model inputs belong in an array named inputs",
+        )
+
+
 class DigitsSource(ImageSource):
-    """The bundled digits (1797 8x8 gray images), through today's loader so results stay the same."""
+    """scikit-learn's bundled digits: 1,797 8x8 grayscale images in 10 classes, float in [0, 1]."""
 
     kind = "bundled digits"
+    channels = 1
 
     def __init__(self, names: list[str] | None):
-        native = load_dataset(DIGITS, image_size=8)
-        super().__init__("digits", len(native), native.labels.astype(np.int64), names or list(native.class_names))
-        self._native_sha256 = native.sha256
-        self._images = native.images
+        from sklearn.datasets import load_digits  # only when the digits are asked for
+
+        digits = load_digits()
+        self._native = (digits.images / 16.0).astype(np.float32)[:, None]  # N x 1 x 8 x 8, 0..16 scaled
+        labels = digits.target.astype(np.int64)
+        super().__init__(DIGITS, len(labels), labels, names or [str(name) for name in digits.target_names])
+        self._images = self._native
 
     def prepare(self, preprocess: Preprocess) -> None:
-        """At an exact square size (edgepipe's default), resize as training did; else from 8x8."""
-        size = (
-            preprocess.resize
-            if isinstance(preprocess.resize, tuple) and preprocess.resize[0] == preprocess.resize[1]
-            else (8, 8)
-        )
+        """At a square size, resized once with torch's antialiased bilinear (what the zoo trains on); else from 8x8."""
+        resize = preprocess.resize
+        size = resize if isinstance(resize, tuple) and resize[0] == resize[1] else (8, 8)
         if self._images.shape[-2:] != tuple(size):
-            self._images = load_dataset(
-                DIGITS, image_size=size[0]
-            ).images  # today's loader: torch's antialiased bilinear
+            self._images = _resized(self._native, tuple(size))
 
     def name_of(self, index: int) -> str:
         return f"digits[{index}]"
@@ -190,7 +232,18 @@ class DigitsSource(ImageSource):
         return self._images[index].transpose(1, 2, 0)
 
     def _identity(self) -> bytes:
-        return self._native_sha256.encode()
+        pixels = np.ascontiguousarray(self._native).tobytes() + self.labels.tobytes()
+        return hashlib.sha256(pixels).hexdigest().encode()
+
+
+def _resized(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import torch  # the digits' resize: torch's antialiased bilinear
+    import torch.nn.functional as F
+
+    if images.shape[-2:] == size:
+        return images
+    tensor = torch.from_numpy(np.ascontiguousarray(images))
+    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True).numpy()
 
 
 def _check_y(path: Path, y: np.ndarray, count: int, num_names: int | None) -> np.ndarray:
@@ -219,8 +272,13 @@ def _check_y(path: Path, y: np.ndarray, count: int, num_names: int | None) -> np
     if num_names is not None and len(y) and y.max() >= num_names:
         first = int(np.flatnonzero(y >= num_names)[0])
         raise EdgepipeError(
-            f"{path}: y[{first}] is {y[first]}, out of range for the {num_names} names in the labels file",
-            fix="save y as indices into the labels file (0..C-1)",
+            f"{path}: y[{first}] is {y[first]}, out of range for the {num_names} class names",
+            fix="save y as indices into the class names (0..C-1), one name per class",
+        )
+    if num_names is None and len(y) and y.max() >= max(count, MAX_IMPLIED_CLASSES):
+        raise EdgepipeError(
+            f"{path}: y holds {int(y.max())}, which would make {int(y.max()) + 1} classes for {count} images",
+            fix="renumber the labels 0..C-1 (numpy.unique(y, return_inverse=True)[1]) and save the names as class_names",
         )
     return y.astype(np.int64)
 
@@ -248,3 +306,58 @@ def _npz_member(path: Path, name: str) -> np.ndarray:
     if int(np.prod(shape)) == 0:
         return np.zeros(shape, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", shape=shape, order="F" if fortran_order else "C", offset=offset)
+
+
+_DATA_FIX = "pass --data digits, a folder of class sub-folders, a folder of images, or an .npz with x (and y)"
+
+
+def open_source(
+    spec: str, labels: str | Path | None = None, num_classes: int | None = None, names: list[str] | None = None
+) -> ImageSource:
+    """The images ``spec`` names: 'digits', a folder (class sub-folders, or images), or an .npz.
+
+    ``labels``: a labels file, one class name per line in the model's output order (else ``names``,
+    the class names a model records). ``num_classes``: the model's class count, checked against them.
+    """
+    names = read_labels(labels) if labels is not None else list(names) if names else None
+    if names is not None and num_classes is not None and len(names) != num_classes:
+        relation = "fewer" if len(names) < num_classes else "more"
+        raise EdgepipeError(
+            f"labels file {labels} has {len(names)} names, {relation} than the model's {num_classes} classes",
+            fix="list every class the model outputs, one per line, in its output order",
+        )
+    if spec == DIGITS:
+        source = DigitsSource(names)
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise EdgepipeError(f"dataset {spec} does not exist", fix=_DATA_FIX)
+        if path.is_dir():
+            source = FileSource.from_folder(path.resolve(), names, str(labels) if labels else None)
+        elif path.suffix.lower() == ".npz":
+            source = NpzSource(path.resolve(), names)
+        else:
+            raise EdgepipeError(f"cannot read dataset {spec} (not a folder or an .npz)", fix=_DATA_FIX)
+    limit = num_classes if num_classes is not None else len(names) if names else None
+    if source.labelled and limit is not None:
+        _check_label_range(source, limit, labels)
+    return source
+
+
+def _check_label_range(source: ImageSource, num_classes: int, labels_file) -> None:
+    top = int(source.labels.max()) if len(source.labels) else -1
+    if top >= num_classes:
+        if source.kind == "ImageFolder" and labels_file is None:
+            raise EdgepipeError(
+                f"{source.spec} has {len(source.class_names)} class folders but the model has {num_classes} classes",
+                fix="pass --labels FILE naming the model's classes in output order, or remove the extra folders",
+            )
+        raise EdgepipeError(
+            f"{source.spec} has label {top}, out of range for the model's {num_classes} classes (0..{num_classes - 1})",
+            fix="label images with class indices the model outputs",
+        )
+    if source.kind == "ImageFolder" and labels_file is None and len(source.class_names) != num_classes:
+        raise EdgepipeError(
+            f"{source.spec} has {len(source.class_names)} class folders but the model has {num_classes} classes, so sorted folder names cannot be its output order",
+            fix="pass --labels FILE with the model's class names, one per line in output order",
+        )

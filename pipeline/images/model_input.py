@@ -1,6 +1,8 @@
 """What a model takes from the user's images: the preprocessing for its input, its classes, its outputs.
 
-The preprocessing flags (``--resize --crop --mean --std --channel-order --interpolation --layout
+A model's input is read the same way for every model: the graph (``onnxinfo``; for a checkpoint,
+its recorded input shape and class count), the ``Record`` stored with it (preprocessing, class
+names, data and split), and what the user adds. The preprocessing flags (``--resize --crop --mean --std --channel-order --interpolation --layout
 --preprocess FILE``) are parsed once at the command line into ``PreprocessFlags``; every value is
 checked there. ``ModelInput.of_onnx`` combines them with the model: lowest first, the
 preprocessing stored in its metadata, the file, the flags. With none of them, images are resized to
@@ -23,7 +25,8 @@ import onnx
 
 from pipeline.artifacts import Kind, atomic_output, sha256_file, write_manifest
 from pipeline.errors import EdgepipeError
-from pipeline.onnxinfo import ModelInfo, describe, load_model
+from pipeline.images.record import Record
+from pipeline.onnxinfo import ModelInfo, TensorInfo, describe, load_model
 from pipeline.precision import Precision
 from pipeline.preprocess import Preprocess
 from pipeline.preprocess_options import CHANNEL_ORDERS, INTERPOLATION_NAMES, LAYOUTS, choice, parse_value, read_file
@@ -112,11 +115,6 @@ class PreprocessFlags:
                 fix=f"pass --layout {info.layout}, or drop --layout",
             )
         preprocess.check_fits(input_hw)
-        if info.dynamic_hw and preprocess.output_hw is None:
-            raise EdgepipeError(
-                f"input '{info.input_name}' has dynamic height/width ({info.input.text()}) and the preprocessing gives no fixed size",
-                fix="pass --resize HxW, or --resize N with --crop N (e.g. --resize 256 --crop 224), so that every image has one size",
-            )
         return preprocess
 
 
@@ -126,7 +124,9 @@ class ModelInput:
 
     info: ModelInfo
     preprocess: Preprocess
-    origin: str  # "default", "stored" (the model's metadata), "given" (flags or file), or "stored, then given"
+    origin: str  # "default", "stored" (the model's record), "given" (flags or file), or "stored, then given"
+    record: Record = Record()  # what the model records: preprocessing, class names, data and split
+    name: str = "the model"  # the model's file name, for messages
 
     @classmethod
     def of_onnx(cls, model: str | Path | onnx.ModelProto, flags: PreprocessFlags | None = None) -> ModelInput:
@@ -134,17 +134,36 @@ class ModelInput:
         flags = flags or PreprocessFlags()
         proto = load_model(model)
         info = describe(proto, layout=flags.values.get("layout") or flags.file_values.get("layout"))
-        stored = Preprocess.from_onnx(proto)
-        origin = (
-            "stored, then given"
-            if stored and flags.given
-            else "stored"
-            if stored
-            else "given"
-            if flags.given
-            else "default"
+        name = Path(model).name if isinstance(model, (str, Path)) else "the model"
+        return cls._made(info, Record.of_onnx(proto, name), flags, name)
+
+    @classmethod
+    def of_config(cls, config: dict[str, Any], flags: PreprocessFlags | None = None, name: str = "the checkpoint"):
+        """The input of an edgepipe checkpoint: its recorded NCHW input shape, classes and record."""
+        record = Record.of_config(config, name)
+        shape, classes = ("batch", *config["input_shape"]), len(config["class_names"])
+        info = ModelInfo(
+            TensorInfo("input", shape, "float32"),
+            "nchw",
+            (TensorInfo("logits", ("batch", classes), "float32"),),
+            0,
+            "pytorch",
         )
-        return cls(info, flags.resolve(info, stored), origin)
+        return cls._made(info, record, flags or PreprocessFlags(), name)
+
+    @classmethod
+    def _made(cls, info: ModelInfo, record: Record, flags: PreprocessFlags, name: str) -> ModelInput:
+        stored = record.preprocess
+        origin = {(True, True): "stored, then given", (True, False): "stored", (False, True): "given"}
+        return cls(info, flags.resolve(info, stored), origin.get((bool(stored), flags.given), "default"), record, name)
+
+    def require_size(self) -> None:
+        """Raise when images of many sizes would reach a model with dynamic height/width: no fixed size given."""
+        if self.info.dynamic_hw and self.preprocess.output_hw is None:
+            raise EdgepipeError(
+                f"input '{self.info.input_name}' has dynamic height/width ({self.info.input.text()}) and the preprocessing gives no fixed size",
+                fix="pass --resize HxW, or --resize N with --crop N (e.g. --resize 256 --crop 224), so that every image has one size",
+            )
 
     @property
     def num_classes(self) -> int | None:
@@ -171,10 +190,13 @@ class ModelInput:
         batches = (self.info.batch,) * 3 if self.info.batch else batches
         return {key: f"{self.info.input_name}:{batch}x{sample}" for key, batch in zip(("min", "opt", "max"), batches)}
 
-    def write_onnx(self, source: str | Path, output: str | Path) -> Path:
-        """``source`` with this preprocessing stored in its metadata (FP16/INT8 models made from it carry it over), and a manifest."""
+    def write_onnx(self, source: str | Path, output: str | Path, record: Record | None = None) -> Path:
+        """``source`` with ``record`` (default: this preprocessing) stored in its metadata, and a manifest.
+
+        FP16/INT8 models made from it carry the record over, so later stages need no flags.
+        """
         model = load_model(source)
-        self.preprocess.store_in(model)
+        (record or Record(self.preprocess)).store_in(model)
         with atomic_output(output) as tmp:
             onnx.save(model, str(tmp))
         write_manifest(
@@ -197,7 +219,7 @@ class ModelInput:
         }.get(self.origin, "")
         return f"preprocessing{where}: {self.preprocess.describe()}"
 
-    def record(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         """What manifests and results store of it."""
         return {
             "preprocess": self.preprocess.to_dict(),
@@ -206,14 +228,3 @@ class ModelInput:
             "layout": self.info.layout,
             "sample_shape": list(self.sample_shape),
         }
-
-
-def refuse_for_recorded(model: str | Path, preprocess: PreprocessFlags | None, labels: str | Path | None) -> None:
-    """Raise when preprocessing flags or a labels file are given for one of edgepipe's own models, which records its own."""
-    given = (preprocess.flag_names() if preprocess else []) + (["--labels"] if labels is not None else [])
-    if given:
-        raise EdgepipeError(
-            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to models edgepipe did not export; "
-            f"{Path(model).name} records its own preprocessing and classes",
-            fix=f"drop {', '.join(given)}",
-        )

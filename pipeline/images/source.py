@@ -5,7 +5,7 @@ pixels are read only when a batch is streamed (``batches``, see ``stream.py``), 
 100,000 photos costs a file list, not 60 GB of float32. Labels follow the model's output order:
 ``--labels FILE`` (one class name per line, as jetson-inference writes them) maps ImageFolder
 sub-folder names to the model's indices (``folder_labels``), because sorted folder names rarely
-match it ("0, 180, 270, 90"). Without it, sorted folder names are the classes, as before.
+match it ("0, 180, 270, 90"). Without it, sorted folder names are the classes.
 The kinds (folders, .npz, digits) are in ``kinds.py``; ``open_source`` picks one.
 """
 
@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data import split_indices
 from pipeline.errors import EdgepipeError
 from pipeline.images.stream import DEFAULT_BATCH_SIZE, BatchStream
 from pipeline.preprocess import Preprocess
@@ -44,6 +43,8 @@ class ImageSource:
     """Images listed but not decoded. ``labels`` is int64 in the model's output order, or None."""
 
     kind = "images"
+    channels = 3  # the images' own channel count (1 when every image is grayscale)
+    preprocessed = False  # True: the rows are model inputs already, fed as they are (an .npz's inputs)
 
     def __init__(self, spec: str, count: int, labels: np.ndarray | None, class_names: list[str] | None):
         self.spec, self._count, self.labels, self.class_names = spec, count, labels, class_names
@@ -89,9 +90,7 @@ class ImageSource:
             )
         stratified = self.labelled and _stratifiable(self.labels)
         if stratified:
-            pool, held_out = split_indices(
-                self.labels, seed=seed, val_fraction=val_fraction
-            )  # as checkpoints record it
+            pool, held_out = split_indices(self.labels, seed=seed, val_fraction=val_fraction)
         else:
             order = np.random.default_rng(seed).permutation(len(self))
             n_held = min(max(int(round(len(self) * val_fraction)), 1), len(self) - 1)
@@ -203,6 +202,20 @@ def folder_labels(
             fix="rename the folders to names from the labels file, or add the missing names in the model's output order",
         )
     return [names.index(folder) for folder in folder_names], list(names)
+
+
+def split_indices(
+    labels: np.ndarray, seed: int = SPLIT_SEED, val_fraction: float = VAL_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded pool/held-out split (scikit-learn's); sorted index arrays."""
+    from sklearn.model_selection import train_test_split  # only when a labelled source is split
+
+    indices = np.arange(len(labels))
+    n_classes = len(np.unique(labels))
+    n_val = max(int(round(len(labels) * val_fraction)), n_classes)
+    stratify = labels if n_val <= len(labels) - n_classes else None
+    train, val = train_test_split(indices, test_size=n_val, random_state=seed, stratify=stratify)
+    return np.sort(train), np.sort(val)
 
 
 def _stratifiable(labels: np.ndarray) -> bool:

@@ -91,7 +91,9 @@ class _BatchDecoder:
                 )
             try:  # decoded images stay uint8 here and are scaled per batch in the main process
                 array = (
-                    self.preprocess.arrange(image)
+                    image
+                    if getattr(self.source, "preprocessed", False)
+                    else self.preprocess.arrange(image)
                     if isinstance(image, Image.Image)
                     else self.preprocess.apply_array(image)
                 )

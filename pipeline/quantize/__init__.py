@@ -3,7 +3,7 @@
 TensorRT 11 and TensorRT-RTX take precision from the ONNX graph (strongly typed networks), so
 this stage rewrites the graph, for edgepipe's own exports and for any single-image-input ONNX:
 
-* ``source.py``: the FP32 source, with or without edgepipe metadata; the one input shape a
+* ``source.py``: the FP32 source (any ONNX); the one input shape a
   dynamic-H/W model is converted and checked at; opset 11/12 upgraded and proven unchanged.
 * FP16 (``fp16.py``): ModelOpt AutoCast converts the graph, keeps inputs/outputs FP32 and keeps
   the ops that overflow or lose accuracy in FP16 (reductions, softmax, normalization,
@@ -15,8 +15,8 @@ this stage rewrites the graph, for edgepipe's own exports and for any single-ima
   kept in higher precision until it holds; ``graph.py`` says what share of the MACs runs in INT8.
 
 Every model written obeys the TensorRT ONNX parser's Q/DQ rules (``qdq_rules.py``) and is
-measured against the FP32 model: on the held-out split of an edgepipe export (``heldout.py``),
-else on the user's images, the calibration images or seeded synthetic inputs (``checks.py``).
+compared with the FP32 model, one way for every model (``compare.py``): on the held-out part of its
+images (``--data``, or the data it records), else the calibration images or seeded synthetic inputs.
 ``modelopt_log.py`` keeps ModelOpt quiet and turns its failures into one-line errors.
 
 ``QUANTIZERS`` is the one table from a precision to its converter; ``convert`` calls it.
@@ -31,10 +31,10 @@ from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision, parse
 from pipeline.quantize.budget import Budget
 from pipeline.quantize.calib import calibration_sha256
-from pipeline.quantize.checks import check_summary, folder_preprocess
+from pipeline.quantize.compare import Reading, check_summary, folder_preprocess
 from pipeline.quantize.fp16 import FP16_FP32_OPS, to_fp16
 from pipeline.quantize.graph import count_macs, int8_share, keep_in_high_precision
-from pipeline.quantize.int8 import HIGH_PRECISIONS, INT8_DEFAULT_EXCLUDED_OPS, METHODS, to_int8
+from pipeline.quantize.int8 import HIGH_PRECISIONS, INT8_DEFAULT_EXCLUDED_OPS, METHODS, Int8Settings, to_int8
 from pipeline.quantize.qdq_rules import MIN_OPSET, check_tensorrt_qdq_rules
 from pipeline.quantize.sensitivity import rank_sensitive_nodes
 from pipeline.quantize.source import PRECISION_KEY
@@ -48,6 +48,8 @@ __all__ = [
     "PRECISION_KEY",
     "QUANTIZERS",
     "Budget",
+    "Int8Settings",
+    "Reading",
     "calibration_sha256",
     "check_summary",
     "check_tensorrt_qdq_rules",
@@ -74,9 +76,9 @@ def convert(
 ) -> dict[str, Any]:
     """The FP16 or INT8 version of an FP32 ONNX model, through the one table of quantizers.
 
-    ``calib`` is the INT8 calibration set (an .npz, a CalibrationSet, or None: drawn from an
-    edgepipe export's training data); FP16 takes none. ``options``: ``data`` (images to check
-    on), ``size`` and ``size_flag`` (the fixed height/width of a dynamic-H/W model).
+    ``calib`` is the INT8 calibration set (an .npz, a folder, a CalibrationSet, or None: drawn from
+    the model's data); FP16 takes none. ``options``: ``Reading``'s fields (data, size, size_flag,
+    preprocess, labels, workers) and, for INT8, ``Int8Settings``'s.
     """
     precision = parse(precision)
     if precision not in QUANTIZERS:

@@ -1,142 +1,107 @@
-"""The images INT8 is calibrated on: never random data.
+"""The images INT8 is calibrated on: never random data, and one road for every model.
 
-* edgepipe's own exports: ``--calib`` (a set from ``edgepipe calibrate``) or, without it, a set
-  drawn from the model's recorded training split, as before;
-* any other model: ``--calib`` (a set from ``edgepipe calibrate``, or an .npz with ``x`` already
-  preprocessed in the model's layout, and optionally ``y``) or the calibration pool of ``--data``.
-  Without either it is one clear error: there is no training data to draw from, and calibrating
-  on random inputs, which ModelOpt would do silently, gives scales that fit no real image.
+* ``--calib``: a set from ``edgepipe calibrate`` (checked against the model's input and recorded
+  preprocessing), or images as ``--data`` takes them (a folder, an .npz with pixels ``x`` read
+  through the model's preprocessing, or with ``inputs`` fed as they are), every one of which may
+  calibrate: up to ``calibration.DEFAULT_NUM`` drawn, class by class when labelled;
+* else the one class-balanced draw (``calibration.draw``) from the calibration pool of the model's
+  data (``--data``, or the data the model records). A model with neither is one clear error:
+  calibrating on random inputs, which ModelOpt would do silently, gives scales that fit no image.
+
+The record names the source, the count and the sha256: of the set (``CalibrationSet.sha256``;
+for a drawn set too), or of the images' identity (``ImageSource.sha256``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import calibration
 from pipeline.errors import EdgepipeError
-from pipeline.images import open_source as open_images
-from pipeline.progress import info as say
-from pipeline.quantize.checks import Images, check_fits, folder_calibration, read_npz
-from pipeline.quantize.source import Source
+from pipeline.images import ModelData, ModelInput, open_source
+from pipeline.quantize.compare import Images, check_fits
+from pipeline.quantize.source import Fp32Source
 
-_EDGEPIPE_SET = {"images", "labels", "manifest"}  # the arrays of a set written by `edgepipe calibrate`
-
-
-def zoo_calibration(calib: Any, config: dict[str, Any]) -> calibration.CalibrationSet:
-    """The calibration set of an edgepipe export: ``calib``, or drawn from its training split; checked against it."""
-    if calib is None:
-        say(
-            f"No --calib given: drawing {calibration.DEFAULT_NUM} calibration images from the model's training split ({config['data']['source']})"
-        )
-        calib_set = calibration.draw(config, num=calibration.DEFAULT_NUM, seed=0)
-    elif isinstance(calib, calibration.CalibrationSet):
-        calib_set = calib
-    else:
-        calib_set = calibration.load(calib)
-        calib_set.manifest = {**calib_set.manifest, "path": str(calib)}
-    calibration.check_matches(calib_set, config)
-    return calib_set
+_EDGEPIPE_SET = {"images", "manifest"}  # the arrays of a set written by `edgepipe calibrate`
 
 
-def foreign_calibration(
-    calib: Any, pool: Images | None, source: Source, flag: str = "--int8", reading: dict[str, Any] | None = None
+def calibration_images(
+    calib: Any, model_data: ModelData | None, source: Fp32Source, model_input: ModelInput, reading: dict[str, Any]
 ) -> tuple[Images, dict[str, Any]]:
-    """Calibration images for a model edgepipe did not export, and their record (source, count, sha256).
-
-    From ``calib`` (a CalibrationSet, an edgepipe set, an .npz with x, or a folder of images read
-    through the model's preprocessing with ``reading``: preprocess, labels, workers), else drawn from the
-    calibration pool of ``--data``; neither is one clear error. The images must fit the model's input.
-    """
-    info = source.info
-    if calib is None and pool is None:
+    """Calibration images for ``source`` and their record (source, count, sha256); see the module's docstring."""
+    if calib is None and model_data is None:
         raise EdgepipeError(
-            f"{flag} needs calibration images: {source.path} has no edgepipe metadata, so there is no training data to draw them from "
+            f"--int8 needs calibration images: {source.path.name} records no data to draw them from "
             "(edgepipe never calibrates on random data)",
-            fix="pass --calib with 64 or more of your images (a folder, an .npz with x preprocessed for the model in its layout, or a set from "
+            fix="pass --calib with 64 or more of your images (a folder, an .npz with x or inputs, or a set from "
             "'edgepipe calibrate'), or --data with your images",
         )
     if calib is None:
-        count = min(len(pool), calibration.DEFAULT_NUM)
-        picked = np.sort(np.random.default_rng(0).permutation(len(pool))[:count])
+        calib_set = calibration.draw(
+            model_data, source.path, calibration.DEFAULT_NUM, seed=0, workers=reading["workers"]
+        )
+        where = f"the calibration pool of {Path(model_data.source.spec).name}"
+        images, sha256 = (
+            Images(
+                calib_set.images,
+                calib_set.labels,
+                "calibration",
+                f"{len(calib_set)} calibration images drawn from {where}",
+            ),
+            calib_set.sha256,
+        )
+        where = f"drawn from {where}"
+    elif isinstance(calib, calibration.CalibrationSet) or _is_edgepipe_set(calib):
+        calib_set = calib if isinstance(calib, calibration.CalibrationSet) else calibration.load(calib)
+        calibration.check_matches(calib_set, model_input, shape_only=model_input.origin == "default")
+        where = calib_set.manifest.get("path", "a calibration set")
         images = Images(
-            pool.x[picked],
-            None if pool.y is None else pool.y[picked],
+            calib_set.images,
+            calib_set.labels,
             "calibration",
-            f"{count} calibration images drawn from {pool.text}",
+            f"{len(calib_set)} calibration images from {Path(where).name}",
         )
-        where = f"drawn from {pool.text}"
-    elif _is_folder(calib):
-        images = folder_calibration(Path(calib), source.model, **(reading or {}))
-        images.what, where = "calibration", str(calib)
+        sha256 = calib_set.sha256
     else:
-        x, y, where = _read(calib)
-        images = Images(x, y, "calibration", f"{len(x)} calibration images from {Path(where).name}")
+        images, sha256, where = _given_images(calib, model_input, reading), calibration_sha256(calib), str(calib)
     if source.info.dynamic_hw and source.size is None and images.x.ndim == 4:
-        h_axis, w_axis = info.hw_axes
+        h_axis, w_axis = source.info.hw_axes
         source.fix_size((images.x.shape[h_axis], images.x.shape[w_axis]), "--calib")
-    check_fits(info, images.x, source.sample_shape, "--calib" if calib is not None else "--data")
-    least = calibration.MIN_TOTAL
-    if len(images) < least:
+    check_fits(source.info, images.x, source.sample_shape, "--calib" if calib is not None else "--data")
+    if len(images) < calibration.MIN_TOTAL:
         raise EdgepipeError(
-            f"there are {len(images)} calibration images; INT8 needs at least {least} for stable ranges",
-            fix=f"give {least} or more images (--calib, or --data with more images)",
+            f"there are {len(images)} calibration images; INT8 needs at least {calibration.MIN_TOTAL} for stable ranges",
+            fix=f"give {calibration.MIN_TOTAL} or more images (--calib, or --data with more images)",
         )
-    sha256 = calibration_sha256(calib) if _is_folder(calib) else content_sha256(images.x, images.y)
-    record = {
-        "source": where,
-        "count": len(images),
-        "sha256": sha256,
-        **({"preprocess": images.extra["preprocess"]} if images.extra else {}),
-    }
-    return images, record
+    return images, {"source": where, "count": len(images), "sha256": sha256}
+
+
+def _given_images(calib: Any, model_input: ModelInput, reading: dict[str, Any]) -> Images:
+    """Images given as ``--calib`` (a folder or an .npz): every one may calibrate; up to DEFAULT_NUM, drawn seeded."""
+    images = open_source(str(calib), labels=reading["labels"], num_classes=model_input.num_classes)
+    if not images.preprocessed:
+        model_input.require_size()
+    picked = images.draw(range(len(images)), calibration.DEFAULT_NUM, seed=0)
+    x, y = images.batches(model_input.preprocess, picked, workers=reading["workers"], progress="calibration").collect()
+    of = f" (seeded draw of {len(images):,})" if len(picked) < len(images) else ""
+    return Images(x, y, "calibration", f"{len(picked):,} calibration images of {Path(str(calib)).name}{of}")
 
 
 def calibration_sha256(calib: Any) -> str:
-    """The content sha256 of a calibration set or .npz, as the INT8 stage records it."""
+    """The sha256 the INT8 stage records for ``calib``: a set's content, or the images' identity."""
     if isinstance(calib, calibration.CalibrationSet):
         return calib.sha256
-    if _is_folder(calib):  # the folder's identity (file list, sizes, times); its preprocessing is recorded beside it
-        return open_images(str(calib)).sha256
-    if _is_edgepipe_set(Path(calib)):
+    if _is_edgepipe_set(calib):
         return calibration.load(calib).sha256
-    x, y, _ = _read(calib)
-    return content_sha256(x, y)
+    return open_source(str(calib)).sha256
 
 
-def content_sha256(x: np.ndarray, y: np.ndarray | None) -> str:
-    digest = hashlib.sha256(np.ascontiguousarray(x).tobytes())
-    if y is not None:
-        digest.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
-    return digest.hexdigest()
-
-
-def _read(calib: Any) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Images, labels (or None) and a description of ``calib``: a CalibrationSet or an .npz of either form."""
-    if isinstance(calib, calibration.CalibrationSet):
-        return calib.images, calib.labels, calib.manifest.get("path", "a calibration set")
+def _is_edgepipe_set(calib: Any) -> bool:
     path = Path(calib)
     if not path.is_file():
-        raise EdgepipeError(
-            f"calibration set {path} does not exist",
-            fix="pass an .npz with x (images preprocessed for the model), or a set from 'edgepipe calibrate'",
-        )
-    if _is_edgepipe_set(path):
-        calib_set = calibration.load(path)
-        return calib_set.images, calib_set.labels, str(path)
-    x, y = read_npz(path, "--calib")
-    return x, y, str(path)
-
-
-def _is_folder(calib: Any) -> bool:
-    return isinstance(calib, (str, Path)) and Path(calib).is_dir()
-
-
-def _is_edgepipe_set(path: Path) -> bool:
+        return False
     try:
         with zipfile.ZipFile(path) as archive:
             return _EDGEPIPE_SET <= {Path(name).stem for name in archive.namelist()}

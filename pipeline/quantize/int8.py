@@ -1,8 +1,8 @@
 """INT8: ModelOpt post-training quantization (explicit Q/DQ), checked against FP32, within an accuracy budget.
 
 Q/DQ scales come from calibration images (``calib.py``: never random data); attention gates
-(Sigmoid, Softmax) stay in higher precision. The result is checked against the FP32 model on the
-held-out split of an edgepipe export, or on the user's images (``checks.py``). With a budget
+(Sigmoid, Softmax) stay in higher precision. The result is compared with the FP32 model on the
+held-out part of the model's images (``compare.py``). With a budget
 (``budget.py``: --max-drop, --min-agreement) the most sensitive nodes are kept in higher
 precision until it holds. The result says what stayed in higher precision and what share of the
 MACs runs in INT8 (``graph.py``).
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,20 @@ from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import info as say
 from pipeline.quantize.budget import Budget, Outcome, attempt, search
-from pipeline.quantize.calib import foreign_calibration, zoo_calibration
-from pipeline.quantize.checks import Check, user_images
+from pipeline.quantize.calib import calibration_images
+from pipeline.quantize.compare import (
+    Comparison,
+    Images,
+    Reading,
+    check_images,
+    folder_preprocess,
+    model_data_for,
+    stored_record,
+)
 from pipeline.quantize.graph import count_macs, int8_share
-from pipeline.quantize.heldout import HeldOut
 from pipeline.quantize.modelopt_log import last_line, modelopt_error, quiet_modelopt
 from pipeline.quantize.qdq_rules import check_tensorrt_qdq_rules
-from pipeline.quantize.source import Source, carry_metadata, check_paths, open_source
+from pipeline.quantize.source import Fp32Source, carry_metadata, check_paths, open_fp32
 
 METHODS = ("entropy", "max")
 HIGH_PRECISIONS = ("fp16", "fp32")
@@ -40,152 +47,136 @@ HIGH_PRECISIONS = ("fp16", "fp32")
 INT8_DEFAULT_EXCLUDED_OPS = ("Sigmoid", "Softmax")
 
 
+@dataclass(frozen=True)
+class Int8Settings:
+    """How INT8 is made: the calibration method, what stays in higher precision, and the accuracy budget."""
+
+    method: str = "entropy"
+    exclude_ops: tuple[str, ...] = ()
+    exclude_nodes: tuple[str, ...] = ()
+    include_ops: tuple[str, ...] = ()
+    high_precision: str = "fp16"
+    max_drop: float | None = None
+    min_agreement: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise EdgepipeError(f"unknown calibration method {self.method!r}", fix=f"use one of {', '.join(METHODS)}")
+        if self.high_precision not in HIGH_PRECISIONS:
+            raise EdgepipeError(
+                f"unknown high precision {self.high_precision!r}", fix=f"use one of {', '.join(HIGH_PRECISIONS)}"
+            )
+        for key in ("exclude_ops", "exclude_nodes", "include_ops"):
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+
+    def excluded_ops(self) -> list[str]:
+        return sorted((set(INT8_DEFAULT_EXCLUDED_OPS) - set(self.include_ops)) | set(self.exclude_ops))
+
+    def recipe(self, kept: list[str]) -> dict[str, Any]:
+        nodes = list(self.exclude_nodes) + kept
+        return {
+            "method": self.method,
+            "excluded_ops": self.excluded_ops(),
+            "excluded_nodes": nodes,
+            "high_precision": self.high_precision,
+        }
+
+
 def to_int8(
-    onnx_path: str | Path,
-    output: str | Path,
-    calib: Any = None,
-    method: str = "entropy",
-    exclude_ops: Iterable[str] = (),
-    exclude_nodes: Iterable[str] = (),
-    include_ops: Iterable[str] = (),
-    high_precision: str = "fp16",
-    max_drop: float | None = None,
-    data: str | None = None,
-    force: bool = False,
-    *,
-    min_agreement: float | None = None,
-    size: tuple[int, int] | None = None,
-    size_flag: str = "--input-size",
-    preprocess: Any = None,
-    labels: str | Path | None = None,
-    workers: int | None = None,
+    onnx_path: str | Path, output: str | Path, calib: Any = None, force: bool = False, **options: Any
 ) -> dict[str, Any]:
     """Write an explicit Q/DQ INT8 version of ``onnx_path`` and return its figures against FP32.
 
-    ``calib``: a calibration set or .npz (None: an edgepipe export draws one from its training
-    split; any other model needs ``calib`` or ``data``). ``max_drop`` (top-1 points) and
-    ``min_agreement`` (percent) are the accuracy budget. ``size``: height and width for a model
-    with dynamic ones (``size_flag`` names the flag that gave it). ``preprocess`` (PreprocessFlags),
-    ``labels`` and ``workers``: how a folder given as ``data`` is read.
+    ``calib``: a calibration set, an .npz or a folder (None: drawn from the model's data, ``--data``
+    or what it records). ``options``: the fields of ``Int8Settings`` (method, exclude_ops,
+    exclude_nodes, include_ops, high_precision, max_drop, min_agreement) and of ``Reading`` (data,
+    size, size_flag, preprocess, labels, workers).
     """
     started = time.perf_counter()
-    if method not in METHODS:
-        raise EdgepipeError(f"unknown calibration method {method!r}", fix=f"use one of {', '.join(METHODS)}")
-    if high_precision not in HIGH_PRECISIONS:
-        raise EdgepipeError(
-            f"unknown high precision {high_precision!r}", fix=f"use one of {', '.join(HIGH_PRECISIONS)}"
-        )
-    budget = Budget(max_drop, min_agreement)
+    names = set(Int8Settings.__dataclass_fields__)
+    settings = Int8Settings(**{k: v for k, v in options.items() if k in names})
+    reading = Reading(**{k: v for k, v in options.items() if k not in names})
+    budget = Budget(settings.max_drop, settings.min_agreement)
     output = check_paths(onnx_path, output, force)
-    source = open_source(onnx_path, "--int8", size, size_flag)
-    exclude_ops, include_ops, exclude_nodes = list(exclude_ops), list(include_ops), list(exclude_nodes)
-    _check_op_types(source.model, exclude_ops + include_ops)
-    _check_node_names(source.model, exclude_nodes)
-    excluded_ops = sorted((set(INT8_DEFAULT_EXCLUDED_OPS) - set(include_ops)) | set(exclude_ops))
-
-    calib_images, calib_info, check, check_images = _data(
-        source, calib, data, budget, {"preprocess": preprocess, "labels": labels, "workers": workers}
+    source = open_fp32(onnx_path, "--int8", reading.size, reading.size_flag)
+    _check_op_types(source.model, list(settings.exclude_ops + settings.include_ops))
+    _check_node_names(source.model, list(settings.exclude_nodes))
+    model_input, model_data = model_data_for(source, reading)
+    calib_images, calib_info = calibration_images(calib, model_data, source, model_input, reading.__dict__)
+    compare_on = (
+        check_images(model_data, source, reading.workers) if model_data is not None else _on_calibration(calib_images)
     )
-    record = check.record()
+    budget.check_images(compare_on.labelled, compare_on.text)
+    note = source.prepare(calib_images.x, "calibration images")
+    if note:
+        say(note)
+    comparison = Comparison(source.fp32.SerializeToString(), compare_on, source.info)
+    record = comparison.record()
     say(f"INT8 is checked against FP32 on {record['text']}" + (f"; {record['hint']}" if record["hint"] else ""))
-    quantizer = _Int8Quantizer(source, calib_images, method, excluded_ops, high_precision)
-    quantized = quantizer.run(exclude_nodes)
-    figures = check.measure(quantized.SerializeToString())
-    attempts = [attempt([], figures, "plain")]
-    outcome = Outcome(quantized, figures)
-    per_node = _macs_per_node(source)
-    if budget.active and not budget.met(figures):
-        outcome = search(
-            budget, source.fp32, quantized, figures, check_images, check.measure, attempts, exclude_nodes, per_node
-        )
+    outcome, attempts, per_node = _quantized(source, settings, budget, calib_images.x, compare_on.x, comparison)
     quantized, figures, kept = outcome.model, outcome.figures, outcome.kept_nodes
-    macs = int8_share(quantized, per_node) if per_node else None
-
-    nodes = exclude_nodes + kept
-    recipe = {"method": method, "excluded_ops": excluded_ops, "excluded_nodes": nodes, "high_precision": high_precision}
+    recipe = settings.recipe(kept)
     carry_metadata(source.model, quantized, Precision.INT8, {"edgepipe.int8": json.dumps(recipe, sort_keys=True)})
-    preprocess_used = check.images.preprocess if source.foreign else None
-    if preprocess_used is not None:  # later stages read the user's images the same way, with no flags
-        preprocess_used.store_in(quantized)
+    stored_record(model_input, model_data, quantized)  # later stages read the images the same way, with no flags
     check_tensorrt_qdq_rules(quantized)
     with atomic_output(output) as tmp:
         onnx.save(quantized, str(tmp))
     seconds = round(time.perf_counter() - started, 2)
     params = {
         "precision": "int8",
-        "method": method,
-        "excluded_ops": excluded_ops,
-        "excluded_nodes": nodes,
-        "high_precision": high_precision,
+        **recipe,
         **budget.record(),
         "input_shape": list(source.input_shape()),
-        "data": data,
-        "preprocess": preprocess_used and preprocess_used.to_dict(),
+        "data": reading.data,
+        "preprocess": folder_preprocess(source.model, reading.data, reading.preprocess, calib),
     }
     facts = {
         "kept_nodes": kept,
         "kept_op_types": outcome.kept_op_types,
         "attempts": attempts,
         "calibration": calib_info,
-        "check": check.record(),
-        "macs": macs,
+        "check": record,
+        "macs": int8_share(quantized, per_node) if per_node else None,
         "opset_upgrade": source.upgrade,
     }
+    inputs = {"onnx": sha256_file(onnx_path), "calibration": calib_info["sha256"]}
     write_manifest(
         output,
         Kind.ONNX,
-        inputs={"onnx": sha256_file(onnx_path), "calibration": calib_info["sha256"]},
+        inputs=inputs,
         params=params,
         precision=Precision.INT8,
         accuracy=figures,
         seconds=seconds,
         **facts,
     )
-    return {
-        "onnx": str(output),
-        "source": str(onnx_path),
-        "precision": "int8",
-        "seconds": seconds,
-        "method": method,
-        "high_precision": high_precision,
-        "excluded_ops": excluded_ops,
-        "excluded_nodes": nodes,
-        **budget.record(),
-        **facts,
-        **figures,
-    }
+    result = {"onnx": str(output), "source": str(onnx_path), "precision": "int8", "seconds": seconds}
+    return {**result, **recipe, **budget.record(), **facts, **figures}
 
 
-def _data(source: Source, calib: Any, data: str | None, budget: Budget, reading: dict[str, Any]):
-    """(calibration images, their record, the check, the check's images) for an edgepipe export or any other model."""
-    if not source.foreign:
-        calib_set = zoo_calibration(calib, source.config)
-        calib_info = {
-            "source": calib_set.manifest.get("path", "drawn from the training split"),
-            "count": len(calib_set),
-            "sha256": calib_set.sha256,
-        }
-        check = HeldOut(source.path, source.config, data)
-        source.prepare(calib_set.images, "calibration images")
-        return calib_set.images, calib_info, check, check.images
-    pool = held_out = None
-    if data is not None:
-        pool, held_out = user_images(data, source.model, source.info, None, **reading)
-        if source.info.dynamic_hw and source.size is None:
-            h_axis, w_axis = source.info.hw_axes
-            source.fix_size((pool.x.shape[h_axis], pool.x.shape[w_axis]), f"--data {Path(data).name}")
-    calib_images, calib_info = foreign_calibration(calib, pool, source, reading=reading)
-    check_images = held_out or calib_images
-    if held_out is None:
-        check_images.text, check_images.hint = f"the {calib_images.text}", "pass --data for held-out images"
-    budget.check_images(check_images.labelled, check_images.text)
-    note = source.prepare(calib_images.x, "calibration images")
-    if note:
-        say(note)
-    return calib_images.x, calib_info, Check(source.fp32.SerializeToString(), check_images, source.info), check_images.x
+def _on_calibration(calib_images: Images) -> Images:
+    """With no images of the model's own to compare on, the calibration images, and a hint."""
+    text = f"the {calib_images.text}"
+    return Images(calib_images.x, calib_images.y, "calibration", text, "pass --data for held-out images")
 
 
-def _macs_per_node(source: Source) -> dict[str, int] | None:
+def _quantized(source: Fp32Source, settings: Int8Settings, budget: Budget, calib_x, compare_x, comparison: Comparison):
+    """ModelOpt's INT8 model, then (with a budget it misses) the search for nodes to keep in higher precision."""
+    quantizer = _Int8Quantizer(source, calib_x, settings.method, settings.excluded_ops(), settings.high_precision)
+    exclude_nodes = list(settings.exclude_nodes)
+    quantized = quantizer.run(exclude_nodes)
+    figures = comparison.measure(quantized.SerializeToString())
+    attempts = [attempt([], figures, "plain")]
+    outcome = Outcome(quantized, figures)
+    per_node = _macs_per_node(source)
+    if budget.active and not budget.met(figures):
+        outcome = search(
+            budget, source.fp32, quantized, figures, compare_x, comparison.measure, attempts, exclude_nodes, per_node
+        )
+    return outcome, attempts, per_node
+
+
+def _macs_per_node(source: Fp32Source) -> dict[str, int] | None:
     """MACs of each Conv/MatMul/Gemm for one sample; None where shape inference cannot follow the model."""
     try:
         return count_macs(source.fp32, source.input_shape(1))
@@ -196,7 +187,9 @@ def _macs_per_node(source: Source) -> dict[str, int] | None:
 class _Int8Quantizer:
     """ModelOpt ONNX PTQ of the source model in a private temporary folder, quietly."""
 
-    def __init__(self, source: Source, images: np.ndarray, method: str, excluded_ops: list[str], high_precision: str):
+    def __init__(
+        self, source: Fp32Source, images: np.ndarray, method: str, excluded_ops: list[str], high_precision: str
+    ):
         self.source, self.images, self.method = source, images, method
         self.excluded_ops, self.high_precision = excluded_ops, high_precision
 

@@ -1,15 +1,13 @@
 """The FP32 source model of a conversion: where it may be written, what it is, the shape it runs at.
 
-A source is edgepipe's own export (its config in the metadata: data, normalization, held-out
-split) or any single-image-input ONNX from elsewhere (``config`` None). Either way the conversion
-needs one fixed input shape for calibration and checks, and an opset of at least 13 for Q/DQ:
+Any single-image-input ONNX (what it records is read by ``ModelInput``). The conversion needs one
+fixed input shape for calibration and checks, and an opset of at least 13 for Q/DQ:
 older models are upgraded with onnx's version converter and proven unchanged on ONNX Runtime
 before ModelOpt sees them.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import onnx
 
 from pipeline.artifacts import check_output
 from pipeline.errors import EdgepipeError
-from pipeline.onnxfile import CONFIG_KEY, set_metadata
+from pipeline.onnxfile import set_metadata
 from pipeline.onnxinfo import DEFAULT_TARGET_OPSET, ModelInfo, describe, load_model
 from pipeline.opset import prove_same, upgrade_opset
 from pipeline.precision import Precision, of_onnx
@@ -29,21 +27,16 @@ PROOF_INPUTS = 8  # inputs the upgraded opset is proven on
 
 
 @dataclass
-class Source:
+class Fp32Source:
     """The FP32 model a conversion starts from, and the one input shape it is converted and checked at."""
 
     path: Path
     model: onnx.ModelProto  # as the user gave it
     info: ModelInfo
-    config: dict[str, Any] | None  # edgepipe's export config; None for a model edgepipe did not export
     size_flag: str  # the flag that sets the fixed height/width where the model leaves them open
     size: tuple[int, int] | None = None  # fixed height/width of a dynamic-H/W model
     fp32: onnx.ModelProto | None = None  # what ModelOpt converts: ``model``, upgraded where its opset is older
     upgrade: dict[str, Any] | None = None  # how the opset was upgraded and proven
-
-    @property
-    def foreign(self) -> bool:
-        return self.config is None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -114,10 +107,10 @@ class Source:
         return path
 
 
-def open_source(
+def open_fp32(
     onnx_path: str | Path, flag: str, size: tuple[int, int] | None = None, size_flag: str = "--input-size"
-) -> Source:
-    """The FP32 model at ``onnx_path``, with or without edgepipe metadata; refuses converted models.
+) -> Fp32Source:
+    """The FP32 model at ``onnx_path``; refuses converted models.
 
     ``flag`` (--fp16/--int8) names the conversion in messages; ``size`` fixes a dynamic height/width
     (``size_flag`` is the flag that gave it: --input-size, or --optShapes for build-engine).
@@ -128,9 +121,7 @@ def open_source(
         raise EdgepipeError(
             f"{onnx_path} is already {have.label}; {flag} needs the FP32 model", fix="pass the FP32 .onnx model"
         )
-    info = describe(model)
-    raw = next((prop.value for prop in model.metadata_props if prop.key == CONFIG_KEY), None)
-    source = Source(Path(onnx_path), model, info, json.loads(raw) if raw else None, size_flag)
+    source = Fp32Source(Path(onnx_path), model, describe(model), size_flag)
     source.fix_size(size)
     return source
 
@@ -146,7 +137,7 @@ def check_paths(onnx_path: str | Path, output: str | Path, force: bool) -> Path:
 def carry_metadata(
     source: onnx.ModelProto, target: onnx.ModelProto, precision: Precision, extra: dict[str, str] | None = None
 ) -> None:
-    """ModelOpt drops metadata_props: copy the source's (edgepipe's config, if any) and record the precision."""
+    """ModelOpt drops metadata_props: copy the source's (its record, if any) and record the precision."""
     values = {prop.key: prop.value for prop in source.metadata_props}
     values.update({PRECISION_KEY: precision.value, **(extra or {})})
     set_metadata(target, values)

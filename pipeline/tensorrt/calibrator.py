@@ -19,7 +19,7 @@ import calibration
 from pipeline.artifacts import Kind, atomic_output, is_up_to_date, write_manifest
 from pipeline.cuda import autoinit
 from pipeline.errors import EdgepipeError
-from pipeline.onnxfile import onnx_config
+from pipeline.images import ModelInput
 from pipeline.tensorrt.options import onnx_inputs
 
 CALIBRATION_BATCH = 32
@@ -99,7 +99,7 @@ def make_entropy_calibrator(
 def legacy_calibrator(be: Any, model: Any, profiles: dict, calib: Any, engine: Path, inputs: dict) -> tuple[Any, dict]:
     """An entropy calibrator and its fixed-shape calibration profile (TensorRT <= 10.x only)."""
     calib_set = calib if isinstance(calib, calibration.CalibrationSet) else calibration.load(calib)
-    calibration.check_matches(calib_set, onnx_config(model))
+    calibration.check_matches(calib_set, ModelInput.of_onnx(model))
     (name, shape), *others = onnx_inputs(model)
     if others:
         raise EdgepipeError(
