@@ -59,11 +59,11 @@ def draw(
             fix=f"pass --num {least} or more ({per_class}{MIN_TOTAL} in all keep calibration ranges stable)",
         )
     split, source = model_data.split, model_data.source
-    if len(split.pool) < least:
+    if len(split.pool) < MIN_TOTAL:
         raise EdgepipeError(
             f"the calibration pool of {source.spec} has {len(split.pool)} images (the other {len(split.held_out)} are held out for validation); "
-            f"calibration needs at least {least}",
-            fix=f"add images: {int(np.ceil(least / (1 - VAL_FRACTION)))} or more in all",
+            f"calibration needs at least {MIN_TOTAL}",
+            fix=f"add images: {int(np.ceil(MIN_TOTAL / (1 - VAL_FRACTION)))} or more in all",
         )
     picked = model_data.draw(num, seed=seed)
     x, y = model_data.batches(picked, workers=workers, progress="calibrate").collect()

@@ -34,7 +34,7 @@ _SAMPLE = 4096  # points of each batch that pre-screen the rest for the pass/fai
 
 class Fidelity:
     """``update`` with each batch's reference and candidate outputs (same order as ``output_names``);
-    ``result`` gives the figures per output, with the first output's under today's top-level names."""
+    ``result`` gives the figures per output, with the first output's also at the top level."""
 
     def __init__(self, output_names: Sequence[str]):
         if not output_names:
@@ -101,8 +101,8 @@ class Fidelity:
             "outputs": per_output,
         }
         if self._labelled:
-            top1 = 100.0 * self._correct / self._labelled
-            reference_top1 = 100.0 * self._reference_correct / self._labelled
+            top1 = self._correct / self._labelled * 100.0  # as metrics.top1 computes it: the same figure, bit for bit
+            reference_top1 = self._reference_correct / self._labelled * 100.0
             figures.update(
                 labelled=self._labelled, top1=top1, reference_top1=reference_top1, delta=top1 - reference_top1
             )
@@ -157,7 +157,7 @@ class _OutputStats:
             "mean_abs_diff": self.abs_sum / max(self.elements, 1),
             "cosine": self.cosine_sum / max(self.samples, 1),
             "cosine_min": float(self.cosine_min),
-            "argmax_agreement": 100.0 * self.argmax_same / self.argmax_total if self.argmax_total else None,
+            "argmax_agreement": self.argmax_same / self.argmax_total * 100.0 if self.argmax_total else None,
             "argmax_positions": self.argmax_total,
             "required_atol": max(required, 0.0),
             "nonfinite": self.nonfinite,

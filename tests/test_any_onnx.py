@@ -57,8 +57,8 @@ def recognizer(tmp_path_factory):
     """The text recognizer with outlier LayerNorm channels, 100 unlabelled text-line inputs and 64 calibration inputs."""
     folder = tmp_path_factory.mktemp("recognizer")
     model = export_outlier_recognizer(folder / "recognizer.onnx")
-    np.savez(folder / "lines.npz", x=images(TEXT_SHAPE, 100, seed=3))
-    np.savez(folder / "calib.npz", x=images(TEXT_SHAPE, 64, seed=4))
+    np.savez(folder / "lines.npz", inputs=images(TEXT_SHAPE, 100, seed=3))
+    np.savez(folder / "calib.npz", inputs=images(TEXT_SHAPE, 64, seed=4))
     return model
 
 
@@ -207,7 +207,7 @@ def test_int8_without_calibration_data_is_one_clear_error(tmp_path):
 
 def test_bad_calibration_and_data_for_a_budget(tmp_path, recognizer):
     folder = recognizer.parent
-    np.savez(tmp_path / "wrong.npz", x=images((1, 32, 96), 64))
+    np.savez(tmp_path / "wrong.npz", inputs=images((1, 32, 96), 64))
     wrong = run("quantize", recognizer, "--int8", "--calib", tmp_path / "wrong.npz", "-o", tmp_path / "x.onnx")
     one_line_error(wrong, "--calib holds images of shape 1 x 32 x 96", "takes 1 x 32 x 128")
     unlabelled = run(
@@ -241,7 +241,7 @@ def test_int8_of_an_opset_12_model_with_a_plain_npz(tmp_path, recognizer):
 @needs_rtx
 def test_build_engine_int8_of_a_dynamic_model_calibrated_at_the_images_size(tmp_path):
     model = copy_of("se_classifier", tmp_path, dynamic_hw=True)
-    np.savez(tmp_path / "calib.npz", x=images((3, 96, 128), 64, seed=1))
+    np.savez(tmp_path / "calib.npz", inputs=images((3, 96, 128), 64, seed=1))
     shapes = ("--minShapes", "image:1x3x96x96", "--optShapes", "image:1x3x96x128", "--maxShapes", "image:4x3x160x160")
     result = run(
         model, "--int8", "--calib", tmp_path / "calib.npz", *shapes, *TARGET, "--json", command=build_engine_main
@@ -326,12 +326,12 @@ def test_max_drop_on_labelled_images_of_a_classifier(tmp_path):
     model = export_varied_classifier(tmp_path / "classifier.onnx")
     x = images(CLASSIFIER_SHAPE, 80, seed=5)
     y = run_onnxruntime(model, x)["logits"].argmax(-1)  # the FP32 model's own predictions as labels: FP32 top-1 100%
-    np.savez(tmp_path / "photos.npz", x=x, y=y)
+    np.savez(tmp_path / "photos.npz", inputs=x, y=y)  # model inputs, fed as they are
     result = quantize.to_int8(model, tmp_path / "c.int8.onnx", data=tmp_path / "photos.npz", max_drop=10)
     assert result["reference_top1"] == 100.0 and -result["delta"] <= 10 and result["samples"] == 16
     assert (
         result["calibration"]["count"] == 64
-        and result["calibration"]["source"] == "drawn from 64 calibration-pool images of photos.npz"
+        and result["calibration"]["source"] == "drawn from the calibration pool of photos.npz"
     )
     assert len(np.unique(y)) >= 5
 

@@ -121,4 +121,6 @@ def test_calibrate_cli_prints_a_checkpoint_s_draw_in_human_output(runner, traine
     out = tmp_path / "calib.npz"
     result = invoke(runner, "calibrate", "--checkpoint", trained[0], "--num", 100, "-o", out)
     assert result.exit_code == 0, result.output
-    assert "100 images from the calibration pool of digits (10-10 per class), seed 0; 359 images held out" in result.stdout
+    assert (
+        "100 images from the calibration pool of digits (10-10 per class), seed 0; 359 images held out" in result.stdout
+    )

@@ -17,8 +17,8 @@ from conftest import invoke, one_line_error
 from test_modelspec import write_model
 
 from pipeline.commands.build import build_engine_main
-from pipeline.modelspec import ModelSpec, build
 from pipeline.images import Record
+from pipeline.modelspec import ModelSpec, build
 from pipeline.onnxfile import input_info, read_metadata
 from pipeline.tensorrt import backend
 

@@ -284,7 +284,7 @@ def test_npz_labels_checked_against_a_labels_file_and_integral_floats_accepted(t
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\n")
     np.savez(tmp_path / "d.npz", x=np.zeros((3, 8, 8), np.uint8), y=np.array([0.0, 1.0, 2.0]))
-    with pytest.raises(EdgepipeError, match="y\\[2\\] is 2.0, out of range for the 2 names in the labels file"):
+    with pytest.raises(EdgepipeError, match="y\\[2\\] is 2.0, out of range for the 2 class names"):
         images.open_source(str(tmp_path / "d.npz"), labels=labels)
     np.savez(tmp_path / "ok.npz", x=np.zeros((3, 8, 8), np.uint8), y=np.array([0.0, 1.0, 1.0]))
     source = images.open_source(str(tmp_path / "ok.npz"), labels=labels)
@@ -293,11 +293,28 @@ def test_npz_labels_checked_against_a_labels_file_and_integral_floats_accepted(t
 
 def test_bad_npz_arrays(tmp_path):
     np.savez(tmp_path / "no_x.npz", images=np.zeros((2, 8, 8)))
-    with pytest.raises(EdgepipeError, match="has no array x \\(it has: images\\)"):
+    with pytest.raises(EdgepipeError, match="holds neither x nor inputs \\(it has: images\\)"):
         images.open_source(str(tmp_path / "no_x.npz"))
+    np.savez(tmp_path / "both.npz", x=np.zeros((2, 8, 8)), inputs=np.zeros((2, 1, 8, 8)))
+    with pytest.raises(EdgepipeError, match="holds both x and inputs"):
+        images.open_source(str(tmp_path / "both.npz"))
+    np.savez(tmp_path / "normalized.npz", x=np.full((2, 8, 8), -1.5, np.float32))
+    with pytest.raises(
+        EdgepipeError, match="floats outside \\[0, 1\\].*preprocessed model inputs belong in an array named inputs"
+    ):
+        images.open_source(str(tmp_path / "normalized.npz"))
     np.savez(tmp_path / "shape.npz", x=np.zeros((2, 5, 8, 8)))
     with pytest.raises(EdgepipeError, match="x has shape \\(2, 5, 8, 8\\)"):
         images.open_source(str(tmp_path / "shape.npz"))
     (tmp_path / "broken.npz").write_bytes(b"PK not really")
     with pytest.raises(EdgepipeError, match="cannot read"):
         images.open_source(str(tmp_path / "broken.npz"))
+
+
+def test_an_npz_of_inputs_is_fed_as_it_is(tmp_path):
+    inputs = np.random.default_rng(0).standard_normal((6, 1, 32, 100)).astype(np.float32)  # e.g. text lines
+    np.savez(tmp_path / "lines.npz", inputs=inputs, y=np.array([0, 1, 2] * 2))
+    source = images.open_source(str(tmp_path / "lines.npz"))
+    assert source.preprocessed and source.labelled
+    x, y = source.batches(Preprocess.default_for(None, 1), workers=0).collect()
+    np.testing.assert_array_equal(x, inputs) and np.testing.assert_array_equal(y, [0, 1, 2] * 2)

@@ -24,10 +24,12 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def merged(file=None, base=None, channels=3, input_hw=None, **flags):
     """The one merge rule (``PreprocessFlags.resolve``): stored ``base``, then ``file``, then the flags,
     for a model with ``channels`` and a static ``input_hw`` (None: dynamic height/width)."""
-    layout = flags.get("layout") or "nchw"
+    layout = flags.get("layout") if flags.get("layout") in ("nchw", "nhwc") else "nchw"
     height, width = input_hw or ("height", "width")
     shape = ("batch", channels, height, width) if layout == "nchw" else ("batch", height, width, channels)
-    info = ModelInfo(TensorInfo("image", shape, "float32"), layout, (TensorInfo("logits", ("batch", 10), "float32"),), 17, "test")
+    info = ModelInfo(
+        TensorInfo("image", shape, "float32"), layout, (TensorInfo("logits", ("batch", 10), "float32"),), 17, "test"
+    )
     return PreprocessFlags.parse(file=file, **flags).resolve(info, base)
 
 
@@ -109,9 +111,7 @@ def test_default_is_model_size_and_says_so():
     assert pre.apply(_noise(300, 200)).shape == (3, 224, 224)
     # Normalization alone keeps the model's size.
     assert merged(mean="0.5,0.5,0.5", input_hw=(32, 32)).resize == (32, 32)
-    text = merged(
-        resize=256, crop=224, mean="0.485,0.456,0.406", std="0.229,0.224,0.225", layout="nhwc"
-    ).describe()
+    text = merged(resize=256, crop=224, mean="0.485,0.456,0.406", std="0.229,0.224,0.225", layout="nhwc").describe()
     assert "256 on the shorter side" in text and "centre-cropped to 224x224" in text and "NHWC" in text
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from pipeline import cuda
-from pipeline.images import ModelData, ModelInput
 from pipeline.errors import EdgepipeError
+from pipeline.images import ModelData, ModelInput
 from pipeline.metrics import compare_logits
 from pipeline.runtime import NoGpuError, check_batch, predict
 from pipeline.runtime import open_runner as load_runner

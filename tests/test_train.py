@@ -5,8 +5,8 @@ import torch
 import models
 from pipeline import train
 from pipeline.checkpoint import load_checkpoint
-from pipeline.images import ModelData, ModelInput, open_source
 from pipeline.errors import EdgepipeError
+from pipeline.images import ModelData, ModelInput, open_source
 from pipeline.runtime import predict
 from pipeline.runtime.pytorch import TorchRunner
 

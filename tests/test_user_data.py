@@ -183,9 +183,19 @@ def test_validate_needs_data_and_the_flags_merge_over_what_a_model_records(photo
     Preprocess.from_dict({"resize": 300, "crop": 224}).store_in(model)
     onnx.save(model, str(tmp_path / "ours.onnx"))
     flags = PreprocessFlags.parse(resize="256")
-    result = validate.validate(tmp_path / "ours.onnx", [tmp_path / "ours.onnx"], data=str(photos[0]), labels=photos[1], preprocess=flags, workers=0)
+    result = validate.validate(
+        tmp_path / "ours.onnx",
+        [tmp_path / "ours.onnx"],
+        data=str(photos[0]),
+        labels=photos[1],
+        preprocess=flags,
+        workers=0,
+    )
     assert result["preprocess"]["origin"] == "stored, then given"
-    assert result["preprocess"]["preprocess"]["resize"] == 256 and result["preprocess"]["preprocess"]["crop"] == [224, 224]
+    assert result["preprocess"]["preprocess"]["resize"] == 256 and result["preprocess"]["preprocess"]["crop"] == [
+        224,
+        224,
+    ]
 
 
 # --- calibrate, then quantize and validate on the held-out rest ----------------------------------

@@ -11,7 +11,7 @@ def test_validate_rows_and_error_row(trained, exported, tmp_path):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"\x00garbage")
     result = validate.validate(trained[0], [exported, broken])
-    assert result["reference"]["samples"] == len(trained[1]["split"]["val_indices"])
+    assert result["reference"]["samples"] == trained[1]["split"]["counts"]["held_out"]
     ok, bad = result["rows"]
     assert ok["status"] == "ok" and ok["precision"] == "fp32"
     assert ok["agreement"] == 100.0 and abs(ok["delta"]) < 1e-9 and ok["max_abs_diff"] < 1e-4 and ok["cosine"] > 0.9999

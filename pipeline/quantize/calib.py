@@ -86,7 +86,7 @@ def _given_images(calib: Any, model_input: ModelInput, reading: dict[str, Any]) 
     picked = images.draw(range(len(images)), calibration.DEFAULT_NUM, seed=0)
     x, y = images.batches(model_input.preprocess, picked, workers=reading["workers"], progress="calibration").collect()
     of = f" (seeded draw of {len(images):,})" if len(picked) < len(images) else ""
-    return Images(x, y, "calibration", f"{len(picked):,} calibration images of {Path(str(calib)).name}{of}")
+    return Images(x, y, "calibration", f"{len(picked):,} calibration images from {Path(str(calib)).name}{of}")
 
 
 def calibration_sha256(calib: Any) -> str:
