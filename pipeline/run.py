@@ -99,8 +99,9 @@ def run(
         raise EdgepipeError(
             f"--onnx {start.file} is where this run writes its copy of the model", fix="pass another -o DIR"
         )
+    max_drop = _budget(start, chosen.max_drop)
     folder.mkdir(parents=True, exist_ok=True)
-    plan = Plan(start, chosen, folder, data, _budget(start, chosen.max_drop))
+    plan = Plan(start, chosen, folder, data, max_drop)
     backend, engines_note = _backend(chosen.engines)
     if chosen.engines and backend is None:
         info_styled(f"engines skipped: {engines_note}", "yellow")

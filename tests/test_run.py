@@ -127,7 +127,9 @@ def test_training_run_and_failed_stage_is_recorded(tmp_path, runner):
     (tmp_path / "other").mkdir()
     import numpy as np
 
-    np.savez(tmp_path / "three.npz", x=np.random.rand(30, 8, 8).astype("float32"), y=np.arange(30) % 3)
+    x = np.random.rand(30, 8, 8).astype("float32")
+    x[:, 0, 0] = np.nan  # listed at the start; read, and refused, by the stage that reads it
+    np.savez(tmp_path / "three.npz", x=x, y=np.arange(30) % 3)
     ckpt = tmp_path / "ok" / "checkpoint.pt"
     result = invoke(
         runner,
@@ -145,7 +147,7 @@ def test_training_run_and_failed_stage_is_recorded(tmp_path, runner):
     )
     assert result.exit_code == 1
     stages = json.loads(result.stdout)["stages"]
-    assert stages["export"]["status"] == "failed" and "3 classes" in stages["export"]["reason"]
+    assert stages["export"]["status"] == "failed" and "holds NaN or Inf values" in stages["export"]["reason"]
     assert stages["validate"]["status"] == "skipped"
     strict = invoke(
         runner,
@@ -161,7 +163,8 @@ def test_training_run_and_failed_stage_is_recorded(tmp_path, runner):
         tmp_path / "other",
         "--strict",
     )
-    assert strict.exit_code == 1 and strict.stderr.strip().splitlines()[-1].startswith("Error: dataset")
+    last = strict.stderr.strip().splitlines()[-1]
+    assert strict.exit_code == 1 and last.startswith("Error: ") and "NaN or Inf" in last
 
 
 @pytest.mark.parametrize(
@@ -290,6 +293,7 @@ def test_run_from_an_onnx_model_uses_it_as_the_reference(exported, tmp_path, cap
         **FAST,
     )
     assert {name: s["status"] for name, s in again["stages"].items()} == {
+        "import": "reused",
         "quantize-fp16": "reused",
         "validate": "done",
         "bench": "reused",
@@ -310,7 +314,7 @@ def test_run_from_an_onnx_without_edgepipe_metadata_is_titled_by_its_file(export
     assert report["model"] == "resnet_foreign.onnx"
     assert (
         report["stages"]["validate"]["status"] == "failed"
-        and "no edgepipe metadata" in report["stages"]["validate"]["reason"]
+        and "records no data" in report["stages"]["validate"]["reason"]
     )
     markdown = (tmp_path / "run" / "report.md").read_text()
     assert markdown.startswith("# edgepipe run: resnet_foreign.onnx on digits\n")

@@ -215,7 +215,7 @@ def test_calibrate_from_the_pool_quantize_and_validate_on_the_held_out_rest(phot
         labels,
         *TIMM,
         "--num",
-        64,
+        80,
         "-o",
         calib,
         "--json",
@@ -223,7 +223,7 @@ def test_calibrate_from_the_pool_quantize_and_validate_on_the_held_out_rest(phot
     assert result.exit_code == 0, result.output
     drawn = calibration.load(calib)
     manifest = read_manifest(calib)
-    assert drawn.images.shape == (64, 3, 224, 224) and sorted(np.bincount(drawn.labels)) == [6] * 6 + [7] * 4
+    assert drawn.images.shape == (80, 3, 224, 224) and np.bincount(drawn.labels).tolist() == [8] * 10
     assert (
         manifest["params"]["split"] == "pool"
         and manifest["preprocess"]["crop"] == [224, 224]
@@ -323,7 +323,7 @@ def test_quantize_fp16_and_int8_on_an_image_folder_store_the_preprocessing(photo
     checked = json.loads(result.stdout)
     assert (
         checked["calibration"]["count"] == 80
-        and "calibration-pool images of photos" in checked["calibration"]["source"]
+        and "drawn from the calibration pool of photos" in checked["calibration"]["source"]
     )
     assert checked["check"]["text"] == "20 held-out images of photos" and checked["agreement"] >= 50.0
     report = validate.validate(
@@ -340,10 +340,10 @@ def test_folder_flags_need_a_folder(photos, tmp_path):
         "describe a folder of images (--data or --calib)",
     )
     lines = tmp_path / "lines.npz"
-    np.savez(lines, x=np.zeros((8, 1, 32, 128), np.float32))
+    np.savez(lines, inputs=np.zeros((8, 1, 32, 128), np.float32))
     one_line_error(
         cli("quantize", model, "--fp16", "--data", lines, "--resize", "64", "-o", tmp_path / "r.onnx"),
-        "--resize applies to a folder of images",
+        "the preprocessing flags apply to pixels",
         "already preprocessed",
     )
     one_line_error(cli("build", model, "--fp16", "--labels", labels), "describe a folder of images (--data or --calib)")
@@ -359,7 +359,7 @@ def test_int8_calibrates_on_a_folder_given_as_calib(photos, tmp_path):
     assert checked["calibration"]["count"] == 100 and checked["calibration"]["source"] == str(photos[2])
     assert checked["calibration"]["sha256"] == quantize.calibration_sha256(photos[2])
     assert (
-        checked["check"]["text"] == "the 100 calibration images of flat"
+        checked["check"]["text"] == "the 100 calibration images from flat"
         and checked["check"]["hint"] == "pass --data for held-out images"
     )
 

@@ -52,6 +52,11 @@ class ModelData:
             )
         names = None if labels is not None else record.class_names
         source = open_source(spec, labels=labels, num_classes=model_input.num_classes, names=names)
+        if source.preprocessed and "given" in model_input.origin:
+            raise EdgepipeError(
+                f"the preprocessing flags apply to pixels; {Path(source.spec).name} holds inputs, already preprocessed for the model",
+                fix="drop the preprocessing flags, or save the pixels as x",
+            )
         if not source.preprocessed:
             model_input.require_size()
         if record.split and record.split.get("source_sha256") == source.sha256:
