@@ -240,11 +240,16 @@ def export_two_input_model(path, opset: int = 17, seed: int = 0) -> Path:
     return _export(model, path, examples, names, ["logits"], _batch_axes([*names, "logits"], "dynamic"), opset)
 
 
-def export_text_recognizer(path, opset: int = 17, batch="dynamic", seed: int = 0) -> Path:
-    """CRNN-like recognizer: "image" N x 1 x 32 x 128 -> "char_logits" N x 32 x 37."""
+def export_text_recognizer(path, opset: int = 17, batch="dynamic", seed: int = 0, dynamic_hw: bool = False) -> Path:
+    """CRNN-like recognizer: "image" N x 1 x 32 x 128 -> "char_logits" N x 32 x 37 (``dynamic_hw``: H and W named)."""
     model = _seeded(TextRecognizer(), seed)
     n = 1 if batch == "dynamic" else int(batch)
     axes = _batch_axes(["image", "char_logits"], batch)
+    if dynamic_hw:
+        axes = {
+            "image": {**axes.get("image", {}), 2: "height", 3: "width"},
+            "char_logits": {**axes.get("char_logits", {}), 1: "steps"},
+        }
     return _export(model, path, (torch.randn(n, *TEXT_SHAPE),), ["image"], ["char_logits"], axes, opset)
 
 

@@ -362,3 +362,25 @@ def test_keeping_a_node_in_high_precision_takes_only_its_quantized_inputs(tmp_pa
     assert outputs.shape == (2, 32, 37) and np.isfinite(outputs).all()
     with pytest.raises(EdgepipeError, match="no node named /nope"):
         quantize.keep_in_high_precision(plain, ["/nope"])
+
+
+def test_a_dynamic_hw_recognizer_is_quantized_and_validated_on_the_same_inputs(tmp_path):
+    """An .npz's ``inputs`` are preprocessed model inputs to every command: quantize and validate read them alike."""
+    from foreign_models import export_text_recognizer
+
+    model = export_text_recognizer(tmp_path / "rec.onnx", dynamic_hw=True)
+    np.savez(tmp_path / "lines.npz", inputs=images(TEXT_SHAPE, 64, seed=4))
+    np.savez(tmp_path / "val.npz", inputs=images(TEXT_SHAPE, 40, seed=5))
+    int8 = tmp_path / "rec.int8.onnx"
+    made = run(
+        "quantize", model, "--int8", "--calib", tmp_path / "lines.npz", "--data", tmp_path / "val.npz", "-o", int8
+    )
+    assert made.exit_code == 0, made.output
+    for output in ((), ("--json",)):
+        checked = run("validate", "--reference", model, int8, "--data", tmp_path / "val.npz", *output)
+        assert checked.exit_code == 0, checked.output
+    report = json.loads(checked.stdout)
+    row = report["rows"][0]
+    assert row["status"] == "ok" and row["outputs"]["char_logits"]["argmax_positions"] > 0
+    assert report["images"]["kind"] == ".npz" and report["images"]["which"] == "held-out"  # what quantize compared on
+    assert report["reference"]["samples"] == 8

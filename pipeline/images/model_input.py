@@ -226,5 +226,5 @@ class ModelInput:
             "origin": self.origin,
             "input": self.info.input_name,
             "layout": self.info.layout,
-            "sample_shape": list(self.sample_shape),
+            "sample_shape": list(self.sample_shape) if self.preprocess.output_hw or not self.info.dynamic_hw else None,
         }
