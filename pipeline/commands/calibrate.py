@@ -17,7 +17,7 @@ from pipeline.progress import out
     help="The model to calibrate for: a checkpoint, an edgepipe export, or any single-image-input .onnx (then --data is needed).",
 )
 @data_option(
-    help="Images to draw from: an ImageFolder, a folder of images, an .npz with x (and y), or 'digits'. "
+    help="Images to draw from: an ImageFolder, a folder of images, an .npz with pixels x or model inputs (and y), or 'digits'. "
     "Default: an edgepipe model's own training data (training split only)."
 )
 @preprocess_options

@@ -65,9 +65,9 @@ def parse_input_size(text):
     "--calib",
     default=None,
     metavar="CALIB.npz|DIR",
-    help="Calibration images: a set from 'edgepipe calibrate', an .npz with x (preprocessed, in the model's layout; y optional), "
-    "or a folder of images (read through the model's preprocessing). "
-    "Default: 512 images drawn from an edgepipe model's training split; another model needs --calib or --data.",
+    help="Calibration images: a set from 'edgepipe calibrate', a folder of images or an .npz with pixels x (read through "
+    "the model's preprocessing), or an .npz with model inputs (fed as they are; y optional). "
+    "Default: 512 images drawn from the calibration pool of --data, or of the data the model records.",
 )
 @click.option(
     "--method",
@@ -110,10 +110,10 @@ def parse_input_size(text):
     help="Height and width to convert and check a model with dynamic ones at (default: the model's, or the images').",
 )
 @data_option(
-    help="Images to check against FP32 on: 'digits', an ImageFolder or an .npz for an edgepipe model (default: its held-out split); "
-    "for another model a folder of images (class sub-folders for labels) read through its preprocessing, or an .npz with x "
-    "already preprocessed [, y]; split into a calibration pool and held-out images. "
-    "Without it, FP16 of another model is checked on seeded synthetic inputs."
+    help="Images to check against FP32 on (default: the data the model records): 'digits', a folder of images (class "
+    "sub-folders for labels) or an .npz with pixels x, read through the model's preprocessing, or an .npz with model "
+    "inputs [, y]; split into a calibration pool and held-out images. "
+    "Without any, FP16 is checked on seeded synthetic inputs."
 )
 @preprocess_options
 @force_option

@@ -39,7 +39,9 @@ from pipeline.run import BUDGET_DEFAULT, DEFAULT_MAX_DROP, run
     default=None,
     help="Start from this ONNX model: an edgepipe export, or any single-image-input ONNX (then give --data). No PyTorch reference then.",
 )
-@data_option(help="Dataset: 'digits' (the default), an ImageFolder, a folder of images, or an .npz with x (and y).")
+@data_option(
+    help="Dataset: 'digits' (the default), an ImageFolder, a folder of images, or an .npz with pixels x or model inputs (and y)."
+)
 @preprocess_options
 @precisions_option(default="fp32,fp16,int8", help="Comma-separated precisions to make and measure.")
 @click.option("-o", "--output", default=None, metavar="DIR", help="Run directory (default: runs/MODEL).")

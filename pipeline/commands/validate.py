@@ -22,7 +22,7 @@ from pipeline.validate import SPLITS, validate
 )
 @click.argument("artifacts", nargs=-1, required=True, metavar="ARTIFACT...")
 @data_option(
-    help="Images to validate on: an ImageFolder, a folder of images, an .npz with x (and y), or 'digits'. "
+    help="Images to validate on: an ImageFolder, a folder of images, an .npz with pixels x or model inputs (and y), or 'digits'. "
     "Default: the data an edgepipe model records; a model edgepipe did not export needs it."
 )
 @preprocess_options
