@@ -19,7 +19,6 @@ __all__ = [
     "register_model",
 ]
 
-TIMM_PREFIX = "timm:"
 
 _REGISTRY: dict[str, dict[str, Any]] = {}
 
@@ -44,8 +43,6 @@ def register_model(
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
-        if key.startswith(TIMM_PREFIX):
-            raise ValueError(f"model names may not start with {TIMM_PREFIX!r}: {key!r}")
         if key in _REGISTRY and _REGISTRY[key]["fn"] is not fn:
             raise ValueError(f"model {key!r} is already registered")
         info: dict[str, Any] = {"name": key, "attention": attention, "description": description}
@@ -77,32 +74,13 @@ def _unknown(name: str) -> UnknownModelError:
 
 def model_info(name: str) -> dict[str, Any]:
     """Name, attention kind, description and (where known) default_epochs/default_lr of a model."""
-    if name.startswith(TIMM_PREFIX):
-        return {"name": name, "attention": "timm", "description": f"timm model {name[len(TIMM_PREFIX) :]}"}
     if name not in _REGISTRY:
         raise _unknown(name)
     return dict(_REGISTRY[name]["info"])
 
 
-def _create_timm(name: str, num_classes: int, in_chans: int, **kw) -> nn.Module:
-    """Build a timm model with random weights (edgepipe loads weights from local files only)."""
-    try:
-        import timm
-    except ImportError:
-        raise UnknownModelError(
-            f"cannot build {TIMM_PREFIX}{name}: timm is not installed; pip install 'edgepipe[timm]'"
-        ) from None
-    try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kw)
-    except RuntimeError as exc:  # timm's "Unknown model (...)"
-        raise UnknownModelError(f"unknown timm model {name!r}: {exc}") from None
-
-
 def create(name: str, *, num_classes: int = 10, in_chans: int = 1, img_size: int = 32, **kw) -> nn.Module:
-    """Build registered model ``name`` (or ``timm:NAME``) with random weights."""
-    if name.startswith(TIMM_PREFIX):
-        # timm models take their input size from the data; img_size does not apply.
-        return _create_timm(name[len(TIMM_PREFIX) :], num_classes, in_chans, **kw)
+    """Build registered model ``name`` with random weights (timm models: ``pipeline.timm_models``)."""
     if name not in _REGISTRY:
         raise _unknown(name)
     return _REGISTRY[name]["fn"](num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)

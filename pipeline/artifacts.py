@@ -121,11 +121,6 @@ class Artifact:
         )
 
 
-def current(path: str | Path, kind: Kind | str, inputs: dict[str, Any], params: dict[str, Any]) -> Artifact | None:
-    """The artifact at ``path`` when it may be reused: same kind, inputs and settings, file intact."""
-    return None if why_stale(path, kind, inputs, params) else Artifact.open(path)
-
-
 # How a reason names an input role: "exists but was made from other inputs: another ONNX model".
 ROLE_NAMES = {"onnx": "ONNX model", "checkpoint": "checkpoint", "calibration": "calibration set", "data": "dataset"}
 

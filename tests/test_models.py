@@ -69,8 +69,11 @@ def test_timm_not_installed_error():
         pass
     else:
         pytest.skip("timm is installed")
-    with pytest.raises(models.UnknownModelError, match=r"timm is not installed; pip install 'edgepipe\[timm\]'"):
-        models.create("timm:resnet18")
+    from pipeline.errors import EdgepipeError
+    from pipeline.modelspec import ModelSpec, build
+
+    with pytest.raises(EdgepipeError, match="timm models need timm, which does not import here"):
+        build(ModelSpec.parse("timm:resnet18"))  # the one road to timm: pipeline.timm_models
 
 
 def test_register_model_decorator():

@@ -38,7 +38,7 @@ from pipeline.progress import out
 @force_option
 @json_option
 def calibrate_command(checkpoint, data, preprocess, labels, workers, num, seed, output, force, as_json):
-    """Draw a class-balanced calibration set from the model's calibration pool.
+    """Draw a class-balanced calibration set from the model's training split.
 
     Seeded, and never from held-out images: from the data and split the model records, or from
     --data (a seeded split keeps 20% held out for validate, recorded in the set's manifest),
