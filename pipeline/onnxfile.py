@@ -37,22 +37,3 @@ def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
     del model.metadata_props[:]
     for key, value in sorted(current.items()):
         model.metadata_props.add(key=key, value=value)
-
-
-def input_info(model: onnx.ModelProto) -> tuple[str, list[int | str]]:
-    """Name and shape (ints, or a name for a dynamic dimension) of the model's single input."""
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise EdgepipeError(
-            f"the model has {len(inputs)} inputs; edgepipe handles image classifiers with one",
-            fix="export a model with a single image input",
-        )
-    dims = inputs[0].type.tensor_type.shape.dim
-    return inputs[0].name, [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
-
-
-def static_batch(model: onnx.ModelProto) -> int | None:
-    """The fixed batch size of the input, or None when the batch is dynamic."""
-    _, shape = input_info(model)
-    return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None

@@ -200,8 +200,7 @@ class Plan:
 
 def table(plan: Plan, backend) -> list[Stage]:
     """The run's stages in order; a start decides only its first ("train"/"export" or "import")."""
-    start, chosen, wanted, fp32 = plan.start, plan.chosen, plan.chosen.precisions, plan.onnx[Precision.FP32]
-    to_onnx = (plan.first,)
+    start, chosen = plan.start, plan.chosen
     train_settings = {
         "model": start.name,
         "model_spec": start.spec and start.spec.to_json(),
@@ -210,7 +209,13 @@ def table(plan: Plan, backend) -> list[Stage]:
         "seed": chosen.seed,
     }
     weights = {"weights": sha256_file(chosen.weights)} if chosen.weights else {}
-    engine = {"backend": backend.name, "backend_version": backend.version} if backend else {}
+    return [*_making(plan, train_settings, weights), *_measuring(plan, backend)]
+
+
+def _making(plan: Plan, train_settings: dict[str, Any], weights: dict[str, str]) -> list[Stage]:
+    """The stages that make the models: the first (import, or train and export), calibrate, quantize."""
+    start, chosen, wanted, fp32 = plan.start, plan.chosen, plan.chosen.precisions, plan.onnx[Precision.FP32]
+    to_onnx = (plan.first,)
     return [
         Stage(
             "import",
@@ -270,6 +275,14 @@ def table(plan: Plan, backend) -> list[Stage]:
             needs=to_onnx,
             when=Precision.FP16 in wanted,
         ),
+    ]
+
+
+def _measuring(plan: Plan, backend) -> list[Stage]:
+    """The stages that build engines and measure every artifact."""
+    start, chosen, wanted, to_onnx = plan.start, plan.chosen, plan.chosen.precisions, (plan.first,)
+    engine = {"backend": backend.name, "backend_version": backend.version} if backend else {}
+    return [
         *[
             Stage(
                 f"build-{p}",

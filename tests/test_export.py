@@ -6,7 +6,7 @@ import pytest
 from pipeline import export
 from pipeline.errors import EdgepipeError
 from pipeline.images import ModelInput, Record
-from pipeline.onnxfile import static_batch
+from pipeline.onnxinfo import describe
 
 
 def test_export_passes_checker_and_matches_pytorch(trained, tmp_path):
@@ -18,7 +18,7 @@ def test_export_passes_checker_and_matches_pytorch(trained, tmp_path):
     assert result["top1_agreement"] == 100.0
     assert result["samples"] == 359
     assert result["top1_onnx"] == pytest.approx(config["train"]["val_top1"])
-    assert static_batch(model) == 1
+    assert describe(model).batch == 1
 
 
 def test_export_metadata_carries_what_later_stages_need(exported, trained):
@@ -32,12 +32,12 @@ def test_export_metadata_carries_what_later_stages_need(exported, trained):
     assert record == ModelInput.of_config(trained[1]).record
     assert record.split == trained[1]["split"] and record.source == "digits"
     assert "edgepipe.config" not in meta
-    assert static_batch(model) is None
+    assert describe(model).batch is None
 
 
 def test_export_with_fixed_batch_pads_the_last_batch(trained, tmp_path):
     result = export.export(trained[0], tmp_path / "b8.onnx", batch=8)
-    assert static_batch(onnx.load(str(tmp_path / "b8.onnx"))) == 8
+    assert describe(onnx.load(str(tmp_path / "b8.onnx"))).batch == 8
     assert result["top1_agreement"] == 100.0
 
 

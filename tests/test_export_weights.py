@@ -19,7 +19,8 @@ from test_modelspec import write_model
 from pipeline.commands.build import build_engine_main
 from pipeline.images import Record
 from pipeline.modelspec import ModelSpec, build
-from pipeline.onnxfile import input_info, read_metadata
+from pipeline.onnxfile import read_metadata
+from pipeline.onnxinfo import describe
 from pipeline.tensorrt import backend
 
 SYNTHETIC = "32 synthetic inputs (seeded); pass --data for your images"
@@ -90,7 +91,7 @@ def test_pt_weights_export_at_the_given_size_proven_on_synthetic_inputs_and_buil
         and metadata["edgepipe.weights_sha256"] == sha256
     )
     assert json.loads(metadata["edgepipe.input_shape"]) == [3, 96, 96] and metadata["edgepipe.num_classes"] == "10"
-    assert input_info(proto)[1] == [1, 3, 96, 96]
+    assert list(describe(proto).input.shape) == [1, 3, 96, 96]
     manifest = json.loads((tmp_path / "model.onnx.manifest.json").read_text())
     assert (
         manifest["inputs"] == {"weights": sha256} and manifest["parity"]["checked_on"] == "32 synthetic inputs (seeded)"
@@ -154,7 +155,7 @@ def test_safetensors_export_at_the_models_own_size_with_dynamic_size(net, tmp_pa
     assert (
         figures["input_shape"] == [3, 96, 96] and figures["num_classes"] == 5 and figures["dynamic_size"] is True
     )  # img_size 96, RGB
-    assert input_info(onnx.load(str(onnx_path)))[1] == ["batch", 3, "height", "width"]
+    assert list(describe(onnx.load(str(onnx_path))).input.shape) == ["batch", 3, "height", "width"]
 
     # the open height and width really are open: another size and batch match PyTorch too
     x = np.random.default_rng(1).standard_normal((3, 3, 64, 80)).astype(np.float32)
@@ -211,7 +212,7 @@ def test_weights_export_errors_are_one_line_and_write_nothing(net, tmp_path, run
         "--json",
     )
     assert sized.exit_code == 0, sized.output
-    assert json.loads(sized.stdout)["num_classes"] == 4 and input_info(onnx.load(str(out)))[1] == [4, 3, 40, 40]
+    assert json.loads(sized.stdout)["num_classes"] == 4 and list(describe(onnx.load(str(out))).input.shape) == [4, 3, 40, 40]
 
 
 def test_a_zoo_models_plain_state_dict_still_means_the_bundled_digits(tmp_path, runner):

@@ -74,17 +74,8 @@ def to_fp16(
     output = check_paths(onnx_path, output, force)
     source = open_fp32(onnx_path, "--fp16", reading.size, reading.size_flag)
     model_input, model_data = model_data_for(source, reading)
-    if model_data is not None:
-        images = check_images(model_data, source, reading.workers)
-    else:
-        images = synthetic(source.info, source.sample_shape)
-        images.hint = "pass --data for your images"
-    note = source.prepare(images.x, "synthetic inputs" if images.what == "synthetic" else "held-out images")
-    if note:
-        say(note)
-    comparison = Comparison(source.fp32.SerializeToString(), images, source.info)
+    comparison = _comparison(source, model_data, reading.workers)
     record = comparison.record()
-    say(f"FP16 is checked against FP32 on {record['text']}" + (f"; {record['hint']}" if record["hint"] else ""))
     converted, present = _convert(source)
     carry_metadata(source.model, converted, Precision.FP16)
     stored_record(model_input, model_data, converted)  # later stages read the images the same way, with no flags
@@ -122,6 +113,22 @@ def to_fp16(
         **facts,
         **figures,
     }
+
+
+def _comparison(source: Fp32Source, model_data, workers: int | None) -> Comparison:
+    """FP32 run once on the held-out images (or seeded synthetic inputs), to compare FP16 with."""
+    if model_data is not None:
+        images = check_images(model_data, source, workers)
+    else:
+        images = synthetic(source.info, source.sample_shape)
+        images.hint = "pass --data for your images"
+    note = source.prepare(images.x, "synthetic inputs" if images.what == "synthetic" else "held-out images")
+    if note:
+        say(note)
+    comparison = Comparison(source.fp32.SerializeToString(), images, source.info)
+    record = comparison.record()
+    say(f"FP16 is checked against FP32 on {record['text']}" + (f"; {record['hint']}" if record["hint"] else ""))
+    return comparison
 
 
 def _convert(source: Fp32Source) -> tuple[onnx.ModelProto, list[str]]:

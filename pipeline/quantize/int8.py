@@ -103,16 +103,8 @@ def to_int8(
     _check_node_names(source.model, list(settings.exclude_nodes))
     model_input, model_data = model_data_for(source, reading)
     calib_images, calib_info = calibration_images(calib, model_data, source, model_input, reading.__dict__)
-    compare_on = (
-        check_images(model_data, source, reading.workers) if model_data is not None else _on_calibration(calib_images)
-    )
-    budget.check_images(compare_on.labelled, compare_on.text)
-    note = source.prepare(calib_images.x, "calibration images")
-    if note:
-        say(note)
-    comparison = Comparison(source.fp32.SerializeToString(), compare_on, source.info)
+    compare_on, comparison = _comparison(source, model_data, calib_images, budget, reading.workers)
     record = comparison.record()
-    say(f"INT8 is checked against FP32 on {record['text']}" + (f"; {record['hint']}" if record["hint"] else ""))
     outcome, attempts, per_node = _quantized(source, settings, budget, calib_images.x, compare_on.x, comparison)
     quantized, figures, kept = outcome.model, outcome.figures, outcome.kept_nodes
     recipe = settings.recipe(kept)
@@ -152,6 +144,21 @@ def to_int8(
     )
     result = {"onnx": str(output), "source": str(onnx_path), "precision": "int8", "seconds": seconds}
     return {**result, **recipe, **budget.record(), **facts, **figures}
+
+
+def _comparison(
+    source: Fp32Source, model_data, calib_images: Images, budget: Budget, workers
+) -> tuple[Images, Comparison]:
+    """What INT8 is compared with FP32 on (held-out images, else the calibration images), and the comparison."""
+    compare_on = check_images(model_data, source, workers) if model_data is not None else _on_calibration(calib_images)
+    budget.check_images(compare_on.labelled, compare_on.text)
+    note = source.prepare(calib_images.x, "calibration images")
+    if note:
+        say(note)
+    comparison = Comparison(source.fp32.SerializeToString(), compare_on, source.info)
+    record = comparison.record()
+    say(f"INT8 is checked against FP32 on {record['text']}" + (f"; {record['hint']}" if record["hint"] else ""))
+    return compare_on, comparison
 
 
 def _on_calibration(calib_images: Images) -> Images:
