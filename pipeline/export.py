@@ -9,6 +9,7 @@ images or on synthetic inputs as they would any model.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,67 +42,77 @@ SYNTHETIC_TEXT = f"{SYNTHETIC_COUNT} synthetic inputs (seeded)"
 SYNTHETIC_HINT = "pass --data for your images"
 
 
-def export(
-    checkpoint: str | Path,
-    output: str | Path,
-    model_name: str | None = None,
-    opset: int = DEFAULT_OPSET,
-    batch: int = 1,
-    dynamic_batch: bool = False,
-    data: str | None = None,
-    force: bool = False,
-    trust_model_code: bool = False,
-    input_shape: tuple[int, int, int] | None = None,
-    dynamic_size: bool = False,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ExportSettings:
+    """How a model is exported: the model code, opset, batch and size, the data it is proven on."""
+
+    model_name: str | ModelSpec | None = None
+    opset: int = DEFAULT_OPSET
+    batch: int = 1
+    dynamic_batch: bool = False
+    data: str | None = None
+    force: bool = False
+    trust_model_code: bool = False
+    input_shape: tuple[int, int, int] | None = None
+    dynamic_size: bool = False
+
+    def __post_init__(self) -> None:
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise EdgepipeError(
+                f"opset {self.opset} is not supported",
+                fix=f"pass --opset between {MIN_OPSET} and {MAX_OPSET} (TensorRT needs >= 13 for INT8)",
+            )
+        if self.batch < 1:
+            raise EdgepipeError(
+                f"--batch must be at least 1, got {self.batch}", fix="pass --batch 1 or more, or --dynamic-batch"
+            )
+
+    def params(self, input_shape: list[int] | None = None) -> dict[str, Any]:
+        """What the manifest records of these settings."""
+        return {
+            "opset": self.opset,
+            "batch": None if self.dynamic_batch else self.batch,
+            "precision": "fp32",
+            **({"input_shape": input_shape} if input_shape is not None else {}),
+            **({"dynamic_size": True} if self.dynamic_size else {}),
+        }
+
+
+def export(checkpoint: str | Path, output: str | Path, **options: Any) -> dict[str, Any]:
     """Write ``output`` from ``checkpoint`` and return the parity figures; fail if they are off.
 
-    ``input_shape`` (C, H, W) exports at another size than the checkpoint's (one forward pass
-    first proves the model takes it); ``dynamic_size`` also leaves height and width open. A plain
-    weights file with a timm or user-code ``model_name`` and no ``data`` is exported from the
-    model alone (:func:`_export_weights`).
+    ``options``: the fields of ``ExportSettings``. ``input_shape`` (C, H, W) exports at another
+    size than the checkpoint's (one forward pass first proves the model takes it); ``dynamic_size``
+    also leaves height and width open. A plain weights file with a timm or user-code ``model_name``
+    and no ``data`` is exported from the model alone (:func:`_export_weights`).
     """
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise EdgepipeError(
-            f"opset {opset} is not supported",
-            fix=f"pass --opset between {MIN_OPSET} and {MAX_OPSET} (TensorRT needs >= 13 for INT8)",
-        )
-    if batch < 1:
-        raise EdgepipeError(
-            f"--batch must be at least 1, got {batch}", fix="pass --batch 1 or more, or --dynamic-batch"
-        )
-    output = check_output(output, force)
-    given = ModelSpec.parse(model_name) if isinstance(model_name, str) else model_name
+    settings = ExportSettings(**options)
+    output = check_output(output, settings.force)
+    given = ModelSpec.parse(settings.model_name) if isinstance(settings.model_name, str) else settings.model_name
     # A zoo model's plain state dict keeps meaning edgepipe's own data (the bundled digits by default).
-    if data is None and given is not None and given.kind != "zoo" and not is_checkpoint(checkpoint):
-        return _export_weights(checkpoint, output, given, opset, batch, dynamic_batch, input_shape, dynamic_size)
-    model, config = load_checkpoint(checkpoint, model_name=model_name, data=data, trust_model_code=trust_model_code)
-    if input_shape is not None and list(input_shape) != config["input_shape"]:
-        probe(model, tuple(input_shape))  # one line naming what the forward pass raised
-        config = {**config, "input_shape": list(input_shape), **_resized_preprocess(config, input_shape)}
-    x_val, y_val = ModelData.of(ModelInput.of_config(config, name=Path(checkpoint).name), data).batches().collect()
-
+    if settings.data is None and given is not None and given.kind != "zoo" and not is_checkpoint(checkpoint):
+        return _export_weights(checkpoint, output, given, settings)
+    model, config = load_checkpoint(
+        checkpoint, model_name=settings.model_name, data=settings.data, trust_model_code=settings.trust_model_code
+    )
+    shape = settings.input_shape
+    if shape is not None and list(shape) != config["input_shape"]:
+        probe(model, tuple(shape))  # one line naming what the forward pass raised
+        config = {**config, "input_shape": list(shape), **_resized_preprocess(config, shape)}
+    model_input = ModelInput.of_config(config, name=Path(checkpoint).name)
+    x_val, y_val = ModelData.of(model_input, settings.data).batches().collect()
     with atomic_output(output) as tmp:
-        _export_to(model, config, tmp, opset, batch, dynamic_batch, dynamic_size, _checkpoint_metadata(config))
+        _export_to(model, config, tmp, settings, _checkpoint_metadata(config))
         figures = _parity(model, tmp, x_val, y_val)
+    params = settings.params(config["input_shape"] if shape is not None else None)
+    inputs = {"checkpoint": config["checkpoint_sha256"]}
+    record = model_record(config)
     write_manifest(
-        output,
-        Kind.ONNX,
-        inputs={"checkpoint": config["checkpoint_sha256"]},
-        params={
-            "opset": opset,
-            "batch": None if dynamic_batch else batch,
-            "precision": "fp32",
-            **({"input_shape": config["input_shape"]} if input_shape is not None else {}),
-            **({"dynamic_size": True} if dynamic_size else {}),
-        },
-        precision=Precision.FP32,
-        parity=figures,
-        model=model_record(config),
+        output, Kind.ONNX, inputs=inputs, params=params, precision=Precision.FP32, parity=figures, model=record
     )
     return {
-        **_what_was_written(output, config["model"], opset, batch, dynamic_batch, config["input_shape"], dynamic_size),
-        "weights_sha256": model_record(config)["weights_sha256"],
+        **_what_was_written(output, config["model"], settings, config["input_shape"]),
+        "weights_sha256": record["weights_sha256"],
         "samples": int(len(y_val)),
         "checked_on": f"{len(y_val)} held-out images",
         "top1_pytorch": figures.pop("reference_top1"),
@@ -110,16 +121,7 @@ def export(
     }
 
 
-def _export_weights(
-    weights: str | Path,
-    output: Path,
-    spec: ModelSpec,
-    opset: int,
-    batch: int,
-    dynamic_batch: bool,
-    input_shape: tuple[int, int, int] | None,
-    dynamic_size: bool,
-) -> dict[str, Any]:
+def _export_weights(weights: str | Path, output: Path, spec: ModelSpec, settings: ExportSettings) -> dict[str, Any]:
     """A plain weights file exported with no data: proven on seeded synthetic inputs, and said so.
 
     The ONNX records the model spec, the weights' sha256, the input shape and the class count, and
@@ -127,14 +129,14 @@ def _export_weights(
     split, so quantize, validate and build-engine treat it as any ONNX (the user's images, or
     synthetic inputs when none are given).
     """
-    model, record = model_from_weights(weights, spec, input_shape)
+    model, record = model_from_weights(weights, spec, settings.input_shape)
     images = (
         np.random.default_rng(SYNTHETIC_SEED)
         .standard_normal((SYNTHETIC_COUNT, *record["input_shape"]))
         .astype(np.float32)
     )
     with atomic_output(output) as tmp:
-        _export_to(model, record, tmp, opset, batch, dynamic_batch, dynamic_size, _weights_metadata(record))
+        _export_to(model, record, tmp, settings, _weights_metadata(record))
         figures = _parity(model, tmp, images, None)
     say(f"The export is checked against PyTorch on {SYNTHETIC_TEXT}; {SYNTHETIC_HINT}")
     sha256 = record["weights"]["sha256"]
@@ -142,20 +144,13 @@ def _export_weights(
         output,
         Kind.ONNX,
         inputs={"weights": sha256},
-        params={
-            "opset": opset,
-            "batch": None if dynamic_batch else batch,
-            "precision": "fp32",
-            "input_shape": record["input_shape"],
-            **({"dynamic_size": True} if dynamic_size else {}),
-            "checked_on": "synthetic",
-        },
+        params={**settings.params(record["input_shape"]), "checked_on": "synthetic"},
         precision=Precision.FP32,
         parity={**figures, "checked_on": SYNTHETIC_TEXT, "hint": SYNTHETIC_HINT},
         model={**model_record(record), "num_classes": record["num_classes"]},
     )
     return {
-        **_what_was_written(output, record["model"], opset, batch, dynamic_batch, record["input_shape"], dynamic_size),
+        **_what_was_written(output, record["model"], settings, record["input_shape"]),
         "num_classes": record["num_classes"],
         "weights_sha256": sha256,
         "samples": SYNTHETIC_COUNT,
@@ -165,17 +160,15 @@ def _export_weights(
     }
 
 
-def _what_was_written(
-    output: Path, model: str, opset: int, batch: int, dynamic_batch: bool, input_shape: list[int], dynamic_size: bool
-) -> dict[str, Any]:
+def _what_was_written(output: Path, model: str, settings: ExportSettings, input_shape: list[int]) -> dict[str, Any]:
     """The head of export's result: the file, the model, and the shape it was exported with."""
     return {
         "onnx": str(output),
         "model": model,
-        "opset": opset,
-        "batch": "dynamic" if dynamic_batch else batch,
+        "opset": settings.opset,
+        "batch": "dynamic" if settings.dynamic_batch else settings.batch,
         "input_shape": input_shape,
-        "dynamic_size": dynamic_size,
+        "dynamic_size": settings.dynamic_size,
     }
 
 
@@ -235,17 +228,11 @@ def _preprocess_of(record: dict[str, Any]) -> Preprocess | None:
 
 
 def _export_to(
-    model: torch.nn.Module,
-    config: dict[str, Any],
-    path: Path,
-    opset: int,
-    batch: int,
-    dynamic_batch: bool,
-    dynamic_size: bool,
-    metadata: dict[str, str],
+    model: torch.nn.Module, config: dict[str, Any], path: Path, settings: ExportSettings, metadata: dict[str, str]
 ) -> None:
-    example = torch.zeros(1 if dynamic_batch else batch, *config["input_shape"])
-    axes = {**({0: "batch"} if dynamic_batch else {}), **({2: "height", 3: "width"} if dynamic_size else {})}
+    dynamic_batch, opset = settings.dynamic_batch, settings.opset
+    example = torch.zeros(1 if dynamic_batch else settings.batch, *config["input_shape"])
+    axes = {**({0: "batch"} if dynamic_batch else {}), **({2: "height", 3: "width"} if settings.dynamic_size else {})}
     dynamic_axes = {"input": axes, "logits": {0: "batch"} if dynamic_batch else {}} if axes else None
     try:
         # The TorchScript exporter: fast (well under a second for the zoo) and it keeps the
