@@ -135,10 +135,10 @@ def test_models_file_with_an_onnx_model_of_your_own(first_sweep, tmp_path):
     cell = _cells(report)["vendor/engine-fp32-sm_89"]
     assert cell["status"] == "built", cell
     manifest = read_manifest(tmp_path / "out" / cell["engine"])
-    # Built from the ONNX model where it is; the run directory holds the engine and the run report.
-    assert manifest["onnx"] == str(tmp_path / "vendor.onnx") and manifest["inputs"]["onnx"] == sha256_file(
-        tmp_path / "vendor.onnx"
-    )
+    # Built from the run's import of the ONNX model (its record stored, as for any ONNX start); the run
+    # directory holds it, the engine and the run report.
+    imported = tmp_path / "out" / "vendor" / "model.onnx"
+    assert manifest["onnx"] == str(imported) and manifest["inputs"]["onnx"] == sha256_file(imported)
     assert (tmp_path / "out" / "vendor" / "report.json").is_file() and report["ok"]
 
 
