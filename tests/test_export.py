@@ -58,3 +58,17 @@ def test_bad_export_options(trained, tmp_path, kwargs, message):
     with pytest.raises(EdgepipeError, match=message):
         export.export(trained[0], tmp_path / "m.onnx", **kwargs)
     assert not list(tmp_path.iterdir())
+
+
+def test_an_onnx_of_an_older_version_names_the_command_that_remakes_it(exported, tmp_path, runner):
+    from conftest import invoke, one_line_error
+
+    model = onnx.load(str(exported))
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in ("edgepipe.data", "edgepipe.class_names")]
+    del model.metadata_props[:]
+    for key, value in kept + [("edgepipe.config", "{}")]:
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    result = invoke(runner, "calibrate", "--checkpoint", tmp_path / "old.onnx", "-o", tmp_path / "calib.npz")
+    one_line_error(result, "old.onnx was exported by an older edgepipe", "edgepipe export CHECKPOINT")
+    assert not (tmp_path / "calib.npz").exists()

@@ -212,7 +212,12 @@ def test_weights_export_errors_are_one_line_and_write_nothing(net, tmp_path, run
         "--json",
     )
     assert sized.exit_code == 0, sized.output
-    assert json.loads(sized.stdout)["num_classes"] == 4 and list(describe(onnx.load(str(out))).input.shape) == [4, 3, 40, 40]
+    assert json.loads(sized.stdout)["num_classes"] == 4 and list(describe(onnx.load(str(out))).input.shape) == [
+        4,
+        3,
+        40,
+        40,
+    ]
 
 
 def test_a_zoo_models_plain_state_dict_still_means_the_bundled_digits(tmp_path, runner):
