@@ -41,7 +41,6 @@ class Images:
     text: str  # how messages name them: "32 synthetic inputs"
     hint: str = ""  # what a user can do for a better check: "pass --data for your images"
     extra: dict[str, Any] | None = None  # for a folder: its split and the preprocessing, as recorded
-    preprocess: Any = None  # for a folder: the Preprocess the images went through (stored in the converted model)
 
     def __len__(self) -> int:
         return len(self.x)
