@@ -216,10 +216,6 @@ class Preprocess:
             image = image.convert(mode)
         return self._arranged(np.asarray(self._geometry(image), dtype=np.uint8))
 
-    def resized_and_cropped(self, image: Image.Image) -> Image.Image:
-        """The image after Resize and CenterCrop alone: no scaling, channel order or layout."""
-        return self._geometry(image)
-
     def scale(self, array: np.ndarray) -> np.ndarray:
         """ToTensor's /255 (for uint8) and Normalize, for one arranged image or a batch of them; float32."""
         out = np.array(array, dtype=np.float32, order="C")  # always a fresh array: safe to change in place

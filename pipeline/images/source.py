@@ -71,14 +71,6 @@ class ImageSource:
         labels = f"in {len(self.class_names)} classes" if self.labelled else "unlabelled"
         return f"{len(self):,} images {labels} from {self.spec} ({self.kind})"
 
-    def require_labels(self, why: str = "--max-drop") -> None:
-        """Raise when the data has no labels but ``why`` needs them."""
-        if not self.labelled:
-            raise EdgepipeError(
-                f"{why} needs labelled data, but {self.spec} has no labels ({self.kind})",
-                fix="use --min-agreement PCT, which compares with the FP32 model and needs no labels, or give labelled data (class sub-folders, or y in the .npz)",
-            )
-
     def split(self, seed: int = 0, val_fraction: float = VAL_FRACTION) -> Split:
         """Seeded split into calibration pool and held-out images; stratified when labelled."""
         if not 0.0 < val_fraction < 1.0:
