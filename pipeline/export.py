@@ -21,8 +21,8 @@ from pipeline import __version__
 from pipeline.artifacts import Kind, atomic_output, check_output, write_manifest
 from pipeline.checkpoint import is_checkpoint, load_checkpoint, model_from_weights, model_record
 from pipeline.errors import EdgepipeError
+from pipeline.fidelity import Fidelity
 from pipeline.images import ModelData, ModelInput, Record
-from pipeline.metrics import evaluate
 from pipeline.modelspec import ModelSpec, probe
 from pipeline.onnxfile import set_metadata
 from pipeline.onnxinfo import SYNTHETIC_COUNT
@@ -173,11 +173,16 @@ def _what_was_written(output: Path, model: str, settings: ExportSettings, input_
 
 
 def _parity(model: torch.nn.Module, onnx_path: Path, images: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
-    """The ONNX model's logits against PyTorch's on ``images``; fail unless they match (diff and top-1)."""
+    """The ONNX model's logits against PyTorch's on ``images`` (``Fidelity``); fail unless they match (diff and top-1)."""
     with TorchRunner(model) as runner:
         reference = predict(runner, images)
     with OnnxRuntimeRunner(onnx_path) as runner:
-        figures = evaluate(runner, images, reference, labels)
+        logits = predict(runner, images)
+    fidelity = Fidelity(["logits"])
+    fidelity.update([reference], [logits], labels)
+    result = fidelity.result()
+    keys = ("samples", "max_abs_diff", "mean_abs_diff", "cosine", "cosine_min", "top1_agreement")
+    figures = {key: result[key] for key in keys + (("top1", "reference_top1", "delta") if labels is not None else ())}
     if figures["max_abs_diff"] > MAX_ABS_DIFF or figures["top1_agreement"] < 100.0:
         raise EdgepipeError(
             f"the ONNX model differs from PyTorch: max abs logit diff {figures['max_abs_diff']:.2e} (limit {MAX_ABS_DIFF:g}), "

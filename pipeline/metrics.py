@@ -1,11 +1,8 @@
-"""Accuracy and agreement figures shared by export, quantize, validate and bench."""
+"""Top-1 and a logit comparison of whole arrays (``pipeline.fidelity`` compares any model, batch by batch)."""
 
 from __future__ import annotations
 
 import numpy as np
-
-from pipeline.errors import EdgepipeError
-from pipeline.runtime.base import Runner, predict
 
 
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -29,25 +26,3 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray) -> dict[str, float
         "cosine": float(cosine.mean()),
         "cosine_min": float(cosine.min()),
     }
-
-
-def evaluate(
-    runner: Runner, images: np.ndarray, reference: np.ndarray, labels: np.ndarray | None = None
-) -> dict[str, float]:
-    """Run ``runner`` on ``images`` and measure it against the ``reference`` logits (and labels).
-
-    The one held-out evaluator: export, quantize, validate and bench read their figures from it.
-    """
-    logits = predict(runner, images)
-    if logits.shape != reference.shape:
-        raise EdgepipeError(
-            f"it returns outputs of shape {logits.shape}, the reference {reference.shape}",
-            fix="pass artifacts made from the reference model",
-        )
-    figures: dict[str, float] = compare_logits(reference, logits)
-    if labels is not None:
-        value, reference_top1 = top1(logits, labels), top1(reference, labels)
-        figures.update(
-            top1=value, reference_top1=reference_top1, delta=value - reference_top1, samples=int(len(labels))
-        )
-    return figures
