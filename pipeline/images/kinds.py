@@ -111,6 +111,7 @@ class DigitsSource(ImageSource):
 
     kind = "bundled digits"
     channels = 1
+    in_memory = True
 
     def __init__(self, names: list[str] | None):
         from sklearn.datasets import load_digits  # only when the digits are asked for

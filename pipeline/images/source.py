@@ -45,6 +45,7 @@ class ImageSource:
     kind = "images"
     channels = 3  # the images' own channel count (1 when every image is grayscale)
     preprocessed = False  # True: the rows are model inputs already, fed as they are (an .npz's inputs)
+    in_memory = False  # True: nothing to decode, so no worker processes are started to read it
 
     def __init__(self, spec: str, count: int, labels: np.ndarray | None, class_names: list[str] | None):
         self.spec, self._count, self.labels, self.class_names = spec, count, labels, class_names

@@ -226,7 +226,7 @@ class BatchStream:
         index_batches = [
             self.indices[start : start + self.batch_size] for start in range(0, self.count, self.batch_size)
         ]
-        workers = min(self.workers, len(index_batches))
+        workers = 0 if getattr(self.source, "in_memory", False) else min(self.workers, len(index_batches))
         as_tensors = workers > 0 and _shared_memory_fits(workers * _PREFETCH * self._batch_bytes())
         decoder = _BatchDecoder(self.source, self.preprocess, index_batches, as_tensors)
         loader = DataLoader(
