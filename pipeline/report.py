@@ -20,70 +20,66 @@ FORMATS = {"pytorch": "PyTorch", "onnx": "ONNX", "engine": "TensorRT"}
 
 
 def assemble(
-    folder: Path,
-    model: str,
-    data: str,
-    source: dict[str, Any],
-    validation,
-    bench,
-    artifacts: dict[str, Path | None],
-    stages,
-    engines_note,
-    seconds: float,
+    folder: Path, head: dict[str, Any], validation, bench, artifacts: dict[str, Path | None], stages
 ) -> dict[str, Any]:
-    """The report of a run. ``source``: what it started from, {"start": "training" | "checkpoint" |
-    "onnx", "file": the checkpoint or ONNX}; the reference is that file (the checkpoint trained for
-    "training"), measured by the validate stage when it ran.
+    """The report of a run. ``head``: model, data, source (what it started from, {"start": "training" |
+    "checkpoint" | "onnx", "file": the checkpoint or ONNX}), engines (why they were skipped, or None) and
+    seconds. The reference is that file (the checkpoint trained for "training"), measured by the validate
+    stage when it ran.
     """
-    val_rows = {Path(r["artifact"]).name: r for r in (validation or {}).get("rows", [])}
-    bench_rows = _bench_by_artifact(bench)
+    source = head["source"]
     reference = {
         "format": "ONNX" if source["start"] == "onnx" else "PyTorch",
         "file": source.get("file"),
         **((validation or {}).get("reference") or {}),
     }
-    rows = []
-    for artifact_id, path in artifacts.items():
-        kind, _, precision = artifact_id.partition("-")
-        row: dict[str, Any] = {
-            "artifact": artifact_id,
-            "role": "reference" if kind == "pytorch" else "artifact",
-            "format": FORMATS[kind],
-            "precision": precision or "fp32",
-            "file": path.name if path else None,
-            "size_mb": round(path.stat().st_size / 2**20, 3) if path and path.is_file() else None,
-        }
-        if kind == "pytorch":
-            row.update(
-                status="ok" if reference.get("top1") is not None else "error: no PyTorch reference",
-                top1=reference.get("top1"),
-                delta=0.0,
-                agreement=100.0,
-            )
-        else:
-            measured = val_rows.get(path.name, {}) if path else {}
-            row.update({k: measured.get(k) for k in ("top1", "delta", "agreement", "max_abs_diff", "cosine")})
-            row["status"] = measured.get("status", "error: not validated")
-        row.update(_latency(bench_rows.get("pytorch" if kind == "pytorch" else (path.name if path else ""), [])))
-        if row["status"] == "ok" and row.get("latency_status", "ok") != "ok" and kind == "engine":
-            row["status"] = row["latency_status"]
-        rows.append(row)
     return {
         "format": REPORT_FORMAT,
         "edgepipe": __version__,
         "folder": str(folder),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": model,
-        "data": data,
+        "model": head["model"],
+        "data": head["data"],
         "source": source,
         "reference": reference,
-        "rows": rows,
-        "engines": engines_note or "built",
+        "rows": [_row(i, path, validation, bench, reference) for i, path in artifacts.items()],
+        "engines": head.get("engines") or "built",
         "bench": {k: v for k, v in (bench or {}).items() if k != "rows"},
         "stages": stages,
-        "seconds": round(seconds, 2),
+        "seconds": round(head["seconds"], 2),
         "machine": host(),
     }
+
+
+def _row(artifact_id: str, path: Path | None, validation, bench, reference: dict[str, Any]) -> dict[str, Any]:
+    """One artifact's row: what it is, its figures from the validate stage, its latency from bench."""
+    kind, _, precision = artifact_id.partition("-")
+    row: dict[str, Any] = {
+        "artifact": artifact_id,
+        "role": "reference" if kind == "pytorch" else "artifact",
+        "format": FORMATS[kind],
+        "precision": precision or "fp32",
+        "file": path.name if path else None,
+        "size_mb": round(path.stat().st_size / 2**20, 3) if path and path.is_file() else None,
+    }
+    if kind == "pytorch":
+        row.update(
+            status="ok" if reference.get("top1") is not None else "error: no PyTorch reference",
+            top1=reference.get("top1"),
+            delta=0.0,
+            agreement=100.0,
+        )
+    else:
+        val_rows = {Path(r["artifact"]).name: r for r in (validation or {}).get("rows", [])}
+        measured = val_rows.get(path.name, {}) if path else {}
+        row.update({k: measured.get(k) for k in ("top1", "delta", "agreement", "max_abs_diff", "cosine")})
+        row["status"] = measured.get("status", "error: not validated")
+    row.update(
+        _latency(_bench_by_artifact(bench).get("pytorch" if kind == "pytorch" else (path.name if path else ""), []))
+    )
+    if row["status"] == "ok" and row.get("latency_status", "ok") != "ok" and kind == "engine":
+        row["status"] = row["latency_status"]
+    return row
 
 
 def _bench_by_artifact(bench) -> dict[str, list[dict[str, Any]]]:

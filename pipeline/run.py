@@ -158,22 +158,10 @@ def _report(
         **({"pytorch": ckpt} if ckpt and stages.ok("train" if source.start == "training" else None) else {}),
         **made,
     }
-    summary = report.assemble(
-        folder=folder,
-        model=source.name,
-        data=data,
-        source={
-            "start": source.start,
-            "file": str(reference),
-            **_model_record(ckpt if ckpt and ckpt.is_file() else None),
-        },
-        validation=validation,
-        bench=benched,
-        artifacts=artifacts,
-        stages=stages.record,
-        engines_note=engines_note,
-        seconds=time.perf_counter() - started,
-    )
+    start = {"start": source.start, "file": str(reference), **_model_record(ckpt if ckpt and ckpt.is_file() else None)}
+    head = {"model": source.name, "data": data, "source": start, "engines": engines_note}
+    head["seconds"] = time.perf_counter() - started
+    summary = report.assemble(folder, head, validation, benched, artifacts, stages.record)
     if benched is not None:
         # The plot's accuracy axis comes from the validate stage rather than a second evaluation.
         accuracy = {
