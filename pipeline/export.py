@@ -25,7 +25,7 @@ from pipeline.fidelity import Fidelity
 from pipeline.images import ModelData, ModelInput, Record
 from pipeline.modelspec import ModelSpec, probe
 from pipeline.onnxfile import set_metadata
-from pipeline.onnxinfo import SYNTHETIC_COUNT
+from pipeline.onnxinfo import DEFAULT_TARGET_OPSET, MIN_QDQ_OPSET, SYNTHETIC_COUNT
 from pipeline.precision import Precision
 from pipeline.preprocess import Preprocess
 from pipeline.progress import info as say
@@ -33,9 +33,9 @@ from pipeline.runtime import predict
 from pipeline.runtime.ort import OnnxRuntimeRunner
 from pipeline.runtime.pytorch import TorchRunner
 
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = DEFAULT_TARGET_OPSET
 # The TensorRT ONNX parser needs opset >= 13 for Q/DQ; the TorchScript exporter goes up to 20.
-MIN_OPSET, MAX_OPSET = 13, 20
+MIN_OPSET, MAX_OPSET = MIN_QDQ_OPSET, 20
 MAX_ABS_DIFF = 1e-4
 SYNTHETIC_SEED = 0  # of the standard-normal inputs a weights file with no --data is proven on
 SYNTHETIC_TEXT = f"{SYNTHETIC_COUNT} synthetic inputs (seeded)"

@@ -10,9 +10,10 @@ import numpy as np
 import onnx
 
 from pipeline.errors import EdgepipeError
+from pipeline.onnxinfo import MIN_QDQ_OPSET
 from pipeline.precision import QDQ_OPS
 
-MIN_OPSET = 13
+MIN_OPSET = MIN_QDQ_OPSET
 _FIX = "quantize the FP32 model with 'edgepipe quantize --int8' (symmetric, per-channel weights only)"
 
 
