@@ -58,7 +58,7 @@ def classifier(
     return path
 
 
-def images_npz(folder: Path, count: int = 12, size: int = 40, channels: int = 3, seed: int = 0) -> Path:
+def images_npz(folder: Path, count: int = 40, size: int = 40, channels: int = 3, seed: int = 0) -> Path:
     """An .npz of seeded uint8 images with labels, as users bring them."""
     rng = np.random.default_rng(seed)
     shape = (count, size, size, channels) if channels == 3 else (count, size, size)

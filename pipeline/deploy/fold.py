@@ -41,8 +41,9 @@ def fold_normalization(model: onnx.ModelProto, preprocess: Preprocess) -> onnx.M
     shape = (1, channels, 1, 1) if preprocess.layout == "nchw" else (1, 1, 1, channels)
     mean = np.asarray(preprocess.mean or (0.0,) * channels, dtype=np.float64)
     std = np.asarray(preprocess.std or (1.0,) * channels, dtype=np.float64)
-    scale = numpy_helper.from_array((1.0 / std).astype(np.float32).reshape(shape), name + "_fold_scale")
-    bias = numpy_helper.from_array((-mean / std).astype(np.float32).reshape(shape), name + "_fold_bias")
+    dtype = helper.tensor_dtype_to_np_dtype(image.type.tensor_type.elem_type)  # FP32, or FP16 for an FP16-input model
+    scale = numpy_helper.from_array((1.0 / std).astype(dtype).reshape(shape), name + "_fold_scale")
+    bias = numpy_helper.from_array((-mean / std).astype(dtype).reshape(shape), name + "_fold_bias")
     graph.initializer.extend([scale, bias])
     nodes = [
         helper.make_node("Mul", [name, scale.name], [name + "_scaled"], name=name + "_fold_mul"),

@@ -27,14 +27,16 @@ from pipeline.precision import Precision
 
 _COMMON = frozenset(
     {"--onnx", "--saveEngine", "--minShapes", "--optShapes", "--maxShapes", "--memPoolSize", "--timingCacheFile"}
-    | {"--skipInference", "--verbose", "--noTF32"}
+    | {"--verbose", "--noTF32"}
 )
 _DLA = frozenset({"--useDLACore", "--allowGPUFallback"})
 _WEAK = frozenset({"--fp16", "--int8", "--calib", "--best"})  # builder precision flags (removed in 11)
-_COMPAT = frozenset({"--builderOptimizationLevel", "--versionCompatible", "--hardwareCompatibilityLevel"})
+_COMPAT = frozenset(
+    {"--builderOptimizationLevel", "--versionCompatible", "--hardwareCompatibilityLevel", "--skipInference"}
+)  # added in 8.6 (8.5 has --buildOnly where 8.6 has --skipInference)
 
 FLAGS: dict[str, frozenset[str]] = {
-    "8.5": _COMMON | _DLA | _WEAK | {"--workspace"},
+    "8.5": _COMMON | _DLA | _WEAK | {"--workspace", "--buildOnly"},
     "8.6": _COMMON | _DLA | _WEAK | _COMPAT | {"--workspace"},
     "10": _COMMON | _DLA | _WEAK | _COMPAT | {"--stronglyTyped"},
     "11": _COMMON | _DLA | _COMPAT,
