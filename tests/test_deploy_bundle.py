@@ -163,3 +163,25 @@ def test_an_existing_bundle_is_kept_unless_force(runner, models, tmp_path):
     assert _package(runner, bundle, fp32, data, extra=["--force"]).exit_code == 0
     assert not (bundle / "keep.txt").exists() and (bundle / "build.sh").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_every_example_in_docs_device_md_runs(models, tmp_path):
+    """The bash and python blocks of docs/device.md, run as written (text blocks are for the device)."""
+    import os
+    import re
+    import shutil
+
+    fp32, fp16, _, data = models
+    shutil.copyfile(fp32, tmp_path / "model.onnx")
+    shutil.copyfile(fp16, tmp_path / "model.fp16.onnx")
+    shutil.copyfile(data, tmp_path / "images.npz")
+    (tmp_path / "labels.txt").write_text("\n".join(CLASSES) + "\n")
+    text = (Path(__file__).parent.parent / "docs" / "device.md").read_text()
+    blocks = re.findall(r"```(bash|python)\n(.*?)```", text, re.S)
+    assert len(blocks) >= 3
+    root = str(Path(__file__).parent.parent)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": root}
+    for kind, body in blocks:
+        command = ["bash", "-euc", body] if kind == "bash" else [sys.executable, "-c", body]
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{body}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"

@@ -131,7 +131,7 @@ def _write(folder: Path, target, models: dict[Precision, DeployModel], feeds, op
     }
     (folder / "bundle.json").write_text(json.dumps(record, indent=2) + "\n")
     (folder / "SHA256SUMS").write_text("".join(f"{d}  {n}\n" for n, d in _checksums(folder)))
-    return {**record, "commands": scripts.readme(target, fp32, list(models), notes).count("polygraphy run")}
+    return record
 
 
 def _deepstream(folder: Path, model: DeployModel, precision: Precision) -> scripts.Build:
