@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +65,8 @@ def test_golden_check_passes_with_polygraphy_and_fails_after_one_weight_is_pertu
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["precisions"] == ["fp32", "fp16"] and record["golden"]["images"] == 8
-    for precision in (Precision.FP32, Precision.FP16):
-        check = _polygraphy(bundle, f"model.{precision.value}.onnx", precision)
+    for folder, precision in product((bundle, bundle / "deepstream"), (Precision.FP32, Precision.FP16)):
+        check = _polygraphy(folder, f"model.{precision.value}.onnx", precision)
         assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
     perturbed = onnx.load(str(bundle / "model.fp32.onnx"))
     weight = next(init for init in perturbed.graph.initializer if init.name == "head.weight")
@@ -91,7 +92,7 @@ def test_bundle_files_deepstream_and_triton(runner, models, tmp_path):
     assert json.loads((bundle / "preprocess.json").read_text())["crop"] == [32, 32]
     readme = (bundle / "README.txt").read_text()
     assert "sh build.sh" in readme and "sha256sum -c SHA256SUMS" in readme and "no centre crop" in readme
-    assert "--trt --load-inputs golden_inputs.json" in readme
+    assert "--trt --load-inputs golden_inputs.json" in readme and "(cd deepstream && polygraphy run" in readme
     # DeepStream: folded + softmax ONNX on nvinfer's x/255 equals the softmax of the golden FP32 logits
     feeds, outputs = load_json(str(bundle / "golden_inputs.json")), RunResults.load(str(bundle / "golden_outputs.json"))
     pre = json.loads((bundle / "preprocess.json").read_text())

@@ -125,3 +125,24 @@ def test_triton_max_batch_above_the_profile_is_refused(model_path):
     with pytest.raises(EdgepipeError, match="above the engine's profile") as error:
         triton.config_pbtxt("tiny", read_model(model_path), profile_max=8, max_batch=32)
     assert "Fix:" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_targets_table_follows_each_tensorrt_version():
+    from pipeline.deploy import targets
+
+    t = targets.TARGETS
+    assert "--stronglyTyped" not in t["jp5"].flags and "--stronglyTyped" in t["jp6"].flags
+    assert not {"--fp16", "--int8", "--calib", "--best"} & t["trt11"].flags
+    assert "--workspace" in t["jp5"].flags and "--workspace" not in t["jp6"].flags  # removed in 10.x
+    assert t["rtx"].binary == "tensorrt_rtx" and not {"--fp16", "--useDLACore"} & t["rtx"].flags
+    assert t["jp6"].dla and t["jp5"].dla and not t["jp7"].dla
+    assert targets.build_flags(t["jp5"], Precision.FP16) == ["--fp16"]
+    assert targets.build_flags(t["trt11"], Precision.INT8) == []
+    assert targets.build_flags(t["jp6"], Precision.FP16, dla=True) == ["--fp16", "--useDLACore=0", "--allowGPUFallback"]
+    for name, target in t.items():
+        for precision in target.precisions:
+            assert set(targets.build_flags(target, precision)) <= target.flags, name
+    with pytest.raises(EdgepipeError, match="calibration cache"):
+        t["jp5"].check(Precision.INT8)
+    with pytest.raises(EdgepipeError, match="DLA builds FP16"):
+        t["jp6"].check(Precision.INT8, dla=True)

@@ -118,7 +118,8 @@ def _write(folder: Path, target, models: dict[Precision, DeployModel], feeds, op
         )
     (folder / "build.sh").write_text(scripts.build_sh(target, builds, shapes, options.dla))
     (folder / "build.sh").chmod(0o755)
-    made = golden.write(folder, fp32, feeds)
+    made = golden.write(folder, fp32.path, feeds)
+    golden.write(folder / "deepstream", folder / "deepstream/model.fp32.onnx", golden.nvinfer_feeds(fp32, feeds))
     tolerances = {p.value: golden.TOLERANCES[p] for p in models}
     (folder / "tolerances.json").write_text(json.dumps(tolerances, indent=2) + "\n")
     (folder / "README.txt").write_text(scripts.readme(target, fp32, list(models), notes))

@@ -63,15 +63,15 @@ def iterations(model: DeployModel, images: np.ndarray) -> list[dict[str, np.ndar
     return [{model.input_name: images[i : i + batch].astype(dtype)} for i in range(0, usable, batch)]
 
 
-def write(folder: Path, fp32_model: DeployModel, feeds: list[dict[str, np.ndarray]]) -> dict:
-    """Write ``golden_inputs.json`` and ``golden_outputs.json`` (FP32 on ONNX Runtime) into ``folder``."""
+def write(folder: Path, fp32_model: str | Path, feeds: list[dict[str, np.ndarray]]) -> dict:
+    """Write ``golden_inputs.json`` and ``golden_outputs.json`` (``fp32_model`` on ONNX Runtime) into ``folder``."""
     from polygraphy.comparator import RunResults  # Polygraphy writes its own formats; loaded only to write a bundle
     from polygraphy.comparator.struct import IterationResult
     from polygraphy.json import save_json
     from polygraphy.logger import G_LOGGER
 
     results = [
-        IterationResult(run_onnxruntime(fp32_model.path, feed), runner_name=RUNNER) for feed in feeds
+        IterationResult(run_onnxruntime(fp32_model, feed), runner_name=RUNNER) for feed in feeds
     ]  # fmt: skip
     run_results = RunResults()
     run_results.append((RUNNER, results))
@@ -79,6 +79,14 @@ def write(folder: Path, fp32_model: DeployModel, feeds: list[dict[str, np.ndarra
         save_json(feeds, str(folder / INPUTS))
         run_results.save(str(folder / OUTPUTS))
     return {"iterations": len(feeds), "images": sum(len(next(iter(f.values()))) for f in feeds)}
+
+
+def nvinfer_feeds(model: DeployModel, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The golden images as nvinfer feeds a folded model: ``x / 255``, the normalization undone (y * std + mean)."""
+    pre, shape = model.preprocess, (1, -1, 1, 1) if model.layout == "nchw" else (1, 1, 1, -1)
+    mean = np.asarray(pre.mean or (0.0,) * pre.channels, dtype=np.float32).reshape(shape)
+    std = np.asarray(pre.std or (1.0,) * pre.channels, dtype=np.float32).reshape(shape)
+    return [{name: (value * std + mean).astype(value.dtype) for name, value in feed.items()} for feed in feeds]
 
 
 def check_command(artifact: str, runner: str, precision: Precision) -> str:

@@ -55,6 +55,7 @@ def build_sh(target: Target, builds: list[Build], shapes: dict[str, str], dla: b
 
 def readme(target: Target, model: DeployModel, precisions: list[Precision], notes: list[str]) -> str:
     checks = [golden.check_command(f"model.{p.value}.engine", "--trt", p) for p in precisions]
+    checks += [f"(cd deepstream && {golden.check_command(f'model.{p.value}.engine', '--trt', p)})" for p in precisions]
     lines = [
         f"edgepipe bundle for {model.path.name}, target {target.name} ({target.description}).",
         "Nothing of edgepipe is needed on the device: TensorRT's trtexec, and Polygraphy (pip install polygraphy).",
@@ -65,7 +66,8 @@ def readme(target: Target, model: DeployModel, precisions: list[Precision], note
         "   sha256sum -c SHA256SUMS",
         "2. Build the engines with the device's TensorRT (set TRTEXEC=/path/to/trtexec if it is elsewhere):",
         "   sh build.sh",
-        "3. Prove each engine gives the golden outputs of the held-out images (exit status 0 = passed):",
+        "3. Prove each engine gives the golden outputs of the held-out images (exit status 0 = passed);",
+        "   DeepStream's engines take x/255 (nvinfer's scaling) and give probabilities for a classifier:",
         *[f"   {command}" for command in checks],
         "",
         f"Preprocessing (preprocess.json): {model.preprocess.describe()}.",
