@@ -65,6 +65,9 @@ def test_golden_check_passes_with_polygraphy_and_fails_after_one_weight_is_pertu
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["precisions"] == ["fp32", "fp16"] and record["golden"]["images"] == 8
+    cost = record["deepstream_unfolded_cost"]  # one scale for ImageNet's std: up to 1.33% off on a channel
+    assert cost["max_scale_error"] == pytest.approx(0.229 / 0.226 - 1) and 0 < cost["max_abs_diff"] < 0.1
+    assert 0 <= cost["top1_agreement"] <= 1
     for folder, precision in product((bundle, bundle / "deepstream"), (Precision.FP32, Precision.FP16)):
         check = _polygraphy(folder, f"model.{precision.value}.onnx", precision)
         assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]

@@ -119,7 +119,8 @@ def _write(folder: Path, target, models: dict[Precision, DeployModel], feeds, op
     (folder / "build.sh").write_text(scripts.build_sh(target, builds, shapes, options.dla))
     (folder / "build.sh").chmod(0o755)
     made = golden.write(folder, fp32.path, feeds)
-    golden.write(folder / "deepstream", folder / "deepstream/model.fp32.onnx", golden.nvinfer_feeds(fp32, feeds))
+    scaled = golden.nvinfer_feeds(fp32, feeds)
+    golden.write(folder / "deepstream", folder / "deepstream/model.fp32.onnx", scaled)
     tolerances = {p.value: golden.TOLERANCES[p] for p in models}
     (folder / "tolerances.json").write_text(json.dumps(tolerances, indent=2) + "\n")
     (folder / "README.txt").write_text(scripts.readme(target, fp32, list(models), notes))
@@ -127,6 +128,8 @@ def _write(folder: Path, target, models: dict[Precision, DeployModel], feeds, op
         "target": target.name,
         "precisions": [p.value for p in models],
         "golden": {**made, "reference": "fp32 on ONNX Runtime", "tolerances": tolerances},
+        # what nvinfer's one scale would cost the unfolded model on these images (the bundle folds instead)
+        "deepstream_unfolded_cost": deepstream.unfolded_cost(fp32, scaled),
         "edgepipe": __version__,
         "sha256": {name: digest for name, digest in _checksums(folder)},
     }

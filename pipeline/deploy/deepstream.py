@@ -24,8 +24,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.deploy.fold import SOFTMAX_OUTPUT, NvinferScaling
+import numpy as np
+
+from pipeline.deploy.fold import SOFTMAX_OUTPUT, NvinferScaling, scaling
 from pipeline.deploy.model import DeployModel
+from pipeline.onnxinfo import run_onnxruntime
 from pipeline.precision import Precision
 
 NVINFER_KEYS = frozenset(
@@ -114,3 +117,28 @@ def parse_config(text: str) -> dict[str, str]:
             key, _, value = line.partition("=")
             values[key.strip()] = value.strip()
     return values
+
+
+def unfolded_cost(model: DeployModel, scaled_feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """What one scale costs a model whose ONNX keeps its normalization, measured on images.
+
+    ``scaled_feeds`` hold ``x / 255`` (ToTensor's pixels). Each is fed to ``model`` twice: normalized
+    exactly, and as nvinfer would with one scale and per-channel offsets. Returns the largest
+    absolute difference of the first output and, for a classifier, the share of images whose
+    top-1 class stays the same.
+    """
+    approx = scaling(model.preprocess, folded=False)
+    shape = (1, -1, 1, 1) if model.layout == "nchw" else (1, 1, 1, -1)
+    offsets = np.asarray(approx.offsets, dtype=np.float32).reshape(shape)
+    diffs, same, count = [], 0, 0
+    for feed in scaled_feeds:
+        x = next(iter(feed.values()))
+        exact = run_onnxruntime(model.path, model.preprocess.scale(x))[model.outputs[0].name]
+        nvinfer = np.float32(approx.net_scale_factor) * (x * np.float32(255) - offsets)
+        got = run_onnxruntime(model.path, nvinfer.astype(x.dtype))[model.outputs[0].name]
+        diffs.append(float(np.max(np.abs(got - exact))))
+        if model.is_classifier:
+            same += int(np.sum(got.argmax(1) == exact.argmax(1)))
+            count += len(got)
+    cost = {"max_scale_error": approx.max_scale_error, "max_abs_diff": max(diffs)}
+    return {**cost, "top1_agreement": same / count} if count else cost

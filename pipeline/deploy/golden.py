@@ -21,7 +21,7 @@ from PIL import Image
 
 from pipeline.deploy.model import DeployModel
 from pipeline.errors import EdgepipeError
-from pipeline.images import open_source
+from pipeline.images import SPLIT_SEED, VAL_FRACTION, open_source
 from pipeline.onnxinfo import run_onnxruntime
 from pipeline.precision import Precision
 
@@ -39,7 +39,7 @@ def held_out_images(model: DeployModel, data: str, count: int, labels: str | Non
     """``count`` held-out images of ``data`` (never calibrated on), preprocessed for ``model``: N x sample_shape."""
     classes = len(model.class_names) if model.class_names else None
     source = open_source(data, labels=labels, num_classes=classes if model.is_classifier else None)
-    indices = source.split().held_out[:count]
+    indices = source.split(seed=SPLIT_SEED, val_fraction=VAL_FRACTION).held_out[:count]  # the split every stage uses
     if len(indices) == 0:
         raise EdgepipeError(f"{data} has no held-out images", fix="pass --data with at least 5 images")
     arrays = []

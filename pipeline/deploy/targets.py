@@ -98,9 +98,9 @@ TARGETS: dict[str, Target] = {
             (Precision.FP32, Precision.FP16), {Precision.INT8: _INT8_ON_85}, False,
         ),
         Target("jp6", "JetPack 6.1/6.2, TensorRT 10.3", "10", "trtexec", "3.10", "12.6", True, _ALL, {}, True),
-        Target("jp7", "JetPack 7 (Jetson Thor), TensorRT 10.13+", "10", "trtexec", "3.12", "13", False, _ALL, {}, True),
+        Target("jp7", "JetPack 7 on Jetson Thor, TensorRT 10.13+", "10", "trtexec", "3.12", "13", False, _ALL, {}, True),
         Target("trt10", "TensorRT 10.x on a data-centre or desktop GPU", "10", "trtexec", "3.10+", "12", False, _ALL, {}, True),
-        Target("trt11", "TensorRT 11.x (always strongly typed)", "11", "trtexec", "3.10+", "13", False, _ALL, {}, True),
+        Target("trt11", "TensorRT 11.x, always strongly typed", "11", "trtexec", "3.10+", "13", False, _ALL, {}, True),
         Target("rtx", "TensorRT-RTX on an RTX GPU", "rtx", "tensorrt_rtx", "3.10+", "12/13", False, _ALL, {}, True),
     )
 }  # fmt: skip
