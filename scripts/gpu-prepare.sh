@@ -62,7 +62,7 @@ done
 $PIP download -q --no-deps --no-binary=pycuda --no-build-isolation -d "$DL" "$PYCUDA"
 
 # One version of each package: two would stop the whole install there.
-dups=$(ls "$DL" | sed -E 's/-[0-9].*//' | tr '[:upper:]-' '[:lower:]_' | sort | uniq -d)
+dups=$(find "$DL" -maxdepth 1 -type f -printf '%f\n' | sed -E 's/-[0-9].*//' | tr '[:upper:]-' '[:lower:]_' | sort | uniq -d)
 if [[ -n "$dups" ]]; then
   echo "gpu-prepare: more than one version of: $dups (remove the stale files from $DL)" >&2
   exit 1
@@ -85,7 +85,8 @@ if [[ -d "$GPU/p3" ]]; then
   exit 1
 fi
 for folder in "$GPU/p1" "$GPU/p2"; do
-  (cd "$folder" && sha256sum -- * | grep -v ' SHA256SUMS$' >SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS)
+  rm -f "$folder/SHA256SUMS"
+  (cd "$folder" && files=(*) && sha256sum -- "${files[@]}" >SHA256SUMS)
 done
 
 tree_bytes=$(git ls-files -z -co --exclude-standard | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)

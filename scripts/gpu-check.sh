@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# edgepipe's GPU proof, on a GPU machine with Python 3.12, CUDA's nvcc and PyTorch but no package
+# index: installs what scripts/gpu-prepare.sh brought (.gpu/p1, .gpu/p2), builds pycuda with nvcc,
+# probes every GPU layer, runs `pytest -m gpu`, `edgepipe run` and `edgepipe bench` on the GPU,
+# and writes every log and figure under OUT_DIR (docs/gpu.md says which calls to make).
+#
+# Usage: scripts/gpu-check.sh [--phase install,test,bench] OUT_DIR
+#   install  stage the parts that arrived (p1 and/or p2) in $STASH, install the wheels into
+#            $STASH/site, build pycuda, join and install TensorRT-RTX's libs once both parts are
+#            there; then probe the layers (driver, cuda-python, pycuda, CUDA graph, PyTorch, TensorRT-RTX)
+#   test     the probe again, and pytest -m gpu
+#   bench    edgepipe run on the GPU machine, edgepipe bench at batch 1 and 32 (PyTorch eager on the
+#            GPU beside the engines, CUDA graphs off and on), the probe's raw TensorRT-RTX timings
+# OUT_DIR gets at most 5 files per call (the device tool brings back 8): summary.json,
+# summary.md, probe.json, and logs-PHASES.tar.gz with every log, report and plot.
+# Environment: PYTHON (default python3), EDGEPIPE_GPU_STASH (default /tmp/edgepipe-gpu: kept
+# between calls while the machine stays warm).
+set -uo pipefail
+
+cd "$(dirname "$0")/.." || exit 2
+PHASES=install,test,bench
+if [[ "${1:-}" == "--phase" ]]; then
+  PHASES=${2:?--phase needs install, test, bench or a comma-separated list}
+  shift 2
+fi
+OUT=${1:?usage: scripts/gpu-check.sh [--phase install,test,bench] OUT_DIR}
+PY=${PYTHON:-python3}
+STASH=${EDGEPIPE_GPU_STASH:-/tmp/edgepipe-gpu}
+SITE=$STASH/site
+LOGS=$STASH/logs-${PHASES//,/-}
+RUN=$STASH/run
+mkdir -p "$OUT" "$STASH/parts" "$SITE" "$LOGS"
+: >"$LOGS/steps.tsv"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}" PY STASH SITE LOGS
+T0=$SECONDS
+
+# step NAME SECONDS COMMAND...: runs COMMAND with a time limit, its output in $LOGS/NAME.log,
+# and records "NAME rc seconds" in steps.tsv; never stops the script.
+step() {
+  local name=$1 limit=$2 start=$SECONDS rc
+  shift 2
+  echo "== $name (limit ${limit}s, at $((SECONDS - T0))s)"
+  timeout --kill-after=10 "$limit" bash -c '"$@"' step "$@" >"$LOGS/$name.log" 2>&1
+  rc=$?
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" >>"$LOGS/steps.tsv"
+  echo "   rc=$rc in $((SECONDS - start))s; last lines:"
+  tail -n 4 "$LOGS/$name.log" | sed 's/^/   | /'
+  return "$rc"
+}
+
+facts() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  nvidia-smi | head -n 12
+  nvcc --version | tail -n 2
+  "$PY" -VV
+  "$PY" -m pip list 2>/dev/null | grep -iE '^(torch|onnx|onnxruntime|onnxscript|onnx-ir|numpy|cuda-bindings|cuda-python|click|rich|pytest) '
+  nproc
+  uname -a
+}
+
+stage_parts() {
+  local folder
+  for folder in .gpu/p1 .gpu/p2; do
+    [[ -d "$folder" ]] || continue
+    (cd "$folder" && sha256sum -c --quiet SHA256SUMS) || return 1
+    cp -u "$folder"/* "$STASH/parts/"
+  done
+  ls -l "$STASH/parts"
+}
+
+install_wheels() {
+  local wheels=() w
+  for w in "$STASH"/parts/*.whl "$STASH"/wheels/*.whl; do
+    [[ -f "$w" && ! -f "$STASH/installed/$(basename "$w")" ]] && wheels+=("$w")
+  done
+  if ((${#wheels[@]} == 0)); then
+    echo "nothing new to install"
+    return 0
+  fi
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}" || return 1
+  mkdir -p "$STASH/installed"
+  for w in "${wheels[@]}"; do touch "$STASH/installed/$(basename "$w")"; done
+  printf 'installed %s\n' "${wheels[@]##*/}"
+}
+
+join_libs() {
+  local manifest
+  manifest=$(find "$STASH/parts" -maxdepth 1 -name '*.parts.json' | head -n 1)
+  [[ -n "$manifest" ]] || { echo "no parts manifest: .gpu/p1 or .gpu/p2 has not arrived"; return 1; }
+  "$PY" scripts/parts.py join "$manifest" --search "$STASH/parts" --out "$STASH/wheels"
+}
+
+build_pycuda() {
+  if compgen -G "$SITE/pycuda/_driver*.so" >/dev/null; then
+    echo "pycuda already built"
+    return 0
+  fi
+  local sdist cuda_root
+  sdist=$(ls "$STASH"/parts/pycuda-*.tar.gz) || return 1
+  # The toolkit whose include/cuda.h is there: $CUDA_ROOT, /usr/local/cuda, or the one nvcc belongs to.
+  for cuda_root in "${CUDA_ROOT:-}" /usr/local/cuda "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")"; do
+    [[ -n "$cuda_root" && -f "$cuda_root/include/cuda.h" ]] && break
+  done
+  echo "CUDA toolkit: $cuda_root"
+  rm -rf "$STASH/build" && mkdir -p "$STASH/build" && tar xzf "$sdist" -C "$STASH/build" || return 1
+  cd "$STASH"/build/pycuda-* || return 1
+  "$PY" configure.py --cuda-root="$cuda_root" || return 1
+  # Built in place in parallel (pip would compile its C++ one file at a time), then copied into the site.
+  if ! "$PY" setup.py build_ext --inplace -j "$(nproc)"; then
+    echo "build_ext failed; trying pip"
+    "$PY" -m pip install --no-index --no-deps --no-build-isolation --target "$SITE" . || return 1
+    return 0
+  fi
+  cp -r pycuda "$SITE/"
+}
+
+imports() {
+  "$PY" - <<'EOF'
+import importlib
+for name in ("tensorrt_rtx", "pycuda.driver", "modelopt.onnx.quantization", "polygraphy", "onnx", "onnxruntime", "torch"):
+    try:
+        module = importlib.import_module(name)
+        print(f"{name}: {getattr(module, '__version__', getattr(module, 'VERSION_TEXT', 'ok'))}")
+    except Exception as exc:
+        print(f"{name}: FAILED {type(exc).__name__}: {exc}")
+EOF
+}
+
+phase_install() {
+  step facts 60 facts
+  step stage 120 stage_parts
+  step install-wheels 240 install_wheels
+  step build-pycuda 420 build_pycuda
+  if step join-libs 120 join_libs; then
+    step install-libs 240 install_wheels
+  fi
+  step imports 120 imports
+  step probe 180 "$PY" scripts/gpu_probe.py --out "$LOGS/probe.json"
+}
+
+phase_test() {
+  step probe 180 "$PY" scripts/gpu_probe.py --out "$LOGS/probe.json"
+  step pytest-gpu 420 "$PY" -m pytest -m gpu -q -rA -p no:cacheprovider --timeout 240 \
+    --junitxml="$LOGS/pytest-gpu.xml" tests
+}
+
+phase_bench() {
+  step edgepipe-run 360 "$PY" -m pipeline.cli run -o "$RUN" --batches 1,32
+  cp "$RUN"/report.md "$RUN"/report.json "$LOGS/" 2>/dev/null
+  local artifacts=("$RUN"/model.onnx "$RUN"/model.fp16.onnx "$RUN"/model.int8.onnx)
+  artifacts+=("$RUN"/model.*.engine)
+  local present=() a
+  for a in "${artifacts[@]}"; do [[ -f "$a" ]] && present+=("$a"); done
+  step bench 240 "$PY" -m pipeline.cli bench "${present[@]}" --checkpoint "$RUN/checkpoint.pt" --device cuda \
+    --batch 1,32 --duration-s 1 --report "$LOGS/bench" --json-out "$LOGS/bench.json"
+  if compgen -G "$RUN/model.*.engine" >/dev/null; then
+    step bench-cuda-graph 180 "$PY" -m pipeline.cli bench "$RUN"/model.*.engine --checkpoint "$RUN/checkpoint.pt" \
+      --device cuda --batch 1,32 --duration-s 1 --cuda-graph --json-out "$LOGS/bench-cuda-graph.json"
+  fi
+  local onnx=()
+  for a in "$RUN"/model.onnx "$RUN"/model.fp16.onnx "$RUN"/model.int8.onnx; do [[ -f "$a" ]] && onnx+=("$a"); done
+  step probe 240 "$PY" scripts/gpu_probe.py --out "$LOGS/probe.json" --onnx "${onnx[@]}"
+}
+
+# step runs each function in a child bash (so that timeout can stop it): they travel exported.
+export -f facts stage_parts install_wheels join_libs build_pycuda imports
+IFS=, read -r -a phase_list <<<"$PHASES"
+for phase in "${phase_list[@]}"; do
+  case $phase in
+    install) phase_install ;;
+    test | bench)
+      if ! compgen -G "$STASH/installed/tensorrt_rtx_cu13_libs-*" >/dev/null; then
+        echo "TensorRT-RTX is not installed on this machine (a fresh one?): run --phase install with .gpu/p1, then with .gpu/p2" |
+          tee -a "$LOGS/notes.txt"
+      fi
+      "phase_$phase"
+      ;;
+    *) echo "gpu-check: unknown phase $phase (install, test, bench)" >&2; exit 2 ;;
+  esac
+done
+
+"$PY" scripts/gpu_summary.py --logs "$LOGS" --out "$OUT" --phases "$PHASES"
+tar czf "$OUT/logs-${PHASES//,/-}.tar.gz" -C "$(dirname "$LOGS")" "$(basename "$LOGS")"
+echo "gpu-check: done in $((SECONDS - T0))s; in $OUT:" "$OUT"/*
