@@ -14,7 +14,9 @@
 # OUT_DIR gets at most 5 files per call (the device tool brings back 8): summary.json,
 # summary.md, probe.json, and logs-PHASES.tar.gz with every log, report and plot.
 # Environment: PYTHON (default python3), EDGEPIPE_GPU_STASH (default /tmp/edgepipe-gpu: kept
-# between calls while the machine stays warm).
+# between calls while the machine stays warm), BUDGET_S (default 560: steps are cut or skipped so the
+# call ends by then, inside the device tool's 600 s), EPOCHS (default 3: edgepipe run's training; the
+# figures are latency, and a short training keeps the call short).
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 2
@@ -25,10 +27,13 @@ if [[ "${1:-}" == "--phase" ]]; then
 fi
 OUT=${1:?usage: scripts/gpu-check.sh [--phase install,test,bench] OUT_DIR}
 PY=${PYTHON:-python3}
+BUDGET_S=${BUDGET_S:-560}
+EPOCHS=${EPOCHS:-3}
 STASH=${EDGEPIPE_GPU_STASH:-/tmp/edgepipe-gpu}
 SITE=$STASH/site
 LOGS=$STASH/logs-${PHASES//,/-}
 RUN=$STASH/run
+rm -rf "$LOGS"
 mkdir -p "$OUT" "$STASH/parts" "$SITE" "$LOGS"
 : >"$LOGS/steps.tsv"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}" PY STASH SITE LOGS
@@ -36,9 +41,17 @@ T0=$SECONDS
 
 # step NAME SECONDS COMMAND...: runs COMMAND with a time limit, its output in $LOGS/NAME.log,
 # and records "NAME rc seconds" in steps.tsv; never stops the script.
+# A step that would run past the call's budget (BUDGET_S) is cut to what is left, or skipped (rc -1).
 step() {
-  local name=$1 limit=$2 start=$SECONDS rc
+  local name=$1 limit=$2 start=$SECONDS rc left
   shift 2
+  left=$((BUDGET_S - (SECONDS - T0) - 20))
+  if ((left < 30)); then
+    printf '%s\t-1\t0\n' "$name" >>"$LOGS/steps.tsv"
+    echo "$name: skipped, out of this call's budget of ${BUDGET_S}s" | tee -a "$LOGS/notes.txt"
+    return 1
+  fi
+  ((limit > left)) && limit=$left
   echo "== $name (limit ${limit}s, at $((SECONDS - T0))s)"
   timeout --kill-after=10 "$limit" bash -c '"$@"' step "$@" >"$LOGS/$name.log" 2>&1
   rc=$?
@@ -139,13 +152,14 @@ phase_install() {
 }
 
 phase_test() {
-  step probe 180 "$PY" scripts/gpu_probe.py --out "$LOGS/probe.json"
+  # The install phase of the same call has probed already.
+  [[ -f "$LOGS/probe.json" ]] || step probe 180 "$PY" scripts/gpu_probe.py --out "$LOGS/probe.json"
   step pytest-gpu 420 "$PY" -m pytest -m gpu -q -rA -p no:cacheprovider --timeout 240 \
     --junitxml="$LOGS/pytest-gpu.xml" tests
 }
 
 phase_bench() {
-  step edgepipe-run 360 "$PY" -m pipeline.cli run -o "$RUN" --batches 1,32
+  step edgepipe-run 360 "$PY" -m pipeline.cli run -o "$RUN" --batches 1,32 --epochs "$EPOCHS"
   cp "$RUN"/report.md "$RUN"/report.json "$LOGS/" 2>/dev/null
   local artifacts=("$RUN"/model.onnx "$RUN"/model.fp16.onnx "$RUN"/model.int8.onnx)
   artifacts+=("$RUN"/model.*.engine)
