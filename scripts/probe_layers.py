@@ -12,6 +12,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS: list[dict] = []
+SAVE_TO: list[Path] = []  # the --out file, rewritten after every layer: a crash (a segfault in a driver
+# or in TensorRT) still leaves every layer before it on disk, and the missing one is the one that crashed
+
+
+def record(entry: dict) -> None:
+    RESULTS.append(entry)
+    state = {True: "ok", False: "FAILED", None: "skipped"}[entry["ok"]]
+    detail = (
+        entry.get("error")
+        or entry.get("skipped")
+        or {k: v for k, v in entry.items() if k not in ("layer", "ok", "held")}
+    )
+    print(f"layer {entry['layer']}: {state}: {detail}", flush=True)
+    for path in SAVE_TO:
+        layers = [{k: v for k, v in r.items() if k != "held"} for r in RESULTS]
+        path.write_text(
+            json.dumps({"python": platform.python_version(), "layers": layers}, indent=1, default=str) + "\n"
+        )
 
 
 def layer(name: str, needs: tuple[str, ...] = ()):
@@ -21,13 +39,13 @@ def layer(name: str, needs: tuple[str, ...] = ()):
         def run(*args, **kwargs):
             missing = [n for n in needs if not passed(n)]
             if missing:
-                RESULTS.append({"layer": name, "ok": None, "skipped": f"needs {', '.join(missing)}"})
+                record({"layer": name, "ok": None, "skipped": f"needs {', '.join(missing)}"})
                 return None
             start = time.perf_counter()
             try:
                 facts = step(*args, **kwargs) or {}
             except Exception as exc:  # the point of the probe: every failure is recorded, never fatal
-                RESULTS.append(
+                record(
                     {
                         "layer": name,
                         "ok": False,
@@ -37,7 +55,7 @@ def layer(name: str, needs: tuple[str, ...] = ()):
                     }
                 )
                 return None
-            RESULTS.append({"layer": name, "ok": True, "seconds": round(time.perf_counter() - start, 3), **facts})
+            record({"layer": name, "ok": True, "seconds": round(time.perf_counter() - start, 3), **facts})
             return facts
 
         return run
@@ -62,15 +80,8 @@ def main_with(cuda_layers, tensorrt_module, argv: list[str]) -> int:
     parser.add_argument("--iterations", type=int, default=200)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    SAVE_TO.append(args.out)
     for step in cuda_layers:
         step()
     tensorrt_module.run_layers(args.onnx, [int(b) for b in args.batches.split(",")], args.iterations)
-    for r in RESULTS:
-        r.pop("held", None)  # live TensorRT objects, not facts
-    summary = {"python": platform.python_version(), "layers": RESULTS}
-    args.out.write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    for r in RESULTS:
-        state = {True: "ok", False: "FAILED", None: "skipped"}[r["ok"]]
-        detail = r.get("error") or r.get("skipped") or {k: v for k, v in r.items() if k not in ("layer", "ok", "held")}
-        print(f"layer {r['layer']}: {state}: {detail}")
     return 0

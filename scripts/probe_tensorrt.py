@@ -11,7 +11,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from probe_layers import RESULTS, layer, passed
+from probe_layers import layer, passed, record
 
 SHAPE = (1, 32, 32)  # channels, height, width of the probe's own model
 PROFILE = (1, 8, 32)  # min, opt, max batch
@@ -154,7 +154,7 @@ def tensorrt_foreign(onnx_path: Path) -> dict:
 def engine_checks(onnx_path: Path) -> None:
     if not passed("tensorrt-build"):
         for name in ("tensorrt-deserialize", "tensorrt-enqueue", "tensorrt-graph"):
-            RESULTS.append({"layer": name, "ok": None, "skipped": "needs tensorrt-build"})
+            record({"layer": name, "ok": None, "skipped": "needs tensorrt-build"})
         return
     import tensorrt_rtx as trt
 
@@ -257,7 +257,7 @@ def run_layers(onnx_paths: list[Path], batches: list[int], iterations: int) -> N
         except Exception as exc:  # no onnx: the TensorRT layers then say so
             probe_model = Path(folder) / f"no-probe-model ({type(exc).__name__}: {exc})"
         tensorrt_build(probe_model)
-        tensorrt_foreign(probe_model)
         engine_checks(probe_model)
         if onnx_paths:
             timing(onnx_paths, batches, iterations)
+        tensorrt_foreign(probe_model)  # last: loading another GPU's engine is the likeliest to crash
