@@ -117,7 +117,10 @@ build_pycuda() {
   echo "CUDA toolkit: $cuda_root"
   rm -rf "$STASH/build" && mkdir -p "$STASH/build" && tar xzf "$sdist" -C "$STASH/build" || return 1
   cd "$STASH"/build/pycuda-* || return 1
-  "$PY" configure.py --cuda-root="$cuda_root" || return 1
+  local options=(--cuda-root="$cuda_root")
+  # edgepipe needs no cuRAND; a toolkit without its header would otherwise stop the build.
+  [[ -f "$cuda_root/include/curand.h" ]] || options+=(--no-cuda-enable-curand)
+  "$PY" configure.py "${options[@]}" || return 1
   # Built in place in parallel (pip would compile its C++ one file at a time), then copied into the site.
   if ! "$PY" setup.py build_ext --inplace -j "$(nproc)"; then
     echo "build_ext failed; trying pip"
