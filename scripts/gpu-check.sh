@@ -11,7 +11,7 @@
 #   test     the probe again, and pytest -m gpu
 #   bench    edgepipe run on the GPU machine, edgepipe bench at batch 1 and 32 (PyTorch eager on the
 #            GPU beside the engines, CUDA graphs off and on), the probe's raw TensorRT-RTX timings
-# OUT_DIR gets at most 5 files per call (the device tool brings back 8): summary.json,
+# OUT_DIR gets at most 4 files per call (the device tool brings back 8): summary.json,
 # summary.md, probe.json, and logs-PHASES.tar.gz with every log, report and plot.
 # Environment: PYTHON (default python3), EDGEPIPE_GPU_STASH (default /tmp/edgepipe-gpu: kept
 # between calls while the machine stays warm), BUDGET_S (default 560: steps are cut or skipped so the
@@ -176,7 +176,7 @@ phase_bench() {
   fi
   local onnx=()
   for a in "$RUN"/model.onnx "$RUN"/model.fp16.onnx "$RUN"/model.int8.onnx; do [[ -f "$a" ]] && onnx+=("$a"); done
-  step probe 240 "$PY" scripts/gpu_probe.py --out "$LOGS/probe.json" --onnx "${onnx[@]}"
+  step probe-timing 240 "$PY" scripts/gpu_probe.py --out "$LOGS/probe-timing.json" --onnx "${onnx[@]}"
 }
 
 # step runs each function in a child bash (so that timeout can stop it): they travel exported.

@@ -58,8 +58,16 @@ def ratios(rows: list[dict]) -> dict:
     return out
 
 
+def probe_timing(logs: Path) -> dict | None:
+    """The timing layer of the bench phase's probe: TensorRT-RTX engines' GPU compute per model and batch."""
+    for entry in (read_json(logs / "probe-timing.json") or {}).get("layers", []):
+        if entry["layer"] == "timing":
+            return {k: v for k, v in entry.items() if k != "traceback"}
+    return None
+
+
 def summarize(logs: Path, phases: str) -> dict:
-    probe = read_json(logs / "probe.json") or {}
+    probe = read_json(logs / "probe.json") or read_json(logs / "probe-timing.json") or {}
     bench = read_json(logs / "bench.json")
     rows = bench_rows(bench)
     notes = (logs / "notes.txt").read_text().strip() if (logs / "notes.txt").is_file() else None
@@ -73,6 +81,7 @@ def summarize(logs: Path, phases: str) -> dict:
         "pytest_gpu": pytest_line(logs),
         "bench": {"device": (bench or {}).get("device"), "rows": rows, "speedup_vs_pytorch_eager": ratios(rows)},
         "bench_cuda_graph": bench_rows(read_json(logs / "bench-cuda-graph.json")),
+        "probe_timing": probe_timing(logs),
     }
 
 
@@ -108,6 +117,10 @@ def markdown(summary: dict) -> str:
             for r in rows
         ]
         lines += ["", f"PyTorch eager FP32 / engine (median): {summary['bench']['speedup_vs_pytorch_eager']}"]
+    timing = summary["probe_timing"]
+    if timing:
+        lines += ["", f"Probe timing ({timing.get('how', '')}): {timing.get('error') or ''}"]
+        lines += [f"- {json.dumps(row)}" for row in timing.get("rows", [])]
     return "\n".join(lines) + "\n"
 
 

@@ -143,3 +143,25 @@ def test_probe_builds_its_model_with_the_real_tensorrt_rtx(tmp_path):
 
     engine = probe_tensorrt.build(tensorrt_rtx, probe_tensorrt.tiny_onnx(tmp_path), "SM89")
     assert len(engine) > 10_000
+
+
+def test_summary_gives_pytorch_over_engine_per_precision_and_batch(tmp_path):
+    """The issue's targets read off edgepipe bench's rows: FP16 vs PyTorch eager at batch 1, INT8 vs FP16 at 32."""
+    import gpu_summary
+
+    def row(fmt, precision, batch, median, status="ok"):
+        return {"artifact": f"m.{precision}", "format": fmt, "precision": precision, "batch": batch}, {
+            "status": status,
+            "median_ms": median,
+            "p99_ms": median and median * 2,
+        }
+
+    rows = [dict(a, **b) for a, b in (row("pytorch", "fp32", 1, 2.0), row("engine", "fp16", 1, 0.5))]
+    rows += [dict(a, **b) for a, b in (row("pytorch", "fp32", 32, 8.0), row("engine", "int8", 32, 1.0))]
+    rows += [dict(a, **b) for a, b in (row("engine", "fp32", 32, None, status="error"),)]
+    (tmp_path / "bench.json").write_text(json.dumps({"device": "NVIDIA H200", "rows": rows}))
+    (tmp_path / "steps.tsv").write_text("bench\t0\t12\nbench-cuda-graph\t-1\t0\n")
+    summary = gpu_summary.summarize(tmp_path, "bench")
+    assert summary["bench"]["speedup_vs_pytorch_eager"] == {"fp16@1": 4.0, "int8@32": 8.0}
+    assert summary["steps"][1] == {"step": "bench-cuda-graph", "rc": -1, "seconds": 0}
+    assert "| m.fp32 | engine | fp32 | 32 | error |" in gpu_summary.markdown(summary)
