@@ -44,8 +44,8 @@ bench: setup
 
 # What a GPU machine without a package index needs (wheels, pycuda's source, TensorRT-RTX in two parts)
 # into .gpu/; docs/gpu.md says which device calls carry it and run scripts/gpu-check.sh there.
-gpu-prepare:
-	PIP="$(PYTHON) -m pip" PYTHON=$(PYTHON) scripts/gpu-prepare.sh
+gpu-prepare: setup
+	PIP="$(BIN)/python -m pip" PYTHON=$(BIN)/python scripts/gpu-prepare.sh
 
 clean:
 	rm -rf $(VENV) .venv-timm runs .pytest_cache

@@ -7,6 +7,8 @@
 #   .gpu/p2/  part 2 of the libs wheel, its parts manifest, SHA256SUMS
 # Usage: scripts/gpu-prepare.sh            (again: files already there are kept; --clean starts over)
 # Environment: PIP (default "python3 -m pip"), PYTHON (default python3), CAP_MIB (largest folder, default 56).
+# That pip's Python needs setuptools and numpy (two sdists are read or built without build isolation):
+# `make gpu-prepare` uses the project's .venv.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
