@@ -71,6 +71,7 @@ if [[ -n "$dups" ]]; then
 fi
 
 libs=$(ls "$DL"/"$LIBS_WHEEL_NAME"-*.whl)
+rm -rf "$GPU"/p[3-9]
 rm -f "$GPU"/p1/* "$GPU"/p2/*
 for f in "$DL"/*; do
   [[ "$f" == "$libs" ]] || cp "$f" "$GPU/p1/"
