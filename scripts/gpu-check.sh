@@ -157,26 +157,26 @@ phase_install() {
 phase_test() {
   # The install phase of the same call has probed already.
   [[ -f "$LOGS/probe.json" ]] || step probe 180 "$PY" scripts/gpu_probe.py --out "$LOGS/probe.json"
-  step pytest-gpu 420 "$PY" -m pytest -m gpu -q -rA -p no:cacheprovider --timeout 240 \
+  step pytest-gpu 240 "$PY" -m pytest -m gpu -q -rA -p no:cacheprovider --timeout 180 \
     --continue-on-collection-errors --junitxml="$LOGS/pytest-gpu.xml" tests
 }
 
 phase_bench() {
-  step edgepipe-run 360 "$PY" -m pipeline.cli run -o "$RUN" --batches 1,32 --epochs "$EPOCHS"
+  step edgepipe-run 200 "$PY" -m pipeline.cli run -o "$RUN" --batches 1,32 --epochs "$EPOCHS"
   cp "$RUN"/report.md "$RUN"/report.json "$LOGS/" 2>/dev/null
   local artifacts=("$RUN"/model.onnx "$RUN"/model.fp16.onnx "$RUN"/model.int8.onnx)
   artifacts+=("$RUN"/model.*.engine)
   local present=() a
   for a in "${artifacts[@]}"; do [[ -f "$a" ]] && present+=("$a"); done
-  step bench 240 "$PY" -m pipeline.cli bench "${present[@]}" --checkpoint "$RUN/checkpoint.pt" --device cuda \
+  step bench 120 "$PY" -m pipeline.cli bench "${present[@]}" --checkpoint "$RUN/checkpoint.pt" --device cuda \
     --batch 1,32 --duration-s 1 --report "$LOGS/bench" --json-out "$LOGS/bench.json"
   if compgen -G "$RUN/model.*.engine" >/dev/null; then
-    step bench-cuda-graph 180 "$PY" -m pipeline.cli bench "$RUN"/model.*.engine --checkpoint "$RUN/checkpoint.pt" \
+    step bench-cuda-graph 90 "$PY" -m pipeline.cli bench "$RUN"/model.*.engine --checkpoint "$RUN/checkpoint.pt" \
       --device cuda --batch 1,32 --duration-s 1 --cuda-graph --json-out "$LOGS/bench-cuda-graph.json"
   fi
   local onnx=()
   for a in "$RUN"/model.onnx "$RUN"/model.fp16.onnx "$RUN"/model.int8.onnx; do [[ -f "$a" ]] && onnx+=("$a"); done
-  step probe-timing 240 "$PY" scripts/gpu_probe.py --out "$LOGS/probe-timing.json" --onnx "${onnx[@]}"
+  step probe-timing 120 "$PY" scripts/gpu_probe.py --out "$LOGS/probe-timing.json" --onnx "${onnx[@]}"
 }
 
 # step runs each function in a child bash (so that timeout can stop it): they travel exported.
