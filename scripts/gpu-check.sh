@@ -115,7 +115,10 @@ build_pycuda() {
     [[ -n "$cuda_root" && -f "$cuda_root/include/cuda.h" ]] && break
   done
   echo "CUDA toolkit: $cuda_root"
-  rm -rf "$STASH/build" && mkdir -p "$STASH/build" && tar xzf "$sdist" -C "$STASH/build" || return 1
+  # A build cut short by a call's budget resumes in the next call (setuptools skips objects already made).
+  if [[ ! -d "$STASH/build" ]]; then
+    mkdir -p "$STASH/build" && tar xzf "$sdist" -C "$STASH/build" || return 1
+  fi
   cd "$STASH"/build/pycuda-* || return 1
   local options=(--cuda-root="$cuda_root")
   # edgepipe needs no cuRAND; a toolkit without its header would otherwise stop the build.
