@@ -27,11 +27,11 @@ NO_GPU = "no NVIDIA GPU (the CUDA driver reports none)" if cuda.current_compute_
 NO_PYCUDA = (
     "pycuda is not installed (pip install 'edgepipe[gpu]')" if importlib.util.find_spec("pycuda") is None else None
 )
-# Skipped before any fixture runs (a module fixture would come after the session's training).
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(bool(NO_GPU or NO_PYCUDA), reason=NO_GPU or NO_PYCUDA or ""),
-]
+NO_TENSORRT = None if backendmod.installed_backends() else "neither TensorRT nor TensorRT-RTX is installed"
+# Skips are marks, decided before any fixture runs (a fixture's skip would come after the session's training).
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(NO_GPU), reason=NO_GPU or "")]
+needs_pycuda = pytest.mark.skipif(bool(NO_PYCUDA), reason=NO_PYCUDA or "")
+needs_engines = pytest.mark.skipif(bool(NO_PYCUDA or NO_TENSORRT), reason=NO_PYCUDA or NO_TENSORRT or "")
 SHAPES = {"min": "input:1x1x32x32", "opt": "input:8x1x32x32", "max": "input:32x1x32x32"}
 
 
@@ -44,12 +44,6 @@ def layer(name: str):
         raise
     except Exception as exc:  # any failure of the layer, named; the traceback is kept as its cause
         pytest.fail(f"layer {name}: {type(exc).__name__}: {exc}")
-
-
-@pytest.fixture(scope="module")
-def trt_here():
-    if not backendmod.installed_backends():
-        pytest.skip("neither TensorRT nor TensorRT-RTX is installed")
 
 
 @pytest.fixture()
@@ -70,6 +64,7 @@ def test_driver_has_what_cuda_graphs_need():
         assert "." in cuda.current_compute_capability()
 
 
+@needs_pycuda
 def test_cuda_runtime_buffers_streams_and_events(pycuda_context):
     driver = pycuda_context
     with layer("cuda-runtime"):
@@ -86,6 +81,7 @@ def test_cuda_runtime_buffers_streams_and_events(pycuda_context):
     assert np.array_equal(host, back) and start.time_till(end) > 0
 
 
+@needs_pycuda
 def test_cuda_graph_of_a_plain_kernel_through_the_driver(pycuda_context):
     """edgepipe's CUDA graph capture (pipeline.cuda) on a kernel of its own: proven without TensorRT."""
     driver = pycuda_context
@@ -128,7 +124,7 @@ def _build(onnx_path, folder, precision="fp32"):
 
 
 @pytest.fixture(scope="module")
-def engine_fp32(trt_here, exported, tmp_path_factory):
+def engine_fp32(exported, tmp_path_factory):
     return _build(exported, tmp_path_factory.mktemp("gpu"))
 
 
@@ -138,6 +134,7 @@ def _open(engine, **kwargs):
         return load_runner(engine, **kwargs)
 
 
+@needs_engines
 def test_engine_deserializes_and_enqueues(engine_fp32, pycuda_context):
     with layer("tensorrt-deserialize"):
         engine = backendmod.get_backend().deserialize(engine_fp32.read_bytes())
@@ -158,6 +155,7 @@ def held_out(trained):
     return datamod.split_of(config, datamod.load_for_config(config), "val")
 
 
+@needs_engines
 def test_fp32_engine_matches_pytorch(trained, engine_fp32, held_out):
     x, y = held_out
     runner = _open(engine_fp32)
@@ -171,6 +169,7 @@ def test_fp32_engine_matches_pytorch(trained, engine_fp32, held_out):
     assert stats["top1_agreement"] >= 99.5
 
 
+@needs_engines
 def test_fp16_engine_agrees_on_top1(trained, exported, held_out, tmp_path):
     x, _ = held_out
     path = _build(exported, tmp_path, precision="fp16")
@@ -183,6 +182,7 @@ def test_fp16_engine_agrees_on_top1(trained, exported, held_out, tmp_path):
     assert stats["top1_agreement"] >= 98.0
 
 
+@needs_engines
 def test_dynamic_batch_within_the_profile_and_a_clear_error_beyond(engine_fp32, held_out):
     x, _ = held_out
     runner = _open(engine_fp32)
@@ -200,6 +200,7 @@ def test_dynamic_batch_within_the_profile_and_a_clear_error_beyond(engine_fp32, 
         runner.close()
 
 
+@needs_engines
 def test_cuda_graph_replay_gives_the_same_logits(engine_fp32, held_out):
     x, _ = held_out
     batch = np.ascontiguousarray(x[:8])
@@ -220,6 +221,7 @@ def test_cuda_graph_replay_gives_the_same_logits(engine_fp32, held_out):
         graphed.close()
 
 
+@needs_engines
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_bench_times_the_engine_with_the_trtexec_split(trained, engine_fp32, cuda_graph):
     import torch
@@ -250,6 +252,7 @@ def bench_engine(trained, engine, device, cuda_graph):
         )
 
 
+@needs_engines
 def test_engine_is_faster_than_pytorch_eager_on_the_same_gpu(trained, engine_fp32):
     import torch
 
