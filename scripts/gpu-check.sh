@@ -13,7 +13,7 @@
 #            GPU beside the engines, CUDA graphs off and on), the probe's raw TensorRT-RTX timings
 # OUT_DIR gets at most 4 files per call (the device tool brings back 8): summary.json,
 # summary.md, probe.json, and logs-PHASES.tar.gz with every log, report and plot.
-# Environment: PYTHON (default python3), EDGEPIPE_GPU_STASH (default /tmp/edgepipe-gpu: kept
+# Environment: PYTHON (default python3), CUDA_ROOT and CUDA_DRIVER_LIB (found when unset), EDGEPIPE_GPU_STASH (default /tmp/edgepipe-gpu: kept
 # between calls while the machine stays warm), BUDGET_S (default 560: steps are cut or skipped so the
 # call ends by then, inside the device tool's 600 s), EPOCHS (default 3: edgepipe run's training; the
 # figures are latency, and a short training keeps the call short).
@@ -115,21 +115,31 @@ build_pycuda() {
     [[ -n "$cuda_root" && -f "$cuda_root/include/cuda.h" ]] && break
   done
   echo "CUDA toolkit: $cuda_root"
-  # A build cut short by a call's budget resumes in the next call (setuptools skips objects already made).
+  # Unpacked once per machine; configure and build_ext run again in a later call if this one was cut short.
   if [[ ! -d "$STASH/build" ]]; then
     mkdir -p "$STASH/build" && tar xzf "$sdist" -C "$STASH/build" || return 1
   fi
   cd "$STASH"/build/pycuda-* || return 1
-  local options=(--cuda-root="$cuda_root")
+  local options=(--cuda-root="$cuda_root") driver_lib
+  # pycuda links against libcuda.so. A toolkit installed from wheels has no stubs/libcuda.so, and the
+  # driver's folder may hold only libcuda.so.1: link against that one through a libcuda.so beside it.
+  driver_lib=$(ldconfig -p | awk '/libcuda\.so\.1 .*x86-64/ {print $NF; exit}')
+  for candidate in "${CUDA_DRIVER_LIB:-}" "$driver_lib" /usr/local/nvidia/lib64/libcuda.so.1 /usr/lib/x86_64-linux-gnu/libcuda.so.1 \
+    "$cuda_root"/lib64/stubs/libcuda.so "$cuda_root"/lib/stubs/libcuda.so; do
+    [[ -n "$candidate" && -f "$candidate" ]] && { driver_lib=$candidate; break; }
+  done
+  echo "CUDA driver library to link: ${driver_lib:-none found}"
+  if [[ -f "$driver_lib" ]]; then
+    mkdir -p "$STASH/cudadrv" && ln -sf "$(readlink -f "$driver_lib")" "$STASH/cudadrv/libcuda.so"
+    options+=(--cudadrv-lib-dir="$STASH/cudadrv")
+  fi
   # edgepipe needs no cuRAND; a toolkit without its header would otherwise stop the build.
   [[ -f "$cuda_root/include/curand.h" ]] || options+=(--no-cuda-enable-curand)
+  # configure.py takes an earlier siteconf.py as its defaults, which flips its switches' names.
+  rm -f siteconf.py
   "$PY" configure.py "${options[@]}" || return 1
-  # Built in place in parallel (pip would compile its C++ one file at a time), then copied into the site.
-  if ! "$PY" setup.py build_ext --inplace -j "$(nproc)"; then
-    echo "build_ext failed; trying pip"
-    "$PY" -m pip install --no-index --no-deps --no-build-isolation --target "$SITE" . || return 1
-    return 0
-  fi
+  # Built in place (-j runs its extensions side by side), then copied into the site.
+  "$PY" setup.py build_ext --inplace -j "$(nproc)" || return 1
   cp -r pycuda "$SITE/"
 }
 
