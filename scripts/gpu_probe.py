@@ -1,6 +1,6 @@
 """What works on this GPU machine, layer by layer, with the exact error of each layer that fails.
 
-    python3 scripts/gpu_probe.py --out summary.json [--onnx model.onnx ...] [--checkpoint ckpt.pt]
+    python3 scripts/gpu_probe.py --out probe.json [--onnx model.onnx ...] [--batches 1,32] [--iterations 200]
 
 Layers, in order (a layer runs only when the ones it stands on passed):
   driver          libcuda: cuInit, the GPU's name, compute capability and driver version
@@ -9,10 +9,11 @@ Layers, in order (a layer runs only when the ones it stands on passed):
   kernel-graph    a plain kernel (pycuda + nvcc) captured as a CUDA graph through edgepipe's pipeline.cuda
   torch-cuda      PyTorch on the GPU: a matrix product and a torch.cuda.CUDAGraph replay
   tensorrt-build  TensorRT-RTX building for ComputeCapability.CURRENT (undocumented on SM 9.0)
-  tensorrt-foreign an engine built for another target (8.9), deserialized here: the error it gives
   tensorrt-deserialize, tensorrt-enqueue, tensorrt-graph   the CURRENT engine: load, run, CUDA graph replay
-  timing          each --onnx built for CURRENT, GPU compute time per batch (CUDA events), and
-                  PyTorch eager FP32 on the GPU from --checkpoint, for the ratio
+  timing          each --onnx built for CURRENT: GPU compute time per batch (CUDA events, no copies)
+  tensorrt-foreign an engine built for another target (8.9), deserialized here: the error it gives (last:
+                  the likeliest to crash; every layer is on disk as soon as it ends)
+PyTorch eager on the GPU, for the speed-up, is measured by edgepipe bench --device cuda (scripts/gpu-check.sh).
 Standard library at import time; every third-party import is inside the layer that needs it, so a
 missing package is that layer's error, not the probe's. Runs without a GPU too (every layer then
 says why it did not run), which is how the fast test suite checks it.
