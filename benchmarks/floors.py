@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from pathlib import Path
 
 import grimp
+import tomllib
 
 ROOTS = ("pipeline", "calibration", "models")
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"

@@ -1,10 +1,8 @@
 """build-engine / edgepipe build: a TensorRT or TensorRT-RTX engine from an ONNX model, trtexec's flags."""
 
-import os
-
 import click
 
-from pipeline.build import build_engine
+from pipeline.build import BuildSettings, build
 from pipeline.commands.options import (
     EdgepipeCommand,
     data_option,
@@ -184,23 +182,21 @@ def build_command(
     if not onnx_path:
         command = click.get_current_context().command_path
         raise EdgepipeError("missing the ONNX model", fix=f"name it: {command} MODEL.onnx [--fp16 | --int8 | --fp32]")
-    if data is None and not (calib and os.path.isdir(calib)) and (preprocess.given or labels is not None):
-        raise EdgepipeError(
-            "the preprocessing flags and --labels describe a folder of images (--data or --calib), and none is given",
-            fix="pass --data FOLDER (or --calib FOLDER), or drop them",
-        )
-    result = build_engine(
-        onnx_path,
+    settings = BuildSettings.parse(
         precision=precision,
-        save_engine=save_engine,
         calib=calib,
         data=data,
         backend=backend,
         reading={"preprocess": preprocess if preprocess.given else None, "labels": labels, "workers": workers},
         shapes={"min": min_shapes, "opt": opt_shapes, "max": max_shapes},
-        force=force,
-        **{**controls, "compute_capability": list(controls["compute_capability"]) or None},
+        **controls,
     )
+    if not settings.folder_given and (preprocess.given or labels is not None):
+        raise EdgepipeError(
+            "the preprocessing flags and --labels describe a folder of images (--data or --calib), and none is given",
+            fix="pass --data FOLDER (or --calib FOLDER), or drop them",
+        )
+    result = build(onnx_path, settings, save_engine=save_engine, force=force)
     emit(result, as_json, _print_human)
 
 
