@@ -502,5 +502,7 @@ def test_int8_with_no_images_is_refused_before_any_progress(model_onnx):
     before = sorted(model_onnx.parent.iterdir())
     result = run_cli(model_onnx, "--int8")
     assert_one_line_error(result, "--int8 needs calibration images", "--calib calib.npz", "--data DIR")
-    assert result.stderr.strip().splitlines() == [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.splitlines() if line.startswith("Error:")
+    ]
     assert sorted(model_onnx.parent.iterdir()) == before
