@@ -10,6 +10,10 @@ order the code really has can have. A cycle (modules that reach each other) is o
     python benchmarks/floors.py            # floors, the longest chain, and each module's floor
     python benchmarks/floors.py --json     # the same as one JSON object
     python benchmarks/floors.py --max 12   # exit 1 when there are more than 12 floors
+    python benchmarks/floors.py --contract # the layers of a floors contract saying exactly this order
+
+The contract it prints joins modules of one floor with "|" (they do not import each other, or they
+would stand on different floors): no sideways ":" group hides an import that runs the other way.
 """
 
 from __future__ import annotations
@@ -107,14 +111,27 @@ def floors(edges: dict[str, set[str]]) -> dict:
     }
 
 
+def contract(layers: dict[int, list[str]]) -> str:
+    """The ``layers = [...]`` of an import-linter layers contract, top floor first, one floor a line."""
+    lines = []
+    for floor, mods in layers.items():
+        mods = [m for m in mods if m not in ("pipeline",)]  # the root package holds every layer
+        if mods:
+            lines.append(f'    "{" | ".join(mods)}",  # {floor}')
+    return "layers = [\n" + "\n".join(lines) + "\n]"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--max", type=int, default=None, help="exit 1 when there are more floors than this")
+    parser.add_argument("--contract", action="store_true", help="print the layers of a contract saying this order")
     parser.add_argument("--modules", action="store_true", help="count every module alone (no package collapsed)")
     args = parser.parse_args()
     result = floors(module_graph([] if args.modules else layer_packages()))
-    if args.json:
+    if args.contract:
+        print(contract(result["layers"]))
+    elif args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"floors: {result['floors']}")

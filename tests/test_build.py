@@ -506,3 +506,26 @@ def test_int8_with_no_images_is_refused_before_any_progress(model_onnx):
         line for line in result.stderr.splitlines() if line.startswith("Error:")
     ]
     assert sorted(model_onnx.parent.iterdir()) == before
+
+
+def test_build_settings_are_parsed_once_into_values():
+    settings = build.BuildSettings.parse(
+        precision="fp16",
+        shapes={"opt": "input:8x1x32x32"},
+        mem_pool_size="workspace:2G",
+        hardware_compatibility_level="ampere_plus",
+        compute_capability=["8.6"],
+        allow_gpu_fallback=False,
+    )
+    assert settings.precision is build.settings.Precision.FP16
+    assert settings.shapes == {"min": {}, "opt": {"input": (8, 1, 32, 32)}, "max": {}}
+    assert settings.memory_pools == {"workspace": 2 * 2**30} and settings.hardware_compatibility == "ampere+"
+    assert settings.compute_capability == ("8.6",)
+    with pytest.raises(Exception, match="frozen|cannot assign"):
+        settings.precision = None
+    with pytest.raises(TypeError, match="unknown build settings: fp16_flag"):
+        build.BuildSettings.parse(fp16_flag=True)
+    with pytest.raises(EdgepipeError, match="only used for INT8"):
+        build.BuildSettings.parse(precision="fp16", calib="calib.npz")
+    with pytest.raises(EdgepipeError, match="--optShapes"):
+        build.BuildSettings.parse(shapes={"opt": "input=8x1"})

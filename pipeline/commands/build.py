@@ -2,7 +2,6 @@
 
 import click
 
-from pipeline.build import BuildSettings, build
 from pipeline.commands.options import (
     EdgepipeCommand,
     data_option,
@@ -165,6 +164,9 @@ def build_command(onnx_file, onnx_option, save_engine, force, as_json, **flags):
     if not onnx_path:
         command = click.get_current_context().command_path
         raise EdgepipeError("missing the ONNX model", fix=f"name it: {command} MODEL.onnx [--fp16 | --int8 | --fp32]")
+    # The build stage loads when the command runs, so that --help starts without onnx and numpy.
+    from pipeline.build import BuildSettings, build
+
     preprocess, labels, workers = flags.pop("preprocess"), flags.pop("labels"), flags.pop("workers")
     shapes = {kind: flags.pop(f"{kind}_shapes") for kind in ("min", "opt", "max")}
     reading = {"preprocess": preprocess if preprocess.given else None, "labels": labels, "workers": workers}
