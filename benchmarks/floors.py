@@ -40,7 +40,7 @@ def layer_packages(pyproject: Path = PYPROJECT) -> list[str]:
 
 def module_graph(packages: list[str]) -> dict[str, set[str]]:
     """{module: modules it imports}, with the modules of each layer package collapsed into the package."""
-    graph = grimp.build_graph(*ROOTS)
+    graph = grimp.build_graph(*ROOTS, cache_dir=None)
     packages = [p for p in packages if graph.find_children(p)] if packages else []
 
     def node(module: str) -> str:
