@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.errors import EdgepipeError
-from pipeline.runtime.base import Runner, predict
+from pipeline.runner import Runner, predict
 
 
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -15,7 +15,7 @@ from pipeline.errors import EdgepipeError
 from pipeline.metrics import top1
 from pipeline.modelspec import ModelSpec, load_weights
 from pipeline.progress import progress_bar
-from pipeline.runtime.base import predict
+from pipeline.runner import predict
 from pipeline.runtime.pytorch import TorchRunner
 
 DEFAULT_EPOCHS = 20

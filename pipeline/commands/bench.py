@@ -1,6 +1,7 @@
 """edgepipe bench: latency and throughput of every artifact beside the PyTorch reference."""
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich import box
@@ -18,6 +19,7 @@ from pipeline.commands.options import (
     model_options,
 )
 from pipeline.progress import out
+from pipeline.validate import validate
 
 
 @click.command("bench", cls=EdgepipeCommand)
@@ -68,23 +70,7 @@ from pipeline.progress import out
 @model_options(help="The model of a --checkpoint that names your own code: --model again, or --trust-model-code.")
 @force_option
 @json_option
-def bench_command(
-    artifacts,
-    checkpoint,
-    batches,
-    warmup_ms,
-    duration_s,
-    iterations,
-    cuda_graph,
-    device,
-    input_size,
-    report_dir,
-    json_out,
-    model,
-    code,
-    force,
-    as_json,
-):
+def bench_command(artifacts, checkpoint, report_dir, json_out, model, force, as_json, **measuring):
     """Measure latency and throughput of the PyTorch reference and every artifact, side by side.
 
     Per artifact and batch: min, mean, median, p90, p95, p99 latency and throughput after a
@@ -102,20 +88,11 @@ def bench_command(
     )
     for path in outputs:
         check_output(path, force)  # fail before measuring, not after
-    result = bench.bench(
-        list(artifacts),
-        checkpoint=checkpoint,
-        batches=batches,
-        warmup_ms=warmup_ms,
-        duration_s=duration_s,
-        iterations=iterations,
-        cuda_graph=cuda_graph,
-        device=device,
-        input_size=input_size,
-        code=code,
-    )
+    # ``model`` is the --model spec; what bench needs of it, the code it may import, is in ``code``.
+    settings = bench.BenchSettings(**measuring)  # batches, warm-up, duration, iterations, device, input size, code
+    result = bench.bench(list(artifacts), checkpoint=checkpoint, settings=settings)
     if report_dir:
-        md, png = benchreport.write_report(result, report_dir)
+        md, png = benchreport.write_report(result, report_dir, accuracy=held_out_top1(result))
         result["report"] = {"markdown": str(md), "plot": str(png)}
     if json_out:
         write_json_atomic(json_out, result)
@@ -171,3 +148,19 @@ def _print_table(result) -> None:
         out.print(line, markup=False)
     if result.get("report"):
         out.print(f"Report: {result['report']['markdown']}, plot {result['report']['plot']}", markup=False)
+
+
+def held_out_top1(result: dict[str, Any]) -> dict[str, float]:
+    """Top-1 (%) on the held-out split per artifact path that ran, for the latency/accuracy plot.
+
+    ``edgepipe validate`` measures it; that needs the PyTorch checkpoint among the bench rows.
+    """
+    ok = list(dict.fromkeys(r["artifact"] for r in result["rows"] if r["status"] == "ok"))
+    reference = next((r["artifact"] for r in result["rows"] if r.get("format") == "pytorch"), None)
+    if reference is None:
+        return {}
+    report = validate(reference, [a for a in ok if a != reference])
+    by_name = {Path(str(r.get("artifact"))).name: r.get("top1") for r in report.get("rows", [])}
+    scores = {a: by_name.get(Path(a).name) for a in ok}
+    scores[reference] = (report.get("reference") or {}).get("top1")
+    return {a: float(v) for a, v in scores.items() if v is not None}

@@ -7,7 +7,7 @@ from typing import Any
 
 from pipeline.data import load_for_config, split_of
 from pipeline.metrics import evaluate
-from pipeline.runtime.base import predict
+from pipeline.runner import predict
 from pipeline.runtime.ort import OnnxRuntimeRunner
 
 # The figures quantize returns and records in a manifest's "accuracy", in this order.
