@@ -6,8 +6,6 @@ import click
 from rich import box
 from rich.table import Table
 
-from pipeline import bench, benchreport
-from pipeline.artifacts import check_output, write_json_atomic
 from pipeline.commands.options import (
     EdgepipeCommand,
     batches_option,
@@ -17,6 +15,7 @@ from pipeline.commands.options import (
     json_option,
     model_options,
 )
+from pipeline.commands.parsers import onnx_input_hw
 from pipeline.progress import out
 
 
@@ -48,7 +47,8 @@ from pipeline.progress import out
     help="Where PyTorch and ONNX Runtime run; engines always run on the GPU.",
 )
 @input_size_option(
-    help="Height x width for ONNX models whose input leaves them open (dynamic H/W). Default: the size of the preprocessing stored in the model."
+    help="Size for ONNX models whose input leaves height and width open: HxW, or CxHxW to also check the channels. "
+    "Default: the size of the preprocessing stored in the model."
 )
 @click.option(
     "--report",
@@ -97,11 +97,17 @@ def bench_command(
       edgepipe bench runs/se/model.onnx runs/se/model.fp16.engine \\
           --checkpoint runs/se/se_resnet.pt --batch 1,8,32 --duration-s 3 --report runs/se/bench
     """
+    # benchmarking runs the models (numpy, onnx, ONNX Runtime, torch): imported when the command runs, so --help starts at once.
+    from pipeline import bench, benchreport
+    from pipeline.artifacts import check_output, write_json_atomic  # onnx
+
     outputs = ([json_out] if json_out else []) + (
         [f"{report_dir}/bench.md", f"{report_dir}/bench.png"] if report_dir else []
     )
     for path in outputs:
         check_output(path, force)  # fail before measuring, not after
+    for path in artifacts:  # channels named in --input-size are checked against every ONNX model
+        onnx_input_hw(input_size, path)
     result = bench.bench(
         list(artifacts),
         checkpoint=checkpoint,
@@ -111,7 +117,7 @@ def bench_command(
         iterations=iterations,
         cuda_graph=cuda_graph,
         device=device,
-        input_size=input_size,
+        input_size=input_size.hw if input_size else None,
         code=code,
     )
     if report_dir:
@@ -167,6 +173,9 @@ def _print_table(result) -> None:
     out.print(table)
     for what, reason in reasons.items():
         out.print(f"{what} ({reason})" if reason else what, markup=False)
+    # the bench report reads the figures (numpy): imported once there are figures to print.
+    from pipeline import benchreport
+
     for line in benchreport.footer_lines(result):
         out.print(line, markup=False)
     if result.get("report"):

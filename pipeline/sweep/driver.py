@@ -23,6 +23,7 @@ import pipeline.sweep.adapter as edgepipe
 import pipeline.sweep.cluster as clustermod
 import pipeline.sweep.inputs as sweep_inputs
 import pipeline.sweep.report as sweep_report
+from pipeline.defaults import DEFAULT_SWEEP_OUTPUT
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.sweep.cell import build_cell, choose_backend
@@ -31,7 +32,7 @@ from pipeline.sweep.targets import cc_order, parse_target
 
 ORPHAN_CHECK_S = 15.0  # how often pending cells are checked against the nodes still alive
 
-DEFAULT_OUTPUT = "runs/sweep"
+DEFAULT_OUTPUT = DEFAULT_SWEEP_OUTPUT
 
 
 @dataclass
