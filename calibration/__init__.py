@@ -33,12 +33,13 @@ import numpy as np
 from pipeline import data as datamod
 from pipeline.artifacts import atomic_output, check_output, sha256_file, write_manifest
 from pipeline.checkpoint import config_of
+from pipeline.defaults import DEFAULT_CALIBRATION_SIZE
 from pipeline.errors import EdgepipeError
 from pipeline.images import SPLIT_SEED, VAL_FRACTION, ModelInput, PreprocessFlags, open_source, refuse_for_recorded
 from pipeline.onnxfile import CONFIG_KEY, load_onnx, read_metadata
 from pipeline.progress import info
 
-DEFAULT_NUM = 512
+DEFAULT_NUM = DEFAULT_CALIBRATION_SIZE
 # Why these minimums: entropy (KL) calibration picks each tensor's clipping threshold from a
 # histogram of its activations, and max calibration takes the largest value seen. Both are
 # statistics of the rarest patterns, which differ per class: with fewer than ~8 images of a class

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.defaults import DEFAULT_DATA
 from pipeline.errors import EdgepipeError
 from pipeline.preprocess import Preprocess
 
-DEFAULT_DATA = "digits"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 VAL_FRACTION = 0.2
 # Without class_names an .npz's classes are 0..max(y). More than this, and more than its images: the

@@ -20,6 +20,7 @@ from pipeline import __version__
 from pipeline import data as datamod
 from pipeline.artifacts import Kind, atomic_output, check_output, write_manifest
 from pipeline.checkpoint import is_checkpoint, load_checkpoint, model_from_weights, model_record
+from pipeline.defaults import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from pipeline.errors import EdgepipeError
 from pipeline.metrics import evaluate
 from pipeline.modelspec import ModelSpec, probe
@@ -31,9 +32,7 @@ from pipeline.runtime import predict
 from pipeline.runtime.ort import OnnxRuntimeRunner
 from pipeline.runtime.pytorch import TorchRunner
 
-DEFAULT_OPSET = 17
 # The TensorRT ONNX parser needs opset >= 13 for Q/DQ; the TorchScript exporter goes up to 20.
-MIN_OPSET, MAX_OPSET = 13, 20
 MAX_ABS_DIFF = 1e-4
 SYNTHETIC_COUNT, SYNTHETIC_SEED = 32, 0  # standard-normal inputs a weights file with no --data is proven on
 SYNTHETIC_TEXT = f"{SYNTHETIC_COUNT} synthetic inputs (seeded)"
@@ -75,6 +74,8 @@ def export(
     if data is None and given is not None and given.kind != "zoo" and not is_checkpoint(checkpoint):
         return _export_weights(checkpoint, output, given, opset, batch, dynamic_batch, input_shape, dynamic_size)
     model, config = load_checkpoint(checkpoint, model_name=model_name, data=data, trust_model_code=trust_model_code)
+    if input_shape is not None and input_shape[0] is None:  # --input-size HxW keeps the checkpoint's channels
+        input_shape = (config["input_shape"][0], *input_shape[1:])
     if input_shape is not None and list(input_shape) != config["input_shape"]:
         probe(model, tuple(input_shape))  # one line naming what the forward pass raised
         config = {**config, "input_shape": list(input_shape), **_resized_preprocess(config, input_shape)}

@@ -35,6 +35,7 @@ from pipeline import bench, benchreport, build, export, quantize, report, train,
 from pipeline.artifacts import Kind, read_manifest, sha256_file, why_stale, write_json_atomic, write_manifest
 from pipeline.checkpoint import config_of, model_info, model_record, save_checkpoint
 from pipeline.data import DEFAULT_DATA, load_dataset, load_for_config, resolve_source
+from pipeline.defaults import BUDGET_DEFAULT, DEFAULT_MAX_DROP
 from pipeline.errors import EdgepipeError
 from pipeline.images import PreprocessFlags
 from pipeline.modelspec import ModelCode, ModelSpec
@@ -49,8 +50,6 @@ DEFAULT_BENCH_BATCHES = (1, 8)
 BENCH_WARMUP_MS = 100
 # INT8 accuracy budget (points of top-1 below the FP32 model): the most sensitive nodes stay in
 # higher precision until INT8 is within it. Plain PTQ misses it on some models by a couple of images.
-DEFAULT_MAX_DROP = 0.5
-BUDGET_DEFAULT = "default"  # max_drop when the user gave none: DEFAULT_MAX_DROP, or no budget for unlabelled images
 NO_BACKEND = "no TensorRT flavour is installed (pip install 'edgepipe[rtx]', or JetPack's TensorRT on Jetson)"
 
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import data as datamod
-from pipeline.checkpoint import DEFAULT_MODEL, model_for_data, model_info
+from pipeline.checkpoint import model_for_data, model_info
+from pipeline.defaults import DEFAULT_MODEL
 from pipeline.errors import EdgepipeError
 from pipeline.metrics import top1
 from pipeline.modelspec import ModelSpec, load_weights

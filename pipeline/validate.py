@@ -30,6 +30,7 @@ from pipeline import data as datamod
 from pipeline import images
 from pipeline.artifacts import Artifact, Kind, read_manifest
 from pipeline.checkpoint import config_of, is_checkpoint, model_from_weights, model_record
+from pipeline.defaults import SPLITS
 from pipeline.errors import EdgepipeError
 from pipeline.fidelity import DEFAULT_ATOL, DEFAULT_RTOL, Fidelity
 from pipeline.images import FLAG_KEYS, ModelInput, PreprocessFlags, refuse_for_recorded
@@ -42,7 +43,6 @@ from pipeline.progress import info
 from pipeline.runtime import NoGpuError, Runner, batch_step, open_runner, predict, predict_batch
 
 SKIPPED_NO_GPU = "skipped: no NVIDIA GPU"
-SPLITS = ("auto", "held-out", "all")  # which of the user's images are judged on
 FIGURE_KEYS = ("max_abs_diff", "mean_abs_diff", "median_abs_diff", "cosine", "cosine_min")
 
 

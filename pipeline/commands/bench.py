@@ -7,8 +7,6 @@ import click
 from rich import box
 from rich.table import Table
 
-from pipeline import bench, benchreport
-from pipeline.artifacts import check_output, write_json_atomic
 from pipeline.commands.options import (
     EdgepipeCommand,
     batches_option,
@@ -18,8 +16,8 @@ from pipeline.commands.options import (
     json_option,
     model_options,
 )
+from pipeline.commands.parsers import onnx_input_hw
 from pipeline.progress import out
-from pipeline.validate import validate
 
 
 @click.command("bench", cls=EdgepipeCommand)
@@ -50,7 +48,8 @@ from pipeline.validate import validate
     help="Where PyTorch and ONNX Runtime run; engines always run on the GPU.",
 )
 @input_size_option(
-    help="Height x width for ONNX models whose input leaves them open (dynamic H/W). Default: the size of the preprocessing stored in the model."
+    help="Size for ONNX models whose input leaves height and width open: HxW, or CxHxW to also check the channels. "
+    "Default: the size of the preprocessing stored in the model."
 )
 @click.option(
     "--report",
@@ -70,7 +69,7 @@ from pipeline.validate import validate
 @model_options(help="The model of a --checkpoint that names your own code: --model again, or --trust-model-code.")
 @force_option
 @json_option
-def bench_command(artifacts, checkpoint, report_dir, json_out, model, force, as_json, **measuring):
+def bench_command(artifacts, checkpoint, report_dir, json_out, model, force, as_json, input_size, **measuring):
     """Measure latency and throughput of the PyTorch reference and every artifact, side by side.
 
     Per artifact and batch: min, mean, median, p90, p95, p99 latency and throughput after a
@@ -83,13 +82,19 @@ def bench_command(artifacts, checkpoint, report_dir, json_out, model, force, as_
       edgepipe bench runs/se/model.onnx runs/se/model.fp16.engine \\
           --checkpoint runs/se/se_resnet.pt --batch 1,8,32 --duration-s 3 --report runs/se/bench
     """
+    # benchmarking runs the models (numpy, onnx, ONNX Runtime, torch): imported when the command runs, so --help starts at once.
+    from pipeline import bench, benchreport
+    from pipeline.artifacts import check_output, write_json_atomic  # onnx
+
     outputs = ([json_out] if json_out else []) + (
         [f"{report_dir}/bench.md", f"{report_dir}/bench.png"] if report_dir else []
     )
     for path in outputs:
         check_output(path, force)  # fail before measuring, not after
+    for path in artifacts:  # channels named in --input-size are checked against every ONNX model
+        onnx_input_hw(input_size, path)
     # ``model`` is the --model spec; what bench needs of it, the code it may import, is in ``code``.
-    settings = bench.BenchSettings(**measuring)  # batches, warm-up, duration, iterations, device, input size, code
+    settings = bench.BenchSettings(input_size=input_size.hw if input_size else None, **measuring)
     result = bench.bench(list(artifacts), checkpoint=checkpoint, settings=settings)
     if report_dir:
         md, png = benchreport.write_report(result, report_dir, accuracy=held_out_top1(result))
@@ -144,6 +149,9 @@ def _print_table(result) -> None:
     out.print(table)
     for what, reason in reasons.items():
         out.print(f"{what} ({reason})" if reason else what, markup=False)
+    # the bench report reads the figures (numpy): imported once there are figures to print.
+    from pipeline import benchreport
+
     for line in benchreport.footer_lines(result):
         out.print(line, markup=False)
     if result.get("report"):
@@ -155,6 +163,9 @@ def held_out_top1(result: dict[str, Any]) -> dict[str, float]:
 
     ``edgepipe validate`` measures it; that needs the PyTorch checkpoint among the bench rows.
     """
+    # validation runs the models: imported when there is a report to draw.
+    from pipeline.validate import validate
+
     ok = list(dict.fromkeys(r["artifact"] for r in result["rows"] if r["status"] == "ok"))
     reference = next((r["artifact"] for r in result["rows"] if r.get("format") == "pytorch"), None)
     if reference is None:

@@ -155,6 +155,8 @@ def build_command(onnx_file, onnx_option, save_engine, force, as_json, **flags):
       build-engine dynamic.onnx --fp16 --minShapes image:1x3x160x160 --optShapes image:8x3x224x224 --maxShapes image:32x3x320x320
       edgepipe build model.onnx --minShapes input:1x1x32x32 --optShapes input:8x1x32x32 --maxShapes input:32x1x32x32
     """
+    # building reads the ONNX (onnx, numpy): imported when the command runs, so --help starts at once.
+
     if onnx_file and onnx_option and onnx_file != onnx_option:
         raise EdgepipeError(
             "the ONNX model is given twice, as the argument and as --onnx",
