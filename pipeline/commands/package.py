@@ -3,7 +3,6 @@
 import click
 
 from pipeline.commands.options import EdgepipeCommand, emit, json_option
-from pipeline.deploy.bundle import PackageOptions, package
 from pipeline.deploy.targets import TARGETS
 from pipeline.progress import out
 
@@ -40,6 +39,9 @@ def package_command(models, target, data, labels, output, images, max_batch, tri
     Example:
       edgepipe package model.onnx model.fp16.onnx --target jp6 --data photos/ -o bundle/
     """
+    # the bundle runs the model (numpy, onnx, ONNX Runtime): imported when the command runs, so --help starts at once.
+    from pipeline.deploy.bundle import PackageOptions, package
+
     options = PackageOptions(target, data, labels, images, max_batch, triton_max_batch, dla, force)
     emit(package(list(models), output, options), as_json, _print)
 
