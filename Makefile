@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= rtx,dev,ray
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all gate bench clean
+.PHONY: setup run test test-all gate bench clean gpu-prepare
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: setup
 	$(BIN)/python benchmarks/zoo.py --keep runs/zoo
 	$(BIN)/python benchmarks/precision.py runs/zoo
 	$(BIN)/python benchmarks/latency.py --checkpoint runs/zoo/se_resnet.pt --work runs/latency --out docs/latency.md
+
+# What a GPU machine without a package index needs (wheels, pycuda's source, TensorRT-RTX in two parts)
+# into .gpu/; docs/gpu.md says which device calls carry it and run scripts/gpu-check.sh there.
+gpu-prepare: setup
+	PIP="$(BIN)/python -m pip" PYTHON=$(BIN)/python scripts/gpu-prepare.sh
 
 clean:
 	rm -rf $(VENV) .venv-timm runs .pytest_cache

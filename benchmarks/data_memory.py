@@ -108,7 +108,7 @@ def measure(folder: Path, workers: int | None, batch_size: int) -> dict:
     from pipeline import images
     from pipeline.preprocess import Preprocess
 
-    preprocess = Preprocess.from_options(**PREPROCESS)
+    preprocess = Preprocess.from_dict(PREPROCESS)
     source = images.open_source(str(folder))
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     predictions = []
@@ -139,7 +139,7 @@ def bare_loop(folder: Path, limit: int) -> dict:
 
     from pipeline.preprocess import Preprocess
 
-    preprocess = Preprocess.from_options(**PREPROCESS)
+    preprocess = Preprocess.from_dict(PREPROCESS)
     files = sorted(folder.rglob("*.jpg"))[:limit]
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     for path in files:

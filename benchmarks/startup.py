@@ -1,9 +1,11 @@
 """Start-up time of edgepipe's command line, as ratios against `python -c "import torch"`.
 
-Targets: `edgepipe --help` at most 0.3x the time of importing torch; a cached
-`build-engine model.onnx --fp16` (the whole process, a second call with nothing changed) at most
-0.6x. Every command is a fresh process, run --runs times in turns with the baseline so that load
-on the machine falls on all of them alike; medians are compared. Exits 1 when a target is missed.
+Targets, in CPU time (user + sys of the process and its children, which load on a shared machine
+does not inflate as it does wall time): `edgepipe --help` at most 0.1x the CPU time of importing
+torch; a cached `build-engine model.onnx --fp16` (the whole process, a second call with nothing
+changed) at most 0.3x. Every command is a fresh process, run --runs times in turns with the
+baseline so that load falls on all of them alike; medians are compared. Wall time is reported
+beside. Exits 1 when a target is missed.
 
     python benchmarks/startup.py                      # an untrained se_resnet ONNX in a temporary folder
     python benchmarks/startup.py --onnx runs/se/model.onnx --runs 9 --json
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -27,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-TARGETS = {"edgepipe --help": 0.3, "build-engine model.onnx --fp16 (cached)": 0.6}
+TARGETS = {"edgepipe --help": 0.1, "build-engine model.onnx --fp16 (cached)": 0.3}  # CPU-time ratios
 
 
 def script(name: str, module_call: str) -> list[str]:
@@ -46,13 +49,19 @@ def make_onnx(folder: Path) -> Path:
     return Path(export.export(folder / "model.pt", folder / "model.onnx", dynamic_batch=True, force=True)["onnx"])
 
 
-def timed(command: list[str], cwd: Path) -> float:
-    started = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(command: list[str], cwd: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one fresh process."""
+    cpu, started = _children_cpu(), time.perf_counter()
     done = subprocess.run(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, _children_cpu() - cpu
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-400:]}")
-    return seconds
+    return seconds, cpu
 
 
 def main() -> int:
@@ -81,26 +90,28 @@ def main() -> int:
             "build-engine model.onnx --fp16 (cached)": [*build_engine, onnx_path.name, "--fp16"],
         }
         timed(commands["build-engine model.onnx --fp16 (cached)"], work)  # the first call builds; later ones reuse
-        times: dict[str, list[float]] = {name: [] for name in commands}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
         for _ in range(args.runs):
             for name, command in commands.items():
                 times[name].append(timed(command, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    baseline = statistics.median(times['python -c "import torch"'])
+    torch_wall = statistics.median(w for w, _ in times['python -c "import torch"'])
+    torch_cpu = statistics.median(c for _, c in times['python -c "import torch"'])
     rows = []
     for name, values in times.items():
-        median = statistics.median(values)
+        wall, cpu = statistics.median(w for w, _ in values), statistics.median(c for _, c in values)
         target = TARGETS.get(name)
         rows.append(
             {
                 "command": name,
-                "median_s": round(median, 3),
-                "min_s": round(min(values), 3),
-                "ratio": round(median / baseline, 3),
+                "median_s": round(wall, 3),
+                "ratio": round(wall / torch_wall, 3),
+                "cpu_s": round(cpu, 3),
+                "cpu_ratio": round(cpu / torch_cpu, 3),
                 "target": target,
-                "ok": None if target is None else median / baseline <= target,
+                "ok": None if target is None else cpu / torch_cpu <= target,
             }
         )
     result = {
@@ -116,12 +127,14 @@ def main() -> int:
     else:
         print(
             f"Start-up, median of {args.runs} runs (Python {result['python']}, torch {result['torch']}, "
-            f"{result['cpus']} CPUs, load {result['load_average'][0]}); ratio = time / import torch"
+            f"{result['cpus']} CPUs, load {result['load_average'][0]}); ratio = time / import torch's"
         )
-        print(f"{'command':44} {'median s':>9} {'min s':>7} {'ratio':>6} {'target':>7}")
+        print(f"{'command':44} {'wall s':>7} {'ratio':>6} {'CPU s':>7} {'CPU ratio':>9} {'target (CPU)':>13}")
         for r in rows:
             target = "" if r["target"] is None else f"<= {r['target']}" + (" ok" if r["ok"] else " MISSED")
-            print(f"{r['command']:44} {r['median_s']:9.3f} {r['min_s']:7.3f} {r['ratio']:6.2f} {target:>7}")
+            print(
+                f"{r['command']:44} {r['median_s']:7.3f} {r['ratio']:6.2f} {r['cpu_s']:7.3f} {r['cpu_ratio']:9.3f} {target:>13}"
+            )
     return 0 if all(r["ok"] is not False for r in rows) else 1
 
 

@@ -171,7 +171,7 @@ def bare_loop(reference: Path, artifact: Path, folder: Path, limit: int) -> dict
 
     source = images.open_source(str(folder))
     x, _ = source.batches(
-        Preprocess.from_options(**PREPROCESS), np.arange(min(limit, len(source))), workers=0
+        Preprocess.from_dict(PREPROCESS), np.arange(min(limit, len(source))), workers=0
     ).collect()
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.artifacts import atomic_output, check_output, write_manifest
+from pipeline.defaults import DEFAULT_CALIBRATION_SIZE
 from pipeline.errors import EdgepipeError
 from pipeline.images import ModelInput
 from pipeline.preprocess import Preprocess
 
-DEFAULT_NUM = 512
+DEFAULT_NUM = DEFAULT_CALIBRATION_SIZE
 # Why these minimums: entropy (KL) calibration picks each tensor's clipping threshold from a
 # histogram of its activations, and max calibration takes the largest value seen. Both are
 # statistics of the rarest patterns, which differ per class: with fewer than ~8 images of a class

@@ -6,25 +6,23 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import atomic_output, check_output, write_text_atomic
-from pipeline.validate import validate
 
 
 def write_report(
     result: dict[str, Any],
     folder: str | Path,
-    accuracy: dict[str, float] | None = None,
+    accuracy: dict[str, float],
     labels: dict[str, str] | None = None,
 ) -> tuple[Path, Path]:
     """Write bench.md (the table) and bench.png (latency against accuracy, one point per artifact) to ``folder``.
 
-    ``accuracy`` maps artifact paths (or file names) to held-out top-1; measured with validate when
-    not given. ``labels`` names the points (a run's artifact ids: pytorch, onnx-fp16, engine-int8);
+    ``accuracy`` maps artifact paths (or file names) to held-out top-1 (the validate stage measures
+    it; empty when nothing was validated). ``labels`` names the points (a run's artifact ids: pytorch, onnx-fp16, engine-int8);
     an artifact without one is labelled by its file name.
     """
     folder = Path(folder)
     md_path, png_path = folder / "bench.md", folder / "bench.png"
     check_output(md_path, force=True)
-    accuracy = held_out_top1(result) if accuracy is None else accuracy
     _plot(result, accuracy, labels or {}, png_path)
     write_text_atomic(md_path, to_markdown(result, accuracy, png_path.name))
     return md_path, png_path
@@ -178,22 +176,6 @@ def _plot(result: dict[str, Any], accuracy: dict[str, float], labels: dict[str, 
 def _by_path_or_name(mapping: dict[str, Any], artifact: str) -> Any:
     value = mapping.get(str(artifact))
     return value if value is not None else mapping.get(Path(str(artifact)).name)
-
-
-def held_out_top1(result: dict[str, Any]) -> dict[str, float]:
-    """Top-1 (%) on the held-out split per artifact path that ran, for the latency/accuracy plot.
-
-    ``edgepipe validate`` measures it; that needs the PyTorch checkpoint among the bench rows.
-    """
-    ok = list(dict.fromkeys(r["artifact"] for r in result["rows"] if r["status"] == "ok"))
-    reference = next((r["artifact"] for r in result["rows"] if r.get("format") == "pytorch"), None)
-    if reference is None:
-        return {}
-    report = validate(reference, [a for a in ok if a != reference])
-    by_name = {Path(str(r.get("artifact"))).name: r.get("top1") for r in report.get("rows", [])}
-    scores = {a: by_name.get(Path(a).name) for a in ok}
-    scores[reference] = (report.get("reference") or {}).get("top1")
-    return {a: float(v) for a, v in scores.items() if v is not None}
 
 
 def _fmt(value, spec: str) -> str:

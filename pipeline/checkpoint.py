@@ -22,6 +22,7 @@ from pipeline.modelspec import (
     ModelCode,
     ModelSpec,
     build,
+    channels_of,
     input_size,
     load_recorded,
     load_weights,
@@ -30,7 +31,6 @@ from pipeline.modelspec import (
 )
 from pipeline.preprocess import Preprocess
 
-DEFAULT_MODEL = "se_resnet"  # the zoo model a run trains when given nothing else
 DEFAULT_IMAGE_SIZE = 32  # the input size when neither --input-size nor the model says one
 
 
@@ -265,10 +265,12 @@ def model_from_weights(
     sha256 = load_weights(model, path)
     model.eval()
     shape = tuple(input_shape) if input_shape else (input_size(spec) or input_size(model))
+    if shape and shape[0] is None:  # --input-size HxW keeps the model's own channels
+        shape = (channels_of(model) or 3, *shape[1:])
     if shape is None:
         raise EdgepipeError(
             f"{spec.text} declares no input size (no input_size or img_size attribute, no timm data config) and no --data gives one",
-            fix="pass --input-size CxHxW, e.g. --input-size 3x224x224",
+            fix="pass --input-size, e.g. --input-size 3x224x224",
         )
     classes = probe(model, shape)[1]
     record = {

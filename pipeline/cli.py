@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Export a checkpoint or weights file to ONNX and prove it against PyTorch (held-out images, else synthetic inputs).",
     ),
     "models": ("pipeline.commands.models:models_command", "List the model zoo: attention type, parameters and MACs."),
+    "package": (
+        "pipeline.commands.package:package_command",
+        "Write a bundle that builds and proves a model's engines on the device, with no edgepipe there.",
+    ),
     "quantize": (
         "pipeline.commands.quantize:quantize_command",
         "Make an FP16 or INT8 (Q/DQ) ONNX model and check it on the held-out split.",

@@ -20,12 +20,13 @@ import torch
 from pipeline import __version__
 from pipeline.artifacts import Kind, atomic_output, check_output, write_manifest
 from pipeline.checkpoint import is_checkpoint, load_checkpoint, model_from_weights, model_record
+from pipeline.defaults import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from pipeline.errors import EdgepipeError
 from pipeline.fidelity import Fidelity
 from pipeline.images import ModelData, ModelInput, Record
 from pipeline.modelspec import ModelSpec, probe
 from pipeline.onnxfile import set_metadata
-from pipeline.onnxinfo import DEFAULT_TARGET_OPSET, MIN_QDQ_OPSET, SYNTHETIC_COUNT
+from pipeline.onnxinfo import SYNTHETIC_COUNT
 from pipeline.precision import Precision
 from pipeline.preprocess import Preprocess
 from pipeline.progress import info as say
@@ -33,9 +34,7 @@ from pipeline.runtime import predict
 from pipeline.runtime.ort import OnnxRuntimeRunner
 from pipeline.runtime.pytorch import TorchRunner
 
-DEFAULT_OPSET = DEFAULT_TARGET_OPSET
 # The TensorRT ONNX parser needs opset >= 13 for Q/DQ; the TorchScript exporter goes up to 20.
-MIN_OPSET, MAX_OPSET = MIN_QDQ_OPSET, 20
 MAX_ABS_DIFF = 1e-4
 SYNTHETIC_SEED = 0  # of the standard-normal inputs a weights file with no --data is proven on
 SYNTHETIC_TEXT = f"{SYNTHETIC_COUNT} synthetic inputs (seeded)"
@@ -96,6 +95,8 @@ def export(checkpoint: str | Path, output: str | Path, **options: Any) -> dict[s
         checkpoint, model_name=settings.model_name, data=settings.data, trust_model_code=settings.trust_model_code
     )
     shape = settings.input_shape
+    if shape is not None and shape[0] is None:  # --input-size HxW keeps the checkpoint's channels
+        shape = (config["input_shape"][0], *shape[1:])
     if shape is not None and list(shape) != config["input_shape"]:
         probe(model, tuple(shape))  # one line naming what the forward pass raised
         config = {**config, "input_shape": list(shape), **_resized_preprocess(config, shape)}

@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.defaults import DEFAULT_ATOL, DEFAULT_RTOL
 from pipeline.errors import EdgepipeError
 
-DEFAULT_ATOL = 1e-5  # Polygraphy's defaults
-DEFAULT_RTOL = 1e-5
 _SAMPLE = 4096  # points of each batch that pre-screen the rest for the pass/fail hull
 
 

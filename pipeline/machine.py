@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
-from pipeline.cuda import current_compute_capability
 
 _TOOLS = ("torch", "onnx", "onnxruntime", "nvidia-modelopt", "polygraphy", "tensorrt", "tensorrt-rtx", "ray", "timm")
 RSS_SAMPLE_SECONDS = 0.02
@@ -43,15 +42,18 @@ def host() -> dict[str, Any]:
     }
 
 
-def describe_device(device: str = "cpu") -> str:
-    """The machine the numbers come from: CPU model and cores, and the GPU where there is one."""
+def describe_device(device: str = "cpu", compute_capability: str | None = None) -> str:
+    """The machine the numbers come from: CPU model and cores, and the GPU where there is one.
+
+    ``compute_capability``: the NVIDIA GPU's, as ``pipeline.cuda.current_compute_capability`` finds it (None: no GPU).
+    """
     parts = [f"CPU {cpu_name()} ({os.cpu_count()} cores)"]
     if device == "cuda":
         import torch  # only asked for when PyTorch runs on the GPU
 
         if torch.cuda.is_available():
             parts.insert(0, f"GPU {torch.cuda.get_device_name(0)}")
-    cc = current_compute_capability()
+    cc = compute_capability
     parts.append(f"NVIDIA GPU compute capability {cc}" if cc else "no NVIDIA GPU")
     return "; ".join(parts)
 

@@ -9,7 +9,7 @@ name any file, and importing a file runs it.
     spec = ModelSpec.parse("models/net.py:make_net", ["width=32"])
     model = build(spec, defaults={"num_classes": 5, "in_chans": 3})
     sha = load_weights(model, "net.safetensors")
-    shape = input_size(model, "3x96x96"); probe(model, shape)
+    shape = input_size(model) or (3, 96, 96); probe(model, shape)
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ __all__ = [
     "ModelCode",
     "ModelSpec",
     "build",
+    "channels_of",
     "input_size",
     "load_recorded",
     "load_weights",
-    "parse_input_size",
     "parse_model_args",
     "probe",
     "timm_data_config",
@@ -260,32 +260,21 @@ def build(spec: ModelSpec, defaults: dict[str, Any] | None = None):
     return model
 
 
-def parse_input_size(text: str) -> tuple[int, int, int]:
-    """``"3x224x224"`` -> (3, 224, 224)."""
-    parts = str(text).lower().replace(" ", "").split("x")
-    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise EdgepipeError(
-            f"--input-size {text} is not CxHxW", fix="pass --input-size CHANNELSxHEIGHTxWIDTH, e.g. 3x224x224"
-        )
-    return tuple(int(p) for p in parts)  # type: ignore[return-value]
-
-
-def _first_conv_channels(model) -> int | None:
-    from torch import nn
+def channels_of(model) -> int | None:
+    """The channels a module takes: its first layer's, when that is a convolution (None: not known)."""
+    from torch import nn  # only where a model is built
 
     conv = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
     return conv.in_channels if isinstance(conv, nn.Conv2d) else None
 
 
-def input_size(model_or_spec, given: str | None = None) -> tuple[int, int, int] | None:
-    """The input size (C, H, W) to use: ``--input-size`` when given, else the model's own, else None.
+def input_size(model_or_spec) -> tuple[int, int, int] | None:
+    """The model's own input size (C, H, W), else None (``--input-size`` is an ``InputSize``, parsed at the edge).
 
     A model's own size is timm's data config for timm models, the img_size argument for zoo specs,
     and for any module an ``input_size`` (C, H, W) or ``img_size`` attribute it declares. None means
     the data decides.
     """
-    if given:
-        return parse_input_size(given)
     if isinstance(model_or_spec, ModelSpec):
         spec = model_or_spec
         if spec.kind == "timm":
@@ -300,7 +289,7 @@ def input_size(model_or_spec, given: str | None = None) -> tuple[int, int, int] 
     declared = getattr(model, "input_size", None)
     if isinstance(declared, (tuple, list)) and len(declared) == 3:
         return tuple(int(v) for v in declared)  # type: ignore[return-value]
-    img_size, channels = getattr(model, "img_size", None), _first_conv_channels(model)
+    img_size, channels = getattr(model, "img_size", None), channels_of(model)
     if channels and isinstance(img_size, int):
         return (channels, img_size, img_size)
     if channels and isinstance(img_size, (tuple, list)) and len(img_size) == 2:
@@ -321,7 +310,7 @@ def probe(model, size: tuple[int, int, int]) -> tuple[int, ...]:
     except Exception as exc:
         raise EdgepipeError(
             f"the model cannot take input {shown}: its forward pass raised {error_line(exc)}",
-            fix="pass --input-size CxHxW with the size the model was built for",
+            fix="pass --input-size with the size the model was built for, e.g. --input-size 3x224x224",
         ) from None
     finally:
         model.train(was_training)

@@ -29,6 +29,7 @@ from typing import Any
 
 from pipeline import benchreport, report
 from pipeline.checkpoint import config_of, model_record
+from pipeline.defaults import BUDGET_DEFAULT, DEFAULT_MAX_DROP
 from pipeline.errors import EdgepipeError
 from pipeline.images import DIGITS, PreprocessFlags
 from pipeline.modelspec import ModelCode, ModelSpec
@@ -41,8 +42,6 @@ from pipeline.tensorrt.backend import get_backend, installed_backends
 DEFAULT_BENCH_BATCHES = (1, 8)
 # INT8 accuracy budget (points of top-1 below the FP32 model): the most sensitive nodes stay in
 # higher precision until INT8 is within it. Plain PTQ misses it on some models by a couple of images.
-DEFAULT_MAX_DROP = 0.5
-BUDGET_DEFAULT = "default"  # max_drop when the user gave none: DEFAULT_MAX_DROP, or no budget for unlabelled images
 NO_BACKEND = "no TensorRT flavour is installed (pip install 'edgepipe[rtx]', or JetPack's TensorRT on Jetson)"
 
 

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.checkpoint import DEFAULT_MODEL, check_model_code, config_of, model_info
+from pipeline.checkpoint import check_model_code, config_of, model_info
+from pipeline.defaults import DEFAULT_MODEL
 from pipeline.errors import EdgepipeError
 from pipeline.images import DIGITS, ImageSource, ModelData, ModelInput, PreprocessFlags, open_source
 from pipeline.model_weights import read_state_dict

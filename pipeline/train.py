@@ -9,13 +9,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pipeline.checkpoint import DEFAULT_MODEL, model_for_data, model_info
+from pipeline.checkpoint import model_for_data, model_info
+from pipeline.defaults import DEFAULT_MODEL
 from pipeline.errors import EdgepipeError
 from pipeline.images import DIGITS
 from pipeline.metrics import top1
 from pipeline.modelspec import ModelSpec, load_weights
 from pipeline.progress import progress_bar
-from pipeline.runtime.base import predict
+from pipeline.runner import predict
 from pipeline.runtime.pytorch import TorchRunner
 
 DEFAULT_EPOCHS = 20

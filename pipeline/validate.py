@@ -27,9 +27,10 @@ import numpy as np
 from pipeline import images
 from pipeline.artifacts import Artifact, Kind
 from pipeline.checkpoint import config_of, is_checkpoint, model_from_weights, model_record
+from pipeline.defaults import SPLITS
 from pipeline.errors import EdgepipeError
 from pipeline.fidelity import DEFAULT_ATOL, DEFAULT_RTOL, Fidelity
-from pipeline.images import FLAG_KEYS, SPLITS, ModelData, ModelInput, PreprocessFlags
+from pipeline.images import FLAG_KEYS, ModelData, ModelInput, PreprocessFlags
 from pipeline.modelspec import ModelCode
 from pipeline.onnxfile import load_onnx, read_metadata
 from pipeline.precision import Precision

@@ -216,7 +216,7 @@ def test_bad_calibration_and_data_for_a_budget(tmp_path, recognizer):
     one_line_error(unlabelled, "--max-drop measures top-1 against labels", "use --min-agreement")
     for flags, needle in (
         (("--min-agreement", "101"), "not a percentage"),
-        (("--input-size", "big"), "not HEIGHTxWIDTH"),
+        (("--input-size", "big"), "is not a size in the format [C x] H x W"),
     ):
         one_line_error(
             run("quantize", recognizer, "--int8", "--calib", folder / "calib.npz", *flags, "-o", tmp_path / "x.onnx"),

@@ -147,3 +147,33 @@ def test_late_imports_of_our_own_modules_say_why():
     assert not silent, (
         f"function-level imports of edgepipe's own modules without a comment saying why: {sorted(set(silent))}"
     )
+
+
+MAX_FUNCTION_LINES = 60  # the body, docstring aside
+MAX_PARAMETERS = 8  # self and cls aside; *args and **kwargs count one each
+
+
+def _oversized_functions() -> list[str]:
+    """Functions in pipeline/ over the limits, as "path:line name (N lines, M parameters)"."""
+    found = []
+    for path in sorted((ROOT / "pipeline").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            body = node.body
+            if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                body = body[1:]  # the docstring
+            lines = node.end_lineno - body[0].lineno + 1
+            args = node.args
+            names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+            count = len([n for n in names if n not in ("self", "cls")]) + bool(args.vararg) + bool(args.kwarg)
+            if lines > MAX_FUNCTION_LINES or count > MAX_PARAMETERS:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines, {count} parameters)")
+    return found
+
+
+@pytest.mark.xfail(reason="functions of the stages still being split", strict=False)
+def test_no_function_over_the_limits():
+    """No function in pipeline/ over ~60 lines or ~8 parameters: a longer one does two jobs, more settings are a value."""
+    found = _oversized_functions()
+    assert not found, "functions over the limits (split them; pass settings as one value):\n" + "\n".join(found)

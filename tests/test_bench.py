@@ -9,6 +9,7 @@ import pytest
 from conftest import invoke
 
 from pipeline import bench, benchreport, cuda
+from pipeline.commands.bench import held_out_top1
 from pipeline.errors import EdgepipeError
 from pipeline.runtime.ort import OnnxRuntimeRunner
 
@@ -125,7 +126,7 @@ def test_nothing_to_measure_is_a_clear_error():
 
 
 def test_report_has_the_table_and_a_png_plot(result, tmp_path):
-    md, png = benchreport.write_report(result, tmp_path / "report")
+    md, png = benchreport.write_report(result, tmp_path / "report", accuracy=held_out_top1(result))
     text = md.read_text()
     assert "| artifact | runtime | precision | batch | status | median (ms)" in text
     assert "| model.onnx | onnxruntime-cpu | fp32 | 8 | ok |" in text

@@ -371,7 +371,7 @@ def test_ctrl_c_during_the_real_build_leaves_no_engine(model_onnx, monkeypatch):
         if len(steps) == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(build, "_show_step", press_ctrl_c)
+    monkeypatch.setattr(build.engine, "_show", press_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         build.build_engine(model_onnx, save_engine=previous["engine"], force=True, builder_optimization_level=1)
     assert sha256_file(previous["engine"]) == read_manifest(previous["engine"])["sha256"]  # the old engine is intact
@@ -384,7 +384,7 @@ def test_ctrl_c_during_the_real_build_leaves_no_engine(model_onnx, monkeypatch):
 
 
 def test_ctrl_c_exits_130_on_the_command_line(model_onnx, monkeypatch):
-    monkeypatch.setattr(build, "_show_step", lambda *a: os.kill(os.getpid(), signal.SIGINT))
+    monkeypatch.setattr(build.engine, "_show", lambda *a: os.kill(os.getpid(), signal.SIGINT))
     result = run_cli(model_onnx, "--fp32")
     assert result.exit_code == 130 and "interrupted" in result.stderr
     assert not list(model_onnx.parent.glob("*.engine*"))
@@ -440,7 +440,11 @@ def test_fp16_flag_converts_then_builds_and_reuses_the_fp16_onnx(trained_onnx):
 def test_int8_flag_quantizes_with_the_default_calibration_set_then_builds(trained_onnx):
     result = build.build_engine(trained_onnx, precision="int8")
     assert result["precision"] == "int8" and Path(result["network_onnx"]).name == "trained.int8.onnx"
-    assert read_manifest(result["engine"])["inputs"]["calibration"] == "default"
+    # The engine records the calibration set the INT8 ONNX was calibrated on, as the precision stage records it.
+    drawn = read_manifest(result["network_onnx"])["inputs"]["calibration"]
+    assert len(drawn) == 64 and read_manifest(result["engine"])["inputs"]["calibration"] == drawn
+    again = build.build_engine(trained_onnx, precision="int8")
+    assert again["cached"] is True
 
 
 def test_calibration_set_for_another_model_is_refused(trained_onnx):
@@ -491,3 +495,37 @@ def test_build_for_this_gpu_and_deserialize(model_onnx):
     compat.check_engine_runtime(result["engine"], be, device)
     engine = be.deserialize(Path(result["engine"]).read_bytes())
     assert engine.num_io_tensors == 2
+
+
+def test_int8_with_no_images_is_refused_before_any_progress(model_onnx):
+    """A model that records no training data and no --calib/--data: one line, nothing printed before it, nothing written."""
+    before = sorted(model_onnx.parent.iterdir())
+    result = run_cli(model_onnx, "--int8")
+    assert_one_line_error(result, "--int8 needs calibration images", "--calib calib.npz", "--data DIR")
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.splitlines() if line.startswith("Error:")
+    ]
+    assert sorted(model_onnx.parent.iterdir()) == before
+
+
+def test_build_settings_are_parsed_once_into_values():
+    settings = build.BuildSettings.parse(
+        precision="fp16",
+        shapes={"opt": "input:8x1x32x32"},
+        mem_pool_size="workspace:2G",
+        hardware_compatibility_level="ampere_plus",
+        compute_capability=["8.6"],
+        allow_gpu_fallback=False,
+    )
+    assert settings.precision is build.settings.Precision.FP16
+    assert settings.shapes == {"min": {}, "opt": {"input": (8, 1, 32, 32)}, "max": {}}
+    assert settings.memory_pools == {"workspace": 2 * 2**30} and settings.hardware_compatibility == "ampere+"
+    assert settings.compute_capability == ("8.6",)
+    with pytest.raises(Exception, match="frozen|cannot assign"):
+        settings.precision = None
+    with pytest.raises(TypeError, match="unknown build settings: fp16_flag"):
+        build.BuildSettings.parse(fp16_flag=True)
+    with pytest.raises(EdgepipeError, match="only used for INT8"):
+        build.BuildSettings.parse(precision="fp16", calib="calib.npz")
+    with pytest.raises(EdgepipeError, match="--optShapes"):
+        build.BuildSettings.parse(shapes={"opt": "input=8x1"})

@@ -84,10 +84,19 @@ def _probe(args, entry="pipeline.cli:main", runtimes=RUNTIMES, cwd=ROOT):
     return found["status"], found["loaded"]
 
 
-@pytest.mark.parametrize("args", [["--help"], ["check", "--help"], ["build", "--help"], ["trian"]])
-def test_help_and_usage_errors_import_no_model_runtime(args):
-    status, loaded = _probe(args)
+# What --help must not import: numpy and onnx alone cost half of `import torch` in start-up.
+HEAVY = ("numpy", "onnx", "torch", "onnxruntime", "modelopt", "tensorrt", "tensorrt_rtx")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["trian"], *([name, "--help"] for name in sorted(COMMANDS))])
+def test_help_and_usage_errors_import_no_heavy_module(args):
+    status, loaded = _probe(args, runtimes=HEAVY)
     assert status in (0, 2) and loaded == [], f"edgepipe {' '.join(args)} imported {loaded}"
+
+
+def test_build_engine_help_imports_no_heavy_module():
+    status, loaded = _probe(["--help"], entry="pipeline.commands.build:build_engine_main", runtimes=HEAVY)
+    assert status == 0 and loaded == [], f"build-engine --help imported {loaded}"
 
 
 def test_check_imports_no_model_runtime(tmp_path):
@@ -146,11 +155,36 @@ def test_cached_build_imports_no_torch_onnxruntime_or_modelopt(exported, tmp_pat
         (["build", "a.onnx", "--onnx", "b.onnx"], "given twice", 1),
         (["quantize", "x.onnx", "-o", "y.onnx"], "exactly one of --fp16 and --int8", 1),
         (["quantize", "x.onnx", "--fp16", "--max-drop", "0.5", "-o", "y.onnx"], "--max-drop only applies to --int8", 1),
+        *(
+            (args, "--input-size '3x' is not a size in the format [C x] H x W", 1)
+            for args in (
+                ["train", "--input-size", "3x", "-o", "runs/never"],
+                ["export", "m.pt", "--input-size", "3x", "-o", "never.onnx"],
+                ["run", "--input-size", "3x", "-o", "runs/never"],
+                ["quantize", "x.onnx", "--fp16", "--input-size", "3x", "-o", "never.onnx"],
+                ["bench", "x.onnx", "--input-size", "3x"],
+            )
+        ),
+        (["bench", "x.onnx", "--input-size", "0x32"], "e.g. --input-size 96x96, or", 1),
+        (["export", "-o", "never.onnx"], "no checkpoint or weights file given", 1),
+        (["export", "a.pt", "--weights", "b.pt", "-o", "never.onnx"], "pass the file once", 1),
     ],
 )
 def test_bad_flags_are_one_line(runner, args, message, exit_code):
     line = _one_error_line(invoke(runner, *args), exit_code)
     assert message in line
+
+
+def test_input_size_is_one_format():
+    from pipeline.inputsize import InputSize
+
+    assert InputSize.parse("3x96x128") == InputSize(96, 128, channels=3)
+    assert InputSize.parse("96X128") == InputSize(96, 128) and InputSize.parse(" 64 ") == InputSize(64, 64)
+    assert InputSize.parse("96x128").chw(1) == (1, 96, 128) and InputSize.parse("3x8x8").chw(1) == (3, 8, 8)
+    assert InputSize.parse("96x128").hw == (96, 128) and str(InputSize.parse("3x8x8")) == "3x8x8"
+    InputSize(8, 8).check_channels(3)  # HxW keeps the model's channels
+    with pytest.raises(Exception, match="names 3 channels but the model takes 1"):
+        InputSize(8, 8, 3).check_channels(1)
 
 
 def test_build_engine_with_two_precisions_is_one_line(tmp_path):
@@ -182,6 +216,16 @@ def test_train_then_export_json(runner, tmp_path):
     exported = json.loads(result.stdout)
     assert exported["onnx"].endswith("m.onnx")
     assert exported["max_abs_diff"] <= 1e-4 and exported["top1_agreement"] == 100.0
+
+
+def test_export_takes_weights_as_an_option_or_an_argument(runner, tmp_path, trained):
+    by_option = invoke(runner, "export", "--weights", trained[0], "-o", tmp_path / "a.onnx", "--json")
+    assert by_option.exit_code == 0, by_option.output
+    by_argument = invoke(runner, "export", trained[0], "-o", tmp_path / "b.onnx", "--input-size", "32x32", "--json")
+    assert by_argument.exit_code == 0, by_argument.output
+    a, b = json.loads(by_option.stdout), json.loads(by_argument.stdout)
+    assert a["input_shape"] == b["input_shape"] == [1, 32, 32]  # HxW keeps the checkpoint's channels
+    assert a["max_abs_diff"] <= 1e-4 and b["top1_agreement"] == 100.0
 
 
 @pytest.mark.parametrize(

@@ -257,6 +257,17 @@ def test_bad_address_and_target_names(runner, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_target_no_gpu_has_is_refused_at_the_door(runner, tmp_path):
+    """A typo such as sm_999 is refused before anything trains, with the targets GPUs have."""
+    line = _one_line_error(
+        invoke(runner, "sweep", "--models", "se_resnet", "--targets", "sm_89,sm_999", "-o", tmp_path / "out")
+    )
+    assert "target 'sm_999' is no NVIDIA GPU architecture" in line and "sm_87" in line and "sm_121" in line
+    assert not (tmp_path / "out").exists()
+    line = _one_line_error(invoke(runner, "worker", "--address", "10.0.0.1:6379", "--targets", "sm_99", "--dry-run"))
+    assert "target 'sm_99' is no NVIDIA GPU architecture" in line
+
+
 def test_models_file_with_an_unknown_model_suggests_close_names(runner, tmp_path):
     models_file = tmp_path / "sweep.yaml"
     models_file.write_text("models:\n  - se_resnet\n  - name: cbam_resnt\n    epochs: 1\ntargets: [sm_89]\n")

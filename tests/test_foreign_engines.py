@@ -29,7 +29,7 @@ def _build(path, shapes: dict) -> bytes:
         pytest.skip("TensorRT-RTX is not installed")
     be = backendmod.get_backend("tensorrt-rtx")
     builder, network, _parser = be.parse_onnx(str(path))
-    settings = backendmod.BuildSettings(profiles=[shapes], compute_capabilities=[TARGET_GPU])
+    settings = backendmod.BuilderOptions(profiles=[shapes], compute_capabilities=[TARGET_GPU])
     return be.build(builder, network, be.builder_config(builder, network, settings))
 
 

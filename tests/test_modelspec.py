@@ -15,10 +15,10 @@ from pipeline.errors import EdgepipeError
 from pipeline.modelspec import (
     ModelSpec,
     build,
+    channels_of,
     input_size,
     load_recorded,
     load_weights,
-    parse_input_size,
     parse_model_args,
     probe,
 )
@@ -394,12 +394,14 @@ def test_pickled_model_in_pt_is_refused(net_and_reference, tmp_path):
 
 
 def test_input_size_given_or_the_models_own(net_and_reference):
+    from pipeline.inputsize import InputSize
+
     spec, trained, _, _ = net_and_reference
-    assert parse_input_size("3x224x224") == (3, 224, 224)
-    for bad in ("3x224", "3x224xabc", "0x96x96", "224"):
-        assert "is not CxHxW" in error_of(parse_input_size, bad)
+    assert InputSize.parse("3x224x224").chw() == (3, 224, 224)
+    for bad in ("3x", "3x224xabc", "0x96x96", "1x2x3x4"):
+        assert "is not a size in the format [C x] H x W" in error_of(InputSize.parse, bad)
     assert input_size(trained) == (3, 96, 96)  # the module's own img_size, channels from its first conv
-    assert input_size(trained, "3x128x160") == (3, 128, 160)
+    assert channels_of(trained) == 3  # what --input-size HxW keeps
     assert input_size(spec) is None  # user code is not imported to find out: the data decides
     assert input_size(ModelSpec.parse("se_resnet", ["img_size=48", "in_chans=3"])) == (3, 48, 48)
     assert input_size(ModelSpec.parse("se_resnet")) is None

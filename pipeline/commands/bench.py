@@ -1,13 +1,12 @@
 """edgepipe bench: latency and throughput of every artifact beside the PyTorch reference."""
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich import box
 from rich.table import Table
 
-from pipeline import bench, benchreport
-from pipeline.artifacts import check_output, write_json_atomic
 from pipeline.commands.options import (
     EdgepipeCommand,
     batches_option,
@@ -17,6 +16,7 @@ from pipeline.commands.options import (
     json_option,
     model_options,
 )
+from pipeline.commands.parsers import onnx_input_hw
 from pipeline.progress import out
 
 
@@ -48,7 +48,8 @@ from pipeline.progress import out
     help="Where PyTorch and ONNX Runtime run; engines always run on the GPU.",
 )
 @input_size_option(
-    help="Height x width for ONNX models whose input leaves them open (dynamic H/W). Default: the size of the preprocessing stored in the model."
+    help="Size for ONNX models whose input leaves height and width open: HxW, or CxHxW to also check the channels. "
+    "Default: the size of the preprocessing stored in the model."
 )
 @click.option(
     "--report",
@@ -68,23 +69,7 @@ from pipeline.progress import out
 @model_options(help="The model of a --checkpoint that names your own code: --model again, or --trust-model-code.")
 @force_option
 @json_option
-def bench_command(
-    artifacts,
-    checkpoint,
-    batches,
-    warmup_ms,
-    duration_s,
-    iterations,
-    cuda_graph,
-    device,
-    input_size,
-    report_dir,
-    json_out,
-    model,
-    code,
-    force,
-    as_json,
-):
+def bench_command(artifacts, checkpoint, report_dir, json_out, model, force, as_json, input_size, **measuring):
     """Measure latency and throughput of the PyTorch reference and every artifact, side by side.
 
     Per artifact and batch: min, mean, median, p90, p95, p99 latency and throughput after a
@@ -97,25 +82,22 @@ def bench_command(
       edgepipe bench runs/se/model.onnx runs/se/model.fp16.engine \\
           --checkpoint runs/se/se_resnet.pt --batch 1,8,32 --duration-s 3 --report runs/se/bench
     """
+    # benchmarking runs the models (numpy, onnx, ONNX Runtime, torch): imported when the command runs, so --help starts at once.
+    from pipeline import bench, benchreport
+    from pipeline.artifacts import check_output, write_json_atomic  # onnx
+
     outputs = ([json_out] if json_out else []) + (
         [f"{report_dir}/bench.md", f"{report_dir}/bench.png"] if report_dir else []
     )
     for path in outputs:
         check_output(path, force)  # fail before measuring, not after
-    result = bench.bench(
-        list(artifacts),
-        checkpoint=checkpoint,
-        batches=batches,
-        warmup_ms=warmup_ms,
-        duration_s=duration_s,
-        iterations=iterations,
-        cuda_graph=cuda_graph,
-        device=device,
-        input_size=input_size,
-        code=code,
-    )
+    for path in artifacts:  # channels named in --input-size are checked against every ONNX model
+        onnx_input_hw(input_size, path)
+    # ``model`` is the --model spec; what bench needs of it, the code it may import, is in ``code``.
+    settings = bench.BenchSettings(input_size=input_size.hw if input_size else None, **measuring)
+    result = bench.bench(list(artifacts), checkpoint=checkpoint, settings=settings)
     if report_dir:
-        md, png = benchreport.write_report(result, report_dir)
+        md, png = benchreport.write_report(result, report_dir, accuracy=held_out_top1(result))
         result["report"] = {"markdown": str(md), "plot": str(png)}
     if json_out:
         write_json_atomic(json_out, result)
@@ -167,7 +149,29 @@ def _print_table(result) -> None:
     out.print(table)
     for what, reason in reasons.items():
         out.print(f"{what} ({reason})" if reason else what, markup=False)
+    # the bench report reads the figures (numpy): imported once there are figures to print.
+    from pipeline import benchreport
+
     for line in benchreport.footer_lines(result):
         out.print(line, markup=False)
     if result.get("report"):
         out.print(f"Report: {result['report']['markdown']}, plot {result['report']['plot']}", markup=False)
+
+
+def held_out_top1(result: dict[str, Any]) -> dict[str, float]:
+    """Top-1 (%) on the held-out split per artifact path that ran, for the latency/accuracy plot.
+
+    ``edgepipe validate`` measures it; that needs the PyTorch checkpoint among the bench rows.
+    """
+    # validation runs the models: imported when there is a report to draw.
+    from pipeline.validate import validate
+
+    ok = list(dict.fromkeys(r["artifact"] for r in result["rows"] if r["status"] == "ok"))
+    reference = next((r["artifact"] for r in result["rows"] if r.get("format") == "pytorch"), None)
+    if reference is None:
+        return {}
+    report = validate(reference, [a for a in ok if a != reference])
+    by_name = {Path(str(r.get("artifact"))).name: r.get("top1") for r in report.get("rows", [])}
+    scores = {a: by_name.get(Path(a).name) for a in ok}
+    scores[reference] = (report.get("reference") or {}).get("top1")
+    return {a: float(v) for a, v in scores.items() if v is not None}

@@ -1,10 +1,7 @@
 """build-engine / edgepipe build: a TensorRT or TensorRT-RTX engine from an ONNX model, trtexec's flags."""
 
-import os
-
 import click
 
-from pipeline.build import build_engine
 from pipeline.commands.options import (
     EdgepipeCommand,
     data_option,
@@ -143,24 +140,7 @@ _SHAPES = "NAME:DIMS[,NAME:DIMS...]"
 @click.option("--verbose", is_flag=True, help="Print the builder's log on stderr.")
 @force_option
 @json_option
-def build_command(
-    onnx_file,
-    onnx_option,
-    precision,
-    calib,
-    data,
-    preprocess,
-    labels,
-    workers,
-    save_engine,
-    backend,
-    min_shapes,
-    opt_shapes,
-    max_shapes,
-    force,
-    as_json,
-    **controls,
-):
+def build_command(onnx_file, onnx_option, save_engine, force, as_json, **flags):
     """Build a TensorRT or TensorRT-RTX engine from an ONNX model, like trtexec.
 
     The engine gets a manifest beside it (backend, version, precision, inputs' sha256, profiles,
@@ -175,6 +155,8 @@ def build_command(
       build-engine dynamic.onnx --fp16 --minShapes image:1x3x160x160 --optShapes image:8x3x224x224 --maxShapes image:32x3x320x320
       edgepipe build model.onnx --minShapes input:1x1x32x32 --optShapes input:8x1x32x32 --maxShapes input:32x1x32x32
     """
+    # building reads the ONNX (onnx, numpy): imported when the command runs, so --help starts at once.
+
     if onnx_file and onnx_option and onnx_file != onnx_option:
         raise EdgepipeError(
             "the ONNX model is given twice, as the argument and as --onnx",
@@ -184,23 +166,19 @@ def build_command(
     if not onnx_path:
         command = click.get_current_context().command_path
         raise EdgepipeError("missing the ONNX model", fix=f"name it: {command} MODEL.onnx [--fp16 | --int8 | --fp32]")
-    if data is None and not (calib and os.path.isdir(calib)) and (preprocess.given or labels is not None):
+    # The build stage loads when the command runs, so that --help starts without onnx and numpy.
+    from pipeline.build import BuildSettings, build
+
+    preprocess, labels, workers = flags.pop("preprocess"), flags.pop("labels"), flags.pop("workers")
+    shapes = {kind: flags.pop(f"{kind}_shapes") for kind in ("min", "opt", "max")}
+    reading = {"preprocess": preprocess if preprocess.given else None, "labels": labels, "workers": workers}
+    settings = BuildSettings.parse(reading=reading, shapes=shapes, **flags)  # trtexec's controls, by their names
+    if not settings.folder_given and (preprocess.given or labels is not None):
         raise EdgepipeError(
             "the preprocessing flags and --labels describe a folder of images (--data or --calib), and none is given",
             fix="pass --data FOLDER (or --calib FOLDER), or drop them",
         )
-    result = build_engine(
-        onnx_path,
-        precision=precision,
-        save_engine=save_engine,
-        calib=calib,
-        data=data,
-        backend=backend,
-        reading={"preprocess": preprocess if preprocess.given else None, "labels": labels, "workers": workers},
-        shapes={"min": min_shapes, "opt": opt_shapes, "max": max_shapes},
-        force=force,
-        **{**controls, "compute_capability": list(controls["compute_capability"]) or None},
-    )
+    result = build(onnx_path, settings, save_engine=save_engine, force=force)
     emit(result, as_json, _print_human)
 
 

@@ -2,9 +2,8 @@
 
 import click
 
-import calibration
-from pipeline.artifacts import check_output
 from pipeline.commands.options import EdgepipeCommand, data_option, emit, force_option, json_option, preprocess_options
+from pipeline.defaults import DEFAULT_CALIBRATION_SIZE
 from pipeline.progress import out
 
 
@@ -23,7 +22,7 @@ from pipeline.progress import out
 @preprocess_options
 @click.option(
     "--num",
-    default=calibration.DEFAULT_NUM,
+    default=DEFAULT_CALIBRATION_SIZE,
     show_default=True,
     help="Number of images (balanced over classes when labelled).",
 )
@@ -51,6 +50,10 @@ def calibrate_command(checkpoint, data, preprocess, labels, workers, num, seed, 
       edgepipe calibrate --checkpoint resnet.onnx --data photos/ --labels labels.txt --resize 256 --crop 224 \\
           --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --num 512 -o calib.npz
     """
+    # drawing reads images and models (numpy, onnx): imported when the command runs, so --help starts at once.
+    import calibration
+    from pipeline.artifacts import check_output  # onnx
+
     check_output(output, force)  # fail before drawing, not after
     calib_set = calibration.draw_for(
         checkpoint, data=data, num=num, seed=seed, labels=labels, preprocess=preprocess, workers=workers

@@ -2,7 +2,6 @@
 
 import click
 
-from pipeline import check
 from pipeline.commands.options import EdgepipeCommand, emit, json_option
 from pipeline.progress import out
 
@@ -30,6 +29,9 @@ def check_command(report, baseline, tolerances, update_baseline, as_json):
       edgepipe run -o runs/ci
       edgepipe check runs/ci/report.json --baseline ci/baseline.json --tolerances ci/tolerances.yaml
     """
+    # the gate reads artifacts' records (onnx, numpy): imported when the command runs, so --help starts at once.
+    from pipeline import check
+
     if update_baseline:
         result = check.update_baseline(report, baseline)
         emit(result, as_json, lambda r: out.print(f"baseline {r['baseline']} updated ({r['rows']} rows)", markup=False))

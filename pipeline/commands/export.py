@@ -7,46 +7,64 @@ from pipeline.commands.options import (
     data_option,
     emit,
     force_option,
-    input_shape_option,
+    input_size_option,
     json_option,
     model_options,
 )
-from pipeline.export import DEFAULT_OPSET, export
+from pipeline.defaults import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from pipeline.errors import EdgepipeError
 from pipeline.progress import out
 
 
 @click.command("export", cls=EdgepipeCommand)
-@click.argument("checkpoint", type=click.Path(dir_okay=False), metavar="CHECKPOINT|WEIGHTS")
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False), metavar="[CHECKPOINT|WEIGHTS]")
 @click.option("-o", "--output", required=True, metavar="MODEL.onnx", help="ONNX file to write.")
 @model_options(
-    help="The model: needed for a plain state dict or .safetensors, and to use the user code a checkpoint names (default: the checkpoint's)."
+    weights=True,
+    help="The model: needed for a plain state dict or .safetensors, and to use the user code a checkpoint names (default: the checkpoint's).",
 )
-@click.option("--opset", default=DEFAULT_OPSET, show_default=True, help="ONNX opset (13-20).")
+@click.option("--opset", default=DEFAULT_OPSET, show_default=True, help=f"ONNX opset ({MIN_OPSET}-{MAX_OPSET}).")
 @click.option("--batch", default=1, show_default=True, help="Fixed batch size of the exported model.")
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension instead.")
-@input_shape_option(
-    help="Channels x height x width to export at (default: the checkpoint's size, else the model's own)."
+@input_size_option(
+    help="Size to export at: HxW keeps the model's channels, CxHxW also names them (default: the checkpoint's size, else the model's own)."
 )
 @click.option("--dynamic-size", is_flag=True, help="Also leave the input's height and width open (dynamic H/W).")
 @data_option
 @force_option
 @json_option
 def export_command(
-    checkpoint, output, model, code, opset, batch, dynamic_batch, input_shape, dynamic_size, data, force, as_json
+    checkpoint,
+    output,
+    model,
+    code,
+    weights,
+    opset,
+    batch,
+    dynamic_batch,
+    input_size,
+    dynamic_size,
+    data,
+    force,
+    as_json,
 ):
     """Export a checkpoint or weights file to ONNX and prove it against PyTorch (held-out images, else synthetic inputs).
 
     Fails (and writes nothing) unless the max abs logit difference is <= 1e-4 and top-1 agrees
-    on every held-out image. A plain weights file (.pt/.pth state dict or .safetensors) with
-    --model and no --data is checked on 32 seeded synthetic inputs instead, and says so.
+    on every held-out image. A plain weights file (.pt/.pth state dict or .safetensors), given
+    as --weights FILE (as train and run take it) or in place of the checkpoint, with --model and
+    no --data is checked on 32 seeded synthetic inputs instead, and says so.
 
     \b
     Examples:
       edgepipe export runs/se/se_resnet.pt -o runs/se/model.onnx --dynamic-batch
-      edgepipe export w.safetensors --model net.py:make_net --input-size 3x96x96 -o model.onnx
+      edgepipe export --weights w.safetensors --model net.py:make_net --input-size 3x96x96 -o model.onnx
     """
+    # the export stage runs PyTorch and ONNX Runtime: imported when the command runs, so --help starts at once.
+    from pipeline.export import export
+
     result = export(
-        checkpoint,
+        _source(checkpoint, weights),
         output,
         model_name=model,
         opset=opset,
@@ -55,7 +73,7 @@ def export_command(
         data=data,
         force=force,
         trust_model_code=code.trust,
-        input_shape=input_shape,
+        input_shape=input_size.chw() if input_size else None,
         dynamic_size=dynamic_size,
     )
     emit(
@@ -72,3 +90,18 @@ def export_command(
             markup=False,
         ),
     )
+
+
+def _source(checkpoint: str | None, weights: str | None) -> str:
+    """The file to export: the positional CHECKPOINT|WEIGHTS, or --weights FILE; exactly one."""
+    if checkpoint is not None and weights is not None:
+        raise EdgepipeError(
+            f"both {checkpoint} and --weights {weights} name the model's weights",
+            fix="pass the file once, as --weights FILE or as the first argument",
+        )
+    if checkpoint is None and weights is None:
+        raise EdgepipeError(
+            "no checkpoint or weights file given",
+            fix="pass a checkpoint (edgepipe export CKPT -o model.onnx) or --weights FILE",
+        )
+    return checkpoint if checkpoint is not None else weights

@@ -3,7 +3,6 @@
 import click
 from rich.table import Table
 
-import models
 from pipeline.commands.options import EdgepipeCommand, emit, json_option
 from pipeline.progress import out
 
@@ -19,6 +18,9 @@ def models_command(img_size: int, in_chans: int, as_json: bool) -> None:
     Example:
       edgepipe models --json
     """
+    # the zoo is built with torch: imported when the command runs, so --help starts at once.
+    import models
+
     rows = []
     for name in models.names():
         model = models.create(name, in_chans=in_chans, img_size=img_size)

@@ -2,21 +2,22 @@
 
 import math
 import os
-import re
 
 import click
 
-from pipeline import quantize
 from pipeline.commands.options import (
     EdgepipeCommand,
     data_option,
     emit,
     force_option,
+    input_size_option,
     json_option,
     max_drop_option,
     precision_flags,
     preprocess_options,
 )
+from pipeline.commands.parsers import onnx_input_hw
+from pipeline.defaults import CALIBRATION_METHODS, HIGH_PRECISIONS
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import out
@@ -35,18 +36,6 @@ def parse_min_agreement(text):
             f"--min-agreement {text!r} is not a percentage from 0 to 100", fix="pass e.g. --min-agreement 99"
         )
     return value
-
-
-def parse_input_size(text):
-    """ "224x224" or "224" -> (224, 224): height and width for a model with dynamic ones."""
-    if text is None:
-        return None
-    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", str(text))
-    if not match or int(match.group(1)) < 1 or int(match.group(2) or match.group(1)) < 1:
-        raise EdgepipeError(
-            f"--input-size {text!r} is not HEIGHTxWIDTH", fix="pass e.g. --input-size 224x224 (or 224 for a square)"
-        )
-    return int(match.group(1)), int(match.group(2) or match.group(1))
 
 
 @click.command("quantize", cls=EdgepipeCommand)
@@ -71,14 +60,14 @@ def parse_input_size(text):
 )
 @click.option(
     "--method",
-    type=click.Choice(quantize.METHODS),
+    type=click.Choice(CALIBRATION_METHODS),
     default="entropy",
     show_default=True,
     help="INT8 calibration method.",
 )
 @click.option(
     "--high-precision",
-    type=click.Choice(quantize.HIGH_PRECISIONS),
+    type=click.Choice(HIGH_PRECISIONS),
     default="fp16",
     show_default=True,
     help="Precision of the INT8 model's non-quantized ops (fp16 builds faster engines).",
@@ -101,13 +90,9 @@ def parse_input_size(text):
     help="INT8 accuracy budget without labels: the least argmax agreement with FP32 in percent (per position for sequence outputs); "
     "the most sensitive nodes stay in higher precision until it holds.",
 )
-@click.option(
-    "--input-size",
-    "input_size",
-    default=None,
-    metavar="HxW",
-    callback=lambda ctx, param, value: parse_input_size(value),
-    help="Height and width to convert and check a model with dynamic ones at (default: the model's, or the images').",
+@input_size_option(
+    help="Size to convert and check a model with dynamic height and width at: HxW, or CxHxW to also check its channels "
+    "(default: the model's, or the images')."
 )
 @data_option(
     help="Images to check against FP32 on (default: the data the model records): 'digits', a folder of images (class "
@@ -152,13 +137,16 @@ def quantize_command(
       edgepipe quantize recognizer.onnx --int8 --data lines.npz --min-agreement 99 -o recognizer.int8.onnx
       edgepipe quantize resnet.onnx --int8 --data photos/ --labels labels.txt --resize 256 --crop 224 --max-drop 1 -o resnet.int8.onnx
     """
+    # quantizing runs ModelOpt and ONNX Runtime: imported when the command runs, so --help starts at once.
+    from pipeline import quantize
+
     if data is None and not (calib and os.path.isdir(calib)) and (preprocess.given or labels is not None):
         raise EdgepipeError(
             "the preprocessing flags and --labels describe a folder of images (--data or --calib), and none is given",
             fix="pass --data FOLDER (or --calib FOLDER), or drop them",
         )
     size = {
-        "size": input_size,
+        "size": onnx_input_hw(input_size, onnx_model),
         "size_flag": "--input-size",
         "preprocess": preprocess if preprocess.given else None,
         "labels": labels,

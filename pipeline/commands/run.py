@@ -8,15 +8,14 @@ from pipeline.commands.options import (
     data_option,
     emit,
     force_option,
-    input_shape_option,
+    input_size_option,
     json_option,
     max_drop_option,
     model_options,
     precisions_option,
     preprocess_options,
 )
-from pipeline.report import to_markdown
-from pipeline.run import BUDGET_DEFAULT, DEFAULT_MAX_DROP, run
+from pipeline.defaults import BUDGET_DEFAULT, DEFAULT_MAX_DROP
 
 
 @click.command("run", cls=EdgepipeCommand)
@@ -25,7 +24,7 @@ from pipeline.run import BUDGET_DEFAULT, DEFAULT_MAX_DROP, run
     help="The model to train: a zoo name (default: se_resnet when nothing else is given), timm:NAME, "
     "package.module:callable or path/to/file.py:callable. With --checkpoint: names the code the checkpoint was trained from.",
 )
-@input_shape_option()
+@input_size_option()
 @click.option(
     "--checkpoint",
     type=click.Path(dir_okay=False),
@@ -65,7 +64,7 @@ def run_command(
     model,
     code,
     weights,
-    input_shape,
+    input_size,
     checkpoint,
     onnx_model,
     data,
@@ -100,13 +99,16 @@ def run_command(
       edgepipe run --onnx resnet.onnx --data photos/ --labels labels.txt --resize 256 --crop 224 \\
           --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
     """
+    # a run trains and runs every stage (torch, onnx, ModelOpt): imported when the command runs, so --help starts at once.
+    from pipeline.run import run
+
     if ctx.get_parameter_source("max_drop") is click.core.ParameterSource.DEFAULT:
         max_drop = BUDGET_DEFAULT  # the default budget, or none for unlabelled images
     report = run(
         model=model,
         code=code,
         weights=weights,
-        input_shape=input_shape,
+        input_shape=input_size.chw() if input_size else None,
         checkpoint=checkpoint,
         onnx_model=onnx_model,
         data=data,
@@ -129,5 +131,8 @@ def run_command(
 
 
 def _print(report) -> None:
+    # the run report reads the artifacts' records (onnx): imported once there is a report to print.
+    from pipeline.report import to_markdown
+
     click.echo(to_markdown(report).split("\n## Machine")[0])
     click.echo(f"Report: {report['folder']}/report.md and report.json")

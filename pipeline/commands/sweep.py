@@ -12,10 +12,8 @@ from pipeline.commands.options import (
     max_drop_option,
     parse_precisions,
 )
+from pipeline.defaults import BUDGET_DEFAULT, DEFAULT_MAX_DROP, DEFAULT_SWEEP_OUTPUT
 from pipeline.errors import EdgepipeError
-from pipeline.run import BUDGET_DEFAULT, DEFAULT_MAX_DROP
-from pipeline.sweep import DEFAULT_OUTPUT, sweep
-from pipeline.sweep.report import to_markdown
 
 
 @click.command("sweep", cls=EdgepipeCommand)
@@ -43,7 +41,7 @@ from pipeline.sweep.report import to_markdown
 @click.option(
     "-o",
     "--output",
-    default=DEFAULT_OUTPUT,
+    default=DEFAULT_SWEEP_OUTPUT,
     show_default=True,
     metavar="DIR",
     help="Sweep directory: sweep.json, sweep.md and one run directory per model.",
@@ -105,6 +103,9 @@ def sweep_command(
     Example (a cluster; GPU machines joined with 'edgepipe worker --address HEAD:6379'):
       edgepipe sweep --models-file sweep.yaml --targets sm_89,sm_87,sm_80 --address HEAD:6379
     """
+    # the sweep runs the stages (torch, onnx) and Ray: imported when the command runs, so --help starts at once.
+    from pipeline.sweep import sweep
+
     if not models and not models_file:
         raise EdgepipeError("no model to sweep", fix="pass --models A,B or --models-file sweep.yaml")
     if ctx.get_parameter_source("max_drop") is click.core.ParameterSource.DEFAULT:
@@ -134,5 +135,8 @@ def _split(text):
 
 
 def _print(report) -> None:
+    # the report's rows are read through the sweep's adapter (onnx): imported once there is a report to print.
+    from pipeline.sweep.report import to_markdown
+
     click.echo(to_markdown(report).split("\n## Models")[0])
     click.echo(f"Report: {report['folder']}/sweep.md and sweep.json")

@@ -4,27 +4,23 @@ from pathlib import Path
 
 import click
 
-from pipeline.artifacts import check_output
-from pipeline.checkpoint import DEFAULT_MODEL, save_checkpoint
 from pipeline.commands.options import (
     EdgepipeCommand,
     data_option,
     emit,
     force_option,
-    input_shape_option,
+    input_size_option,
     json_option,
     model_options,
 )
+from pipeline.defaults import DEFAULT_DATA, DEFAULT_MODEL
 from pipeline.errors import EdgepipeError
-from pipeline.images import DIGITS
-from pipeline.modelspec import ModelSpec
 from pipeline.progress import out
-from pipeline.train import train
 
 
 @click.command("train", cls=EdgepipeCommand)
 @model_options(default=DEFAULT_MODEL, weights=True, trust=False)
-@data_option(default=DIGITS, help="Dataset: bundled digits, an ImageFolder directory, or an .npz with x and y.")
+@data_option(default=DEFAULT_DATA, help="Dataset: bundled digits, an ImageFolder directory, or an .npz with x and y.")
 @click.option(
     "--epochs",
     type=int,
@@ -33,7 +29,7 @@ from pipeline.train import train
 )
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the model's recipe).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the split, initialisation and batches.")
-@input_shape_option()
+@input_size_option()
 @click.option(
     "--img-size",
     type=int,
@@ -44,7 +40,7 @@ from pipeline.train import train
 @click.option("-o", "--output", required=True, metavar="DIR|FILE.pt", help="Folder (gets MODEL.pt) or checkpoint path.")
 @force_option
 @json_option
-def train_command(model, code, weights, data, epochs, lr, seed, input_shape, img_size, output, force, as_json):
+def train_command(model, code, weights, data, epochs, lr, seed, input_size, img_size, output, force, as_json):
     """Train a model and write a checkpoint with its config, model spec and held-out split.
 
     \b
@@ -52,9 +48,16 @@ def train_command(model, code, weights, data, epochs, lr, seed, input_shape, img
       edgepipe train --model cbam_resnet --data digits --epochs 20 -o runs/cbam
       edgepipe train --model mynets.py:make_net --model-arg width=32 --data photos/ --input-size 3x96x96 -o runs/mine
     """
+    # training runs torch: imported when the command runs, so --help starts at once.
+    from pipeline.artifacts import check_output
+    from pipeline.checkpoint import save_checkpoint  # torch
+    from pipeline.train import train  # torch
+
     spec = model
-    if input_shape and img_size:
-        raise EdgepipeError("--input-size and --img-size both set the input size", fix="pass only --input-size CxHxW")
+    if input_size and img_size:
+        raise EdgepipeError(
+            "--input-size and --img-size both set the input size", fix="pass only --input-size [CxHxW | HxW]"
+        )
     path = _checkpoint_path(output, spec)
     check_output(path, force)  # fail before training, not after
     net, config = train(
@@ -64,7 +67,7 @@ def train_command(model, code, weights, data, epochs, lr, seed, input_shape, img
         epochs=epochs,
         seed=seed,
         lr=lr,
-        input_shape=input_shape or img_size,
+        input_shape=input_size.chw() if input_size else img_size,
         progress=not as_json,
     )
     save_checkpoint(path, net, config, force=force)
@@ -86,7 +89,7 @@ def train_command(model, code, weights, data, epochs, lr, seed, input_shape, img
     )
 
 
-def _checkpoint_path(output: str, spec: ModelSpec) -> Path:
+def _checkpoint_path(output: str, spec) -> Path:
     path = Path(output)
     if path.suffix in (".pt", ".pth"):
         return path

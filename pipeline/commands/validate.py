@@ -4,10 +4,8 @@ import click
 from rich.table import Table
 
 from pipeline.commands.options import EdgepipeCommand, data_option, emit, json_option, model_options, preprocess_options
-from pipeline.fidelity import DEFAULT_ATOL, DEFAULT_RTOL
-from pipeline.images import DEFAULT_BATCH_SIZE
+from pipeline.defaults import DEFAULT_ATOL, DEFAULT_BATCH_SIZE, DEFAULT_RTOL, SPLITS
 from pipeline.progress import out
-from pipeline.validate import SPLITS, validate
 
 
 @click.command("validate", cls=EdgepipeCommand)
@@ -70,6 +68,9 @@ def validate_command(
       edgepipe validate --reference resnet.onnx resnet.int8.onnx --data photos/ --labels labels.txt \\
           --resize 256 --crop 224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
     """
+    # validating runs the models (numpy, onnx, ONNX Runtime, torch): imported when the command runs, so --help starts at once.
+    from pipeline.validate import validate
+
     result = validate(
         reference,
         artifacts,

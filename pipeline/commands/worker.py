@@ -10,7 +10,6 @@ import click
 from pipeline.commands.options import EdgepipeCommand, emit, json_option
 from pipeline.errors import EdgepipeError
 from pipeline.progress import out
-from pipeline.sweep import cluster
 
 
 @click.command("worker", cls=EdgepipeCommand)
@@ -44,8 +43,11 @@ def worker_command(address, targets, num_cpus, temp_dir, dry_run, as_json):
       edgepipe worker --address 10.0.0.1:6379
       edgepipe worker --address 10.0.0.1:6379 --targets sm_87 --dry-run
     """
+    # the sweep's Ray room reaches the stages (onnx, torch): imported when the command runs, so --help starts at once.
+    from pipeline.sweep import cluster, connection
+
     cluster.require_ray()
-    host, port = cluster.split_address(address)
+    host, port = connection.split_address(address)
     resources = cluster.worker_resources(
         [t.strip() for t in targets.split(",") if t.strip()] if targets else None, num_cpus
     )
@@ -73,7 +75,7 @@ def worker_command(address, targets, num_cpus, temp_dir, dry_run, as_json):
             lambda r: out.print(" ".join(shlex.quote(c) for c in r["command"]), markup=False, soft_wrap=True),
         )
         return
-    cluster.check_reachable(host, port)
+    connection.check_reachable(host, port)
     emit(
         result,
         as_json,

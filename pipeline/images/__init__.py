@@ -19,7 +19,7 @@ workers, shared memory, a bad file named when reached).
 from __future__ import annotations
 
 from pipeline.images.kinds import DigitsSource, FileSource, NpzSource, open_source
-from pipeline.images.model_data import DATA_FIX, SPLITS, ModelData
+from pipeline.images.model_data import DATA_FIX, ModelData
 from pipeline.images.model_input import FLAG_KEYS, ModelInput, PreprocessFlags
 from pipeline.images.record import Record
 from pipeline.images.source import DIGITS, IMAGE_SUFFIXES, SPLIT_SEED, VAL_FRACTION, ImageSource, Split, read_labels
@@ -31,7 +31,6 @@ __all__ = [
     "DIGITS",
     "FLAG_KEYS",
     "IMAGE_SUFFIXES",
-    "SPLITS",
     "SPLIT_SEED",
     "VAL_FRACTION",
     "BatchStream",

@@ -27,7 +27,6 @@ from pipeline.images.record import Record
 from pipeline.images.source import SPLIT_SEED, VAL_FRACTION, ImageSource, Split
 from pipeline.images.stream import DEFAULT_BATCH_SIZE, BatchStream
 
-SPLITS = ("auto", "held-out", "all")  # which of the images validate judges on
 DATA_FIX = "pass --data with your images (an ImageFolder, a folder of images or an .npz with x), and --labels FILE if the folders are classes"
 
 

@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.defaults import DEFAULT_DATA
 from pipeline.errors import EdgepipeError
 from pipeline.images.stream import DEFAULT_BATCH_SIZE, BatchStream
 from pipeline.preprocess import Preprocess
 
-DIGITS = "digits"
+DIGITS = DEFAULT_DATA  # the bundled digits
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 VAL_FRACTION = 0.2
 SPLIT_SEED = 0  # the seed of the calibration pool / held-out split of a user's data, so every stage draws the same

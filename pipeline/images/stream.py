@@ -22,11 +22,11 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from pipeline.defaults import DEFAULT_BATCH_SIZE
 from pipeline.errors import EdgepipeError
 from pipeline.preprocess import Preprocess
 from pipeline.progress import console
 
-DEFAULT_BATCH_SIZE = 64
 _PREFETCH = 2  # batches decoded ahead per worker: bounds memory at workers x 2 batches
 READABLE = "PNG, JPEG, BMP, GIF, TIFF, WebP and PGM/PPM"
 Progress = Callable[[int, int], None]  # called with (images done, images in all) after each batch

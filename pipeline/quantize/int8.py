@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from pipeline.artifacts import Kind, atomic_output, sha256_file, write_manifest
+from pipeline.defaults import CALIBRATION_METHODS, HIGH_PRECISIONS
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import info as say
@@ -40,8 +41,7 @@ from pipeline.quantize.modelopt_log import last_line, modelopt_error, quiet_mode
 from pipeline.quantize.qdq_rules import check_tensorrt_qdq_rules
 from pipeline.quantize.source import Fp32Source, carry_metadata, check_paths, open_fp32
 
-METHODS = ("entropy", "max")
-HIGH_PRECISIONS = ("fp16", "fp32")
+METHODS = CALIBRATION_METHODS
 # INT8 keeps attention gates in higher precision: a gate in [0, 1] rounded to 8 bits scales every
 # channel/position of the features it multiplies, and SE/CBAM/self-attention accuracy depends on it.
 INT8_DEFAULT_EXCLUDED_OPS = ("Sigmoid", "Softmax")

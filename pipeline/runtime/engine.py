@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline.cuda import CudaGraph, Driver, import_pycuda
 from pipeline.errors import EdgepipeError
-from pipeline.runtime.base import Runner
+from pipeline.runner import Runner
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.modelspec import ModelCode
-from pipeline.runtime.base import NoGpuError, Runner
+from pipeline.runner import NoGpuError, Runner
 
 
 class TorchRunner(Runner):

@@ -1,4 +1,4 @@
-"""Ray for `edgepipe sweep`: connect, read the nodes, submit cell tasks, take results back.
+"""Ray for `edgepipe sweep`: read the nodes, submit cell tasks, take results back (connecting: ``connection``).
 
 Ray Core is the engine; edgepipe adds no scheduler. A target GPU is a Ray custom resource named
 ``sm_XY`` (``sm_89: 1`` on a machine with an RTX 4090, one task at a time per GPU so timings are
@@ -15,9 +15,8 @@ its run directory is the truth, whatever happened to the workers.
 from __future__ import annotations
 
 import contextlib
-import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from pipeline.errors import EdgepipeError
 from pipeline.sweep.targets import is_target, parse_target, target_name
 
 INSTALL_FIX = "pip install 'edgepipe[ray]' (it pins the Ray version every node must run)"
-CONNECT_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 120.0
 DEFAULT_RETRIES = 2
 
@@ -167,10 +165,10 @@ class Cluster:
             return Outcome(error="cancelled", cancelled=True)
         except rayex.RayTaskError as exc:
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            return Outcome(error=f"{type(cause).__name__}: {_first_line(cause)}")
+            return Outcome(error=f"{type(cause).__name__}: {first_line(cause)}")
         except rayex.RayError as exc:  # worker or node died more often than the retries allow
             return Outcome(
-                error=f"system failure after {self.retries} retries: {type(exc).__name__}: {_first_line(exc)}"
+                error=f"system failure after {self.retries} retries: {type(exc).__name__}: {first_line(exc)}"
             )
 
     def cancel(self, refs: list[Any]) -> None:
@@ -209,112 +207,6 @@ def check_versions(nodes: list[Node], driver: dict[str, str]) -> None:
             )
 
 
-@contextlib.contextmanager
-def connect(
-    address: str = "local",
-    resources: dict[str, float] | None = None,
-    num_cpus: int | None = None,
-    retries: int = DEFAULT_RETRIES,
-) -> Iterator[Cluster]:
-    """A Ray connection: "local" starts an embedded one-machine Ray (stopped afterwards), "auto" joins
-    the cluster running on this machine, "HOST:PORT" a cluster's head. A connection this process
-    already made (``ray.init`` by the caller) is used as it is and left open."""
-    ray = require_ray()
-    if ray.is_initialized():
-        yield Cluster(ray, address, retries)
-        return
-    quiet = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
-    if address == "local":
-        local = resources if resources is not None else worker_resources(num_cpus=num_cpus)
-        _init(ray, address, dict(address="local", resources=local, num_cpus=num_cpus, **quiet))
-    elif address == "auto":
-        _init(ray, address, dict(address="auto", **quiet))
-    else:
-        host, port = split_address(address)
-        check_reachable(host, port)
-        check_head(ray, address)
-        _init(ray, address, dict(address=address, **quiet))
-    try:
-        yield Cluster(ray, address, retries)
-    finally:
-        ray.shutdown()
-
-
-def _init(ray: Any, address: str, options: dict[str, Any]) -> None:
-    try:
-        ray.init(**options)
-    except ConnectionError as exc:
-        if address == "auto":
-            raise EdgepipeError(
-                "no Ray cluster is running on this machine (--address auto)",
-                fix="start one with 'ray start --head', or use --address local for an embedded one",
-            ) from None
-        raise EdgepipeError(
-            f"cannot connect to Ray at {address}: {_first_line(exc)}",
-            fix="check the head's address and port ('ray status' on the head)",
-        ) from None
-    except RuntimeError as exc:
-        if "version" in str(exc).lower():
-            raise EdgepipeError(
-                f"the Ray cluster at {address} runs another Ray or Python version ({_first_line(exc)})",
-                fix=f"run Ray {ray.__version__} and the same Python version on the driver and every node ({INSTALL_FIX})",
-            ) from None
-        raise
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise EdgepipeError(
-            f"--address {address!r} is not local, auto or HOST:PORT",
-            fix="pass e.g. --address 10.0.0.1:6379 (the head's 'ray start --head' port), or --address local",
-        )
-    return host, int(port)
-
-
-def check_reachable(host: str, port: int) -> None:
-    """One fast TCP connect: Ray itself retries an unreachable head for many minutes."""
-    try:
-        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as exc:
-        raise EdgepipeError(
-            f"cannot reach a Ray head at {host}:{port} ({exc.strerror or exc})",
-            fix="start the head with 'ray start --head --port PORT' and check the address and firewall, or use --address local",
-        ) from None
-
-
-def check_head(ray: Any, address: str) -> None:
-    """Ask the head for its Ray and Python versions before joining (a bounded wait, not Ray's endless retry)."""
-    import json
-    import platform
-
-    try:
-        from ray._raylet import GcsClient  # internal but stable since Ray 2.0; skipped if it moves
-
-        raw = GcsClient(address=address).internal_kv_get(
-            b"CLUSTER_METADATA", namespace=b"cluster", timeout=CONNECT_TIMEOUT_S * 2
-        )
-    except ImportError:
-        return
-    except Exception as exc:  # noqa: BLE001  (Ray's RpcError/RuntimeError: nothing answered as a Ray head)
-        raise EdgepipeError(
-            f"{address} does not answer as a Ray head ({_first_line(exc)})",
-            fix="pass the GCS port printed by 'ray start --head' (6379 by default)",
-        ) from None
-    meta = json.loads(raw) if raw else {}
-    head_ray, head_python = meta.get("ray_version"), meta.get("python_version")
-    if head_ray and head_ray != ray.__version__:
-        raise EdgepipeError(
-            f"the Ray head at {address} runs Ray {head_ray}, this driver Ray {ray.__version__}",
-            fix=f"run the same Ray on every machine: {INSTALL_FIX}",
-        )
-    if head_python and head_python.rsplit(".", 1)[0] != platform.python_version().rsplit(".", 1)[0]:
-        raise EdgepipeError(
-            f"the Ray head at {address} runs Python {head_python}, this driver Python {platform.python_version()}",
-            fix="run the driver with the head's Python version (Ray clusters need one Python version)",
-        )
-
-
 # --- workers and results ----------------------------------------------------------------------------
 
 
@@ -345,6 +237,6 @@ def receive_file(path: Path, data: bytes, sha256: str) -> None:
         tmp.write_bytes(data)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[-1] if "Traceback" in text else (text.splitlines() or [type(exc).__name__])[0]

@@ -13,45 +13,27 @@ target and builder is reused, so a sweep with nothing changed submits no task.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pipeline.sweep.adapter as edgepipe
 import pipeline.sweep.cluster as clustermod
+import pipeline.sweep.connection as connection
 import pipeline.sweep.inputs as sweep_inputs
 import pipeline.sweep.report as sweep_report
+from pipeline.defaults import DEFAULT_SWEEP_OUTPUT
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.sweep.cell import build_cell, choose_backend
 from pipeline.sweep.inputs import SweepModel
-from pipeline.sweep.targets import cc_order, parse_target
+from pipeline.sweep.results import Cell, previous_rows, receive
+from pipeline.sweep.targets import cc_order
 
 ORPHAN_CHECK_S = 15.0  # how often pending cells are checked against the nodes still alive
 
-DEFAULT_OUTPUT = "runs/sweep"
-
-
-@dataclass
-class Cell:
-    model: str
-    precision: Precision
-    target: str
-    row: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def cc(self) -> str:
-        return parse_target(self.target)
-
-    @property
-    def artifact(self) -> str:
-        return f"{self.model}/engine-{self.precision}-{self.target}"
-
-    @property
-    def engine_name(self) -> str:
-        return f"model.{self.precision}.{self.target}.engine"
+DEFAULT_OUTPUT = DEFAULT_SWEEP_OUTPUT
 
 
 # --- the sweep --------------------------------------------------------------------------------------
@@ -86,7 +68,7 @@ def sweep(
     specs, chosen_precisions, chosen_targets = sweep_inputs.resolve(models, models_file, precisions, targets)
     folder = Path(output)
     if address not in ("local", "auto"):
-        clustermod.split_address(address)
+        connection.split_address(address)
     settings = {
         "data": data,
         "epochs": epochs,
@@ -97,8 +79,11 @@ def sweep(
         "strict": strict,
         "force": force,
     }
-    started = time.perf_counter()
-    with clustermod.connect(address, resources=resources, num_cpus=num_cpus, retries=retries) as ray_cluster:
+    started, ray_output = time.perf_counter(), connection.RayOutput()
+    with (
+        contextlib.closing(ray_output),
+        connection.connect(address, resources, num_cpus, retries, ray_output) as ray_cluster,
+    ):
         nodes = ray_cluster.nodes()
         connected = time.perf_counter() - started
         chosen_targets = chosen_targets or sorted({t for n in nodes for t in n.targets}, key=cc_order)
@@ -108,7 +93,8 @@ def sweep(
                 fix="join GPU machines with 'edgepipe worker --address HEAD:PORT', or pass --targets sm_XY",
             )
         folder.mkdir(parents=True, exist_ok=True)  # only now: bad input writes nothing
-        driver = _Driver(ray_cluster, nodes, folder, settings, _previous_rows(folder))
+        ray_output.keep(folder)  # Ray's start-up output in DIR/ray.log, not on the terminal
+        driver = _Driver(ray_cluster, nodes, folder, settings, previous_rows(folder))
         driver.run(specs, chosen_precisions, chosen_targets, overlap=address != "local")
     driver.timings.update(connect_and_probe=round(connected, 2))
     report = sweep_report.assemble(
@@ -123,18 +109,6 @@ def sweep(
     return report
 
 
-def _previous_rows(folder: Path) -> dict[str, dict[str, Any]]:
-    """Rows of the last sweep.json, so a reused engine keeps the measurements made on its GPU."""
-    try:
-        return {
-            row["artifact"]: row
-            for row in json.loads((folder / "sweep.json").read_text())["rows"]
-            if row.get("kind") == "cell"
-        }
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-
-
 class _Driver:
     """Prepares models, decides each cell, submits what must be built and writes what comes back."""
 
@@ -146,13 +120,8 @@ class _Driver:
         settings: dict[str, Any],
         previous: dict[str, dict],
     ):
-        self.cluster, self.nodes, self.folder, self.settings, self.previous = (
-            ray_cluster,
-            nodes,
-            folder,
-            settings,
-            previous,
-        )
+        self.cluster, self.nodes, self.folder = ray_cluster, nodes, folder
+        self.settings, self.previous = settings, previous
         self.cells: list[Cell] = []
         self.model_reports: dict[str, dict[str, Any]] = {}
         self.pending: dict[Any, Cell] = {}
@@ -337,37 +306,9 @@ class _Driver:
                 self._finish(cell, f"failed: every worker advertising {cell.target} left the cluster")
 
     def _receive(self, cell: Cell, result: dict[str, Any]) -> None:
-        where = {k: result.get(k) for k in ("host", "node_id", "pid", "gpu")}
-        if result["status"] != "built":
-            return self._finish(cell, f"failed: {result['reason']}", **where)
-        model_dir = self.folder / cell.model
-        engine = model_dir / cell.engine_name
-        manifest = dict(result["manifest"] or {})
-        try:
-            if manifest.get("sha256") != result["sha256"]:
-                raise EdgepipeError(f"{engine.name} does not match the manifest built with it", fix="sweep again")
-            clustermod.receive_file(engine, result["engine"], result["sha256"])
-        except EdgepipeError as exc:
-            return self._finish(cell, f"failed: {exc}", **where)
-        onnx = str(self.sources[cell.model]["onnx"][cell.precision])
-        manifest.update(
-            onnx=onnx, built_on={"host": result["host"], "node_id": result["node_id"], "gpu": result["gpu"]}
-        )
-        manifest["network_onnx"] = {**manifest.get("network_onnx", {}), "file": onnx}
-        edgepipe.write_json_atomic(edgepipe.manifest_path(engine), manifest)
-        measured = dict(result.get("measured", {}))
-        validation = measured.pop("status", None)
-        self._finish(
-            cell,
-            "built",
-            **{
-                **where,
-                **measured,
-                "validation": validation,
-                "seconds": result["seconds"],
-                **edgepipe.engine_fields(engine, model_dir),
-            },
-        )
+        onnx = self.sources[cell.model]["onnx"][cell.precision]
+        status, fields = receive(self.folder / cell.model, cell, result, onnx)
+        self._finish(cell, status, **fields)
 
     def _finish(self, cell: Cell, status: str, **fields: Any) -> None:
         cell.row = {"status": status, **fields}

@@ -12,6 +12,8 @@ import re
 from pipeline.errors import EdgepipeError
 
 TARGET = re.compile(r"sm_(\d+)(\d)", re.IGNORECASE)
+# The compute capabilities NVIDIA GPUs have (CUDA's list, Maxwell to Blackwell): a target outside it is a typo.
+KNOWN = (50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90, 100, 101, 103, 110, 120, 121)
 
 
 def parse_target(name: str) -> str:
@@ -21,6 +23,11 @@ def parse_target(name: str) -> str:
         raise EdgepipeError(
             f"target {name.strip()!r} is not sm_XY",
             fix="name targets by compute capability, e.g. --targets sm_89,sm_87 (RTX 4090 sm_89, Jetson Orin sm_87, A100 sm_80, H100 sm_90)",
+        )
+    if int(match.group(1) + match.group(2)) not in KNOWN:
+        raise EdgepipeError(
+            f"target {name.strip()!r} is no NVIDIA GPU architecture",
+            fix=f"name a compute capability GPUs have: {', '.join(f'sm_{cc}' for cc in KNOWN)}",
         )
     return f"{int(match.group(1))}.{match.group(2)}"
 

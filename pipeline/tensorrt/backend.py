@@ -104,7 +104,7 @@ class Backend:
         """Name and shape (-1 for a dynamic dimension) of each network input."""
         return [(t.name, tuple(t.shape)) for t in (network.get_input(i) for i in range(network.num_inputs))]
 
-    def builder_config(self, builder: Any, network: Any, settings: BuildSettings) -> Any:
+    def builder_config(self, builder: Any, network: Any, settings: BuilderOptions) -> Any:
         """A builder config with the profiles, precision and build controls of ``settings``.
 
         An option the backend lacks is a clear error naming the backend.
@@ -153,7 +153,7 @@ class Backend:
             config.set_timing_cache(cache, ignore_mismatch=True)
         return config
 
-    def check_settings(self, settings: BuildSettings) -> None:
+    def check_settings(self, settings: BuilderOptions) -> None:
         """A clear error naming the backend for each option it lacks (before any work is done)."""
         trt = self.trt
         if settings.legacy_precision and not self.has_legacy_precision:
@@ -246,8 +246,8 @@ class Backend:
         return engine
 
 
-@dataclass
-class BuildSettings:
+@dataclass(frozen=True)
+class BuilderOptions:
     """Everything that goes into a builder config, already checked and in backend-neutral form."""
 
     profiles: list[dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]] = field(default_factory=list)

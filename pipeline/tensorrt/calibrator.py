@@ -2,39 +2,54 @@
 
 TensorRT 10.1 deprecated implicit INT8 calibration and TensorRT 11 / TensorRT-RTX removed it;
 it remains the only INT8 path for DLA on JetPack 5 and 6. The calibrator class derives from the
-backend module's ``IInt8EntropyCalibrator2``, so the factory takes that module. pycuda, needed
-to put batches in GPU memory, comes through ``pipeline.cuda`` when a calibrator is made: nothing
-else in edgepipe's build path needs a GPU.
+backend module's ``IInt8EntropyCalibrator2``, so the factory takes that module. It takes the
+images as float32 batches of any size (the build stage reads the calibration set), so the TensorRT
+seam stands below ``calibration``. pycuda, needed to put batches in GPU memory, comes through
+``pipeline.cuda`` when a calibrator is made: nothing else in edgepipe's build path needs a GPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-import calibration
 from pipeline.artifacts import Kind, atomic_output, is_up_to_date, write_manifest
 from pipeline.cuda import autoinit
 from pipeline.errors import EdgepipeError
-from pipeline.images import ModelInput
 from pipeline.tensorrt.options import onnx_inputs
 
 CALIBRATION_BATCH = 32
 
 
+def fixed_batches(images: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    """Contiguous float32 batches of exactly ``batch_size`` from batches of any size; the last is padded by repeating images."""
+    pending: list[np.ndarray] = []
+    count = 0
+    for batch in images:
+        pending.append(np.asarray(batch, dtype=np.float32))
+        count += len(pending[-1])
+        while count >= batch_size:
+            joined = np.concatenate(pending)
+            yield np.ascontiguousarray(joined[:batch_size])
+            pending, count = [joined[batch_size:]], len(joined) - batch_size
+    if count:
+        joined = np.concatenate(pending)
+        yield np.ascontiguousarray(np.resize(joined, (batch_size, *joined.shape[1:])))
+
+
 def make_entropy_calibrator(
     trt: Any,
-    calib_set: Any,
+    images: Iterable[np.ndarray],
     batch_size: int,
     cache_path: str | Path,
     read_cache: bool = True,
     on_cache_written: Callable[[Path], Any] | None = None,
     input_shape: tuple[int, ...] | None = None,
 ) -> Any:
-    """An ``trt.IInt8EntropyCalibrator2`` fed from ``calibration.batches(calib_set, batch_size)``.
+    """An ``trt.IInt8EntropyCalibrator2`` fed from ``images``, float32 batches of any size.
 
     Batches are padded (by repeating their images) to ``batch_size``, the fixed batch of the
     calibration profile. The calibration cache is read from ``cache_path`` when ``read_cache``
@@ -47,7 +62,7 @@ def make_entropy_calibrator(
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
             trt.IInt8EntropyCalibrator2.__init__(self)
-            self._batches = iter(calibration.batches(calib_set, batch_size))
+            self._batches = fixed_batches(images, batch_size)
             self._device = None
             self.count = 0
             # TensorRT swallows exceptions raised in callbacks; the build re-raises this one.
@@ -96,10 +111,13 @@ def make_entropy_calibrator(
     return EntropyCalibrator()
 
 
-def legacy_calibrator(be: Any, model: Any, profiles: dict, calib: Any, engine: Path, inputs: dict) -> tuple[Any, dict]:
-    """An entropy calibrator and its fixed-shape calibration profile (TensorRT <= 10.x only)."""
-    calib_set = calib if isinstance(calib, calibration.CalibrationSet) else calibration.load(calib)
-    calibration.check_matches(calib_set, ModelInput.of_onnx(model))
+def legacy_calibrator(
+    be: Any, model: Any, profiles: dict, images: Iterable[np.ndarray], cache: Path, inputs: dict
+) -> tuple[Any, dict]:
+    """An entropy calibrator fed ``images`` (float32 batches) and its fixed-shape calibration profile (TensorRT <= 10.x only).
+
+    The calibration cache ``cache`` is reused while its manifest matches ``inputs`` and the shape.
+    """
     (name, shape), *others = onnx_inputs(model)
     if others:
         raise EdgepipeError(
@@ -109,11 +127,10 @@ def legacy_calibrator(be: Any, model: Any, profiles: dict, calib: Any, engine: P
     lo, _, hi = profiles.get(name, (shape, shape, shape))
     batch = min(max(CALIBRATION_BATCH, lo[0]), hi[0])
     calibration_shape = (batch, *shape[1:])
-    cache = engine.with_name(engine.name + ".calibration.cache")
     reuse = is_up_to_date(cache, Kind.CALIBRATION_CACHE, inputs, {"shape": list(calibration_shape)})
     calibrator = make_entropy_calibrator(
         be.trt,
-        calib_set,
+        images,
         batch,
         cache,
         read_cache=reuse,

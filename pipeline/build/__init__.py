@@ -1,0 +1,125 @@
+"""Build a TensorRT or TensorRT-RTX engine from an ONNX model, with a manifest beside it.
+
+Precision is explicit by default: ``--fp16``/``--int8`` first make an FP16 or Q/DQ INT8 ONNX
+(the precision stage, written beside the engine and reused while it is current), then the engine
+is built from it as a strongly typed network, which TensorRT 10.x, 11.x and TensorRT-RTX all
+support. That works for any single-image-input ONNX, with or without edgepipe's metadata: the
+converted model is checked against FP32 (held-out data, the user's ``--data``, or seeded
+synthetic inputs for FP16) and the engine's manifest records the check. A dynamic-H/W model is
+converted at its --optShapes size. An ONNX that already holds Q/DQ nodes, or is already FP16, is
+built as it is. On TensorRT <= 10.x ``legacy_precision`` uses the builder's FP16/INT8 flags and
+an entropy calibrator instead.
+
+The settings are a value (``settings.BuildSettings``), resolved against the model and backend into
+a ``plan.Plan`` before anything prints; ``network`` makes the ONNX the network is parsed from and
+``engine`` runs the builder. Reuse follows the one rule of ``pipeline.artifacts``: the engine's manifest.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import Kind, read_manifest, sha256_file, why_stale
+from pipeline.build import engine as builder
+from pipeline.build import network
+from pipeline.build.plan import Plan, default_engine_path, make_plan
+from pipeline.build.settings import BuildSettings
+from pipeline.errors import EdgepipeError
+from pipeline.progress import info as say
+from pipeline.tensorrt.backend import TENSORRT
+
+__all__ = ["BuildSettings", "build", "build_engine", "default_engine_path"]
+
+
+def build_engine(
+    onnx_path: str | Path,
+    settings: BuildSettings | None = None,
+    *,
+    save_engine: str | Path | None = None,
+    force: bool = False,
+    **flags: Any,
+) -> dict[str, Any]:
+    """Build (or reuse) the engine for ``onnx_path`` and return what --json prints.
+
+    ``settings``, or the keywords ``BuildSettings.parse`` reads (``precision="fp16"``,
+    ``shapes={"opt": "input:8x3x224x224"}``, ``compute_capability=["8.6"]``, trtexec's controls).
+    """
+    if settings is not None and flags:
+        raise TypeError("pass a BuildSettings or its keywords, not both")
+    return build(onnx_path, settings or BuildSettings.parse(**flags), save_engine=save_engine, force=force)
+
+
+def build(
+    onnx_path: str | Path, settings: BuildSettings, save_engine: str | Path | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Build (or reuse) the engine ``settings`` describe; every refusal comes before the first message."""
+    started = time.perf_counter()
+    plan = make_plan(onnx_path, settings, save_engine)
+    plan.backend.logger.verbose = settings.verbose
+    made = network.conversion(plan)
+    inputs = {"onnx": sha256_file(plan.source)}
+    calibration = network.known_calibration(plan, inputs["onnx"], made) if plan.calibrated else None
+    params = builder.params(plan, made.preprocess if made else None)
+    _announce_backend(plan)
+    if not (plan.calibrated and calibration is None):
+        inputs.update({"calibration": calibration} if calibration else {})
+        reused = _reuse(plan, inputs, params, force, started)
+        if reused:
+            return reused
+    network_onnx, check = network.network_onnx(plan, inputs["onnx"], made, force)
+    if plan.calibrated and calibration is None:  # the set drawn for the INT8 ONNX, now made
+        inputs["calibration"] = read_manifest(network_onnx)["inputs"]["calibration"]
+        reused = _reuse(plan, inputs, params, force, started)
+        if reused:
+            return reused
+    if plan.profile_note:
+        say(plan.profile_note)
+    cc_text = f"; targets compute capability {', '.join(plan.targets)}" if plan.targets else ""
+    say(
+        f"Building {plan.engine} from {network_onnx} with {plan.backend.display} ({plan.target}, {plan.mode} precision{cc_text})"
+    )
+    serialized, config, figures = builder.build_serialized(plan, network_onnx, inputs)
+    record = {"inputs": inputs, "params": params, "network_onnx": str(network_onnx), "precision_check": check}
+    manifest = builder.write_engine(plan, serialized, config, {**record, **figures})
+    return _result(manifest, plan.engine, started, cached=False)
+
+
+def _reuse(plan: Plan, inputs: dict, params: dict, force: bool, started: float) -> dict[str, Any] | None:
+    """The result of the engine already there when it is current (and not forced); one clear error when it is not."""
+    if force or not plan.engine.exists():
+        return None
+    stale = why_stale(plan.engine, Kind.ENGINE, inputs, params)
+    if stale is not None:
+        raise EdgepipeError(
+            f"{plan.engine} exists but {stale}", fix="pass --force to rebuild it, or choose another --saveEngine"
+        )
+    say(f"{plan.engine} is up to date (same ONNX, settings and {plan.backend.display}); reusing it (--force rebuilds)")
+    return _result(read_manifest(plan.engine), plan.engine, started, cached=True)
+
+
+def _result(manifest: dict, engine: Path, started: float, cached: bool) -> dict[str, Any]:
+    return {
+        "engine": str(engine),
+        "backend": manifest["backend"],
+        "backend_version": manifest["backend_version"],
+        "precision": manifest["precision"],
+        "seconds": round(time.perf_counter() - started, 3),
+        "cached": cached,
+        "onnx": manifest["onnx"],
+        "network_onnx": manifest["network_onnx"]["file"],
+        "profiles": manifest["params"]["profiles"],
+        "compute_capabilities": manifest["target_compute_capabilities"],
+        "bytes": manifest["bytes"],
+        "build_seconds": manifest["build_seconds"],
+        "peak_rss_mib": manifest["peak_rss_mib"],
+        "manifest": str(engine) + ".manifest.json",
+        "check": manifest.get("precision_check"),
+    }
+
+
+def _announce_backend(plan: Plan) -> None:
+    if plan.settings.backend == "auto":
+        installed = "is installed" if plan.backend.name == TENSORRT else "is not installed"
+        say(f"Backend: {plan.backend.display} (auto: standard TensorRT {installed})")

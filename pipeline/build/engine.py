@@ -1,0 +1,123 @@
+"""The engine itself: the network parsed, the builder run, the engine and its manifest written atomically.
+
+On TensorRT <= 10.x with ``--legacy-precision`` an INT8 build is calibrated by the classic entropy
+calibrator, fed the calibration set's images as batches (``pipeline.tensorrt.calibrator``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import calibration
+from pipeline.artifacts import Kind, atomic_output, check_output, sha256_file, write_manifest
+from pipeline.build.plan import Plan
+from pipeline.cuda import current_compute_capability
+from pipeline.errors import EdgepipeError
+from pipeline.images import ModelInput
+from pipeline.machine import PeakRSS
+from pipeline.precision import is_quantized
+from pipeline.progress import console
+from pipeline.tensorrt.backend import TENSORRT, Backend, BuilderOptions
+from pipeline.tensorrt.calibrator import legacy_calibrator
+from pipeline.tensorrt.options import _dims, _profiles_json
+
+
+def params(plan: Plan, preprocess: dict[str, Any] | None) -> dict[str, Any]:
+    """The settings that decide what the engine is, as its manifest records them (the reuse rule compares them)."""
+    return {
+        "precision": plan.target,
+        "precision_mode": plan.mode,
+        "backend": plan.backend.name,
+        "backend_version": plan.backend.version,
+        "profiles": _profiles_json(plan.profiles),
+        "compute_capabilities": plan.options.compute_capabilities,
+        **plan.settings.controls(),
+        "preprocess": preprocess,
+    }
+
+
+def build_serialized(plan: Plan, network_onnx: Path, inputs: dict) -> tuple[bytes, Any, dict[str, float]]:
+    """The serialized engine, the builder config (for its timing cache) and the build's time and peak memory."""
+    be = plan.backend
+    with PeakRSS() as memory:
+        started = time.perf_counter()
+        builder, network, _parser = be.parse_onnx(network_onnx, strongly_typed=(plan.mode == "explicit"))
+        _check_network_inputs(be, network, plan.profiles)
+        options = _with_calibration(plan, replace(plan.options, timing_cache=_read_timing_cache(plan)), inputs)
+        config = be.builder_config(builder, network, options)
+        with console.status(f"Building with {be.display}...") as status:
+            try:
+                serialized = be.build(
+                    builder, network, config, on_step=lambda phase, step: _show(status, be, phase, step)
+                )
+            except EdgepipeError:
+                calibration_error = getattr(options.calibrator, "exception", None)
+                if calibration_error is not None:
+                    raise calibration_error from None
+                raise
+        seconds = time.perf_counter() - started
+    return serialized, config, {"build_seconds": round(seconds, 3), "peak_rss_mib": round(memory.peak / 2**20, 1)}
+
+
+def write_engine(plan: Plan, serialized: bytes, config: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """The engine, its updated timing cache and its manifest, each written atomically; returns the manifest."""
+    with atomic_output(plan.engine) as tmp:
+        tmp.write_bytes(serialized)
+    cache_path = plan.settings.timing_cache
+    timing_cache = plan.backend.timing_cache_bytes(config) if cache_path else None
+    if timing_cache:
+        with atomic_output(cache_path) as tmp:
+            tmp.write_bytes(timing_cache)
+    network_onnx = Path(record.pop("network_onnx"))
+    return write_manifest(
+        plan.engine,
+        Kind.ENGINE,
+        onnx=str(plan.source),
+        network_onnx={"file": str(network_onnx), "sha256": sha256_file(network_onnx)},
+        backend=plan.backend.name,
+        backend_version=plan.backend.version,
+        precision=plan.target,
+        target_compute_capabilities=plan.targets,
+        gpu_compute_capability=current_compute_capability() if plan.backend.name == TENSORRT else None,
+        timing_cache_file=str(cache_path) if cache_path else None,
+        **record,
+    )
+
+
+def _with_calibration(plan: Plan, options: BuilderOptions, inputs: dict) -> BuilderOptions:
+    """The legacy entropy calibrator, fed the calibration set, where a legacy INT8 build needs one."""
+    if plan.mode != "legacy" or plan.target != "int8" or is_quantized(plan.model):
+        return options
+    calib = plan.settings.calib
+    calib_set = calib if isinstance(calib, calibration.CalibrationSet) else calibration.load(calib)
+    calibration.check_matches(calib_set, ModelInput.of_onnx(plan.model))
+    cache = plan.engine.with_name(plan.engine.name + ".calibration.cache")
+    batches = (calib_set.images[i : i + 64] for i in range(0, len(calib_set.images), 64))
+    calibrator, shapes = legacy_calibrator(plan.backend, plan.model, plan.profiles, batches, cache, inputs)
+    return replace(options, calibrator=calibrator, calibration_shapes=shapes)
+
+
+def _check_network_inputs(be: Backend, network: Any, profiles: dict) -> None:
+    """The parsed network must have the dynamic inputs the profile covers (the ONNX said so)."""
+    for name, shape in be.network_inputs(network):
+        if -1 in shape and name not in profiles:
+            raise EdgepipeError(
+                f"input {name!r} is dynamic ({_dims(shape)}) but has no shape profile",
+                fix=f"pass --minShapes/--optShapes/--maxShapes {name}:...",
+            )
+
+
+def _read_timing_cache(plan: Plan) -> bytes | None:
+    path = plan.settings.timing_cache
+    if path is None:
+        return None
+    check_output(path, force=True)
+    return path.read_bytes() if path.is_file() else b""
+
+
+def _show(status: Any, be: Backend, phase: str, step: int) -> None:
+    """Called by the builder after each step; Ctrl-C here cancels the build."""
+    status.update(f"{be.display}: {phase} ({step + 1})")

@@ -1,0 +1,138 @@
+"""`Plan`: a build's settings resolved against the model and the backend, every refusal before any output.
+
+What the engine will be (precision, explicit or legacy precision, profiles, targets, builder
+options) and where it goes are decided here, from the ONNX and the installed backend; a setting
+that cannot be honoured is one clear error before anything prints or is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import check_output
+from pipeline.build.settings import SHAPE_KINDS, BuildSettings
+from pipeline.errors import EdgepipeError
+from pipeline.onnxfile import load_onnx
+from pipeline.onnxinfo import ModelInfo, check_profile_shapes, describe
+from pipeline.precision import Precision, of_onnx
+from pipeline.tensorrt.backend import Backend, BuilderOptions, get_backend
+from pipeline.tensorrt.options import onnx_inputs, resolve_profiles
+from pipeline.tensorrt.targets import resolve_compute_capabilities
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One build, decided: the source, the engine file, the backend and what the engine will be."""
+
+    settings: BuildSettings
+    source: Path
+    model: Any  # the ONNX ModelProto
+    backend: Backend
+    graph_precision: str  # the precision the ONNX has
+    target: str  # the engine's precision
+    engine: Path
+    profiles: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+    profile_note: str | None
+    info: ModelInfo | None  # the single image input, where edgepipe can read one
+    options: BuilderOptions
+    targets: list[str]  # target compute capabilities, as the manifest records them
+
+    @property
+    def mode(self) -> str:
+        return "legacy" if self.settings.legacy_precision else "explicit"
+
+    @property
+    def converting(self) -> bool:
+        """True when an FP16/INT8 ONNX is made first and the engine is built from it."""
+        return self.mode == "explicit" and self.target != self.graph_precision
+
+    @property
+    def calibrated(self) -> bool:
+        """True when INT8 is calibrated for this build (explicit Q/DQ or the legacy calibrator)."""
+        return self.target == Precision.INT8 and self.graph_precision != Precision.INT8
+
+
+def make_plan(onnx_path: str | Path, settings: BuildSettings, save_engine: str | Path | None) -> Plan:
+    """The plan of a build, or one clear error naming what cannot be done (nothing printed, nothing written)."""
+    source = Path(onnx_path)
+    model = load_onnx(source)
+    be = get_backend(settings.backend)
+    graph_precision = of_onnx(model)
+    target = settings.precision or graph_precision
+    _check_precision(source, settings, be, graph_precision, target)
+    engine = Path(save_engine) if save_engine else default_engine_path(source, target)
+    check_output(engine, force=True)  # a folder that can be written (existing files are handled later)
+    converting = not settings.legacy_precision and target != graph_precision
+    info = _image_input(model, required=converting)
+    if converting and target == Precision.INT8:
+        _check_calibration_images(source, settings, info)
+    profiles, note = resolve_profiles(onnx_inputs(model), settings.shapes)
+    if info is not None:  # dimensions sharing one symbolic name, which TensorRT requires equal
+        check_profile_shapes(info, {f"--{kind}Shapes": settings.shapes.get(kind, {}) for kind in SHAPE_KINDS})
+    options = _builder_options(be, settings, target, profiles)
+    compute_capabilities, targets = resolve_compute_capabilities(be, list(settings.compute_capability) or None)
+    options = replace(options, compute_capabilities=compute_capabilities)
+    return Plan(settings, source, model, be, graph_precision, target, engine, profiles, note, info, options, targets)
+
+
+def default_engine_path(onnx_path: Path, precision: str) -> Path:
+    """model.onnx -> model.fp16.engine beside it (model.fp16.onnx -> model.fp16.engine too)."""
+    stem = onnx_path.stem
+    base, _, suffix = stem.rpartition(".")
+    if base and suffix in {p.value for p in Precision}:
+        stem = base
+    return onnx_path.with_name(f"{stem}.{precision}.engine")
+
+
+def _check_precision(source: Path, settings: BuildSettings, be: Backend, graph_precision: str, target: str) -> None:
+    if settings.legacy_precision:
+        be.check_settings(BuilderOptions(legacy_precision=target))  # names what the backend lacks
+    if settings.legacy_precision and target == "int8" and graph_precision != "int8" and settings.calib is None:
+        raise EdgepipeError(
+            "legacy INT8 calibration needs a calibration set",
+            fix="pass --calib CALIB.npz, or drop --legacy-precision (explicit INT8 draws one from the training data)",
+        )
+    if not settings.legacy_precision and target != graph_precision and graph_precision != "fp32":
+        raise EdgepipeError(
+            f"{source} is already {graph_precision.upper()}; it cannot be built as {target.upper()}",
+            fix=f"build it without a precision flag (it builds as {graph_precision.upper()}), or start from the FP32 ONNX",
+        )
+
+
+def _check_calibration_images(source: Path, settings: BuildSettings, info: ModelInfo | None) -> None:
+    """INT8 needs real images: the user's, or the training data an edgepipe export records."""
+    if settings.has_images or (info is not None and info.has_edgepipe_metadata):
+        return
+    raise EdgepipeError(
+        f"--int8 needs calibration images, and {source} records no training data to draw them from "
+        "(edgepipe never calibrates on random data)",
+        fix="pass --calib calib.npz (from 'edgepipe calibrate') or --data DIR with 64 or more of your images",
+    )
+
+
+def _builder_options(be: Backend, settings: BuildSettings, target: str, profiles: dict) -> BuilderOptions:
+    """The backend-neutral builder options; an option the backend lacks is one clear error."""
+    options = BuilderOptions(
+        profiles=[profiles] if profiles else [],
+        legacy_precision=target if settings.legacy_precision else None,
+        memory_pools=settings.memory_pools,
+        optimization_level=settings.optimization_level,
+        dla_core=settings.dla_core,
+        gpu_fallback=settings.gpu_fallback,
+        hardware_compatibility=settings.hardware_compatibility,
+        version_compatible=settings.version_compatible,
+    )
+    be.check_settings(options)
+    return options
+
+
+def _image_input(model: Any, required: bool) -> ModelInfo | None:
+    """The model's single image input as edgepipe reads it; a model it cannot read so is only an error where it is ``required``."""
+    try:
+        return describe(model)
+    except EdgepipeError:
+        if required:
+            raise
+        return None

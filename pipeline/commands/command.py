@@ -1,0 +1,88 @@
+"""The edgepipe command class and how a command ends.
+
+- a user error (``EdgepipeError``), including a flag that a parser or a stage cannot use:
+  one line ``Error: ... Fix: ...``, exit status 1;
+- a command line Click cannot read (an unknown option, a missing argument, a value of the wrong
+  type): one such line, exit status 2, Click's usage status;
+- a result with a failed row, stage or regression: ``emit(..., failed=True)``, exit status 1;
+- Ctrl-C: one line, exit status 130.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from pipeline.errors import EdgepipeError
+
+FAILED = 1  # a user error, or a result with a failed row, stage or regression
+INTERRUPTED = 130
+# Click >= 8.2 shows a group's help through this error when it is run with no command.
+_SHOWS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _guarded(call: Callable[[], Any]) -> Any:
+    """Run ``call``; any user error, bad flag or Ctrl-C becomes one line on stderr and an exit status."""
+    try:
+        return call()
+    except _SHOWS_HELP:
+        raise
+    except click.UsageError as exc:
+        where = f"'{exc.ctx.command_path} --help'" if exc.ctx is not None else "--help"
+        _exit_with(EdgepipeError(exc.format_message(), fix=f"see {where}"), exc.exit_code)
+    except EdgepipeError as exc:
+        _exit_with(exc, exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo(
+            "Error: interrupted; nothing half-written was kept. Fix: run the same command again to resume.", err=True
+        )
+        raise click.exceptions.Exit(INTERRUPTED) from None
+
+
+def _exit_with(error: EdgepipeError, status: int) -> None:
+    click.echo(f"Error: {error}", err=True)
+    raise click.exceptions.Exit(status) from None
+
+
+class Guarded:
+    """Mixin for Click commands and groups: flags and work both end in one line, never a traceback."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        parent = super()
+        return _guarded(lambda: parent.parse_args(ctx, args))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        parent = super()
+        quiet_libraries()
+        return _guarded(lambda: parent.invoke(ctx))
+
+
+class EdgepipeCommand(Guarded, click.Command):
+    """Every edgepipe command: ``@click.command("name", cls=EdgepipeCommand)``."""
+
+
+def quiet_libraries() -> None:
+    """Keep third-party INFO chatter (ModelOpt, ONNX Runtime) off the terminal."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("modelopt", "onnxruntime", "polygraphy", "root"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def emit(
+    result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], None], *, failed: bool = False
+) -> None:
+    """Print ``result`` as one JSON object on stdout, or in a human form; exit 1 when ``failed``.
+
+    The one way a command reports that its result holds a failure (a failed row, stage or regression).
+    """
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True, default=str))
+    else:
+        human(result)
+    if failed:
+        raise click.exceptions.Exit(FAILED)

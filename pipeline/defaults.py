@@ -1,0 +1,20 @@
+"""The defaults a command's ``--help`` shows, known without importing any runtime.
+
+Each is defined here once; the stage that uses it imports it from here, and so does the command
+that shows it, which then starts without numpy, onnx or torch.
+"""
+
+DEFAULT_MODEL = "se_resnet"  # the zoo model a run trains when given nothing else
+DEFAULT_DATA = "digits"  # the bundled digits: scikit-learn's load_digits, nothing downloads
+DEFAULT_OPSET = 17  # the ONNX opset an export writes
+MIN_OPSET, MAX_OPSET = 13, 20  # the opsets export writes (TensorRT needs >= 13 for INT8)
+DEFAULT_MAX_DROP = 0.5  # top-1 points INT8 may lose against FP32
+BUDGET_DEFAULT = "default"  # max_drop when the user gave none: DEFAULT_MAX_DROP, or no budget for unlabelled images
+DEFAULT_ATOL = 1e-5  # Polygraphy's defaults
+DEFAULT_RTOL = 1e-5
+DEFAULT_BATCH_SIZE = 64  # images per batch read from the user's data
+SPLITS = ("auto", "held-out", "all")  # which of the user's images are judged on
+DEFAULT_SWEEP_OUTPUT = "runs/sweep"
+DEFAULT_CALIBRATION_SIZE = 512  # images in a calibration set
+CALIBRATION_METHODS = ("entropy", "max")  # ModelOpt's INT8 calibration methods
+HIGH_PRECISIONS = ("fp16", "fp32")  # what INT8 keeps its sensitive nodes in

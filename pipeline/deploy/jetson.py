@@ -1,0 +1,178 @@
+"""A Jetson's state around a measurement, and ``Telemetry``: the state at start and end, and the power between.
+
+A latency from a Jetson means little without its state: the power mode (``nvpmodel``), whether
+``jetson_clocks`` locked the clocks, the GPU/EMC/CPU clocks, the fan, the temperatures and
+whether it throttled. Everything here reads files, under a root directory ("/" on the device) so
+tests read fixture trees:
+
+- ``/proc/device-tree/model`` (the module), ``/etc/nv_tegra_release`` (L4T: ``# R36 (release), REVISION: 4.3``);
+- ``/var/lib/nvpmodel/status`` (``pmode:0000``: the power mode nvpmodel set);
+- ``/sys/class/devfreq/*gpu*|*ga10b*|*gb10b*`` (GPU clock and its min/max), ``/sys/kernel/debug/bpmp/debug/clk/emc/rate``
+  (EMC, readable as root), ``/sys/devices/system/cpu/cpu*/cpufreq`` (CPU); ``jetson_clocks`` pins each
+  min to its max, which is how its state is read;
+- ``/sys/class/hwmon/*/name`` = ``pwmfan`` with ``pwm1`` (0-255), ``/sys/class/thermal/thermal_zone*``.
+
+``Telemetry(root).start()`` ... ``stop(inferences)`` samples the rails (``power``) on a thread
+(tegrastats lines where there is no INA3221 in sysfs) and returns one record; ``bench`` is to call it
+around its timed window.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.deploy import power
+
+GPU_DEVFREQ = ("gpu", "ga10b", "gb10b", "gv11b")  # devfreq names of Jetson GPUs (Orin: 17000000.ga10b)
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip().strip("\x00")
+    except OSError:
+        return None
+
+
+def _int(path: Path) -> int | None:
+    text = _text(path)
+    return int(text) if text and text.lstrip("-").isdigit() else None
+
+
+def l4t_release(root: Path) -> str | None:
+    """``R36.4.3`` from ``/etc/nv_tegra_release``'s first line (``# R36 (release), REVISION: 4.3, ...``)."""
+    text = _text(root / "etc/nv_tegra_release") or ""
+    match = re.search(r"R(\d+) \(release\), REVISION: ([\d.]+)", text)
+    return f"R{match.group(1)}.{match.group(2)}" if match else None
+
+
+def clocks(root: Path) -> dict[str, Any]:
+    """GPU, EMC and CPU clocks (Hz) and whether jetson_clocks pinned them (every min equal to its max)."""
+    gpu = next(
+        (d for d in sorted((root / "sys/class/devfreq").glob("*")) if any(n in d.name for n in GPU_DEVFREQ)), None
+    )
+    gpu_clock = {key: _int(gpu / f"{key}_freq") for key in ("cur", "min", "max")} if gpu else {}
+    cpus = sorted((root / "sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq"))
+    cpu = [{key: _int(c / f"scaling_{key}_freq") for key in ("cur", "min", "max")} for c in cpus]
+    pinned = [gpu_clock] + cpu if gpu_clock else cpu
+    return {
+        "gpu_hz": gpu_clock.get("cur"),
+        "gpu_max_hz": gpu_clock.get("max"),
+        "emc_hz": _int(root / "sys/kernel/debug/bpmp/debug/clk/emc/rate"),
+        "cpu_khz": [c["cur"] for c in cpu],
+        "jetson_clocks": bool(pinned) and all(c["min"] is not None and c["min"] == c["max"] for c in pinned),
+    }
+
+
+def temperatures(root: Path) -> dict[str, float]:
+    """Each thermal zone's temperature in degrees C."""
+    zones = {}
+    for zone in sorted((root / "sys/class/thermal").glob("thermal_zone*")):
+        name, milli = _text(zone / "type"), _int(zone / "temp")
+        if name and milli is not None:
+            zones[name] = milli / 1000.0
+    return zones
+
+
+def throttled_zones(root: Path) -> list[str]:
+    """Zones at or above their first passive trip point (where the kernel starts to cut clocks)."""
+    hot = []
+    for zone in sorted((root / "sys/class/thermal").glob("thermal_zone*")):
+        temp = _int(zone / "temp")
+        for trip in sorted(zone.glob("trip_point_*_type")):
+            limit = _int(trip.with_name(trip.name.replace("_type", "_temp")))
+            if _text(trip) == "passive" and temp is not None and limit is not None and temp >= limit:
+                hot.append(_text(zone / "type") or zone.name)
+                break
+    return hot
+
+
+def fan_pwm(root: Path) -> int | None:
+    for hwmon in sorted((root / "sys/class/hwmon").glob("hwmon*")):
+        if _text(hwmon / "name") == "pwmfan":
+            return _int(hwmon / "pwm1")
+    return None
+
+
+def read_state(root: str | Path = "/") -> dict[str, Any]:
+    """The module, L4T, power mode, clocks, fan, temperatures and throttling, now; {"jetson": False} elsewhere."""
+    root = Path(root)
+    if l4t_release(root) is None:
+        return {"jetson": False}
+    mode = re.search(r"pmode:(\d+)", _text(root / "var/lib/nvpmodel/status") or "")
+    clock = clocks(root)
+    hot = throttled_zones(root)
+    return {
+        "jetson": True,
+        "module": _text(root / "proc/device-tree/model"),
+        "l4t": l4t_release(root),
+        "nvpmodel": int(mode.group(1)) if mode else None,
+        **clock,
+        "fan_pwm": fan_pwm(root),
+        "temperatures_c": temperatures(root),
+        "throttling": bool(hot) or (clock["jetson_clocks"] and clock["gpu_hz"] != clock["gpu_max_hz"]),
+        "hot_zones": hot,
+    }
+
+
+class Telemetry:
+    """The Jetson's state at start and end and each rail's power between: ``start()``, then ``stop(inferences)``."""
+
+    def __init__(self, root: str | Path = "/", interval: float = 0.05):
+        self.root, self.interval = Path(root), interval
+        self.rails = power.find_rails(self.root)  # unknown rail names fail here, before any measurement
+        self.trace: power.Trace = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._process: subprocess.Popen | None = None
+        self.start_state: dict[str, Any] = {}
+
+    @property
+    def source(self) -> str | None:
+        if self.rails:
+            return "ina3221"
+        return "tegrastats" if self.start_state.get("jetson") and shutil.which("tegrastats") else None
+
+    def start(self) -> Telemetry:
+        self.start_state = read_state(self.root)
+        self.trace, self._stop = [], threading.Event()
+        target = {"ina3221": self._sample_sysfs, "tegrastats": self._sample_tegrastats}.get(self.source)
+        if target:
+            self._thread = threading.Thread(target=target, daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, inferences: int | None = None) -> dict[str, Any]:
+        self._stop.set()
+        if self._process is not None:
+            self._process.terminate()
+        if self._thread is not None:
+            self._thread.join()
+        end = read_state(self.root)
+        return {
+            "start": self.start_state,
+            "end": {key: end.get(key) for key in ("temperatures_c", "throttling", "hot_zones", "gpu_hz", "fan_pwm")},
+            "power_source": self.source,
+            "samples": len(self.trace),
+            "rails": power.summarize(self.trace, inferences),
+        }
+
+    def _sample_sysfs(self) -> None:
+        while True:
+            self.trace.append((time.perf_counter(), power.read_rails(self.rails)))
+            if self._stop.wait(self.interval):
+                self.trace.append((time.perf_counter(), power.read_rails(self.rails)))
+                return
+
+    def _sample_tegrastats(self) -> None:
+        interval_ms = str(max(10, int(self.interval * 1000)))
+        self._process = subprocess.Popen(["tegrastats", "--interval", interval_ms], stdout=subprocess.PIPE, text=True)
+        for line in self._process.stdout:
+            self.trace.append((time.perf_counter(), power.parse_tegrastats(line)))
+            if self._stop.is_set():
+                return

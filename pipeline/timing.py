@@ -1,0 +1,108 @@
+"""The timing harness: trtexec's warm-up and timed iterations, its latency summary, and the harness's own cost.
+
+Each timed iteration is one ``runner.infer(batch)`` between two ``perf_counter`` calls. To show the
+harness adds nothing measurable, the same runner is also timed in a bare loop (N calls, timed once
+overall) and the ratio is reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pipeline.runner import Runner
+
+OVERHEAD_SECONDS = 0.2  # time each round of the harness and bare loops takes when checking overhead
+
+
+def _timed_loop(
+    infer: Callable, x: np.ndarray, iterations: int | None, duration_s: float, split: Callable | None
+) -> tuple[list[float], list[dict], float]:
+    """The harness: (latencies in seconds, per-iteration engine splits, total seconds)."""
+    clock = time.perf_counter
+    latencies: list[float] = []
+    splits: list[dict] = []
+    started = clock()
+    deadline = started + duration_s
+    while True:
+        t0 = clock()
+        infer(x)
+        t1 = clock()
+        latencies.append(t1 - t0)
+        if split is not None:
+            splits.append(split())
+        if (len(latencies) >= iterations) if iterations else (t1 >= deadline):
+            break
+    return latencies, splits, clock() - started
+
+
+def measure(
+    runner: Runner, x: np.ndarray, warmup_ms: float = 200, duration_s: float = 3.0, iterations: int | None = None
+) -> dict[str, Any]:
+    """Warm up for ``warmup_ms``, then time ``iterations`` calls (or calls for ``duration_s``)."""
+    clock = time.perf_counter
+    warm, warm_until = 0, clock() + warmup_ms / 1000.0
+    while warmup_ms > 0 and (warm == 0 or clock() < warm_until):
+        runner.infer(x)
+        warm += 1
+    split = runner.last_timing if _has_split(runner) else None
+    latencies, splits, total = _timed_loop(runner.infer, x, iterations, duration_s, split)
+    result = latency_stats(np.asarray(latencies) * 1000.0, batch=len(x))
+    result.update(iterations=len(latencies), warmup_iterations=warm, timed_s=round(total, 4))
+    if splits:
+        for key in ("h2d_ms", "compute_ms", "d2h_ms"):
+            result[key] = round(float(np.mean([s[key] for s in splits])), 4)
+        result["compute_median_ms"] = round(float(np.median([s["compute_ms"] for s in splits])), 4)
+    return result
+
+
+def _has_split(runner: Runner) -> bool:
+    """True for runners that time H2D, compute and D2H apart (TensorRT engines)."""
+    return type(runner).last_timing is not Runner.last_timing
+
+
+def latency_stats(latencies_ms: np.ndarray, batch: int) -> dict[str, float]:
+    """trtexec's summary of per-iteration latencies (ms); throughput in images per second."""
+    p50, p90, p95, p99 = np.percentile(latencies_ms, [50, 90, 95, 99])
+    mean = float(latencies_ms.mean())
+    stats = {
+        "min_ms": float(latencies_ms.min()),
+        "mean_ms": mean,
+        "median_ms": float(p50),
+        "p90_ms": float(p90),
+        "p95_ms": float(p95),
+        "p99_ms": float(p99),
+    }
+    stats = {k: round(v, 4) for k, v in stats.items()}
+    stats["throughput"] = round(batch * 1000.0 / mean, 2)
+    return stats
+
+
+def measure_overhead(runner: Runner, x: np.ndarray, mean_ms: float) -> dict[str, Any]:
+    """Per-iteration time of the harness loop against a bare loop of the same calls.
+
+    Both loops run the same number of calls, alternated three times; the fastest of each counts,
+    so a burst of noise from other processes does not decide the ratio.
+    """
+    n = int(min(max(OVERHEAD_SECONDS * 1000.0 / max(mean_ms, 1e-3), 10), 5000))
+    split = runner.last_timing if _has_split(runner) else None
+    harness, bare = [], []
+    for _ in range(3):
+        clock = time.perf_counter
+        started = clock()
+        for _ in range(n):
+            runner.infer(x)
+        bare.append((clock() - started) / n)
+        _, _, total = _timed_loop(runner.infer, x, n, 0.0, split)
+        harness.append(total / n)
+    harness_ms, bare_ms = min(harness) * 1000.0, min(bare) * 1000.0
+    return {
+        "harness_ms": round(harness_ms, 5),
+        "bare_ms": round(bare_ms, 5),
+        "ratio": round(harness_ms / bare_ms, 4),
+        "iterations": n,
+        "runtime": runner.name,
+    }
