@@ -14,6 +14,7 @@ from typing import Any
 from pipeline.artifacts import check_output
 from pipeline.build.settings import SHAPE_KINDS, BuildSettings
 from pipeline.errors import EdgepipeError
+from pipeline.images import Record
 from pipeline.onnxfile import load_onnx
 from pipeline.onnxinfo import ModelInfo, check_profile_shapes, describe
 from pipeline.precision import Precision, of_onnx
@@ -102,8 +103,8 @@ def _check_precision(source: Path, settings: BuildSettings, be: Backend, graph_p
 
 
 def _check_calibration_images(source: Path, settings: BuildSettings, info: ModelInfo | None) -> None:
-    """INT8 needs real images: the user's, or the training data an edgepipe export records."""
-    if settings.has_images or (info is not None and info.has_edgepipe_metadata):
+    """INT8 needs real images: the user's, or the data the model records."""
+    if settings.has_images or (info is not None and Record.of_onnx(load_onnx(source), source).source is not None):
         return
     raise EdgepipeError(
         f"--int8 needs calibration images, and {source} records no training data to draw them from "
