@@ -41,6 +41,8 @@ SKIP = {
     "edgepipe check /data/sweeps/": "a CI recipe: the sweep report of a GPU runner's workflow",
     "edgepipe run --model timm:seresnet18": "needs timm (make test-timm) and seresnet18 weights, never downloaded",
     "edgepipe quantize recognizer.onnx": "needs a text recognizer and its lines.npz (docs/foreign-onnx.md's own tests run one)",
+    "edgepipe quantize rec.onnx": "needs a text recognizer and its .npz of inputs (test_any_onnx.py runs this pair)",
+    "edgepipe validate --reference rec.onnx": "needs a text recognizer and its .npz of inputs (test_any_onnx.py runs this pair)",
     "edgepipe bench runs/se/model.onnx runs/se/model.fp16.engine": "benches an engine: needs an NVIDIA GPU",
     "edgepipe validate --reference resnet.onnx resnet.fp16.onnx resnet.int8.onnx resnet.int8.engine": (
         "validates an engine: needs an NVIDIA GPU"
@@ -49,9 +51,6 @@ SKIP = {
 # Known failures outside the command line's files, by command start and output ("human" or "json");
 # strict: the mark must go when they are fixed.
 XFAIL: dict[tuple[str, str], str] = {
-    ("edgepipe calibrate --checkpoint runs/se/se_resnet.pt", "human"): (
-        "calibrate's printer expects a folder's split and gets an edgepipe model's 'train' (TypeError), in commands/calibrate.py"
-    ),
     **{
         ("build-engine resnet.onnx --int8 --data photos/", mode): (
             "build-engine refuses to write its INT8 ONNX over resnet.int8.onnx, which README's quantize example makes "
