@@ -170,9 +170,7 @@ def bare_loop(reference: Path, artifact: Path, folder: Path, limit: int) -> dict
     from pipeline.preprocess import Preprocess
 
     source = images.open_source(str(folder))
-    x, _ = source.batches(
-        Preprocess.from_dict(PREPROCESS), np.arange(min(limit, len(source))), workers=0
-    ).collect()
+    x, _ = source.batches(Preprocess.from_dict(PREPROCESS), np.arange(min(limit, len(source))), workers=0).collect()
     options = ort.SessionOptions()
     options.log_severity_level = 3
     sessions = [

@@ -22,8 +22,8 @@ from calibration.store import (
     content_sha256,
     minimum_count,
 )
-from pipeline.artifacts import sha256_file
 from pipeline.checkpoint import model_input_of
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.images import VAL_FRACTION, ModelData, PreprocessFlags
 from pipeline.progress import info

@@ -14,7 +14,6 @@ and keeps the older one. Finished files get the permissions of the user's umask,
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -25,6 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.machine import tool_versions
 from pipeline.onnxfile import load_onnx
@@ -149,18 +149,6 @@ def why_stale(path: str | Path, kind: Kind | str, inputs: dict[str, Any], params
     if manifest.get("bytes") != path.stat().st_size or manifest.get("sha256") != sha256_file(path):
         return "changed since it was made (sha256 differs from its manifest)"
     return None
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def manifest_path(artifact: str | Path) -> Path:

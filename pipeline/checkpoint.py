@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artifacts import Kind, atomic_output, check_output, sha256_file, write_manifest
+from pipeline.artifacts import Kind, atomic_output, check_output, write_manifest
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.images import DIGITS, VAL_FRACTION, ImageSource, ModelInput, PreprocessFlags, open_source
 from pipeline.modelspec import (

@@ -12,15 +12,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline import __version__
-
 _TOOLS = ("torch", "onnx", "onnxruntime", "nvidia-modelopt", "polygraphy", "tensorrt", "tensorrt-rtx", "ray", "timm")
 RSS_SAMPLE_SECONDS = 0.02
 
 
 def tool_versions() -> dict[str, str]:
-    versions = {"edgepipe": __version__, "python": platform.python_version()}
-    for name in _TOOLS:
+    versions = {"python": platform.python_version()}
+    for name in ("edgepipe", *_TOOLS):  # edgepipe's own: the installed distribution's, from pipeline.__version__
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

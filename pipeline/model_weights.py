@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import sha256_file
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 
 SAVE_FIX = "save the weights with torch.save(model.state_dict(), PATH) or safetensors.torch.save_file"

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.artifacts import sha256_file
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.model_weights import load_weights  # noqa: F401  (part of this module's API)
 from pipeline.timm_models import TIMM_PREFIX, create_timm, timm_data_config, timm_default_input_size, timm_preprocess

@@ -8,13 +8,11 @@ number is one clear line naming the key, never a failure deep inside a later sta
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.errors import EdgepipeError
-from pipeline.yamlfile import read_yaml
 
 INTERPOLATION_NAMES = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -26,22 +24,6 @@ EXAMPLE = {"mean": "0.485,0.456,0.406", "std": "0.229,0.224,0.225"}
 def parse_value(key: str, value: Any):
     """``value`` of preprocessing ``key`` (flag text, or what YAML/JSON gave) in its stored type."""
     return _PARSERS[key](key, value)
-
-
-def read_file(path: str | Path) -> dict[str, Any]:
-    """The keys of a --preprocess YAML or JSON file (JSON is read as YAML, which it is a subset of)."""
-    fix = "write one key per line, e.g. 'resize: 256', 'crop: 224', 'mean: [0.485, 0.456, 0.406]' (or the same as a JSON object)"
-    values = read_yaml(
-        path, "preprocessing file", fix, missing_fix="pass --preprocess with the path of a YAML or JSON file"
-    )
-    if not isinstance(values, dict):
-        raise EdgepipeError(
-            f"preprocessing file {path} holds {type(values).__name__ if values is not None else 'nothing'}, not key: value pairs",
-            fix=fix,
-        )
-    values = {str(key).replace("-", "_"): value for key, value in values.items()}
-    check_keys(values, f"preprocessing file {path}")
-    return values
 
 
 def check_keys(values: dict[str, Any], where: str) -> None:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import sha256_file
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 
 

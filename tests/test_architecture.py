@@ -153,12 +153,21 @@ MAX_FUNCTION_LINES = 60  # the body, docstring aside
 MAX_PARAMETERS = 8  # self and cls aside; *args and **kwargs count one each
 
 
+def _is_click_command(node: ast.FunctionDef) -> bool:
+    """Decorated with ``@click.command(...)``: its parameters are the command's flags."""
+    for decorator in node.decorator_list:
+        call = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if isinstance(call, ast.Attribute) and call.attr == "command":
+            return True
+    return False
+
+
 def _oversized_functions() -> list[str]:
     """Functions in pipeline/ over the limits, as "path:line name (N lines, M parameters)"."""
     found = []
     for path in sorted((ROOT / "pipeline").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or _is_click_command(node):
                 continue
             body = node.body
             if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
@@ -172,8 +181,33 @@ def _oversized_functions() -> list[str]:
     return found
 
 
-@pytest.mark.xfail(reason="functions of the stages still being split", strict=False)
+# Functions over the limits that are known and still to be split: each is named, so a new one fails the
+# test, and one that is split must leave this list. A Click command's parameters are its flags (each declared
+# once by its decorator), so command callbacks are not counted: they pass the flags on as one settings value.
+KNOWN_OVERSIZED = {
+    "pipeline/quantize/budget.py search",
+    "pipeline/run/plan.py _making",
+    "pipeline/sweep/adapter.py prepare_model",
+    "pipeline/sweep/driver.py sweep",
+}
+
+
 def test_no_function_over_the_limits():
     """No function in pipeline/ over ~60 lines or ~8 parameters: a longer one does two jobs, more settings are a value."""
-    found = _oversized_functions()
-    assert not found, "functions over the limits (split them; pass settings as one value):\n" + "\n".join(found)
+    found = {" ".join(f.split(":")[0:1] + [f.split(" ")[1]]): f for f in _oversized_functions()}
+    new = sorted(f for key, f in found.items() if key not in KNOWN_OVERSIZED)
+    assert not new, "functions over the limits (split them; pass settings as one value):\n" + "\n".join(new)
+    split = sorted(KNOWN_OVERSIZED - set(found))
+    assert not split, f"split, so take them off KNOWN_OVERSIZED: {split}"
+
+
+def test_floors_are_few():
+    """The floors the import graph really has (benchmarks/floors.py): at most 12."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import floors as measure
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    result = measure.floors(measure.module_graph(measure.layer_packages()))
+    assert not result["cycles"], f"import cycles: {result['cycles']}"
+    assert result["floors"] <= 12, f"{result['floors']} floors: {' -> '.join(result['longest_chain'])}"

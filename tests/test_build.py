@@ -21,8 +21,9 @@ from onnx import numpy_helper as nh
 
 import models
 from pipeline import build, cuda
-from pipeline.artifacts import read_manifest, sha256_file
+from pipeline.artifacts import read_manifest
 from pipeline.commands.build import build_engine_main
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.tensorrt import backend as backendmod
 from pipeline.tensorrt import compat, options

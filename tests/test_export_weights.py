@@ -193,7 +193,7 @@ def test_weights_export_errors_are_one_line_and_write_nothing(net, tmp_path, run
     one_line_error(
         invoke(runner, "export", plain_weights, "--model", f"{plain}:make_plain", "-o", out),
         "declares no input size",
-        "pass --input-size CxHxW",
+        "pass --input-size, e.g. --input-size 3x224x224",
     )
     assert not out.exists() and not out.with_name("m.onnx.manifest.json").exists()
 

@@ -17,7 +17,8 @@ import pytest
 from conftest import invoke
 
 from pipeline import sweep
-from pipeline.artifacts import read_manifest, sha256_file
+from pipeline.artifacts import read_manifest
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 
 pytest.importorskip("ray")

@@ -207,11 +207,11 @@ def test_validate_bench_and_export_refuse_user_code_unless_named_and_say_what_a_
         "--epochs",
         "1",
         "--input-size",
-        "3x32",
+        "3x32x",
         "-o",
         tmp_path / "x.pt",
     )
-    assert wrong.exit_code == 1 and "--input-size 3x32 is not CxHxW" in wrong.output
+    assert wrong.exit_code == 1 and "--input-size '3x32x' is not a size in the format [C x] H x W" in wrong.output
     bigger = invoke(
         runner,
         "export",

@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import Kind, read_manifest, sha256_file, why_stale
+from pipeline.artifacts import Kind, read_manifest, why_stale
 from pipeline.build import engine as builder
 from pipeline.build import network
 from pipeline.build.plan import Plan, default_engine_path, make_plan
 from pipeline.build.settings import BuildSettings
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.progress import info as say
 from pipeline.tensorrt.backend import TENSORRT

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import calibration
-from pipeline.artifacts import Kind, atomic_output, check_output, sha256_file, write_manifest
+from pipeline.artifacts import Kind, atomic_output, check_output, write_manifest
 from pipeline.build.plan import Plan
 from pipeline.cuda import current_compute_capability
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.images import ModelInput
 from pipeline.machine import PeakRSS

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import quantize
-from pipeline.artifacts import read_manifest, sha256_file
+from pipeline.artifacts import read_manifest
 from pipeline.build.plan import Plan, default_engine_path
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.progress import info as say
 

@@ -23,13 +23,15 @@ from typing import Any
 
 import onnx
 
-from pipeline.artifacts import Kind, atomic_output, sha256_file, write_manifest
+from pipeline.artifacts import Kind, atomic_output, write_manifest
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.images.record import Record
 from pipeline.onnxinfo import ModelInfo, TensorInfo, describe, load_model
 from pipeline.precision import Precision
 from pipeline.preprocess import Preprocess
-from pipeline.preprocess_options import CHANNEL_ORDERS, INTERPOLATION_NAMES, LAYOUTS, choice, parse_value, read_file
+from pipeline.preprocess_options import CHANNEL_ORDERS, INTERPOLATION_NAMES, LAYOUTS, check_keys, choice, parse_value
+from pipeline.yamlfile import read_yaml
 
 FLAG_KEYS = ("resize", "crop", "mean", "std", "channel_order", "interpolation", "layout")
 
@@ -60,7 +62,7 @@ class PreprocessFlags:
                     values[key],
                     {"channel_order": CHANNEL_ORDERS, "layout": LAYOUTS, "interpolation": INTERPOLATION_NAMES}[key],
                 )
-        file_values = read_file(file) if file is not None else {}
+        file_values = read_preprocess_file(file) if file is not None else {}
         merged = {**file_values, **values}
         geometry = {
             key: merged[key]
@@ -228,3 +230,19 @@ class ModelInput:
             "layout": self.info.layout,
             "sample_shape": list(self.sample_shape) if self.preprocess.output_hw or not self.info.dynamic_hw else None,
         }
+
+
+def read_preprocess_file(path: str | Path) -> dict[str, Any]:
+    """The keys of a --preprocess YAML or JSON file (JSON is read as YAML, which it is a subset of)."""
+    fix = "write one key per line, e.g. 'resize: 256', 'crop: 224', 'mean: [0.485, 0.456, 0.406]' (or the same as a JSON object)"
+    values = read_yaml(
+        path, "preprocessing file", fix, missing_fix="pass --preprocess with the path of a YAML or JSON file"
+    )
+    if not isinstance(values, dict):
+        raise EdgepipeError(
+            f"preprocessing file {path} holds {type(values).__name__ if values is not None else 'nothing'}, not key: value pairs",
+            fix=fix,
+        )
+    values = {str(key).replace("-", "_"): value for key, value in values.items()}
+    check_keys(values, f"preprocessing file {path}")
+    return values

@@ -13,7 +13,8 @@ from typing import Any
 
 import onnx
 
-from pipeline.artifacts import Kind, atomic_output, sha256_file, write_manifest
+from pipeline.artifacts import Kind, atomic_output, write_manifest
+from pipeline.digest import sha256_file
 from pipeline.precision import Precision
 from pipeline.progress import info as say
 from pipeline.quantize.compare import (

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from pipeline.artifacts import Kind, atomic_output, sha256_file, write_manifest
+from pipeline.artifacts import Kind, atomic_output, write_manifest
 from pipeline.defaults import CALIBRATION_METHODS, HIGH_PRECISIONS
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import info as say

@@ -24,13 +24,12 @@ from pipeline.artifacts import (
     atomic_output,
     manifest_path,
     read_manifest,
-    sha256_bytes,
-    sha256_file,
     write_json_atomic,
     write_text_atomic,
 )
 from pipeline.check import REPORT_FORMAT as RUN_REPORT_FORMAT
 from pipeline.cuda import current_compute_capability as gpu_compute_capability
+from pipeline.digest import sha256_bytes, sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.images import PreprocessFlags
 from pipeline.precision import ALL as PRECISIONS

@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import Kind, read_manifest, sha256_file
+from pipeline.artifacts import Kind, read_manifest
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.tensorrt.backend import DISPLAY_NAMES, TENSORRT, TENSORRT_RTX, Backend, get_backend
 from pipeline.tensorrt.targets import cc_major, normalize_compute_capability

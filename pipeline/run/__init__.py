@@ -35,7 +35,7 @@ from pipeline.images import DIGITS, PreprocessFlags
 from pipeline.modelspec import ModelCode, ModelSpec
 from pipeline.precision import Precision, parse_list
 from pipeline.progress import info, info_styled
-from pipeline.runplan import PRECISIONS, Plan, Stages, table
+from pipeline.run.plan import PRECISIONS, Plan, Stages, table
 from pipeline.runsource import RunStart, open_start
 from pipeline.tensorrt.backend import get_backend, installed_backends
 

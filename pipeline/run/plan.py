@@ -19,8 +19,9 @@ from typing import Any
 
 import calibration
 from pipeline import bench, build, export, quantize, train, validate
-from pipeline.artifacts import Kind, read_manifest, sha256_file, why_stale, write_json_atomic, write_manifest
+from pipeline.artifacts import Kind, read_manifest, why_stale, write_json_atomic, write_manifest
 from pipeline.checkpoint import model_info, save_checkpoint
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.images import DATA_FIX, DIGITS, Record
 from pipeline.precision import Precision
