@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.artifacts import Artifact, Kind
 from pipeline.checkpoint import check_model_code
 from pipeline.cuda import current_compute_capability
+from pipeline.defaults import SKIPPED_NO_GPU
 from pipeline.errors import EdgepipeError
 from pipeline.machine import describe_device
 from pipeline.modelspec import ModelCode
@@ -30,7 +31,6 @@ from pipeline.timing import measure, measure_overhead
 
 __all__ = ["ROW_KEYS", "SKIPPED_NO_GPU", "BenchSettings", "bench", "measure"]
 
-SKIPPED_NO_GPU = "skipped: no NVIDIA GPU"
 FORMATS = {Kind.CHECKPOINT: "pytorch", Kind.ONNX: "onnx", Kind.ENGINE: "engine"}
 # Every row has every key (None where not measured), so CI can read rows without guessing.
 ROW_KEYS = (

@@ -27,7 +27,7 @@ import numpy as np
 from pipeline import images
 from pipeline.artifacts import Artifact, Kind
 from pipeline.checkpoint import config_of, is_checkpoint, model_from_weights, model_record
-from pipeline.defaults import SPLITS
+from pipeline.defaults import SKIPPED_NO_GPU, SPLITS
 from pipeline.errors import EdgepipeError
 from pipeline.fidelity import DEFAULT_ATOL, DEFAULT_RTOL, Fidelity
 from pipeline.images import FLAG_KEYS, ModelData, ModelInput, PreprocessFlags
@@ -38,7 +38,6 @@ from pipeline.preprocess import Preprocess
 from pipeline.progress import info
 from pipeline.runtime import NoGpuError, Runner, batch_step, open_runner, predict_batch
 
-SKIPPED_NO_GPU = "skipped: no NVIDIA GPU"
 FIGURE_KEYS = ("max_abs_diff", "mean_abs_diff", "median_abs_diff", "cosine", "cosine_min")
 
 

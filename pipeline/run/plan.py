@@ -21,6 +21,7 @@ import calibration
 from pipeline import bench, build, export, quantize, train, validate
 from pipeline.artifacts import Kind, read_manifest, why_stale, write_json_atomic, write_manifest
 from pipeline.checkpoint import model_info, save_checkpoint
+from pipeline.defaults import BENCH_WARMUP_MS
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.images import DATA_FIX, DIGITS, Record
@@ -29,7 +30,6 @@ from pipeline.progress import info, info_styled
 from pipeline.runsource import RunStart
 
 PRECISIONS = tuple(Precision)
-BENCH_WARMUP_MS = 100
 
 
 @dataclass

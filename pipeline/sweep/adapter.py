@@ -29,6 +29,7 @@ from pipeline.artifacts import (
 )
 from pipeline.check import REPORT_FORMAT as RUN_REPORT_FORMAT
 from pipeline.cuda import current_compute_capability as gpu_compute_capability
+from pipeline.defaults import BENCH_WARMUP_MS
 from pipeline.digest import sha256_bytes, sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.images import PreprocessFlags
@@ -37,7 +38,6 @@ from pipeline.precision import Precision, parse_list
 from pipeline.progress import info, info_styled
 from pipeline.tensorrt.backend import TENSORRT, TENSORRT_RTX, get_backend, installed_backends
 
-BENCH_WARMUP_MS = 100
 DIGITS = images.DIGITS  # the bundled data's name, which a models file may give as data
 
 
@@ -86,7 +86,7 @@ def prepare_model(
 
 def onnx_models(report: dict[str, Any], folder: Path) -> dict[Precision, Path]:
     """The ONNX model of each precision the run made, read from its report (rows name files in ``folder``;
-    a run that starts from an edgepipe ONNX uses that model where it is)."""
+    a run that starts from an ONNX imports it into ``folder`` first, as every run does)."""
     made = {}
     for row in report.get("rows", []):
         if row.get("format") == "ONNX" and row.get("file"):
