@@ -5,7 +5,8 @@ A new example is tested by being written. Examples are found, not listed: fenced
 lines of the Markdown files (with their `\\` continuations) and the lines under "Example" in each
 command's --help. Each runs verbatim, as a fresh `edgepipe` process, inside one sandbox directory
 holding every file the examples name (a trained se_resnet at runs/se/se_resnet.pt, its ONNX
-models and calibration set, a small ImageFolder photos/ with labels.txt, resnet.onnx exported
+models and calibration set, beside them model.onnx and model.fp16.onnx with images.npz of the
+digits they take, a small ImageFolder photos/ with labels.txt, resnet.onnx exported
 from a torch model outside the zoo, user model code, the CI baseline ...). The one substitution,
 mechanical and made by `fast`: a command that trains gets `--epochs 1` (replacing its own
 --epochs), so that the suite stays fast; and the file an example writes (`-o`, `--saveEngine`) is
@@ -67,7 +68,12 @@ STATUS: dict[str, int] = {
 # An example that reads what the example before it in the same document writes runs right after it.
 AFTER = {"edgepipe check runs/ci/report.json": "edgepipe run -o runs/ci"}
 # Where two documents give one file name two meanings, the sandbox file an example reads: name -> made as.
-READS = {"edgepipe quantize resnet.onnx --int8 --calib calib.npz": {"calib.npz": "resnet.calib.npz"}}
+READS = {
+    "edgepipe quantize resnet.onnx --int8 --calib calib.npz": {"calib.npz": "resnet.calib.npz"},
+    "edgepipe package model.onnx --target jp5": {
+        "labels.txt": "digits.labels.txt"
+    },  # docs/device.md: the digits' labels
+}
 # Examples that train and run every stage, or build engines: minutes each on 2 CPUs.
 SLOW = ("edgepipe run", "edgepipe sweep", "build-engine", "edgepipe build", "edgepipe train", *AFTER)
 
@@ -182,6 +188,16 @@ def _photos(folder: Path, classes=("cat", "dog", "fox"), per_class=30, size=40) 
             Image.fromarray(pixels).save(folder / name / f"{i}.png")
 
 
+def _digits_npz(path: Path, labels: Path) -> None:
+    """The digits as a user brings them: pixels ``x`` (N,H,W floats in [0, 1]) and classes ``y``; their labels file."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    np.savez(path, x=(digits.images / 16.0).astype(np.float32), y=digits.target)
+    labels.write_text("".join(f"{name}\n" for name in digits.target_names))
+
+
 def _weights(path: Path) -> None:
     """A state dict of net.py's make_net, as safetensors."""
     import torch
@@ -231,7 +247,9 @@ def sandbox(tmp_path_factory):
     calibration.save(se / "calib.npz", calibration.draw_for(str(se / "se_resnet.pt"), num=128))
     quantize.to_fp16(se / "model.onnx", se / "model.fp16.onnx")
     quantize.to_int8(se / "model.onnx", se / "model.int8.onnx", calib=se / "calib.npz", max_drop=None)
-    (work / "model.onnx").write_bytes((se / "model.onnx").read_bytes())
+    for name in ("model.onnx", "model.fp16.onnx"):  # docs/device.md's FP32 model and the FP16 one made from it
+        shutil.copy(se / name, work / name)
+    _digits_npz(work / "images.npz", work / "digits.labels.txt")
     shutil.copy(se / "calib.npz", work / "calib.npz")
     _photos(work / "photos")
     (work / "labels.txt").write_text("cat\ndog\nfox\n")

@@ -37,7 +37,7 @@ def package_command(models, target, data, labels, output, images, max_batch, tri
 
     \b
     Example:
-      edgepipe package model.onnx model.fp16.onnx --target jp6 --data photos/ -o bundle/
+      edgepipe package model.onnx model.fp16.onnx --target jp6 --data images.npz -o bundle/
     """
     # the bundle runs the model (numpy, onnx, ONNX Runtime): imported when the command runs, so --help starts at once.
     from pipeline.deploy.bundle import PackageOptions, package

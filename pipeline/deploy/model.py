@@ -1,27 +1,21 @@
 """What the device side needs to know about one ONNX model, read in one place.
 
 ``read_model`` is the only function of ``pipeline.deploy`` that reads a model's preprocessing and
-class names; it stands on ``ModelInput.of_onnx`` (preprocessing: stored, else the default) and the
-ONNX metadata edgepipe's export writes (``edgepipe.class_names``, or the export config's).
+class names; it stands on ``ModelInput.of_onnx``: the preprocessing (stored, else the default) and the
+class names the model records (``Record``, the one reader of what edgepipe writes in a model).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-
 from pipeline.errors import EdgepipeError
 from pipeline.images import ModelInput, read_labels
-from pipeline.onnxfile import read_metadata
 from pipeline.onnxinfo import TensorInfo, load_model
 from pipeline.precision import Precision
 from pipeline.precision import of_onnx as precision_of
 from pipeline.preprocess import Preprocess
-
-CLASS_NAMES_KEY = "edgepipe.class_names"
 
 
 @dataclass(frozen=True)
@@ -57,7 +51,7 @@ def read_model(onnx_path: str | Path, labels: str | Path | None = None) -> Deplo
     proto = load_model(onnx_path)
     model_input = ModelInput.of_onnx(proto)
     info = model_input.info
-    names = _class_names(proto, labels)
+    names = read_labels(labels) if labels is not None else model_input.record.class_names
     classes = model_input.num_classes
     if names is not None and classes is not None and len(names) != classes:
         raise EdgepipeError(
@@ -75,12 +69,3 @@ def read_model(onnx_path: str | Path, labels: str | Path | None = None) -> Deplo
         sample_shape=tuple(model_input.sample_shape),
         precision=precision_of(proto),
     )
-
-
-def _class_names(proto: onnx.ModelProto, labels: str | Path | None) -> list[str] | None:
-    if labels is not None:
-        return read_labels(labels)
-    metadata = read_metadata(proto)
-    if CLASS_NAMES_KEY in metadata:
-        return [str(name) for name in json.loads(metadata[CLASS_NAMES_KEY])]
-    return None
