@@ -51,15 +51,7 @@ SKIP = {
 }
 # Known failures outside the command line's files, by command start and output ("human" or "json");
 # strict: the mark must go when they are fixed.
-XFAIL: dict[tuple[str, str], str] = {
-    **{
-        ("build-engine resnet.onnx --int8 --data photos/", mode): (
-            "build-engine refuses to write its INT8 ONNX over resnet.int8.onnx, which README's quantize example makes "
-            "(the build's own intermediate file collides with the user's)"
-        )
-        for mode in ("human", "json")
-    },
-}
+XFAIL: dict[tuple[str, str], str] = {}
 # Exit statuses other than 0 that an example documents.
 STATUS: dict[str, int] = {
     # The gate after a 1-epoch run: accuracy below the committed baseline is a regression, exit 1.

@@ -24,7 +24,7 @@ from PIL import Image
 
 import calibration
 from pipeline import quantize, run, validate
-from pipeline.artifacts import read_manifest
+from pipeline.artifacts import read_manifest, sha256_file
 from pipeline.cli import main
 from pipeline.commands.build import build_engine_main
 from pipeline.errors import EdgepipeError
@@ -372,10 +372,37 @@ def test_build_engine_int8_calibrates_on_a_flat_folder_and_reuses_it(photos, tmp
     assert result.exit_code == 0, result.output
     manifest = read_manifest(tmp_path / "text_recognizer.int8.onnx")
     assert manifest["calibration"]["count"] == 80 and manifest["check"]["text"] == "20 held-out images of flat"
+    made = {path: (path.stat().st_mtime_ns, sha256_file(path)) for path in tmp_path.glob("text_recognizer.int8.*")}
     again = CliRunner().invoke(build_engine_main, args, catch_exceptions=False)
     assert again.exit_code == 0 and json.loads(again.stdout)["cached"] is True, again.output
+    assert "reusing" in again.stderr and "already exists" not in again.stderr
+    assert {path: (path.stat().st_mtime_ns, sha256_file(path)) for path in made} == made  # nothing rewritten
     changed = CliRunner().invoke(build_engine_main, [*args, "--mean", "0.5"], catch_exceptions=False)
     assert changed.exit_code == 1 and "exists but" in changed.stderr  # other preprocessing: not reused silently
+    assert set(tmp_path.glob("text_recognizer.int8.*")) == set(made)  # refused before converting anything
+
+
+@pytest.mark.skipif("tensorrt-rtx" not in backend.installed_backends(), reason="TensorRT-RTX is not installed")
+def test_build_engine_int8_keeps_the_users_own_int8_onnx_and_redoes_its_own_for_other_data(photos, tmp_path):
+    model = copy_of("text_recognizer", tmp_path)
+    users = tmp_path / "text_recognizer.int8.onnx"  # edgepipe quantize with other settings, as README's examples run
+    quantize.convert("int8", model, users, data=str(photos[2]), workers=0, method="max")
+    kept = sha256_file(users)
+    args = [str(model), "--int8", "--data", str(photos[2]), "--workers", "0", "--computeCapability", "8.9", "--json"]
+    first = CliRunner().invoke(build_engine_main, args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    own = Path(json.loads(first.stdout)["network_onnx"])
+    assert own.parent == tmp_path and own.name.startswith("text_recognizer.int8.") and own != users
+    assert f"keeping {users}" in first.stderr and sha256_file(users) == kept
+    again = CliRunner().invoke(build_engine_main, args, catch_exceptions=False)
+    assert again.exit_code == 0 and json.loads(again.stdout)["cached"] is True, again.output
+    other = tmp_path / "other"  # the same images under another folder: other data, so a new INT8 ONNX and engine
+    shutil.copytree(photos[2], other)
+    redo = [*args[:3], str(other), *args[4:], "--force"]
+    changed = CliRunner().invoke(build_engine_main, redo, catch_exceptions=False)
+    assert changed.exit_code == 0 and json.loads(changed.stdout)["cached"] is False, changed.output
+    assert read_manifest(json.loads(changed.stdout)["network_onnx"])["params"]["data"] == str(other)
+    assert Path(json.loads(changed.stdout)["network_onnx"]) not in (own, users) and sha256_file(users) == kept
 
 
 # --- bench ----------------------------------------------------------------------------------------

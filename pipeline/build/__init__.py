@@ -69,6 +69,8 @@ def build(
         reused = _reuse(plan, inputs, params, force, started)
         if reused:
             return reused
+    else:  # an engine already there must not differ in anything else before the INT8 ONNX is made
+        _refuse_stale(plan, {**inputs, "calibration": _recorded_calibration(plan)}, params, force)
     network_onnx, check = network.network_onnx(plan, inputs["onnx"], made, force)
     if plan.calibrated and calibration is None:  # the set drawn for the INT8 ONNX, now made
         inputs["calibration"] = read_manifest(network_onnx)["inputs"]["calibration"]
@@ -91,13 +93,25 @@ def _reuse(plan: Plan, inputs: dict, params: dict, force: bool, started: float) 
     """The result of the engine already there when it is current (and not forced); one clear error when it is not."""
     if force or not plan.engine.exists():
         return None
+    _refuse_stale(plan, inputs, params, force)
+    say(f"{plan.engine} is up to date (same ONNX, settings and {plan.backend.display}); reusing it (--force rebuilds)")
+    return _result(read_manifest(plan.engine), plan.engine, started, cached=True)
+
+
+def _refuse_stale(plan: Plan, inputs: dict, params: dict, force: bool) -> None:
+    """One clear error when the engine already there was made from other inputs or settings (and not forced)."""
+    if force or not plan.engine.exists():
+        return
     stale = why_stale(plan.engine, Kind.ENGINE, inputs, params)
     if stale is not None:
         raise EdgepipeError(
             f"{plan.engine} exists but {stale}", fix="pass --force to rebuild it, or choose another --saveEngine"
         )
-    say(f"{plan.engine} is up to date (same ONNX, settings and {plan.backend.display}); reusing it (--force rebuilds)")
-    return _result(read_manifest(plan.engine), plan.engine, started, cached=True)
+
+
+def _recorded_calibration(plan: Plan) -> str | None:
+    """The calibration set the engine already there records (its own drawn set is checked once the INT8 ONNX is made)."""
+    return ((read_manifest(plan.engine) or {}).get("inputs") or {}).get("calibration")
 
 
 def _result(manifest: dict, engine: Path, started: float, cached: bool) -> dict[str, Any]:

@@ -1,21 +1,24 @@
 """The ONNX an engine's network is parsed from: the source, or its FP16/INT8 version beside the engine.
 
 The FP16/INT8 ONNX is made by the precision stage (``pipeline.quantize``) and reused while its
-manifest says it was made from the same source, calibration set, shape, data and preprocessing.
+manifest records the same source, calibration set and params as the build would (one rule:
+``artifacts.why_stale``). A file of that name made otherwise is kept; the build then writes its own
+under a name keyed by the settings.
 The calibration set an engine records is the one the INT8 ONNX was calibrated on, by the sha256
 the precision stage records: the set given with ``--calib``, or the set drawn when none was.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import quantize
-from pipeline.artifacts import read_manifest
+from pipeline.artifacts import Kind, read_manifest, why_stale
 from pipeline.build.plan import Plan, default_engine_path
-from pipeline.digest import sha256_file
+from pipeline.digest import sha256_bytes
 from pipeline.errors import EdgepipeError
 from pipeline.progress import info as say
 
@@ -56,39 +59,48 @@ def known_calibration(plan: Plan, source_sha: str, made: Conversion | None) -> s
     """The sha256 of the calibration set the engine is built with, where it is known before converting.
 
     ``--calib``: its sha256, as the precision stage records it. Without it, the set drawn for the
-    INT8 ONNX beside the engine, while that ONNX is current; else None (known once it is made).
+    current INT8 ONNX beside the engine; else None (known once it is made).
     """
     if plan.settings.calib is not None:
         return quantize.calibration_sha256(plan.settings.calib)
-    output = intermediate_path(plan)
-    if made is not None and output.exists() and _is_current(output, plan, source_sha, made):
-        return read_manifest(output).get("inputs", {}).get("calibration")
-    return None
+    current = _current(plan, source_sha, made) if made is not None else None
+    return read_manifest(current)["inputs"].get("calibration") if current else None
 
 
 def network_onnx(plan: Plan, source_sha: str, made: Conversion | None, force: bool) -> tuple[Path, dict | None]:
-    """The ONNX the network is parsed from, and its check against FP32 (None when it is the source)."""
+    """The ONNX the network is parsed from, and its check against FP32 (None when it is the source).
+
+    ``model.int8.onnx`` beside the engine is reused while its manifest records this source and these
+    settings. A file of that name made otherwise (``edgepipe quantize`` with other flags, or another
+    build) is never overwritten: the build then writes ``model.int8.<settings key>.onnx``, a name
+    that only the build makes, for these settings only.
+    """
     if made is None:
         return plan.source, None
-    output = intermediate_path(plan)
+    current = _current(plan, source_sha, made)
+    if current is not None:
+        check = quantize.check_summary(read_manifest(current))
+        calibrated = " and calibration set" if plan.target == "int8" else ""
+        checked = f"; checked against FP32 on {check['on']}" if check else ""
+        say(f"Precision: reusing {current} (made from the same ONNX{calibrated} and settings){checked}")
+        return current, check
+    output, own = intermediate_path(plan), True
+    if output.exists():
+        output, own = _keyed_path(plan, source_sha, made), False
+        why = _why_stale(intermediate_path(plan), plan, source_sha, made)
+        say(f"Precision: keeping {intermediate_path(plan)}, which {why}; writing {output}")
     if output.resolve() == plan.source.resolve():
         raise EdgepipeError(
             f"the {plan.target.upper()} model would overwrite its source {plan.source}",
             fix="rename the source ONNX, or pass --saveEngine in another folder",
         )
-    if output.exists() and _is_current(output, plan, source_sha, made):
-        check = quantize.check_summary(read_manifest(output))
-        calibrated = " and calibration set" if plan.target == "int8" else ""
-        checked = f"; checked against FP32 on {check['on']}" if check else ""
-        say(f"Precision: reusing {output} (made from the same ONNX{calibrated}){checked}")
-        return output, check
     say(f"Precision: converting {plan.source} to {plan.target.upper()} -> {output}")
     quantize.convert(
         plan.target,
         plan.source,
         output,
         calib=plan.settings.calib,
-        force=force,
+        force=force or not own,  # the keyed name is the build's own: a stale one is remade
         data=made.data,
         size=made.size,
         size_flag="--optShapes",
@@ -97,21 +109,45 @@ def network_onnx(plan: Plan, source_sha: str, made: Conversion | None, force: bo
     return output, quantize.check_summary(read_manifest(output))
 
 
-def _is_current(output: Path, plan: Plan, source_sha: str, made: Conversion) -> bool:
-    """True when the FP16/INT8 ONNX beside the engine was made from this source (and calibration set), shape and data."""
-    manifest = read_manifest(output)
-    if not manifest or manifest.get("params", {}).get("precision") != plan.target:
-        return False
-    if manifest.get("sha256") != sha256_file(output):
-        return False
-    params, made_from = manifest["params"], manifest.get("inputs", {})
-    if (
-        made_from.get("onnx") != source_sha
-        or params.get("data") != made.data
-        or params.get("input_shape") != made.input_shape
-        or params.get("preprocess") != made.preprocess
-    ):
-        return False
+def _current(plan: Plan, source_sha: str, made: Conversion) -> Path | None:
+    """The FP16/INT8 ONNX beside the engine (its plain or its keyed name) made from this source with these settings."""
+    for path in (intermediate_path(plan), _keyed_path(plan, source_sha, made)):
+        if path.resolve() != plan.source.resolve() and _why_stale(path, plan, source_sha, made) is None:
+            return path
+    return None
+
+
+def _why_stale(path: Path, plan: Plan, source_sha: str, made: Conversion) -> str | None:
+    """The one reuse rule (``artifacts.why_stale``) on exactly the inputs and params the precision stage records."""
+    manifest = read_manifest(path) if path.is_file() else None
+    if manifest is None:
+        return why_stale(path, Kind.ONNX, {}, {})
+    recorded = manifest.get("inputs", {})
+    inputs = {"onnx": source_sha}
+    if plan.target == "int8":
+        # A calibration set drawn by default is fixed by the source model and data (seed 0).
+        calib = plan.settings.calib
+        inputs["calibration"] = quantize.calibration_sha256(calib) if calib is not None else recorded.get("calibration")
+    return why_stale(path, Kind.ONNX, inputs, _params(plan, made, manifest.get("params", {})))
+
+
+def _params(plan: Plan, made: Conversion, recorded: dict[str, Any]) -> dict[str, Any]:
+    """The params the precision stage records when the build converts with ``made`` (its defaults otherwise)."""
+    shared = {"input_shape": made.input_shape, "data": made.data, "preprocess": made.preprocess}
+    if plan.target == "int8":
+        return {"precision": "int8", **quantize.Int8Settings().recipe([]), **quantize.Budget().record(), **shared}
+    # The ops kept in FP32 are a fact of the source graph, fixed by its sha256.
+    return {"precision": "fp16", "keep_io_types": True, "fp32_ops": recorded.get("fp32_ops"), **shared}
+
+
+def _keyed_path(plan: Plan, source_sha: str, made: Conversion) -> Path:
+    """model.int8.<key>.onnx: the key is the sha256 of the source, calibration set and settings (8 hex digits)."""
     calib = plan.settings.calib
-    # A calibration set drawn by default is fixed by the source model and data (seed 0).
-    return plan.target != "int8" or calib is None or made_from.get("calibration") == quantize.calibration_sha256(calib)
+    key = {
+        "onnx": source_sha,
+        "calibration": quantize.calibration_sha256(calib) if calib is not None else None,
+        "params": _params(plan, made, {}),
+    }
+    digest = sha256_bytes(json.dumps(key, sort_keys=True, default=str).encode())[:8]
+    plain = intermediate_path(plan)
+    return plain.with_name(f"{plain.stem}.{digest}.onnx")

@@ -145,7 +145,10 @@ def build_command(onnx_file, onnx_option, save_engine, force, as_json, **flags):
 
     The engine gets a manifest beside it (backend, version, precision, inputs' sha256, profiles,
     targets, build time and memory). Building again with the same inputs and flags reuses it;
-    an engine made from other inputs is kept unless you pass --force.
+    an engine made from other inputs is kept unless you pass --force. --fp16/--int8 first write
+    model.fp16.onnx / model.int8.onnx beside the engine and reuse it while its manifest records the
+    same ONNX and settings; a file of that name made otherwise (edgepipe quantize with other flags)
+    is never overwritten: the build writes model.int8.<key>.onnx instead and says so.
 
     \b
     Example:
