@@ -24,7 +24,11 @@ import sys
 from pathlib import Path
 
 import grimp
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 ROOTS = ("pipeline", "calibration", "models")
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"

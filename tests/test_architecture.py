@@ -74,49 +74,8 @@ def test_no_import_cycle():
                 target = ".".join(parts[:n])
                 if target in edges and not (importer + ".").startswith(target + "."):
                     edges[importer].add(target)
-    cycles = [sorted(c) for c in _strongly_connected(edges) if len(c) > 1]
+    cycles = [c for c in _measure().components(edges) if len(c) > 1]
     assert not cycles, f"import cycles: {cycles}"
-
-
-def _strongly_connected(edges: dict[str, set[str]]) -> list[list[str]]:
-    """Tarjan's algorithm, iteratively."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components = []
-    for start in edges:
-        if start in index:
-            continue
-        work = [(start, iter(sorted(edges[start])))]
-        index[start] = low[start] = len(index)
-        stack.append(start)
-        on_stack.add(start)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = len(index)
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(edges[child]))))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[node])
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                components.append(component)
-    return components
 
 
 def test_no_file_over_the_limit():
@@ -201,13 +160,19 @@ def test_no_function_over_the_limits():
     assert not split, f"split, so take them off KNOWN_OVERSIZED: {split}"
 
 
-def test_floors_are_few():
-    """The floors the import graph really has (benchmarks/floors.py): at most 12."""
+def _measure():
+    """benchmarks/floors.py: the import graph's floors and strongly connected components."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import floors as measure
+        import floors
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+    return floors
+
+
+def test_floors_are_few():
+    """The floors the import graph really has (benchmarks/floors.py): at most 12."""
+    measure = _measure()
     result = measure.floors(measure.module_graph(measure.layer_packages()))
     assert not result["cycles"], f"import cycles: {result['cycles']}"
     assert result["floors"] <= 12, f"{result['floors']} floors: {' -> '.join(result['longest_chain'])}"
