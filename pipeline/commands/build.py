@@ -43,13 +43,13 @@ _SHAPES = "NAME:DIMS[,NAME:DIMS...]"
     default=None,
     metavar="CALIB.npz|DIR",
     type=click.Path(),
-    help="Calibration images for --int8: a set from 'edgepipe calibrate', an .npz with x (preprocessed, in the model's layout), "
-    "or a folder of images (read through the model's preprocessing). "
-    "Default: drawn from an edgepipe model's training data (another model needs --calib or --data).",
+    help="Calibration images for --int8: a set from 'edgepipe calibrate', a folder of images or an .npz with pixels x "
+    "(read through the model's preprocessing), or an .npz with model inputs (fed as they are). "
+    "Default: drawn from the calibration pool of the data the model records (another model needs --calib or --data).",
 )
 @data_option(
     help="Your images to check the FP16/INT8 model against FP32 on (and draw INT8 calibration from): for a model edgepipe did not "
-    "export, a folder of images read through its preprocessing, or an .npz with x already preprocessed [, y]. "
+    "export, a folder of images or an .npz with pixels x, read through its preprocessing, or an .npz with model inputs [, y]. "
     "Default: the held-out data of an edgepipe model; seeded synthetic inputs for FP16 of another model."
 )
 @preprocess_options
