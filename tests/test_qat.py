@@ -128,3 +128,19 @@ def test_qat_flag_mistakes_are_one_line(runner, exported, tmp_path, flags, needl
     result = invoke(runner, "quantize", exported, *flags, "-o", tmp_path / "x.onnx")
     assert result.exit_code != 0 and needle in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_qat_model_builds_an_int8_engine(qat, tmp_path):
+    """The TensorRT(-RTX) ONNX parser and builder take the QAT graph (TensorRT-RTX builds on the CPU)."""
+    from pipeline import build, cuda
+    from pipeline.tensorrt import backend
+
+    if not backend.installed_backends():
+        pytest.skip("no TensorRT or TensorRT-RTX installed")
+    no_gpu = cuda.current_compute_capability() is None
+    targets = ["8.9"] if backend.get_backend().name == backend.TENSORRT_RTX and no_gpu else None
+    shapes = {"min": "input:1x1x32x32", "opt": "input:8x1x32x32", "max": "input:8x1x32x32"}
+    made = build.build_engine(
+        qat["onnx"], save_engine=tmp_path / "qat.engine", shapes=shapes, compute_capability=targets
+    )
+    assert made["precision"] == "int8" and (tmp_path / "qat.engine").stat().st_size > 0
