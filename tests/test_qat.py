@@ -144,3 +144,52 @@ def test_qat_model_builds_an_int8_engine(qat, tmp_path):
         qat["onnx"], save_engine=tmp_path / "qat.engine", shapes=shapes, compute_capability=targets
     )
     assert made["precision"] == "int8" and (tmp_path / "qat.engine").stat().st_size > 0
+
+
+USER_NET = """
+import torch.nn as nn
+
+
+def make_net(num_classes=10, in_chans=1):
+    return nn.Sequential(
+        nn.Conv2d(in_chans, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
+    )
+"""
+
+
+def test_qat_of_a_users_module_from_its_weights_file(runner, tmp_path, monkeypatch):
+    """Your own module and its weights, exported as 'edgepipe export --weights --model' takes them, then QAT on your images."""
+    import torch
+    from safetensors.torch import save_file
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text(USER_NET)
+    namespace: dict = {}
+    exec(USER_NET, namespace)
+    torch.manual_seed(0)
+    save_file(namespace["make_net"]().state_dict(), "w.safetensors")
+    made = invoke(
+        runner,
+        "export",
+        "--weights",
+        "w.safetensors",
+        "--model",
+        "net.py:make_net",
+        "--input-size",
+        "1x32x32",
+        "-o",
+        "net.onnx",
+    )
+    assert made.exit_code == 0, made.output
+    args = ("--int8", "--qat", 1, "--checkpoint", "w.safetensors", "--model", "net.py:make_net", "--data", "digits")
+    result = invoke(runner, "quantize", "net.onnx", *args, "--json", "-o", "net.qat.onnx")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["pytorch"]["model"].startswith("net.py:make_net") and report["qat"]["images"] >= 64
+    model = onnx.load("net.qat.onnx")
+    quantize.check_tensorrt_qdq_rules(model)
+    assert (
+        sum(node.op_type == "QuantizeLinear" for node in model.graph.node) >= 6
+        and report["macs"]["int8_share"] == 100.0
+    )
