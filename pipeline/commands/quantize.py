@@ -177,11 +177,11 @@ def quantize_command(
         "labels": labels,
         "workers": workers,
     }
+    pytorch = {"--checkpoint": checkpoint, "--model": model, "--trust-model-code": code.trust or None}
     _check_qat_flags(
         precision,
         qat,
-        checkpoint,
-        model,
+        pytorch,
         {"--exclude-op": exclude_op, "--exclude-node": exclude_node, "--include-op": include_op},
     )
     if qat is not None:
@@ -225,10 +225,10 @@ def quantize_command(
     emit(result, as_json, _print_result)
 
 
-def _check_qat_flags(precision, qat, checkpoint, model, ptq_only) -> None:
-    """--qat goes with --int8 and --checkpoint; the flags that name ONNX nodes and ops do not apply to it."""
+def _check_qat_flags(precision, qat, pytorch, ptq_only) -> None:
+    """--qat goes with --int8 (and the PyTorch model's flags only with it); the flags naming ONNX nodes and ops do not."""
     if qat is None:
-        given = [flag for flag, value in (("--checkpoint", checkpoint), ("--model", model)) if value is not None]
+        given = [flag for flag, value in pytorch.items() if value is not None]
         if given:
             raise EdgepipeError(f"{', '.join(given)} only apply to --qat", fix="drop them, or add --int8 --qat EPOCHS")
         return

@@ -199,9 +199,7 @@ def pytorch_model_behind(
             fix="pass the checkpoint or weights file the ONNX was exported from, or export the ONNX again from this one",
         )
     if is_checkpoint(checkpoint) or meta.get("edgepipe.checkpoint_sha256"):
-        model, config = load_checkpoint(
-            checkpoint, model_name=model_name or meta.get("edgepipe.model"), trust_model_code=trust
-        )
+        model, config = load_checkpoint(checkpoint, model_name=model_name, trust_model_code=trust)
         spec = config["model"]
     else:  # a weights file exported with its --model: the ONNX records the spec and the input shape
         recorded_spec = load_recorded(json.loads(meta["edgepipe.model_spec"]), model_name, trust)

@@ -26,6 +26,7 @@ import onnx
 import torch
 import torch.nn.functional as F
 
+from pipeline.defaults import MAX_OPSET, MIN_OPSET
 from pipeline.errors import EdgepipeError
 from pipeline.onnxinfo import ModelInfo
 from pipeline.progress import progress_bar
@@ -128,7 +129,7 @@ def export_qdq(student: torch.nn.Module, info: ModelInfo, sample_shape: tuple[in
                 student,
                 (example,),
                 buffer,
-                opset_version=max(info.opset, 13),
+                opset_version=min(max(info.opset, MIN_OPSET), MAX_OPSET),  # Q/DQ needs 13; the exporter goes up to 20
                 dynamo=False,
                 do_constant_folding=True,
                 input_names=[info.input_name],
