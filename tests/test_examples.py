@@ -67,7 +67,16 @@ READS = {
     },  # docs/device.md: the digits' labels
 }
 # Examples that train and run every stage, or build engines: minutes each on 2 CPUs.
-SLOW = ("edgepipe run", "edgepipe sweep", "build-engine", "edgepipe build", "edgepipe train", *AFTER)
+# Quantization-aware training imports ModelOpt's whole PyTorch side and fine-tunes: a minute and more on 2 busy CPUs.
+SLOW = (
+    "edgepipe run",
+    "edgepipe sweep",
+    "build-engine",
+    "edgepipe build",
+    "edgepipe train",
+    "edgepipe quantize runs/se/model.onnx --int8 --qat",
+    *AFTER,
+)
 
 
 def _joined(lines: list[str]) -> list[str]:
