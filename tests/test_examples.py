@@ -67,7 +67,7 @@ READS = {
     },  # docs/device.md: the digits' labels
 }
 # Examples that train and run every stage, or build engines: minutes each on 2 CPUs.
-# Quantization-aware training imports ModelOpt's whole PyTorch side and fine-tunes: a minute and more on 2 busy CPUs.
+# Quantization-aware training imports ModelOpt's whole PyTorch side and fine-tunes: 35-95 s each on 2 busy CPUs.
 SLOW = (
     "edgepipe run",
     "edgepipe sweep",

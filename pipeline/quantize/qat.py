@@ -35,7 +35,15 @@ from pipeline.precision import Precision
 from pipeline.progress import info as say
 from pipeline.quantize.budget import Budget, attempt, figures_text
 from pipeline.quantize.calib import calibration_images
-from pipeline.quantize.compare import Comparison, Images, Reading, check_images, model_data_for, stored_record
+from pipeline.quantize.compare import (
+    Comparison,
+    Images,
+    Reading,
+    check_images,
+    folder_preprocess,
+    model_data_for,
+    stored_record,
+)
 from pipeline.quantize.graph import count_macs, int8_share
 from pipeline.quantize.qdq_rules import check_tensorrt_qdq_rules
 from pipeline.quantize.source import Fp32Source, carry_metadata, check_paths, open_fp32
@@ -74,12 +82,7 @@ def to_int8_qat(
     comparison = _comparison(source, model_data, calib_images, budget, reading.workers)
     quantized, qat = _trained(source, teacher, calib_images, epochs, comparison)
     figures = qat.pop("figures")
-    if budget.active and not budget.met(figures):
-        raise EdgepipeError(
-            f"after {epochs} epoch(s) of quantization-aware training INT8 misses the budget ({budget.text()}): "
-            f"it reached {figures_text(figures)}",
-            fix="train more epochs (--qat N), give more calibration images (--calib), or loosen the budget",
-        )
+    _check_budget(budget, figures, epochs)
     recipe = {**RECIPE, "epochs": epochs}
     carry_metadata(source.model, quantized, Precision.INT8, {"edgepipe.int8": json.dumps(recipe, sort_keys=True)})
     stored_record(model_input, model_data, quantized)  # later stages read the images the same way, with no flags
@@ -96,12 +99,29 @@ def to_int8_qat(
         "check": comparison.record(),
     }
     seconds = round(time.perf_counter() - started, 2)
-    params = {"precision": "int8", **recipe, **budget.record(), "input_shape": list(source.input_shape())}
+    params = {
+        "precision": "int8",
+        **recipe,
+        **budget.record(),
+        "input_shape": list(source.input_shape()),
+        "data": reading.data,
+        "preprocess": folder_preprocess(source.model, reading.data, reading.preprocess, calib),
+    }
     inputs = {"onnx": sha256_file(onnx_path), "calibration": calib_info["sha256"], "pytorch": behind["sha256"]}
     manifest = {"precision": Precision.INT8, "accuracy": figures, "seconds": seconds, **facts}
     write_manifest(output, Kind.ONNX, inputs=inputs, params=params, **manifest)
     result = {"onnx": str(output), "source": str(onnx_path), "precision": "int8", "seconds": seconds}
     return {**result, **recipe, **budget.record(), **facts, **figures}
+
+
+def _check_budget(budget: Budget, figures: dict[str, Any], epochs: int) -> None:
+    """A fine-tuned model below the budget is not written: one error with what it reached."""
+    if budget.active and not budget.met(figures):
+        raise EdgepipeError(
+            f"after {epochs} epoch(s) of quantization-aware training INT8 misses the budget ({budget.text()}): "
+            f"it reached {figures_text(figures)}",
+            fix="train more epochs (--qat N), give more calibration images (--calib), or loosen the budget",
+        )
 
 
 def _comparison(source: Fp32Source, model_data, calib_images: Images, budget: Budget, workers) -> Comparison:
