@@ -67,7 +67,8 @@ def load_report(path: str | Path, role: str = "report") -> dict[str, Any]:
         return _from_bench(report)
     if not isinstance(report, dict) or "rows" not in report or "reference" not in report:
         raise EdgepipeError(
-            f"{role} {path} is not an edgepipe run report", fix="pass the report.json written by 'edgepipe run'"
+            f"{role} {path} is not an edgepipe run report",
+            fix="pass the report.json written by 'edgepipe run', or the result of 'edgepipe bench --json-out'",
         )
     if report.get("format") != REPORT_FORMAT:
         raise EdgepipeError(
@@ -101,8 +102,14 @@ def power_state(report: dict[str, Any]) -> str | None:
     return f"nvpmodel mode {record.get('nvpmodel')} with jetson_clocks {clocks}"
 
 
-def _check_power_states(report: dict[str, Any], baseline: dict[str, Any], tolerances) -> None:
-    """Refuse to compare latency measured in different power modes or clock states."""
+def _check_comparable(report: dict[str, Any], baseline: dict[str, Any], tolerances) -> None:
+    """Refuse reports of another model or dataset, and latency measured in different power modes or clock states."""
+    for key in ("model", "data"):
+        if report.get(key) != baseline.get(key):
+            raise EdgepipeError(
+                f"the baseline is for {key} {baseline.get(key)!r}, the report for {report.get(key)!r}",
+                fix="compare reports of the same model and dataset, or write a new baseline with --update-baseline",
+            )
     timed = sorted(set(tolerances) & {"latency_ms", "throughput"})
     now, then = power_state(report), power_state(baseline)
     if timed and now and then and now != then:
@@ -179,13 +186,7 @@ def check(
 
     ``skipped``: rows the baseline measured that the report skipped (a sweep target no worker served).
     """
-    for key in ("model", "data"):
-        if report.get(key) != baseline.get(key):
-            raise EdgepipeError(
-                f"the baseline is for {key} {baseline.get(key)!r}, the report for {report.get(key)!r}",
-                fix="compare reports of the same model and dataset, or write a new baseline with --update-baseline",
-            )
-    _check_power_states(report, baseline, tolerances)
+    _check_comparable(report, baseline, tolerances)
     now_rows, base_rows = _rows(report), _rows(baseline)
     regressions, skipped, compared = [], [], 0
     for artifact, base in base_rows.items():

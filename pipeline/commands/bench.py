@@ -112,7 +112,7 @@ def bench_command(artifacts, checkpoint, report_dir, json_out, model, force, as_
     Example:
       edgepipe bench runs/se/model.onnx runs/se/model.fp16.engine \\
           --checkpoint runs/se/se_resnet.pt --batch 1,8,32 --duration-s 3 --report runs/se/bench
-      edgepipe bench model.fp16.engine --sustain 10m    # median per minute and its drift
+      edgepipe bench model.onnx --sustain 2s --sustain-window 1s   # median per window, drift (10m: per minute)
     """
     # benchmarking runs the models (numpy, onnx, ONNX Runtime, torch): imported when the command runs, so --help starts at once.
     from pipeline import bench, benchreport
