@@ -87,7 +87,8 @@ def jetson_lines(record: dict[str, Any] | None) -> list[str]:
     return [
         f"Jetson: {record['module']}, L4T {record['l4t']} (JetPack {record.get('jetpack') or '?'}), "
         f"nvpmodel mode {record['nvpmodel']}, jetson_clocks {clocks}; GPU {_mhz(record.get('gpu_hz'))} MHz "
-        f"(max {_mhz(record.get('gpu_max_hz'))}), EMC {_mhz(record.get('emc_hz'))} MHz, "
+        f"(max {_mhz(record.get('gpu_max_hz'))}), EMC {_mhz(record.get('emc_hz'))} MHz"
+        f"{' (readable as root)' if record.get('emc_hz') is None else ''}, "
         f"CPU {_mhz(cpu and cpu * 1000)} MHz; fan {_fmt(record.get('fan_pwm'), 'd') or '?'}/255.",
         f"Temperatures (C, start -> end): {temps or 'none'}; throttled: {throttled}; "
         f"rail power from {record.get('power_source') or 'nowhere (no INA3221 in sysfs, no tegrastats)'}.",

@@ -80,21 +80,33 @@ def test_unknown_rail_names_are_one_line_and_nothing_is_written(model, runner, t
     assert not out.exists()
 
 
-def test_tegrastats_is_the_fallback_where_sysfs_has_no_ina3221(model, tmp_path, monkeypatch):
-    tree = tmp_path / "orin_nano"
-    shutil.copytree(FIXTURES / "orin_nano", tree)
+def _without_ina3221(board, tmp_path, monkeypatch):
+    """A copy of ``board``'s tree with no INA3221 in sysfs, and a tegrastats on PATH printing the board's line."""
+    tree = tmp_path / board
+    shutil.copytree(FIXTURES / board, tree)
     shutil.rmtree(tree / "sys" / "bus")
     tegrastats = tmp_path / "bin" / "tegrastats"  # prints the board's own line, as tegrastats --interval does
     tegrastats.parent.mkdir()
     tegrastats.write_text(f"#!/bin/sh\nwhile true; do cat '{tree / 'tegrastats.txt'}'; sleep 0.02; done\n")
     tegrastats.chmod(tegrastats.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{tegrastats.parent}{os.pathsep}{os.environ['PATH']}")
-    result = _bench(model, tree, duration_s=0.5)
+    return tree
+
+
+def test_tegrastats_is_the_fallback_where_sysfs_has_no_ina3221(model, tmp_path, monkeypatch):
+    result = _bench(model, _without_ina3221("orin_nano", tmp_path, monkeypatch), duration_s=0.5)
     assert result["jetson"]["power_source"] == "tegrastats"
     power = result["rows"][0]["power"]
     assert power["VDD_IN"]["mean_mw"] == 6674.0 and power["VDD_SOC"]["mean_mw"] == 1514.0
     row = result["rows"][0]
     assert power["VDD_IN"]["mj_per_inference"] * row["iterations"] == pytest.approx(6674.0 * row["timed_s"], rel=0.1)
+
+
+def test_unknown_rails_in_tegrastats_fail_the_row_naming_them(model, tmp_path, monkeypatch):
+    result = _bench(model, _without_ina3221("xavier_agx", tmp_path, monkeypatch), duration_s=0.3)
+    (row,) = result["rows"]
+    assert row["status"] == "error" and "unknown power rails CPU, CV, GPU, SOC, SYS5V, VDDRQ" in row["reason"]
+    assert "Fix: add this module's rails to RAILS" in row["reason"] and result["failed"] == 1
 
 
 def test_sustained_medians_per_window_and_drift_of_a_known_run():

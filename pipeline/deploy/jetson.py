@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.deploy import power
+from pipeline.errors import EdgepipeError
 
 GPU_DEVFREQ = ("gpu", "ga10b", "gb10b", "gv11b")  # devfreq names of Jetson GPUs (Orin: 17000000.ga10b)
 ROOT_ENV = "EDGEPIPE_SYSFS_ROOT"  # where /sys, /proc, /etc and /var are read from ("/" unless set)
@@ -177,6 +178,7 @@ class Telemetry:
         self._process: subprocess.Popen | None = None
         self.start_state: dict[str, Any] = {}
         self._started = time.perf_counter()
+        self._error: EdgepipeError | None = None
 
     @property
     def source(self) -> str | None:
@@ -186,7 +188,7 @@ class Telemetry:
 
     def start(self) -> Telemetry:
         self.start_state = read_state(self.root)
-        self.trace, self._stop = [], threading.Event()
+        self.trace, self._stop, self._error = [], threading.Event(), None
         source = self.source
         if source == "tegrastats":  # started here, so stop() always has the process to end
             interval_ms = str(max(10, int(self.interval * 1000)))
@@ -211,6 +213,8 @@ class Telemetry:
         if self._process is not None:
             self._process.wait()
             self._process = None
+        if self._error is not None:
+            raise self._error
         end = read_state(self.root)
         return {
             "start": self.start_state,
@@ -229,6 +233,10 @@ class Telemetry:
 
     def _sample_tegrastats(self) -> None:
         for line in self._process.stdout:
-            self.trace.append((time.perf_counter(), power.parse_tegrastats(line)))
+            try:
+                self.trace.append((time.perf_counter(), power.parse_tegrastats(line)))
+            except EdgepipeError as error:  # unknown rail names: stop() raises it, on the caller's thread
+                self._error = error
+                return
             if self._stop.is_set():
                 return
