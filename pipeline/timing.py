@@ -4,7 +4,7 @@ Each timed iteration is one ``runner.infer(batch)`` between two ``perf_counter``
 harness adds nothing measurable, the same runner is also timed in a bare loop (N calls, timed once
 overall) and the ratio is reported. A sustained run (``window_s``) also reports the median of each
 window of the timed run and its drift; a ``telemetry`` (anything with ``start()`` and
-``stop(inferences)``, such as a Jetson's) is started and stopped around the timed loop only.
+``stop(inferences, seconds)``, such as a Jetson's) is started and stopped around the timed loop only.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def measure(
     """Warm up for ``warmup_ms``, then time ``iterations`` calls (or calls for ``duration_s``).
 
     ``window_s``: also the median per window of that length and the drift (``sustained``).
-    ``telemetry``: its ``stop(iterations)`` record, taken over the timed loop, is the result's ``telemetry``.
+    ``telemetry``: its ``stop(iterations, seconds)`` record, taken over the timed loop, is the result's ``telemetry``.
     """
     clock = time.perf_counter
     warm, warm_until = 0, clock() + warmup_ms / 1000.0
@@ -65,7 +65,7 @@ def measure(
     if telemetry is not None:
         telemetry.start()
     latencies, splits, total = _timed_loop(runner.infer, x, iterations, duration_s, split)
-    recorded = telemetry.stop(len(latencies)) if telemetry is not None else None
+    recorded = telemetry.stop(len(latencies), total) if telemetry is not None else None
     latencies_ms = np.asarray(latencies) * 1000.0
     result = latency_stats(latencies_ms, batch=len(x))
     result.update(iterations=len(latencies), warmup_iterations=warm, timed_s=round(total, 4))

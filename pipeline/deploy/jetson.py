@@ -202,9 +202,10 @@ class Telemetry:
             self._thread.start()
         return self
 
-    def stop(self, inferences: int | None = None) -> dict[str, Any]:
-        """The record of the window since ``start()``: each rail's mean power, and energy over the whole window."""
-        seconds = time.perf_counter() - self._started
+    def stop(self, inferences: int | None = None, seconds: float | None = None) -> dict[str, Any]:
+        """The record of the window since ``start()``: each rail's mean power, and its energy over ``seconds``
+        (the timed loop's, when the caller knows it; else the time since ``start()``)."""
+        seconds = seconds or time.perf_counter() - self._started
         self._stop.set()
         if self._process is not None:
             self._process.terminate()
