@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 
@@ -132,7 +133,10 @@ def test_sustain_on_onnx_runtime_reports_a_median_per_window(model):
 def test_cli_sustain_in_human_output_and_json(model, runner):
     args = ["bench", model, "--sustain", "1s", "--sustain-window", "0.5s", "--warmup-ms", "0"]
     human = invoke(runner, *args)
-    assert human.exit_code == 0 and "Sustained, model.onnx batch 1: median per 0.5" in " ".join(human.stdout.split())
+    text = " ".join(human.stdout.split())
+    assert human.exit_code == 0 and re.search(
+        r"Sustained, model.onnx batch 1: median per 0\.\d+ s window [\d.]+, [\d.]+ ms; drift [+-]", text
+    )
     data = json.loads(invoke(runner, *args, "--json").stdout)
     assert data["settings"]["sustain_s"] == 1.0 and data["settings"]["sustain_window_s"] == 0.5
     assert len(data["rows"][0]["sustained"]["p50_ms"]) == 2
