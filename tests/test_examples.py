@@ -56,6 +56,8 @@ XFAIL: dict[tuple[str, str], str] = {}
 STATUS: dict[str, int] = {
     # The gate after a 1-epoch run: accuracy below the committed baseline is a regression, exit 1.
     "edgepipe check runs/ci/report.json --baseline ci/baseline.json --tolerances ci/tolerances.yaml": 1,
+    # docs/device.md: latency of two Jetson power modes is refused.
+    "edgepipe check nano.json --baseline agx.json": 1,
 }
 # An example that reads what the example before it in the same document writes runs right after it.
 AFTER = {"edgepipe check runs/ci/report.json": "edgepipe run -o runs/ci"}
@@ -267,7 +269,20 @@ def sandbox(tmp_path_factory):
     made = run_example(f"{calibrate} --num 512 -o resnet.calib.npz", work, as_json=True)  # docs/data.md's calib.npz
     assert made.returncode == 0, made.stderr
     (work / "sweep.yaml").write_text("models:\n  - se_resnet\n")
+    _jetson_benches(work)
     return work
+
+
+def _jetson_benches(work: Path) -> None:
+    """docs/device.md's Jetson sysfs trees (jetson/BOARD) and the bench results of two of them (agx.json, nano.json)."""
+    from pipeline import bench
+    from pipeline.artifacts import write_json_atomic
+
+    shutil.copytree(ROOT / "tests" / "fixtures" / "jetson", work / "jetson")
+    for board, name in (("orin_agx", "agx.json"), ("orin_nano", "nano.json")):
+        root = str(work / "jetson" / board)
+        result = bench.bench([str(work / "model.onnx")], warmup_ms=0, iterations=20, progress=False, sysfs_root=root)
+        write_json_atomic(work / name, result)
 
 
 def _env() -> dict[str, str]:
@@ -276,7 +291,7 @@ def _env() -> dict[str, str]:
 
 def run_example(command: str, cwd: Path, as_json: bool) -> subprocess.CompletedProcess:
     args = fast(command) + (["--json"] if as_json else [])
-    for flag in ("-o", "--output", "--saveEngine"):  # what the example writes, as a first run finds it: absent
+    for flag in ("-o", "--output", "--saveEngine", "--json-out"):  # what the example writes, as a first run finds it
         if flag in args and (cwd / args[args.index(flag) + 1]).is_file():
             (cwd / args[args.index(flag) + 1]).unlink()
     entry = "pipeline.commands.build:build_engine_main" if args[0] == "build-engine" else "pipeline.cli:main"
