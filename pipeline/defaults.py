@@ -16,7 +16,6 @@ DEFAULT_BATCH_SIZE = 64  # images per batch read from the user's data
 SPLITS = ("auto", "held-out", "all")  # which of the user's images are judged on
 DEFAULT_SWEEP_OUTPUT = "runs/sweep"
 DEFAULT_CALIBRATION_SIZE = 512  # images in a calibration set
-CALIBRATION_METHODS = ("entropy", "max")  # ModelOpt's INT8 calibration methods
 HIGH_PRECISIONS = ("fp16", "fp32")  # what INT8 keeps its sensitive nodes in
 BENCH_WARMUP_MS = 100  # warm-up before a run's or a sweep cell's timed iterations
 SKIPPED_NO_GPU = "skipped: no NVIDIA GPU"  # the status of an engine row on a machine without one

@@ -17,7 +17,7 @@ from pipeline.commands.options import (
     preprocess_options,
 )
 from pipeline.commands.parsers import onnx_input_hw
-from pipeline.defaults import CALIBRATION_METHODS, HIGH_PRECISIONS
+from pipeline.defaults import HIGH_PRECISIONS
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import out
@@ -60,10 +60,19 @@ def parse_min_agreement(text):
 )
 @click.option(
     "--method",
-    type=click.Choice(CALIBRATION_METHODS),
-    default="entropy",
+    default="auto",
     show_default=True,
-    help="INT8 calibration method.",
+    metavar="METHOD",
+    help="INT8 activation ranges: auto (one calibration pass; max, percentile-99.99, mse and trt-entropy each built and "
+    "checked, the best kept, bias correction tried on it), max, percentile-P (0 < P <= 100, e.g. percentile-99.99), "
+    "mse, trt-entropy (TensorRT's 2048-bin entropy), or entropy (ModelOpt's own calibrator).",
+)
+@click.option(
+    "--bias-correction/--no-bias-correction",
+    "bias_correction",
+    default=None,
+    help="Correct each quantized Conv/Gemm output channel's mean INT8 error in its bias (default: auto tries it and "
+    "keeps it where it does better; a named --method does not).",
 )
 @click.option(
     "--high-precision",
@@ -109,6 +118,7 @@ def quantize_command(
     output,
     calib,
     method,
+    bias_correction,
     high_precision,
     exclude_op,
     exclude_node,
@@ -155,6 +165,8 @@ def quantize_command(
     if precision is Precision.FP16:
         int8_only = {
             "--calib": calib,
+            "--method": None if method == "auto" else method,
+            "--bias-correction": bias_correction,
             "--exclude-op": exclude_op,
             "--exclude-node": exclude_node,
             "--include-op": include_op,
@@ -174,6 +186,7 @@ def quantize_command(
             output,
             calib=calib,
             method=method,
+            bias_correction=bias_correction,
             exclude_ops=exclude_op,
             exclude_nodes=exclude_node,
             include_ops=include_op,

@@ -1,0 +1,103 @@
+"""Empirical bias correction: INT8 rounding shifts each output channel's mean; the bias takes the shift back.
+
+Rounding weights and activations to 8 bits makes a Conv/Gemm output channel err by a mean that is
+not zero (most of all in depthwise convolutions and near-dead channels): every later layer sees
+the shifted features. ``correct_bias`` runs the FP32 and the Q/DQ model on calibration images,
+measures each quantized Conv/Gemm output channel's mean difference, and subtracts it from that
+node's bias (adding a bias where there is none). Two rounds: the second sees the first's
+corrections upstream. Only the float bias changes: it stays unquantized, as TensorRT's Q/DQ rules
+want it, and no Q/DQ node or scale moves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from pipeline.quantize.graph import quantized_nodes
+from pipeline.quantize.ranges import expose
+
+ROUNDS = 2
+IMAGES = 64  # calibration images the means are measured on
+_CHUNK = 16
+
+
+def correct_bias(fp32: onnx.ModelProto, qdq: onnx.ModelProto, images: np.ndarray) -> onnx.ModelProto:
+    """A copy of ``qdq`` whose quantized Conv/Gemm biases take back each output channel's mean INT8 error."""
+    corrected = onnx.ModelProto()
+    corrected.CopyFrom(qdq)
+    fp32_outputs = {out for node in fp32.graph.node for out in node.output}
+    quantized = set(quantized_nodes(qdq))
+    nodes = [
+        node
+        for node in corrected.graph.node
+        if node.op_type in ("Conv", "Gemm") and node.name in quantized and node.output[0] in fp32_outputs
+    ]
+    if not nodes:
+        return corrected
+    names = [node.output[0] for node in nodes]
+    images = images[:IMAGES]
+    reference = _channel_means(fp32, names, images)
+    for _ in range(ROUNDS):
+        measured = _channel_means(corrected, names, images)
+        for node in nodes:
+            shift = measured[node.output[0]] - reference[node.output[0]]
+            _add_to_bias(corrected.graph, node, -shift)
+    return corrected
+
+
+def _add_to_bias(graph: onnx.GraphProto, node: onnx.NodeProto, delta: np.ndarray) -> None:
+    """Add ``delta`` (one value per output channel) to ``node``'s bias initializer, made if absent or shared."""
+    initializers = {init.name: init for init in graph.initializer}
+    name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if name in initializers:
+        bias = numpy_helper.to_array(initializers[name])
+        dtype = bias.dtype
+    else:
+        bias, dtype = np.zeros(delta.shape, np.float32), _weight_dtype(graph, node, initializers)
+    updated = (bias.astype(np.float64) + delta).astype(dtype)
+    own = f"{node.name}_bias_corrected"
+    if own in initializers:
+        initializers[own].CopyFrom(numpy_helper.from_array(updated, own))
+    else:
+        graph.initializer.append(numpy_helper.from_array(updated, own))
+    while len(node.input) < 3:
+        node.input.append("")
+    node.input[2] = own
+
+
+def _weight_dtype(graph: onnx.GraphProto, node: onnx.NodeProto, initializers) -> np.dtype:
+    """The float type the node computes in: its weight's DequantizeLinear scale type, else float32."""
+    producers = {out: n for n in graph.node for out in n.output}
+    weight = producers.get(node.input[1])
+    if weight is not None and weight.op_type == "DequantizeLinear" and weight.input[1] in initializers:
+        return numpy_helper.to_array(initializers[weight.input[1]]).dtype
+    return np.dtype(np.float32)
+
+
+def _channel_means(model: onnx.ModelProto, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean of each named tensor over every axis but 1 (the channel), on ``images``."""
+    import onnxruntime as ort  # loaded by INT8 bias correction only
+
+    exposed, names = expose(model, names)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named tensor
+    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0]
+    fixed = isinstance(feed.shape[0], int) and feed.shape[0] > 0
+    batch = feed.shape[0] if fixed else _CHUNK
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for start in range(0, len(images), batch):
+        chunk = np.ascontiguousarray(images[start : start + batch])
+        real = len(chunk)
+        if fixed and real < batch:
+            chunk = np.resize(chunk, (batch, *chunk.shape[1:]))
+        for name, value in zip(names, session.run(names, {feed.name: chunk})):
+            value = value[:real].astype(np.float64)
+            axes = tuple(a for a in range(value.ndim) if a != 1)
+            sums[name] = sums.get(name, 0.0) + value.sum(axis=axes)
+            counts[name] = counts.get(name, 0) + value.size // value.shape[1]
+    return {name: sums[name] / counts[name] for name in names}
