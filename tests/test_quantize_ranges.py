@@ -218,3 +218,41 @@ def test_cli_bad_method_writes_nothing(runner, heavy, tmp_path, method):
     result = invoke(runner, "quantize", path, "--int8", "--calib", images, "--method", method, "-o", out)
     assert "Fix: " in one_line_error(result, method.split("-")[0])
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+class HeavyMap(HeavyTailed):
+    """The same layers without the pooled head: a 16-channel feature map, neither classes nor a sequence."""
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        return self.mix(torch.relu(self.depthwise(x)))
+
+
+def test_without_a_budget_maps_keep_a_cosine_and_classes_an_agreement(heavy, tmp_path):
+    path, images = heavy
+    maps = _export(
+        _seeded(HeavyMap(), 0),
+        tmp_path / "map.onnx",
+        (torch.randn(1, *SHAPE),),
+        ["image"],
+        ["features"],
+        {"image": {0: "batch"}, "features": {0: "batch"}},
+        17,
+    )
+    result = quantize.to_int8(maps, tmp_path / "map.int8.onnx", calib=str(images), method="max")
+    assert result["min_cosine"] == 0.99 and result["max_drop"] is None and result["min_agreement"] is None
+    assert min(o["cosine"] for o in result["outputs"].values()) >= 0.99
+    manifest = json.loads((tmp_path / "map.int8.onnx.manifest.json").read_text())
+    assert manifest["params"]["min_cosine"] == 0.99
+    classes = quantize.to_int8(path, tmp_path / "c.onnx", calib=str(images), method="max")
+    assert classes["min_agreement"] == 97.0 and classes["agreement"] >= 97.0
+    plain = quantize.to_int8(path, tmp_path / "p.onnx", calib=str(images), method="max", max_drop=None)
+    assert plain["min_agreement"] is None and plain["min_cosine"] is None and plain["attempts"][0]["how"] == "plain"
+
+
+def test_cli_min_cosine_must_be_a_cosine(runner, heavy, tmp_path):
+    path, images = heavy
+    out = tmp_path / "bad.onnx"
+    result = invoke(runner, "quantize", path, "--int8", "--calib", images, "--min-cosine", "2", "-o", out)
+    one_line_error(result, "--min-cosine")
+    assert not out.exists()

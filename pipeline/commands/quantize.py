@@ -17,10 +17,29 @@ from pipeline.commands.options import (
     preprocess_options,
 )
 from pipeline.commands.parsers import onnx_input_hw
-from pipeline.defaults import HIGH_PRECISIONS
+from pipeline.defaults import (
+    BUDGET_DEFAULT,
+    DEFAULT_MAX_DROP,
+    DEFAULT_MIN_AGREEMENT,
+    DEFAULT_MIN_COSINE,
+    HIGH_PRECISIONS,
+)
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import out
+
+
+def parse_min_cosine(text):
+    """ "0.99" -> 0.99, the least cosine with FP32 of every output; None without the flag."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not -1 <= value <= 1:
+        raise EdgepipeError(f"--min-cosine {text!r} is not a cosine from -1 to 1", fix="pass e.g. --min-cosine 0.99")
+    return value
 
 
 def parse_min_agreement(text):
@@ -99,6 +118,17 @@ def parse_min_agreement(text):
     help="INT8 accuracy budget without labels: the least argmax agreement with FP32 in percent (per position for sequence outputs); "
     "the most sensitive nodes stay in higher precision until it holds.",
 )
+@click.option(
+    "--min-cosine",
+    "min_cosine",
+    default=None,
+    metavar="COS",
+    callback=lambda ctx, param, value: parse_min_cosine(value),
+    help="INT8 accuracy budget for outputs that are neither classes nor sequences (maps, boxes): the least cosine "
+    f"with FP32 of every output. Given no budget, INT8 keeps --max-drop {DEFAULT_MAX_DROP:g} for labelled classes, "
+    f"--min-agreement {DEFAULT_MIN_AGREEMENT:g} for unlabelled classes and sequences, --min-cosine "
+    f"{DEFAULT_MIN_COSINE:g} for the rest; --max-drop none: plain PTQ.",
+)
 @input_size_option(
     help="Size to convert and check a model with dynamic height and width at: HxW, or CxHxW to also check its channels "
     "(default: the model's, or the images')."
@@ -112,7 +142,9 @@ def parse_min_agreement(text):
 @preprocess_options
 @force_option
 @json_option
+@click.pass_context
 def quantize_command(
+    ctx,
     onnx_model,
     precision,
     output,
@@ -125,6 +157,7 @@ def quantize_command(
     include_op,
     max_drop,
     min_agreement,
+    min_cosine,
     input_size,
     data,
     preprocess,
@@ -172,6 +205,7 @@ def quantize_command(
             "--include-op": include_op,
             "--max-drop": max_drop,
             "--min-agreement": min_agreement,
+            "--min-cosine": min_cosine,
         }
         given = [flag for flag, value in int8_only.items() if value is not None and value != ()]
         if given:
@@ -181,6 +215,8 @@ def quantize_command(
             )
         result = quantize.to_fp16(onnx_model, output, force=force, data=data, **size)
     else:
+        if ctx.get_parameter_source("max_drop") is click.core.ParameterSource.DEFAULT:
+            max_drop = BUDGET_DEFAULT  # none given: the default budget for the model's outputs
         result = quantize.to_int8(
             onnx_model,
             output,
@@ -193,6 +229,7 @@ def quantize_command(
             high_precision=high_precision,
             max_drop=max_drop,
             min_agreement=min_agreement,
+            min_cosine=min_cosine,
             data=data,
             force=force,
             **size,
@@ -217,6 +254,7 @@ def _print_result(r):
     elif r.get("kept_nodes"):
         kept = f"; kept in higher precision: {', '.join(r['kept_nodes'])}"
     macs = f"; {r['macs']['int8_share']:.1f}% of MACs in INT8" if r.get("macs") else ""
+    macs += f"; ranges: {r['method']}" if r.get("method") else ""
     outputs = r.get("outputs") or {}
     others = "".join(f"; {name}: cosine {o['cosine']:.5f}" for name, o in list(outputs.items())[1:])
     out.print(

@@ -21,12 +21,12 @@ import numpy as np
 import onnx
 
 from pipeline.artifacts import Kind, atomic_output, write_manifest
-from pipeline.defaults import HIGH_PRECISIONS
+from pipeline.defaults import BUDGET_DEFAULT, HIGH_PRECISIONS
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import info as say
-from pipeline.quantize.budget import Budget, Outcome, attempt, search
+from pipeline.quantize.budget import Budget, Outcome, attempt, default_budget, output_kind, search
 from pipeline.quantize.calib import calibration_images
 from pipeline.quantize.compare import (
     Comparison,
@@ -60,8 +60,9 @@ class Int8Settings:
     exclude_nodes: tuple[str, ...] = ()
     include_ops: tuple[str, ...] = ()
     high_precision: str = "fp16"
-    max_drop: float | None = None
+    max_drop: float | str | None = BUDGET_DEFAULT  # None: plain PTQ, asked for by name (--max-drop none)
     min_agreement: float | None = None
+    min_cosine: float | None = None
     bias_correction: bool | None = None  # None: auto tries it, a named method does not
 
     def __post_init__(self) -> None:
@@ -92,15 +93,18 @@ def to_int8(
     """Write an explicit Q/DQ INT8 version of ``onnx_path`` and return its figures against FP32.
 
     ``calib``: a calibration set, an .npz or a folder (None: drawn from the model's data, ``--data``
-    or what it records). ``options``: the fields of ``Int8Settings`` (method, exclude_ops,
-    exclude_nodes, include_ops, high_precision, max_drop, min_agreement) and of ``Reading`` (data,
-    size, size_flag, preprocess, labels, workers).
+    or what it records). ``options``: the fields of ``Int8Settings`` (method, bias_correction,
+    exclude_ops, exclude_nodes, include_ops, high_precision, max_drop, min_agreement, min_cosine) and
+    of ``Reading`` (data, size, size_flag, preprocess, labels, workers). No budget given: the default
+    one for the model's outputs (``budget.default_budget``); ``max_drop=None``: plain PTQ.
     """
     started = time.perf_counter()
     names = set(Int8Settings.__dataclass_fields__)
     settings = Int8Settings(**{k: v for k, v in options.items() if k in names})
     reading = Reading(**{k: v for k, v in options.items() if k not in names})
-    budget = Budget(settings.max_drop, settings.min_agreement)
+    given = settings.max_drop != BUDGET_DEFAULT or settings.min_agreement is not None or settings.min_cosine is not None
+    max_drop = None if settings.max_drop == BUDGET_DEFAULT else settings.max_drop
+    budget = Budget(max_drop, settings.min_agreement, settings.min_cosine) if given else Budget()
     output = check_paths(onnx_path, output, force)
     source = open_fp32(onnx_path, "--int8", reading.size, reading.size_flag)
     _check_op_types(source.model, list(settings.exclude_ops + settings.include_ops))
@@ -108,6 +112,9 @@ def to_int8(
     model_input, model_data = model_data_for(source, reading)
     calib_images, calib_info = calibration_images(calib, model_data, source, model_input, reading.__dict__)
     compare_on, comparison = _comparison(source, model_data, calib_images, budget, reading.workers)
+    budget = budget if given else _default_budget(compare_on, comparison)
+    if not budget.active:
+        say("INT8 without an accuracy budget (--max-drop none): plain PTQ, whatever it loses against FP32")
     record = comparison.record()
     outcome, attempts, per_node, chosen = _quantized(source, settings, budget, calib_images.x, compare_on.x, comparison)
     quantized, figures, kept = outcome.model, outcome.figures, outcome.kept_nodes
@@ -165,6 +172,13 @@ def _comparison(
     record = comparison.record()
     say(f"INT8 is checked against FP32 on {record['text']}" + (f"; {record['hint']}" if record["hint"] else ""))
     return compare_on, comparison
+
+
+def _default_budget(compare_on: Images, comparison: Comparison) -> Budget:
+    """The budget for the model's first output when none is given (``budget.default_budget``), said."""
+    budget, why = default_budget(output_kind(comparison.reference[0][1][0].shape), compare_on.labelled)
+    say(f"INT8 budget by default for {why}: {budget.text()} (--max-drop none for plain PTQ)")
+    return budget
 
 
 def _on_calibration(calib_images: Images) -> Images:

@@ -41,6 +41,12 @@ START_BIN = 128  # the first threshold TensorRT's entropy (and MSE) search tries
 LEVELS = 128  # INT8 magnitudes 0..127
 MIN_VALUES = ENTROPY_BINS  # fewer values than bins: no histogram worth the name (the tensor takes max)
 _CHUNK = 8  # images per ONNX Runtime call (every activation of the chunk is held at once)
+_MODELOPT_ADDS = {"BatchNormalization", "ConvTranspose", "LayerNormalization", "LRN", "HardSwish"}
+_MODELOPT_REMOVES = {
+    *("ArgMax", "Concat", "EmbedLayerNormalization", "Gather", "GatherElements", "GatherND", "InstanceNormalization"),
+    *("LeakyRelu", "Pad", "Relu", "Reshape", "Slice", "Sigmoid", "Softmax", "Split", "Squeeze", "Transpose"),
+    *("Unsqueeze", "Where"),
+}
 _FIX = f"use one of {', '.join(METHOD_NAMES)}, or percentile-P with P in (0, 100]"
 
 
@@ -239,7 +245,8 @@ def expose(model: onnx.ModelProto, tensors: list[str] | None) -> tuple[onnx.Mode
     constants = {i.name for i in graph.initializer} | {
         o for n in graph.node if n.op_type == "Constant" for o in n.output
     }
-    read = [i for n in graph.node for i in n.input if i and i not in constants]
+    quantizable = quantizable_op_types()
+    read = [i for n in graph.node if n.op_type in quantizable for i in n.input if i and i not in constants]
     wanted = tensors if tensors is not None else list(dict.fromkeys(read))
     names = [name for name in wanted if types.get(name) in floats]
     exposed = onnx.ModelProto()
@@ -249,6 +256,14 @@ def expose(model: onnx.ModelProto, tensors: list[str] | None) -> tuple[onnx.Mode
         if name not in present:
             exposed.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
     return exposed, names
+
+
+def quantizable_op_types() -> set[str]:
+    """The op types whose inputs ModelOpt's INT8 may quantize: ONNX Runtime's QDQ and QLinear registries, with
+    ModelOpt's additions and without the copy, reduction and activation ops it removes (modelopt ``configure_ort``)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry  # loaded by INT8 calibration only
+
+    return (set(QDQRegistry) | set(QLinearOpsRegistry) | _MODELOPT_ADDS) - _MODELOPT_REMOVES
 
 
 def write_cache(path: Path, amaxes: dict[str, float]) -> Path:
