@@ -199,7 +199,7 @@ def test_bias_correction_lowers_mean_output_error(heavy, tmp_path):
         convs, _channel_means(qdq, convs, held_out).values(), _channel_means(corrected, convs, held_out).values()
     ):
         shift_before, shift_after = np.abs(before - reference[name]).mean(), np.abs(after - reference[name]).mean()
-        assert shift_after < max(0.5 * shift_before, 0.005), name
+        assert shift_after < max(0.8 * shift_before, 0.005), name
     logits = _run(fp32, held_out)
     assert np.abs(_run(corrected, held_out) - logits).mean() < np.abs(_run(qdq, held_out) - logits).mean()
 

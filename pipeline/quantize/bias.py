@@ -2,10 +2,10 @@
 
 Rounding weights and activations to 8 bits makes a Conv/Gemm output channel err by a mean that is
 not zero (most of all in depthwise convolutions and near-dead channels): every later layer sees
-the shifted features. ``correct_bias`` runs the FP32 and the Q/DQ model on calibration images,
-measures each quantized Conv/Gemm output channel's mean difference, and subtracts it from that
-node's bias (adding a bias where there is none). Two rounds: the second sees the first's
-corrections upstream. Only the float bias changes: it stays unquantized, as TensorRT's Q/DQ rules
+the shifted features. ``correct_bias`` runs the FP32 model on calibration images and measures each quantized Conv/Gemm output channel's own mean error (a Q/DQ copy of the node beside
+it in the FP32 model, reading the FP32 model's input: correcting every node's whole error at once
+would count what earlier layers add twice, and diverges in deep networks), and subtracts it from
+that node's bias (adding a bias where there is none). Only the float bias changes: it stays unquantized, as TensorRT's Q/DQ rules
 want it, and no Q/DQ node or scale moves.
 """
 
@@ -18,13 +18,12 @@ from onnx import numpy_helper
 from pipeline.quantize.graph import quantized_nodes
 from pipeline.quantize.ranges import expose
 
-ROUNDS = 2
 IMAGES = 64  # calibration images the means are measured on
 _CHUNK = 16
 
 
 def correct_bias(fp32: onnx.ModelProto, qdq: onnx.ModelProto, images: np.ndarray) -> onnx.ModelProto:
-    """A copy of ``qdq`` whose quantized Conv/Gemm biases take back each output channel's mean INT8 error."""
+    """A copy of ``qdq`` whose quantized Conv/Gemm biases take back each output channel's own mean INT8 error."""
     corrected = onnx.ModelProto()
     corrected.CopyFrom(qdq)
     fp32_outputs = {out for node in fp32.graph.node for out in node.output}
@@ -34,17 +33,71 @@ def correct_bias(fp32: onnx.ModelProto, qdq: onnx.ModelProto, images: np.ndarray
         for node in corrected.graph.node
         if node.op_type in ("Conv", "Gemm") and node.name in quantized and node.output[0] in fp32_outputs
     ]
-    if not nodes:
+    probe, pairs = _probe(fp32, qdq, nodes)
+    if not pairs:
         return corrected
-    names = [node.output[0] for node in nodes]
-    images = images[:IMAGES]
-    reference = _channel_means(fp32, names, images)
-    for _ in range(ROUNDS):
-        measured = _channel_means(corrected, names, images)
-        for node in nodes:
-            shift = measured[node.output[0]] - reference[node.output[0]]
-            _add_to_bias(corrected.graph, node, -shift)
+    means = _channel_means(probe, [name for pair in pairs.values() for name in pair], images[:IMAGES])
+    for node in nodes:
+        if node.name in pairs:
+            reference, own = pairs[node.name]
+            _add_to_bias(corrected.graph, node, means[reference] - means[own])
     return corrected
+
+
+def _probe(fp32: onnx.ModelProto, qdq: onnx.ModelProto, nodes: list[onnx.NodeProto]):
+    """The FP32 model with, beside each node, its Q/DQ copy reading the FP32 model's own input: the node's own
+    error, free of what earlier layers add (correcting that too would count it twice). Returns the model and, per
+    node name, (its FP32 output, its copy's output)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(fp32)
+    producers = {out: node for node in qdq.graph.node for out in node.output}
+    values = {init.name: numpy_helper.to_array(init) for init in qdq.graph.initializer}
+    fp32_tensors = {out for node in fp32.graph.node for out in node.output} | {i.name for i in fp32.graph.input}
+    pairs = {}
+    for node in nodes:
+        inputs = [_quantized_copy(probe, name, producers, values, fp32_tensors, node.name) for name in node.input[:2]]
+        if None in inputs:
+            continue
+        if len(node.input) > 2 and node.input[2] in values:
+            inputs.append(_constant(probe, f"{node.name}/own/bias", values[node.input[2]].astype(np.float32)))
+        own = f"{node.name}/own/output"
+        copy = onnx.helper.make_node(node.op_type, inputs, [own], name=f"{node.name}/own")
+        copy.attribute.extend(node.attribute)
+        probe.graph.node.append(copy)
+        pairs[node.name] = (node.output[0], own)
+    return probe, pairs
+
+
+def _quantized_copy(probe, name: str, producers, values, fp32_tensors, owner: str) -> str | None:
+    """``name`` (a DequantizeLinear output) rebuilt in ``probe`` on FP32 tensors; None where it cannot be."""
+    dq = producers.get(name)
+    q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+    if q is None or q.op_type != "QuantizeLinear" or q.input[1] not in values:
+        return None
+    source = q.input[0]
+    while source in producers and producers[source].op_type == "Cast":  # the high-precision remainder's casts
+        source = producers[source].input[0]
+    if source in values:
+        source = _constant(probe, f"{owner}/own/{source}", values[source].astype(np.float32))
+    elif source not in fp32_tensors:
+        return None
+    scale = _constant(probe, f"{owner}/own/{q.input[1]}", values[q.input[1]].astype(np.float32))
+    point = [_constant(probe, f"{owner}/own/{q.input[2]}", values[q.input[2]])] if len(q.input) > 2 else []
+    quantized, restored = f"{owner}/own/{name}/q", f"{owner}/own/{name}/dq"
+    for op, inputs, output, like in (
+        ("QuantizeLinear", [source, scale, *point], quantized, q),
+        ("DequantizeLinear", [quantized, scale, *point], restored, dq),
+    ):
+        made = onnx.helper.make_node(op, inputs, [output], name=output)
+        made.attribute.extend(like.attribute)
+        probe.graph.node.append(made)
+    return restored
+
+
+def _constant(probe: onnx.ModelProto, name: str, value: np.ndarray) -> str:
+    if name not in {init.name for init in probe.graph.initializer}:
+        probe.graph.initializer.append(numpy_helper.from_array(value, name))
+    return name
 
 
 def _add_to_bias(graph: onnx.GraphProto, node: onnx.NodeProto, delta: np.ndarray) -> None:

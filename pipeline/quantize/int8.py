@@ -41,7 +41,7 @@ from pipeline.quantize.graph import count_macs, int8_share
 from pipeline.quantize.methods import Candidates, choose
 from pipeline.quantize.modelopt_log import last_line, modelopt_error, quiet_modelopt
 from pipeline.quantize.qdq_rules import check_tensorrt_qdq_rules
-from pipeline.quantize.ranges import METHOD_NAMES, parse_method
+from pipeline.quantize.ranges import METHOD_NAMES, constants_as_initializers, parse_method
 from pipeline.quantize.source import Fp32Source, carry_metadata, check_paths, open_fp32
 
 METHODS = METHOD_NAMES
@@ -232,6 +232,8 @@ class _Int8Quantizer:
 
         with tempfile.TemporaryDirectory(prefix="edgepipe-int8-") as folder:
             source = self.source.write_fp32(Path(folder))  # ModelOpt writes intermediate files beside its input
+            if cache is not None:
+                onnx.save(constants_as_initializers(onnx.load(str(source))), str(source))
             target = Path(folder) / "model.int8.onnx"
             with quiet_modelopt() as log:
                 try:

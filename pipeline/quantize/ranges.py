@@ -279,6 +279,26 @@ def quantizable_op_types() -> set[str]:
     return (set(QDQRegistry) | set(QLinearOpsRegistry) | _MODELOPT_ADDS) - _MODELOPT_REMOVES
 
 
+def constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its Constant nodes' tensors as initializers: ModelOpt's calibration cache takes every
+    quantized tensor it has no scale for to be a weight initializer (exporters such as Paddle's give weights
+    as Constant nodes)."""
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    constants = [n for n in folded.graph.node if n.op_type == "Constant" and _tensor_of(n) is not None]
+    for node in constants:
+        tensor = _tensor_of(node)
+        tensor.name = node.output[0]
+        folded.graph.initializer.append(tensor)
+        folded.graph.node.remove(node)
+    return folded
+
+
+def _tensor_of(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    value = next((a for a in node.attribute if a.name == "value"), None)
+    return None if value is None else onnx.TensorProto.FromString(value.t.SerializeToString())
+
+
 def write_cache(path: Path, amaxes: dict[str, float]) -> Path:
     """The ranges as a TensorRT calibration cache (scale = amax / 127, big-endian float hex) for ModelOpt."""
     lines = ["TRT-8501-EntropyCalibration2"]
