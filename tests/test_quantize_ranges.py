@@ -184,7 +184,7 @@ def test_auto_tries_every_candidate_keeps_the_best_and_records_them(heavy, tmp_p
 
 
 def test_bias_correction_lowers_mean_output_error(heavy, tmp_path):
-    from pipeline.quantize.bias import _channel_means
+    from pipeline.quantize.bias import _channel_means  # the per-channel means bias correction measures
 
     path, images = heavy
     x = np.load(images)["inputs"]
