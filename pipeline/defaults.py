@@ -9,14 +9,15 @@ DEFAULT_DATA = "digits"  # the bundled digits: scikit-learn's load_digits, nothi
 DEFAULT_OPSET = 17  # the ONNX opset an export writes
 MIN_OPSET, MAX_OPSET = 13, 20  # the opsets export writes (TensorRT needs >= 13 for INT8)
 DEFAULT_MAX_DROP = 0.5  # top-1 points INT8 may lose against FP32
-BUDGET_DEFAULT = "default"  # max_drop when the user gave none: DEFAULT_MAX_DROP, or no budget for unlabelled images
+BUDGET_DEFAULT = "default"  # max_drop when the user gave no budget: the default one for the model's outputs
+DEFAULT_MIN_AGREEMENT = 97.0  # argmax agreement with FP32 (%) INT8 keeps by default without labels (classes, sequences)
+DEFAULT_MIN_COSINE = 0.99  # cosine with FP32 INT8 keeps by default for outputs that are neither (maps, boxes)
 DEFAULT_ATOL = 1e-5  # Polygraphy's defaults
 DEFAULT_RTOL = 1e-5
 DEFAULT_BATCH_SIZE = 64  # images per batch read from the user's data
 SPLITS = ("auto", "held-out", "all")  # which of the user's images are judged on
 DEFAULT_SWEEP_OUTPUT = "runs/sweep"
 DEFAULT_CALIBRATION_SIZE = 512  # images in a calibration set
-CALIBRATION_METHODS = ("entropy", "max")  # ModelOpt's INT8 calibration methods
 HIGH_PRECISIONS = ("fp16", "fp32")  # what INT8 keeps its sensitive nodes in
 BENCH_WARMUP_MS = 100  # warm-up before a run's or a sweep cell's timed iterations
 SKIPPED_NO_GPU = "skipped: no NVIDIA GPU"  # the status of an engine row on a machine without one

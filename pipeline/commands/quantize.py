@@ -18,10 +18,29 @@ from pipeline.commands.options import (
     preprocess_options,
 )
 from pipeline.commands.parsers import onnx_input_hw
-from pipeline.defaults import CALIBRATION_METHODS, HIGH_PRECISIONS
+from pipeline.defaults import (
+    BUDGET_DEFAULT,
+    DEFAULT_MAX_DROP,
+    DEFAULT_MIN_AGREEMENT,
+    DEFAULT_MIN_COSINE,
+    HIGH_PRECISIONS,
+)
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import out
+
+
+def parse_min_cosine(text):
+    """ "0.99" -> 0.99, the least cosine with FP32 of every output; None without the flag."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not -1 <= value <= 1:
+        raise EdgepipeError(f"--min-cosine {text!r} is not a cosine from -1 to 1", fix="pass e.g. --min-cosine 0.99")
+    return value
 
 
 def parse_min_agreement(text):
@@ -61,10 +80,19 @@ def parse_min_agreement(text):
 )
 @click.option(
     "--method",
-    type=click.Choice(CALIBRATION_METHODS),
-    default="entropy",
+    default="auto",
     show_default=True,
-    help="INT8 calibration method.",
+    metavar="METHOD",
+    help="INT8 activation ranges: auto (one calibration pass; max, percentile-99.99, mse and trt-entropy each built and "
+    "checked, the best kept, bias correction tried on it), max, percentile-P (0 < P <= 100, e.g. percentile-99.99), "
+    "mse, trt-entropy (TensorRT's 2048-bin entropy), or entropy (ModelOpt's own calibrator).",
+)
+@click.option(
+    "--bias-correction/--no-bias-correction",
+    "bias_correction",
+    default=None,
+    help="Correct each quantized Conv/Gemm output channel's mean INT8 error in its bias (default: auto tries it and "
+    "keeps it where it does better; a named --method does not).",
 )
 @click.option(
     "--high-precision",
@@ -90,6 +118,17 @@ def parse_min_agreement(text):
     callback=lambda ctx, param, value: parse_min_agreement(value),
     help="INT8 accuracy budget without labels: the least argmax agreement with FP32 in percent (per position for sequence outputs); "
     "the most sensitive nodes stay in higher precision until it holds.",
+)
+@click.option(
+    "--min-cosine",
+    "min_cosine",
+    default=None,
+    metavar="COS",
+    callback=lambda ctx, param, value: parse_min_cosine(value),
+    help="INT8 accuracy budget for outputs that are neither classes nor sequences (maps, boxes): the least cosine "
+    f"with FP32 of every output. Given no budget, INT8 keeps --max-drop {DEFAULT_MAX_DROP:g} for labelled classes, "
+    f"--min-agreement {DEFAULT_MIN_AGREEMENT:g} for unlabelled classes and sequences, --min-cosine "
+    f"{DEFAULT_MIN_COSINE:g} for the rest; --max-drop none: plain PTQ.",
 )
 @input_size_option(
     help="Size to convert and check a model with dynamic height and width at: HxW, or CxHxW to also check its channels "
@@ -123,18 +162,22 @@ def parse_min_agreement(text):
 )
 @force_option
 @json_option
+@click.pass_context
 def quantize_command(
+    ctx,
     onnx_model,
     precision,
     output,
     calib,
     method,
+    bias_correction,
     high_precision,
     exclude_op,
     exclude_node,
     include_op,
     max_drop,
     min_agreement,
+    min_cosine,
     input_size,
     data,
     preprocess,
@@ -193,11 +236,14 @@ def quantize_command(
     elif precision is Precision.FP16:
         int8_only = {
             "--calib": calib,
+            "--method": None if method == "auto" else method,
+            "--bias-correction": bias_correction,
             "--exclude-op": exclude_op,
             "--exclude-node": exclude_node,
             "--include-op": include_op,
             "--max-drop": max_drop,
             "--min-agreement": min_agreement,
+            "--min-cosine": min_cosine,
         }
         given = [flag for flag, value in int8_only.items() if value is not None and value != ()]
         if given:
@@ -207,17 +253,21 @@ def quantize_command(
             )
         result = quantize.to_fp16(onnx_model, output, force=force, data=data, **size)
     else:
+        if ctx.get_parameter_source("max_drop") is click.core.ParameterSource.DEFAULT:
+            max_drop = BUDGET_DEFAULT  # none given: the default budget for the model's outputs
         result = quantize.to_int8(
             onnx_model,
             output,
             calib=calib,
             method=method,
+            bias_correction=bias_correction,
             exclude_ops=exclude_op,
             exclude_nodes=exclude_node,
             include_ops=include_op,
             high_precision=high_precision,
             max_drop=max_drop,
             min_agreement=min_agreement,
+            min_cosine=min_cosine,
             data=data,
             force=force,
             **size,
@@ -263,6 +313,7 @@ def _print_result(r):
     qat = r.get("qat")
     if qat:
         macs += f"; QAT {qat['epochs']} epoch(s): agreement {qat['before']['agreement']:.2f}% before (PTQ), {qat['after']['agreement']:.2f}% after"
+    macs += f"; ranges: {r['method']}" if r.get("method") else ""
     outputs = r.get("outputs") or {}
     others = "".join(f"; {name}: cosine {o['cosine']:.5f}" for name, o in list(outputs.items())[1:])
     out.print(

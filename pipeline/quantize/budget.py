@@ -1,10 +1,15 @@
 """INT8 accuracy budgets, and the search that keeps the most sensitive nodes in higher precision until one holds.
 
-Two budgets, parsed once into ``Budget``:
+Three budgets, parsed once into ``Budget``:
 
 * ``max_drop``: the most top-1 points INT8 may lose against FP32 (needs labelled images);
 * ``min_agreement``: the least argmax agreement with FP32, in percent (any images: top-1 agreement
-  for N x C outputs, per position for N x T x C sequences).
+  for N x C outputs, per position for N x T x C sequences);
+* ``min_cosine``: the least cosine similarity with FP32 of every output (maps, boxes).
+
+Given none, ``default_budget`` picks one for the model's first output (never plain PTQ unless asked
+for by ``--max-drop none``): top-1 points for labelled classes, agreement for unlabelled classes
+and sequences, cosine for anything else.
 
 ``search`` starts from the plain PTQ model. It ranks the quantized nodes by the error each adds
 (``sensitivity.py``) and keeps the first 1, 2, 4, 8 of them in higher precision. A model that has
@@ -28,6 +33,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_COSINE
 from pipeline.errors import EdgepipeError
 from pipeline.progress import info as say
 from pipeline.quantize.graph import int8_share, keep_in_high_precision, quantized_nodes
@@ -46,6 +52,7 @@ class Budget:
 
     max_drop: float | None = None
     min_agreement: float | None = None
+    min_cosine: float | None = None
 
     def __post_init__(self):
         if self.max_drop is not None and not (self.max_drop >= 0 and math.isfinite(self.max_drop)):
@@ -57,10 +64,15 @@ class Budget:
                 f"--min-agreement must be a percentage from 0 to 100, got {self.min_agreement:g}",
                 fix="pass e.g. --min-agreement 99",
             )
+        if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
+            raise EdgepipeError(
+                f"--min-cosine must be a cosine from -1 to 1, got {self.min_cosine:g}",
+                fix="pass e.g. --min-cosine 0.99",
+            )
 
     @property
     def active(self) -> bool:
-        return self.max_drop is not None or self.min_agreement is not None
+        return self.max_drop is not None or self.min_agreement is not None or self.min_cosine is not None
 
     def check_images(self, labelled: bool, what: str) -> None:
         """--max-drop needs labels on the images the budget is measured on."""
@@ -77,6 +89,8 @@ class Budget:
             short += max(0.0, -figures["delta"] - self.max_drop)
         if self.min_agreement is not None:
             short += max(0.0, self.min_agreement - figures["agreement"])
+        if self.min_cosine is not None:
+            short += 100.0 * max(0.0, self.min_cosine - least_cosine(figures))
         return short
 
     def met(self, figures: dict[str, Any]) -> bool:
@@ -88,16 +102,42 @@ class Budget:
             parts.append(f"at most {self.max_drop:g} top-1 points below FP32")
         if self.min_agreement is not None:
             parts.append(f"at least {self.min_agreement:g}% argmax agreement with FP32")
+        if self.min_cosine is not None:
+            parts.append(f"cosine at least {self.min_cosine:g} with FP32 on every output")
         return " and ".join(parts)
 
     def record(self) -> dict[str, float | None]:
-        return {"max_drop": self.max_drop, "min_agreement": self.min_agreement}
+        return {"max_drop": self.max_drop, "min_agreement": self.min_agreement, "min_cosine": self.min_cosine}
+
+
+def output_kind(shape: tuple[int, ...]) -> str:
+    """ "classes" (N x C), "sequence" (N x T x C, C of 8 or more) or "map" (anything else: maps, boxes)."""
+    if len(shape) == 2:
+        return "classes"
+    return "sequence" if len(shape) == 3 and shape[-1] >= 8 else "map"
+
+
+def default_budget(kind: str, labelled: bool) -> tuple[Budget, str]:
+    """The budget INT8 keeps when none is given, and why: see the module's docstring."""
+    if kind == "classes" and labelled:
+        return Budget(max_drop=DEFAULT_MAX_DROP), "labelled classes"
+    if kind in ("classes", "sequence"):
+        return Budget(min_agreement=DEFAULT_MIN_AGREEMENT), f"{'unlabelled ' if kind == 'classes' else ''}{kind}"
+    return Budget(min_cosine=DEFAULT_MIN_COSINE), "outputs that are neither classes nor sequences"
+
+
+def least_cosine(figures: dict[str, Any]) -> float:
+    """The lowest mean cosine with FP32 over the outputs (the first output's where only it is known)."""
+    outputs = figures.get("outputs") or {}
+    cosines = [o["cosine"] for o in outputs.values() if o.get("cosine") is not None]
+    return min(cosines) if cosines else figures["cosine"]
 
 
 def figures_text(figures: dict[str, Any]) -> str:
     """ "top-1 91.20% (-1.30 points), agreement 95.10%" (top-1 only where there are labels)."""
     top1 = f"top-1 {figures['top1']:.2f}% ({figures['delta']:+.2f} points), " if figures.get("top1") is not None else ""
-    return f"{top1}agreement {figures['agreement']:.2f}%"
+    cosine = f", cosine {figures['cosine']:.4f}" if figures.get("cosine") is not None else ""
+    return f"{top1}agreement {figures['agreement']:.2f}%{cosine}"
 
 
 def attempt(kept: list[str], figures: dict[str, Any], how: str) -> dict[str, Any]:

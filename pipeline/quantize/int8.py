@@ -21,12 +21,12 @@ import numpy as np
 import onnx
 
 from pipeline.artifacts import Kind, atomic_output, write_manifest
-from pipeline.defaults import CALIBRATION_METHODS, HIGH_PRECISIONS
+from pipeline.defaults import BUDGET_DEFAULT, HIGH_PRECISIONS
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import info as say
-from pipeline.quantize.budget import Budget, Outcome, attempt, search
+from pipeline.quantize.budget import Budget, Outcome, attempt, default_budget, output_kind, search
 from pipeline.quantize.calib import calibration_images
 from pipeline.quantize.compare import (
     Comparison,
@@ -38,31 +38,35 @@ from pipeline.quantize.compare import (
     stored_record,
 )
 from pipeline.quantize.graph import count_macs, int8_share
+from pipeline.quantize.methods import Candidates, choose
 from pipeline.quantize.modelopt_log import last_line, modelopt_error, quiet_modelopt
 from pipeline.quantize.qdq_rules import check_tensorrt_qdq_rules
+from pipeline.quantize.ranges import METHOD_NAMES, constants_as_initializers, parse_method
 from pipeline.quantize.source import Fp32Source, carry_metadata, check_paths, open_fp32
 
-METHODS = CALIBRATION_METHODS
+METHODS = METHOD_NAMES
 # INT8 keeps attention gates in higher precision: a gate in [0, 1] rounded to 8 bits scales every
 # channel/position of the features it multiplies, and SE/CBAM/self-attention accuracy depends on it.
 INT8_DEFAULT_EXCLUDED_OPS = ("Sigmoid", "Softmax")
+CACHE_IMAGES = 8  # what ModelOpt calibrates on when edgepipe's ranges replace its scales
 
 
 @dataclass(frozen=True)
 class Int8Settings:
     """How INT8 is made: the calibration method, what stays in higher precision, and the accuracy budget."""
 
-    method: str = "entropy"
+    method: str = "auto"
     exclude_ops: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     include_ops: tuple[str, ...] = ()
     high_precision: str = "fp16"
-    max_drop: float | None = None
+    max_drop: float | str | None = BUDGET_DEFAULT  # None: plain PTQ, asked for by name (--max-drop none)
     min_agreement: float | None = None
+    min_cosine: float | None = None
+    bias_correction: bool | None = None  # None: auto tries it, a named method does not
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise EdgepipeError(f"unknown calibration method {self.method!r}", fix=f"use one of {', '.join(METHODS)}")
+        object.__setattr__(self, "method", parse_method(self.method).name)
         if self.high_precision not in HIGH_PRECISIONS:
             raise EdgepipeError(
                 f"unknown high precision {self.high_precision!r}", fix=f"use one of {', '.join(HIGH_PRECISIONS)}"
@@ -89,15 +93,18 @@ def to_int8(
     """Write an explicit Q/DQ INT8 version of ``onnx_path`` and return its figures against FP32.
 
     ``calib``: a calibration set, an .npz or a folder (None: drawn from the model's data, ``--data``
-    or what it records). ``options``: the fields of ``Int8Settings`` (method, exclude_ops,
-    exclude_nodes, include_ops, high_precision, max_drop, min_agreement) and of ``Reading`` (data,
-    size, size_flag, preprocess, labels, workers).
+    or what it records). ``options``: the fields of ``Int8Settings`` (method, bias_correction,
+    exclude_ops, exclude_nodes, include_ops, high_precision, max_drop, min_agreement, min_cosine) and
+    of ``Reading`` (data, size, size_flag, preprocess, labels, workers). No budget given: the default
+    one for the model's outputs (``budget.default_budget``); ``max_drop=None``: plain PTQ.
     """
     started = time.perf_counter()
     names = set(Int8Settings.__dataclass_fields__)
     settings = Int8Settings(**{k: v for k, v in options.items() if k in names})
     reading = Reading(**{k: v for k, v in options.items() if k not in names})
-    budget = Budget(settings.max_drop, settings.min_agreement)
+    given = settings.max_drop != BUDGET_DEFAULT or settings.min_agreement is not None or settings.min_cosine is not None
+    max_drop = None if settings.max_drop == BUDGET_DEFAULT else settings.max_drop
+    budget = Budget(max_drop, settings.min_agreement, settings.min_cosine) if given else Budget()
     output = check_paths(onnx_path, output, force)
     source = open_fp32(onnx_path, "--int8", reading.size, reading.size_flag)
     _check_op_types(source.model, list(settings.exclude_ops + settings.include_ops))
@@ -105,10 +112,13 @@ def to_int8(
     model_input, model_data = model_data_for(source, reading)
     calib_images, calib_info = calibration_images(calib, model_data, source, model_input, reading.__dict__)
     compare_on, comparison = _comparison(source, model_data, calib_images, budget, reading.workers)
+    budget = budget if given else _default_budget(compare_on, comparison)
+    if not budget.active:
+        say("INT8 without an accuracy budget (--max-drop none): plain PTQ, whatever it loses against FP32")
     record = comparison.record()
-    outcome, attempts, per_node = _quantized(source, settings, budget, calib_images.x, compare_on.x, comparison)
+    outcome, attempts, per_node, chosen = _quantized(source, settings, budget, calib_images.x, compare_on.x, comparison)
     quantized, figures, kept = outcome.model, outcome.figures, outcome.kept_nodes
-    recipe = settings.recipe(kept)
+    recipe = {**settings.recipe(kept), "method": chosen.method}
     carry_metadata(source.model, quantized, Precision.INT8, {"edgepipe.int8": json.dumps(recipe, sort_keys=True)})
     stored_record(model_input, model_data, quantized)  # later stages read the images the same way, with no flags
     check_tensorrt_qdq_rules(quantized)
@@ -124,6 +134,8 @@ def to_int8(
         "preprocess": folder_preprocess(source.model, reading.data, reading.preprocess, calib),
     }
     facts = {
+        "methods_tried": chosen.tried,
+        "histogram_seconds": chosen.histogram_seconds,
         "kept_nodes": kept,
         "kept_op_types": outcome.kept_op_types,
         "attempts": attempts,
@@ -162,6 +174,13 @@ def _comparison(
     return compare_on, comparison
 
 
+def _default_budget(compare_on: Images, comparison: Comparison) -> Budget:
+    """The budget for the model's first output when none is given (``budget.default_budget``), said."""
+    budget, why = default_budget(output_kind(comparison.reference[0][1][0].shape), compare_on.labelled)
+    say(f"INT8 budget by default for {why}: {budget.text()} (--max-drop none for plain PTQ)")
+    return budget
+
+
 def _on_calibration(calib_images: Images) -> Images:
     """With no images of the model's own to compare on, the calibration images, and a hint."""
     text = f"the {calib_images.text}"
@@ -169,19 +188,21 @@ def _on_calibration(calib_images: Images) -> Images:
 
 
 def _quantized(source: Fp32Source, settings: Int8Settings, budget: Budget, calib_x, compare_x, comparison: Comparison):
-    """ModelOpt's INT8 model, then (with a budget it misses) the search for nodes to keep in higher precision."""
+    """ModelOpt's INT8 model by the method's ranges (``methods.choose``), then (with a budget it misses) the search
+    for nodes to keep in higher precision."""
     quantizer = _Int8Quantizer(source, calib_x, settings.method, settings.excluded_ops(), settings.high_precision)
     exclude_nodes = list(settings.exclude_nodes)
-    quantized = quantizer.run(exclude_nodes)
-    figures = comparison.measure(quantized.SerializeToString())
+    per_node = _macs_per_node(source)
+    candidates = Candidates(source.fp32, calib_x, quantizer.run, comparison.measure, budget.shortfall, per_node)
+    chosen = choose(parse_method(settings.method), settings.bias_correction, exclude_nodes, candidates)
+    quantized, figures = chosen.model, chosen.figures
     attempts = [attempt([], figures, "plain")]
     outcome = Outcome(quantized, figures)
-    per_node = _macs_per_node(source)
     if budget.active and not budget.met(figures):
         outcome = search(
             budget, source.fp32, quantized, figures, compare_x, comparison.measure, attempts, exclude_nodes, per_node
         )
-    return outcome, attempts, per_node
+    return outcome, attempts, per_node, chosen
 
 
 def _macs_per_node(source: Fp32Source) -> dict[str, int] | None:
@@ -201,19 +222,27 @@ class _Int8Quantizer:
         self.source, self.images, self.method = source, images, method
         self.excluded_ops, self.high_precision = excluded_ops, high_precision
 
-    def run(self, nodes_to_exclude: list[str]) -> onnx.ModelProto:
+    def run(self, nodes_to_exclude: list[str], cache: Path | None = None) -> onnx.ModelProto:
+        """ModelOpt's PTQ; with ``cache`` (ranges edgepipe chose) its scales replace the calibrated ones, so a
+        few images calibrate (ModelOpt still runs its calibrator) and the method is ``max``."""
         from modelopt.onnx.quantization import quantize  # ModelOpt takes seconds to import: only conversions pay
+
+        few = self.images[: max(CACHE_IMAGES, self.source.info.batch or 1)]
+        images, method = (self.images, self.method) if cache is None else (few, "max")
 
         with tempfile.TemporaryDirectory(prefix="edgepipe-int8-") as folder:
             source = self.source.write_fp32(Path(folder))  # ModelOpt writes intermediate files beside its input
+            if cache is not None:
+                onnx.save(constants_as_initializers(onnx.load(str(source))), str(source))
             target = Path(folder) / "model.int8.onnx"
             with quiet_modelopt() as log:
                 try:
                     quantize(
                         str(source),
                         quantize_mode="int8",
-                        calibration_data=self.images,
-                        calibration_method=self.method,
+                        calibration_data=images,
+                        calibration_method=method,
+                        calibration_cache_path=None if cache is None else str(cache),
                         calibration_eps=["cpu"],
                         op_types_to_exclude=list(self.excluded_ops) or None,
                         nodes_to_exclude=list(nodes_to_exclude) or None,

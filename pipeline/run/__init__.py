@@ -34,7 +34,7 @@ from pipeline.errors import EdgepipeError
 from pipeline.images import DIGITS, PreprocessFlags
 from pipeline.modelspec import ModelCode, ModelSpec
 from pipeline.precision import Precision, parse_list
-from pipeline.progress import info, info_styled
+from pipeline.progress import info_styled
 from pipeline.run.plan import PRECISIONS, Plan, Stages, table
 from pipeline.runsource import RunStart, open_start
 from pipeline.tensorrt.backend import get_backend, installed_backends
@@ -113,8 +113,9 @@ def run(
     return _report(folder, start, data_name, stages, plan.ckpt, plan.made(), engines_note, started)
 
 
-def _budget(source: RunStart, max_drop: float | None | str) -> float | None:
-    """The INT8 budget in top-1 points: --max-drop needs labelled images; given none, unlabelled images get plain PTQ."""
+def _budget(source: RunStart, max_drop: float | None | str) -> float | str | None:
+    """The INT8 budget in top-1 points: --max-drop needs labelled images; given none, unlabelled images get the INT8
+    stage's default budget for the model's outputs (agreement with FP32, or cosine)."""
     unlabelled = source.model_data is not None and not source.model_data.labelled
     if unlabelled and max_drop not in (None, BUDGET_DEFAULT):
         raise EdgepipeError(
@@ -122,10 +123,8 @@ def _budget(source: RunStart, max_drop: float | None | str) -> float | None:
             fix="give class sub-folders (with --labels FILE in the model's order), or pass --max-drop none for plain PTQ",
         )
     if unlabelled and max_drop == BUDGET_DEFAULT:
-        info(
-            f"INT8 without an accuracy budget: {source.images.spec} has no labels for the model's classes, and --max-drop counts top-1 points"
-        )
-    return (None if unlabelled else DEFAULT_MAX_DROP) if max_drop == BUDGET_DEFAULT else max_drop
+        return BUDGET_DEFAULT  # the INT8 stage picks the default budget for the outputs (agreement, cosine)
+    return DEFAULT_MAX_DROP if max_drop == BUDGET_DEFAULT else max_drop
 
 
 def _backend(engines: bool) -> tuple[Any, str | None]:

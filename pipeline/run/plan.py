@@ -21,7 +21,7 @@ import calibration
 from pipeline import bench, build, export, quantize, train, validate
 from pipeline.artifacts import Kind, read_manifest, why_stale, write_json_atomic, write_manifest
 from pipeline.checkpoint import model_info, save_checkpoint
-from pipeline.defaults import BENCH_WARMUP_MS
+from pipeline.defaults import BENCH_WARMUP_MS, BUDGET_DEFAULT
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.images import DATA_FIX, DIGITS, Record
@@ -261,7 +261,7 @@ def _making(plan: Plan, train_settings: dict[str, Any], weights: dict[str, str])
             plan.onnx[Precision.INT8],
             Kind.ONNX,
             lambda: {"onnx": sha256_file(fp32), "calibration": read_manifest(plan.calib)["content_sha256"]},
-            {"precision": "int8", "max_drop": plan.max_drop},
+            {"precision": "int8", "max_drop": None if plan.max_drop == BUDGET_DEFAULT else plan.max_drop},
             lambda: plan.quantize(Precision.INT8),
             needs=("calibrate",),
             when=Precision.INT8 in wanted,
