@@ -40,7 +40,7 @@ from pipeline.quantize.compare import (
 )
 from pipeline.quantize.coverage import coverage
 from pipeline.quantize.fusion import fusion_exclusions
-from pipeline.quantize.graph import count_macs
+from pipeline.quantize.graph import count_macs, keep_in_high_precision
 from pipeline.quantize.modelopt_log import last_line, modelopt_error, quiet_modelopt
 from pipeline.quantize.prepare import check_quantizable, clean_up
 from pipeline.quantize.qdq_rules import check_tensorrt_qdq_rules
@@ -179,7 +179,7 @@ def _on_calibration(calib_images: Images) -> Images:
 
 def _quantized(source: Fp32Source, settings: Int8Settings, budget: Budget, calib_x, compare_x, comparison: Comparison):
     """ModelOpt's INT8 model of the cleaned-up graph, then (with a budget it misses) the search that re-quantizes."""
-    source.fp32, cleaned = clean_up(source.fp32, calib_x[:CLEAN_UP_PROOF_IMAGES])
+    source.fp32, cleaned = clean_up(source.fp32, calib_x[: source.info.batch or CLEAN_UP_PROOF_IMAGES])
     fused = fusion_exclusions(source.fp32, settings.excluded_ops())
     quantizer = _Int8Quantizer(source, calib_x, settings, list(fused))
     started = time.perf_counter()
@@ -252,6 +252,9 @@ class _Int8Quantizer:
                         fix="pass an FP32 ONNX model; exclude the failing op with --exclude-op",
                     )
             quantized = onnx.load(str(target))
+        present = {node.name for node in quantized.graph.node}
+        # a tensor quantized for one reader is quantized for all: the fused nodes read it unquantized again
+        quantized = keep_in_high_precision(quantized, [name for name in self.fused if name in present])
         return build_remainder(quantized, self.settings.high_precision)
 
     def ceiling(self) -> onnx.ModelProto:
