@@ -6,15 +6,14 @@ Two budgets, parsed once into ``Budget``:
 * ``min_agreement``: the least argmax agreement with FP32, in percent (any images: top-1 agreement
   for N x C outputs, per position for N x T x C sequences).
 
-``search`` starts from the plain PTQ model. It ranks the quantized nodes by the error each adds
-(``sensitivity.py``) and keeps the first 1, 2, 4, 8 of them in higher precision. A model that has
-collapsed (plain PTQ predicting one class nearly everywhere) may need more than a few nodes:
-then whole op types are kept besides the best of those, the attention products (MatMul of two
-activations, Softmax) first, then op types in the order their most sensitive node ranks, before
-the ranking goes on doubling, to all of it. Every candidate is the calibrated model with Q/DQ
-taken off some nodes (``graph.keep_in_high_precision``; quantizing again with those nodes excluded
-mostly gives the same figures), so a step costs one check, not a calibration. The
-first candidate that meets the budget is kept; when none does, the error names the best reached
+``search`` starts from the plain PTQ model. It first measures the ceiling: no Q/DQ at all, the
+high-precision remainder as built (``remainder.py``); where even that misses the budget, no node set
+can meet it and the error says so at once. Otherwise it ranks the quantized nodes by the error each
+adds (``sensitivity.py``) per MAC that keeping it out of INT8 costs, and quantizes again, for real,
+without the ranked nodes that hold half, 90% and all of the summed damage: Q/DQ placement depends on
+what is excluded, so each candidate is a real PTQ graph with no orphan Q/DQ. Plain PTQ, the ranking,
+the ceiling and at most three re-quantizations keep a whole search within about 5x one plain PTQ.
+The first candidate that meets the budget is kept; when none does, the error names the best reached
 and nothing is written. Where little of the work is left in INT8, the result says so.
 """
 
