@@ -293,7 +293,7 @@ def test_min_agreement_recovers_a_collapsed_text_recognizer(tmp_path, recognizer
     assert "kept in higher precision: " in capsys.readouterr().out
 
 
-def test_a_budget_that_cannot_be_met_names_the_best_and_writes_nothing(tmp_path, recognizer):
+def test_a_budget_the_high_precision_remainder_alone_misses_is_refused_before_any_search(tmp_path, recognizer):
     result = run(
         "quantize",
         recognizer,
@@ -307,7 +307,9 @@ def test_a_budget_that_cannot_be_met_names_the_best_and_writes_nothing(tmp_path,
     )
     one_line_error(
         result,
-        "INT8 cannot meet the budget (at least 99.9% argmax agreement with FP32): the best reached was agreement",
+        "INT8 cannot meet the budget (at least 99.9% argmax agreement with FP32): with no Q/DQ at all the "
+        "high-precision remainder alone gives agreement",
+        "--high-precision fp32",
         "nothing was written",
     )
     assert not list(tmp_path.iterdir())

@@ -21,7 +21,7 @@ def coverage(
 ) -> dict:
     """The INT8 share of MACs and each compute node out of INT8 with its MACs and why (largest first)."""
     inside = set(_int8_nodes(model))
-    rules = _modelopt_conv_rule(fp32)
+    rules = {**_activation_products(fp32), **_modelopt_conv_rule(fp32)}
     out = [
         {
             "node": node.name,
@@ -47,6 +47,18 @@ def _int8_nodes(model: onnx.ModelProto) -> list[str]:
         and len(node.input) >= 2
         and all(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input[:2])
     ]
+
+
+def _activation_products(fp32: onnx.ModelProto) -> dict[str, str]:
+    """MatMuls of two activations (attention's Q.K^T and weights.V): ModelOpt quantizes them only in its MHA patterns."""
+    constants = {init.name for init in fp32.graph.initializer} | {
+        out for node in fp32.graph.node if node.op_type == "Constant" for out in node.output
+    }
+    return {
+        node.name: "MatMul of two activations (attention product), outside ModelOpt's MHA patterns"
+        for node in fp32.graph.node
+        if node.op_type == "MatMul" and not any(name in constants for name in node.input)
+    }
 
 
 def _modelopt_conv_rule(fp32: onnx.ModelProto) -> dict[str, str]:
