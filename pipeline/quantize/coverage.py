@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import onnx
 
-from pipeline.quantize.graph import MAC_OPS, int8_share, quantized_nodes
+from pipeline.quantize.graph import MAC_OPS, int8_share
+from pipeline.quantize.modelopt_log import quiet_modelopt
 
 PLACEMENT = "ModelOpt's Q/DQ placement left it unquantized (GEMV MatMul, output layer or pattern)"
 
@@ -20,7 +21,7 @@ def coverage(
     model: onnx.ModelProto, fp32: onnx.ModelProto, macs: dict[str, int] | None, reasons: dict[str, str]
 ) -> dict:
     """The INT8 share of MACs and each compute node out of INT8 with its MACs and why (largest first)."""
-    inside = set(_int8_nodes(model))
+    inside = _int8_nodes(model, macs)
     rules = {**_activation_products(fp32), **_modelopt_conv_rule(fp32)}
     out = [
         {
@@ -37,16 +38,10 @@ def coverage(
     return {**(share or {}), "out_of_int8": out}
 
 
-def _int8_nodes(model: onnx.ModelProto) -> list[str]:
-    quantized = set(quantized_nodes(model))
-    producers = {out: node for node in model.graph.node for out in node.output}
-    return [
-        node.name
-        for node in model.graph.node
-        if node.name in quantized
-        and len(node.input) >= 2
-        and all(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input[:2])
-    ]
+def _int8_nodes(model: onnx.ModelProto, macs: dict[str, int] | None) -> set[str]:
+    """The compute nodes ``int8_share`` counts as INT8 (one MAC each where MACs are unknown)."""
+    names = [node.name for node in model.graph.node if node.op_type in MAC_OPS and node.name]
+    return {name for name in names if int8_share(model, {name: (macs or {}).get(name) or 1})["int8"]}
 
 
 def _activation_products(fp32: onnx.ModelProto) -> dict[str, str]:
@@ -69,7 +64,8 @@ def _modelopt_conv_rule(fp32: onnx.ModelProto) -> dict[str, str]:
     except ImportError:
         return {}
     try:
-        names = find_nodes_from_convs_to_exclude(gs.import_onnx(fp32), quantize_mode="int8")
+        with quiet_modelopt():
+            names = find_nodes_from_convs_to_exclude(gs.import_onnx(fp32), quantize_mode="int8")
     except Exception:  # a graph its rule cannot read: no reason to give beyond placement
         return {}
     return {
