@@ -126,8 +126,8 @@ def main() -> None:
     parser.add_argument("--pages", type=Path, help="make_orient.py pages folder")
     parser.add_argument("--lines", type=Path, help="make_textlines.py .npz")
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--det-pages", type=int, default=96)
-    parser.add_argument("--se-images", type=int, default=160)
+    parser.add_argument("--det-pages", type=int, default=96)  # at least 80: 64 calibrate, the rest check
+    parser.add_argument("--se-images", type=int, default=160)  # at least 80: 64 calibrate, the rest check
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []
