@@ -70,7 +70,8 @@ def test_int8_meets_accuracy_targets_and_tensorrt_rules(int8, exported):
     manifest = read_manifest(int8["onnx"])
     assert manifest["inputs"]["calibration"] == int8["calibration"]["sha256"]
     assert (
-        manifest["params"]["excluded_ops"] == ["Sigmoid", "Softmax"] and manifest["params"]["high_precision"] == "fp16"
+        manifest["params"]["excluded_ops"] == ["HardSigmoid", "Sigmoid", "Softmax"]
+        and manifest["params"]["high_precision"] == "fp16"
     )
 
 

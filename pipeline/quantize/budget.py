@@ -11,21 +11,21 @@ Given none, ``default_budget`` picks one for the model's first output (never pla
 for by ``--max-drop none``): top-1 points for labelled classes, agreement for unlabelled classes
 and sequences, cosine for anything else.
 
-``search`` starts from the plain PTQ model. It ranks the quantized nodes by the error each adds
-(``sensitivity.py``) and keeps the first 1, 2, 4, 8 of them in higher precision. A model that has
-collapsed (plain PTQ predicting one class nearly everywhere) may need more than a few nodes:
-then whole op types are kept besides the best of those, the attention products (MatMul of two
-activations, Softmax) first, then op types in the order their most sensitive node ranks, before
-the ranking goes on doubling, to all of it. Every candidate is the calibrated model with Q/DQ
-taken off some nodes (``graph.keep_in_high_precision``; quantizing again with those nodes excluded
-mostly gives the same figures), so a step costs one check, not a calibration. The
-first candidate that meets the budget is kept; when none does, the error names the best reached
+``search`` starts from the plain PTQ model. It first measures the ceiling: no Q/DQ at all, the
+high-precision remainder as built (``remainder.py``); where even that misses the budget, no node set
+can meet it and the error says so at once. Otherwise it ranks the quantized nodes by the error each
+adds (``sensitivity.py``) per MAC that keeping it out of INT8 costs, and quantizes again, for real,
+without the ranked nodes that hold half, 90% and all of the summed damage: Q/DQ placement depends on
+what is excluded, so each candidate is a real PTQ graph with no orphan Q/DQ. Plain PTQ, the ranking,
+the ceiling and at most three re-quantizations keep a whole search within about 5x one plain PTQ.
+The first candidate that meets the budget is kept; when none does, the error names the best reached
 and nothing is written. Where little of the work is left in INT8, the result says so.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,14 +36,15 @@ import onnx
 from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_COSINE
 from pipeline.errors import EdgepipeError
 from pipeline.progress import info as say
-from pipeline.quantize.graph import int8_share, keep_in_high_precision, quantized_nodes
+from pipeline.quantize.graph import int8_share
 from pipeline.quantize.sensitivity import rank_sensitive_nodes
 
-FEW_STEPS = 4  # ranked prefixes (1, 2, 4, 8 nodes) tried before whole op types
+# Candidates exclude the ranked nodes that hold these shares of the summed damage: each is one PTQ,
+# so that a whole search (plain, ranking, ceiling, three re-quantizations) stays within 5x one plain PTQ.
+DAMAGE_SHARES = (0.5, 0.9, 1.0)
 # Below this share of the MACs in INT8 the result says that FP16 may serve as well.
 LOW_INT8_SHARE = 50.0
 SENSITIVITY_IMAGES = 32  # check images the ranking runs on (both models, every intermediate tensor)
-ATTENTION = "attention"
 
 
 @dataclass(frozen=True)
@@ -156,117 +157,97 @@ class Outcome:
     kept_op_types: list[str] = field(default_factory=list)
 
 
-def search(
-    budget: Budget,
-    fp32: onnx.ModelProto,
-    plain: onnx.ModelProto,
-    figures: dict[str, Any],
-    images: np.ndarray,
-    measure: Callable[[bytes], dict[str, Any]],
-    attempts: list[dict[str, Any]],
-    fixed_nodes: list[str] = (),
-    macs: dict[str, int] | None = None,
-) -> Outcome:
-    """The plain PTQ model with the fewest sensitive nodes in higher precision that meets ``budget``.
+@dataclass
+class Trial:
+    """What the search works with: real PTQ of a node set, a candidate's figures, and what ranks the nodes.
 
-    ``measure`` gives a candidate's figures against FP32; ``images`` (the check images) feed the
-    ranking; ``fixed_nodes`` were excluded by the user and are not ranked; ``macs`` (per node) let
-    the result say when little of the work is left in INT8. Each step is appended to ``attempts``.
-    Raises naming the best reached when no candidate meets the budget.
+    ``quantize(kept)``: ModelOpt PTQ with ``kept`` excluded besides the fixed exclusions; ``ceiling()``:
+    the model with no Q/DQ and the remainder as built; ``measure``: figures against FP32; ``fp32`` and
+    ``images`` feed the ranking; ``macs``: MACs per node; ``fixed``: nodes the user excluded.
+    """
+
+    quantize: Callable[[list[str]], onnx.ModelProto]
+    ceiling: Callable[[], onnx.ModelProto]
+    measure: Callable[[bytes], dict[str, Any]]
+    fp32: onnx.ModelProto
+    images: np.ndarray
+    macs: dict[str, int] | None = None
+    fixed: tuple[str, ...] = ()
+
+    def run(self, model: onnx.ModelProto, kept: list[str], how: str, started: float) -> tuple[dict, dict]:
+        """A candidate's figures, and its row for ``attempts`` (with its INT8 share of MACs and seconds)."""
+        figures = self.measure(model.SerializeToString())
+        row = attempt(kept, figures, how)
+        row["int8_share"] = int8_share(model, self.macs)["int8_share"] if self.macs else None
+        row["seconds"] = round(time.perf_counter() - started, 2)
+        return figures, row
+
+
+def search(budget: Budget, trial: Trial, plain: Outcome, attempts: list[dict[str, Any]]) -> Outcome:
+    """The PTQ model, quantized again without the most damaging nodes, that meets ``budget``.
+
+    First the ceiling (no Q/DQ, remainder as built): where it misses the budget, nothing can meet it.
+    Then nodes ranked by damage per MAC kept out are excluded, in prefixes that hold
+    ``DAMAGE_SHARES`` of the summed damage, each a real PTQ graph. Each step is appended to
+    ``attempts``. Raises naming the best reached when no candidate meets the budget.
     """
     say(
-        f"INT8 {figures_text(figures)} misses the budget ({budget.text()}); keeping the most sensitive nodes in higher precision"
+        f"INT8 {figures_text(plain.figures)} misses the budget ({budget.text()}); quantizing again without the most damaging nodes"
     )
-    ranking = [
-        name for name, _ in rank_sensitive_nodes(fp32, plain, images[:SENSITIVITY_IMAGES]) if name not in fixed_nodes
-    ]
-    best = Outcome(plain, figures)
-    groups = _op_type_groups(fp32, plain, ranking)
-    prefixes = [ranking[:count] for count in _doublings(len(ranking))]
-    best_prefix: list[str] = []
-
-    def tries():  # (kept nodes, whole op types, how), in order; whole op types add to the best prefix so far
-        yield from ((kept, [], "ranked") for kept in prefixes[:FEW_STEPS])
-        for op_types, nodes in groups:
-            yield best_prefix + [n for n in nodes if n not in best_prefix], op_types, "op types"
-        yield from ((kept, [], "ranked") for kept in [*prefixes[FEW_STEPS:], ranking])
-
-    tried = set()
-    for kept, op_types, how in tries():
-        if frozenset(kept) in tried:
-            continue
-        tried.add(frozenset(kept))
-        candidate = keep_in_high_precision(plain, kept)
-        result = measure(candidate.SerializeToString())
-        attempts.append(attempt(kept, result, how))
-        what = f"{len(kept)} node(s)"
-        if op_types:
-            what = f"whole op types {', '.join(op_types)}{f' and the {len(best_prefix)} ranked' if best_prefix else ''} ({len(kept)} nodes)"
-        say(f"  keeping {what} in higher precision: {figures_text(result)}")
-        if budget.shortfall(result) < budget.shortfall(best.figures):
-            best = Outcome(candidate, result, kept, op_types)
-            if how == "ranked":
-                best_prefix = kept
-        if budget.met(result):
-            share = int8_share(candidate, macs)["int8_share"] if macs else None
-            if share is not None and share < LOW_INT8_SHARE:
-                say(f"  only {share:.1f}% of the MACs are left in INT8: --fp16 may serve as well")
+    started = time.perf_counter()
+    figures, row = trial.run(trial.ceiling(), ["*"], "ceiling", started)
+    attempts.append({**row, "kept_nodes": []})
+    say(f"  no Q/DQ at all (the high-precision remainder alone): {figures_text(figures)}")
+    if not budget.met(figures):
+        raise EdgepipeError(
+            f"INT8 cannot meet the budget ({budget.text()}): with no Q/DQ at all the high-precision remainder alone "
+            f"gives {figures_text(figures)}; nothing was written",
+            fix="use --high-precision fp32, or loosen the budget (--max-drop / --min-agreement)",
+        )
+    best = plain
+    for kept in _candidates(trial, plain.model):
+        started = time.perf_counter()
+        model = trial.quantize(kept)
+        figures, row = trial.run(model, kept, "re-quantized", started)
+        attempts.append(row)
+        say(f"  without {len(kept)} node(s): {figures_text(figures)}, {row['int8_share'] or 0:.1f}% of MACs in INT8")
+        if budget.shortfall(figures) < budget.shortfall(best.figures):
+            best = Outcome(model, figures, kept)
+        if budget.met(figures):
+            if row["int8_share"] is not None and row["int8_share"] < LOW_INT8_SHARE:
+                say(f"  only {row['int8_share']:.1f}% of the MACs are left in INT8: --fp16 may serve as well")
             return best
-    kept_text = (
-        ", ".join(best.kept_op_types) + " (whole op types)"
-        if best.kept_op_types
-        else (", ".join(best.kept_nodes[:8]) or "none")
-    )
-    if len(best.kept_nodes) > 8 and not best.kept_op_types:
-        kept_text += " ..."
+    shown = ", ".join(best.kept_nodes[:8]) + (" ..." if len(best.kept_nodes) > 8 else "")
     raise EdgepipeError(
         f"INT8 cannot meet the budget ({budget.text()}): the best reached was {figures_text(best.figures)} keeping "
-        f"{len(best.kept_nodes)} node(s) in higher precision ({kept_text}); nothing was written",
-        fix="loosen the budget (--max-drop / --min-agreement), try --method max or more calibration images, or use --fp16",
+        f"{len(best.kept_nodes)} node(s) in higher precision ({shown or 'none'}); nothing was written",
+        fix="loosen the budget (--max-drop / --min-agreement), try another --method or more calibration images, or use --fp16",
     )
 
 
-def _doublings(count: int) -> list[int]:
-    """1, 2, 4 ... below ``count`` (the whole ranking is tried last)."""
-    sizes, size = [], 1
-    while size < count:
-        sizes.append(size)
-        size *= 2
-    return sizes
-
-
-def _op_type_groups(
-    fp32: onnx.ModelProto, plain: onnx.ModelProto, ranking: list[str]
-) -> list[tuple[list[str], list[str]]]:
-    """Whole op types to keep, cumulatively: the attention products first, then op types in the order their first node ranks."""
-    quantized = set(quantized_nodes(plain)) & set(ranking)
-    nodes = {node.name: node for node in fp32.graph.node}
-    constants = {init.name for init in fp32.graph.initializer} | {
-        out for node in fp32.graph.node if node.op_type == "Constant" for out in node.output
-    }
-    attention = [
-        name
-        for name in ranking
-        if name in nodes
-        and (
-            nodes[name].op_type == "Softmax"
-            or (nodes[name].op_type == "MatMul" and not any(i in constants for i in nodes[name].input))
-        )
+def _candidates(trial: Trial, plain: onnx.ModelProto) -> list[list[str]]:
+    """Node sets to exclude: ranked by damage per MAC kept out, the prefixes holding ``DAMAGE_SHARES`` of the damage,
+    then every quantized node (damage measured one node at a time can miss what only nodes together do)."""
+    ranked = [
+        (name, score)
+        for name, score in rank_sensitive_nodes(trial.fp32, plain, trial.images[:SENSITIVITY_IMAGES])
+        if name not in trial.fixed
     ]
-    by_type: dict[str, list[str]] = {}
-    for name in ranking:
-        if name in quantized and name in nodes:
-            by_type.setdefault(nodes[name].op_type, []).append(name)
-    order = sorted(by_type, key=lambda op: min(ranking.index(n) for n in by_type[op]))
-    groups, kept_types, kept_nodes = [], [], []
-    if attention:
-        kept_types, kept_nodes = [ATTENTION], list(attention)
-        groups.append((list(kept_types), list(kept_nodes)))
-    for op_type in order:
-        added = [name for name in by_type[op_type] if name not in kept_nodes]
-        if not added:
-            continue
-        kept_types, kept_nodes = [*kept_types, op_type], kept_nodes + added
-        if len(kept_nodes) < len(quantized):  # every node kept: the whole ranking, tried last
-            groups.append((list(kept_types), list(kept_nodes)))
-    return groups
+    scores = [(name, score) for name, score in ranked if score > 0]
+    macs = trial.macs or {}
+    scores.sort(key=lambda item: item[1] / (macs.get(item[0], 0) + 1), reverse=True)
+    total = sum(score for _, score in scores)
+    sets, running = [], 0.0
+    shares = iter(DAMAGE_SHARES)
+    share = next(shares)
+    for index, (_, score) in enumerate(scores):
+        running += score
+        while share is not None and running >= share * total - 1e-12:
+            kept = [name for name, _ in scores[: index + 1]]
+            if not sets or sets[-1] != kept:
+                sets.append(kept)
+            share = next(shares, None)
+    every = [name for name, _ in scores] + [name for name, score in ranked if score <= 0]
+    if every and (not sets or sets[-1] != every):
+        sets.append(every)
+    return sets

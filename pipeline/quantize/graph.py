@@ -3,7 +3,8 @@
 * ``count_macs``: multiply-accumulates of every Conv, ConvTranspose, MatMul and Gemm of the FP32
   model for one sample at a fixed input shape, from onnx shape inference.
 * ``quantized_nodes`` / ``int8_share``: a compute node runs in INT8 when its data inputs (input and
-  weight) both come through DequantizeLinear; the share is those nodes' MACs over all MACs.
+  weight) both come through DequantizeLinear (a DequantizeLinear kept FP32 reaches an FP16 node
+  through a Cast); the share is those nodes' MACs over all MACs.
 * ``keep_in_high_precision``: the Q/DQ model with the named nodes fed their unquantized inputs
   again, so they run in the model's higher precision. The calibrated scales of every other node
   stay as they are, so the accuracy budget search tries each candidate without calibrating again.
@@ -91,7 +92,7 @@ def int8_share(model: onnx.ModelProto, macs: dict[str, int]) -> dict[str, float 
         for node in model.graph.node
         if node.op_type in MAC_OPS
         and len(node.input) >= 2
-        and all(_is_dq(producers.get(name)) for name in node.input[:2])
+        and all(_is_dq(_behind_cast(producers, name)) for name in node.input[:2])
     )
     total = sum(macs.values())
     return {"total": int(total), "int8": int(int8), "int8_share": round(100.0 * int8 / total, 2) if total else 0.0}
@@ -157,6 +158,12 @@ def _static_shape(value: onnx.ValueInfoProto) -> tuple[int, ...] | None:
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in model.graph.node for out in node.output}
+
+
+def _behind_cast(producers: dict[str, onnx.NodeProto], name: str) -> onnx.NodeProto | None:
+    """The node behind ``name``, looking through a Cast (an FP32-kept DequantizeLinear feeding an FP16 node)."""
+    node = producers.get(name)
+    return producers.get(node.input[0]) if node is not None and node.op_type == "Cast" else node
 
 
 def _is_dq(node: onnx.NodeProto | None) -> bool:

@@ -10,6 +10,7 @@ MACs runs in INT8 (``graph.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -26,7 +27,7 @@ from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import info as say
-from pipeline.quantize.budget import Budget, Outcome, attempt, default_budget, output_kind, search
+from pipeline.quantize.budget import Budget, Outcome, Trial, default_budget, output_kind, search
 from pipeline.quantize.calib import calibration_images
 from pipeline.quantize.compare import (
     Comparison,
@@ -37,18 +38,24 @@ from pipeline.quantize.compare import (
     model_data_for,
     stored_record,
 )
-from pipeline.quantize.graph import count_macs, int8_share
+from pipeline.quantize.coverage import coverage
+from pipeline.quantize.fusion import fusion_exclusions
+from pipeline.quantize.graph import count_macs, keep_in_high_precision
 from pipeline.quantize.methods import Candidates, choose
 from pipeline.quantize.modelopt_log import last_line, modelopt_error, quiet_modelopt
+from pipeline.quantize.prepare import check_quantizable, clean_up
 from pipeline.quantize.qdq_rules import check_tensorrt_qdq_rules
 from pipeline.quantize.ranges import METHOD_NAMES, constants_as_initializers, parse_method
+from pipeline.quantize.remainder import build as build_remainder
+from pipeline.quantize.remainder import ceiling
 from pipeline.quantize.source import Fp32Source, carry_metadata, check_paths, open_fp32
 
 METHODS = METHOD_NAMES
+CLEAN_UP_PROOF_IMAGES = 8  # calibration images the graph clean-up is proven unchanged on
+CACHE_IMAGES = 8  # what ModelOpt calibrates on when edgepipe's ranges replace its scales
 # INT8 keeps attention gates in higher precision: a gate in [0, 1] rounded to 8 bits scales every
 # channel/position of the features it multiplies, and SE/CBAM/self-attention accuracy depends on it.
-INT8_DEFAULT_EXCLUDED_OPS = ("Sigmoid", "Softmax")
-CACHE_IMAGES = 8  # what ModelOpt calibrates on when edgepipe's ranges replace its scales
+INT8_DEFAULT_EXCLUDED_OPS = ("HardSigmoid", "Sigmoid", "Softmax")
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,7 @@ def to_int8(
     budget = Budget(max_drop, settings.min_agreement, settings.min_cosine) if given else Budget()
     output = check_paths(onnx_path, output, force)
     source = open_fp32(onnx_path, "--int8", reading.size, reading.size_flag)
+    check_quantizable(source.model)
     _check_op_types(source.model, list(settings.exclude_ops + settings.include_ops))
     _check_node_names(source.model, list(settings.exclude_nodes))
     model_input, model_data = model_data_for(source, reading)
@@ -116,7 +124,9 @@ def to_int8(
     if not budget.active:
         say("INT8 without an accuracy budget (--max-drop none): plain PTQ, whatever it loses against FP32")
     record = comparison.record()
-    outcome, attempts, per_node, chosen = _quantized(source, settings, budget, calib_images.x, compare_on.x, comparison)
+    outcome, attempts, macs, cleaned, chosen = _quantized(
+        source, settings, budget, calib_images.x, compare_on.x, comparison
+    )
     quantized, figures, kept = outcome.model, outcome.figures, outcome.kept_nodes
     recipe = {**settings.recipe(kept), "method": chosen.method}
     carry_metadata(source.model, quantized, Precision.INT8, {"edgepipe.int8": json.dumps(recipe, sort_keys=True)})
@@ -141,7 +151,8 @@ def to_int8(
         "attempts": attempts,
         "calibration": calib_info,
         "check": record,
-        "macs": int8_share(quantized, per_node) if per_node else None,
+        "macs": macs,
+        "clean_up": cleaned,
         "opset_upgrade": source.upgrade,
     }
     inputs = {"onnx": sha256_file(onnx_path), "calibration": calib_info["sha256"]}
@@ -188,21 +199,32 @@ def _on_calibration(calib_images: Images) -> Images:
 
 
 def _quantized(source: Fp32Source, settings: Int8Settings, budget: Budget, calib_x, compare_x, comparison: Comparison):
-    """ModelOpt's INT8 model by the method's ranges (``methods.choose``), then (with a budget it misses) the search
-    for nodes to keep in higher precision."""
-    quantizer = _Int8Quantizer(source, calib_x, settings.method, settings.excluded_ops(), settings.high_precision)
-    exclude_nodes = list(settings.exclude_nodes)
-    per_node = _macs_per_node(source)
-    candidates = Candidates(source.fp32, calib_x, quantizer.run, comparison.measure, budget.shortfall, per_node)
-    chosen = choose(parse_method(settings.method), settings.bias_correction, exclude_nodes, candidates)
-    quantized, figures = chosen.model, chosen.figures
-    attempts = [attempt([], figures, "plain")]
-    outcome = Outcome(quantized, figures)
+    """ModelOpt's INT8 model of the cleaned-up graph by the method's ranges (``methods.choose``), then (with a
+    budget it misses) the search that re-quantizes with the same ranges."""
+    source.fp32, cleaned = clean_up(source.fp32, calib_x[: source.info.batch or CLEAN_UP_PROOF_IMAGES])
+    fused = fusion_exclusions(source.fp32, settings.excluded_ops())
+    quantizer = _Int8Quantizer(source, calib_x, settings, list(fused))
+    macs = _macs_per_node(source)
+    candidates = Candidates(source.fp32, calib_x, quantizer.run, comparison.measure, budget.shortfall, macs)
+    started = time.perf_counter()
+    chosen = choose(parse_method(settings.method), settings.bias_correction, [], candidates)
+    trial = Trial(
+        chosen.rebuild, quantizer.ceiling, comparison.measure, source.fp32, compare_x, macs, settings.exclude_nodes
+    )
+    figures, row = trial.run(chosen.model, [], "plain", started)
+    attempts, outcome = [row], Outcome(chosen.model, figures)
     if budget.active and not budget.met(figures):
-        outcome = search(
-            budget, source.fp32, quantized, figures, compare_x, comparison.measure, attempts, exclude_nodes, per_node
-        )
-    return outcome, attempts, per_node, chosen
+        outcome = search(budget, trial, outcome, attempts)
+    reasons = {
+        **{
+            node.name: f"--exclude-op {node.op_type}"
+            for node in source.fp32.graph.node
+            if node.op_type in settings.exclude_ops
+        },
+        **dict.fromkeys(settings.exclude_nodes, "--exclude-node"),
+        **dict.fromkeys(outcome.kept_nodes, "kept in higher precision by the accuracy budget"),
+    }
+    return outcome, attempts, coverage(outcome.model, source.fp32, macs, {**fused, **reasons}), cleaned, chosen
 
 
 def _macs_per_node(source: Fp32Source) -> dict[str, int] | None:
@@ -214,13 +236,14 @@ def _macs_per_node(source: Fp32Source) -> dict[str, int] | None:
 
 
 class _Int8Quantizer:
-    """ModelOpt ONNX PTQ of the source model in a private temporary folder, quietly."""
+    """ModelOpt ONNX PTQ of the source model in a private temporary folder (its working folder too), quietly.
 
-    def __init__(
-        self, source: Fp32Source, images: np.ndarray, method: str, excluded_ops: list[str], high_precision: str
-    ):
-        self.source, self.images, self.method = source, images, method
-        self.excluded_ops, self.high_precision = excluded_ops, high_precision
+    ModelOpt quantizes with an FP32 remainder; ``remainder.build`` then converts what is not
+    quantized the way --fp16 does. ``fused`` nodes (``fusion.py``) are always excluded.
+    """
+
+    def __init__(self, source: Fp32Source, images: np.ndarray, settings: Int8Settings, fused: list[str]):
+        self.source, self.images, self.settings, self.fused = source, images, settings, fused
 
     def run(self, nodes_to_exclude: list[str], cache: Path | None = None) -> onnx.ModelProto:
         """ModelOpt's PTQ; with ``cache`` (ranges edgepipe chose) its scales replace the calibrated ones, so a
@@ -228,9 +251,9 @@ class _Int8Quantizer:
         from modelopt.onnx.quantization import quantize  # ModelOpt takes seconds to import: only conversions pay
 
         few = self.images[: max(CACHE_IMAGES, self.source.info.batch or 1)]
-        images, method = (self.images, self.method) if cache is None else (few, "max")
-
-        with tempfile.TemporaryDirectory(prefix="edgepipe-int8-") as folder:
+        images, method = (self.images, self.settings.method) if cache is None else (few, "max")
+        excluded = list(dict.fromkeys([*self.settings.exclude_nodes, *self.fused, *nodes_to_exclude]))
+        with tempfile.TemporaryDirectory(prefix="edgepipe-int8-") as folder, contextlib.chdir(folder):
             source = self.source.write_fp32(Path(folder))  # ModelOpt writes intermediate files beside its input
             if cache is not None:
                 onnx.save(constants_as_initializers(onnx.load(str(source))), str(source))
@@ -244,11 +267,11 @@ class _Int8Quantizer:
                         calibration_method=method,
                         calibration_cache_path=None if cache is None else str(cache),
                         calibration_eps=["cpu"],
-                        op_types_to_exclude=list(self.excluded_ops) or None,
-                        nodes_to_exclude=list(nodes_to_exclude) or None,
+                        op_types_to_exclude=self.settings.excluded_ops() or None,
+                        nodes_to_exclude=excluded or None,
                         output_path=str(target),
                         log_level="WARNING",
-                        high_precision_dtype=self.high_precision,
+                        high_precision_dtype="fp32",
                     )
                 except Exception as exc:  # ModelOpt raises many types on graphs it cannot quantize
                     raise modelopt_error("INT8 quantization", exc, log)
@@ -258,7 +281,15 @@ class _Int8Quantizer:
                         "ModelOpt wrote no quantized model" + (f" (its log ends: {tail})" if tail else ""),
                         fix="pass an FP32 ONNX model; exclude the failing op with --exclude-op",
                     )
-            return onnx.load(str(target))
+            quantized = onnx.load(str(target))
+        present = {node.name for node in quantized.graph.node}
+        # a tensor quantized for one reader is quantized for all: the fused nodes read it unquantized again
+        quantized = keep_in_high_precision(quantized, [name for name in self.fused if name in present])
+        return build_remainder(quantized, self.settings.high_precision)
+
+    def ceiling(self) -> onnx.ModelProto:
+        """No Q/DQ at all, the remainder as built: the best any node set kept out of INT8 can reach."""
+        return ceiling(self.source.fp32, self.settings.high_precision)
 
 
 def _check_op_types(model: onnx.ModelProto, op_types: list[str]) -> None:

@@ -48,6 +48,8 @@ class Chosen:
     method: str
     tried: list[dict[str, Any]]
     histogram_seconds: float | None = None
+    # the kept method again with other nodes kept out of INT8 (the budget search re-quantizes with it)
+    rebuild: Callable[[list[str]], onnx.ModelProto] | None = None
 
 
 @dataclass
@@ -99,7 +101,13 @@ def choose(method: Method, bias_correction: bool | None, nodes: list[str], on: C
             model, figures, best = corrected, corrected_figures, best + BIAS
     if len(tried) > 1:
         say("INT8 methods tried: " + "; ".join(_text(row) for row in tried) + f"; kept {best}")
-    return Chosen(model, figures, best, tried, seconds)
+    kept_method, corrected = parse_method(best.removesuffix(BIAS)), best.endswith(BIAS)
+
+    def rebuild(kept: list[str]) -> onnx.ModelProto:
+        again = _build(kept_method, [*nodes, *kept], histograms, on)
+        return correct_bias(on.fp32, again, on.calib_x) if corrected else again
+
+    return Chosen(model, figures, best, tried, seconds, rebuild)
 
 
 def _build(method: Method, nodes: list[str], histograms: dict[str, Histogram] | None, on: Candidates):
