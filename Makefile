@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
-EXTRAS ?= rtx,dev,ray
+EXTRAS ?= all,rtx,cuda12,dev,ray
 STAMP := $(VENV)/.installed
 
 .PHONY: setup run test test-all gate bench clean gpu-prepare
