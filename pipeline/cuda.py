@@ -18,8 +18,6 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-import numpy as np
-
 from pipeline.errors import EdgepipeError
 
 CUDA_FIX = (
@@ -102,19 +100,21 @@ class CudaPython:
     def Event(self) -> _Event:  # noqa: N802 - pycuda's name
         return _Event(self, self.call("cudaEventCreate"))
 
-    def pagelocked_empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    def pagelocked_empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         """A page-locked host array; ``array.base.free()`` gives it back, as with pycuda."""
+        import numpy as np  # not at import: `build --help` reads this module's compute capability only
+
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         return np.asarray(_HostBuffer(self, self.call("cudaMallocHost", nbytes), shape, dtype))
 
     def mem_alloc(self, nbytes: int) -> _DeviceBuffer:
         return _DeviceBuffer(self, self.call("cudaMalloc", nbytes))
 
-    def memcpy_htod_async(self, device: _DeviceBuffer, host: np.ndarray, stream: _Stream) -> None:
+    def memcpy_htod_async(self, device: _DeviceBuffer, host: Any, stream: _Stream) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
         self.call("cudaMemcpyAsync", int(device), host.ctypes.data, host.nbytes, kind, stream.raw)
 
-    def memcpy_dtoh_async(self, host: np.ndarray, device: _DeviceBuffer, stream: _Stream) -> None:
+    def memcpy_dtoh_async(self, host: Any, device: _DeviceBuffer, stream: _Stream) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         self.call("cudaMemcpyAsync", host.ctypes.data, int(device), host.nbytes, kind, stream.raw)
 
@@ -157,6 +157,8 @@ class _HostBuffer:
     """Page-locked host memory seen by numpy (``np.asarray``) through the array interface."""
 
     def __init__(self, api: CudaPython, pointer: int, shape: tuple[int, ...], dtype: Any):
+        import numpy as np  # loaded by pagelocked_empty already
+
         self.api, self.pointer = api, int(pointer)
         self.__array_interface__ = {"shape": tuple(shape), "typestr": np.dtype(dtype).str, "data": (self.pointer, False), "version": 3}  # fmt: skip
 
