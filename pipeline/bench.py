@@ -6,6 +6,11 @@ also H2D, GPU compute and D2H apart (CUDA events) and the device memory the engi
 
 The timing harness is ``pipeline.timing``; the settings are one value, ``BenchSettings``. A failing artifact becomes a row with status "error" and its
 reason; engines on a machine without an NVIDIA GPU become rows "skipped: no NVIDIA GPU".
+
+On a Jetson the result's ``jetson`` records the module, L4T/JetPack, power mode, clocks, fan,
+temperatures at start and end and throttling, and each row's ``power`` the mean power of each rail
+over its timed window and mJ per inference (``pipeline.deploy.jetson``); elsewhere ``jetson`` says it
+is not one. ``sustain_s`` runs each row that long and reports the median per window and its drift.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pipeline.artifacts import Artifact, Kind
 from pipeline.checkpoint import check_model_code
 from pipeline.cuda import current_compute_capability
 from pipeline.defaults import SKIPPED_NO_GPU
+from pipeline.deploy import jetson
 from pipeline.errors import EdgepipeError
 from pipeline.machine import describe_device
 from pipeline.modelspec import ModelCode
@@ -57,6 +63,8 @@ ROW_KEYS = (
     "iterations",
     "warmup_iterations",
     "timed_s",
+    "sustained",
+    "power",
 )
 
 
@@ -78,6 +86,9 @@ class BenchSettings:
     progress: bool = True
     input_size: tuple[int, int] | None = None
     code: ModelCode = field(default_factory=ModelCode)
+    sustain_s: float | None = None
+    sustain_window_s: float = 60.0
+    sysfs_root: str | None = None  # where a Jetson's state is read; None: $EDGEPIPE_SYSFS_ROOT, else "/"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batches", _check_batches(self.batches))
@@ -96,10 +107,27 @@ class BenchSettings:
             raise EdgepipeError(
                 f"--iterations must be 1 or more, got {self.iterations}", fix="pass e.g. --iterations 100"
             )
+        if self.sustain_s is not None:
+            self._check_sustain()
         if self.device not in ("cpu", "cuda"):
             raise EdgepipeError(
                 f"--device must be cpu or cuda, got {self.device!r}", fix="pass --device cpu or --device cuda"
             )
+
+    def _check_sustain(self) -> None:
+        if self.iterations is not None:
+            raise EdgepipeError("--sustain times by duration, not --iterations", fix="drop --iterations")
+        if not self.sustain_window_s > 0 or self.sustain_s < 2 * self.sustain_window_s:
+            raise EdgepipeError(
+                f"--sustain {self.sustain_s:g}s is shorter than two windows of {self.sustain_window_s:g}s, "
+                "so there is no drift to report",
+                fix="pass e.g. --sustain 10m (windows of a minute), or a shorter --sustain-window",
+            )
+
+    @property
+    def timed_s(self) -> float:
+        """Seconds each row is timed for: the sustained duration, else --duration-s."""
+        return self.sustain_s or self.duration_s
 
     def record(self) -> dict[str, Any]:
         """The settings as the --json object reports them."""
@@ -111,6 +139,8 @@ class BenchSettings:
             "cuda_graph": self.cuda_graph,
             "device": self.device,
             "input_size": list(self.input_size) if self.input_size else None,
+            "sustain_s": self.sustain_s,
+            "sustain_window_s": self.sustain_window_s if self.sustain_s else None,
         }
 
 
@@ -133,17 +163,20 @@ def bench(
     entries = ([str(checkpoint)] if checkpoint is not None else []) + [str(a) for a in artifacts]
     if checkpoint is not None and Path(checkpoint).is_file() and Artifact.open(checkpoint).kind is Kind.CHECKPOINT:
         check_model_code(checkpoint, settings.code)  # user code refused before anything is measured
+    telemetry = jetson.open_telemetry(settings.sysfs_root)  # unknown rail names are refused before measuring
+    start = jetson.read_state(telemetry.root) if telemetry is not None else {"jetson": False}
     reference_shape = _reference_input_shape(checkpoint, settings.code)
     rows: list[dict[str, Any]] = []
     overhead: dict[str, Any] | None = None
     for path in entries:
-        new_rows, measured = _bench_artifact(path, settings, reference_shape)
+        new_rows, measured = _bench_artifact(path, settings, reference_shape, telemetry)
         rows.extend(new_rows)
         if measured and (overhead is None or measured["bare_ms"] < overhead["bare_ms"]):
             overhead = measured  # the fastest runtime shows the harness's own cost best
     return {
         "device": describe_device(settings.device, current_compute_capability()),
         "settings": settings.record(),
+        "jetson": jetson.bench_record(start, telemetry),
         "rows": rows,
         "overhead": overhead,
         "failed": sum(1 for r in rows if r["status"] == "error"),
@@ -199,7 +232,7 @@ def _input_shape(
     )
 
 
-def _bench_artifact(path: str, settings: BenchSettings, reference_shape) -> tuple[list[dict], dict | None]:
+def _bench_artifact(path: str, settings: BenchSettings, reference_shape, telemetry) -> tuple[list[dict], dict | None]:
     """The rows of one artifact (one per batch) and, at its smallest batch, the harness's overhead."""
     base = dict.fromkeys(ROW_KEYS)
     base["artifact"] = path
@@ -223,7 +256,7 @@ def _bench_artifact(path: str, settings: BenchSettings, reference_shape) -> tupl
             row = dict(base, batch=b, note=note)
             try:
                 x = _inputs(artifact, runner, b, reference_shape, settings)
-                row.update(_measure_row(runner, x, settings), status="ok")
+                row.update(_measure_row(runner, x, settings, telemetry), status="ok")
                 if overhead is None:  # at the smallest batch, where the harness's share is largest
                     overhead = dict(measure_overhead(runner, x, row["mean_ms"]), artifact=path, batch=b)
             except EdgepipeError as exc:
@@ -240,10 +273,14 @@ def _inputs(artifact: Artifact, runner: Runner, batch: int, reference_shape, set
     return np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
 
 
-def _measure_row(runner: Runner, x: np.ndarray, settings: BenchSettings) -> dict[str, Any]:
-    """trtexec's figures of one batch, and the device memory an engine needs."""
-    row = measure(runner, x, settings.warmup_ms, settings.duration_s, settings.iterations)
+def _measure_row(runner: Runner, x: np.ndarray, settings: BenchSettings, telemetry) -> dict[str, Any]:
+    """trtexec's figures of one batch, the device memory an engine needs, and on a Jetson each rail's power."""
+    window = settings.sustain_window_s if settings.sustain_s else None
+    row = measure(runner, x, settings.warmup_ms, settings.timed_s, settings.iterations, window, telemetry)
     memory = runner.device_memory_bytes()
     if memory is not None:
         row["device_memory_mb"] = round(memory / 2**20, 3)
+    recorded = row.pop("telemetry", None)
+    if recorded is not None and recorded["rails"]:
+        row["power"] = {rail: {k: float(f"{v:.6g}") for k, v in f.items()} for rail, f in recorded["rails"].items()}
     return row

@@ -66,6 +66,53 @@ def footer_lines(result: dict[str, Any]) -> list[str]:
             f"Harness overhead: {o['harness_ms']:.4f} ms per iteration vs {o['bare_ms']:.4f} ms in a bare loop "
             f"(ratio {o['ratio']:.3f}, {o['runtime']}, batch {o['batch']}, {o['iterations']} calls)."
         )
+    return lines + jetson_lines(result.get("jetson")) + row_lines(result["rows"])
+
+
+def jetson_lines(record: dict[str, Any] | None) -> list[str]:
+    """The Jetson's state around the bench: module, L4T, power mode, clocks, fan, temperatures, throttling."""
+    if not record:
+        return []
+    if not record.get("jetson"):
+        return [f"Device state: {record.get('note', 'not a Jetson')}."]
+    clocks = "on" if record["jetson_clocks"] else "off"
+    cpu = max((khz for khz in record.get("cpu_khz") or [] if khz), default=None)
+    end = record.get("end") or {}
+    temps = ", ".join(
+        f"{zone} {start:.1f} -> {_fmt((end.get('temperatures_c') or {}).get(zone), '.1f')}"
+        for zone, start in (record.get("temperatures_c") or {}).items()
+    )
+    hot = sorted(set(record.get("hot_zones") or []) | set(end.get("hot_zones") or []))
+    throttled = f"yes ({', '.join(hot) or 'GPU clock below its pinned maximum'})" if record.get("throttled") else "no"
+    return [
+        f"Jetson: {record['module']}, L4T {record['l4t']} (JetPack {record.get('jetpack') or '?'}), "
+        f"nvpmodel mode {record['nvpmodel']}, jetson_clocks {clocks}; GPU {_mhz(record.get('gpu_hz'))} MHz "
+        f"(max {_mhz(record.get('gpu_max_hz'))}), EMC {_mhz(record.get('emc_hz'))} MHz"
+        f"{' (readable as root)' if record.get('emc_hz') is None else ''}, "
+        f"CPU {_mhz(cpu and cpu * 1000)} MHz; fan {_fmt(record.get('fan_pwm'), 'd') or '?'}/255.",
+        f"Temperatures (C, start -> end): {temps or 'none'}; throttled: {throttled}; "
+        f"rail power from {record.get('power_source') or 'nowhere (no INA3221 in sysfs, no tegrastats)'}.",
+    ]
+
+
+def row_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per row: each rail's mean power and mJ per inference; the sustained medians and their drift."""
+    lines = []
+    for r in rows:
+        name = f"{Path(r['artifact']).name} batch {r['batch']}"
+        if r.get("power"):
+            rails = ", ".join(
+                f"{rail} {v['mean_mw']:.0f} mW = {_fmt(v.get('mj_per_inference'), '.3f')} mJ"
+                for rail, v in r["power"].items()
+            )
+            lines.append(f"Power, {name} (per inference of {r['batch']} image(s)): {rails}.")
+        s = r.get("sustained")
+        if s:
+            medians = ", ".join(f"{v:.3f}" for v in s["p50_ms"])
+            drift = "n/a" if s["drift_pct"] is None else f"{s['drift_pct']:+.2f}%"
+            lines.append(
+                f"Sustained, {name}: median per {s['window_s']:g} s window {medians} ms; drift {drift} (first window to last)."
+            )
     return lines
 
 
@@ -176,6 +223,10 @@ def _plot(result: dict[str, Any], accuracy: dict[str, float], labels: dict[str, 
 def _by_path_or_name(mapping: dict[str, Any], artifact: str) -> Any:
     value = mapping.get(str(artifact))
     return value if value is not None else mapping.get(Path(str(artifact)).name)
+
+
+def _mhz(hertz) -> str:
+    return "?" if hertz is None else f"{hertz / 1e6:.0f}"
 
 
 def _fmt(value, spec: str) -> str:

@@ -14,7 +14,12 @@ metric's own unit (points for accuracy), "N%" is relative to the baseline::
 
 A sweep report (``edgepipe sweep``) has the same layout, plus one row per engine cell: a cell
 ``built`` or ``reused`` counts as ok, a ``skipped`` one (no worker serves its target) is listed but
-is no regression, and a ``failed`` one always is.
+is no regression, and a ``failed`` one always is. A bench result (``edgepipe bench --json-out``) is
+read as one row per artifact and batch (``model.onnx batch 1``) whose latency is its median.
+
+Latency from a Jetson depends on its power mode and clocks: when both reports carry a Jetson's state
+(the bench's ``jetson`` record) and their nvpmodel mode or jetson_clocks state differ, comparing
+``latency_ms`` or ``throughput`` is refused, naming both; accuracy still compares.
 """
 
 from __future__ import annotations
@@ -58,9 +63,12 @@ def load_report(path: str | Path, role: str = "report") -> dict[str, Any]:
             f"{role} {path} is not valid JSON ({exc.msg} at line {exc.lineno})",
             fix="pass the report.json written by 'edgepipe run'",
         )
+    if isinstance(report, dict) and "rows" in report and "settings" in report and "reference" not in report:
+        return _from_bench(report)
     if not isinstance(report, dict) or "rows" not in report or "reference" not in report:
         raise EdgepipeError(
-            f"{role} {path} is not an edgepipe run report", fix="pass the report.json written by 'edgepipe run'"
+            f"{role} {path} is not an edgepipe run report",
+            fix="pass the report.json written by 'edgepipe run', or the result of 'edgepipe bench --json-out'",
         )
     if report.get("format") != REPORT_FORMAT:
         raise EdgepipeError(
@@ -68,6 +76,49 @@ def load_report(path: str | Path, role: str = "report") -> dict[str, Any]:
             fix="run 'edgepipe run' again with this edgepipe, then 'edgepipe check --update-baseline' if it is the baseline",
         )
     return report
+
+
+def _from_bench(result: dict[str, Any]) -> dict[str, Any]:
+    """A bench result as a report: one row per artifact and batch, its median as ``latency_ms``."""
+    rows = [
+        {
+            "artifact": f"{Path(str(r['artifact'])).name} batch {r['batch']}",
+            "status": r.get("status"),
+            "latency_ms": r.get("median_ms"),
+            "throughput": r.get("throughput"),
+        }
+        for r in result["rows"]
+    ]
+    bench = {k: v for k, v in result.items() if k != "rows"}
+    return {"format": REPORT_FORMAT, "model": None, "data": None, "reference": None, "rows": rows, "bench": bench}
+
+
+def power_state(report: dict[str, Any]) -> str | None:
+    """ "nvpmodel mode 0 with jetson_clocks on" for a report measured on a Jetson; None otherwise."""
+    record = (report.get("bench") or {}).get("jetson") or {}
+    if not record.get("jetson"):
+        return None
+    clocks = "on" if record.get("jetson_clocks") else "off"
+    return f"nvpmodel mode {record.get('nvpmodel')} with jetson_clocks {clocks}"
+
+
+def _check_comparable(report: dict[str, Any], baseline: dict[str, Any], tolerances) -> None:
+    """Refuse reports of another model or dataset, and latency measured in different power modes or clock states."""
+    for key in ("model", "data"):
+        if report.get(key) != baseline.get(key):
+            raise EdgepipeError(
+                f"the baseline is for {key} {baseline.get(key)!r}, the report for {report.get(key)!r}",
+                fix="compare reports of the same model and dataset, or write a new baseline with --update-baseline",
+            )
+    timed = sorted(set(tolerances) & {"latency_ms", "throughput"})
+    now, then = power_state(report), power_state(baseline)
+    if timed and now and then and now != then:
+        raise EdgepipeError(
+            f"the baseline's latency was measured in {then}, the report's in {now}; "
+            "latency across power modes or clock states does not compare",
+            fix="measure both in one state (e.g. sudo nvpmodel -m 0 && sudo jetson_clocks), or compare accuracy "
+            f"only: pass --tolerances with no {' or '.join(timed)}",
+        )
 
 
 def load_tolerances(path: str | Path | None) -> dict[str, tuple[float, bool]]:
@@ -135,12 +186,7 @@ def check(
 
     ``skipped``: rows the baseline measured that the report skipped (a sweep target no worker served).
     """
-    for key in ("model", "data"):
-        if report.get(key) != baseline.get(key):
-            raise EdgepipeError(
-                f"the baseline is for {key} {baseline.get(key)!r}, the report for {report.get(key)!r}",
-                fix="compare reports of the same model and dataset, or write a new baseline with --update-baseline",
-            )
+    _check_comparable(report, baseline, tolerances)
     now_rows, base_rows = _rows(report), _rows(baseline)
     regressions, skipped, compared = [], [], 0
     for artifact, base in base_rows.items():

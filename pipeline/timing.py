@@ -2,12 +2,15 @@
 
 Each timed iteration is one ``runner.infer(batch)`` between two ``perf_counter`` calls. To show the
 harness adds nothing measurable, the same runner is also timed in a bare loop (N calls, timed once
-overall) and the ratio is reported.
+overall) and the ratio is reported. A sustained run (``window_s``) also reports the median of each
+window of the timed run and its drift; a ``telemetry`` (anything with ``start()`` and
+``stop(inferences, seconds)``, such as a Jetson's) is started and stopped around the timed loop only.
 """
 
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -20,10 +23,10 @@ OVERHEAD_SECONDS = 0.2  # time each round of the harness and bare loops takes wh
 
 def _timed_loop(
     infer: Callable, x: np.ndarray, iterations: int | None, duration_s: float, split: Callable | None
-) -> tuple[list[float], list[dict], float]:
+) -> tuple[array, list[dict], float]:
     """The harness: (latencies in seconds, per-iteration engine splits, total seconds)."""
     clock = time.perf_counter
-    latencies: list[float] = []
+    latencies = array("d")  # 8 bytes an iteration: an hour of --sustain at 0.1 ms holds 36M of them
     splits: list[dict] = []
     started = clock()
     deadline = started + duration_s
@@ -40,18 +43,36 @@ def _timed_loop(
 
 
 def measure(
-    runner: Runner, x: np.ndarray, warmup_ms: float = 200, duration_s: float = 3.0, iterations: int | None = None
+    runner: Runner,
+    x: np.ndarray,
+    warmup_ms: float = 200,
+    duration_s: float = 3.0,
+    iterations: int | None = None,
+    window_s: float | None = None,
+    telemetry: Any = None,
 ) -> dict[str, Any]:
-    """Warm up for ``warmup_ms``, then time ``iterations`` calls (or calls for ``duration_s``)."""
+    """Warm up for ``warmup_ms``, then time ``iterations`` calls (or calls for ``duration_s``).
+
+    ``window_s``: also the median per window of that length and the drift (``sustained``).
+    ``telemetry``: its ``stop(iterations, seconds)`` record, taken over the timed loop, is the result's ``telemetry``.
+    """
     clock = time.perf_counter
     warm, warm_until = 0, clock() + warmup_ms / 1000.0
     while warmup_ms > 0 and (warm == 0 or clock() < warm_until):
         runner.infer(x)
         warm += 1
     split = runner.last_timing if _has_split(runner) else None
+    if telemetry is not None:
+        telemetry.start()
     latencies, splits, total = _timed_loop(runner.infer, x, iterations, duration_s, split)
-    result = latency_stats(np.asarray(latencies) * 1000.0, batch=len(x))
+    recorded = telemetry.stop(len(latencies), total) if telemetry is not None else None
+    latencies_ms = np.asarray(latencies) * 1000.0
+    result = latency_stats(latencies_ms, batch=len(x))
     result.update(iterations=len(latencies), warmup_iterations=warm, timed_s=round(total, 4))
+    if window_s:
+        result["sustained"] = sustained(latencies_ms, window_s)
+    if recorded is not None:
+        result["telemetry"] = recorded
     if splits:
         for key in ("h2d_ms", "compute_ms", "d2h_ms"):
             result[key] = round(float(np.mean([s[key] for s in splits])), 4)
@@ -79,6 +100,25 @@ def latency_stats(latencies_ms: np.ndarray, batch: int) -> dict[str, float]:
     stats = {k: round(v, 4) for k, v in stats.items()}
     stats["throughput"] = round(batch * 1000.0 / mean, 2)
     return stats
+
+
+def sustained(latencies_ms: np.ndarray, window_s: float) -> dict[str, Any]:
+    """The median latency of each window of about ``window_s`` seconds, and the drift of the last from the first.
+
+    The run is cut into ``round(inference time / window_s)`` windows of equal length (at least one), by each
+    iteration's end on the clock of summed latencies, so no window is a stub of a few iterations.
+    """
+    ends = np.cumsum(latencies_ms) / 1000.0
+    count = max(1, int(round(ends[-1] / window_s)))
+    index = np.minimum((ends * count / ends[-1]).astype(int), count - 1)  # iteration -> its window
+    p50 = [float(np.median(latencies_ms[index == i])) for i in range(count) if np.any(index == i)]
+    drift = 100.0 * (p50[-1] - p50[0]) / p50[0] if len(p50) > 1 and p50[0] > 0 else None
+    return {
+        "window_s": round(float(ends[-1]) / count, 3),
+        "p50_ms": [float(f"{v:.6g}") for v in p50],
+        "iterations": [int(np.sum(index == i)) for i in range(count) if np.any(index == i)],
+        "drift_pct": None if drift is None else round(drift, 2),
+    }
 
 
 def measure_overhead(runner: Runner, x: np.ndarray, mean_ms: float) -> dict[str, Any]:

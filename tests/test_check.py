@@ -204,3 +204,25 @@ def test_sweep_cells_built_or_reused_are_ok_skipped_is_listed_failed_fails(runne
         and "se_resnet/engine-int8-sm_87: not compared, skipped: no worker advertises sm_87" in result.stdout
     )
     assert invoke(runner, "check", _write(tmp_path, "failed.json", failed), "--baseline", base).exit_code == 1
+
+
+def _on_jetson(report, mode, clocks):
+    report["bench"] = {
+        "jetson": {"jetson": True, "module": "NVIDIA Jetson AGX Orin", "nvpmodel": mode, "jetson_clocks": clocks}
+    }
+    return report
+
+
+def test_latency_across_power_modes_or_clock_states_is_refused_naming_both_accuracy_still_compares():
+    tolerances = check.load_tolerances(None)
+    with pytest.raises(EdgepipeError) as error:
+        check.check(_on_jetson(_report(), 2, True), _on_jetson(_report(), 0, True), tolerances)
+    message = str(error.value)
+    assert "nvpmodel mode 0 with jetson_clocks on" in message and "nvpmodel mode 2 with jetson_clocks on" in message
+    with pytest.raises(EdgepipeError, match="jetson_clocks off"):
+        check.check(_on_jetson(_report(), 0, False), _on_jetson(_report(), 0, True), tolerances)
+    accuracy = {metric: tolerances[metric] for metric in ("top1", "agreement")}
+    assert check.check(_on_jetson(_report(), 2, True), _on_jetson(_report(), 0, True), accuracy)["passed"]
+    same = check.check(_on_jetson(_report(), 0, True), _on_jetson(_report(), 0, True), tolerances)
+    assert same["passed"] and same["compared"] == 6
+    assert check.check(_report(), _on_jetson(_report(), 0, True), tolerances)["passed"]  # one state unknown: compared

@@ -56,6 +56,8 @@ XFAIL: dict[tuple[str, str], str] = {}
 STATUS: dict[str, int] = {
     # The gate after a 1-epoch run: accuracy below the committed baseline is a regression, exit 1.
     "edgepipe check runs/ci/report.json --baseline ci/baseline.json --tolerances ci/tolerances.yaml": 1,
+    # docs/device.md: latency of two Jetson power modes is refused.
+    "edgepipe check nano.json --baseline agx.json": 1,
 }
 # An example that reads what the example before it in the same document writes runs right after it.
 AFTER = {"edgepipe check runs/ci/report.json": "edgepipe run -o runs/ci"}
@@ -67,7 +69,16 @@ READS = {
     },  # docs/device.md: the digits' labels
 }
 # Examples that train and run every stage, or build engines: minutes each on 2 CPUs.
-SLOW = ("edgepipe run", "edgepipe sweep", "build-engine", "edgepipe build", "edgepipe train", *AFTER)
+# Quantization-aware training imports ModelOpt's whole PyTorch side and fine-tunes: 35-95 s each on 2 busy CPUs.
+SLOW = (
+    "edgepipe run",
+    "edgepipe sweep",
+    "build-engine",
+    "edgepipe build",
+    "edgepipe train",
+    "edgepipe quantize runs/se/model.onnx --int8 --qat",
+    *AFTER,
+)
 
 
 def _joined(lines: list[str]) -> list[str]:
@@ -261,7 +272,20 @@ def sandbox(tmp_path_factory):
     made = run_example(bundle, work, as_json=True)  # docs/device.md's bundle, which validate checks models against
     assert made.returncode == 0, made.stderr
     (work / "sweep.yaml").write_text("models:\n  - se_resnet\n")
+    _jetson_benches(work)
     return work
+
+
+def _jetson_benches(work: Path) -> None:
+    """docs/device.md's Jetson sysfs trees (jetson/BOARD) and the bench results of two of them (agx.json, nano.json)."""
+    from pipeline import bench
+    from pipeline.artifacts import write_json_atomic
+
+    shutil.copytree(ROOT / "tests" / "fixtures" / "jetson", work / "jetson")
+    for board, name in (("orin_agx", "agx.json"), ("orin_nano", "nano.json")):
+        root = str(work / "jetson" / board)
+        result = bench.bench([str(work / "model.onnx")], warmup_ms=0, iterations=20, progress=False, sysfs_root=root)
+        write_json_atomic(work / name, result)
 
 
 def _env() -> dict[str, str]:
@@ -270,7 +294,12 @@ def _env() -> dict[str, str]:
 
 def run_example(command: str, cwd: Path, as_json: bool) -> subprocess.CompletedProcess:
     args = fast(command) + (["--json"] if as_json else [])
-    for flag in ("-o", "--output", "--saveEngine"):  # what the example writes, as a first run finds it: absent
+    for flag in (
+        "-o",
+        "--output",
+        "--saveEngine",
+        "--json-out",
+    ):  # what the example writes, as a first run finds it: absent
         written = cwd / args[args.index(flag) + 1] if flag in args else None
         if written is not None and written.is_file():
             written.unlink()

@@ -16,7 +16,7 @@ from pipeline.commands.options import (
     json_option,
     model_options,
 )
-from pipeline.commands.parsers import onnx_input_hw
+from pipeline.commands.parsers import callback, onnx_input_hw, parse_duration
 from pipeline.progress import out
 
 
@@ -36,6 +36,33 @@ from pipeline.progress import out
 @click.option("--duration-s", default=3.0, show_default=True, help="Timed duration per artifact and batch.")
 @click.option(
     "--iterations", default=None, type=int, help="Timed iterations per artifact and batch (instead of --duration-s)."
+)
+@click.option(
+    "--sustain",
+    "sustain_s",
+    default=None,
+    metavar="DURATION",
+    callback=callback(parse_duration, "--sustain"),
+    help="Run each artifact and batch this long (10m, 90s, 1h) instead of --duration-s; report the median "
+    "per window and its drift, first window to last.",
+)
+@click.option(
+    "--sustain-window",
+    "sustain_window_s",
+    default="1m",
+    show_default=True,
+    metavar="DURATION",
+    callback=callback(parse_duration, "--sustain-window"),
+    help="The window of --sustain's medians.",
+)
+@click.option(
+    "--sysfs-root",
+    default=None,
+    envvar="EDGEPIPE_SYSFS_ROOT",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Where a Jetson's /sys, /proc, /etc and /var are read for its power mode, clocks, temperatures and rail "
+    "power (a copied tree; env EDGEPIPE_SYSFS_ROOT). Default: /.",
 )
 @click.option(
     "--cuda-graph", is_flag=True, help="Replay TensorRT engines as CUDA graphs (like trtexec --useCudaGraph)."
@@ -77,10 +104,15 @@ def bench_command(artifacts, checkpoint, report_dir, json_out, model, force, as_
     and device memory. A failing artifact is a row with its reason; the exit code is 1 if any
     row failed. Engines on a machine without an NVIDIA GPU are skipped with that reason.
 
+    On a Jetson it also records the module, L4T/JetPack, nvpmodel mode, jetson_clocks and the
+    GPU/EMC/CPU clocks, fan, temperatures at start and end, throttling, and each power rail's mean
+    power over every timed window as mJ per inference (INA3221 in sysfs, else tegrastats).
+
     \b
     Example:
       edgepipe bench runs/se/model.onnx runs/se/model.fp16.engine \\
           --checkpoint runs/se/se_resnet.pt --batch 1,8,32 --duration-s 3 --report runs/se/bench
+      edgepipe bench model.onnx --sustain 2s --sustain-window 1s   # median per window, drift (10m: per minute)
     """
     # benchmarking runs the models (numpy, onnx, ONNX Runtime, torch): imported when the command runs, so --help starts at once.
     from pipeline import bench, benchreport

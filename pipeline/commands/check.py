@@ -20,9 +20,11 @@ from pipeline.progress import out
 @click.option("--update-baseline", is_flag=True, help="Write REPORT as the new baseline instead of checking.")
 @json_option
 def check_command(report, baseline, tolerances, update_baseline, as_json):
-    """Compare a run report with a baseline; exit 1 listing every regression.
+    """Compare a run report (or a bench --json-out result) with a baseline; exit 1 listing every regression.
 
     Accuracy of each artifact is compared as its change vs the PyTorch run in the same report.
+    Latency measured on a Jetson in another power mode or clock state than the baseline's is
+    refused (one line naming both); accuracy still compares.
 
     \b
     Example (in CI):

@@ -56,6 +56,24 @@ def parse_input_size(text: str | None, option: str = "--input-size") -> InputSiz
     return None if text is None else InputSize.parse(text, option)
 
 
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | None, option: str) -> float | None:
+    """ "10m" -> 600.0 seconds ("90s", "1.5h"; a bare number is seconds); None stays None."""
+    if text is None:
+        return None
+    word = str(text).strip().lower()
+    unit = word[-1] if word[-1:] in DURATION_UNITS else "s"
+    try:
+        value = float(word.rstrip("smh")) * DURATION_UNITS[unit]
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise EdgepipeError(f"{option} {text!r} is not a duration", fix=f"pass e.g. {option} 10m, 90s or 1h")
+    return value
+
+
 def callback(parser: Callable[..., Any], *args: Any) -> Callable[[click.Context, click.Parameter, Any], Any]:
     """A Click callback calling ``parser(value, *args)``."""
     return lambda ctx, param, value: parser(value, *args)

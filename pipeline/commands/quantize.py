@@ -13,6 +13,7 @@ from pipeline.commands.options import (
     input_size_option,
     json_option,
     max_drop_option,
+    model_options,
     precision_flags,
     preprocess_options,
 )
@@ -101,6 +102,25 @@ def parse_min_agreement(text):
     "Without any, FP16 is checked on seeded synthetic inputs."
 )
 @preprocess_options
+@click.option(
+    "--qat",
+    default=None,
+    type=click.IntRange(min=1),
+    metavar="EPOCHS",
+    help="With --int8: quantization-aware training instead of PTQ alone: ModelOpt's PyTorch INT8 quantization, "
+    "calibrated, then fine-tuned EPOCHS passes over the calibration images, distilled from the FP32 model. Needs the "
+    "PyTorch model the ONNX was exported from (--checkpoint).",
+)
+@click.option(
+    "--checkpoint",
+    default=None,
+    type=click.Path(dir_okay=False),
+    metavar="CKPT|WEIGHTS",
+    help="For --qat: the checkpoint or weights file MODEL.onnx was exported from (its sha256 is recorded in the ONNX).",
+)
+@model_options(
+    help="For --qat: the model of a --checkpoint that names your own code (--model again, or --trust-model-code)."
+)
 @force_option
 @json_option
 def quantize_command(
@@ -120,6 +140,10 @@ def quantize_command(
     preprocess,
     labels,
     workers,
+    qat,
+    checkpoint,
+    model,
+    code,
     force,
     as_json,
 ):
@@ -136,6 +160,7 @@ def quantize_command(
       edgepipe quantize runs/se/model.onnx --int8 --calib runs/se/calib.npz --max-drop 0.5 -o runs/se/model.int8.onnx
       edgepipe quantize recognizer.onnx --int8 --data lines.npz --min-agreement 99 -o recognizer.int8.onnx
       edgepipe quantize resnet.onnx --int8 --data photos/ --labels labels.txt --resize 256 --crop 224 --max-drop 1 -o resnet.int8.onnx
+      edgepipe quantize runs/se/model.onnx --int8 --qat 2 --checkpoint runs/se/se_resnet.pt --calib runs/se/calib.npz -o runs/se/model.qat.onnx
     """
     # quantizing runs ModelOpt and ONNX Runtime: imported when the command runs, so --help starts at once.
     from pipeline import quantize
@@ -152,7 +177,20 @@ def quantize_command(
         "labels": labels,
         "workers": workers,
     }
-    if precision is Precision.FP16:
+    pytorch = {"--checkpoint": checkpoint, "--model": model, "--trust-model-code": code.trust or None}
+    _check_qat_flags(
+        precision,
+        qat,
+        pytorch,
+        {"--exclude-op": exclude_op, "--exclude-node": exclude_node, "--include-op": include_op},
+    )
+    if qat is not None:
+        budget = {"max_drop": max_drop, "min_agreement": min_agreement}
+        qat_options = {"model_name": model, "trust_model_code": code.trust}
+        result = quantize.to_int8_qat(
+            onnx_model, output, qat, checkpoint, calib, force, data=data, **budget, **qat_options, **size
+        )
+    elif precision is Precision.FP16:
         int8_only = {
             "--calib": calib,
             "--exclude-op": exclude_op,
@@ -187,6 +225,24 @@ def quantize_command(
     emit(result, as_json, _print_result)
 
 
+def _check_qat_flags(precision, qat, pytorch, ptq_only) -> None:
+    """--qat goes with --int8 (and the PyTorch model's flags only with it); the flags naming ONNX nodes and ops do not."""
+    if qat is None:
+        given = [flag for flag, value in pytorch.items() if value is not None]
+        if given:
+            raise EdgepipeError(f"{', '.join(given)} only apply to --qat", fix="drop them, or add --int8 --qat EPOCHS")
+        return
+    if precision is not Precision.INT8:
+        raise EdgepipeError("--qat makes an INT8 model", fix="use --int8 --qat EPOCHS")
+    given = [flag for flag, value in ptq_only.items() if value]
+    if given:
+        raise EdgepipeError(
+            f"{', '.join(given)} name ONNX nodes and ops, which --qat does not quantize one by one "
+            "(ModelOpt's PyTorch INT8 config quantizes every Conv and Linear)",
+            fix="drop them, or drop --qat for post-training quantization",
+        )
+
+
 def _print_result(r):
     top1 = (
         f"top-1 {r['top1']:.2f}% ({r['delta']:+.2f} points vs FP32 {r['reference_top1']:.2f}%), "
@@ -204,6 +260,9 @@ def _print_result(r):
     elif r.get("kept_nodes"):
         kept = f"; kept in higher precision: {', '.join(r['kept_nodes'])}"
     macs = f"; {r['macs']['int8_share']:.1f}% of MACs in INT8" if r.get("macs") else ""
+    qat = r.get("qat")
+    if qat:
+        macs += f"; QAT {qat['epochs']} epoch(s): agreement {qat['before']['agreement']:.2f}% before (PTQ), {qat['after']['agreement']:.2f}% after"
     outputs = r.get("outputs") or {}
     others = "".join(f"; {name}: cosine {o['cosine']:.5f}" for name, o in list(outputs.items())[1:])
     out.print(

@@ -58,9 +58,10 @@ def find_rails(root: str | Path = "/") -> list[Rail]:
     if unknown:
         names = ", ".join(rail.name for rail in unknown)
         raise EdgepipeError(
-            f"unknown power rails {names} under {Path(root) / 'sys/bus/i2c/drivers'}; their meaning on this board is not known",
-            fix=f"add this module's rails to RAILS in pipeline/deploy/power.py (it lists {', '.join(sorted(KNOWN))}), "
-            "or measure with tegrastats",
+            f"unknown power rails {names} under {Path(root) / 'sys/bus/i2c/drivers'}: edgepipe knows the rails of "
+            f"{', '.join(RAILS)} only, and a misread rail would make energy figures that mean something else",
+            fix="add this module's rails to RAILS in pipeline/deploy/power.py, from the power monitor table of "
+            "its Jetson Linux Developer Guide",
         )
     return rails
 
@@ -94,15 +95,20 @@ def integrate(trace: Trace) -> dict[str, float]:
     return energy
 
 
-def summarize(trace: Trace, inferences: int | None = None) -> dict[str, dict[str, float]]:
-    """Per rail: mean power (mW) over the window, energy (mJ), and mJ per inference when ``inferences`` is known."""
+def summarize(trace: Trace, inferences: int | None = None, seconds: float | None = None) -> dict[str, dict[str, float]]:
+    """Per rail: mean power (mW) over the trace, energy (mJ) over ``seconds`` (default: the trace's span) at that
+    mean, and mJ per inference when ``inferences`` is known.
+
+    ``seconds`` is the timed window when the samples cover only part of it (tegrastats prints a line per interval).
+    """
     if len(trace) < 2 or trace[-1][0] <= trace[0][0]:
         return {}
-    seconds = trace[-1][0] - trace[0][0]
+    span = trace[-1][0] - trace[0][0]
     result = {}
     for rail, mj in sorted(integrate(trace).items()):
-        row = {"mean_mw": mj / seconds, "energy_mj": mj}
+        mean_mw = mj / span
+        row = {"mean_mw": mean_mw, "energy_mj": mean_mw * (seconds or span)}
         if inferences:
-            row["mj_per_inference"] = mj / inferences
+            row["mj_per_inference"] = row["energy_mj"] / inferences
         result[rail] = row
     return result

@@ -13,6 +13,8 @@ this stage rewrites the graph, for edgepipe's own exports and for any single-ima
   gates (Sigmoid, Softmax) stay in higher precision. With an accuracy budget (``budget.py``:
   --max-drop, --min-agreement) the nodes whose quantization hurts most (``sensitivity.py``) are
   kept in higher precision until it holds; ``graph.py`` says what share of the MACs runs in INT8.
+* INT8 by quantization-aware training (``qat.py``, ``--qat EPOCHS``): for an ONNX exported from a
+  PyTorch model, ModelOpt's PyTorch quantization fine-tuned by distillation (``qat_model.py``).
 
 Every model written obeys the TensorRT ONNX parser's Q/DQ rules (``qdq_rules.py``) and is
 compared with the FP32 model, one way for every model (``compare.py``): on the held-out part of its
@@ -35,6 +37,7 @@ from pipeline.quantize.compare import Reading, check_summary, folder_preprocess
 from pipeline.quantize.fp16 import FP16_FP32_OPS, to_fp16
 from pipeline.quantize.graph import count_macs, int8_share, keep_in_high_precision
 from pipeline.quantize.int8 import HIGH_PRECISIONS, INT8_DEFAULT_EXCLUDED_OPS, METHODS, Int8Settings, to_int8
+from pipeline.quantize.qat import to_int8_qat
 from pipeline.quantize.qdq_rules import MIN_OPSET, check_tensorrt_qdq_rules
 from pipeline.quantize.sensitivity import rank_sensitive_nodes
 from pipeline.quantize.source import PRECISION_KEY
@@ -61,6 +64,7 @@ __all__ = [
     "rank_sensitive_nodes",
     "to_fp16",
     "to_int8",
+    "to_int8_qat",
 ]
 
 QUANTIZERS = {Precision.FP16: to_fp16, Precision.INT8: to_int8}
