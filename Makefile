@@ -4,10 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
-EXTRAS ?= rtx,dev,ray
+EXTRAS ?= all,rtx,cuda12,dev,ray
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all gate bench clean gpu-prepare
+.PHONY: setup run test test-all test-core gate bench clean gpu-prepare
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# The light device install, built for real in a fresh venv: the core dependencies and TensorRT-RTX only.
+test-core: setup
+	$(BIN)/python -m pytest -q -s -m slow tests/test_core_install.py
 
 # The accuracy-regression gate this repository's CI runs: the default pipeline against ci/baseline.json.
 gate: setup

@@ -1,14 +1,16 @@
-"""The one door to the GPU's driver: pycuda (buffers, streams, events) and libcuda (CUDA graphs, device facts).
+"""The one door to the GPU: pycuda or cuda-python (buffers, streams, events) and libcuda (CUDA graphs, device facts).
 
-Nothing else in edgepipe imports pycuda or opens libcuda. pycuda ships no wheels (it builds from
-source against the CUDA toolkit), so it is imported only when a GPU path runs, with one clear error
-saying how to install it. ``current_compute_capability`` asks libcuda directly (microseconds)
-rather than importing torch (a second or more).
+Nothing else in edgepipe imports pycuda or cuda-python or opens libcuda. Engines run through pycuda
+when it is installed (it ships no wheels: it builds from source against the CUDA toolkit), else
+through NVIDIA's cuda-python (``cuda-bindings``: wheels for x86 and aarch64, what TensorRT's own
+samples use), wrapped here in the few pycuda calls the engine runner makes. Either is imported only
+when a GPU path runs, with one clear error naming both when neither is installed.
+``current_compute_capability`` asks libcuda directly (microseconds) rather than importing torch.
 
 CUDA graphs: pycuda (up to 2026.1) has no stream-capture API, so the engine's enqueue is captured
 with the CUDA driver's own functions (cuStreamBeginCapture_v2, cuStreamEndCapture,
-cuGraphInstantiateWithFlags, cuGraphLaunch) through ctypes on the same libcuda pycuda uses, on
-pycuda's stream. Like trtexec, only the enqueue is captured; the copies stay outside and timed.
+cuGraphInstantiateWithFlags, cuGraphLaunch) through ctypes on the same libcuda either binding uses,
+on its stream. Like trtexec, only the enqueue is captured; the copies stay outside and timed.
 """
 
 from __future__ import annotations
@@ -18,24 +20,165 @@ from typing import Any
 
 from pipeline.errors import EdgepipeError
 
-PYCUDA_FIX = (
-    "pip install 'edgepipe[gpu]' on the GPU host (pycuda builds from source: it needs the CUDA toolkit, "
-    "with nvcc on PATH and CUDA_ROOT set; on Jetson the toolkit comes with JetPack)"
+CUDA_FIX = (
+    "pip install 'edgepipe[cuda12]' on the GPU host (cuda-python for CUDA 12 drivers, JetPack 6), or "
+    "'edgepipe[cuda13]' (CUDA 13 drivers, JetPack 7); or pycuda, 'edgepipe[gpu]', which builds against the CUDA toolkit"
 )
 
 
-def import_pycuda() -> Any:
-    """``pycuda.driver``, or one clear error saying how to install it."""
+def binding() -> str | None:
+    """Which CUDA binding engines run through here: "pycuda", "cuda-python", or None when neither imports."""
+    try:
+        import pycuda.driver  # noqa: F401 - only asked whether it imports
+    except ImportError:
+        return "cuda-python" if _cuda_python_runtime() is not None else None
+    return "pycuda"
+
+
+def import_cuda() -> Any:
+    """``pycuda.driver`` when pycuda is installed, else cuda-python behind the same calls; or one clear error."""
     try:
         import pycuda.driver as cuda
     except ImportError as exc:
-        raise pycuda_missing(exc) from None
+        runtime = _cuda_python_runtime()
+        if runtime is None:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EdgepipeError(
+                f"running TensorRT engines needs pycuda or cuda-python, and neither can be imported ({detail})",
+                fix=CUDA_FIX,
+            ) from None
+        return CudaPython(runtime)
     return cuda
 
 
-def pycuda_missing(exc: BaseException) -> EdgepipeError:
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return EdgepipeError(f"running TensorRT engines needs pycuda, which cannot be imported ({detail})", fix=PYCUDA_FIX)
+def _cuda_python_runtime() -> Any | None:
+    """cuda-python's CUDA runtime module (``cuda.bindings.runtime``; ``cuda.cudart`` before 12.8), or None."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        try:
+            from cuda import cudart as runtime
+        except ImportError:
+            return None
+    return runtime
+
+
+class CudaPython:
+    """The pycuda calls the engine runner makes (``pycuda.driver``'s names), on cuda-python's runtime API.
+
+    The runtime API works on the device's primary context, the one TensorRT uses, so a context is
+    made current by ``cudaSetDevice`` and ``Context.pop`` has nothing to undo.
+    """
+
+    def __init__(self, runtime: Any):
+        self.rt = runtime
+        self.Context = self  # pycuda's Context.pop()
+
+    def call(self, name: str, *args: Any) -> Any:
+        """``runtime.name(*args)``'s value; a CUDA error is one clear error naming the call."""
+        err, *values = getattr(self.rt, name)(*args)
+        if int(err) != 0:
+            text = self.rt.cudaGetErrorString(err)[1]
+            reason = text.decode() if isinstance(text, bytes) else str(text)
+            raise EdgepipeError(
+                f"CUDA {name} failed ({reason})", fix="check the GPU and its driver with nvidia-smi, then run again"
+            )
+        return values[0] if len(values) == 1 else None
+
+    def init(self) -> None:
+        self.call("cudaFree", 0)  # the runtime's usual way to start the primary context
+
+    def Device(self, index: int) -> _Device:  # noqa: N802 - pycuda's name
+        return _Device(self, index)
+
+    def pop(self) -> None:
+        """pycuda's ``Context.pop``: the runtime API keeps the primary context; nothing to undo."""
+
+    def Stream(self) -> _Stream:  # noqa: N802 - pycuda's name
+        return _Stream(self, self.call("cudaStreamCreate"))
+
+    def Event(self) -> _Event:  # noqa: N802 - pycuda's name
+        return _Event(self, self.call("cudaEventCreate"))
+
+    def pagelocked_empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        """A page-locked host array; ``array.base.free()`` gives it back, as with pycuda."""
+        import numpy as np  # not at import: `build --help` reads this module's compute capability only
+
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return np.asarray(_HostBuffer(self, self.call("cudaMallocHost", nbytes), shape, dtype))
+
+    def mem_alloc(self, nbytes: int) -> _DeviceBuffer:
+        return _DeviceBuffer(self, self.call("cudaMalloc", nbytes))
+
+    def memcpy_htod_async(self, device: _DeviceBuffer, host: Any, stream: _Stream) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self.call("cudaMemcpyAsync", int(device), host.ctypes.data, host.nbytes, kind, stream.raw)
+
+    def memcpy_dtoh_async(self, host: Any, device: _DeviceBuffer, stream: _Stream) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self.call("cudaMemcpyAsync", host.ctypes.data, int(device), host.nbytes, kind, stream.raw)
+
+
+class _Device:
+    def __init__(self, api: CudaPython, index: int):
+        self.api, self.index = api, index
+
+    def retain_primary_context(self) -> _Device:
+        return self
+
+    def push(self) -> None:
+        self.api.call("cudaSetDevice", self.index)
+
+
+class _Stream:
+    def __init__(self, api: CudaPython, raw: Any):
+        self.api, self.raw, self.handle = api, raw, int(raw)
+
+    def synchronize(self) -> None:
+        self.api.call("cudaStreamSynchronize", self.raw)
+
+
+class _Event:
+    def __init__(self, api: CudaPython, raw: Any):
+        self.api, self.raw = api, raw
+
+    def record(self, stream: _Stream) -> None:
+        self.api.call("cudaEventRecord", self.raw, stream.raw)
+
+    def synchronize(self) -> None:
+        self.api.call("cudaEventSynchronize", self.raw)
+
+    def time_till(self, end: _Event) -> float:
+        """Milliseconds from this event to ``end``."""
+        return float(self.api.call("cudaEventElapsedTime", self.raw, end.raw))
+
+
+class _HostBuffer:
+    """Page-locked host memory seen by numpy (``np.asarray``) through the array interface."""
+
+    def __init__(self, api: CudaPython, pointer: int, shape: tuple[int, ...], dtype: Any):
+        import numpy as np  # loaded by pagelocked_empty already
+
+        self.api, self.pointer = api, int(pointer)
+        self.__array_interface__ = {"shape": tuple(shape), "typestr": np.dtype(dtype).str, "data": (self.pointer, False), "version": 3}  # fmt: skip
+
+    def free(self) -> None:
+        if self.pointer:
+            self.api.call("cudaFreeHost", self.pointer)
+            self.pointer = 0
+
+
+class _DeviceBuffer:
+    def __init__(self, api: CudaPython, pointer: int):
+        self.api, self.pointer = api, int(pointer)
+
+    def __int__(self) -> int:
+        return self.pointer
+
+    def free(self) -> None:
+        if self.pointer:
+            self.api.call("cudaFree", self.pointer)
+            self.pointer = 0
 
 
 def autoinit() -> Any:

@@ -2,7 +2,7 @@
 
 ``classifier(folder, ...)``: a conv + squeeze-excite + linear classifier (3x32x32 RGB by default),
 seeded, with its preprocessing (resize, centre crop, ImageNet mean/std) and class names stored in
-the ONNX metadata the way edgepipe's export stores them.
+the ONNX metadata the way edgepipe's export stores them. ``qdq_on_input``: an INT8 Q/DQ model of it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx import helper, numpy_helper
 from torch import nn
 
 from pipeline.preprocess import Preprocess
@@ -64,4 +65,17 @@ def images_npz(folder: Path, count: int = 40, size: int = 40, channels: int = 3,
     shape = (count, size, size, channels) if channels == 3 else (count, size, size)
     path = Path(folder) / "images.npz"
     np.savez(path, x=rng.integers(0, 256, shape, dtype=np.uint8), y=rng.integers(0, len(CLASSES), count))
+    return path
+
+
+def qdq_on_input(source: Path, path: Path) -> Path:
+    """``source`` with a symmetric INT8 QuantizeLinear/DequantizeLinear on its input: a Q/DQ model."""
+    model = onnx.load(str(source))
+    for node in model.graph.node:
+        node.input[:] = ["input_dq" if value == "input" else value for value in node.input]
+    scale, zero = numpy_helper.from_array(np.float32(0.05), "s"), numpy_helper.from_array(np.int8(0), "z")
+    model.graph.initializer.extend([scale, zero])
+    model.graph.node.insert(0, helper.make_node("DequantizeLinear", ["input_q", "s", "z"], ["input_dq"]))
+    model.graph.node.insert(0, helper.make_node("QuantizeLinear", ["input", "s", "z"], ["input_q"]))
+    onnx.save(model, str(path))
     return path

@@ -12,12 +12,12 @@ import numpy as np
 import onnx
 import pytest
 from google.protobuf import text_format
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from pipeline.deploy import deepstream, golden, targets
 from pipeline.precision import Precision
 from tests.conftest import invoke, one_line_error
-from tests.deploy_models import CLASSES, classifier, images_npz
+from tests.deploy_models import CLASSES, classifier, images_npz, qdq_on_input
 
 POLYGRAPHY = str(Path(sys.executable).with_name("polygraphy"))
 
@@ -31,20 +31,7 @@ def models(tmp_path_factory):
     fp32 = classifier(folder)
     fp16 = folder / "model.fp16.onnx"
     onnx.save(float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(fp16))
-    return fp32, fp16, _qdq(fp32, folder / "model.int8.onnx"), images_npz(folder)
-
-
-def _qdq(source: Path, path: Path) -> Path:
-    """``source`` with a symmetric INT8 QuantizeLinear/DequantizeLinear on its input: a Q/DQ model."""
-    model = onnx.load(str(source))
-    for node in model.graph.node:
-        node.input[:] = ["input_dq" if value == "input" else value for value in node.input]
-    scale, zero = numpy_helper.from_array(np.float32(0.05), "s"), numpy_helper.from_array(np.int8(0), "z")
-    model.graph.initializer.extend([scale, zero])
-    model.graph.node.insert(0, helper.make_node("DequantizeLinear", ["input_q", "s", "z"], ["input_dq"]))
-    model.graph.node.insert(0, helper.make_node("QuantizeLinear", ["input", "s", "z"], ["input_q"]))
-    onnx.save(model, str(path))
-    return path
+    return fp32, fp16, qdq_on_input(fp32, folder / "model.int8.onnx"), images_npz(folder)
 
 
 def _package(runner, bundle, *paths, target="jp6", extra=()):

@@ -6,10 +6,10 @@ lines of the Markdown files (with their `\\` continuations) and the lines under 
 command's --help. Each runs verbatim, as a fresh `edgepipe` process, inside one sandbox directory
 holding every file the examples name (a trained se_resnet at runs/se/se_resnet.pt, its ONNX
 models and calibration set, beside them model.onnx and model.fp16.onnx with images.npz of the
-digits they take, a small ImageFolder photos/ with labels.txt, resnet.onnx exported
+digits they take and their bundle/ (edgepipe package), a small ImageFolder photos/ with labels.txt, resnet.onnx exported
 from a torch model outside the zoo, user model code, the CI baseline ...). The one substitution,
 mechanical and made by `fast`: a command that trains gets `--epochs 1` (replacing its own
---epochs), so that the suite stays fast; and the file an example writes (`-o`, `--saveEngine`) is
+--epochs), so that the suite stays fast; and the file or folder an example writes (`-o`, `--saveEngine`) is
 removed from the sandbox first, as a user running it for the first time would not have it.
 Nothing else is changed.
 
@@ -268,6 +268,9 @@ def sandbox(tmp_path_factory):
     calibrate = "edgepipe calibrate --checkpoint resnet.onnx --data photos/ --labels labels.txt --resize 256 --crop 224"
     made = run_example(f"{calibrate} --num 512 -o resnet.calib.npz", work, as_json=True)  # docs/data.md's calib.npz
     assert made.returncode == 0, made.stderr
+    bundle = "edgepipe package model.onnx model.fp16.onnx --target jp6 --data images.npz -o bundle/"
+    made = run_example(bundle, work, as_json=True)  # docs/device.md's bundle, which validate checks models against
+    assert made.returncode == 0, made.stderr
     (work / "sweep.yaml").write_text("models:\n  - se_resnet\n")
     _jetson_benches(work)
     return work
@@ -291,9 +294,17 @@ def _env() -> dict[str, str]:
 
 def run_example(command: str, cwd: Path, as_json: bool) -> subprocess.CompletedProcess:
     args = fast(command) + (["--json"] if as_json else [])
-    for flag in ("-o", "--output", "--saveEngine", "--json-out"):  # what the example writes, as a first run finds it
-        if flag in args and (cwd / args[args.index(flag) + 1]).is_file():
-            (cwd / args[args.index(flag) + 1]).unlink()
+    for flag in (
+        "-o",
+        "--output",
+        "--saveEngine",
+        "--json-out",
+    ):  # what the example writes, as a first run finds it: absent
+        written = cwd / args[args.index(flag) + 1] if flag in args else None
+        if written is not None and written.is_file():
+            written.unlink()
+        elif written is not None and written.is_dir():  # a bundle folder
+            shutil.rmtree(written)
     entry = "pipeline.commands.build:build_engine_main" if args[0] == "build-engine" else "pipeline.cli:main"
     module, attribute = entry.split(":")
     code = f"import sys; from {module} import {attribute} as main; sys.argv[0] = {args[0]!r}; main({args[1:]!r})"

@@ -31,7 +31,9 @@ NO_TENSORRT = None if backendmod.installed_backends() else "neither TensorRT nor
 # Skips are marks, decided before any fixture runs (a fixture's skip would come after the session's training).
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(NO_GPU), reason=NO_GPU or "")]
 needs_pycuda = pytest.mark.skipif(bool(NO_PYCUDA), reason=NO_PYCUDA or "")
-needs_engines = pytest.mark.skipif(bool(NO_PYCUDA or NO_TENSORRT), reason=NO_PYCUDA or NO_TENSORRT or "")
+# Engines run through pycuda, or cuda-python where pycuda is not installed (pipeline.cuda.import_cuda).
+NO_BINDING = None if cuda.binding() else "neither pycuda nor cuda-python is installed (pip install 'edgepipe[cuda12]')"
+needs_engines = pytest.mark.skipif(bool(NO_BINDING or NO_TENSORRT), reason=NO_BINDING or NO_TENSORRT or "")
 SHAPES = {"min": "input:1x1x32x32", "opt": "input:8x1x32x32", "max": "input:32x1x32x32"}
 
 
@@ -48,9 +50,9 @@ def layer(name: str):
 
 @pytest.fixture()
 def pycuda_context():
-    """pycuda.driver with the GPU's primary context current (the one TensorRT and PyTorch use)."""
+    """pycuda.driver (or cuda-python behind its calls) with the GPU's primary context current (the one TensorRT and PyTorch use)."""
     with layer("cuda-runtime"):
-        driver = cuda.import_pycuda()
+        driver = cuda.import_cuda()
         driver.init()
         context = driver.Device(0).retain_primary_context()
         context.push()

@@ -3,7 +3,6 @@ that a CPU-only machine must refuse clearly (no GPU, another TensorRT version) i
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 
@@ -106,17 +105,7 @@ def test_pytorch_on_cuda_without_a_gpu_is_a_clear_error(trained):
         TorchRunner.from_checkpoint(trained[0], device="cuda")
 
 
-def test_missing_pycuda_tells_how_to_install_it():
-    trt_runner = cuda
-
-    message = str(trt_runner.pycuda_missing(ImportError("No module named 'pycuda'")))
-    assert (
-        "pip install 'edgepipe[gpu]'" in message and "CUDA toolkit" in message and "No module named 'pycuda'" in message
-    )
-    if importlib.util.find_spec("pycuda") is not None:
-        pytest.skip("pycuda is installed here; the import-failure path cannot run")
-    with pytest.raises(EdgepipeError, match=r"needs pycuda.*pip install 'edgepipe\[gpu\]'"):
-        trt_runner.import_pycuda()
+# Which CUDA binding runs engines, and the error when neither pycuda nor cuda-python imports: tests/test_cuda_binding.py.
 
 
 def test_unknown_artifact_type_is_a_clear_error(tmp_path):

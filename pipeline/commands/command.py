@@ -5,6 +5,8 @@
 - a command line Click cannot read (an unknown option, a missing argument, a value of the wrong
   type): one such line, exit status 2, Click's usage status;
 - a result with a failed row, stage or regression: ``emit(..., failed=True)``, exit status 1;
+- a package of an extra that is not installed (torch on a light device install): one line naming
+  the extra that brings it, exit status 1;
 - Ctrl-C: one line, exit status 130.
 """
 
@@ -25,13 +27,35 @@ INTERRUPTED = 130
 # Click >= 8.2 shows a group's help through this error when it is run with no command.
 _SHOWS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
+# The one table from a module a command imports to the extra (pyproject.toml) that installs it:
+# module -> (package, extra). The core install (a device: build, validate, bench engines) has none of them.
+MISSING_EXTRAS: dict[str, tuple[str, str]] = {
+    "torch": ("torch", "train"),
+    "sklearn": ("scikit-learn", "train"),
+    "onnxruntime": ("onnxruntime", "quantize"),
+    "modelopt": ("nvidia-modelopt", "quantize"),
+    "onnx_graphsurgeon": ("onnx-graphsurgeon", "quantize"),
+    "onnxconverter_common": ("onnxconverter-common", "quantize"),
+    "onnxslim": ("onnxslim", "quantize"),
+    "onnxscript": ("onnxscript", "quantize"),
+    "matplotlib": ("matplotlib", "plot"),
+    "timm": ("timm", "timm"),
+    "torchvision": ("torchvision", "timm"),
+    "ray": ("ray", "ray"),
+}
 
-def _guarded(call: Callable[[], Any]) -> Any:
-    """Run ``call``; any user error, bad flag or Ctrl-C becomes one line on stderr and an exit status."""
+
+def _guarded(call: Callable[[], Any], what: str = "this command") -> Any:
+    """Run ``call``; any user error, bad flag, missing extra or Ctrl-C becomes one line on stderr and an exit status."""
     try:
         return call()
     except _SHOWS_HELP:
         raise
+    except ModuleNotFoundError as exc:
+        error = missing_extra(exc, what)
+        if error is None:
+            raise
+        _exit_with(error, FAILED)
     except click.UsageError as exc:
         where = f"'{exc.ctx.command_path} --help'" if exc.ctx is not None else "--help"
         _exit_with(EdgepipeError(exc.format_message(), fix=f"see {where}"), exc.exit_code)
@@ -42,6 +66,15 @@ def _guarded(call: Callable[[], Any]) -> Any:
             "Error: interrupted; nothing half-written was kept. Fix: run the same command again to resume.", err=True
         )
         raise click.exceptions.Exit(INTERRUPTED) from None
+
+
+def missing_extra(exc: ModuleNotFoundError, what: str = "this command") -> EdgepipeError | None:
+    """The one-line error for a module of an extra that is not installed; None for any other module."""
+    module = (exc.name or "").split(".")[0]
+    if module not in MISSING_EXTRAS:
+        return None
+    package, extra = MISSING_EXTRAS[module]
+    return EdgepipeError(f"{what} needs {package}, which is not installed", fix=f"pip install 'edgepipe[{extra}]'")
 
 
 def _exit_with(error: EdgepipeError, status: int) -> None:
@@ -59,7 +92,7 @@ class Guarded:
     def invoke(self, ctx: click.Context) -> Any:
         parent = super()
         quiet_libraries()
-        return _guarded(lambda: parent.invoke(ctx))
+        return _guarded(lambda: parent.invoke(ctx), ctx.command_path)
 
 
 class EdgepipeCommand(Guarded, click.Command):

@@ -1,10 +1,13 @@
 """edgepipe validate: every artifact against the FP32 reference, on its held-out split or the user's images."""
 
+from pathlib import Path
+
 import click
 from rich.table import Table
 
 from pipeline.commands.options import EdgepipeCommand, data_option, emit, json_option, model_options, preprocess_options
 from pipeline.defaults import DEFAULT_ATOL, DEFAULT_BATCH_SIZE, DEFAULT_RTOL, SPLITS
+from pipeline.errors import EdgepipeError
 from pipeline.progress import out
 
 
@@ -18,7 +21,7 @@ from pipeline.progress import out
     help="The FP32 model every artifact is compared with: the PyTorch checkpoint, an FP32 .onnx on ONNX Runtime "
     "(any single-image-input ONNX), or your model's weights file with --model. Default: the first FP32 .onnx among the artifacts.",
 )
-@click.argument("artifacts", nargs=-1, required=True, metavar="ARTIFACT...")
+@click.argument("artifacts", nargs=-1, required=True, metavar="[BUNDLE] ARTIFACT...")
 @data_option(
     help="Images to validate on: an ImageFolder, a folder of images, an .npz with pixels x or model inputs (and y), or 'digits'. "
     "Default: the data an edgepipe model records; a model edgepipe did not export needs it."
@@ -62,12 +65,21 @@ def validate_command(
     images are --data, streamed once through the reference and every artifact with the model's
     preprocessing (stored in it, or given here).
 
+    On the device, the first ARTIFACT may be a bundle (edgepipe package) or its golden_outputs.json:
+    each model after it (the engine built there, or an ONNX of the bundle) is checked against the
+    bundle's golden outputs under its precision's tolerance, with no torch, no ONNX Runtime and no
+    data; a model the golden outputs were not made for is refused.
+
     \b
     Examples:
       edgepipe validate --reference runs/se/se_resnet.pt runs/se/model.onnx runs/se/model.fp16.onnx runs/se/model.int8.onnx
       edgepipe validate --reference resnet.onnx resnet.int8.onnx --data photos/ --labels labels.txt \\
           --resize 256 --crop 224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
+      edgepipe validate bundle/ model.fp16.onnx
     """
+    if reference is None and _is_golden(artifacts[0]):
+        _validate_golden(artifacts, data, as_json)
+        return
     # validating runs the models (numpy, onnx, ONNX Runtime, torch): imported when the command runs, so --help starts at once.
     from pipeline.validate import validate
 
@@ -85,6 +97,38 @@ def validate_command(
         code=code,
     )
     emit(result, as_json, _print_table, failed=not result["ok"])
+
+
+def _is_golden(path: str) -> bool:
+    """A bundle folder, or its golden_outputs.json: what validate checks models against on the device."""
+    return Path(path).is_dir() or Path(path).suffix == ".json"
+
+
+def _validate_golden(artifacts, data, as_json) -> None:
+    if len(artifacts) < 2 or data is not None:
+        raise EdgepipeError(
+            f"{artifacts[0]} holds golden outputs: they are checked with the bundle's own images, against models",
+            fix=f"pass the models after it, and no --data: edgepipe validate {artifacts[0]} model.fp16.engine",
+        )
+    # runs the engine (TensorRT, the CUDA binding) or the ONNX: imported when the command runs, so --help starts at once.
+    from pipeline.validate_golden import validate_golden
+
+    result = validate_golden(artifacts[0], list(artifacts[1:]))
+    emit(result, as_json, _print_golden, failed=not result["ok"])
+
+
+def _print_golden(result) -> None:
+    out.print(f"golden outputs {result['golden']}: {result['images']} images", markup=False)
+    for row in result["rows"]:
+        worst = max(row["outputs"].values(), key=lambda figures: figures["max_abs_diff"])
+        failed = sum(figures["failed_elements"] for figures in row["outputs"].values())
+        verdict = "passed" if row["passed"] else f"FAILED ({failed} values out of tolerance)"
+        out.print(
+            f"{row['model']} ({row['precision']}, made from {row['made_from']}, on {row['runner']}): {verdict}; "
+            f"max |Δ| {worst['max_abs_diff']:.3g} (atol {row['atol']:g}, rtol {row['rtol']:g})",
+            soft_wrap=True,
+            markup=False,
+        )
 
 
 def _f(value, spec: str) -> str:

@@ -128,6 +128,8 @@ def _write(folder: Path, target, models: dict[Precision, DeployModel], feeds, op
         "target": target.name,
         "precisions": [p.value for p in models],
         "golden": {**made, "reference": "fp32 on ONNX Runtime", "tolerances": tolerances},
+        # which ONNX and precision each engine build.sh writes comes from (edgepipe validate reads it)
+        "builds": {b.engine: {"onnx": b.onnx, "precision": b.precision.value} for b in builds},
         # what nvinfer's one scale would cost the unfolded model on these images (the bundle folds instead)
         "deepstream_unfolded_cost": deepstream.unfolded_cost(fp32, scaled),
         "edgepipe": __version__,

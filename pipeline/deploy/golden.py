@@ -9,11 +9,14 @@ On the device, with no edgepipe installed, Polygraphy checks a model or the engi
 iteration); ``golden_outputs.json`` what ``--save-outputs`` writes (``RunResults``). Each
 iteration holds one batch of the engine's smallest profile batch (or the model's static batch).
 ``TOLERANCES`` are per precision, against the FP32 outputs (elementwise: a value fails when it
-is off by more than both atol and rtol x |golden|).
+is off by more than both atol and rtol x |golden|). ``read`` loads them back with the bundle's record
+(``edgepipe validate BUNDLE MODEL`` on the device).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,7 @@ from pipeline.images import SPLIT_SEED, VAL_FRACTION, open_source
 from pipeline.onnxinfo import run_onnxruntime
 from pipeline.precision import Precision
 
-INPUTS, OUTPUTS = "golden_inputs.json", "golden_outputs.json"
+INPUTS, OUTPUTS, TOLERANCES_FILE, RECORD = "golden_inputs.json", "golden_outputs.json", "tolerances.json", "bundle.json"
 RUNNER = "golden-fp32-onnxruntime"
 # FP32 engines may use TF32 (10-bit mantissa) in convolutions; FP16 and INT8 are judged against FP32.
 TOLERANCES = {
@@ -96,3 +99,58 @@ def check_command(artifact: str, runner: str, precision: Precision) -> str:
         f"polygraphy run {artifact} {runner} --load-inputs {INPUTS} --load-outputs {OUTPUTS} "
         f"--atol {tol['atol']:g} --rtol {tol['rtol']:g}"
     )
+
+
+@dataclass(frozen=True)
+class Golden:
+    """A bundle's golden feeds and FP32 outputs (one dict per iteration), its tolerances and its record."""
+
+    folder: Path  # where golden_inputs.json and golden_outputs.json are (the bundle, or its deepstream/)
+    bundle: Path  # the folder of bundle.json
+    feeds: list[dict[str, np.ndarray]]
+    outputs: list[dict[str, np.ndarray]]
+    tolerances: dict[str, dict[str, float]]
+    record: dict
+
+    def models(self) -> dict[str, str]:
+        """The ONNX files these outputs judge (their names in the bundle) -> sha256, from the bundle's record."""
+        here = self.folder.relative_to(self.bundle)
+        digests = self.record.get("sha256") or {}
+        return {
+            name: digest for name, digest in digests.items() if name.endswith(".onnx") and Path(name).parent == here
+        }
+
+
+def read(path: str | Path) -> Golden:
+    """The golden outputs of a bundle folder (or of the folder of ``golden_outputs.json``), checked complete."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    bundle = next((f for f in (folder, folder.parent) if (f / RECORD).is_file()), None)
+    missing = [name for name in (INPUTS, OUTPUTS) if not (folder / name).is_file()]
+    if missing or bundle is None or not (bundle / TOLERANCES_FILE).is_file():
+        lacking = ", ".join(missing or [RECORD if bundle is None else TOLERANCES_FILE])
+        raise EdgepipeError(
+            f"{path} is not a bundle's golden outputs (no {lacking} there)",
+            fix="pass the folder edgepipe package wrote (or its golden_outputs.json), complete",
+        )
+    from polygraphy.comparator import RunResults  # Polygraphy reads its own formats; loaded only to check a model
+    from polygraphy.json import load_json
+    from polygraphy.logger import G_LOGGER
+
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.ERROR):  # Polygraphy logs each load on stdout, where --json results go
+            feeds = [dict(feed) for feed in load_json(str(folder / INPUTS))]
+            outputs = [dict(result) for result in RunResults.load(str(folder / OUTPUTS))[0][1]]
+        tolerances = json.loads((bundle / TOLERANCES_FILE).read_text())
+        record = json.loads((bundle / RECORD).read_text())
+    except Exception as exc:  # truncated or hand-edited JSON, another tool's file
+        raise EdgepipeError(
+            f"cannot read the golden files in {folder} ({type(exc).__name__}: {str(exc).strip()[:160]})",
+            fix="copy the bundle again (sha256sum -c SHA256SUMS says which file changed)",
+        )
+    if len(feeds) != len(outputs):
+        raise EdgepipeError(
+            f"{folder} has {len(feeds)} golden inputs for {len(outputs)} outputs",
+            fix="copy the bundle again (sha256sum -c SHA256SUMS says which file changed)",
+        )
+    return Golden(folder, bundle, feeds, outputs, tolerances, record)

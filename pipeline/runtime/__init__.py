@@ -4,7 +4,7 @@
         logits = predict(runner, images)
 
 ``device`` places PyTorch and ONNX Runtime ("cuda": ONNX Runtime's CUDA provider where it is
-installed); TensorRT engines always run on the GPU, optionally replayed as a CUDA graph. An engine
+installed; without ONNX Runtime, an ONNX runs on onnx's reference evaluator); TensorRT engines always run on the GPU, optionally replayed as a CUDA graph. An engine
 is checked against the installed TensorRT and the GPU (from its manifest) before anything touches
 the GPU; without a GPU it then raises ``NoGpuError``, a skip rather than a failure.
 """
@@ -22,7 +22,16 @@ from pipeline.runner import NoGpuError, Runner, batch_step, check_batch, predict
 from pipeline.tensorrt.backend import BACKENDS, get_backend
 from pipeline.tensorrt.compat import check_engine_runtime
 
-__all__ = ["NoGpuError", "Runner", "batch_step", "check_batch", "open_runner", "predict", "predict_batch"]
+__all__ = [
+    "NoGpuError",
+    "Runner",
+    "batch_step",
+    "check_batch",
+    "open_runner",
+    "open_unrecorded_engine",
+    "predict",
+    "predict_batch",
+]
 
 
 def _pytorch(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode) -> Runner:
@@ -31,7 +40,14 @@ def _pytorch(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode)
     return TorchRunner.from_checkpoint(artifact.path, device=device, code=code)
 
 
-def _onnxruntime(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode) -> Runner:
+def _onnx(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode) -> Runner:
+    """ONNX Runtime; where it is not installed (a light device install), onnx's reference evaluator."""
+    try:
+        import onnxruntime  # noqa: F401 - only asked whether it is installed; the runner imports it
+    except ModuleNotFoundError:
+        from pipeline.runtime.onnxref import OnnxReferenceRunner  # numpy only: the light install's ONNX runner
+
+        return OnnxReferenceRunner(artifact.path)
     from pipeline.runtime.ort import OnnxRuntimeRunner  # imports onnxruntime: only for ONNX models
 
     return OnnxRuntimeRunner(artifact.path, device=device)
@@ -41,19 +57,31 @@ def _engine(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode) 
     backend = get_backend(artifact.backend if artifact.backend in BACKENDS else "auto")
     device_cc = current_compute_capability()
     check_engine_runtime(artifact.path, backend, device_cc)
+    return _engine_runner(artifact, backend, device_cc, cuda_graph)
+
+
+def open_unrecorded_engine(artifact: Artifact) -> Runner:
+    """The runner of an engine built outside edgepipe (trtexec on the device, by a bundle's build.sh).
+
+    It has no manifest to check against this runtime: TensorRT's own deserialization is the check.
+    """
+    return _engine_runner(artifact, get_backend("auto"), current_compute_capability(), cuda_graph=False)
+
+
+def _engine_runner(artifact: Artifact, backend, device_cc: str | None, cuda_graph: bool) -> Runner:
     if device_cc is None:
         raise NoGpuError(
             f"running TensorRT engine {artifact.path} needs an NVIDIA GPU, and this machine has none",
             fix="run it on a GPU host; here, validate and bench the .onnx it was built from",
         )
-    from pipeline.runtime.engine import TensorRTRunner  # imports pycuda: only on a GPU host
+    from pipeline.runtime.engine import TensorRTRunner  # imports pycuda or cuda-python: only on a GPU host
 
     return TensorRTRunner(artifact.path.read_bytes(), backend, cuda_graph=cuda_graph, label=artifact.name)
 
 
 RUNNERS: dict[Kind, Callable[[Artifact, str, bool, ModelCode], Runner]] = {
     Kind.CHECKPOINT: _pytorch,
-    Kind.ONNX: _onnxruntime,
+    Kind.ONNX: _onnx,
     Kind.ENGINE: _engine,
 }
 

@@ -1,4 +1,4 @@
-"""Running TensorRT engines on the GPU, through pycuda's buffers, streams and events.
+"""Running TensorRT engines on the GPU, through pycuda's (or cuda-python's) buffers, streams and events.
 
 ``TensorRTRunner`` holds page-locked host buffers, device buffers, a CUDA stream and four CUDA
 events per inference (before H2D, after H2D, after compute, after D2H), so every call reports
@@ -12,7 +12,8 @@ Two TensorRT APIs, chosen by what the engine object has (not by version strings)
 - tensor addresses (TensorRT 10.x/11.x and TensorRT-RTX): ``num_io_tensors``, ``get_tensor_name``,
   ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3(stream)``.
 
-pycuda and libcuda (CUDA graphs) are reached through ``pipeline.cuda`` only.
+pycuda or cuda-python (``pipeline.cuda.import_cuda``: the same calls) and libcuda (CUDA graphs) are
+reached through ``pipeline.cuda`` only.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cuda import CudaGraph, Driver, import_pycuda
+from pipeline.cuda import CudaGraph, Driver, import_cuda
 from pipeline.errors import EdgepipeError
 from pipeline.runner import Runner
 
@@ -42,7 +43,7 @@ class TensorRTRunner(Runner):
     def __init__(
         self, engine_bytes: bytes, backend: Any, cuda_graph: bool = False, device_index: int = 0, label: str = "engine"
     ):
-        cuda = import_pycuda()
+        cuda = import_cuda()
         self._cuda = cuda
         self.backend = backend
         self.label = label
