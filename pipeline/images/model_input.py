@@ -193,23 +193,29 @@ class ModelInput:
         return {key: f"{self.info.input_name}:{batch}x{sample}" for key, batch in zip(("min", "opt", "max"), batches)}
 
     def write_onnx(self, source: str | Path, output: str | Path, record: Record | None = None) -> Path:
-        """``source`` with ``record`` (default: this preprocessing) stored in its metadata, and a manifest.
+        """``source`` with ``record`` (default: this preprocessing) stored in its metadata, and a manifest
+        whose settings are the preprocessing and class names stored.
 
         FP16/INT8 models made from it carry the record over, so later stages need no flags.
         """
         model = load_model(source)
-        (record or Record(self.preprocess)).store_in(model)
+        record = record or Record(self.preprocess)
+        record.store_in(model)
         with atomic_output(output) as tmp:
             onnx.save(model, str(tmp))
         write_manifest(
             output,
             Kind.ONNX,
             inputs={"onnx": sha256_file(source)},
-            params={"precision": "fp32", "preprocess": self.preprocess.to_dict()},
+            params=self.import_settings(record.class_names),
             precision=Precision.FP32,
             source=str(source),
         )
         return Path(output)
+
+    def import_settings(self, class_names: tuple[str, ...] | None) -> dict[str, Any]:
+        """What an imported copy of the model is made with besides the ONNX: its preprocessing and class names."""
+        return {"precision": "fp32", "preprocess": self.preprocess.to_dict(), "class_names": class_names}
 
     def describe(self) -> str:
         """One line for the user, e.g. 'no preprocessing given: images are resized to 224x224 and scaled to [0, 1]'."""
