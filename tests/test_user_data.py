@@ -180,7 +180,7 @@ def test_validate_needs_data_and_the_flags_merge_over_what_a_model_records(photo
     with pytest.raises(EdgepipeError, match="records no data, so there are no images to calibrate or validate"):
         validate.validate(reference, [reference])
     model = onnx.load(str(reference))
-    Preprocess.from_dict({"resize": 300, "crop": 224}).store_in(model)
+    Record(Preprocess.from_dict({"resize": 300, "crop": 224})).store_in(model)
     onnx.save(model, str(tmp_path / "ours.onnx"))
     flags = PreprocessFlags.parse(resize="256")
     result = validate.validate(

@@ -30,7 +30,7 @@ from pipeline.images.record import Record
 from pipeline.onnxinfo import ModelInfo, TensorInfo, describe, load_model
 from pipeline.precision import Precision
 from pipeline.preprocess import Preprocess
-from pipeline.preprocess_options import CHANNEL_ORDERS, INTERPOLATION_NAMES, LAYOUTS, check_keys, choice, parse_value
+from pipeline.preprocess_options import check_keys, parse_value
 from pipeline.yamlfile import read_yaml
 
 FLAG_KEYS = ("resize", "crop", "mean", "std", "channel_order", "interpolation", "layout")
@@ -55,21 +55,14 @@ class PreprocessFlags:
         if unknown:
             raise TypeError(f"unknown preprocessing flags {unknown}")
         values = {key: parse_value(key, value) for key, value in flags.items() if value is not None}
-        for key in ("channel_order", "interpolation", "layout"):
-            if key in values:
-                choice(
-                    key,
-                    values[key],
-                    {"channel_order": CHANNEL_ORDERS, "layout": LAYOUTS, "interpolation": INTERPOLATION_NAMES}[key],
-                )
         file_values = read_preprocess_file(file) if file is not None else {}
         merged = {**file_values, **values}
         geometry = {
             key: merged[key]
-            for key in ("resize", "crop", "interpolation", "channel_order")
+            for key in ("resize", "crop", "interpolation", "channel_order", "layout")
             if merged.get(key) is not None
         }
-        Preprocess.from_dict(geometry)  # a crop larger than the resize, or a bad name, fails here
+        Preprocess.from_dict(geometry)  # a crop larger than the resize, or an unknown name, fails here
         for key in ("mean", "std"):
             if merged.get(key) is not None:
                 numbers = parse_value(key, merged[key])

@@ -59,10 +59,7 @@ def sweep(
     if address not in ("local", "auto"):
         connection.split_address(address)
     started, ray_output = time.perf_counter(), connection.RayOutput()
-    with (
-        contextlib.closing(ray_output),
-        connection.connect(address, settings.resources, settings.num_cpus, settings.retries, ray_output) as cluster,
-    ):
+    with contextlib.closing(ray_output), connection.connect(settings, ray_output) as cluster:
         nodes = cluster.nodes()
         connected = time.perf_counter() - started
         chosen_targets = chosen_targets or sorted({t for n in nodes for t in n.targets}, key=cc_order)
