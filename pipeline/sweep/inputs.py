@@ -61,13 +61,9 @@ class SweepSettings:
 
     def run_settings(self, model: SweepModel) -> dict[str, Any]:
         """``edgepipe run``'s settings for one model's target-independent stages (no engines)."""
-        return {
-            "data": model.data or self.data,
-            "epochs": model.epochs or self.epochs,
-            **{key: getattr(self, key) for key in ("seed", "max_drop", "bench_batches", "bench_seconds", "strict")},
-            "force": self.force,
-            "engines": False,
-        }
+        shared = ("seed", "max_drop", "bench_batches", "bench_seconds", "strict", "force")
+        mine = {"data": model.data or self.data, "epochs": model.epochs or self.epochs, "engines": False}
+        return {**{key: getattr(self, key) for key in shared}, **mine}
 
 
 # --- inputs -----------------------------------------------------------------------------------------
