@@ -54,18 +54,11 @@ from pipeline.defaults import DEFAULT_MAX_DROP
 @batches_option("--batches", default="1,8", help="Batch sizes to bench.", dest="bench_batches")
 @click.option("--bench-seconds", default=1.0, show_default=True, help="Timed seconds per artifact and batch.")
 @max_drop_option(default=DEFAULT_MAX_DROP)
-@click.option(
-    "--no-engines",
-    "engines",
-    is_flag=True,
-    flag_value=False,
-    default=True,
-    help="Skip TensorRT engines even when a TensorRT flavour is installed.",
-)
+@click.option("--no-engines", is_flag=True, help="Skip TensorRT engines even when a TensorRT flavour is installed.")
 @click.option("--strict", is_flag=True, help="Stop at the first failed stage instead of recording it and going on.")
 @force_option(help="Redo every stage, even those whose inputs have not changed.")
 @json_option
-def run_command(input_size, as_json, **flags):
+def run_command(input_size, no_engines, as_json, **flags):
     """Train (or load), export, calibrate, quantize, build engines, validate and bench, in one run directory.
 
     Re-running reuses every stage whose inputs have not changed. Writes report.json and
@@ -85,7 +78,7 @@ def run_command(input_size, as_json, **flags):
     # a run trains and runs every stage (torch, onnx, ModelOpt): imported when the command runs, so --help starts at once.
     from pipeline.run import run
 
-    report = run(input_shape=input_size.chw() if input_size else None, **flags)
+    report = run(input_shape=input_size.chw() if input_size else None, engines=not no_engines, **flags)
     failed = [name for name, stage in report["stages"].items() if stage["status"] in ("failed", "skipped")]
     emit(report, as_json, _print, failed=bool(failed))
 
