@@ -1,6 +1,6 @@
 """The edgepipe command line: an explicit list of commands, each loaded only when it runs.
 
-``COMMANDS`` names every command, where it lives and its one-line help. ``edgepipe --help`` prints
+``COMMANDS`` names every command and its one-line help. ``edgepipe --help`` prints
 the list from the table alone, so it starts at once; running a command imports only its own module
 (and so only the model runtime that command needs). This is Click's documented lazy-group pattern.
 A new command: one thin module in ``pipeline/commands/`` and one row here.
@@ -17,64 +17,28 @@ from click.utils import make_default_short_help
 from pipeline import __version__
 from pipeline.commands.options import Guarded
 
-# name -> ("module:attribute", one-line help: the first line of the command's docstring)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": (
-        "pipeline.commands.bench:bench_command",
-        "Measure latency and throughput of the PyTorch reference and every artifact, side by side.",
-    ),
-    "build": (
-        "pipeline.commands.build:build_command",
-        "Build a TensorRT or TensorRT-RTX engine from an ONNX model, like trtexec.",
-    ),
-    "calibrate": (
-        "pipeline.commands.calibrate:calibrate_command",
-        "Draw a class-balanced calibration set from the model's training split.",
-    ),
-    "check": (
-        "pipeline.commands.check:check_command",
-        "Compare a run report with a baseline; exit 1 listing every regression.",
-    ),
-    "export": (
-        "pipeline.commands.export:export_command",
-        "Export a checkpoint or weights file to ONNX and prove it against PyTorch (held-out images, else synthetic inputs).",
-    ),
-    "models": ("pipeline.commands.models:models_command", "List the model zoo: attention type, parameters and MACs."),
-    "package": (
-        "pipeline.commands.package:package_command",
-        "Write a bundle that builds and proves a model's engines on the device, with no edgepipe there.",
-    ),
-    "quantize": (
-        "pipeline.commands.quantize:quantize_command",
-        "Make an FP16 or INT8 (Q/DQ) ONNX model and check it on the held-out split.",
-    ),
-    "run": (
-        "pipeline.commands.run:run_command",
-        "Train (or load), export, calibrate, quantize, build engines, validate and bench, in one run directory.",
-    ),
-    "sweep": (
-        "pipeline.commands.sweep:sweep_command",
-        "Build and measure every model x precision x target GPU, fanned out on Ray.",
-    ),
-    "train": (
-        "pipeline.commands.train:train_command",
-        "Train a model and write a checkpoint with its config, model spec and held-out split.",
-    ),
-    "validate": (
-        "pipeline.commands.validate:validate_command",
-        "Compare artifacts (ONNX at any precision, engines) with PyTorch on the held-out split.",
-    ),
-    "worker": (
-        "pipeline.commands.worker:worker_command",
-        "Join a Ray cluster as a sweep worker advertising this machine's target GPU.",
-    ),
+# name -> its one-line help (the first line of its docstring); the command is NAME_command in pipeline.commands.NAME.
+COMMANDS: dict[str, str] = {
+    "bench": "Measure latency and throughput of the PyTorch reference and every artifact, side by side.",
+    "build": "Build a TensorRT or TensorRT-RTX engine from an ONNX model, like trtexec.",
+    "calibrate": "Draw a class-balanced calibration set from the model's training split.",
+    "check": "Compare a run report with a baseline; exit 1 listing every regression.",
+    "export": "Export a checkpoint or weights file to ONNX and prove it against PyTorch (held-out images, else synthetic inputs).",
+    "models": "List the model zoo: attention type, parameters and MACs.",
+    "package": "Write a bundle that builds and proves a model's engines on the device, with no edgepipe there.",
+    "quantize": "Make an FP16 or INT8 (Q/DQ) ONNX model and check it on the held-out split.",
+    "run": "Train (or load), export, calibrate, quantize, build engines, validate and bench, in one run directory.",
+    "sweep": "Build and measure every model x precision x target GPU, fanned out on Ray.",
+    "train": "Train a model and write a checkpoint with its config, model spec and held-out split.",
+    "validate": "Compare artifacts (ONNX at any precision, engines) with PyTorch on the held-out split.",
+    "worker": "Join a Ray cluster as a sweep worker advertising this machine's target GPU.",
 }
 
 
 class LazyGroup(Guarded, click.Group):
-    """A group whose commands are imported on first use, from a table of ``name -> (target, help)``."""
+    """A group whose commands are imported on first use, from a table of ``name -> help``."""
 
-    def __init__(self, *args, lazy_commands: dict[str, tuple[str, str]], **kwargs):
+    def __init__(self, *args, lazy_commands: dict[str, str], **kwargs):
         super().__init__(*args, **kwargs)
         self.lazy_commands = lazy_commands
 
@@ -84,8 +48,7 @@ class LazyGroup(Guarded, click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in self.lazy_commands:
             return None
-        module, _, attribute = self.lazy_commands[name][0].partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        return getattr(importlib.import_module(f"pipeline.commands.{name}"), f"{name}_command")
 
     def resolve_command(
         self, ctx: click.Context, args: list[str]
@@ -101,7 +64,7 @@ class LazyGroup(Guarded, click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list from the table, without importing any command."""
         limit = formatter.width - 6 - max(len(name) for name in self.lazy_commands)
-        rows = [(name, make_default_short_help(self.lazy_commands[name][1], limit)) for name in self.list_commands(ctx)]
+        rows = [(name, make_default_short_help(self.lazy_commands[name], limit)) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 

@@ -100,7 +100,7 @@ class Fidelity:
             "outputs": per_output,
         }
         if self._labelled:
-            top1 = self._correct / self._labelled * 100.0  # as metrics.top1 computes it: the same figure, bit for bit
+            top1 = self._correct / self._labelled * 100.0  # as train computes it: the same figure, bit for bit
             reference_top1 = self._reference_correct / self._labelled * 100.0
             figures.update(
                 labelled=self._labelled, top1=top1, reference_top1=reference_top1, delta=top1 - reference_top1

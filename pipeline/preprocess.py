@@ -153,13 +153,6 @@ class Preprocess:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
-    def store_in(self, model) -> None:
-        """Record this preprocessing in an ``onnx.ModelProto``'s metadata (replacing an older one)."""
-        kept = [(p.key, p.value) for p in model.metadata_props if p.key != METADATA_KEY]
-        del model.metadata_props[:]
-        for key, value in kept + [(METADATA_KEY, self.to_json())]:
-            model.metadata_props.add(key=key, value=value)
-
     # --- what it does -------------------------------------------------------------------------
 
     @property

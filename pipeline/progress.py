@@ -11,7 +11,14 @@ import contextlib
 from collections.abc import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 console = Console(stderr=True, highlight=False, markup=False)
 # Human-readable results (tables) go to stdout; progress and messages to stderr.
@@ -30,6 +37,7 @@ def info_styled(text: str, style: str) -> None:
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[_Bar]:
+    """A bar on stderr (stdout stays clean for --json): done/total, a status, ETA and time elapsed."""
     if not enabled:
         yield _Bar(None, None)
         return
@@ -37,7 +45,8 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}", markup=False),
+        TextColumn("{task.fields[status]} ETA", markup=False),
+        TimeRemainingColumn(),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
@@ -52,3 +61,7 @@ class _Bar:
     def advance(self, status: str = "") -> None:
         if self._progress is not None:
             self._progress.update(self._task, advance=1, status=status)
+
+    def update(self, completed: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=completed)

@@ -74,3 +74,12 @@ def one_line_error(result, *needles) -> str:
     for needle in needles:
         assert needle in errors[0], errors[0]
     return errors[0]
+
+
+def compare_logits(reference, logits) -> dict:
+    """The one comparison edgepipe makes (pipeline.fidelity) of two arrays of logits."""
+    from pipeline.fidelity import Fidelity
+
+    fidelity = Fidelity(["logits"])
+    fidelity.update([reference], [logits])
+    return fidelity.result()

@@ -16,6 +16,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
+from pipeline.images import Record
 from pipeline.preprocess import Preprocess
 
 CLASSES = ("cat", "dog", "bird", "fish", "frog")
@@ -53,7 +54,7 @@ def classifier(
     )  # fmt: skip
     model = onnx.load(str(path))
     defaults = {"resize": size + 4, "crop": (size, size), "mean": MEAN, "std": STD} if channels == 3 else {}
-    Preprocess(**{**defaults, **pre, "channels": channels}).store_in(model)
+    Record(Preprocess(**{**defaults, **pre, "channels": channels})).store_in(model)
     model.metadata_props.add(key="edgepipe.class_names", value=json.dumps(list(CLASSES)))
     onnx.save(model, str(path))
     return path

@@ -38,7 +38,7 @@ def test_help_lists_every_command_from_the_table(runner):
 
 def test_table_matches_each_command(runner):
     """Each row names a command of that name, and its help is the command's first docstring line."""
-    for name, (_, short_help) in COMMANDS.items():
+    for name, short_help in COMMANDS.items():
         command = main.get_command(None, name)
         assert command is not None and command.name == name
         assert command.help.strip().splitlines()[0] == short_help, name

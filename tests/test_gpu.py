@@ -13,11 +13,11 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from conftest import compare_logits
 
 from pipeline import cuda
 from pipeline.errors import EdgepipeError
 from pipeline.images import ModelData, ModelInput
-from pipeline.metrics import compare_logits
 from pipeline.runtime import open_runner as load_runner
 from pipeline.runtime import predict
 from pipeline.runtime.pytorch import TorchRunner

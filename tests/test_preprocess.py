@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import EdgepipeError
-from pipeline.images import PreprocessFlags
+from pipeline.images import PreprocessFlags, Record
 from pipeline.onnxinfo import ModelInfo, TensorInfo
 from pipeline.preprocess import METADATA_KEY, Preprocess
 
@@ -147,8 +147,8 @@ def test_json_round_trip_and_onnx_metadata():
     model = onnx.ModelProto()
     model.metadata_props.add(key="other", value="kept")
     assert Preprocess.from_onnx(model) is None
-    Preprocess.default_for((32, 32), 3).store_in(model)
-    pre.store_in(model)  # replaces the earlier one
+    Record(Preprocess.default_for((32, 32), 3)).store_in(model)
+    Record(pre).store_in(model)  # replaces the earlier one
     assert [p.key for p in model.metadata_props] == ["other", METADATA_KEY]
     assert Preprocess.from_onnx(model) == pre
 

@@ -8,11 +8,11 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import compare_logits
 
 from pipeline import cuda
 from pipeline.errors import EdgepipeError
 from pipeline.images import ModelData, ModelInput
-from pipeline.metrics import compare_logits
 from pipeline.runtime import NoGpuError, check_batch, predict
 from pipeline.runtime import open_runner as load_runner
 from pipeline.runtime.ort import OnnxRuntimeRunner

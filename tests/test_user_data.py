@@ -28,7 +28,7 @@ from pipeline.artifacts import read_manifest, sha256_file
 from pipeline.cli import main
 from pipeline.commands.build import build_engine_main
 from pipeline.errors import EdgepipeError
-from pipeline.images import ModelInput, PreprocessFlags, kinds
+from pipeline.images import ModelInput, PreprocessFlags, Record, kinds
 from pipeline.preprocess import Preprocess
 from pipeline.runtime.ort import OnnxRuntimeRunner
 from pipeline.tensorrt import backend
@@ -180,7 +180,7 @@ def test_validate_needs_data_and_the_flags_merge_over_what_a_model_records(photo
     with pytest.raises(EdgepipeError, match="records no data, so there are no images to calibrate or validate"):
         validate.validate(reference, [reference])
     model = onnx.load(str(reference))
-    Preprocess.from_dict({"resize": 300, "crop": 224}).store_in(model)
+    Record(Preprocess.from_dict({"resize": 300, "crop": 224})).store_in(model)
     onnx.save(model, str(tmp_path / "ours.onnx"))
     flags = PreprocessFlags.parse(resize="256")
     result = validate.validate(
@@ -530,3 +530,27 @@ def test_an_image_that_does_not_decode_in_a_big_folder_is_named(tmp_path):
         "line_01234.png",
     )
     assert not list(tmp_path.glob("calib.npz*")) and not list(tmp_path.glob(".calib.npz*"))
+
+
+def test_run_from_any_onnx_redoes_only_the_data_stages_for_other_data(photos, tmp_path):
+    folder, labels, _ = photos
+    model = copy_of("se_classifier", tmp_path, "classifier.onnx")
+    other = tmp_path / "more_photos"
+    shutil.copytree(folder, other)
+    _jpeg(np.random.default_rng(1), other / "class0", "extra.jpg")
+    settings = dict(onnx_model=model, labels=labels, workers=0, output=tmp_path / "run", engines=False, max_drop=None)
+    settings.update(precisions=("fp32", "int8"), bench_batches=(1,), bench_seconds=0.05)
+    first = run.run(data=str(folder), **settings)
+    assert {s["status"] for s in first["stages"].values()} == {"done"}, first["stages"]
+    imported = sha256_file(tmp_path / "run" / "model.onnx")
+    again = run.run(data=str(other), **settings)
+    statuses = {name: s["status"] for name, s in again["stages"].items() if name != "bench"}  # by the INT8 bytes
+    assert statuses == {
+        "import": "reused",  # it stores the preprocessing and class names, which --data does not change
+        "calibrate": "done",
+        "quantize-int8": "done",
+        "validate": "done",
+    }, statuses
+    assert sha256_file(tmp_path / "run" / "model.onnx") == imported
+    assert Record.of_onnx(onnx.load(str(tmp_path / "run" / "model.onnx"))).class_names == tuple(MODEL_ORDER)
+    assert json.loads((tmp_path / "run" / "validate.json").read_text())["images"]["count"] < 101

@@ -31,8 +31,6 @@ from pipeline.errors import EdgepipeError
 from pipeline.progress import info as say
 from pipeline.tensorrt.backend import TENSORRT
 
-__all__ = ["BuildSettings", "build", "build_engine", "default_engine_path"]
-
 
 def build_engine(
     onnx_path: str | Path,

@@ -20,17 +20,16 @@ from pipeline.tensorrt.options import HARDWARE_COMPATIBILITY
 _SHAPES = "NAME:DIMS[,NAME:DIMS...]"
 
 
+def _trtexec(flag: str, dest: str, metavar: str | None, help: str, **kwargs):
+    """A build control spelt as trtexec spells it (``--minShapes``), passed on as ``dest`` (``min_shapes``)."""
+    return click.option(flag, dest, default=None, metavar=metavar, help=help, **kwargs)
+
+
 @click.command(
     "build", cls=EdgepipeCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
 )
 @click.argument("onnx_file", required=False, metavar="MODEL.onnx", type=click.Path(dir_okay=False))
-@click.option(
-    "--onnx",
-    "onnx_option",
-    default=None,
-    metavar="MODEL.onnx",
-    help="The ONNX model (trtexec spelling; same as the argument).",
-)
+@_trtexec("--onnx", "onnx_option", "MODEL.onnx", "The ONNX model (trtexec spelling; same as the argument).")
 @precision_flags(
     {
         Precision.FP16: "FP16 engine: converts the ONNX to FP16 first (MODEL.fp16.onnx beside the engine).",
@@ -53,12 +52,8 @@ _SHAPES = "NAME:DIMS[,NAME:DIMS...]"
     "Default: the held-out data of an edgepipe model; seeded synthetic inputs for FP16 of another model."
 )
 @preprocess_options
-@click.option(
-    "--saveEngine",
-    "save_engine",
-    default=None,
-    metavar="PATH",
-    help="Engine file to write. Default: MODEL.<precision>.engine beside the ONNX.",
+@_trtexec(
+    "--saveEngine", "save_engine", "PATH", "Engine file to write. Default: MODEL.<precision>.engine beside the ONNX."
 )
 @click.option(
     "--backend",
@@ -67,61 +62,49 @@ _SHAPES = "NAME:DIMS[,NAME:DIMS...]"
     show_default=True,
     help="auto: standard TensorRT where installed, else TensorRT-RTX.",
 )
-@click.option(
-    "--minShapes",
-    "min_shapes",
-    default=None,
-    metavar=_SHAPES,
-    help="Smallest input shapes of the profile, e.g. input:1x1x32x32.",
-)
-@click.option("--optShapes", "opt_shapes", default=None, metavar=_SHAPES, help="Shapes the engine is tuned for.")
-@click.option(
+@_trtexec("--minShapes", "min_shapes", _SHAPES, "Smallest input shapes of the profile, e.g. input:1x1x32x32.")
+@_trtexec("--optShapes", "opt_shapes", _SHAPES, "Shapes the engine is tuned for.")
+@_trtexec(
     "--maxShapes",
     "max_shapes",
-    default=None,
-    metavar=_SHAPES,
-    help="Largest input shapes. Default for a dynamic batch: 1 (min), 1 (opt), 64 (max).",
+    _SHAPES,
+    "Largest input shapes. Default for a dynamic batch: 1 (min), 1 (opt), 64 (max).",
 )
-@click.option(
+@_trtexec(
     "--memPoolSize",
     "mem_pool_size",
-    default=None,
-    metavar="POOL:SIZE[,...]",
-    help="Memory pool limits, e.g. workspace:1024 (MiB; K, M, G suffixes).",
+    "POOL:SIZE[,...]",
+    "Memory pool limits, e.g. workspace:1024 (MiB; K, M, G suffixes).",
 )
-@click.option(
+@_trtexec(
     "--builderOptimizationLevel",
     "builder_optimization_level",
+    None,
+    "0 (fastest build) to 5 (most tuning); backend default 3.",
     type=click.IntRange(0, 5),
-    default=None,
-    help="0 (fastest build) to 5 (most tuning); backend default 3.",
 )
-@click.option(
-    "--timingCacheFile", "timing_cache_file", default=None, metavar="PATH", help="Timing cache to read and update."
+@_trtexec("--timingCacheFile", "timing_cache_file", "PATH", "Timing cache to read and update.")
+@_trtexec("--useDLACore", "use_dla_core", "N", "Run on DLA core N (Jetson, standard TensorRT).", type=int)
+@_trtexec(
+    "--allowGPUFallback",
+    "allow_gpu_fallback",
+    None,
+    "With --useDLACore: run layers DLA lacks on the GPU.",
+    is_flag=True,
 )
-@click.option(
-    "--useDLACore",
-    "use_dla_core",
-    type=int,
-    default=None,
-    metavar="N",
-    help="Run on DLA core N (Jetson, standard TensorRT).",
-)
-@click.option(
-    "--allowGPUFallback", "allow_gpu_fallback", is_flag=True, help="With --useDLACore: run layers DLA lacks on the GPU."
-)
-@click.option(
+@_trtexec(
     "--hardwareCompatibilityLevel",
     "hardware_compatibility_level",
-    default=None,
+    None,
+    "Engines that run on other GPUs (ampere+: any Ampere or newer).",
     type=click.Choice(list(HARDWARE_COMPATIBILITY), case_sensitive=False),
-    help="Engines that run on other GPUs (ampere+: any Ampere or newer).",
 )
-@click.option(
+@_trtexec(
     "--versionCompatible",
     "version_compatible",
+    None,
+    "Engine loadable by later TensorRT releases of the same major version.",
     is_flag=True,
-    help="Engine loadable by later TensorRT releases of the same major version.",
 )
 @click.option(
     "--computeCapability",

@@ -33,21 +33,7 @@ from pipeline.progress import out
 @data_option
 @force_option
 @json_option
-def export_command(
-    checkpoint,
-    output,
-    model,
-    code,
-    weights,
-    opset,
-    batch,
-    dynamic_batch,
-    input_size,
-    dynamic_size,
-    data,
-    force,
-    as_json,
-):
+def export_command(checkpoint, model, code, weights, input_size, as_json, **flags):
     """Export a checkpoint or weights file to ONNX and prove it against PyTorch (held-out images, else synthetic inputs).
 
     Fails (and writes nothing) unless the max abs logit difference is <= 1e-4 and top-1 agrees
@@ -63,18 +49,9 @@ def export_command(
     # the export stage runs PyTorch and ONNX Runtime: imported when the command runs, so --help starts at once.
     from pipeline.export import export
 
+    shape = input_size.chw() if input_size else None
     result = export(
-        _source(checkpoint, weights),
-        output,
-        model_name=model,
-        opset=opset,
-        batch=batch,
-        dynamic_batch=dynamic_batch,
-        data=data,
-        force=force,
-        trust_model_code=code.trust,
-        input_shape=input_size.chw() if input_size else None,
-        dynamic_size=dynamic_size,
+        _source(checkpoint, weights), model_name=model, trust_model_code=code.trust, input_shape=shape, **flags
     )
     emit(
         result,

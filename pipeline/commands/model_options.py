@@ -27,6 +27,20 @@ def weights_option(help: str = WEIGHTS_HELP) -> Callable:
     return click.option("--weights", default=None, type=click.Path(dir_okay=False), metavar="FILE", help=help)
 
 
+def with_options(fn: Callable, options: list[Callable], parse: Callable[[dict[str, Any]], None]) -> Callable:
+    """``fn`` with Click ``options`` (listed by ``--help`` in this order), their values turned by ``parse``
+    (which edits the keyword arguments in place) before ``fn`` is called."""
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        parse(kwargs)
+        return fn(*args, **kwargs)
+
+    for option in reversed(options):  # Click lists options in the order written
+        command = option(command)
+    return command
+
+
 def _parse_model(kwargs: dict[str, Any]) -> None:
     """Replace ``model_name``/``model_args``/``trust_model_code`` in ``kwargs`` by ``model`` and ``code``."""
     # modelspec reads ONNX metadata and hashes files (onnx, numpy): imported when the command runs, not at --help.
@@ -53,11 +67,6 @@ def model_options(
     """
 
     def decorator(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def command(*args: Any, **kwargs: Any) -> Any:
-            _parse_model(kwargs)
-            return fn(*args, **kwargs)
-
         options = [
             click.option(
                 "--model",
@@ -86,9 +95,7 @@ def model_options(
                     help="Import the user code a checkpoint names without --model (only for checkpoints you trust).",
                 )
             )
-        for option in reversed(options):  # Click lists options in the order written
-            command = option(command)
-        return command
+        return with_options(fn, options, _parse_model)
 
     return decorator
 
@@ -125,12 +132,6 @@ def preprocess_options(fn: Callable) -> Callable:
     preprocessing, the file and the flags are combined into its ``Preprocess`` when the model is
     read); ``--labels FILE`` -> ``labels``; ``--workers N`` -> ``workers``.
     """
-
-    @functools.wraps(fn)
-    def command(*args: Any, **kwargs: Any) -> Any:
-        _parse_preprocess(kwargs)
-        return fn(*args, **kwargs)
-
     options = [
         click.option(f"--{key.replace('_', '-')}", key, default=None, metavar=metavar, help=text)
         for key, (metavar, text) in PREPROCESS_HELP.items()
@@ -162,6 +163,4 @@ def preprocess_options(fn: Callable) -> Callable:
             "validate on 2 CPUs or fewer decodes in the main process, beside the models.",
         ),
     ]
-    for option in reversed(options):  # Click lists options in the order written
-        command = option(command)
-    return command
+    return with_options(fn, options, _parse_preprocess)

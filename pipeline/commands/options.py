@@ -16,8 +16,8 @@ from typing import Any
 
 import click
 
-from pipeline.commands.command import FAILED, INTERRUPTED, EdgepipeCommand, Guarded, emit, quiet_libraries
-from pipeline.commands.model_options import MODEL_HELP, model_options, preprocess_options, weights_option
+from pipeline.commands.command import EdgepipeCommand, Guarded, emit
+from pipeline.commands.model_options import model_options, preprocess_options, with_options
 from pipeline.commands.parsers import (
     callback,
     parse_batches,
@@ -25,34 +25,10 @@ from pipeline.commands.parsers import (
     parse_max_drop,
     parse_precisions,
 )
+from pipeline.defaults import BUDGET_DEFAULT
 from pipeline.errors import EdgepipeError
 from pipeline.inputsize import FORMAT as INPUT_SIZE_FORMAT
 from pipeline.precision import Precision
-
-__all__ = [
-    "FAILED",
-    "INTERRUPTED",
-    "MODEL_HELP",
-    "EdgepipeCommand",
-    "Guarded",
-    "batches_option",
-    "data_option",
-    "emit",
-    "force_option",
-    "input_size_option",
-    "json_option",
-    "max_drop_option",
-    "model_options",
-    "parse_batches",
-    "parse_input_size",
-    "parse_max_drop",
-    "parse_precisions",
-    "precision_flags",
-    "precisions_option",
-    "preprocess_options",
-    "quiet_libraries",
-    "weights_option",
-]
 
 # --- shared options ----------------------------------------------------------------------------------
 
@@ -78,11 +54,11 @@ def data_option(fn: Callable | None = None, *, default: str | None = None, help:
     return decorator(fn) if fn is not None else decorator
 
 
-def batches_option(name: str = "--batch", default: str = "1", help: str = "Batch sizes to measure.") -> Callable:
-    """``--batch 1,8,32`` -> ``batches``: a tuple of batch sizes."""
+def batches_option(name="--batch", default="1", help="Batch sizes to measure.", dest="batches") -> Callable:
+    """``--batch 1,8,32`` -> ``batches`` (or ``dest``): a tuple of batch sizes."""
     return click.option(
         name,
-        "batches",
+        dest,
         default=default,
         show_default=True,
         metavar="1,8,32",
@@ -92,14 +68,23 @@ def batches_option(name: str = "--batch", default: str = "1", help: str = "Batch
 
 
 def max_drop_option(default: float | None = None) -> Callable:
-    """``--max-drop PTS|none`` -> ``max_drop``: the INT8 accuracy budget in top-1 points, or None."""
+    """``--max-drop PTS|none`` -> ``max_drop``: the INT8 accuracy budget in top-1 points, or None.
+
+    With a ``default`` shown, a flag not given is ``BUDGET_DEFAULT``: that budget, or none for unlabelled images.
+    """
+
+    def parse(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if default is not None and ctx.get_parameter_source(param.name) is click.core.ParameterSource.DEFAULT:
+            return BUDGET_DEFAULT
+        return parse_max_drop(value)
+
     return click.option(
         "--max-drop",
         "max_drop",
         default=None if default is None else str(default),
         show_default=default is not None,
         metavar="PTS|none",
-        callback=callback(parse_max_drop),
+        callback=parse,
         help="INT8 accuracy budget: the most top-1 points INT8 may lose against FP32 on the held-out split; "
         "the most sensitive nodes stay in higher precision until it holds. 'none': plain PTQ.",
     )
@@ -126,23 +111,21 @@ def precision_flags(helps: dict[Precision, str], *, required: bool = False) -> C
     flags = [f"--{p.value}" for p in helps]
     one_of = f"{', '.join(flags[:-1])} and {flags[-1]}"
 
-    def decorator(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def command(*args: Any, **kwargs: Any) -> Any:
-            chosen = [p for p in helps if kwargs.pop(p.value)]
-            if len(chosen) > 1:
-                given = " and ".join(f"--{p.value}" for p in chosen)
-                raise EdgepipeError(
-                    f"choose one precision, not {given}",
-                    fix=f"pass exactly one of {one_of} (run the command once per precision)",
-                )
-            if required and not chosen:
-                raise EdgepipeError("no precision given", fix=f"pass exactly one of {one_of}")
-            return fn(*args, precision=chosen[0] if chosen else None, **kwargs)
+    def parse(kwargs: dict[str, Any]) -> None:
+        chosen = [p for p in helps if kwargs.pop(p.value)]
+        if len(chosen) > 1:
+            given = " and ".join(f"--{p.value}" for p in chosen)
+            raise EdgepipeError(
+                f"choose one precision, not {given}",
+                fix=f"pass exactly one of {one_of} (run the command once per precision)",
+            )
+        if required and not chosen:
+            raise EdgepipeError("no precision given", fix=f"pass exactly one of {one_of}")
+        kwargs["precision"] = chosen[0] if chosen else None
 
-        for precision, text in reversed(helps.items()):  # Click lists options in the order written
-            command = click.option(f"--{precision.value}", precision.value, is_flag=True, help=text)(command)
-        return command
+    def decorator(fn: Callable) -> Callable:
+        options = [click.option(f"--{p.value}", p.value, is_flag=True, help=text) for p, text in helps.items()]
+        return with_options(fn, options, parse)
 
     return decorator
 

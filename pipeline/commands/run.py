@@ -15,7 +15,7 @@ from pipeline.commands.options import (
     precisions_option,
     preprocess_options,
 )
-from pipeline.defaults import BUDGET_DEFAULT, DEFAULT_MAX_DROP
+from pipeline.defaults import DEFAULT_MAX_DROP
 
 
 @click.command("run", cls=EdgepipeCommand)
@@ -51,38 +51,14 @@ from pipeline.defaults import BUDGET_DEFAULT, DEFAULT_MAX_DROP
     help="Training epochs (default: the model's recipe; with --weights: none, the weights as they are).",
 )
 @click.option("--seed", default=0, show_default=True)
-@batches_option("--batches", default="1,8", help="Batch sizes to bench.")
+@batches_option("--batches", default="1,8", help="Batch sizes to bench.", dest="bench_batches")
 @click.option("--bench-seconds", default=1.0, show_default=True, help="Timed seconds per artifact and batch.")
 @max_drop_option(default=DEFAULT_MAX_DROP)
 @click.option("--no-engines", is_flag=True, help="Skip TensorRT engines even when a TensorRT flavour is installed.")
 @click.option("--strict", is_flag=True, help="Stop at the first failed stage instead of recording it and going on.")
 @force_option(help="Redo every stage, even those whose inputs have not changed.")
 @json_option
-@click.pass_context
-def run_command(
-    ctx,
-    model,
-    code,
-    weights,
-    input_size,
-    checkpoint,
-    onnx_model,
-    data,
-    preprocess,
-    labels,
-    workers,
-    precisions,
-    output,
-    epochs,
-    seed,
-    batches,
-    bench_seconds,
-    max_drop,
-    no_engines,
-    strict,
-    force,
-    as_json,
-):
+def run_command(input_size, no_engines, as_json, **flags):
     """Train (or load), export, calibrate, quantize, build engines, validate and bench, in one run directory.
 
     Re-running reuses every stage whose inputs have not changed. Writes report.json and
@@ -102,30 +78,7 @@ def run_command(
     # a run trains and runs every stage (torch, onnx, ModelOpt): imported when the command runs, so --help starts at once.
     from pipeline.run import run
 
-    if ctx.get_parameter_source("max_drop") is click.core.ParameterSource.DEFAULT:
-        max_drop = BUDGET_DEFAULT  # the default budget, or none for unlabelled images
-    report = run(
-        model=model,
-        code=code,
-        weights=weights,
-        input_shape=input_size.chw() if input_size else None,
-        checkpoint=checkpoint,
-        onnx_model=onnx_model,
-        data=data,
-        precisions=precisions,
-        output=output,
-        strict=strict,
-        force=force,
-        epochs=epochs,
-        seed=seed,
-        engines=not no_engines,
-        bench_batches=batches,
-        bench_seconds=bench_seconds,
-        max_drop=max_drop,
-        labels=labels,
-        preprocess=preprocess,
-        workers=workers,
-    )
+    report = run(input_shape=input_size.chw() if input_size else None, engines=not no_engines, **flags)
     failed = [name for name, stage in report["stages"].items() if stage["status"] in ("failed", "skipped")]
     emit(report, as_json, _print, failed=bool(failed))
 

@@ -12,7 +12,7 @@ from pipeline.commands.options import (
     max_drop_option,
     parse_precisions,
 )
-from pipeline.defaults import BUDGET_DEFAULT, DEFAULT_MAX_DROP, DEFAULT_SWEEP_OUTPUT
+from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_SWEEP_OUTPUT
 from pipeline.errors import EdgepipeError
 
 
@@ -56,7 +56,7 @@ from pipeline.errors import EdgepipeError
 @data_option(help="Dataset (default: digits). GPU workers that validate need it at the same path.")
 @click.option("--epochs", type=int, default=None, help="Training epochs (default: each model's recipe).")
 @click.option("--seed", default=0, show_default=True)
-@batches_option("--batches", default="1,8", help="Batch sizes to bench.")
+@batches_option("--batches", default="1,8", help="Batch sizes to bench.", dest="bench_batches")
 @click.option("--bench-seconds", default=1.0, show_default=True, help="Timed seconds per artifact and batch.")
 @max_drop_option(default=DEFAULT_MAX_DROP)
 @click.option(
@@ -70,26 +70,7 @@ from pipeline.errors import EdgepipeError
 )
 @force_option(help="Redo every stage and rebuild every engine, even those that are current.")
 @json_option
-@click.pass_context
-def sweep_command(
-    ctx,
-    models,
-    models_file,
-    precisions,
-    targets,
-    output,
-    address,
-    data,
-    epochs,
-    seed,
-    batches,
-    bench_seconds,
-    max_drop,
-    retries,
-    strict,
-    force,
-    as_json,
-):
+def sweep_command(models, models_file, precisions, targets, output, as_json, **flags):
     """Build and measure every model x precision x target GPU, fanned out on Ray.
 
     Each model's target-independent stages run once on this machine (into DIR/<model>/, as
@@ -104,29 +85,11 @@ def sweep_command(
       edgepipe sweep --models-file sweep.yaml --targets sm_89,sm_87,sm_80 --address HEAD:6379
     """
     # the sweep runs the stages (torch, onnx) and Ray: imported when the command runs, so --help starts at once.
-    from pipeline.sweep import sweep
+    from pipeline.sweep import SweepSettings, sweep
 
     if not models and not models_file:
         raise EdgepipeError("no model to sweep", fix="pass --models A,B or --models-file sweep.yaml")
-    if ctx.get_parameter_source("max_drop") is click.core.ParameterSource.DEFAULT:
-        max_drop = BUDGET_DEFAULT  # edgepipe run's default budget, or none for unlabelled images
-    report = sweep(
-        models=_split(models),
-        models_file=models_file,
-        precisions=precisions,
-        targets=_split(targets),
-        output=output,
-        address=address,
-        data=data,
-        epochs=epochs,
-        seed=seed,
-        max_drop=max_drop,
-        bench_batches=batches,
-        bench_seconds=bench_seconds,
-        strict=strict,
-        force=force,
-        retries=retries,
-    )
+    report = sweep(_split(models), models_file, precisions, _split(targets), output, SweepSettings(**flags))
     emit(report, as_json, _print, failed=not report["ok"])
 
 

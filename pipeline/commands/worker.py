@@ -56,18 +56,11 @@ def worker_command(address, targets, num_cpus, temp_dir, dry_run, as_json):
             "this machine has no NVIDIA GPU and no TensorRT-RTX, so it serves no target",
             fix="install TensorRT-RTX (pip install 'edgepipe[rtx]') to build ahead of time, or pass --targets sm_XY",
         )
-    command = [
-        "ray",
-        "start",
-        "--address",
-        f"{host}:{port}",
-        "--resources",
-        json.dumps(resources, sort_keys=True),
-        "--block",
-    ]
+    address = f"{host}:{port}"
+    command = ["ray", "start", "--address", address, "--resources", json.dumps(resources, sort_keys=True), "--block"]
     command += [f"--num-cpus={num_cpus}"] if num_cpus else []
     command += [f"--temp-dir={temp_dir}"] if temp_dir else []
-    result = {"address": f"{host}:{port}", "resources": resources, "command": command, "started": not dry_run}
+    result = {"address": address, "resources": resources, "command": command, "started": not dry_run}
     if dry_run:
         emit(
             result,

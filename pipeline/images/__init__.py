@@ -18,32 +18,9 @@ workers, shared memory, a bad file named when reached).
 
 from __future__ import annotations
 
-from pipeline.images.kinds import DigitsSource, FileSource, NpzSource, open_source
+from pipeline.images.kinds import open_source
 from pipeline.images.model_data import DATA_FIX, ModelData
 from pipeline.images.model_input import FLAG_KEYS, ModelInput, PreprocessFlags
 from pipeline.images.record import Record
-from pipeline.images.source import DIGITS, IMAGE_SUFFIXES, SPLIT_SEED, VAL_FRACTION, ImageSource, Split, read_labels
-from pipeline.images.stream import DEFAULT_BATCH_SIZE, BatchStream, default_workers
-
-__all__ = [
-    "DATA_FIX",
-    "DEFAULT_BATCH_SIZE",
-    "DIGITS",
-    "FLAG_KEYS",
-    "IMAGE_SUFFIXES",
-    "SPLIT_SEED",
-    "VAL_FRACTION",
-    "BatchStream",
-    "DigitsSource",
-    "FileSource",
-    "ImageSource",
-    "ModelData",
-    "ModelInput",
-    "NpzSource",
-    "PreprocessFlags",
-    "Record",
-    "Split",
-    "default_workers",
-    "open_source",
-    "read_labels",
-]
+from pipeline.images.source import DIGITS, SPLIT_SEED, VAL_FRACTION, ImageSource, read_labels
+from pipeline.images.stream import DEFAULT_BATCH_SIZE, default_workers

@@ -78,11 +78,15 @@ class ModelData:
         indices = self.split.held_out if indices is None else indices
         return self.source.batches(self.model_input.preprocess, indices, batch_size, workers, progress)
 
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The model's class names: the images' (through ``--labels``) when labelled, else what it records."""
+        return tuple(self.source.class_names) if self.labelled else self.model_input.record.class_names
+
     def record(self) -> Record:
-        """The model's record with these images and their split: what an import stage stores."""
-        names = tuple(self.source.class_names) if self.labelled else self.model_input.record.class_names
+        """The model's record with these images and their split: what a conversion given flags stores."""
         data = {"source": self.source.spec, "sha256": self.source.sha256, "split": self.split.record}
-        return Record(self.model_input.preprocess, names, data)
+        return Record(self.model_input.preprocess, self.class_names, data)
 
     def judged(self, split: str | dict[str, Any] = "auto", artifacts=()) -> tuple[np.ndarray, dict[str, Any]]:
         """The indices validate judges on, and what they are: the held-out part for "held-out", and for

@@ -30,7 +30,7 @@ from pipeline.images.record import Record
 from pipeline.onnxinfo import ModelInfo, TensorInfo, describe, load_model
 from pipeline.precision import Precision
 from pipeline.preprocess import Preprocess
-from pipeline.preprocess_options import CHANNEL_ORDERS, INTERPOLATION_NAMES, LAYOUTS, check_keys, choice, parse_value
+from pipeline.preprocess_options import check_keys, parse_value
 from pipeline.yamlfile import read_yaml
 
 FLAG_KEYS = ("resize", "crop", "mean", "std", "channel_order", "interpolation", "layout")
@@ -55,21 +55,14 @@ class PreprocessFlags:
         if unknown:
             raise TypeError(f"unknown preprocessing flags {unknown}")
         values = {key: parse_value(key, value) for key, value in flags.items() if value is not None}
-        for key in ("channel_order", "interpolation", "layout"):
-            if key in values:
-                choice(
-                    key,
-                    values[key],
-                    {"channel_order": CHANNEL_ORDERS, "layout": LAYOUTS, "interpolation": INTERPOLATION_NAMES}[key],
-                )
         file_values = read_preprocess_file(file) if file is not None else {}
         merged = {**file_values, **values}
         geometry = {
             key: merged[key]
-            for key in ("resize", "crop", "interpolation", "channel_order")
+            for key in ("resize", "crop", "interpolation", "channel_order", "layout")
             if merged.get(key) is not None
         }
-        Preprocess.from_dict(geometry)  # a crop larger than the resize, or a bad name, fails here
+        Preprocess.from_dict(geometry)  # a crop larger than the resize, or an unknown name, fails here
         for key in ("mean", "std"):
             if merged.get(key) is not None:
                 numbers = parse_value(key, merged[key])
@@ -193,23 +186,29 @@ class ModelInput:
         return {key: f"{self.info.input_name}:{batch}x{sample}" for key, batch in zip(("min", "opt", "max"), batches)}
 
     def write_onnx(self, source: str | Path, output: str | Path, record: Record | None = None) -> Path:
-        """``source`` with ``record`` (default: this preprocessing) stored in its metadata, and a manifest.
+        """``source`` with ``record`` (default: this preprocessing) stored in its metadata, and a manifest
+        whose settings are the preprocessing and class names stored.
 
         FP16/INT8 models made from it carry the record over, so later stages need no flags.
         """
         model = load_model(source)
-        (record or Record(self.preprocess)).store_in(model)
+        record = record or Record(self.preprocess)
+        record.store_in(model)
         with atomic_output(output) as tmp:
             onnx.save(model, str(tmp))
         write_manifest(
             output,
             Kind.ONNX,
             inputs={"onnx": sha256_file(source)},
-            params={"precision": "fp32", "preprocess": self.preprocess.to_dict()},
+            params=self.import_settings(record.class_names),
             precision=Precision.FP32,
             source=str(source),
         )
         return Path(output)
+
+    def import_settings(self, class_names: tuple[str, ...] | None) -> dict[str, Any]:
+        """What an imported copy of the model is made with besides the ONNX: its preprocessing and class names."""
+        return {"precision": "fp32", "preprocess": self.preprocess.to_dict(), "class_names": class_names}
 
     def describe(self) -> str:
         """One line for the user, e.g. 'no preprocessing given: images are resized to 224x224 and scaled to [0, 1]'."""

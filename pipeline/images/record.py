@@ -9,8 +9,8 @@ Every model records up to three facts, in its ONNX metadata (and, for a checkpoi
   held-out part, stratified when labelled).
 
 ``edgepipe export`` writes them from the checkpoint's config; ``run --onnx``'s import stage writes
-them for a model from elsewhere (``ModelInput.write_onnx``), and FP16/INT8 models made from either
-carry them over. A model written by an older edgepipe (its whole config under ``edgepipe.config``,
+the preprocessing and class names for a model from elsewhere (``ModelInput.write_onnx``), and
+FP16/INT8 models made from either carry them over. A model written by an older edgepipe (its whole config under ``edgepipe.config``,
 a split as a list of indices) is refused with the command that makes it again.
 """
 

@@ -25,7 +25,7 @@ from PIL import Image
 from pipeline.defaults import DEFAULT_BATCH_SIZE
 from pipeline.errors import EdgepipeError
 from pipeline.preprocess import Preprocess
-from pipeline.progress import console
+from pipeline.progress import progress_bar
 
 _PREFETCH = 2  # batches decoded ahead per worker: bounds memory at workers x 2 batches
 READABLE = "PNG, JPEG, BMP, GIF, TIFF, WebP and PGM/PPM"
@@ -238,9 +238,10 @@ class BatchStream:
             prefetch_factor=_PREFETCH if workers else None,
             worker_init_fn=_init_worker,
         )
-        hook, bar = self._progress_hook()
-        done = 0
-        try:
+        hook = self.progress if callable(self.progress) else None
+        description = self.progress if isinstance(self.progress, str) else "images"
+        with progress_bar(description, self.count, enabled=bool(self.progress) and hook is None) as bar:
+            done = 0
             for item in _start_workers(loader):
                 if isinstance(item, _Failure):
                     raise EdgepipeError(item.message, fix=item.fix)
@@ -248,11 +249,8 @@ class BatchStream:
                 x = x.numpy() if not isinstance(x, np.ndarray) else x
                 x = self.preprocess.scale(x) if x.dtype == np.uint8 else x
                 done += len(x)
-                hook(done, self.count)
+                hook(done, self.count) if hook else bar.update(done)
                 yield x, y
-        finally:
-            if bar is not None:
-                bar.stop()
 
     def collect(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The whole stream as one (x, y): for small sets such as a calibration draw, not a dataset."""
@@ -272,34 +270,6 @@ class BatchStream:
     def _batch_bytes(self) -> int:
         height, width = self.preprocess.output_hw or (1024, 1024)  # unknown: assume large images
         return self.batch_size * self.preprocess.channels * height * width * 4
-
-    def _progress_hook(self):
-        if callable(self.progress):
-            return self.progress, None
-        if not self.progress:
-            return (lambda done, total: None), None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        description = self.progress if isinstance(self.progress, str) else "images"
-        bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        )  # stderr: stdout stays clean for --json
-        task = bar.add_task(description, total=self.count)
-        bar.start()
-        return (lambda done, total: bar.update(task, completed=done)), bar
 
 
 def _reason(exc: Exception, name: str) -> str:

@@ -1,23 +1,14 @@
 """`edgepipe run`: every stage end to end into one run directory, redoing only what changed.
 
-The run is a table of stages (train or the given checkpoint -> export -> calibrate -> quantize ->
-build engines -> validate -> bench), then the report. A row names what the stage makes, the
-inputs it is made from (sha256 by role, as the output's manifest records them), the settings
-that matter, and how to make it. The one reuse rule is the output's own manifest
-(``artifacts.why_stale``): a stage whose output was made from the same inputs and settings, and
-is intact, is reused; otherwise it is made again, and so is everything made from it. ``force``
-redoes every stage. validate and bench write their results as JSON with a manifest of kind
-``result``, reused the same way.
-
-A run may start from any single-image-input ONNX, with the user's images (``--data``, ``--labels``)
-and preprocessing flags: the first stage ("import") stores the preprocessing in a copy of the model,
-so that every FP16/INT8 model made from it carries it too and later stages need no flags; the
-calibration set is drawn from the calibration pool of the user's data, and validate judges on the
-held-out part. The primary input (checkpoint or ONNX, the data's listing, labels and preprocessing)
-is checked before the run directory is made. A failed
-stage is recorded in the report with its reason and the stages that need it are skipped; the
-rest goes on, unless ``strict``. Every file is written atomically, so a run stopped by Ctrl-C
-leaves nothing half-written and the next run resumes where it stopped.
+The stages (train or the given checkpoint, or the import of a given ONNX -> export -> calibrate ->
+quantize -> build engines -> validate -> bench) and the one reuse rule are the table of
+``pipeline.run.plan``; then the report. ``force`` redoes every stage. From an ONNX with the user's
+images, the calibration set is drawn from the calibration pool of ``--data`` and validate judges on
+the held-out part. The primary input (checkpoint or ONNX, the data's listing, labels and
+preprocessing) is checked before the run directory is made. A failed stage is recorded in the
+report with its reason and the stages that need it are skipped; the rest goes on, unless
+``strict``. Every file is written atomically, so a run stopped by Ctrl-C leaves nothing
+half-written and the next run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -104,13 +95,11 @@ def run(
     backend, engines_note = _backend(chosen.engines)
     if chosen.engines and backend is None:
         info_styled(f"engines skipped: {engines_note}", "yellow")
-    stages = Stages(chosen.force, chosen.strict)
-    plan.stages = stages
+    plan.stages = Stages(chosen.force, chosen.strict)
     for stage in table(plan, backend):
         if stage.when:
-            stages.run(stage)
-    data_name = start.images.spec if start.images is not None else DIGITS
-    return _report(folder, start, data_name, stages, plan.ckpt, plan.made(), engines_note, started)
+            plan.stages.run(stage)
+    return _report(plan, engines_note, started)
 
 
 def _budget(source: RunStart, max_drop: float | None | str) -> float | str | None:
@@ -139,16 +128,9 @@ def _backend(engines: bool) -> tuple[Any, str | None]:
         return None, str(exc)
 
 
-def _report(
-    folder: Path,
-    source: RunStart,
-    data: str,
-    stages: Stages,
-    ckpt: Path | None,
-    made: dict[str, Path],
-    engines_note,
-    started: float,
-) -> dict[str, Any]:
+def _report(plan: Plan, engines_note: str | None, started: float) -> dict[str, Any]:
+    folder, source, stages, ckpt, made = plan.folder, plan.start, plan.stages, plan.ckpt, plan.made()
+    data = source.images.spec if source.images is not None else DIGITS
     validation = stages.result("validate", folder / "validate.json")
     benched = stages.result("bench", folder / "bench.json")
     reference = ckpt or source.file or folder / "model.onnx"

@@ -82,17 +82,17 @@ class Stages:
             if self.strict:
                 raise
             info_styled(f"{stage.name} failed: {exc}", "red")
-            self.record[stage.name] = {
-                "status": "failed",
-                "seconds": round(time.perf_counter() - started, 2),
-                "reason": str(exc),
-            }
+            self.record[stage.name] = {"status": "failed", "seconds": _since(started), "reason": str(exc)}
             return
-        self.record[stage.name] = {"status": "done", "seconds": round(time.perf_counter() - started, 2)}
+        self.record[stage.name] = {"status": "done", "seconds": _since(started)}
 
     def result(self, stage: str, path: Path) -> dict[str, Any] | None:
         """A validate or bench result, when that stage finished."""
         return json.loads(path.read_text()) if self.ok(stage) else None
+
+
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 2)
 
 
 def _why_stale(stage: Stage, inputs: dict[str, str]) -> str | None:
@@ -145,11 +145,20 @@ class Plan:
         reference = self.ckpt or self.onnx[Precision.FP32]
         return {"reference": sha256_file(reference), **{i: sha256_file(p) for i, p in self.made().items()}}
 
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        data = self.start.model_data
+        return data.class_names if data is not None else self.start.model_input.record.class_names
+
     def import_onnx(self) -> Path:
-        """The given ONNX with the merged record (preprocessing, classes, data and split) stored in it."""
-        start = self.start
-        record = start.model_data.record() if start.model_data is not None else Record(start.model_input.preprocess)
-        return start.model_input.write_onnx(start.file, self.onnx[Precision.FP32], record)
+        """The given ONNX with the merged preprocessing and the class names stored in it.
+
+        The data and its split are not stored: every later stage is given ``--data``, and the split is
+        recorded by the calibration set. So changing only ``--data`` leaves the import as it is.
+        """
+        model_input = self.start.model_input
+        record = Record(model_input.preprocess, self.class_names, model_input.record.data)
+        return model_input.write_onnx(self.start.file, self.onnx[Precision.FP32], record)
 
     def train(self) -> None:
         chosen, shape = self.chosen, self.chosen.input_shape
@@ -161,16 +170,9 @@ class Plan:
         save_checkpoint(self.folder / "checkpoint.pt", net, config, force=True)
 
     def export(self) -> Any:
-        code = self.start.code
-        return export.export(
-            self.ckpt,
-            self.onnx[Precision.FP32],
-            dynamic_batch=True,
-            data=self.data,
-            force=True,
-            model_name=code.given,
-            trust_model_code=code.trust,
-        )
+        code, fp32 = self.start.code, self.onnx[Precision.FP32]
+        trust = {"model_name": code.given, "trust_model_code": code.trust}
+        return export.export(self.ckpt, fp32, dynamic_batch=True, data=self.data, force=True, **trust)
 
     def calibrate(self) -> Path:
         drawn = calibration.draw_for(self.onnx[Precision.FP32], seed=self.chosen.seed, **self.reading)
@@ -201,7 +203,12 @@ class Plan:
 
 def table(plan: Plan, backend) -> list[Stage]:
     """The run's stages in order; a start decides only its first ("train"/"export" or "import")."""
-    start, chosen = plan.start, plan.chosen
+    return [*_first(plan), *_converting(plan), *_measuring(plan, backend)]
+
+
+def _first(plan: Plan) -> list[Stage]:
+    """The stages that make the FP32 ONNX: import, or train (when the run trains) and export."""
+    start, chosen, fp32 = plan.start, plan.chosen, plan.onnx[Precision.FP32]
     train_settings = {
         "model": start.name,
         "model_spec": start.spec and start.spec.to_json(),
@@ -210,20 +217,13 @@ def table(plan: Plan, backend) -> list[Stage]:
         "seed": chosen.seed,
     }
     weights = {"weights": sha256_file(chosen.weights)} if chosen.weights else {}
-    return [*_making(plan, train_settings, weights), *_measuring(plan, backend)]
-
-
-def _making(plan: Plan, train_settings: dict[str, Any], weights: dict[str, str]) -> list[Stage]:
-    """The stages that make the models: the first (import, or train and export), calibrate, quantize."""
-    start, chosen, wanted, fp32 = plan.start, plan.chosen, plan.chosen.precisions, plan.onnx[Precision.FP32]
-    to_onnx = (plan.first,)
     return [
         Stage(
             "import",
             fp32,
             Kind.ONNX,
             lambda: {"onnx": sha256_file(start.file)},
-            {"precision": "fp32", "preprocess": start.model_input and start.model_input.preprocess.to_dict()},
+            start.model_input and start.model_input.import_settings(plan.class_names),
             plan.import_onnx,
             when=plan.first == "import",
         ),
@@ -246,6 +246,13 @@ def _making(plan: Plan, train_settings: dict[str, Any], weights: dict[str, str])
             needs=("train",) if plan.trained else (),
             when=plan.first == "export",
         ),
+    ]
+
+
+def _converting(plan: Plan) -> list[Stage]:
+    """The stages that make the FP16/INT8 ONNX from the FP32 one: calibrate, quantize."""
+    chosen, wanted, fp32, to_onnx = plan.chosen, plan.chosen.precisions, plan.onnx[Precision.FP32], (plan.first,)
+    return [
         Stage(
             "calibrate",
             plan.calib,

@@ -22,17 +22,6 @@ from pipeline.runner import NoGpuError, Runner, batch_step, check_batch, predict
 from pipeline.tensorrt.backend import BACKENDS, get_backend
 from pipeline.tensorrt.compat import check_engine_runtime
 
-__all__ = [
-    "NoGpuError",
-    "Runner",
-    "batch_step",
-    "check_batch",
-    "open_runner",
-    "open_unrecorded_engine",
-    "predict",
-    "predict_batch",
-]
-
 
 def _pytorch(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode) -> Runner:
     from pipeline.runtime.pytorch import TorchRunner  # imports torch: only for checkpoints

@@ -14,6 +14,4 @@ Ray is imported only when a sweep or a worker runs, so nothing else pays for it.
 """
 
 from pipeline.sweep.driver import DEFAULT_OUTPUT, sweep
-from pipeline.sweep.inputs import SweepModel
-
-__all__ = ["DEFAULT_OUTPUT", "SweepModel", "sweep"]
+from pipeline.sweep.inputs import SweepModel, SweepSettings

@@ -2,7 +2,8 @@
 
 The sweep (inputs, cluster, cell tasks, driver, report) speaks only to the names below: the stages
 (run, build, validate, bench), what an artifact's manifest says, the GPU here and the TensorRT
-flavours installed. When a stage moves, this file is the only one to re-point. The types every
+flavours installed, each imported here and read as ``edgepipe.NAME`` (ruff's unused-import check is
+off for this file). When a stage moves, this file is the only one to re-point. The types every
 room shares (``EdgepipeError``, ``Precision``) are imported where they are used.
 
 ``pipeline.run`` and the model zoo import torch (a second or more), so they are imported when
@@ -41,46 +42,25 @@ from pipeline.tensorrt.backend import TENSORRT, TENSORRT_RTX, get_backend, insta
 DIGITS = images.DIGITS  # the bundled data's name, which a models file may give as data
 
 
-def prepare_model(
-    name: str,
-    checkpoint: str | None,
-    onnx_model: str | None,
-    folder: Path,
-    data: str | None,
-    precisions: tuple[Precision, ...],
-    epochs: int | None,
-    seed: int,
-    bench_batches: tuple[int, ...],
-    bench_seconds: float,
-    max_drop: float | None | str,
-    strict: bool,
-    force: bool,
-    labels: str | None = None,
-    preprocess_file: str | None = None,
-) -> dict[str, Any]:
-    """The target-independent stages of one model into ``folder`` (reusing what is current): the run report.
+def prepare_model(model: Any, folder: Path, precisions: tuple[Precision, ...], settings: dict[str, Any]):
+    """The target-independent stages of one ``SweepModel`` into ``folder`` (reusing what is current): the run report.
 
-    ``labels`` and ``preprocess_file`` are for an ONNX edgepipe did not export, as `edgepipe run` takes them.
+    ``settings`` are ``edgepipe run``'s; the model's ``labels`` and ``preprocess`` file are for an ONNX
+    edgepipe did not export, as `edgepipe run` takes them.
     """
     from pipeline import run  # imports torch: only the driver, when it prepares a model
 
+    own = model.checkpoint or model.onnx
+    preprocess = PreprocessFlags.parse(file=model.preprocess) if model.preprocess else None
     return run.run(
-        model=None if (checkpoint or onnx_model) else name,
-        checkpoint=checkpoint,
-        onnx_model=onnx_model,
-        data=data,
+        model=None if own else model.name,
+        checkpoint=model.checkpoint,
+        onnx_model=model.onnx,
         precisions=precisions,
         output=folder,
-        strict=strict,
-        force=force,
-        epochs=epochs,
-        seed=seed,
-        engines=False,
-        bench_batches=bench_batches,
-        bench_seconds=bench_seconds,
-        max_drop=max_drop,
-        labels=labels,
-        preprocess=PreprocessFlags.parse(file=preprocess_file) if preprocess_file else None,
+        labels=model.labels,
+        preprocess=preprocess,
+        **settings,
     )
 
 
@@ -185,35 +165,3 @@ def engine_fields(engine: Path, model_dir: Path) -> dict[str, Any]:
         "backend_version": manifest.get("backend_version"),
         "build_seconds": manifest.get("build_seconds"),
     }
-
-
-__all__ = [
-    "EDGEPIPE_VERSION",
-    "RUN_REPORT_FORMAT",
-    "PRECISIONS",
-    "Precision",
-    "parse_list",
-    "TENSORRT",
-    "TENSORRT_RTX",
-    "atomic_output",
-    "manifest_path",
-    "read_manifest",
-    "sha256_bytes",
-    "sha256_file",
-    "write_json_atomic",
-    "write_text_atomic",
-    "info",
-    "info_styled",
-    "prepare_model",
-    "onnx_models",
-    "reference_of",
-    "stage_problems",
-    "build_engine",
-    "validate_engine",
-    "bench_engine",
-    "model_names",
-    "gpu_compute_capability",
-    "tensorrt_flavours",
-    "engine_is_current",
-    "engine_fields",
-]

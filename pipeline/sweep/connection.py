@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import EdgepipeError
-from pipeline.sweep.cluster import DEFAULT_RETRIES, INSTALL_FIX, Cluster, first_line, require_ray, worker_resources
+from pipeline.sweep.cluster import INSTALL_FIX, Cluster, first_line, require_ray, worker_resources
 
 CONNECT_TIMEOUT_S = 5.0
 VERBOSE_ENV = "EDGEPIPE_RAY_VERBOSE"  # 1: Ray's own output on the terminal, as Ray prints it
@@ -83,17 +83,13 @@ class RayOutput:
 
 
 @contextlib.contextmanager
-def connect(
-    address: str = "local",
-    resources: dict[str, float] | None = None,
-    num_cpus: int | None = None,
-    retries: int = DEFAULT_RETRIES,
-    output: RayOutput | None = None,
-) -> Iterator[Cluster]:
-    """A Ray connection: "local" starts an embedded one-machine Ray (stopped afterwards), "auto" joins
-    the cluster running on this machine, "HOST:PORT" a cluster's head. A connection this process
-    already made (``ray.init`` by the caller) is used as it is and left open. Ray's own output goes
-    to ``output`` (a log file unless ``EDGEPIPE_RAY_VERBOSE=1``)."""
+def connect(settings: Any, output: RayOutput | None = None) -> Iterator[Cluster]:
+    """A Ray connection for a ``SweepSettings``' ``address``: "local" starts an embedded one-machine Ray
+    (of ``resources`` and ``num_cpus``; stopped afterwards), "auto" joins the cluster running on this
+    machine, "HOST:PORT" a cluster's head. A connection this process already made (``ray.init`` by
+    the caller) is used as it is and left open. Ray's own output goes to ``output`` (a log file
+    unless ``EDGEPIPE_RAY_VERBOSE=1``)."""
+    address, resources, num_cpus, retries = settings.address, settings.resources, settings.num_cpus, settings.retries
     ray = require_ray()
     if ray.is_initialized():
         yield Cluster(ray, address, retries)

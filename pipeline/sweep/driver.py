@@ -27,7 +27,7 @@ from pipeline.defaults import DEFAULT_SWEEP_OUTPUT
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.sweep.cell import build_cell, choose_backend
-from pipeline.sweep.inputs import SweepModel
+from pipeline.sweep.inputs import SweepModel, SweepSettings
 from pipeline.sweep.results import Cell, previous_rows, receive
 from pipeline.sweep.targets import cc_order
 
@@ -45,46 +45,22 @@ def sweep(
     precisions: list[str | Precision] | tuple[str | Precision, ...] | None = None,
     targets: list[str] | None = None,
     output: str | Path = DEFAULT_OUTPUT,
-    address: str = "local",
-    data: str | None = None,
-    epochs: int | None = None,
-    seed: int = 0,
-    max_drop: float | None | str = "default",
-    bench_batches: tuple[int, ...] = (1, 8),
-    bench_seconds: float = 1.0,
-    strict: bool = False,
-    force: bool = False,
-    retries: int = clustermod.DEFAULT_RETRIES,
-    resources: dict[str, float] | None = None,
-    num_cpus: int | None = None,
+    settings: SweepSettings | None = None,
+    **flags: Any,
 ) -> dict[str, Any]:
     """Run the sweep into ``output``; returns the report (also written as sweep.json and sweep.md).
 
-    ``targets`` None sweeps every target a worker advertises. ``resources``/``num_cpus`` describe
-    the embedded node of ``address="local"`` (default: this machine's GPU, or the TensorRT-RTX
-    targets it builds ahead of time). ``max_drop`` is the INT8 budget in top-1 points, None for
-    plain PTQ, or "default": edgepipe run's own default.
+    ``targets`` None sweeps every target a worker advertises. ``settings`` (or ``flags``, its fields):
+    how each model is prepared and each cell measured.
     """
     specs, chosen_precisions, chosen_targets = sweep_inputs.resolve(models, models_file, precisions, targets)
-    folder = Path(output)
+    settings = settings or SweepSettings(**flags)
+    folder, address = Path(output), settings.address
     if address not in ("local", "auto"):
         connection.split_address(address)
-    settings = {
-        "data": data,
-        "epochs": epochs,
-        "seed": seed,
-        "max_drop": max_drop,
-        "bench_batches": list(bench_batches),
-        "bench_seconds": bench_seconds,
-        "strict": strict,
-        "force": force,
-    }
     started, ray_output = time.perf_counter(), connection.RayOutput()
-    with (
-        contextlib.closing(ray_output),
-        connection.connect(address, resources, num_cpus, retries, ray_output) as ray_cluster,
-    ):
-        nodes = ray_cluster.nodes()
+    with contextlib.closing(ray_output), connection.connect(settings, ray_output) as cluster:
+        nodes = cluster.nodes()
         connected = time.perf_counter() - started
         chosen_targets = chosen_targets or sorted({t for n in nodes for t in n.targets}, key=cc_order)
         if not chosen_targets:
@@ -94,7 +70,7 @@ def sweep(
             )
         folder.mkdir(parents=True, exist_ok=True)  # only now: bad input writes nothing
         ray_output.keep(folder)  # Ray's start-up output in DIR/ray.log, not on the terminal
-        driver = _Driver(ray_cluster, nodes, folder, settings, previous_rows(folder))
+        driver = _Driver(cluster, nodes, folder, settings, previous_rows(folder))
         driver.run(specs, chosen_precisions, chosen_targets, overlap=address != "local")
     driver.timings.update(connect_and_probe=round(connected, 2))
     report = sweep_report.assemble(
@@ -117,7 +93,7 @@ class _Driver:
         ray_cluster: clustermod.Cluster,
         nodes: list[clustermod.Node],
         folder: Path,
-        settings: dict[str, Any],
+        settings: SweepSettings,
         previous: dict[str, dict],
     ):
         self.cluster, self.nodes, self.folder = ray_cluster, nodes, folder
@@ -171,29 +147,12 @@ class _Driver:
         self._collect(timeout=0)
 
     def _prepare(self, spec: SweepModel, precisions: tuple[Precision, ...]) -> dict[str, Any] | None:
-        s = self.settings
         edgepipe.info_styled(f"{spec.name}: target-independent stages in {self.folder / spec.name}", "bold")
         try:
-            report = edgepipe.prepare_model(
-                spec.name,
-                spec.checkpoint,
-                spec.onnx,
-                self.folder / spec.name,
-                spec.data or s["data"],
-                precisions,
-                spec.epochs or s["epochs"],
-                s["seed"],
-                tuple(s["bench_batches"]),
-                s["bench_seconds"],
-                s["max_drop"],
-                s["strict"],
-                s["force"],
-                spec.labels,
-                spec.preprocess,
-            )
+            report = edgepipe.prepare_model(spec, self.folder / spec.name, precisions, self.settings.run_settings(spec))
         except EdgepipeError as exc:
             self.model_reports[spec.name] = {"error": str(exc)}
-            if s["strict"]:
+            if self.settings.strict:
                 self._stop(f"{spec.name}: {exc}")
             return None
         self.model_reports[spec.name] = report
@@ -226,9 +185,7 @@ class _Driver:
             )
         onnx_sha = edgepipe.sha256_file(onnx)
         engine = model_dir / cell.engine_name
-        if not self.settings["force"] and edgepipe.engine_is_current(
-            engine, onnx_sha, cell.precision, cell.cc, builders
-        ):
+        if not self.settings.force and edgepipe.engine_is_current(engine, onnx_sha, cell.precision, cell.cc, builders):
             kept = self.previous.get(cell.artifact, {})
             kept = (
                 {k: v for k, v in kept.items() if k not in ("status", "kind")}
@@ -248,10 +205,10 @@ class _Driver:
             "onnx_name": onnx.name,
             "onnx_sha256": onnx_sha,
             "engine_name": cell.engine_name,
-            "data": self.settings["data"],
+            "data": self.settings.data,
             "reference": reference.suffix if reference else None,
-            "bench_batches": self.settings["bench_batches"],
-            "bench_seconds": self.settings["bench_seconds"],
+            "bench_batches": list(self.settings.bench_batches),
+            "bench_seconds": self.settings.bench_seconds,
         }
         ref = self.cluster.submit(
             build_cell,
@@ -314,7 +271,7 @@ class _Driver:
         cell.row = {"status": status, **fields}
         where = f" on {fields['host']}" if fields.get("host") and status == "built" else ""
         edgepipe.info(f"  {cell.artifact}: {status if len(status) < 100 else status[:97] + '...'}{where}")
-        if self.settings["strict"] and status.startswith("failed") and not self.stopped_by:
+        if self.settings.strict and status.startswith("failed") and not self.stopped_by:
             self._stop(f"{cell.artifact} {status}")
 
     def _stop(self, reason: str) -> None:

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pipeline.sweep.adapter as edgepipe
+from pipeline.defaults import BUDGET_DEFAULT
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
+from pipeline.sweep.cluster import DEFAULT_RETRIES
 from pipeline.sweep.targets import parse_target, target_name
 from pipeline.yamlfile import read_yaml
 
@@ -30,6 +32,38 @@ class SweepModel:
     data: str | None = None  # this model's images (default: the sweep's --data)
     labels: str | None = None  # a labels file, for an ONNX edgepipe did not export
     preprocess: str | None = None  # a preprocessing file (resize, crop, mean, std ...), for such an ONNX
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """How the sweep prepares each model and measures each cell: ``edgepipe sweep``'s flags, parsed once.
+
+    ``address``: "local" (embedded Ray, its node described by ``resources``/``num_cpus``; default: this
+    machine's GPU, or the TensorRT-RTX targets it builds ahead of time), "auto" or a head's HOST:PORT.
+    ``max_drop``: the INT8 budget in top-1 points, None for plain PTQ, or "default": edgepipe run's own.
+    """
+
+    address: str = "local"
+    data: str | None = None
+    epochs: int | None = None
+    seed: int = 0
+    max_drop: float | None | str = BUDGET_DEFAULT
+    bench_batches: tuple[int, ...] = (1, 8)
+    bench_seconds: float = 1.0
+    strict: bool = False
+    force: bool = False
+    retries: int = DEFAULT_RETRIES
+    resources: dict[str, float] | None = None
+    num_cpus: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bench_batches", tuple(self.bench_batches))
+
+    def run_settings(self, model: SweepModel) -> dict[str, Any]:
+        """``edgepipe run``'s settings for one model's target-independent stages (no engines)."""
+        shared = ("seed", "max_drop", "bench_batches", "bench_seconds", "strict", "force")
+        mine = {"data": model.data or self.data, "epochs": model.epochs or self.epochs, "engines": False}
+        return {**{key: getattr(self, key) for key in shared}, **mine}
 
 
 # --- inputs -----------------------------------------------------------------------------------------
@@ -130,16 +164,6 @@ def _close_names(name: str, known: list[str]) -> list[str]:
     return [k for ratio, k in scored[:3] if ratio >= 0.6 and ratio >= scored[0][0] - 0.05]
 
 
-def check_precisions(precisions: list[Any]) -> tuple[Precision, ...]:
-    """The precisions to build, each a ``Precision``, in the order given, without repeats."""
-    return edgepipe.parse_list(precisions)
-
-
-def check_targets(targets: list[str]) -> list[str]:
-    """Targets as canonical ``sm_XY`` names, each checked (``sm_89``, ``SM_120``...)."""
-    return list(dict.fromkeys(target_name(parse_target(t)) for t in targets))
-
-
 def resolve(
     models: list[Any] | None, models_file: str | Path | None, precisions, targets
 ) -> tuple[list[SweepModel], tuple[Precision, ...], list[str] | None]:
@@ -147,6 +171,6 @@ def resolve(
     from_file = load_models_file(models_file) if models_file else {"models": [], "precisions": None, "targets": None}
     specs = [m if isinstance(m, SweepModel) else SweepModel(m) for m in (models or [])] + from_file["models"]
     specs = check_models(specs, where=f"models file {models_file}" if models_file and not models else "--models")
-    chosen = check_precisions(list(precisions or from_file["precisions"] or edgepipe.PRECISIONS))
-    wanted = targets or from_file["targets"]
-    return specs, chosen, check_targets(wanted) if wanted else None
+    chosen = edgepipe.parse_list(list(precisions or from_file["precisions"] or edgepipe.PRECISIONS))
+    wanted = targets or from_file["targets"]  # each checked, as canonical sm_XY names (sm_89, SM_120 ...)
+    return specs, chosen, list(dict.fromkeys(target_name(parse_target(t)) for t in wanted)) if wanted else None
