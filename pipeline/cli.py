@@ -22,7 +22,7 @@ COMMANDS: dict[str, str] = {
     "bench": "Measure latency and throughput of the PyTorch reference and every artifact, side by side.",
     "build": "Build a TensorRT or TensorRT-RTX engine from an ONNX model, like trtexec.",
     "calibrate": "Draw a class-balanced calibration set from the model's training split.",
-    "check": "Compare a run report with a baseline; exit 1 listing every regression.",
+    "check": "Compare a run report (or a bench --json-out result) with a baseline; exit 1 listing every regression.",
     "export": "Export a checkpoint or weights file to ONNX and prove it against PyTorch (held-out images, else synthetic inputs).",
     "models": "List the model zoo: attention type, parameters and MACs.",
     "package": "Write a bundle that builds and proves a model's engines on the device, with no edgepipe there.",

@@ -226,14 +226,12 @@ def search(budget: Budget, trial: Trial, plain: Outcome, attempts: list[dict[str
 
 
 def _candidates(trial: Trial, plain: onnx.ModelProto) -> list[list[str]]:
-    """Node sets to exclude: ranked by damage per MAC kept out, the prefixes holding ``DAMAGE_SHARES`` of the damage,
-    then every quantized node (damage measured one node at a time can miss what only nodes together do)."""
-    ranked = [
+    """Node sets to exclude: ranked by damage per MAC kept out, the prefixes holding ``DAMAGE_SHARES`` of the damage."""
+    scores = [
         (name, score)
         for name, score in rank_sensitive_nodes(trial.fp32, plain, trial.images[:SENSITIVITY_IMAGES])
-        if name not in trial.fixed
+        if score > 0 and name not in trial.fixed
     ]
-    scores = [(name, score) for name, score in ranked if score > 0]
     macs = trial.macs or {}
     scores.sort(key=lambda item: item[1] / (macs.get(item[0], 0) + 1), reverse=True)
     total = sum(score for _, score in scores)
@@ -247,7 +245,4 @@ def _candidates(trial: Trial, plain: onnx.ModelProto) -> list[list[str]]:
             if not sets or sets[-1] != kept:
                 sets.append(kept)
             share = next(shares, None)
-    every = [name for name, _ in scores] + [name for name, score in ranked if score <= 0]
-    if every and (not sets or sets[-1] != every):
-        sets.append(every)
     return sets

@@ -81,6 +81,12 @@ class Int8Settings:
         for key in ("exclude_ops", "exclude_nodes", "include_ops"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
 
+    def asked_budget(self) -> Budget | None:
+        """The budget the flags ask for; None where none is given (the model's outputs then decide)."""
+        if self.max_drop == BUDGET_DEFAULT and self.min_agreement is None and self.min_cosine is None:
+            return None
+        return Budget(None if self.max_drop == BUDGET_DEFAULT else self.max_drop, self.min_agreement, self.min_cosine)
+
     def excluded_ops(self) -> list[str]:
         return sorted((set(INT8_DEFAULT_EXCLUDED_OPS) - set(self.include_ops)) | set(self.exclude_ops))
 
@@ -106,12 +112,9 @@ def to_int8(
     one for the model's outputs (``budget.default_budget``); ``max_drop=None``: plain PTQ.
     """
     started = time.perf_counter()
-    names = set(Int8Settings.__dataclass_fields__)
-    settings = Int8Settings(**{k: v for k, v in options.items() if k in names})
-    reading = Reading(**{k: v for k, v in options.items() if k not in names})
-    given = settings.max_drop != BUDGET_DEFAULT or settings.min_agreement is not None or settings.min_cosine is not None
-    max_drop = None if settings.max_drop == BUDGET_DEFAULT else settings.max_drop
-    budget = Budget(max_drop, settings.min_agreement, settings.min_cosine) if given else Budget()
+    settings, reading = _split(options)
+    asked = settings.asked_budget()
+    budget = asked or Budget()
     output = check_paths(onnx_path, output, force)
     source = open_fp32(onnx_path, "--int8", reading.size, reading.size_flag)
     check_quantizable(source.model)
@@ -120,12 +123,11 @@ def to_int8(
     model_input, model_data = model_data_for(source, reading)
     calib_images, calib_info = calibration_images(calib, model_data, source, model_input, reading.__dict__)
     compare_on, comparison = _comparison(source, model_data, calib_images, budget, reading.workers)
-    budget = budget if given else _default_budget(compare_on, comparison)
+    budget = asked or _default_budget(compare_on, comparison)
     if not budget.active:
         say("INT8 without an accuracy budget (--max-drop none): plain PTQ, whatever it loses against FP32")
-    record = comparison.record()
     outcome, attempts, macs, cleaned, chosen = _quantized(
-        source, settings, budget, calib_images.x, compare_on.x, comparison
+        source, settings, budget, calib_images, compare_on, comparison
     )
     quantized, figures, kept = outcome.model, outcome.figures, outcome.kept_nodes
     recipe = {**settings.recipe(kept), "method": chosen.method}
@@ -135,10 +137,10 @@ def to_int8(
     with atomic_output(output) as tmp:
         onnx.save(quantized, str(tmp))
     seconds = round(time.perf_counter() - started, 2)
-    params = {
+    params = {  # what was asked for (the reuse rule compares these); what it led to is in the facts
         "precision": "int8",
-        **recipe,
-        **budget.record(),
+        **settings.recipe([]),
+        **(asked or Budget()).record(),
         "input_shape": list(source.input_shape()),
         "data": reading.data,
         "preprocess": folder_preprocess(source.model, reading.data, reading.preprocess, calib),
@@ -150,10 +152,11 @@ def to_int8(
         "kept_op_types": outcome.kept_op_types,
         "attempts": attempts,
         "calibration": calib_info,
-        "check": record,
+        "check": comparison.record(),
         "macs": macs,
         "clean_up": cleaned,
         "opset_upgrade": source.upgrade,
+        "budget": budget.record(),
     }
     inputs = {"onnx": sha256_file(onnx_path), "calibration": calib_info["sha256"]}
     write_manifest(
@@ -168,6 +171,13 @@ def to_int8(
     )
     result = {"onnx": str(output), "source": str(onnx_path), "precision": "int8", "seconds": seconds}
     return {**result, **recipe, **budget.record(), **facts, **figures}
+
+
+def _split(options: dict[str, Any]) -> tuple[Int8Settings, Reading]:
+    """``to_int8``'s options: how INT8 is made, and how the images are read."""
+    names = set(Int8Settings.__dataclass_fields__)
+    settings = Int8Settings(**{k: v for k, v in options.items() if k in names})
+    return settings, Reading(**{k: v for k, v in options.items() if k not in names})
 
 
 def _comparison(
@@ -198,18 +208,25 @@ def _on_calibration(calib_images: Images) -> Images:
     return Images(calib_images.x, calib_images.y, "calibration", text, "pass --data for held-out images")
 
 
-def _quantized(source: Fp32Source, settings: Int8Settings, budget: Budget, calib_x, compare_x, comparison: Comparison):
+def _quantized(
+    source: Fp32Source,
+    settings: Int8Settings,
+    budget: Budget,
+    calib: Images,
+    compare_on: Images,
+    comparison: Comparison,
+):
     """ModelOpt's INT8 model of the cleaned-up graph by the method's ranges (``methods.choose``), then (with a
     budget it misses) the search that re-quantizes with the same ranges."""
-    source.fp32, cleaned = clean_up(source.fp32, calib_x[: source.info.batch or CLEAN_UP_PROOF_IMAGES])
+    source.fp32, cleaned = clean_up(source.fp32, calib.x[: source.info.batch or CLEAN_UP_PROOF_IMAGES])
     fused = fusion_exclusions(source.fp32, settings.excluded_ops())
-    quantizer = _Int8Quantizer(source, calib_x, settings, list(fused))
+    quantizer = _Int8Quantizer(source, calib.x, settings, list(fused))
     macs = _macs_per_node(source)
-    candidates = Candidates(source.fp32, calib_x, quantizer.run, comparison.measure, budget.shortfall, macs)
+    candidates = Candidates(source.fp32, calib.x, quantizer.run, comparison.measure, budget.shortfall, macs)
     started = time.perf_counter()
     chosen = choose(parse_method(settings.method), settings.bias_correction, [], candidates)
     trial = Trial(
-        chosen.rebuild, quantizer.ceiling, comparison.measure, source.fp32, compare_x, macs, settings.exclude_nodes
+        chosen.rebuild, quantizer.ceiling, comparison.measure, source.fp32, compare_on.x, macs, settings.exclude_nodes
     )
     figures, row = trial.run(chosen.model, [], "plain", started)
     attempts, outcome = [row], Outcome(chosen.model, figures)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from pipeline.errors import EdgepipeError
 from pipeline.progress import info as say
 from pipeline.quantize.bias import correct_bias
 from pipeline.quantize.graph import int8_share
@@ -33,6 +34,7 @@ from pipeline.quantize.ranges import (
     collect,
     parse_method,
     ranges_for,
+    too_few_values,
     write_cache,
 )
 
@@ -84,6 +86,7 @@ def choose(method: Method, bias_correction: bool | None, nodes: list[str], on: C
         histograms = collect(on.fp32, on.calib_x)
         seconds = round(time.perf_counter() - started, 2)
         say(f"INT8 ranges: one calibration pass, histograms of {len(histograms)} tensors in {seconds:.1f} s")
+        names = usable_methods(names, too_few_values(histograms, len(on.calib_x)), method)
     tried, built = [], {}
     for name in names:
         started = time.perf_counter()
@@ -108,6 +111,16 @@ def choose(method: Method, bias_correction: bool | None, nodes: list[str], on: C
         return correct_bias(on.fp32, again, on.calib_x) if corrected else again
 
     return Chosen(model, figures, best, tried, seconds, rebuild)
+
+
+def usable_methods(names: list[str], too_few: str | None, method: Method) -> list[str]:
+    """The methods the histograms can serve: with too few values, auto keeps ``max`` alone; a named method fails."""
+    if too_few is None or names == ["max"]:
+        return names
+    if method.kind == AUTO:
+        say(f"INT8 ranges: {too_few}: max ranges only (more calibration images let auto compare methods)")
+        return ["max"]
+    raise EdgepipeError(too_few, fix="give more calibration images (--calib), or use --method max or entropy")
 
 
 def _build(method: Method, nodes: list[str], histograms: dict[str, Histogram] | None, on: Candidates):

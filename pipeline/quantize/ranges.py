@@ -217,7 +217,7 @@ def entropy_amax(counts: np.ndarray, width: float, start: int = START_BIN, level
 def collect(model: onnx.ModelProto, images: np.ndarray, tensors: list[str] | None = None) -> dict[str, Histogram]:
     """One pass of ``model`` over ``images``: a ``Histogram`` of every float activation (or of ``tensors``).
 
-    Raises when the images give fewer values per tensor than a histogram has bins.
+    ``too_few_values`` says when the images give fewer values per tensor than a histogram has bins.
     """
     import onnxruntime as ort  # loaded by INT8 calibration only
 
@@ -238,15 +238,18 @@ def collect(model: onnx.ModelProto, images: np.ndarray, tensors: list[str] | Non
         values = dict(zip(fetched, session.run(fetched, {feed.name: chunk})), **{feed.name: chunk})
         for name in names:
             histograms[name].add(values[name][: len(images) - start])
-    histograms = {name: h for name, h in histograms.items() if h.total}
+    return {name: h for name, h in histograms.items() if h.total}
+
+
+def too_few_values(histograms: dict[str, Histogram], images: int) -> str | None:
+    """Why the histograms cannot tell percentile, MSE or entropy ranges apart (None: they can)."""
     median = int(np.median([h.total for h in histograms.values()])) if histograms else 0
-    if median < MIN_VALUES:
-        raise EdgepipeError(
-            f"the {len(images)} calibration images give most activation tensors fewer values ({median}) than the "
-            f"{MIN_VALUES} bins of a histogram",
-            fix="give more calibration images (--calib), or use --method entropy (ModelOpt's calibrator)",
-        )
-    return histograms
+    if median >= MIN_VALUES:
+        return None
+    return (
+        f"the {images} calibration images give most activation tensors fewer values ({median}) than the "
+        f"{MIN_VALUES} bins of a histogram"
+    )
 
 
 def expose(model: onnx.ModelProto, tensors: list[str] | None) -> tuple[onnx.ModelProto, list[str]]:
