@@ -122,7 +122,8 @@ def test_max_drop_keeps_sensitive_nodes_until_within_budget(exported, trained, t
     assert result["attempts"][0]["delta"] < -0.5
     assert result["kept_nodes"] and -result["delta"] <= 0.5
     assert set(result["kept_nodes"]) <= set(result["excluded_nodes"])
-    assert read_manifest(tmp_path / "budget.onnx")["params"]["excluded_nodes"] == result["excluded_nodes"]
+    manifest = read_manifest(tmp_path / "budget.onnx")  # params: what was asked; the nodes kept: what it led to
+    assert manifest["params"]["excluded_nodes"] == [] and manifest["kept_nodes"] == result["excluded_nodes"]
 
 
 def test_sensitivity_ranking_names_quantized_nodes(int8, exported, trained):
