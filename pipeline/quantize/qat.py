@@ -139,20 +139,21 @@ def _comparison(source: Fp32Source, model_data, calib_images: Images, budget: Bu
 
 def _trained(source: Fp32Source, teacher, images: Images, epochs: int, comparison: Comparison):
     """The fine-tuned Q/DQ model, and what QAT did: before/after figures, losses, attempts, MACs in INT8."""
-    from pipeline.quantize import qat_model  # torch and ModelOpt's PyTorch side: only --qat pays for them
+    # torch and ModelOpt's PyTorch side: only --qat pays for them
+    from pipeline.quantize.qat_model import LEARNING_RATE, calibrate, export_qdq, fine_tune
 
     sample_shape = source.sample_shape
     started = time.perf_counter()
-    student = qat_model.calibrate(teacher, images.x)
-    before_model = qat_model.export_qdq(student, source.info, sample_shape)
+    student = calibrate(teacher, images.x)
+    before_model = export_qdq(student, source.info, sample_shape)
     before = {
         **comparison.measure(before_model.SerializeToString()),
         "seconds": round(time.perf_counter() - started, 2),
     }
     say(f"Before training (ModelOpt PyTorch PTQ, max calibration): {figures_text(before)}")
     started = time.perf_counter()
-    losses = qat_model.fine_tune(student, teacher, images.x, images.y, epochs)
-    quantized = qat_model.export_qdq(student, source.info, sample_shape)
+    losses = fine_tune(student, teacher, images.x, images.y, epochs)
+    quantized = export_qdq(student, source.info, sample_shape)
     after = {**comparison.measure(quantized.SerializeToString()), "seconds": round(time.perf_counter() - started, 2)}
     macs = _macs(quantized, source.input_shape(1))
     share = {"int8_share": macs["int8_share"]} if macs else {}
@@ -160,7 +161,7 @@ def _trained(source: Fp32Source, teacher, images: Images, epochs: int, compariso
         "epochs": epochs,
         "images": len(images),
         "labelled": images.labelled,
-        "learning_rate": qat_model.LEARNING_RATE,
+        "learning_rate": LEARNING_RATE,
         "losses": losses,
         "before": {**_kept(before), **share},
         "after": {**_kept(after), **share},

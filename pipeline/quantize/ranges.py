@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from pipeline.errors import EdgepipeError
+from pipeline.quantize.sensitivity import every_tensor_session
 
 MODELOPT_METHODS = ("entropy", "max")  # ModelOpt's own calibrators (ONNX Runtime's KL, and max)
 PERCENTILES = (99.9, 99.99, 99.999)
@@ -219,13 +220,8 @@ def collect(model: onnx.ModelProto, images: np.ndarray, tensors: list[str] | Non
 
     ``too_few_values`` says when the images give fewer values per tensor than a histogram has bins.
     """
-    import onnxruntime as ort  # loaded by INT8 calibration only
-
     exposed, names = expose(model, tensors)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
-    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = every_tensor_session(exposed)
     feed = session.get_inputs()[0]
     fixed = isinstance(feed.shape[0], int) and feed.shape[0] > 0
     batch = feed.shape[0] if fixed else _CHUNK

@@ -82,7 +82,6 @@ def _intermediates(model: onnx.ModelProto, names: list[str], images: np.ndarray)
     A bare ONNX Runtime session rather than a runner: it needs graph optimizations off, so that
     every watched tensor still exists, and every output, not a classifier's logits.
     """
-    import onnxruntime as ort  # a second to import: only a budget search pays for it
 
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {
@@ -94,10 +93,7 @@ def _intermediates(model: onnx.ModelProto, names: list[str], images: np.ndarray)
     added = [n for n in names if n in types and n not in existing and types[n]]
     for name in added:
         exposed.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
-    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = every_tensor_session(exposed)
     feed = session.get_inputs()[0]
     fixed = isinstance(feed.shape[0], int) and feed.shape[0] > 0
     batch = feed.shape[0] if fixed else _CHUNK
@@ -110,3 +106,13 @@ def _intermediates(model: onnx.ModelProto, names: list[str], images: np.ndarray)
         for name, value in zip(wanted, values):
             found[name].append(value.astype(np.float64))
     return found
+
+
+def every_tensor_session(model: onnx.ModelProto):
+    """An ONNX Runtime CPU session of ``model`` with no graph optimization, so every tensor it exposes is computed."""
+    import onnxruntime as ort  # a second to import: only INT8 calibration and budget searches pay for it
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
