@@ -21,3 +21,7 @@ DEFAULT_CALIBRATION_SIZE = 512  # images in a calibration set
 HIGH_PRECISIONS = ("fp16", "fp32")  # what INT8 keeps its sensitive nodes in
 BENCH_WARMUP_MS = 100  # warm-up before a run's or a sweep cell's timed iterations
 SKIPPED_NO_GPU = "skipped: no NVIDIA GPU"  # the status of an engine row on a machine without one
+# ONNX Runtime CPU optimizers edgepipe turns off: WeightBiasQuantization folds a Conv's float bias into an
+# INT32 DequantizeLinear computed in the scales' dtype, which overflows FP16 (an INT8 model with an FP16
+# remainder then reads as 0.53 cosine on a detector the graph itself keeps at 0.97). TensorRT keeps biases in float.
+ORT_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from pipeline.defaults import ORT_DISABLED_OPTIMIZERS
 from pipeline.errors import EdgepipeError
 from pipeline.preprocess_options import LAYOUTS
 
@@ -240,7 +241,10 @@ def run_onnxruntime(model: ModelSource, inputs: np.ndarray | dict[str, np.ndarra
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(
-            load_model(model).SerializeToString(), options, providers=["CPUExecutionProvider"]
+            load_model(model).SerializeToString(),
+            options,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS),
         )
         feeds = {session.get_inputs()[0].name: inputs} if isinstance(inputs, np.ndarray) else inputs
         values = session.run(None, feeds)

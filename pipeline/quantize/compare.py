@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.defaults import ORT_DISABLED_OPTIMIZERS
 from pipeline.errors import EdgepipeError
 from pipeline.fidelity import Fidelity
 from pipeline.images import SPLIT_SEED, ModelData, ModelInput
@@ -189,7 +190,9 @@ class Comparison:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            model_bytes, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS)
+        )
         name = session.get_inputs()[0].name
         x, y = self.images.x, self.images.y
         for start in range(0, len(x), self.batch):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.defaults import ORT_DISABLED_OPTIMIZERS
 from pipeline.errors import EdgepipeError
 from pipeline.runner import Runner
 
@@ -24,7 +25,9 @@ class OnnxRuntimeRunner(Runner):
         options.log_severity_level = 3
         source = model if isinstance(model, bytes) else str(model)
         try:
-            self.session = ort.InferenceSession(source, options, providers=providers)
+            self.session = ort.InferenceSession(
+                source, options, providers=providers, disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS)
+            )
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
             what = "the model" if isinstance(model, bytes) else model
             raise EdgepipeError(
