@@ -39,11 +39,13 @@ from pipeline.quantize.compare import (
     stored_record,
 )
 from pipeline.quantize.coverage import coverage
+from pipeline.quantize.depthwise import WHY as DEPTHWISE_WHY
+from pipeline.quantize.depthwise import depthwise_first
 from pipeline.quantize.fusion import fusion_exclusions
 from pipeline.quantize.graph import count_macs, keep_in_high_precision
 from pipeline.quantize.methods import Candidates, choose
 from pipeline.quantize.modelopt_log import last_line, modelopt_error, quiet_modelopt
-from pipeline.quantize.prepare import check_quantizable, clean_up
+from pipeline.quantize.prepare import check_names, check_quantizable, clean_up
 from pipeline.quantize.qdq_rules import check_tensorrt_qdq_rules
 from pipeline.quantize.ranges import METHOD_NAMES, constants_as_initializers, parse_method
 from pipeline.quantize.remainder import build as build_remainder
@@ -118,8 +120,7 @@ def to_int8(
     output = check_paths(onnx_path, output, force)
     source = open_fp32(onnx_path, "--int8", reading.size, reading.size_flag)
     check_quantizable(source.model)
-    _check_op_types(source.model, list(settings.exclude_ops + settings.include_ops))
-    _check_node_names(source.model, list(settings.exclude_nodes))
+    check_names(source.model, list(settings.exclude_ops + settings.include_ops), list(settings.exclude_nodes))
     model_input, model_data = model_data_for(source, reading)
     calib_images, calib_info = calibration_images(calib, model_data, source, model_input, reading.__dict__)
     compare_on, comparison = _comparison(source, model_data, calib_images, budget, reading.workers)
@@ -231,7 +232,10 @@ def _quantized(
     figures, row = trial.run(chosen.model, [], "plain", started)
     attempts, outcome = [row], Outcome(chosen.model, figures)
     if budget.active and not budget.met(figures):
+        outcome = depthwise_first(budget, trial, quantizer.keep_out, chosen.rebuild, outcome, attempts)
+    if budget.active and not budget.met(outcome.figures):
         outcome = search(budget, trial, outcome, attempts)
+        outcome.kept_nodes = list(dict.fromkeys([*quantizer.kept_out, *outcome.kept_nodes]))
     reasons = {
         **{
             node.name: f"--exclude-op {node.op_type}"
@@ -240,6 +244,7 @@ def _quantized(
         },
         **dict.fromkeys(settings.exclude_nodes, "--exclude-node"),
         **dict.fromkeys(outcome.kept_nodes, "kept in higher precision by the accuracy budget"),
+        **dict.fromkeys(quantizer.kept_out, DEPTHWISE_WHY),
     }
     return outcome, attempts, coverage(outcome.model, source.fp32, macs, {**fused, **reasons}), cleaned, chosen
 
@@ -261,6 +266,10 @@ class _Int8Quantizer:
 
     def __init__(self, source: Fp32Source, images: np.ndarray, settings: Int8Settings, fused: list[str]):
         self.source, self.images, self.settings, self.fused = source, images, settings, fused
+        self.kept_out: list[str] = []  # nodes every build feeds unquantized inputs after PTQ (``depthwise.py``)
+
+    def keep_out(self, names: list[str]) -> None:
+        self.kept_out = list(names)
 
     def run(self, nodes_to_exclude: list[str], cache: Path | None = None) -> onnx.ModelProto:
         """ModelOpt's PTQ; with ``cache`` (ranges edgepipe chose) its scales replace the calibrated ones, so a
@@ -301,30 +310,9 @@ class _Int8Quantizer:
             quantized = onnx.load(str(target))
         present = {node.name for node in quantized.graph.node}
         # a tensor quantized for one reader is quantized for all: the fused nodes read it unquantized again
-        quantized = keep_in_high_precision(quantized, [name for name in self.fused if name in present])
+        quantized = keep_in_high_precision(quantized, [n for n in [*self.fused, *self.kept_out] if n in present])
         return build_remainder(quantized, self.settings.high_precision)
 
     def ceiling(self) -> onnx.ModelProto:
         """No Q/DQ at all, the remainder as built: the best any node set kept out of INT8 can reach."""
         return ceiling(self.source.fp32, self.settings.high_precision)
-
-
-def _check_op_types(model: onnx.ModelProto, op_types: list[str]) -> None:
-    present = sorted({node.op_type for node in model.graph.node})
-    unknown = [op for op in op_types if op not in present]
-    if unknown:
-        raise EdgepipeError(
-            f"the model has no {', '.join(unknown)} op (it has: {', '.join(present)})",
-            fix="pass op types from that list to --exclude-op/--include-op",
-        )
-
-
-def _check_node_names(model: onnx.ModelProto, names: list[str]) -> None:
-    present = {node.name for node in model.graph.node}
-    unknown = [name for name in names if name not in present]
-    if unknown:
-        example = ", ".join(sorted(n for n in present if n)[:5])
-        raise EdgepipeError(
-            f"the model has no node named {', '.join(unknown)} (names look like: {example})",
-            fix="pass node names from the ONNX graph (e.g. as Netron shows them) to --exclude-node",
-        )

@@ -1,5 +1,6 @@
 """What ModelOpt's INT8 PTQ is given: refused inputs, and the graph cleaned up so that every convolution is reached.
 
+* ``check_names``: op types and node names the flags give must be the model's.
 * ``check_quantizable``: a model already quantized (integer ops, ONNX Runtime's com.microsoft ops)
   or with control flow (Loop, If, Scan) is refused in one line before ModelOpt runs.
 * ``clean_up``: onnxslim folds Identity nodes, BatchNormalization into the Conv before it, and
@@ -179,3 +180,30 @@ def _set_initializer(graph: onnx.GraphProto, node: onnx.NodeProto, index: int, v
     while len(node.input) <= index:
         node.input.append("")
     node.input[index] = name
+
+
+def check_names(model: onnx.ModelProto, op_types: list[str], nodes: list[str]) -> None:
+    """Refuse op types (--exclude-op/--include-op) and node names (--exclude-node) the model does not have."""
+    _check_op_types(model, op_types)
+    _check_node_names(model, nodes)
+
+
+def _check_op_types(model: onnx.ModelProto, op_types: list[str]) -> None:
+    present = sorted({node.op_type for node in model.graph.node})
+    unknown = [op for op in op_types if op not in present]
+    if unknown:
+        raise EdgepipeError(
+            f"the model has no {', '.join(unknown)} op (it has: {', '.join(present)})",
+            fix="pass op types from that list to --exclude-op/--include-op",
+        )
+
+
+def _check_node_names(model: onnx.ModelProto, names: list[str]) -> None:
+    present = {node.name for node in model.graph.node}
+    unknown = [name for name in names if name not in present]
+    if unknown:
+        example = ", ".join(sorted(n for n in present if n)[:5])
+        raise EdgepipeError(
+            f"the model has no node named {', '.join(unknown)} (names look like: {example})",
+            fix="pass node names from the ONNX graph (e.g. as Netron shows them) to --exclude-node",
+        )
