@@ -6,6 +6,14 @@ remainder, and the remainder is converted the way ``--fp16`` converts a model (M
 ``FP16_FP32_OPS`` kept FP32), with the Q/DQ nodes whose scale would underflow FP16 (below its
 smallest normal number, 6.1e-5: a near-dead depthwise channel's 1.8e-7 is a subnormal) kept FP32 too.
 
+A Conv/Gemm whose bias would overflow FP16 once quantized stays FP32 with its Q/DQ nodes (``overflowing_bias``).
+ONNX Runtime quantizes the float bias of a Conv/Gemm read through DequantizeLinear (its BiasQuantization
+pass): INT32 bias = round(bias / (input scale x weight scale)), computed in the scales' type. In FP16 a
+small input scale (an image's 1/127) times a small weight scale gives 1e-7..1e-5, bias / that passes
+65504 and the bias becomes inf: on the PP-OCRv4 recognizer one first Conv of this kind took argmax
+agreement from 94 to 78%. Kept FP32, the INT32 bias is computed in FP32; TensorRT, which keeps the bias
+in float, runs the same Q/DQ Conv in INT8 either way.
+
 ``ceiling`` is the budget's upper bound: the model with every Q/DQ removed and the remainder as
 built. Where it already misses the budget, no choice of nodes to keep out of INT8 can meet it.
 """
@@ -24,6 +32,10 @@ from pipeline.quantize.fp16 import FP16_FP32_OPS
 from pipeline.quantize.modelopt_log import modelopt_error, quiet_modelopt
 
 FP16_SMALLEST_NORMAL = 6.104e-5
+FP16_MAX = 65504.0
+# An INT32 bias within this factor of FP16's largest value is kept FP32 too: bias correction (``bias.py``)
+# moves the bias after the remainder is built.
+BIAS_HEADROOM = 2.0
 
 
 def underflowing_qdq(model: onnx.ModelProto) -> list[str]:
@@ -38,13 +50,50 @@ def underflowing_qdq(model: onnx.ModelProto) -> list[str]:
     return names
 
 
+def overflowing_bias(model: onnx.ModelProto) -> list[str]:
+    """Quantized Conv/Gemm nodes whose bias / (input scale x weight scale), in FP16, comes within ``BIAS_HEADROOM``
+    of FP16's largest value; each with the Q/DQ nodes of its inputs and the Q nodes reading its output."""
+    values = {init.name: init for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    names = []
+    for node in model.graph.node:
+        dqs = [producers.get(name) for name in node.input[:2]]
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in values:
+            continue
+        if len(dqs) < 2 or not all(dq is not None and dq.op_type == "DequantizeLinear" for dq in dqs):
+            continue
+        if not all(dq.input[1] in values for dq in dqs) or not _bias_overflows(node, dqs, values):
+            continue
+        quantizers = [producers.get(dq.input[0]) for dq in dqs]
+        outputs = [reader for reader in readers.get(node.output[0], []) if reader.op_type == "QuantizeLinear"]
+        unit = [node, *dqs, *(q for q in quantizers if q is not None and q.op_type == "QuantizeLinear"), *outputs]
+        names += [member.name for member in unit if member.name]
+    return list(dict.fromkeys(names))
+
+
+def _bias_overflows(node: onnx.NodeProto, dqs: list[onnx.NodeProto], values: dict) -> bool:
+    """Whether ``node``'s INT32 bias, computed in FP16 as ONNX Runtime computes it, nears FP16's largest value."""
+    bias = np.abs(onnx.numpy_helper.to_array(values[node.input[2]]).astype(np.float16).astype(np.float64))
+    input_scale, weight_scale = (onnx.numpy_helper.to_array(values[dq.input[1]]).astype(np.float16) for dq in dqs)
+    scale = (input_scale.astype(np.float32) * weight_scale.astype(np.float32)).astype(np.float16).astype(np.float64)
+    if scale.size not in (1, bias.size):
+        return False
+    if np.any(scale.reshape(-1) == 0):
+        return True
+    return bool(np.max(bias / scale.reshape(-1), initial=0.0) * BIAS_HEADROOM >= FP16_MAX)
+
+
 def build(model: onnx.ModelProto, high_precision: str) -> onnx.ModelProto:
     """``model`` (Q/DQ, every other op FP32) with its remainder in ``high_precision`` (fp32: as it is)."""
     if high_precision == "fp32":
         return model
     from modelopt.onnx.autocast import convert_to_mixed_precision  # ModelOpt takes seconds to import
 
-    keep = [f"^{re.escape(name)}$" for name in underflowing_qdq(model)]
+    keep = [f"^{re.escape(name)}$" for name in dict.fromkeys(underflowing_qdq(model) + overflowing_bias(model))]
     with tempfile.TemporaryDirectory(prefix="edgepipe-int8-remainder-") as folder, quiet_modelopt() as log:
         path = Path(folder) / "model.qdq.onnx"
         onnx.save(model, str(path))
