@@ -6,17 +6,13 @@ remainder, and the remainder is converted the way ``--fp16`` converts a model (M
 ``FP16_FP32_OPS`` kept FP32), with the Q/DQ nodes whose scale would underflow FP16 (below its
 smallest normal number, 6.1e-5: a near-dead depthwise channel's 1.8e-7 is a subnormal) kept FP32 too.
 
-A quantized Conv/Gemm/MatMul stays FP32 whole, with the Q/DQ nodes of its two inputs and the Q nodes
-reading its output (``fp32_units``), where
-
-* one of those scales underflows FP16: kept FP32 alone, its DequantizeLinear would reach the FP16 node
-  through a Cast, which TensorRT's Q/DQ fusion and bias correction (``bias.py``) do not cross;
-* its bias would overflow FP16 once quantized. ONNX Runtime quantizes the float bias of a Conv/Gemm read
-  through DequantizeLinear (its BiasQuantization pass) as round(bias / (input scale x weight scale)),
-  computed in the scales' type. In FP16 an image's input scale (1/127) times a small weight scale gives
-  1e-7..1e-5, the quotient passes 65504 and the bias becomes inf: the PP-OCRv4 recognizer's stem Conv
-  took its INT8 agreement from 94 to 78%. Kept FP32, the INT32 bias is computed in FP32; TensorRT keeps
-  the bias in float and runs the unit in INT8 either way.
+A quantized Conv/Gemm whose bias would overflow FP16 once quantized stays FP32 whole, with the Q/DQ
+nodes of its two inputs and the Q nodes reading its output (``overflowing_bias``). ONNX Runtime
+quantizes the float bias of a Conv/Gemm read through DequantizeLinear (its BiasQuantization pass) as
+round(bias / (input scale x weight scale)), computed in the scales' type. In FP16 an image's input
+scale (1/127) times a small weight scale gives 1e-7..1e-5, the quotient passes 65504 and the bias
+becomes inf: the PP-OCRv4 recognizer's stem Conv took its INT8 agreement from 94 to 78%. Kept FP32, the
+INT32 bias is computed in FP32; TensorRT keeps the bias in float and runs the unit in INT8 either way.
 
 ``ceiling`` is the budget's upper bound: the model with every Q/DQ removed and the remainder as
 built. Where it already misses the budget, no choice of nodes to keep out of INT8 can meet it.
@@ -33,7 +29,6 @@ import onnx
 
 from pipeline.precision import QDQ_OPS
 from pipeline.quantize.fp16 import FP16_FP32_OPS
-from pipeline.quantize.graph import MAC_OPS
 from pipeline.quantize.modelopt_log import modelopt_error, quiet_modelopt
 
 FP16_SMALLEST_NORMAL = 6.104e-5
@@ -55,44 +50,33 @@ def underflowing_qdq(model: onnx.ModelProto) -> list[str]:
     return names
 
 
-def fp32_units(model: onnx.ModelProto) -> list[str]:
-    """Quantized Conv/Gemm/MatMul nodes kept FP32 whole, each with the Q/DQ nodes of its two inputs and the Q nodes
-    reading its output: where one of those scales underflows FP16 (kept FP32 alone, it would reach an FP16 node
-    through a Cast, which TensorRT's Q/DQ fusion and bias correction do not cross), or where its INT32 bias
-    (bias / (input scale x weight scale), in FP16 as ONNX Runtime computes it) comes within ``BIAS_HEADROOM`` of
-    FP16's largest value."""
+def overflowing_bias(model: onnx.ModelProto) -> list[str]:
+    """Quantized Conv/Gemm nodes whose bias / (input scale x weight scale), in FP16, comes within ``BIAS_HEADROOM``
+    of FP16's largest value; each with the Q/DQ nodes of its inputs and the Q nodes reading its output."""
     values = {init.name: init for init in model.graph.initializer}
     producers = {out: node for node in model.graph.node for out in node.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    underflowing = set(underflowing_qdq(model))
     names = []
     for node in model.graph.node:
         dqs = [producers.get(name) for name in node.input[:2]]
-        if node.op_type not in MAC_OPS or len(dqs) < 2 or not all(_is_dq(dq, values) for dq in dqs):
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in values:
             continue
-        quantizers = [
-            q for q in (producers.get(dq.input[0]) for dq in dqs) if q is not None and q.op_type == "QuantizeLinear"
-        ]
+        if len(dqs) < 2 or not all(dq is not None and dq.op_type == "DequantizeLinear" for dq in dqs):
+            continue
+        if not all(dq.input[1] in values for dq in dqs) or not _bias_overflows(node, dqs, values):
+            continue
+        quantizers = [producers.get(dq.input[0]) for dq in dqs]
         outputs = [reader for reader in readers.get(node.output[0], []) if reader.op_type == "QuantizeLinear"]
-        unit = [node, *dqs, *quantizers, *outputs]
-        if underflowing.intersection(member.name for member in [*dqs, *quantizers]) or _bias_overflows(
-            node, dqs, values
-        ):
-            names += [member.name for member in unit if member.name]
+        unit = [node, *dqs, *(q for q in quantizers if q is not None and q.op_type == "QuantizeLinear"), *outputs]
+        names += [member.name for member in unit if member.name]
     return list(dict.fromkeys(names))
-
-
-def _is_dq(node: onnx.NodeProto | None, values: dict) -> bool:
-    return node is not None and node.op_type == "DequantizeLinear" and node.input[1] in values
 
 
 def _bias_overflows(node: onnx.NodeProto, dqs: list[onnx.NodeProto], values: dict) -> bool:
     """Whether ``node``'s INT32 bias, computed in FP16 as ONNX Runtime computes it, nears FP16's largest value."""
-    if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in values:
-        return False  # ONNX Runtime quantizes the constant bias of these two only
     bias = np.abs(onnx.numpy_helper.to_array(values[node.input[2]]).astype(np.float16).astype(np.float64))
     input_scale, weight_scale = (onnx.numpy_helper.to_array(values[dq.input[1]]).astype(np.float16) for dq in dqs)
     scale = (input_scale.astype(np.float32) * weight_scale.astype(np.float32)).astype(np.float16).astype(np.float64)
@@ -109,7 +93,7 @@ def build(model: onnx.ModelProto, high_precision: str) -> onnx.ModelProto:
         return model
     from modelopt.onnx.autocast import convert_to_mixed_precision  # ModelOpt takes seconds to import
 
-    keep = [f"^{re.escape(name)}$" for name in dict.fromkeys(underflowing_qdq(model) + fp32_units(model))]
+    keep = [f"^{re.escape(name)}$" for name in dict.fromkeys(underflowing_qdq(model) + overflowing_bias(model))]
     with tempfile.TemporaryDirectory(prefix="edgepipe-int8-remainder-") as folder, quiet_modelopt() as log:
         path = Path(folder) / "model.qdq.onnx"
         onnx.save(model, str(path))
