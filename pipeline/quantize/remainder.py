@@ -12,7 +12,8 @@ quantizes the float bias of a Conv/Gemm read through DequantizeLinear (its BiasQ
 round(bias / (input scale x weight scale)), computed in the scales' type. In FP16 an image's input
 scale (1/127) times a small weight scale gives 1e-7..1e-5, the quotient passes 65504 and the bias
 becomes inf: the PP-OCRv4 recognizer's stem Conv took its INT8 agreement from 94 to 78%. Kept FP32, the
-INT32 bias is computed in FP32; TensorRT keeps the bias in float and runs the unit in INT8 either way.
+INT32 bias is computed in FP32; TensorRT, which takes the bias only in float, runs the unit in INT8 either
+way.
 
 ``ceiling`` is the budget's upper bound: the model with every Q/DQ removed and the remainder as
 built. Where it already misses the budget, no choice of nodes to keep out of INT8 can meet it.
