@@ -365,9 +365,8 @@ def test_a_dynamic_hw_recognizer_is_quantized_and_validated_on_the_same_inputs(t
     np.savez(tmp_path / "lines.npz", inputs=images(TEXT_SHAPE, 64, seed=4))
     np.savez(tmp_path / "val.npz", inputs=images(TEXT_SHAPE, 40, seed=5))
     int8 = tmp_path / "rec.int8.onnx"
-    made = run(
-        "quantize", model, "--int8", "--calib", tmp_path / "lines.npz", "--data", tmp_path / "val.npz", "-o", int8
-    )
+    data = ("--calib", tmp_path / "lines.npz", "--data", tmp_path / "val.npz")
+    made = run("quantize", model, "--int8", *data, "--max-drop", "none", "-o", int8)  # what is read, not accuracy
     assert made.exit_code == 0, made.output
     for output in ((), ("--json",)):
         checked = run("validate", "--reference", model, int8, "--data", tmp_path / "val.npz", *output)
