@@ -10,7 +10,7 @@ converted at its --optShapes size. An ONNX that already holds Q/DQ nodes, or is 
 built as it is. On TensorRT <= 10.x ``legacy_precision`` uses the builder's FP16/INT8 flags and
 an entropy calibrator instead.
 
-The settings are a value (``settings.BuildSettings``), resolved against the model and backend into
+The settings are a value (``pipeline.tensorrt.options.BuildSettings``), resolved against the model and backend into
 a ``plan.Plan`` before anything prints; ``network`` makes the ONNX the network is parsed from and
 ``engine`` runs the builder. Reuse follows the one rule of ``pipeline.artifacts``: the engine's manifest.
 """
@@ -25,11 +25,11 @@ from pipeline.artifacts import Kind, read_manifest, why_stale
 from pipeline.build import engine as builder
 from pipeline.build import network
 from pipeline.build.plan import Plan, default_engine_path, make_plan
-from pipeline.build.settings import BuildSettings
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.progress import info as say
 from pipeline.tensorrt.backend import TENSORRT
+from pipeline.tensorrt.options import BuildSettings
 
 
 def build_engine(
