@@ -10,13 +10,15 @@ from rich.table import Table
 from pipeline.commands.options import (
     EdgepipeCommand,
     batches_option,
+    callback,
     emit,
     force_option,
     input_size_option,
     json_option,
     model_options,
+    onnx_input_hw,
+    parse_duration,
 )
-from pipeline.commands.parsers import callback, onnx_input_hw, parse_duration
 from pipeline.progress import out
 
 

@@ -10,10 +10,10 @@ from pipeline.commands.options import (
     force_option,
     json_option,
     max_drop_option,
-    parse_precisions,
 )
 from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_SWEEP_OUTPUT
 from pipeline.errors import EdgepipeError
+from pipeline.precision import parse_list
 
 
 @click.command("sweep", cls=EdgepipeCommand)
@@ -29,7 +29,7 @@ from pipeline.errors import EdgepipeError
     "--precisions",
     default=None,
     metavar="fp32,fp16,int8",
-    callback=lambda ctx, param, value: value and parse_precisions(value),
+    callback=lambda ctx, param, value: value and parse_list(value, "--precisions"),
     help="Precisions to build (default: the models file's, else fp32,fp16,int8).",
 )
 @click.option(
