@@ -182,14 +182,14 @@ def _print_table(result) -> None:
         table.add_row(*cells)
     out.print(table)
     for what, reason in reasons.items():
-        out.print(f"{what} ({reason})" if reason else what, markup=False)
+        out.print(f"{what} ({reason})" if reason else what)
     # the bench report reads the figures (numpy): imported once there are figures to print.
     from pipeline import benchreport
 
     for line in benchreport.footer_lines(result):
-        out.print(line, markup=False)
+        out.print(line)
     if result.get("report"):
-        out.print(f"Report: {result['report']['markdown']}, plot {result['report']['plot']}", markup=False)
+        out.print(f"Report: {result['report']['markdown']}, plot {result['report']['plot']}")
 
 
 def held_out_top1(result: dict[str, Any]) -> dict[str, float]:

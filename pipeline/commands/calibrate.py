@@ -81,6 +81,5 @@ def _print(r) -> None:
     held = f"; {r['split']['counts']['held_out']} images held out for validate"
     out.print(
         f"{r['calibration']}: {r['count']} images from the calibration pool of {r['source']}{balance}, seed {r['seed']}{held}",
-        markup=False,
         soft_wrap=True,
     )

@@ -64,7 +64,6 @@ def export_command(checkpoint, model, code, weights, input_size, as_json, **flag
                 if "top1_onnx" in r
                 else f"; {r['hint']}"
             ),
-            markup=False,
         ),
     )
 

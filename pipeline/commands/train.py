@@ -84,7 +84,6 @@ def train_command(model, code, weights, data, epochs, lr, seed, input_size, img_
         as_json,
         lambda r: out.print(
             f"{r['checkpoint']}: held-out top-1 {r['val_top1']:.2f}% on {r['val_samples']} images after {r['epochs']} epochs ({r['seconds']:.0f} s)",
-            markup=False,
         ),
     )
 

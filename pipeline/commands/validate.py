@@ -118,7 +118,7 @@ def _validate_golden(artifacts, data, as_json) -> None:
 
 
 def _print_golden(result) -> None:
-    out.print(f"golden outputs {result['golden']}: {result['images']} images", markup=False)
+    out.print(f"golden outputs {result['golden']}: {result['images']} images")
     for row in result["rows"]:
         worst = max(row["outputs"].values(), key=lambda figures: figures["max_abs_diff"])
         failed = sum(figures["failed_elements"] for figures in row["outputs"].values())
@@ -127,7 +127,6 @@ def _print_golden(result) -> None:
             f"{row['model']} ({row['precision']}, made from {row['made_from']}, on {row['runner']}): {verdict}; "
             f"max |Δ| {worst['max_abs_diff']:.3g} (atol {row['atol']:g}, rtol {row['rtol']:g})",
             soft_wrap=True,
-            markup=False,
         )
 
 
@@ -191,9 +190,8 @@ def _print_table(result):
                 out.print(
                     f"{row['artifact']} output '{name}': max |Δ| {figures['max_abs_diff']:.3g}, cosine {figures['cosine']:.6f}{agreement}",
                     soft_wrap=True,
-                    markup=False,
                 )
         if row["status"] != "ok":
-            out.print(f"{row['artifact']}: {row['status'].split(':')[0]}: {row['error']}", soft_wrap=True, markup=False)
+            out.print(f"{row['artifact']}: {row['status'].split(':')[0]}: {row['error']}", soft_wrap=True)
     for note in result.get("notes") or []:
-        out.print(f"Note: {note}", soft_wrap=True, markup=False)
+        out.print(f"Note: {note}", soft_wrap=True)

@@ -65,7 +65,7 @@ def worker_command(address, targets, num_cpus, temp_dir, dry_run, as_json):
         emit(
             result,
             as_json,
-            lambda r: out.print(" ".join(shlex.quote(c) for c in r["command"]), markup=False, soft_wrap=True),
+            lambda r: out.print(" ".join(shlex.quote(c) for c in r["command"]), soft_wrap=True),
         )
         return
     connection.check_reachable(host, port)
