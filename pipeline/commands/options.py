@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from pipeline.commands.command import EdgepipeCommand, Guarded, emit
+from pipeline.commands.command import EdgepipeCommand, Guarded, cell, emit
 from pipeline.commands.model_options import model_options, preprocess_options, with_options
 from pipeline.defaults import BUDGET_DEFAULT
 from pipeline.errors import EdgepipeError

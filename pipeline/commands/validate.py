@@ -5,7 +5,15 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from pipeline.commands.options import EdgepipeCommand, data_option, emit, json_option, model_options, preprocess_options
+from pipeline.commands.options import (
+    EdgepipeCommand,
+    cell,
+    data_option,
+    emit,
+    json_option,
+    model_options,
+    preprocess_options,
+)
 from pipeline.defaults import DEFAULT_ATOL, DEFAULT_BATCH_SIZE, DEFAULT_RTOL, SPLITS
 from pipeline.errors import EdgepipeError
 from pipeline.progress import out
@@ -130,10 +138,6 @@ def _print_golden(result) -> None:
         )
 
 
-def _f(value, spec: str) -> str:
-    return "" if value is None else format(value, spec)
-
-
 def _title(result) -> str:
     ref = result["reference"]
     if "images" not in result:  # an edgepipe model, on its recorded held-out split
@@ -142,35 +146,25 @@ def _title(result) -> str:
     return f"{result['model']} on {result['images']['text']}; {accuracy}"
 
 
+# The figures of the table: column -> (key of the row, format).
+FIGURES = {
+    "top-1 %": ("top1", ".2f"),
+    "Δ pts": ("delta", "+.2f"),
+    "agreement %": ("agreement", ".2f"),
+    "max |Δ|": ("max_abs_diff", ".3g"),
+    "mean |Δ|": ("mean_abs_diff", ".3g"),
+    "cosine": ("cosine", ".6f"),
+}
+
+
 def _print_table(result):
     table = Table(title=_title(result))
-    for column in (
-        "artifact",
-        "precision",
-        "top-1 %",
-        "Δ pts",
-        "agreement %",
-        "max |Δ|",
-        "mean |Δ|",
-        "cosine",
-        "status",
-    ):
+    for column in ("artifact", "precision", *FIGURES, "status"):
         table.add_column(column, justify="left" if column in ("artifact", "precision", "status") else "right")
     for row in result["rows"]:
-        if row["status"] != "ok":
-            table.add_row(row["artifact"], row["precision"] or "?", "", "", "", "", "", "", row["status"].split(":")[0])
-            continue
-        table.add_row(
-            row["artifact"],
-            row["precision"],
-            _f(row.get("top1"), ".2f"),
-            _f(row.get("delta"), "+.2f"),
-            _f(row.get("agreement"), ".2f"),
-            _f(row["max_abs_diff"], ".3g"),
-            _f(row["mean_abs_diff"], ".3g"),
-            _f(row["cosine"], ".6f"),
-            "ok",
-        )
+        ok = row["status"] == "ok"
+        figures = [cell(row.get(key), spec) if ok else "" for key, spec in FIGURES.values()]
+        table.add_row(row["artifact"], row["precision"] or "?", *figures, row["status"].split(":")[0])
     # Full width when piped (CI logs), so that numbers and paths are not cut.
     width = out.width
     if not out.is_terminal:
@@ -180,17 +174,14 @@ def _print_table(result):
     finally:
         out.width = width
     for row in result["rows"]:
-        if row["status"] == "ok" and len(row.get("outputs") or {}) > 1:
-            for name, figures in row["outputs"].items():
-                agreement = (
-                    f", argmax agreement {figures['argmax_agreement']:.2f}%"
-                    if figures.get("argmax_agreement") is not None
-                    else ""
-                )
-                out.print(
-                    f"{row['artifact']} output '{name}': max |Δ| {figures['max_abs_diff']:.3g}, cosine {figures['cosine']:.6f}{agreement}",
-                    soft_wrap=True,
-                )
+        outputs = (row.get("outputs") or {}) if row["status"] == "ok" else {}
+        for name, figures in outputs.items() if len(outputs) > 1 else ():
+            agreement = figures.get("argmax_agreement")
+            agreement = "" if agreement is None else f", argmax agreement {agreement:.2f}%"
+            out.print(
+                f"{row['artifact']} output '{name}': max |Δ| {figures['max_abs_diff']:.3g}, cosine {figures['cosine']:.6f}{agreement}",
+                soft_wrap=True,
+            )
         if row["status"] != "ok":
             out.print(f"{row['artifact']}: {row['status'].split(':')[0]}: {row['error']}", soft_wrap=True)
     for note in result.get("notes") or []:
