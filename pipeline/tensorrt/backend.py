@@ -22,7 +22,7 @@ from pipeline.errors import EdgepipeError
 from pipeline.tensorrt.messages import build_fix, parse_error
 from pipeline.tensorrt.monitor import make_logger, progress_monitor, sigint_cancels
 from pipeline.tensorrt.options import HARDWARE_COMPATIBILITY, MEMORY_POOLS, BuildSettings
-from pipeline.tensorrt.targets import cc_key, sm_to_text, text_to_sm
+from pipeline.tensorrt.targets import cc_key, normalize_compute_capability
 
 TENSORRT, TENSORRT_RTX = "tensorrt", "tensorrt-rtx"
 BACKENDS = (TENSORRT, TENSORRT_RTX)
@@ -65,7 +65,7 @@ class Backend:
         if not self.has_compute_capability_targets:
             return []
         names = [n for n in dir(self.trt.ComputeCapability) if n.startswith("SM") and n[2:].isdigit()]
-        return sorted((sm_to_text(n) for n in names), key=cc_key)
+        return sorted((normalize_compute_capability(n) for n in names), key=cc_key)
 
     # --- building ---------------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ class Backend:
         if settings.compute_capability:
             config.num_compute_capabilities = len(settings.compute_capability)
             for i, cc in enumerate(settings.compute_capability):
-                member = "CURRENT" if cc == "current" else text_to_sm(cc)
+                member = "CURRENT" if cc == "current" else "SM" + cc.replace(".", "")
                 config.set_compute_capability(getattr(trt.ComputeCapability, member), i)
         if timing_cache is not None:
             config.set_timing_cache(config.create_timing_cache(timing_cache), ignore_mismatch=True)

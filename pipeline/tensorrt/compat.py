@@ -15,7 +15,7 @@ from pipeline.artifacts import Kind, read_manifest
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.tensorrt.backend import DISPLAY_NAMES, TENSORRT, TENSORRT_RTX, Backend, get_backend
-from pipeline.tensorrt.targets import cc_major, normalize_compute_capability
+from pipeline.tensorrt.targets import cc_key, normalize_compute_capability
 
 
 def check_engine_runtime(
@@ -83,5 +83,5 @@ def _version_can_load(manifest: dict, runtime_version: str) -> bool:
 def _hardware_compatible(manifest: dict, built_on: str, device: str) -> bool:
     level = manifest.get("params", {}).get("hardware_compatibility_level")
     if level == "ampere+":
-        return cc_major(device) >= 8
+        return cc_key(device)[0] >= 8
     return device == built_on
