@@ -1,16 +1,10 @@
 """`edgepipe bench`: latency and throughput of the PyTorch reference and every artifact, side by side.
 
-Per artifact and batch, like trtexec: warm-up by time, then timed iterations (until a duration or
-an iteration count); min, mean, median, p90, p95, p99 latency and throughput; for TensorRT engines
-also H2D, GPU compute and D2H apart (CUDA events) and the device memory the engine needs.
-
-The timing harness is ``pipeline.timing``; the settings are one value, ``BenchSettings``. A failing artifact becomes a row with status "error" and its
-reason; engines on a machine without an NVIDIA GPU become rows "skipped: no NVIDIA GPU".
-
-On a Jetson the result's ``jetson`` records the module, L4T/JetPack, power mode, clocks, fan,
-temperatures at start and end and throttling, and each row's ``power`` the mean power of each rail
-over its timed window and mJ per inference (``pipeline.deploy.jetson``); elsewhere ``jetson`` says it
-is not one. ``sustain_s`` runs each row that long and reports the median per window and its drift.
+Per artifact and batch, trtexec's figures (``pipeline.timing``) and the device memory an engine
+needs. A failing artifact is a row with status "error" and its reason; engines on a machine
+without an NVIDIA GPU are rows "skipped: no NVIDIA GPU". On a Jetson the result's ``jetson``
+records the device's state and each row's ``power`` each rail's mean power over its timed window
+(``pipeline.deploy.jetson``); elsewhere ``jetson`` says it is not one.
 """
 
 from __future__ import annotations
@@ -34,8 +28,6 @@ from pipeline.preprocess import Preprocess
 from pipeline.progress import info
 from pipeline.runtime import NoGpuError, Runner, open_runner
 from pipeline.timing import measure, measure_overhead
-
-__all__ = ["ROW_KEYS", "SKIPPED_NO_GPU", "BenchSettings", "bench", "measure"]
 
 FORMATS = {Kind.CHECKPOINT: "pytorch", Kind.ONNX: "onnx", Kind.ENGINE: "engine"}
 # Every row has every key (None where not measured), so CI can read rows without guessing.
