@@ -152,14 +152,15 @@ def max_drop_option(default: float | None = None) -> Callable:
     )
 
 
-def precisions_option(default: str = "fp32,fp16,int8", help: str = "Comma-separated precisions.") -> Callable:
-    """``--precisions fp32,int8`` -> ``precisions``: a tuple of ``Precision``."""
+def precisions_option(help: str, default: str | None = None, metavar: str | None = None) -> Callable:
+    """``--precisions fp32,int8`` -> ``precisions``: a tuple of ``Precision`` (None when not given and no default)."""
     return click.option(
         "--precisions",
         "precisions",
         default=default,
-        show_default=True,
-        callback=callback(parse_list, "--precisions"),
+        show_default=default is not None,
+        metavar=metavar,
+        callback=lambda ctx, param, value: None if value is None else parse_list(value, "--precisions"),
         help=help,
     )
 

@@ -10,10 +10,10 @@ from pipeline.commands.options import (
     force_option,
     json_option,
     max_drop_option,
+    precisions_option,
 )
 from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_SWEEP_OUTPUT
 from pipeline.errors import EdgepipeError
-from pipeline.precision import parse_list
 
 
 @click.command("sweep", cls=EdgepipeCommand)
@@ -25,13 +25,7 @@ from pipeline.precision import parse_list
     metavar="sweep.yaml",
     help="YAML with 'models:' (names, or {name, checkpoint|onnx, epochs}) and optional 'precisions:'/'targets:'.",
 )
-@click.option(
-    "--precisions",
-    default=None,
-    metavar="fp32,fp16,int8",
-    callback=lambda ctx, param, value: value and parse_list(value, "--precisions"),
-    help="Precisions to build (default: the models file's, else fp32,fp16,int8).",
-)
+@precisions_option("Precisions to build (default: the models file's, else fp32,fp16,int8).", metavar="fp32,fp16,int8")
 @click.option(
     "--targets",
     default=None,

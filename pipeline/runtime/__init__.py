@@ -18,7 +18,7 @@ from pipeline.artifacts import Artifact, Kind
 from pipeline.cuda import current_compute_capability
 from pipeline.errors import EdgepipeError
 from pipeline.modelspec import ModelCode
-from pipeline.runner import NoGpuError, Runner, batch_step, check_batch, predict, predict_batch
+from pipeline.runner import NoGpuError, Runner, batch_step, predict, predict_batch
 from pipeline.tensorrt.backend import BACKENDS, get_backend
 from pipeline.tensorrt.compat import check_engine_runtime
 
