@@ -70,13 +70,13 @@ def make_plan(onnx_path: str | Path, settings: BuildSettings, save_engine: str |
     target = settings.precision or graph_precision
     given, targets = resolve_compute_capabilities(be, list(settings.compute_capability) or None)
     settings = replace(settings, precision=target, compute_capability=tuple(given))
-    _check_precision(source, settings, be, graph_precision, target)
+    _check_precision(source, settings, be, graph_precision)
     engine = Path(save_engine) if save_engine else default_engine_path(source, target)
     check_output(engine, force=True)  # a folder that can be written (existing files are handled later)
     converting = not settings.legacy_precision and target != graph_precision
     info = _image_input(model, required=converting)
     if converting and target == Precision.INT8:
-        _check_calibration_images(source, settings, info)
+        _check_calibration_images(source, model, settings, info)
     profiles, note = resolve_profiles(onnx_inputs(model), settings.shapes)
     if info is not None:  # dimensions sharing one symbolic name, which TensorRT requires equal
         check_profile_shapes(info, {f"--{kind}Shapes": settings.shapes.get(kind, {}) for kind in SHAPE_KINDS})
@@ -93,7 +93,8 @@ def default_engine_path(onnx_path: Path, precision: str) -> Path:
     return onnx_path.with_name(f"{stem}.{precision}.engine")
 
 
-def _check_precision(source: Path, settings: BuildSettings, be: Backend, graph_precision: str, target: str) -> None:
+def _check_precision(source: Path, settings: BuildSettings, be: Backend, graph_precision: str) -> None:
+    target = settings.precision
     if settings.legacy_precision:
         be.check_settings(BuildSettings(legacy_precision=True))  # names what the backend lacks, first
     if settings.legacy_precision and target == "int8" and graph_precision != "int8" and settings.calib is None:
@@ -108,9 +109,9 @@ def _check_precision(source: Path, settings: BuildSettings, be: Backend, graph_p
         )
 
 
-def _check_calibration_images(source: Path, settings: BuildSettings, info: ModelInfo | None) -> None:
+def _check_calibration_images(source: Path, model: Any, settings: BuildSettings, info: ModelInfo | None) -> None:
     """INT8 needs real images: the user's, or the data the model records."""
-    if settings.has_images or (info is not None and Record.of_onnx(load_onnx(source), source).source is not None):
+    if settings.has_images or (info is not None and Record.of_onnx(model, source).source is not None):
         return
     raise EdgepipeError(
         f"--int8 needs calibration images, and {source} records no training data to draw them from "
