@@ -23,7 +23,8 @@ def write_report(
     folder = Path(folder)
     md_path, png_path = folder / "bench.md", folder / "bench.png"
     check_output(md_path, force=True)
-    _plot(result, accuracy, labels or {}, png_path)
+    with atomic_output(png_path) as tmp:
+        figure(result, accuracy, labels or {}).savefig(tmp, format="png", bbox_inches="tight")
     write_text_atomic(md_path, to_markdown(result, accuracy, png_path.name))
     return md_path, png_path
 
@@ -156,12 +157,11 @@ def accuracy_limits(values: list[float]) -> tuple[float, float]:
 
 def figure(result: dict[str, Any], accuracy: dict[str, float], labels: dict[str, str]):
     """The latency/accuracy figure: labelled by a legend beside the axes, so labels never overlap."""
-    import matplotlib  # a second to import: only bench reports draw
+    # a second to import: only bench reports draw. A Figure of its own, not pyplot's: no GUI backend, nothing to close.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4), dpi=120)
+    fig = Figure(figsize=(7.5, 4), dpi=120)
+    ax = fig.subplots()
     points = plot_points(result, accuracy, labels)
     used: set[tuple[str, str]] = set()
     spare = iter(SPARE_MARKERS)
@@ -208,15 +208,6 @@ def figure(result: dict[str, Any], accuracy: dict[str, float], labels: dict[str,
     ax.set_title(f"Latency vs accuracy: {result['device'].split(';')[0]}", fontsize=9)
     ax.grid(True, alpha=0.3)
     return fig
-
-
-def _plot(result: dict[str, Any], accuracy: dict[str, float], labels: dict[str, str], path: Path) -> None:
-    import matplotlib.pyplot as plt  # loaded by figure() already
-
-    fig = figure(result, accuracy, labels)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
 
 
 def _by_path_or_name(mapping: dict[str, Any], artifact: str) -> Any:
