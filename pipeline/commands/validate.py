@@ -85,7 +85,8 @@ def validate_command(
           --resize 256 --crop 224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
       edgepipe validate bundle/ model.fp16.onnx
     """
-    if reference is None and _is_golden(artifacts[0]):
+    # a bundle folder, or its golden_outputs.json: what validate checks models against on the device
+    if reference is None and (Path(artifacts[0]).is_dir() or Path(artifacts[0]).suffix == ".json"):
         _validate_golden(artifacts, data, as_json)
         return
     # validating runs the models (numpy, onnx, ONNX Runtime, torch): imported when the command runs, so --help starts at once.
@@ -105,11 +106,6 @@ def validate_command(
         code=code,
     )
     emit(result, as_json, _print_table, failed=not result["ok"])
-
-
-def _is_golden(path: str) -> bool:
-    """A bundle folder, or its golden_outputs.json: what validate checks models against on the device."""
-    return Path(path).is_dir() or Path(path).suffix == ".json"
 
 
 def _validate_golden(artifacts, data, as_json) -> None:

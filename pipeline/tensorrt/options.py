@@ -79,7 +79,9 @@ class BuildSettings:
         if unknown:
             raise TypeError(f"unknown build settings: {', '.join(sorted(unknown))}")
         values = {_RENAMES.get(key, key): value for key, value in flags.items()}
-        settings = cls(**{key: _PARSERS.get(key, _same)(v) for key, v in values.items() if v is not None})
+        settings = cls(
+            **{key: _PARSERS[key](v) if key in _PARSERS else v for key, v in values.items() if v is not None}
+        )
         settings.check()
         return settings
 
@@ -261,10 +263,6 @@ def _hardware_compatibility(level: str | None) -> str | None:
             f"--hardwareCompatibilityLevel {level!r} is unknown", fix=f"use one of {', '.join(HARDWARE_COMPATIBILITY)}"
         )
     return aliases[level.lower()]
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 # trtexec's flag names (the Python API's keywords) -> the field each one sets, and how a raw value is read.
