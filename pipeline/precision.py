@@ -21,11 +21,8 @@ class Precision(str, Enum):
     FP16 = "fp16"
     INT8 = "int8"
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # "fp16", and so in f-strings and format() too
         return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
 
     @property
     def label(self) -> str:

@@ -1,10 +1,7 @@
 """A build's settings, parsed once at the edge into one frozen value: ``BuildSettings``.
 
-trtexec's raw flags (``input:1x3x224x224``, ``workspace:1024``, ``ampere+``) become values here; a
-stage never sees a string it must parse again, and every bad flag is one ``Error: ... Fix: ...``
-line. ``resolve_profiles`` turns the three shape flags into ``{input: (min, opt, max)}`` checked
-against the model. The settings that decide what the engine is are recorded in its manifest
-(``params``), which the one reuse rule of ``pipeline.artifacts`` compares.
+trtexec's raw flags (``input:1x3x224x224``, ``workspace:1024``, ``ampere+``) become values here, each
+bad flag one ``Error: ... Fix: ...`` line; ``resolve_profiles`` checks the shapes against the model.
 
 A dynamic-batch model built without shapes gets the profile batch 1 (min) / 1 (opt) / 64 (max):
 batch 1 is the latency case the engine is tuned for, and 64 is the batch edgepipe's validation
@@ -69,12 +66,7 @@ class BuildSettings:
 
     @classmethod
     def parse(cls, **flags: Any) -> BuildSettings:
-        """Settings from the Python API's keywords (trtexec's flags, named as ``build-engine``'s options are).
-
-        ``mem_pool_size``, ``builder_optimization_level``, ``timing_cache_file``, ``use_dla_core``,
-        ``allow_gpu_fallback``, ``hardware_compatibility_level`` take trtexec's meaning; every other
-        keyword is a field. Each bad flag is one clear error.
-        """
+        """Settings from the Python API's keywords: the fields, or trtexec's flags as ``build-engine`` names them."""
         unknown = set(flags) - set(_RENAMES) - set(cls.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unknown build settings: {', '.join(sorted(unknown))}")
