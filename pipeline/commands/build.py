@@ -168,17 +168,13 @@ def build_command(onnx_file, onnx_option, save_engine, force, as_json, **flags):
 
 def _print_human(r):
     targets = f", targets {', '.join(r['compute_capabilities'])}" if r["compute_capabilities"] else ""
-    if r["cached"]:
-        out.print(
-            f"{r['engine']}: up to date ({r['backend_version']}, {r['precision']}), reused in {r['seconds']:.2f} s{_check_text(r.get('check'))}",
-            soft_wrap=True,
-        )
-        return
-    out.print(
-        f"{r['engine']}: {r['backend']} {r['backend_version']}, {r['precision']}, {r['bytes'] / 2**20:.1f} MiB{targets}; "
-        f"built in {r['build_seconds']:.2f} s (peak host memory {r['peak_rss_mib']:.0f} MiB){_check_text(r.get('check'))}",
-        soft_wrap=True,
+    what = (
+        f"up to date ({r['backend_version']}, {r['precision']}), reused in {r['seconds']:.2f} s"
+        if r["cached"]
+        else f"{r['backend']} {r['backend_version']}, {r['precision']}, {r['bytes'] / 2**20:.1f} MiB{targets}; "
+        f"built in {r['build_seconds']:.2f} s (peak host memory {r['peak_rss_mib']:.0f} MiB)"
     )
+    out.print(f"{r['engine']}: {what}{_check_text(r.get('check'))}", soft_wrap=True)
 
 
 def _check_text(check):
