@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.artifacts import Artifact, Kind
-from pipeline.checkpoint import check_model_code
+from pipeline.checkpoint import check_model_code, config_of
 from pipeline.cuda import current_compute_capability
 from pipeline.defaults import SKIPPED_NO_GPU
 from pipeline.deploy import jetson
@@ -157,7 +157,7 @@ def bench(
         check_model_code(checkpoint, settings.code)  # user code refused before anything is measured
     telemetry = jetson.open_telemetry(settings.sysfs_root)  # unknown rail names are refused before measuring
     start = jetson.read_state(telemetry.root) if telemetry is not None else {"jetson": False}
-    reference_shape = _reference_input_shape(checkpoint, settings.code)
+    reference_shape = _reference_input_shape(checkpoint)
     rows: list[dict[str, Any]] = []
     overhead: dict[str, Any] | None = None
     for path in entries:
@@ -186,14 +186,12 @@ def _check_batches(batches) -> tuple[int, ...]:
     return tuple(values)
 
 
-def _reference_input_shape(checkpoint, code: ModelCode) -> tuple[int, ...] | None:
-    if checkpoint is None or not Path(checkpoint).is_file():
-        return None
+def _reference_input_shape(checkpoint) -> tuple[int, ...] | None:
+    """The input shape the checkpoint records, read without building its model (its own row reports any error)."""
     try:
-        with open_runner(checkpoint, code=code) as runner:
-            return tuple(runner.input_shape or ()) or None
+        return None if checkpoint is None else tuple(config_of(checkpoint)["input_shape"]) or None
     except EdgepipeError:
-        return None  # the reference's own row reports why
+        return None
 
 
 # --- one artifact -----------------------------------------------------------------------------
