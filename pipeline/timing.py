@@ -87,19 +87,10 @@ def _has_split(runner: Runner) -> bool:
 
 def latency_stats(latencies_ms: np.ndarray, batch: int) -> dict[str, float]:
     """trtexec's summary of per-iteration latencies (ms); throughput in images per second."""
-    p50, p90, p95, p99 = np.percentile(latencies_ms, [50, 90, 95, 99])
     mean = float(latencies_ms.mean())
-    stats = {
-        "min_ms": float(latencies_ms.min()),
-        "mean_ms": mean,
-        "median_ms": float(p50),
-        "p90_ms": float(p90),
-        "p95_ms": float(p95),
-        "p99_ms": float(p99),
-    }
-    stats = {k: round(v, 4) for k, v in stats.items()}
-    stats["throughput"] = round(batch * 1000.0 / mean, 2)
-    return stats
+    figures = (latencies_ms.min(), mean, *np.percentile(latencies_ms, [50, 90, 95, 99]))
+    keys = ("min_ms", "mean_ms", "median_ms", "p90_ms", "p95_ms", "p99_ms")
+    return {**{k: round(float(v), 4) for k, v in zip(keys, figures)}, "throughput": round(batch * 1000.0 / mean, 2)}
 
 
 def sustained(latencies_ms: np.ndarray, window_s: float) -> dict[str, Any]:
