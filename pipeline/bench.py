@@ -9,7 +9,7 @@ records the device's state and each row's ``power`` each rail's mean power over 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -122,16 +122,13 @@ class BenchSettings:
         return self.sustain_s or self.duration_s
 
     def record(self) -> dict[str, Any]:
-        """The settings as the --json object reports them."""
-        return {
+        """The settings as the --json object reports them (not how progress, user code or a Jetson's state are read)."""
+        record = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("progress", "code", "sysfs_root")
+        }
+        return record | {
             "batches": list(self.batches),
-            "warmup_ms": self.warmup_ms,
-            "duration_s": self.duration_s,
-            "iterations": self.iterations,
-            "cuda_graph": self.cuda_graph,
-            "device": self.device,
             "input_size": list(self.input_size) if self.input_size else None,
-            "sustain_s": self.sustain_s,
             "sustain_window_s": self.sustain_window_s if self.sustain_s else None,
         }
 
