@@ -10,9 +10,9 @@ converted at its --optShapes size. An ONNX that already holds Q/DQ nodes, or is 
 built as it is. On TensorRT <= 10.x ``legacy_precision`` uses the builder's FP16/INT8 flags and
 an entropy calibrator instead.
 
-The settings are a value (``pipeline.tensorrt.options.BuildSettings``), resolved against the model and backend into
-a ``plan.Plan`` before anything prints; ``network`` makes the ONNX the network is parsed from and
-``engine`` runs the builder. Reuse follows the one rule of ``pipeline.artifacts``: the engine's manifest.
+The settings are a value (``pipeline.tensorrt.options.BuildSettings``), resolved against the model
+and backend into a ``plan.Plan`` before anything prints; ``network`` makes the ONNX the network is
+parsed from and ``engine`` runs the builder. Reuse follows the one rule of ``pipeline.artifacts``.
 """
 
 from __future__ import annotations
