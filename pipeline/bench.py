@@ -27,36 +27,14 @@ from pipeline.onnxinfo import describe, load_model
 from pipeline.preprocess import Preprocess
 from pipeline.progress import info
 from pipeline.runtime import NoGpuError, Runner, open_runner
-from pipeline.timing import measure, measure_overhead
+from pipeline.timing import LATENCY_KEYS, SPLIT_KEYS, measure, measure_overhead
 
 FORMATS = {Kind.CHECKPOINT: "pytorch", Kind.ONNX: "onnx", Kind.ENGINE: "engine"}
 # Every row has every key (None where not measured), so CI can read rows without guessing.
 ROW_KEYS = (
-    "artifact",
-    "format",
-    "runtime",
-    "precision",
-    "batch",
-    "status",
-    "reason",
-    "note",
-    "min_ms",
-    "mean_ms",
-    "median_ms",
-    "p90_ms",
-    "p95_ms",
-    "p99_ms",
-    "throughput",
-    "h2d_ms",
-    "compute_ms",
-    "d2h_ms",
-    "compute_median_ms",
-    "device_memory_mb",
-    "iterations",
-    "warmup_iterations",
-    "timed_s",
-    "sustained",
-    "power",
+    *("artifact", "format", "runtime", "precision", "batch", "status", "reason", "note"),
+    *(*LATENCY_KEYS, "throughput", *SPLIT_KEYS, "compute_median_ms", "device_memory_mb"),
+    *("iterations", "warmup_iterations", "timed_s", "sustained", "power"),
 )
 
 
