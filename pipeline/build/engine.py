@@ -52,9 +52,7 @@ def build_serialized(plan: Plan, network_onnx: Path, inputs: dict) -> tuple[byte
         )
         with console.status(f"Building with {be.display}...") as status:
             try:
-                # called by the builder after each step; Ctrl-C there cancels the build
-                show = lambda phase, n: status.update(f"{be.display}: {phase} ({n + 1})")  # noqa: E731 - read as a name
-                serialized = be.build(builder, network, config, on_step=show)
+                serialized = be.build(builder, network, config, on_step=lambda p, n: _show(status, be, p, n))
             except EdgepipeError:
                 calibration_error = getattr(calibration and calibration[0], "exception", None)
                 if calibration_error is not None:
@@ -117,3 +115,8 @@ def _read_timing_cache(plan: Plan) -> bytes | None:
         return None
     check_output(path, force=True)
     return path.read_bytes() if path.is_file() else b""
+
+
+def _show(status: Any, be: Backend, phase: str, step: int) -> None:
+    """Called by the builder after each step; Ctrl-C here cancels the build."""
+    status.update(f"{be.display}: {phase} ({step + 1})")
