@@ -1,28 +1,22 @@
 """`edgepipe bench`: latency and throughput of the PyTorch reference and every artifact, side by side.
 
-Per artifact and batch, like trtexec: warm-up by time, then timed iterations (until a duration or
-an iteration count); min, mean, median, p90, p95, p99 latency and throughput; for TensorRT engines
-also H2D, GPU compute and D2H apart (CUDA events) and the device memory the engine needs.
-
-The timing harness is ``pipeline.timing``; the settings are one value, ``BenchSettings``. A failing artifact becomes a row with status "error" and its
-reason; engines on a machine without an NVIDIA GPU become rows "skipped: no NVIDIA GPU".
-
-On a Jetson the result's ``jetson`` records the module, L4T/JetPack, power mode, clocks, fan,
-temperatures at start and end and throttling, and each row's ``power`` the mean power of each rail
-over its timed window and mJ per inference (``pipeline.deploy.jetson``); elsewhere ``jetson`` says it
-is not one. ``sustain_s`` runs each row that long and reports the median per window and its drift.
+Per artifact and batch, trtexec's figures (``pipeline.timing``) and the device memory an engine
+needs. A failing artifact is a row with status "error" and its reason; engines on a machine
+without an NVIDIA GPU are rows "skipped: no NVIDIA GPU". On a Jetson the result's ``jetson``
+records the device's state and each row's ``power`` each rail's mean power over its timed window
+(``pipeline.deploy.jetson``); elsewhere ``jetson`` says it is not one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.artifacts import Artifact, Kind
-from pipeline.checkpoint import check_model_code
+from pipeline.checkpoint import check_model_code, config_of
 from pipeline.cuda import current_compute_capability
 from pipeline.defaults import SKIPPED_NO_GPU
 from pipeline.deploy import jetson
@@ -33,38 +27,14 @@ from pipeline.onnxinfo import describe, load_model
 from pipeline.preprocess import Preprocess
 from pipeline.progress import info
 from pipeline.runtime import NoGpuError, Runner, open_runner
-from pipeline.timing import measure, measure_overhead
-
-__all__ = ["ROW_KEYS", "SKIPPED_NO_GPU", "BenchSettings", "bench", "measure"]
+from pipeline.timing import LATENCY_KEYS, SPLIT_KEYS, measure, measure_overhead
 
 FORMATS = {Kind.CHECKPOINT: "pytorch", Kind.ONNX: "onnx", Kind.ENGINE: "engine"}
 # Every row has every key (None where not measured), so CI can read rows without guessing.
 ROW_KEYS = (
-    "artifact",
-    "format",
-    "runtime",
-    "precision",
-    "batch",
-    "status",
-    "reason",
-    "note",
-    "min_ms",
-    "mean_ms",
-    "median_ms",
-    "p90_ms",
-    "p95_ms",
-    "p99_ms",
-    "throughput",
-    "h2d_ms",
-    "compute_ms",
-    "d2h_ms",
-    "compute_median_ms",
-    "device_memory_mb",
-    "iterations",
-    "warmup_iterations",
-    "timed_s",
-    "sustained",
-    "power",
+    *("artifact", "format", "runtime", "precision", "batch", "status", "reason", "note"),
+    *(*LATENCY_KEYS, "throughput", *SPLIT_KEYS, "compute_median_ms", "device_memory_mb"),
+    *("iterations", "warmup_iterations", "timed_s", "sustained", "power"),
 )
 
 
@@ -130,16 +100,13 @@ class BenchSettings:
         return self.sustain_s or self.duration_s
 
     def record(self) -> dict[str, Any]:
-        """The settings as the --json object reports them."""
-        return {
+        """The settings as the --json object reports them (not how progress, user code or a Jetson's state are read)."""
+        record = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("progress", "code", "sysfs_root")
+        }
+        return record | {
             "batches": list(self.batches),
-            "warmup_ms": self.warmup_ms,
-            "duration_s": self.duration_s,
-            "iterations": self.iterations,
-            "cuda_graph": self.cuda_graph,
-            "device": self.device,
             "input_size": list(self.input_size) if self.input_size else None,
-            "sustain_s": self.sustain_s,
             "sustain_window_s": self.sustain_window_s if self.sustain_s else None,
         }
 
@@ -165,7 +132,7 @@ def bench(
         check_model_code(checkpoint, settings.code)  # user code refused before anything is measured
     telemetry = jetson.open_telemetry(settings.sysfs_root)  # unknown rail names are refused before measuring
     start = jetson.read_state(telemetry.root) if telemetry is not None else {"jetson": False}
-    reference_shape = _reference_input_shape(checkpoint, settings.code)
+    reference_shape = _reference_input_shape(checkpoint)
     rows: list[dict[str, Any]] = []
     overhead: dict[str, Any] | None = None
     for path in entries:
@@ -194,14 +161,12 @@ def _check_batches(batches) -> tuple[int, ...]:
     return tuple(values)
 
 
-def _reference_input_shape(checkpoint, code: ModelCode) -> tuple[int, ...] | None:
-    if checkpoint is None or not Path(checkpoint).is_file():
-        return None
+def _reference_input_shape(checkpoint) -> tuple[int, ...] | None:
+    """The input shape the checkpoint records, read without building its model (its own row reports any error)."""
     try:
-        with open_runner(checkpoint, code=code) as runner:
-            return tuple(runner.input_shape or ()) or None
+        return None if checkpoint is None else tuple(config_of(checkpoint)["input_shape"]) or None
     except EdgepipeError:
-        return None  # the reference's own row reports why
+        return None
 
 
 # --- one artifact -----------------------------------------------------------------------------

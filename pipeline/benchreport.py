@@ -23,34 +23,34 @@ def write_report(
     folder = Path(folder)
     md_path, png_path = folder / "bench.md", folder / "bench.png"
     check_output(md_path, force=True)
-    _plot(result, accuracy, labels or {}, png_path)
+    with atomic_output(png_path) as tmp:
+        figure(result, accuracy, labels or {}).savefig(tmp, format="png", bbox_inches="tight")
     write_text_atomic(md_path, to_markdown(result, accuracy, png_path.name))
     return md_path, png_path
 
 
+# The figures of a bench.md row, in its columns' order: (key of the row, format).
+FIGURES = (("median_ms", ".3f"), ("mean_ms", ".3f"), ("p90_ms", ".3f"), ("p99_ms", ".3f"), ("throughput", ".1f"))
+FIGURES += (("h2d_ms", ".3f"), ("compute_ms", ".3f"), ("d2h_ms", ".3f"), ("device_memory_mb", ".2f"))
+
+
 def to_markdown(result: dict[str, Any], accuracy: dict[str, float] | None = None, plot: str | None = None) -> str:
-    accuracy = accuracy or {}
+    settings = result["settings"]
+    timed = f"{settings['iterations']} iterations" if settings["iterations"] else f"{settings['duration_s']} s"
     lines = [
         "# edgepipe bench",
         "",
-        f"Device: {result['device']}. Batches {', '.join(map(str, result['settings']['batches']))}; warm-up {result['settings']['warmup_ms']} ms, then "
-        + (
-            f"{result['settings']['iterations']} iterations"
-            if result["settings"]["iterations"]
-            else f"{result['settings']['duration_s']} s"
-        )
-        + " per row.",
+        f"Device: {result['device']}. Batches {', '.join(map(str, settings['batches']))}; warm-up {settings['warmup_ms']} ms, then {timed} per row.",
         "",
         "| artifact | runtime | precision | batch | status | median (ms) | mean (ms) | p90 (ms) | p99 (ms) | throughput (img/s) | H2D (ms) | compute (ms) | D2H (ms) | device memory (MB) | top-1 (%) |",
         "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}".replace("|", "/")
+        figures = " | ".join(_fmt(r.get(key), spec) for key, spec in FIGURES)
+        top1 = _fmt(_by_path_or_name(accuracy or {}, r["artifact"]), ".2f")
         lines.append(
-            f"| {Path(r['artifact']).name} | {r.get('runtime') or ''} | {r.get('precision') or ''} | {r['batch']} | {status} | "
-            f"{_fmt(r.get('median_ms'), '.3f')} | {_fmt(r.get('mean_ms'), '.3f')} | {_fmt(r.get('p90_ms'), '.3f')} | {_fmt(r.get('p99_ms'), '.3f')} | "
-            f"{_fmt(r.get('throughput'), '.1f')} | {_fmt(r.get('h2d_ms'), '.3f')} | {_fmt(r.get('compute_ms'), '.3f')} | {_fmt(r.get('d2h_ms'), '.3f')} | "
-            f"{_fmt(r.get('device_memory_mb'), '.2f')} | {_fmt(_by_path_or_name(accuracy, r['artifact']), '.2f')} |"
+            f"| {Path(r['artifact']).name} | {r.get('runtime') or ''} | {r.get('precision') or ''} | {r['batch']} | {status} | {figures} | {top1} |"
         )
     lines += ["", *footer_lines(result)]
     if plot:
@@ -157,12 +157,11 @@ def accuracy_limits(values: list[float]) -> tuple[float, float]:
 
 def figure(result: dict[str, Any], accuracy: dict[str, float], labels: dict[str, str]):
     """The latency/accuracy figure: labelled by a legend beside the axes, so labels never overlap."""
-    import matplotlib  # a second to import: only bench reports draw
+    # a second to import: only bench reports draw. A Figure of its own, not pyplot's: no GUI backend, nothing to close.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4), dpi=120)
+    fig = Figure(figsize=(7.5, 4), dpi=120)
+    ax = fig.subplots()
     points = plot_points(result, accuracy, labels)
     used: set[tuple[str, str]] = set()
     spare = iter(SPARE_MARKERS)
@@ -209,15 +208,6 @@ def figure(result: dict[str, Any], accuracy: dict[str, float], labels: dict[str,
     ax.set_title(f"Latency vs accuracy: {result['device'].split(';')[0]}", fontsize=9)
     ax.grid(True, alpha=0.3)
     return fig
-
-
-def _plot(result: dict[str, Any], accuracy: dict[str, float], labels: dict[str, str], path: Path) -> None:
-    import matplotlib.pyplot as plt  # loaded by figure() already
-
-    fig = figure(result, accuracy, labels)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
 
 
 def _by_path_or_name(mapping: dict[str, Any], artifact: str) -> Any:

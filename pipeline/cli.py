@@ -36,17 +36,13 @@ COMMANDS: dict[str, str] = {
 
 
 class LazyGroup(Guarded, click.Group):
-    """A group whose commands are imported on first use, from a table of ``name -> help``."""
-
-    def __init__(self, *args, lazy_commands: dict[str, str], **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lazy_commands = lazy_commands
+    """A group whose commands are imported on first use, from ``COMMANDS``."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(self.lazy_commands)
+        return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in self.lazy_commands:
+        if name not in COMMANDS:
             return None
         return getattr(importlib.import_module(f"pipeline.commands.{name}"), f"{name}_command")
 
@@ -54,8 +50,8 @@ class LazyGroup(Guarded, click.Group):
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
         name = args[0] if args else ""
-        if name and not name.startswith("-") and name not in self.lazy_commands:
-            close = difflib.get_close_matches(name, self.lazy_commands, n=1)
+        if name and not name.startswith("-") and name not in COMMANDS:
+            close = difflib.get_close_matches(name, COMMANDS, n=1)
             raise click.UsageError(
                 f"No such command '{name}'" + (f" (did you mean '{close[0]}')" if close else ""), ctx
             )
@@ -63,15 +59,14 @@ class LazyGroup(Guarded, click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list from the table, without importing any command."""
-        limit = formatter.width - 6 - max(len(name) for name in self.lazy_commands)
-        rows = [(name, make_default_short_help(self.lazy_commands[name], limit)) for name in self.list_commands(ctx)]
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, make_default_short_help(COMMANDS[name], limit)) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
 
 @click.group(
     cls=LazyGroup,
-    lazy_commands=COMMANDS,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(__version__, prog_name="edgepipe")

@@ -1,11 +1,9 @@
 """The one door to the GPU: pycuda or cuda-python (buffers, streams, events) and libcuda (CUDA graphs, device facts).
 
-Nothing else in edgepipe imports pycuda or cuda-python or opens libcuda. Engines run through pycuda
-when it is installed (it ships no wheels: it builds from source against the CUDA toolkit), else
-through NVIDIA's cuda-python (``cuda-bindings``: wheels for x86 and aarch64, what TensorRT's own
-samples use), wrapped here in the few pycuda calls the engine runner makes. Either is imported only
-when a GPU path runs, with one clear error naming both when neither is installed.
-``current_compute_capability`` asks libcuda directly (microseconds) rather than importing torch.
+Engines run through pycuda when it is installed (no wheels: it builds from source against the CUDA
+toolkit), else through NVIDIA's cuda-python (``cuda-bindings``: wheels for x86 and aarch64, what
+TensorRT's own samples use) behind the few pycuda calls the engine runner makes. Either is imported
+only when a GPU path runs. ``current_compute_capability`` asks libcuda (microseconds), not torch.
 
 CUDA graphs: pycuda (up to 2026.1) has no stream-capture API, so the engine's enqueue is captured
 with the CUDA driver's own functions (cuStreamBeginCapture_v2, cuStreamEndCapture,
@@ -235,26 +233,22 @@ class Driver:
                 f"--cuda-graph needs the CUDA driver library libcuda.so.1 ({exc})",
                 fix="install the NVIDIA driver, or run without --cuda-graph",
             )
-        for name in (
-            "cuStreamBeginCapture_v2",
-            "cuStreamEndCapture",
-            "cuGraphInstantiateWithFlags",
-            "cuGraphLaunch",
-            "cuGraphExecDestroy",
-            "cuGraphDestroy",
-        ):
+        v = ctypes.c_void_p
+        argtypes = {
+            "cuStreamBeginCapture_v2": [v, ctypes.c_int],
+            "cuStreamEndCapture": [v, ctypes.POINTER(v)],
+            "cuGraphInstantiateWithFlags": [ctypes.POINTER(v), v, ctypes.c_ulonglong],
+            "cuGraphLaunch": [v, v],
+            "cuGraphExecDestroy": [v],
+            "cuGraphDestroy": [v],
+        }
+        for name, types in argtypes.items():
             if not hasattr(self.lib, name):
                 raise EdgepipeError(
                     f"--cuda-graph needs {name} from the CUDA driver (CUDA 11.4 or newer)",
                     fix="update the NVIDIA driver, or run without --cuda-graph",
                 )
-        v = ctypes.c_void_p
-        self.lib.cuStreamBeginCapture_v2.argtypes = [v, ctypes.c_int]
-        self.lib.cuStreamEndCapture.argtypes = [v, ctypes.POINTER(v)]
-        self.lib.cuGraphInstantiateWithFlags.argtypes = [ctypes.POINTER(v), v, ctypes.c_ulonglong]
-        self.lib.cuGraphLaunch.argtypes = [v, v]
-        self.lib.cuGraphExecDestroy.argtypes = [v]
-        self.lib.cuGraphDestroy.argtypes = [v]
+            getattr(self.lib, name).argtypes = types
 
     def check(self, result: int, what: str, label: str) -> None:
         if result != 0:

@@ -21,11 +21,8 @@ class Precision(str, Enum):
     FP16 = "fp16"
     INT8 = "int8"
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # "fp16", and so in f-strings and format() too
         return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
 
     @property
     def label(self) -> str:
@@ -68,23 +65,10 @@ def of_onnx(model: Any) -> Precision:
 
     if is_quantized(model):
         return Precision.INT8
-    float16 = onnx.TensorProto.FLOAT16
     graph = model.graph
-    typed = list(graph.input) + list(graph.output) + list(graph.value_info)
-
-    def attribute(node, name):
-        return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
-
-    if (
-        any(init.data_type == float16 for init in graph.initializer)
-        or any(v.type.tensor_type.elem_type == float16 for v in typed)
-        or any(node.op_type == "Cast" and attribute(node, "to") == float16 for node in graph.node)
-        or any(
-            node.op_type == "Constant"
-            and attribute(node, "value") is not None
-            and attribute(node, "value").data_type == float16
-            for node in graph.node
-        )
-    ):
-        return Precision.FP16
-    return Precision.FP32
+    types = [init.data_type for init in graph.initializer]
+    types += [v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)]
+    for node in graph.node:  # the type a Cast makes, and the type of a Constant's value
+        types += [a.i for a in node.attribute if node.op_type == "Cast" and a.name == "to"]
+        types += [a.t.data_type for a in node.attribute if node.op_type == "Constant" and a.name == "value"]
+    return Precision.FP16 if onnx.TensorProto.FLOAT16 in types else Precision.FP32

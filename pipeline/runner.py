@@ -61,46 +61,42 @@ class Runner:
         """Free what the runner holds (GPU buffers, contexts); a no-op for most runners."""
 
     def check_input(self, batch: Any) -> np.ndarray:
-        """``batch`` if it is a float32 array this runner accepts, else a clear error."""
-        return check_batch(self.name, batch, self.input_shape, self.batch_size, self.min_batch, self.max_batch)
-
-
-def check_batch(
-    name: str,
-    batch: Any,
-    input_shape: tuple[int, ...] | None,
-    fixed: int | None,
-    least: int = 1,
-    most: int | None = None,
-) -> np.ndarray:
-    """Check one input batch against what a runner takes; the message names expected vs got."""
-    if not isinstance(batch, np.ndarray):
-        raise EdgepipeError(
-            f"{name} takes a numpy array; got {type(batch).__name__}", fix="pass np.asarray(batch, dtype=np.float32)"
+        """``batch`` if it is a float32 array this runner accepts, else one error naming expected vs got."""
+        name, input_shape, fixed, least, most = (
+            self.name,
+            self.input_shape,
+            self.batch_size,
+            self.min_batch,
+            self.max_batch,
         )
-    if batch.dtype != np.float32:
-        raise EdgepipeError(
-            f"{name} takes float32 input; got {batch.dtype}",
-            fix="convert the batch with batch.astype(np.float32) after the model's normalization",
-        )
-    expected = ("N", *input_shape) if input_shape else ("N", "C", "H", "W")
-    if batch.ndim != len(expected) or (input_shape and tuple(batch.shape[1:]) != tuple(input_shape)):
-        raise EdgepipeError(
-            f"{name} takes input of shape {_shape_text(expected)}; got {_shape_text(batch.shape)}",
-            fix="resize the images to the model's input size (its recorded preprocessing) and keep the model's layout",
-        )
-    n = batch.shape[0]
-    if fixed and n != fixed:
-        raise EdgepipeError(
-            f"{name} takes a fixed batch of {fixed}; got {n}",
-            fix="feed it through pipeline.runtime.predict (which pads the last batch), or export with --dynamic-batch",
-        )
-    if n < least or (most is not None and n > most):
-        raise EdgepipeError(
-            f"batch {n} is outside what {name} allows (its optimization profile takes {least} to {most})",
-            fix=f"use a batch from {least} to {most}, or rebuild the engine with --maxShapes input:{n}x...",
-        )
-    return batch
+        if not isinstance(batch, np.ndarray):
+            raise EdgepipeError(
+                f"{name} takes a numpy array; got {type(batch).__name__}",
+                fix="pass np.asarray(batch, dtype=np.float32)",
+            )
+        if batch.dtype != np.float32:
+            raise EdgepipeError(
+                f"{name} takes float32 input; got {batch.dtype}",
+                fix="convert the batch with batch.astype(np.float32) after the model's normalization",
+            )
+        expected = ("N", *input_shape) if input_shape else ("N", "C", "H", "W")
+        if batch.ndim != len(expected) or (input_shape and tuple(batch.shape[1:]) != tuple(input_shape)):
+            raise EdgepipeError(
+                f"{name} takes input of shape {_shape_text(expected)}; got {_shape_text(batch.shape)}",
+                fix="resize the images to the model's input size (its recorded preprocessing) and keep the model's layout",
+            )
+        n = batch.shape[0]
+        if fixed and n != fixed:
+            raise EdgepipeError(
+                f"{name} takes a fixed batch of {fixed}; got {n}",
+                fix="feed it through pipeline.runtime.predict (which pads the last batch), or export with --dynamic-batch",
+            )
+        if n < least or (most is not None and n > most):
+            raise EdgepipeError(
+                f"batch {n} is outside what {name} allows (its optimization profile takes {least} to {most})",
+                fix=f"use a batch from {least} to {most}, or rebuild the engine with --maxShapes input:{n}x...",
+            )
+        return batch
 
 
 def _shape_text(shape) -> str:

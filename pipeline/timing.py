@@ -19,6 +19,8 @@ import numpy as np
 from pipeline.runner import Runner
 
 OVERHEAD_SECONDS = 0.2  # time each round of the harness and bare loops takes when checking overhead
+LATENCY_KEYS = ("min_ms", "mean_ms", "median_ms", "p90_ms", "p95_ms", "p99_ms")  # trtexec's summary
+SPLIT_KEYS = ("h2d_ms", "compute_ms", "d2h_ms")  # an engine's inference, timed apart by CUDA events
 
 
 def _timed_loop(
@@ -74,7 +76,7 @@ def measure(
     if recorded is not None:
         result["telemetry"] = recorded
     if splits:
-        for key in ("h2d_ms", "compute_ms", "d2h_ms"):
+        for key in SPLIT_KEYS:
             result[key] = round(float(np.mean([s[key] for s in splits])), 4)
         result["compute_median_ms"] = round(float(np.median([s["compute_ms"] for s in splits])), 4)
     return result
@@ -87,19 +89,12 @@ def _has_split(runner: Runner) -> bool:
 
 def latency_stats(latencies_ms: np.ndarray, batch: int) -> dict[str, float]:
     """trtexec's summary of per-iteration latencies (ms); throughput in images per second."""
-    p50, p90, p95, p99 = np.percentile(latencies_ms, [50, 90, 95, 99])
     mean = float(latencies_ms.mean())
-    stats = {
-        "min_ms": float(latencies_ms.min()),
-        "mean_ms": mean,
-        "median_ms": float(p50),
-        "p90_ms": float(p90),
-        "p95_ms": float(p95),
-        "p99_ms": float(p99),
+    figures = (latencies_ms.min(), mean, *np.percentile(latencies_ms, [50, 90, 95, 99]))
+    return {
+        **{k: round(float(v), 4) for k, v in zip(LATENCY_KEYS, figures)},
+        "throughput": round(batch * 1000.0 / mean, 2),
     }
-    stats = {k: round(v, 4) for k, v in stats.items()}
-    stats["throughput"] = round(batch * 1000.0 / mean, 2)
-    return stats
 
 
 def sustained(latencies_ms: np.ndarray, window_s: float) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pipeline import cuda
 from pipeline.errors import EdgepipeError
 from pipeline.tensorrt import backend as backendmod
 from pipeline.tensorrt import targets
+from pipeline.tensorrt.options import BuildSettings
 
 
 def _has_gpu() -> bool:
@@ -54,9 +55,9 @@ def test_bad_compute_capability_is_an_error():
 @pytest.mark.parametrize(
     "settings, option",
     [
-        (backendmod.BuilderOptions(dla_core=0), "--useDLACore"),
-        (backendmod.BuilderOptions(version_compatible=True), "--versionCompatible"),
-        (backendmod.BuilderOptions(legacy_precision="int8"), "--legacy-precision"),
+        (BuildSettings(dla_core=0), "--useDLACore"),
+        (BuildSettings(version_compatible=True), "--versionCompatible"),
+        (BuildSettings(legacy_precision=True), "--legacy-precision"),
     ],
 )
 def test_options_the_backend_lacks_name_the_backend(settings, option):
@@ -107,7 +108,7 @@ def test_cancelled_build_raises_keyboard_interrupt_from_the_real_builder(tmp_pat
     )
     be = backendmod.get_backend()
     builder, network, _ = be.parse_onnx(path)
-    config = be.builder_config(builder, network, backendmod.BuilderOptions(compute_capabilities=["8.9"]))
+    config = be.builder_config(builder, network, BuildSettings(compute_capability=("8.9",)), {})
     steps = []
 
     def interrupt_on_third_step(phase, step):

@@ -25,6 +25,7 @@ from pipeline.artifacts import read_manifest
 from pipeline.commands.build import build_engine_main
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
+from pipeline.precision import Precision
 from pipeline.tensorrt import backend as backendmod
 from pipeline.tensorrt import compat, options
 
@@ -518,7 +519,7 @@ def test_build_settings_are_parsed_once_into_values():
         compute_capability=["8.6"],
         allow_gpu_fallback=False,
     )
-    assert settings.precision is build.settings.Precision.FP16
+    assert settings.precision is Precision.FP16
     assert settings.shapes == {"min": {}, "opt": {"input": (8, 1, 32, 32)}, "max": {}}
     assert settings.memory_pools == {"workspace": 2 * 2**30} and settings.hardware_compatibility == "ampere+"
     assert settings.compute_capability == ("8.6",)

@@ -17,6 +17,7 @@ from pipeline.quantize import INT8_DEFAULT_EXCLUDED_OPS, check_tensorrt_qdq_rule
 
 # --- edgepipe internals used here (re-point this section if they move) -----------------------------
 from pipeline.tensorrt import backend as backendmod
+from pipeline.tensorrt.options import BuildSettings
 
 # ----------------------------------------------------------------------------------------------------
 
@@ -29,8 +30,8 @@ def _build(path, shapes: dict) -> bytes:
         pytest.skip("TensorRT-RTX is not installed")
     be = backendmod.get_backend("tensorrt-rtx")
     builder, network, _parser = be.parse_onnx(str(path))
-    settings = backendmod.BuilderOptions(profiles=[shapes], compute_capabilities=[TARGET_GPU])
-    return be.build(builder, network, be.builder_config(builder, network, settings))
+    settings = BuildSettings(compute_capability=(TARGET_GPU,))
+    return be.build(builder, network, be.builder_config(builder, network, settings, shapes))
 
 
 def _profile(info, batch=(1, 8, 32), sizes=((160, 160), (224, 224), (320, 320))):

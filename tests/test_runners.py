@@ -13,7 +13,7 @@ from conftest import compare_logits
 from pipeline import cuda
 from pipeline.errors import EdgepipeError
 from pipeline.images import ModelData, ModelInput
-from pipeline.runtime import NoGpuError, check_batch, predict
+from pipeline.runtime import NoGpuError, Runner, predict
 from pipeline.runtime import open_runner as load_runner
 from pipeline.runtime.ort import OnnxRuntimeRunner
 from pipeline.runtime.pytorch import TorchRunner
@@ -91,9 +91,11 @@ def test_fixed_batch_model_refuses_another_batch(trained, tmp_path):
 def test_batch_larger_than_the_profile_is_a_clear_error():
     # The check every runner (the TensorRT runner with its profile's min and max) applies first.
     batch = np.zeros((64, 1, 32, 32), dtype=np.float32)
+    runner = Runner()
+    runner.name, runner.input_shape, runner.min_batch, runner.max_batch = "tensorrt-rtx", (1, 32, 32), 1, 32
     with pytest.raises(EdgepipeError, match=r"batch 64 is outside.*takes 1 to 32.*--maxShapes input:64x"):
-        check_batch("tensorrt-rtx", batch, (1, 32, 32), None, 1, 32)
-    assert check_batch("tensorrt-rtx", batch[:32], (1, 32, 32), None, 1, 32) is not None
+        runner.check_input(batch)
+    assert runner.check_input(batch[:32]) is not None
 
 
 def test_pytorch_on_cuda_without_a_gpu_is_a_clear_error(trained):

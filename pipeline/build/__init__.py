@@ -10,9 +10,9 @@ converted at its --optShapes size. An ONNX that already holds Q/DQ nodes, or is 
 built as it is. On TensorRT <= 10.x ``legacy_precision`` uses the builder's FP16/INT8 flags and
 an entropy calibrator instead.
 
-The settings are a value (``settings.BuildSettings``), resolved against the model and backend into
-a ``plan.Plan`` before anything prints; ``network`` makes the ONNX the network is parsed from and
-``engine`` runs the builder. Reuse follows the one rule of ``pipeline.artifacts``: the engine's manifest.
+The settings are a value (``pipeline.tensorrt.options.BuildSettings``), resolved against the model
+and backend into a ``plan.Plan`` before anything prints; ``network`` makes the ONNX the network is
+parsed from and ``engine`` runs the builder. Reuse follows the one rule of ``pipeline.artifacts``.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from pipeline.artifacts import Kind, read_manifest, why_stale
 from pipeline.build import engine as builder
 from pipeline.build import network
 from pipeline.build.plan import Plan, default_engine_path, make_plan
-from pipeline.build.settings import BuildSettings
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.progress import info as say
 from pipeline.tensorrt.backend import TENSORRT
+from pipeline.tensorrt.options import BuildSettings
 
 
 def build_engine(
@@ -44,36 +44,29 @@ def build_engine(
 
     ``settings``, or the keywords ``BuildSettings.parse`` reads (``precision="fp16"``,
     ``shapes={"opt": "input:8x3x224x224"}``, ``compute_capability=["8.6"]``, trtexec's controls).
+    Every refusal comes before the first message.
     """
     if settings is not None and flags:
         raise TypeError("pass a BuildSettings or its keywords, not both")
-    return build(onnx_path, settings or BuildSettings.parse(**flags), save_engine=save_engine, force=force)
-
-
-def build(
-    onnx_path: str | Path, settings: BuildSettings, save_engine: str | Path | None = None, force: bool = False
-) -> dict[str, Any]:
-    """Build (or reuse) the engine ``settings`` describe; every refusal comes before the first message."""
     started = time.perf_counter()
-    plan = make_plan(onnx_path, settings, save_engine)
-    plan.backend.logger.verbose = settings.verbose
+    plan = make_plan(onnx_path, settings or BuildSettings.parse(**flags), save_engine)
+    plan.backend.logger.verbose = plan.settings.verbose
     made = network.conversion(plan)
     inputs = {"onnx": sha256_file(plan.source)}
     calibration = network.known_calibration(plan, inputs["onnx"], made) if plan.calibrated else None
     params = builder.params(plan, made.preprocess if made else None)
     _announce_backend(plan)
-    if not (plan.calibrated and calibration is None):
-        inputs.update({"calibration": calibration} if calibration else {})
-        reused = _reuse(plan, inputs, params, force, started)
-        if reused:
-            return reused
-    else:  # an engine already there must not differ in anything else before the INT8 ONNX is made
-        _refuse_stale(plan, {**inputs, "calibration": _recorded_calibration(plan)}, params, force)
+    drawn = plan.calibrated and calibration is None  # the set drawn for the INT8 ONNX is known once it is made
+    inputs.update({"calibration": calibration} if calibration else {})
+    if drawn:  # an engine already there must not differ in anything else before the INT8 ONNX is made
+        recorded = ((read_manifest(plan.engine) or {}).get("inputs") or {}).get("calibration")
+        _refuse_stale(plan, {**inputs, "calibration": recorded}, params, force)
+    elif reused := _reuse(plan, inputs, params, force, started):
+        return reused
     network_onnx, check = network.network_onnx(plan, inputs["onnx"], made, force)
-    if plan.calibrated and calibration is None:  # the set drawn for the INT8 ONNX, now made
+    if drawn:
         inputs["calibration"] = read_manifest(network_onnx)["inputs"]["calibration"]
-        reused = _reuse(plan, inputs, params, force, started)
-        if reused:
+        if reused := _reuse(plan, inputs, params, force, started):
             return reused
     if plan.profile_note:
         say(plan.profile_note)
@@ -98,18 +91,11 @@ def _reuse(plan: Plan, inputs: dict, params: dict, force: bool, started: float) 
 
 def _refuse_stale(plan: Plan, inputs: dict, params: dict, force: bool) -> None:
     """One clear error when the engine already there was made from other inputs or settings (and not forced)."""
-    if force or not plan.engine.exists():
-        return
-    stale = why_stale(plan.engine, Kind.ENGINE, inputs, params)
+    stale = None if force or not plan.engine.exists() else why_stale(plan.engine, Kind.ENGINE, inputs, params)
     if stale is not None:
         raise EdgepipeError(
             f"{plan.engine} exists but {stale}", fix="pass --force to rebuild it, or choose another --saveEngine"
         )
-
-
-def _recorded_calibration(plan: Plan) -> str | None:
-    """The calibration set the engine already there records (its own drawn set is checked once the INT8 ONNX is made)."""
-    return ((read_manifest(plan.engine) or {}).get("inputs") or {}).get("calibration")
 
 
 def _result(manifest: dict, engine: Path, started: float, cached: bool) -> dict[str, Any]:

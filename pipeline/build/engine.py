@@ -7,7 +7,6 @@ calibrator, fed the calibration set's images as batches (``pipeline.tensorrt.cal
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from pipeline.images import ModelInput
 from pipeline.machine import PeakRSS
 from pipeline.precision import is_quantized
 from pipeline.progress import console
-from pipeline.tensorrt.backend import TENSORRT, Backend, BuilderOptions
+from pipeline.tensorrt.backend import TENSORRT, Backend
 from pipeline.tensorrt.calibrator import legacy_calibrator
 from pipeline.tensorrt.options import _dims, _profiles_json
 
@@ -34,7 +33,7 @@ def params(plan: Plan, preprocess: dict[str, Any] | None) -> dict[str, Any]:
         "backend": plan.backend.name,
         "backend_version": plan.backend.version,
         "profiles": _profiles_json(plan.profiles),
-        "compute_capabilities": plan.options.compute_capabilities,
+        "compute_capabilities": list(plan.settings.compute_capability),
         **plan.settings.controls(),
         "preprocess": preprocess,
     }
@@ -47,15 +46,15 @@ def build_serialized(plan: Plan, network_onnx: Path, inputs: dict) -> tuple[byte
         started = time.perf_counter()
         builder, network, _parser = be.parse_onnx(network_onnx, strongly_typed=(plan.mode == "explicit"))
         _check_network_inputs(be, network, plan.profiles)
-        options = _with_calibration(plan, replace(plan.options, timing_cache=_read_timing_cache(plan)), inputs)
-        config = be.builder_config(builder, network, options)
+        calibration = _legacy_calibration(plan, inputs)
+        config = be.builder_config(
+            builder, network, plan.settings, plan.profiles, _read_timing_cache(plan), calibration
+        )
         with console.status(f"Building with {be.display}...") as status:
             try:
-                serialized = be.build(
-                    builder, network, config, on_step=lambda phase, step: _show(status, be, phase, step)
-                )
+                serialized = be.build(builder, network, config, on_step=lambda p, n: _show(status, be, p, n))
             except EdgepipeError:
-                calibration_error = getattr(options.calibrator, "exception", None)
+                calibration_error = getattr(calibration and calibration[0], "exception", None)
                 if calibration_error is not None:
                     raise calibration_error from None
                 raise
@@ -88,17 +87,16 @@ def write_engine(plan: Plan, serialized: bytes, config: Any, record: dict[str, A
     )
 
 
-def _with_calibration(plan: Plan, options: BuilderOptions, inputs: dict) -> BuilderOptions:
-    """The legacy entropy calibrator, fed the calibration set, where a legacy INT8 build needs one."""
+def _legacy_calibration(plan: Plan, inputs: dict) -> tuple[Any, dict] | None:
+    """The legacy entropy calibrator, fed the calibration set, and its shapes, where a legacy INT8 build needs one."""
     if plan.mode != "legacy" or plan.target != "int8" or is_quantized(plan.model):
-        return options
+        return None
     calib = plan.settings.calib
     calib_set = calib if isinstance(calib, calibration.CalibrationSet) else calibration.load(calib)
     calibration.check_matches(calib_set, ModelInput.of_onnx(plan.model))
     cache = plan.engine.with_name(plan.engine.name + ".calibration.cache")
     batches = (calib_set.images[i : i + 64] for i in range(0, len(calib_set.images), 64))
-    calibrator, shapes = legacy_calibrator(plan.backend, plan.model, plan.profiles, batches, cache, inputs)
-    return replace(options, calibrator=calibrator, calibration_shapes=shapes)
+    return legacy_calibrator(plan.backend, plan.model, plan.profiles, batches, cache, inputs)
 
 
 def _check_network_inputs(be: Backend, network: Any, profiles: dict) -> None:

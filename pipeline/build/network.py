@@ -32,6 +32,7 @@ class Conversion:
     data: str | None
     reading: dict[str, Any]
     preprocess: dict[str, Any] | None
+    calibration: str | None  # the sha256 of --calib, as the precision stage records it (hashed once)
 
 
 def conversion(plan: Plan) -> Conversion | None:
@@ -47,7 +48,8 @@ def conversion(plan: Plan) -> Conversion | None:
     preprocess = quantize.folder_preprocess(
         plan.model, settings.data, settings.reading.get("preprocess"), settings.calib
     )
-    return Conversion(size, shape, settings.data, settings.reading, preprocess)
+    calib = None if settings.calib is None else quantize.calibration_sha256(settings.calib)
+    return Conversion(size, shape, settings.data, settings.reading, preprocess, calib)
 
 
 def intermediate_path(plan: Plan) -> Path:
@@ -62,7 +64,7 @@ def known_calibration(plan: Plan, source_sha: str, made: Conversion | None) -> s
     current INT8 ONNX beside the engine; else None (known once it is made).
     """
     if plan.settings.calib is not None:
-        return quantize.calibration_sha256(plan.settings.calib)
+        return made.calibration if made else quantize.calibration_sha256(plan.settings.calib)
     current = _current(plan, source_sha, made) if made is not None else None
     return read_manifest(current)["inputs"].get("calibration") if current else None
 
@@ -126,8 +128,7 @@ def _why_stale(path: Path, plan: Plan, source_sha: str, made: Conversion) -> str
     inputs = {"onnx": source_sha}
     if plan.target == "int8":
         # A calibration set drawn by default is fixed by the source model and data (seed 0).
-        calib = plan.settings.calib
-        inputs["calibration"] = quantize.calibration_sha256(calib) if calib is not None else recorded.get("calibration")
+        inputs["calibration"] = made.calibration or recorded.get("calibration")
     return why_stale(path, Kind.ONNX, inputs, _params(plan, made, manifest.get("params", {})))
 
 
@@ -142,12 +143,7 @@ def _params(plan: Plan, made: Conversion, recorded: dict[str, Any]) -> dict[str,
 
 def _keyed_path(plan: Plan, source_sha: str, made: Conversion) -> Path:
     """model.int8.<key>.onnx: the key is the sha256 of the source, calibration set and settings (8 hex digits)."""
-    calib = plan.settings.calib
-    key = {
-        "onnx": source_sha,
-        "calibration": quantize.calibration_sha256(calib) if calib is not None else None,
-        "params": _params(plan, made, {}),
-    }
+    key = {"onnx": source_sha, "calibration": made.calibration, "params": _params(plan, made, {})}
     digest = sha256_bytes(json.dumps(key, sort_keys=True, default=str).encode())[:8]
     plain = intermediate_path(plan)
     return plain.with_name(f"{plain.stem}.{digest}.onnx")

@@ -12,33 +12,39 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import check_output
-from pipeline.build.settings import SHAPE_KINDS, BuildSettings
 from pipeline.errors import EdgepipeError
 from pipeline.images import Record
 from pipeline.onnxfile import load_onnx
 from pipeline.onnxinfo import ModelInfo, check_profile_shapes, describe
 from pipeline.precision import Precision, of_onnx
-from pipeline.tensorrt.backend import Backend, BuilderOptions, get_backend
-from pipeline.tensorrt.options import onnx_inputs, resolve_profiles
+from pipeline.tensorrt.backend import Backend, get_backend
+from pipeline.tensorrt.options import SHAPE_KINDS, BuildSettings, onnx_inputs, resolve_profiles
 from pipeline.tensorrt.targets import resolve_compute_capabilities
 
 
 @dataclass(frozen=True)
 class Plan:
-    """One build, decided: the source, the engine file, the backend and what the engine will be."""
+    """One build, decided: the source, the engine file, the backend and what the engine will be.
+
+    ``settings`` are the user's, resolved: ``precision`` is the engine's, ``compute_capability``
+    what the builder is given ("current" or "X.Y"; none for standard TensorRT).
+    """
 
     settings: BuildSettings
     source: Path
     model: Any  # the ONNX ModelProto
     backend: Backend
     graph_precision: str  # the precision the ONNX has
-    target: str  # the engine's precision
     engine: Path
     profiles: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
     profile_note: str | None
     info: ModelInfo | None  # the single image input, where edgepipe can read one
-    options: BuilderOptions
     targets: list[str]  # target compute capabilities, as the manifest records them
+
+    @property
+    def target(self) -> Precision:
+        """The engine's precision."""
+        return self.settings.precision
 
     @property
     def mode(self) -> str:
@@ -62,20 +68,20 @@ def make_plan(onnx_path: str | Path, settings: BuildSettings, save_engine: str |
     be = get_backend(settings.backend)
     graph_precision = of_onnx(model)
     target = settings.precision or graph_precision
-    _check_precision(source, settings, be, graph_precision, target)
+    given, targets = resolve_compute_capabilities(be, list(settings.compute_capability) or None)
+    settings = replace(settings, precision=target, compute_capability=tuple(given))
+    _check_precision(source, settings, be, graph_precision)
     engine = Path(save_engine) if save_engine else default_engine_path(source, target)
     check_output(engine, force=True)  # a folder that can be written (existing files are handled later)
     converting = not settings.legacy_precision and target != graph_precision
     info = _image_input(model, required=converting)
     if converting and target == Precision.INT8:
-        _check_calibration_images(source, settings, info)
+        _check_calibration_images(source, model, settings, info)
     profiles, note = resolve_profiles(onnx_inputs(model), settings.shapes)
     if info is not None:  # dimensions sharing one symbolic name, which TensorRT requires equal
         check_profile_shapes(info, {f"--{kind}Shapes": settings.shapes.get(kind, {}) for kind in SHAPE_KINDS})
-    options = _builder_options(be, settings, target, profiles)
-    compute_capabilities, targets = resolve_compute_capabilities(be, list(settings.compute_capability) or None)
-    options = replace(options, compute_capabilities=compute_capabilities)
-    return Plan(settings, source, model, be, graph_precision, target, engine, profiles, note, info, options, targets)
+    be.check_settings(settings)  # an option the backend lacks is one clear error
+    return Plan(settings, source, model, be, graph_precision, engine, profiles, note, info, targets)
 
 
 def default_engine_path(onnx_path: Path, precision: str) -> Path:
@@ -87,9 +93,10 @@ def default_engine_path(onnx_path: Path, precision: str) -> Path:
     return onnx_path.with_name(f"{stem}.{precision}.engine")
 
 
-def _check_precision(source: Path, settings: BuildSettings, be: Backend, graph_precision: str, target: str) -> None:
+def _check_precision(source: Path, settings: BuildSettings, be: Backend, graph_precision: str) -> None:
+    target = settings.precision
     if settings.legacy_precision:
-        be.check_settings(BuilderOptions(legacy_precision=target))  # names what the backend lacks
+        be.check_settings(BuildSettings(legacy_precision=True))  # names what the backend lacks, first
     if settings.legacy_precision and target == "int8" and graph_precision != "int8" and settings.calib is None:
         raise EdgepipeError(
             "legacy INT8 calibration needs a calibration set",
@@ -102,31 +109,15 @@ def _check_precision(source: Path, settings: BuildSettings, be: Backend, graph_p
         )
 
 
-def _check_calibration_images(source: Path, settings: BuildSettings, info: ModelInfo | None) -> None:
+def _check_calibration_images(source: Path, model: Any, settings: BuildSettings, info: ModelInfo | None) -> None:
     """INT8 needs real images: the user's, or the data the model records."""
-    if settings.has_images or (info is not None and Record.of_onnx(load_onnx(source), source).source is not None):
+    if settings.has_images or (info is not None and Record.of_onnx(model, source).source is not None):
         return
     raise EdgepipeError(
         f"--int8 needs calibration images, and {source} records no training data to draw them from "
         "(edgepipe never calibrates on random data)",
         fix="pass --calib calib.npz (from 'edgepipe calibrate') or --data DIR with 64 or more of your images",
     )
-
-
-def _builder_options(be: Backend, settings: BuildSettings, target: str, profiles: dict) -> BuilderOptions:
-    """The backend-neutral builder options; an option the backend lacks is one clear error."""
-    options = BuilderOptions(
-        profiles=[profiles] if profiles else [],
-        legacy_precision=target if settings.legacy_precision else None,
-        memory_pools=settings.memory_pools,
-        optimization_level=settings.optimization_level,
-        dla_core=settings.dla_core,
-        gpu_fallback=settings.gpu_fallback,
-        hardware_compatibility=settings.hardware_compatibility,
-        version_compatible=settings.version_compatible,
-    )
-    be.check_settings(options)
-    return options
 
 
 def _image_input(model: Any, required: bool) -> ModelInfo | None:

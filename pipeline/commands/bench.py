@@ -10,13 +10,16 @@ from rich.table import Table
 from pipeline.commands.options import (
     EdgepipeCommand,
     batches_option,
+    callback,
+    cell,
     emit,
     force_option,
     input_size_option,
     json_option,
     model_options,
+    onnx_input_hw,
+    parse_duration,
 )
-from pipeline.commands.parsers import callback, onnx_input_hw, parse_duration
 from pipeline.progress import out
 
 
@@ -136,58 +139,52 @@ def bench_command(artifacts, checkpoint, report_dir, json_out, model, force, as_
     emit(result, as_json, _print_table, failed=bool(result["failed"]))
 
 
+# The figures of the table: column -> (key of the row, format); the engine columns only when an engine ran.
+FIGURES = {
+    "median": ("median_ms", ".3f"),
+    "mean": ("mean_ms", ".3f"),
+    "p99": ("p99_ms", ".3f"),
+    "img/s": ("throughput", ".0f"),
+}
+ENGINE_FIGURES = {
+    "H2D": ("h2d_ms", ".3f"),
+    "GPU": ("compute_ms", ".3f"),
+    "D2H": ("d2h_ms", ".3f"),
+    "MB": ("device_memory_mb", ".2f"),
+}
+
+
 def _print_table(result) -> None:
     """One row per artifact and batch; reasons for skipped or failed rows are listed below once."""
     rows = result["rows"]
-    engines = any(r.get("compute_ms") is not None for r in rows)
     # Narrow enough for 80 columns; min, p90 and p95 are in --json and the --report table.
-    columns = ["artifact", "runtime", "prec", "batch", "status", "median", "mean", "p99", "img/s"]
-    columns += ["H2D", "GPU", "D2H", "MB"] if engines else []
+    figures = {**FIGURES, **(ENGINE_FIGURES if any(r.get("compute_ms") is not None for r in rows) else {})}
     table = Table(
         title=f"Latency (ms) on {result['device']}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
     )
-    for column in columns:
+    for column in ("artifact", "runtime", "prec", "batch", "status", *figures):
         table.add_column(
             column, justify="left" if column in ("artifact", "runtime", "prec", "status") else "right", overflow="fold"
         )
-
-    def f(value, spec=".3f"):
-        return "" if value is None else format(value, spec)
-
     reasons = {}
     for r in rows:
         name = Path(r["artifact"]).name
         if r["status"] != "ok":
             reasons.setdefault(f"{name}: {r['status']}", r.get("reason", ""))
-        cells = [
-            name,
-            r.get("runtime") or "",
-            r.get("precision") or "",
-            str(r["batch"]),
-            r["status"].split(":")[0],
-            f(r.get("median_ms")),
-            f(r.get("mean_ms")),
-            f(r.get("p99_ms")),
-            f(r.get("throughput"), ".0f"),
-        ]
-        if engines:
-            cells += [
-                f(r.get("h2d_ms")),
-                f(r.get("compute_ms")),
-                f(r.get("d2h_ms")),
-                f(r.get("device_memory_mb"), ".2f"),
-            ]
-        table.add_row(*cells)
+        cells = [cell(r.get(key), spec) for key, spec in figures.values()]
+        table.add_row(
+            name, r.get("runtime") or "", r.get("precision") or "", str(r["batch"]), r["status"].split(":")[0], *cells
+        )
     out.print(table)
     for what, reason in reasons.items():
-        out.print(f"{what} ({reason})" if reason else what, markup=False)
+        out.print(f"{what} ({reason})" if reason else what)
     # the bench report reads the figures (numpy): imported once there are figures to print.
     from pipeline import benchreport
 
     for line in benchreport.footer_lines(result):
-        out.print(line, markup=False)
+        out.print(line)
     if result.get("report"):
-        out.print(f"Report: {result['report']['markdown']}, plot {result['report']['plot']}", markup=False)
+        out.print(f"Report: {result['report']['markdown']}, plot {result['report']['plot']}")
 
 
 def held_out_top1(result: dict[str, Any]) -> dict[str, float]:

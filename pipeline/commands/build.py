@@ -15,7 +15,7 @@ from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import out
 from pipeline.tensorrt.backend import BACKENDS
-from pipeline.tensorrt.options import HARDWARE_COMPATIBILITY
+from pipeline.tensorrt.options import HARDWARE_COMPATIBILITY, SHAPE_KINDS, BuildSettings
 
 _SHAPES = "NAME:DIMS[,NAME:DIMS...]"
 
@@ -141,8 +141,6 @@ def build_command(onnx_file, onnx_option, save_engine, force, as_json, **flags):
       build-engine dynamic.onnx --fp16 --minShapes image:1x3x160x160 --optShapes image:8x3x224x224 --maxShapes image:32x3x320x320
       edgepipe build model.onnx --minShapes input:1x1x32x32 --optShapes input:8x1x32x32 --maxShapes input:32x1x32x32
     """
-    # building reads the ONNX (onnx, numpy): imported when the command runs, so --help starts at once.
-
     if onnx_file and onnx_option and onnx_file != onnx_option:
         raise EdgepipeError(
             "the ONNX model is given twice, as the argument and as --onnx",
@@ -152,11 +150,11 @@ def build_command(onnx_file, onnx_option, save_engine, force, as_json, **flags):
     if not onnx_path:
         command = click.get_current_context().command_path
         raise EdgepipeError("missing the ONNX model", fix=f"name it: {command} MODEL.onnx [--fp16 | --int8 | --fp32]")
-    # The build stage loads when the command runs, so that --help starts without onnx and numpy.
-    from pipeline.build import BuildSettings, build
+    # building reads the ONNX (onnx, numpy): imported when the command runs, so --help starts at once.
+    from pipeline.build import build_engine
 
     preprocess, labels, workers = flags.pop("preprocess"), flags.pop("labels"), flags.pop("workers")
-    shapes = {kind: flags.pop(f"{kind}_shapes") for kind in ("min", "opt", "max")}
+    shapes = {kind: flags.pop(f"{kind}_shapes") for kind in SHAPE_KINDS}
     reading = {"preprocess": preprocess if preprocess.given else None, "labels": labels, "workers": workers}
     settings = BuildSettings.parse(reading=reading, shapes=shapes, **flags)  # trtexec's controls, by their names
     if not settings.folder_given and (preprocess.given or labels is not None):
@@ -164,25 +162,19 @@ def build_command(onnx_file, onnx_option, save_engine, force, as_json, **flags):
             "the preprocessing flags and --labels describe a folder of images (--data or --calib), and none is given",
             fix="pass --data FOLDER (or --calib FOLDER), or drop them",
         )
-    result = build(onnx_path, settings, save_engine=save_engine, force=force)
+    result = build_engine(onnx_path, settings, save_engine=save_engine, force=force)
     emit(result, as_json, _print_human)
 
 
 def _print_human(r):
     targets = f", targets {', '.join(r['compute_capabilities'])}" if r["compute_capabilities"] else ""
-    if r["cached"]:
-        out.print(
-            f"{r['engine']}: up to date ({r['backend_version']}, {r['precision']}), reused in {r['seconds']:.2f} s{_check_text(r.get('check'))}",
-            soft_wrap=True,
-            markup=False,
-        )
-        return
-    out.print(
-        f"{r['engine']}: {r['backend']} {r['backend_version']}, {r['precision']}, {r['bytes'] / 2**20:.1f} MiB{targets}; "
-        f"built in {r['build_seconds']:.2f} s (peak host memory {r['peak_rss_mib']:.0f} MiB){_check_text(r.get('check'))}",
-        soft_wrap=True,
-        markup=False,
+    what = (
+        f"up to date ({r['backend_version']}, {r['precision']}), reused in {r['seconds']:.2f} s"
+        if r["cached"]
+        else f"{r['backend']} {r['backend_version']}, {r['precision']}, {r['bytes'] / 2**20:.1f} MiB{targets}; "
+        f"built in {r['build_seconds']:.2f} s (peak host memory {r['peak_rss_mib']:.0f} MiB)"
     )
+    out.print(f"{r['engine']}: {what}{_check_text(r.get('check'))}", soft_wrap=True)
 
 
 def _check_text(check):

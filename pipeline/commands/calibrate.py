@@ -60,19 +60,8 @@ def calibrate_command(checkpoint, data, preprocess, labels, workers, num, seed, 
     )
     path = calibration.save(output, calib_set, force=force)
     m = calib_set.manifest
-    split = m.get("split")
-    result = {
-        "calibration": str(path),
-        "count": m["count"],
-        "count_per_class": m.get("count_per_class"),
-        "source": m["source"],
-        "seed": seed,
-        "input_shape": m["input_shape"],
-        "sha256": m["sha256"],
-        "split": split,
-        "preprocess": m.get("preprocess"),
-    }
-    emit(result, as_json, _print)
+    result = {key: m.get(key) for key in ("count", "count_per_class", "source", "input_shape", "sha256", "split")}
+    emit({**result, "calibration": str(path), "seed": seed, "preprocess": m.get("preprocess")}, as_json, _print)
 
 
 def _print(r) -> None:
@@ -81,6 +70,5 @@ def _print(r) -> None:
     held = f"; {r['split']['counts']['held_out']} images held out for validate"
     out.print(
         f"{r['calibration']}: {r['count']} images from the calibration pool of {r['source']}{balance}, seed {r['seed']}{held}",
-        markup=False,
         soft_wrap=True,
     )

@@ -36,7 +36,7 @@ def check_command(report, baseline, tolerances, update_baseline, as_json):
 
     if update_baseline:
         result = check.update_baseline(report, baseline)
-        emit(result, as_json, lambda r: out.print(f"baseline {r['baseline']} updated ({r['rows']} rows)", markup=False))
+        emit(result, as_json, lambda r: out.print(f"baseline {r['baseline']} updated ({r['rows']} rows)"))
         return
     result = check.check(
         check.load_report(report), check.load_report(baseline, "baseline"), check.load_tolerances(tolerances)
@@ -46,7 +46,7 @@ def check_command(report, baseline, tolerances, update_baseline, as_json):
 
 def _print(result) -> None:
     for row in result.get("skipped", []):
-        out.print(f"  {row['artifact']}: not compared, {row['status']}", markup=False)
+        out.print(f"  {row['artifact']}: not compared, {row['status']}")
     if result["passed"]:
         out.print(f"OK: no regressions ({result['compared']} figures compared)")
         return
@@ -54,5 +54,4 @@ def _print(result) -> None:
     for r in result["regressions"]:
         out.print(
             f"  {r['artifact']}: {r['metric']} baseline {r['baseline']} now {r['now']} (tolerance {r['tolerance']})",
-            markup=False,
         )

@@ -51,11 +51,15 @@ def _guarded(call: Callable[[], Any], what: str = "this command") -> Any:
         return call()
     except _SHOWS_HELP:
         raise
-    except ModuleNotFoundError as exc:
-        error = missing_extra(exc, what)
-        if error is None:
+    except ModuleNotFoundError as exc:  # a package of an extra that is not installed: the extra's name
+        module = (exc.name or "").split(".")[0]
+        if module not in MISSING_EXTRAS:
             raise
-        _exit_with(error, FAILED)
+        package, extra = MISSING_EXTRAS[module]
+        _exit_with(
+            EdgepipeError(f"{what} needs {package}, which is not installed", fix=f"pip install 'edgepipe[{extra}]'"),
+            FAILED,
+        )
     except click.UsageError as exc:
         where = f"'{exc.ctx.command_path} --help'" if exc.ctx is not None else "--help"
         _exit_with(EdgepipeError(exc.format_message(), fix=f"see {where}"), exc.exit_code)
@@ -66,15 +70,6 @@ def _guarded(call: Callable[[], Any], what: str = "this command") -> Any:
             "Error: interrupted; nothing half-written was kept. Fix: run the same command again to resume.", err=True
         )
         raise click.exceptions.Exit(INTERRUPTED) from None
-
-
-def missing_extra(exc: ModuleNotFoundError, what: str = "this command") -> EdgepipeError | None:
-    """The one-line error for a module of an extra that is not installed; None for any other module."""
-    module = (exc.name or "").split(".")[0]
-    if module not in MISSING_EXTRAS:
-        return None
-    package, extra = MISSING_EXTRAS[module]
-    return EdgepipeError(f"{what} needs {package}, which is not installed", fix=f"pip install 'edgepipe[{extra}]'")
 
 
 def _exit_with(error: EdgepipeError, status: int) -> None:
@@ -91,19 +86,15 @@ class Guarded:
 
     def invoke(self, ctx: click.Context) -> Any:
         parent = super()
-        quiet_libraries()
+        # Keep third-party INFO chatter (ModelOpt, ONNX Runtime) off the terminal.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        for name in ("modelopt", "onnxruntime", "polygraphy", "root"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         return _guarded(lambda: parent.invoke(ctx), ctx.command_path)
 
 
 class EdgepipeCommand(Guarded, click.Command):
     """Every edgepipe command: ``@click.command("name", cls=EdgepipeCommand)``."""
-
-
-def quiet_libraries() -> None:
-    """Keep third-party INFO chatter (ModelOpt, ONNX Runtime) off the terminal."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    for name in ("modelopt", "onnxruntime", "polygraphy", "root"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def emit(
@@ -119,3 +110,8 @@ def emit(
         human(result)
     if failed:
         raise click.exceptions.Exit(FAILED)
+
+
+def cell(value: Any, spec: str) -> str:
+    """A figure of a human table: ``value`` formatted by ``spec``, blank where it was not measured."""
+    return "" if value is None else format(value, spec)

@@ -53,19 +53,14 @@ def export_command(checkpoint, model, code, weights, input_size, as_json, **flag
     result = export(
         _source(checkpoint, weights), model_name=model, trust_model_code=code.trust, input_shape=shape, **flags
     )
-    emit(
-        result,
-        as_json,
-        lambda r: out.print(
-            f"{r['onnx']}: opset {r['opset']}, batch {r['batch']}, input {'x'.join(map(str, r['input_shape']))}; on {r['checked_on']} vs PyTorch: "
-            f"max abs diff {r['max_abs_diff']:.2e}, top-1 agreement {r['top1_agreement']:.2f}%"
-            + (
-                f", top-1 {r['top1_onnx']:.2f}% (PyTorch {r['top1_pytorch']:.2f}%)"
-                if "top1_onnx" in r
-                else f"; {r['hint']}"
-            ),
-            markup=False,
-        ),
+    emit(result, as_json, _print)
+
+
+def _print(r) -> None:
+    top1 = f", top-1 {r['top1_onnx']:.2f}% (PyTorch {r['top1_pytorch']:.2f}%)" if "top1_onnx" in r else f"; {r['hint']}"
+    out.print(
+        f"{r['onnx']}: opset {r['opset']}, batch {r['batch']}, input {'x'.join(map(str, r['input_shape']))}; on {r['checked_on']} vs PyTorch: "
+        f"max abs diff {r['max_abs_diff']:.2e}, top-1 agreement {r['top1_agreement']:.2f}%{top1}"
     )
 
 

@@ -22,11 +22,6 @@ MODEL_HELP = (
 WEIGHTS_HELP = "Weights to start from (.pt/.pth state dict, or .safetensors; never pickled objects)."
 
 
-def weights_option(help: str = WEIGHTS_HELP) -> Callable:
-    """``--weights FILE`` -> ``weights``."""
-    return click.option("--weights", default=None, type=click.Path(dir_okay=False), metavar="FILE", help=help)
-
-
 def with_options(fn: Callable, options: list[Callable], parse: Callable[[dict[str, Any]], None]) -> Callable:
     """``fn`` with Click ``options`` (listed by ``--help`` in this order), their values turned by ``parse``
     (which edits the keyword arguments in place) before ``fn`` is called."""
@@ -85,7 +80,9 @@ def model_options(
             ),
         ]
         if weights:
-            options.append(weights_option())
+            options.append(
+                click.option("--weights", type=click.Path(dir_okay=False), metavar="FILE", help=WEIGHTS_HELP)
+            )
         if trust:
             options.append(
                 click.option(

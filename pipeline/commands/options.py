@@ -1,34 +1,96 @@
 """The options every edgepipe command shares, each parsed once, at the edge, into a value.
 
 A command's function receives a ``Precision``, a tuple of batch sizes, an accuracy budget or an
-``InputSize``, never the raw text. This module is the one a command imports its options from:
-it also re-exports the command class and ``emit`` (``pipeline.commands.command``, which says how a
-command ends), the parsers (``pipeline.commands.parsers``) and the model and preprocessing options
-(``pipeline.commands.model_options``). Nothing here imports numpy, onnx or torch: ``--help``
-starts at once.
+``InputSize``, never the raw text; a flag it cannot use is one ``EdgepipeError`` naming it. This
+module is the one a command imports its options from: it also re-exports the command class and
+``emit`` (``pipeline.commands.command``, which says how a command ends) and the model and
+preprocessing options (``pipeline.commands.model_options``). Nothing here imports numpy, onnx or
+torch: ``--help`` starts at once.
 """
 
 from __future__ import annotations
 
-import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from pipeline.commands.command import EdgepipeCommand, Guarded, emit
+from pipeline.commands.command import EdgepipeCommand, Guarded, cell, emit
 from pipeline.commands.model_options import model_options, preprocess_options, with_options
-from pipeline.commands.parsers import (
-    callback,
-    parse_batches,
-    parse_input_size,
-    parse_max_drop,
-    parse_precisions,
-)
 from pipeline.defaults import BUDGET_DEFAULT
 from pipeline.errors import EdgepipeError
 from pipeline.inputsize import FORMAT as INPUT_SIZE_FORMAT
-from pipeline.precision import Precision
+from pipeline.inputsize import InputSize
+from pipeline.precision import Precision, parse_list
+
+# --- parsers: flag text -> value, or one EdgepipeError naming the flag ----------------------------------
+
+
+def parse_batches(text: str, option: str = "--batch") -> tuple[int, ...]:
+    """ "1,8,32" -> (1, 8, 32): at least one batch size, each 1 or more."""
+    try:
+        values = tuple(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise EdgepipeError(
+            f"{option} {text!r} is not a list of batch sizes",
+            fix=f"pass sizes of 1 or more separated by commas, e.g. {option} 1,8,32",
+        )
+    return values
+
+
+def parse_max_drop(text: str | float | None) -> float | None:
+    """ "0.5" -> 0.5 top-1 points; "none" (or no value) -> None, plain PTQ without a budget."""
+    if text is None or str(text).strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0 or math.isinf(value):
+        raise EdgepipeError(
+            f"--max-drop {text!r} is not a number of points",
+            fix="pass e.g. --max-drop 0.5, or --max-drop none for plain PTQ",
+        )
+    return value
+
+
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | None, option: str) -> float | None:
+    """ "10m" -> 600.0 seconds ("90s", "1.5h"; a bare number is seconds); None stays None."""
+    if text is None:
+        return None
+    word = str(text).strip().lower()
+    unit = word[-1] if word[-1:] in DURATION_UNITS else "s"
+    try:
+        value = float(word.rstrip("smh")) * DURATION_UNITS[unit]
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise EdgepipeError(f"{option} {text!r} is not a duration", fix=f"pass e.g. {option} 10m, 90s or 1h")
+    return value
+
+
+def callback(parser: Callable[..., Any], *args: Any) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A Click callback calling ``parser(value, *args)``."""
+    return lambda ctx, param, value: parser(value, *args)
+
+
+def onnx_input_hw(input_size: InputSize | None, onnx_model: str) -> tuple[int, int] | None:
+    """``--input-size`` for an ONNX model: (height, width), its channels (if named) checked against the model's."""
+    if input_size is None:
+        return None
+    if input_size.channels is not None and str(onnx_model).endswith(".onnx"):
+        # onnxinfo reads the graph (onnx): imported only when channels are named, never at --help.
+        from pipeline.onnxinfo import describe
+
+        input_size.check_channels(describe(onnx_model).channels, onnx_model)
+    return input_size.hw
+
 
 # --- shared options ----------------------------------------------------------------------------------
 
@@ -90,14 +152,15 @@ def max_drop_option(default: float | None = None) -> Callable:
     )
 
 
-def precisions_option(default: str = "fp32,fp16,int8", help: str = "Comma-separated precisions.") -> Callable:
-    """``--precisions fp32,int8`` -> ``precisions``: a tuple of ``Precision``."""
+def precisions_option(help: str, default: str | None = None, metavar: str | None = None) -> Callable:
+    """``--precisions fp32,int8`` -> ``precisions``: a tuple of ``Precision`` (None when not given and no default)."""
     return click.option(
         "--precisions",
         "precisions",
         default=default,
-        show_default=True,
-        callback=callback(parse_precisions),
+        show_default=default is not None,
+        metavar=metavar,
+        callback=lambda ctx, param, value: None if value is None else parse_list(value, "--precisions"),
         help=help,
     )
 
@@ -139,6 +202,6 @@ def input_size_option(
         "input_size",
         default=None,
         metavar=INPUT_SIZE_FORMAT,
-        callback=callback(parse_input_size),
+        callback=lambda ctx, param, value: None if value is None else InputSize.parse(value),
         help=help,
     )

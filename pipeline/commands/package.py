@@ -50,5 +50,4 @@ def _print(result) -> None:
     out.print(
         f"bundle {result['bundle']}: {', '.join(result['precisions'])} for {result['target']}, "
         f"{result['golden']['images']} golden images; on the device: see README.txt",
-        markup=False,
     )

@@ -14,10 +14,10 @@ from pipeline.commands.options import (
     json_option,
     max_drop_option,
     model_options,
+    onnx_input_hw,
     precision_flags,
     preprocess_options,
 )
-from pipeline.commands.parsers import onnx_input_hw
 from pipeline.defaults import (
     BUDGET_DEFAULT,
     DEFAULT_MAX_DROP,

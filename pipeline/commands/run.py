@@ -42,7 +42,7 @@ from pipeline.defaults import DEFAULT_MAX_DROP
     help="Dataset: 'digits' (the default), an ImageFolder, a folder of images, or an .npz with pixels x or model inputs (and y)."
 )
 @preprocess_options
-@precisions_option(default="fp32,fp16,int8", help="Comma-separated precisions to make and measure.")
+@precisions_option("Comma-separated precisions to make and measure.", default="fp32,fp16,int8")
 @click.option("-o", "--output", default=None, metavar="DIR", help="Run directory (default: runs/MODEL).")
 @click.option(
     "--epochs",

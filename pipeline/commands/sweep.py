@@ -10,7 +10,7 @@ from pipeline.commands.options import (
     force_option,
     json_option,
     max_drop_option,
-    parse_precisions,
+    precisions_option,
 )
 from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_SWEEP_OUTPUT
 from pipeline.errors import EdgepipeError
@@ -25,13 +25,7 @@ from pipeline.errors import EdgepipeError
     metavar="sweep.yaml",
     help="YAML with 'models:' (names, or {name, checkpoint|onnx, epochs}) and optional 'precisions:'/'targets:'.",
 )
-@click.option(
-    "--precisions",
-    default=None,
-    metavar="fp32,fp16,int8",
-    callback=lambda ctx, param, value: value and parse_precisions(value),
-    help="Precisions to build (default: the models file's, else fp32,fp16,int8).",
-)
+@precisions_option("Precisions to build (default: the models file's, else fp32,fp16,int8).", metavar="fp32,fp16,int8")
 @click.option(
     "--targets",
     default=None,

@@ -53,15 +53,14 @@ def train_command(model, code, weights, data, epochs, lr, seed, input_size, img_
     from pipeline.checkpoint import save_checkpoint  # torch
     from pipeline.train import train  # torch
 
-    spec = model
     if input_size and img_size:
         raise EdgepipeError(
             "--input-size and --img-size both set the input size", fix="pass only --input-size [CxHxW | HxW]"
         )
-    path = _checkpoint_path(output, spec)
+    path = _checkpoint_path(output, model)
     check_output(path, force)  # fail before training, not after
     net, config = train(
-        spec,
+        model,
         data=data,
         weights=weights,
         epochs=epochs,
@@ -73,19 +72,18 @@ def train_command(model, code, weights, data, epochs, lr, seed, input_size, img_
     save_checkpoint(path, net, config, force=force)
     result = {
         "checkpoint": str(path),
-        "model": spec.text,
+        "model": model.text,
         "input_shape": config["input_shape"],
         "weights_sha256": (config.get("weights") or {}).get("sha256"),
         **{k: config["train"][k] for k in ("val_top1", "epochs", "seconds")},
+        "val_samples": config["split"]["counts"]["held_out"],
     }
-    result["val_samples"] = config["split"]["counts"]["held_out"]
-    emit(
-        result,
-        as_json,
-        lambda r: out.print(
-            f"{r['checkpoint']}: held-out top-1 {r['val_top1']:.2f}% on {r['val_samples']} images after {r['epochs']} epochs ({r['seconds']:.0f} s)",
-            markup=False,
-        ),
+    emit(result, as_json, _print)
+
+
+def _print(r) -> None:
+    out.print(
+        f"{r['checkpoint']}: held-out top-1 {r['val_top1']:.2f}% on {r['val_samples']} images after {r['epochs']} epochs ({r['seconds']:.0f} s)"
     )
 
 

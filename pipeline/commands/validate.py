@@ -5,7 +5,15 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from pipeline.commands.options import EdgepipeCommand, data_option, emit, json_option, model_options, preprocess_options
+from pipeline.commands.options import (
+    EdgepipeCommand,
+    cell,
+    data_option,
+    emit,
+    json_option,
+    model_options,
+    preprocess_options,
+)
 from pipeline.defaults import DEFAULT_ATOL, DEFAULT_BATCH_SIZE, DEFAULT_RTOL, SPLITS
 from pipeline.errors import EdgepipeError
 from pipeline.progress import out
@@ -77,7 +85,8 @@ def validate_command(
           --resize 256 --crop 224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
       edgepipe validate bundle/ model.fp16.onnx
     """
-    if reference is None and _is_golden(artifacts[0]):
+    # a bundle folder, or its golden_outputs.json: what validate checks models against on the device
+    if reference is None and (Path(artifacts[0]).is_dir() or Path(artifacts[0]).suffix == ".json"):
         _validate_golden(artifacts, data, as_json)
         return
     # validating runs the models (numpy, onnx, ONNX Runtime, torch): imported when the command runs, so --help starts at once.
@@ -99,11 +108,6 @@ def validate_command(
     emit(result, as_json, _print_table, failed=not result["ok"])
 
 
-def _is_golden(path: str) -> bool:
-    """A bundle folder, or its golden_outputs.json: what validate checks models against on the device."""
-    return Path(path).is_dir() or Path(path).suffix == ".json"
-
-
 def _validate_golden(artifacts, data, as_json) -> None:
     if len(artifacts) < 2 or data is not None:
         raise EdgepipeError(
@@ -118,7 +122,7 @@ def _validate_golden(artifacts, data, as_json) -> None:
 
 
 def _print_golden(result) -> None:
-    out.print(f"golden outputs {result['golden']}: {result['images']} images", markup=False)
+    out.print(f"golden outputs {result['golden']}: {result['images']} images")
     for row in result["rows"]:
         worst = max(row["outputs"].values(), key=lambda figures: figures["max_abs_diff"])
         failed = sum(figures["failed_elements"] for figures in row["outputs"].values())
@@ -127,12 +131,7 @@ def _print_golden(result) -> None:
             f"{row['model']} ({row['precision']}, made from {row['made_from']}, on {row['runner']}): {verdict}; "
             f"max |Δ| {worst['max_abs_diff']:.3g} (atol {row['atol']:g}, rtol {row['rtol']:g})",
             soft_wrap=True,
-            markup=False,
         )
-
-
-def _f(value, spec: str) -> str:
-    return "" if value is None else format(value, spec)
 
 
 def _title(result) -> str:
@@ -143,35 +142,25 @@ def _title(result) -> str:
     return f"{result['model']} on {result['images']['text']}; {accuracy}"
 
 
+# The figures of the table: column -> (key of the row, format).
+FIGURES = {
+    "top-1 %": ("top1", ".2f"),
+    "Δ pts": ("delta", "+.2f"),
+    "agreement %": ("agreement", ".2f"),
+    "max |Δ|": ("max_abs_diff", ".3g"),
+    "mean |Δ|": ("mean_abs_diff", ".3g"),
+    "cosine": ("cosine", ".6f"),
+}
+
+
 def _print_table(result):
     table = Table(title=_title(result))
-    for column in (
-        "artifact",
-        "precision",
-        "top-1 %",
-        "Δ pts",
-        "agreement %",
-        "max |Δ|",
-        "mean |Δ|",
-        "cosine",
-        "status",
-    ):
+    for column in ("artifact", "precision", *FIGURES, "status"):
         table.add_column(column, justify="left" if column in ("artifact", "precision", "status") else "right")
     for row in result["rows"]:
-        if row["status"] != "ok":
-            table.add_row(row["artifact"], row["precision"] or "?", "", "", "", "", "", "", row["status"].split(":")[0])
-            continue
-        table.add_row(
-            row["artifact"],
-            row["precision"],
-            _f(row.get("top1"), ".2f"),
-            _f(row.get("delta"), "+.2f"),
-            _f(row.get("agreement"), ".2f"),
-            _f(row["max_abs_diff"], ".3g"),
-            _f(row["mean_abs_diff"], ".3g"),
-            _f(row["cosine"], ".6f"),
-            "ok",
-        )
+        ok = row["status"] == "ok"
+        figures = [cell(row.get(key), spec) if ok else "" for key, spec in FIGURES.values()]
+        table.add_row(row["artifact"], row["precision"] or "?", *figures, row["status"].split(":")[0])
     # Full width when piped (CI logs), so that numbers and paths are not cut.
     width = out.width
     if not out.is_terminal:
@@ -181,19 +170,15 @@ def _print_table(result):
     finally:
         out.width = width
     for row in result["rows"]:
-        if row["status"] == "ok" and len(row.get("outputs") or {}) > 1:
-            for name, figures in row["outputs"].items():
-                agreement = (
-                    f", argmax agreement {figures['argmax_agreement']:.2f}%"
-                    if figures.get("argmax_agreement") is not None
-                    else ""
-                )
-                out.print(
-                    f"{row['artifact']} output '{name}': max |Δ| {figures['max_abs_diff']:.3g}, cosine {figures['cosine']:.6f}{agreement}",
-                    soft_wrap=True,
-                    markup=False,
-                )
+        outputs = (row.get("outputs") or {}) if row["status"] == "ok" else {}
+        for name, figures in outputs.items() if len(outputs) > 1 else ():
+            agreement = figures.get("argmax_agreement")
+            agreement = "" if agreement is None else f", argmax agreement {agreement:.2f}%"
+            out.print(
+                f"{row['artifact']} output '{name}': max |Δ| {figures['max_abs_diff']:.3g}, cosine {figures['cosine']:.6f}{agreement}",
+                soft_wrap=True,
+            )
         if row["status"] != "ok":
-            out.print(f"{row['artifact']}: {row['status'].split(':')[0]}: {row['error']}", soft_wrap=True, markup=False)
+            out.print(f"{row['artifact']}: {row['status'].split(':')[0]}: {row['error']}", soft_wrap=True)
     for note in result.get("notes") or []:
-        out.print(f"Note: {note}", soft_wrap=True, markup=False)
+        out.print(f"Note: {note}", soft_wrap=True)

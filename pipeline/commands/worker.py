@@ -62,20 +62,11 @@ def worker_command(address, targets, num_cpus, temp_dir, dry_run, as_json):
     command += [f"--temp-dir={temp_dir}"] if temp_dir else []
     result = {"address": address, "resources": resources, "command": command, "started": not dry_run}
     if dry_run:
-        emit(
-            result,
-            as_json,
-            lambda r: out.print(" ".join(shlex.quote(c) for c in r["command"]), markup=False, soft_wrap=True),
-        )
+        emit(result, as_json, lambda r: out.print(" ".join(shlex.quote(c) for c in r["command"]), soft_wrap=True))
         return
     connection.check_reachable(host, port)
-    emit(
-        result,
-        as_json,
-        lambda r: click.echo(
-            f"Joining {r['address']} advertising {', '.join(f'{k}: {v:g}' for k, v in resources.items())}", err=True
-        ),
-    )
+    advertised = ", ".join(f"{k}: {v:g}" for k, v in resources.items())
+    emit(result, as_json, lambda r: click.echo(f"Joining {r['address']} advertising {advertised}", err=True))
     sys.stdout.flush()
     # The same interpreter's Ray, in this process: signals (Ctrl-C, kill PID) reach 'ray start' directly.
     os.execv(sys.executable, [sys.executable, "-m", "ray.scripts.scripts", *command[1:]])

@@ -3,10 +3,10 @@
     with open_runner(Artifact.open("model.int8.onnx")) as runner:
         logits = predict(runner, images)
 
-``device`` places PyTorch and ONNX Runtime ("cuda": ONNX Runtime's CUDA provider where it is
-installed; without ONNX Runtime, an ONNX runs on onnx's reference evaluator); TensorRT engines always run on the GPU, optionally replayed as a CUDA graph. An engine
-is checked against the installed TensorRT and the GPU (from its manifest) before anything touches
-the GPU; without a GPU it then raises ``NoGpuError``, a skip rather than a failure.
+``device`` places PyTorch and ONNX Runtime (without ONNX Runtime, an ONNX runs on onnx's reference
+evaluator); engines always run on the GPU. An engine is checked against the installed TensorRT and
+the GPU (from its manifest) before anything touches the GPU; without a GPU it then raises
+``NoGpuError``, a skip rather than a failure.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pipeline.artifacts import Artifact, Kind
 from pipeline.cuda import current_compute_capability
 from pipeline.errors import EdgepipeError
 from pipeline.modelspec import ModelCode
-from pipeline.runner import NoGpuError, Runner, batch_step, check_batch, predict, predict_batch
+from pipeline.runner import NoGpuError, Runner, batch_step, predict, predict_batch
 from pipeline.tensorrt.backend import BACKENDS, get_backend
 from pipeline.tensorrt.compat import check_engine_runtime
 

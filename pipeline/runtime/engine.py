@@ -1,19 +1,11 @@
-"""Running TensorRT engines on the GPU, through pycuda's (or cuda-python's) buffers, streams and events.
+"""Running TensorRT engines on the GPU, through ``pipeline.cuda`` (pycuda or cuda-python, libcuda for CUDA graphs).
 
-``TensorRTRunner`` holds page-locked host buffers, device buffers, a CUDA stream and four CUDA
-events per inference (before H2D, after H2D, after compute, after D2H), so every call reports
-H2D, GPU compute and D2H apart, like trtexec. Buffers are sized once for the largest batch the
-engine's optimization profile takes; a batch outside the profile is a clear error.
-
-Two TensorRT APIs, chosen by what the engine object has (not by version strings):
-
-- bindings (TensorRT 8.x/9.x, JetPack 5's 8.5): ``get_binding_index``, ``set_binding_shape``,
-  ``execute_async_v2(bindings, stream)``. Used whenever the engine still has it.
-- tensor addresses (TensorRT 10.x/11.x and TensorRT-RTX): ``num_io_tensors``, ``get_tensor_name``,
-  ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3(stream)``.
-
-pycuda or cuda-python (``pipeline.cuda.import_cuda``: the same calls) and libcuda (CUDA graphs) are
-reached through ``pipeline.cuda`` only.
+Four CUDA events per inference (before H2D, after H2D, after compute, after D2H) report H2D, GPU
+compute and D2H apart, like trtexec. Buffers are page-locked and sized once for the largest batch
+of the engine's optimization profile. Two TensorRT APIs, chosen by what the engine object has:
+bindings (TensorRT 8.x/9.x, JetPack 5's 8.5: ``set_binding_shape``, ``execute_async_v2``), used
+whenever the engine still has it; tensor addresses (TensorRT 10.x/11.x and TensorRT-RTX:
+``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``).
 """
 
 from __future__ import annotations
@@ -70,7 +62,7 @@ class TensorRTRunner(Runner):
                 fix="free GPU memory (other processes) and run again",
             )
         self.api = "bindings" if hasattr(self.engine, "get_binding_index") else "tensors"
-        self.tensors = self._bindings_tensors(trt) if self.api == "bindings" else self._named_tensors(trt)
+        self.tensors = self._tensors(trt)
         inputs = [t for t in self.tensors if t.is_input]
         if len(inputs) != 1:
             raise EdgepipeError(
@@ -91,13 +83,12 @@ class TensorRTRunner(Runner):
             shape = (hi, *t.shape[1:]) if t.shape and t.shape[0] == -1 else t.shape
             t.host = cuda.pagelocked_empty(tuple(max(int(d), 1) for d in shape), t.dtype)
             t.device = cuda.mem_alloc(max(t.host.nbytes, 1))
-        if self.api == "tensors":
-            for t in self.tensors:
-                self.context.set_tensor_address(t.name, int(t.device))
-        self._bindings = [0] * len(self.tensors)
+        self._bindings = [0] * len(self.tensors)  # device addresses by binding index (bindings API)
         for t in self.tensors:
             if self.api == "bindings":
                 self._bindings[t.index] = int(t.device)
+            else:
+                self.context.set_tensor_address(t.name, int(t.device))
         self._current_batch: int | None = None
         self._graphs: dict[int, CudaGraph] = {}
         self._driver = Driver() if cuda_graph else None
@@ -105,33 +96,22 @@ class TensorRTRunner(Runner):
 
     # --- describing the engine ----------------------------------------------------------------
 
-    def _named_tensors(self, trt: Any) -> list[_Tensor]:
-        engine = self.engine
-        tensors = []
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            tensors.append(
-                _Tensor(
-                    name=name,
-                    index=i,
-                    is_input=engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
-                    dtype=np.dtype(trt.nptype(engine.get_tensor_dtype(name))),
-                    shape=tuple(engine.get_tensor_shape(name)),
-                )
-            )
-        return tensors
+    def _tensors(self, trt: Any) -> list[_Tensor]:
+        """Every input and output, in the engine's order, through whichever API it has."""
+        e = self.engine
 
-    def _bindings_tensors(self, trt: Any) -> list[_Tensor]:
-        engine = self.engine
+        def tensor(name: str, index: int, is_input: bool, dtype: Any, shape: Any) -> _Tensor:
+            return _Tensor(name, index, is_input, np.dtype(trt.nptype(dtype)), tuple(shape))
+
+        if self.api == "bindings":
+            return [
+                tensor(e.get_binding_name(i), i, e.binding_is_input(i), e.get_binding_dtype(i), e.get_binding_shape(i))
+                for i in range(e.num_bindings)
+            ]
+        names = [e.get_tensor_name(i) for i in range(e.num_io_tensors)]
         return [
-            _Tensor(
-                name=engine.get_binding_name(i),
-                index=i,
-                is_input=engine.binding_is_input(i),
-                dtype=np.dtype(trt.nptype(engine.get_binding_dtype(i))),
-                shape=tuple(engine.get_binding_shape(i)),
-            )
-            for i in range(engine.num_bindings)
+            tensor(n, i, e.get_tensor_mode(n) == trt.TensorIOMode.INPUT, e.get_tensor_dtype(n), e.get_tensor_shape(n))
+            for i, n in enumerate(names)
         ]
 
     def _batch_range(self) -> tuple[int, int]:

@@ -34,7 +34,12 @@ class OnnxReferenceRunner(Runner):
                 fix="export a model with a single image input",
             )
         try:
-            self.session = _evaluator(ReferenceEvaluator, model)
+            try:
+                self.session = ReferenceEvaluator(model)
+            except Exception as exc:  # it lacks an operator's older version: the model converted to opset 21
+                if "No implementation for operator" not in str(exc):
+                    raise
+                self.session = ReferenceEvaluator(onnx.version_converter.convert_version(model, 21))
         except Exception as exc:  # an operator the evaluator lacks, an invalid graph
             raise EdgepipeError(
                 f"onnx's reference evaluator cannot load {path}: {str(exc).strip().splitlines()[0][:200]}",
@@ -54,13 +59,3 @@ class OnnxReferenceRunner(Runner):
 
     def close(self) -> None:
         self.session = None
-
-
-def _evaluator(evaluator: type, model: onnx.ModelProto):
-    """``evaluator(model)``; where it lacks an operator's older version, the model converted to opset 21."""
-    try:
-        return evaluator(model)
-    except Exception as exc:
-        if "No implementation for operator" not in str(exc):
-            raise
-        return evaluator(onnx.version_converter.convert_version(model, 21))

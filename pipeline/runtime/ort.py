@@ -14,24 +14,21 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
 
 
 class OnnxRuntimeRunner(Runner):
-    def __init__(self, model: str | Path | bytes, providers: list[str] | None = None, device: str = "cpu"):
+    def __init__(self, model: str | Path, device: str = "cpu"):
         import onnxruntime as ort  # a second to import: only runs that feed ONNX Runtime pay for it
 
-        if providers is None:
-            providers = ["CPUExecutionProvider"]
-            if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-                providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        source = model if isinstance(model, bytes) else str(model)
         try:
             self.session = ort.InferenceSession(
-                source, options, providers=providers, disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS)
+                str(model), options, providers=providers, disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS)
             )
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
-            what = "the model" if isinstance(model, bytes) else model
             raise EdgepipeError(
-                f"ONNX Runtime cannot load {what}: {str(exc).splitlines()[0][:200]}",
+                f"ONNX Runtime cannot load {model}: {str(exc).splitlines()[0][:200]}",
                 fix="check the model with 'onnx.checker' or export it again",
             )
         self.name = "onnxruntime-" + self.session.get_providers()[0].replace("ExecutionProvider", "").lower()

@@ -21,8 +21,8 @@ from typing import Any
 from pipeline.errors import EdgepipeError
 from pipeline.tensorrt.messages import build_fix, parse_error
 from pipeline.tensorrt.monitor import make_logger, progress_monitor, sigint_cancels
-from pipeline.tensorrt.options import HARDWARE_COMPATIBILITY, MEMORY_POOLS
-from pipeline.tensorrt.targets import cc_key, sm_to_text, text_to_sm
+from pipeline.tensorrt.options import HARDWARE_COMPATIBILITY, MEMORY_POOLS, BuildSettings
+from pipeline.tensorrt.targets import cc_key, normalize_compute_capability
 
 TENSORRT, TENSORRT_RTX = "tensorrt", "tensorrt-rtx"
 BACKENDS = (TENSORRT, TENSORRT_RTX)
@@ -65,7 +65,7 @@ class Backend:
         if not self.has_compute_capability_targets:
             return []
         names = [n for n in dir(self.trt.ComputeCapability) if n.startswith("SM") and n[2:].isdigit()]
-        return sorted((sm_to_text(n) for n in names), key=cc_key)
+        return sorted((normalize_compute_capability(n) for n in names), key=cc_key)
 
     # --- building ---------------------------------------------------------------------------
 
@@ -104,29 +104,31 @@ class Backend:
         """Name and shape (-1 for a dynamic dimension) of each network input."""
         return [(t.name, tuple(t.shape)) for t in (network.get_input(i) for i in range(network.num_inputs))]
 
-    def builder_config(self, builder: Any, network: Any, settings: BuilderOptions) -> Any:
-        """A builder config with the profiles, precision and build controls of ``settings``.
+    def builder_config(
+        self,
+        builder: Any,
+        network: Any,
+        settings: BuildSettings,
+        profiles: dict,
+        timing_cache: bytes | None = None,
+        calibration: tuple[Any, dict[str, tuple[int, ...]]] | None = None,
+    ) -> Any:
+        """A builder config with one optimization profile (``{input: (min, opt, max)}``), the precision and
+        build controls of ``settings``, a timing cache and the legacy INT8 calibrator with its fixed shapes.
 
-        An option the backend lacks is a clear error naming the backend.
+        ``settings`` are resolved by the build plan (the engine's precision, the compute capabilities
+        the builder is given); an option the backend lacks is a clear error naming the backend.
         """
         trt = self.trt
         config = builder.create_builder_config()
-        for shapes in settings.profiles:
-            profile = builder.create_optimization_profile()
-            for name, (lo, opt, hi) in shapes.items():
-                profile.set_shape(name, lo, opt, hi)
-            config.add_optimization_profile(profile)
-
-        if settings.legacy_precision in ("fp16", "int8"):
-            config.set_flag(trt.BuilderFlag.FP16 if settings.legacy_precision == "fp16" else trt.BuilderFlag.INT8)
-        if settings.calibrator is not None:
-            config.int8_calibrator = settings.calibrator
-            if settings.calibration_shapes:
-                profile = builder.create_optimization_profile()
-                for name, shape in settings.calibration_shapes.items():
-                    profile.set_shape(name, shape, shape, shape)
-                config.set_calibration_profile(profile)
-
+        for shapes in [profiles] if profiles else []:
+            config.add_optimization_profile(self._profile(builder, shapes))
+        if settings.legacy_precision and settings.precision in ("fp16", "int8"):
+            config.set_flag(trt.BuilderFlag.FP16 if settings.precision == "fp16" else trt.BuilderFlag.INT8)
+        if calibration is not None:
+            config.int8_calibrator, shapes = calibration
+            if shapes:
+                config.set_calibration_profile(self._profile(builder, {n: (s, s, s) for n, s in shapes.items()}))
         self.check_settings(settings)
         for pool, size in settings.memory_pools.items():
             config.set_memory_pool_limit(getattr(trt.MemoryPoolType, MEMORY_POOLS[pool]), size)
@@ -143,17 +145,23 @@ class Backend:
             )
         if settings.version_compatible:
             config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-        if settings.compute_capabilities:
-            config.num_compute_capabilities = len(settings.compute_capabilities)
-            for i, cc in enumerate(settings.compute_capabilities):
-                member = "CURRENT" if cc == "current" else text_to_sm(cc)
+        if settings.compute_capability:
+            config.num_compute_capabilities = len(settings.compute_capability)
+            for i, cc in enumerate(settings.compute_capability):
+                member = "CURRENT" if cc == "current" else "SM" + cc.replace(".", "")
                 config.set_compute_capability(getattr(trt.ComputeCapability, member), i)
-        if settings.timing_cache is not None:
-            cache = config.create_timing_cache(settings.timing_cache)
-            config.set_timing_cache(cache, ignore_mismatch=True)
+        if timing_cache is not None:
+            config.set_timing_cache(config.create_timing_cache(timing_cache), ignore_mismatch=True)
         return config
 
-    def check_settings(self, settings: BuilderOptions) -> None:
+    @staticmethod
+    def _profile(builder: Any, shapes: dict[str, tuple]) -> Any:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in shapes.items():
+            profile.set_shape(name, lo, opt, hi)
+        return profile
+
+    def check_settings(self, settings: BuildSettings) -> None:
         """A clear error naming the backend for each option it lacks (before any work is done)."""
         trt = self.trt
         if settings.legacy_precision and not self.has_legacy_precision:
@@ -183,7 +191,7 @@ class Backend:
             self._require(
                 self.name == TENSORRT and hasattr(trt.BuilderFlag, "VERSION_COMPATIBLE"), "--versionCompatible"
             )
-        if settings.compute_capabilities:
+        if settings.compute_capability:
             self._require(
                 self.has_compute_capability_targets,
                 "--computeCapability",
@@ -244,24 +252,6 @@ class Backend:
             )
         self._runtimes.append(runtime)
         return engine
-
-
-@dataclass(frozen=True)
-class BuilderOptions:
-    """Everything that goes into a builder config, already checked and in backend-neutral form."""
-
-    profiles: list[dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]] = field(default_factory=list)
-    legacy_precision: str | None = None  # "fp16" | "int8" with builder flags (TensorRT <= 10)
-    calibrator: Any = None
-    calibration_shapes: dict[str, tuple[int, ...]] | None = None
-    memory_pools: dict[str, int] = field(default_factory=dict)
-    optimization_level: int | None = None
-    dla_core: int | None = None
-    gpu_fallback: bool = False
-    hardware_compatibility: str | None = None
-    version_compatible: bool = False
-    compute_capabilities: list[str] = field(default_factory=list)
-    timing_cache: bytes | None = None
 
 
 # --- finding a backend ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ seam stands below ``calibration``. pycuda, needed to put batches in GPU memory, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +40,28 @@ def fixed_batches(images: Iterable[np.ndarray], batch_size: int) -> Iterator[np.
         yield np.ascontiguousarray(np.resize(joined, (batch_size, *joined.shape[1:])))
 
 
-def make_entropy_calibrator(
-    trt: Any,
-    images: Iterable[np.ndarray],
-    batch_size: int,
-    cache_path: str | Path,
-    read_cache: bool = True,
-    on_cache_written: Callable[[Path], Any] | None = None,
-    input_shape: tuple[int, ...] | None = None,
-) -> Any:
-    """An ``trt.IInt8EntropyCalibrator2`` fed from ``images``, float32 batches of any size.
+def legacy_calibrator(
+    be: Any, model: Any, profiles: dict, images: Iterable[np.ndarray], cache: Path, inputs: dict
+) -> tuple[Any, dict]:
+    """An entropy calibrator fed ``images`` (float32 batches of any size) and its fixed-shape calibration profile.
 
-    Batches are padded (by repeating their images) to ``batch_size``, the fixed batch of the
-    calibration profile. The calibration cache is read from ``cache_path`` when ``read_cache``
-    (its manifest matched) and written there atomically after calibration.
+    Batches are padded (by repeating their images) to the profile's fixed batch. The calibration
+    cache ``cache`` is read while its manifest matches ``inputs`` and the shape, and written
+    atomically, with its manifest, after calibration.
     """
+    (name, shape), *others = onnx_inputs(model)
+    if others:
+        raise EdgepipeError(
+            "legacy INT8 calibration handles models with one input",
+            fix="drop --legacy-precision: explicit INT8 handles any number of inputs",
+        )
+    lo, _, hi = profiles.get(name, (shape, shape, shape))
+    batch_size = min(max(CALIBRATION_BATCH, lo[0]), hi[0])
+    calibration_shape = (batch_size, *shape[1:])
+    params = {"shape": list(calibration_shape)}
+    read_cache = is_up_to_date(cache, Kind.CALIBRATION_CACHE, inputs, params)
     cuda = autoinit()
-
-    cache_path = Path(cache_path)
+    trt = be.trt
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
@@ -79,18 +83,14 @@ def make_entropy_calibrator(
                 return None
 
         def _next_batch(self, names):
-            try:
-                batch = next(self._batches)
-            except StopIteration:
+            batch = next(self._batches, None)  # contiguous float32, exactly batch_size images
+            if batch is None:
                 return None
-            batch = np.ascontiguousarray(np.asarray(batch, dtype=np.float32))
-            if input_shape is not None and tuple(batch.shape[1:]) != tuple(input_shape[1:]):
+            if tuple(batch.shape[1:]) != tuple(calibration_shape[1:]):
                 raise EdgepipeError(
-                    f"the calibration images are {'x'.join(map(str, batch.shape[1:]))} but the model takes {'x'.join(map(str, input_shape[1:]))}",
+                    f"the calibration images are {'x'.join(map(str, batch.shape[1:]))} but the model takes {'x'.join(map(str, calibration_shape[1:]))}",
                     fix="make a calibration set for this model ('edgepipe calibrate'), or drop --calib to draw one from its training data",
                 )
-            if len(batch) < batch_size:
-                batch = np.ascontiguousarray(np.resize(batch, (batch_size, *batch.shape[1:])))
             if self._device is None:
                 self._device = cuda.mem_alloc(batch.nbytes)
             cuda.memcpy_htod(self._device, batch)
@@ -98,45 +98,11 @@ def make_entropy_calibrator(
             return [int(self._device)] * len(names)
 
         def read_calibration_cache(self):
-            if read_cache and cache_path.is_file():
-                return cache_path.read_bytes()
-            return None
+            return cache.read_bytes() if read_cache and cache.is_file() else None
 
-        def write_calibration_cache(self, cache):
-            with atomic_output(cache_path) as tmp:
-                tmp.write_bytes(bytes(cache))
-            if on_cache_written is not None:
-                on_cache_written(cache_path)
+        def write_calibration_cache(self, data):
+            with atomic_output(cache) as tmp:
+                tmp.write_bytes(bytes(data))
+            write_manifest(cache, Kind.CALIBRATION_CACHE, inputs=inputs, params=params)
 
-    return EntropyCalibrator()
-
-
-def legacy_calibrator(
-    be: Any, model: Any, profiles: dict, images: Iterable[np.ndarray], cache: Path, inputs: dict
-) -> tuple[Any, dict]:
-    """An entropy calibrator fed ``images`` (float32 batches) and its fixed-shape calibration profile (TensorRT <= 10.x only).
-
-    The calibration cache ``cache`` is reused while its manifest matches ``inputs`` and the shape.
-    """
-    (name, shape), *others = onnx_inputs(model)
-    if others:
-        raise EdgepipeError(
-            "legacy INT8 calibration handles models with one input",
-            fix="drop --legacy-precision: explicit INT8 handles any number of inputs",
-        )
-    lo, _, hi = profiles.get(name, (shape, shape, shape))
-    batch = min(max(CALIBRATION_BATCH, lo[0]), hi[0])
-    calibration_shape = (batch, *shape[1:])
-    reuse = is_up_to_date(cache, Kind.CALIBRATION_CACHE, inputs, {"shape": list(calibration_shape)})
-    calibrator = make_entropy_calibrator(
-        be.trt,
-        images,
-        batch,
-        cache,
-        read_cache=reuse,
-        on_cache_written=lambda path: write_manifest(
-            path, Kind.CALIBRATION_CACHE, inputs=inputs, params={"shape": list(calibration_shape)}
-        ),
-        input_shape=calibration_shape,
-    )
-    return calibrator, {name: calibration_shape}
+    return EntropyCalibrator(), {name: calibration_shape}

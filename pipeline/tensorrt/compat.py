@@ -15,7 +15,7 @@ from pipeline.artifacts import Kind, read_manifest
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.tensorrt.backend import DISPLAY_NAMES, TENSORRT, TENSORRT_RTX, Backend, get_backend
-from pipeline.tensorrt.targets import cc_major, normalize_compute_capability
+from pipeline.tensorrt.targets import cc_key, normalize_compute_capability
 
 
 def check_engine_runtime(
@@ -71,17 +71,14 @@ def check_engine_runtime(
 
 def _version_can_load(manifest: dict, runtime_version: str) -> bool:
     built = manifest["backend_version"]
-    if built == runtime_version:
-        return True
-    if manifest.get("params", {}).get("version_compatible"):
-        # Version-compatible engines load on the same or a later release of the same major version.
-        b, r = (tuple(int(x) for x in re.findall(r"\d+", v)[:3]) for v in (built, runtime_version))
-        return b[0] == r[0] and r >= b
-    return False
+    if built == runtime_version or not manifest.get("params", {}).get("version_compatible"):
+        return built == runtime_version
+    # Version-compatible engines load on the same or a later release of the same major version.
+    b, r = (tuple(int(x) for x in re.findall(r"\d+", v)[:3]) for v in (built, runtime_version))
+    return b[0] == r[0] and r >= b
 
 
 def _hardware_compatible(manifest: dict, built_on: str, device: str) -> bool:
-    level = manifest.get("params", {}).get("hardware_compatibility_level")
-    if level == "ampere+":
-        return cc_major(device) >= 8
+    if manifest.get("params", {}).get("hardware_compatibility_level") == "ampere+":
+        return cc_key(device)[0] >= 8
     return device == built_on

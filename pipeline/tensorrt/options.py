@@ -1,8 +1,7 @@
-"""trtexec's build flags parsed once into values: shape profiles, memory pools, compatibility levels.
+"""A build's settings, parsed once at the edge into one frozen value: ``BuildSettings``.
 
-A stage never sees a raw ``input:1x3x224x224`` string: ``resolve_profiles`` turns the three shape
-flags into ``{input: (min, opt, max)}`` checked against the model, and every bad flag is one
-``Error: ... Fix: ...`` line.
+trtexec's raw flags (``input:1x3x224x224``, ``workspace:1024``, ``ampere+``) become values here, each
+bad flag one ``Error: ... Fix: ...`` line; ``resolve_profiles`` checks the shapes against the model.
 
 A dynamic-batch model built without shapes gets the profile batch 1 (min) / 1 (opt) / 64 (max):
 batch 1 is the latency case the engine is tuned for, and 64 is the batch edgepipe's validation
@@ -11,13 +10,17 @@ and benchmarks feed, so they run without splitting batches.
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import EdgepipeError
+from pipeline.precision import Precision, parse
 
 DEFAULT_BATCH = (1, 1, 64)  # min, opt, max of a dynamic batch when no shapes are given
-
+SHAPE_KINDS = ("min", "opt", "max")
 
 # trtexec's names for --hardwareCompatibilityLevel, and the enum member each one means.
 HARDWARE_COMPATIBILITY = {"none": "NONE", "ampere+": "AMPERE_PLUS", "sameComputeCapability": "SAME_COMPUTE_CAPABILITY"}
@@ -31,6 +34,82 @@ MEMORY_POOLS = {
     "dlaGlobalDRAM": "DLA_GLOBAL_DRAM",
     "tacticSharedMem": "TACTIC_SHARED_MEMORY",
 }
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """A build's settings as values. ``BuildSettings.parse(**flags)`` makes one from the Python API's keywords.
+
+    ``precision``: None builds the model at the precision it has. ``shapes``: {"min"|"opt"|"max":
+    {input: dims}}. ``calib``: INT8 calibration images (a set, an .npz or a folder); ``data``: images to
+    check an FP16/INT8 conversion on (and draw INT8 calibration from); ``reading``: how a folder of
+    them is read (``preprocess`` flags, ``labels``, ``workers``). ``compute_capability``: TensorRT-RTX
+    targets as "X.Y" or "current". The rest are trtexec's build controls, checked.
+    """
+
+    precision: Precision | None = None
+    calib: Any = None
+    data: str | None = None
+    reading: dict[str, Any] = field(default_factory=dict)
+    backend: str = "auto"
+    shapes: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+    legacy_precision: bool = False  # the builder's FP16/INT8 flags and an INT8 calibrator (TensorRT <= 10)
+    memory_pools: dict[str, int] = field(default_factory=dict)
+    optimization_level: int | None = None
+    timing_cache: Path | None = None
+    dla_core: int | None = None
+    gpu_fallback: bool = False
+    hardware_compatibility: str | None = None
+    version_compatible: bool = False
+    compute_capability: tuple[str, ...] = ()
+    verbose: bool = False
+
+    @classmethod
+    def parse(cls, **flags: Any) -> BuildSettings:
+        """Settings from the Python API's keywords: the fields, or trtexec's flags as ``build-engine`` names them."""
+        unknown = set(flags) - set(_RENAMES) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown build settings: {', '.join(sorted(unknown))}")
+        values = {_RENAMES.get(key, key): value for key, value in flags.items()}
+        settings = cls(
+            **{key: _PARSERS[key](v) if key in _PARSERS else v for key, v in values.items() if v is not None}
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """What the settings alone can tell is wrong, before the model is read."""
+        if self.calib is not None and self.precision is not Precision.INT8:
+            raise EdgepipeError("a calibration set is only used for INT8", fix="add --int8, or drop --calib")
+        if self.dla_core is not None and self.dla_core < 0:
+            raise EdgepipeError(f"--useDLACore must be 0 or more, got {self.dla_core}", fix="pass --useDLACore 0 or 1")
+        if self.optimization_level is not None and not 0 <= self.optimization_level <= 5:
+            raise EdgepipeError(
+                f"--builderOptimizationLevel must be 0-5, got {self.optimization_level}",
+                fix="pass a level from 0 (fastest build) to 5 (3 is the default)",
+            )
+
+    @property
+    def has_images(self) -> bool:
+        """True when the user gave images (``calib`` or ``data``) INT8 calibration can come from."""
+        return self.calib is not None or self.data is not None
+
+    @property
+    def folder_given(self) -> bool:
+        """True when ``data`` or ``calib`` is a folder of images, which the preprocessing flags describe."""
+        return self.data is not None or (isinstance(self.calib, (str, Path)) and os.path.isdir(self.calib))
+
+    def controls(self) -> dict[str, Any]:
+        """The build controls as the engine's manifest records them (part of what decides reuse)."""
+        return {
+            "memory_pools": self.memory_pools,
+            "builder_optimization_level": self.optimization_level,
+            "dla_core": self.dla_core,
+            "gpu_fallback": self.gpu_fallback,
+            "hardware_compatibility_level": self.hardware_compatibility,
+            "version_compatible": self.version_compatible,
+            "data": self.data,
+        }
 
 
 def parse_shapes(text: str | dict | None, option: str = "--shapes") -> dict[str, tuple[int, ...]]:
@@ -66,16 +145,13 @@ def onnx_inputs(model: Any) -> list[tuple[str, tuple[int, ...]]]:
     return result
 
 
-def resolve_profiles(
-    inputs: list[tuple[str, tuple[int, ...]]], shapes: dict[str, Any] | None
-) -> tuple[dict, str | None]:
-    """{input: (min, opt, max)} for the dynamic inputs, checked against the model; plus a note.
+def resolve_profiles(inputs: list[tuple[str, tuple[int, ...]]], shapes: dict[str, dict]) -> tuple[dict, str | None]:
+    """{input: (min, opt, max)} for the dynamic inputs, from the parsed shape flags checked against the model; plus a note.
 
     A missing min or max takes the opt shape, a missing opt takes max (trtexec fills them the same
     way). Static models need no profile; shapes given for them must equal their shape.
     """
-    shapes = shapes or {}
-    given = {kind: parse_shapes(shapes.get(kind), f"--{kind}Shapes") for kind in ("min", "opt", "max")}
+    given = {kind: (shapes or {}).get(kind) or {} for kind in SHAPE_KINDS}
     known = dict(inputs)
     for kind, by_name in given.items():
         for name in by_name:
@@ -179,3 +255,23 @@ def _hardware_compatibility(level: str | None) -> str | None:
             f"--hardwareCompatibilityLevel {level!r} is unknown", fix=f"use one of {', '.join(HARDWARE_COMPATIBILITY)}"
         )
     return aliases[level.lower()]
+
+
+# trtexec's flag names (the Python API's keywords) -> the field each one sets, and how a raw value is read.
+_RENAMES = {
+    "mem_pool_size": "memory_pools",
+    "builder_optimization_level": "optimization_level",
+    "timing_cache_file": "timing_cache",
+    "use_dla_core": "dla_core",
+    "allow_gpu_fallback": "gpu_fallback",
+    "hardware_compatibility_level": "hardware_compatibility",
+}
+_PARSERS = {
+    "precision": parse,
+    "shapes": lambda shapes: {kind: parse_shapes(shapes.get(kind), f"--{kind}Shapes") for kind in SHAPE_KINDS},
+    "memory_pools": parse_mem_pool_size,
+    "timing_cache": lambda value: Path(value) if value else None,
+    "hardware_compatibility": _hardware_compatibility,
+    "compute_capability": tuple,
+    "reading": dict,
+}

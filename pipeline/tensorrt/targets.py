@@ -28,23 +28,10 @@ def normalize_compute_capability(text: str) -> str:
     return f"{int(major)}.{int(minor)}"
 
 
-def sm_to_text(member: str) -> str:
-    digits = member[2:]
-    return f"{int(digits[:-1])}.{digits[-1]}"
-
-
-def text_to_sm(cc: str) -> str:
-    major, minor = cc.split(".")
-    return f"SM{major}{minor}"
-
-
 def cc_key(cc: str) -> tuple[int, int]:
+    """ "8.9" -> (8, 9): compute capabilities in order, and the major at [0]."""
     major, minor = cc.split(".")
     return int(major), int(minor)
-
-
-def cc_major(cc: str) -> int:
-    return int(cc.split(".")[0])
 
 
 def resolve_compute_capabilities(be: Any, requested) -> tuple[list[str], list[str]]:
@@ -61,7 +48,7 @@ def resolve_compute_capabilities(be: Any, requested) -> tuple[list[str], list[st
     device = current_compute_capability()
     requested = [normalize_compute_capability(cc) for cc in (requested or [])]
     if not requested:
-        requested = ["current"] if device else [cc for cc in supported if cc_major(cc) >= DEFAULT_MIN_MAJOR]
+        requested = ["current"] if device else [cc for cc in supported if cc_key(cc)[0] >= DEFAULT_MIN_MAJOR]
     if "current" in requested and not device:
         raise EdgepipeError(
             "--computeCapability current needs a GPU, and none was found here",
