@@ -49,6 +49,9 @@ PREFIX_GROWTH = (1, 2, 4)
 # Below this share of the MACs in INT8 the result says that FP16 may serve as well.
 LOW_INT8_SHARE = 50.0
 RANKING_IMAGES = 8  # check images the ranking runs on (one run of the model per quantized node)
+# Damage is ranked per MAC kept out, counting at least this share of the model's MACs for any node: taking
+# a node with no MACs (an Add, a pooling) out of INT8 costs no MACs but still splits INT8 runs.
+MAC_FLOOR = 0.0005
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,7 @@ def figures_text(figures: dict[str, Any]) -> str:
 
 def attempt(kept: list[str], figures: dict[str, Any], how: str) -> dict[str, Any]:
     """One step of the search as results and manifests record it."""
-    row = {"kept_nodes": list(kept), "how": how, "agreement": figures["agreement"]}
+    row = {"kept_nodes": list(kept), "how": how, "agreement": figures["agreement"], "cosine": figures.get("cosine")}
     if figures.get("top1") is not None:
         row.update(top1=figures["top1"], delta=figures["delta"])
     return row
@@ -238,8 +241,13 @@ def _candidates(budget: Budget, trial: Trial, plain: onnx.ModelProto, attempts: 
         if score > 0 and name not in trial.fixed
     ]
     macs = trial.macs or {}
-    order = [name for name, _ in sorted(scores, key=lambda item: item[1] / (macs.get(item[0], 0) + 1), reverse=True)]
+    floor = max(sum(macs.values()) * MAC_FLOOR, 1.0)  # a node with (nearly) no MACs is not free to keep out
+    order = [
+        name for name, _ in sorted(scores, key=lambda item: item[1] / max(macs.get(item[0], 0), floor), reverse=True)
+    ]
     say(f"  ranked {len(order)} quantized node(s) by their damage alone in {time.perf_counter() - started:.1f} s")
+    if not order:
+        return []
     shortest = _shortest_prefix(budget, trial, plain, order, attempts)
     sizes = dict.fromkeys(min(shortest * growth, len(order)) for growth in PREFIX_GROWTH)
     return [order[:size] for size in sizes if size > 0]
@@ -258,12 +266,11 @@ def _shortest_prefix(budget: Budget, trial: Trial, plain: onnx.ModelProto, order
             passed[size] = budget.met(figures)
         return passed[size]
 
-    size = 1
-    while size < len(order) and not meets(size):
-        size *= 2
-    if size >= len(order):
-        return len(order)
-    low, high = size // 2, size  # low fails (or is 0), high meets
+    low, high = 0, 1  # low fails (0: nothing kept out), high is the next size to check
+    while not meets(high):
+        if high == len(order):
+            return len(order)
+        low, high = high, min(2 * high, len(order))
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (low, middle) if meets(middle) else (middle, high)
