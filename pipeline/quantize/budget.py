@@ -18,8 +18,8 @@ does to the outputs when it alone is quantized (``sensitivity.rank_alone``, on R
 images) per MAC that keeping it out of INT8 costs. How many ranked nodes to keep out is found
 cheaply: the plain model with a prefix's Q/DQ taken off (``sensitivity.without``), checked against
 the budget at 1, 2, 4, ... nodes, then halved down to the shortest prefix that meets it. Then the
-model is quantized again, for real, without that prefix and (where it misses) twice and four times
-as many: Q/DQ placement depends on what is excluded, so each candidate is a real PTQ graph with no
+model is quantized again, for real, without half that prefix, then (where it misses) the prefix,
+then twice as many: Q/DQ placement depends on what is excluded, so each candidate is a real PTQ graph with no
 orphan Q/DQ. Plain PTQ, the ranking, the prefix checks, the ceiling and at most three
 re-quantizations keep a whole search within about 5x one plain PTQ.
 The first candidate that meets the budget is kept; when none does, the error names the best reached
@@ -43,9 +43,10 @@ from pipeline.progress import info as say
 from pipeline.quantize.graph import int8_share
 from pipeline.quantize.sensitivity import rank_alone, without
 
-# Candidates exclude the shortest ranked prefix whose Q/DQ-free check meets the budget, then these
-# multiples of it: each is one PTQ, so that a whole search stays within 5x one plain PTQ.
-PREFIX_GROWTH = (1, 2, 4)
+# Candidates exclude these multiples of the shortest ranked prefix whose Q/DQ-free check meets the budget,
+# smallest first (with bias correction the check is pessimistic: taking a node's Q/DQ off loses the balance
+# the correction found): each is one PTQ, so that a whole search stays within 5x one plain PTQ.
+PREFIX_GROWTH = (0.5, 1, 2)
 # Below this share of the MACs in INT8 the result says that FP16 may serve as well.
 LOW_INT8_SHARE = 50.0
 RANKING_IMAGES = 8  # check images the ranking runs on (one run of the model per quantized node)
@@ -249,7 +250,7 @@ def _candidates(budget: Budget, trial: Trial, plain: onnx.ModelProto, attempts: 
     if not order:
         return []
     shortest = _shortest_prefix(budget, trial, plain, order, attempts)
-    sizes = dict.fromkeys(min(shortest * growth, len(order)) for growth in PREFIX_GROWTH)
+    sizes = dict.fromkeys(min(max(int(shortest * growth), 1), len(order)) for growth in PREFIX_GROWTH)
     return [order[:size] for size in sizes if size > 0]
 
 

@@ -41,7 +41,7 @@ from pipeline.quantize.compare import (
 from pipeline.quantize.coverage import coverage
 from pipeline.quantize.fusion import fusion_exclusions
 from pipeline.quantize.graph import count_macs, keep_in_high_precision
-from pipeline.quantize.methods import Candidates, choose
+from pipeline.quantize.methods import Candidates, choose, exact_names
 from pipeline.quantize.modelopt_log import last_line, modelopt_error, quiet_modelopt
 from pipeline.quantize.prepare import check_quantizable, clean_up
 from pipeline.quantize.qdq_rules import check_tensorrt_qdq_rules
@@ -269,7 +269,7 @@ class _Int8Quantizer:
 
         few = self.images[: max(CACHE_IMAGES, self.source.info.batch or 1)]
         images, method = (self.images, self.settings.method) if cache is None else (few, "max")
-        excluded = list(dict.fromkeys([*self.settings.exclude_nodes, *self.fused, *nodes_to_exclude]))
+        excluded = exact_names([*self.settings.exclude_nodes, *self.fused, *nodes_to_exclude])
         with tempfile.TemporaryDirectory(prefix="edgepipe-int8-") as folder, contextlib.chdir(folder):
             source = Path(folder) / "model.onnx"  # ModelOpt writes intermediate files beside its input
             model = self.source.fp32 if fp32 is None else fp32

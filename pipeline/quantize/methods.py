@@ -17,6 +17,7 @@ SmoothQuant what it rewrote).
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -185,6 +186,12 @@ def _smoothed(sites, histograms: dict[str, Histogram], on: Candidates) -> tuple[
     again = collect(rewritten, on.calib_x, tensors=list(spread))
     record = {"alpha": ALPHA, "tensors": len(spread), "largest_channel_ratio": round(max(spread.values()), 2)}
     return rewritten, {"histograms": again, "record": {**record, "relative_change": float(f"{moved:.3g}")}}
+
+
+def exact_names(names: list[str]) -> list[str]:
+    """Node names as ModelOpt's ``nodes_to_exclude`` must get them: it reads each as a regular expression matched at
+    the start of a name (``re.match``), so "p2o.Conv.1" alone would also exclude p2o.Conv.10 to p2o.Conv.19."""
+    return [re.escape(name) + "$" for name in dict.fromkeys(names)]
 
 
 def usable_methods(names: list[str], too_few: str | None, method: Method) -> list[str]:
