@@ -255,11 +255,13 @@ def test_build_engine_int8_of_a_dynamic_model_calibrated_at_the_images_size(tmp_
 
 
 def test_min_agreement_recovers_a_collapsed_text_recognizer(tmp_path, recognizer, capsys):
-    """Plain PTQ agrees with FP32 at under 20% of the positions; one node kept in higher precision brings it back."""
+    """Plain PTQ agrees with FP32 at under 20% of the positions; one node kept in higher precision brings it back
+    (without SmoothQuant, which would fix the outlier channels before any search)."""
     result = run(
         "quantize",
         recognizer,
         "--int8",
+        "--no-smoothquant",
         "--data",
         recognizer.parent / "lines.npz",
         "--min-agreement",
@@ -272,7 +274,8 @@ def test_min_agreement_recovers_a_collapsed_text_recognizer(tmp_path, recognizer
     report = json.loads(result.stdout)
     assert report["attempts"][0]["how"] == "plain" and report["attempts"][0]["agreement"] < 20
     hows = [row["how"] for row in report["attempts"]]
-    assert hows[:2] == ["plain", "ceiling"] and set(hows[2:]) == {"re-quantized"} and len(hows) <= 5
+    assert hows[:2] == ["plain", "ceiling"] and set(hows[2:]) == {"prefix check", "re-quantized"}
+    assert 1 <= hows.count("re-quantized") <= 3 and report["attempts"][-1]["how"] == "re-quantized"
     assert report["agreement"] >= 85 and "/classify/MatMul" in report["kept_nodes"] and report["kept_op_types"] == []
     assert report["macs"]["int8_share"] > 90 and report["check"]["text"] == "20 held-out images of lines.npz"
     kept_row = next(row for row in report["macs"]["out_of_int8"] if row["node"] == "/classify/MatMul")

@@ -250,7 +250,9 @@ def test_without_a_budget_maps_keep_a_cosine_and_classes_an_agreement(heavy, tmp
     )
     # plain PTQ of this map misses the default cosine 0.99: its depthwise Conv goes out of INT8 first, then the search
     kept = quantize.to_int8(maps, tmp_path / "kept.int8.onnx", calib=str(images), method="max")
-    assert kept["min_cosine"] == 0.99 and min(o["cosine"] for o in kept["outputs"].values()) >= 0.99
+    assert kept["min_cosine"] == 0.99 and kept["attempts"][0]["cosine"] < 0.99 <= min(
+        o["cosine"] for o in kept["outputs"].values()
+    )
     assert [row["how"] for row in kept["attempts"]][:2] == ["plain", "depthwise in higher precision"]
     assert kept["attempts"][1]["kept_nodes"][0] in kept["kept_nodes"]
     # a cosine nothing reaches is never written silently

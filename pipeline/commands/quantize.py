@@ -29,6 +29,8 @@ from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import out
 
+SMOOTHQUANT_HELP = "SmoothQuant: LayerNorm outlier channels moved into the MatMul weights (default: kept where better)."
+
 
 def parse_min_cosine(text):
     """ "0.99" -> 0.99, the least cosine with FP32 of every output; None without the flag."""
@@ -94,6 +96,7 @@ def parse_min_agreement(text):
     help="Correct each quantized Conv/Gemm output channel's mean INT8 error in its bias (default: auto tries it and "
     "keeps it where it does better; a named --method does not).",
 )
+@click.option("--smoothquant/--no-smoothquant", default=None, help=SMOOTHQUANT_HELP)
 @click.option(
     "--high-precision",
     type=click.Choice(HIGH_PRECISIONS),
@@ -171,6 +174,7 @@ def quantize_command(
     calib,
     method,
     bias_correction,
+    smoothquant,
     high_precision,
     exclude_op,
     exclude_node,
@@ -238,6 +242,7 @@ def quantize_command(
             "--calib": calib,
             "--method": None if method == "auto" else method,
             "--bias-correction": bias_correction,
+            "--smoothquant": smoothquant,
             "--exclude-op": exclude_op,
             "--exclude-node": exclude_node,
             "--include-op": include_op,
@@ -261,6 +266,7 @@ def quantize_command(
             calib=calib,
             method=method,
             bias_correction=bias_correction,
+            smoothquant=smoothquant,
             exclude_ops=exclude_op,
             exclude_nodes=exclude_node,
             include_ops=include_op,

@@ -17,6 +17,7 @@ from onnx import numpy_helper
 
 from pipeline.quantize.graph import quantized_nodes
 from pipeline.quantize.ranges import expose
+from pipeline.quantize.sensitivity import constant, quantized_copy
 
 IMAGES = 64  # calibration images the means are measured on
 _CHUNK = 16
@@ -55,49 +56,17 @@ def _probe(fp32: onnx.ModelProto, qdq: onnx.ModelProto, nodes: list[onnx.NodePro
     fp32_tensors = {out for node in fp32.graph.node for out in node.output} | {i.name for i in fp32.graph.input}
     pairs = {}
     for node in nodes:
-        inputs = [_quantized_copy(probe, name, producers, values, fp32_tensors, node.name) for name in node.input[:2]]
+        inputs = [quantized_copy(probe, name, producers, values, fp32_tensors, node.name) for name in node.input[:2]]
         if None in inputs:
             continue
         if len(node.input) > 2 and node.input[2] in values:
-            inputs.append(_constant(probe, f"{node.name}/own/bias", values[node.input[2]].astype(np.float32)))
+            inputs.append(constant(probe, f"{node.name}/own/bias", values[node.input[2]].astype(np.float32)))
         own = f"{node.name}/own/output"
         copy = onnx.helper.make_node(node.op_type, inputs, [own], name=f"{node.name}/own")
         copy.attribute.extend(node.attribute)
         probe.graph.node.append(copy)
         pairs[node.name] = (node.output[0], own)
     return probe, pairs
-
-
-def _quantized_copy(probe, name: str, producers, values, fp32_tensors, owner: str) -> str | None:
-    """``name`` (a DequantizeLinear output) rebuilt in ``probe`` on FP32 tensors; None where it cannot be."""
-    dq = producers.get(name)
-    q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-    if q is None or q.op_type != "QuantizeLinear" or q.input[1] not in values:
-        return None
-    source = q.input[0]
-    while source in producers and producers[source].op_type == "Cast":  # the high-precision remainder's casts
-        source = producers[source].input[0]
-    if source in values:
-        source = _constant(probe, f"{owner}/own/{source}", values[source].astype(np.float32))
-    elif source not in fp32_tensors:
-        return None
-    scale = _constant(probe, f"{owner}/own/{q.input[1]}", values[q.input[1]].astype(np.float32))
-    point = [_constant(probe, f"{owner}/own/{q.input[2]}", values[q.input[2]])] if len(q.input) > 2 else []
-    quantized, restored = f"{owner}/own/{name}/q", f"{owner}/own/{name}/dq"
-    for op, inputs, output, like in (
-        ("QuantizeLinear", [source, scale, *point], quantized, q),
-        ("DequantizeLinear", [quantized, scale, *point], restored, dq),
-    ):
-        made = onnx.helper.make_node(op, inputs, [output], name=output)
-        made.attribute.extend(like.attribute)
-        probe.graph.node.append(made)
-    return restored
-
-
-def _constant(probe: onnx.ModelProto, name: str, value: np.ndarray) -> str:
-    if name not in {init.name for init in probe.graph.initializer}:
-        probe.graph.initializer.append(numpy_helper.from_array(value, name))
-    return name
 
 
 def _add_to_bias(graph: onnx.GraphProto, node: onnx.NodeProto, delta: np.ndarray) -> None:

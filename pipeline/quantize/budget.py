@@ -13,11 +13,15 @@ and sequences, cosine for anything else.
 
 ``search`` starts from the plain PTQ model. It first measures the ceiling: no Q/DQ at all, the
 high-precision remainder as built (``remainder.py``); where even that misses the budget, no node set
-can meet it and the error says so at once. Otherwise it ranks the quantized nodes by the error each
-adds (``sensitivity.py``) per MAC that keeping it out of INT8 costs, and quantizes again, for real,
-without the ranked nodes that hold half, 90% and all of the summed damage: Q/DQ placement depends on
-what is excluded, so each candidate is a real PTQ graph with no orphan Q/DQ. Plain PTQ, the ranking,
-the ceiling and at most three re-quantizations keep a whole search within about 5x one plain PTQ.
+can meet it and the error says so at once. Otherwise it ranks the quantized nodes by the damage each
+does to the outputs when it alone is quantized (``sensitivity.rank_alone``, on RANKING_IMAGES check
+images) per MAC that keeping it out of INT8 costs. How many ranked nodes to keep out is found
+cheaply: the plain model with a prefix's Q/DQ taken off (``sensitivity.without``), checked against
+the budget at 1, 2, 4, ... nodes, then halved down to the shortest prefix that meets it. Then the
+model is quantized again, for real, without half that prefix, then (where it misses) the prefix,
+then twice as many: Q/DQ placement depends on what is excluded, so each candidate is a real PTQ graph with no
+orphan Q/DQ. Plain PTQ, the ranking, the prefix checks, the ceiling and at most three
+re-quantizations keep a whole search within about 5x one plain PTQ.
 The first candidate that meets the budget is kept; when none does, the error names the best reached
 and nothing is written. Where little of the work is left in INT8, the result says so.
 """
@@ -37,14 +41,18 @@ from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT, DEFAULT_M
 from pipeline.errors import EdgepipeError
 from pipeline.progress import info as say
 from pipeline.quantize.graph import int8_share
-from pipeline.quantize.sensitivity import rank_sensitive_nodes
+from pipeline.quantize.sensitivity import rank_alone, without
 
-# Candidates exclude the ranked nodes that hold these shares of the summed damage: each is one PTQ,
-# so that a whole search (plain, ranking, ceiling, three re-quantizations) stays within 5x one plain PTQ.
-DAMAGE_SHARES = (0.5, 0.9, 1.0)
+# Candidates exclude these multiples of the shortest ranked prefix whose Q/DQ-free check meets the budget,
+# smallest first (with bias correction the check is pessimistic: taking a node's Q/DQ off loses the balance
+# the correction found): each is one PTQ, so that a whole search stays within 5x one plain PTQ.
+PREFIX_GROWTH = (0.5, 1, 2)
 # Below this share of the MACs in INT8 the result says that FP16 may serve as well.
 LOW_INT8_SHARE = 50.0
-SENSITIVITY_IMAGES = 32  # check images the ranking runs on (both models, every intermediate tensor)
+RANKING_IMAGES = 8  # check images the ranking runs on (one run of the model per quantized node)
+# Damage is ranked per MAC kept out, counting at least this share of the model's MACs for any node: taking
+# a node with no MACs (an Add, a pooling) out of INT8 costs no MACs but still splits INT8 runs.
+MAC_FLOOR = 0.0005
 
 
 @dataclass(frozen=True)
@@ -143,7 +151,7 @@ def figures_text(figures: dict[str, Any]) -> str:
 
 def attempt(kept: list[str], figures: dict[str, Any], how: str) -> dict[str, Any]:
     """One step of the search as results and manifests record it."""
-    row = {"kept_nodes": list(kept), "how": how, "agreement": figures["agreement"]}
+    row = {"kept_nodes": list(kept), "how": how, "agreement": figures["agreement"], "cosine": figures.get("cosine")}
     if figures.get("top1") is not None:
         row.update(top1=figures["top1"], delta=figures["delta"])
     return row
@@ -187,9 +195,8 @@ def search(budget: Budget, trial: Trial, plain: Outcome, attempts: list[dict[str
     """The PTQ model, quantized again without the most damaging nodes, that meets ``budget``.
 
     First the ceiling (no Q/DQ, remainder as built): where it misses the budget, nothing can meet it.
-    Then nodes ranked by damage per MAC kept out are excluded, in prefixes that hold
-    ``DAMAGE_SHARES`` of the summed damage, each a real PTQ graph. Each step is appended to
-    ``attempts``. Raises naming the best reached when no candidate meets the budget.
+    Then nodes ranked by damage per MAC kept out are excluded, in the prefixes ``_candidates``
+    finds, each a real PTQ graph. Each step is appended to ``attempts``. Raises naming the best reached when no candidate meets the budget.
     """
     say(
         f"INT8 {figures_text(plain.figures)} misses the budget ({budget.text()}); quantizing again without the most damaging nodes"
@@ -205,7 +212,7 @@ def search(budget: Budget, trial: Trial, plain: Outcome, attempts: list[dict[str
             fix="use --high-precision fp32, or loosen the budget (--max-drop / --min-agreement)",
         )
     best = plain
-    for kept in _candidates(trial, plain.model):
+    for kept in _candidates(budget, trial, plain.model, attempts):
         started = time.perf_counter()
         model = trial.quantize(kept)
         figures, row = trial.run(model, kept, "re-quantized", started)
@@ -225,24 +232,47 @@ def search(budget: Budget, trial: Trial, plain: Outcome, attempts: list[dict[str
     )
 
 
-def _candidates(trial: Trial, plain: onnx.ModelProto) -> list[list[str]]:
-    """Node sets to exclude: ranked by damage per MAC kept out, the prefixes holding ``DAMAGE_SHARES`` of the damage."""
+def _candidates(budget: Budget, trial: Trial, plain: onnx.ModelProto, attempts: list) -> list[list[str]]:
+    """Node sets to exclude: ranked by damage alone per MAC kept out, the shortest prefix whose Q/DQ-free check meets
+    the budget and ``PREFIX_GROWTH`` multiples of it (the whole ranking where no prefix meets it)."""
+    started = time.perf_counter()
     scores = [
         (name, score)
-        for name, score in rank_sensitive_nodes(trial.fp32, plain, trial.images[:SENSITIVITY_IMAGES])
+        for name, score in rank_alone(trial.fp32, plain, trial.images[:RANKING_IMAGES])
         if score > 0 and name not in trial.fixed
     ]
     macs = trial.macs or {}
-    scores.sort(key=lambda item: item[1] / (macs.get(item[0], 0) + 1), reverse=True)
-    total = sum(score for _, score in scores)
-    sets, running = [], 0.0
-    shares = iter(DAMAGE_SHARES)
-    share = next(shares)
-    for index, (_, score) in enumerate(scores):
-        running += score
-        while share is not None and running >= share * total - 1e-12:
-            kept = [name for name, _ in scores[: index + 1]]
-            if not sets or sets[-1] != kept:
-                sets.append(kept)
-            share = next(shares, None)
-    return sets
+    floor = max(sum(macs.values()) * MAC_FLOOR, 1.0)  # a node with (nearly) no MACs is not free to keep out
+    order = [
+        name for name, _ in sorted(scores, key=lambda item: item[1] / max(macs.get(item[0], 0), floor), reverse=True)
+    ]
+    say(f"  ranked {len(order)} quantized node(s) by their damage alone in {time.perf_counter() - started:.1f} s")
+    if not order:
+        return []
+    shortest = _shortest_prefix(budget, trial, plain, order, attempts)
+    sizes = dict.fromkeys(min(max(int(shortest * growth), 1), len(order)) for growth in PREFIX_GROWTH)
+    return [order[:size] for size in sizes if size > 0]
+
+
+def _shortest_prefix(budget: Budget, trial: Trial, plain: onnx.ModelProto, order: list[str], attempts: list) -> int:
+    """The fewest ranked nodes whose Q/DQ taken off (no re-quantization) meets the budget: 1, 2, 4, ... then halving
+    the last step; ``len(order)`` where none does."""
+    passed: dict[int, bool] = {}
+
+    def meets(size: int) -> bool:
+        if size not in passed:
+            started = time.perf_counter()
+            figures, row = trial.run(without(plain, trial.fp32, order[:size]), order[:size], "prefix check", started)
+            attempts.append(row)
+            passed[size] = budget.met(figures)
+        return passed[size]
+
+    low, high = 0, 1  # low fails (0: nothing kept out), high is the next size to check
+    while not meets(high):
+        if high == len(order):
+            return len(order)
+        low, high = high, min(2 * high, len(order))
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if meets(middle) else (middle, high)
+    return high

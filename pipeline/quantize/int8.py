@@ -43,7 +43,7 @@ from pipeline.quantize.depthwise import WHY as DEPTHWISE_WHY
 from pipeline.quantize.depthwise import depthwise_first
 from pipeline.quantize.fusion import fusion_exclusions
 from pipeline.quantize.graph import count_macs, keep_in_high_precision
-from pipeline.quantize.methods import Candidates, choose
+from pipeline.quantize.methods import Candidates, choose, exact_names
 from pipeline.quantize.modelopt_log import last_line, modelopt_error, quiet_modelopt
 from pipeline.quantize.prepare import check_names, check_quantizable, clean_up
 from pipeline.quantize.qdq_rules import check_tensorrt_qdq_rules
@@ -73,6 +73,7 @@ class Int8Settings:
     min_agreement: float | None = None
     min_cosine: float | None = None
     bias_correction: bool | None = None  # None: auto tries it, a named method does not
+    smoothquant: bool | None = None  # None: tried where the model has LayerNorm -> MatMul, kept where it helps
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", parse_method(self.method).name)
@@ -221,14 +222,13 @@ def _quantized(
     budget it misses) the search that re-quantizes with the same ranges."""
     source.fp32, cleaned = clean_up(source.fp32, calib.x[: source.info.batch or CLEAN_UP_PROOF_IMAGES])
     fused = fusion_exclusions(source.fp32, settings.excluded_ops())
-    quantizer = _Int8Quantizer(source, calib.x, settings, list(fused))
-    macs = _macs_per_node(source)
-    candidates = Candidates(source.fp32, calib.x, quantizer.run, comparison.measure, budget.shortfall, macs)
-    started = time.perf_counter()
-    chosen = choose(parse_method(settings.method), settings.bias_correction, [], candidates)
-    trial = Trial(
-        chosen.rebuild, quantizer.ceiling, comparison.measure, source.fp32, compare_on.x, macs, settings.exclude_nodes
+    quantizer, macs = _Int8Quantizer(source, calib.x, settings, list(fused)), _macs_per_node(source)
+    on = Candidates(
+        source.fp32, calib.x, quantizer.run, comparison.measure, budget.shortfall, macs, settings.smoothquant
     )
+    started, fixed = time.perf_counter(), settings.exclude_nodes
+    chosen = choose(parse_method(settings.method), settings.bias_correction, [], on)
+    trial = Trial(chosen.rebuild, quantizer.ceiling, comparison.measure, chosen.fp32, compare_on.x, macs, fixed)
     figures, row = trial.run(chosen.model, [], "plain", started)
     attempts, outcome = [row], Outcome(chosen.model, figures)
     if budget.active and not budget.met(figures):
@@ -271,18 +271,18 @@ class _Int8Quantizer:
     def keep_out(self, names: list[str]) -> None:
         self.kept_out = list(names)
 
-    def run(self, nodes_to_exclude: list[str], cache: Path | None = None) -> onnx.ModelProto:
-        """ModelOpt's PTQ; with ``cache`` (ranges edgepipe chose) its scales replace the calibrated ones, so a
-        few images calibrate (ModelOpt still runs its calibrator) and the method is ``max``."""
+    def run(self, nodes_to_exclude: list[str], cache: Path | None = None, fp32=None) -> onnx.ModelProto:
+        """ModelOpt's PTQ of ``fp32`` (None: the source's graph); with ``cache`` (ranges edgepipe chose) its scales
+        replace the calibrated ones, so a few images calibrate (ModelOpt still runs its calibrator), method ``max``."""
         from modelopt.onnx.quantization import quantize  # ModelOpt takes seconds to import: only conversions pay
 
         few = self.images[: max(CACHE_IMAGES, self.source.info.batch or 1)]
         images, method = (self.images, self.settings.method) if cache is None else (few, "max")
-        excluded = list(dict.fromkeys([*self.settings.exclude_nodes, *self.fused, *nodes_to_exclude]))
+        excluded = exact_names([*self.settings.exclude_nodes, *self.fused, *nodes_to_exclude])
         with tempfile.TemporaryDirectory(prefix="edgepipe-int8-") as folder, contextlib.chdir(folder):
-            source = self.source.write_fp32(Path(folder))  # ModelOpt writes intermediate files beside its input
-            if cache is not None:
-                onnx.save(constants_as_initializers(onnx.load(str(source))), str(source))
+            source = Path(folder) / "model.onnx"  # ModelOpt writes intermediate files beside its input
+            model = self.source.fp32 if fp32 is None else fp32
+            onnx.save(constants_as_initializers(model) if cache is not None else model, str(source))
             target = Path(folder) / "model.int8.onnx"
             with quiet_modelopt() as log:
                 try:

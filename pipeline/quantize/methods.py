@@ -6,12 +6,18 @@ ModelOpt's calibration cache: no calibration pass more. Each is checked against 
 images; the best (closest to the budget, then top-1 where labelled, else agreement, then cosine)
 is kept, then bias correction (``bias.py``) is tried on it and kept where it does better. A named
 method builds that one (``entropy``: ModelOpt's own calibrator); bias correction then is asked for
-by ``--bias-correction``. Every candidate is a row of ``tried``: method, agreement, top-1 where
-labelled, cosine, INT8 share of the MACs, seconds.
+by ``--bias-correction``. Where the model has LayerNorm -> MatMul/Gemm, SmoothQuant
+(``smoothquant.py``, maxima from the same pass) is tried on the kept one the same way (auto: kept
+where it does better; ``--smoothquant``: always; ``--no-smoothquant``: never), built from the
+rewritten FP32 graph, whose ranges differ from the pass's only on the rewritten tensors (one plain
+forward pass over the calibration images re-reads those). Every candidate is a row of ``tried``:
+method, agreement, top-1 where labelled, cosine, INT8 share of the MACs, seconds (and for
+SmoothQuant what it rewrote).
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,6 +29,7 @@ import numpy as np
 import onnx
 
 from pipeline.errors import EdgepipeError
+from pipeline.onnxinfo import run_onnxruntime
 from pipeline.progress import info as say
 from pipeline.quantize.bias import correct_bias
 from pipeline.quantize.graph import int8_share
@@ -37,8 +44,11 @@ from pipeline.quantize.ranges import (
     too_few_values,
     write_cache,
 )
+from pipeline.quantize.smoothquant import ALPHA, TOLERANCE, find_sites, relative_change, smooth
 
 BIAS = "+bias"  # the suffix of a bias-corrected candidate's name
+SMOOTH = "+smoothquant"  # the suffix of a candidate built from the SmoothQuant-rewritten graph
+PROOF_IMAGES = 8  # calibration images the SmoothQuant rewrite is proven unchanged on
 # Ops whose output range ONNX Runtime fixes (Softmax: [0, 1]); ModelOpt's calibrators keep it so.
 _FIXED_RANGES = {"Softmax": 1.0}
 
@@ -52,19 +62,22 @@ class Chosen:
     histogram_seconds: float | None = None
     # the kept method again with other nodes kept out of INT8 (the budget search re-quantizes with it)
     rebuild: Callable[[list[str]], onnx.ModelProto] | None = None
+    fp32: onnx.ModelProto | None = None  # the FP32 graph quantized (SmoothQuant's rewrite where kept)
 
 
 @dataclass
 class Candidates:
-    """What building and checking a candidate needs: ``build(nodes, cache)`` runs ModelOpt, ``measure`` checks,
-    ``shortfall`` says how far figures are from the budget (0: met)."""
+    """What building and checking a candidate needs: ``build(nodes, cache, fp32)`` runs ModelOpt (on ``fp32``, None:
+    the source's graph), ``measure`` checks, ``shortfall`` says how far figures are from the budget (0: met);
+    ``smoothquant``: None tries it (auto), True always, False never."""
 
     fp32: onnx.ModelProto
     calib_x: np.ndarray
-    build: Callable[[list[str], Path | None], onnx.ModelProto]
+    build: Callable[[list[str], Path | None, onnx.ModelProto | None], onnx.ModelProto]
     measure: Callable[[bytes], dict[str, Any]]
     shortfall: Callable[[dict[str, Any]], float]
     macs: dict[str, int] | None = None
+    smoothquant: bool | None = None
 
     def rank(self, figures: dict[str, Any]) -> tuple:
         """Larger is better: closest to the budget, then top-1 (labelled) or agreement, then agreement, then cosine."""
@@ -78,39 +91,107 @@ class Candidates:
 
 
 def choose(method: Method, bias_correction: bool | None, nodes: list[str], on: Candidates) -> Chosen:
-    """The INT8 model of ``method`` (auto: the best candidate), bias-corrected where asked or (auto) where it helps."""
+    """The INT8 model of ``method`` (auto: the best candidate), bias-corrected where asked or (auto) where it helps,
+    from the SmoothQuant rewrite where asked or (where the model has LayerNorm -> MatMul) where it helps."""
     names = list(AUTO_CANDIDATES) if method.kind == AUTO else [method.name]
     histograms, seconds = None, None
+    sites = find_sites(on.fp32) if on.smoothquant is not False else []
     if any(parse_method(name).from_histograms for name in names):
         started = time.perf_counter()
-        histograms = collect(on.fp32, on.calib_x)
+        histograms = collect(on.fp32, on.calib_x, channels=[site.tensor for site in sites])
         seconds = round(time.perf_counter() - started, 2)
         say(f"INT8 ranges: one calibration pass, histograms of {len(histograms)} tensors in {seconds:.1f} s")
         names = usable_methods(names, too_few_values(histograms, len(on.calib_x)), method)
-    tried, built = [], {}
+    tried: list[dict[str, Any]] = []
+    kept = _best_method(names, nodes, histograms, on, tried)
+    if bias_correction or (bias_correction is None and method.kind == AUTO):
+        kept = _with_bias(kept, bool(bias_correction), on, tried)
+    if sites and histograms is not None:
+        kept = _with_smoothquant(kept, sites, nodes, histograms, on, tried)
+    if len(tried) > 1:
+        say("INT8 methods tried: " + "; ".join(_text(row) for row in tried) + f"; kept {kept.name}")
+    ranges_of = parse_method(kept.name.removesuffix(SMOOTH).removesuffix(BIAS))
+
+    def rebuild(excluded: list[str]) -> onnx.ModelProto:
+        again = _build(ranges_of, [*nodes, *excluded], histograms, on, kept.fp32, kept.smoothed)
+        return correct_bias(kept.fp32, again, on.calib_x) if kept.corrected else again
+
+    return Chosen(kept.model, kept.figures, kept.name, tried, seconds, rebuild, kept.fp32)
+
+
+@dataclass
+class _Kept:
+    """The candidate kept so far: its model, figures and name, and how to build it again."""
+
+    model: onnx.ModelProto
+    figures: dict[str, Any]
+    name: str
+    fp32: onnx.ModelProto  # the graph it quantizes (SmoothQuant's rewrite, or the source's)
+    corrected: bool = False
+    smoothed: dict | None = None  # the SmoothQuant rewrite's own histograms of the tensors it changed
+
+
+def _best_method(names: list[str], nodes: list[str], histograms, on: Candidates, tried: list) -> _Kept:
+    """Each method built and checked (a row of ``tried``); the best."""
+    built = {}
     for name in names:
         started = time.perf_counter()
         model = _build(parse_method(name), nodes, histograms, on)
         built[name] = model, on.measure(model.SerializeToString())
         tried.append(_row(name, built[name][0], built[name][1], started, on.macs))
     best = max(names, key=lambda name: on.rank(built[name][1])) if len(names) > 1 else names[0]
-    model, figures = built[best]
-    if bias_correction or (bias_correction is None and method.kind == AUTO):
-        started = time.perf_counter()
-        corrected = correct_bias(on.fp32, model, on.calib_x)
-        corrected_figures = on.measure(corrected.SerializeToString())
-        tried.append(_row(best + BIAS, corrected, corrected_figures, started, on.macs))
-        if bias_correction or on.rank(corrected_figures) > on.rank(figures):
-            model, figures, best = corrected, corrected_figures, best + BIAS
-    if len(tried) > 1:
-        say("INT8 methods tried: " + "; ".join(_text(row) for row in tried) + f"; kept {best}")
-    kept_method, corrected = parse_method(best.removesuffix(BIAS)), best.endswith(BIAS)
+    return _Kept(*built[best], best, on.fp32)
 
-    def rebuild(kept: list[str]) -> onnx.ModelProto:
-        again = _build(kept_method, [*nodes, *kept], histograms, on)
-        return correct_bias(on.fp32, again, on.calib_x) if corrected else again
 
-    return Chosen(model, figures, best, tried, seconds, rebuild)
+def _with_bias(kept: _Kept, asked: bool, on: Candidates, tried: list) -> _Kept:
+    """``kept`` bias-corrected: kept where asked, or where it does better."""
+    started = time.perf_counter()
+    model = correct_bias(kept.fp32, kept.model, on.calib_x)
+    figures = on.measure(model.SerializeToString())
+    tried.append(_row(kept.name + BIAS, model, figures, started, on.macs))
+    if asked or on.rank(figures) > on.rank(kept.figures):
+        return _Kept(model, figures, kept.name + BIAS, kept.fp32, True)
+    return kept
+
+
+def _with_smoothquant(kept: _Kept, sites, nodes: list[str], histograms, on: Candidates, tried: list) -> _Kept:
+    """``kept``'s method (and bias correction) on the SmoothQuant rewrite: kept where asked, or where it does better."""
+    started = time.perf_counter()
+    smoothed = _smoothed(sites, histograms, on)
+    if smoothed is None:
+        return kept
+    fp32, ranges = smoothed
+    method = parse_method(kept.name.removesuffix(BIAS))
+    model = _build(method, nodes, histograms, on, fp32, ranges)
+    model = correct_bias(fp32, model, on.calib_x) if kept.corrected else model
+    figures = on.measure(model.SerializeToString())
+    tried.append({**_row(kept.name + SMOOTH, model, figures, started, on.macs), "smoothquant": ranges["record"]})
+    if on.smoothquant or on.rank(figures) > on.rank(kept.figures):
+        return _Kept(model, figures, kept.name + SMOOTH, fp32, kept.corrected, ranges)
+    return kept
+
+
+def _smoothed(sites, histograms: dict[str, Histogram], on: Candidates) -> tuple[onnx.ModelProto, dict] | None:
+    """The SmoothQuant rewrite of ``on.fp32`` from the pass's per-channel maxima, and the rewritten tensors' own
+    histograms (one forward pass); None, said, where the rewrite moves the outputs beyond FP32 rounding."""
+    maxima = {site.tensor: histograms[site.tensor].channel_amax for site in sites if site.tensor in histograms}
+    rewritten, spread = smooth(on.fp32, sites, {k: v for k, v in maxima.items() if v is not None}, ALPHA)
+    if not spread:
+        return None
+    proof = np.ascontiguousarray(on.calib_x[:PROOF_IMAGES])
+    moved = relative_change(run_onnxruntime(on.fp32, proof), run_onnxruntime(rewritten, proof))
+    if not moved <= TOLERANCE:  # NaN included
+        say(f"INT8 SmoothQuant: the rewritten graph's outputs moved by {moved:.3g} (relative): the original is kept")
+        return None
+    again = collect(rewritten, on.calib_x, tensors=list(spread))
+    record = {"alpha": ALPHA, "tensors": len(spread), "largest_channel_ratio": round(max(spread.values()), 2)}
+    return rewritten, {"histograms": again, "record": {**record, "relative_change": float(f"{moved:.3g}")}}
+
+
+def exact_names(names: list[str]) -> list[str]:
+    """Node names as ModelOpt's ``nodes_to_exclude`` must get them: it reads each as a regular expression matched at
+    the start of a name (``re.match``), so "p2o.Conv.1" alone would also exclude p2o.Conv.10 to p2o.Conv.19."""
+    return [re.escape(name) + "$" for name in dict.fromkeys(names)]
 
 
 def usable_methods(names: list[str], too_few: str | None, method: Method) -> list[str]:
@@ -123,13 +204,17 @@ def usable_methods(names: list[str], too_few: str | None, method: Method) -> lis
     raise EdgepipeError(too_few, fix="give more calibration images (--calib), or use --method max or entropy")
 
 
-def _build(method: Method, nodes: list[str], histograms: dict[str, Histogram] | None, on: Candidates):
+def _build(method: Method, nodes: list[str], histograms, on: Candidates, fp32=None, smoothed: dict | None = None):
+    """ModelOpt's PTQ of ``fp32`` (None: the source graph) with ``method``'s ranges; ``smoothed``: the SmoothQuant
+    rewrite's own histograms of the tensors it changed."""
     if not method.from_histograms:
-        return on.build(nodes, None)
+        return on.build(nodes, None, fp32)
     amaxes = ranges_for(histograms, method)
+    if smoothed is not None:
+        amaxes.update(ranges_for(smoothed["histograms"], method))
     amaxes.update(fixed_ranges(on.fp32, amaxes))
     with tempfile.TemporaryDirectory(prefix="edgepipe-ranges-") as folder:
-        return on.build(nodes, write_cache(Path(folder) / "ranges.cache", amaxes))
+        return on.build(nodes, write_cache(Path(folder) / "ranges.cache", amaxes), fp32)
 
 
 def fixed_ranges(model: onnx.ModelProto, amaxes: dict[str, float]) -> dict[str, float]:

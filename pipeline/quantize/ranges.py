@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,13 +102,18 @@ class Histogram:
         self.amax = 0.0
         self.zeros = 0  # values seen while every value so far was 0 (before a width could be set)
         self.sampler = np.random.default_rng(0)
+        self.channel_amax: np.ndarray | None = None  # per last-axis channel, where ``collect`` is asked for it
 
     @property
     def total(self) -> int:
         return self.zeros if self.counts is None else int(round(self.counts.sum()))
 
-    def add(self, values: np.ndarray) -> None:
-        """Count ``values``: the max from all of them, the histogram from a seeded sample of at most SAMPLE."""
+    def add(self, values: np.ndarray, channels: bool = False) -> None:
+        """Count ``values``: the max from all of them (``channels``: also per last-axis channel), the histogram from
+        a seeded sample of at most SAMPLE."""
+        if channels and np.ndim(values) >= 1 and np.size(values):
+            top = np.abs(np.asarray(values, dtype=np.float32)).reshape(-1, np.shape(values)[-1]).max(axis=0)
+            self.channel_amax = top if self.channel_amax is None else np.maximum(self.channel_amax, top)
         flat = np.asarray(values, dtype=np.float32).ravel()
         if flat.size == 0:
             return
@@ -215,8 +221,11 @@ def entropy_amax(counts: np.ndarray, width: float, start: int = START_BIN, level
     return float(ends[best] * width)
 
 
-def collect(model: onnx.ModelProto, images: np.ndarray, tensors: list[str] | None = None) -> dict[str, Histogram]:
-    """One pass of ``model`` over ``images``: a ``Histogram`` of every float activation (or of ``tensors``).
+def collect(
+    model: onnx.ModelProto, images: np.ndarray, tensors: list[str] | None = None, channels: Iterable[str] = ()
+) -> dict[str, Histogram]:
+    """One pass of ``model`` over ``images``: a ``Histogram`` of every float activation (or of ``tensors``); those
+    named in ``channels`` also keep their largest magnitude per last-axis channel (SmoothQuant's maxima).
 
     ``too_few_values`` says when the images give fewer values per tensor than a histogram has bins.
     """
@@ -227,13 +236,14 @@ def collect(model: onnx.ModelProto, images: np.ndarray, tensors: list[str] | Non
     batch = feed.shape[0] if fixed else _CHUNK
     histograms = {name: Histogram() for name in names}
     fetched = [name for name in names if name != feed.name]
+    per_channel = set(channels)
     for start in range(0, len(images), batch):
         chunk = np.ascontiguousarray(images[start : start + batch])
         if fixed and len(chunk) < batch:
             chunk = np.resize(chunk, (batch, *chunk.shape[1:]))
         values = dict(zip(fetched, session.run(fetched, {feed.name: chunk})), **{feed.name: chunk})
         for name in names:
-            histograms[name].add(values[name][: len(images) - start])
+            histograms[name].add(values[name][: len(images) - start], name in per_channel)
     return {name: h for name, h in histograms.items() if h.total}
 
 
