@@ -16,30 +16,4 @@ The rooms: ``draw.py`` (drawing from a ``ModelData``) on ``store.py`` (the set, 
 """
 
 from calibration.draw import draw, draw_for
-from calibration.store import (
-    DEFAULT_NUM,
-    MIN_PER_CLASS,
-    MIN_TOTAL,
-    CalibrationSet,
-    batches,
-    check_matches,
-    content_sha256,
-    load,
-    minimum_count,
-    save,
-)
-
-__all__ = [
-    "DEFAULT_NUM",
-    "MIN_PER_CLASS",
-    "MIN_TOTAL",
-    "CalibrationSet",
-    "batches",
-    "check_matches",
-    "content_sha256",
-    "draw",
-    "draw_for",
-    "load",
-    "minimum_count",
-    "save",
-]
+from calibration.store import DEFAULT_NUM, MIN_TOTAL, CalibrationSet, batches, check_matches, load, save

@@ -13,6 +13,7 @@ stored in every artifact's metadata (``METADATA_KEY``) and manifests, and read b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,13 +29,12 @@ from pipeline.preprocess_options import (
     LAYOUTS,
     check_keys,
     choice,
+    dims,
     parse_value,
 )
 
 METADATA_KEY = "edgepipe.preprocess"
-INTERPOLATIONS = {
-    name: getattr(Image.Resampling, name.upper()) for name in INTERPOLATION_NAMES
-}  # timm/torchvision names
+INTERPOLATIONS = {name: getattr(Image.Resampling, name.upper()) for name in INTERPOLATION_NAMES}
 _LUMA = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
 
 
@@ -90,13 +90,11 @@ class Preprocess:
             )
         resized = self.resize if isinstance(self.resize, tuple) else (self.resize, self.resize) if self.resize else None
         if self.crop and resized and (self.crop[0] > resized[0] or self.crop[1] > resized[1]):
-            crop, resize = _dims(self.crop), self.resize if isinstance(self.resize, int) else _dims(self.resize)
+            crop, resize = dims(self.crop), self.resize if isinstance(self.resize, int) else dims(self.resize)
             raise EdgepipeError(
                 f"crop {crop} is larger than resize {resize} (the centre crop is cut from the resized image)",
                 fix="pass a crop no larger than the resize, e.g. --resize 256 --crop 224",
             )
-
-    # --- constructors -------------------------------------------------------------------------
 
     @classmethod
     def default_for(cls, input_hw: tuple[int, int] | None, channels: int = 3) -> Preprocess:
@@ -136,24 +134,12 @@ class Preprocess:
                 return cls.from_json(prop.value)
         return None
 
-    # --- storing ------------------------------------------------------------------------------
-
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "resize": list(self.resize) if isinstance(self.resize, tuple) else self.resize,
-            "crop": list(self.crop) if self.crop else None,
-            "mean": list(self.mean) if self.mean else None,
-            "std": list(self.std) if self.std else None,
-            "channel_order": self.channel_order,
-            "interpolation": self.interpolation,
-            "layout": self.layout,
-            "channels": self.channels,
-        }
+        values = dataclasses.asdict(self)
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in values.items() if key != "defaulted"}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
-
-    # --- what it does -------------------------------------------------------------------------
 
     @property
     def output_hw(self) -> tuple[int, int] | None:
@@ -167,21 +153,21 @@ class Preprocess:
         out = self.output_hw
         if input_hw and out and tuple(out) != tuple(input_hw):
             raise EdgepipeError(
-                f"the preprocessing makes {_dims(out)} images but the model takes {_dims(input_hw)}",
-                fix=f"pass --crop {_dims(input_hw)} (or --resize {_dims(input_hw)})",
+                f"the preprocessing makes {dims(out)} images but the model takes {dims(input_hw)}",
+                fix=f"pass --crop {dims(input_hw)} (or --resize {dims(input_hw)})",
             )
 
     def describe(self) -> str:
         """One sentence for the user, e.g. 'no preprocessing given: images are resized to 224x224 and scaled to [0, 1]'."""
         steps = ["converted to grayscale"] if self.channels == 1 else []
         if isinstance(self.resize, tuple):
-            steps.append(f"resized to {_dims(self.resize)}" + ("" if self.defaulted else f" ({self.interpolation})"))
+            steps.append(f"resized to {dims(self.resize)}" + ("" if self.defaulted else f" ({self.interpolation})"))
         elif self.resize:
             steps.append(f"resized to {self.resize} on the shorter side ({self.interpolation})")
         elif self.defaulted:
             steps.append("kept at their own size")
         if self.crop:
-            steps.append(f"centre-cropped to {_dims(self.crop)}")
+            steps.append(f"centre-cropped to {dims(self.crop)}")
         steps.append("scaled to [0, 1]")
         if self.mean or self.std:
             steps.append(
@@ -247,11 +233,8 @@ class Preprocess:
             width, height = image.size
             if crop_h > height or crop_w > width:
                 after = " after resizing" if self.resize is not None else ""
-                raise ValueError(f"it is {width}x{height}{after}, smaller than the {_dims(self.crop)} crop")
-            top, left = (
-                int(round((height - crop_h) / 2.0)),
-                int(round((width - crop_w) / 2.0)),
-            )  # torchvision's rounding
+                raise ValueError(f"it is {width}x{height}{after}, smaller than the {dims(self.crop)} crop")
+            top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))  # as torchvision
             image = image.crop((left, top, left + crop_w, top + crop_h))
         return image
 
@@ -273,10 +256,6 @@ class Preprocess:
         if self.layout == "nchw":
             array = array.transpose(2, 0, 1)
         return np.ascontiguousarray(array)
-
-
-def _dims(hw) -> str:
-    return "x".join(str(int(d)) for d in hw)
 
 
 def _fmt(values) -> str:

@@ -48,15 +48,14 @@ def choice(key: str, value: str, allowed) -> None:
         raise EdgepipeError(f"unknown {key} '{value}'{hint}", fix=f"use one of {', '.join(allowed)}")
 
 
+def dims(shape) -> str:
+    """(224, 160) -> "224x160"."""
+    return "x".join(str(d) for d in shape)
+
+
 def _parse_size(key: str, value: Any, shorter_side: bool) -> int | tuple[int, int]:
     """An int ('224') or height x width ('224x160', [224, 160]); for crop an int N means N x N."""
-    text = (
-        value
-        if isinstance(value, str)
-        else "x".join(str(v) for v in value)
-        if isinstance(value, (list, tuple))
-        else str(value)
-    )
+    text = "x".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
     parts = text.lower().replace(",", "x").split("x")
     try:
         numbers = [int(part.strip()) for part in parts]

@@ -1,13 +1,11 @@
 """What a model takes from the user's images: the preprocessing for its input, its classes, its outputs.
 
-A model's input is read the same way for every model: the graph (``onnxinfo``; for a checkpoint,
-its recorded input shape and class count), the ``Record`` stored with it (preprocessing, class
-names, data and split), and what the user adds. The preprocessing flags (``--resize --crop --mean --std --channel-order --interpolation --layout
---preprocess FILE``) are parsed once at the command line into ``PreprocessFlags``; every value is
-checked there. ``ModelInput.of_onnx`` combines them with the model: lowest first, the
-preprocessing stored in its metadata, the file, the flags. With none of them, images are resized to
-the model's static input size and scaled to [0, 1], and ``describe`` says so. The number of
-channels, the layout and the static height/width always come from the graph (``onnxinfo``).
+Every model is read the same way: the graph (``onnxinfo``; for a checkpoint, its recorded input
+shape and class count), the ``Record`` stored with it, and what the user adds. The preprocessing
+flags are parsed once at the command line into ``PreprocessFlags``; ``ModelInput`` merges, lowest
+first, the preprocessing stored in the model, the --preprocess file, the flags. With none of them,
+images are resized to the model's static input size and scaled to [0, 1], and ``describe`` says so.
+Channels, layout and a static height/width always come from the graph.
 
     flags = PreprocessFlags.parse(resize="256", crop="224", mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
     model_input = ModelInput.of_onnx("classifier.onnx", flags)
@@ -136,13 +134,9 @@ class ModelInput:
     def of_config(cls, config: dict[str, Any], flags: PreprocessFlags | None = None, name: str = "the checkpoint"):
         """The input of an edgepipe checkpoint: its recorded NCHW input shape, classes and record."""
         record = Record.of_config(config, name)
-        shape, classes = ("batch", *config["input_shape"]), len(config["class_names"])
+        logits = TensorInfo("logits", ("batch", len(config["class_names"])), "float32")
         info = ModelInfo(
-            TensorInfo("input", shape, "float32"),
-            "nchw",
-            (TensorInfo("logits", ("batch", classes), "float32"),),
-            0,
-            "pytorch",
+            TensorInfo("input", ("batch", *config["input_shape"]), "float32"), "nchw", (logits,), 0, "pytorch"
         )
         return cls._made(info, record, flags or PreprocessFlags(), name)
 
@@ -217,7 +211,8 @@ class ModelInput:
         where = {
             "stored": " (stored in the model)",
             "stored, then given": " (stored in the model, with the flags given)",
-        }.get(self.origin, "")
+        }
+        where = where.get(self.origin, "")
         return f"preprocessing{where}: {self.preprocess.describe()}"
 
     def summary(self) -> dict[str, Any]:

@@ -224,14 +224,8 @@ def _indices_sha256(source_sha256: str, indices: np.ndarray) -> str:
 
 def list_images(folder: Path, recursive: bool) -> list[Path]:
     """Image files (by suffix) under ``folder``, sorted, hidden files and folders skipped."""
-    if not recursive:
-        return sorted(
-            p
-            for p in folder.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-        )
     found = []
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
         found += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
     return sorted(found)

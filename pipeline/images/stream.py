@@ -17,7 +17,7 @@ import gc
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -25,6 +25,7 @@ from PIL import Image
 from pipeline.defaults import DEFAULT_BATCH_SIZE
 from pipeline.errors import EdgepipeError
 from pipeline.preprocess import Preprocess
+from pipeline.preprocess_options import dims
 from pipeline.progress import progress_bar
 
 _PREFETCH = 2  # batches decoded ahead per worker: bounds memory at workers x 2 batches
@@ -62,17 +63,15 @@ class _Failure:
     fix: str
 
 
+@dataclass
 class _BatchDecoder:
     """DataLoader dataset whose item ``b`` is the whole preprocessed batch ``b`` (x, y or None)."""
 
-    def __init__(self, source: Listed, preprocess: Preprocess, index_batches: list[np.ndarray], as_tensors: bool):
-        self.source, self.preprocess, self.index_batches, self.as_tensors = (
-            source,
-            preprocess,
-            index_batches,
-            as_tensors,
-        )
-        self._tensor = None  # the batch being filled, when sent as a shared-memory tensor
+    source: Listed
+    preprocess: Preprocess
+    index_batches: list[np.ndarray]
+    as_tensors: bool
+    _tensor: Any = None  # the batch being filled, when sent as a shared-memory tensor
 
     def __len__(self) -> int:
         return len(self.index_batches)
@@ -89,14 +88,10 @@ class _BatchDecoder:
                     f"{name} is not a readable image ({_reason(exc, name)})",
                     f"remove or replace it; edgepipe reads {READABLE} files",
                 )
-            try:  # decoded images stay uint8 here and are scaled per batch in the main process
-                array = (
-                    image
-                    if getattr(self.source, "preprocessed", False)
-                    else self.preprocess.arrange(image)
-                    if isinstance(image, Image.Image)
-                    else self.preprocess.apply_array(image)
-                )
+            # decoded images stay uint8 here and are scaled per batch in the main process
+            arrange = self.preprocess.arrange if isinstance(image, Image.Image) else self.preprocess.apply_array
+            try:
+                array = image if getattr(self.source, "preprocessed", False) else arrange(image)
             except ValueError as exc:
                 return _Failure(
                     f"{name} cannot be preprocessed: {exc}",
@@ -108,7 +103,7 @@ class _BatchDecoder:
                 out, first = self._allocate((len(indices), *array.shape), array.dtype), name
             elif array.shape != out.shape[1:]:
                 return _Failure(
-                    f"{name} becomes a {_shape(array.shape)} input but {first} a {_shape(out.shape[1:])} one; images of different sizes cannot share a batch",
+                    f"{name} becomes a {dims(array.shape)} input but {first} a {dims(out.shape[1:])} one; images of different sizes cannot share a batch",
                     "pass --resize HxW, or --resize N with --crop N, so that every image has the model's input size",
                 )
             out[k] = array
@@ -277,7 +272,3 @@ def _reason(exc: Exception, name: str) -> str:
     text = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
     text = text.replace(f" '{name}'", "").replace(name, "").strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _shape(shape) -> str:
-    return "x".join(str(d) for d in shape)
