@@ -19,18 +19,10 @@ from pipeline.artifacts import Kind, atomic_output, check_output, write_manifest
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.images import DIGITS, VAL_FRACTION, ImageSource, ModelInput, PreprocessFlags, open_source
-from pipeline.modelspec import (
-    ModelCode,
-    ModelSpec,
-    build,
-    channels_of,
-    input_size,
-    load_recorded,
-    load_weights,
-    probe,
-    timm_preprocess,
-)
+from pipeline.model_weights import load_weights
+from pipeline.modelspec import ModelCode, ModelSpec, build, channels_of, input_size, load_recorded, probe
 from pipeline.preprocess import Preprocess
+from pipeline.timm_models import timm_preprocess
 
 DEFAULT_IMAGE_SIZE = 32  # the input size when neither --input-size nor the model says one
 

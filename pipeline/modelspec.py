@@ -8,7 +8,6 @@ name any file, and importing a file runs it.
 
     spec = ModelSpec.parse("models/net.py:make_net", ["width=32"])
     model = build(spec, defaults={"num_classes": 5, "in_chans": 3})
-    sha = load_weights(model, "net.safetensors")
     shape = input_size(model) or (3, 96, 96); probe(model, shape)
 """
 
@@ -25,42 +24,12 @@ import yaml
 
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
-from pipeline.model_weights import load_weights  # noqa: F401  (part of this module's API)
-from pipeline.timm_models import TIMM_PREFIX, create_timm, timm_data_config, timm_default_input_size, timm_preprocess
+from pipeline.timm_models import TIMM_PREFIX, create_timm, timm_data_config, timm_default_input_size
 from pipeline.user_code import call_user_callable, error_line
-
-__all__ = [
-    "ModelCode",
-    "ModelSpec",
-    "build",
-    "channels_of",
-    "input_size",
-    "load_recorded",
-    "load_weights",
-    "parse_model_args",
-    "probe",
-    "timm_data_config",
-    "timm_preprocess",
-]
 
 KINDS = ("zoo", "timm", "module", "file")
 USER_CODE_KINDS = ("module", "file")
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # YAML 1.1 reads "1e-3" as a string
-
-
-# --- calls into other edgepipe internals (the zoo registry); re-point here if it moves ---------
-def _zoo_create(name: str, kwargs: dict[str, Any]):
-    import models  # imports torch: only stages that build a model need it
-
-    try:
-        return models.create(name, **kwargs)
-    except models.UnknownModelError as exc:
-        raise EdgepipeError(
-            str(exc).rstrip("."), fix="run 'edgepipe models' for the list, or pass --model package.module:callable"
-        ) from None
-
-
-# --- end of calls into other edgepipe internals ----------------------------------------------
 
 
 def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
@@ -246,7 +215,13 @@ def build(spec: ModelSpec, defaults: dict[str, Any] | None = None):
 
     defaults = dict(defaults or {})
     if spec.kind == "zoo":
-        model = _zoo_create(spec.target, {**defaults, **spec.args})
+        import models  # imports torch: only stages that build a model need it
+
+        try:
+            model = models.create(spec.target, **{**defaults, **spec.args})
+        except models.UnknownModelError as exc:
+            fix = "run 'edgepipe models' for the list, or pass --model package.module:callable"
+            raise EdgepipeError(str(exc).rstrip("."), fix=fix) from None
     elif spec.kind == "timm":
         defaults.pop("img_size", None)  # timm models keep their own input size
         model = create_timm(spec.target, {**defaults, **spec.args})

@@ -79,9 +79,6 @@ def timm_data_config(model) -> dict[str, Any]:
     mean, std = [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
     if len(mean) != c:  # e.g. a 1-channel model with ImageNet's RGB statistics: average them
         mean, std = [sum(mean) / len(mean)] * c, [sum(std) / len(std)] * c
-    resize: int | list[int] = (
-        math.floor(h / crop_pct) if h == w else [math.floor(h / crop_pct), math.floor(w / crop_pct)]
-    )
     return {
         "input_size": [c, h, w],
         "interpolation": str(cfg.get("interpolation") or "bilinear"),
@@ -89,7 +86,7 @@ def timm_data_config(model) -> dict[str, Any]:
         "crop_mode": str(cfg.get("crop_mode") or "center"),
         "mean": mean,
         "std": std,
-        "resize": resize,
+        "resize": _resize(h, w, crop_pct),
         "crop": [h, w],
         "channel_order": "rgb" if c == 3 else "gray" if c == 1 else f"{c}-channel",
         "layout": "nchw",
@@ -104,14 +101,8 @@ def timm_preprocess(model, size: tuple[int, int] | None = None) -> dict[str, Any
     """
     cfg = timm_data_config(model)
     height, width = size or cfg["crop"]
-    crop_pct = cfg["crop_pct"]
-    resize: int | list[int] = (
-        math.floor(height / crop_pct)
-        if height == width
-        else [math.floor(height / crop_pct), math.floor(width / crop_pct)]
-    )
     return {
-        "resize": resize,
+        "resize": _resize(height, width, cfg["crop_pct"]),
         "crop": [height, width],
         "mean": cfg["mean"],
         "std": cfg["std"],
@@ -120,3 +111,12 @@ def timm_preprocess(model, size: tuple[int, int] | None = None) -> dict[str, Any
         "layout": "nchw",
         "channels": cfg["input_size"][0],
     }
+
+
+def _resize(height: int, width: int, crop_pct: float) -> int | list[int]:
+    """timm's evaluation resize: floor(size / crop_pct), the shorter side of a square input, else [H, W]."""
+    return (
+        math.floor(height / crop_pct)
+        if height == width
+        else [math.floor(height / crop_pct), math.floor(width / crop_pct)]
+    )

@@ -13,7 +13,8 @@ from pipeline.checkpoint import model_for_data, model_info
 from pipeline.defaults import DEFAULT_MODEL
 from pipeline.errors import EdgepipeError
 from pipeline.images import DIGITS
-from pipeline.modelspec import ModelSpec, load_weights
+from pipeline.model_weights import load_weights
+from pipeline.modelspec import ModelSpec
 from pipeline.progress import progress_bar
 from pipeline.runner import predict
 from pipeline.runtime.pytorch import TorchRunner
