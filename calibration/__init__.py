@@ -11,8 +11,6 @@ to a TensorRT calibrator batch by batch (``batches``). Every model takes the sam
     calibration.save("calib.npz", calib_set)
     calib_set = calibration.load("calib.npz")
     calibration.check_matches(calib_set, model_input)
-
-The rooms: ``draw.py`` (drawing from a ``ModelData``) on ``store.py`` (the set, its file, its checks).
 """
 
 from calibration.draw import draw, draw_for

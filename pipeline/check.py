@@ -50,12 +50,12 @@ OK_STATUSES = ("ok", "built", "reused")  # a run row measured; a sweep cell buil
 def load_report(path: str | Path, role: str = "report") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise EdgepipeError(
-            f"{role} {path} does not exist",
-            fix="pass the report.json written by 'edgepipe run'"
+        fix = (
+            "pass the report.json written by 'edgepipe run'"
             if role == "report"
-            else "create one with --update-baseline",
+            else "create one with --update-baseline"
         )
+        raise EdgepipeError(f"{role} {path} does not exist", fix=fix)
     try:
         report = json.loads(path.read_text())
     except ValueError as exc:
@@ -189,17 +189,22 @@ def check(
     _check_comparable(report, baseline, tolerances)
     now_rows, base_rows = _rows(report), _rows(baseline)
     regressions, skipped, compared = [], [], 0
+
+    def regressed(artifact: str, metric: str, was: Any, now: Any, tolerance: Any = None) -> None:
+        regressions.append(
+            {"artifact": artifact, "metric": metric, "baseline": was, "now": now, "tolerance": tolerance}
+        )
+
     for artifact, base in base_rows.items():
+        row = now_rows.get(artifact)
         if row_state(base) != "ok":
             continue
-        row = now_rows.get(artifact)
         if row is not None and row_state(row) == "skipped":
             skipped.append({"artifact": artifact, "status": row["status"]})
             continue
         if row is None or row_state(row) != "ok":
-            reason = "missing from the report" if row is None else f"status {row.get('status')}"
-            regressions.append(
-                {"artifact": artifact, "metric": "status", "baseline": "ok", "now": reason, "tolerance": None}
+            regressed(
+                artifact, "status", "ok", "missing from the report" if row is None else f"status {row.get('status')}"
             )
             continue
         for metric, (amount, relative) in tolerances.items():
@@ -216,30 +221,17 @@ def check(
             allowed = abs(base_value) * amount / 100.0 if relative else amount
             worse = (base_value - now_value) if METRICS[metric] else (now_value - base_value)
             if worse > allowed + 1e-9:
-                regressions.append(
-                    {
-                        "artifact": artifact,
-                        "metric": "top1 vs PyTorch" if metric == "top1" and base.get("role") != "reference" else metric,
-                        "baseline": round(base_value, 4),
-                        "now": round(now_value, 4),
-                        "tolerance": f"{amount:g}%" if relative else amount,
-                    }
+                name = "top1 vs PyTorch" if metric == "top1" and base.get("role") != "reference" else metric
+                regressed(
+                    artifact, name, round(base_value, 4), round(now_value, 4), f"{amount:g}%" if relative else amount
                 )
     for artifact, row in now_rows.items():  # a failed sweep cell fails the gate, whatever the baseline held
         if (
             row.get("kind") == "cell"
             and row_state(row) == "error"
-            and not any(r["artifact"] == artifact for r in regressions)
+            and all(r["artifact"] != artifact for r in regressions)
         ):
-            regressions.append(
-                {
-                    "artifact": artifact,
-                    "metric": "status",
-                    "baseline": base_rows.get(artifact, {}).get("status"),
-                    "now": row["status"],
-                    "tolerance": None,
-                }
-            )
+            regressed(artifact, "status", base_rows.get(artifact, {}).get("status"), row["status"])
     return {"passed": not regressions, "compared": compared, "regressions": regressions, "skipped": skipped}
 
 

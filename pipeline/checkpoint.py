@@ -46,11 +46,10 @@ def make_config(
 ) -> tuple[dict[str, Any], TrainingImages]:
     """The config a checkpoint carries, and its images: everything later stages need to rebuild and judge it.
 
-    ``model`` is a zoo name or a parsed ``--model`` spec; the spec is recorded so later stages rebuild
-    exactly the user's model. The images are ``source`` read through the one image reader at
-    ``shape`` (C, H, W; C None: the data's own; None: DEFAULT_IMAGE_SIZE square), split by
-    ``ImageSource.split``; the preprocessing recorded is that resize and the pool's channel mean/std,
-    or ``preprocess`` (a model's own, timm's data config) as it is.
+    ``model`` (a zoo name or a ``--model`` spec) is recorded so later stages rebuild exactly the
+    user's model. The images are ``source`` at ``shape`` (C, H, W; C None: the data's own; None:
+    DEFAULT_IMAGE_SIZE square), split; the preprocessing recorded is that resize and the pool's
+    channel mean/std, or ``preprocess`` (a model's own, timm's) as it is.
     """
     spec = model if isinstance(model, ModelSpec) else ModelSpec.parse(model)
     split = source.split(seed=seed, val_fraction=VAL_FRACTION)
@@ -103,10 +102,9 @@ def model_for_data(
 ) -> tuple[Any, dict[str, Any], TrainingImages]:
     """The model ``spec`` names, built for ``data`` at the size it takes: (model, checkpoint config, images).
 
-    The size is ``input_shape`` (--input-size; channels None: the data's), else the model's own (a zoo ``img_size`` argument,
-    timm's data config, or an ``input_size``/``img_size`` a user's module declares), else
-    DEFAULT_IMAGE_SIZE. A timm model's own preprocessing (resize, centre crop, mean/std) is used and
-    recorded. One forward pass at that size proves the model takes it, before any training.
+    The size is ``input_shape`` (--input-size; channels None: the data's), else the model's own
+    (``input_size``), else DEFAULT_IMAGE_SIZE; a timm model's own preprocessing is used and recorded.
+    One forward pass at that size proves the model takes it, before any training.
     """
     import torch  # only stages that build a model need it
 
@@ -129,15 +127,18 @@ def model_for_data(
 
 def build_model(config: dict[str, Any], given: ModelSpec | None = None, trust_model_code: bool = False) -> Any:
     """The model a config names, with random weights; user code only as ``load_recorded`` allows."""
-    spec = load_recorded(config.get("model_spec") or config["model"], given, trust_model_code)
-    return build(spec, config["model_args"])
+    return build(_spec_of(config, ModelCode(given, trust_model_code)), config["model_args"])
+
+
+def _spec_of(config: dict[str, Any], code: ModelCode) -> ModelSpec:
+    return load_recorded(config.get("model_spec") or config["model"], code.given, code.trust)
 
 
 def check_model_code(path: str | Path, code: ModelCode) -> None:
     """Raise unless ``code`` allows the model an edgepipe checkpoint names; imports and builds nothing."""
-    blob = _read(Path(path))
-    if isinstance(blob, dict) and isinstance(blob.get("config"), dict):
-        load_recorded(blob["config"].get("model_spec") or blob["config"]["model"], code.given, code.trust)
+    config = _config_in(_read(Path(path)))
+    if config is not None:
+        _spec_of(config, code)
 
 
 def model_info(model_name: str) -> dict[str, Any]:
@@ -164,12 +165,7 @@ def save_checkpoint(path: str | Path, model: Any, config: dict[str, Any], force:
         "data": config["data"]["sha256"],
         **({"weights": record["weights_sha256"]} if record["weights_sha256"] else {}),
     }
-    params = {
-        "model": config["model"],
-        "model_spec": config.get("model_spec"),
-        "input_shape": config["input_shape"],
-        **config.get("train", {}),
-    }
+    params = {key: config.get(key) for key in ("model", "model_spec", "input_shape")} | config.get("train", {})
     write_manifest(path, Kind.CHECKPOINT, inputs=inputs, params=params, precision="fp32", model=record)
     return path
 
@@ -187,14 +183,9 @@ def model_record(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_checkpoint(
-    path: str | Path,
-    model_name: str | ModelSpec | None = None,
-    data: str | None = None,
-    seed: int = 0,
-    image_size: int = 32,
-    trust_model_code: bool = False,
+    path: str | Path, model_name: str | ModelSpec | None = None, data: str | None = None, trust_model_code=False
 ):
-    """Load an edgepipe checkpoint, or a plain state dict for ``model_name``; returns (model, config).
+    """Load an edgepipe checkpoint, or a plain state dict for ``model_name`` (on ``data``); returns (model, config).
 
     Only tensors and plain types are unpickled (weights_only), never arbitrary objects; user code a
     checkpoint names is imported only when ``model_name`` names it again or ``trust_model_code``.
@@ -204,16 +195,16 @@ def load_checkpoint(
     path = Path(path)
     given = ModelSpec.parse(model_name) if isinstance(model_name, str) else model_name
     blob = _read(path)
-    if isinstance(blob, dict) and "state_dict" in blob and "config" in blob:
-        state_dict, config = blob["state_dict"], blob["config"]
+    if (config := _config_in(blob)) is not None:
+        state_dict = blob["state_dict"]
     elif isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
         if given is None:
             raise EdgepipeError(
                 f"{path} is a plain state dict with no model name",
                 fix="pass --model NAME ('edgepipe models' lists them) or --model file.py:callable",
             )
-        source = open_training_data(data or DIGITS)
-        state_dict, config = blob, make_config(given, source, seed, (None, image_size, image_size))[0]
+        size = DEFAULT_IMAGE_SIZE
+        state_dict, config = blob, make_config(given, open_training_data(data or DIGITS), 0, (None, size, size))[0]
     else:
         raise EdgepipeError(
             f"{path} holds no state dict",
@@ -236,10 +227,7 @@ def load_checkpoint(
 def is_checkpoint(path: str | Path) -> bool:
     """Whether ``path`` is an edgepipe checkpoint (state dict and config), not a plain weights file."""
     path = Path(path)
-    if path.suffix.lower() == ".safetensors":
-        return False
-    blob = _read(path)
-    return isinstance(blob, dict) and "state_dict" in blob and isinstance(blob.get("config"), dict)
+    return path.suffix.lower() != ".safetensors" and _config_in(_read(path)) is not None
 
 
 def model_from_weights(
@@ -247,11 +235,9 @@ def model_from_weights(
 ) -> tuple[Any, dict[str, Any]]:
     """The model ``spec`` names with the weights in ``path``, knowing no data: (model, record).
 
-    The model is built from its own defaults and the --model-arg values alone (no dataset imposes
-    channels or classes), so the weights decide. The size is ``input_shape`` (--input-size), else the
-    model's own (timm's data config, a declared ``input_size``/``img_size``); one forward pass proves
-    the model takes it and gives the class count. The record holds what an export states about the
-    model: spec, weights and their sha256, input shape, classes, and timm's preprocessing.
+    Built from its own defaults and the --model-arg values alone (no dataset imposes channels or
+    classes), so the weights decide. The size is ``input_shape`` (--input-size), else the model's
+    own; one forward pass proves the model takes it and gives the class count.
     """
     path = Path(path)
     model = build(spec)
@@ -295,13 +281,18 @@ def _read(path: Path) -> Any:
         )
 
 
+def _config_in(blob: Any) -> dict[str, Any] | None:
+    """The config of an edgepipe checkpoint's contents; None for anything else (a plain state dict)."""
+    is_checkpoint = isinstance(blob, dict) and "state_dict" in blob and isinstance(blob.get("config"), dict)
+    return blob["config"] if is_checkpoint else None
+
+
 def config_of(path: str | Path) -> dict[str, Any]:
     """The config of an edgepipe checkpoint. Reading it builds no model, so it imports no user code."""
-    path = Path(path)
-    blob = _read(path)
-    if isinstance(blob, dict) and "state_dict" in blob and isinstance(blob.get("config"), dict):
-        return {**blob["config"], "checkpoint_sha256": sha256_file(path)}
-    return load_checkpoint(path)[1]  # a plain state dict: says what is missing
+    config = _config_in(_read(Path(path)))
+    if config is None:
+        return load_checkpoint(path)[1]  # a plain state dict: says what is missing
+    return {**config, "checkpoint_sha256": sha256_file(path)}
 
 
 def model_input_of(path: str | Path, flags: PreprocessFlags | None = None) -> ModelInput:

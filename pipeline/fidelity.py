@@ -69,12 +69,10 @@ class Fidelity:
         for stats, reference, output in zip(self._stats, reference_outputs, outputs):
             stats.update(reference, output)
         if labels is not None:
-            self._count_top1(reference_outputs[0], predicted, np.asarray(labels))
-
-    def _count_top1(self, reference: np.ndarray, predicted: np.ndarray, labels: np.ndarray) -> None:
-        self._labelled += labels.size
-        self._correct += int((predicted == labels).sum())
-        self._reference_correct += int((reference.argmax(axis=-1) == labels).sum())
+            labels = np.asarray(labels)
+            self._labelled += labels.size
+            self._correct += int((predicted == labels).sum())
+            self._reference_correct += int((reference_outputs[0].argmax(axis=-1) == labels).sum())
 
     def result(self, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
         """Figures per output under "outputs"; the first output's also at the top level."""
@@ -92,10 +90,7 @@ class Fidelity:
             "atol": atol,
             "rtol": rtol,
             "passed": all(o["passed"] for o in per_output.values()),
-            "max_abs_diff": first["max_abs_diff"],
-            "mean_abs_diff": first["mean_abs_diff"],
-            "cosine": first["cosine"],
-            "cosine_min": first["cosine_min"],
+            **{key: first[key] for key in ("max_abs_diff", "mean_abs_diff", "cosine", "cosine_min")},
             "top1_agreement": first["argmax_agreement"],
             "outputs": per_output,
         }

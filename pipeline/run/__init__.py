@@ -31,8 +31,6 @@ from pipeline.runsource import RunStart, open_start
 from pipeline.tensorrt.backend import get_backend, installed_backends
 
 DEFAULT_BENCH_BATCHES = (1, 8)
-# INT8 accuracy budget (points of top-1 below the FP32 model): the most sensitive nodes stay in
-# higher precision until INT8 is within it. Plain PTQ misses it on some models by a couple of images.
 NO_BACKEND = "no TensorRT flavour is installed (pip install 'edgepipe[rtx]', or JetPack's TensorRT on Jetson)"
 
 
@@ -49,6 +47,8 @@ class RunSettings:
     engines: bool = True
     bench_batches: tuple[int, ...] = DEFAULT_BENCH_BATCHES
     bench_seconds: float = 1.0
+    # INT8 accuracy budget (top-1 points below FP32): the most sensitive nodes stay in higher precision
+    # until INT8 is within it. Plain PTQ misses it on some models by a couple of images.
     max_drop: float | None | str = BUDGET_DEFAULT
     labels: str | Path | None = None
     preprocess: PreprocessFlags | None = None
@@ -81,11 +81,8 @@ def run(
     folder = Path(chosen.output or f"runs/{start.folder_name}")
     if folder.exists() and not folder.is_dir():
         raise EdgepipeError(f"run directory {folder} is a file", fix="pass another -o DIR")
-    if (
-        start.file is not None
-        and (folder / "model.onnx").exists()
-        and (folder / "model.onnx").resolve() == start.file.resolve()
-    ):
+    copy = folder / "model.onnx"
+    if start.file is not None and copy.exists() and copy.resolve() == start.file.resolve():
         raise EdgepipeError(
             f"--onnx {start.file} is where this run writes its copy of the model", fix="pass another -o DIR"
         )
@@ -165,8 +162,4 @@ def _model_record(checkpoint: Path | None) -> dict[str, Any]:
         record = model_record(config_of(checkpoint))
     except EdgepipeError:
         return {}
-    return {
-        "model_spec": record["model_spec"],
-        "weights_sha256": record["weights_sha256"],
-        "input_shape": record["input_shape"],
-    }
+    return {key: record[key] for key in ("model_spec", "weights_sha256", "input_shape")}

@@ -26,7 +26,6 @@ from pipeline.artifacts import (
     manifest_path,
     read_manifest,
     write_json_atomic,
-    write_text_atomic,
 )
 from pipeline.check import REPORT_FORMAT as RUN_REPORT_FORMAT
 from pipeline.cuda import current_compute_capability as gpu_compute_capability
@@ -37,6 +36,8 @@ from pipeline.images import PreprocessFlags
 from pipeline.precision import ALL as PRECISIONS
 from pipeline.precision import Precision, parse_list
 from pipeline.progress import info, info_styled
+from pipeline.report import fmt, latency
+from pipeline.report import write as write_report
 from pipeline.tensorrt.backend import TENSORRT, TENSORRT_RTX, get_backend, installed_backends
 
 DIGITS = images.DIGITS  # the bundled data's name, which a models file may give as data

@@ -109,14 +109,9 @@ def _measure(
         measured.update({k: row.get(k) for k in ("top1", "delta", "agreement", "max_abs_diff", "cosine")})
         measured["status"] = row.get("status", "ok")
         timing = edgepipe.bench_engine(engine, tuple(cell["bench_batches"]), cell["bench_seconds"])
-        ok = sorted((r for r in timing["rows"] if r.get("status") == "ok"), key=lambda r: r["batch"])
-        if ok:
-            measured.update(
-                latency_ms=ok[0]["median_ms"],
-                latency_batch=ok[0]["batch"],
-                throughput=ok[-1]["throughput"],
-                throughput_batch=ok[-1]["batch"],
-            )
+        latency = edgepipe.latency(timing["rows"])
+        if latency.pop("latency_status") == "ok":
+            measured.update(latency)
     except EdgepipeError as exc:
         measured["status"] = f"error: {exc}"
     return measured

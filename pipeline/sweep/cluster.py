@@ -196,11 +196,7 @@ def check_versions(nodes: list[Node], driver: dict[str, str]) -> None:
     for key in ("edgepipe", "ray"):
         others = [n for n in nodes if n.probe.get(key) != driver[key]]
         if others:
-            install = (
-                f"pip install 'edgepipe[ray]=={driver[key]}'"
-                if key == "edgepipe"
-                else f"pip install 'ray=={driver[key]}'"
-            )
+            install = f"pip install '{'edgepipe[ray]' if key == 'edgepipe' else 'ray'}=={driver[key]}'"
             raise EdgepipeError(
                 f"node {others[0].name} runs {key} {others[0].probe.get(key)}, this driver {driver[key]}; every node must run the same {key}",
                 fix=f"{install} on that node and restart it with 'edgepipe worker --address HEAD:PORT'",

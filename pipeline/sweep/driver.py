@@ -70,7 +70,7 @@ def sweep(
             )
         folder.mkdir(parents=True, exist_ok=True)  # only now: bad input writes nothing
         ray_output.keep(folder)  # Ray's start-up output in DIR/ray.log, not on the terminal
-        driver = _Driver(cluster, nodes, folder, settings, previous_rows(folder))
+        driver = _Driver(cluster, nodes, folder, settings)
         driver.run(specs, chosen_precisions, chosen_targets, overlap=address != "local")
     driver.timings.update(connect_and_probe=round(connected, 2))
     report = sweep_report.assemble(
@@ -89,15 +89,10 @@ class _Driver:
     """Prepares models, decides each cell, submits what must be built and writes what comes back."""
 
     def __init__(
-        self,
-        ray_cluster: clustermod.Cluster,
-        nodes: list[clustermod.Node],
-        folder: Path,
-        settings: SweepSettings,
-        previous: dict[str, dict],
+        self, cluster: clustermod.Cluster, nodes: list[clustermod.Node], folder: Path, settings: SweepSettings
     ):
-        self.cluster, self.nodes, self.folder = ray_cluster, nodes, folder
-        self.settings, self.previous = settings, previous
+        self.cluster, self.nodes, self.folder, self.settings = cluster, nodes, folder, settings
+        self.previous = previous_rows(folder)
         self.cells: list[Cell] = []
         self.model_reports: dict[str, dict[str, Any]] = {}
         self.pending: dict[Any, Cell] = {}

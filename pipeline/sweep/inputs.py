@@ -93,7 +93,11 @@ def load_models_file(path: str | Path) -> dict[str, Any]:
 def _spec(entry: Any, source: Path) -> SweepModel:
     if isinstance(entry, str):
         return SweepModel(entry)
-    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or set(entry) - set(_ENTRY_KEYS):
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("name"), str)
+        or set(entry) - set(SweepModel.__annotations__)
+    ):
         raise EdgepipeError(
             f"models file {source} has an entry {entry!r} that is not a model",
             fix="write a name, or {name: N, checkpoint: PATH} / {name: N, onnx: PATH, data: DIR, labels: FILE, preprocess: FILE} / {name: N, epochs: E}",
@@ -111,18 +115,7 @@ def _spec(entry: Any, source: Path) -> SweepModel:
     }
     if entry.get("data") == edgepipe.DIGITS:  # the bundled data is a name, not a path
         paths["data"] = edgepipe.DIGITS
-    return SweepModel(
-        entry["name"],
-        paths.get("checkpoint"),
-        paths.get("onnx"),
-        entry.get("epochs"),
-        paths.get("data"),
-        paths.get("labels"),
-        paths.get("preprocess"),
-    )
-
-
-_ENTRY_KEYS = ("name", "checkpoint", "onnx", "epochs", "data", "labels", "preprocess")
+    return SweepModel(entry["name"], epochs=epochs, **paths)
 
 
 def _as_list(value: Any) -> list[str] | None:
