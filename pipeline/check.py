@@ -124,18 +124,12 @@ def _check_comparable(report: dict[str, Any], baseline: dict[str, Any], toleranc
 def load_tolerances(path: str | Path | None) -> dict[str, tuple[float, bool]]:
     """Parse the tolerance file into metric -> (amount, relative)."""
     raw: Any = DEFAULT_TOLERANCES
+    fix = "write one 'metric: amount' per line, e.g. 'top1: 0.3' or 'latency_ms: 10%'"
     if path is not None:
-        raw = read_yaml(
-            path,
-            "tolerance file",
-            fix="write one 'metric: amount' per line, e.g. 'top1: 0.3' or 'latency_ms: 10%'",
-            missing_fix="pass a YAML file like 'top1: 0.3' or leave out --tolerances",
-        )
+        missing = "pass a YAML file like 'top1: 0.3' or leave out --tolerances"
+        raw = read_yaml(path, "tolerance file", fix=fix, missing_fix=missing)
     if not isinstance(raw, dict) or not raw:
-        raise EdgepipeError(
-            f"tolerance file {path} holds no 'metric: amount' lines",
-            fix="write one 'metric: amount' per line, e.g. 'top1: 0.3' or 'latency_ms: 10%'",
-        )
+        raise EdgepipeError(f"tolerance file {path} holds no 'metric: amount' lines", fix=fix)
     return {str(metric): _parse_tolerance(str(metric), amount, path) for metric, amount in raw.items()}
 
 

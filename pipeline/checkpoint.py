@@ -25,6 +25,7 @@ from pipeline.preprocess import Preprocess
 from pipeline.timm_models import timm_preprocess
 
 DEFAULT_IMAGE_SIZE = 32  # the input size when neither --input-size nor the model says one
+_CHECKPOINT_FIX = "pass a checkpoint written by 'edgepipe train' or a plain state dict saved with torch.save"
 
 
 @dataclass
@@ -206,10 +207,7 @@ def load_checkpoint(
         size = DEFAULT_IMAGE_SIZE
         state_dict, config = blob, make_config(given, open_training_data(data or DIGITS), 0, (None, size, size))[0]
     else:
-        raise EdgepipeError(
-            f"{path} holds no state dict",
-            fix="pass a checkpoint written by 'edgepipe train' or a plain state dict saved with torch.save",
-        )
+        raise EdgepipeError(f"{path} holds no state dict", fix=_CHECKPOINT_FIX)
     model = build_model(config, given, trust_model_code)
     try:
         model.load_state_dict(state_dict, strict=True)
@@ -275,10 +273,7 @@ def _read(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise EdgepipeError(
-            f"{path} is not a readable checkpoint ({reason})",
-            fix="pass a checkpoint written by 'edgepipe train' or a plain state dict saved with torch.save",
-        )
+        raise EdgepipeError(f"{path} is not a readable checkpoint ({reason})", fix=_CHECKPOINT_FIX)
 
 
 def _config_in(blob: Any) -> dict[str, Any] | None:

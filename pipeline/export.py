@@ -131,11 +131,8 @@ def _export_weights(weights: str | Path, output: Path, spec: ModelSpec, settings
     synthetic inputs when none are given).
     """
     model, record = model_from_weights(weights, spec, settings.input_shape)
-    images = (
-        np.random.default_rng(SYNTHETIC_SEED)
-        .standard_normal((SYNTHETIC_COUNT, *record["input_shape"]))
-        .astype(np.float32)
-    )
+    images = np.random.default_rng(SYNTHETIC_SEED).standard_normal((SYNTHETIC_COUNT, *record["input_shape"]))
+    images = images.astype(np.float32)
     with atomic_output(output) as tmp:
         _export_to(model, record, tmp, settings, _weights_metadata(record))
         figures = _parity(model, tmp, images, None)
@@ -228,11 +225,6 @@ def _resized_preprocess(config: dict[str, Any], shape: tuple[int, int, int]) -> 
     return {"preprocess": {**recorded, "resize": resize, "crop": [new_h, new_w]}}
 
 
-def _preprocess_of(record: dict[str, Any]) -> Preprocess | None:
-    """A weights file's recorded preprocessing: timm's, when the model is timm's."""
-    return Preprocess.from_dict(record["preprocess"]) if record.get("preprocess") else None
-
-
 def _export_to(
     model: torch.nn.Module, config: dict[str, Any], path: Path, settings: ExportSettings, metadata: dict[str, str]
 ) -> None:
@@ -261,8 +253,9 @@ def _export_to(
         )
     proto = onnx.load(str(path))
     set_metadata(proto, {**metadata, "edgepipe.version": __version__})
-    record = Record.of_config(config) if "split" in config else Record(_preprocess_of(config))
-    record.store_in(proto)  # preprocessing, classes, data and split: what every later stage reads
+    # preprocessing, classes, data and split: what every later stage reads (a weights file: timm's preprocessing)
+    preprocess = Preprocess.from_dict(config["preprocess"]) if config.get("preprocess") else None
+    (Record.of_config(config) if "split" in config else Record(preprocess)).store_in(proto)
     proto.producer_name = "edgepipe"
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     onnx.checker.check_model(proto, full_check=True)

@@ -76,9 +76,8 @@ def train(
         config["weights"] = {"file": str(Path(weights).resolve()), "sha256": load_weights(model, weights)}
     started = time.perf_counter()
     if epochs:
-        _fit(
-            model, spec, torch.from_numpy(images.x_train), torch.from_numpy(images.y_train), epochs, lr, seed, progress
-        )
+        x, y = torch.from_numpy(images.x_train), torch.from_numpy(images.y_train)
+        _fit(model, x, y, epochs, lr, seed, f"train {spec.text}" if progress else None)
     model.eval()
     config["train"] = {
         "epochs": epochs,
@@ -90,22 +89,13 @@ def train(
     return model, config
 
 
-def _fit(
-    model: torch.nn.Module,
-    spec: ModelSpec,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    epochs: int,
-    lr: float,
-    seed: int,
-    progress: bool,
-) -> None:
+def _fit(model, images: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float, seed: int, description: str | None):
     """The training loop every model gets: AdamW, one-cycle schedule, label smoothing, random shifts."""
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = max(1, (len(labels) + BATCH_SIZE - 1) // BATCH_SIZE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
-    with progress_bar(f"train {spec.text}", epochs, enabled=progress) as bar:
+    with progress_bar(description or "train", epochs, enabled=description is not None) as bar:
         for epoch in range(epochs):
             model.train()
             order = torch.randperm(len(labels), generator=generator)

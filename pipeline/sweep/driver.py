@@ -167,10 +167,8 @@ class _Driver:
         onnx = self.sources[cell.model]["onnx"].get(cell.precision)
         builders = self._builders(cell)
         if onnx is None or not onnx.is_file():
-            why = (
-                "; ".join(f"{name} {problem}" for name, problem in edgepipe.stage_problems(report).items())
-                or "not made"
-            )
+            problems = edgepipe.stage_problems(report).items()
+            why = "; ".join(f"{name} {problem}" for name, problem in problems) or "not made"
             return self._finish(cell, f"skipped: the {cell.precision.label} ONNX model was not made ({why})")
         if not any(cell.target in n.targets for n in self.nodes):
             return self._finish(cell, f"skipped: no worker advertises {cell.target}")
@@ -182,11 +180,8 @@ class _Driver:
         engine = model_dir / cell.engine_name
         if not self.settings.force and edgepipe.engine_is_current(engine, onnx_sha, cell.precision, cell.cc, builders):
             kept = self.previous.get(cell.artifact, {})
-            kept = (
-                {k: v for k, v in kept.items() if k not in ("status", "kind")}
-                if kept.get("sha256") == edgepipe.sha256_file(engine)
-                else {}
-            )
+            same = kept.get("sha256") == edgepipe.sha256_file(engine)
+            kept = {k: v for k, v in kept.items() if k not in ("status", "kind")} if same else {}
             measured = not str(kept.get("validation") or "skipped").startswith("skipped")
             gpu_in_cluster = any(cell.target in n.targets and n.gpu == cell.cc for n in self.nodes)
             if measured or not gpu_in_cluster:  # else: built ahead of time, and now a GPU can measure it

@@ -71,16 +71,13 @@ class SweepSettings:
 
 def load_models_file(path: str | Path) -> dict[str, Any]:
     """A YAML file: ``models:`` (names, or {name, checkpoint|onnx, epochs, data, labels, preprocess}), optional ``precisions``/``targets``."""
-    path = Path(path)
+    path, fix = Path(path), "write 'models: [se_resnet, cbam_resnet]'"
     raw = read_yaml(
-        path,
-        "models file",
-        fix="write 'models: [se_resnet, cbam_resnet]'",
-        missing_fix="pass a YAML file with a 'models:' list, or use --models A,B",
+        path, "models file", fix=fix, missing_fix="pass a YAML file with a 'models:' list, or use --models A,B"
     )
     raw = {"models": raw} if isinstance(raw, list) else raw
     if not isinstance(raw, dict) or not isinstance(raw.get("models"), list) or not raw["models"]:
-        raise EdgepipeError(f"models file {path} has no 'models:' list", fix="write 'models: [se_resnet, cbam_resnet]'")
+        raise EdgepipeError(f"models file {path} has no 'models:' list", fix=fix)
     unknown = set(raw) - {"models", "precisions", "targets"}
     if unknown:
         raise EdgepipeError(
