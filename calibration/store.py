@@ -1,8 +1,7 @@
 """A calibration set on disk: one .npz format (``images``, optional ``labels``, ``manifest``) for every model.
 
-``save`` writes it atomically with a manifest beside it; ``load`` reads it back with one clear error
-for a missing, corrupt or foreign file; ``check_matches`` refuses a set made for another input or
-preprocessing; ``batches`` feeds it to a TensorRT calibrator in fixed-size batches.
+``check_matches`` refuses a set made for another input or preprocessing; ``batches`` feeds it to a
+TensorRT calibrator in fixed-size batches.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""Checkpoints: make, build, save and load one, and read a model's config from a checkpoint or an ONNX.
+"""Checkpoints: make, build, save and load one, and read what any model file records (``model_input_of``).
 
 A checkpoint is ``{"state_dict": ..., "config": ...}`` saved with torch.save and readable with
-``torch.load(path, weights_only=True)``: the config holds only plain types (model name and
-arguments, input shape, preprocessing, class names, the data's identity and its split: the same
-``Record`` an ONNX carries in its metadata). ``model_input_of`` reads what any model file records.
+``torch.load(path, weights_only=True)``: the config holds only plain types, with the same ``Record``
+an ONNX carries in its metadata.
 """
 
 from __future__ import annotations

@@ -80,10 +80,8 @@ class ExportSettings:
 def export(checkpoint: str | Path, output: str | Path, **options: Any) -> dict[str, Any]:
     """Write ``output`` from ``checkpoint`` and return the parity figures; fail if they are off.
 
-    ``options``: the fields of ``ExportSettings``. ``input_shape`` (C, H, W) exports at another
-    size than the checkpoint's (one forward pass first proves the model takes it); ``dynamic_size``
-    also leaves height and width open. A plain weights file with a timm or user-code ``model_name``
-    and no ``data`` is exported from the model alone (:func:`_export_weights`).
+    ``options``: the fields of ``ExportSettings``; ``input_shape`` (C, H, W) exports at another size
+    than the checkpoint's, which one forward pass first proves the model takes.
     """
     settings = ExportSettings(**options)
     output = check_output(output, settings.force)
@@ -123,13 +121,8 @@ def export(checkpoint: str | Path, output: str | Path, **options: Any) -> dict[s
 
 
 def _export_weights(weights: str | Path, output: Path, spec: ModelSpec, settings: ExportSettings) -> dict[str, Any]:
-    """A plain weights file exported with no data: proven on seeded synthetic inputs, and said so.
-
-    The ONNX records the model spec, the weights' sha256, the input shape and the class count, and
-    (for timm) the model's preprocessing, but no data config: with no dataset there is no held-out
-    split, so quantize, validate and build-engine treat it as any ONNX (the user's images, or
-    synthetic inputs when none are given).
-    """
+    """A plain weights file exported with no data: proven on seeded synthetic inputs, and said so. With
+    no dataset there is no held-out split to record, so later stages treat it as any ONNX."""
     model, record = model_from_weights(weights, spec, settings.input_shape)
     images = np.random.default_rng(SYNTHETIC_SEED).standard_normal((SYNTHETIC_COUNT, *record["input_shape"]))
     images = images.astype(np.float32)

@@ -1,10 +1,9 @@
 """Which PyTorch model to use: a zoo name, ``timm:NAME``, ``package.module:callable`` or ``file.py:callable``.
 
-``--model`` and its ``--model-arg key=value`` pairs are parsed once, at the edge, into a
-:class:`ModelSpec`; every later stage builds the model from that. A checkpoint records the spec
-(:meth:`ModelSpec.to_json`) so later stages need no flags, but a spec that names user code is never
-imported on a checkpoint's word alone (:func:`load_recorded`): a checkpoint from elsewhere could
-name any file, and importing a file runs it.
+``--model`` and its ``--model-arg key=value`` pairs are parsed once, at the edge, into a ``ModelSpec``.
+A checkpoint records the spec so later stages need no flags, but user code is never imported on a
+checkpoint's word alone (``load_recorded``): a checkpoint from elsewhere could name any file, and
+importing a file runs it.
 
     spec = ModelSpec.parse("models/net.py:make_net", ["width=32"])
     model = build(spec, defaults={"num_classes": 5, "in_chans": 3})
@@ -121,10 +120,7 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, blob: dict[str, Any] | str) -> ModelSpec:
-        """The spec a checkpoint recorded (a plain zoo name from older checkpoints works too).
-
-        Nothing is read or imported here: a recorded file keeps its recorded path and sha256.
-        """
+        """The spec a checkpoint recorded (or a plain zoo name); nothing is read or imported here."""
         if isinstance(blob, str):
             blob = {"spec": blob}
         try:
@@ -206,11 +202,8 @@ def load_recorded(spec_json: dict[str, Any] | str, given: ModelSpec | None, trus
 
 
 def build(spec: ModelSpec, defaults: dict[str, Any] | None = None):
-    """Build the model the spec names, with random weights (load them with :func:`load_weights`).
-
-    ``defaults`` are what the pipeline knows from the data (num_classes, in_chans, img_size); the
-    spec's own --model-arg values win. A user callable gets only the defaults it takes.
-    """
+    """The model the spec names, with random weights. ``defaults`` (num_classes, in_chans, img_size) yield
+    to the spec's --model-arg values; a user callable gets only the defaults it takes."""
     from torch import nn  # torch only where a model is built
 
     defaults = dict(defaults or {})
@@ -226,7 +219,7 @@ def build(spec: ModelSpec, defaults: dict[str, Any] | None = None):
         defaults.pop("img_size", None)  # timm models keep their own input size
         model = create_timm(spec.target, {**defaults, **spec.args})
     else:
-        model = call_user_callable(spec.kind, spec.target, spec.attr, spec.args, defaults, spec.sha256, spec.text)
+        model = call_user_callable(spec, defaults)
     if not isinstance(model, nn.Module):
         raise EdgepipeError(
             f"{spec.text} returned a {type(model).__name__}, not a torch.nn.Module",
@@ -244,12 +237,8 @@ def channels_of(model) -> int | None:
 
 
 def input_size(model_or_spec) -> tuple[int, int, int] | None:
-    """The model's own input size (C, H, W), else None (``--input-size`` is an ``InputSize``, parsed at the edge).
-
-    A model's own size is timm's data config for timm models, the img_size argument for zoo specs,
-    and for any module an ``input_size`` (C, H, W) or ``img_size`` attribute it declares. None means
-    the data decides.
-    """
+    """The model's own input size (C, H, W): timm's data config, a zoo spec's img_size, or an ``input_size``
+    or ``img_size`` a module declares; None: the data decides."""
     if isinstance(model_or_spec, ModelSpec):
         spec = model_or_spec
         if spec.kind == "timm":

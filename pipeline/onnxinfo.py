@@ -2,10 +2,8 @@
 
 Users bring ONNX files from timm, torchvision, TensorFlow converters and their own exporters:
 no edgepipe metadata, NHWC inputs, dynamic height/width, several outputs, opsets older than the
-13 that Q/DQ (INT8) needs. ``describe`` reads what every stage needs from the graph alone and
-``check_input_shape`` checks the shapes a user asks for against it, before TensorRT is involved;
-``run_onnxruntime`` runs any such model, every output by name. (``pipeline.opset`` lifts old
-opsets and proves the result the same.)
+13 that Q/DQ (INT8) needs. ``describe`` reads what every stage needs from the graph alone, and
+the shapes a user asks for are checked against it before TensorRT is involved.
 """
 
 from __future__ import annotations
@@ -143,12 +141,8 @@ def load_model(source: ModelSource) -> onnx.ModelProto:
 
 
 def describe(model: ModelSource, layout: str | None = None) -> ModelInfo:
-    """Everything edgepipe needs from any single-image-input ONNX model.
-
-    ``layout``: "nchw" or "nhwc" when the user knows it; else guessed from where the 1- or 3-wide
-    channel dimension sits. Several inputs, a non 4-D input, or a layout that cannot be told are
-    one clear error each.
-    """
+    """Everything edgepipe needs from any single-image-input ONNX model. ``layout``: "nchw" or "nhwc"
+    when the user knows it; else guessed from where the 1- or 3-wide channel dimension sits."""
     model = load_model(model)
     initializers = {init.name for init in model.graph.initializer}
     inputs = [_tensor_info(v) for v in model.graph.input if v.name not in initializers]

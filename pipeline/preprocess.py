@@ -4,8 +4,7 @@ Users of timm and torchvision already know their model's preprocessing as ``Resi
 ``CenterCrop(224)``, ``ToTensor()``, ``Normalize(mean, std)``; edgepipe takes exactly those keys
 (``--resize --crop --mean --std --channel-order --interpolation --layout`` or a small YAML/JSON file)
 and reproduces torchvision's arithmetic on PIL images, so the images edgepipe calibrates and
-validates on are the images the model was trained for. The object is parsed once at the edge,
-stored in every artifact's metadata (``METADATA_KEY``) and manifests, and read back by later stages.
+validates on are the images the model was trained for.
 
     pre = Preprocess.from_dict({"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
     array = pre.apply(PIL.Image.open("cat.jpg"))    # float32, 3x224x224
@@ -185,11 +184,8 @@ class Preprocess:
         return self.scale(self.arrange(image))
 
     def arrange(self, image: Image.Image) -> np.ndarray:
-        """Every step but scaling: the image's pixels as uint8, resized, cropped, in channel order and layout.
-
-        Image loaders send this (a quarter of the float32 bytes) from their workers, and ``scale``
-        a whole batch of it at once.
-        """
+        """Every step but scaling, as uint8: what image loaders send from their workers (a quarter of
+        float32's bytes), ``scale`` then takes a whole batch at once."""
         mode = "RGB" if self.channels == 3 else "L"
         if image.mode != mode:
             image = image.convert(mode)

@@ -63,12 +63,8 @@ def _in_channels(model) -> int | None:
 
 
 def timm_data_config(model) -> dict[str, Any]:
-    """timm's data config for ``model`` and the preprocessing it implies, in timm/torchvision terms.
-
-    Keys: input_size [C, H, W], interpolation, crop_pct, crop_mode, mean, std (of pixels scaled to
-    [0, 1]); and the evaluation preprocessing: resize (shorter side, floor(size / crop_pct); [H, W]
-    for a non-square input), crop [H, W], channel_order, layout. Plain types only, for manifests.
-    """
+    """timm's data config for ``model`` (input_size [C, H, W], interpolation, crop_pct, crop_mode, mean,
+    std) and the evaluation preprocessing it implies (resize, crop, channel_order, layout); plain types."""
     timm = _import_timm()
     channels = _in_channels(model)
     args = {"in_chans": channels} if channels else None
@@ -94,11 +90,8 @@ def timm_data_config(model) -> dict[str, Any]:
 
 
 def timm_preprocess(model, size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """timm's evaluation preprocessing for ``model`` in ``Preprocess`` keys, at ``size`` (H, W) or its own.
-
-    At another size the crop is that size and the resize keeps timm's crop_pct (shorter side
-    floor(size / crop_pct)), as timm's ``resolve_data_config(input_size=...)`` would give.
-    """
+    """timm's evaluation preprocessing for ``model`` in ``Preprocess`` keys, at ``size`` (H, W) or its own:
+    the resize keeps timm's crop_pct, as ``resolve_data_config(input_size=...)`` would give."""
     cfg = timm_data_config(model)
     height, width = size or cfg["crop"]
     return {

@@ -53,12 +53,10 @@ def train(
     progress: bool = True,
     weights: str | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train ``model_name`` on ``data``; returns the model and its checkpoint config.
+    """Train ``model_name`` (any --model spec) on ``data``; returns the model and its checkpoint config.
 
-    ``model_name`` is a zoo name or a ``--model`` spec (timm:NAME, module:callable, file.py:callable);
-    ``input_shape`` is (C, H, W) from --input-size (an int N: NxN in the data's channels), else the
-    model's own size, else 32x32. ``weights`` (.pt state dict or .safetensors) starts a fine-tune
-    from them; with ``epochs=0`` they are taken as they are (no training), which needs weights.
+    ``input_shape``: (C, H, W) from --input-size (an int N: NxN in the data's channels). ``weights``
+    start a fine-tune; with ``epochs=0`` they are taken as they are (no training).
     """
     spec = model_name if isinstance(model_name, ModelSpec) else ModelSpec.parse(model_name)
     info = model_info(spec.text) if spec.kind == "zoo" else {}

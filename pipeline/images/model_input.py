@@ -44,11 +44,8 @@ class PreprocessFlags:
 
     @classmethod
     def parse(cls, file: str | Path | None = None, **flags: Any) -> PreprocessFlags:
-        """Parse every given flag (``resize="256"``, ``mean="0.485,0.456,0.406"`` ...) and read ``file``.
-
-        What can be checked without the model is checked here, once: sizes, names, a crop larger
-        than the resize, mean/std in 0-255 units or with a zero std, a file with unknown keys.
-        """
+        """Parse every given flag (``resize="256"`` ...) and read ``file``; what can be checked without
+        the model is checked here, once."""
         unknown = sorted(set(flags) - set(FLAG_KEYS))
         if unknown:
             raise TypeError(f"unknown preprocessing flags {unknown}")
@@ -80,11 +77,7 @@ class PreprocessFlags:
         return [f"--{key.replace('_', '-')}" for key in self.values] + (["--preprocess"] if self.file else [])
 
     def resolve(self, info: ModelInfo, stored: Preprocess | None = None) -> Preprocess:
-        """The preprocessing for a model with input ``info``: stored, then the file, then the flags.
-
-        Channels, layout and a static height/width come from the model; with no resize and no crop,
-        images are resized to its static size.
-        """
+        """The preprocessing for a model with input ``info``: stored, then the file, then the flags."""
         channels = info.channels or 3
         input_hw = (info.height, info.width) if not info.dynamic_hw else None
         if not self.given and stored is None:
@@ -180,11 +173,8 @@ class ModelInput:
         return {key: f"{self.info.input_name}:{batch}x{sample}" for key, batch in zip(("min", "opt", "max"), batches)}
 
     def write_onnx(self, source: str | Path, output: str | Path, record: Record | None = None) -> Path:
-        """``source`` with ``record`` (default: this preprocessing) stored in its metadata, and a manifest
-        whose settings are the preprocessing and class names stored.
-
-        FP16/INT8 models made from it carry the record over, so later stages need no flags.
-        """
+        """``source`` with ``record`` (default: this preprocessing) stored in its metadata, and its manifest.
+        FP16/INT8 models made from it carry the record over, so later stages need no flags."""
         model = load_model(source)
         record = record or Record(self.preprocess)
         record.store_in(model)

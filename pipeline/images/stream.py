@@ -17,7 +17,7 @@ import gc
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -31,17 +31,6 @@ from pipeline.progress import progress_bar
 _PREFETCH = 2  # batches decoded ahead per worker: bounds memory at workers x 2 batches
 READABLE = "PNG, JPEG, BMP, GIF, TIFF, WebP and PGM/PPM"
 Progress = Callable[[int, int], None]  # called with (images done, images in all) after each batch
-
-
-class Listed(Protocol):
-    """What a stream reads from: an ``ImageSource`` (source.py), which stands on this module."""
-
-    labels: np.ndarray | None
-
-    def __len__(self) -> int: ...
-    def name_of(self, index: int) -> str: ...
-    def read(self, index: int): ...
-    def prepare(self, preprocess: Preprocess) -> None: ...
 
 
 def default_workers(beside_model: bool = False) -> int:
@@ -67,7 +56,7 @@ class _Failure:
 class _BatchDecoder:
     """DataLoader dataset whose item ``b`` is the whole preprocessed batch ``b`` (x, y or None)."""
 
-    source: Listed
+    source: Any  # an ImageSource (source.py, which stands on this module)
     preprocess: Preprocess
     index_batches: list[np.ndarray]
     as_tensors: bool
@@ -184,7 +173,7 @@ class BatchStream:
 
     def __init__(
         self,
-        source: Listed,
+        source: Any,
         preprocess: Preprocess,
         indices=None,
         batch_size: int = DEFAULT_BATCH_SIZE,

@@ -1,14 +1,10 @@
 """`edgepipe run`: every stage end to end into one run directory, redoing only what changed.
 
-The stages (train or the given checkpoint, or the import of a given ONNX -> export -> calibrate ->
-quantize -> build engines -> validate -> bench) and the one reuse rule are the table of
-``pipeline.run.plan``; then the report. ``force`` redoes every stage. From an ONNX with the user's
-images, the calibration set is drawn from the calibration pool of ``--data`` and validate judges on
-the held-out part. The primary input (checkpoint or ONNX, the data's listing, labels and
-preprocessing) is checked before the run directory is made. A failed stage is recorded in the
-report with its reason and the stages that need it are skipped; the rest goes on, unless
-``strict``. Every file is written atomically, so a run stopped by Ctrl-C leaves nothing
-half-written and the next run resumes where it stopped.
+The stages and the one reuse rule are the table of ``pipeline.run.plan``; then the report. The
+primary input is checked before the run directory is made. A failed stage is recorded in the report
+with its reason and the stages that need it are skipped; the rest goes on, unless ``strict``. Every
+file is written atomically, so a run stopped by Ctrl-C leaves nothing half-written and the next run
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -68,13 +64,9 @@ def run(
     code: ModelCode | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
-    """Run the pipeline; returns the report (also written as report.json/.md).
-
-    ``settings``: the fields of ``RunSettings``. ``model`` is any --model spec (``weights`` start it;
-    with ``epochs`` None they are taken as they are), ``checkpoint`` or ``onnx_model`` the file to
-    start from; ``data`` the images (default: what the model records, or the bundled digits);
-    ``code`` the user code a given checkpoint may be rebuilt from (by default: ``model``'s).
-    """
+    """Run the pipeline from ``model`` (any --model spec), ``checkpoint`` or ``onnx_model``; returns the
+    report (also written as report.json/.md). ``settings``: the fields of ``RunSettings``; ``code``: the
+    user code a given checkpoint may be rebuilt from (by default: ``model``'s)."""
     started = time.perf_counter()
     chosen = RunSettings(**settings)
     start = open_start(model, checkpoint, onnx_model, data, chosen.labels, chosen.preprocess, code, chosen.weights)

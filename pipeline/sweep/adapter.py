@@ -1,10 +1,8 @@
 """The one room of the sweep that calls into the rest of edgepipe.
 
-The sweep (inputs, cluster, cell tasks, driver, report) speaks only to the names below: the stages
-(run, build, validate, bench), what an artifact's manifest says, the GPU here and the TensorRT
-flavours installed, each imported here and read as ``edgepipe.NAME`` (ruff's unused-import check is
-off for this file). When a stage moves, this file is the only one to re-point. The types every
-room shares (``EdgepipeError``, ``Precision``) are imported where they are used.
+The sweep speaks only to the names below, read as ``edgepipe.NAME`` (ruff's unused-import check is
+off for this file): when a stage moves, this file is the only one to re-point. The types every room
+shares (``EdgepipeError``, ``Precision``) are imported where they are used.
 
 ``pipeline.run`` and the model zoo import torch (a second or more), so they are imported when
 called: every node answers the driver's version probe, and a cell that only builds an engine never

@@ -41,10 +41,7 @@ def choose_backend(target_cc: str, gpu: str | None, flavours: dict[str, dict[str
 
 def build_cell(cell: dict[str, Any], onnx_bytes: bytes, reference_bytes: bytes | None) -> dict[str, Any]:
     """Build (and where possible measure) one cell; runs inside a Ray task on the chosen node.
-
-    ``cell``: model, precision, target, cc, onnx_name, onnx_sha256, engine_name, data, reference
-    (".pt" or ".onnx": what ``reference_bytes`` are), bench_batches, bench_seconds.
-    """
+    ``cell["reference"]`` (".pt" or ".onnx") says what ``reference_bytes`` are."""
     import ray  # runs inside a Ray task: Ray is there
 
     started = time.perf_counter()

@@ -5,11 +5,8 @@ Ray Core is the engine; edgepipe adds no scheduler. A target GPU is a Ray custom
 honest); a task that needs it asks for it and Ray places it. Before anything is submitted the
 driver probes every node (edgepipe, Ray and Python versions, GPU, TensorRT flavours), because a
 node with another edgepipe would build other engines and Ray waits forever for a resource no node
-has. Results come back as bytes with their sha256, checked and written atomically by the driver:
-its run directory is the truth, whatever happened to the workers.
-
-``import ray`` happens inside functions so that commands other than ``sweep``/``worker`` (and
-``edgepipe --help``) never pay for it, and a missing Ray is one clear error.
+has. ``import ray`` happens inside functions: a missing Ray is one clear error, and nothing else
+pays for it.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """`edgepipe sweep`: every model x precision x target GPU, fanned out on Ray.
 
-For each model the target-independent stages run once on the driver (train or load, export,
-calibrate, FP16/INT8 ONNX, validate and bench the ONNX models) into ``DIR/<model>/``, exactly as
-``edgepipe run`` does; then one cell per (precision, target) is built on a worker advertising the
-target's ``sm_XY`` resource, and validated and benched there when that worker has the GPU. The
-cluster builds the engines of one model while the driver prepares the next.
+For each model the target-independent stages run once on the driver into ``DIR/<model>/``, exactly
+as ``edgepipe run`` does; then one cell per (precision, target) is built on a worker advertising the
+target's ``sm_XY`` resource, and validated and benched there when that worker has the GPU.
 
 The driver decides everything before submitting: a target no worker serves is skipped with that
 reason (Ray would wait for it forever), and an engine whose manifest still matches its ONNX model,
