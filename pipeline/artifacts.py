@@ -4,7 +4,7 @@ A manifest ``<artifact>.manifest.json`` records the artifact's kind, what it was
 sha256 of each input, by role), the settings, its precision, the backend for engines, figures
 measured when it was made, and the tool versions. ``Artifact.open`` reads a file and its manifest
 once; later stages read facts from it and never work them out again. The one reuse rule is
-``current``: an artifact is reused when its manifest names the same inputs and settings and the
+``why_stale``: an artifact is reused when its manifest names the same inputs and settings and the
 file is the one the manifest describes.
 
 Writes are atomic (temporary file, then rename): an error or Ctrl-C leaves no half-written file
@@ -99,10 +99,6 @@ class Artifact:
     @property
     def made_from(self) -> dict[str, str]:
         return self.manifest.get("inputs") or {}
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return self.manifest.get("params") or {}
 
     @property
     def backend(self) -> str | None:

@@ -154,7 +154,7 @@ def _compare(ref: _Reference, model_data: ModelData, paths: list[Path], chosen: 
         reference_runner = stack.enter_context(ref.open())
         candidates = [_open_candidate(path, output_names, stack) for path in paths]
         workers = images.default_workers(beside_model=True) if chosen.workers is None else chosen.workers
-        stream = model_data.batches(indices, chosen.batch_size, workers, progress="validate")
+        stream = model_data.batches(indices, batch_size=chosen.batch_size, workers=workers, progress="validate")
         for x, y in stream:
             y = y if use_labels else None
             reference_outputs = _outputs(reference_runner, x)

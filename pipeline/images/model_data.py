@@ -25,7 +25,7 @@ from pipeline.images.kinds import open_source
 from pipeline.images.model_input import ModelInput
 from pipeline.images.record import Record
 from pipeline.images.source import SPLIT_SEED, VAL_FRACTION, ImageSource, Split
-from pipeline.images.stream import DEFAULT_BATCH_SIZE, BatchStream
+from pipeline.images.stream import BatchStream
 
 DATA_FIX = "pass --data with your images (an ImageFolder, a folder of images or an .npz with x), and --labels FILE if the folders are classes"
 
@@ -71,12 +71,10 @@ class ModelData:
         """Up to ``num`` indices of the pool (or the held-out part), seeded, class by class in turns."""
         return self.source.draw(self.split.held_out if held_out else self.split.pool, num, seed=seed)
 
-    def batches(
-        self, indices=None, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, progress=None
-    ) -> BatchStream:
+    def batches(self, indices=None, **options: Any) -> BatchStream:
         """``indices`` (default: the held-out part) through the model's preprocessing, batch by batch."""
         indices = self.split.held_out if indices is None else indices
-        return self.source.batches(self.model_input.preprocess, indices, batch_size, workers, progress)
+        return self.source.batches(self.model_input.preprocess, indices, **options)
 
     @property
     def class_names(self) -> tuple[str, ...] | None:

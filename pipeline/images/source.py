@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.defaults import DEFAULT_DATA
 from pipeline.errors import EdgepipeError
-from pipeline.images.stream import DEFAULT_BATCH_SIZE, BatchStream
+from pipeline.images.stream import BatchStream
 from pipeline.preprocess import Preprocess
 
 DIGITS = DEFAULT_DATA  # the bundled digits
@@ -123,23 +123,14 @@ class ImageSource:
             return np.sort(rng.permutation(indices)[:num])
         pools = [rng.permutation(indices[self.labels[indices] == c]) for c in np.unique(self.labels[indices])]
         picked = [
-            pool[depth]
-            for depth in range(max((len(p) for p in pools), default=0))
-            for pool in pools
-            if depth < len(pool)
+            pool[depth] for depth in range(max(map(len, pools), default=0)) for pool in pools if depth < len(pool)
         ]
         return np.sort(np.asarray(picked[:num], dtype=np.int64))
 
-    def batches(
-        self,
-        preprocess: Preprocess,
-        indices=None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        workers: int | None = None,
-        progress=None,
-    ) -> BatchStream:
-        """Stream ``indices`` (default: all) as preprocessed ``(x, y_or_None)`` batches; see ``BatchStream``."""
-        return BatchStream(self, preprocess, indices, batch_size=batch_size, workers=workers, progress=progress)
+    def batches(self, preprocess: Preprocess, indices=None, **options: Any) -> BatchStream:
+        """Stream ``indices`` (default: all) as preprocessed ``(x, y_or_None)`` batches; ``options``: ``BatchStream``'s
+        (batch_size, workers, progress)."""
+        return BatchStream(self, preprocess, indices, **options)
 
     # What each kind of source implements:
     def name_of(self, index: int) -> str:  # how an image is named in messages
