@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from pipeline.errors import EdgepipeError
+from pipeline.onnxfile import load_onnx
 from pipeline.preprocess_options import LAYOUTS
 
 MIN_QDQ_OPSET = 13  # QuantizeLinear/DequantizeLinear with a per-channel axis: what TensorRT parses for INT8
@@ -125,19 +126,7 @@ def load_model(source: ModelSource) -> onnx.ModelProto:
         return source
     if isinstance(source, (bytes, bytearray)):
         return onnx.load_from_string(bytes(source))
-    path = Path(source)
-    if not path.is_file():
-        raise EdgepipeError(f"ONNX model {path} does not exist", fix="pass the path of an .onnx file")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # protobuf raises DecodeError, onnx several others
-        raise EdgepipeError(
-            f"{path} is not a readable ONNX model ({type(exc).__name__})",
-            fix="check the file is complete; export it again",
-        )
-    if not model.graph.node:
-        raise EdgepipeError(f"{path} is not a valid ONNX model (it has no graph)", fix="export it again")
-    return model
+    return load_onnx(source)
 
 
 def describe(model: ModelSource, layout: str | None = None) -> ModelInfo:

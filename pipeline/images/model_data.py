@@ -1,10 +1,7 @@
 """The one question every stage asks: what does this model record, and what did the user add?
 
-Every model, an edgepipe checkpoint or export or an ONNX from elsewhere, answers it the same way
-(``ModelInput``: its input, its ``Record`` and the preprocessing flags merged by one rule), and
-``ModelData.of`` adds the images: ``--data`` (with ``--labels``) or, without it, the data the model
-records; the split the model records when the images are that data, else a seeded split of them.
-Calibration draws from the pool, checks and validation judge on the held-out part:
+``ModelInput`` answers it for any model; ``ModelData.of`` adds the images and their split, as
+docs/data.md tells. Calibration draws from the pool, checks and validation judge on the held-out part:
 
     model_data = ModelData.of(ModelInput.of_onnx("resnet.onnx", flags), data="photos/", labels="labels.txt")
     picked = model_data.draw(512, seed=0)                        # class-balanced, from the pool only

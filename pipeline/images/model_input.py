@@ -1,11 +1,9 @@
 """What a model takes from the user's images: the preprocessing for its input, its classes, its outputs.
 
-Every model is read the same way: the graph (``onnxinfo``; for a checkpoint, its recorded input
-shape and class count), the ``Record`` stored with it, and what the user adds. The preprocessing
-flags are parsed once at the command line into ``PreprocessFlags``; ``ModelInput`` merges, lowest
-first, the preprocessing stored in the model, the --preprocess file, the flags. With none of them,
-images are resized to the model's static input size and scaled to [0, 1], and ``describe`` says so.
-Channels, layout and a static height/width always come from the graph.
+Every model is read the same way: its graph (a checkpoint: its recorded input shape and classes), its
+``Record``, and the flags, parsed once into ``PreprocessFlags`` and merged by the one rule of
+docs/data.md. With no preprocessing at all, images are resized to the model's static input size and
+scaled to [0, 1], and ``describe`` says so. Channels, layout and a static size come from the graph.
 
     flags = PreprocessFlags.parse(resize="256", crop="224", mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
     model_input = ModelInput.of_onnx("classifier.onnx", flags)

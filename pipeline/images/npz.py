@@ -1,8 +1,7 @@
 """An .npz as an image source: pixels ``x`` (read through the model's preprocessing) or model ``inputs``.
 
-An .npz written by ``numpy.savez`` stores its arrays uncompressed, so the array is memory-mapped
-from inside the archive and a 3 GB array costs no memory until rows are read; an .npz from
-``savez_compressed`` cannot be read row by row and is loaded whole.
+``numpy.savez`` stores arrays uncompressed, so they are memory-mapped from inside the archive; an
+.npz from ``savez_compressed`` cannot be read row by row and is loaded whole.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """What every kind of image source is: images listed, not decoded; labels in the model's order; splits.
 
-An ``ImageSource`` lists its images (and labels, when the data has them) without decoding them;
-pixels are read only when a batch is streamed (``batches``, see ``stream.py``), so a folder of
-100,000 photos costs a file list, not 60 GB of float32. Labels follow the model's output order:
-``--labels FILE`` (one class name per line, as jetson-inference writes them) maps ImageFolder
-sub-folder names to the model's indices (``folder_labels``), because sorted folder names rarely
-match it ("0, 180, 270, 90"). Without it, sorted folder names are the classes.
-The kinds (folders, .npz, digits) are in ``kinds.py``; ``open_source`` picks one.
+Pixels are read only when a batch is streamed (``stream.py``), so a folder of 100,000 photos costs a
+file list, not 60 GB of float32. ``--labels FILE`` maps ImageFolder sub-folder names to the model's
+indices (``folder_labels``), because sorted folder names rarely match it ("0, 180, 270, 90").
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """Preprocessed images in batches, decoded by parallel workers, never the whole set in memory.
 
-``ImageSource.batches`` returns a ``BatchStream``. Iterating it starts torch DataLoader workers
-that each decode, resize and crop a whole batch into one uint8 array (a quarter of float32's
-bytes, handed over in shared memory), and the main process scales and normalizes it, so the
-consumer (a model runner) works while the next batches are decoded. At most ``workers x 2``
-batches are in flight, which bounds memory whatever the number of images. A file that does not decode is found when its
-batch is reached, not by decoding everything first, and is reported by name as one EdgepipeError
-(an exception raised inside a worker would reach the user wrapped in a worker traceback, so
-workers return the failure as a value and the stream raises it here).
+Torch DataLoader workers each decode, resize and crop a whole batch into one uint8 array (a quarter
+of float32's bytes, in shared memory); the main process scales it while the next batches are
+decoded, at most ``workers x 2`` in flight. A file that does not decode is reported by name when its
+batch is reached; workers return the failure as a value, because an exception raised inside a worker
+would reach the user wrapped in a worker traceback.
 """
 
 from __future__ import annotations

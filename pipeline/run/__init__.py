@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline import benchreport, report
 from pipeline.checkpoint import config_of, model_record
-from pipeline.defaults import BUDGET_DEFAULT, DEFAULT_MAX_DROP
+from pipeline.defaults import BUDGET_DEFAULT, DEFAULT_BENCH_BATCHES, DEFAULT_MAX_DROP
 from pipeline.errors import EdgepipeError
 from pipeline.images import DIGITS, PreprocessFlags
 from pipeline.modelspec import ModelCode, ModelSpec
@@ -25,9 +25,6 @@ from pipeline.progress import info_styled
 from pipeline.run.plan import PRECISIONS, Plan, Stages, table
 from pipeline.runsource import RunStart, open_start
 from pipeline.tensorrt.backend import get_backend, installed_backends
-
-DEFAULT_BENCH_BATCHES = (1, 8)
-NO_BACKEND = "no TensorRT flavour is installed (pip install 'edgepipe[rtx]', or JetPack's TensorRT on Jetson)"
 
 
 @dataclass(frozen=True)
@@ -110,7 +107,7 @@ def _backend(engines: bool) -> tuple[Any, str | None]:
     if not engines:
         return None, "not requested (--no-engines)"
     if not installed_backends():
-        return None, NO_BACKEND
+        return None, "no TensorRT flavour is installed (pip install 'edgepipe[rtx]', or JetPack's TensorRT on Jetson)"
     try:
         return get_backend("auto"), None
     except EdgepipeError as exc:  # installed but cannot be loaded: the rest of the run still goes on

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pipeline.sweep.adapter as edgepipe
-from pipeline.defaults import BUDGET_DEFAULT
+from pipeline.defaults import BUDGET_DEFAULT, DEFAULT_BENCH_BATCHES
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.sweep.cluster import DEFAULT_RETRIES
@@ -48,7 +48,7 @@ class SweepSettings:
     epochs: int | None = None
     seed: int = 0
     max_drop: float | None | str = BUDGET_DEFAULT
-    bench_batches: tuple[int, ...] = (1, 8)
+    bench_batches: tuple[int, ...] = DEFAULT_BENCH_BATCHES
     bench_seconds: float = 1.0
     strict: bool = False
     force: bool = False
