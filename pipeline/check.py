@@ -5,21 +5,13 @@ report: an artifact's top-1 is compared as its change vs PyTorch (``delta``), so
 moves every number together is not mistaken for a quantization regression, while the PyTorch
 row itself is compared on its own top-1.
 
-Tolerances (YAML) name a metric and how far it may move the wrong way: a number is in the
-metric's own unit (points for accuracy), "N%" is relative to the baseline::
+Tolerances (YAML) name a metric and how far it may move the wrong way: a number is in the metric's
+own unit (points for accuracy), "N%" is relative to the baseline (``top1: 0.3``, ``latency_ms: 10%``).
 
-    top1: 0.3          # points
-    agreement: 0.5     # points
-    latency_ms: 10%
-
-A sweep report (``edgepipe sweep``) has the same layout, plus one row per engine cell: a cell
-``built`` or ``reused`` counts as ok, a ``skipped`` one (no worker serves its target) is listed but
-is no regression, and a ``failed`` one always is. A bench result (``edgepipe bench --json-out``) is
-read as one row per artifact and batch (``model.onnx batch 1``) whose latency is its median.
-
-Latency from a Jetson depends on its power mode and clocks: when both reports carry a Jetson's state
-(the bench's ``jetson`` record) and their nvpmodel mode or jetson_clocks state differ, comparing
-``latency_ms`` or ``throughput`` is refused, naming both; accuracy still compares.
+A sweep report has the same layout, plus one row per engine cell: ``built`` or ``reused`` counts as
+ok, ``skipped`` (no worker serves its target) is no regression, ``failed`` always is. A bench result
+is read as one row per artifact and batch; latency from Jetsons in different power modes or clock
+states is refused (docs/device.md).
 """
 
 from __future__ import annotations

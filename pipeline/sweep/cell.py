@@ -56,23 +56,16 @@ def build_cell(cell: dict[str, Any], onnx_bytes: bytes, reference_bytes: bytes |
     if backend is None:
         return {**result, "status": "failed", "reason": f"{result['host']} advertises {cell['target']} but {why}"}
     if edgepipe.sha256_bytes(onnx_bytes) != cell["onnx_sha256"]:
-        return {
-            **result,
-            "status": "failed",
-            "reason": f"{cell['onnx_name']} arrived damaged (sha256 differs from the driver's)",
-        }
+        damaged = f"{cell['onnx_name']} arrived damaged (sha256 differs from the driver's)"
+        return {**result, "status": "failed", "reason": damaged}
     with tempfile.TemporaryDirectory(prefix="edgepipe-cell-") as tmp:
         onnx_path, engine_path = Path(tmp) / cell["onnx_name"], Path(tmp) / cell["engine_name"]
         onnx_path.write_bytes(onnx_bytes)
         try:
             built = edgepipe.build_engine(onnx_path, engine_path, cell["cc"], backend)
         except EdgepipeError as exc:
-            return {
-                **result,
-                "status": "failed",
-                "reason": str(exc),
-                "seconds": round(time.perf_counter() - started, 3),
-            }
+            seconds = round(time.perf_counter() - started, 3)
+            return {**result, "status": "failed", "reason": str(exc), "seconds": seconds}
         engine = engine_path.read_bytes()
         result.update(
             status="built",

@@ -1,11 +1,7 @@
-"""The sweep report: one row per model x precision x target, as sweep.json and sweep.md.
+"""The sweep report: one row per model x precision x target, as sweep.json and sweep.md (docs/sweep.md).
 
-``rows`` holds two kinds of row. ``kind: "run"`` rows are each model's run report rows (PyTorch
-and its ONNX models, with accuracy and latency), named ``<model>/<artifact>``; ``kind: "cell"``
-rows are the engines, named ``<model>/engine-<precision>-<target>``, with status built, reused,
-"skipped: reason" or "failed: reason", the engine path and sha256, build seconds, the node, and
-accuracy and latency where a worker had the target GPU. With ``rows``, ``reference`` and
-``format`` laid out as in a run report, ``edgepipe check`` gates a whole sweep.
+``kind: "run"`` rows are each model's run report rows, ``kind: "cell"`` rows its engines. With
+``rows``, ``reference`` and ``format`` laid out as in a run report, ``edgepipe check`` gates a sweep.
 """
 
 from __future__ import annotations
