@@ -90,10 +90,8 @@ class Artifact:
             precision = Precision(recorded)
         elif kind is Kind.ONNX:  # an ONNX made elsewhere: its graph is the only record
             precision = of_onnx(load_onnx(path))
-        elif kind is Kind.CHECKPOINT:
-            precision = Precision.FP32
         else:
-            precision = None
+            precision = Precision.FP32 if kind is Kind.CHECKPOINT else None
         return cls(path, kind, manifest, precision)
 
     @property

@@ -120,10 +120,8 @@ def _report(plan: Plan, engines_note: str | None, started: float) -> dict[str, A
     validation = stages.result("validate", folder / "validate.json")
     benched = stages.result("bench", folder / "bench.json")
     reference = ckpt or source.file or folder / "model.onnx"
-    artifacts = {
-        **({"pytorch": ckpt} if ckpt and stages.ok("train" if source.start == "training" else None) else {}),
-        **made,
-    }
+    trained = ckpt and stages.ok("train" if source.start == "training" else None)
+    artifacts = {**({"pytorch": ckpt} if trained else {}), **made}
     start = {"start": source.start, "file": str(reference), **_model_record(ckpt if ckpt and ckpt.is_file() else None)}
     head = {"model": source.name, "data": data, "source": start, "engines": engines_note}
     head["seconds"] = time.perf_counter() - started
