@@ -168,10 +168,8 @@ def row_state(row: dict[str, Any]) -> str:
 def check(
     report: dict[str, Any], baseline: dict[str, Any], tolerances: dict[str, tuple[float, bool]]
 ) -> dict[str, Any]:
-    """Every regression of ``report`` against ``baseline``; ``passed`` is True when there is none.
-
-    ``skipped``: rows the baseline measured that the report skipped (a sweep target no worker served).
-    """
+    """Every regression of ``report`` against ``baseline``; ``skipped``: rows the baseline measured that
+    the report skipped (a sweep target no worker served)."""
     _check_comparable(report, baseline, tolerances)
     now_rows, base_rows = _rows(report), _rows(baseline)
     regressions, skipped, compared = [], [], 0

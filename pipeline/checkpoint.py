@@ -44,13 +44,9 @@ def make_config(
     shape: tuple[int | None, int, int] | None = None,
     preprocess: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], TrainingImages]:
-    """The config a checkpoint carries, and its images: everything later stages need to rebuild and judge it.
-
-    ``model`` (a zoo name or a ``--model`` spec) is recorded so later stages rebuild exactly the
-    user's model. The images are ``source`` at ``shape`` (C, H, W; C None: the data's own; None:
-    DEFAULT_IMAGE_SIZE square), split; the preprocessing recorded is that resize and the pool's
-    channel mean/std, or ``preprocess`` (a model's own, timm's) as it is.
-    """
+    """The config a checkpoint carries (everything later stages need to rebuild and judge it), and its images
+    at ``shape`` (C, H, W; C None: the data's own). The preprocessing recorded is that resize and the
+    pool's channel mean/std, or ``preprocess`` (a model's own, timm's) as it is."""
     spec = model if isinstance(model, ModelSpec) else ModelSpec.parse(model)
     split = source.split(seed=seed, val_fraction=VAL_FRACTION)
     channels = (shape[0] if shape else None) or source.channels
@@ -100,12 +96,8 @@ def open_training_data(data: str) -> ImageSource:
 def model_for_data(
     spec: ModelSpec, data: str, seed: int, input_shape: tuple[int | None, int, int] | None = None
 ) -> tuple[Any, dict[str, Any], TrainingImages]:
-    """The model ``spec`` names, built for ``data`` at the size it takes: (model, checkpoint config, images).
-
-    The size is ``input_shape`` (--input-size; channels None: the data's), else the model's own
-    (``input_size``), else DEFAULT_IMAGE_SIZE; a timm model's own preprocessing is used and recorded.
-    One forward pass at that size proves the model takes it, before any training.
-    """
+    """The model ``spec`` names, built for ``data`` at ``input_shape``, else its own size, else
+    DEFAULT_IMAGE_SIZE: (model, checkpoint config, images). One forward pass proves it, before training."""
     import torch  # only stages that build a model need it
 
     shape = tuple(input_shape) if input_shape else input_size(spec)
@@ -185,11 +177,8 @@ def model_record(config: dict[str, Any]) -> dict[str, Any]:
 def load_checkpoint(
     path: str | Path, model_name: str | ModelSpec | None = None, data: str | None = None, trust_model_code=False
 ):
-    """Load an edgepipe checkpoint, or a plain state dict for ``model_name`` (on ``data``); returns (model, config).
-
-    Only tensors and plain types are unpickled (weights_only), never arbitrary objects; user code a
-    checkpoint names is imported only when ``model_name`` names it again or ``trust_model_code``.
-    """
+    """Load an edgepipe checkpoint, or a plain state dict for ``model_name`` (on ``data``): (model, config).
+    User code a checkpoint names is imported only when ``model_name`` names it again or ``trust_model_code``."""
     import torch  # a second to import: only commands that touch checkpoints pay for it
 
     path = Path(path)
@@ -230,12 +219,8 @@ def is_checkpoint(path: str | Path) -> bool:
 def model_from_weights(
     path: str | Path, spec: ModelSpec, input_shape: tuple[int, int, int] | None = None
 ) -> tuple[Any, dict[str, Any]]:
-    """The model ``spec`` names with the weights in ``path``, knowing no data: (model, record).
-
-    Built from its own defaults and the --model-arg values alone (no dataset imposes channels or
-    classes), so the weights decide. The size is ``input_shape`` (--input-size), else the model's
-    own; one forward pass proves the model takes it and gives the class count.
-    """
+    """The model ``spec`` names with the weights in ``path``, knowing no data: (model, record). No dataset
+    imposes channels or classes, so the weights decide; one forward pass gives the class count."""
     path = Path(path)
     model = build(spec)
     sha256 = load_weights(model, path)

@@ -1,9 +1,8 @@
 """Export a checkpoint to ONNX and prove the export against PyTorch on the held-out split.
 
-A plain weights file (a state dict in .pt/.pth, or .safetensors) with ``--model`` and no ``--data``
-is exported from the model alone: proven on seeded synthetic inputs (and said so), and written
-like any ONNX edgepipe did not train, with no data config, so later stages check it on the user's
-images or on synthetic inputs as they would any model.
+A plain weights file with ``--model`` and no ``--data`` is exported from the model alone: proven on
+seeded synthetic inputs (and said so), and written with no data config, like any ONNX edgepipe did
+not train.
 """
 
 from __future__ import annotations
@@ -79,10 +78,7 @@ class ExportSettings:
 
 def export(checkpoint: str | Path, output: str | Path, **options: Any) -> dict[str, Any]:
     """Write ``output`` from ``checkpoint`` and return the parity figures; fail if they are off.
-
-    ``options``: the fields of ``ExportSettings``; ``input_shape`` (C, H, W) exports at another size
-    than the checkpoint's, which one forward pass first proves the model takes.
-    """
+    ``options``: the fields of ``ExportSettings``."""
     settings = ExportSettings(**options)
     output = check_output(output, settings.force)
     given = ModelSpec.parse(settings.model_name) if isinstance(settings.model_name, str) else settings.model_name

@@ -1,9 +1,7 @@
 """Load a weights file into a built model, strictly, and say exactly why one does not fit.
 
-A ``.pt``/``.pth`` file is read with ``torch.load(weights_only=True)``: tensors and plain types only,
-so a weights file cannot run code. It may hold a plain state dict, ``{"state_dict": ...}``,
-``{"model": ...}`` or an edgepipe checkpoint (``{"state_dict", "config"}``). ``.safetensors`` files
-are read with safetensors. Every key and shape must match the model (strict).
+A ``.pt``/``.pth`` file is read with ``torch.load(weights_only=True)``, so a weights file cannot run
+code; it may hold a plain state dict or one wrapped by a trainer (``WRAPPER_KEYS``), or a .safetensors.
 """
 
 from __future__ import annotations

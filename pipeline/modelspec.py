@@ -163,12 +163,9 @@ class ModelCode:
 
 
 def load_recorded(spec_json: dict[str, Any] | str, given: ModelSpec | None, trust_model_code: bool) -> ModelSpec:
-    """The spec to build for a checkpoint that recorded ``spec_json``; imports nothing.
-
-    Zoo and timm specs are used as recorded. User code is used only when ``--model`` names it
-    again (``given``, whose --model-arg values override the recorded ones) or with
-    ``--trust-model-code``; a recorded file must still hold the code it held when recorded.
-    """
+    """The spec to build for a checkpoint that recorded ``spec_json``; imports nothing. User code is used
+    only when ``--model`` names it again (``given``, its --model-arg values on top) or with
+    ``--trust-model-code``; a recorded file must still hold the code it held when recorded."""
     recorded = ModelSpec.from_json(spec_json)
     if given is not None:
         if not given.same_model(recorded):

@@ -235,9 +235,6 @@ def run_onnxruntime(model: ModelSource, inputs: np.ndarray | dict[str, np.ndarra
     return {output.name: value for output, value in zip(session.get_outputs(), values)}
 
 
-# --- reading the graph ------------------------------------------------------------------------------
-
-
 def _tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
     tensor = value.type.tensor_type
     dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim)

@@ -1,8 +1,7 @@
 """The run report: one row per artifact, like the benchmark tables users know, as JSON and Markdown.
 
-Rows: the PyTorch reference, then ONNX and TensorRT artifacts per precision, each with status,
-size, top-1, change vs PyTorch, agreement, latency and throughput, plus tool versions and the
-machine. ``edgepipe check`` reads the JSON.
+Rows: the PyTorch reference, then ONNX and TensorRT artifacts per precision. ``edgepipe check`` reads
+the JSON.
 """
 
 from __future__ import annotations
@@ -22,11 +21,8 @@ FORMATS = {"pytorch": "PyTorch", "onnx": "ONNX", "engine": "TensorRT"}
 def assemble(
     folder: Path, head: dict[str, Any], validation, bench, artifacts: dict[str, Path | None], stages
 ) -> dict[str, Any]:
-    """The report of a run. ``head``: model, data, source (what it started from, {"start": "training" |
-    "checkpoint" | "onnx", "file": the checkpoint or ONNX}), engines (why they were skipped, or None) and
-    seconds. The reference is that file (the checkpoint trained for "training"), measured by the validate
-    stage when it ran.
-    """
+    """The report of a run. ``head``: model, data, source ({"start": "training" | "checkpoint" | "onnx",
+    "file": the reference}), engines (why they were skipped, or None) and seconds."""
     source = head["source"]
     reference = {
         "format": "ONNX" if source["start"] == "onnx" else "PyTorch",

@@ -59,11 +59,8 @@ def validate(
     code: ModelCode = ModelCode(),
     **settings: Any,
 ) -> dict[str, Any]:
-    """Run the reference and every artifact on the same images; one row per artifact.
-
-    ``settings``: the fields of ``Settings``; ``split`` may also be a split record. ``code``: the user
-    code a checkpoint or weights reference is rebuilt from (--model, --trust-model-code).
-    """
+    """Run the reference and every artifact on the same images; one row per artifact. ``settings``: the
+    fields of ``Settings``; ``code``: the user code a checkpoint or weights reference is rebuilt from."""
     chosen = Settings(data=data, **settings)
     if chosen.split not in SPLITS and not isinstance(chosen.split, dict):
         raise EdgepipeError(f"unknown split {chosen.split!r}", fix=f"use one of {', '.join(SPLITS)}")

@@ -42,11 +42,8 @@ DIGITS = images.DIGITS  # the bundled data's name, which a models file may give 
 
 
 def prepare_model(model: Any, folder: Path, precisions: tuple[Precision, ...], settings: dict[str, Any]):
-    """The target-independent stages of one ``SweepModel`` into ``folder`` (reusing what is current): the run report.
-
-    ``settings`` are ``edgepipe run``'s; the model's ``labels`` and ``preprocess`` file are for an ONNX
-    edgepipe did not export, as `edgepipe run` takes them.
-    """
+    """The target-independent stages of one ``SweepModel`` into ``folder`` with ``edgepipe run``'s
+    ``settings`` (reusing what is current): the run report."""
     from pipeline import run  # imports torch: only the driver, when it prepares a model
 
     own = model.checkpoint or model.onnx

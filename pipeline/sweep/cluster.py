@@ -27,18 +27,12 @@ PROBE_TIMEOUT_S = 120.0
 DEFAULT_RETRIES = 2
 
 
-# --- Ray ---------------------------------------------------------------------------------------------
-
-
 def require_ray() -> Any:
     try:
         import ray  # heavy (about a second): only sweep and worker need it
     except ImportError:
         raise EdgepipeError("Ray is not installed, and edgepipe sweep and worker run on Ray", fix=INSTALL_FIX) from None
     return ray
-
-
-# --- nodes ------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -91,9 +85,6 @@ def probe_node() -> dict[str, Any]:
         "gpu": edgepipe.gpu_compute_capability(),
         "flavours": edgepipe.tensorrt_flavours(),
     }
-
-
-# --- the connection ---------------------------------------------------------------------------------
 
 
 class Cluster:
@@ -198,9 +189,6 @@ def check_versions(nodes: list[Node], driver: dict[str, str]) -> None:
                 f"node {others[0].name} runs {key} {others[0].probe.get(key)}, this driver {driver[key]}; every node must run the same {key}",
                 fix=f"{install} on that node and restart it with 'edgepipe worker --address HEAD:PORT'",
             )
-
-
-# --- workers and results ----------------------------------------------------------------------------
 
 
 def worker_resources(targets: list[str] | None = None, num_cpus: int | None = None) -> dict[str, float]:

@@ -30,9 +30,9 @@ class RayOutput:
     ``EDGEPIPE_RAY_VERBOSE=1``, the terminal as Ray prints it."""
 
     def __init__(self) -> None:
-        self.verbose = os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+        verbose = os.environ.get(VERBOSE_ENV, "") not in ("", "0")
         self.folder: Path | None = None
-        self.path = None if self.verbose else Path(tempfile.mkstemp(prefix="edgepipe-ray-", suffix=".log")[1])
+        self.path = None if verbose else Path(tempfile.mkstemp(prefix="edgepipe-ray-", suffix=".log")[1])
 
     @contextlib.contextmanager
     def captured(self) -> Iterator[None]:

@@ -34,9 +34,6 @@ ORPHAN_CHECK_S = 15.0  # how often pending cells are checked against the nodes s
 DEFAULT_OUTPUT = DEFAULT_SWEEP_OUTPUT
 
 
-# --- the sweep --------------------------------------------------------------------------------------
-
-
 def sweep(
     models: list[str | SweepModel] | None = None,
     models_file: str | Path | None = None,
@@ -47,10 +44,7 @@ def sweep(
     **flags: Any,
 ) -> dict[str, Any]:
     """Run the sweep into ``output``; returns the report (also written as sweep.json and sweep.md).
-
-    ``targets`` None sweeps every target a worker advertises. ``settings`` (or ``flags``, its fields):
-    how each model is prepared and each cell measured.
-    """
+    ``targets`` None sweeps every target a worker advertises; ``flags``: the fields of ``SweepSettings``."""
     specs, chosen_precisions, chosen_targets = sweep_inputs.resolve(models, models_file, precisions, targets)
     settings = settings or SweepSettings(**flags)
     folder, address = Path(output), settings.address

@@ -1,8 +1,7 @@
 """What a sweep is asked for: models (names, or a models file), precisions and target GPUs.
 
 Everything is checked before a cluster is touched, so bad input ends as one line and nothing is
-submitted: an unknown zoo model gets the closest names, a target that is not ``sm_XY`` the
-compute-capability spelling.
+submitted.
 """
 
 from __future__ import annotations
@@ -64,9 +63,6 @@ class SweepSettings:
         shared = ("seed", "max_drop", "bench_batches", "bench_seconds", "strict", "force")
         mine = {"data": model.data or self.data, "epochs": model.epochs or self.epochs, "engines": False}
         return {**{key: getattr(self, key) for key in shared}, **mine}
-
-
-# --- inputs -----------------------------------------------------------------------------------------
 
 
 def load_models_file(path: str | Path) -> dict[str, Any]:
