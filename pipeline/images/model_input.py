@@ -26,7 +26,7 @@ from pipeline.images.record import Record
 from pipeline.onnxinfo import ModelInfo, TensorInfo, describe, load_model
 from pipeline.precision import Precision
 from pipeline.preprocess import Preprocess
-from pipeline.preprocess_options import check_keys, parse_value
+from pipeline.preprocess_options import EXAMPLE, check_keys, parse_value
 from pipeline.yamlfile import read_yaml
 
 FLAG_KEYS = ("resize", "crop", "mean", "std", "channel_order", "interpolation", "layout")
@@ -50,19 +50,16 @@ class PreprocessFlags:
         values = {key: parse_value(key, value) for key, value in flags.items() if value is not None}
         file_values = read_preprocess_file(file) if file is not None else {}
         merged = {**file_values, **values}
-        geometry = {
-            key: merged[key]
-            for key in ("resize", "crop", "interpolation", "channel_order", "layout")
-            if merged.get(key) is not None
-        }
-        Preprocess.from_dict(geometry)  # a crop larger than the resize, or an unknown name, fails here
+        geometry = ("resize", "crop", "interpolation", "channel_order", "layout")
+        # a crop larger than the resize, or an unknown name, fails here
+        Preprocess.from_dict({key: merged[key] for key in geometry if merged.get(key) is not None})
         for key in ("mean", "std"):
             if merged.get(key) is not None:
                 numbers = parse_value(key, merged[key])
                 if len(numbers) not in (1, 3):
                     raise EdgepipeError(
                         f"{key} has {len(numbers)} values; images have 1 (grayscale) or 3 (colour) channels",
-                        fix=f"give one value per channel, e.g. --{key} {'0.485,0.456,0.406' if key == 'mean' else '0.229,0.224,0.225'}",
+                        fix=f"give one value per channel, e.g. --{key} {EXAMPLE[key]}",
                     )
                 Preprocess(**{key: numbers, "channels": len(numbers)})  # 0-255 units or a zero std fail here
         return cls(values, None if file is None else str(file), file_values)
