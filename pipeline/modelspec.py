@@ -5,9 +5,7 @@ A checkpoint records the spec so later stages need no flags, but user code is ne
 checkpoint's word alone (``load_recorded``): a checkpoint from elsewhere could name any file, and
 importing a file runs it.
 
-    spec = ModelSpec.parse("models/net.py:make_net", ["width=32"])
-    model = build(spec, defaults={"num_classes": 5, "in_chans": 3})
-    shape = input_size(model) or (3, 96, 96); probe(model, shape)
+    model = build(ModelSpec.parse("models/net.py:make_net", ["width=32"]), defaults={"num_classes": 5})
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """How an image becomes a model input: resize, centre crop, scale, normalize, in timm/torchvision terms.
 
 Users of timm and torchvision already know their model's preprocessing as ``Resize(256)``,
-``CenterCrop(224)``, ``ToTensor()``, ``Normalize(mean, std)``; edgepipe takes exactly those keys
-(``--resize --crop --mean --std --channel-order --interpolation --layout`` or a small YAML/JSON file)
-and reproduces torchvision's arithmetic on PIL images, so the images edgepipe calibrates and
-validates on are the images the model was trained for.
+``CenterCrop(224)``, ``ToTensor()``, ``Normalize(mean, std)``; edgepipe takes exactly those keys and
+reproduces torchvision's arithmetic on PIL images, so the images edgepipe calibrates and validates on
+are the images the model was trained for.
 
     pre = Preprocess.from_dict({"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
     array = pre.apply(PIL.Image.open("cat.jpg"))    # float32, 3x224x224

@@ -1,8 +1,7 @@
 """The user's words for preprocessing, parsed: flag values and --preprocess YAML/JSON files.
 
-Flags and files share one vocabulary (timm's and torchvision's): resize, crop, mean, std,
-channel_order, interpolation, layout. Every value is parsed here once, so a typo or a wrong
-number is one clear line naming the key, never a failure deep inside a later stage.
+Flags and files share one vocabulary (timm's and torchvision's), parsed here once, so a typo or a
+wrong number is one clear line naming the key, never a failure deep inside a later stage.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """timm models: build one with random weights, and read its own data config (size, crop, mean/std).
 
-timm is optional (``pip install 'edgepipe[timm]'``) and imports torchvision at import time, so it is
-imported only inside these functions: edgepipe without timm never touches it. Weights never come
-from a hub here; they load from a local file (:func:`pipeline.model_weights.load_weights`).
+timm is optional and imports torchvision, so it is imported only inside these functions. Weights
+never come from a hub here; they load from a local file (``model_weights``).
 """
 
 from __future__ import annotations

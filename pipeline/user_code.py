@@ -1,9 +1,8 @@
 """Import the user's model code (a package module or a .py file) and call the callable that builds it.
 
-Importing runs the user's code, so only :func:`pipeline.modelspec.build` calls this, after the trust
-rule has been applied. A file is imported by path under a module name unique to its path and
-content, with its folder first on sys.path while it imports and builds, so ``from blocks import SE``
-next to it works; a package module imports as Python would from the working folder.
+Importing runs the user's code, so it is called only after the trust rule (``modelspec``). A file is
+imported under a module name unique to its path and content, with its folder first on sys.path, so
+``from blocks import SE`` next to it works; a package module imports as from the working folder.
 """
 
 from __future__ import annotations

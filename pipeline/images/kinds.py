@@ -1,7 +1,5 @@
-"""The kinds of ``ImageSource``: image files in folders, an .npz's arrays (``npz.py``), the bundled digits;
-and ``open_source``, which picks one.
-
-Each lists its images up front and decodes one only when ``read`` is called (from a stream worker).
+"""The kinds of ``ImageSource`` (image files in folders, an .npz's arrays, the bundled digits) and
+``open_source``, which picks one. Each decodes an image only when a stream worker ``read``s it.
 """
 
 from __future__ import annotations

@@ -109,12 +109,10 @@ class _BatchDecoder:
 def _init_worker(worker_id: int) -> None:
     """Keep the worker's heap from creeping up: reuse image buffers, map big arrays whole.
 
-    By default every decoded, resized and cropped image is a fresh allocation. In a forked worker
-    that churn fills free space in the heap inherited from the main process (copying those pages)
-    and fragments it: each worker's private memory crept up by ~60 MB over the first ~20,000
-    images. Pillow's buffer reuse (what PILLOW_BLOCKS_MAX sets) removes most of the churn and
-    saves time; a fixed mmap threshold (glibc's M_MMAP_THRESHOLD) sends the remaining
-    image-sized arrays to mappings that are returned whole when freed.
+    In a forked worker every decoded image's fresh allocation fills free space in the inherited heap
+    (copying those pages) and fragments it: ~60 MB per worker over the first ~20,000 images. Pillow's
+    buffer reuse removes most of that churn; glibc's M_MMAP_THRESHOLD sends the rest to mappings
+    that are returned whole when freed.
     """
     from PIL import Image
 

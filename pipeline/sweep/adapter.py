@@ -115,11 +115,8 @@ def model_names() -> list[str]:
 
 
 def tensorrt_flavours() -> dict[str, dict[str, Any]]:
-    """The TensorRT flavours installed here: {name: {"version": ..., "targets": [...]}}.
-
-    ``targets`` are the compute capabilities TensorRT-RTX builds for ahead of time; standard
-    TensorRT builds only for the GPU it runs on, so its list is empty.
-    """
+    """The TensorRT flavours installed here: {name: {"version": ..., "targets": the compute capabilities
+    it builds for ahead of time (none for standard TensorRT, which builds for its own GPU)}}."""
     flavours = {}
     for name in installed_backends():
         try:

@@ -1,10 +1,9 @@
 """One sweep cell on a worker: build the engine of one model, precision and target GPU, and where
 the worker has that GPU, validate and bench it there.
 
-The worker keeps nothing: the ONNX model (and the PyTorch checkpoint used as the reference) come
-in as bytes, the engine and its manifest go back as bytes with their sha256, and the driver writes
-them. A build error is a result ("failed" with its reason), not an exception, so Ray does not
-retry it; only a worker or node that dies is retried.
+The worker keeps nothing: the models come in as bytes, the engine and its manifest go back as bytes
+with their sha256. A build error is a result ("failed" with its reason), not an exception, so Ray
+does not retry it; only a worker or node that dies is retried.
 """
 
 from __future__ import annotations
@@ -22,11 +21,8 @@ from pipeline.sweep.targets import target_name
 
 
 def choose_backend(target_cc: str, gpu: str | None, flavours: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
-    """(flavour, "") that builds for ``target_cc`` on a node with ``gpu``, or (None, why not).
-
-    Standard TensorRT builds only for the GPU it runs on; TensorRT-RTX builds ahead of time for
-    its list of targets on any machine, GPU or not.
-    """
+    """(flavour, "") that builds for ``target_cc`` on a node with ``gpu``, or (None, why not): standard
+    TensorRT builds only for its own GPU, TensorRT-RTX ahead of time for its targets on any machine."""
     if edgepipe.TENSORRT in flavours and gpu == target_cc:
         return edgepipe.TENSORRT, ""
     rtx = flavours.get(edgepipe.TENSORRT_RTX)
