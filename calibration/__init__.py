@@ -1,45 +1,15 @@
 """Calibration sets: class-balanced, seeded draws from a model's calibration pool, with its preprocessing.
 
 A calibration set is what INT8 calibration sees of the world: images preprocessed exactly as the
-model expects them, drawn only from the calibration pool of the model's data split (never the
-held-out images the artifacts are judged on), class by class in turns. It is saved as an .npz
-(images, labels and a JSON manifest) with a manifest beside it, and fed to ModelOpt as one array and
-to a TensorRT calibrator batch by batch (``batches``). Every model takes the same road:
+model expects them, never the held-out images the artifacts are judged on. Every model takes the
+same road:
 
     calib_set = calibration.draw_for("model.onnx", data="photos/", labels="labels.txt", num=512)
     calib_set = calibration.draw_for("se_resnet.pt")          # the data and split the model records
     calibration.save("calib.npz", calib_set)
     calib_set = calibration.load("calib.npz")
     calibration.check_matches(calib_set, model_input)
-
-The rooms: ``draw.py`` (drawing from a ``ModelData``) on ``store.py`` (the set, its file, its checks).
 """
 
 from calibration.draw import draw, draw_for
-from calibration.store import (
-    DEFAULT_NUM,
-    MIN_PER_CLASS,
-    MIN_TOTAL,
-    CalibrationSet,
-    batches,
-    check_matches,
-    content_sha256,
-    load,
-    minimum_count,
-    save,
-)
-
-__all__ = [
-    "DEFAULT_NUM",
-    "MIN_PER_CLASS",
-    "MIN_TOTAL",
-    "CalibrationSet",
-    "batches",
-    "check_matches",
-    "content_sha256",
-    "draw",
-    "draw_for",
-    "load",
-    "minimum_count",
-    "save",
-]
+from calibration.store import DEFAULT_NUM, MIN_TOTAL, CalibrationSet, batches, check_matches, load, save

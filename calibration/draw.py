@@ -1,9 +1,7 @@
 """Drawing a calibration set: class-balanced, seeded, from the calibration pool only, for every model.
 
-A model's images (``ModelData``: ``--data``, or the data the model records, with its split) are
-drawn from class by class in turns (``ImageSource.draw``), never from the held-out part that
-validate judges on, and read through the model's own preprocessing. The manifest records the
-preprocessing, the split and the drawn indices.
+The pool is never the held-out part validate judges on; the manifest records the preprocessing, the
+split and the drawn indices.
 """
 
 from __future__ import annotations

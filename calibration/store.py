@@ -1,8 +1,7 @@
 """A calibration set on disk: one .npz format (``images``, optional ``labels``, ``manifest``) for every model.
 
-``save`` writes it atomically with a manifest beside it; ``load`` reads it back with one clear error
-for a missing, corrupt or foreign file; ``check_matches`` refuses a set made for another input or
-preprocessing; ``batches`` feeds it to a TensorRT calibrator in fixed-size batches.
+``check_matches`` refuses a set made for another input or preprocessing; ``batches`` feeds it to a
+TensorRT calibrator in fixed-size batches.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from pipeline.defaults import DEFAULT_CALIBRATION_SIZE
 from pipeline.errors import EdgepipeError
 from pipeline.images import ModelInput
 from pipeline.preprocess import Preprocess
+from pipeline.preprocess_options import dims
 
 DEFAULT_NUM = DEFAULT_CALIBRATION_SIZE
 # Why these minimums: entropy (KL) calibration picks each tensor's clipping threshold from a
@@ -135,7 +135,7 @@ def check_matches(calib_set: CalibrationSet, model_input: ModelInput, shape_only
     fix = "draw a set for this model with 'edgepipe calibrate --checkpoint MODEL', or drop --calib to draw one from its data"
     shape, wanted = list(calib_set.images.shape[1:]), list(model_input.sample_shape)
     if shape != wanted:
-        raise EdgepipeError(f"the calibration images are {_dims(shape)} but the model takes {_dims(wanted)}", fix=fix)
+        raise EdgepipeError(f"the calibration images are {dims(shape)} but the model takes {dims(wanted)}", fix=fix)
     recorded = calib_set.manifest.get("preprocess")
     if shape_only:
         recorded = model_input.preprocess.to_dict()
@@ -180,7 +180,3 @@ def _same(a: Preprocess, b: Preprocess) -> bool:
         if (x is None) != (y is None) or (x is not None and not np.allclose(x, y, rtol=1e-5, atol=1e-7)):
             return False
     return one == other
-
-
-def _dims(shape) -> str:
-    return "x".join(str(d) for d in shape)

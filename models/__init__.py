@@ -4,30 +4,9 @@
     net = models.create("se_resnet", num_classes=10, in_chans=1, img_size=32)
     models.names(); models.model_info("se_resnet"); models.count_macs(net)
 
-``create("timm:NAME")`` builds a timm model when the optional ``timm`` extra is installed.
+timm models are built by ``pipeline.timm_models``, not here.
 """
 
 from . import zoo  # noqa: F401  (registers the built-in models)
 from .layers import ATTENTION_KINDS, AttentionPool, create_attention
-from .registry import (
-    UnknownModelError,
-    count_macs,
-    count_params,
-    create,
-    model_info,
-    names,
-    register_model,
-)
-
-__all__ = [
-    "ATTENTION_KINDS",
-    "AttentionPool",
-    "UnknownModelError",
-    "count_macs",
-    "count_params",
-    "create",
-    "create_attention",
-    "model_info",
-    "names",
-    "register_model",
-]
+from .registry import UnknownModelError, count_macs, count_params, create, model_info, names, register_model

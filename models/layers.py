@@ -17,18 +17,6 @@ import math
 import torch
 from torch import nn
 
-__all__ = [
-    "ATTENTION_KINDS",
-    "AttentionPool",
-    "CBAM",
-    "CoordAttention",
-    "ECA",
-    "GateAttention",
-    "MHSA",
-    "SqueezeExcite",
-    "create_attention",
-]
-
 
 def _hidden(channels: int, reduction: int, min_hidden: int = 8) -> int:
     """Width of a bottleneck MLP: channels // reduction, but never uselessly narrow."""

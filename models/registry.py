@@ -9,17 +9,6 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = [
-    "UnknownModelError",
-    "count_macs",
-    "count_params",
-    "create",
-    "model_info",
-    "names",
-    "register_model",
-]
-
-
 _REGISTRY: dict[str, dict[str, Any]] = {}
 
 
@@ -66,9 +55,7 @@ def _unknown(name: str) -> UnknownModelError:
     scored = sorted(((difflib.SequenceMatcher(None, name, n).ratio(), n) for n in names()), reverse=True)
     # Offer the best match, plus any that are nearly as good (e.g. two equally likely typos).
     close = [n for r, n in scored[:3] if r >= 0.6 and r >= scored[0][0] - 0.05]
-    hint = ""
-    if close:
-        hint = " did you mean " + " or ".join(repr(c) for c in close) + "?"
+    hint = " did you mean " + " or ".join(repr(c) for c in close) + "?" if close else ""
     return UnknownModelError(f"unknown model {name!r};{hint} 'edgepipe models' lists them")
 
 

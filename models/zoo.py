@@ -15,8 +15,6 @@ from torch import nn
 from .layers import AttentionPool, create_attention
 from .registry import register_model
 
-__all__ = ["AttentionResNet", "BasicBlock"]
-
 STEM_WIDTH = 16
 WIDTHS = (32, 64, 128)
 
@@ -114,47 +112,25 @@ class AttentionResNet(nn.Module):
 # The default training recipe every zoo model reaches its target with (see docs/zoo.md).
 RECIPE = {"default_epochs": 20, "default_lr": 3e-3}
 
-# Each factory takes AttentionResNet's arguments (num_classes, in_chans, img_size, ...) as keywords.
+
+def _factory(**backbone):
+    """A zoo entry: AttentionResNet with ``backbone`` fixed; the caller's keywords (num_classes, ...) on top."""
+    return lambda **kw: AttentionResNet(**backbone, **kw)
 
 
-@register_model(attention="se", description="residual CNN with squeeze-and-excitation in every block", **RECIPE)
-def se_resnet(**kw) -> nn.Module:
-    return AttentionResNet(attention="se", **kw)
-
-
-@register_model(attention="eca", description="residual CNN with efficient channel attention in every block", **RECIPE)
-def eca_resnet(**kw) -> nn.Module:
-    return AttentionResNet(attention="eca", **kw)
-
-
-@register_model(
-    attention="cbam", description="residual CNN with CBAM (channel + spatial gates) in every block", **RECIPE
-)
-def cbam_resnet(**kw) -> nn.Module:
-    return AttentionResNet(attention="cbam", **kw)
-
-
-@register_model(attention="coord", description="residual CNN with coordinate attention in every block", **RECIPE)
-def coord_resnet(**kw) -> nn.Module:
-    return AttentionResNet(attention="coord", **kw)
-
-
-@register_model(
-    attention="gate", description="residual CNN with a gated 1x1-conv attention map in every block", **RECIPE
-)
-def gated_cnn(**kw) -> nn.Module:
-    return AttentionResNet(attention="gate", **kw)
-
-
-@register_model(
-    attention="softmax-pool", description="residual CNN with a softmax feature-attention pooling head", **RECIPE
-)
-def attnpool_cnn(**kw) -> nn.Module:
-    return AttentionResNet(head="attention", **kw)
-
-
-@register_model(
-    attention="mhsa", description="residual CNN with multi-head self-attention in the last stage (BoTNet)", **RECIPE
-)
-def bot_net(**kw) -> nn.Module:
-    return AttentionResNet(mhsa_last=True, **kw)
+# name -> (attention kind, description, AttentionResNet arguments)
+ZOO = {
+    "se_resnet": ("se", "residual CNN with squeeze-and-excitation in every block", {"attention": "se"}),
+    "eca_resnet": ("eca", "residual CNN with efficient channel attention in every block", {"attention": "eca"}),
+    "cbam_resnet": ("cbam", "residual CNN with CBAM (channel + spatial gates) in every block", {"attention": "cbam"}),
+    "coord_resnet": ("coord", "residual CNN with coordinate attention in every block", {"attention": "coord"}),
+    "gated_cnn": ("gate", "residual CNN with a gated 1x1-conv attention map in every block", {"attention": "gate"}),
+    "attnpool_cnn": (
+        "softmax-pool",
+        "residual CNN with a softmax feature-attention pooling head",
+        {"head": "attention"},
+    ),
+    "bot_net": ("mhsa", "residual CNN with multi-head self-attention in the last stage (BoTNet)", {"mhsa_last": True}),
+}
+for _name, (_attention, _description, _backbone) in ZOO.items():
+    register_model(_name, attention=_attention, description=_description, **RECIPE)(_factory(**_backbone))

@@ -1,14 +1,9 @@
 """Artifacts: a file edgepipe made (or was given) plus the manifest that says what it is.
 
-A manifest ``<artifact>.manifest.json`` records the artifact's kind, what it was made from (the
-sha256 of each input, by role), the settings, its precision, the backend for engines, figures
-measured when it was made, and the tool versions. ``Artifact.open`` reads a file and its manifest
-once; later stages read facts from it and never work them out again. The one reuse rule is
-``current``: an artifact is reused when its manifest names the same inputs and settings and the
-file is the one the manifest describes.
-
-Writes are atomic (temporary file, then rename): an error or Ctrl-C leaves no half-written file
-and keeps the older one. Finished files get the permissions of the user's umask, as any tool's.
+``Artifact.open`` reads a file and its manifest (``<artifact>.manifest.json``) once; later stages read
+facts from it and never work them out again. The one reuse rule is ``why_stale``: an artifact is
+reused when its manifest names the same inputs and settings and the file is the one it describes.
+Writes are atomic; finished files get the permissions of the user's umask, as any tool's.
 """
 
 from __future__ import annotations
@@ -90,19 +85,13 @@ class Artifact:
             precision = Precision(recorded)
         elif kind is Kind.ONNX:  # an ONNX made elsewhere: its graph is the only record
             precision = of_onnx(load_onnx(path))
-        elif kind is Kind.CHECKPOINT:
-            precision = Precision.FP32
         else:
-            precision = None
+            precision = Precision.FP32 if kind is Kind.CHECKPOINT else None
         return cls(path, kind, manifest, precision)
 
     @property
     def made_from(self) -> dict[str, str]:
         return self.manifest.get("inputs") or {}
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return self.manifest.get("params") or {}
 
     @property
     def backend(self) -> str | None:
@@ -181,10 +170,8 @@ def _file_mode() -> int:
 
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
-
-    An error or Ctrl-C inside the block leaves no half-written file and keeps any older file.
-    """
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds, so an
+    error or Ctrl-C leaves no half-written file and keeps any older one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
@@ -215,10 +202,8 @@ def write_manifest(
     params: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Write the manifest for a finished artifact. ``inputs`` maps a role to a sha256.
-
-    ``extra`` holds the facts later stages read: ``precision``, ``backend``, figures.
-    """
+    """Write the manifest for a finished artifact: ``inputs`` (role -> sha256), ``params`` (the settings)
+    and ``extra``, the facts later stages read (``precision``, ``backend``, figures)."""
     artifact = Path(artifact)
     manifest = {
         "format": ARTIFACT_FORMAT,

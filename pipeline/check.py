@@ -5,21 +5,13 @@ report: an artifact's top-1 is compared as its change vs PyTorch (``delta``), so
 moves every number together is not mistaken for a quantization regression, while the PyTorch
 row itself is compared on its own top-1.
 
-Tolerances (YAML) name a metric and how far it may move the wrong way: a number is in the
-metric's own unit (points for accuracy), "N%" is relative to the baseline::
+Tolerances (YAML) name a metric and how far it may move the wrong way: a number is in the metric's
+own unit (points for accuracy), "N%" is relative to the baseline (``top1: 0.3``, ``latency_ms: 10%``).
 
-    top1: 0.3          # points
-    agreement: 0.5     # points
-    latency_ms: 10%
-
-A sweep report (``edgepipe sweep``) has the same layout, plus one row per engine cell: a cell
-``built`` or ``reused`` counts as ok, a ``skipped`` one (no worker serves its target) is listed but
-is no regression, and a ``failed`` one always is. A bench result (``edgepipe bench --json-out``) is
-read as one row per artifact and batch (``model.onnx batch 1``) whose latency is its median.
-
-Latency from a Jetson depends on its power mode and clocks: when both reports carry a Jetson's state
-(the bench's ``jetson`` record) and their nvpmodel mode or jetson_clocks state differ, comparing
-``latency_ms`` or ``throughput`` is refused, naming both; accuracy still compares.
+A sweep report has the same layout, plus one row per engine cell: ``built`` or ``reused`` counts as
+ok, ``skipped`` (no worker serves its target) is no regression, ``failed`` always is. A bench result
+is read as one row per artifact and batch; latency from Jetsons in different power modes or clock
+states is refused (docs/device.md).
 """
 
 from __future__ import annotations
@@ -50,12 +42,12 @@ OK_STATUSES = ("ok", "built", "reused")  # a run row measured; a sweep cell buil
 def load_report(path: str | Path, role: str = "report") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise EdgepipeError(
-            f"{role} {path} does not exist",
-            fix="pass the report.json written by 'edgepipe run'"
+        fix = (
+            "pass the report.json written by 'edgepipe run'"
             if role == "report"
-            else "create one with --update-baseline",
+            else "create one with --update-baseline"
         )
+        raise EdgepipeError(f"{role} {path} does not exist", fix=fix)
     try:
         report = json.loads(path.read_text())
     except ValueError as exc:
@@ -124,18 +116,12 @@ def _check_comparable(report: dict[str, Any], baseline: dict[str, Any], toleranc
 def load_tolerances(path: str | Path | None) -> dict[str, tuple[float, bool]]:
     """Parse the tolerance file into metric -> (amount, relative)."""
     raw: Any = DEFAULT_TOLERANCES
+    fix = "write one 'metric: amount' per line, e.g. 'top1: 0.3' or 'latency_ms: 10%'"
     if path is not None:
-        raw = read_yaml(
-            path,
-            "tolerance file",
-            fix="write one 'metric: amount' per line, e.g. 'top1: 0.3' or 'latency_ms: 10%'",
-            missing_fix="pass a YAML file like 'top1: 0.3' or leave out --tolerances",
-        )
+        missing = "pass a YAML file like 'top1: 0.3' or leave out --tolerances"
+        raw = read_yaml(path, "tolerance file", fix=fix, missing_fix=missing)
     if not isinstance(raw, dict) or not raw:
-        raise EdgepipeError(
-            f"tolerance file {path} holds no 'metric: amount' lines",
-            fix="write one 'metric: amount' per line, e.g. 'top1: 0.3' or 'latency_ms: 10%'",
-        )
+        raise EdgepipeError(f"tolerance file {path} holds no 'metric: amount' lines", fix=fix)
     return {str(metric): _parse_tolerance(str(metric), amount, path) for metric, amount in raw.items()}
 
 
@@ -182,24 +168,27 @@ def row_state(row: dict[str, Any]) -> str:
 def check(
     report: dict[str, Any], baseline: dict[str, Any], tolerances: dict[str, tuple[float, bool]]
 ) -> dict[str, Any]:
-    """Every regression of ``report`` against ``baseline``; ``passed`` is True when there is none.
-
-    ``skipped``: rows the baseline measured that the report skipped (a sweep target no worker served).
-    """
+    """Every regression of ``report`` against ``baseline``; ``skipped``: rows the baseline measured that
+    the report skipped (a sweep target no worker served)."""
     _check_comparable(report, baseline, tolerances)
     now_rows, base_rows = _rows(report), _rows(baseline)
     regressions, skipped, compared = [], [], 0
+
+    def regressed(artifact: str, metric: str, was: Any, now: Any, tolerance: Any = None) -> None:
+        regressions.append(
+            {"artifact": artifact, "metric": metric, "baseline": was, "now": now, "tolerance": tolerance}
+        )
+
     for artifact, base in base_rows.items():
+        row = now_rows.get(artifact)
         if row_state(base) != "ok":
             continue
-        row = now_rows.get(artifact)
         if row is not None and row_state(row) == "skipped":
             skipped.append({"artifact": artifact, "status": row["status"]})
             continue
         if row is None or row_state(row) != "ok":
-            reason = "missing from the report" if row is None else f"status {row.get('status')}"
-            regressions.append(
-                {"artifact": artifact, "metric": "status", "baseline": "ok", "now": reason, "tolerance": None}
+            regressed(
+                artifact, "status", "ok", "missing from the report" if row is None else f"status {row.get('status')}"
             )
             continue
         for metric, (amount, relative) in tolerances.items():
@@ -216,30 +205,17 @@ def check(
             allowed = abs(base_value) * amount / 100.0 if relative else amount
             worse = (base_value - now_value) if METRICS[metric] else (now_value - base_value)
             if worse > allowed + 1e-9:
-                regressions.append(
-                    {
-                        "artifact": artifact,
-                        "metric": "top1 vs PyTorch" if metric == "top1" and base.get("role") != "reference" else metric,
-                        "baseline": round(base_value, 4),
-                        "now": round(now_value, 4),
-                        "tolerance": f"{amount:g}%" if relative else amount,
-                    }
+                name = "top1 vs PyTorch" if metric == "top1" and base.get("role") != "reference" else metric
+                regressed(
+                    artifact, name, round(base_value, 4), round(now_value, 4), f"{amount:g}%" if relative else amount
                 )
     for artifact, row in now_rows.items():  # a failed sweep cell fails the gate, whatever the baseline held
         if (
             row.get("kind") == "cell"
             and row_state(row) == "error"
-            and not any(r["artifact"] == artifact for r in regressions)
+            and all(r["artifact"] != artifact for r in regressions)
         ):
-            regressions.append(
-                {
-                    "artifact": artifact,
-                    "metric": "status",
-                    "baseline": base_rows.get(artifact, {}).get("status"),
-                    "now": row["status"],
-                    "tolerance": None,
-                }
-            )
+            regressed(artifact, "status", base_rows.get(artifact, {}).get("status"), row["status"])
     return {"passed": not regressions, "compared": compared, "regressions": regressions, "skipped": skipped}
 
 

@@ -1,9 +1,8 @@
-"""Checkpoints: make, build, save and load one, and read a model's config from a checkpoint or an ONNX.
+"""Checkpoints: make, build, save and load one, and read what any model file records (``model_input_of``).
 
 A checkpoint is ``{"state_dict": ..., "config": ...}`` saved with torch.save and readable with
-``torch.load(path, weights_only=True)``: the config holds only plain types (model name and
-arguments, input shape, preprocessing, class names, the data's identity and its split: the same
-``Record`` an ONNX carries in its metadata). ``model_input_of`` reads what any model file records.
+``torch.load(path, weights_only=True)``: the config holds only plain types, with the same ``Record``
+an ONNX carries in its metadata.
 """
 
 from __future__ import annotations
@@ -19,20 +18,13 @@ from pipeline.artifacts import Kind, atomic_output, check_output, write_manifest
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.images import DIGITS, VAL_FRACTION, ImageSource, ModelInput, PreprocessFlags, open_source
-from pipeline.modelspec import (
-    ModelCode,
-    ModelSpec,
-    build,
-    channels_of,
-    input_size,
-    load_recorded,
-    load_weights,
-    probe,
-    timm_preprocess,
-)
+from pipeline.model_weights import load_weights
+from pipeline.modelspec import ModelCode, ModelSpec, build, channels_of, input_size, load_recorded, probe
 from pipeline.preprocess import Preprocess
+from pipeline.timm_models import timm_preprocess
 
 DEFAULT_IMAGE_SIZE = 32  # the input size when neither --input-size nor the model says one
+_CHECKPOINT_FIX = "pass a checkpoint written by 'edgepipe train' or a plain state dict saved with torch.save"
 
 
 @dataclass
@@ -52,14 +44,9 @@ def make_config(
     shape: tuple[int | None, int, int] | None = None,
     preprocess: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], TrainingImages]:
-    """The config a checkpoint carries, and its images: everything later stages need to rebuild and judge it.
-
-    ``model`` is a zoo name or a parsed ``--model`` spec; the spec is recorded so later stages rebuild
-    exactly the user's model. The images are ``source`` read through the one image reader at
-    ``shape`` (C, H, W; C None: the data's own; None: DEFAULT_IMAGE_SIZE square), split by
-    ``ImageSource.split``; the preprocessing recorded is that resize and the pool's channel mean/std,
-    or ``preprocess`` (a model's own, timm's data config) as it is.
-    """
+    """The config a checkpoint carries (everything later stages need to rebuild and judge it), and its images
+    at ``shape`` (C, H, W; C None: the data's own). The preprocessing recorded is that resize and the
+    pool's channel mean/std, or ``preprocess`` (a model's own, timm's) as it is."""
     spec = model if isinstance(model, ModelSpec) else ModelSpec.parse(model)
     split = source.split(seed=seed, val_fraction=VAL_FRACTION)
     channels = (shape[0] if shape else None) or source.channels
@@ -109,13 +96,8 @@ def open_training_data(data: str) -> ImageSource:
 def model_for_data(
     spec: ModelSpec, data: str, seed: int, input_shape: tuple[int | None, int, int] | None = None
 ) -> tuple[Any, dict[str, Any], TrainingImages]:
-    """The model ``spec`` names, built for ``data`` at the size it takes: (model, checkpoint config, images).
-
-    The size is ``input_shape`` (--input-size; channels None: the data's), else the model's own (a zoo ``img_size`` argument,
-    timm's data config, or an ``input_size``/``img_size`` a user's module declares), else
-    DEFAULT_IMAGE_SIZE. A timm model's own preprocessing (resize, centre crop, mean/std) is used and
-    recorded. One forward pass at that size proves the model takes it, before any training.
-    """
+    """The model ``spec`` names, built for ``data`` at ``input_shape``, else its own size, else
+    DEFAULT_IMAGE_SIZE: (model, checkpoint config, images). One forward pass proves it, before training."""
     import torch  # only stages that build a model need it
 
     shape = tuple(input_shape) if input_shape else input_size(spec)
@@ -137,15 +119,18 @@ def model_for_data(
 
 def build_model(config: dict[str, Any], given: ModelSpec | None = None, trust_model_code: bool = False) -> Any:
     """The model a config names, with random weights; user code only as ``load_recorded`` allows."""
-    spec = load_recorded(config.get("model_spec") or config["model"], given, trust_model_code)
-    return build(spec, config["model_args"])
+    return build(_spec_of(config, ModelCode(given, trust_model_code)), config["model_args"])
+
+
+def _spec_of(config: dict[str, Any], code: ModelCode) -> ModelSpec:
+    return load_recorded(config.get("model_spec") or config["model"], code.given, code.trust)
 
 
 def check_model_code(path: str | Path, code: ModelCode) -> None:
     """Raise unless ``code`` allows the model an edgepipe checkpoint names; imports and builds nothing."""
-    blob = _read(Path(path))
-    if isinstance(blob, dict) and isinstance(blob.get("config"), dict):
-        load_recorded(blob["config"].get("model_spec") or blob["config"]["model"], code.given, code.trust)
+    config = _config_in(_read(Path(path)))
+    if config is not None:
+        _spec_of(config, code)
 
 
 def model_info(model_name: str) -> dict[str, Any]:
@@ -172,12 +157,7 @@ def save_checkpoint(path: str | Path, model: Any, config: dict[str, Any], force:
         "data": config["data"]["sha256"],
         **({"weights": record["weights_sha256"]} if record["weights_sha256"] else {}),
     }
-    params = {
-        "model": config["model"],
-        "model_spec": config.get("model_spec"),
-        "input_shape": config["input_shape"],
-        **config.get("train", {}),
-    }
+    params = {key: config.get(key) for key in ("model", "model_spec", "input_shape")} | config.get("train", {})
     write_manifest(path, Kind.CHECKPOINT, inputs=inputs, params=params, precision="fp32", model=record)
     return path
 
@@ -195,38 +175,27 @@ def model_record(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_checkpoint(
-    path: str | Path,
-    model_name: str | ModelSpec | None = None,
-    data: str | None = None,
-    seed: int = 0,
-    image_size: int = 32,
-    trust_model_code: bool = False,
+    path: str | Path, model_name: str | ModelSpec | None = None, data: str | None = None, trust_model_code=False
 ):
-    """Load an edgepipe checkpoint, or a plain state dict for ``model_name``; returns (model, config).
-
-    Only tensors and plain types are unpickled (weights_only), never arbitrary objects; user code a
-    checkpoint names is imported only when ``model_name`` names it again or ``trust_model_code``.
-    """
+    """Load an edgepipe checkpoint, or a plain state dict for ``model_name`` (on ``data``): (model, config).
+    User code a checkpoint names is imported only when ``model_name`` names it again or ``trust_model_code``."""
     import torch  # a second to import: only commands that touch checkpoints pay for it
 
     path = Path(path)
     given = ModelSpec.parse(model_name) if isinstance(model_name, str) else model_name
     blob = _read(path)
-    if isinstance(blob, dict) and "state_dict" in blob and "config" in blob:
-        state_dict, config = blob["state_dict"], blob["config"]
+    if (config := _config_in(blob)) is not None:
+        state_dict = blob["state_dict"]
     elif isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
         if given is None:
             raise EdgepipeError(
                 f"{path} is a plain state dict with no model name",
                 fix="pass --model NAME ('edgepipe models' lists them) or --model file.py:callable",
             )
-        source = open_training_data(data or DIGITS)
-        state_dict, config = blob, make_config(given, source, seed, (None, image_size, image_size))[0]
+        size = DEFAULT_IMAGE_SIZE
+        state_dict, config = blob, make_config(given, open_training_data(data or DIGITS), 0, (None, size, size))[0]
     else:
-        raise EdgepipeError(
-            f"{path} holds no state dict",
-            fix="pass a checkpoint written by 'edgepipe train' or a plain state dict saved with torch.save",
-        )
+        raise EdgepipeError(f"{path} holds no state dict", fix=_CHECKPOINT_FIX)
     model = build_model(config, given, trust_model_code)
     try:
         model.load_state_dict(state_dict, strict=True)
@@ -244,23 +213,14 @@ def load_checkpoint(
 def is_checkpoint(path: str | Path) -> bool:
     """Whether ``path`` is an edgepipe checkpoint (state dict and config), not a plain weights file."""
     path = Path(path)
-    if path.suffix.lower() == ".safetensors":
-        return False
-    blob = _read(path)
-    return isinstance(blob, dict) and "state_dict" in blob and isinstance(blob.get("config"), dict)
+    return path.suffix.lower() != ".safetensors" and _config_in(_read(path)) is not None
 
 
 def model_from_weights(
     path: str | Path, spec: ModelSpec, input_shape: tuple[int, int, int] | None = None
 ) -> tuple[Any, dict[str, Any]]:
-    """The model ``spec`` names with the weights in ``path``, knowing no data: (model, record).
-
-    The model is built from its own defaults and the --model-arg values alone (no dataset imposes
-    channels or classes), so the weights decide. The size is ``input_shape`` (--input-size), else the
-    model's own (timm's data config, a declared ``input_size``/``img_size``); one forward pass proves
-    the model takes it and gives the class count. The record holds what an export states about the
-    model: spec, weights and their sha256, input shape, classes, and timm's preprocessing.
-    """
+    """The model ``spec`` names with the weights in ``path``, knowing no data: (model, record). No dataset
+    imposes channels or classes, so the weights decide; one forward pass gives the class count."""
     path = Path(path)
     model = build(spec)
     sha256 = load_weights(model, path)
@@ -297,19 +257,21 @@ def _read(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise EdgepipeError(
-            f"{path} is not a readable checkpoint ({reason})",
-            fix="pass a checkpoint written by 'edgepipe train' or a plain state dict saved with torch.save",
-        )
+        raise EdgepipeError(f"{path} is not a readable checkpoint ({reason})", fix=_CHECKPOINT_FIX)
+
+
+def _config_in(blob: Any) -> dict[str, Any] | None:
+    """The config of an edgepipe checkpoint's contents; None for anything else (a plain state dict)."""
+    is_checkpoint = isinstance(blob, dict) and "state_dict" in blob and isinstance(blob.get("config"), dict)
+    return blob["config"] if is_checkpoint else None
 
 
 def config_of(path: str | Path) -> dict[str, Any]:
     """The config of an edgepipe checkpoint. Reading it builds no model, so it imports no user code."""
-    path = Path(path)
-    blob = _read(path)
-    if isinstance(blob, dict) and "state_dict" in blob and isinstance(blob.get("config"), dict):
-        return {**blob["config"], "checkpoint_sha256": sha256_file(path)}
-    return load_checkpoint(path)[1]  # a plain state dict: says what is missing
+    config = _config_in(_read(Path(path)))
+    if config is None:
+        return load_checkpoint(path)[1]  # a plain state dict: says what is missing
+    return {**config, "checkpoint_sha256": sha256_file(path)}
 
 
 def model_input_of(path: str | Path, flags: PreprocessFlags | None = None) -> ModelInput:

@@ -19,6 +19,7 @@ SPLITS = ("auto", "held-out", "all")  # which of the user's images are judged on
 DEFAULT_SWEEP_OUTPUT = "runs/sweep"
 DEFAULT_CALIBRATION_SIZE = 512  # images in a calibration set
 HIGH_PRECISIONS = ("fp16", "fp32")  # what INT8 keeps its sensitive nodes in
+DEFAULT_BENCH_BATCHES = (1, 8)  # the batch sizes a run or a sweep cell benches
 BENCH_WARMUP_MS = 100  # warm-up before a run's or a sweep cell's timed iterations
 SKIPPED_NO_GPU = "skipped: no NVIDIA GPU"  # the status of an engine row on a machine without one
 # ONNX Runtime CPU optimizers edgepipe turns off: WeightBiasQuantization folds a Conv's float bias into an

@@ -1,9 +1,8 @@
 """Export a checkpoint to ONNX and prove the export against PyTorch on the held-out split.
 
-A plain weights file (a state dict in .pt/.pth, or .safetensors) with ``--model`` and no ``--data``
-is exported from the model alone: proven on seeded synthetic inputs (and said so), and written
-like any ONNX edgepipe did not train, with no data config, so later stages check it on the user's
-images or on synthetic inputs as they would any model.
+A plain weights file with ``--model`` and no ``--data`` is exported from the model alone: proven on
+seeded synthetic inputs (and said so), and written with no data config, like any ONNX edgepipe did
+not train.
 """
 
 from __future__ import annotations
@@ -79,12 +78,7 @@ class ExportSettings:
 
 def export(checkpoint: str | Path, output: str | Path, **options: Any) -> dict[str, Any]:
     """Write ``output`` from ``checkpoint`` and return the parity figures; fail if they are off.
-
-    ``options``: the fields of ``ExportSettings``. ``input_shape`` (C, H, W) exports at another
-    size than the checkpoint's (one forward pass first proves the model takes it); ``dynamic_size``
-    also leaves height and width open. A plain weights file with a timm or user-code ``model_name``
-    and no ``data`` is exported from the model alone (:func:`_export_weights`).
-    """
+    ``options``: the fields of ``ExportSettings``."""
     settings = ExportSettings(**options)
     output = check_output(output, settings.force)
     given = ModelSpec.parse(settings.model_name) if isinstance(settings.model_name, str) else settings.model_name
@@ -123,19 +117,11 @@ def export(checkpoint: str | Path, output: str | Path, **options: Any) -> dict[s
 
 
 def _export_weights(weights: str | Path, output: Path, spec: ModelSpec, settings: ExportSettings) -> dict[str, Any]:
-    """A plain weights file exported with no data: proven on seeded synthetic inputs, and said so.
-
-    The ONNX records the model spec, the weights' sha256, the input shape and the class count, and
-    (for timm) the model's preprocessing, but no data config: with no dataset there is no held-out
-    split, so quantize, validate and build-engine treat it as any ONNX (the user's images, or
-    synthetic inputs when none are given).
-    """
+    """A plain weights file exported with no data: proven on seeded synthetic inputs, and said so. With
+    no dataset there is no held-out split to record, so later stages treat it as any ONNX."""
     model, record = model_from_weights(weights, spec, settings.input_shape)
-    images = (
-        np.random.default_rng(SYNTHETIC_SEED)
-        .standard_normal((SYNTHETIC_COUNT, *record["input_shape"]))
-        .astype(np.float32)
-    )
+    images = np.random.default_rng(SYNTHETIC_SEED).standard_normal((SYNTHETIC_COUNT, *record["input_shape"]))
+    images = images.astype(np.float32)
     with atomic_output(output) as tmp:
         _export_to(model, record, tmp, settings, _weights_metadata(record))
         figures = _parity(model, tmp, images, None)
@@ -228,11 +214,6 @@ def _resized_preprocess(config: dict[str, Any], shape: tuple[int, int, int]) -> 
     return {"preprocess": {**recorded, "resize": resize, "crop": [new_h, new_w]}}
 
 
-def _preprocess_of(record: dict[str, Any]) -> Preprocess | None:
-    """A weights file's recorded preprocessing: timm's, when the model is timm's."""
-    return Preprocess.from_dict(record["preprocess"]) if record.get("preprocess") else None
-
-
 def _export_to(
     model: torch.nn.Module, config: dict[str, Any], path: Path, settings: ExportSettings, metadata: dict[str, str]
 ) -> None:
@@ -261,8 +242,9 @@ def _export_to(
         )
     proto = onnx.load(str(path))
     set_metadata(proto, {**metadata, "edgepipe.version": __version__})
-    record = Record.of_config(config) if "split" in config else Record(_preprocess_of(config))
-    record.store_in(proto)  # preprocessing, classes, data and split: what every later stage reads
+    # preprocessing, classes, data and split: what every later stage reads (a weights file: timm's preprocessing)
+    preprocess = Preprocess.from_dict(config["preprocess"]) if config.get("preprocess") else None
+    (Record.of_config(config) if "split" in config else Record(preprocess)).store_in(proto)
     proto.producer_name = "edgepipe"
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     onnx.checker.check_model(proto, full_check=True)

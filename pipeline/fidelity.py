@@ -1,21 +1,10 @@
 """Fidelity of any model's outputs against a reference, streamed batch by batch.
 
-A converted artifact (FP16, INT8, a TensorRT engine, an upgraded opset) is judged against its
-FP32 reference on every output the model has, not only classifier logits: embeddings,
-per-position sequence logits, several heads. Figures per output:
-
-* ``max_abs_diff`` / ``mean_abs_diff``: |output - reference| over all elements;
-* ``cosine`` / ``cosine_min``: cosine similarity per sample (all of its elements), mean and worst;
-* ``argmax_agreement``: percent of positions whose argmax along the last (class) axis matches:
-  top-1 agreement for N x C, per time step for N x T x C sequences;
-* ``passed``: Polygraphy's check, |output - reference| <= atol + rtol * |reference| for every
-  element, and ``required_atol``, the smallest atol that passes at the given rtol;
-* with labels, top-1 of the first output against the reference's (``top1``, ``delta`` in points).
-
-The accumulator keeps sums, extremes and a handful of points per output, never the outputs, so
-memory stays flat however many batches go through it. ``atol``/``rtol`` can still be chosen at
-``result`` time: pass/fail depends only on the upper convex hull of the (|reference|, |diff|)
-points, which is all that is kept of them.
+A converted artifact is judged against its FP32 reference on every output the model has, not only
+classifier logits; docs/foreign-onnx.md lists the figures. The accumulator keeps sums, extremes and
+a handful of points per output, never the outputs, so memory stays flat however many batches go
+through it. ``atol``/``rtol`` can still be chosen at ``result`` time: pass/fail depends only on the
+upper convex hull of the (|reference|, |diff|) points, which is all that is kept of them.
 """
 
 from __future__ import annotations
@@ -69,12 +58,10 @@ class Fidelity:
         for stats, reference, output in zip(self._stats, reference_outputs, outputs):
             stats.update(reference, output)
         if labels is not None:
-            self._count_top1(reference_outputs[0], predicted, np.asarray(labels))
-
-    def _count_top1(self, reference: np.ndarray, predicted: np.ndarray, labels: np.ndarray) -> None:
-        self._labelled += labels.size
-        self._correct += int((predicted == labels).sum())
-        self._reference_correct += int((reference.argmax(axis=-1) == labels).sum())
+            labels = np.asarray(labels)
+            self._labelled += labels.size
+            self._correct += int((predicted == labels).sum())
+            self._reference_correct += int((reference_outputs[0].argmax(axis=-1) == labels).sum())
 
     def result(self, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
         """Figures per output under "outputs"; the first output's also at the top level."""
@@ -92,10 +79,7 @@ class Fidelity:
             "atol": atol,
             "rtol": rtol,
             "passed": all(o["passed"] for o in per_output.values()),
-            "max_abs_diff": first["max_abs_diff"],
-            "mean_abs_diff": first["mean_abs_diff"],
-            "cosine": first["cosine"],
-            "cosine_min": first["cosine_min"],
+            **{key: first[key] for key in ("max_abs_diff", "mean_abs_diff", "cosine", "cosine_min")},
             "top1_agreement": first["argmax_agreement"],
             "outputs": per_output,
         }

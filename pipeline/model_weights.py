@@ -1,9 +1,7 @@
 """Load a weights file into a built model, strictly, and say exactly why one does not fit.
 
-A ``.pt``/``.pth`` file is read with ``torch.load(weights_only=True)``: tensors and plain types only,
-so a weights file cannot run code. It may hold a plain state dict, ``{"state_dict": ...}``,
-``{"model": ...}`` or an edgepipe checkpoint (``{"state_dict", "config"}``). ``.safetensors`` files
-are read with safetensors. Every key and shape must match the model (strict).
+A ``.pt``/``.pth`` file is read with ``torch.load(weights_only=True)``, so a weights file cannot run
+code; it may hold a plain state dict or one wrapped by a trainer (``WRAPPER_KEYS``), or a .safetensors.
 """
 
 from __future__ import annotations
@@ -18,11 +16,6 @@ from pipeline.errors import EdgepipeError
 
 SAVE_FIX = "save the weights with torch.save(model.state_dict(), PATH) or safetensors.torch.save_file"
 WRAPPER_KEYS = ("state_dict", "model")  # where trainers commonly keep the state dict
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def read_state_dict(path: str | Path) -> dict[str, Any]:
@@ -40,9 +33,8 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises its own error types for a bad header
-            raise EdgepipeError(
-                f"{path.name} is not a readable .safetensors file ({_first_line(exc)})", fix=SAVE_FIX
-            ) from None
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise EdgepipeError(f"{path.name} is not a readable .safetensors file ({reason})", fix=SAVE_FIX) from None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for unsafe or corrupt files
@@ -79,10 +71,6 @@ def _strip_prefix(state: dict[str, Any], expected: dict[str, Any]) -> dict[str, 
     return state
 
 
-def _shape(t) -> str:
-    return "[" + ", ".join(str(d) for d in t.shape) + "]"
-
-
 def mismatch(state: dict[str, Any], expected: dict[str, Any]) -> str | None:
     """The first way ``state`` does not fit ``expected`` (the model's state dict), or None."""
     for key, want in expected.items():
@@ -90,7 +78,7 @@ def mismatch(state: dict[str, Any], expected: dict[str, Any]) -> str | None:
             more = sum(k not in state for k in expected) - 1
             return f"it has no {key} (the model needs it{f', and {more} more' if more else ''})"
         if tuple(state[key].shape) != tuple(want.shape):
-            return f"{key} is {_shape(state[key])} in the file but {_shape(want)} in the model"
+            return f"{key} is {list(state[key].shape)} in the file but {list(want.shape)} in the model"
     extra = [k for k in state if k not in expected]
     if extra:
         more = len(extra) - 1

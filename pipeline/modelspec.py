@@ -1,15 +1,11 @@
 """Which PyTorch model to use: a zoo name, ``timm:NAME``, ``package.module:callable`` or ``file.py:callable``.
 
-``--model`` and its ``--model-arg key=value`` pairs are parsed once, at the edge, into a
-:class:`ModelSpec`; every later stage builds the model from that. A checkpoint records the spec
-(:meth:`ModelSpec.to_json`) so later stages need no flags, but a spec that names user code is never
-imported on a checkpoint's word alone (:func:`load_recorded`): a checkpoint from elsewhere could
-name any file, and importing a file runs it.
+``--model`` and its ``--model-arg key=value`` pairs are parsed once, at the edge, into a ``ModelSpec``.
+A checkpoint records the spec so later stages need no flags, but user code is never imported on a
+checkpoint's word alone (``load_recorded``): a checkpoint from elsewhere could name any file, and
+importing a file runs it.
 
-    spec = ModelSpec.parse("models/net.py:make_net", ["width=32"])
-    model = build(spec, defaults={"num_classes": 5, "in_chans": 3})
-    sha = load_weights(model, "net.safetensors")
-    shape = input_size(model) or (3, 96, 96); probe(model, shape)
+    model = build(ModelSpec.parse("models/net.py:make_net", ["width=32"]), defaults={"num_classes": 5})
 """
 
 from __future__ import annotations
@@ -25,42 +21,12 @@ import yaml
 
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
-from pipeline.model_weights import load_weights  # noqa: F401  (part of this module's API)
-from pipeline.timm_models import TIMM_PREFIX, create_timm, timm_data_config, timm_default_input_size, timm_preprocess
+from pipeline.timm_models import TIMM_PREFIX, create_timm, timm_data_config, timm_default_input_size
 from pipeline.user_code import call_user_callable, error_line
-
-__all__ = [
-    "ModelCode",
-    "ModelSpec",
-    "build",
-    "channels_of",
-    "input_size",
-    "load_recorded",
-    "load_weights",
-    "parse_model_args",
-    "probe",
-    "timm_data_config",
-    "timm_preprocess",
-]
 
 KINDS = ("zoo", "timm", "module", "file")
 USER_CODE_KINDS = ("module", "file")
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # YAML 1.1 reads "1e-3" as a string
-
-
-# --- calls into other edgepipe internals (the zoo registry); re-point here if it moves ---------
-def _zoo_create(name: str, kwargs: dict[str, Any]):
-    import models  # imports torch: only stages that build a model need it
-
-    try:
-        return models.create(name, **kwargs)
-    except models.UnknownModelError as exc:
-        raise EdgepipeError(
-            str(exc).rstrip("."), fix="run 'edgepipe models' for the list, or pass --model package.module:callable"
-        ) from None
-
-
-# --- end of calls into other edgepipe internals ----------------------------------------------
 
 
 def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
@@ -152,10 +118,7 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, blob: dict[str, Any] | str) -> ModelSpec:
-        """The spec a checkpoint recorded (a plain zoo name from older checkpoints works too).
-
-        Nothing is read or imported here: a recorded file keeps its recorded path and sha256.
-        """
+        """The spec a checkpoint recorded (or a plain zoo name); nothing is read or imported here."""
         if isinstance(blob, str):
             blob = {"spec": blob}
         try:
@@ -198,12 +161,9 @@ class ModelCode:
 
 
 def load_recorded(spec_json: dict[str, Any] | str, given: ModelSpec | None, trust_model_code: bool) -> ModelSpec:
-    """The spec to build for a checkpoint that recorded ``spec_json``; imports nothing.
-
-    Zoo and timm specs are used as recorded. User code is used only when ``--model`` names it
-    again (``given``, whose --model-arg values override the recorded ones) or with
-    ``--trust-model-code``; a recorded file must still hold the code it held when recorded.
-    """
+    """The spec to build for a checkpoint that recorded ``spec_json``; imports nothing. User code is used
+    only when ``--model`` names it again (``given``, its --model-arg values on top) or with
+    ``--trust-model-code``; a recorded file must still hold the code it held when recorded."""
     recorded = ModelSpec.from_json(spec_json)
     if given is not None:
         if not given.same_model(recorded):
@@ -237,21 +197,24 @@ def load_recorded(spec_json: dict[str, Any] | str, given: ModelSpec | None, trus
 
 
 def build(spec: ModelSpec, defaults: dict[str, Any] | None = None):
-    """Build the model the spec names, with random weights (load them with :func:`load_weights`).
-
-    ``defaults`` are what the pipeline knows from the data (num_classes, in_chans, img_size); the
-    spec's own --model-arg values win. A user callable gets only the defaults it takes.
-    """
+    """The model the spec names, with random weights. ``defaults`` (num_classes, in_chans, img_size) yield
+    to the spec's --model-arg values; a user callable gets only the defaults it takes."""
     from torch import nn  # torch only where a model is built
 
     defaults = dict(defaults or {})
     if spec.kind == "zoo":
-        model = _zoo_create(spec.target, {**defaults, **spec.args})
+        import models  # imports torch: only stages that build a model need it
+
+        try:
+            model = models.create(spec.target, **{**defaults, **spec.args})
+        except models.UnknownModelError as exc:
+            fix = "run 'edgepipe models' for the list, or pass --model package.module:callable"
+            raise EdgepipeError(str(exc).rstrip("."), fix=fix) from None
     elif spec.kind == "timm":
         defaults.pop("img_size", None)  # timm models keep their own input size
         model = create_timm(spec.target, {**defaults, **spec.args})
     else:
-        model = call_user_callable(spec.kind, spec.target, spec.attr, spec.args, defaults, spec.sha256, spec.text)
+        model = call_user_callable(spec, defaults)
     if not isinstance(model, nn.Module):
         raise EdgepipeError(
             f"{spec.text} returned a {type(model).__name__}, not a torch.nn.Module",
@@ -269,12 +232,8 @@ def channels_of(model) -> int | None:
 
 
 def input_size(model_or_spec) -> tuple[int, int, int] | None:
-    """The model's own input size (C, H, W), else None (``--input-size`` is an ``InputSize``, parsed at the edge).
-
-    A model's own size is timm's data config for timm models, the img_size argument for zoo specs,
-    and for any module an ``input_size`` (C, H, W) or ``img_size`` attribute it declares. None means
-    the data decides.
-    """
+    """The model's own input size (C, H, W): timm's data config, a zoo spec's img_size, or an ``input_size``
+    or ``img_size`` a module declares; None: the data decides."""
     if isinstance(model_or_spec, ModelSpec):
         spec = model_or_spec
         if spec.kind == "timm":

@@ -13,17 +13,16 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     """Load an ONNX file, with one clear error for a missing, truncated or corrupt file."""
     path = Path(path)
     if not path.is_file():
-        raise EdgepipeError(f"ONNX model {path} does not exist", fix="pass the .onnx file written by 'edgepipe export'")
+        raise EdgepipeError(f"ONNX model {path} does not exist", fix="pass the path of an .onnx file")
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises DecodeError, onnx raises several others
         raise EdgepipeError(
-            f"{path} is not a readable ONNX model ({type(exc).__name__})", fix="export it again with 'edgepipe export'"
+            f"{path} is not a readable ONNX model ({type(exc).__name__})",
+            fix="check the file is complete; export it again",
         )
     if not model.graph.node:
-        raise EdgepipeError(
-            f"{path} is not a valid ONNX model (it has no graph)", fix="export it again with 'edgepipe export'"
-        )
+        raise EdgepipeError(f"{path} is not a valid ONNX model (it has no graph)", fix="export it again")
     return model
 
 

@@ -2,10 +2,8 @@
 
 Users bring ONNX files from timm, torchvision, TensorFlow converters and their own exporters:
 no edgepipe metadata, NHWC inputs, dynamic height/width, several outputs, opsets older than the
-13 that Q/DQ (INT8) needs. ``describe`` reads what every stage needs from the graph alone and
-``check_input_shape`` checks the shapes a user asks for against it, before TensorRT is involved;
-``run_onnxruntime`` runs any such model, every output by name. (``pipeline.opset`` lifts old
-opsets and proves the result the same.)
+13 that Q/DQ (INT8) needs. ``describe`` reads what every stage needs from the graph alone, and
+the shapes a user asks for are checked against it before TensorRT is involved.
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ import onnx
 
 from pipeline.defaults import ORT_DISABLED_OPTIMIZERS
 from pipeline.errors import EdgepipeError
+from pipeline.onnxfile import load_onnx
 from pipeline.preprocess_options import LAYOUTS
 
 MIN_QDQ_OPSET = 13  # QuantizeLinear/DequantizeLinear with a per-channel axis: what TensorRT parses for INT8
@@ -128,28 +127,12 @@ def load_model(source: ModelSource) -> onnx.ModelProto:
         return source
     if isinstance(source, (bytes, bytearray)):
         return onnx.load_from_string(bytes(source))
-    path = Path(source)
-    if not path.is_file():
-        raise EdgepipeError(f"ONNX model {path} does not exist", fix="pass the path of an .onnx file")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # protobuf raises DecodeError, onnx several others
-        raise EdgepipeError(
-            f"{path} is not a readable ONNX model ({type(exc).__name__})",
-            fix="check the file is complete; export it again",
-        )
-    if not model.graph.node:
-        raise EdgepipeError(f"{path} is not a valid ONNX model (it has no graph)", fix="export it again")
-    return model
+    return load_onnx(source)
 
 
 def describe(model: ModelSource, layout: str | None = None) -> ModelInfo:
-    """Everything edgepipe needs from any single-image-input ONNX model.
-
-    ``layout``: "nchw" or "nhwc" when the user knows it; else guessed from where the 1- or 3-wide
-    channel dimension sits. Several inputs, a non 4-D input, or a layout that cannot be told are
-    one clear error each.
-    """
+    """Everything edgepipe needs from any single-image-input ONNX model. ``layout``: "nchw" or "nhwc"
+    when the user knows it; else guessed from where the 1- or 3-wide channel dimension sits."""
     model = load_model(model)
     initializers = {init.name for init in model.graph.initializer}
     inputs = [_tensor_info(v) for v in model.graph.input if v.name not in initializers]
@@ -254,9 +237,6 @@ def run_onnxruntime(model: ModelSource, inputs: np.ndarray | dict[str, np.ndarra
             fix="check the model with onnx.checker and the input's shape and dtype",
         )
     return {output.name: value for output, value in zip(session.get_outputs(), values)}
-
-
-# --- reading the graph ------------------------------------------------------------------------------
 
 
 def _tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:

@@ -1,11 +1,9 @@
 """How an image becomes a model input: resize, centre crop, scale, normalize, in timm/torchvision terms.
 
 Users of timm and torchvision already know their model's preprocessing as ``Resize(256)``,
-``CenterCrop(224)``, ``ToTensor()``, ``Normalize(mean, std)``; edgepipe takes exactly those keys
-(``--resize --crop --mean --std --channel-order --interpolation --layout`` or a small YAML/JSON file)
-and reproduces torchvision's arithmetic on PIL images, so the images edgepipe calibrates and
-validates on are the images the model was trained for. The object is parsed once at the edge,
-stored in every artifact's metadata (``METADATA_KEY``) and manifests, and read back by later stages.
+``CenterCrop(224)``, ``ToTensor()``, ``Normalize(mean, std)``; edgepipe takes exactly those keys and
+reproduces torchvision's arithmetic on PIL images, so the images edgepipe calibrates and validates on
+are the images the model was trained for.
 
     pre = Preprocess.from_dict({"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
     array = pre.apply(PIL.Image.open("cat.jpg"))    # float32, 3x224x224
@@ -13,6 +11,7 @@ stored in every artifact's metadata (``METADATA_KEY``) and manifests, and read b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,13 +27,12 @@ from pipeline.preprocess_options import (
     LAYOUTS,
     check_keys,
     choice,
+    dims,
     parse_value,
 )
 
 METADATA_KEY = "edgepipe.preprocess"
-INTERPOLATIONS = {
-    name: getattr(Image.Resampling, name.upper()) for name in INTERPOLATION_NAMES
-}  # timm/torchvision names
+INTERPOLATIONS = {name: getattr(Image.Resampling, name.upper()) for name in INTERPOLATION_NAMES}
 _LUMA = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
 
 
@@ -90,13 +88,11 @@ class Preprocess:
             )
         resized = self.resize if isinstance(self.resize, tuple) else (self.resize, self.resize) if self.resize else None
         if self.crop and resized and (self.crop[0] > resized[0] or self.crop[1] > resized[1]):
-            crop, resize = _dims(self.crop), self.resize if isinstance(self.resize, int) else _dims(self.resize)
+            crop, resize = dims(self.crop), self.resize if isinstance(self.resize, int) else dims(self.resize)
             raise EdgepipeError(
                 f"crop {crop} is larger than resize {resize} (the centre crop is cut from the resized image)",
                 fix="pass a crop no larger than the resize, e.g. --resize 256 --crop 224",
             )
-
-    # --- constructors -------------------------------------------------------------------------
 
     @classmethod
     def default_for(cls, input_hw: tuple[int, int] | None, channels: int = 3) -> Preprocess:
@@ -136,24 +132,12 @@ class Preprocess:
                 return cls.from_json(prop.value)
         return None
 
-    # --- storing ------------------------------------------------------------------------------
-
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "resize": list(self.resize) if isinstance(self.resize, tuple) else self.resize,
-            "crop": list(self.crop) if self.crop else None,
-            "mean": list(self.mean) if self.mean else None,
-            "std": list(self.std) if self.std else None,
-            "channel_order": self.channel_order,
-            "interpolation": self.interpolation,
-            "layout": self.layout,
-            "channels": self.channels,
-        }
+        values = dataclasses.asdict(self)
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in values.items() if key != "defaulted"}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
-
-    # --- what it does -------------------------------------------------------------------------
 
     @property
     def output_hw(self) -> tuple[int, int] | None:
@@ -167,21 +151,21 @@ class Preprocess:
         out = self.output_hw
         if input_hw and out and tuple(out) != tuple(input_hw):
             raise EdgepipeError(
-                f"the preprocessing makes {_dims(out)} images but the model takes {_dims(input_hw)}",
-                fix=f"pass --crop {_dims(input_hw)} (or --resize {_dims(input_hw)})",
+                f"the preprocessing makes {dims(out)} images but the model takes {dims(input_hw)}",
+                fix=f"pass --crop {dims(input_hw)} (or --resize {dims(input_hw)})",
             )
 
     def describe(self) -> str:
         """One sentence for the user, e.g. 'no preprocessing given: images are resized to 224x224 and scaled to [0, 1]'."""
         steps = ["converted to grayscale"] if self.channels == 1 else []
         if isinstance(self.resize, tuple):
-            steps.append(f"resized to {_dims(self.resize)}" + ("" if self.defaulted else f" ({self.interpolation})"))
+            steps.append(f"resized to {dims(self.resize)}" + ("" if self.defaulted else f" ({self.interpolation})"))
         elif self.resize:
             steps.append(f"resized to {self.resize} on the shorter side ({self.interpolation})")
         elif self.defaulted:
             steps.append("kept at their own size")
         if self.crop:
-            steps.append(f"centre-cropped to {_dims(self.crop)}")
+            steps.append(f"centre-cropped to {dims(self.crop)}")
         steps.append("scaled to [0, 1]")
         if self.mean or self.std:
             steps.append(
@@ -199,11 +183,8 @@ class Preprocess:
         return self.scale(self.arrange(image))
 
     def arrange(self, image: Image.Image) -> np.ndarray:
-        """Every step but scaling: the image's pixels as uint8, resized, cropped, in channel order and layout.
-
-        Image loaders send this (a quarter of the float32 bytes) from their workers, and ``scale``
-        a whole batch of it at once.
-        """
+        """Every step but scaling, as uint8: what image loaders send from their workers (a quarter of
+        float32's bytes), ``scale`` then takes a whole batch at once."""
         mode = "RGB" if self.channels == 3 else "L"
         if image.mode != mode:
             image = image.convert(mode)
@@ -247,11 +228,8 @@ class Preprocess:
             width, height = image.size
             if crop_h > height or crop_w > width:
                 after = " after resizing" if self.resize is not None else ""
-                raise ValueError(f"it is {width}x{height}{after}, smaller than the {_dims(self.crop)} crop")
-            top, left = (
-                int(round((height - crop_h) / 2.0)),
-                int(round((width - crop_w) / 2.0)),
-            )  # torchvision's rounding
+                raise ValueError(f"it is {width}x{height}{after}, smaller than the {dims(self.crop)} crop")
+            top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))  # as torchvision
             image = image.crop((left, top, left + crop_w, top + crop_h))
         return image
 
@@ -273,10 +251,6 @@ class Preprocess:
         if self.layout == "nchw":
             array = array.transpose(2, 0, 1)
         return np.ascontiguousarray(array)
-
-
-def _dims(hw) -> str:
-    return "x".join(str(int(d)) for d in hw)
 
 
 def _fmt(values) -> str:

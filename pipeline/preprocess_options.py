@@ -1,8 +1,7 @@
 """The user's words for preprocessing, parsed: flag values and --preprocess YAML/JSON files.
 
-Flags and files share one vocabulary (timm's and torchvision's): resize, crop, mean, std,
-channel_order, interpolation, layout. Every value is parsed here once, so a typo or a wrong
-number is one clear line naming the key, never a failure deep inside a later stage.
+Flags and files share one vocabulary (timm's and torchvision's), parsed here once, so a typo or a
+wrong number is one clear line naming the key, never a failure deep inside a later stage.
 """
 
 from __future__ import annotations
@@ -48,15 +47,14 @@ def choice(key: str, value: str, allowed) -> None:
         raise EdgepipeError(f"unknown {key} '{value}'{hint}", fix=f"use one of {', '.join(allowed)}")
 
 
+def dims(shape) -> str:
+    """(224, 160) -> "224x160"."""
+    return "x".join(str(d) for d in shape)
+
+
 def _parse_size(key: str, value: Any, shorter_side: bool) -> int | tuple[int, int]:
     """An int ('224') or height x width ('224x160', [224, 160]); for crop an int N means N x N."""
-    text = (
-        value
-        if isinstance(value, str)
-        else "x".join(str(v) for v in value)
-        if isinstance(value, (list, tuple))
-        else str(value)
-    )
+    text = "x".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
     parts = text.lower().replace(",", "x").split("x")
     try:
         numbers = [int(part.strip()) for part in parts]

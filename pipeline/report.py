@@ -1,8 +1,7 @@
 """The run report: one row per artifact, like the benchmark tables users know, as JSON and Markdown.
 
-Rows: the PyTorch reference, then ONNX and TensorRT artifacts per precision, each with status,
-size, top-1, change vs PyTorch, agreement, latency and throughput, plus tool versions and the
-machine. ``edgepipe check`` reads the JSON.
+Rows: the PyTorch reference, then ONNX and TensorRT artifacts per precision. ``edgepipe check`` reads
+the JSON.
 """
 
 from __future__ import annotations
@@ -22,11 +21,8 @@ FORMATS = {"pytorch": "PyTorch", "onnx": "ONNX", "engine": "TensorRT"}
 def assemble(
     folder: Path, head: dict[str, Any], validation, bench, artifacts: dict[str, Path | None], stages
 ) -> dict[str, Any]:
-    """The report of a run. ``head``: model, data, source (what it started from, {"start": "training" |
-    "checkpoint" | "onnx", "file": the checkpoint or ONNX}), engines (why they were skipped, or None) and
-    seconds. The reference is that file (the checkpoint trained for "training"), measured by the validate
-    stage when it ran.
-    """
+    """The report of a run. ``head``: model, data, source ({"start": "training" | "checkpoint" | "onnx",
+    "file": the reference}), engines (why they were skipped, or None) and seconds."""
     source = head["source"]
     reference = {
         "format": "ONNX" if source["start"] == "onnx" else "PyTorch",
@@ -75,7 +71,7 @@ def _row(artifact_id: str, path: Path | None, validation, bench, reference: dict
         row.update({k: measured.get(k) for k in ("top1", "delta", "agreement", "max_abs_diff", "cosine")})
         row["status"] = measured.get("status", "error: not validated")
     row.update(
-        _latency(_bench_by_artifact(bench).get("pytorch" if kind == "pytorch" else (path.name if path else ""), []))
+        latency(_bench_by_artifact(bench).get("pytorch" if kind == "pytorch" else (path.name if path else ""), []))
     )
     if row["status"] == "ok" and row.get("latency_status", "ok") != "ok" and kind == "engine":
         row["status"] = row["latency_status"]
@@ -91,7 +87,7 @@ def _bench_by_artifact(bench) -> dict[str, list[dict[str, Any]]]:
     return grouped
 
 
-def _latency(bench_rows: list[dict[str, Any]]) -> dict[str, Any]:
+def latency(bench_rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Median latency at the smallest batch measured, throughput at the largest."""
     ok = sorted((r for r in bench_rows if r.get("status") == "ok"), key=lambda r: r["batch"])
     if not ok:
@@ -106,10 +102,12 @@ def _latency(bench_rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def to_markdown(report: dict[str, Any]) -> str:
-    def fmt(value, spec):
-        return "" if value is None else format(value, spec)
+def fmt(value: Any, spec: str) -> str:
+    """A figure for a Markdown table: blank when not measured."""
+    return "" if value is None else format(value, spec)
 
+
+def to_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# edgepipe run: {title(report)}",
         "",
@@ -186,6 +184,7 @@ def reference_line(report: dict[str, Any]) -> str:
     return f"{what}, top-1 {reference['top1']:.2f}% on {reference.get('samples', '?')} held-out images."
 
 
-def write(report: dict[str, Any], folder: Path) -> None:
-    write_json_atomic(folder / "report.json", report)
-    write_text_atomic(folder / "report.md", to_markdown(report))
+def write(report: dict[str, Any], folder: Path, name: str = "report", markdown=to_markdown) -> None:
+    """``name``.json and ``name``.md in ``folder`` (a sweep's report too)."""
+    write_json_atomic(folder / f"{name}.json", report)
+    write_text_atomic(folder / f"{name}.md", markdown(report))

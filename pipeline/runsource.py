@@ -1,9 +1,7 @@
 """What `edgepipe run` starts from: a model to train, a checkpoint or an ONNX, checked before any write.
 
-A model to train is a ``--model`` spec (zoo, ``timm:NAME``, ``module:callable``, ``file.py:callable``)
-with its ``--weights`` and ``--input-size``. A checkpoint that names the user's own code is refused
-here, before the run directory is made and before anything is imported, unless ``--model`` names
-that code again or ``--trust-model-code`` is given.
+A checkpoint that names the user's own code is refused here, before the run directory is made and
+before anything is imported, unless ``--model`` names that code again or ``--trust-model-code``.
 """
 
 from __future__ import annotations
@@ -86,10 +84,8 @@ def open_start(
         return RunStart("checkpoint", Path(checkpoint), config["model"], model_input, found, found.source, code=code)
     spec = spec or ModelSpec.parse(DEFAULT_MODEL)
     model_info(spec.text)  # an unknown zoo name is refused here
-    if (
-        spec.is_user_code
-    ):  # named on the command line, so importing it is consented; one that does not import is refused here
-        find_user_callable(spec.kind, spec.target, spec.attr, spec.sha256, spec.text)
+    if spec.is_user_code:  # named on the command line, so importing it is consented; refused here if it fails
+        find_user_callable(spec)
     if weights:
         read_state_dict(weights)  # a missing, unreadable or pickled weights file is refused here
     return RunStart("training", None, spec.text, images=open_source(data or DIGITS), spec=spec, code=code)

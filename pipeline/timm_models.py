@@ -1,8 +1,7 @@
 """timm models: build one with random weights, and read its own data config (size, crop, mean/std).
 
-timm is optional (``pip install 'edgepipe[timm]'``) and imports torchvision at import time, so it is
-imported only inside these functions: edgepipe without timm never touches it. Weights never come
-from a hub here; they load from a local file (:func:`pipeline.model_weights.load_weights`).
+timm is optional and imports torchvision, so it is imported only inside these functions. Weights
+never come from a hub here; they load from a local file (``model_weights``).
 """
 
 from __future__ import annotations
@@ -63,12 +62,8 @@ def _in_channels(model) -> int | None:
 
 
 def timm_data_config(model) -> dict[str, Any]:
-    """timm's data config for ``model`` and the preprocessing it implies, in timm/torchvision terms.
-
-    Keys: input_size [C, H, W], interpolation, crop_pct, crop_mode, mean, std (of pixels scaled to
-    [0, 1]); and the evaluation preprocessing: resize (shorter side, floor(size / crop_pct); [H, W]
-    for a non-square input), crop [H, W], channel_order, layout. Plain types only, for manifests.
-    """
+    """timm's data config for ``model`` (input_size [C, H, W], interpolation, crop_pct, crop_mode, mean,
+    std) and the evaluation preprocessing it implies (resize, crop, channel_order, layout); plain types."""
     timm = _import_timm()
     channels = _in_channels(model)
     args = {"in_chans": channels} if channels else None
@@ -79,9 +74,6 @@ def timm_data_config(model) -> dict[str, Any]:
     mean, std = [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
     if len(mean) != c:  # e.g. a 1-channel model with ImageNet's RGB statistics: average them
         mean, std = [sum(mean) / len(mean)] * c, [sum(std) / len(std)] * c
-    resize: int | list[int] = (
-        math.floor(h / crop_pct) if h == w else [math.floor(h / crop_pct), math.floor(w / crop_pct)]
-    )
     return {
         "input_size": [c, h, w],
         "interpolation": str(cfg.get("interpolation") or "bilinear"),
@@ -89,7 +81,7 @@ def timm_data_config(model) -> dict[str, Any]:
         "crop_mode": str(cfg.get("crop_mode") or "center"),
         "mean": mean,
         "std": std,
-        "resize": resize,
+        "resize": _resize(h, w, crop_pct),
         "crop": [h, w],
         "channel_order": "rgb" if c == 3 else "gray" if c == 1 else f"{c}-channel",
         "layout": "nchw",
@@ -97,21 +89,12 @@ def timm_data_config(model) -> dict[str, Any]:
 
 
 def timm_preprocess(model, size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """timm's evaluation preprocessing for ``model`` in ``Preprocess`` keys, at ``size`` (H, W) or its own.
-
-    At another size the crop is that size and the resize keeps timm's crop_pct (shorter side
-    floor(size / crop_pct)), as timm's ``resolve_data_config(input_size=...)`` would give.
-    """
+    """timm's evaluation preprocessing for ``model`` in ``Preprocess`` keys, at ``size`` (H, W) or its own:
+    the resize keeps timm's crop_pct, as ``resolve_data_config(input_size=...)`` would give."""
     cfg = timm_data_config(model)
     height, width = size or cfg["crop"]
-    crop_pct = cfg["crop_pct"]
-    resize: int | list[int] = (
-        math.floor(height / crop_pct)
-        if height == width
-        else [math.floor(height / crop_pct), math.floor(width / crop_pct)]
-    )
     return {
-        "resize": resize,
+        "resize": _resize(height, width, cfg["crop_pct"]),
         "crop": [height, width],
         "mean": cfg["mean"],
         "std": cfg["std"],
@@ -120,3 +103,12 @@ def timm_preprocess(model, size: tuple[int, int] | None = None) -> dict[str, Any
         "layout": "nchw",
         "channels": cfg["input_size"][0],
     }
+
+
+def _resize(height: int, width: int, crop_pct: float) -> int | list[int]:
+    """timm's evaluation resize: floor(size / crop_pct), the shorter side of a square input, else [H, W]."""
+    return (
+        math.floor(height / crop_pct)
+        if height == width
+        else [math.floor(height / crop_pct), math.floor(width / crop_pct)]
+    )

@@ -13,7 +13,8 @@ from pipeline.checkpoint import model_for_data, model_info
 from pipeline.defaults import DEFAULT_MODEL
 from pipeline.errors import EdgepipeError
 from pipeline.images import DIGITS
-from pipeline.modelspec import ModelSpec, load_weights
+from pipeline.model_weights import load_weights
+from pipeline.modelspec import ModelSpec
 from pipeline.progress import progress_bar
 from pipeline.runner import predict
 from pipeline.runtime.pytorch import TorchRunner
@@ -52,12 +53,10 @@ def train(
     progress: bool = True,
     weights: str | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train ``model_name`` on ``data``; returns the model and its checkpoint config.
+    """Train ``model_name`` (any --model spec) on ``data``; returns the model and its checkpoint config.
 
-    ``model_name`` is a zoo name or a ``--model`` spec (timm:NAME, module:callable, file.py:callable);
-    ``input_shape`` is (C, H, W) from --input-size (an int N: NxN in the data's channels), else the
-    model's own size, else 32x32. ``weights`` (.pt state dict or .safetensors) starts a fine-tune
-    from them; with ``epochs=0`` they are taken as they are (no training), which needs weights.
+    ``input_shape``: (C, H, W) from --input-size (an int N: NxN in the data's channels). ``weights``
+    start a fine-tune; with ``epochs=0`` they are taken as they are (no training).
     """
     spec = model_name if isinstance(model_name, ModelSpec) else ModelSpec.parse(model_name)
     info = model_info(spec.text) if spec.kind == "zoo" else {}
@@ -75,9 +74,8 @@ def train(
         config["weights"] = {"file": str(Path(weights).resolve()), "sha256": load_weights(model, weights)}
     started = time.perf_counter()
     if epochs:
-        _fit(
-            model, spec, torch.from_numpy(images.x_train), torch.from_numpy(images.y_train), epochs, lr, seed, progress
-        )
+        x, y = torch.from_numpy(images.x_train), torch.from_numpy(images.y_train)
+        _fit(model, x, y, epochs, lr, seed, f"train {spec.text}" if progress else None)
     model.eval()
     config["train"] = {
         "epochs": epochs,
@@ -89,22 +87,13 @@ def train(
     return model, config
 
 
-def _fit(
-    model: torch.nn.Module,
-    spec: ModelSpec,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    epochs: int,
-    lr: float,
-    seed: int,
-    progress: bool,
-) -> None:
+def _fit(model, images: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float, seed: int, description: str | None):
     """The training loop every model gets: AdamW, one-cycle schedule, label smoothing, random shifts."""
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = max(1, (len(labels) + BATCH_SIZE - 1) // BATCH_SIZE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
-    with progress_bar(f"train {spec.text}", epochs, enabled=progress) as bar:
+    with progress_bar(description or "train", epochs, enabled=description is not None) as bar:
         for epoch in range(epochs):
             model.train()
             order = torch.randperm(len(labels), generator=generator)

@@ -1,9 +1,8 @@
 """Import the user's model code (a package module or a .py file) and call the callable that builds it.
 
-Importing runs the user's code, so only :func:`pipeline.modelspec.build` calls this, after the trust
-rule has been applied. A file is imported by path under a module name unique to its path and
-content, with its folder first on sys.path while it imports and builds, so ``from blocks import SE``
-next to it works; a package module imports as Python would from the working folder.
+Importing runs the user's code, so it is called only after the trust rule (``modelspec``). A file is
+imported under a module name unique to its path and content, with its folder first on sys.path, so
+``from blocks import SE`` next to it works; a package module imports as from the working folder.
 """
 
 from __future__ import annotations
@@ -109,32 +108,28 @@ def _accepted(fn, defaults: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in defaults.items() if k in names}
 
 
-def find_user_callable(kind: str, target: str, attr: str, sha256: str | None, text: str) -> tuple[Any, str]:
-    """Import ``target`` and return ``(attr, the folder it is called from)``; one error when it does not import or has no such callable."""
-    if kind == "file":
-        path = Path(target)
-        module, where, folder = _import_file(path, sha256), path.name, str(path.parent)
+def find_user_callable(spec) -> tuple[Any, str]:
+    """Import a ``ModelSpec``'s module or file and return ``(its callable, the folder it is called from)``;
+    one error when it does not import or has no such callable."""
+    if spec.kind == "file":
+        path = Path(spec.target)
+        module, where, folder = _import_file(path, spec.sha256), path.name, str(path.parent)
     else:
-        module, where, folder = _import_module(target), target, os.getcwd()
-    return _find_callable(module, where, attr, text), folder
+        module, where, folder = _import_module(spec.target), spec.target, os.getcwd()
+    return _find_callable(module, where, spec.attr, spec.text), folder
 
 
-def call_user_callable(
-    kind: str, target: str, attr: str, args: dict[str, Any], defaults: dict[str, Any], sha256: str | None, text: str
-) -> Any:
-    """Import ``target`` (kind "module": a dotted name; "file": a .py path) and return ``attr(**kwargs)``.
-
-    kwargs are the ``defaults`` the callable's signature takes, overridden by ``args``; ``text`` is
-    the --model text, for messages. The result is returned unchecked.
-    """
-    fn, folder = find_user_callable(kind, target, attr, sha256, text)
-    kwargs = {**_accepted(fn, defaults), **args}
+def call_user_callable(spec, defaults: dict[str, Any]) -> Any:
+    """``ModelSpec`` ``spec``'s callable called with the ``defaults`` its signature takes, overridden by
+    the spec's args; the result is returned unchecked."""
+    fn, folder = find_user_callable(spec)
+    kwargs = {**_accepted(fn, defaults), **spec.args}
     try:
         with _on_sys_path(folder):  # a callable may import its siblings lazily
             return fn(**kwargs)
     except Exception as exc:
         shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         raise EdgepipeError(
-            f"{text}({shown}) raised {error_line(exc)}",
+            f"{spec.text}({shown}) raised {error_line(exc)}",
             fix="check the --model-arg values against the callable's arguments",
         ) from None

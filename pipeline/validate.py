@@ -1,16 +1,12 @@
 """Validate artifacts against the FP32 reference model, one road for every model.
 
-One row per artifact (ONNX at any precision, TensorRT engine): top-1 and its change in points
-(labelled images), argmax agreement, abs differences and cosine, per output (``Fidelity``). An
+One row per artifact (ONNX at any precision, TensorRT engine) with its ``Fidelity`` figures. An
 artifact that cannot be run is a row with status "error" (an engine without a GPU: "skipped"), not
 the end of the run, as in Ultralytics' benchmark table. Every runner is closed, whatever happens.
 
-The reference is a checkpoint (the PyTorch runner), a weights file with ``--model``, or an FP32
-ONNX (ONNX Runtime). Whichever it is, the images are the model's ``ModelData``: ``--data`` or the
-data it records, through its preprocessing (recorded, then the flags). They are streamed once: each
-batch is decoded once and run through the reference and every artifact, so memory stays flat in
-the number of images. ``split`` chooses which count (docs/data.md): "auto" judges on the held-out
-part when the images are the model's own data or an artifact was calibrated on the rest.
+The reference is a checkpoint, a weights file with ``--model``, or an FP32 ONNX; the images are its
+``ModelData``, streamed once: each batch is decoded once and run through the reference and every
+artifact, so memory stays flat in the number of images. ``split`` chooses which count (docs/data.md).
 """
 
 from __future__ import annotations
@@ -63,12 +59,8 @@ def validate(
     code: ModelCode = ModelCode(),
     **settings: Any,
 ) -> dict[str, Any]:
-    """Run the reference and every artifact on the same images; one row per artifact.
-
-    ``settings``: the fields of ``Settings`` (labels, preprocess, workers, split, batch_size, atol,
-    rtol). ``code``: the user code a checkpoint or weights reference is rebuilt from (--model,
-    --trust-model-code). ``split`` may also be a split record (``ImageSource.split().record``).
-    """
+    """Run the reference and every artifact on the same images; one row per artifact. ``settings``: the
+    fields of ``Settings``; ``code``: the user code a checkpoint or weights reference is rebuilt from."""
     chosen = Settings(data=data, **settings)
     if chosen.split not in SPLITS and not isinstance(chosen.split, dict):
         raise EdgepipeError(f"unknown split {chosen.split!r}", fix=f"use one of {', '.join(SPLITS)}")
@@ -119,11 +111,9 @@ def _reference_artifact(reference: str | Path | None, artifacts: list[Path]) -> 
                 fix="pass the PyTorch checkpoint or the FP32 .onnx as --reference",
             )
         return ref
-    for path in artifacts:
-        if path.suffix == ".onnx" and path.is_file():
-            candidate = Artifact.open(path)
-            if candidate.precision is Precision.FP32:
-                return candidate
+    onnx_models = (Artifact.open(path) for path in artifacts if path.suffix == ".onnx" and path.is_file())
+    if (first := next((a for a in onnx_models if a.precision is Precision.FP32), None)) is not None:
+        return first
     raise EdgepipeError(
         "no reference to validate against",
         fix="pass --reference CKPT|MODEL.onnx (or an FP32 .onnx model among the artifacts)",
@@ -161,7 +151,7 @@ def _compare(ref: _Reference, model_data: ModelData, paths: list[Path], chosen: 
         reference_runner = stack.enter_context(ref.open())
         candidates = [_open_candidate(path, output_names, stack) for path in paths]
         workers = images.default_workers(beside_model=True) if chosen.workers is None else chosen.workers
-        stream = model_data.batches(indices, chosen.batch_size, workers, progress="validate")
+        stream = model_data.batches(indices, batch_size=chosen.batch_size, workers=workers, progress="validate")
         for x, y in stream:
             y = y if use_labels else None
             reference_outputs = _outputs(reference_runner, x)
@@ -241,10 +231,8 @@ def _made_from(path: Path, config: dict[str, Any] | None) -> bool | None:
 
 
 def _failure(exc: Exception) -> dict[str, Any]:
-    if isinstance(exc, NoGpuError):
-        return {"status": SKIPPED_NO_GPU, "error": str(exc)}
-    if isinstance(exc, EdgepipeError):
-        return {"status": "error", "error": str(exc)}
+    if isinstance(exc, (NoGpuError, EdgepipeError)):
+        return {"status": SKIPPED_NO_GPU if isinstance(exc, NoGpuError) else "error", "error": str(exc)}
     reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
     return {"status": "error", "error": f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__}
 

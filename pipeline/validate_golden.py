@@ -2,13 +2,10 @@
 
     edgepipe validate bundle/ model.fp16.engine
 
-The model must be one the golden outputs were made for, else it is refused before anything runs: an
-ONNX of the bundle (the same sha256), an engine whose manifest names one (``build-engine``), or an
-engine ``build.sh`` writes (the bundle's record names its ONNX and precision). Each golden iteration
-runs through the model, on the GPU for an engine and on ONNX Runtime, or onnx's reference evaluator
-where ONNX Runtime is not installed, for an ONNX. Every output is compared elementwise with the FP32
-golden output under its precision's tolerance, as Polygraphy does: a value fails when it is off by
-more than both atol and rtol x |golden|.
+The model must be one the golden outputs were made for, else it is refused before anything runs
+(docs/device.md tells how it is known). Every output is compared elementwise with the FP32 golden
+output under its precision's tolerance, as Polygraphy does: a value fails when it is off by more
+than both atol and rtol x |golden|.
 """
 
 from __future__ import annotations

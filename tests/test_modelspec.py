@@ -12,16 +12,8 @@ import pytest
 import torch
 
 from pipeline.errors import EdgepipeError
-from pipeline.modelspec import (
-    ModelSpec,
-    build,
-    channels_of,
-    input_size,
-    load_recorded,
-    load_weights,
-    parse_model_args,
-    probe,
-)
+from pipeline.model_weights import load_weights
+from pipeline.modelspec import ModelSpec, build, channels_of, input_size, load_recorded, parse_model_args, probe
 
 # A small attention CNN as a user would keep it: its SE block in a sibling module, and a marker
 # file written on import so a test can prove whether edgepipe imported (ran) it.

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from pipeline.errors import EdgepipeError
-from pipeline.modelspec import ModelSpec, build, input_size, load_weights, probe, timm_data_config
+from pipeline.model_weights import load_weights
+from pipeline.modelspec import ModelSpec, build, input_size, probe
+from pipeline.timm_models import timm_data_config
 
 pytestmark = [pytest.mark.timm, pytest.mark.slow]  # its own environment; about a minute on 2 cores
 

@@ -8,12 +8,7 @@ workers, so a folder of 100,000 photos costs a file list, not 60 GB of float32:
     for x, y in source.batches(preprocess, split.held_out, batch_size=64, progress="validate"):
         ...
 
-The rooms, each importing only the ones after it: ``model_data.py`` (``ModelData``: the one
-question, what a model records and what the user added) -> ``model_input.py`` (``ModelInput``:
-the preprocessing and classes of a model's input; ``PreprocessFlags``) and ``kinds.py`` (folders,
-.npz, digits; ``open_source``) -> ``source.py`` (``ImageSource``: labels, identity, split, draw) and
-``record.py`` (``Record``: what a model records) -> ``stream.py`` (``BatchStream``: DataLoader
-workers, shared memory, a bad file named when reached).
+The rooms and their order are in docs/architecture.md (a contract in pyproject.toml keeps it).
 """
 
 from __future__ import annotations

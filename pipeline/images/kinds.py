@@ -1,7 +1,5 @@
-"""The kinds of ``ImageSource``: image files in folders, an .npz's arrays (``npz.py``), the bundled digits;
-and ``open_source``, which picks one.
-
-Each lists its images up front and decodes one only when ``read`` is called (from a stream worker).
+"""The kinds of ``ImageSource`` (image files in folders, an .npz's arrays, the bundled digits) and
+``open_source``, which picks one. Each decodes an image only when a stream worker ``read``s it.
 """
 
 from __future__ import annotations
@@ -153,11 +151,8 @@ def _resized(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def open_source(
     spec: str, labels: str | Path | None = None, num_classes: int | None = None, names: list[str] | None = None
 ) -> ImageSource:
-    """The images ``spec`` names: 'digits', a folder (class sub-folders, or images), or an .npz.
-
-    ``labels``: a labels file, one class name per line in the model's output order (else ``names``,
-    the class names a model records). ``num_classes``: the model's class count, checked against them.
-    """
+    """The images ``spec`` names: 'digits', a folder (class sub-folders, or images), or an .npz; labelled
+    by the ``labels`` file, else ``names`` (what a model records), checked against ``num_classes``."""
     names = read_labels(labels) if labels is not None else list(names) if names else None
     if names is not None and num_classes is not None and len(names) != num_classes:
         relation = "fewer" if len(names) < num_classes else "more"

@@ -1,10 +1,7 @@
 """The one question every stage asks: what does this model record, and what did the user add?
 
-Every model, an edgepipe checkpoint or export or an ONNX from elsewhere, answers it the same way
-(``ModelInput``: its input, its ``Record`` and the preprocessing flags merged by one rule), and
-``ModelData.of`` adds the images: ``--data`` (with ``--labels``) or, without it, the data the model
-records; the split the model records when the images are that data, else a seeded split of them.
-Calibration draws from the pool, checks and validation judge on the held-out part:
+``ModelInput`` answers it for any model; ``ModelData.of`` adds the images and their split, as
+docs/data.md tells. Calibration draws from the pool, checks and validation judge on the held-out part:
 
     model_data = ModelData.of(ModelInput.of_onnx("resnet.onnx", flags), data="photos/", labels="labels.txt")
     picked = model_data.draw(512, seed=0)                        # class-balanced, from the pool only
@@ -25,7 +22,7 @@ from pipeline.images.kinds import open_source
 from pipeline.images.model_input import ModelInput
 from pipeline.images.record import Record
 from pipeline.images.source import SPLIT_SEED, VAL_FRACTION, ImageSource, Split
-from pipeline.images.stream import DEFAULT_BATCH_SIZE, BatchStream
+from pipeline.images.stream import BatchStream
 
 DATA_FIX = "pass --data with your images (an ImageFolder, a folder of images or an .npz with x), and --labels FILE if the folders are classes"
 
@@ -71,12 +68,10 @@ class ModelData:
         """Up to ``num`` indices of the pool (or the held-out part), seeded, class by class in turns."""
         return self.source.draw(self.split.held_out if held_out else self.split.pool, num, seed=seed)
 
-    def batches(
-        self, indices=None, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, progress=None
-    ) -> BatchStream:
+    def batches(self, indices=None, **options: Any) -> BatchStream:
         """``indices`` (default: the held-out part) through the model's preprocessing, batch by batch."""
         indices = self.split.held_out if indices is None else indices
-        return self.source.batches(self.model_input.preprocess, indices, batch_size, workers, progress)
+        return self.source.batches(self.model_input.preprocess, indices, **options)
 
     @property
     def class_names(self) -> tuple[str, ...] | None:

@@ -1,13 +1,9 @@
 """What a model takes from the user's images: the preprocessing for its input, its classes, its outputs.
 
-A model's input is read the same way for every model: the graph (``onnxinfo``; for a checkpoint,
-its recorded input shape and class count), the ``Record`` stored with it (preprocessing, class
-names, data and split), and what the user adds. The preprocessing flags (``--resize --crop --mean --std --channel-order --interpolation --layout
---preprocess FILE``) are parsed once at the command line into ``PreprocessFlags``; every value is
-checked there. ``ModelInput.of_onnx`` combines them with the model: lowest first, the
-preprocessing stored in its metadata, the file, the flags. With none of them, images are resized to
-the model's static input size and scaled to [0, 1], and ``describe`` says so. The number of
-channels, the layout and the static height/width always come from the graph (``onnxinfo``).
+Every model is read the same way: its graph (a checkpoint: its recorded input shape and classes), its
+``Record``, and the flags, parsed once into ``PreprocessFlags`` and merged by the one rule of
+docs/data.md. With no preprocessing at all, images are resized to the model's static input size and
+scaled to [0, 1], and ``describe`` says so. Channels, layout and a static size come from the graph.
 
     flags = PreprocessFlags.parse(resize="256", crop="224", mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
     model_input = ModelInput.of_onnx("classifier.onnx", flags)
@@ -30,7 +26,7 @@ from pipeline.images.record import Record
 from pipeline.onnxinfo import ModelInfo, TensorInfo, describe, load_model
 from pipeline.precision import Precision
 from pipeline.preprocess import Preprocess
-from pipeline.preprocess_options import check_keys, parse_value
+from pipeline.preprocess_options import EXAMPLE, check_keys, parse_value
 from pipeline.yamlfile import read_yaml
 
 FLAG_KEYS = ("resize", "crop", "mean", "std", "channel_order", "interpolation", "layout")
@@ -46,30 +42,24 @@ class PreprocessFlags:
 
     @classmethod
     def parse(cls, file: str | Path | None = None, **flags: Any) -> PreprocessFlags:
-        """Parse every given flag (``resize="256"``, ``mean="0.485,0.456,0.406"`` ...) and read ``file``.
-
-        What can be checked without the model is checked here, once: sizes, names, a crop larger
-        than the resize, mean/std in 0-255 units or with a zero std, a file with unknown keys.
-        """
+        """Parse every given flag (``resize="256"`` ...) and read ``file``; what can be checked without
+        the model is checked here, once."""
         unknown = sorted(set(flags) - set(FLAG_KEYS))
         if unknown:
             raise TypeError(f"unknown preprocessing flags {unknown}")
         values = {key: parse_value(key, value) for key, value in flags.items() if value is not None}
         file_values = read_preprocess_file(file) if file is not None else {}
         merged = {**file_values, **values}
-        geometry = {
-            key: merged[key]
-            for key in ("resize", "crop", "interpolation", "channel_order", "layout")
-            if merged.get(key) is not None
-        }
-        Preprocess.from_dict(geometry)  # a crop larger than the resize, or an unknown name, fails here
+        geometry = ("resize", "crop", "interpolation", "channel_order", "layout")
+        # a crop larger than the resize, or an unknown name, fails here
+        Preprocess.from_dict({key: merged[key] for key in geometry if merged.get(key) is not None})
         for key in ("mean", "std"):
             if merged.get(key) is not None:
                 numbers = parse_value(key, merged[key])
                 if len(numbers) not in (1, 3):
                     raise EdgepipeError(
                         f"{key} has {len(numbers)} values; images have 1 (grayscale) or 3 (colour) channels",
-                        fix=f"give one value per channel, e.g. --{key} {'0.485,0.456,0.406' if key == 'mean' else '0.229,0.224,0.225'}",
+                        fix=f"give one value per channel, e.g. --{key} {EXAMPLE[key]}",
                     )
                 Preprocess(**{key: numbers, "channels": len(numbers)})  # 0-255 units or a zero std fail here
         return cls(values, None if file is None else str(file), file_values)
@@ -82,11 +72,7 @@ class PreprocessFlags:
         return [f"--{key.replace('_', '-')}" for key in self.values] + (["--preprocess"] if self.file else [])
 
     def resolve(self, info: ModelInfo, stored: Preprocess | None = None) -> Preprocess:
-        """The preprocessing for a model with input ``info``: stored, then the file, then the flags.
-
-        Channels, layout and a static height/width come from the model; with no resize and no crop,
-        images are resized to its static size.
-        """
+        """The preprocessing for a model with input ``info``: stored, then the file, then the flags."""
         channels = info.channels or 3
         input_hw = (info.height, info.width) if not info.dynamic_hw else None
         if not self.given and stored is None:
@@ -136,13 +122,9 @@ class ModelInput:
     def of_config(cls, config: dict[str, Any], flags: PreprocessFlags | None = None, name: str = "the checkpoint"):
         """The input of an edgepipe checkpoint: its recorded NCHW input shape, classes and record."""
         record = Record.of_config(config, name)
-        shape, classes = ("batch", *config["input_shape"]), len(config["class_names"])
+        logits = TensorInfo("logits", ("batch", len(config["class_names"])), "float32")
         info = ModelInfo(
-            TensorInfo("input", shape, "float32"),
-            "nchw",
-            (TensorInfo("logits", ("batch", classes), "float32"),),
-            0,
-            "pytorch",
+            TensorInfo("input", ("batch", *config["input_shape"]), "float32"), "nchw", (logits,), 0, "pytorch"
         )
         return cls._made(info, record, flags or PreprocessFlags(), name)
 
@@ -186,11 +168,8 @@ class ModelInput:
         return {key: f"{self.info.input_name}:{batch}x{sample}" for key, batch in zip(("min", "opt", "max"), batches)}
 
     def write_onnx(self, source: str | Path, output: str | Path, record: Record | None = None) -> Path:
-        """``source`` with ``record`` (default: this preprocessing) stored in its metadata, and a manifest
-        whose settings are the preprocessing and class names stored.
-
-        FP16/INT8 models made from it carry the record over, so later stages need no flags.
-        """
+        """``source`` with ``record`` (default: this preprocessing) stored in its metadata, and its manifest.
+        FP16/INT8 models made from it carry the record over, so later stages need no flags."""
         model = load_model(source)
         record = record or Record(self.preprocess)
         record.store_in(model)
@@ -217,7 +196,8 @@ class ModelInput:
         where = {
             "stored": " (stored in the model)",
             "stored, then given": " (stored in the model, with the flags given)",
-        }.get(self.origin, "")
+        }
+        where = where.get(self.origin, "")
         return f"preprocessing{where}: {self.preprocess.describe()}"
 
     def summary(self) -> dict[str, Any]:

@@ -1,8 +1,7 @@
 """An .npz as an image source: pixels ``x`` (read through the model's preprocessing) or model ``inputs``.
 
-An .npz written by ``numpy.savez`` stores its arrays uncompressed, so the array is memory-mapped
-from inside the archive and a 3 GB array costs no memory until rows are read; an .npz from
-``savez_compressed`` cannot be read row by row and is loaded whole.
+``numpy.savez`` stores arrays uncompressed, so they are memory-mapped from inside the archive; an
+.npz from ``savez_compressed`` cannot be read row by row and is loaded whole.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from pipeline.images.source import ImageSource
 # Without class names an .npz's classes are 0..max(y). More than this, and more than its images: the
 # labels are ids, not class indices (a classifier head that wide is not what was meant).
 MAX_IMPLIED_CLASSES = 100_000
+_Y_FIX = "save y as integers 0..C-1 in the model's output order"
 _NPZ_FIX = "save pixels as x (N,H,W | N,H,W,C | N,C,H,W; uint8 0..255 or float 0..1), or preprocessed model inputs as inputs, and, if labelled, integer class indices as y, with numpy.savez"
 
 
@@ -120,23 +120,17 @@ def _check_y(path: Path, y: np.ndarray, count: int, num_names: int | None) -> np
             f"{path}: y has shape {y.shape} but x holds {count} images", fix="save one class index per image as y"
         )
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == np.bool_):
-        raise EdgepipeError(
-            f"{path}: y has dtype {y.dtype}, not class indices",
-            fix="save y as integers 0..C-1 in the model's output order",
-        )
+        raise EdgepipeError(f"{path}: y has dtype {y.dtype}, not class indices", fix=_Y_FIX)
     if np.issubdtype(y.dtype, np.floating):
         fractional = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
         if len(fractional):
             raise EdgepipeError(
                 f"{path}: y[{fractional[0]}] is {y[fractional[0]]}, not an integer class index ({len(fractional)} such labels)",
-                fix="save y as integers 0..C-1 in the model's output order",
+                fix=_Y_FIX,
             )
     if len(y) and y.min() < 0:
         first = int(np.flatnonzero(y < 0)[0])
-        raise EdgepipeError(
-            f"{path}: y[{first}] is {y[first]}, a negative class index",
-            fix="save y as integers 0..C-1 in the model's output order",
-        )
+        raise EdgepipeError(f"{path}: y[{first}] is {y[first]}, a negative class index", fix=_Y_FIX)
     if num_names is not None and len(y) and y.max() >= num_names:
         first = int(np.flatnonzero(y >= num_names)[0])
         raise EdgepipeError(

@@ -1,17 +1,9 @@
 """What a model records about its input and its data, the same way wherever the model came from.
 
-Every model records up to three facts, in its ONNX metadata (and, for a checkpoint, in its config):
-
-* ``edgepipe.preprocess``: its preprocessing, a ``Preprocess`` (resize, crop, mean/std, ...);
-* ``edgepipe.class_names``: its class names, in output order;
-* ``edgepipe.data``: the data it was made from (``source``, ``sha256``: ``ImageSource.sha256``) and
-  the split of that data (``split``: ``ImageSource.split(...).record``: seeded calibration pool and
-  held-out part, stratified when labelled).
-
-``edgepipe export`` writes them from the checkpoint's config; ``run --onnx``'s import stage writes
-the preprocessing and class names for a model from elsewhere (``ModelInput.write_onnx``), and
-FP16/INT8 models made from either carry them over. A model written by an older edgepipe (its whole config under ``edgepipe.config``,
-a split as a list of indices) is refused with the command that makes it again.
+Up to three facts, in its ONNX metadata (a checkpoint: in its config): ``edgepipe.preprocess``,
+``edgepipe.class_names`` and ``edgepipe.data`` (the data it was made from and that data's split);
+docs/data.md tells who writes them. A model written by an older edgepipe (its whole config under
+``edgepipe.config``, a split as a list of indices) is refused with the command that makes it again.
 """
 
 from __future__ import annotations

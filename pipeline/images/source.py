@@ -1,12 +1,8 @@
 """What every kind of image source is: images listed, not decoded; labels in the model's order; splits.
 
-An ``ImageSource`` lists its images (and labels, when the data has them) without decoding them;
-pixels are read only when a batch is streamed (``batches``, see ``stream.py``), so a folder of
-100,000 photos costs a file list, not 60 GB of float32. Labels follow the model's output order:
-``--labels FILE`` (one class name per line, as jetson-inference writes them) maps ImageFolder
-sub-folder names to the model's indices (``folder_labels``), because sorted folder names rarely
-match it ("0, 180, 270, 90"). Without it, sorted folder names are the classes.
-The kinds (folders, .npz, digits) are in ``kinds.py``; ``open_source`` picks one.
+Pixels are read only when a batch is streamed (``stream.py``), so a folder of 100,000 photos costs a
+file list, not 60 GB of float32. ``--labels FILE`` maps ImageFolder sub-folder names to the model's
+indices (``folder_labels``), because sorted folder names rarely match it ("0, 180, 270, 90").
 """
 
 from __future__ import annotations
@@ -22,7 +18,7 @@ import numpy as np
 
 from pipeline.defaults import DEFAULT_DATA
 from pipeline.errors import EdgepipeError
-from pipeline.images.stream import DEFAULT_BATCH_SIZE, BatchStream
+from pipeline.images.stream import BatchStream
 from pipeline.preprocess import Preprocess
 
 DIGITS = DEFAULT_DATA  # the bundled digits
@@ -123,23 +119,14 @@ class ImageSource:
             return np.sort(rng.permutation(indices)[:num])
         pools = [rng.permutation(indices[self.labels[indices] == c]) for c in np.unique(self.labels[indices])]
         picked = [
-            pool[depth]
-            for depth in range(max((len(p) for p in pools), default=0))
-            for pool in pools
-            if depth < len(pool)
+            pool[depth] for depth in range(max(map(len, pools), default=0)) for pool in pools if depth < len(pool)
         ]
         return np.sort(np.asarray(picked[:num], dtype=np.int64))
 
-    def batches(
-        self,
-        preprocess: Preprocess,
-        indices=None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        workers: int | None = None,
-        progress=None,
-    ) -> BatchStream:
-        """Stream ``indices`` (default: all) as preprocessed ``(x, y_or_None)`` batches; see ``BatchStream``."""
-        return BatchStream(self, preprocess, indices, batch_size=batch_size, workers=workers, progress=progress)
+    def batches(self, preprocess: Preprocess, indices=None, **options: Any) -> BatchStream:
+        """Stream ``indices`` (default: all) as preprocessed ``(x, y_or_None)`` batches; ``options``: ``BatchStream``'s
+        (batch_size, workers, progress)."""
+        return BatchStream(self, preprocess, indices, **options)
 
     # What each kind of source implements:
     def name_of(self, index: int) -> str:  # how an image is named in messages
@@ -224,14 +211,8 @@ def _indices_sha256(source_sha256: str, indices: np.ndarray) -> str:
 
 def list_images(folder: Path, recursive: bool) -> list[Path]:
     """Image files (by suffix) under ``folder``, sorted, hidden files and folders skipped."""
-    if not recursive:
-        return sorted(
-            p
-            for p in folder.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-        )
     found = []
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
         found += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
     return sorted(found)

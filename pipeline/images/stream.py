@@ -1,13 +1,10 @@
 """Preprocessed images in batches, decoded by parallel workers, never the whole set in memory.
 
-``ImageSource.batches`` returns a ``BatchStream``. Iterating it starts torch DataLoader workers
-that each decode, resize and crop a whole batch into one uint8 array (a quarter of float32's
-bytes, handed over in shared memory), and the main process scales and normalizes it, so the
-consumer (a model runner) works while the next batches are decoded. At most ``workers x 2``
-batches are in flight, which bounds memory whatever the number of images. A file that does not decode is found when its
-batch is reached, not by decoding everything first, and is reported by name as one EdgepipeError
-(an exception raised inside a worker would reach the user wrapped in a worker traceback, so
-workers return the failure as a value and the stream raises it here).
+Torch DataLoader workers each decode, resize and crop a whole batch into one uint8 array (a quarter
+of float32's bytes, in shared memory); the main process scales it while the next batches are
+decoded, at most ``workers x 2`` in flight. A file that does not decode is reported by name when its
+batch is reached; workers return the failure as a value, because an exception raised inside a worker
+would reach the user wrapped in a worker traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ import gc
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -25,22 +22,12 @@ from PIL import Image
 from pipeline.defaults import DEFAULT_BATCH_SIZE
 from pipeline.errors import EdgepipeError
 from pipeline.preprocess import Preprocess
+from pipeline.preprocess_options import dims
 from pipeline.progress import progress_bar
 
 _PREFETCH = 2  # batches decoded ahead per worker: bounds memory at workers x 2 batches
 READABLE = "PNG, JPEG, BMP, GIF, TIFF, WebP and PGM/PPM"
 Progress = Callable[[int, int], None]  # called with (images done, images in all) after each batch
-
-
-class Listed(Protocol):
-    """What a stream reads from: an ``ImageSource`` (source.py), which stands on this module."""
-
-    labels: np.ndarray | None
-
-    def __len__(self) -> int: ...
-    def name_of(self, index: int) -> str: ...
-    def read(self, index: int): ...
-    def prepare(self, preprocess: Preprocess) -> None: ...
 
 
 def default_workers(beside_model: bool = False) -> int:
@@ -62,17 +49,15 @@ class _Failure:
     fix: str
 
 
+@dataclass
 class _BatchDecoder:
     """DataLoader dataset whose item ``b`` is the whole preprocessed batch ``b`` (x, y or None)."""
 
-    def __init__(self, source: Listed, preprocess: Preprocess, index_batches: list[np.ndarray], as_tensors: bool):
-        self.source, self.preprocess, self.index_batches, self.as_tensors = (
-            source,
-            preprocess,
-            index_batches,
-            as_tensors,
-        )
-        self._tensor = None  # the batch being filled, when sent as a shared-memory tensor
+    source: Any  # an ImageSource (source.py, which stands on this module)
+    preprocess: Preprocess
+    index_batches: list[np.ndarray]
+    as_tensors: bool
+    _tensor: Any = None  # the batch being filled, when sent as a shared-memory tensor
 
     def __len__(self) -> int:
         return len(self.index_batches)
@@ -89,14 +74,10 @@ class _BatchDecoder:
                     f"{name} is not a readable image ({_reason(exc, name)})",
                     f"remove or replace it; edgepipe reads {READABLE} files",
                 )
-            try:  # decoded images stay uint8 here and are scaled per batch in the main process
-                array = (
-                    image
-                    if getattr(self.source, "preprocessed", False)
-                    else self.preprocess.arrange(image)
-                    if isinstance(image, Image.Image)
-                    else self.preprocess.apply_array(image)
-                )
+            # decoded images stay uint8 here and are scaled per batch in the main process
+            arrange = self.preprocess.arrange if isinstance(image, Image.Image) else self.preprocess.apply_array
+            try:
+                array = image if getattr(self.source, "preprocessed", False) else arrange(image)
             except ValueError as exc:
                 return _Failure(
                     f"{name} cannot be preprocessed: {exc}",
@@ -108,7 +89,7 @@ class _BatchDecoder:
                 out, first = self._allocate((len(indices), *array.shape), array.dtype), name
             elif array.shape != out.shape[1:]:
                 return _Failure(
-                    f"{name} becomes a {_shape(array.shape)} input but {first} a {_shape(out.shape[1:])} one; images of different sizes cannot share a batch",
+                    f"{name} becomes a {dims(array.shape)} input but {first} a {dims(out.shape[1:])} one; images of different sizes cannot share a batch",
                     "pass --resize HxW, or --resize N with --crop N, so that every image has the model's input size",
                 )
             out[k] = array
@@ -128,12 +109,10 @@ class _BatchDecoder:
 def _init_worker(worker_id: int) -> None:
     """Keep the worker's heap from creeping up: reuse image buffers, map big arrays whole.
 
-    By default every decoded, resized and cropped image is a fresh allocation. In a forked worker
-    that churn fills free space in the heap inherited from the main process (copying those pages)
-    and fragments it: each worker's private memory crept up by ~60 MB over the first ~20,000
-    images. Pillow's buffer reuse (what PILLOW_BLOCKS_MAX sets) removes most of the churn and
-    saves time; a fixed mmap threshold (glibc's M_MMAP_THRESHOLD) sends the remaining
-    image-sized arrays to mappings that are returned whole when freed.
+    In a forked worker every decoded image's fresh allocation fills free space in the inherited heap
+    (copying those pages) and fragments it: ~60 MB per worker over the first ~20,000 images. Pillow's
+    buffer reuse removes most of that churn; glibc's M_MMAP_THRESHOLD sends the rest to mappings
+    that are returned whole when freed.
     """
     from PIL import Image
 
@@ -189,7 +168,7 @@ class BatchStream:
 
     def __init__(
         self,
-        source: Listed,
+        source: Any,
         preprocess: Preprocess,
         indices=None,
         batch_size: int = DEFAULT_BATCH_SIZE,
@@ -277,7 +256,3 @@ def _reason(exc: Exception, name: str) -> str:
     text = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
     text = text.replace(f" '{name}'", "").replace(name, "").strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _shape(shape) -> str:
-    return "x".join(str(d) for d in shape)

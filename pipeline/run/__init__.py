@@ -1,14 +1,10 @@
 """`edgepipe run`: every stage end to end into one run directory, redoing only what changed.
 
-The stages (train or the given checkpoint, or the import of a given ONNX -> export -> calibrate ->
-quantize -> build engines -> validate -> bench) and the one reuse rule are the table of
-``pipeline.run.plan``; then the report. ``force`` redoes every stage. From an ONNX with the user's
-images, the calibration set is drawn from the calibration pool of ``--data`` and validate judges on
-the held-out part. The primary input (checkpoint or ONNX, the data's listing, labels and
-preprocessing) is checked before the run directory is made. A failed stage is recorded in the
-report with its reason and the stages that need it are skipped; the rest goes on, unless
-``strict``. Every file is written atomically, so a run stopped by Ctrl-C leaves nothing
-half-written and the next run resumes where it stopped.
+The stages and the one reuse rule are the table of ``pipeline.run.plan``; then the report. The
+primary input is checked before the run directory is made. A failed stage is recorded in the report
+with its reason and the stages that need it are skipped; the rest goes on, unless ``strict``. Every
+file is written atomically, so a run stopped by Ctrl-C leaves nothing half-written and the next run
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ from typing import Any
 
 from pipeline import benchreport, report
 from pipeline.checkpoint import config_of, model_record
-from pipeline.defaults import BUDGET_DEFAULT, DEFAULT_MAX_DROP
+from pipeline.defaults import BUDGET_DEFAULT, DEFAULT_BENCH_BATCHES, DEFAULT_MAX_DROP
 from pipeline.errors import EdgepipeError
 from pipeline.images import DIGITS, PreprocessFlags
 from pipeline.modelspec import ModelCode, ModelSpec
@@ -29,11 +25,6 @@ from pipeline.progress import info_styled
 from pipeline.run.plan import PRECISIONS, Plan, Stages, table
 from pipeline.runsource import RunStart, open_start
 from pipeline.tensorrt.backend import get_backend, installed_backends
-
-DEFAULT_BENCH_BATCHES = (1, 8)
-# INT8 accuracy budget (points of top-1 below the FP32 model): the most sensitive nodes stay in
-# higher precision until INT8 is within it. Plain PTQ misses it on some models by a couple of images.
-NO_BACKEND = "no TensorRT flavour is installed (pip install 'edgepipe[rtx]', or JetPack's TensorRT on Jetson)"
 
 
 @dataclass(frozen=True)
@@ -49,6 +40,8 @@ class RunSettings:
     engines: bool = True
     bench_batches: tuple[int, ...] = DEFAULT_BENCH_BATCHES
     bench_seconds: float = 1.0
+    # INT8 accuracy budget (top-1 points below FP32): the most sensitive nodes stay in higher precision
+    # until INT8 is within it. Plain PTQ misses it on some models by a couple of images.
     max_drop: float | None | str = BUDGET_DEFAULT
     labels: str | Path | None = None
     preprocess: PreprocessFlags | None = None
@@ -68,24 +61,17 @@ def run(
     code: ModelCode | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
-    """Run the pipeline; returns the report (also written as report.json/.md).
-
-    ``settings``: the fields of ``RunSettings``. ``model`` is any --model spec (``weights`` start it;
-    with ``epochs`` None they are taken as they are), ``checkpoint`` or ``onnx_model`` the file to
-    start from; ``data`` the images (default: what the model records, or the bundled digits);
-    ``code`` the user code a given checkpoint may be rebuilt from (by default: ``model``'s).
-    """
+    """Run the pipeline from ``model`` (any --model spec), ``checkpoint`` or ``onnx_model``; returns the
+    report (also written as report.json/.md). ``settings``: the fields of ``RunSettings``; ``code``: the
+    user code a given checkpoint may be rebuilt from (by default: ``model``'s)."""
     started = time.perf_counter()
     chosen = RunSettings(**settings)
     start = open_start(model, checkpoint, onnx_model, data, chosen.labels, chosen.preprocess, code, chosen.weights)
     folder = Path(chosen.output or f"runs/{start.folder_name}")
     if folder.exists() and not folder.is_dir():
         raise EdgepipeError(f"run directory {folder} is a file", fix="pass another -o DIR")
-    if (
-        start.file is not None
-        and (folder / "model.onnx").exists()
-        and (folder / "model.onnx").resolve() == start.file.resolve()
-    ):
+    copy = folder / "model.onnx"
+    if start.file is not None and copy.exists() and copy.resolve() == start.file.resolve():
         raise EdgepipeError(
             f"--onnx {start.file} is where this run writes its copy of the model", fix="pass another -o DIR"
         )
@@ -121,7 +107,7 @@ def _backend(engines: bool) -> tuple[Any, str | None]:
     if not engines:
         return None, "not requested (--no-engines)"
     if not installed_backends():
-        return None, NO_BACKEND
+        return None, "no TensorRT flavour is installed (pip install 'edgepipe[rtx]', or JetPack's TensorRT on Jetson)"
     try:
         return get_backend("auto"), None
     except EdgepipeError as exc:  # installed but cannot be loaded: the rest of the run still goes on
@@ -134,10 +120,8 @@ def _report(plan: Plan, engines_note: str | None, started: float) -> dict[str, A
     validation = stages.result("validate", folder / "validate.json")
     benched = stages.result("bench", folder / "bench.json")
     reference = ckpt or source.file or folder / "model.onnx"
-    artifacts = {
-        **({"pytorch": ckpt} if ckpt and stages.ok("train" if source.start == "training" else None) else {}),
-        **made,
-    }
+    trained = ckpt and stages.ok("train" if source.start == "training" else None)
+    artifacts = {**({"pytorch": ckpt} if trained else {}), **made}
     start = {"start": source.start, "file": str(reference), **_model_record(ckpt if ckpt and ckpt.is_file() else None)}
     head = {"model": source.name, "data": data, "source": start, "engines": engines_note}
     head["seconds"] = time.perf_counter() - started
@@ -165,8 +149,4 @@ def _model_record(checkpoint: Path | None) -> dict[str, Any]:
         record = model_record(config_of(checkpoint))
     except EdgepipeError:
         return {}
-    return {
-        "model_spec": record["model_spec"],
-        "weights_sha256": record["weights_sha256"],
-        "input_shape": record["input_shape"],
-    }
+    return {key: record[key] for key in ("model_spec", "weights_sha256", "input_shape")}

@@ -1,10 +1,8 @@
 """The plan of `edgepipe run`: its stages as a table, the reuse rule, and how each stage makes its file.
 
-A row (``Stage``) names what the stage makes, the inputs it is made from (sha256 by role, as the
-output's manifest records them), the settings that matter, and how to make it. ``Stages`` runs the
-rows in order with the one reuse rule (``artifacts.why_stale``), records failures and skips what
-needs them. ``Plan`` holds the run's files; the start (a model to train, a checkpoint, an ONNX)
-decides only the first stage ("train"/"export", or "import"), and every later stage is the same.
+``Stages`` runs the rows in order with the one reuse rule (``artifacts.why_stale``), records failures
+and skips what needs them. The start (a model to train, a checkpoint, an ONNX) decides only the
+first stage ("train"/"export", or "import"); every later stage is the same.
 """
 
 from __future__ import annotations

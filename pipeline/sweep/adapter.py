@@ -1,10 +1,8 @@
 """The one room of the sweep that calls into the rest of edgepipe.
 
-The sweep (inputs, cluster, cell tasks, driver, report) speaks only to the names below: the stages
-(run, build, validate, bench), what an artifact's manifest says, the GPU here and the TensorRT
-flavours installed, each imported here and read as ``edgepipe.NAME`` (ruff's unused-import check is
-off for this file). When a stage moves, this file is the only one to re-point. The types every
-room shares (``EdgepipeError``, ``Precision``) are imported where they are used.
+The sweep speaks only to the names below, read as ``edgepipe.NAME`` (ruff's unused-import check is
+off for this file): when a stage moves, this file is the only one to re-point. The types every room
+shares (``EdgepipeError``, ``Precision``) are imported where they are used.
 
 ``pipeline.run`` and the model zoo import torch (a second or more), so they are imported when
 called: every node answers the driver's version probe, and a cell that only builds an engine never
@@ -26,7 +24,6 @@ from pipeline.artifacts import (
     manifest_path,
     read_manifest,
     write_json_atomic,
-    write_text_atomic,
 )
 from pipeline.check import REPORT_FORMAT as RUN_REPORT_FORMAT
 from pipeline.cuda import current_compute_capability as gpu_compute_capability
@@ -37,17 +34,16 @@ from pipeline.images import PreprocessFlags
 from pipeline.precision import ALL as PRECISIONS
 from pipeline.precision import Precision, parse_list
 from pipeline.progress import info, info_styled
+from pipeline.report import fmt, latency
+from pipeline.report import write as write_report
 from pipeline.tensorrt.backend import TENSORRT, TENSORRT_RTX, get_backend, installed_backends
 
 DIGITS = images.DIGITS  # the bundled data's name, which a models file may give as data
 
 
 def prepare_model(model: Any, folder: Path, precisions: tuple[Precision, ...], settings: dict[str, Any]):
-    """The target-independent stages of one ``SweepModel`` into ``folder`` (reusing what is current): the run report.
-
-    ``settings`` are ``edgepipe run``'s; the model's ``labels`` and ``preprocess`` file are for an ONNX
-    edgepipe did not export, as `edgepipe run` takes them.
-    """
+    """The target-independent stages of one ``SweepModel`` into ``folder`` with ``edgepipe run``'s
+    ``settings`` (reusing what is current): the run report."""
     from pipeline import run  # imports torch: only the driver, when it prepares a model
 
     own = model.checkpoint or model.onnx
@@ -119,11 +115,8 @@ def model_names() -> list[str]:
 
 
 def tensorrt_flavours() -> dict[str, dict[str, Any]]:
-    """The TensorRT flavours installed here: {name: {"version": ..., "targets": [...]}}.
-
-    ``targets`` are the compute capabilities TensorRT-RTX builds for ahead of time; standard
-    TensorRT builds only for the GPU it runs on, so its list is empty.
-    """
+    """The TensorRT flavours installed here: {name: {"version": ..., "targets": the compute capabilities
+    it builds for ahead of time (none for standard TensorRT, which builds for its own GPU)}}."""
     flavours = {}
     for name in installed_backends():
         try:

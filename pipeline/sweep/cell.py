@@ -1,10 +1,9 @@
 """One sweep cell on a worker: build the engine of one model, precision and target GPU, and where
 the worker has that GPU, validate and bench it there.
 
-The worker keeps nothing: the ONNX model (and the PyTorch checkpoint used as the reference) come
-in as bytes, the engine and its manifest go back as bytes with their sha256, and the driver writes
-them. A build error is a result ("failed" with its reason), not an exception, so Ray does not
-retry it; only a worker or node that dies is retried.
+The worker keeps nothing: the models come in as bytes, the engine and its manifest go back as bytes
+with their sha256. A build error is a result ("failed" with its reason), not an exception, so Ray
+does not retry it; only a worker or node that dies is retried.
 """
 
 from __future__ import annotations
@@ -22,11 +21,8 @@ from pipeline.sweep.targets import target_name
 
 
 def choose_backend(target_cc: str, gpu: str | None, flavours: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
-    """(flavour, "") that builds for ``target_cc`` on a node with ``gpu``, or (None, why not).
-
-    Standard TensorRT builds only for the GPU it runs on; TensorRT-RTX builds ahead of time for
-    its list of targets on any machine, GPU or not.
-    """
+    """(flavour, "") that builds for ``target_cc`` on a node with ``gpu``, or (None, why not): standard
+    TensorRT builds only for its own GPU, TensorRT-RTX ahead of time for its targets on any machine."""
     if edgepipe.TENSORRT in flavours and gpu == target_cc:
         return edgepipe.TENSORRT, ""
     rtx = flavours.get(edgepipe.TENSORRT_RTX)
@@ -41,10 +37,7 @@ def choose_backend(target_cc: str, gpu: str | None, flavours: dict[str, dict[str
 
 def build_cell(cell: dict[str, Any], onnx_bytes: bytes, reference_bytes: bytes | None) -> dict[str, Any]:
     """Build (and where possible measure) one cell; runs inside a Ray task on the chosen node.
-
-    ``cell``: model, precision, target, cc, onnx_name, onnx_sha256, engine_name, data, reference
-    (".pt" or ".onnx": what ``reference_bytes`` are), bench_batches, bench_seconds.
-    """
+    ``cell["reference"]`` (".pt" or ".onnx") says what ``reference_bytes`` are."""
     import ray  # runs inside a Ray task: Ray is there
 
     started = time.perf_counter()
@@ -59,23 +52,16 @@ def build_cell(cell: dict[str, Any], onnx_bytes: bytes, reference_bytes: bytes |
     if backend is None:
         return {**result, "status": "failed", "reason": f"{result['host']} advertises {cell['target']} but {why}"}
     if edgepipe.sha256_bytes(onnx_bytes) != cell["onnx_sha256"]:
-        return {
-            **result,
-            "status": "failed",
-            "reason": f"{cell['onnx_name']} arrived damaged (sha256 differs from the driver's)",
-        }
+        damaged = f"{cell['onnx_name']} arrived damaged (sha256 differs from the driver's)"
+        return {**result, "status": "failed", "reason": damaged}
     with tempfile.TemporaryDirectory(prefix="edgepipe-cell-") as tmp:
         onnx_path, engine_path = Path(tmp) / cell["onnx_name"], Path(tmp) / cell["engine_name"]
         onnx_path.write_bytes(onnx_bytes)
         try:
             built = edgepipe.build_engine(onnx_path, engine_path, cell["cc"], backend)
         except EdgepipeError as exc:
-            return {
-                **result,
-                "status": "failed",
-                "reason": str(exc),
-                "seconds": round(time.perf_counter() - started, 3),
-            }
+            seconds = round(time.perf_counter() - started, 3)
+            return {**result, "status": "failed", "reason": str(exc), "seconds": seconds}
         engine = engine_path.read_bytes()
         result.update(
             status="built",
@@ -109,14 +95,9 @@ def _measure(
         measured.update({k: row.get(k) for k in ("top1", "delta", "agreement", "max_abs_diff", "cosine")})
         measured["status"] = row.get("status", "ok")
         timing = edgepipe.bench_engine(engine, tuple(cell["bench_batches"]), cell["bench_seconds"])
-        ok = sorted((r for r in timing["rows"] if r.get("status") == "ok"), key=lambda r: r["batch"])
-        if ok:
-            measured.update(
-                latency_ms=ok[0]["median_ms"],
-                latency_batch=ok[0]["batch"],
-                throughput=ok[-1]["throughput"],
-                throughput_batch=ok[-1]["batch"],
-            )
+        latency = edgepipe.latency(timing["rows"])
+        if latency.pop("latency_status") == "ok":
+            measured.update(latency)
     except EdgepipeError as exc:
         measured["status"] = f"error: {exc}"
     return measured

@@ -5,11 +5,8 @@ Ray Core is the engine; edgepipe adds no scheduler. A target GPU is a Ray custom
 honest); a task that needs it asks for it and Ray places it. Before anything is submitted the
 driver probes every node (edgepipe, Ray and Python versions, GPU, TensorRT flavours), because a
 node with another edgepipe would build other engines and Ray waits forever for a resource no node
-has. Results come back as bytes with their sha256, checked and written atomically by the driver:
-its run directory is the truth, whatever happened to the workers.
-
-``import ray`` happens inside functions so that commands other than ``sweep``/``worker`` (and
-``edgepipe --help``) never pay for it, and a missing Ray is one clear error.
+has. ``import ray`` happens inside functions: a missing Ray is one clear error, and nothing else
+pays for it.
 """
 
 from __future__ import annotations
@@ -30,18 +27,12 @@ PROBE_TIMEOUT_S = 120.0
 DEFAULT_RETRIES = 2
 
 
-# --- Ray ---------------------------------------------------------------------------------------------
-
-
 def require_ray() -> Any:
     try:
         import ray  # heavy (about a second): only sweep and worker need it
     except ImportError:
         raise EdgepipeError("Ray is not installed, and edgepipe sweep and worker run on Ray", fix=INSTALL_FIX) from None
     return ray
-
-
-# --- nodes ------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -94,9 +85,6 @@ def probe_node() -> dict[str, Any]:
         "gpu": edgepipe.gpu_compute_capability(),
         "flavours": edgepipe.tensorrt_flavours(),
     }
-
-
-# --- the connection ---------------------------------------------------------------------------------
 
 
 class Cluster:
@@ -196,18 +184,11 @@ def check_versions(nodes: list[Node], driver: dict[str, str]) -> None:
     for key in ("edgepipe", "ray"):
         others = [n for n in nodes if n.probe.get(key) != driver[key]]
         if others:
-            install = (
-                f"pip install 'edgepipe[ray]=={driver[key]}'"
-                if key == "edgepipe"
-                else f"pip install 'ray=={driver[key]}'"
-            )
+            install = f"pip install '{'edgepipe[ray]' if key == 'edgepipe' else 'ray'}=={driver[key]}'"
             raise EdgepipeError(
                 f"node {others[0].name} runs {key} {others[0].probe.get(key)}, this driver {driver[key]}; every node must run the same {key}",
                 fix=f"{install} on that node and restart it with 'edgepipe worker --address HEAD:PORT'",
             )
-
-
-# --- workers and results ----------------------------------------------------------------------------
 
 
 def worker_resources(targets: list[str] | None = None, num_cpus: int | None = None) -> dict[str, float]:

@@ -1,9 +1,8 @@
 """Connecting to Ray for `edgepipe sweep`: an embedded one-machine Ray, the cluster running here, or a head.
 
 The address is checked, the head reached and its versions read before ``ray.init``, which would
-otherwise retry for minutes. Ray's own output (its warnings, token authentication among them) goes
-to ``ray.log`` in the sweep directory, not to the user's terminal; ``EDGEPIPE_RAY_VERBOSE=1``
-shows it.
+otherwise retry for minutes. Ray's own output (token authentication warnings among it) goes to
+``ray.log`` in the sweep directory, not to the terminal, unless ``EDGEPIPE_RAY_VERBOSE=1``.
 """
 
 from __future__ import annotations
@@ -30,9 +29,9 @@ class RayOutput:
     ``EDGEPIPE_RAY_VERBOSE=1``, the terminal as Ray prints it."""
 
     def __init__(self) -> None:
-        self.verbose = os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+        verbose = os.environ.get(VERBOSE_ENV, "") not in ("", "0")
         self.folder: Path | None = None
-        self.path = None if self.verbose else Path(tempfile.mkstemp(prefix="edgepipe-ray-", suffix=".log")[1])
+        self.path = None if verbose else Path(tempfile.mkstemp(prefix="edgepipe-ray-", suffix=".log")[1])
 
     @contextlib.contextmanager
     def captured(self) -> Iterator[None]:
@@ -85,10 +84,8 @@ class RayOutput:
 @contextlib.contextmanager
 def connect(settings: Any, output: RayOutput | None = None) -> Iterator[Cluster]:
     """A Ray connection for a ``SweepSettings``' ``address``: "local" starts an embedded one-machine Ray
-    (of ``resources`` and ``num_cpus``; stopped afterwards), "auto" joins the cluster running on this
-    machine, "HOST:PORT" a cluster's head. A connection this process already made (``ray.init`` by
-    the caller) is used as it is and left open. Ray's own output goes to ``output`` (a log file
-    unless ``EDGEPIPE_RAY_VERBOSE=1``)."""
+    (of ``resources`` and ``num_cpus``; stopped afterwards), "auto" joins the cluster running here,
+    "HOST:PORT" a cluster's head. A connection the caller already made is used as it is and left open."""
     address, resources, num_cpus, retries = settings.address, settings.resources, settings.num_cpus, settings.retries
     ray = require_ray()
     if ray.is_initialized():

@@ -1,10 +1,8 @@
 """`edgepipe sweep`: every model x precision x target GPU, fanned out on Ray.
 
-For each model the target-independent stages run once on the driver (train or load, export,
-calibrate, FP16/INT8 ONNX, validate and bench the ONNX models) into ``DIR/<model>/``, exactly as
-``edgepipe run`` does; then one cell per (precision, target) is built on a worker advertising the
-target's ``sm_XY`` resource, and validated and benched there when that worker has the GPU. The
-cluster builds the engines of one model while the driver prepares the next.
+For each model the target-independent stages run once on the driver into ``DIR/<model>/``, exactly
+as ``edgepipe run`` does; then one cell per (precision, target) is built on a worker advertising the
+target's ``sm_XY`` resource, and validated and benched there when that worker has the GPU.
 
 The driver decides everything before submitting: a target no worker serves is skipped with that
 reason (Ray would wait for it forever), and an engine whose manifest still matches its ONNX model,
@@ -36,9 +34,6 @@ ORPHAN_CHECK_S = 15.0  # how often pending cells are checked against the nodes s
 DEFAULT_OUTPUT = DEFAULT_SWEEP_OUTPUT
 
 
-# --- the sweep --------------------------------------------------------------------------------------
-
-
 def sweep(
     models: list[str | SweepModel] | None = None,
     models_file: str | Path | None = None,
@@ -49,10 +44,7 @@ def sweep(
     **flags: Any,
 ) -> dict[str, Any]:
     """Run the sweep into ``output``; returns the report (also written as sweep.json and sweep.md).
-
-    ``targets`` None sweeps every target a worker advertises. ``settings`` (or ``flags``, its fields):
-    how each model is prepared and each cell measured.
-    """
+    ``targets`` None sweeps every target a worker advertises; ``flags``: the fields of ``SweepSettings``."""
     specs, chosen_precisions, chosen_targets = sweep_inputs.resolve(models, models_file, precisions, targets)
     settings = settings or SweepSettings(**flags)
     folder, address = Path(output), settings.address
@@ -70,7 +62,7 @@ def sweep(
             )
         folder.mkdir(parents=True, exist_ok=True)  # only now: bad input writes nothing
         ray_output.keep(folder)  # Ray's start-up output in DIR/ray.log, not on the terminal
-        driver = _Driver(cluster, nodes, folder, settings, previous_rows(folder))
+        driver = _Driver(cluster, nodes, folder, settings)
         driver.run(specs, chosen_precisions, chosen_targets, overlap=address != "local")
     driver.timings.update(connect_and_probe=round(connected, 2))
     report = sweep_report.assemble(
@@ -89,15 +81,10 @@ class _Driver:
     """Prepares models, decides each cell, submits what must be built and writes what comes back."""
 
     def __init__(
-        self,
-        ray_cluster: clustermod.Cluster,
-        nodes: list[clustermod.Node],
-        folder: Path,
-        settings: SweepSettings,
-        previous: dict[str, dict],
+        self, cluster: clustermod.Cluster, nodes: list[clustermod.Node], folder: Path, settings: SweepSettings
     ):
-        self.cluster, self.nodes, self.folder = ray_cluster, nodes, folder
-        self.settings, self.previous = settings, previous
+        self.cluster, self.nodes, self.folder, self.settings = cluster, nodes, folder, settings
+        self.previous = previous_rows(folder)
         self.cells: list[Cell] = []
         self.model_reports: dict[str, dict[str, Any]] = {}
         self.pending: dict[Any, Cell] = {}
@@ -172,10 +159,8 @@ class _Driver:
         onnx = self.sources[cell.model]["onnx"].get(cell.precision)
         builders = self._builders(cell)
         if onnx is None or not onnx.is_file():
-            why = (
-                "; ".join(f"{name} {problem}" for name, problem in edgepipe.stage_problems(report).items())
-                or "not made"
-            )
+            problems = edgepipe.stage_problems(report).items()
+            why = "; ".join(f"{name} {problem}" for name, problem in problems) or "not made"
             return self._finish(cell, f"skipped: the {cell.precision.label} ONNX model was not made ({why})")
         if not any(cell.target in n.targets for n in self.nodes):
             return self._finish(cell, f"skipped: no worker advertises {cell.target}")
@@ -187,11 +172,8 @@ class _Driver:
         engine = model_dir / cell.engine_name
         if not self.settings.force and edgepipe.engine_is_current(engine, onnx_sha, cell.precision, cell.cc, builders):
             kept = self.previous.get(cell.artifact, {})
-            kept = (
-                {k: v for k, v in kept.items() if k not in ("status", "kind")}
-                if kept.get("sha256") == edgepipe.sha256_file(engine)
-                else {}
-            )
+            same = kept.get("sha256") == edgepipe.sha256_file(engine)
+            kept = {k: v for k, v in kept.items() if k not in ("status", "kind")} if same else {}
             measured = not str(kept.get("validation") or "skipped").startswith("skipped")
             gpu_in_cluster = any(cell.target in n.targets and n.gpu == cell.cc for n in self.nodes)
             if measured or not gpu_in_cluster:  # else: built ahead of time, and now a GPU can measure it

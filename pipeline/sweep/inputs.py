@@ -1,8 +1,7 @@
 """What a sweep is asked for: models (names, or a models file), precisions and target GPUs.
 
 Everything is checked before a cluster is touched, so bad input ends as one line and nothing is
-submitted: an unknown zoo model gets the closest names, a target that is not ``sm_XY`` the
-compute-capability spelling.
+submitted.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pipeline.sweep.adapter as edgepipe
-from pipeline.defaults import BUDGET_DEFAULT
+from pipeline.defaults import BUDGET_DEFAULT, DEFAULT_BENCH_BATCHES
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.sweep.cluster import DEFAULT_RETRIES
@@ -48,7 +47,7 @@ class SweepSettings:
     epochs: int | None = None
     seed: int = 0
     max_drop: float | None | str = BUDGET_DEFAULT
-    bench_batches: tuple[int, ...] = (1, 8)
+    bench_batches: tuple[int, ...] = DEFAULT_BENCH_BATCHES
     bench_seconds: float = 1.0
     strict: bool = False
     force: bool = False
@@ -66,21 +65,15 @@ class SweepSettings:
         return {**{key: getattr(self, key) for key in shared}, **mine}
 
 
-# --- inputs -----------------------------------------------------------------------------------------
-
-
 def load_models_file(path: str | Path) -> dict[str, Any]:
     """A YAML file: ``models:`` (names, or {name, checkpoint|onnx, epochs, data, labels, preprocess}), optional ``precisions``/``targets``."""
-    path = Path(path)
+    path, fix = Path(path), "write 'models: [se_resnet, cbam_resnet]'"
     raw = read_yaml(
-        path,
-        "models file",
-        fix="write 'models: [se_resnet, cbam_resnet]'",
-        missing_fix="pass a YAML file with a 'models:' list, or use --models A,B",
+        path, "models file", fix=fix, missing_fix="pass a YAML file with a 'models:' list, or use --models A,B"
     )
     raw = {"models": raw} if isinstance(raw, list) else raw
     if not isinstance(raw, dict) or not isinstance(raw.get("models"), list) or not raw["models"]:
-        raise EdgepipeError(f"models file {path} has no 'models:' list", fix="write 'models: [se_resnet, cbam_resnet]'")
+        raise EdgepipeError(f"models file {path} has no 'models:' list", fix=fix)
     unknown = set(raw) - {"models", "precisions", "targets"}
     if unknown:
         raise EdgepipeError(
@@ -93,7 +86,11 @@ def load_models_file(path: str | Path) -> dict[str, Any]:
 def _spec(entry: Any, source: Path) -> SweepModel:
     if isinstance(entry, str):
         return SweepModel(entry)
-    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or set(entry) - set(_ENTRY_KEYS):
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("name"), str)
+        or set(entry) - set(SweepModel.__annotations__)
+    ):
         raise EdgepipeError(
             f"models file {source} has an entry {entry!r} that is not a model",
             fix="write a name, or {name: N, checkpoint: PATH} / {name: N, onnx: PATH, data: DIR, labels: FILE, preprocess: FILE} / {name: N, epochs: E}",
@@ -111,18 +108,7 @@ def _spec(entry: Any, source: Path) -> SweepModel:
     }
     if entry.get("data") == edgepipe.DIGITS:  # the bundled data is a name, not a path
         paths["data"] = edgepipe.DIGITS
-    return SweepModel(
-        entry["name"],
-        paths.get("checkpoint"),
-        paths.get("onnx"),
-        entry.get("epochs"),
-        paths.get("data"),
-        paths.get("labels"),
-        paths.get("preprocess"),
-    )
-
-
-_ENTRY_KEYS = ("name", "checkpoint", "onnx", "epochs", "data", "labels", "preprocess")
+    return SweepModel(entry["name"], epochs=epochs, **paths)
 
 
 def _as_list(value: Any) -> list[str] | None:

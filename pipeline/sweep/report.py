@@ -1,11 +1,7 @@
-"""The sweep report: one row per model x precision x target, as sweep.json and sweep.md.
+"""The sweep report: one row per model x precision x target, as sweep.json and sweep.md (docs/sweep.md).
 
-``rows`` holds two kinds of row. ``kind: "run"`` rows are each model's run report rows (PyTorch
-and its ONNX models, with accuracy and latency), named ``<model>/<artifact>``; ``kind: "cell"``
-rows are the engines, named ``<model>/engine-<precision>-<target>``, with status built, reused,
-"skipped: reason" or "failed: reason", the engine path and sha256, build seconds, the node, and
-accuracy and latency where a worker had the target GPU. With ``rows``, ``reference`` and
-``format`` laid out as in a run report, ``edgepipe check`` gates a whole sweep.
+``kind: "run"`` rows are each model's run report rows, ``kind: "cell"`` rows its engines. With
+``rows``, ``reference`` and ``format`` laid out as in a run report, ``edgepipe check`` gates a sweep.
 """
 
 from __future__ import annotations
@@ -95,8 +91,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     for row in (r for r in report["rows"] if r["kind"] == "cell"):
         lines.append(
-            f"| {row['model']} | {row['precision']} | {row['target']} | {row['status']} | {_node(row)} | {_fmt(row.get('build_seconds'), '.2f')} | "
-            f"{row.get('validation') or ''} | {_fmt(row.get('top1'), '.2f')} | {_fmt(row.get('delta'), '+.2f')} | {_fmt(row.get('latency_ms'), '.3f')} | "
+            f"| {row['model']} | {row['precision']} | {row['target']} | {row['status']} | {_node(row)} | {edgepipe.fmt(row.get('build_seconds'), '.2f')} | "
+            f"{row.get('validation') or ''} | {edgepipe.fmt(row.get('top1'), '.2f')} | {edgepipe.fmt(row.get('delta'), '+.2f')} | {edgepipe.fmt(row.get('latency_ms'), '.3f')} | "
             f"{row.get('engine') or ''} | {(row.get('sha256') or '')[:12]} |"
         )
     lines += [
@@ -108,8 +104,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     for row in (r for r in report["rows"] if r["kind"] == "run"):
         lines.append(
-            f"| {row['artifact']} | {row['status']} | {_fmt(row.get('top1'), '.2f')} | {_fmt(row.get('delta'), '+.2f')} | "
-            f"{_fmt(row.get('agreement'), '.2f')} | {_fmt(row.get('latency_ms'), '.3f')} |"
+            f"| {row['artifact']} | {row['status']} | {edgepipe.fmt(row.get('top1'), '.2f')} | {edgepipe.fmt(row.get('delta'), '+.2f')} | "
+            f"{edgepipe.fmt(row.get('agreement'), '.2f')} | {edgepipe.fmt(row.get('latency_ms'), '.3f')} |"
         )
     for name, problem in report["model_problems"].items():
         lines.append(f"\n{name}: {problem}")
@@ -137,10 +133,5 @@ def _node(row: dict[str, Any]) -> str:
     return f"{row.get('host') or row.get('address', '')} ({row['node_id'][:8]})"
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "" if value is None else format(value, spec)
-
-
 def write(report: dict[str, Any], folder: Path) -> None:
-    edgepipe.write_json_atomic(folder / "sweep.json", report)
-    edgepipe.write_text_atomic(folder / "sweep.md", to_markdown(report))
+    edgepipe.write_report(report, folder, "sweep", to_markdown)

@@ -1,8 +1,7 @@
 """A cell of the sweep (model x precision x target GPU) and what comes back for it.
 
 An engine that comes back is written only if it hashes to what the worker reported and matches the
-manifest built with it; the manifest is written beside it, naming the ONNX it was built from and
-the node that built it. The run directory is the truth, whatever happened to the workers.
+manifest built with it: the run directory is the truth, whatever happened to the workers.
 """
 
 from __future__ import annotations

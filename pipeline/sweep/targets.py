@@ -1,8 +1,7 @@
 """Target GPUs as a sweep names them: ``sm_XY``, which is also the Ray resource a worker advertises.
 
-``sm_89`` is compute capability 8.9 (RTX 40xx), ``sm_87`` Jetson Orin, ``sm_80`` A100, ``sm_90``
-H100, ``sm_120`` RTX 50xx. A target is always written this way, so a resource name and a target
-are one string and nothing converts between them twice.
+``sm_89`` is compute capability 8.9 (RTX 40xx), ``sm_87`` Jetson Orin, ``sm_120`` RTX 50xx. A
+resource name and a target are one string, so nothing converts between them twice.
 """
 
 from __future__ import annotations
