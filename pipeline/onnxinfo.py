@@ -216,19 +216,27 @@ def opset_of(model: onnx.ModelProto) -> int:
     return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
 
 
-def run_onnxruntime(model: ModelSource, inputs: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every output of ``model`` on ONNX Runtime CPU, by name; ``inputs`` is an array for a single input."""
-    import onnxruntime as ort  # only the checks that run a model need it (describe does not)
+def cpu_session(model: bytes | str, every_tensor: bool = False):
+    """An ONNX Runtime CPU session that reads a Q/DQ graph as TensorRT computes it.
+
+    ``ORT_DISABLED_OPTIMIZERS`` are off (their rewrite of a quantized Conv's bias overflows FP16 scales);
+    ``every_tensor`` turns every optimization off, so each tensor a model exposes is computed as written.
+    """
+    import onnxruntime as ort  # a second to import: only what runs a model pays for it
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if every_tensor:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(
+        model, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS)
+    )
+
+
+def run_onnxruntime(model: ModelSource, inputs: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output of ``model`` on ONNX Runtime CPU, by name; ``inputs`` is an array for a single input."""
     try:
-        session = ort.InferenceSession(
-            load_model(model).SerializeToString(),
-            options,
-            providers=["CPUExecutionProvider"],
-            disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS),
-        )
+        session = cpu_session(load_model(model).SerializeToString())
         feeds = {session.get_inputs()[0].name: inputs} if isinstance(inputs, np.ndarray) else inputs
         values = session.run(None, feeds)
     except Exception as exc:  # ORT raises its own types for invalid graphs and bad feeds

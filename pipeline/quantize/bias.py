@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from pipeline.onnxinfo import cpu_session
 from pipeline.quantize.graph import quantized_nodes
 from pipeline.quantize.ranges import expose
 from pipeline.quantize.sensitivity import constant, quantized_copy
@@ -100,13 +101,8 @@ def _weight_dtype(graph: onnx.GraphProto, node: onnx.NodeProto, initializers) ->
 
 def _channel_means(model: onnx.ModelProto, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
     """Mean of each named tensor over every axis but 1 (the channel), on ``images``."""
-    import onnxruntime as ort  # loaded by INT8 bias correction only
-
     exposed, names = expose(model, names)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named tensor
-    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(exposed.SerializeToString(), every_tensor=True)
     feed = session.get_inputs()[0]
     fixed = isinstance(feed.shape[0], int) and feed.shape[0] > 0
     batch = feed.shape[0] if fixed else _CHUNK

@@ -21,11 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.defaults import ORT_DISABLED_OPTIMIZERS
 from pipeline.errors import EdgepipeError
 from pipeline.fidelity import Fidelity
 from pipeline.images import SPLIT_SEED, ModelData, ModelInput
-from pipeline.onnxinfo import SYNTHETIC_COUNT, ModelInfo, synthetic_batch
+from pipeline.onnxinfo import SYNTHETIC_COUNT, ModelInfo, cpu_session, synthetic_batch
 from pipeline.quantize.source import Fp32Source
 
 _BATCH = 64  # images per ONNX Runtime call for a model with a dynamic batch
@@ -186,13 +185,7 @@ class Comparison:
         return figures
 
     def _run(self, model_bytes: bytes) -> Iterator[tuple[np.ndarray | None, list[np.ndarray]]]:
-        import onnxruntime as ort  # loaded by the first check of a conversion, not by `edgepipe --help`
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(
-            model_bytes, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS)
-        )
+        session = cpu_session(model_bytes)
         name = session.get_inputs()[0].name
         x, y = self.images.x, self.images.y
         for start in range(0, len(x), self.batch):

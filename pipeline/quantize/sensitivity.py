@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from pipeline.onnxinfo import cpu_session
 from pipeline.precision import QDQ_OPS
 from pipeline.quantize.graph import PASS_THROUGH_OPS, keep_in_high_precision
 
@@ -190,11 +191,7 @@ def _dtype_of(name: str, producers, values) -> np.dtype:
 
 def _outputs(model: onnx.ModelProto, images: np.ndarray) -> list[np.ndarray]:
     """Every output of ``model`` on ``images`` (ONNX Runtime CPU, a chunk at a time), as float64 arrays."""
-    import onnxruntime as ort  # a second to import: only INT8 budget searches pay for it
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model.SerializeToString())
     feed = session.get_inputs()[0]
     fixed = isinstance(feed.shape[0], int) and feed.shape[0] > 0
     batch = feed.shape[0] if fixed else _CHUNK
@@ -252,9 +249,4 @@ def _intermediates(model: onnx.ModelProto, names: list[str], images: np.ndarray)
 
 def every_tensor_session(model: onnx.ModelProto):
     """An ONNX Runtime CPU session of ``model`` with no graph optimization, so every tensor it exposes is computed."""
-    import onnxruntime as ort  # a second to import: only INT8 calibration and budget searches pay for it
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return cpu_session(model.SerializeToString(), every_tensor=True)
