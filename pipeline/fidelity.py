@@ -206,3 +206,15 @@ def _cross(o: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 def _arrays(values: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
     """The outputs as a list of arrays; one array is a model with one output."""
     return [values] if isinstance(values, np.ndarray) else [np.asarray(v) for v in values]
+
+
+def relative_change(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float:
+    """The largest change of any output, relative to that output's largest magnitude (inf where shapes differ)."""
+    worst = 0.0
+    for name, reference in expected.items():
+        if name not in got or got[name].shape != reference.shape:
+            return float("inf")
+        reference = reference.astype(np.float64)
+        diff = float(np.max(np.abs(got[name] - reference), initial=0.0))
+        worst = max(worst, diff / max(float(np.max(np.abs(reference), initial=0.0)), 1e-12))
+    return worst

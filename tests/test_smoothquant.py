@@ -11,11 +11,12 @@ from foreign_models import TEXT_SHAPE
 
 from pipeline import quantize
 from pipeline.artifacts import read_manifest
+from pipeline.fidelity import relative_change
 from pipeline.onnxinfo import run_onnxruntime
 from pipeline.quantize.prepare import clean_up
 from pipeline.quantize.ranges import collect
 from pipeline.quantize.sensitivity import alone, rank_alone, without
-from pipeline.quantize.smoothquant import find_sites, relative_change, smooth, smoothing_scales
+from pipeline.quantize.smoothquant import find_sites, smooth, smoothing_scales
 
 
 @pytest.fixture(scope="module")

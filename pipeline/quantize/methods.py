@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 
 from pipeline.errors import EdgepipeError
+from pipeline.fidelity import relative_change
 from pipeline.onnxinfo import run_onnxruntime
 from pipeline.progress import info as say
 from pipeline.quantize.bias import correct_bias
@@ -44,7 +45,7 @@ from pipeline.quantize.ranges import (
     too_few_values,
     write_cache,
 )
-from pipeline.quantize.smoothquant import ALPHA, TOLERANCE, find_sites, relative_change, smooth
+from pipeline.quantize.smoothquant import ALPHA, TOLERANCE, find_sites, smooth
 
 BIAS = "+bias"  # the suffix of a bias-corrected candidate's name
 SMOOTH = "+smoothquant"  # the suffix of a candidate built from the SmoothQuant-rewritten graph

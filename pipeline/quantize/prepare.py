@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from pipeline.errors import EdgepipeError
+from pipeline.fidelity import relative_change
 from pipeline.onnxinfo import run_onnxruntime
 
 QUANTIZED_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear")
@@ -72,15 +73,7 @@ def clean_up(model: onnx.ModelProto, inputs: np.ndarray) -> tuple[onnx.ModelProt
 
 def _relative_change(model: onnx.ModelProto, other: onnx.ModelProto, inputs: np.ndarray) -> float:
     """The largest change of any output, relative to that output's largest magnitude."""
-    expected, got = run_onnxruntime(model, inputs), run_onnxruntime(other, inputs)
-    worst = 0.0
-    for name, reference in expected.items():
-        if name not in got or got[name].shape != reference.shape:
-            return float("inf")
-        reference = reference.astype(np.float64)
-        diff = float(np.max(np.abs(got[name] - reference), initial=0.0))
-        worst = max(worst, diff / max(float(np.max(np.abs(reference), initial=0.0)), 1e-12))
-    return worst
+    return relative_change(run_onnxruntime(model, inputs), run_onnxruntime(other, inputs))
 
 
 def _op_counts(model: onnx.ModelProto) -> dict[str, int]:

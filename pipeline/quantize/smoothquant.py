@@ -11,7 +11,7 @@ on the last axis) or of a constant per-channel ``Mul`` (and ``Add``: a LayerNorm
 ops, as PaddlePaddle and opset < 17 exports write it), read only by ``MatMul``/``Gemm`` nodes as
 their data input with a constant 2-D weight. ``smooth`` rewrites them from per-channel maxima
 (``ranges.collect(channels=...)`` keeps them in the one calibration pass) and renames nothing but
-the rewritten constants, so every tensor keeps its name. ``relative_change`` says how far the
+the rewritten constants, so every tensor keeps its name. ``fidelity.relative_change`` says how far the
 rewrite moved the outputs (FP32 rounding only): the caller keeps the original where it moved more.
 """
 
@@ -107,18 +107,6 @@ def smoothing_scales(x_max: np.ndarray, w_max: np.ndarray, alpha: float = ALPHA)
     scales = np.ones_like(x_max, dtype=np.float64)
     scales[live] = x_max[live] ** alpha / w_max[live] ** (1.0 - alpha)
     return np.clip(scales, *SCALE_LIMITS)
-
-
-def relative_change(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float:
-    """The largest change of any output, relative to that output's largest magnitude (inf where shapes differ)."""
-    worst = 0.0
-    for name, reference in expected.items():
-        if name not in got or got[name].shape != reference.shape:
-            return float("inf")
-        reference = reference.astype(np.float64)
-        diff = float(np.max(np.abs(got[name] - reference), initial=0.0))
-        worst = max(worst, diff / max(float(np.max(np.abs(reference), initial=0.0)), 1e-12))
-    return worst
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
