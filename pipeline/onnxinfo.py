@@ -134,8 +134,7 @@ def describe(model: ModelSource, layout: str | None = None) -> ModelInfo:
     """Everything edgepipe needs from any single-image-input ONNX model. ``layout``: "nchw" or "nhwc"
     when the user knows it; else guessed from where the 1- or 3-wide channel dimension sits."""
     model = load_model(model)
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [_tensor_info(v) for v in model.graph.input if v.name not in initializers]
+    inputs = graph_inputs(model)
     if len(inputs) != 1:
         listed = " and ".join(f"'{i.name}' ({i.text()})" for i in inputs) or "none"
         raise EdgepipeError(
@@ -148,14 +147,27 @@ def describe(model: ModelSource, layout: str | None = None) -> ModelInfo:
             f"input '{image.name}' has shape {image.text()}; edgepipe takes a 4-D image input (N,C,H,W or N,H,W,C)",
             fix="export the model with a batched image input",
         )
+    symbols = [dim for dim in image.shape if isinstance(dim, str) and dim != "?"]
+    tied = {s: tuple(a for a, dim in enumerate(image.shape) if dim == s) for s in symbols if symbols.count(s) > 1}
     return ModelInfo(
         input=image,
         layout=_layout(image, layout),
         outputs=tuple(_outputs(model)),
         opset=opset_of(model),
         producer=f"{model.producer_name} {model.producer_version}".strip() or "unknown",
-        tied_dims=_tied_dims(image),
+        tied_dims=tied,
     )
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[TensorInfo]:
+    """The graph's real inputs (not the initializers some exporters also list as inputs)."""
+    initializers = {init.name for init in model.graph.initializer}
+    return [_tensor_info(v) for v in model.graph.input if v.name not in initializers]
+
+
+def onnx_inputs(model: onnx.ModelProto) -> list[tuple[str, tuple[int, ...]]]:
+    """Name and shape (-1 for a dynamic dimension) of each real input, as TensorRT's profiles take them."""
+    return [(t.name, tuple(d if isinstance(d, int) and d > 0 else -1 for d in t.shape)) for t in graph_inputs(model)]
 
 
 def check_input_shape(info: ModelInfo, shape: tuple[int, ...], option: str = "--optShapes") -> None:
@@ -216,21 +228,23 @@ def opset_of(model: onnx.ModelProto) -> int:
     return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
 
 
-def cpu_session(model: bytes | str, every_tensor: bool = False):
+def cpu_session(model: bytes | str, every_tensor: bool = False, cuda: bool = False):
     """An ONNX Runtime CPU session that reads a Q/DQ graph as TensorRT computes it.
 
     ``ORT_DISABLED_OPTIMIZERS`` are off (their rewrite of a quantized Conv's bias overflows FP16 scales);
-    ``every_tensor`` turns every optimization off, so each tensor a model exposes is computed as written.
+    ``every_tensor`` turns every optimization off, so each tensor a model exposes is computed as written;
+    ``cuda`` puts ONNX Runtime's CUDA provider first, where it has one.
     """
     import onnxruntime as ort  # a second to import: only what runs a model pays for it
 
+    providers = ["CPUExecutionProvider"]
+    if cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if every_tensor:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(
-        model, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS)
-    )
+    return ort.InferenceSession(model, options, providers=providers, disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
 
 
 def run_onnxruntime(model: ModelSource, inputs: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -283,14 +297,6 @@ def _layout(image: TensorInfo, layout: str | None) -> str:
         f"cannot tell whether input '{image.name}' ({image.text()}) is NCHW or NHWC: neither axis 1 nor axis 3 is a 1- or 3-channel dimension",
         fix="pass --layout nchw or --layout nhwc",
     )
-
-
-def _tied_dims(image: TensorInfo) -> dict[str, tuple[int, ...]]:
-    axes: dict[str, list[int]] = {}
-    for axis, dim in enumerate(image.shape):
-        if isinstance(dim, str) and dim != "?":
-            axes.setdefault(dim, []).append(axis)
-    return {name: tuple(found) for name, found in axes.items() if len(found) > 1}
 
 
 def _example(info: ModelInfo) -> str:

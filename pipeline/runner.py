@@ -14,6 +14,7 @@ a classifier), ``infer_all`` all of them. A batch of the wrong type, shape or si
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -62,41 +63,61 @@ class Runner:
 
     def check_input(self, batch: Any) -> np.ndarray:
         """``batch`` if it is a float32 array this runner accepts, else one error naming expected vs got."""
-        name, input_shape, fixed, least, most = (
-            self.name,
-            self.input_shape,
-            self.batch_size,
-            self.min_batch,
-            self.max_batch,
-        )
+        fixed, least, most = self.batch_size, self.min_batch, self.max_batch
         if not isinstance(batch, np.ndarray):
             raise EdgepipeError(
-                f"{name} takes a numpy array; got {type(batch).__name__}",
+                f"{self.name} takes a numpy array; got {type(batch).__name__}",
                 fix="pass np.asarray(batch, dtype=np.float32)",
             )
         if batch.dtype != np.float32:
             raise EdgepipeError(
-                f"{name} takes float32 input; got {batch.dtype}",
+                f"{self.name} takes float32 input; got {batch.dtype}",
                 fix="convert the batch with batch.astype(np.float32) after the model's normalization",
             )
-        expected = ("N", *input_shape) if input_shape else ("N", "C", "H", "W")
-        if batch.ndim != len(expected) or (input_shape and tuple(batch.shape[1:]) != tuple(input_shape)):
+        expected = ("N", *self.input_shape) if self.input_shape else ("N", "C", "H", "W")
+        if batch.ndim != len(expected) or (self.input_shape and tuple(batch.shape[1:]) != tuple(self.input_shape)):
             raise EdgepipeError(
-                f"{name} takes input of shape {_shape_text(expected)}; got {_shape_text(batch.shape)}",
+                f"{self.name} takes input of shape {_shape_text(expected)}; got {_shape_text(batch.shape)}",
                 fix="resize the images to the model's input size (its recorded preprocessing) and keep the model's layout",
             )
         n = batch.shape[0]
         if fixed and n != fixed:
             raise EdgepipeError(
-                f"{name} takes a fixed batch of {fixed}; got {n}",
+                f"{self.name} takes a fixed batch of {fixed}; got {n}",
                 fix="feed it through pipeline.runtime.predict (which pads the last batch), or export with --dynamic-batch",
             )
         if n < least or (most is not None and n > most):
             raise EdgepipeError(
-                f"batch {n} is outside what {name} allows (its optimization profile takes {least} to {most})",
+                f"batch {n} is outside what {self.name} allows (its optimization profile takes {least} to {most})",
                 fix=f"use a batch from {least} to {most}, or rebuild the engine with --maxShapes input:{n}x...",
             )
         return batch
+
+
+class SessionRunner(Runner):
+    """A runner over an ONNX session (ONNX Runtime's, or onnx's reference evaluator): one image input."""
+
+    session: Any = None
+    input_dtype: Any = np.float32  # the graph's input type: an FP16 graph's float32 batch is converted
+
+    def take_input(self, names: list[str], shape: Sequence[Any]) -> None:
+        """The model's one input: its name, and its fixed batch and sample shape (None where dynamic)."""
+        if len(names) != 1:
+            raise EdgepipeError(
+                f"the model has {len(names)} inputs ({', '.join(names)}); edgepipe runs models with one image input",
+                fix="export a model with a single image input",
+            )
+        static = [d if isinstance(d, int) and d > 0 else None for d in shape]
+        self.input_name = names[0]
+        self.batch_size = static[0] if static else None
+        self.input_shape = tuple(static[1:]) if all(static[1:]) else None
+
+    def infer_impl(self, batch: np.ndarray) -> list[np.ndarray]:
+        outputs = self.session.run(None, {self.input_name: batch.astype(self.input_dtype, copy=False)})
+        return [np.asarray(o).astype(np.float32, copy=False) for o in outputs]
+
+    def close(self) -> None:
+        self.session = None
 
 
 def _shape_text(shape) -> str:
@@ -117,9 +138,10 @@ def predict_batch(runner: Runner, batch: np.ndarray, outputs: str = "first") -> 
     return results[0] if outputs == "first" else results
 
 
-def predict(runner: Runner, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Logits (first output) for all ``images``, in batches the runner takes."""
+def predict(runner: Runner, images: np.ndarray, batch_size: int = 64, outputs: str = "first") -> Any:
+    """The first output (a classifier's logits), or "all" outputs, for all ``images``, in batches the runner takes."""
     step = batch_step(runner, batch_size)
-    return np.concatenate(
-        [predict_batch(runner, images[start : start + step]) for start in range(0, len(images), step)]
-    )
+    parts = [predict_batch(runner, images[start : start + step], outputs) for start in range(0, len(images), step)]
+    if outputs == "first":
+        return np.concatenate(parts)
+    return parts[0] if len(parts) == 1 else [np.concatenate([part[i] for part in parts]) for i in range(len(parts[0]))]

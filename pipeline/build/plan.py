@@ -15,10 +15,10 @@ from pipeline.artifacts import check_output
 from pipeline.errors import EdgepipeError
 from pipeline.images import Record
 from pipeline.onnxfile import load_onnx
-from pipeline.onnxinfo import ModelInfo, check_profile_shapes, describe
+from pipeline.onnxinfo import ModelInfo, check_profile_shapes, describe, onnx_inputs
 from pipeline.precision import Precision, of_onnx
 from pipeline.tensorrt.backend import Backend, get_backend
-from pipeline.tensorrt.options import SHAPE_KINDS, BuildSettings, onnx_inputs, resolve_profiles
+from pipeline.tensorrt.options import SHAPE_KINDS, BuildSettings, resolve_profiles
 from pipeline.tensorrt.targets import resolve_compute_capabilities
 
 
@@ -74,9 +74,19 @@ def make_plan(onnx_path: str | Path, settings: BuildSettings, save_engine: str |
     engine = Path(save_engine) if save_engine else default_engine_path(source, target)
     check_output(engine, force=True)  # a folder that can be written (existing files are handled later)
     converting = not settings.legacy_precision and target != graph_precision
-    info = _image_input(model, required=converting)
-    if converting and target == Precision.INT8:
-        _check_calibration_images(source, model, settings, info)
+    try:
+        info = describe(model)  # the single image input, as edgepipe reads it
+    except EdgepipeError:
+        if converting:  # a model edgepipe cannot read so is an error only where it converts it
+            raise
+        info = None
+    if converting and target == Precision.INT8 and not settings.has_images:  # INT8 needs real images
+        if info is None or Record.of_onnx(model, source).source is None:
+            raise EdgepipeError(
+                f"--int8 needs calibration images, and {source} records no training data to draw them from "
+                "(edgepipe never calibrates on random data)",
+                fix="pass --calib calib.npz (from 'edgepipe calibrate') or --data DIR with 64 or more of your images",
+            )
     profiles, note = resolve_profiles(onnx_inputs(model), settings.shapes)
     if info is not None:  # dimensions sharing one symbolic name, which TensorRT requires equal
         check_profile_shapes(info, {f"--{kind}Shapes": settings.shapes.get(kind, {}) for kind in SHAPE_KINDS})
@@ -107,24 +117,3 @@ def _check_precision(source: Path, settings: BuildSettings, be: Backend, graph_p
             f"{source} is already {graph_precision.upper()}; it cannot be built as {target.upper()}",
             fix=f"build it without a precision flag (it builds as {graph_precision.upper()}), or start from the FP32 ONNX",
         )
-
-
-def _check_calibration_images(source: Path, model: Any, settings: BuildSettings, info: ModelInfo | None) -> None:
-    """INT8 needs real images: the user's, or the data the model records."""
-    if settings.has_images or (info is not None and Record.of_onnx(model, source).source is not None):
-        return
-    raise EdgepipeError(
-        f"--int8 needs calibration images, and {source} records no training data to draw them from "
-        "(edgepipe never calibrates on random data)",
-        fix="pass --calib calib.npz (from 'edgepipe calibrate') or --data DIR with 64 or more of your images",
-    )
-
-
-def _image_input(model: Any, required: bool) -> ModelInfo | None:
-    """The model's single image input as edgepipe reads it; a model it cannot read so is only an error where it is ``required``."""
-    try:
-        return describe(model)
-    except EdgepipeError:
-        if required:
-            raise
-        return None

@@ -18,21 +18,17 @@ import onnx.version_converter
 
 from pipeline.errors import EdgepipeError
 from pipeline.onnxfile import load_onnx
-from pipeline.runner import Runner
+from pipeline.onnxinfo import graph_inputs
+from pipeline.runner import SessionRunner
 
 
-class OnnxReferenceRunner(Runner):
+class OnnxReferenceRunner(SessionRunner):
     def __init__(self, path: str | Path):
         from onnx.reference import ReferenceEvaluator  # builds its operator table on import: only when it runs
 
         model = load_onnx(path)
-        initializers = {init.name for init in model.graph.initializer}
-        inputs = [value for value in model.graph.input if value.name not in initializers]
-        if len(inputs) != 1:
-            raise EdgepipeError(
-                f"the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); edgepipe runs models with one image input",
-                fix="export a model with a single image input",
-            )
+        inputs = graph_inputs(model)
+        self.take_input([i.name for i in inputs], inputs[0].shape if inputs else ())
         try:
             try:
                 self.session = ReferenceEvaluator(model)
@@ -46,16 +42,4 @@ class OnnxReferenceRunner(Runner):
                 fix="pip install onnxruntime (or 'edgepipe[quantize]') to run it on ONNX Runtime",
             )
         self.name = f"onnx-reference-{onnx.__version__}"
-        tensor = inputs[0].type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-        self.input_name = inputs[0].name
-        self.batch_size = dims[0] if dims and dims[0] else None
-        self.input_shape = tuple(dims[1:]) if all(dims[1:]) else None
-        self.input_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
-
-    def infer_impl(self, batch: np.ndarray) -> list[np.ndarray]:
-        outputs = self.session.run(None, {self.input_name: batch.astype(self.input_dtype, copy=False)})
-        return [np.asarray(o).astype(np.float32, copy=False) for o in outputs]
-
-    def close(self) -> None:
-        self.session = None
+        self.input_dtype = np.dtype(inputs[0].dtype)

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artifacts import Kind, atomic_output, is_up_to_date, write_manifest
+from pipeline.artifacts import Kind, atomic_output, why_stale, write_manifest
 from pipeline.cuda import autoinit
 from pipeline.errors import EdgepipeError
-from pipeline.tensorrt.options import onnx_inputs
+from pipeline.onnxinfo import onnx_inputs
 
 CALIBRATION_BATCH = 32
 
@@ -59,7 +59,7 @@ def legacy_calibrator(
     batch_size = min(max(CALIBRATION_BATCH, lo[0]), hi[0])
     calibration_shape = (batch_size, *shape[1:])
     params = {"shape": list(calibration_shape)}
-    read_cache = is_up_to_date(cache, Kind.CALIBRATION_CACHE, inputs, params)
+    read_cache = why_stale(cache, Kind.CALIBRATION_CACHE, inputs, params) is None
     cuda = autoinit()
     trt = be.trt
 
@@ -77,25 +77,22 @@ def legacy_calibrator(
 
         def get_batch(self, names):
             try:
-                return self._next_batch(names)
+                batch = next(self._batches, None)  # contiguous float32, exactly batch_size images
+                if batch is None:
+                    return None
+                if tuple(batch.shape[1:]) != tuple(calibration_shape[1:]):
+                    raise EdgepipeError(
+                        f"the calibration images are {'x'.join(map(str, batch.shape[1:]))} but the model takes {'x'.join(map(str, calibration_shape[1:]))}",
+                        fix="make a calibration set for this model ('edgepipe calibrate'), or drop --calib to draw one from its training data",
+                    )
+                if self._device is None:
+                    self._device = cuda.mem_alloc(batch.nbytes)
+                cuda.memcpy_htod(self._device, batch)
+                self.count += len(batch)
+                return [int(self._device)] * len(names)
             except BaseException as exc:  # noqa: BLE001 - re-raised by the build
                 self.exception = exc
                 return None
-
-        def _next_batch(self, names):
-            batch = next(self._batches, None)  # contiguous float32, exactly batch_size images
-            if batch is None:
-                return None
-            if tuple(batch.shape[1:]) != tuple(calibration_shape[1:]):
-                raise EdgepipeError(
-                    f"the calibration images are {'x'.join(map(str, batch.shape[1:]))} but the model takes {'x'.join(map(str, calibration_shape[1:]))}",
-                    fix="make a calibration set for this model ('edgepipe calibrate'), or drop --calib to draw one from its training data",
-                )
-            if self._device is None:
-                self._device = cuda.mem_alloc(batch.nbytes)
-            cuda.memcpy_htod(self._device, batch)
-            self.count += len(batch)
-            return [int(self._device)] * len(names)
 
         def read_calibration_cache(self):
             return cache.read_bytes() if read_cache and cache.is_file() else None

@@ -71,13 +71,9 @@ class BuildSettings:
         if unknown:
             raise TypeError(f"unknown build settings: {', '.join(sorted(unknown))}")
         values = {_RENAMES.get(key, key): value for key, value in flags.items()}
-        settings = cls(
-            **{key: _PARSERS[key](v) if key in _PARSERS else v for key, v in values.items() if v is not None}
-        )
-        settings.check()
-        return settings
+        return cls(**{key: _PARSERS[key](v) if key in _PARSERS else v for key, v in values.items() if v is not None})
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         """What the settings alone can tell is wrong, before the model is read."""
         if self.calib is not None and self.precision is not Precision.INT8:
             raise EdgepipeError("a calibration set is only used for INT8", fix="add --int8, or drop --calib")
@@ -129,20 +125,6 @@ def parse_shapes(text: str | dict | None, option: str = "--shapes") -> dict[str,
             )
         shapes[name] = tuple(int(d) for d in dims.split("x"))
     return shapes
-
-
-def onnx_inputs(model: Any) -> list[tuple[str, tuple[int, ...]]]:
-    """Name and shape (-1 for a dynamic dimension) of each real input of the ONNX graph."""
-    initializers = {init.name for init in model.graph.initializer}
-    result = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        dims = value.type.tensor_type.shape.dim
-        result.append(
-            (value.name, tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in dims))
-        )
-    return result
 
 
 def resolve_profiles(inputs: list[tuple[str, tuple[int, ...]]], shapes: dict[str, dict]) -> tuple[dict, str | None]:
@@ -218,9 +200,8 @@ def _dims(shape: tuple, dynamic: int | None = None) -> str:
 
 
 def _profiles_json(profiles: dict) -> list[dict]:
-    if not profiles:
-        return []
-    return [{name: {"min": list(lo), "opt": list(opt), "max": list(hi)} for name, (lo, opt, hi) in profiles.items()}]
+    shapes = {name: {"min": list(lo), "opt": list(opt), "max": list(hi)} for name, (lo, opt, hi) in profiles.items()}
+    return [shapes] if profiles else []
 
 
 def parse_mem_pool_size(value: str | dict | None) -> dict[str, int]:
@@ -246,10 +227,8 @@ def parse_mem_pool_size(value: str | dict | None) -> dict[str, int]:
 def _hardware_compatibility(level: str | None) -> str | None:
     if level is None or level == "none":
         return None
-    aliases = {name.lower(): name for name in HARDWARE_COMPATIBILITY}
-    aliases.update(
-        {"same-cc": "sameComputeCapability", "samecomputecapability": "sameComputeCapability", "ampere_plus": "ampere+"}
-    )
+    aliases = {"same-cc": "sameComputeCapability", "ampere_plus": "ampere+"}
+    aliases.update({name.lower(): name for name in HARDWARE_COMPATIBILITY})
     if level.lower() not in aliases:
         raise EdgepipeError(
             f"--hardwareCompatibilityLevel {level!r} is unknown", fix=f"use one of {', '.join(HARDWARE_COMPATIBILITY)}"
