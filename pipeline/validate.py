@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline import images
 from pipeline.artifacts import Artifact, Kind
 from pipeline.checkpoint import config_of, is_checkpoint, model_from_weights, model_record
@@ -32,7 +30,7 @@ from pipeline.onnxfile import load_onnx, read_metadata
 from pipeline.precision import Precision
 from pipeline.preprocess import Preprocess
 from pipeline.progress import info
-from pipeline.runtime import NoGpuError, Runner, batch_step, open_runner, predict_batch
+from pipeline.runtime import NoGpuError, Runner, open_runner, predict
 
 FIGURE_KEYS = ("max_abs_diff", "mean_abs_diff", "median_abs_diff", "cosine", "cosine_min")
 
@@ -91,7 +89,19 @@ def _reference(reference, paths: list[Path], code: ModelCode, flags: PreprocessF
     given = flags if flags is not None and flags.given else None
     if reference is not None and _is_plain_weights(Path(reference), code):
         return _weights_reference(Path(reference), paths, code, given)
-    ref = _reference_artifact(reference, paths)
+    onnx_models = (Artifact.open(path) for path in paths if path.suffix == ".onnx" and path.is_file())
+    fp32_models = (model for model in onnx_models if model.precision is Precision.FP32)
+    ref = Artifact.open(reference) if reference is not None else next(fp32_models, None)
+    if ref is None:
+        raise EdgepipeError(
+            "no reference to validate against",
+            fix="pass --reference CKPT|MODEL.onnx (or an FP32 .onnx model among the artifacts)",
+        )
+    if ref.kind not in (Kind.CHECKPOINT, Kind.ONNX) or ref.precision is not Precision.FP32:
+        raise EdgepipeError(
+            f"the reference {reference} is a {ref.precision or ''} {ref.kind}, not an FP32 model",
+            fix="pass the PyTorch checkpoint or the FP32 .onnx as --reference",
+        )
     if ref.kind is Kind.CHECKPOINT:
         config = config_of(ref.path)
         model_input = ModelInput.of_config(config, given, ref.path.name)
@@ -99,25 +109,6 @@ def _reference(reference, paths: list[Path], code: ModelCode, flags: PreprocessF
     model_input = ModelInput.of_onnx(ref.path, given or _stored_in_candidates(ref.path, paths))
     name = read_metadata(load_onnx(ref.path)).get("edgepipe.model") or ref.path.name
     return _Reference(ref.path, model_input, lambda: open_runner(ref), name)
-
-
-def _reference_artifact(reference: str | Path | None, artifacts: list[Path]) -> Artifact:
-    """The reference artifact: the one given, else the first FP32 ONNX model among the artifacts."""
-    if reference is not None:
-        ref = Artifact.open(reference)
-        if ref.kind not in (Kind.CHECKPOINT, Kind.ONNX) or ref.precision is not Precision.FP32:
-            raise EdgepipeError(
-                f"the reference {reference} is a {ref.precision or ''} {ref.kind}, not an FP32 model",
-                fix="pass the PyTorch checkpoint or the FP32 .onnx as --reference",
-            )
-        return ref
-    onnx_models = (Artifact.open(path) for path in artifacts if path.suffix == ".onnx" and path.is_file())
-    if (first := next((a for a in onnx_models if a.precision is Precision.FP32), None)) is not None:
-        return first
-    raise EdgepipeError(
-        "no reference to validate against",
-        fix="pass --reference CKPT|MODEL.onnx (or an FP32 .onnx model among the artifacts)",
-    )
 
 
 def _weights_reference(weights: Path, paths: list[Path], code: ModelCode, flags) -> _Reference:
@@ -154,12 +145,14 @@ def _compare(ref: _Reference, model_data: ModelData, paths: list[Path], chosen: 
         stream = model_data.batches(indices, batch_size=chosen.batch_size, workers=workers, progress="validate")
         for x, y in stream:
             y = y if use_labels else None
-            reference_outputs = _outputs(reference_runner, x)
+            reference_outputs = predict(reference_runner, x, len(x), outputs="all")
             if y is not None:
                 correct += int((reference_outputs[0].argmax(axis=-1) == y).sum())
-            for candidate in candidates:
-                if not candidate.failed:
-                    _feed(candidate, x, y, reference_outputs)
+            for candidate in (candidate for candidate in candidates if not candidate.failed):
+                try:
+                    candidate.fidelity.update(reference_outputs, predict(candidate.runner, x, len(x), "all"), y)
+                except Exception as exc:  # recorded; the others go on (its runner is closed with theirs)
+                    candidate.failed = _failure(exc)
         reference_name = reference_runner.name
     seconds = time.perf_counter() - started
     rows = [candidate.row(chosen.atol, chosen.rtol, ref.config) for candidate in candidates]
@@ -258,20 +251,6 @@ def _open_candidate(path: Path, output_names: list[str], stack: contextlib.ExitS
     except Exception as exc:  # an artifact that cannot be opened is a row, not the end of validation
         candidate.failed = _failure(exc)
     return candidate
-
-
-def _feed(candidate: _Candidate, x: np.ndarray, y, reference_outputs: list[np.ndarray]) -> None:
-    try:
-        candidate.fidelity.update(reference_outputs, _outputs(candidate.runner, x), y)
-    except Exception as exc:  # recorded; the others go on (its runner is closed with theirs)
-        candidate.failed = _failure(exc)
-
-
-def _outputs(runner: Runner, x: np.ndarray) -> list[np.ndarray]:
-    """Every output for ``x``, in the batches the runner takes (a fixed batch is padded, then cut back)."""
-    step = batch_step(runner, len(x))
-    parts = [predict_batch(runner, x[start : start + step], outputs="all") for start in range(0, len(x), step)]
-    return parts[0] if len(parts) == 1 else [np.concatenate([part[i] for part in parts]) for i in range(len(parts[0]))]
 
 
 def _stored_in_candidates(reference: Path, paths: list[Path]) -> PreprocessFlags | None:
