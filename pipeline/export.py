@@ -33,8 +33,7 @@ from pipeline.runtime import predict
 from pipeline.runtime.ort import OnnxRuntimeRunner
 from pipeline.runtime.pytorch import TorchRunner
 
-# The TensorRT ONNX parser needs opset >= 13 for Q/DQ; the TorchScript exporter goes up to 20.
-MAX_ABS_DIFF = 1e-4
+MAX_ABS_DIFF = 1e-4  # of the ONNX model's logits from PyTorch's
 SYNTHETIC_SEED = 0  # of the standard-normal inputs a weights file with no --data is proven on
 SYNTHETIC_TEXT = f"{SYNTHETIC_COUNT} synthetic inputs (seeded)"
 SYNTHETIC_HINT = "pass --data for your images"
@@ -97,7 +96,7 @@ def export(checkpoint: str | Path, output: str | Path, **options: Any) -> dict[s
     model_input = ModelInput.of_config(config, name=Path(checkpoint).name)
     x_val, y_val = ModelData.of(model_input, settings.data).batches().collect()
     with atomic_output(output) as tmp:
-        _export_to(model, config, tmp, settings, _checkpoint_metadata(config))
+        _export_to(model, config, tmp, settings, {"checkpoint_sha256": config["checkpoint_sha256"]})
         figures = _parity(model, tmp, x_val, y_val)
     params = settings.params(config["input_shape"] if shape is not None else None)
     inputs = {"checkpoint": config["checkpoint_sha256"]}
@@ -123,7 +122,9 @@ def _export_weights(weights: str | Path, output: Path, spec: ModelSpec, settings
     images = np.random.default_rng(SYNTHETIC_SEED).standard_normal((SYNTHETIC_COUNT, *record["input_shape"]))
     images = images.astype(np.float32)
     with atomic_output(output) as tmp:
-        _export_to(model, record, tmp, settings, _weights_metadata(record))
+        _export_to(
+            model, record, tmp, settings, {"num_classes": str(record["num_classes"]), "checked_on": SYNTHETIC_TEXT}
+        )
         figures = _parity(model, tmp, images, None)
     say(f"The export is checked against PyTorch on {SYNTHETIC_TEXT}; {SYNTHETIC_HINT}")
     sha256 = record["weights"]["sha256"]
@@ -179,29 +180,6 @@ def _parity(model: torch.nn.Module, onnx_path: Path, images: np.ndarray, labels:
     return figures
 
 
-def _checkpoint_metadata(config: dict[str, Any]) -> dict[str, str]:
-    """What an export of an edgepipe checkpoint records besides its ``Record``: the model and where it came from."""
-    return {
-        "edgepipe.model": config["model"],
-        "edgepipe.input_shape": json.dumps(config["input_shape"]),
-        "edgepipe.checkpoint_sha256": config["checkpoint_sha256"],
-        "edgepipe.model_spec": json.dumps(config.get("model_spec"), sort_keys=True),
-        "edgepipe.weights_sha256": model_record(config)["weights_sha256"] or "",
-    }
-
-
-def _weights_metadata(record: dict[str, Any]) -> dict[str, str]:
-    """What an export of a plain weights file records: the model, weights, shape and classes; no data config."""
-    return {
-        "edgepipe.model": record["model"],
-        "edgepipe.model_spec": json.dumps(record["model_spec"], sort_keys=True),
-        "edgepipe.weights_sha256": record["weights"]["sha256"],
-        "edgepipe.input_shape": json.dumps(record["input_shape"]),
-        "edgepipe.num_classes": str(record["num_classes"]),
-        "edgepipe.checked_on": SYNTHETIC_TEXT,
-    }
-
-
 def _resized_preprocess(config: dict[str, Any], shape: tuple[int, int, int]) -> dict[str, Any]:
     """The recorded preprocessing at a new size: a plain resize becomes that size; a resize-and-crop (timm's)
     crops to it, the resize keeping its ratio."""
@@ -215,8 +193,10 @@ def _resized_preprocess(config: dict[str, Any], shape: tuple[int, int, int]) -> 
 
 
 def _export_to(
-    model: torch.nn.Module, config: dict[str, Any], path: Path, settings: ExportSettings, metadata: dict[str, str]
+    model: torch.nn.Module, config: dict[str, Any], path: Path, settings: ExportSettings, extra: dict[str, str]
 ) -> None:
+    """Export ``model`` to ``path`` with the metadata every later stage reads: the model, its spec, weights and
+    input shape, ``extra`` (a checkpoint's sha256; a weights file's classes and what it was checked on) and its ``Record``."""
     dynamic_batch, opset = settings.dynamic_batch, settings.opset
     example = torch.zeros(1 if dynamic_batch else settings.batch, *config["input_shape"])
     axes = {**({0: "batch"} if dynamic_batch else {}), **({2: "height", 3: "width"} if settings.dynamic_size else {})}
@@ -241,7 +221,15 @@ def _export_to(
             fix="try another --opset",
         )
     proto = onnx.load(str(path))
-    set_metadata(proto, {**metadata, "edgepipe.version": __version__})
+    metadata = {
+        "model": config["model"],
+        "input_shape": json.dumps(config["input_shape"]),
+        "model_spec": json.dumps(config.get("model_spec"), sort_keys=True),
+        "weights_sha256": model_record(config)["weights_sha256"] or "",
+        "version": __version__,
+        **extra,
+    }
+    set_metadata(proto, {f"edgepipe.{key}": value for key, value in metadata.items()})
     # preprocessing, classes, data and split: what every later stage reads (a weights file: timm's preprocessing)
     preprocess = Preprocess.from_dict(config["preprocess"]) if config.get("preprocess") else None
     (Record.of_config(config) if "split" in config else Record(preprocess)).store_in(proto)
