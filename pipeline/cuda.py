@@ -86,8 +86,16 @@ class CudaPython:
     def init(self) -> None:
         self.call("cudaFree", 0)  # the runtime's usual way to start the primary context
 
-    def Device(self, index: int) -> _Device:  # noqa: N802 - pycuda's name
-        return _Device(self, index)
+    def Device(self, index: int) -> CudaPython:  # noqa: N802 - pycuda's name
+        """pycuda's ``Device(index).retain_primary_context()``: ``push`` makes GPU ``index`` current."""
+        self.index = index
+        return self
+
+    def retain_primary_context(self) -> CudaPython:
+        return self
+
+    def push(self) -> None:
+        self.call("cudaSetDevice", self.index)
 
     def pop(self) -> None:
         """pycuda's ``Context.pop``: the runtime API keeps the primary context; nothing to undo."""
@@ -117,17 +125,6 @@ class CudaPython:
         self.call("cudaMemcpyAsync", host.ctypes.data, int(device), host.nbytes, kind, stream.raw)
 
 
-class _Device:
-    def __init__(self, api: CudaPython, index: int):
-        self.api, self.index = api, index
-
-    def retain_primary_context(self) -> _Device:
-        return self
-
-    def push(self) -> None:
-        self.api.call("cudaSetDevice", self.index)
-
-
 class _Stream:
     def __init__(self, api: CudaPython, raw: Any):
         self.api, self.raw, self.handle = api, raw, int(raw)
@@ -151,22 +148,9 @@ class _Event:
         return float(self.api.call("cudaEventElapsedTime", self.raw, end.raw))
 
 
-class _HostBuffer:
-    """Page-locked host memory seen by numpy (``np.asarray``) through the array interface."""
-
-    def __init__(self, api: CudaPython, pointer: int, shape: tuple[int, ...], dtype: Any):
-        import numpy as np  # loaded by pagelocked_empty already
-
-        self.api, self.pointer = api, int(pointer)
-        self.__array_interface__ = {"shape": tuple(shape), "typestr": np.dtype(dtype).str, "data": (self.pointer, False), "version": 3}  # fmt: skip
-
-    def free(self) -> None:
-        if self.pointer:
-            self.api.call("cudaFreeHost", self.pointer)
-            self.pointer = 0
-
-
 class _DeviceBuffer:
+    freed_by = "cudaFree"
+
     def __init__(self, api: CudaPython, pointer: int):
         self.api, self.pointer = api, int(pointer)
 
@@ -175,8 +159,20 @@ class _DeviceBuffer:
 
     def free(self) -> None:
         if self.pointer:
-            self.api.call("cudaFree", self.pointer)
+            self.api.call(self.freed_by, self.pointer)
             self.pointer = 0
+
+
+class _HostBuffer(_DeviceBuffer):
+    """Page-locked host memory seen by numpy (``np.asarray``) through the array interface."""
+
+    freed_by = "cudaFreeHost"
+
+    def __init__(self, api: CudaPython, pointer: int, shape: tuple[int, ...], dtype: Any):
+        import numpy as np  # loaded by pagelocked_empty already
+
+        super().__init__(api, pointer)
+        self.__array_interface__ = {"shape": tuple(shape), "typestr": np.dtype(dtype).str, "data": (self.pointer, False), "version": 3}  # fmt: skip
 
 
 def autoinit() -> Any:
@@ -193,10 +189,7 @@ def autoinit() -> Any:
 
 
 def current_compute_capability() -> str | None:
-    """Compute capability ("X.Y") of GPU 0 through the CUDA driver, or None without a GPU.
-
-    It asks libcuda directly (a few microseconds) rather than importing torch (a second or more).
-    """
+    """Compute capability ("X.Y") of GPU 0 from libcuda (microseconds; torch takes a second), or None without a GPU."""
     for library in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
         try:
             cuda = ctypes.CDLL(library)
@@ -218,8 +211,6 @@ def current_compute_capability() -> str | None:
 
 
 # --- CUDA graphs through the driver API ---------------------------------------------------------
-
-_CAPTURE_MODE_THREAD_LOCAL = 1  # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL, as trtexec captures
 
 
 class Driver:
@@ -266,7 +257,7 @@ class CudaGraph:
     def capture(cls, driver: Driver, stream: int, enqueue, label: str) -> CudaGraph:
         lib = driver.lib
         driver.check(
-            lib.cuStreamBeginCapture_v2(ctypes.c_void_p(stream), _CAPTURE_MODE_THREAD_LOCAL),
+            lib.cuStreamBeginCapture_v2(ctypes.c_void_p(stream), 1),  # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL, as trtexec
             "starting CUDA graph capture",
             label,
         )

@@ -55,7 +55,9 @@ def build_engine(
     inputs = {"onnx": sha256_file(plan.source)}
     calibration = network.known_calibration(plan, inputs["onnx"], made) if plan.calibrated else None
     params = builder.params(plan, made.preprocess if made else None)
-    _announce_backend(plan)
+    if plan.settings.backend == "auto":
+        installed = "is installed" if plan.backend.name == TENSORRT else "is not installed"
+        say(f"Backend: {plan.backend.display} (auto: standard TensorRT {installed})")
     drawn = plan.calibrated and calibration is None  # the set drawn for the INT8 ONNX is known once it is made
     inputs.update({"calibration": calibration} if calibration else {})
     if drawn:  # an engine already there must not differ in anything else before the INT8 ONNX is made
@@ -116,9 +118,3 @@ def _result(manifest: dict, engine: Path, started: float, cached: bool) -> dict[
         "manifest": str(engine) + ".manifest.json",
         "check": manifest.get("precision_check"),
     }
-
-
-def _announce_backend(plan: Plan) -> None:
-    if plan.settings.backend == "auto":
-        installed = "is installed" if plan.backend.name == TENSORRT else "is not installed"
-        say(f"Backend: {plan.backend.display} (auto: standard TensorRT {installed})")

@@ -45,11 +45,13 @@ def build_serialized(plan: Plan, network_onnx: Path, inputs: dict) -> tuple[byte
     with PeakRSS() as memory:
         started = time.perf_counter()
         builder, network, _parser = be.parse_onnx(network_onnx, strongly_typed=(plan.mode == "explicit"))
-        _check_network_inputs(be, network, plan.profiles)
+        _check_network_inputs(network, plan.profiles)
         calibration = _legacy_calibration(plan, inputs)
-        config = be.builder_config(
-            builder, network, plan.settings, plan.profiles, _read_timing_cache(plan), calibration
-        )
+        cache, timing = plan.settings.timing_cache, None
+        if cache is not None:
+            check_output(cache, force=True)  # a folder that can be written; a cache already there is read and updated
+            timing = cache.read_bytes() if cache.is_file() else b""
+        config = be.builder_config(builder, network, plan.settings, plan.profiles, timing, calibration)
         with console.status(f"Building with {be.display}...") as status:
             try:
                 serialized = be.build(builder, network, config, on_step=lambda p, n: _show(status, be, p, n))
@@ -67,10 +69,10 @@ def write_engine(plan: Plan, serialized: bytes, config: Any, record: dict[str, A
     with atomic_output(plan.engine) as tmp:
         tmp.write_bytes(serialized)
     cache_path = plan.settings.timing_cache
-    timing_cache = plan.backend.timing_cache_bytes(config) if cache_path else None
-    if timing_cache:
+    timing_cache = config.get_timing_cache() if cache_path else None
+    if timing_cache is not None:
         with atomic_output(cache_path) as tmp:
-            tmp.write_bytes(timing_cache)
+            tmp.write_bytes(bytes(timing_cache.serialize()))
     network_onnx = Path(record.pop("network_onnx"))
     return write_manifest(
         plan.engine,
@@ -99,22 +101,15 @@ def _legacy_calibration(plan: Plan, inputs: dict) -> tuple[Any, dict] | None:
     return legacy_calibrator(plan.backend, plan.model, plan.profiles, batches, cache, inputs)
 
 
-def _check_network_inputs(be: Backend, network: Any, profiles: dict) -> None:
+def _check_network_inputs(network: Any, profiles: dict) -> None:
     """The parsed network must have the dynamic inputs the profile covers (the ONNX said so)."""
-    for name, shape in be.network_inputs(network):
+    for tensor in (network.get_input(i) for i in range(network.num_inputs)):
+        name, shape = tensor.name, tuple(tensor.shape)  # -1 for a dynamic dimension
         if -1 in shape and name not in profiles:
             raise EdgepipeError(
                 f"input {name!r} is dynamic ({_dims(shape)}) but has no shape profile",
                 fix=f"pass --minShapes/--optShapes/--maxShapes {name}:...",
             )
-
-
-def _read_timing_cache(plan: Plan) -> bytes | None:
-    path = plan.settings.timing_cache
-    if path is None:
-        return None
-    check_output(path, force=True)
-    return path.read_bytes() if path.is_file() else b""
 
 
 def _show(status: Any, be: Backend, phase: str, step: int) -> None:

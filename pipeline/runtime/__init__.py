@@ -42,22 +42,11 @@ def _onnx(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode) ->
     return OnnxRuntimeRunner(artifact.path, device=device)
 
 
-def _engine(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode) -> Runner:
+def _engine(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode, recorded: bool = True) -> Runner:
     backend = get_backend(artifact.backend if artifact.backend in BACKENDS else "auto")
     device_cc = current_compute_capability()
-    check_engine_runtime(artifact.path, backend, device_cc)
-    return _engine_runner(artifact, backend, device_cc, cuda_graph)
-
-
-def open_unrecorded_engine(artifact: Artifact) -> Runner:
-    """The runner of an engine built outside edgepipe (trtexec on the device, by a bundle's build.sh).
-
-    It has no manifest to check against this runtime: TensorRT's own deserialization is the check.
-    """
-    return _engine_runner(artifact, get_backend("auto"), current_compute_capability(), cuda_graph=False)
-
-
-def _engine_runner(artifact: Artifact, backend, device_cc: str | None, cuda_graph: bool) -> Runner:
+    if recorded:
+        check_engine_runtime(artifact.path, backend, device_cc)
     if device_cc is None:
         raise NoGpuError(
             f"running TensorRT engine {artifact.path} needs an NVIDIA GPU, and this machine has none",
@@ -66,6 +55,14 @@ def _engine_runner(artifact: Artifact, backend, device_cc: str | None, cuda_grap
     from pipeline.runtime.engine import TensorRTRunner  # imports pycuda or cuda-python: only on a GPU host
 
     return TensorRTRunner(artifact.path.read_bytes(), backend, cuda_graph=cuda_graph, label=artifact.name)
+
+
+def open_unrecorded_engine(artifact: Artifact) -> Runner:
+    """The runner of an engine built outside edgepipe (trtexec on the device, by a bundle's build.sh).
+
+    It has no manifest to check against this runtime: TensorRT's own deserialization is the check.
+    """
+    return _engine(artifact, "cuda", cuda_graph=False, code=ModelCode(), recorded=False)
 
 
 RUNNERS: dict[Kind, Callable[[Artifact, str, bool, ModelCode], Runner]] = {

@@ -79,12 +79,11 @@ class TensorRTRunner(Runner):
 
         self.stream = cuda.Stream()
         self._events = [cuda.Event() for _ in range(4)]
+        self._bindings = [0] * len(self.tensors)  # device addresses by binding index (bindings API)
         for t in self.tensors:
             shape = (hi, *t.shape[1:]) if t.shape and t.shape[0] == -1 else t.shape
             t.host = cuda.pagelocked_empty(tuple(max(int(d), 1) for d in shape), t.dtype)
             t.device = cuda.mem_alloc(max(t.host.nbytes, 1))
-        self._bindings = [0] * len(self.tensors)  # device addresses by binding index (bindings API)
-        for t in self.tensors:
             if self.api == "bindings":
                 self._bindings[t.index] = int(t.device)
             else:
@@ -93,8 +92,6 @@ class TensorRTRunner(Runner):
         self._graphs: dict[int, CudaGraph] = {}
         self._driver = Driver() if cuda_graph else None
         self._timing: dict[str, float] | None = None
-
-    # --- describing the engine ----------------------------------------------------------------
 
     def _tensors(self, trt: Any) -> list[_Tensor]:
         """Every input and output, in the engine's order, through whichever API it has."""
@@ -132,28 +129,20 @@ class TensorRTRunner(Runner):
                 return int(getattr(self.engine, attribute))
         return None
 
-    # --- running --------------------------------------------------------------------------------
-
     def _set_batch(self, n: int) -> None:
         if n == self._current_batch:
             return
         shape = (n, *self.input.shape[1:])
-        ok = (
-            self.context.set_binding_shape(self.input.index, shape)
-            if self.api == "bindings"
-            else self.context.set_input_shape(self.input.name, shape)
-        )
+        if self.api == "bindings":
+            ok = self.context.set_binding_shape(self.input.index, shape)
+        else:
+            ok = self.context.set_input_shape(self.input.name, shape)
         if ok is False:
             raise EdgepipeError(
                 f"{self.label}: TensorRT refused input shape {shape}",
                 fix=f"use a batch from {self.min_batch} to {self.max_batch}",
             )
         self._current_batch = n
-
-    def _output_shape(self, t: _Tensor) -> tuple[int, ...]:
-        if self.api == "bindings":
-            return tuple(self.context.get_binding_shape(t.index))
-        return tuple(self.context.get_tensor_shape(t.name))
 
     def _enqueue(self) -> None:
         if self.api == "bindings":
@@ -193,7 +182,10 @@ class TensorRTRunner(Runner):
         computed.record(self.stream)
         results = []
         for t in self.outputs:
-            shape = self._output_shape(t)
+            context = self.context
+            shape = tuple(
+                context.get_binding_shape(t.index) if self.api == "bindings" else context.get_tensor_shape(t.name)
+            )
             host_out = t.host.reshape(-1)[: int(np.prod(shape))].reshape(shape)
             cuda.memcpy_dtoh_async(host_out, t.device, self.stream)
             results.append(host_out)

@@ -90,19 +90,12 @@ class Backend:
             flags |= 1 << int(creation.EXPLICIT_BATCH)
         if strongly_typed and hasattr(creation, "STRONGLY_TYPED"):
             flags |= 1 << int(creation.STRONGLY_TYPED)
-        elif strongly_typed and not hasattr(trt.BuilderFlag, "FP16"):
-            pass  # TensorRT 11 removed the flag: every network is strongly typed
-        elif strongly_typed:
+        elif strongly_typed and hasattr(trt.BuilderFlag, "FP16"):  # TensorRT 11 has neither: all strongly typed
             raise EdgepipeError(
                 f"{self.display} cannot build strongly typed networks (it predates TensorRT 9.2)",
                 fix="pass --legacy-precision to use the builder's --fp16/--int8 flags, or upgrade TensorRT to 10.x",
             )
         return flags
-
-    @staticmethod
-    def network_inputs(network: Any) -> list[tuple[str, tuple[int, ...]]]:
-        """Name and shape (-1 for a dynamic dimension) of each network input."""
-        return [(t.name, tuple(t.shape)) for t in (network.get_input(i) for i in range(network.num_inputs))]
 
     def builder_config(
         self,
@@ -209,12 +202,8 @@ class Backend:
     def build(
         self, builder: Any, network: Any, config: Any, on_step: Callable[[str, int], None] | None = None
     ) -> bytes:
-        """Serialize an engine. Ctrl-C (or an exception from ``on_step``) cancels the build cleanly.
-
-        The builder calls back into Python only through the progress monitor, and it swallows
-        exceptions raised there; so the monitor records them, cancels the build, and they are
-        raised again here once the builder has returned.
-        """
+        """Serialize an engine. Ctrl-C (or an exception from ``on_step``) cancels the build cleanly, and is
+        raised again here once the builder has returned (``monitor`` tells why)."""
         monitor = progress_monitor(self.trt, on_step)
         if monitor is not None:
             config.progress_monitor = monitor
@@ -227,10 +216,6 @@ class Backend:
             reason = self.logger.last_error() or "no reason given"
             raise EdgepipeError(f"{self.display} could not build the engine: {reason}", fix=build_fix(reason))
         return bytes(engine)
-
-    def timing_cache_bytes(self, config: Any) -> bytes | None:
-        cache = config.get_timing_cache()
-        return None if cache is None else bytes(cache.serialize())
 
     # --- loading ----------------------------------------------------------------------------
 

@@ -21,12 +21,8 @@ from pipeline.tensorrt.targets import cc_key, normalize_compute_capability
 def check_engine_runtime(
     engine_path: str | Path, backend: Any, device_compute_capability: str | None
 ) -> dict[str, Any]:
-    """The engine's manifest, after checking it was built for this backend, version and GPU.
-
-    ``backend`` is a ``Backend`` or a backend name; ``device_compute_capability`` is "X.Y" of the
-    GPU that will run the engine (None skips that check). A mismatch is a clear error instead of a
-    crash inside TensorRT.
-    """
+    """The engine's manifest, after checking it was built for ``backend`` (a ``Backend`` or a name), its
+    version and the GPU of compute capability ``device_compute_capability`` ("X.Y"; None skips that check)."""
     engine = Path(engine_path)
     if not engine.is_file():
         raise EdgepipeError(f"engine {engine} does not exist", fix="build it with 'build-engine MODEL.onnx'")
@@ -61,7 +57,9 @@ def check_engine_runtime(
                 fix=f"{rebuild} (or add --computeCapability {device} when building ahead of time)",
             )
         built_on = manifest.get("gpu_compute_capability")
-        if manifest["backend"] == TENSORRT and built_on and not _hardware_compatible(manifest, built_on, device):
+        ampere_plus = manifest.get("params", {}).get("hardware_compatibility_level") == "ampere+"
+        runs_here = cc_key(device)[0] >= 8 if ampere_plus else device == built_on
+        if manifest["backend"] == TENSORRT and built_on and not runs_here:
             raise EdgepipeError(
                 f"{engine} was built on a GPU of compute capability {built_on}, but this GPU is {device}",
                 fix=f"{rebuild} (or build with --hardwareCompatibilityLevel ampere+ for Ampere and newer GPUs)",
@@ -76,9 +74,3 @@ def _version_can_load(manifest: dict, runtime_version: str) -> bool:
     # Version-compatible engines load on the same or a later release of the same major version.
     b, r = (tuple(int(x) for x in re.findall(r"\d+", v)[:3]) for v in (built, runtime_version))
     return b[0] == r[0] and r >= b
-
-
-def _hardware_compatible(manifest: dict, built_on: str, device: str) -> bool:
-    if manifest.get("params", {}).get("hardware_compatibility_level") == "ampere+":
-        return cc_key(device)[0] >= 8
-    return device == built_on

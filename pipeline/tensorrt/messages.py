@@ -44,9 +44,7 @@ def _parser_fix(op: str, reason: str) -> str:
     text = reason.lower()
     if op == "DequantizeLinear" and ("int32" in text or "bias" in text):
         return "TensorRT takes no quantized bias: quantize with 'edgepipe quantize --int8' (bias stays float) instead of a tool that makes INT32 bias DequantizeLinear nodes"
-    if op in ("QuantizeLinear", "DequantizeLinear") and (
-        "zero" in text or "zero_point" in text or "asymmetric" in text
-    ):
+    if op in ("QuantizeLinear", "DequantizeLinear") and ("zero" in text or "asymmetric" in text):
         return "TensorRT takes only symmetric quantization (zero point 0): quantize with 'edgepipe quantize --int8'"
     if "opset" in text or "version" in text:
         return "re-export with a newer opset ('edgepipe export --opset 17'); TensorRT needs opset >= 13 for Q/DQ"

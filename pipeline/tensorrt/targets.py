@@ -15,11 +15,8 @@ def normalize_compute_capability(text: str) -> str:
     value = text.strip().lower().replace("_", "")
     if value == "current":
         return value
-    value = value[2:] if value.startswith("sm") else value
-    if "." in value:
-        major, _, minor = value.partition(".")
-    else:
-        major, minor = value[:-1], value[-1:]
+    value = value.removeprefix("sm")
+    major, _, minor = value.partition(".") if "." in value else (value[:-1], "", value[-1:])
     if not (major.isdigit() and minor.isdigit()):
         raise EdgepipeError(
             f"--computeCapability {text!r} is not a compute capability",
