@@ -53,17 +53,6 @@ SUFFIXES = {
 }
 
 
-def kind_of(path: str | Path) -> Kind:
-    """The kind of an artifact file, from its suffix; one clear error for anything else."""
-    kind = SUFFIXES.get(Path(path).suffix.lower())
-    if kind is None:
-        raise EdgepipeError(
-            f"cannot tell what {path} is from its suffix",
-            fix="pass an .onnx model, a .engine/.plan file or a .pt checkpoint",
-        )
-    return kind
-
-
 @dataclass(frozen=True)
 class Artifact:
     """One file and its manifest ({} for a file made elsewhere, e.g. an ONNX from another exporter)."""
@@ -78,8 +67,13 @@ class Artifact:
         path = Path(path)
         if not path.is_file():
             raise EdgepipeError(f"{path} does not exist", fix="pass an existing .onnx model, engine file or checkpoint")
+        kind = SUFFIXES.get(path.suffix.lower())
+        if kind is None:
+            raise EdgepipeError(
+                f"cannot tell what {path} is from its suffix",
+                fix="pass an .onnx model, a .engine/.plan file or a .pt checkpoint",
+            )
         manifest = read_manifest(path) or {}
-        kind = kind_of(path)
         recorded = manifest.get("precision") or (manifest.get("params") or {}).get("precision")
         if recorded:
             precision = Precision(recorded)
@@ -123,12 +117,10 @@ def why_stale(path: str | Path, kind: Kind | str, inputs: dict[str, Any], params
     manifest = read_manifest(path)
     if manifest is None or manifest.get("format") != ARTIFACT_FORMAT or manifest.get("kind") != str(kind):
         return "has no edgepipe manifest of this kind and format, so it may be another model's file"
-    reasons = [
-        f"another {ROLE_NAMES.get(role, role)}"
-        for role, sha in inputs.items()
-        if manifest.get("inputs", {}).get(role) != sha
-    ]
-    reasons += [f"another {ROLE_NAMES.get(role, role)}" for role in manifest.get("inputs", {}) if role not in inputs]
+    recorded = manifest.get("inputs", {})
+    roles = [role for role, sha in inputs.items() if recorded.get(role) != sha]
+    roles += [role for role in recorded if role not in inputs]
+    reasons = [f"another {ROLE_NAMES.get(role, role)}" for role in roles]
     old = manifest.get("params", {})
     new = json.loads(json.dumps(params, default=str))
     reasons += [f"{key} {old.get(key)} (now {value})" for key, value in new.items() if old.get(key) != value]
@@ -161,13 +153,6 @@ def check_output(path: str | Path, force: bool) -> Path:
     return path
 
 
-def _file_mode() -> int:
-    """0666 less the user's umask: what open() would give a new file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block succeeds, so an
@@ -179,7 +164,9 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, _file_mode())  # mkstemp makes 0600; outputs follow the umask
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp_path, 0o666 & ~mask)  # mkstemp makes 0600; outputs follow the umask, as open() would
         os.replace(tmp_path, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -228,8 +215,3 @@ def read_manifest(artifact: str | Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def is_up_to_date(artifact: str | Path, kind: Kind | str, inputs: dict[str, str], params: dict[str, Any]) -> bool:
-    """True when ``artifact`` exists, is intact, and was made from the same inputs and params."""
-    return why_stale(artifact, kind, inputs, params) is None

@@ -119,18 +119,15 @@ def model_for_data(
 
 def build_model(config: dict[str, Any], given: ModelSpec | None = None, trust_model_code: bool = False) -> Any:
     """The model a config names, with random weights; user code only as ``load_recorded`` allows."""
-    return build(_spec_of(config, ModelCode(given, trust_model_code)), config["model_args"])
-
-
-def _spec_of(config: dict[str, Any], code: ModelCode) -> ModelSpec:
-    return load_recorded(config.get("model_spec") or config["model"], code.given, code.trust)
+    spec = load_recorded(config.get("model_spec") or config["model"], given, trust_model_code)
+    return build(spec, config["model_args"])
 
 
 def check_model_code(path: str | Path, code: ModelCode) -> None:
     """Raise unless ``code`` allows the model an edgepipe checkpoint names; imports and builds nothing."""
     config = _config_in(_read(Path(path)))
     if config is not None:
-        _spec_of(config, code)
+        load_recorded(config.get("model_spec") or config["model"], code.given, code.trust)
 
 
 def model_info(model_name: str) -> dict[str, Any]:

@@ -35,7 +35,10 @@ class Fidelity:
         self, reference_outputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray], labels: np.ndarray | None = None
     ) -> None:
         """Add one batch: every output of the reference and of the candidate, and optional labels."""
-        reference_outputs, outputs = _arrays(reference_outputs), _arrays(outputs)
+        # one array is the output of a model with one output
+        reference_outputs, outputs = (
+            [v] if isinstance(v, np.ndarray) else list(map(np.asarray, v)) for v in (reference_outputs, outputs)
+        )
         count = len(self.output_names)
         if len(reference_outputs) != count or len(outputs) != count:
             raise EdgepipeError(
@@ -201,11 +204,6 @@ def _upper_hull(points: np.ndarray) -> np.ndarray:
 
 def _cross(o: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     return float((a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]))
-
-
-def _arrays(values: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
-    """The outputs as a list of arrays; one array is a model with one output."""
-    return [values] if isinstance(values, np.ndarray) else [np.asarray(v) for v in values]
 
 
 def relative_change(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float:

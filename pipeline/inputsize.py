@@ -40,7 +40,6 @@ class InputSize:
 
     @property
     def hw(self) -> tuple[int, int]:
-        """(height, width)."""
         return (self.height, self.width)
 
     def chw(self, channels: int | None = None) -> tuple[int | None, int, int]:

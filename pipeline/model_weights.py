@@ -51,24 +51,14 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         raise EdgepipeError(
             f"{path.name} is not a readable weights file (torch.load: {reason[:160]})", fix=SAVE_FIX
         ) from None
-    for key in WRAPPER_KEYS:
-        if isinstance(blob, dict) and isinstance(blob.get(key), dict):
-            blob = blob[key]
-            break
+    wrapper = next((key for key in WRAPPER_KEYS if isinstance(blob, dict) and isinstance(blob.get(key), dict)), None)
+    blob = blob if wrapper is None else blob[wrapper]
     if not (isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values())):
         found = (
             f"a dict with keys {sorted(map(str, blob))[:5]}" if isinstance(blob, dict) else f"a {type(blob).__name__}"
         )
         raise EdgepipeError(f"{path.name} holds {found}, not a state dict of tensors", fix=SAVE_FIX)
     return blob
-
-
-def _strip_prefix(state: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
-    """Drop DataParallel's "module." prefix when every key has it and the model's keys do not."""
-    prefix = "module."
-    if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
-        return {k[len(prefix) :]: v for k, v in state.items()}
-    return state
 
 
 def mismatch(state: dict[str, Any], expected: dict[str, Any]) -> str | None:
@@ -90,7 +80,10 @@ def load_weights(model, path: str | Path) -> str:
     """Load ``path`` into ``model`` strictly; return the file's sha256 (for manifests and reports)."""
     path = Path(path)
     expected = model.state_dict()
-    state = _strip_prefix(read_state_dict(path), expected)
+    state, prefix = read_state_dict(path), "module."
+    # DataParallel's "module." prefix is dropped when every key has it and the model's keys do not
+    if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
+        state = {k[len(prefix) :]: v for k, v in state.items()}
     problem = mismatch(state, expected)
     if problem:
         raise EdgepipeError(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,9 +171,7 @@ def load_recorded(spec_json: dict[str, Any] | str, given: ModelSpec | None, trus
                 f"the checkpoint is for model {recorded.canonical}, not {given.canonical}",
                 fix=f"drop --model or pass --model {recorded.canonical}",
             )
-        return ModelSpec(
-            given.text, given.kind, given.target, given.attr, {**recorded.args, **given.args}, given.sha256
-        )
+        return replace(given, args={**recorded.args, **given.args})
     if not recorded.is_user_code:
         return recorded
     if not trust_model_code:
@@ -249,10 +247,9 @@ def input_size(model_or_spec) -> tuple[int, int, int] | None:
     if isinstance(declared, (tuple, list)) and len(declared) == 3:
         return tuple(int(v) for v in declared)  # type: ignore[return-value]
     img_size, channels = getattr(model, "img_size", None), channels_of(model)
-    if channels and isinstance(img_size, int):
-        return (channels, img_size, img_size)
-    if channels and isinstance(img_size, (tuple, list)) and len(img_size) == 2:
-        return (channels, int(img_size[0]), int(img_size[1]))
+    size = (img_size, img_size) if isinstance(img_size, int) else img_size
+    if channels and isinstance(size, (tuple, list)) and len(size) == 2:
+        return (channels, int(size[0]), int(size[1]))
     return None
 
 

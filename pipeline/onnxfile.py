@@ -31,8 +31,7 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
-    current = read_metadata(model)
-    current.update(values)
+    current = {**read_metadata(model), **values}
     del model.metadata_props[:]
     for key, value in sorted(current.items()):
         model.metadata_props.add(key=key, value=value)

@@ -20,10 +20,8 @@ SAME_TOLERANCE = 1e-5  # upgraded vs original: |upgraded - original| <= 1e-5 + 1
 
 
 def upgrade_opset(model: ModelSource, target: int = DEFAULT_TARGET_OPSET) -> onnx.ModelProto:
-    """The model converted to opset ``target`` with onnx's version converter (as is if already there).
-
-    Older exporters write opset 11 or 12; Q/DQ (INT8) needs 13. Prove the result with ``prove_same``.
-    """
+    """The model converted to opset ``target`` with onnx's version converter (as is if already there);
+    ``prove_same`` proves the result."""
     model = load_model(model)
     current = opset_of(model)
     if current >= target:

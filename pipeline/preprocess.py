@@ -127,10 +127,8 @@ class Preprocess:
     @classmethod
     def from_onnx(cls, model) -> Preprocess | None:
         """The preprocessing stored in an ``onnx.ModelProto``'s metadata, or None when there is none."""
-        for prop in model.metadata_props:
-            if prop.key == METADATA_KEY:
-                return cls.from_json(prop.value)
-        return None
+        text = {prop.key: prop.value for prop in model.metadata_props}.get(METADATA_KEY)
+        return None if text is None else cls.from_json(text)
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)

@@ -54,19 +54,14 @@ def timm_default_input_size(name: str, in_chans: int | None = None) -> tuple[int
     return (int(in_chans or channels), int(height), int(width))
 
 
-def _in_channels(model) -> int | None:
-    from torch import nn
-
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return conv.in_channels if conv is not None else None
-
-
 def timm_data_config(model) -> dict[str, Any]:
     """timm's data config for ``model`` (input_size [C, H, W], interpolation, crop_pct, crop_mode, mean,
     std) and the evaluation preprocessing it implies (resize, crop, channel_order, layout); plain types."""
     timm = _import_timm()
-    channels = _in_channels(model)
-    args = {"in_chans": channels} if channels else None
+    from torch import nn  # timm models are torch modules
+
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    args = {"in_chans": conv.in_channels} if conv is not None and conv.in_channels else None
     resolve = getattr(timm.data, "resolve_model_data_config", None)
     cfg = resolve(model, args=args) if resolve else timm.data.resolve_data_config(args or {}, model=model)
     c, h, w = (int(v) for v in cfg["input_size"])
@@ -107,8 +102,5 @@ def timm_preprocess(model, size: tuple[int, int] | None = None) -> dict[str, Any
 
 def _resize(height: int, width: int, crop_pct: float) -> int | list[int]:
     """timm's evaluation resize: floor(size / crop_pct), the shorter side of a square input, else [H, W]."""
-    return (
-        math.floor(height / crop_pct)
-        if height == width
-        else [math.floor(height / crop_pct), math.floor(width / crop_pct)]
-    )
+    sizes = [math.floor(height / crop_pct), math.floor(width / crop_pct)]
+    return sizes[0] if height == width else sizes

@@ -123,9 +123,16 @@ class DigitsSource(ImageSource):
     def prepare(self, preprocess: Preprocess) -> None:
         """At a square size, resized once with torch's antialiased bilinear (what the zoo trains on); else from 8x8."""
         resize = preprocess.resize
-        size = resize if isinstance(resize, tuple) and resize[0] == resize[1] else (8, 8)
-        if self._images.shape[-2:] != tuple(size):
-            self._images = _resized(self._native, tuple(size))
+        size = tuple(resize) if isinstance(resize, tuple) and resize[0] == resize[1] else (8, 8)
+        if size == (8, 8):
+            self._images = self._native
+        elif self._images.shape[-2:] != size:
+            import torch  # the digits' resize: torch's antialiased bilinear
+            import torch.nn.functional as F
+
+            tensor = torch.from_numpy(np.ascontiguousarray(self._native))
+            resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True)
+            self._images = resized.numpy()
 
     def name_of(self, index: int) -> str:
         return f"digits[{index}]"
@@ -136,16 +143,6 @@ class DigitsSource(ImageSource):
     def _identity(self) -> bytes:
         pixels = np.ascontiguousarray(self._native).tobytes() + self.labels.tobytes()
         return hashlib.sha256(pixels).hexdigest().encode()
-
-
-def _resized(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    import torch  # the digits' resize: torch's antialiased bilinear
-    import torch.nn.functional as F
-
-    if images.shape[-2:] == size:
-        return images
-    tensor = torch.from_numpy(np.ascontiguousarray(images))
-    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True).numpy()
 
 
 def open_source(

@@ -197,8 +197,7 @@ class ModelInput:
             "stored": " (stored in the model)",
             "stored, then given": " (stored in the model, with the flags given)",
         }
-        where = where.get(self.origin, "")
-        return f"preprocessing{where}: {self.preprocess.describe()}"
+        return f"preprocessing{where.get(self.origin, '')}: {self.preprocess.describe()}"
 
     def summary(self) -> dict[str, Any]:
         """What manifests and results store of it."""

@@ -53,7 +53,6 @@ class Record:
 
     @classmethod
     def of_config(cls, config: dict[str, Any], name: str | Path = "the checkpoint") -> Record:
-        """The record in a checkpoint's config."""
         split = config.get("split") or {}
         if "val_indices" in split or "preprocess" not in config:
             raise EdgepipeError(

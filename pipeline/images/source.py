@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,6 @@ class ImageSource:
 
     def __init__(self, spec: str, count: int, labels: np.ndarray | None, class_names: list[str] | None):
         self.spec, self._count, self.labels, self.class_names = spec, count, labels, class_names
-        self._sha256: str | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -55,14 +55,12 @@ class ImageSource:
     def labelled(self) -> bool:
         return self.labels is not None
 
-    @property
+    @cached_property
     def sha256(self) -> str:
         """Identity of the data without reading every pixel (file list, sizes, mtimes; or file content)."""
-        if self._sha256 is None:
-            digest = hashlib.sha256(self._identity())
-            digest.update(repr(self.class_names).encode())
-            self._sha256 = digest.hexdigest()
-        return self._sha256
+        digest = hashlib.sha256(self._identity())
+        digest.update(repr(self.class_names).encode())
+        return digest.hexdigest()
 
     def describe(self) -> str:
         """E.g. '2,000 images in 4 classes from /data/rotations (ImageFolder)'."""
@@ -78,7 +76,9 @@ class ImageSource:
                 f"{self.spec} has {len(self)} image(s); a calibration pool and held-out split need at least 2",
                 fix="add images",
             )
-        stratified = self.labelled and _stratifiable(self.labels)
+        counts = np.bincount(self.labels) if self.labelled else np.zeros(0, dtype=np.int64)
+        present = counts[counts > 0]
+        stratified = len(present) >= 2 and present.min() >= 2  # two classes, each with a pool and a held-out image
         if stratified:
             pool, held_out = split_indices(self.labels, seed=seed, val_fraction=val_fraction)
         else:
@@ -92,7 +92,7 @@ class ImageSource:
             "stratified": bool(stratified),
             "counts": {"pool": int(len(pool)), "held_out": int(len(held_out))},
             "source_sha256": self.sha256,
-            "held_out_sha256": _indices_sha256(self.sha256, held_out),
+            "held_out_sha256": hashlib.sha256(self.sha256.encode() + held_out.astype(np.int64).tobytes()).hexdigest(),
         }
         return Split(np.asarray(pool, dtype=np.int64), np.asarray(held_out, dtype=np.int64), record)
 
@@ -197,16 +197,6 @@ def split_indices(
     stratify = labels if n_val <= len(labels) - n_classes else None
     train, val = train_test_split(indices, test_size=n_val, random_state=seed, stratify=stratify)
     return np.sort(train), np.sort(val)
-
-
-def _stratifiable(labels: np.ndarray) -> bool:
-    counts = np.bincount(labels)
-    present = counts[counts > 0]
-    return len(present) >= 2 and present.min() >= 2
-
-
-def _indices_sha256(source_sha256: str, indices: np.ndarray) -> str:
-    return hashlib.sha256(source_sha256.encode() + np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()
 
 
 def list_images(folder: Path, recursive: bool) -> list[Path]:

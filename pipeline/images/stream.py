@@ -118,15 +118,11 @@ def _init_worker(worker_id: int) -> None:
 
     set_blocks_max = getattr(Image.core, "set_blocks_max", None)
     if set_blocks_max is not None:
-        set_blocks_max(_PIL_BLOCKS)
+        set_blocks_max(32)  # image buffers Pillow keeps for reuse
     try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
         pass
-
-
-_PIL_BLOCKS = 32
-_M_MMAP_THRESHOLD = -3
 
 
 def _shared_memory_fits(in_flight_bytes: int) -> bool:
@@ -206,7 +202,9 @@ class BatchStream:
             self.indices[start : start + self.batch_size] for start in range(0, self.count, self.batch_size)
         ]
         workers = 0 if getattr(self.source, "in_memory", False) else min(self.workers, len(index_batches))
-        as_tensors = workers > 0 and _shared_memory_fits(workers * _PREFETCH * self._batch_bytes())
+        height, width = self.preprocess.output_hw or (1024, 1024)  # unknown: assume large images
+        batch_bytes = self.batch_size * self.preprocess.channels * height * width * 4
+        as_tensors = workers > 0 and _shared_memory_fits(workers * _PREFETCH * batch_bytes)
         decoder = _BatchDecoder(self.source, self.preprocess, index_batches, as_tensors)
         loader = DataLoader(
             decoder,
@@ -245,10 +243,6 @@ class BatchStream:
         if x_all is None:
             raise EdgepipeError("no images to read", fix="pass a non-empty selection of images")
         return x_all, y_all
-
-    def _batch_bytes(self) -> int:
-        height, width = self.preprocess.output_hw or (1024, 1024)  # unknown: assume large images
-        return self.batch_size * self.preprocess.channels * height * width * 4
 
 
 def _reason(exc: Exception, name: str) -> str:
