@@ -4,6 +4,7 @@ import click
 
 from pipeline.commands.options import (
     EdgepipeCommand,
+    check_folder_flags,
     data_option,
     emit,
     force_option,
@@ -157,11 +158,7 @@ def build_command(onnx_file, onnx_option, save_engine, force, as_json, **flags):
     shapes = {kind: flags.pop(f"{kind}_shapes") for kind in SHAPE_KINDS}
     reading = {"preprocess": preprocess if preprocess.given else None, "labels": labels, "workers": workers}
     settings = BuildSettings.parse(reading=reading, shapes=shapes, **flags)  # trtexec's controls, by their names
-    if not settings.folder_given and (preprocess.given or labels is not None):
-        raise EdgepipeError(
-            "the preprocessing flags and --labels describe a folder of images (--data or --calib), and none is given",
-            fix="pass --data FOLDER (or --calib FOLDER), or drop them",
-        )
+    check_folder_flags(preprocess, labels, settings.folder_given)
     result = build_engine(onnx_path, settings, save_engine=save_engine, force=force)
     emit(result, as_json, _print_human)
 

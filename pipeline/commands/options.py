@@ -16,13 +16,14 @@ from typing import Any
 
 import click
 
-from pipeline.commands.command import EdgepipeCommand, Guarded, cell, emit
+from pipeline.commands.command import EdgepipeCommand, Guarded, emit
 from pipeline.commands.model_options import model_options, preprocess_options, with_options
 from pipeline.defaults import BUDGET_DEFAULT
 from pipeline.errors import EdgepipeError
 from pipeline.inputsize import FORMAT as INPUT_SIZE_FORMAT
 from pipeline.inputsize import InputSize
 from pipeline.precision import Precision, parse_list
+from pipeline.progress import cell
 
 # --- parsers: flag text -> value, or one EdgepipeError naming the flag ----------------------------------
 
@@ -73,6 +74,15 @@ def parse_duration(text: str | None, option: str) -> float | None:
     if not value > 0 or math.isinf(value):
         raise EdgepipeError(f"{option} {text!r} is not a duration", fix=f"pass e.g. {option} 10m, 90s or 1h")
     return value
+
+
+def check_folder_flags(preprocess: Any, labels: str | None, folder_given: bool) -> None:
+    """The preprocessing flags and --labels read a folder of images: without one they are an error."""
+    if not folder_given and (preprocess.given or labels is not None):
+        raise EdgepipeError(
+            "the preprocessing flags and --labels describe a folder of images (--data or --calib), and none is given",
+            fix="pass --data FOLDER (or --calib FOLDER), or drop them",
+        )
 
 
 def callback(parser: Callable[..., Any], *args: Any) -> Callable[[click.Context, click.Parameter, Any], Any]:

@@ -21,7 +21,7 @@ from pipeline.errors import EdgepipeError
 from pipeline.images import DIGITS, PreprocessFlags
 from pipeline.modelspec import ModelCode, ModelSpec
 from pipeline.precision import Precision, parse_list
-from pipeline.progress import info_styled
+from pipeline.progress import info
 from pipeline.run.plan import PRECISIONS, Plan, Stages, table
 from pipeline.runsource import RunStart, open_start
 from pipeline.tensorrt.backend import get_backend, installed_backends
@@ -80,7 +80,7 @@ def run(
     plan = Plan(start, chosen, folder, data, max_drop)
     backend, engines_note = _backend(chosen.engines)
     if chosen.engines and backend is None:
-        info_styled(f"engines skipped: {engines_note}", "yellow")
+        info(f"engines skipped: {engines_note}", "yellow")
     plan.stages = Stages(chosen.force, chosen.strict)
     for stage in table(plan, backend):
         if stage.when:

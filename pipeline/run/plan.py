@@ -24,7 +24,7 @@ from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.images import DATA_FIX, DIGITS, Record
 from pipeline.precision import Precision
-from pipeline.progress import info, info_styled
+from pipeline.progress import info
 from pipeline.runsource import RunStart
 
 PRECISIONS = tuple(Precision)
@@ -59,17 +59,17 @@ class Stages:
         unfinished = [name for name in stage.needs if not self.ok(name)]
         if unfinished:
             reason = f"needs {', '.join(unfinished)}, which did not finish"
-            info_styled(f"{stage.name}: skipped, {reason}", "yellow")
+            info(f"{stage.name}: skipped, {reason}", "yellow")
             self.record[stage.name] = {"status": "skipped", "seconds": 0.0, "reason": reason}
             return
         try:
             inputs = stage.inputs()
             stale = "is asked for by --force, which redoes every stage" if self.force else _why_stale(stage, inputs)
             if stale is None:
-                info_styled(f"{stage.name}: unchanged, reused", "dim")
+                info(f"{stage.name}: unchanged, reused", "dim")
                 self.record[stage.name] = {"status": "reused", "seconds": 0.0}
                 return
-            info_styled(f"{stage.name} ...", "bold")
+            info(f"{stage.name} ...", "bold")
             if stage.output.exists():
                 info(f"  {stage.output.name} is redone: it {stale}")
             result = stage.make()
@@ -79,7 +79,7 @@ class Stages:
         except EdgepipeError as exc:
             if self.strict:
                 raise
-            info_styled(f"{stage.name} failed: {exc}", "red")
+            info(f"{stage.name} failed: {exc}", "red")
             self.record[stage.name] = {"status": "failed", "seconds": _since(started), "reason": str(exc)}
             return
         self.record[stage.name] = {"status": "done", "seconds": _since(started)}

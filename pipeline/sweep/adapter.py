@@ -33,8 +33,8 @@ from pipeline.errors import EdgepipeError
 from pipeline.images import PreprocessFlags
 from pipeline.precision import ALL as PRECISIONS
 from pipeline.precision import Precision, parse_list
-from pipeline.progress import info, info_styled
-from pipeline.report import fmt, latency
+from pipeline.progress import cell, info
+from pipeline.report import latency
 from pipeline.report import write as write_report
 from pipeline.tensorrt.backend import TENSORRT, TENSORRT_RTX, get_backend, installed_backends
 

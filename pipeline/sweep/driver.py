@@ -134,7 +134,7 @@ class _Driver:
         self._collect(timeout=0)
 
     def _prepare(self, spec: SweepModel, precisions: tuple[Precision, ...]) -> dict[str, Any] | None:
-        edgepipe.info_styled(f"{spec.name}: target-independent stages in {self.folder / spec.name}", "bold")
+        edgepipe.info(f"{spec.name}: target-independent stages in {self.folder / spec.name}", "bold")
         try:
             report = edgepipe.prepare_model(spec, self.folder / spec.name, precisions, self.settings.run_settings(spec))
         except EdgepipeError as exc:

@@ -91,8 +91,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     for row in (r for r in report["rows"] if r["kind"] == "cell"):
         lines.append(
-            f"| {row['model']} | {row['precision']} | {row['target']} | {row['status']} | {_node(row)} | {edgepipe.fmt(row.get('build_seconds'), '.2f')} | "
-            f"{row.get('validation') or ''} | {edgepipe.fmt(row.get('top1'), '.2f')} | {edgepipe.fmt(row.get('delta'), '+.2f')} | {edgepipe.fmt(row.get('latency_ms'), '.3f')} | "
+            f"| {row['model']} | {row['precision']} | {row['target']} | {row['status']} | {_node(row)} | {edgepipe.cell(row.get('build_seconds'), '.2f')} | "
+            f"{row.get('validation') or ''} | {edgepipe.cell(row.get('top1'), '.2f')} | {edgepipe.cell(row.get('delta'), '+.2f')} | {edgepipe.cell(row.get('latency_ms'), '.3f')} | "
             f"{row.get('engine') or ''} | {(row.get('sha256') or '')[:12]} |"
         )
     lines += [
@@ -104,8 +104,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     for row in (r for r in report["rows"] if r["kind"] == "run"):
         lines.append(
-            f"| {row['artifact']} | {row['status']} | {edgepipe.fmt(row.get('top1'), '.2f')} | {edgepipe.fmt(row.get('delta'), '+.2f')} | "
-            f"{edgepipe.fmt(row.get('agreement'), '.2f')} | {edgepipe.fmt(row.get('latency_ms'), '.3f')} |"
+            f"| {row['artifact']} | {row['status']} | {edgepipe.cell(row.get('top1'), '.2f')} | {edgepipe.cell(row.get('delta'), '+.2f')} | "
+            f"{edgepipe.cell(row.get('agreement'), '.2f')} | {edgepipe.cell(row.get('latency_ms'), '.3f')} |"
         )
     for name, problem in report["model_problems"].items():
         lines.append(f"\n{name}: {problem}")
