@@ -119,10 +119,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{cell(row['top1'], '.2f')} | {cell(row['delta'], '+.2f')} | {cell(row['agreement'], '.2f')} | "
             f"{cell(row.get('latency_ms'), '.3f')} | {cell(row.get('throughput'), '.0f')} |"
         )
-    batches = sorted(
-        {r.get("latency_batch") for r in report["rows"] if r.get("latency_batch")}
-        | {r.get("throughput_batch") for r in report["rows"] if r.get("throughput_batch")}
-    )
+    batches = sorted({r[key] for r in report["rows"] for key in ("latency_batch", "throughput_batch") if r.get(key)})
     if batches:
         lines += [
             "",

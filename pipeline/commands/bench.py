@@ -97,7 +97,7 @@ from pipeline.progress import out
     help="Also write the JSON result to FILE.",
 )
 @model_options(help="The model of a --checkpoint that names your own code: --model again, or --trust-model-code.")
-@force_option
+@force_option()
 @json_option
 def bench_command(artifacts, checkpoint, report_dir, json_out, model, force, as_json, input_size, **measuring):
     """Measure latency and throughput of the PyTorch reference and every artifact, side by side.

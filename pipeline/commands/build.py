@@ -101,7 +101,7 @@ def _trtexec(flag: str, metavar: str | None, help: str, dest: str | None = None,
     help="TensorRT <= 10.x: use the builder's FP16/INT8 flags and an entropy calibrator instead of FP16/Q-DQ ONNX.",
 )
 @click.option("--verbose", is_flag=True, help="Print the builder's log on stderr.")
-@force_option
+@force_option()
 @json_option
 def build_command(onnx_file, onnx_option, save_engine, force, as_json, **flags):
     """Build a TensorRT or TensorRT-RTX engine from an ONNX model, like trtexec.

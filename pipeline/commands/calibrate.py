@@ -34,7 +34,7 @@ from pipeline.progress import out
     metavar="CALIB.npz",
     help="Calibration set to write (a manifest is written beside it).",
 )
-@force_option
+@force_option()
 @json_option
 def calibrate_command(checkpoint, data, preprocess, labels, workers, num, seed, output, force, as_json):
     """Draw a class-balanced calibration set from the model's training split.

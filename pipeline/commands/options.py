@@ -112,18 +112,16 @@ DATA_HELP = (
 )
 
 
-def force_option(fn: Callable | None = None, *, help: str = "Overwrite an existing output file.") -> Callable:
-    """``--force``; ``@force_option`` or, with another meaning, ``@force_option(help=...)``."""
-    decorator = click.option("--force", is_flag=True, help=help)
-    return decorator(fn) if fn is not None else decorator
+def force_option(help: str = "Overwrite an existing output file.") -> Callable:
+    """``--force``; ``@force_option()`` or, with another meaning, ``@force_option(help=...)``."""
+    return click.option("--force", is_flag=True, help=help)
 
 
-def data_option(fn: Callable | None = None, *, default: str | None = None, help: str = DATA_HELP) -> Callable:
-    """``--data digits|DIR|FILE.npz``; ``@data_option`` or ``@data_option(default=..., help=...)``."""
-    decorator = click.option(
+def data_option(default: str | None = None, help: str = DATA_HELP) -> Callable:
+    """``--data digits|DIR|FILE.npz``; ``@data_option()`` or ``@data_option(default=..., help=...)``."""
+    return click.option(
         "--data", default=default, show_default=default is not None, metavar="digits|DIR|FILE.npz", help=help
     )
-    return decorator(fn) if fn is not None else decorator
 
 
 def batches_option(name="--batch", default="1", help="Batch sizes to measure.", dest="batches") -> Callable:

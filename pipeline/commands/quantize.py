@@ -160,7 +160,7 @@ def bounded(flag: str, what: str, low: float, high: float, example: str, unit: s
 @model_options(
     help="For --qat: the model of a --checkpoint that names your own code (--model again, or --trust-model-code)."
 )
-@force_option
+@force_option()
 @json_option
 @click.pass_context
 def quantize_command(

@@ -22,7 +22,7 @@ from pipeline.images import DIGITS, PreprocessFlags
 from pipeline.modelspec import ModelCode, ModelSpec
 from pipeline.precision import Precision, parse_list
 from pipeline.progress import info
-from pipeline.run.plan import PRECISIONS, Plan, Stages, table
+from pipeline.run.plan import PRECISIONS, Plan, table
 from pipeline.runsource import RunStart, open_start
 from pipeline.tensorrt.backend import get_backend, installed_backends
 
@@ -81,7 +81,6 @@ def run(
     backend, engines_note = _backend(chosen.engines)
     if chosen.engines and backend is None:
         info(f"engines skipped: {engines_note}", "yellow")
-    plan.stages = Stages(chosen.force, chosen.strict)
     for stage in table(plan, backend):
         if stage.when:
             plan.stages.run(stage)

@@ -115,7 +115,7 @@ class Plan:
         self.epochs = chosen.epochs
         if self.trained and self.epochs is None:  # given weights are taken as they are; else the model's recipe
             self.epochs = 0 if chosen.weights else model_info(start.name).get("default_epochs", train.DEFAULT_EPOCHS)
-        self.stages: Stages | None = None
+        self.stages = Stages(chosen.force, chosen.strict)
         self.reading = {"data": data, "labels": chosen.labels, "workers": chosen.workers}
 
     @functools.cached_property

@@ -31,15 +31,13 @@ from pipeline.sweep.targets import cc_order
 
 ORPHAN_CHECK_S = 15.0  # how often pending cells are checked against the nodes still alive
 
-DEFAULT_OUTPUT = DEFAULT_SWEEP_OUTPUT
-
 
 def sweep(
     models: list[str | SweepModel] | None = None,
     models_file: str | Path | None = None,
     precisions: list[str | Precision] | tuple[str | Precision, ...] | None = None,
     targets: list[str] | None = None,
-    output: str | Path = DEFAULT_OUTPUT,
+    output: str | Path = DEFAULT_SWEEP_OUTPUT,
     settings: SweepSettings | None = None,
     **flags: Any,
 ) -> dict[str, Any]:
@@ -233,7 +231,9 @@ class _Driver:
             if outcome.error:
                 self._finish(cell, f"failed: {outcome.error}")
             else:
-                self._receive(cell, outcome.value)
+                onnx = self.sources[cell.model]["onnx"][cell.precision]
+                status, fields = receive(self.folder / cell.model, cell, outcome.value, onnx)
+                self._finish(cell, status, **fields)
 
     def _fail_orphans(self) -> None:
         """Pending cells whose target no alive node advertises any more: Ray would wait for them forever."""
@@ -243,11 +243,6 @@ class _Driver:
                 self.cluster.cancel([ref])
                 del self.pending[ref]
                 self._finish(cell, f"failed: every worker advertising {cell.target} left the cluster")
-
-    def _receive(self, cell: Cell, result: dict[str, Any]) -> None:
-        onnx = self.sources[cell.model]["onnx"][cell.precision]
-        status, fields = receive(self.folder / cell.model, cell, result, onnx)
-        self._finish(cell, status, **fields)
 
     def _finish(self, cell: Cell, status: str, **fields: Any) -> None:
         cell.row = {"status": status, **fields}
