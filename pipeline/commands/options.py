@@ -28,6 +28,14 @@ from pipeline.progress import cell
 # --- parsers: flag text -> value, or one EdgepipeError naming the flag ----------------------------------
 
 
+def as_number(text: Any) -> float:
+    """``float(text)``, or NaN for text that is no number, which every range check then refuses."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def parse_batches(text: str, option: str = "--batch") -> tuple[int, ...]:
     """ "1,8,32" -> (1, 8, 32): at least one batch size, each 1 or more."""
     try:
@@ -46,10 +54,7 @@ def parse_max_drop(text: str | float | None) -> float | None:
     """ "0.5" -> 0.5 top-1 points; "none" (or no value) -> None, plain PTQ without a budget."""
     if text is None or str(text).strip().lower() == "none":
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = as_number(text)
     if not value >= 0 or math.isinf(value):
         raise EdgepipeError(
             f"--max-drop {text!r} is not a number of points",
@@ -67,10 +72,7 @@ def parse_duration(text: str | None, option: str) -> float | None:
         return None
     word = str(text).strip().lower()
     unit = word[-1] if word[-1:] in DURATION_UNITS else "s"
-    try:
-        value = float(word.rstrip("smh")) * DURATION_UNITS[unit]
-    except ValueError:
-        value = math.nan
+    value = as_number(word.rstrip("smh")) * DURATION_UNITS[unit]
     if not value > 0 or math.isinf(value):
         raise EdgepipeError(f"{option} {text!r} is not a duration", fix=f"pass e.g. {option} 10m, 90s or 1h")
     return value

@@ -1,12 +1,12 @@
 """edgepipe quantize: an FP16 or INT8 (Q/DQ) ONNX model of any single-image-input ONNX, checked against FP32."""
 
-import math
 import os
 
 import click
 
 from pipeline.commands.options import (
     EdgepipeCommand,
+    as_number,
     check_folder_flags,
     data_option,
     emit,
@@ -39,10 +39,7 @@ def bounded(flag: str, what: str, low: float, high: float, example: str, unit: s
     def parse(ctx: click.Context, param: click.Parameter, text: str | None) -> float | None:
         if text is None:
             return None
-        try:
-            value = float(str(text).strip().rstrip(unit))
-        except ValueError:
-            value = math.nan
+        value = as_number(str(text).strip().rstrip(unit))
         if not low <= value <= high:
             raise EdgepipeError(
                 f"{flag} {text!r} is not {what} from {low:g} to {high:g}", fix=f"pass e.g. {flag} {example}"

@@ -109,6 +109,7 @@ class Plan:
         self.ckpt = folder / "checkpoint.pt" if self.trained else start.file if start.start == "checkpoint" else None
         self.first = "import" if start.start == "onnx" else "export"  # the stage that makes the FP32 ONNX
         self.onnx = {p: folder / ("model.onnx" if p is Precision.FP32 else f"model.{p}.onnx") for p in PRECISIONS}
+        self.engines = {p: folder / f"model.{p}.engine" for p in PRECISIONS}
         self.makers = {Precision.FP32: self.first, Precision.FP16: "quantize-fp16", Precision.INT8: "quantize-int8"}
         self.calib = folder / "calib.npz"
         self.size = start.model_input.fixed_size if start.model_input is not None else None
@@ -132,10 +133,7 @@ class Plan:
         """Artifact ids (the report's rows) -> files, for what this run has made."""
         wanted, ok = self.chosen.precisions, self.stages.ok
         ids = {f"onnx-{p}": self.onnx[p] for p in PRECISIONS if p in wanted and ok(self.makers[p])}
-        engines = {
-            f"engine-{p}": self.folder / f"model.{p}.engine" for p in PRECISIONS if p in wanted and ok(f"build-{p}")
-        }
-        return {**ids, **engines}
+        return ids | {f"engine-{p}": self.engines[p] for p in PRECISIONS if p in wanted and ok(f"build-{p}")}
 
     def measured_inputs(self) -> dict[str, str]:
         if not self.made():
@@ -286,22 +284,18 @@ def _converting(plan: Plan) -> list[Stage]:
 
 def _measuring(plan: Plan, backend) -> list[Stage]:
     """The stages that build engines and measure every artifact."""
-    start, chosen, wanted, to_onnx = plan.start, plan.chosen, plan.chosen.precisions, (plan.first,)
+    chosen, wanted, to_onnx = plan.chosen, plan.chosen.precisions, (plan.first,)
     engine = {"backend": backend.name, "backend_version": backend.version} if backend else {}
+    shapes = plan.start.model_input and plan.start.model_input.profile_shapes()
     return [
         *[
             Stage(
                 f"build-{p}",
-                plan.folder / f"model.{p}.engine",
+                plan.engines[p],
                 Kind.ENGINE,
                 lambda p=p: {"onnx": sha256_file(plan.onnx[p])},
                 engine,
-                lambda p=p: build.build_engine(
-                    plan.onnx[p],
-                    save_engine=plan.folder / f"model.{p}.engine",
-                    force=True,
-                    shapes=start.model_input and start.model_input.profile_shapes(),
-                ),
+                lambda p=p: build.build_engine(plan.onnx[p], save_engine=plan.engines[p], force=True, shapes=shapes),
                 needs=(plan.makers[p],),
                 when=backend is not None and p in wanted,
             )

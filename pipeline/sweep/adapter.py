@@ -78,13 +78,13 @@ def reference_of(report: dict[str, Any]) -> Path | None:
     return Path(reference) if reference and Path(reference).is_file() else None
 
 
-def stage_problems(report: dict[str, Any]) -> dict[str, str]:
-    """Stages of the run that failed or were skipped, with their reasons."""
-    return {
-        name: stage["status"] + (f": {stage['reason']}" if stage.get("reason") else "")
+def stage_problems(report: dict[str, Any]) -> str:
+    """The stages of the run that failed or were skipped, with their reasons: "train failed: ...; export skipped: ..."."""
+    return "; ".join(
+        f"{name} {stage['status']}" + (f": {stage['reason']}" if stage.get("reason") else "")
         for name, stage in report.get("stages", {}).items()
         if stage.get("status") in ("failed", "skipped")
-    }
+    )
 
 
 def build_engine(onnx_path: Path, engine_path: Path, compute_capability: str, backend: str) -> dict[str, Any]:

@@ -63,10 +63,8 @@ def sweep(
         driver = _Driver(cluster, nodes, folder, settings)
         driver.run(specs, chosen_precisions, chosen_targets, overlap=address != "local")
     driver.timings.update(connect_and_probe=round(connected, 2))
-    report = sweep_report.assemble(
-        folder, specs, chosen_precisions, chosen_targets, nodes, driver, address, time.perf_counter() - started
-    )
-    sweep_report.write(report, folder)
+    report = sweep_report.assemble(driver, specs, chosen_precisions, chosen_targets, time.perf_counter() - started)
+    edgepipe.write_report(report, folder, "sweep", sweep_report.to_markdown)
     if driver.stopped_by:
         raise EdgepipeError(
             f"{driver.stopped_by} (--strict stopped the sweep; report in {folder / 'sweep.md'})",
@@ -157,8 +155,7 @@ class _Driver:
         onnx = self.sources[cell.model]["onnx"].get(cell.precision)
         builders = self._builders(cell)
         if onnx is None or not onnx.is_file():
-            problems = edgepipe.stage_problems(report).items()
-            why = "; ".join(f"{name} {problem}" for name, problem in problems) or "not made"
+            why = edgepipe.stage_problems(report) or "not made"
             return self._finish(cell, f"skipped: the {cell.precision.label} ONNX model was not made ({why})")
         if not any(cell.target in n.targets for n in self.nodes):
             return self._finish(cell, f"skipped: no worker advertises {cell.target}")

@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pipeline.sweep.adapter as edgepipe
 
 
-def assemble(folder: Path, specs, precisions, targets, nodes, driver, address: str, seconds: float) -> dict[str, Any]:
+def assemble(driver, specs, precisions, targets, seconds: float) -> dict[str, Any]:
+    """The report of a sweep ``driver`` has run."""
+    folder, address = driver.folder, driver.settings.address
     rows: list[dict[str, Any]] = []
     references: dict[str, Any] = {}
     for spec in specs:
@@ -57,7 +58,7 @@ def assemble(folder: Path, specs, precisions, targets, nodes, driver, address: s
         "stopped_by": driver.stopped_by,
         "model_problems": model_problems,
         "ok": not counts["failed"] and not model_problems and not driver.stopped_by,
-        "cluster": {"address": address, "nodes": [n.describe() for n in nodes]},
+        "cluster": {"address": address, "nodes": [n.describe() for n in driver.nodes]},
         "model_reports": {
             spec.name: f"{spec.name}/report.json" for spec in specs if (folder / spec.name / "report.json").is_file()
         },
@@ -131,7 +132,3 @@ def _node(row: dict[str, Any]) -> str:
     if not row.get("node_id"):
         return ""
     return f"{row.get('host') or row.get('address', '')} ({row['node_id'][:8]})"
-
-
-def write(report: dict[str, Any], folder: Path) -> None:
-    edgepipe.write_report(report, folder, "sweep", to_markdown)
