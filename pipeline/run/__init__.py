@@ -126,15 +126,10 @@ def _report(plan: Plan, engines_note: str | None, started: float) -> dict[str, A
     head["seconds"] = time.perf_counter() - started
     summary = report.assemble(folder, head, validation, benched, artifacts, stages.record)
     if benched is not None:
-        # The plot's accuracy axis comes from the validate stage rather than a second evaluation.
-        accuracy = {
-            Path(r["artifact"]).name: r["top1"] for r in (validation or {}).get("rows", []) if r.get("top1") is not None
-        }
-        if ckpt is not None and (validation or {}).get("reference", {}).get("top1") is not None:
-            accuracy[ckpt.name] = validation["reference"]["top1"]
-        benchreport.write_report(
-            benched, folder, accuracy=accuracy, labels={path.name: name for name, path in artifacts.items()}
-        )
+        # The plot's accuracy axis is the validate stage's, from the report's rows, rather than a second evaluation.
+        accuracy = {r["file"]: r["top1"] for r in summary["rows"] if r["top1"] is not None}
+        labels = {r["file"]: r["artifact"] for r in summary["rows"]}
+        benchreport.write_report(benched, folder, accuracy=accuracy, labels=labels)
         summary["plot"] = "bench.png"
     report.write(summary, folder)
     return summary

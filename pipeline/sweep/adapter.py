@@ -150,11 +150,5 @@ def engine_is_current(
 def engine_fields(engine: Path, model_dir: Path) -> dict[str, Any]:
     """What a sweep row says of an engine, from its manifest."""
     manifest = read_manifest(engine) or {}
-    return {
-        "engine": f"{model_dir.name}/{engine.name}",
-        "sha256": manifest.get("sha256"),
-        "bytes": manifest.get("bytes"),
-        "backend": manifest.get("backend"),
-        "backend_version": manifest.get("backend_version"),
-        "build_seconds": manifest.get("build_seconds"),
-    }
+    recorded = ("sha256", "bytes", "backend", "backend_version", "build_seconds")
+    return {"engine": f"{model_dir.name}/{engine.name}", **{key: manifest.get(key) for key in recorded}}

@@ -174,19 +174,10 @@ class _Driver:
             if measured or not gpu_in_cluster:  # else: built ahead of time, and now a GPU can measure it
                 return self._finish(cell, "reused", **{**kept, **edgepipe.engine_fields(engine, model_dir)})
         reference = self.sources[cell.model]["reference"]
-        payload = {
-            "model": cell.model,
-            "precision": cell.precision,
-            "target": cell.target,
-            "cc": cell.cc,
-            "onnx_name": onnx.name,
-            "onnx_sha256": onnx_sha,
-            "engine_name": cell.engine_name,
-            "data": self.settings.data,
-            "reference": reference.suffix if reference else None,
-            "bench_batches": list(self.settings.bench_batches),
-            "bench_seconds": self.settings.bench_seconds,
-        }
+        # what the worker needs: of the cell, of the sweep's settings, and of the files that come as bytes
+        payload = {key: getattr(cell, key) for key in ("model", "precision", "target", "cc", "engine_name")}
+        payload |= {key: getattr(self.settings, key) for key in ("data", "bench_batches", "bench_seconds")}
+        payload |= {"onnx_name": onnx.name, "onnx_sha256": onnx_sha, "reference": reference and reference.suffix}
         ref = self.cluster.submit(
             build_cell,
             payload,
