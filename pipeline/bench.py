@@ -77,21 +77,17 @@ class BenchSettings:
             raise EdgepipeError(
                 f"--iterations must be 1 or more, got {self.iterations}", fix="pass e.g. --iterations 100"
             )
-        if self.sustain_s is not None:
-            self._check_sustain()
-        if self.device not in ("cpu", "cuda"):
-            raise EdgepipeError(
-                f"--device must be cpu or cuda, got {self.device!r}", fix="pass --device cpu or --device cuda"
-            )
-
-    def _check_sustain(self) -> None:
-        if self.iterations is not None:
+        if self.sustain_s is not None and self.iterations is not None:
             raise EdgepipeError("--sustain times by duration, not --iterations", fix="drop --iterations")
-        if not self.sustain_window_s > 0 or self.sustain_s < 2 * self.sustain_window_s:
+        if self.sustain_s is not None and (not self.sustain_window_s > 0 or self.sustain_s < 2 * self.sustain_window_s):
             raise EdgepipeError(
                 f"--sustain {self.sustain_s:g}s is shorter than two windows of {self.sustain_window_s:g}s, "
                 "so there is no drift to report",
                 fix="pass e.g. --sustain 10m (windows of a minute), or a shorter --sustain-window",
+            )
+        if self.device not in ("cpu", "cuda"):
+            raise EdgepipeError(
+                f"--device must be cpu or cuda, got {self.device!r}", fix="pass --device cpu or --device cuda"
             )
 
     @property

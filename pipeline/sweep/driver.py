@@ -160,9 +160,9 @@ class _Driver:
         if not any(cell.target in n.targets for n in self.nodes):
             return self._finish(cell, f"skipped: no worker advertises {cell.target}")
         if not builders:
-            return self._finish(
-                cell, f"skipped: no worker advertising {cell.target} can build it ({self._why_not(cell)})"
-            )
+            node = next(n for n in self.nodes if cell.target in n.targets)
+            why = f"{node.name}: {choose_backend(cell.cc, node.gpu, node.flavours)[1]}"
+            return self._finish(cell, f"skipped: no worker advertising {cell.target} can build it ({why})")
         onnx_sha = edgepipe.sha256_file(onnx)
         engine = model_dir / cell.engine_name
         if not self.settings.force and edgepipe.engine_is_current(engine, onnx_sha, cell.precision, cell.cc, builders):
@@ -204,10 +204,6 @@ class _Driver:
                 if flavour:
                     found.add((flavour, node.flavours[flavour]["version"]))
         return found
-
-    def _why_not(self, cell: Cell) -> str:
-        node = next(n for n in self.nodes if cell.target in n.targets)
-        return f"{node.name}: {choose_backend(cell.cc, node.gpu, node.flavours)[1]}"
 
     def _collect(self, timeout: float) -> None:
         done, _ = self.cluster.wait(list(self.pending), timeout=timeout)

@@ -36,10 +36,8 @@ def assemble(driver, specs, precisions, targets, seconds: float) -> dict[str, An
             }
         )
     cells = [r for r in rows if r["kind"] == "cell"]
-    counts = {
-        name: sum(1 for r in cells if r["status"].split(":")[0] == name)
-        for name in ("built", "reused", "skipped", "failed")
-    }
+    states = [r["status"].split(":")[0] for r in cells]
+    counts = {name: states.count(name) for name in ("built", "reused", "skipped", "failed")}
     model_problems = {name: _model_problem(r) for name, r in driver.model_reports.items() if _model_problem(r)}
     return {
         "format": edgepipe.RUN_REPORT_FORMAT,
