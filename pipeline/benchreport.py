@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import atomic_output, check_output, write_text_atomic
+from pipeline.progress import cell
 
 
 def write_report(
@@ -47,8 +48,8 @@ def to_markdown(result: dict[str, Any], accuracy: dict[str, float] | None = None
     ]
     for r in result["rows"]:
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}".replace("|", "/")
-        figures = " | ".join(_fmt(r.get(key), spec) for key, spec in FIGURES)
-        top1 = _fmt(_by_path_or_name(accuracy or {}, r["artifact"]), ".2f")
+        figures = " | ".join(cell(r.get(key), spec) for key, spec in FIGURES)
+        top1 = cell(_by_path_or_name(accuracy or {}, r["artifact"]), ".2f")
         lines.append(
             f"| {Path(r['artifact']).name} | {r.get('runtime') or ''} | {r.get('precision') or ''} | {r['batch']} | {status} | {figures} | {top1} |"
         )
@@ -79,7 +80,7 @@ def jetson_lines(record: dict[str, Any] | None) -> list[str]:
     cpu = max((khz for khz in record.get("cpu_khz") or [] if khz), default=None)
     end = record.get("end") or {}
     temps = ", ".join(
-        f"{zone} {start:.1f} -> {_fmt((end.get('temperatures_c') or {}).get(zone), '.1f')}"
+        f"{zone} {start:.1f} -> {cell((end.get('temperatures_c') or {}).get(zone), '.1f')}"
         for zone, start in (record.get("temperatures_c") or {}).items()
     )
     hot = sorted(set(record.get("hot_zones") or []) | set(end.get("hot_zones") or []))
@@ -89,7 +90,7 @@ def jetson_lines(record: dict[str, Any] | None) -> list[str]:
         f"nvpmodel mode {record['nvpmodel']}, jetson_clocks {clocks}; GPU {_mhz(record.get('gpu_hz'))} MHz "
         f"(max {_mhz(record.get('gpu_max_hz'))}), EMC {_mhz(record.get('emc_hz'))} MHz"
         f"{' (readable as root)' if record.get('emc_hz') is None else ''}, "
-        f"CPU {_mhz(cpu and cpu * 1000)} MHz; fan {_fmt(record.get('fan_pwm'), 'd') or '?'}/255.",
+        f"CPU {_mhz(cpu and cpu * 1000)} MHz; fan {cell(record.get('fan_pwm'), 'd') or '?'}/255.",
         f"Temperatures (C, start -> end): {temps or 'none'}; throttled: {throttled}; "
         f"rail power from {record.get('power_source') or 'nowhere (no INA3221 in sysfs, no tegrastats)'}.",
     ]
@@ -102,7 +103,7 @@ def row_lines(rows: list[dict[str, Any]]) -> list[str]:
         name = f"{Path(r['artifact']).name} batch {r['batch']}"
         if r.get("power"):
             rails = ", ".join(
-                f"{rail} {v['mean_mw']:.0f} mW = {_fmt(v.get('mj_per_inference'), '.3f')} mJ"
+                f"{rail} {v['mean_mw']:.0f} mW = {cell(v.get('mj_per_inference'), '.3f')} mJ"
                 for rail, v in r["power"].items()
             )
             lines.append(f"Power, {name} (per inference of {r['batch']} image(s)): {rails}.")
@@ -217,7 +218,3 @@ def _by_path_or_name(mapping: dict[str, Any], artifact: str) -> Any:
 
 def _mhz(hertz) -> str:
     return "?" if hertz is None else f"{hertz / 1e6:.0f}"
-
-
-def _fmt(value, spec: str) -> str:
-    return "" if value is None else format(value, spec)

@@ -37,30 +37,24 @@ METRICS = {
 DEFAULT_TOLERANCES = {"top1": 0.3, "agreement": 0.5, "latency_ms": "10%"}
 REPORT_FORMAT = 1
 OK_STATUSES = ("ok", "built", "reused")  # a run row measured; a sweep cell built now or reused from before
+RUN_REPORT_FIX = "pass the report.json written by 'edgepipe run'"
 
 
 def load_report(path: str | Path, role: str = "report") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        fix = (
-            "pass the report.json written by 'edgepipe run'"
-            if role == "report"
-            else "create one with --update-baseline"
-        )
+        fix = RUN_REPORT_FIX if role == "report" else "create one with --update-baseline"
         raise EdgepipeError(f"{role} {path} does not exist", fix=fix)
     try:
         report = json.loads(path.read_text())
     except ValueError as exc:
-        raise EdgepipeError(
-            f"{role} {path} is not valid JSON ({exc.msg} at line {exc.lineno})",
-            fix="pass the report.json written by 'edgepipe run'",
-        )
+        raise EdgepipeError(f"{role} {path} is not valid JSON ({exc.msg} at line {exc.lineno})", fix=RUN_REPORT_FIX)
     if isinstance(report, dict) and "rows" in report and "settings" in report and "reference" not in report:
         return _from_bench(report)
     if not isinstance(report, dict) or "rows" not in report or "reference" not in report:
         raise EdgepipeError(
             f"{role} {path} is not an edgepipe run report",
-            fix="pass the report.json written by 'edgepipe run', or the result of 'edgepipe bench --json-out'",
+            fix=f"{RUN_REPORT_FIX}, or the result of 'edgepipe bench --json-out'",
         )
     if report.get("format") != REPORT_FORMAT:
         raise EdgepipeError(
@@ -150,12 +144,9 @@ def _rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {row["artifact"]: row for row in report["rows"]}
 
 
-def _value(report: dict[str, Any], row: dict[str, Any], metric: str) -> float | None:
+def _value(row: dict[str, Any], metric: str) -> float | None:
     """The figure compared for ``metric``; top-1 of non-reference rows is taken vs PyTorch."""
-    if metric == "top1" and row.get("role") != "reference":
-        delta = row.get("delta")
-        return None if delta is None else float(delta)
-    value = row.get(metric)
+    value = row.get("delta" if metric == "top1" and row.get("role") != "reference" else metric)
     return None if value is None else float(value)
 
 
@@ -192,10 +183,10 @@ def check(
             )
             continue
         for metric, (amount, relative) in tolerances.items():
-            base_value = _value(baseline, base, metric)
+            base_value = _value(base, metric)
             if base_value is None:
                 continue  # the baseline never measured it for this artifact (e.g. latency of a skipped engine)
-            now_value = _value(report, row, metric)
+            now_value = _value(row, metric)
             if now_value is None:
                 raise EdgepipeError(
                     f"the report has no {metric} for {artifact}, which the tolerances name",
@@ -209,12 +200,9 @@ def check(
                 regressed(
                     artifact, name, round(base_value, 4), round(now_value, 4), f"{amount:g}%" if relative else amount
                 )
+    flagged = {r["artifact"] for r in regressions}
     for artifact, row in now_rows.items():  # a failed sweep cell fails the gate, whatever the baseline held
-        if (
-            row.get("kind") == "cell"
-            and row_state(row) == "error"
-            and all(r["artifact"] != artifact for r in regressions)
-        ):
+        if row.get("kind") == "cell" and row_state(row) == "error" and artifact not in flagged:
             regressed(artifact, "status", base_rows.get(artifact, {}).get("status"), row["status"])
     return {"passed": not regressions, "compared": compared, "regressions": regressions, "skipped": skipped}
 

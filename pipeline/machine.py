@@ -51,8 +51,7 @@ def describe_device(device: str = "cpu", compute_capability: str | None = None) 
 
         if torch.cuda.is_available():
             parts.insert(0, f"GPU {torch.cuda.get_device_name(0)}")
-    cc = compute_capability
-    parts.append(f"NVIDIA GPU compute capability {cc}" if cc else "no NVIDIA GPU")
+    parts.append(f"NVIDIA GPU compute capability {compute_capability}" if compute_capability else "no NVIDIA GPU")
     return "; ".join(parts)
 
 

@@ -2,13 +2,14 @@
 
 Rich markup is off everywhere: messages carry user text (paths, model names, error messages), and
 a path such as ``runs/[abc]/model.onnx`` must print as it is. Style a whole message with
-``info_styled``; never with ``[bold]...[/bold]`` tags.
+``info(text, style)``; never with ``[bold]...[/bold]`` tags.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -25,22 +26,19 @@ console = Console(stderr=True, highlight=False, markup=False)
 out = Console(highlight=False, markup=False)
 
 
-def info(text: str) -> None:
-    """Print ``text`` on stderr exactly as it is."""
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
-
-
-def info_styled(text: str, style: str) -> None:
-    """Print ``text`` on stderr as it is, in a Rich ``style`` ("bold", "dim", "red", "yellow" ...)."""
+def info(text: str, style: str | None = None) -> None:
+    """Print ``text`` on stderr exactly as it is, in a Rich ``style`` if given ("bold", "dim", "red", "yellow" ...)."""
     console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+def cell(value: Any, spec: str) -> str:
+    """A figure of a human or Markdown table: ``value`` formatted by ``spec``, blank where it was not measured."""
+    return "" if value is None else format(value, spec)
 
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[_Bar]:
     """A bar on stderr (stdout stays clean for --json): done/total, a status, ETA and time elapsed."""
-    if not enabled:
-        yield _Bar(None, None)
-        return
     columns = (
         TextColumn("{task.description}", markup=False),
         BarColumn(),
@@ -49,19 +47,16 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         TimeRemainingColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(description, total=total, status="")
-        yield _Bar(progress, task)
+    with Progress(*columns, console=console, transient=False, disable=not enabled) as progress:
+        yield _Bar(progress, progress.add_task(description, total=total, status=""))
 
 
 class _Bar:
-    def __init__(self, progress: Progress | None, task):
+    def __init__(self, progress: Progress, task):
         self._progress, self._task = progress, task
 
     def advance(self, status: str = "") -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1, status=status)
+        self._progress.update(self._task, advance=1, status=status)
 
     def update(self, completed: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=completed)
+        self._progress.update(self._task, completed=completed)

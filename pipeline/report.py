@@ -14,6 +14,7 @@ from pipeline import __version__
 from pipeline.artifacts import write_json_atomic, write_text_atomic
 from pipeline.check import REPORT_FORMAT
 from pipeline.machine import host
+from pipeline.progress import cell
 
 FORMATS = {"pytorch": "PyTorch", "onnx": "ONNX", "engine": "TensorRT"}
 
@@ -102,11 +103,6 @@ def latency(bench_rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def fmt(value: Any, spec: str) -> str:
-    """A figure for a Markdown table: blank when not measured."""
-    return "" if value is None else format(value, spec)
-
-
 def to_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# edgepipe run: {title(report)}",
@@ -119,14 +115,11 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     for row in report["rows"]:
         lines.append(
-            f"| {row['artifact']} | {row['format']} | {row['precision']} | {row['status']} | {fmt(row['size_mb'], '.2f')} | "
-            f"{fmt(row['top1'], '.2f')} | {fmt(row['delta'], '+.2f')} | {fmt(row['agreement'], '.2f')} | "
-            f"{fmt(row.get('latency_ms'), '.3f')} | {fmt(row.get('throughput'), '.0f')} |"
+            f"| {row['artifact']} | {row['format']} | {row['precision']} | {row['status']} | {cell(row['size_mb'], '.2f')} | "
+            f"{cell(row['top1'], '.2f')} | {cell(row['delta'], '+.2f')} | {cell(row['agreement'], '.2f')} | "
+            f"{cell(row.get('latency_ms'), '.3f')} | {cell(row.get('throughput'), '.0f')} |"
         )
-    batches = sorted(
-        {r.get("latency_batch") for r in report["rows"] if r.get("latency_batch")}
-        | {r.get("throughput_batch") for r in report["rows"] if r.get("throughput_batch")}
-    )
+    batches = sorted({r[key] for r in report["rows"] for key in ("latency_batch", "throughput_batch") if r.get(key)})
     if batches:
         lines += [
             "",

@@ -126,11 +126,10 @@ def measure_overhead(runner: Runner, x: np.ndarray, mean_ms: float) -> dict[str,
     split = runner.last_timing if _has_split(runner) else None
     harness, bare = [], []
     for _ in range(3):
-        clock = time.perf_counter
-        started = clock()
+        started = time.perf_counter()
         for _ in range(n):
             runner.infer(x)
-        bare.append((clock() - started) / n)
+        bare.append((time.perf_counter() - started) / n)
         _, _, total = _timed_loop(runner.infer, x, n, 0.0, split)
         harness.append(total / n)
     harness_ms, bare_ms = min(harness) * 1000.0, min(bare) * 1000.0

@@ -132,7 +132,7 @@ def test_write_report_draws_the_png_with_labels(tmp_path):
     assert "| model.int8.onnx | r | int8 | 1 | ok | 0.420 |" in md.read_text()
 
 
-@pytest.mark.parametrize("say", [progress.info, lambda text: progress.info_styled(text, "bold red")])
+@pytest.mark.parametrize("say", [progress.info, lambda text: progress.info(text, "bold red")])
 def test_messages_print_user_text_as_it_is(capsys, say):
     text = "runs/[abc]/x/[bold]model[/bold].onnx failed: [red]no[/red] such file"
     say(text)

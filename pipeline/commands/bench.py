@@ -97,7 +97,7 @@ from pipeline.progress import out
     help="Also write the JSON result to FILE.",
 )
 @model_options(help="The model of a --checkpoint that names your own code: --model again, or --trust-model-code.")
-@force_option
+@force_option()
 @json_option
 def bench_command(artifacts, checkpoint, report_dir, json_out, model, force, as_json, input_size, **measuring):
     """Measure latency and throughput of the PyTorch reference and every artifact, side by side.
@@ -121,9 +121,8 @@ def bench_command(artifacts, checkpoint, report_dir, json_out, model, force, as_
     from pipeline import bench, benchreport
     from pipeline.artifacts import check_output, write_json_atomic  # onnx
 
-    outputs = ([json_out] if json_out else []) + (
-        [f"{report_dir}/bench.md", f"{report_dir}/bench.png"] if report_dir else []
-    )
+    outputs = [json_out] if json_out else []
+    outputs += [f"{report_dir}/bench.md", f"{report_dir}/bench.png"] if report_dir else []
     for path in outputs:
         check_output(path, force)  # fail before measuring, not after
     for path in artifacts:  # channels named in --input-size are checked against every ONNX model
@@ -201,6 +200,5 @@ def held_out_top1(result: dict[str, Any]) -> dict[str, float]:
         return {}
     report = validate(reference, [a for a in ok if a != reference])
     by_name = {Path(str(r.get("artifact"))).name: r.get("top1") for r in report.get("rows", [])}
-    scores = {a: by_name.get(Path(a).name) for a in ok}
-    scores[reference] = (report.get("reference") or {}).get("top1")
+    scores = {a: by_name.get(Path(a).name) for a in ok} | {reference: (report.get("reference") or {}).get("top1")}
     return {a: float(v) for a, v in scores.items() if v is not None}

@@ -1,9 +1,12 @@
 """build-engine / edgepipe build: a TensorRT or TensorRT-RTX engine from an ONNX model, trtexec's flags."""
 
+import re
+
 import click
 
 from pipeline.commands.options import (
     EdgepipeCommand,
+    check_folder_flags,
     data_option,
     emit,
     force_option,
@@ -20,8 +23,9 @@ from pipeline.tensorrt.options import HARDWARE_COMPATIBILITY, SHAPE_KINDS, Build
 _SHAPES = "NAME:DIMS[,NAME:DIMS...]"
 
 
-def _trtexec(flag: str, dest: str, metavar: str | None, help: str, **kwargs):
-    """A build control spelt as trtexec spells it (``--minShapes``), passed on as ``dest`` (``min_shapes``)."""
+def _trtexec(flag: str, metavar: str | None, help: str, dest: str | None = None, **kwargs):
+    """A build control spelt as trtexec spells it (``--useDLACore``), passed on in snake case (``use_dla_core``)."""
+    dest = dest or re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", flag[2:]).lower()
     return click.option(flag, dest, default=None, metavar=metavar, help=help, **kwargs)
 
 
@@ -29,7 +33,7 @@ def _trtexec(flag: str, dest: str, metavar: str | None, help: str, **kwargs):
     "build", cls=EdgepipeCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
 )
 @click.argument("onnx_file", required=False, metavar="MODEL.onnx", type=click.Path(dir_okay=False))
-@_trtexec("--onnx", "onnx_option", "MODEL.onnx", "The ONNX model (trtexec spelling; same as the argument).")
+@_trtexec("--onnx", "MODEL.onnx", "The ONNX model (trtexec spelling; same as the argument).", dest="onnx_option")
 @precision_flags(
     {
         Precision.FP16: "FP16 engine: converts the ONNX to FP16 first (MODEL.fp16.onnx beside the engine).",
@@ -52,9 +56,7 @@ def _trtexec(flag: str, dest: str, metavar: str | None, help: str, **kwargs):
     "Default: the held-out data of an edgepipe model; seeded synthetic inputs for FP16 of another model."
 )
 @preprocess_options
-@_trtexec(
-    "--saveEngine", "save_engine", "PATH", "Engine file to write. Default: MODEL.<precision>.engine beside the ONNX."
-)
+@_trtexec("--saveEngine", "PATH", "Engine file to write. Default: MODEL.<precision>.engine beside the ONNX.")
 @click.option(
     "--backend",
     type=click.Choice(["auto", *BACKENDS]),
@@ -62,49 +64,27 @@ def _trtexec(flag: str, dest: str, metavar: str | None, help: str, **kwargs):
     show_default=True,
     help="auto: standard TensorRT where installed, else TensorRT-RTX.",
 )
-@_trtexec("--minShapes", "min_shapes", _SHAPES, "Smallest input shapes of the profile, e.g. input:1x1x32x32.")
-@_trtexec("--optShapes", "opt_shapes", _SHAPES, "Shapes the engine is tuned for.")
-@_trtexec(
-    "--maxShapes",
-    "max_shapes",
-    _SHAPES,
-    "Largest input shapes. Default for a dynamic batch: 1 (min), 1 (opt), 64 (max).",
-)
-@_trtexec(
-    "--memPoolSize",
-    "mem_pool_size",
-    "POOL:SIZE[,...]",
-    "Memory pool limits, e.g. workspace:1024 (MiB; K, M, G suffixes).",
-)
+@_trtexec("--minShapes", _SHAPES, "Smallest input shapes of the profile, e.g. input:1x1x32x32.")
+@_trtexec("--optShapes", _SHAPES, "Shapes the engine is tuned for.")
+@_trtexec("--maxShapes", _SHAPES, "Largest input shapes. Default for a dynamic batch: 1 (min), 1 (opt), 64 (max).")
+@_trtexec("--memPoolSize", "POOL:SIZE[,...]", "Memory pool limits, e.g. workspace:1024 (MiB; K, M, G suffixes).")
 @_trtexec(
     "--builderOptimizationLevel",
-    "builder_optimization_level",
     None,
     "0 (fastest build) to 5 (most tuning); backend default 3.",
     type=click.IntRange(0, 5),
 )
-@_trtexec("--timingCacheFile", "timing_cache_file", "PATH", "Timing cache to read and update.")
-@_trtexec("--useDLACore", "use_dla_core", "N", "Run on DLA core N (Jetson, standard TensorRT).", type=int)
-@_trtexec(
-    "--allowGPUFallback",
-    "allow_gpu_fallback",
-    None,
-    "With --useDLACore: run layers DLA lacks on the GPU.",
-    is_flag=True,
-)
+@_trtexec("--timingCacheFile", "PATH", "Timing cache to read and update.")
+@_trtexec("--useDLACore", "N", "Run on DLA core N (Jetson, standard TensorRT).", type=int)
+@_trtexec("--allowGPUFallback", None, "With --useDLACore: run layers DLA lacks on the GPU.", is_flag=True)
 @_trtexec(
     "--hardwareCompatibilityLevel",
-    "hardware_compatibility_level",
     None,
     "Engines that run on other GPUs (ampere+: any Ampere or newer).",
     type=click.Choice(list(HARDWARE_COMPATIBILITY), case_sensitive=False),
 )
 @_trtexec(
-    "--versionCompatible",
-    "version_compatible",
-    None,
-    "Engine loadable by later TensorRT releases of the same major version.",
-    is_flag=True,
+    "--versionCompatible", None, "Engine loadable by later TensorRT releases of the same major version.", is_flag=True
 )
 @click.option(
     "--computeCapability",
@@ -121,7 +101,7 @@ def _trtexec(flag: str, dest: str, metavar: str | None, help: str, **kwargs):
     help="TensorRT <= 10.x: use the builder's FP16/INT8 flags and an entropy calibrator instead of FP16/Q-DQ ONNX.",
 )
 @click.option("--verbose", is_flag=True, help="Print the builder's log on stderr.")
-@force_option
+@force_option()
 @json_option
 def build_command(onnx_file, onnx_option, save_engine, force, as_json, **flags):
     """Build a TensorRT or TensorRT-RTX engine from an ONNX model, like trtexec.
@@ -157,11 +137,7 @@ def build_command(onnx_file, onnx_option, save_engine, force, as_json, **flags):
     shapes = {kind: flags.pop(f"{kind}_shapes") for kind in SHAPE_KINDS}
     reading = {"preprocess": preprocess if preprocess.given else None, "labels": labels, "workers": workers}
     settings = BuildSettings.parse(reading=reading, shapes=shapes, **flags)  # trtexec's controls, by their names
-    if not settings.folder_given and (preprocess.given or labels is not None):
-        raise EdgepipeError(
-            "the preprocessing flags and --labels describe a folder of images (--data or --calib), and none is given",
-            fix="pass --data FOLDER (or --calib FOLDER), or drop them",
-        )
+    check_folder_flags(preprocess, labels, settings.folder_given)
     result = build_engine(onnx_path, settings, save_engine=save_engine, force=force)
     emit(result, as_json, _print_human)
 

@@ -34,9 +34,9 @@ from pipeline.progress import out
     metavar="CALIB.npz",
     help="Calibration set to write (a manifest is written beside it).",
 )
-@force_option
+@force_option()
 @json_option
-def calibrate_command(checkpoint, data, preprocess, labels, workers, num, seed, output, force, as_json):
+def calibrate_command(checkpoint, output, force, as_json, **drawing):
     """Draw a class-balanced calibration set from the model's training split.
 
     Seeded, and never from held-out images: from the data and split the model records, or from
@@ -55,13 +55,11 @@ def calibrate_command(checkpoint, data, preprocess, labels, workers, num, seed, 
     from pipeline.artifacts import check_output  # onnx
 
     check_output(output, force)  # fail before drawing, not after
-    calib_set = calibration.draw_for(
-        checkpoint, data=data, num=num, seed=seed, labels=labels, preprocess=preprocess, workers=workers
-    )
+    calib_set = calibration.draw_for(checkpoint, **drawing)  # data, preprocess, labels, workers, num, seed
     path = calibration.save(output, calib_set, force=force)
-    m = calib_set.manifest
-    result = {key: m.get(key) for key in ("count", "count_per_class", "source", "input_shape", "sha256", "split")}
-    emit({**result, "calibration": str(path), "seed": seed, "preprocess": m.get("preprocess")}, as_json, _print)
+    recorded = ("count", "count_per_class", "source", "input_shape", "sha256", "split", "preprocess")
+    result = {key: calib_set.manifest.get(key) for key in recorded}
+    emit({**result, "calibration": str(path), "seed": drawing["seed"]}, as_json, _print)
 
 
 def _print(r) -> None:

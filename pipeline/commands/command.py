@@ -110,8 +110,3 @@ def emit(
         human(result)
     if failed:
         raise click.exceptions.Exit(FAILED)
-
-
-def cell(value: Any, spec: str) -> str:
-    """A figure of a human table: ``value`` formatted by ``spec``, blank where it was not measured."""
-    return "" if value is None else format(value, spec)

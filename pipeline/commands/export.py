@@ -30,8 +30,8 @@ from pipeline.progress import out
     help="Size to export at: HxW keeps the model's channels, CxHxW also names them (default: the checkpoint's size, else the model's own)."
 )
 @click.option("--dynamic-size", is_flag=True, help="Also leave the input's height and width open (dynamic H/W).")
-@data_option
-@force_option
+@data_option()
+@force_option()
 @json_option
 def export_command(checkpoint, model, code, weights, input_size, as_json, **flags):
     """Export a checkpoint or weights file to ONNX and prove it against PyTorch (held-out images, else synthetic inputs).

@@ -1,8 +1,5 @@
 """The flags that say which model and how it reads the user's images, parsed once into values.
 
-``model_options``: ``--model SPEC --model-arg K=V [--weights FILE] [--trust-model-code]`` ->
-``model`` (a ``ModelSpec``) and ``code`` (a ``ModelCode``). ``preprocess_options``: the
-preprocessing flags -> ``preprocess`` (a ``PreprocessFlags``), ``--labels``, ``--workers``.
 The values' types are imported when the command runs, never at ``--help``.
 """
 

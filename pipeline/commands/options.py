@@ -16,15 +16,24 @@ from typing import Any
 
 import click
 
-from pipeline.commands.command import EdgepipeCommand, Guarded, cell, emit
+from pipeline.commands.command import EdgepipeCommand, Guarded, emit
 from pipeline.commands.model_options import model_options, preprocess_options, with_options
 from pipeline.defaults import BUDGET_DEFAULT
 from pipeline.errors import EdgepipeError
 from pipeline.inputsize import FORMAT as INPUT_SIZE_FORMAT
 from pipeline.inputsize import InputSize
 from pipeline.precision import Precision, parse_list
+from pipeline.progress import cell
 
 # --- parsers: flag text -> value, or one EdgepipeError naming the flag ----------------------------------
+
+
+def as_number(text: Any) -> float:
+    """``float(text)``, or NaN for text that is no number, which every range check then refuses."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def parse_batches(text: str, option: str = "--batch") -> tuple[int, ...]:
@@ -45,10 +54,7 @@ def parse_max_drop(text: str | float | None) -> float | None:
     """ "0.5" -> 0.5 top-1 points; "none" (or no value) -> None, plain PTQ without a budget."""
     if text is None or str(text).strip().lower() == "none":
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = as_number(text)
     if not value >= 0 or math.isinf(value):
         raise EdgepipeError(
             f"--max-drop {text!r} is not a number of points",
@@ -66,13 +72,19 @@ def parse_duration(text: str | None, option: str) -> float | None:
         return None
     word = str(text).strip().lower()
     unit = word[-1] if word[-1:] in DURATION_UNITS else "s"
-    try:
-        value = float(word.rstrip("smh")) * DURATION_UNITS[unit]
-    except ValueError:
-        value = math.nan
+    value = as_number(word.rstrip("smh")) * DURATION_UNITS[unit]
     if not value > 0 or math.isinf(value):
         raise EdgepipeError(f"{option} {text!r} is not a duration", fix=f"pass e.g. {option} 10m, 90s or 1h")
     return value
+
+
+def check_folder_flags(preprocess: Any, labels: str | None, folder_given: bool) -> None:
+    """The preprocessing flags and --labels read a folder of images: without one they are an error."""
+    if not folder_given and (preprocess.given or labels is not None):
+        raise EdgepipeError(
+            "the preprocessing flags and --labels describe a folder of images (--data or --calib), and none is given",
+            fix="pass --data FOLDER (or --calib FOLDER), or drop them",
+        )
 
 
 def callback(parser: Callable[..., Any], *args: Any) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -102,18 +114,16 @@ DATA_HELP = (
 )
 
 
-def force_option(fn: Callable | None = None, *, help: str = "Overwrite an existing output file.") -> Callable:
-    """``--force``; ``@force_option`` or, with another meaning, ``@force_option(help=...)``."""
-    decorator = click.option("--force", is_flag=True, help=help)
-    return decorator(fn) if fn is not None else decorator
+def force_option(help: str = "Overwrite an existing output file.") -> Callable:
+    """``--force``; ``@force_option()`` or, with another meaning, ``@force_option(help=...)``."""
+    return click.option("--force", is_flag=True, help=help)
 
 
-def data_option(fn: Callable | None = None, *, default: str | None = None, help: str = DATA_HELP) -> Callable:
-    """``--data digits|DIR|FILE.npz``; ``@data_option`` or ``@data_option(default=..., help=...)``."""
-    decorator = click.option(
+def data_option(default: str | None = None, help: str = DATA_HELP) -> Callable:
+    """``--data digits|DIR|FILE.npz``; ``@data_option()`` or ``@data_option(default=..., help=...)``."""
+    return click.option(
         "--data", default=default, show_default=default is not None, metavar="digits|DIR|FILE.npz", help=help
     )
-    return decorator(fn) if fn is not None else decorator
 
 
 def batches_option(name="--batch", default="1", help="Batch sizes to measure.", dest="batches") -> Callable:

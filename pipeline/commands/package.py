@@ -28,7 +28,7 @@ from pipeline.progress import out
 @click.option("--dla", is_flag=True, help="Build for DLA core 0 with GPU fallback (Orin: jp5, jp6; FP16 only).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @json_option
-def package_command(models, target, data, labels, output, images, max_batch, triton_max_batch, dla, force, as_json):
+def package_command(models, output, as_json, **options):
     """Write a bundle that builds and proves a model's engines on the device, with no edgepipe there.
 
     MODELS: the FP32 ONNX, then FP16/INT8 ONNX made from it. The bundle holds them, labels,
@@ -42,8 +42,7 @@ def package_command(models, target, data, labels, output, images, max_batch, tri
     # the bundle runs the model (numpy, onnx, ONNX Runtime): imported when the command runs, so --help starts at once.
     from pipeline.deploy.bundle import PackageOptions, package
 
-    options = PackageOptions(target, data, labels, images, max_batch, triton_max_batch, dla, force)
-    emit(package(list(models), output, options), as_json, _print)
+    emit(package(list(models), output, PackageOptions(**options)), as_json, _print)
 
 
 def _print(result) -> None:

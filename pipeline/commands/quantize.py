@@ -1,12 +1,13 @@
 """edgepipe quantize: an FP16 or INT8 (Q/DQ) ONNX model of any single-image-input ONNX, checked against FP32."""
 
-import math
 import os
 
 import click
 
 from pipeline.commands.options import (
     EdgepipeCommand,
+    as_number,
+    check_folder_flags,
     data_option,
     emit,
     force_option,
@@ -32,32 +33,20 @@ from pipeline.progress import out
 SMOOTHQUANT_HELP = "SmoothQuant: LayerNorm outlier channels moved into the MatMul weights (default: kept where better)."
 
 
-def parse_min_cosine(text):
-    """ "0.99" -> 0.99, the least cosine with FP32 of every output; None without the flag."""
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not -1 <= value <= 1:
-        raise EdgepipeError(f"--min-cosine {text!r} is not a cosine from -1 to 1", fix="pass e.g. --min-cosine 0.99")
-    return value
+def bounded(flag: str, what: str, low: float, high: float, example: str, unit: str = ""):
+    """A Click callback: the flag's number (``unit`` after it allowed) from ``low`` to ``high``; None without the flag."""
 
+    def parse(ctx: click.Context, param: click.Parameter, text: str | None) -> float | None:
+        if text is None:
+            return None
+        value = as_number(str(text).strip().rstrip(unit))
+        if not low <= value <= high:
+            raise EdgepipeError(
+                f"{flag} {text!r} is not {what} from {low:g} to {high:g}", fix=f"pass e.g. {flag} {example}"
+            )
+        return value
 
-def parse_min_agreement(text):
-    """ "99" or "99%" -> 99.0 percent of argmax agreement with FP32; None without the flag."""
-    if text is None:
-        return None
-    try:
-        value = float(str(text).strip().rstrip("%"))
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= 100:
-        raise EdgepipeError(
-            f"--min-agreement {text!r} is not a percentage from 0 to 100", fix="pass e.g. --min-agreement 99"
-        )
-    return value
+    return parse
 
 
 @click.command("quantize", cls=EdgepipeCommand)
@@ -104,10 +93,15 @@ def parse_min_agreement(text):
     show_default=True,
     help="Precision of the INT8 model's non-quantized ops (fp16 builds faster engines).",
 )
-@click.option("--exclude-op", multiple=True, metavar="OP", help="Op type to keep out of INT8 (repeatable).")
-@click.option("--exclude-node", multiple=True, metavar="NODE", help="Node name to keep out of INT8 (repeatable).")
+@click.option(
+    "--exclude-op", "exclude_ops", multiple=True, metavar="OP", help="Op type to keep out of INT8 (repeatable)."
+)
+@click.option(
+    "--exclude-node", "exclude_nodes", multiple=True, metavar="NODE", help="Node name to keep out of INT8 (repeatable)."
+)
 @click.option(
     "--include-op",
+    "include_ops",
     multiple=True,
     metavar="OP",
     help="Quantize an op type edgepipe keeps out of INT8 by default (Sigmoid, Softmax).",
@@ -118,7 +112,7 @@ def parse_min_agreement(text):
     "min_agreement",
     default=None,
     metavar="PCT",
-    callback=lambda ctx, param, value: parse_min_agreement(value),
+    callback=bounded("--min-agreement", "a percentage", 0, 100, "99", unit="%"),
     help="INT8 accuracy budget without labels: the least argmax agreement with FP32 in percent (per position for sequence outputs); "
     "the most sensitive nodes stay in higher precision until it holds.",
 )
@@ -127,7 +121,7 @@ def parse_min_agreement(text):
     "min_cosine",
     default=None,
     metavar="COS",
-    callback=lambda ctx, param, value: parse_min_cosine(value),
+    callback=bounded("--min-cosine", "a cosine", -1, 1, "0.99"),
     help="INT8 accuracy budget for outputs that are neither classes nor sequences (maps, boxes): the least cosine "
     f"with FP32 of every output. Given no budget, INT8 keeps --max-drop {DEFAULT_MAX_DROP:g} for labelled classes, "
     f"--min-agreement {DEFAULT_MIN_AGREEMENT:g} for unlabelled classes and sequences, --min-cosine "
@@ -163,36 +157,11 @@ def parse_min_agreement(text):
 @model_options(
     help="For --qat: the model of a --checkpoint that names your own code (--model again, or --trust-model-code)."
 )
-@force_option
+@force_option()
 @json_option
 @click.pass_context
 def quantize_command(
-    ctx,
-    onnx_model,
-    precision,
-    output,
-    calib,
-    method,
-    bias_correction,
-    smoothquant,
-    high_precision,
-    exclude_op,
-    exclude_node,
-    include_op,
-    max_drop,
-    min_agreement,
-    min_cosine,
-    input_size,
-    data,
-    preprocess,
-    labels,
-    workers,
-    qat,
-    checkpoint,
-    model,
-    code,
-    force,
-    as_json,
+    ctx, onnx_model, precision, output, input_size, qat, checkpoint, model, code, force, as_json, **int8
 ):
     """Make an FP16 or INT8 (Q/DQ) ONNX model and check it on the held-out split.
 
@@ -212,12 +181,10 @@ def quantize_command(
     # quantizing runs ModelOpt and ONNX Runtime: imported when the command runs, so --help starts at once.
     from pipeline import quantize
 
-    if data is None and not (calib and os.path.isdir(calib)) and (preprocess.given or labels is not None):
-        raise EdgepipeError(
-            "the preprocessing flags and --labels describe a folder of images (--data or --calib), and none is given",
-            fix="pass --data FOLDER (or --calib FOLDER), or drop them",
-        )
-    size = {
+    data, preprocess, labels, workers = (int8.pop(key) for key in ("data", "preprocess", "labels", "workers"))
+    check_folder_flags(preprocess, labels, data is not None or bool(int8["calib"] and os.path.isdir(int8["calib"])))
+    reading = {
+        "data": data,
         "size": onnx_input_hw(input_size, onnx_model),
         "size_flag": "--input-size",
         "preprocess": preprocess if preprocess.given else None,
@@ -225,63 +192,35 @@ def quantize_command(
         "workers": workers,
     }
     pytorch = {"--checkpoint": checkpoint, "--model": model, "--trust-model-code": code.trust or None}
-    _check_qat_flags(
-        precision,
-        qat,
-        pytorch,
-        {"--exclude-op": exclude_op, "--exclude-node": exclude_node, "--include-op": include_op},
-    )
+    _check_qat_flags(precision, qat, pytorch, _given(ctx, int8, ("exclude_ops", "exclude_nodes", "include_ops")))
     if qat is not None:
-        budget = {"max_drop": max_drop, "min_agreement": min_agreement}
-        qat_options = {"model_name": model, "trust_model_code": code.trust}
+        budget = {"max_drop": int8["max_drop"], "min_agreement": int8["min_agreement"]}
+        pytorch_model = {"model_name": model, "trust_model_code": code.trust}
         result = quantize.to_int8_qat(
-            onnx_model, output, qat, checkpoint, calib, force, data=data, **budget, **qat_options, **size
+            onnx_model, output, qat, checkpoint, int8["calib"], force, **budget, **pytorch_model, **reading
         )
     elif precision is Precision.FP16:
-        int8_only = {
-            "--calib": calib,
-            "--method": None if method == "auto" else method,
-            "--bias-correction": bias_correction,
-            "--smoothquant": smoothquant,
-            "--exclude-op": exclude_op,
-            "--exclude-node": exclude_node,
-            "--include-op": include_op,
-            "--max-drop": max_drop,
-            "--min-agreement": min_agreement,
-            "--min-cosine": min_cosine,
-        }
-        given = [flag for flag, value in int8_only.items() if value is not None and value != ()]
+        int8["method"] = None if int8["method"] == "auto" else int8["method"]
+        given = _given(ctx, int8, set(int8) - {"high_precision"})  # --high-precision has a default
         if given:
             raise EdgepipeError(
                 f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} to --int8",
                 fix="drop them, or use --int8",
             )
-        result = quantize.to_fp16(onnx_model, output, force=force, data=data, **size)
+        result = quantize.to_fp16(onnx_model, output, force=force, **reading)
     else:
         if ctx.get_parameter_source("max_drop") is click.core.ParameterSource.DEFAULT:
-            max_drop = BUDGET_DEFAULT  # none given: the default budget for the model's outputs
-        result = quantize.to_int8(
-            onnx_model,
-            output,
-            calib=calib,
-            method=method,
-            bias_correction=bias_correction,
-            smoothquant=smoothquant,
-            exclude_ops=exclude_op,
-            exclude_nodes=exclude_node,
-            include_ops=include_op,
-            high_precision=high_precision,
-            max_drop=max_drop,
-            min_agreement=min_agreement,
-            min_cosine=min_cosine,
-            data=data,
-            force=force,
-            **size,
-        )
+            int8["max_drop"] = BUDGET_DEFAULT  # none given: the default budget for the model's outputs
+        result = quantize.to_int8(onnx_model, output, force=force, **int8, **reading)
     emit(result, as_json, _print_result)
 
 
-def _check_qat_flags(precision, qat, pytorch, ptq_only) -> None:
+def _given(ctx: click.Context, values: dict, names) -> list[str]:
+    """The flags among ``names`` that hold a value, named and ordered as --help lists them."""
+    return [p.opts[0] for p in ctx.command.params if p.name in names and values[p.name] not in (None, ())]
+
+
+def _check_qat_flags(precision, qat, pytorch, ptq_given: list[str]) -> None:
     """--qat goes with --int8 (and the PyTorch model's flags only with it); the flags naming ONNX nodes and ops do not."""
     if qat is None:
         given = [flag for flag, value in pytorch.items() if value is not None]
@@ -290,10 +229,9 @@ def _check_qat_flags(precision, qat, pytorch, ptq_only) -> None:
         return
     if precision is not Precision.INT8:
         raise EdgepipeError("--qat makes an INT8 model", fix="use --int8 --qat EPOCHS")
-    given = [flag for flag, value in ptq_only.items() if value]
-    if given:
+    if ptq_given:
         raise EdgepipeError(
-            f"{', '.join(given)} name ONNX nodes and ops, which --qat does not quantize one by one "
+            f"{', '.join(ptq_given)} name ONNX nodes and ops, which --qat does not quantize one by one "
             "(ModelOpt's PyTorch INT8 config quantizes every Conv and Linear)",
             fix="drop them, or drop --qat for post-training quantization",
         )

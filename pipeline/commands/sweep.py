@@ -13,7 +13,6 @@ from pipeline.commands.options import (
     precisions_option,
 )
 from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_SWEEP_OUTPUT
-from pipeline.errors import EdgepipeError
 
 
 @click.command("sweep", cls=EdgepipeCommand)
@@ -79,16 +78,10 @@ def sweep_command(models, models_file, precisions, targets, output, as_json, **f
       edgepipe sweep --models-file sweep.yaml --targets sm_89,sm_87,sm_80 --address HEAD:6379
     """
     # the sweep runs the stages (torch, onnx) and Ray: imported when the command runs, so --help starts at once.
-    from pipeline.sweep import SweepSettings, sweep
+    from pipeline.sweep import SweepSettings, as_list, sweep
 
-    if not models and not models_file:
-        raise EdgepipeError("no model to sweep", fix="pass --models A,B or --models-file sweep.yaml")
-    report = sweep(_split(models), models_file, precisions, _split(targets), output, SweepSettings(**flags))
+    report = sweep(as_list(models), models_file, precisions, as_list(targets), output, SweepSettings(**flags))
     emit(report, as_json, _print, failed=not report["ok"])
-
-
-def _split(text):
-    return [part.strip() for part in text.split(",") if part.strip()] if text else None
 
 
 def _print(report) -> None:

@@ -38,9 +38,9 @@ from pipeline.progress import out
     help="N x N in the data's channels (a shorthand for --input-size).",
 )
 @click.option("-o", "--output", required=True, metavar="DIR|FILE.pt", help="Folder (gets MODEL.pt) or checkpoint path.")
-@force_option
+@force_option()
 @json_option
-def train_command(model, code, weights, data, epochs, lr, seed, input_size, img_size, output, force, as_json):
+def train_command(model, code, input_size, img_size, output, force, as_json, **training):
     """Train a model and write a checkpoint with its config, model spec and held-out split.
 
     \b
@@ -59,16 +59,8 @@ def train_command(model, code, weights, data, epochs, lr, seed, input_size, img_
         )
     path = _checkpoint_path(output, model)
     check_output(path, force)  # fail before training, not after
-    net, config = train(
-        model,
-        data=data,
-        weights=weights,
-        epochs=epochs,
-        seed=seed,
-        lr=lr,
-        input_shape=input_size.chw() if input_size else img_size,
-        progress=not as_json,
-    )
+    shape = input_size.chw() if input_size else img_size
+    net, config = train(model, input_shape=shape, progress=not as_json, **training)  # data, weights, epochs, lr, seed
     save_checkpoint(path, net, config, force=force)
     result = {
         "checkpoint": str(path),

@@ -61,9 +61,7 @@ from pipeline.progress import out
     help="The model of a checkpoint reference that names your own code: --model again, or --trust-model-code."
 )
 @json_option
-def validate_command(
-    reference, artifacts, data, preprocess, labels, workers, split, atol, rtol, batch_size, model, code, as_json
-):
+def validate_command(reference, artifacts, data, model, as_json, **settings):
     """Compare artifacts (ONNX at any precision, engines) with PyTorch on the held-out split.
 
     One row per artifact: precision, top-1 and its change in points (labelled images), argmax
@@ -92,19 +90,8 @@ def validate_command(
     # validating runs the models (numpy, onnx, ONNX Runtime, torch): imported when the command runs, so --help starts at once.
     from pipeline.validate import validate
 
-    result = validate(
-        reference,
-        artifacts,
-        data=data,
-        labels=labels,
-        preprocess=preprocess,
-        workers=workers,
-        split=split,
-        atol=atol,
-        rtol=rtol,
-        batch_size=batch_size,
-        code=code,
-    )
+    # ``model`` is the --model spec; what validate needs of it, the code it may import, is in ``code``.
+    result = validate(reference, artifacts, data=data, **settings)
     emit(result, as_json, _print_table, failed=not result["ok"])
 
 

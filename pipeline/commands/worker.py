@@ -44,13 +44,11 @@ def worker_command(address, targets, num_cpus, temp_dir, dry_run, as_json):
       edgepipe worker --address 10.0.0.1:6379 --targets sm_87 --dry-run
     """
     # the sweep's Ray room reaches the stages (onnx, torch): imported when the command runs, so --help starts at once.
-    from pipeline.sweep import cluster, connection
+    from pipeline.sweep import as_list, cluster, connection
 
     cluster.require_ray()
     host, port = connection.split_address(address)
-    resources = cluster.worker_resources(
-        [t.strip() for t in targets.split(",") if t.strip()] if targets else None, num_cpus
-    )
+    resources = cluster.worker_resources(as_list(targets), num_cpus)
     if not resources:
         raise EdgepipeError(
             "this machine has no NVIDIA GPU and no TensorRT-RTX, so it serves no target",

@@ -21,8 +21,8 @@ from pipeline.errors import EdgepipeError
 from pipeline.images import DIGITS, PreprocessFlags
 from pipeline.modelspec import ModelCode, ModelSpec
 from pipeline.precision import Precision, parse_list
-from pipeline.progress import info_styled
-from pipeline.run.plan import PRECISIONS, Plan, Stages, table
+from pipeline.progress import info
+from pipeline.run.plan import PRECISIONS, Plan, table
 from pipeline.runsource import RunStart, open_start
 from pipeline.tensorrt.backend import get_backend, installed_backends
 
@@ -80,8 +80,7 @@ def run(
     plan = Plan(start, chosen, folder, data, max_drop)
     backend, engines_note = _backend(chosen.engines)
     if chosen.engines and backend is None:
-        info_styled(f"engines skipped: {engines_note}", "yellow")
-    plan.stages = Stages(chosen.force, chosen.strict)
+        info(f"engines skipped: {engines_note}", "yellow")
     for stage in table(plan, backend):
         if stage.when:
             plan.stages.run(stage)
@@ -127,15 +126,10 @@ def _report(plan: Plan, engines_note: str | None, started: float) -> dict[str, A
     head["seconds"] = time.perf_counter() - started
     summary = report.assemble(folder, head, validation, benched, artifacts, stages.record)
     if benched is not None:
-        # The plot's accuracy axis comes from the validate stage rather than a second evaluation.
-        accuracy = {
-            Path(r["artifact"]).name: r["top1"] for r in (validation or {}).get("rows", []) if r.get("top1") is not None
-        }
-        if ckpt is not None and (validation or {}).get("reference", {}).get("top1") is not None:
-            accuracy[ckpt.name] = validation["reference"]["top1"]
-        benchreport.write_report(
-            benched, folder, accuracy=accuracy, labels={path.name: name for name, path in artifacts.items()}
-        )
+        # The plot's accuracy axis is the validate stage's, from the report's rows, rather than a second evaluation.
+        accuracy = {r["file"]: r["top1"] for r in summary["rows"] if r["top1"] is not None}
+        labels = {r["file"]: r["artifact"] for r in summary["rows"]}
+        benchreport.write_report(benched, folder, accuracy=accuracy, labels=labels)
         summary["plot"] = "bench.png"
     report.write(summary, folder)
     return summary

@@ -24,7 +24,7 @@ from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.images import DATA_FIX, DIGITS, Record
 from pipeline.precision import Precision
-from pipeline.progress import info, info_styled
+from pipeline.progress import info
 from pipeline.runsource import RunStart
 
 PRECISIONS = tuple(Precision)
@@ -59,17 +59,17 @@ class Stages:
         unfinished = [name for name in stage.needs if not self.ok(name)]
         if unfinished:
             reason = f"needs {', '.join(unfinished)}, which did not finish"
-            info_styled(f"{stage.name}: skipped, {reason}", "yellow")
+            info(f"{stage.name}: skipped, {reason}", "yellow")
             self.record[stage.name] = {"status": "skipped", "seconds": 0.0, "reason": reason}
             return
         try:
             inputs = stage.inputs()
             stale = "is asked for by --force, which redoes every stage" if self.force else _why_stale(stage, inputs)
             if stale is None:
-                info_styled(f"{stage.name}: unchanged, reused", "dim")
+                info(f"{stage.name}: unchanged, reused", "dim")
                 self.record[stage.name] = {"status": "reused", "seconds": 0.0}
                 return
-            info_styled(f"{stage.name} ...", "bold")
+            info(f"{stage.name} ...", "bold")
             if stage.output.exists():
                 info(f"  {stage.output.name} is redone: it {stale}")
             result = stage.make()
@@ -79,7 +79,7 @@ class Stages:
         except EdgepipeError as exc:
             if self.strict:
                 raise
-            info_styled(f"{stage.name} failed: {exc}", "red")
+            info(f"{stage.name} failed: {exc}", "red")
             self.record[stage.name] = {"status": "failed", "seconds": _since(started), "reason": str(exc)}
             return
         self.record[stage.name] = {"status": "done", "seconds": _since(started)}
@@ -109,13 +109,14 @@ class Plan:
         self.ckpt = folder / "checkpoint.pt" if self.trained else start.file if start.start == "checkpoint" else None
         self.first = "import" if start.start == "onnx" else "export"  # the stage that makes the FP32 ONNX
         self.onnx = {p: folder / ("model.onnx" if p is Precision.FP32 else f"model.{p}.onnx") for p in PRECISIONS}
+        self.engines = {p: folder / f"model.{p}.engine" for p in PRECISIONS}
         self.makers = {Precision.FP32: self.first, Precision.FP16: "quantize-fp16", Precision.INT8: "quantize-int8"}
         self.calib = folder / "calib.npz"
         self.size = start.model_input.fixed_size if start.model_input is not None else None
         self.epochs = chosen.epochs
         if self.trained and self.epochs is None:  # given weights are taken as they are; else the model's recipe
             self.epochs = 0 if chosen.weights else model_info(start.name).get("default_epochs", train.DEFAULT_EPOCHS)
-        self.stages: Stages | None = None
+        self.stages = Stages(chosen.force, chosen.strict)
         self.reading = {"data": data, "labels": chosen.labels, "workers": chosen.workers}
 
     @functools.cached_property
@@ -132,10 +133,7 @@ class Plan:
         """Artifact ids (the report's rows) -> files, for what this run has made."""
         wanted, ok = self.chosen.precisions, self.stages.ok
         ids = {f"onnx-{p}": self.onnx[p] for p in PRECISIONS if p in wanted and ok(self.makers[p])}
-        engines = {
-            f"engine-{p}": self.folder / f"model.{p}.engine" for p in PRECISIONS if p in wanted and ok(f"build-{p}")
-        }
-        return {**ids, **engines}
+        return ids | {f"engine-{p}": self.engines[p] for p in PRECISIONS if p in wanted and ok(f"build-{p}")}
 
     def measured_inputs(self) -> dict[str, str]:
         if not self.made():
@@ -286,22 +284,18 @@ def _converting(plan: Plan) -> list[Stage]:
 
 def _measuring(plan: Plan, backend) -> list[Stage]:
     """The stages that build engines and measure every artifact."""
-    start, chosen, wanted, to_onnx = plan.start, plan.chosen, plan.chosen.precisions, (plan.first,)
+    chosen, wanted, to_onnx = plan.chosen, plan.chosen.precisions, (plan.first,)
     engine = {"backend": backend.name, "backend_version": backend.version} if backend else {}
+    shapes = plan.start.model_input and plan.start.model_input.profile_shapes()
     return [
         *[
             Stage(
                 f"build-{p}",
-                plan.folder / f"model.{p}.engine",
+                plan.engines[p],
                 Kind.ENGINE,
                 lambda p=p: {"onnx": sha256_file(plan.onnx[p])},
                 engine,
-                lambda p=p: build.build_engine(
-                    plan.onnx[p],
-                    save_engine=plan.folder / f"model.{p}.engine",
-                    force=True,
-                    shapes=start.model_input and start.model_input.profile_shapes(),
-                ),
+                lambda p=p: build.build_engine(plan.onnx[p], save_engine=plan.engines[p], force=True, shapes=shapes),
                 needs=(plan.makers[p],),
                 when=backend is not None and p in wanted,
             )

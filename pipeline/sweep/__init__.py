@@ -4,5 +4,5 @@ The rooms and their order are in docs/architecture.md (a contract in pyproject.t
 is imported only when a sweep or a worker runs, so nothing else pays for it.
 """
 
-from pipeline.sweep.driver import DEFAULT_OUTPUT, sweep
-from pipeline.sweep.inputs import SweepModel, SweepSettings
+from pipeline.sweep.driver import sweep
+from pipeline.sweep.inputs import SweepModel, SweepSettings, as_list

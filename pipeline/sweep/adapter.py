@@ -33,8 +33,8 @@ from pipeline.errors import EdgepipeError
 from pipeline.images import PreprocessFlags
 from pipeline.precision import ALL as PRECISIONS
 from pipeline.precision import Precision, parse_list
-from pipeline.progress import info, info_styled
-from pipeline.report import fmt, latency
+from pipeline.progress import cell, info
+from pipeline.report import latency
 from pipeline.report import write as write_report
 from pipeline.tensorrt.backend import TENSORRT, TENSORRT_RTX, get_backend, installed_backends
 
@@ -78,13 +78,13 @@ def reference_of(report: dict[str, Any]) -> Path | None:
     return Path(reference) if reference and Path(reference).is_file() else None
 
 
-def stage_problems(report: dict[str, Any]) -> dict[str, str]:
-    """Stages of the run that failed or were skipped, with their reasons."""
-    return {
-        name: stage["status"] + (f": {stage['reason']}" if stage.get("reason") else "")
+def stage_problems(report: dict[str, Any]) -> str:
+    """The stages of the run that failed or were skipped, with their reasons: "train failed: ...; export skipped: ..."."""
+    return "; ".join(
+        f"{name} {stage['status']}" + (f": {stage['reason']}" if stage.get("reason") else "")
         for name, stage in report.get("stages", {}).items()
         if stage.get("status") in ("failed", "skipped")
-    }
+    )
 
 
 def build_engine(onnx_path: Path, engine_path: Path, compute_capability: str, backend: str) -> dict[str, Any]:
@@ -150,11 +150,5 @@ def engine_is_current(
 def engine_fields(engine: Path, model_dir: Path) -> dict[str, Any]:
     """What a sweep row says of an engine, from its manifest."""
     manifest = read_manifest(engine) or {}
-    return {
-        "engine": f"{model_dir.name}/{engine.name}",
-        "sha256": manifest.get("sha256"),
-        "bytes": manifest.get("bytes"),
-        "backend": manifest.get("backend"),
-        "backend_version": manifest.get("backend_version"),
-        "build_seconds": manifest.get("build_seconds"),
-    }
+    recorded = ("sha256", "bytes", "backend", "backend_version", "build_seconds")
+    return {"engine": f"{model_dir.name}/{engine.name}", **{key: manifest.get(key) for key in recorded}}

@@ -63,15 +63,9 @@ def build_cell(cell: dict[str, Any], onnx_bytes: bytes, reference_bytes: bytes |
             seconds = round(time.perf_counter() - started, 3)
             return {**result, "status": "failed", "reason": str(exc), "seconds": seconds}
         engine = engine_path.read_bytes()
-        result.update(
-            status="built",
-            engine=engine,
-            sha256=edgepipe.sha256_bytes(engine),
-            manifest=edgepipe.read_manifest(engine_path),
-            backend=built["backend"],
-            backend_version=built["backend_version"],
-            build_seconds=built["build_seconds"],
-        )
+        result.update({key: built[key] for key in ("backend", "backend_version", "build_seconds")})
+        result.update(status="built", engine=engine, sha256=edgepipe.sha256_bytes(engine))
+        result["manifest"] = edgepipe.read_manifest(engine_path)
         result["measured"] = _measure(cell, engine_path, reference_bytes, gpu, result["host"], Path(tmp))
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result

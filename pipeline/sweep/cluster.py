@@ -12,6 +12,8 @@ pays for it.
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,8 +75,6 @@ class Node:
 
 def probe_node() -> dict[str, Any]:
     """Runs on each node before a sweep: the versions and hardware the driver must agree with."""
-    import platform
-
     import ray  # runs inside a Ray task: Ray is there
 
     return {
@@ -107,13 +107,11 @@ class Cluster:
     def _probe(self, nodes: list[Node]) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        probe = self._function(probe_node)
         refs = {}
-        for node in nodes:
-            # num_cpus=0: a head node started with --num-cpus 0 answers too.
+        for node in nodes:  # num_cpus=0: a head node started with --num-cpus 0 answers too.
             strategy = NodeAffinitySchedulingStrategy(node.node_id, soft=False)
-            refs[
-                self._function(probe_node).options(num_cpus=0, scheduling_strategy=strategy, max_retries=1).remote()
-            ] = node
+            refs[probe.options(num_cpus=0, scheduling_strategy=strategy, max_retries=1).remote()] = node
         ready, late = self.ray.wait(list(refs), num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
         if late:
             where = ", ".join(refs[r].name for r in late)
@@ -194,8 +192,6 @@ def check_versions(nodes: list[Node], driver: dict[str, str]) -> None:
 def worker_resources(targets: list[str] | None = None, num_cpus: int | None = None) -> dict[str, float]:
     """The ``sm_XY`` resources this machine serves: its GPU (one task at a time), or, without a GPU,
     every TensorRT-RTX target from Ampere on, built ahead of time on the CPU (one per core)."""
-    import os
-
     if targets:
         return {target_name(parse_target(t)): 1.0 for t in targets}
     gpu, flavours = edgepipe.gpu_compute_capability(), edgepipe.tensorrt_flavours()

@@ -8,8 +8,10 @@ otherwise retry for minutes. Ray's own output (token authentication warnings amo
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import platform
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -155,9 +157,6 @@ def check_reachable(host: str, port: int) -> None:
 
 def check_head(ray: Any, address: str) -> None:
     """Ask the head for its Ray and Python versions before joining (a bounded wait, not Ray's endless retry)."""
-    import json
-    import platform
-
     try:
         from ray._raylet import GcsClient  # internal but stable since Ray 2.0; skipped if it moves
 

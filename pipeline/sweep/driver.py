@@ -31,15 +31,13 @@ from pipeline.sweep.targets import cc_order
 
 ORPHAN_CHECK_S = 15.0  # how often pending cells are checked against the nodes still alive
 
-DEFAULT_OUTPUT = DEFAULT_SWEEP_OUTPUT
-
 
 def sweep(
     models: list[str | SweepModel] | None = None,
     models_file: str | Path | None = None,
     precisions: list[str | Precision] | tuple[str | Precision, ...] | None = None,
     targets: list[str] | None = None,
-    output: str | Path = DEFAULT_OUTPUT,
+    output: str | Path = DEFAULT_SWEEP_OUTPUT,
     settings: SweepSettings | None = None,
     **flags: Any,
 ) -> dict[str, Any]:
@@ -65,10 +63,8 @@ def sweep(
         driver = _Driver(cluster, nodes, folder, settings)
         driver.run(specs, chosen_precisions, chosen_targets, overlap=address != "local")
     driver.timings.update(connect_and_probe=round(connected, 2))
-    report = sweep_report.assemble(
-        folder, specs, chosen_precisions, chosen_targets, nodes, driver, address, time.perf_counter() - started
-    )
-    sweep_report.write(report, folder)
+    report = sweep_report.assemble(driver, specs, chosen_precisions, chosen_targets, time.perf_counter() - started)
+    edgepipe.write_report(report, folder, "sweep", sweep_report.to_markdown)
     if driver.stopped_by:
         raise EdgepipeError(
             f"{driver.stopped_by} (--strict stopped the sweep; report in {folder / 'sweep.md'})",
@@ -134,7 +130,7 @@ class _Driver:
         self._collect(timeout=0)
 
     def _prepare(self, spec: SweepModel, precisions: tuple[Precision, ...]) -> dict[str, Any] | None:
-        edgepipe.info_styled(f"{spec.name}: target-independent stages in {self.folder / spec.name}", "bold")
+        edgepipe.info(f"{spec.name}: target-independent stages in {self.folder / spec.name}", "bold")
         try:
             report = edgepipe.prepare_model(spec, self.folder / spec.name, precisions, self.settings.run_settings(spec))
         except EdgepipeError as exc:
@@ -159,15 +155,14 @@ class _Driver:
         onnx = self.sources[cell.model]["onnx"].get(cell.precision)
         builders = self._builders(cell)
         if onnx is None or not onnx.is_file():
-            problems = edgepipe.stage_problems(report).items()
-            why = "; ".join(f"{name} {problem}" for name, problem in problems) or "not made"
+            why = edgepipe.stage_problems(report) or "not made"
             return self._finish(cell, f"skipped: the {cell.precision.label} ONNX model was not made ({why})")
         if not any(cell.target in n.targets for n in self.nodes):
             return self._finish(cell, f"skipped: no worker advertises {cell.target}")
         if not builders:
-            return self._finish(
-                cell, f"skipped: no worker advertising {cell.target} can build it ({self._why_not(cell)})"
-            )
+            node = next(n for n in self.nodes if cell.target in n.targets)
+            why = f"{node.name}: {choose_backend(cell.cc, node.gpu, node.flavours)[1]}"
+            return self._finish(cell, f"skipped: no worker advertising {cell.target} can build it ({why})")
         onnx_sha = edgepipe.sha256_file(onnx)
         engine = model_dir / cell.engine_name
         if not self.settings.force and edgepipe.engine_is_current(engine, onnx_sha, cell.precision, cell.cc, builders):
@@ -179,19 +174,10 @@ class _Driver:
             if measured or not gpu_in_cluster:  # else: built ahead of time, and now a GPU can measure it
                 return self._finish(cell, "reused", **{**kept, **edgepipe.engine_fields(engine, model_dir)})
         reference = self.sources[cell.model]["reference"]
-        payload = {
-            "model": cell.model,
-            "precision": cell.precision,
-            "target": cell.target,
-            "cc": cell.cc,
-            "onnx_name": onnx.name,
-            "onnx_sha256": onnx_sha,
-            "engine_name": cell.engine_name,
-            "data": self.settings.data,
-            "reference": reference.suffix if reference else None,
-            "bench_batches": list(self.settings.bench_batches),
-            "bench_seconds": self.settings.bench_seconds,
-        }
+        # what the worker needs: of the cell, of the sweep's settings, and of the files that come as bytes
+        payload = {key: getattr(cell, key) for key in ("model", "precision", "target", "cc", "engine_name")}
+        payload |= {key: getattr(self.settings, key) for key in ("data", "bench_batches", "bench_seconds")}
+        payload |= {"onnx_name": onnx.name, "onnx_sha256": onnx_sha, "reference": reference and reference.suffix}
         ref = self.cluster.submit(
             build_cell,
             payload,
@@ -219,10 +205,6 @@ class _Driver:
                     found.add((flavour, node.flavours[flavour]["version"]))
         return found
 
-    def _why_not(self, cell: Cell) -> str:
-        node = next(n for n in self.nodes if cell.target in n.targets)
-        return f"{node.name}: {choose_backend(cell.cc, node.gpu, node.flavours)[1]}"
-
     def _collect(self, timeout: float) -> None:
         done, _ = self.cluster.wait(list(self.pending), timeout=timeout)
         for ref in done:
@@ -233,7 +215,9 @@ class _Driver:
             if outcome.error:
                 self._finish(cell, f"failed: {outcome.error}")
             else:
-                self._receive(cell, outcome.value)
+                onnx = self.sources[cell.model]["onnx"][cell.precision]
+                status, fields = receive(self.folder / cell.model, cell, outcome.value, onnx)
+                self._finish(cell, status, **fields)
 
     def _fail_orphans(self) -> None:
         """Pending cells whose target no alive node advertises any more: Ray would wait for them forever."""
@@ -243,11 +227,6 @@ class _Driver:
                 self.cluster.cancel([ref])
                 del self.pending[ref]
                 self._finish(cell, f"failed: every worker advertising {cell.target} left the cluster")
-
-    def _receive(self, cell: Cell, result: dict[str, Any]) -> None:
-        onnx = self.sources[cell.model]["onnx"][cell.precision]
-        status, fields = receive(self.folder / cell.model, cell, result, onnx)
-        self._finish(cell, status, **fields)
 
     def _finish(self, cell: Cell, status: str, **fields: Any) -> None:
         cell.row = {"status": status, **fields}

@@ -80,7 +80,7 @@ def load_models_file(path: str | Path) -> dict[str, Any]:
             f"models file {path} has unknown key {sorted(unknown)[0]!r}", fix="use only models, precisions and targets"
         )
     specs = [_spec(entry, path) for entry in raw["models"]]
-    return {"models": specs, "precisions": _as_list(raw.get("precisions")), "targets": _as_list(raw.get("targets"))}
+    return {"models": specs, "precisions": as_list(raw.get("precisions")), "targets": as_list(raw.get("targets"))}
 
 
 def _spec(entry: Any, source: Path) -> SweepModel:
@@ -111,7 +111,8 @@ def _spec(entry: Any, source: Path) -> SweepModel:
     return SweepModel(entry["name"], epochs=epochs, **paths)
 
 
-def _as_list(value: Any) -> list[str] | None:
+def as_list(value: Any) -> list[str] | None:
+    """ "a, b" (or a list) -> ["a", "b"]; None stays None."""
     if value is None:
         return None
     return [str(v).strip() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]

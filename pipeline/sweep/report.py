@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pipeline.sweep.adapter as edgepipe
 
 
-def assemble(folder: Path, specs, precisions, targets, nodes, driver, address: str, seconds: float) -> dict[str, Any]:
+def assemble(driver, specs, precisions, targets, seconds: float) -> dict[str, Any]:
+    """The report of a sweep ``driver`` has run."""
+    folder, address = driver.folder, driver.settings.address
     rows: list[dict[str, Any]] = []
     references: dict[str, Any] = {}
     for spec in specs:
@@ -35,10 +36,8 @@ def assemble(folder: Path, specs, precisions, targets, nodes, driver, address: s
             }
         )
     cells = [r for r in rows if r["kind"] == "cell"]
-    counts = {
-        name: sum(1 for r in cells if r["status"].split(":")[0] == name)
-        for name in ("built", "reused", "skipped", "failed")
-    }
+    states = [r["status"].split(":")[0] for r in cells]
+    counts = {name: states.count(name) for name in ("built", "reused", "skipped", "failed")}
     model_problems = {name: _model_problem(r) for name, r in driver.model_reports.items() if _model_problem(r)}
     return {
         "format": edgepipe.RUN_REPORT_FORMAT,
@@ -57,7 +56,7 @@ def assemble(folder: Path, specs, precisions, targets, nodes, driver, address: s
         "stopped_by": driver.stopped_by,
         "model_problems": model_problems,
         "ok": not counts["failed"] and not model_problems and not driver.stopped_by,
-        "cluster": {"address": address, "nodes": [n.describe() for n in nodes]},
+        "cluster": {"address": address, "nodes": [n.describe() for n in driver.nodes]},
         "model_reports": {
             spec.name: f"{spec.name}/report.json" for spec in specs if (folder / spec.name / "report.json").is_file()
         },
@@ -91,8 +90,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     for row in (r for r in report["rows"] if r["kind"] == "cell"):
         lines.append(
-            f"| {row['model']} | {row['precision']} | {row['target']} | {row['status']} | {_node(row)} | {edgepipe.fmt(row.get('build_seconds'), '.2f')} | "
-            f"{row.get('validation') or ''} | {edgepipe.fmt(row.get('top1'), '.2f')} | {edgepipe.fmt(row.get('delta'), '+.2f')} | {edgepipe.fmt(row.get('latency_ms'), '.3f')} | "
+            f"| {row['model']} | {row['precision']} | {row['target']} | {row['status']} | {_node(row)} | {edgepipe.cell(row.get('build_seconds'), '.2f')} | "
+            f"{row.get('validation') or ''} | {edgepipe.cell(row.get('top1'), '.2f')} | {edgepipe.cell(row.get('delta'), '+.2f')} | {edgepipe.cell(row.get('latency_ms'), '.3f')} | "
             f"{row.get('engine') or ''} | {(row.get('sha256') or '')[:12]} |"
         )
     lines += [
@@ -104,8 +103,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     for row in (r for r in report["rows"] if r["kind"] == "run"):
         lines.append(
-            f"| {row['artifact']} | {row['status']} | {edgepipe.fmt(row.get('top1'), '.2f')} | {edgepipe.fmt(row.get('delta'), '+.2f')} | "
-            f"{edgepipe.fmt(row.get('agreement'), '.2f')} | {edgepipe.fmt(row.get('latency_ms'), '.3f')} |"
+            f"| {row['artifact']} | {row['status']} | {edgepipe.cell(row.get('top1'), '.2f')} | {edgepipe.cell(row.get('delta'), '+.2f')} | "
+            f"{edgepipe.cell(row.get('agreement'), '.2f')} | {edgepipe.cell(row.get('latency_ms'), '.3f')} |"
         )
     for name, problem in report["model_problems"].items():
         lines.append(f"\n{name}: {problem}")
@@ -131,7 +130,3 @@ def _node(row: dict[str, Any]) -> str:
     if not row.get("node_id"):
         return ""
     return f"{row.get('host') or row.get('address', '')} ({row['node_id'][:8]})"
-
-
-def write(report: dict[str, Any], folder: Path) -> None:
-    edgepipe.write_report(report, folder, "sweep", to_markdown)
