@@ -5,11 +5,14 @@ Three budgets, parsed once into ``Budget``:
 * ``max_drop``: the most top-1 points INT8 may lose against FP32 (needs labelled images);
 * ``min_agreement``: the least argmax agreement with FP32, in percent (any images: top-1 agreement
   for N x C outputs, per position for N x T x C sequences);
-* ``min_cosine``: the least cosine similarity with FP32 of every output (maps, boxes).
+* ``min_cosine``: the least cosine similarity with FP32 of every output (maps, boxes); ``error_share``: the
+  share of its error (1 - cosine) the check images may show (1: all of it).
 
 Given none, ``default_budget`` picks one for the model's first output (never plain PTQ unless asked
 for by ``--max-drop none``): top-1 points for labelled classes, agreement for unlabelled classes
-and sequences, cosine for anything else.
+and sequences, cosine for anything else. The default cosine budget is checked with a margin (``MAP_ERROR_SHARE``): a
+mean over a few dozen check images is an estimate, and images it never saw scatter around it by about
+the budget's own slack (PP-OCRv4's detector: 0.9943 on 19 check pages, 0.9892 on 32 others).
 
 ``search`` starts from the plain PTQ model. It first measures the ceiling: no Q/DQ at all, the
 high-precision remainder as built (``remainder.py``); where even that misses the budget, no node set
@@ -22,8 +25,9 @@ model is quantized again, for real, without half that prefix, then (where it mis
 then twice as many: Q/DQ placement depends on what is excluded, so each candidate is a real PTQ graph with no
 orphan Q/DQ. Plain PTQ, the ranking, the prefix checks, the ceiling and at most three
 re-quantizations keep a whole search within about 5x one plain PTQ.
-The first candidate that meets the budget is kept; when none does, the error names the best reached
-and nothing is written. Where little of the work is left in INT8, the result says so.
+The first candidate that meets the budget is kept; when none does, the best is kept where it meets the
+budget without its margin, else the error names the best reached and nothing is written. Where little
+of the work is left in INT8, the result says so.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -53,6 +57,9 @@ RANKING_IMAGES = 8  # check images the ranking runs on (one run of the model per
 # Damage is ranked per MAC kept out, counting at least this share of the model's MACs for any node: taking
 # a node with no MACs (an Add, a pooling) out of INT8 costs no MACs but still splits INT8 runs.
 MAC_FLOOR = 0.0005
+# The default cosine budget holds where the check images show at most this share of the error it allows
+# (0.99: 0.995 on the check images), so that images the check never saw keep the budget too.
+MAP_ERROR_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class Budget:
     max_drop: float | None = None
     min_agreement: float | None = None
     min_cosine: float | None = None
+    error_share: float = 1.0
 
     def __post_init__(self):
         if self.max_drop is not None and not (self.max_drop >= 0 and math.isfinite(self.max_drop)):
@@ -78,6 +86,15 @@ class Budget:
                 f"--min-cosine must be a cosine from -1 to 1, got {self.min_cosine:g}",
                 fix="pass e.g. --min-cosine 0.99",
             )
+
+    @property
+    def checked_cosine(self) -> float | None:
+        """The mean cosine the check images must show: ``min_cosine`` with ``error_share`` of its error."""
+        return None if self.min_cosine is None else 1.0 - (1.0 - self.min_cosine) * self.error_share
+
+    def as_given(self) -> Budget:
+        """The budget without the check's margin: what a search that reaches no margin still keeps."""
+        return replace(self, error_share=1.0)
 
     @property
     def active(self) -> bool:
@@ -99,7 +116,7 @@ class Budget:
         if self.min_agreement is not None:
             short += max(0.0, self.min_agreement - figures["agreement"])
         if self.min_cosine is not None:
-            short += 100.0 * max(0.0, self.min_cosine - least_cosine(figures))
+            short += 100.0 * max(0.0, self.checked_cosine - least_cosine(figures))
         return short
 
     def met(self, figures: dict[str, Any]) -> bool:
@@ -112,11 +129,13 @@ class Budget:
         if self.min_agreement is not None:
             parts.append(f"at least {self.min_agreement:g}% argmax agreement with FP32")
         if self.min_cosine is not None:
-            parts.append(f"cosine at least {self.min_cosine:g} with FP32 on every output")
+            margin = f" ({self.checked_cosine:.4g} on the check images)" if self.error_share != 1.0 else ""
+            parts.append(f"cosine at least {self.min_cosine:g} with FP32 on every output{margin}")
         return " and ".join(parts)
 
     def record(self) -> dict[str, float | None]:
-        return {"max_drop": self.max_drop, "min_agreement": self.min_agreement, "min_cosine": self.min_cosine}
+        record = {"max_drop": self.max_drop, "min_agreement": self.min_agreement, "min_cosine": self.min_cosine}
+        return {**record, "checked_cosine": self.checked_cosine} if self.error_share != 1.0 else record
 
 
 def output_kind(shape: tuple[int, ...]) -> str:
@@ -132,7 +151,10 @@ def default_budget(kind: str, labelled: bool) -> tuple[Budget, str]:
         return Budget(max_drop=DEFAULT_MAX_DROP), "labelled classes"
     if kind in ("classes", "sequence"):
         return Budget(min_agreement=DEFAULT_MIN_AGREEMENT), f"{'unlabelled ' if kind == 'classes' else ''}{kind}"
-    return Budget(min_cosine=DEFAULT_MIN_COSINE), "outputs that are neither classes nor sequences"
+    return (
+        Budget(min_cosine=DEFAULT_MIN_COSINE, error_share=MAP_ERROR_SHARE),
+        "outputs that are neither classes nor sequences",
+    )
 
 
 def least_cosine(figures: dict[str, Any]) -> float:
@@ -205,7 +227,7 @@ def search(budget: Budget, trial: Trial, plain: Outcome, attempts: list[dict[str
     figures, row = trial.run(trial.ceiling(), ["*"], "ceiling", started)
     attempts.append({**row, "kept_nodes": []})
     say(f"  no Q/DQ at all (the high-precision remainder alone): {figures_text(figures)}")
-    if not budget.met(figures):
+    if not budget.as_given().met(figures):
         raise EdgepipeError(
             f"INT8 cannot meet the budget ({budget.text()}): with no Q/DQ at all the high-precision remainder alone "
             f"gives {figures_text(figures)}; nothing was written",
@@ -224,6 +246,11 @@ def search(budget: Budget, trial: Trial, plain: Outcome, attempts: list[dict[str
             if row["int8_share"] is not None and row["int8_share"] < LOW_INT8_SHARE:
                 say(f"  only {row['int8_share']:.1f}% of the MACs are left in INT8: --fp16 may serve as well")
             return best
+    if budget.as_given().met(best.figures):  # the margin out of reach: the best, which meets the budget as given
+        say(
+            f"  kept {len(best.kept_nodes)} node(s) out: {figures_text(best.figures)}, within the budget, not its margin"
+        )
+        return best
     shown = ", ".join(best.kept_nodes[:8]) + (" ..." if len(best.kept_nodes) > 8 else "")
     raise EdgepipeError(
         f"INT8 cannot meet the budget ({budget.text()}): the best reached was {figures_text(best.figures)} keeping "
