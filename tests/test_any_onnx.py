@@ -255,8 +255,8 @@ def test_build_engine_int8_of_a_dynamic_model_calibrated_at_the_images_size(tmp_
 
 
 def test_min_agreement_recovers_a_collapsed_text_recognizer(tmp_path, recognizer, capsys):
-    """Plain PTQ agrees with FP32 at under 20% of the positions; one node kept in higher precision brings it back
-    (without SmoothQuant, which would fix the outlier channels before any search)."""
+    """Plain PTQ (bias correction included) agrees with FP32 at under 25% of the positions; one node kept in higher
+    precision brings it back (without SmoothQuant, which would fix the outlier channels before any search)."""
     result = run(
         "quantize",
         recognizer,
@@ -272,7 +272,7 @@ def test_min_agreement_recovers_a_collapsed_text_recognizer(tmp_path, recognizer
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["attempts"][0]["how"] == "plain" and report["attempts"][0]["agreement"] < 20
+    assert report["attempts"][0]["how"] == "plain" and report["attempts"][0]["agreement"] < 25
     hows = [row["how"] for row in report["attempts"]]
     assert hows[:2] == ["plain", "ceiling"] and set(hows[2:]) == {"prefix check", "re-quantized"}
     assert 1 <= hows.count("re-quantized") <= 3 and report["attempts"][-1]["how"] == "re-quantized"

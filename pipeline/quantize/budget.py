@@ -22,8 +22,8 @@ images) per MAC that keeping it out of INT8 costs. How many ranked nodes to keep
 cheaply: the plain model with a prefix's Q/DQ taken off (``sensitivity.without``), checked against
 the budget at 1, 2, 4, ... nodes, then halved down to the shortest prefix that meets it. Then the
 model is quantized again, for real, without half that prefix, then (where it misses) the prefix,
-then twice as many: Q/DQ placement depends on what is excluded, so each candidate is a real PTQ graph with no
-orphan Q/DQ. Plain PTQ, the ranking, the prefix checks, the ceiling and at most three
+one and a half times it, then twice as many: Q/DQ placement depends on what is excluded, so each candidate is a real PTQ graph with no
+orphan Q/DQ. Plain PTQ, the ranking, the prefix checks, the ceiling and at most four
 re-quantizations keep a whole search within about 5x one plain PTQ.
 The first candidate that meets the budget is kept; when none does, the best is kept where it meets the
 budget without its margin, else the error names the best reached and nothing is written. Where little
@@ -50,7 +50,7 @@ from pipeline.quantize.sensitivity import rank_alone, without
 # Candidates exclude these multiples of the shortest ranked prefix whose Q/DQ-free check meets the budget,
 # smallest first (with bias correction the check is pessimistic: taking a node's Q/DQ off loses the balance
 # the correction found): each is one PTQ, so that a whole search stays within 5x one plain PTQ.
-PREFIX_GROWTH = (0.5, 1, 2)
+PREFIX_GROWTH = (0.5, 1, 1.5, 2)
 # Below this share of the MACs in INT8 the result says that FP16 may serve as well.
 LOW_INT8_SHARE = 50.0
 RANKING_IMAGES = 8  # check images the ranking runs on (one run of the model per quantized node)

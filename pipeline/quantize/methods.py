@@ -4,9 +4,11 @@
 and builds a PTQ model for each of ``ranges.AUTO_CANDIDATES`` with those ranges injected through
 ModelOpt's calibration cache: no calibration pass more. Each is checked against FP32 on the check
 images; the best (closest to the budget, then top-1 where labelled, else agreement, then cosine)
-is kept, then bias correction (``bias.py``) is tried on it and kept where it does better. A named
-method builds that one (``entropy``: ModelOpt's own calibrator); bias correction then is asked for
-by ``--bias-correction``. Where the model has LayerNorm -> MatMul/Gemm, SmoothQuant
+is kept, then bias correction is tried on it both ways (``bias.py``: each Conv/Gemm's own error;
+``linear_bias.py``, where the model has MatMul + bias Add: linear layers in order, each taking back
+the shift quantization upstream leaves) and the better kept where it does better. A named method
+builds that one (``entropy``: ModelOpt's own calibrator); bias correction (the better way) then is
+asked for by ``--bias-correction``. Where the model has LayerNorm -> MatMul/Gemm, SmoothQuant
 (``smoothquant.py``, maxima from the same pass) is tried on the kept one the same way (auto: kept
 where it does better; ``--smoothquant``: always; ``--no-smoothquant``: never), built from the
 rewritten FP32 graph, whose ranges differ from the pass's only on the rewritten tensors (one plain
@@ -34,6 +36,7 @@ from pipeline.onnxinfo import run_onnxruntime
 from pipeline.progress import info as say
 from pipeline.quantize.bias import correct_bias
 from pipeline.quantize.graph import int8_share
+from pipeline.quantize.linear_bias import correct_linear_biases, linear_sites
 from pipeline.quantize.ranges import (
     AUTO,
     AUTO_CANDIDATES,
@@ -47,7 +50,9 @@ from pipeline.quantize.ranges import (
 )
 from pipeline.quantize.smoothquant import ALPHA, TOLERANCE, find_sites, smooth
 
-BIAS = "+bias"  # the suffix of a bias-corrected candidate's name
+BIAS = "+bias"  # the suffix of a bias-corrected candidate's name (each Conv/Gemm's own error, ``bias.py``)
+LINEAR_BIAS = "+linear-bias"  # linear layers' biases corrected in order (``linear_bias.py``)
+CORRECTIONS = {BIAS: correct_bias, LINEAR_BIAS: correct_linear_biases}
 SMOOTH = "+smoothquant"  # the suffix of a candidate built from the SmoothQuant-rewritten graph
 PROOF_IMAGES = 8  # calibration images the SmoothQuant rewrite is proven unchanged on
 # Ops whose output range ONNX Runtime fixes (Softmax: [0, 1]); ModelOpt's calibrators keep it so.
@@ -111,11 +116,11 @@ def choose(method: Method, bias_correction: bool | None, nodes: list[str], on: C
         kept = _with_smoothquant(kept, sites, nodes, histograms, on, tried)
     if len(tried) > 1:
         say("INT8 methods tried: " + "; ".join(_text(row) for row in tried) + f"; kept {kept.name}")
-    ranges_of = parse_method(kept.name.removesuffix(SMOOTH).removesuffix(BIAS))
+    ranges_of = parse_method(kept.name.removesuffix(SMOOTH).removesuffix(kept.correction))
 
     def rebuild(excluded: list[str]) -> onnx.ModelProto:
         again = _build(ranges_of, [*nodes, *excluded], histograms, on, kept.fp32, kept.smoothed)
-        return correct_bias(kept.fp32, again, on.calib_x) if kept.corrected else again
+        return kept.corrected(again)
 
     return Chosen(kept.model, kept.figures, kept.name, tried, seconds, rebuild, kept.fp32)
 
@@ -128,8 +133,15 @@ class _Kept:
     figures: dict[str, Any]
     name: str
     fp32: onnx.ModelProto  # the graph it quantizes (SmoothQuant's rewrite, or the source's)
-    corrected: bool = False
+    correction: str = ""  # the suffix of the bias correction applied (``CORRECTIONS``), "" for none
     smoothed: dict | None = None  # the SmoothQuant rewrite's own histograms of the tensors it changed
+    calib_x: np.ndarray | None = None  # the images a bias correction measures on
+
+    def corrected(self, model: onnx.ModelProto, fp32: onnx.ModelProto | None = None) -> onnx.ModelProto:
+        """``model`` (quantized from ``fp32``, None: this one's graph) with this one's bias correction, if any."""
+        if not self.correction:
+            return model
+        return CORRECTIONS[self.correction](self.fp32 if fp32 is None else fp32, model, self.calib_x)
 
 
 def _best_method(names: list[str], nodes: list[str], histograms, on: Candidates, tried: list) -> _Kept:
@@ -145,14 +157,19 @@ def _best_method(names: list[str], nodes: list[str], histograms, on: Candidates,
 
 
 def _with_bias(kept: _Kept, asked: bool, on: Candidates, tried: list) -> _Kept:
-    """``kept`` bias-corrected: kept where asked, or where it does better."""
-    started = time.perf_counter()
-    model = correct_bias(kept.fp32, kept.model, on.calib_x)
-    figures = on.measure(model.SerializeToString())
-    tried.append(_row(kept.name + BIAS, model, figures, started, on.macs))
-    if asked or on.rank(figures) > on.rank(kept.figures):
-        return _Kept(model, figures, kept.name + BIAS, kept.fp32, True)
-    return kept
+    """``kept`` bias-corrected each way (``CORRECTIONS``; linear layers' only where the model has them): the best
+    kept where asked, or where it does better."""
+    corrected = []
+    for suffix, correct in CORRECTIONS.items():
+        if suffix == LINEAR_BIAS and not linear_sites(kept.model, kept.fp32):
+            continue
+        started = time.perf_counter()
+        model = correct(kept.fp32, kept.model, on.calib_x)
+        figures = on.measure(model.SerializeToString())
+        tried.append(_row(kept.name + suffix, model, figures, started, on.macs))
+        corrected.append(_Kept(model, figures, kept.name + suffix, kept.fp32, suffix, calib_x=on.calib_x))
+    best = max(corrected, key=lambda one: on.rank(one.figures))
+    return best if asked or on.rank(best.figures) > on.rank(kept.figures) else kept
 
 
 def _with_smoothquant(kept: _Kept, sites, nodes: list[str], histograms, on: Candidates, tried: list) -> _Kept:
@@ -162,13 +179,12 @@ def _with_smoothquant(kept: _Kept, sites, nodes: list[str], histograms, on: Cand
     if smoothed is None:
         return kept
     fp32, ranges = smoothed
-    method = parse_method(kept.name.removesuffix(BIAS))
-    model = _build(method, nodes, histograms, on, fp32, ranges)
-    model = correct_bias(fp32, model, on.calib_x) if kept.corrected else model
+    method = parse_method(kept.name.removesuffix(kept.correction))
+    model = kept.corrected(_build(method, nodes, histograms, on, fp32, ranges), fp32)
     figures = on.measure(model.SerializeToString())
     tried.append({**_row(kept.name + SMOOTH, model, figures, started, on.macs), "smoothquant": ranges["record"]})
     if on.smoothquant or on.rank(figures) > on.rank(kept.figures):
-        return _Kept(model, figures, kept.name + SMOOTH, fp32, kept.corrected, ranges)
+        return _Kept(model, figures, kept.name + SMOOTH, fp32, kept.correction, ranges, kept.calib_x)
     return kept
 
 
