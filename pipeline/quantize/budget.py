@@ -22,9 +22,9 @@ images) per MAC that keeping it out of INT8 costs. How many ranked nodes to keep
 cheaply: the plain model with a prefix's Q/DQ taken off (``sensitivity.without``), checked against
 the budget at 1, 2, 4, ... nodes, then halved down to the shortest prefix that meets it. Then the
 model is quantized again, for real, without half that prefix, then (where it misses) the prefix,
-one and a half times it, then twice as many: Q/DQ placement depends on what is excluded, so each candidate is a real PTQ graph with no
-orphan Q/DQ. Plain PTQ, the ranking, the prefix checks, the ceiling and at most four
-re-quantizations keep a whole search within about 5x one plain PTQ.
+one and a half times it, then twice as many: Q/DQ placement depends on what is excluded, so each
+candidate is a real PTQ graph with no orphan Q/DQ. Plain PTQ, the ranking, the prefix checks, the
+ceiling and at most four re-quantizations keep a whole search within about 5x one plain PTQ.
 The first candidate that meets the budget is kept; when none does, the best is kept where it meets the
 budget without its margin, else the error names the best reached and nothing is written. Where little
 of the work is left in INT8, the result says so.
