@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import atomic_output, check_output, write_text_atomic
-from pipeline.progress import cell
+from pipeline.tables import cell
 
 
 def write_report(

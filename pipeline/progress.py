@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -29,11 +28,6 @@ out = Console(highlight=False, markup=False)
 def info(text: str, style: str | None = None) -> None:
     """Print ``text`` on stderr exactly as it is, in a Rich ``style`` if given ("bold", "dim", "red", "yellow" ...)."""
     console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
-
-
-def cell(value: Any, spec: str) -> str:
-    """A figure of a human or Markdown table: ``value`` formatted by ``spec``, blank where it was not measured."""
-    return "" if value is None else format(value, spec)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from pipeline import __version__
 from pipeline.artifacts import write_json_atomic, write_text_atomic
 from pipeline.check import REPORT_FORMAT
 from pipeline.machine import host
-from pipeline.progress import cell
+from pipeline.tables import cell
 
 FORMATS = {"pytorch": "PyTorch", "onnx": "ONNX", "engine": "TensorRT"}
 

@@ -23,7 +23,7 @@ from pipeline.errors import EdgepipeError
 from pipeline.inputsize import FORMAT as INPUT_SIZE_FORMAT
 from pipeline.inputsize import InputSize
 from pipeline.precision import Precision, parse_list
-from pipeline.progress import cell
+from pipeline.tables import cell
 
 # --- parsers: flag text -> value, or one EdgepipeError naming the flag ----------------------------------
 

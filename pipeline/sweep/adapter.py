@@ -33,9 +33,10 @@ from pipeline.errors import EdgepipeError
 from pipeline.images import PreprocessFlags
 from pipeline.precision import ALL as PRECISIONS
 from pipeline.precision import Precision, parse_list
-from pipeline.progress import cell, info
+from pipeline.progress import info
 from pipeline.report import latency
 from pipeline.report import write as write_report
+from pipeline.tables import cell
 from pipeline.tensorrt.backend import TENSORRT, TENSORRT_RTX, get_backend, installed_backends
 
 DIGITS = images.DIGITS  # the bundled data's name, which a models file may give as data
