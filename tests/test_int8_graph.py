@@ -13,7 +13,9 @@ from torch import nn
 from pipeline import quantize
 from pipeline.errors import EdgepipeError
 from pipeline.onnxinfo import run_onnxruntime
+from pipeline.quantize.depthwise import depthwise_convs
 from pipeline.quantize.fusion import fusion_exclusions
+from pipeline.quantize.graph import quantized_nodes
 from pipeline.quantize.prepare import check_quantizable, clean_up
 from pipeline.quantize.remainder import build, underflowing_qdq
 
@@ -159,3 +161,13 @@ def test_int8_of_a_mobilenet_block_reaches_every_conv_and_leaves_nothing_behind(
     assert (
         result["attempts"][0]["how"] == "plain" and result["attempts"][0]["int8_share"] == result["macs"]["int8_share"]
     )
+
+
+def test_a_depthwise_conv_kept_out_by_name_leaves_the_convs_around_it_in_int8(mobile, tmp_path):
+    (depthwise,) = depthwise_convs(onnx.load(str(mobile[0])))
+    result = quantize.to_int8(mobile[0], tmp_path / "m.int8.onnx", calib=str(mobile[1]), exclude_nodes=[depthwise])
+    model = onnx.load(result["onnx"])
+    quantize.check_tensorrt_qdq_rules(model)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    assert set(quantized_nodes(model)) & set(convs) == set(convs) - {depthwise}  # fed its FP32 input after PTQ
+    assert {row["node"]: row["why"] for row in result["macs"]["out_of_int8"]}[depthwise] == "--exclude-node"

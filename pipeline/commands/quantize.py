@@ -25,6 +25,7 @@ from pipeline.defaults import (
     DEFAULT_MIN_AGREEMENT,
     DEFAULT_MIN_COSINE,
     HIGH_PRECISIONS,
+    MAP_ERROR_SHARE,
 )
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
@@ -125,7 +126,9 @@ def bounded(flag: str, what: str, low: float, high: float, example: str, unit: s
     help="INT8 accuracy budget for outputs that are neither classes nor sequences (maps, boxes): the least cosine "
     f"with FP32 of every output. Given no budget, INT8 keeps --max-drop {DEFAULT_MAX_DROP:g} for labelled classes, "
     f"--min-agreement {DEFAULT_MIN_AGREEMENT:g} for unlabelled classes and sequences, --min-cosine "
-    f"{DEFAULT_MIN_COSINE:g} for the rest; --max-drop none: plain PTQ.",
+    f"{DEFAULT_MIN_COSINE:g} for the rest (held at {1 - (1 - DEFAULT_MIN_COSINE) * MAP_ERROR_SHARE:g} on the check "
+    "images, so that images they do not show hold it too; a --min-cosine given is checked as given); --max-drop none: "
+    "plain PTQ.",
 )
 @input_size_option(
     help="Size to convert and check a model with dynamic height and width at: HxW, or CxHxW to also check its channels "

@@ -9,7 +9,8 @@ this stage rewrites the graph, for edgepipe's own exports and for any single-ima
   the ops that overflow or lose accuracy in FP16 (reductions, softmax, normalization,
   exp/pow/sqrt) in FP32.
 * INT8 (``int8.py``): ModelOpt post-training quantization inserts QuantizeLinear/DequantizeLinear
-  pairs whose scales come from calibration images (``calib.py``; never random data). Attention
+  pairs whose scales come from calibration images (``calib.py``; never random data), and edgepipe
+  quantizes the MatMuls its placement leaves out (``linear_cover.py``). Attention
   gates (Sigmoid, Softmax) stay in higher precision. With an accuracy budget (``budget.py``:
   --max-drop, --min-agreement) the nodes whose quantization hurts most (``sensitivity.py``) are
   kept in higher precision until it holds; ``graph.py`` says what share of the MACs runs in INT8.

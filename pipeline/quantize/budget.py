@@ -21,9 +21,10 @@ does to the outputs when it alone is quantized (``sensitivity.rank_alone``, on R
 images) per MAC that keeping it out of INT8 costs. How many ranked nodes to keep out is found
 cheaply: the plain model with a prefix's Q/DQ taken off (``sensitivity.without``), checked against
 the budget at 1, 2, 4, ... nodes, then halved down to the shortest prefix that meets it. Then the
-model is quantized again, for real, without half that prefix, then (where it misses) the prefix,
-one and a half times it, then twice as many: Q/DQ placement depends on what is excluded, so each
-candidate is a real PTQ graph with no orphan Q/DQ. Plain PTQ, the ranking, the prefix checks, the
+model is quantized again, for real, without half that prefix, then (where it misses) the prefix, one
+and a half times it, then twice as many, each passing over the nodes that would take it past the same
+multiple of the prefix's MACs (a big Conv ranked next is left in INT8 for smaller nodes after it). Q/DQ placement depends on
+what is excluded, so each candidate is a real PTQ graph with no orphan Q/DQ. Plain PTQ, the ranking, the prefix checks, the
 ceiling and at most four re-quantizations keep a whole search within about 5x one plain PTQ.
 The first candidate that meets the budget is kept; when none does, the best is kept where it meets the
 budget without its margin, else the error names the best reached and nothing is written. Where little
@@ -41,15 +42,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_COSINE
+from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_COSINE, MAP_ERROR_SHARE
 from pipeline.errors import EdgepipeError
 from pipeline.progress import info as say
 from pipeline.quantize.graph import int8_share
 from pipeline.quantize.sensitivity import rank_alone, without
 
-# Candidates exclude these multiples of the shortest ranked prefix whose Q/DQ-free check meets the budget,
-# smallest first (with bias correction the check is pessimistic: taking a node's Q/DQ off loses the balance
-# the correction found): each is one PTQ, so that a whole search stays within 5x one plain PTQ.
+# Candidates keep these multiples of the MACs of the shortest ranked prefix whose Q/DQ-free check meets the budget
+# out of INT8, smallest first (with bias correction the check is pessimistic: taking a node's Q/DQ off loses the
+# balance the correction found): each is one PTQ, so that a whole search stays within 5x one plain PTQ.
 PREFIX_GROWTH = (0.5, 1, 1.5, 2)
 # Below this share of the MACs in INT8 the result says that FP16 may serve as well.
 LOW_INT8_SHARE = 50.0
@@ -57,9 +58,6 @@ RANKING_IMAGES = 8  # check images the ranking runs on (one run of the model per
 # Damage is ranked per MAC kept out, counting at least this share of the model's MACs for any node: taking
 # a node with no MACs (an Add, a pooling) out of INT8 costs no MACs but still splits INT8 runs.
 MAC_FLOOR = 0.0005
-# The default cosine budget holds where the check images show at most this share of the error it allows
-# (0.99: 0.995 on the check images), so that images the check never saw keep the budget too.
-MAP_ERROR_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -261,7 +259,8 @@ def search(budget: Budget, trial: Trial, plain: Outcome, attempts: list[dict[str
 
 def _candidates(budget: Budget, trial: Trial, plain: onnx.ModelProto, attempts: list) -> list[list[str]]:
     """Node sets to exclude: ranked by damage alone per MAC kept out, the shortest prefix whose Q/DQ-free check meets
-    the budget and ``PREFIX_GROWTH`` multiples of it (the whole ranking where no prefix meets it)."""
+    the budget (the whole ranking where none does) and, for each of ``PREFIX_GROWTH``, that multiple of its length
+    with the nodes that would take the set past that multiple of its MACs passed over."""
     started = time.perf_counter()
     scores = [
         (name, score)
@@ -277,8 +276,17 @@ def _candidates(budget: Budget, trial: Trial, plain: onnx.ModelProto, attempts: 
     if not order:
         return []
     shortest = _shortest_prefix(budget, trial, plain, order, attempts)
-    sizes = dict.fromkeys(min(max(int(shortest * growth), 1), len(order)) for growth in PREFIX_GROWTH)
-    return [order[:size] for size in sizes if size > 0]
+    cost = {name: max(macs.get(name, 0), floor) for name in order}
+    spent = sum(cost[name] for name in order[:shortest])
+    candidates: dict[tuple[str, ...], None] = {}
+    for growth in PREFIX_GROWTH:
+        allowance, chosen = spent * growth, []
+        for name in order[: min(max(int(shortest * growth), 1), len(order))]:  # one too big is passed over
+            if cost[name] <= allowance * (1 + 1e-9):
+                chosen.append(name)
+                allowance -= cost[name]
+        candidates.setdefault(tuple(chosen or order[:1]))
+    return [list(chosen) for chosen in candidates]
 
 
 def _shortest_prefix(budget: Budget, trial: Trial, plain: onnx.ModelProto, order: list[str], attempts: list) -> int:

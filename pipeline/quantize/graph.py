@@ -1,7 +1,9 @@
 """What runs in INT8 in a Q/DQ model, how much of the work that is, and taking nodes back out of it.
 
 * ``count_macs``: multiply-accumulates of every Conv, ConvTranspose, MatMul and Gemm of the FP32
-  model for one sample at a fixed input shape, from onnx shape inference.
+  model for one sample at a fixed input shape, from onnx shape inference (and, for the nodes whose
+  shapes it cannot follow, such as a MatMul behind a Reshape computed from Shape ops, from one
+  ONNX Runtime run on zeros).
 * ``quantized_nodes`` / ``int8_share``: a compute node runs in INT8 when its data inputs (input and
   weight) both come through DequantizeLinear (a DequantizeLinear kept FP32 reaches an FP16 node
   through a Cast); the share is those nodes' MACs over all MACs.
@@ -18,6 +20,7 @@ import numpy as np
 import onnx
 
 from pipeline.errors import EdgepipeError
+from pipeline.onnxinfo import cpu_session
 from pipeline.precision import QDQ_OPS
 
 MAC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -40,8 +43,8 @@ PASS_THROUGH_OPS = set(QDQ_OPS) | {
 def count_macs(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[str, int]:
     """MACs of each Conv/ConvTranspose/MatMul/Gemm node (by name) for one input of ``input_shape``.
 
-    ``input_shape`` is the full input shape, batch included (use batch 1). Nodes whose shapes
-    shape inference cannot tell are left out.
+    ``input_shape`` is the full input shape, batch included (use batch 1). Shapes that inference cannot
+    tell are measured by one ONNX Runtime run on zeros (single-input models); nodes still unknown are left out.
     """
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
@@ -62,14 +65,35 @@ def count_macs(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[str
         v.name: _static_shape(v) for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
     }
     shapes.update({init.name: tuple(init.dims) for init in inferred.graph.initializer})
+    counted = [node for node in inferred.graph.node if node.op_type in MAC_OPS and node.name]
+    unknown = [name for node in counted for name in (*node.input[:2], node.output[0]) if shapes.get(name) is None]
+    if unknown:
+        shapes.update(_measured_shapes(fixed, image, unknown))
     macs = {}
-    for node in inferred.graph.node:
-        if node.op_type not in MAC_OPS or not node.name:
-            continue
+    for node in counted:
         value = _node_macs(node, shapes)
         if value is not None:
             macs[node.name] = value
     return macs
+
+
+def _measured_shapes(model: onnx.ModelProto, image: onnx.ValueInfoProto, names: list[str]) -> dict[str, tuple]:
+    """The shapes of tensors ``names`` in one ONNX Runtime run of ``model`` on zeros (empty where it cannot run)."""
+    initializers = {init.name for init in model.graph.initializer}
+    if len([i for i in model.graph.input if i.name not in initializers]) != 1:
+        return {}
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    wanted = list(dict.fromkeys(n for n in names if n and n not in initializers))
+    exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n not in present)
+    dims = tuple(d.dim_value for d in image.type.tensor_type.shape.dim)
+    zeros = np.zeros(dims, onnx.helper.tensor_dtype_to_np_dtype(image.type.tensor_type.elem_type))
+    try:
+        values = cpu_session(exposed.SerializeToString(), every_tensor=True).run(wanted, {image.name: zeros})
+    except Exception:  # ORT raises its own types for graphs it cannot run: the nodes stay uncounted
+        return {}
+    return {name: tuple(value.shape) for name, value in zip(wanted, values)}
 
 
 def quantized_nodes(model: onnx.ModelProto) -> list[str]:

@@ -40,14 +40,15 @@ from pipeline.quantize.compare import (
 )
 from pipeline.quantize.coverage import coverage
 from pipeline.quantize.depthwise import WHY as DEPTHWISE_WHY
-from pipeline.quantize.depthwise import depthwise_first
+from pipeline.quantize.depthwise import depthwise_convs, depthwise_first
 from pipeline.quantize.fusion import fusion_exclusions
 from pipeline.quantize.graph import count_macs, keep_in_high_precision
+from pipeline.quantize.linear_cover import cover_linear_layers
 from pipeline.quantize.methods import Candidates, choose, exact_names
 from pipeline.quantize.modelopt_log import last_line, modelopt_error, quiet_modelopt
 from pipeline.quantize.prepare import check_names, check_quantizable, clean_up
 from pipeline.quantize.qdq_rules import check_tensorrt_qdq_rules
-from pipeline.quantize.ranges import METHOD_NAMES, constants_as_initializers, parse_method
+from pipeline.quantize.ranges import METHOD_NAMES, constants_as_initializers, parse_method, write_cache
 from pipeline.quantize.remainder import build as build_remainder
 from pipeline.quantize.remainder import ceiling
 from pipeline.quantize.source import Fp32Source, carry_metadata, check_paths, open_fp32
@@ -222,7 +223,8 @@ def _quantized(
     budget it misses) the search that re-quantizes with the same ranges."""
     source.fp32, cleaned = clean_up(source.fp32, calib.x[: source.info.batch or CLEAN_UP_PROOF_IMAGES])
     fused = fusion_exclusions(source.fp32, settings.excluded_ops())
-    quantizer, macs = _Int8Quantizer(source, calib.x, settings, list(fused)), _macs_per_node(source)
+    macs = _macs_per_node(source)
+    quantizer = _Int8Quantizer(source, calib.x, settings, list(fused), macs)
     on = Candidates(
         source.fp32, calib.x, quantizer.run, comparison.measure, budget.shortfall, macs, settings.smoothquant
     )
@@ -264,25 +266,30 @@ class _Int8Quantizer:
     quantized the way --fp16 does. ``fused`` nodes (``fusion.py``) are always excluded.
     """
 
-    def __init__(self, source: Fp32Source, images: np.ndarray, settings: Int8Settings, fused: list[str]):
-        self.source, self.images, self.settings, self.fused = source, images, settings, fused
+    def __init__(self, source: Fp32Source, images: np.ndarray, settings: Int8Settings, fused: list[str], macs=None):
+        self.source, self.images, self.settings, self.fused, self.macs = source, images, settings, fused, macs
         self.kept_out: list[str] = []  # nodes every build feeds unquantized inputs after PTQ (``depthwise.py``)
 
     def keep_out(self, names: list[str]) -> None:
         self.kept_out = list(names)
 
-    def run(self, nodes_to_exclude: list[str], cache: Path | None = None, fp32=None) -> onnx.ModelProto:
-        """ModelOpt's PTQ of ``fp32`` (None: the source's graph); with ``cache`` (ranges edgepipe chose) its scales
-        replace the calibrated ones, so a few images calibrate (ModelOpt still runs its calibrator), method ``max``."""
+    def run(self, nodes_to_exclude: list[str], amaxes: dict[str, float] | None = None, fp32=None) -> onnx.ModelProto:
+        """ModelOpt's PTQ of ``fp32`` (None: the source's graph); with ``amaxes`` (ranges edgepipe chose, by tensor) their
+        scales replace the calibrated ones, so a few images calibrate (ModelOpt still runs its calibrator), method
+        ``max``, and the MatMuls its placement leaves out are quantized at them too (``linear_cover.py``)."""
         from modelopt.onnx.quantization import quantize  # ModelOpt takes seconds to import: only conversions pay
 
         few = self.images[: max(CACHE_IMAGES, self.source.info.batch or 1)]
-        images, method = (self.images, self.settings.method) if cache is None else (few, "max")
-        excluded = exact_names([*self.settings.exclude_nodes, *self.fused, *nodes_to_exclude])
+        images, method = (self.images, self.settings.method) if amaxes is None else (few, "max")
+        model = self.source.fp32 if fp32 is None else fp32
+        depthwise = set(depthwise_convs(model))  # fed unquantized inputs after PTQ: see ``depthwise.py``
+        named = [*self.settings.exclude_nodes, *nodes_to_exclude]
+        after = [name for name in named if name in depthwise]
+        excluded = exact_names([*self.fused, *(name for name in named if name not in depthwise)])
         with tempfile.TemporaryDirectory(prefix="edgepipe-int8-") as folder, contextlib.chdir(folder):
             source = Path(folder) / "model.onnx"  # ModelOpt writes intermediate files beside its input
-            model = self.source.fp32 if fp32 is None else fp32
-            onnx.save(constants_as_initializers(model) if cache is not None else model, str(source))
+            onnx.save(constants_as_initializers(model) if amaxes is not None else model, str(source))
+            cache = None if amaxes is None else write_cache(Path(folder) / "ranges.cache", amaxes)
             target = Path(folder) / "model.int8.onnx"
             with quiet_modelopt() as log:
                 try:
@@ -308,9 +315,14 @@ class _Int8Quantizer:
                         fix="pass an FP32 ONNX model; exclude the failing op with --exclude-op",
                     )
             quantized = onnx.load(str(target))
+        if amaxes is not None and "MatMul" not in self.settings.excluded_ops():
+            kept = {*named, *self.fused, *self.kept_out}
+            quantized, _ = cover_linear_layers(quantized, amaxes, kept, self.macs)
         present = {node.name for node in quantized.graph.node}
         # a tensor quantized for one reader is quantized for all: the fused nodes read it unquantized again
-        quantized = keep_in_high_precision(quantized, [n for n in [*self.fused, *self.kept_out] if n in present])
+        quantized = keep_in_high_precision(
+            quantized, [n for n in [*self.fused, *self.kept_out, *after] if n in present]
+        )
         return build_remainder(quantized, self.settings.high_precision)
 
     def ceiling(self) -> onnx.ModelProto:

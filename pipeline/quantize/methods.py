@@ -20,11 +20,9 @@ SmoothQuant what it rewrote).
 from __future__ import annotations
 
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,7 +44,6 @@ from pipeline.quantize.ranges import (
     parse_method,
     ranges_for,
     too_few_values,
-    write_cache,
 )
 from pipeline.quantize.smoothquant import ALPHA, TOLERANCE, find_sites, smooth
 
@@ -73,13 +70,13 @@ class Chosen:
 
 @dataclass
 class Candidates:
-    """What building and checking a candidate needs: ``build(nodes, cache, fp32)`` runs ModelOpt (on ``fp32``, None:
+    """What building and checking a candidate needs: ``build(nodes, amaxes, fp32)`` runs ModelOpt (on ``fp32``, None:
     the source's graph), ``measure`` checks, ``shortfall`` says how far figures are from the budget (0: met);
     ``smoothquant``: None tries it (auto), True always, False never."""
 
     fp32: onnx.ModelProto
     calib_x: np.ndarray
-    build: Callable[[list[str], Path | None, onnx.ModelProto | None], onnx.ModelProto]
+    build: Callable[[list[str], dict[str, float] | None, onnx.ModelProto | None], onnx.ModelProto]
     measure: Callable[[bytes], dict[str, Any]]
     shortfall: Callable[[dict[str, Any]], float]
     macs: dict[str, int] | None = None
@@ -230,8 +227,7 @@ def _build(method: Method, nodes: list[str], histograms, on: Candidates, fp32=No
     if smoothed is not None:
         amaxes.update(ranges_for(smoothed["histograms"], method))
     amaxes.update(fixed_ranges(on.fp32, amaxes))
-    with tempfile.TemporaryDirectory(prefix="edgepipe-ranges-") as folder:
-        return on.build(nodes, write_cache(Path(folder) / "ranges.cache", amaxes), fp32)
+    return on.build(nodes, amaxes, fp32)
 
 
 def fixed_ranges(model: onnx.ModelProto, amaxes: dict[str, float]) -> dict[str, float]:
