@@ -115,12 +115,10 @@ DATA_HELP = (
 
 
 def force_option(help: str = "Overwrite an existing output file.") -> Callable:
-    """``--force``; ``@force_option()`` or, with another meaning, ``@force_option(help=...)``."""
     return click.option("--force", is_flag=True, help=help)
 
 
 def data_option(default: str | None = None, help: str = DATA_HELP) -> Callable:
-    """``--data digits|DIR|FILE.npz``; ``@data_option()`` or ``@data_option(default=..., help=...)``."""
     return click.option(
         "--data", default=default, show_default=default is not None, metavar="digits|DIR|FILE.npz", help=help
     )
@@ -210,7 +208,6 @@ def input_size_option(
     return click.option(
         "--input-size",
         "input_size",
-        default=None,
         metavar=INPUT_SIZE_FORMAT,
         callback=lambda ctx, param, value: None if value is None else InputSize.parse(value),
         help=help,

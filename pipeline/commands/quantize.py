@@ -63,7 +63,6 @@ def bounded(flag: str, what: str, low: float, high: float, example: str, unit: s
 )
 @click.option(
     "--calib",
-    default=None,
     metavar="CALIB.npz|DIR",
     help="Calibration images: a set from 'edgepipe calibrate', a folder of images or an .npz with pixels x (read through "
     "the model's preprocessing), or an .npz with model inputs (fed as they are; y optional). "
@@ -110,7 +109,6 @@ def bounded(flag: str, what: str, low: float, high: float, example: str, unit: s
 @click.option(
     "--min-agreement",
     "min_agreement",
-    default=None,
     metavar="PCT",
     callback=bounded("--min-agreement", "a percentage", 0, 100, "99", unit="%"),
     help="INT8 accuracy budget without labels: the least argmax agreement with FP32 in percent (per position for sequence outputs); "
@@ -119,7 +117,6 @@ def bounded(flag: str, what: str, low: float, high: float, example: str, unit: s
 @click.option(
     "--min-cosine",
     "min_cosine",
-    default=None,
     metavar="COS",
     callback=bounded("--min-cosine", "a cosine", -1, 1, "0.99"),
     help="INT8 accuracy budget for outputs that are neither classes nor sequences (maps, boxes): the least cosine "
@@ -140,7 +137,6 @@ def bounded(flag: str, what: str, low: float, high: float, example: str, unit: s
 @preprocess_options
 @click.option(
     "--qat",
-    default=None,
     type=click.IntRange(min=1),
     metavar="EPOCHS",
     help="With --int8: quantization-aware training instead of PTQ alone: ModelOpt's PyTorch INT8 quantization, "
@@ -149,7 +145,6 @@ def bounded(flag: str, what: str, low: float, high: float, example: str, unit: s
 )
 @click.option(
     "--checkpoint",
-    default=None,
     type=click.Path(dir_okay=False),
     metavar="CKPT|WEIGHTS",
     help="For --qat: the checkpoint or weights file MODEL.onnx was exported from (its sha256 is recorded in the ONNX).",

@@ -24,7 +24,6 @@ from pipeline.progress import out
     "--reference",
     "--checkpoint",
     "reference",
-    default=None,
     metavar="CKPT|MODEL.onnx|WEIGHTS",
     help="The FP32 model every artifact is compared with: the PyTorch checkpoint, an FP32 .onnx on ONNX Runtime "
     "(any single-image-input ONNX), or your model's weights file with --model. Default: the first FP32 .onnx among the artifacts.",
