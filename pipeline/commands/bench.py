@@ -155,9 +155,7 @@ def _print_table(result) -> None:
         title=f"Latency (ms) on {result['device']}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
     )
     for column in ("artifact", "runtime", "prec", "batch", "status", *figures):
-        table.add_column(
-            column, justify="left" if column in ("artifact", "runtime", "prec", "status") else "right", overflow="fold"
-        )
+        table.add_column(column, justify="right" if column == "batch" or column in figures else "left", overflow="fold")
     reasons = {}
     for r in rows:
         name = Path(r["artifact"]).name

@@ -7,6 +7,7 @@ import click
 from pipeline.commands.options import (
     EdgepipeCommand,
     as_number,
+    callback,
     check_folder_flags,
     data_option,
     emit,
@@ -33,20 +34,14 @@ from pipeline.progress import out
 SMOOTHQUANT_HELP = "SmoothQuant: LayerNorm outlier channels moved into the MatMul weights (default: kept where better)."
 
 
-def bounded(flag: str, what: str, low: float, high: float, example: str, unit: str = ""):
-    """A Click callback: the flag's number (``unit`` after it allowed) from ``low`` to ``high``; None without the flag."""
-
-    def parse(ctx: click.Context, param: click.Parameter, text: str | None) -> float | None:
-        if text is None:
-            return None
-        value = as_number(str(text).strip().rstrip(unit))
-        if not low <= value <= high:
-            raise EdgepipeError(
-                f"{flag} {text!r} is not {what} from {low:g} to {high:g}", fix=f"pass e.g. {flag} {example}"
-            )
-        return value
-
-    return parse
+def bounded(text: str, flag: str, what: str, low: float, high: float, example: str, unit: str = "") -> float:
+    """The flag's number (``unit`` after it allowed) from ``low`` to ``high``."""
+    value = as_number(str(text).strip().rstrip(unit))
+    if not low <= value <= high:
+        raise EdgepipeError(
+            f"{flag} {text!r} is not {what} from {low:g} to {high:g}", fix=f"pass e.g. {flag} {example}"
+        )
+    return value
 
 
 @click.command("quantize", cls=EdgepipeCommand)
@@ -110,7 +105,7 @@ def bounded(flag: str, what: str, low: float, high: float, example: str, unit: s
     "--min-agreement",
     "min_agreement",
     metavar="PCT",
-    callback=bounded("--min-agreement", "a percentage", 0, 100, "99", unit="%"),
+    callback=callback(bounded, "--min-agreement", "a percentage", 0, 100, "99", "%"),
     help="INT8 accuracy budget without labels: the least argmax agreement with FP32 in percent (per position for sequence outputs); "
     "the most sensitive nodes stay in higher precision until it holds.",
 )
@@ -118,7 +113,7 @@ def bounded(flag: str, what: str, low: float, high: float, example: str, unit: s
     "--min-cosine",
     "min_cosine",
     metavar="COS",
-    callback=bounded("--min-cosine", "a cosine", -1, 1, "0.99"),
+    callback=callback(bounded, "--min-cosine", "a cosine", -1, 1, "0.99"),
     help="INT8 accuracy budget for outputs that are neither classes nor sequences (maps, boxes): the least cosine "
     f"with FP32 of every output. Given no budget, INT8 keeps --max-drop {DEFAULT_MAX_DROP:g} for labelled classes, "
     f"--min-agreement {DEFAULT_MIN_AGREEMENT:g} for unlabelled classes and sequences, --min-cosine "
@@ -241,13 +236,10 @@ def _print_result(r):
     check = r.get("check") or {}
     where = check.get("text") or f"{r['samples']} held-out images"
     hint = f"; {check['hint']}" if check.get("hint") else ""
-    kept = ""
+    kept = ", ".join(r.get("kept_nodes") or [])
     if r.get("kept_op_types"):
-        kept = (
-            f"; kept in higher precision: whole op types {', '.join(r['kept_op_types'])} ({len(r['kept_nodes'])} nodes)"
-        )
-    elif r.get("kept_nodes"):
-        kept = f"; kept in higher precision: {', '.join(r['kept_nodes'])}"
+        kept = f"whole op types {', '.join(r['kept_op_types'])} ({len(r['kept_nodes'])} nodes)"
+    kept = f"; kept in higher precision: {kept}" if kept else ""
     macs = f"; {r['macs']['int8_share']:.1f}% of MACs in INT8" if r.get("macs") else ""
     qat = r.get("qat")
     if qat:
@@ -258,6 +250,5 @@ def _print_result(r):
     out.print(
         f"{r['onnx']}: {r['precision'].upper()} in {r['seconds']:.1f} s; on {where}: {top1}agreement {r['agreement']:.2f}%, "
         f"max abs diff {r['max_abs_diff']:.3g}, cosine {r['cosine']:.5f}{others}{kept}{macs}{hint}",
-        markup=False,
         soft_wrap=True,
     )

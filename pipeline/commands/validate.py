@@ -142,7 +142,7 @@ FIGURES = {
 def _print_table(result):
     table = Table(title=_title(result))
     for column in ("artifact", "precision", *FIGURES, "status"):
-        table.add_column(column, justify="left" if column in ("artifact", "precision", "status") else "right")
+        table.add_column(column, justify="right" if column in FIGURES else "left")
     for row in result["rows"]:
         ok = row["status"] == "ok"
         figures = [cell(row.get(key), spec) if ok else "" for key, spec in FIGURES.values()]
