@@ -127,21 +127,20 @@ def plot_points(result: dict[str, Any], accuracy: dict[str, float], labels: dict
     """One point per artifact with both a latency (median, smallest batch measured) and a top-1."""
     points = []
     for artifact in dict.fromkeys(r["artifact"] for r in result["rows"]):
-        ok = sorted(
-            (r for r in result["rows"] if r["artifact"] == artifact and r["status"] == "ok"), key=lambda r: r["batch"]
-        )
+        ok = [r for r in result["rows"] if r["artifact"] == artifact and r["status"] == "ok"]
         top1 = _by_path_or_name(accuracy, artifact)
         if not ok or top1 is None:
             continue
+        first = min(ok, key=lambda r: r["batch"])
         label = _by_path_or_name(labels, artifact) or Path(str(artifact)).name
         points.append(
             {
                 "label": label,
-                "latency_ms": ok[0]["median_ms"],
-                "batch": ok[0]["batch"],
+                "latency_ms": first["median_ms"],
+                "batch": first["batch"],
                 "top1": float(top1),
-                "precision": ok[0].get("precision"),
-                "format": ok[0].get("format"),
+                "precision": first.get("precision"),
+                "format": first.get("format"),
             }
         )
     return points

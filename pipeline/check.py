@@ -140,10 +140,6 @@ def _parse_tolerance(metric: str, amount: Any, path) -> tuple[float, bool]:
     return value, relative
 
 
-def _rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {row["artifact"]: row for row in report["rows"]}
-
-
 def _value(row: dict[str, Any], metric: str) -> float | None:
     """The figure compared for ``metric``; top-1 of non-reference rows is taken vs PyTorch."""
     value = row.get("delta" if metric == "top1" and row.get("role") != "reference" else metric)
@@ -162,7 +158,7 @@ def check(
     """Every regression of ``report`` against ``baseline``; ``skipped``: rows the baseline measured that
     the report skipped (a sweep target no worker served)."""
     _check_comparable(report, baseline, tolerances)
-    now_rows, base_rows = _rows(report), _rows(baseline)
+    now_rows, base_rows = ({row["artifact"]: row for row in r["rows"]} for r in (report, baseline))
     regressions, skipped, compared = [], [], 0
 
     def regressed(artifact: str, metric: str, was: Any, now: Any, tolerance: Any = None) -> None:

@@ -36,9 +36,7 @@ NAMES = tuple(p.value for p in Precision)
 
 def parse(text: Any, option: str = "--precision") -> Precision:
     """``Precision`` from "fp16", "FP16" or a Precision; one clear error otherwise."""
-    if isinstance(text, Precision):
-        return text
-    value = str(text).strip().lower()
+    value = str(text).strip().lower()  # a Precision's str is its value
     try:
         return Precision(value)
     except ValueError:

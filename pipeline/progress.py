@@ -27,7 +27,7 @@ out = Console(highlight=False, markup=False)
 
 def info(text: str, style: str | None = None) -> None:
     """Print ``text`` on stderr exactly as it is, in a Rich ``style`` if given ("bold", "dim", "red", "yellow" ...)."""
-    console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+    console.print(text, style=style, soft_wrap=True)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from pipeline.preprocess import Preprocess
 from pipeline.progress import info
 from pipeline.runtime import NoGpuError, Runner, open_runner, predict
 
-FIGURE_KEYS = ("max_abs_diff", "mean_abs_diff", "median_abs_diff", "cosine", "cosine_min")
+FIGURE_KEYS = ("top1", "delta", "max_abs_diff", "mean_abs_diff", "median_abs_diff", "cosine", "cosine_min")
 
 
 @dataclass(frozen=True)
@@ -87,10 +87,10 @@ class _Reference:
 def _reference(reference, paths: list[Path], code: ModelCode, flags: PreprocessFlags | None) -> _Reference:
     """The reference: a weights file with --model, a checkpoint, or an FP32 ONNX (given, else the first among the artifacts)."""
     given = flags if flags is not None and flags.given else None
+    onnx_paths = [path for path in paths if path.suffix == ".onnx" and path.is_file()]
     if reference is not None and _is_plain_weights(Path(reference), code):
-        return _weights_reference(Path(reference), paths, code, given)
-    onnx_models = (Artifact.open(path) for path in paths if path.suffix == ".onnx" and path.is_file())
-    fp32_models = (model for model in onnx_models if model.precision is Precision.FP32)
+        return _weights_reference(Path(reference), onnx_paths, code, given)
+    fp32_models = (model for model in map(Artifact.open, onnx_paths) if model.precision is Precision.FP32)
     ref = Artifact.open(reference) if reference is not None else next(fp32_models, None)
     if ref is None:
         raise EdgepipeError(
@@ -106,14 +106,13 @@ def _reference(reference, paths: list[Path], code: ModelCode, flags: PreprocessF
         config = config_of(ref.path)
         model_input = ModelInput.of_config(config, given, ref.path.name)
         return _Reference(ref.path, model_input, lambda: open_runner(ref, code=code), config["model"], config)
-    model_input = ModelInput.of_onnx(ref.path, given or _stored_in_candidates(ref.path, paths))
+    model_input = ModelInput.of_onnx(ref.path, given or _stored_in_candidates(ref.path, onnx_paths))
     name = read_metadata(load_onnx(ref.path)).get("edgepipe.model") or ref.path.name
     return _Reference(ref.path, model_input, lambda: open_runner(ref), name)
 
 
-def _weights_reference(weights: Path, paths: list[Path], code: ModelCode, flags) -> _Reference:
+def _weights_reference(weights: Path, onnx_models: list[Path], code: ModelCode, flags) -> _Reference:
     """The user's PyTorch model (``--model`` with ``--reference WEIGHTS``), read the way the first ONNX artifact records."""
-    onnx_models = [path for path in paths if path.suffix == ".onnx" and path.is_file()]
     if not onnx_models:
         raise EdgepipeError(
             f"--reference {weights.name} is a weights file: edgepipe reads the model's input and preprocessing from an ONNX model "
@@ -205,8 +204,6 @@ class _Candidate:
         return {
             **row,
             "status": "ok",
-            "top1": figures.get("top1"),
-            "delta": figures.get("delta"),
             "agreement": figures["top1_agreement"],
             **{k: figures.get(k) for k in FIGURE_KEYS},
             "passed": figures["passed"],
@@ -253,12 +250,12 @@ def _open_candidate(path: Path, output_names: list[str], stack: contextlib.ExitS
     return candidate
 
 
-def _stored_in_candidates(reference: Path, paths: list[Path]) -> PreprocessFlags | None:
+def _stored_in_candidates(reference: Path, onnx_paths: list[Path]) -> PreprocessFlags | None:
     """With no flags and none stored in the reference, the preprocessing an FP16/INT8 model made from it stores (quantize --data FOLDER)."""
     if Preprocess.from_onnx(load_onnx(reference)) is not None:
         return None
-    for path in paths:
-        stored = Preprocess.from_onnx(load_onnx(path)) if path.suffix == ".onnx" and path.is_file() else None
+    for path in onnx_paths:
+        stored = Preprocess.from_onnx(load_onnx(path))
         if stored is not None:
             return PreprocessFlags(
                 {key: value for key, value in stored.to_dict().items() if key in FLAG_KEYS and value is not None}

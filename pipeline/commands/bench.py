@@ -27,7 +27,6 @@ from pipeline.progress import out
 @click.argument("artifacts", nargs=-1, type=click.Path(dir_okay=False))
 @click.option(
     "--checkpoint",
-    default=None,
     type=click.Path(dir_okay=False),
     metavar="CKPT",
     help="PyTorch checkpoint: the reference measured beside the artifacts.",
@@ -37,13 +36,10 @@ from pipeline.progress import out
     "--warmup-ms", default=200.0, show_default=True, help="Warm-up time before timing, per artifact and batch."
 )
 @click.option("--duration-s", default=3.0, show_default=True, help="Timed duration per artifact and batch.")
-@click.option(
-    "--iterations", default=None, type=int, help="Timed iterations per artifact and batch (instead of --duration-s)."
-)
+@click.option("--iterations", type=int, help="Timed iterations per artifact and batch (instead of --duration-s).")
 @click.option(
     "--sustain",
     "sustain_s",
-    default=None,
     metavar="DURATION",
     callback=callback(parse_duration, "--sustain"),
     help="Run each artifact and batch this long (10m, 90s, 1h) instead of --duration-s; report the median "
@@ -60,7 +56,6 @@ from pipeline.progress import out
 )
 @click.option(
     "--sysfs-root",
-    default=None,
     envvar="EDGEPIPE_SYSFS_ROOT",
     type=click.Path(file_okay=False),
     metavar="DIR",
@@ -84,14 +79,12 @@ from pipeline.progress import out
 @click.option(
     "--report",
     "report_dir",
-    default=None,
     type=click.Path(file_okay=False),
     metavar="DIR",
     help="Write bench.md and bench.png (latency against accuracy) to DIR.",
 )
 @click.option(
     "--json-out",
-    default=None,
     type=click.Path(dir_okay=False),
     metavar="FILE",
     help="Also write the JSON result to FILE.",
@@ -162,9 +155,7 @@ def _print_table(result) -> None:
         title=f"Latency (ms) on {result['device']}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
     )
     for column in ("artifact", "runtime", "prec", "batch", "status", *figures):
-        table.add_column(
-            column, justify="left" if column in ("artifact", "runtime", "prec", "status") else "right", overflow="fold"
-        )
+        table.add_column(column, justify="right" if column == "batch" or column in figures else "left", overflow="fold")
     reasons = {}
     for r in rows:
         name = Path(r["artifact"]).name

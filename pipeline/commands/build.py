@@ -1,5 +1,6 @@
 """build-engine / edgepipe build: a TensorRT or TensorRT-RTX engine from an ONNX model, trtexec's flags."""
 
+import copy
 import re
 
 import click
@@ -43,7 +44,6 @@ def _trtexec(flag: str, metavar: str | None, help: str, dest: str | None = None,
 )
 @click.option(
     "--calib",
-    default=None,
     metavar="CALIB.npz|DIR",
     type=click.Path(),
     help="Calibration images for --int8: a set from 'edgepipe calibrate', a folder of images or an .npz with pixels x "
@@ -167,10 +167,5 @@ def _check_text(check):
 
 
 # The standalone `build-engine` console script: the same command under its own name.
-build_engine_main = EdgepipeCommand(
-    name="build-engine",
-    params=build_command.params,
-    callback=build_command.callback,
-    help=build_command.help,
-    context_settings=build_command.context_settings,
-)
+build_engine_main = copy.copy(build_command)
+build_engine_main.name = "build-engine"

@@ -14,7 +14,6 @@ from pipeline.progress import out
 @click.option(
     "--tolerances",
     type=click.Path(dir_okay=False),
-    default=None,
     help="YAML: metric: amount (points) or 'N%'. Default: top1 0.3, agreement 0.5, latency_ms 10%.",
 )
 @click.option("--update-baseline", is_flag=True, help="Write REPORT as the new baseline instead of checking.")

@@ -127,14 +127,13 @@ def preprocess_options(fn: Callable) -> Callable:
     read); ``--labels FILE`` -> ``labels``; ``--workers N`` -> ``workers``.
     """
     options = [
-        click.option(f"--{key.replace('_', '-')}", key, default=None, metavar=metavar, help=text)
+        click.option(f"--{key.replace('_', '-')}", key, metavar=metavar, help=text)
         for key, (metavar, text) in PREPROCESS_HELP.items()
     ]
     options += [
         click.option(
             "--preprocess",
             "preprocess_file",
-            default=None,
             type=click.Path(dir_okay=False),
             metavar="FILE",
             help="The same keys in a YAML or JSON file (resize, crop, mean, std, channel_order, interpolation, layout); flags override it.",
@@ -142,7 +141,6 @@ def preprocess_options(fn: Callable) -> Callable:
         click.option(
             "--labels",
             "labels",
-            default=None,
             type=click.Path(dir_okay=False),
             metavar="FILE",
             help="Class names, one per line, in the model's output order; ImageFolder sub-folders are mapped through it.",
@@ -150,7 +148,6 @@ def preprocess_options(fn: Callable) -> Callable:
         click.option(
             "--workers",
             "workers",
-            default=None,
             type=click.IntRange(min=0),
             metavar="N",
             help="Processes decoding images in parallel (0: in the main process). Default: min(4, CPUs); "

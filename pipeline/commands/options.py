@@ -66,10 +66,8 @@ def parse_max_drop(text: str | float | None) -> float | None:
 DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def parse_duration(text: str | None, option: str) -> float | None:
-    """ "10m" -> 600.0 seconds ("90s", "1.5h"; a bare number is seconds); None stays None."""
-    if text is None:
-        return None
+def parse_duration(text: str, option: str) -> float:
+    """ "10m" -> 600.0 seconds ("90s", "1.5h"; a bare number is seconds)."""
     word = str(text).strip().lower()
     unit = word[-1] if word[-1:] in DURATION_UNITS else "s"
     value = as_number(word.rstrip("smh")) * DURATION_UNITS[unit]
@@ -88,8 +86,8 @@ def check_folder_flags(preprocess: Any, labels: str | None, folder_given: bool) 
 
 
 def callback(parser: Callable[..., Any], *args: Any) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    """A Click callback calling ``parser(value, *args)``."""
-    return lambda ctx, param, value: parser(value, *args)
+    """A Click callback: ``parser(value, *args)``, or None for a flag not given and with no default."""
+    return lambda ctx, param, value: None if value is None else parser(value, *args)
 
 
 def onnx_input_hw(input_size: InputSize | None, onnx_model: str) -> tuple[int, int] | None:
@@ -115,12 +113,10 @@ DATA_HELP = (
 
 
 def force_option(help: str = "Overwrite an existing output file.") -> Callable:
-    """``--force``; ``@force_option()`` or, with another meaning, ``@force_option(help=...)``."""
     return click.option("--force", is_flag=True, help=help)
 
 
 def data_option(default: str | None = None, help: str = DATA_HELP) -> Callable:
-    """``--data digits|DIR|FILE.npz``; ``@data_option()`` or ``@data_option(default=..., help=...)``."""
     return click.option(
         "--data", default=default, show_default=default is not None, metavar="digits|DIR|FILE.npz", help=help
     )
@@ -170,7 +166,7 @@ def precisions_option(help: str, default: str | None = None, metavar: str | None
         default=default,
         show_default=default is not None,
         metavar=metavar,
-        callback=lambda ctx, param, value: None if value is None else parse_list(value, "--precisions"),
+        callback=callback(parse_list, "--precisions"),
         help=help,
     )
 
@@ -210,8 +206,7 @@ def input_size_option(
     return click.option(
         "--input-size",
         "input_size",
-        default=None,
         metavar=INPUT_SIZE_FORMAT,
-        callback=lambda ctx, param, value: None if value is None else InputSize.parse(value),
+        callback=callback(InputSize.parse),
         help=help,
     )

@@ -7,6 +7,7 @@ import click
 from pipeline.commands.options import (
     EdgepipeCommand,
     as_number,
+    callback,
     check_folder_flags,
     data_option,
     emit,
@@ -34,20 +35,14 @@ from pipeline.progress import out
 SMOOTHQUANT_HELP = "SmoothQuant: LayerNorm outlier channels moved into the MatMul weights (default: kept where better)."
 
 
-def bounded(flag: str, what: str, low: float, high: float, example: str, unit: str = ""):
-    """A Click callback: the flag's number (``unit`` after it allowed) from ``low`` to ``high``; None without the flag."""
-
-    def parse(ctx: click.Context, param: click.Parameter, text: str | None) -> float | None:
-        if text is None:
-            return None
-        value = as_number(str(text).strip().rstrip(unit))
-        if not low <= value <= high:
-            raise EdgepipeError(
-                f"{flag} {text!r} is not {what} from {low:g} to {high:g}", fix=f"pass e.g. {flag} {example}"
-            )
-        return value
-
-    return parse
+def bounded(text: str, flag: str, what: str, low: float, high: float, example: str, unit: str = "") -> float:
+    """The flag's number (``unit`` after it allowed) from ``low`` to ``high``."""
+    value = as_number(str(text).strip().rstrip(unit))
+    if not low <= value <= high:
+        raise EdgepipeError(
+            f"{flag} {text!r} is not {what} from {low:g} to {high:g}", fix=f"pass e.g. {flag} {example}"
+        )
+    return value
 
 
 @click.command("quantize", cls=EdgepipeCommand)
@@ -64,7 +59,6 @@ def bounded(flag: str, what: str, low: float, high: float, example: str, unit: s
 )
 @click.option(
     "--calib",
-    default=None,
     metavar="CALIB.npz|DIR",
     help="Calibration images: a set from 'edgepipe calibrate', a folder of images or an .npz with pixels x (read through "
     "the model's preprocessing), or an .npz with model inputs (fed as they are; y optional). "
@@ -111,18 +105,16 @@ def bounded(flag: str, what: str, low: float, high: float, example: str, unit: s
 @click.option(
     "--min-agreement",
     "min_agreement",
-    default=None,
     metavar="PCT",
-    callback=bounded("--min-agreement", "a percentage", 0, 100, "99", unit="%"),
+    callback=callback(bounded, "--min-agreement", "a percentage", 0, 100, "99", "%"),
     help="INT8 accuracy budget without labels: the least argmax agreement with FP32 in percent (per position for sequence outputs); "
     "the most sensitive nodes stay in higher precision until it holds.",
 )
 @click.option(
     "--min-cosine",
     "min_cosine",
-    default=None,
     metavar="COS",
-    callback=bounded("--min-cosine", "a cosine", -1, 1, "0.99"),
+    callback=callback(bounded, "--min-cosine", "a cosine", -1, 1, "0.99"),
     help="INT8 accuracy budget for outputs that are neither classes nor sequences (maps, boxes): the least cosine "
     f"with FP32 of every output. Given no budget, INT8 keeps --max-drop {DEFAULT_MAX_DROP:g} for labelled classes, "
     f"--min-agreement {DEFAULT_MIN_AGREEMENT:g} for unlabelled classes and sequences, --min-cosine "
@@ -143,7 +135,6 @@ def bounded(flag: str, what: str, low: float, high: float, example: str, unit: s
 @preprocess_options
 @click.option(
     "--qat",
-    default=None,
     type=click.IntRange(min=1),
     metavar="EPOCHS",
     help="With --int8: quantization-aware training instead of PTQ alone: ModelOpt's PyTorch INT8 quantization, "
@@ -152,7 +143,6 @@ def bounded(flag: str, what: str, low: float, high: float, example: str, unit: s
 )
 @click.option(
     "--checkpoint",
-    default=None,
     type=click.Path(dir_okay=False),
     metavar="CKPT|WEIGHTS",
     help="For --qat: the checkpoint or weights file MODEL.onnx was exported from (its sha256 is recorded in the ONNX).",
@@ -249,13 +239,10 @@ def _print_result(r):
     check = r.get("check") or {}
     where = check.get("text") or f"{r['samples']} held-out images"
     hint = f"; {check['hint']}" if check.get("hint") else ""
-    kept = ""
+    kept = ", ".join(r.get("kept_nodes") or [])
     if r.get("kept_op_types"):
-        kept = (
-            f"; kept in higher precision: whole op types {', '.join(r['kept_op_types'])} ({len(r['kept_nodes'])} nodes)"
-        )
-    elif r.get("kept_nodes"):
-        kept = f"; kept in higher precision: {', '.join(r['kept_nodes'])}"
+        kept = f"whole op types {', '.join(r['kept_op_types'])} ({len(r['kept_nodes'])} nodes)"
+    kept = f"; kept in higher precision: {kept}" if kept else ""
     macs = f"; {r['macs']['int8_share']:.1f}% of MACs in INT8" if r.get("macs") else ""
     qat = r.get("qat")
     if qat:
@@ -266,6 +253,5 @@ def _print_result(r):
     out.print(
         f"{r['onnx']}: {r['precision'].upper()} in {r['seconds']:.1f} s; on {where}: {top1}agreement {r['agreement']:.2f}%, "
         f"max abs diff {r['max_abs_diff']:.3g}, cosine {r['cosine']:.5f}{others}{kept}{macs}{hint}",
-        markup=False,
         soft_wrap=True,
     )

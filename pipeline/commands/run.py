@@ -28,14 +28,12 @@ from pipeline.defaults import DEFAULT_MAX_DROP
 @click.option(
     "--checkpoint",
     type=click.Path(dir_okay=False),
-    default=None,
     help="Start from this checkpoint instead of training.",
 )
 @click.option(
     "--onnx",
     "onnx_model",
     type=click.Path(dir_okay=False),
-    default=None,
     help="Start from this ONNX model: an edgepipe export, or any single-image-input ONNX (then give --data). No PyTorch reference then.",
 )
 @data_option(
@@ -43,11 +41,10 @@ from pipeline.defaults import DEFAULT_MAX_DROP
 )
 @preprocess_options
 @precisions_option("Comma-separated precisions to make and measure.", default="fp32,fp16,int8")
-@click.option("-o", "--output", default=None, metavar="DIR", help="Run directory (default: runs/MODEL).")
+@click.option("-o", "--output", metavar="DIR", help="Run directory (default: runs/MODEL).")
 @click.option(
     "--epochs",
     type=int,
-    default=None,
     help="Training epochs (default: the model's recipe; with --weights: none, the weights as they are).",
 )
 @click.option("--seed", default=0, show_default=True)

@@ -16,18 +16,16 @@ from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_SWEEP_OUTPUT
 
 
 @click.command("sweep", cls=EdgepipeCommand)
-@click.option("--models", default=None, metavar="A,B", help="Zoo models to sweep, comma-separated.")
+@click.option("--models", metavar="A,B", help="Zoo models to sweep, comma-separated.")
 @click.option(
     "--models-file",
     type=click.Path(dir_okay=False),
-    default=None,
     metavar="sweep.yaml",
     help="YAML with 'models:' (names, or {name, checkpoint|onnx, epochs}) and optional 'precisions:'/'targets:'.",
 )
 @precisions_option("Precisions to build (default: the models file's, else fp32,fp16,int8).", metavar="fp32,fp16,int8")
 @click.option(
     "--targets",
-    default=None,
     metavar="sm_89,sm_87",
     help="Target GPUs by compute capability (default: every target a worker advertises).",
 )
@@ -47,7 +45,7 @@ from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_SWEEP_OUTPUT
     help="local: embedded Ray on this machine (nothing to start); auto: the cluster running here (e.g. under 'ray job submit'); HOST:PORT: a cluster's head.",
 )
 @data_option(help="Dataset (default: digits). GPU workers that validate need it at the same path.")
-@click.option("--epochs", type=int, default=None, help="Training epochs (default: each model's recipe).")
+@click.option("--epochs", type=int, help="Training epochs (default: each model's recipe).")
 @click.option("--seed", default=0, show_default=True)
 @batches_option("--batches", default="1,8", help="Batch sizes to bench.", dest="bench_batches")
 @click.option("--bench-seconds", default=1.0, show_default=True, help="Timed seconds per artifact and batch.")

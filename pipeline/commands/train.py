@@ -24,16 +24,14 @@ from pipeline.progress import out
 @click.option(
     "--epochs",
     type=int,
-    default=None,
     help="Epochs (default: the model's recipe; 0 with --weights: take them as they are).",
 )
-@click.option("--lr", type=float, default=None, help="Peak learning rate (default: the model's recipe).")
+@click.option("--lr", type=float, help="Peak learning rate (default: the model's recipe).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the split, initialisation and batches.")
 @input_size_option()
 @click.option(
     "--img-size",
     type=int,
-    default=None,
     metavar="N",
     help="N x N in the data's channels (a shorthand for --input-size).",
 )

@@ -24,7 +24,6 @@ from pipeline.progress import out
     "--reference",
     "--checkpoint",
     "reference",
-    default=None,
     metavar="CKPT|MODEL.onnx|WEIGHTS",
     help="The FP32 model every artifact is compared with: the PyTorch checkpoint, an FP32 .onnx on ONNX Runtime "
     "(any single-image-input ONNX), or your model's weights file with --model. Default: the first FP32 .onnx among the artifacts.",
@@ -143,7 +142,7 @@ FIGURES = {
 def _print_table(result):
     table = Table(title=_title(result))
     for column in ("artifact", "precision", *FIGURES, "status"):
-        table.add_column(column, justify="left" if column in ("artifact", "precision", "status") else "right")
+        table.add_column(column, justify="right" if column in FIGURES else "left")
     for row in result["rows"]:
         ok = row["status"] == "ok"
         figures = [cell(row.get(key), spec) if ok else "" for key, spec in FIGURES.values()]

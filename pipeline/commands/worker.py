@@ -21,12 +21,11 @@ from pipeline.progress import out
 )
 @click.option(
     "--targets",
-    default=None,
     metavar="sm_89,...",
     help="Targets to advertise (default: this GPU; without a GPU, the TensorRT-RTX targets built ahead of time).",
 )
-@click.option("--num-cpus", type=int, default=None, help="CPUs Ray may use here (default: all).")
-@click.option("--temp-dir", default=None, metavar="DIR", help="Ray's temporary directory on this machine.")
+@click.option("--num-cpus", type=int, help="CPUs Ray may use here (default: all).")
+@click.option("--temp-dir", metavar="DIR", help="Ray's temporary directory on this machine.")
 @click.option("--dry-run", is_flag=True, help="Print the 'ray start' command instead of running it.")
 @json_option
 def worker_command(address, targets, num_cpus, temp_dir, dry_run, as_json):
