@@ -210,8 +210,7 @@ def write_manifest(
 
 def read_manifest(artifact: str | Path) -> dict[str, Any] | None:
     """The artifact's manifest, or None when it has none or it is unreadable."""
-    path = manifest_path(artifact)
     try:
-        return json.loads(path.read_text())
+        return json.loads(manifest_path(artifact).read_text())
     except (OSError, ValueError):
         return None

@@ -41,10 +41,8 @@ def host() -> dict[str, Any]:
 
 
 def describe_device(device: str = "cpu", compute_capability: str | None = None) -> str:
-    """The machine the numbers come from: CPU model and cores, and the GPU where there is one.
-
-    ``compute_capability``: the NVIDIA GPU's, as ``pipeline.cuda.current_compute_capability`` finds it (None: no GPU).
-    """
+    """The machine the numbers come from: CPU model and cores, and the GPU (``compute_capability``: the
+    NVIDIA GPU's, as ``pipeline.cuda.current_compute_capability`` finds it; None: no GPU)."""
     parts = [f"CPU {cpu_name()} ({os.cpu_count()} cores)"]
     if device == "cuda":
         import torch  # only asked for when PyTorch runs on the GPU

@@ -171,10 +171,7 @@ def onnx_inputs(model: onnx.ModelProto) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def check_input_shape(info: ModelInfo, shape: tuple[int, ...], option: str = "--optShapes") -> None:
-    """A concrete input shape the model can take: its rank, its static dims, tied dims equal.
-
-    ``option`` names where the shape came from in the message (e.g. "--minShapes").
-    """
+    """A concrete input shape the model can take (its rank, its static dims, tied dims equal); ``option`` names its flag."""
     name, example = info.input_name, f"{info.input_name}:{_example(info)}"
     if len(shape) != info.input.rank:
         raise EdgepipeError(

@@ -140,9 +140,7 @@ class Preprocess:
     @property
     def output_hw(self) -> tuple[int, int] | None:
         """Height and width of every preprocessed image, or None when it depends on the image."""
-        if self.crop:
-            return self.crop
-        return self.resize if isinstance(self.resize, tuple) else None
+        return self.crop or (self.resize if isinstance(self.resize, tuple) else None)
 
     def check_fits(self, input_hw: tuple[int, int] | None) -> None:
         """Raise when this preprocessing makes images of another size than the model's static input."""

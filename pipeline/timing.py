@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,10 +23,12 @@ SPLIT_KEYS = ("h2d_ms", "compute_ms", "d2h_ms")  # an engine's inference, timed 
 
 
 def _timed_loop(
-    infer: Callable, x: np.ndarray, iterations: int | None, duration_s: float, split: Callable | None
+    runner: Runner, x: np.ndarray, iterations: int | None, duration_s: float
 ) -> tuple[array, list[dict], float]:
     """The harness: (latencies in seconds, per-iteration engine splits, total seconds)."""
-    clock = time.perf_counter
+    clock, infer = time.perf_counter, runner.infer
+    # runners that time H2D, compute and D2H apart (TensorRT engines) say so after each call
+    split = runner.last_timing if type(runner).last_timing is not Runner.last_timing else None
     latencies = array("d")  # 8 bytes an iteration: an hour of --sustain at 0.1 ms holds 36M of them
     splits: list[dict] = []
     started = clock()
@@ -63,10 +64,9 @@ def measure(
     while warmup_ms > 0 and (warm == 0 or clock() < warm_until):
         runner.infer(x)
         warm += 1
-    split = runner.last_timing if _has_split(runner) else None
     if telemetry is not None:
         telemetry.start()
-    latencies, splits, total = _timed_loop(runner.infer, x, iterations, duration_s, split)
+    latencies, splits, total = _timed_loop(runner, x, iterations, duration_s)
     recorded = telemetry.stop(len(latencies), total) if telemetry is not None else None
     latencies_ms = np.asarray(latencies) * 1000.0
     result = latency_stats(latencies_ms, batch=len(x))
@@ -80,11 +80,6 @@ def measure(
             result[key] = round(float(np.mean([s[key] for s in splits])), 4)
         result["compute_median_ms"] = round(float(np.median([s["compute_ms"] for s in splits])), 4)
     return result
-
-
-def _has_split(runner: Runner) -> bool:
-    """True for runners that time H2D, compute and D2H apart (TensorRT engines)."""
-    return type(runner).last_timing is not Runner.last_timing
 
 
 def latency_stats(latencies_ms: np.ndarray, batch: int) -> dict[str, float]:
@@ -123,14 +118,13 @@ def measure_overhead(runner: Runner, x: np.ndarray, mean_ms: float) -> dict[str,
     so a burst of noise from other processes does not decide the ratio.
     """
     n = int(min(max(OVERHEAD_SECONDS * 1000.0 / max(mean_ms, 1e-3), 10), 5000))
-    split = runner.last_timing if _has_split(runner) else None
     harness, bare = [], []
     for _ in range(3):
         started = time.perf_counter()
         for _ in range(n):
             runner.infer(x)
         bare.append((time.perf_counter() - started) / n)
-        _, _, total = _timed_loop(runner.infer, x, n, 0.0, split)
+        _, _, total = _timed_loop(runner, x, n, 0.0)
         harness.append(total / n)
     harness_ms, bare_ms = min(harness) * 1000.0, min(bare) * 1000.0
     return {

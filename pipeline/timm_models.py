@@ -88,14 +88,11 @@ def timm_preprocess(model, size: tuple[int, int] | None = None) -> dict[str, Any
     the resize keeps timm's crop_pct, as ``resolve_data_config(input_size=...)`` would give."""
     cfg = timm_data_config(model)
     height, width = size or cfg["crop"]
+    kept = {key: cfg[key] for key in ("mean", "std", "channel_order", "interpolation", "layout")}
     return {
         "resize": _resize(height, width, cfg["crop_pct"]),
         "crop": [height, width],
-        "mean": cfg["mean"],
-        "std": cfg["std"],
-        "channel_order": cfg["channel_order"],
-        "interpolation": cfg["interpolation"],
-        "layout": "nchw",
+        **kept,
         "channels": cfg["input_size"][0],
     }
 

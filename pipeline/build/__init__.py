@@ -100,21 +100,19 @@ def _refuse_stale(plan: Plan, inputs: dict, params: dict, force: bool) -> None:
         )
 
 
+# What --json prints of the engine's manifest as it is recorded there.
+_RESULT_KEYS = ("backend", "backend_version", "precision", "onnx", "bytes", "build_seconds", "peak_rss_mib")
+
+
 def _result(manifest: dict, engine: Path, started: float, cached: bool) -> dict[str, Any]:
     return {
         "engine": str(engine),
-        "backend": manifest["backend"],
-        "backend_version": manifest["backend_version"],
-        "precision": manifest["precision"],
+        **{key: manifest[key] for key in _RESULT_KEYS},
         "seconds": round(time.perf_counter() - started, 3),
         "cached": cached,
-        "onnx": manifest["onnx"],
         "network_onnx": manifest["network_onnx"]["file"],
         "profiles": manifest["params"]["profiles"],
         "compute_capabilities": manifest["target_compute_capabilities"],
-        "bytes": manifest["bytes"],
-        "build_seconds": manifest["build_seconds"],
-        "peak_rss_mib": manifest["peak_rss_mib"],
         "manifest": str(engine) + ".manifest.json",
         "check": manifest.get("precision_check"),
     }

@@ -6,13 +6,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.images.source import ImageSource
 
@@ -81,11 +81,7 @@ class NpzSource(ImageSource):
         return row
 
     def _identity(self) -> bytes:
-        digest = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            while chunk := f.read(1 << 22):
-                digest.update(chunk)
-        return digest.digest()
+        return bytes.fromhex(sha256_file(self.path))
 
 
 def _npz_key(path: Path, members: list[str]) -> str:

@@ -109,6 +109,7 @@ class Plan:
         self.ckpt = folder / "checkpoint.pt" if self.trained else start.file if start.start == "checkpoint" else None
         self.first = "import" if start.start == "onnx" else "export"  # the stage that makes the FP32 ONNX
         self.onnx = {p: folder / ("model.onnx" if p is Precision.FP32 else f"model.{p}.onnx") for p in PRECISIONS}
+        self.reference = self.ckpt or self.onnx[Precision.FP32]  # what artifacts are judged against
         self.engines = {p: folder / f"model.{p}.engine" for p in PRECISIONS}
         self.makers = {Precision.FP32: self.first, Precision.FP16: "quantize-fp16", Precision.INT8: "quantize-int8"}
         self.calib = folder / "calib.npz"
@@ -138,8 +139,7 @@ class Plan:
     def measured_inputs(self) -> dict[str, str]:
         if not self.made():
             raise EdgepipeError("no artifact was made to measure", fix="see the stages that failed above")
-        reference = self.ckpt or self.onnx[Precision.FP32]
-        return {"reference": sha256_file(reference), **{i: sha256_file(p) for i, p in self.made().items()}}
+        return {"reference": sha256_file(self.reference), **{i: sha256_file(p) for i, p in self.made().items()}}
 
     @property
     def class_names(self) -> tuple[str, ...] | None:
@@ -181,8 +181,7 @@ class Plan:
 
     def validate(self) -> dict[str, Any]:
         files = [str(p) for p in self.made().values()]
-        reference = self.ckpt or self.onnx[Precision.FP32]
-        return validate.validate(reference, files, code=self.start.code, **self.reading)
+        return validate.validate(self.reference, files, code=self.start.code, **self.reading)
 
     def bench(self) -> dict[str, Any]:
         chosen = self.chosen

@@ -75,10 +75,8 @@ RUNNERS: dict[Kind, Callable[[Artifact, str, bool, ModelCode], Runner]] = {
 def open_runner(
     artifact: Artifact | str | Path, device: str = "cpu", cuda_graph: bool = False, code: ModelCode = ModelCode()
 ) -> Runner:
-    """The runner for an artifact (a checkpoint, an ONNX model or a TensorRT engine).
-
-    ``code`` is the user code a checkpoint's model may be rebuilt from (--model, --trust-model-code).
-    """
+    """The runner for a checkpoint, an ONNX model or a TensorRT engine; ``code``: the user code a checkpoint's
+    model may be rebuilt from (--model, --trust-model-code)."""
     if not isinstance(artifact, Artifact):
         artifact = Artifact.open(artifact)
     opener = RUNNERS.get(artifact.kind)

@@ -96,8 +96,7 @@ def connect(settings: Any, output: RayOutput | None = None) -> Iterator[Cluster]
     output = output or RayOutput()
     quiet = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
     if address not in ("local", "auto"):
-        host, port = split_address(address)
-        check_reachable(host, port)
+        check_reachable(*split_address(address))
         check_head(ray, address)
     if address == "local":
         quiet.update(resources=resources if resources is not None else worker_resources(num_cpus=num_cpus))

@@ -197,13 +197,8 @@ class _Driver:
 
     def _builders(self, cell: Cell) -> set[tuple[str, str]]:
         """(flavour, version) of every builder a node advertising the cell's target would use."""
-        found = set()
-        for node in self.nodes:
-            if cell.target in node.targets:
-                flavour, _ = choose_backend(cell.cc, node.gpu, node.flavours)
-                if flavour:
-                    found.add((flavour, node.flavours[flavour]["version"]))
-        return found
+        chosen = [(choose_backend(cell.cc, n.gpu, n.flavours)[0], n) for n in self.nodes if cell.target in n.targets]
+        return {(flavour, node.flavours[flavour]["version"]) for flavour, node in chosen if flavour}
 
     def _collect(self, timeout: float) -> None:
         done, _ = self.cluster.wait(list(self.pending), timeout=timeout)

@@ -66,14 +66,8 @@ def assemble(driver, specs, precisions, targets, seconds: float) -> dict[str, An
 
 
 def _model_problem(report: dict[str, Any]) -> str | None:
-    if report.get("error"):
-        return report["error"]
-    failed = [
-        f"{name} {stage['status']}"
-        for name, stage in report.get("stages", {}).items()
-        if stage.get("status") == "failed"
-    ]
-    return "; ".join(failed) or None
+    failed = [f"{name} failed" for name, stage in report.get("stages", {}).items() if stage.get("status") == "failed"]
+    return report.get("error") or "; ".join(failed) or None
 
 
 def to_markdown(report: dict[str, Any]) -> str:

@@ -161,13 +161,11 @@ def resolve_profiles(inputs: list[tuple[str, tuple[int, ...]]], shapes: dict[str
         _check_profile(name, shape, lo, opt, hi)
         if -1 in shape:
             profiles[name] = (lo, opt, hi)
-    note = None
-    if notes:
-        note = (
-            f"Dynamic batch and no --minShapes/--optShapes/--maxShapes: using min/opt/max {', '.join(notes)} "
-            "(pass the shape flags for another range)"
-        )
-    return profiles, note
+    note = (
+        f"Dynamic batch and no --minShapes/--optShapes/--maxShapes: using min/opt/max {', '.join(notes)} "
+        "(pass the shape flags for another range)"
+    )
+    return profiles, note if notes else None
 
 
 def _check_profile(name: str, shape: tuple[int, ...], lo: tuple, opt: tuple, hi: tuple) -> None:
