@@ -29,6 +29,12 @@ class TinySequence(nn.Module):
         return self.head(torch.relu(self.mix(x)))
 
 
+def export_sequence(path):
+    """The model as an ONNX file with a dynamic batch: "image" N x 3 x 8 x 8 -> "scores" N x 64 x 10."""
+    shape_axes = {"image": {0: "batch"}, "scores": {0: "batch"}}
+    return _export(_seeded(TinySequence(), 0), path, (torch.randn(1, *SHAPE),), ["image"], ["scores"], shape_axes, 17)
+
+
 def images(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_t(2.5, size=(count, *SHAPE)).astype(np.float32)
 
@@ -37,15 +43,7 @@ def images(count: int, seed: int) -> np.ndarray:
 def clipped(tmp_path_factory):
     """The model, and its INT8 version whose tight ranges (percentile 99) clip the long tails: biased means."""
     folder = tmp_path_factory.mktemp("sequence")
-    path = _export(
-        _seeded(TinySequence(), 0),
-        folder / "sequence.onnx",
-        (torch.randn(1, *SHAPE),),
-        ["image"],
-        ["scores"],
-        {"image": {0: "batch"}, "scores": {0: "batch"}},
-        17,
-    )
+    path = export_sequence(folder / "sequence.onnx")
     np.savez(folder / "images.npz", inputs=images(96, seed=0))
     quantize.to_int8(
         path, folder / "clipped.onnx", calib=str(folder / "images.npz"), method="percentile-99", max_drop=None

@@ -3,10 +3,8 @@
 import numpy as np
 import onnx
 import pytest
-import torch
-from foreign_models import _export, _seeded
 from onnx import numpy_helper
-from test_linear_bias import SHAPE, TinySequence, images
+from test_linear_bias import SHAPE, export_sequence, images
 
 from pipeline import quantize
 from pipeline.onnxinfo import run_onnxruntime
@@ -20,15 +18,7 @@ from pipeline.quantize.ranges import collect, parse_method, ranges_for
 def sequence(tmp_path_factory):
     """The FP32 model, its INT8 model with the first linear layer's Q/DQ taken off, ranges and MACs."""
     folder = tmp_path_factory.mktemp("cover")
-    path = _export(
-        _seeded(TinySequence(), 0),
-        folder / "sequence.onnx",
-        (torch.randn(1, *SHAPE),),
-        ["image"],
-        ["scores"],
-        {"image": {0: "batch"}, "scores": {0: "batch"}},
-        17,
-    )
+    path = export_sequence(folder / "sequence.onnx")
     np.savez(folder / "images.npz", inputs=images(64, seed=0))
     quantize.to_int8(path, folder / "int8.onnx", calib=str(folder / "images.npz"), high_precision="fp32", max_drop=None)
     fp32 = onnx.load(str(path))
