@@ -257,6 +257,10 @@ def test_without_a_budget_maps_keep_a_cosine_and_classes_an_agreement(heavy, tmp
     assert "re-quantized" in [row["how"] for row in kept["attempts"]]
     assert [row["how"] for row in kept["attempts"]][:2] == ["plain", "depthwise in higher precision"]
     assert kept["attempts"][1]["kept_nodes"][0] in kept["kept_nodes"]
+    # with mse ranges plain PTQ meets 0.99 but not the margin: the search keeps nodes out until 0.995 holds
+    margin = quantize.to_int8(maps, tmp_path / "margin.int8.onnx", calib=str(images), method="mse")
+    assert 0.99 <= margin["attempts"][0]["cosine"] < 0.995 and margin["attempts"][-1]["how"] == "re-quantized"
+    assert min(o["cosine"] for o in margin["outputs"].values()) >= 0.995 and margin["kept_nodes"]
     # a cosine nothing reaches is never written silently
     with pytest.raises(EdgepipeError, match=r"cannot meet the budget \(cosine at least 0.99999 with FP32") as error:
         quantize.to_int8(maps, tmp_path / "map.int8.onnx", calib=str(images), method="max", min_cosine=0.99999)
