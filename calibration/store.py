@@ -20,8 +20,7 @@ from pipeline.artifacts import atomic_output, check_output, write_manifest
 from pipeline.defaults import DEFAULT_CALIBRATION_SIZE
 from pipeline.errors import EdgepipeError
 from pipeline.images import ModelInput
-from pipeline.preprocess import Preprocess
-from pipeline.preprocess_options import dims
+from pipeline.preprocess import Preprocess, dims
 
 DEFAULT_NUM = DEFAULT_CALIBRATION_SIZE
 # Why these minimums: entropy (KL) calibration picks each tensor's clipping threshold from a

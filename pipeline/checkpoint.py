@@ -1,16 +1,12 @@
-"""Checkpoints: make, build, save and load one, and read what any model file records (``model_input_of``).
-
-A checkpoint is ``{"state_dict": ..., "config": ...}`` saved with torch.save and readable with
+"""A checkpoint is ``{"state_dict": ..., "config": ...}`` saved with torch.save and readable with
 ``torch.load(path, weights_only=True)``: the config holds only plain types, with the same ``Record``
-an ONNX carries in its metadata.
-"""
+an ONNX carries in its metadata."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,10 +23,7 @@ DEFAULT_IMAGE_SIZE = 32  # the input size when neither --input-size nor the mode
 _CHECKPOINT_FIX = "pass a checkpoint written by 'edgepipe train' or a plain state dict saved with torch.save"
 
 
-@dataclass
-class TrainingImages:
-    """A model's data through its preprocessing: the pool (trained on) and the held-out part, in memory."""
-
+class TrainingImages(NamedTuple):  # the pool (trained on) and the held-out part, preprocessed
     x_train: np.ndarray
     y_train: np.ndarray
     x_val: np.ndarray
@@ -76,14 +69,11 @@ def make_config(
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of N x C x H x W images, the normalization a checkpoint records."""
-    mean = images.mean(axis=(0, 2, 3), dtype=np.float64)
-    std = images.std(axis=(0, 2, 3), dtype=np.float64)
-    return [float(m) for m in mean], [float(max(s, 1e-6)) for s in std]
+    std = np.maximum(images.std(axis=(0, 2, 3), dtype=np.float64), 1e-6)
+    return images.mean(axis=(0, 2, 3), dtype=np.float64).tolist(), std.tolist()
 
 
 def open_training_data(data: str) -> ImageSource:
-    """The labelled images a model is trained on; unlabelled images are refused."""
     source = open_source(data)
     if not source.labelled:
         raise EdgepipeError(
@@ -125,7 +115,7 @@ def build_model(config: dict[str, Any], given: ModelSpec | None = None, trust_mo
 
 def check_model_code(path: str | Path, code: ModelCode) -> None:
     """Raise unless ``code`` allows the model an edgepipe checkpoint names; imports and builds nothing."""
-    config = _config_in(_read(Path(path)))
+    config = _config_in(_read(path))
     if config is not None:
         load_recorded(config.get("model_spec") or config["model"], code.given, code.trust)
 
@@ -189,8 +179,7 @@ def load_checkpoint(
                 f"{path} is a plain state dict with no model name",
                 fix="pass --model NAME ('edgepipe models' lists them) or --model file.py:callable",
             )
-        size = DEFAULT_IMAGE_SIZE
-        state_dict, config = blob, make_config(given, open_training_data(data or DIGITS), 0, (None, size, size))[0]
+        state_dict, config = blob, make_config(given, open_training_data(data or DIGITS), 0)[0]
     else:
         raise EdgepipeError(f"{path} holds no state dict", fix=_CHECKPOINT_FIX)
     model = build_model(config, given, trust_model_code)
@@ -208,9 +197,7 @@ def load_checkpoint(
 
 
 def is_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` is an edgepipe checkpoint (state dict and config), not a plain weights file."""
-    path = Path(path)
-    return path.suffix.lower() != ".safetensors" and _config_in(_read(path)) is not None
+    return Path(path).suffix.lower() != ".safetensors" and _config_in(_read(path)) is not None
 
 
 def model_from_weights(
@@ -244,10 +231,11 @@ def model_from_weights(
     return model, record
 
 
-def _read(path: Path) -> Any:
+def _read(path: str | Path) -> Any:
     """The checkpoint's contents: tensors and plain types only (weights_only), never objects."""
     import torch  # a second to import: only commands that touch checkpoints pay for it
 
+    path = Path(path)
     if not path.is_file():
         raise EdgepipeError(f"checkpoint {path} does not exist", fix="pass the .pt file written by 'edgepipe train'")
     try:
@@ -257,22 +245,20 @@ def _read(path: Path) -> Any:
         raise EdgepipeError(f"{path} is not a readable checkpoint ({reason})", fix=_CHECKPOINT_FIX)
 
 
-def _config_in(blob: Any) -> dict[str, Any] | None:
-    """The config of an edgepipe checkpoint's contents; None for anything else (a plain state dict)."""
+def _config_in(blob: Any) -> dict[str, Any] | None:  # None: not an edgepipe checkpoint (a plain state dict)
     is_checkpoint = isinstance(blob, dict) and "state_dict" in blob and isinstance(blob.get("config"), dict)
     return blob["config"] if is_checkpoint else None
 
 
 def config_of(path: str | Path) -> dict[str, Any]:
     """The config of an edgepipe checkpoint. Reading it builds no model, so it imports no user code."""
-    config = _config_in(_read(Path(path)))
+    config = _config_in(_read(path))
     if config is None:
         return load_checkpoint(path)[1]  # a plain state dict: says what is missing
     return {**config, "checkpoint_sha256": sha256_file(path)}
 
 
 def model_input_of(path: str | Path, flags: PreprocessFlags | None = None) -> ModelInput:
-    """What a model file records and takes, one answer for every model: an ONNX's metadata, a checkpoint's config."""
     if Path(path).suffix.lower() == ".onnx":
         return ModelInput.of_onnx(path, flags)
     return ModelInput.of_config(config_of(path), flags, Path(path).name)

@@ -1,9 +1,4 @@
-"""Export a checkpoint to ONNX and prove the export against PyTorch on the held-out split.
-
-A plain weights file with ``--model`` and no ``--data`` is exported from the model alone: proven on
-seeded synthetic inputs (and said so), and written with no data config, like any ONNX edgepipe did
-not train.
-"""
+"""Export a checkpoint to ONNX and prove the export against PyTorch on the held-out split."""
 
 from __future__ import annotations
 
@@ -41,8 +36,6 @@ SYNTHETIC_HINT = "pass --data for your images"
 
 @dataclass(frozen=True)
 class ExportSettings:
-    """How a model is exported: the model code, opset, batch and size, the data it is proven on."""
-
     model_name: str | ModelSpec | None = None
     opset: int = DEFAULT_OPSET
     batch: int = 1
@@ -64,8 +57,7 @@ class ExportSettings:
                 f"--batch must be at least 1, got {self.batch}", fix="pass --batch 1 or more, or --dynamic-batch"
             )
 
-    def params(self, input_shape: list[int] | None = None) -> dict[str, Any]:
-        """What the manifest records of these settings."""
+    def params(self, input_shape: list[int] | None = None) -> dict[str, Any]:  # what the manifest records
         return {
             "opset": self.opset,
             "batch": None if self.dynamic_batch else self.batch,
@@ -95,9 +87,9 @@ def export(checkpoint: str | Path, output: str | Path, **options: Any) -> dict[s
         config = {**config, "input_shape": list(shape), **_resized_preprocess(config, shape)}
     model_input = ModelInput.of_config(config, name=Path(checkpoint).name)
     x_val, y_val = ModelData.of(model_input, settings.data).batches().collect()
-    with atomic_output(output) as tmp:
-        _export_to(model, config, tmp, settings, {"checkpoint_sha256": config["checkpoint_sha256"]})
-        figures = _parity(model, tmp, x_val, y_val)
+    figures = _export_to(
+        model, config, output, settings, {"checkpoint_sha256": config["checkpoint_sha256"]}, x_val, y_val
+    )
     params = settings.params(config["input_shape"] if shape is not None else None)
     inputs = {"checkpoint": config["checkpoint_sha256"]}
     record = model_record(config)
@@ -120,12 +112,8 @@ def _export_weights(weights: str | Path, output: Path, spec: ModelSpec, settings
     no dataset there is no held-out split to record, so later stages treat it as any ONNX."""
     model, record = model_from_weights(weights, spec, settings.input_shape)
     images = np.random.default_rng(SYNTHETIC_SEED).standard_normal((SYNTHETIC_COUNT, *record["input_shape"]))
-    images = images.astype(np.float32)
-    with atomic_output(output) as tmp:
-        _export_to(
-            model, record, tmp, settings, {"num_classes": str(record["num_classes"]), "checked_on": SYNTHETIC_TEXT}
-        )
-        figures = _parity(model, tmp, images, None)
+    extra = {"num_classes": str(record["num_classes"]), "checked_on": SYNTHETIC_TEXT}
+    figures = _export_to(model, record, output, settings, extra, images.astype(np.float32), None)
     say(f"The export is checked against PyTorch on {SYNTHETIC_TEXT}; {SYNTHETIC_HINT}")
     sha256 = record["weights"]["sha256"]
     write_manifest(
@@ -149,7 +137,6 @@ def _export_weights(weights: str | Path, output: Path, spec: ModelSpec, settings
 
 
 def _what_was_written(output: Path, model: str, settings: ExportSettings, input_shape: list[int]) -> dict[str, Any]:
-    """The head of export's result: the file, the model, and the shape it was exported with."""
     return {
         "onnx": str(output),
         "model": model,
@@ -161,7 +148,6 @@ def _what_was_written(output: Path, model: str, settings: ExportSettings, input_
 
 
 def _parity(model: torch.nn.Module, onnx_path: Path, images: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
-    """The ONNX model's logits against PyTorch's on ``images`` (``Fidelity``); fail unless they match (diff and top-1)."""
     with TorchRunner(model) as runner:
         reference = predict(runner, images)
     with OnnxRuntimeRunner(onnx_path) as runner:
@@ -192,48 +178,48 @@ def _resized_preprocess(config: dict[str, Any], shape: tuple[int, int, int]) -> 
     return {"preprocess": {**recorded, "resize": resize, "crop": [new_h, new_w]}}
 
 
-def _export_to(
-    model: torch.nn.Module, config: dict[str, Any], path: Path, settings: ExportSettings, extra: dict[str, str]
-) -> None:
-    """Export ``model`` to ``path`` with the metadata every later stage reads: the model, its spec, weights and
-    input shape, ``extra`` (a checkpoint's sha256; a weights file's classes and what it was checked on) and its ``Record``."""
-    dynamic_batch, opset = settings.dynamic_batch, settings.opset
+def _export_to(model: torch.nn.Module, config: dict[str, Any], output: Path, settings: ExportSettings, extra, *images):
+    """Export ``model`` to ``output`` with the metadata every later stage reads (the model, its spec, weights,
+    input shape, ``extra`` and its ``Record``); its parity figures on ``images`` (inputs and labels)."""
+    dynamic_batch = settings.dynamic_batch
     example = torch.zeros(1 if dynamic_batch else settings.batch, *config["input_shape"])
     axes = {**({0: "batch"} if dynamic_batch else {}), **({2: "height", 3: "width"} if settings.dynamic_size else {})}
     dynamic_axes = {"input": axes, "logits": {0: "batch"} if dynamic_batch else {}} if axes else None
-    try:
-        # The TorchScript exporter: fast (well under a second for the zoo) and it keeps the
-        # plain op set (Conv, ReduceMean, Sigmoid, Softmax, MatMul) TensorRT fuses best.
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            opset_version=opset,
-            dynamo=False,
-            do_constant_folding=True,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes=dynamic_axes,
-        )
-    except Exception as exc:  # the exporter raises many types for unsupported ops
-        raise EdgepipeError(
-            f"PyTorch could not export {config['model']} to ONNX: {str(exc).splitlines()[0][:200]}",
-            fix="try another --opset",
-        )
-    proto = onnx.load(str(path))
-    metadata = {
-        "model": config["model"],
-        "input_shape": json.dumps(config["input_shape"]),
-        "model_spec": json.dumps(config.get("model_spec"), sort_keys=True),
-        "weights_sha256": model_record(config)["weights_sha256"] or "",
-        "version": __version__,
-        **extra,
-    }
-    set_metadata(proto, {f"edgepipe.{key}": value for key, value in metadata.items()})
-    # preprocessing, classes, data and split: what every later stage reads (a weights file: timm's preprocessing)
-    preprocess = Preprocess.from_dict(config["preprocess"]) if config.get("preprocess") else None
-    (Record.of_config(config) if "split" in config else Record(preprocess)).store_in(proto)
-    proto.producer_name = "edgepipe"
-    proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, str(path))
+    with atomic_output(output) as path:
+        try:
+            # The TorchScript exporter: fast (well under a second for the zoo) and it keeps the
+            # plain op set (Conv, ReduceMean, Sigmoid, Softmax, MatMul) TensorRT fuses best.
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                opset_version=settings.opset,
+                dynamo=False,
+                do_constant_folding=True,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes=dynamic_axes,
+            )
+        except Exception as exc:  # the exporter raises many types for unsupported ops
+            raise EdgepipeError(
+                f"PyTorch could not export {config['model']} to ONNX: {str(exc).splitlines()[0][:200]}",
+                fix="try another --opset",
+            )
+        proto = onnx.load(str(path))
+        metadata = {
+            "model": config["model"],
+            "input_shape": json.dumps(config["input_shape"]),
+            "model_spec": json.dumps(config.get("model_spec"), sort_keys=True),
+            "weights_sha256": model_record(config)["weights_sha256"] or "",
+            "version": __version__,
+            **extra,
+        }
+        set_metadata(proto, {f"edgepipe.{key}": value for key, value in metadata.items()})
+        # preprocessing, classes, data and split: what every later stage reads (a weights file: timm's preprocessing)
+        preprocess = Preprocess.from_dict(config["preprocess"]) if config.get("preprocess") else None
+        (Record.of_config(config) if "split" in config else Record(preprocess)).store_in(proto)
+        proto.producer_name = "edgepipe"
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(path))
+        return _parity(model, path, *images)

@@ -1,9 +1,5 @@
-"""``--input-size``: one format and one value in every command.
-
-``[C x] H x W``: ``96x96`` sets height and width and keeps the model's channels; ``3x96x96`` also
-names the channels, which must then match the model's where the model fixes them. A single ``N``
-is an N x N square. Parsed once, at the command line, into an :class:`InputSize`.
-"""
+"""``--input-size [C x] H x W``: ``96x96`` keeps the model's channels; ``3x96x96`` also names them, which
+must then match the model's where the model fixes them; ``N`` is an N x N square."""
 
 from __future__ import annotations
 
@@ -18,8 +14,6 @@ _PATTERN = re.compile(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?(?:[xX]\s*(\d+)\s*)?")
 
 @dataclass(frozen=True)
 class InputSize:
-    """Height and width of a model's input, and its channels where the user named them."""
-
     height: int
     width: int
     channels: int | None = None
@@ -46,8 +40,7 @@ class InputSize:
         """(C, H, W): the channels named, else ``channels`` (the model's or the data's; None: not known yet)."""
         return (self.channels if self.channels is not None else channels, self.height, self.width)
 
-    def check_channels(self, model_channels: int | None, what: str = "the model") -> None:
-        """Refuse channels that differ from those ``what`` fixes (None: the model leaves them open)."""
+    def check_channels(self, model_channels: int | None, what: str = "the model") -> None:  # None: left open
         if self.channels is not None and model_channels is not None and self.channels != model_channels:
             raise EdgepipeError(
                 f"--input-size {self} names {self.channels} channels but {what} takes {model_channels}",

@@ -1,8 +1,5 @@
-"""Load a weights file into a built model, strictly, and say exactly why one does not fit.
-
-A ``.pt``/``.pth`` file is read with ``torch.load(weights_only=True)``, so a weights file cannot run
-code; it may hold a plain state dict or one wrapped by a trainer (``WRAPPER_KEYS``), or a .safetensors.
-"""
+"""Load a weights file into a built model, strictly, and say exactly why one does not fit. A ``.pt``/``.pth``
+is read with ``torch.load(weights_only=True)``, so a weights file cannot run code."""
 
 from __future__ import annotations
 
@@ -19,7 +16,7 @@ WRAPPER_KEYS = ("state_dict", "model")  # where trainers commonly keep the state
 
 
 def read_state_dict(path: str | Path) -> dict[str, Any]:
-    """The state dict in ``path`` (tensors on the CPU), unwrapped from a checkpoint if need be."""
+    """The state dict in ``path`` (tensors on the CPU), unwrapped from a trainer's checkpoint if need be."""
     import torch  # only stages that load weights need torch
 
     path = Path(path)
@@ -51,8 +48,7 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         raise EdgepipeError(
             f"{path.name} is not a readable weights file (torch.load: {reason[:160]})", fix=SAVE_FIX
         ) from None
-    wrapper = next((key for key in WRAPPER_KEYS if isinstance(blob, dict) and isinstance(blob.get(key), dict)), None)
-    blob = blob if wrapper is None else blob[wrapper]
+    blob = next((blob[key] for key in WRAPPER_KEYS if isinstance(blob, dict) and isinstance(blob.get(key), dict)), blob)
     if not (isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values())):
         found = (
             f"a dict with keys {sorted(map(str, blob))[:5]}" if isinstance(blob, dict) else f"a {type(blob).__name__}"
@@ -61,8 +57,7 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     return blob
 
 
-def mismatch(state: dict[str, Any], expected: dict[str, Any]) -> str | None:
-    """The first way ``state`` does not fit ``expected`` (the model's state dict), or None."""
+def mismatch(state: dict[str, Any], expected: dict[str, Any]) -> str | None:  # the first way, or None
     for key, want in expected.items():
         if key not in state:
             more = sum(k not in state for k in expected) - 1
@@ -77,7 +72,6 @@ def mismatch(state: dict[str, Any], expected: dict[str, Any]) -> str | None:
 
 
 def load_weights(model, path: str | Path) -> str:
-    """Load ``path`` into ``model`` strictly; return the file's sha256 (for manifests and reports)."""
     path = Path(path)
     expected = model.state_dict()
     state, prefix = read_state_dict(path), "module."

@@ -1,12 +1,7 @@
 """Which PyTorch model to use: a zoo name, ``timm:NAME``, ``package.module:callable`` or ``file.py:callable``.
-
-``--model`` and its ``--model-arg key=value`` pairs are parsed once, at the edge, into a ``ModelSpec``.
 A checkpoint records the spec so later stages need no flags, but user code is never imported on a
-checkpoint's word alone (``load_recorded``): a checkpoint from elsewhere could name any file, and
-importing a file runs it.
-
-    model = build(ModelSpec.parse("models/net.py:make_net", ["width=32"]), defaults={"num_classes": 5})
-"""
+checkpoint's word alone (``load_recorded``): a checkpoint from elsewhere could name any file, and importing
+a file runs it."""
 
 from __future__ import annotations
 
@@ -25,7 +20,6 @@ from pipeline.timm_models import TIMM_PREFIX, create_timm, timm_data_config, tim
 from pipeline.user_code import call_user_callable, error_line
 
 KINDS = ("zoo", "timm", "module", "file")
-USER_CODE_KINDS = ("module", "file")
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # YAML 1.1 reads "1e-3" as a string
 
 
@@ -58,23 +52,20 @@ def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed ``--model``: ``kind`` is zoo, timm, module or file; ``args`` are its --model-arg values."""
-
     text: str
-    kind: str
+    kind: str  # zoo, timm, module or file
     target: str  # zoo name, timm name, dotted module, or absolute path of the .py file
     attr: str | None = None  # the callable inside the module or file
     args: dict[str, Any] = field(default_factory=dict)
     sha256: str | None = None  # of the .py file, for a file spec
 
     @property
-    def is_user_code(self) -> bool:
-        """True when building the model imports (runs) code from the user's module or file."""
-        return self.kind in USER_CODE_KINDS
+    def is_user_code(self) -> bool:  # building the model imports (runs) the user's module or file
+        return self.kind in ("module", "file")
 
     @classmethod
     def parse(cls, text: str, model_args: Sequence[str] | dict[str, Any] = ()) -> ModelSpec:
-        """Parse ``--model`` text; a file spec is resolved to an absolute path and hashed now."""
+        """A file spec is resolved to an absolute path and hashed now."""
         text = (text or "").strip()
         args = dict(model_args) if isinstance(model_args, dict) else parse_model_args(model_args)
         fix = "pass a zoo name ('edgepipe models'), timm:NAME, package.module:callable or path/to/file.py:callable"
@@ -110,11 +101,8 @@ class ModelSpec:
         return cls(text, "module", where, attr, args)
 
     def to_json(self) -> dict[str, Any]:
-        """What a checkpoint records: the spec text and args, and for a file its path and sha256."""
-        out: dict[str, Any] = {"spec": self.text, "kind": self.kind, "args": dict(self.args)}
-        if self.kind == "file":
-            out.update(file=self.target, sha256=self.sha256)
-        return out
+        file = {"file": self.target, "sha256": self.sha256} if self.kind == "file" else {}
+        return {"spec": self.text, "kind": self.kind, "args": dict(self.args), **file}
 
     @classmethod
     def from_json(cls, blob: dict[str, Any] | str) -> ModelSpec:
@@ -144,11 +132,8 @@ class ModelSpec:
 
     def same_model(self, other: ModelSpec) -> bool:
         """Whether ``other`` names the same callable (a moved but unchanged file counts as the same)."""
-        if (self.kind, self.attr) != (other.kind, other.attr):
-            return False
-        return self.target == other.target or (
-            self.kind == "file" and self.sha256 is not None and self.sha256 == other.sha256
-        )
+        moved = self.kind == "file" and self.sha256 is not None and self.sha256 == other.sha256
+        return (self.kind, self.attr) == (other.kind, other.attr) and (self.target == other.target or moved)
 
 
 @dataclass(frozen=True)
@@ -254,10 +239,8 @@ def input_size(model_or_spec) -> tuple[int, int, int] | None:
 
 
 def probe(model, size: tuple[int, int, int]) -> tuple[int, ...]:
-    """Run one forward pass on zeros of ``size``; return the output shape, or say what went wrong."""
     import torch  # only where a model runs
 
-    shown = "x".join(str(v) for v in size)
     was_training = model.training
     model.eval()
     try:
@@ -265,7 +248,7 @@ def probe(model, size: tuple[int, int, int]) -> tuple[int, ...]:
             out = model(torch.zeros(1, *size))
     except Exception as exc:
         raise EdgepipeError(
-            f"the model cannot take input {shown}: its forward pass raised {error_line(exc)}",
+            f"the model cannot take input {'x'.join(map(str, size))}: its forward pass raised {error_line(exc)}",
             fix="pass --input-size with the size the model was built for, e.g. --input-size 3x224x224",
         ) from None
     finally:

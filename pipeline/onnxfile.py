@@ -9,8 +9,7 @@ import onnx
 from pipeline.errors import EdgepipeError
 
 
-def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """Load an ONNX file, with one clear error for a missing, truncated or corrupt file."""
+def load_onnx(path: str | Path) -> onnx.ModelProto:  # one clear error for a missing, truncated or corrupt file
     path = Path(path)
     if not path.is_file():
         raise EdgepipeError(f"ONNX model {path} does not exist", fix="pass the path of an .onnx file")

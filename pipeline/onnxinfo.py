@@ -1,10 +1,5 @@
-"""What edgepipe needs to know about any ONNX model, including ones it did not export.
-
-Users bring ONNX files from timm, torchvision, TensorFlow converters and their own exporters:
-no edgepipe metadata, NHWC inputs, dynamic height/width, several outputs, opsets older than the
-13 that Q/DQ (INT8) needs. ``describe`` reads what every stage needs from the graph alone, and
-the shapes a user asks for are checked against it before TensorRT is involved.
-"""
+"""What edgepipe needs to know about any ONNX model, including ones it did not export (no edgepipe
+metadata, NHWC, dynamic height/width, several outputs, old opsets): read from the graph alone."""
 
 from __future__ import annotations
 
@@ -17,7 +12,6 @@ import onnx
 from pipeline.defaults import ORT_DISABLED_OPTIMIZERS
 from pipeline.errors import EdgepipeError
 from pipeline.onnxfile import load_onnx
-from pipeline.preprocess_options import LAYOUTS
 
 MIN_QDQ_OPSET = 13  # QuantizeLinear/DequantizeLinear with a per-channel axis: what TensorRT parses for INT8
 DEFAULT_TARGET_OPSET = 17
@@ -46,10 +40,8 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A model's single image input, its outputs, opset and origin (``describe`` makes it).
-
-    ``channels``, ``height``, ``width`` and ``batch`` are None where the dimension is dynamic.
-    """
+    """A model's single image input, its outputs, opset and origin; ``channels``, ``height``, ``width``
+    and ``batch`` are None where the dimension is dynamic."""
 
     input: TensorInfo
     layout: str  # "nchw" | "nhwc"
@@ -92,7 +84,6 @@ class ModelInfo:
         return self.opset < MIN_QDQ_OPSET
 
     def notes(self) -> list[str]:
-        """What a user should be told about this model before edgepipe works on it."""
         notes = [
             f"input '{self.input_name}' names its {' and '.join(self.axis_word(a) for a in axes)} '{symbol}': TensorRT requires them equal in every shape"
             for symbol, axes in self.tied_dims.items()
@@ -114,7 +105,6 @@ class ModelInfo:
         return (self.channels, height, width) if self.layout == "nchw" else (height, width, self.channels)
 
     def axis_word(self, axis: int) -> str:
-        """ "batch", "channels", "height" or "width" for an input axis."""
         return dict(zip((0, *_AXES[self.layout]), ("batch", *_WORDS)))[axis]
 
     def axis_label(self, axis: int) -> str:
@@ -122,7 +112,6 @@ class ModelInfo:
 
 
 def load_model(source: ModelSource) -> onnx.ModelProto:
-    """The ModelProto for a path, serialized bytes or a ModelProto; one clear error for a bad file."""
     if isinstance(source, onnx.ModelProto):
         return source
     if isinstance(source, (bytes, bytearray)):
@@ -213,25 +202,21 @@ def check_profile_shapes(info: ModelInfo, profiles: dict[str, dict[str, tuple[in
 def synthetic_batch(
     info: ModelInfo, batch: int = 2, height: int | None = None, width: int | None = None, seed: int = 0
 ) -> np.ndarray:
-    """Seeded standard-normal input in the model's layout and dtype, for checks that need no real data."""
     values = np.random.default_rng(seed).standard_normal((info.batch or batch, *info.sample_shape(height, width)))
     if np.issubdtype(np.dtype(info.input.dtype), np.integer):
         values = np.clip(values * 64 + 128, 0, 255)  # raw 8-bit pixels
     return values.astype(info.input.dtype)
 
 
-def opset_of(model: onnx.ModelProto) -> int:
-    """The model's default-domain (ai.onnx) opset."""
+def opset_of(model: onnx.ModelProto) -> int:  # the default domain's (ai.onnx)
     return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
 
 
 def cpu_session(model: bytes | str, every_tensor: bool = False, cuda: bool = False):
-    """An ONNX Runtime CPU session that reads a Q/DQ graph as TensorRT computes it.
-
-    ``ORT_DISABLED_OPTIMIZERS`` are off (their rewrite of a quantized Conv's bias overflows FP16 scales);
-    ``every_tensor`` turns every optimization off, so each tensor a model exposes is computed as written;
-    ``cuda`` puts ONNX Runtime's CUDA provider first, where it has one.
-    """
+    """An ONNX Runtime CPU session that reads a Q/DQ graph as TensorRT computes it: ``ORT_DISABLED_OPTIMIZERS``
+    are off (their rewrite of a quantized Conv's bias overflows FP16 scales); ``every_tensor`` turns every
+    optimization off, so each tensor a model exposes is computed as written; ``cuda`` puts ONNX Runtime's CUDA
+    provider first, where it has one."""
     import onnxruntime as ort  # a second to import: only what runs a model pays for it
 
     providers = ["CPUExecutionProvider"]
@@ -282,7 +267,7 @@ def _outputs(model: onnx.ModelProto) -> list[TensorInfo]:
 
 def _layout(image: TensorInfo, layout: str | None) -> str:
     if layout is not None:
-        if layout not in LAYOUTS:
+        if layout not in _AXES:
             raise EdgepipeError(f"unknown layout {layout!r}", fix="pass --layout nchw or --layout nhwc")
         return layout
     for channels in (3, 1):  # colour first: 1x1x224x3 is NHWC RGB, not a 1-channel NCHW image

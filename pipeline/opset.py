@@ -1,11 +1,6 @@
-"""Models from older exporters lifted to the opset INT8 needs, and proof that nothing changed.
-
-Q/DQ (INT8) needs opset 13; exporters of a few years ago (timm, torchvision, tf2onnx) wrote 11
-or 12. onnx's version converter rewrites the ops whose form changed (Squeeze, Unsqueeze and
-ReduceSum take their axes as an input from 13 on, ...); ``prove_same`` then runs both models on
-ONNX Runtime, so the upgrade is shown rather than assumed. (ModelOpt's quantizer would raise the
-opset itself, silently and unproven.)
-"""
+"""Models from older exporters (opset 11 or 12) lifted to the opset 13 Q/DQ (INT8) needs, and proof that
+nothing changed: ``prove_same`` runs both models on ONNX Runtime, so the upgrade is shown rather than
+assumed (ModelOpt's quantizer would raise the opset itself, silently and unproven)."""
 
 from __future__ import annotations
 
@@ -20,8 +15,6 @@ SAME_TOLERANCE = 1e-5  # upgraded vs original: |upgraded - original| <= 1e-5 + 1
 
 
 def upgrade_opset(model: ModelSource, target: int = DEFAULT_TARGET_OPSET) -> onnx.ModelProto:
-    """The model converted to opset ``target`` with onnx's version converter (as is if already there);
-    ``prove_same`` proves the result."""
     model = load_model(model)
     current = opset_of(model)
     if current >= target:

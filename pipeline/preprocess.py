@@ -1,17 +1,15 @@
 """How an image becomes a model input: resize, centre crop, scale, normalize, in timm/torchvision terms.
-
-Users of timm and torchvision already know their model's preprocessing as ``Resize(256)``,
-``CenterCrop(224)``, ``ToTensor()``, ``Normalize(mean, std)``; edgepipe takes exactly those keys and
-reproduces torchvision's arithmetic on PIL images, so the images edgepipe calibrates and validates on
-are the images the model was trained for.
-
-    pre = Preprocess.from_dict({"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
-    array = pre.apply(PIL.Image.open("cat.jpg"))    # float32, 3x224x224
+Users know their model's preprocessing as ``Resize(256)``, ``CenterCrop(224)``, ``ToTensor()``,
+``Normalize(mean, std)``; edgepipe takes exactly those keys and reproduces torchvision's arithmetic on
+PIL images, so the images edgepipe calibrates and validates on are the images the model was trained for.
+The user's words for it (flag values and --preprocess files alike) are parsed here once, so a typo or a
+wrong number is one clear line naming the key, never a failure deep inside a later stage.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,19 +18,15 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import EdgepipeError
-from pipeline.preprocess_options import (
-    CHANNEL_ORDERS,
-    EXAMPLE,
-    INTERPOLATION_NAMES,
-    LAYOUTS,
-    check_keys,
-    choice,
-    dims,
-    parse_value,
-)
 
+INTERPOLATIONS = {
+    n: getattr(Image.Resampling, n.upper()) for n in ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+}
+CHANNEL_ORDERS = ("rgb", "bgr")
+LAYOUTS = ("nchw", "nhwc")
+KEYS = ("resize", "crop", "mean", "std", "channel_order", "interpolation", "layout", "channels")
+EXAMPLE = {"mean": "0.485,0.456,0.406", "std": "0.229,0.224,0.225"}
 METADATA_KEY = "edgepipe.preprocess"
-INTERPOLATIONS = {name: getattr(Image.Resampling, name.upper()) for name in INTERPOLATION_NAMES}
 _LUMA = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
 
 
@@ -56,9 +50,8 @@ class Preprocess:
         for key in ("resize", "crop", "mean", "std"):  # lists (from JSON, or callers) become tuples: hashable
             if isinstance(getattr(self, key), list):
                 object.__setattr__(self, key, tuple(getattr(self, key)))
-        choice("interpolation", self.interpolation, INTERPOLATIONS)
-        choice("channel_order", self.channel_order, CHANNEL_ORDERS)
-        choice("layout", self.layout, LAYOUTS)
+        for key, allowed in (("interpolation", INTERPOLATIONS), ("channel_order", CHANNEL_ORDERS), ("layout", LAYOUTS)):
+            choice(key, getattr(self, key), allowed)
         if self.channels not in (1, 3):
             raise EdgepipeError(
                 f"the model's input has {self.channels} channels; image preprocessing makes 1 (grayscale) or 3",
@@ -95,15 +88,13 @@ class Preprocess:
             )
 
     @classmethod
-    def default_for(cls, input_hw: tuple[int, int] | None, channels: int = 3) -> Preprocess:
-        """What edgepipe does when given nothing: resize to the model's static input size, scale to [0, 1]."""
+    def default_for(cls, input_hw: tuple[int, int] | None, channels: int = 3) -> Preprocess:  # nothing given
         return cls(resize=tuple(input_hw) if input_hw else None, channels=channels, defaulted=True)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Preprocess:
         check_keys(values, "preprocessing")
-        parsed = {key: parse_value(key, value) for key, value in values.items() if value is not None}
-        return cls(**parsed)
+        return cls(**{key: parse_value(key, value) for key, value in values.items() if value is not None})
 
     @classmethod
     def from_json(cls, text: str | dict[str, Any]) -> Preprocess:
@@ -125,8 +116,7 @@ class Preprocess:
         return cls.from_dict(values)
 
     @classmethod
-    def from_onnx(cls, model) -> Preprocess | None:
-        """The preprocessing stored in an ``onnx.ModelProto``'s metadata, or None when there is none."""
+    def from_onnx(cls, model) -> Preprocess | None:  # what an onnx.ModelProto's metadata stores, if any
         text = {prop.key: prop.value for prop in model.metadata_props}.get(METADATA_KEY)
         return None if text is None else cls.from_json(text)
 
@@ -142,8 +132,7 @@ class Preprocess:
         """Height and width of every preprocessed image, or None when it depends on the image."""
         return self.crop or (self.resize if isinstance(self.resize, tuple) else None)
 
-    def check_fits(self, input_hw: tuple[int, int] | None) -> None:
-        """Raise when this preprocessing makes images of another size than the model's static input."""
+    def check_fits(self, input_hw: tuple[int, int] | None) -> None:  # the model's static input size
         out = self.output_hw
         if input_hw and out and tuple(out) != tuple(input_hw):
             raise EdgepipeError(
@@ -152,7 +141,7 @@ class Preprocess:
             )
 
     def describe(self) -> str:
-        """One sentence for the user, e.g. 'no preprocessing given: images are resized to 224x224 and scaled to [0, 1]'."""
+        """E.g. 'no preprocessing given: images are resized to 224x224 and scaled to [0, 1]'."""
         steps = ["converted to grayscale"] if self.channels == 1 else []
         if isinstance(self.resize, tuple):
             steps.append(f"resized to {dims(self.resize)}" + ("" if self.defaulted else f" ({self.interpolation})"))
@@ -238,8 +227,7 @@ class Preprocess:
         new_long = int(self.resize * long / short)
         return (self.resize, new_long) if width <= height else (new_long, self.resize)
 
-    def _arranged(self, array: np.ndarray) -> np.ndarray:
-        """H x W (x C) pixels in the model's channel order and layout, contiguous."""
+    def _arranged(self, array: np.ndarray) -> np.ndarray:  # in the model's channel order and layout
         if array.ndim == 2:
             array = array[:, :, None]
         if self.channel_order == "bgr":
@@ -251,3 +239,79 @@ class Preprocess:
 
 def _fmt(values) -> str:
     return ",".join(f"{v:.4g}" for v in values)
+
+
+def parse_value(key: str, value: Any):  # flag text, or what YAML/JSON gave, in its stored type
+    return _PARSERS[key](key, value)
+
+
+def did_you_mean(words: list[str], choices) -> str:
+    hints = [f"{w} -> {c[0]}" for w in words if (c := difflib.get_close_matches(w, choices, n=1, cutoff=0.6))]
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
+
+
+def check_keys(values: dict[str, Any], where: str) -> None:
+    unknown = [key for key in values if key not in KEYS]
+    if unknown:
+        hint = did_you_mean(unknown, KEYS)
+        raise EdgepipeError(
+            f"{where} has unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}{hint}",
+            fix=f"use only {', '.join(KEYS[:-1])}",
+        )
+
+
+def choice(key: str, value: str, allowed) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), list(allowed), n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise EdgepipeError(f"unknown {key} '{value}'{hint}", fix=f"use one of {', '.join(allowed)}")
+
+
+def dims(shape) -> str:  # (224, 160) -> "224x160"
+    return "x".join(str(d) for d in shape)
+
+
+def _parse_size(key: str, value: Any) -> int | tuple[int, int]:
+    """An int ('224') or height x width ('224x160', [224, 160]); resize N is the shorter side, crop N is N x N."""
+    text = "x".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        numbers = [int(part.strip()) for part in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2) or min(numbers) < 1 or isinstance(value, (bool, float)):
+        raise EdgepipeError(
+            f"{key} '{value}' is not a size",
+            fix=f"give a positive whole number of pixels or HxW, e.g. --{key} {256 if key == 'resize' else 224}",
+        )
+    if len(numbers) == 1 and key == "resize":
+        return numbers[0]
+    return numbers[0], numbers[-1]
+
+
+def _parse_floats(key: str, value: Any) -> tuple[float, ...]:
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    try:
+        numbers = tuple(float(item) for item in items)
+    except (TypeError, ValueError):
+        numbers = ()
+    if not numbers or not all(np.isfinite(numbers)):
+        raise EdgepipeError(
+            f"{key} '{value}' is not a list of numbers", fix=f"give one number per channel, e.g. --{key} {EXAMPLE[key]}"
+        )
+    return numbers
+
+
+def _parse_channels(key: str, value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise EdgepipeError(f"channels '{value}' is not a number", fix="drop 'channels', it comes from the model")
+
+
+_PARSERS = {
+    **dict.fromkeys(("resize", "crop"), _parse_size),
+    **dict.fromkeys(("mean", "std"), _parse_floats),
+    **dict.fromkeys(("channel_order", "interpolation", "layout"), lambda key, value: str(value).strip().lower()),
+    "channels": _parse_channels,
+}

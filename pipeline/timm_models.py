@@ -1,8 +1,5 @@
-"""timm models: build one with random weights, and read its own data config (size, crop, mean/std).
-
-timm is optional and imports torchvision, so it is imported only inside these functions. Weights
-never come from a hub here; they load from a local file (``model_weights``).
-"""
+"""timm models: built with random weights (weights load from a local file, never a hub), and their own
+data config. timm is optional and imports torchvision, so it is imported only inside these functions."""
 
 from __future__ import annotations
 
@@ -27,7 +24,6 @@ def _import_timm():
 
 
 def create_timm(name: str, kwargs: dict[str, Any]):
-    """``timm.create_model(name, pretrained=False, **kwargs)``, with close names for a typo."""
     timm = _import_timm()
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
@@ -45,7 +41,6 @@ def create_timm(name: str, kwargs: dict[str, Any]):
 
 
 def timm_default_input_size(name: str, in_chans: int | None = None) -> tuple[int, int, int] | None:
-    """The input size timm's pretrained config gives model ``name``, without building it."""
     timm = _import_timm()
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None or not cfg.input_size:
@@ -83,11 +78,11 @@ def timm_data_config(model) -> dict[str, Any]:
     }
 
 
-def timm_preprocess(model, size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """timm's evaluation preprocessing for ``model`` in ``Preprocess`` keys, at ``size`` (H, W) or its own:
-    the resize keeps timm's crop_pct, as ``resolve_data_config(input_size=...)`` would give."""
+def timm_preprocess(model, size: tuple[int, int]) -> dict[str, Any]:
+    """timm's evaluation preprocessing for ``model`` in ``Preprocess`` keys, at ``size`` (H, W): the resize
+    keeps timm's crop_pct, as ``resolve_data_config(input_size=...)`` would give."""
     cfg = timm_data_config(model)
-    height, width = size or cfg["crop"]
+    height, width = size
     kept = {key: cfg[key] for key in ("mean", "std", "channel_order", "interpolation", "layout")}
     return {
         "resize": _resize(height, width, cfg["crop_pct"]),

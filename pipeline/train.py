@@ -27,11 +27,8 @@ SHIFT_FRACTION = 1 / 16  # at larger sizes, up to this share of the shorter side
 
 
 def _shift(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random translation (replicated border) by up to max(MAX_SHIFT, 1/16 of the shorter side) pixels, one offset per image.
-
-    Translation keeps a class that depends on orientation (a rotation classifier's "90" and "270")
-    what it is, which flips and rotations would not.
-    """
+    """Random translation (replicated border), one offset per image: it keeps a class that depends on
+    orientation (a rotation classifier's "90" and "270") what it is, which flips and rotations would not."""
     n, _, h, w = batch.shape
     shift = max(MAX_SHIFT, int(min(h, w) * SHIFT_FRACTION))
     padded = F.pad(batch, (shift,) * 4, mode="replicate")
@@ -54,10 +51,8 @@ def train(
     weights: str | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train ``model_name`` (any --model spec) on ``data``; returns the model and its checkpoint config.
-
     ``input_shape``: (C, H, W) from --input-size (an int N: NxN in the data's channels). ``weights``
-    start a fine-tune; with ``epochs=0`` they are taken as they are (no training).
-    """
+    start a fine-tune; with ``epochs=0`` they are taken as they are (no training)."""
     spec = model_name if isinstance(model_name, ModelSpec) else ModelSpec.parse(model_name)
     info = model_info(spec.text) if spec.kind == "zoo" else {}
     epochs = info.get("default_epochs", DEFAULT_EPOCHS) if epochs is None else epochs

@@ -1,8 +1,6 @@
 """Import the user's model code (a package module or a .py file) and call the callable that builds it.
-
-Importing runs the user's code, so it is called only after the trust rule (``modelspec``). A file is
-imported under a module name unique to its path and content, with its folder first on sys.path, so
-``from blocks import SE`` next to it works; a package module imports as from the working folder.
+Importing runs the user's code, so it is called only after the trust rule (``modelspec``). A file's folder
+is first on sys.path, so ``from blocks import SE`` next to it works; a module imports as from the working folder.
 """
 
 from __future__ import annotations
@@ -25,14 +23,12 @@ from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 
 
-def error_line(exc: BaseException) -> str:
-    """The last line of the exception as a traceback prints it, e.g. "ModuleNotFoundError: No module named 'x'"."""
+def error_line(exc: BaseException) -> str:  # e.g. "ModuleNotFoundError: No module named 'x'"
     return traceback.format_exception_only(type(exc), exc)[-1].strip()[:300]
 
 
 @contextmanager
-def _on_sys_path(folder: str) -> Iterator[None]:
-    """``folder`` first on sys.path for the duration, so the user's sibling imports resolve."""
+def _on_sys_path(folder: str) -> Iterator[None]:  # so the user's sibling imports resolve
     added = folder not in sys.path
     if added:
         sys.path.insert(0, folder)
@@ -96,8 +92,7 @@ def _find_callable(module, where: str, attr: str, text: str):
     return obj
 
 
-def _accepted(fn, defaults: dict[str, Any]) -> dict[str, Any]:
-    """The defaults ``fn``'s signature takes (by name, or all of them through **kwargs)."""
+def _accepted(fn, defaults: dict[str, Any]) -> dict[str, Any]:  # by name, or all of them through **kwargs
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # some builtins have no signature: pass nothing implicit
@@ -109,8 +104,7 @@ def _accepted(fn, defaults: dict[str, Any]) -> dict[str, Any]:
 
 
 def find_user_callable(spec) -> tuple[Any, str]:
-    """Import a ``ModelSpec``'s module or file and return ``(its callable, the folder it is called from)``;
-    one error when it does not import or has no such callable."""
+    """A ``ModelSpec``'s callable, imported, and the folder it is called from."""
     if spec.kind == "file":
         path = Path(spec.target)
         module, where, folder = _import_file(path, spec.sha256), path.name, str(path.parent)
@@ -120,8 +114,7 @@ def find_user_callable(spec) -> tuple[Any, str]:
 
 
 def call_user_callable(spec, defaults: dict[str, Any]) -> Any:
-    """``ModelSpec`` ``spec``'s callable called with the ``defaults`` its signature takes, overridden by
-    the spec's args; the result is returned unchecked."""
+    """``spec``'s callable called with the ``defaults`` it takes and the spec's args; the result unchecked."""
     fn, folder = find_user_callable(spec)
     kwargs = {**_accepted(fn, defaults), **spec.args}
     try:

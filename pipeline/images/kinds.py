@@ -1,6 +1,4 @@
-"""The kinds of ``ImageSource`` (image files in folders, an .npz's arrays, the bundled digits) and
-``open_source``, which picks one. Each decodes an image only when a stream worker ``read``s it.
-"""
+"""The kinds of ``ImageSource`` and ``open_source``, which picks one; each decodes an image only when read."""
 
 from __future__ import annotations
 
@@ -18,13 +16,10 @@ _DATA_FIX = "pass --data digits, a folder of class sub-folders, a folder of imag
 
 
 class PathList:
-    """File names packed in one bytes object, read back one at a time.
-
-    Stream workers are forked from the main process and share its memory until they write to it.
-    A list of 20,000 str objects would be written to as each name is used (its reference count
-    changes), copying a page per image into every worker: memory that grows with the data set.
-    One bytes object and an offsets array are only read.
-    """
+    """File names packed in one bytes object, read back one at a time. Forked stream workers share the main
+    process's memory until they write to it, and a list of 20,000 str objects would be written to as each
+    name is used (its reference count changes), copying a page per image into every worker: memory that
+    grows with the data set. One bytes object and an offsets array are only read."""
 
     def __init__(self, paths: list[str]):
         encoded = [p.encode("utf-8", "surrogateescape") for p in paths]
@@ -37,9 +32,6 @@ class PathList:
     def __getitem__(self, index: int) -> str:
         start = int(self._ends[index - 1]) if index > 0 else 0
         return self._blob[start : int(self._ends[index])].decode("utf-8", "surrogateescape")
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
 
 
 class FileSource(ImageSource):
@@ -120,8 +112,7 @@ class DigitsSource(ImageSource):
         super().__init__(DIGITS, len(labels), labels, names or [str(name) for name in digits.target_names])
         self._images = self._native
 
-    def prepare(self, preprocess: Preprocess) -> None:
-        """At a square size, resized once with torch's antialiased bilinear (what the zoo trains on); else from 8x8."""
+    def prepare(self, preprocess: Preprocess) -> None:  # a square size: resized once, as the zoo trains on
         resize = preprocess.resize
         size = tuple(resize) if isinstance(resize, tuple) and resize[0] == resize[1] else (8, 8)
         if size == (8, 8):

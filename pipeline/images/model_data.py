@@ -1,12 +1,6 @@
-"""The one question every stage asks: what does this model record, and what did the user add?
-
-``ModelInput`` answers it for any model; ``ModelData.of`` adds the images and their split, as
-docs/data.md tells. Calibration draws from the pool, checks and validation judge on the held-out part:
-
-    model_data = ModelData.of(ModelInput.of_onnx("resnet.onnx", flags), data="photos/", labels="labels.txt")
-    picked = model_data.draw(512, seed=0)                        # class-balanced, from the pool only
-    x, y = model_data.batches(picked).collect()
-"""
+"""The one question every stage asks: what does this model record, and what did the user add? ``ModelInput``
+answers it for any model; ``ModelData.of`` adds the images and their split (docs/data.md). Calibration
+draws from the pool, checks and validation judge on the held-out part."""
 
 from __future__ import annotations
 
@@ -19,8 +13,7 @@ import numpy as np
 from pipeline.artifacts import read_manifest
 from pipeline.errors import EdgepipeError
 from pipeline.images.kinds import open_source
-from pipeline.images.model_input import ModelInput
-from pipeline.images.record import Record
+from pipeline.images.model_input import ModelInput, Record
 from pipeline.images.source import SPLIT_SEED, VAL_FRACTION, ImageSource, Split
 from pipeline.images.stream import BatchStream
 
@@ -29,8 +22,6 @@ DATA_FIX = "pass --data with your images (an ImageFolder, a folder of images or 
 
 @dataclass(frozen=True)
 class ModelData:
-    """A model's input and the images for it, split into a calibration pool and a held-out part."""
-
     model_input: ModelInput
     source: ImageSource
     split: Split
@@ -38,7 +29,6 @@ class ModelData:
 
     @classmethod
     def of(cls, model_input: ModelInput, data: str | None = None, labels: str | Path | None = None) -> ModelData:
-        """The images ``data`` names (else the recorded data) for ``model_input``, with their split."""
         record = model_input.record
         spec = data or record.source
         if spec is None:
@@ -60,8 +50,7 @@ class ModelData:
         return cls(model_input, source, source.split(seed=SPLIT_SEED, val_fraction=VAL_FRACTION), False)
 
     @property
-    def labelled(self) -> bool:
-        """Whether the images have labels the model's first output can be scored on."""
+    def labelled(self) -> bool:  # the images have labels the model's first output can be scored on
         return self.source.labelled and self.model_input.num_classes is not None
 
     def draw(self, num: int, seed: int = 0, held_out: bool = False) -> np.ndarray:

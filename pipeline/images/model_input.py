@@ -1,18 +1,17 @@
 """What a model takes from the user's images: the preprocessing for its input, its classes, its outputs.
 
-Every model is read the same way: its graph (a checkpoint: its recorded input shape and classes), its
-``Record``, and the flags, parsed once into ``PreprocessFlags`` and merged by the one rule of
-docs/data.md. With no preprocessing at all, images are resized to the model's static input size and
-scaled to [0, 1], and ``describe`` says so. Channels, layout and a static size come from the graph.
-
-    flags = PreprocessFlags.parse(resize="256", crop="224", mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
-    model_input = ModelInput.of_onnx("classifier.onnx", flags)
-    model_input.preprocess           # a Preprocess in the model's layout, checked against its input
+Every model is read the same way: its graph (a checkpoint: its recorded input shape and classes; channels,
+layout and a static size come from it), its ``Record``, and the flags, parsed once into ``PreprocessFlags``
+and merged by the one rule of docs/data.md. A ``Record`` is up to three facts, in ONNX metadata (a
+checkpoint: in its config): ``edgepipe.preprocess``, ``edgepipe.class_names`` and ``edgepipe.data`` (the
+data it was made from and that data's split). A model written by an older edgepipe (its whole config under
+``edgepipe.config``, a split as a list of indices) is refused with the command that makes it again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,20 +21,71 @@ import onnx
 from pipeline.artifacts import Kind, atomic_output, write_manifest
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
-from pipeline.images.record import Record
 from pipeline.onnxinfo import ModelInfo, TensorInfo, describe, load_model
 from pipeline.precision import Precision
-from pipeline.preprocess import Preprocess
-from pipeline.preprocess_options import EXAMPLE, check_keys, parse_value
+from pipeline.preprocess import EXAMPLE, METADATA_KEY, Preprocess, check_keys, parse_value
 from pipeline.yamlfile import read_yaml
+
+CLASSES_KEY = "edgepipe.class_names"
+DATA_KEY = "edgepipe.data"
+_OLD_CONFIG_KEY = "edgepipe.config"  # what older versions wrote instead of the keys above
+
+
+@dataclass(frozen=True)
+class Record:
+    preprocess: Preprocess | None = None
+    class_names: tuple[str, ...] | None = None
+    data: dict[str, Any] | None = None  # {"source": spec, "sha256": identity, "split": Split.record}
+
+    source = property(lambda self: (self.data or {}).get("source"))
+    split = property(lambda self: (self.data or {}).get("split"))
+
+    @classmethod
+    def of_onnx(cls, model, name: str | Path = "the model") -> Record:
+        metadata = {prop.key: prop.value for prop in model.metadata_props}
+        if _OLD_CONFIG_KEY in metadata and DATA_KEY not in metadata:
+            raise EdgepipeError(
+                f"{Path(str(name)).name} was exported by an older edgepipe (its data and split are recorded the old way)",
+                fix="export it again from its checkpoint with 'edgepipe export CHECKPOINT -o MODEL.onnx'",
+            )
+        preprocess = Preprocess.from_json(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None
+        classes = json.loads(metadata[CLASSES_KEY]) if CLASSES_KEY in metadata else None
+        data = json.loads(metadata[DATA_KEY]) if DATA_KEY in metadata else None
+        return cls(preprocess, tuple(classes) if classes else None, data)
+
+    @classmethod
+    def of_config(cls, config: dict[str, Any], name: str | Path = "the checkpoint") -> Record:
+        split = config.get("split") or {}
+        if "val_indices" in split or "preprocess" not in config:
+            raise EdgepipeError(
+                f"checkpoint {Path(str(name)).name} was written by an older edgepipe (its split is recorded as indices)",
+                fix=f"train it again: 'edgepipe train --model {config.get('model', 'NAME')} --data {(config.get('data') or {}).get('source', 'DATA')} -o {Path(str(name)).name}'",
+            )
+        data = config.get("data") or {}
+        return cls(
+            Preprocess.from_dict(config["preprocess"]),
+            tuple(config["class_names"]) if config.get("class_names") else None,
+            {"source": data.get("source"), "sha256": data.get("sha256"), "split": split},
+        )
+
+    def store_in(self, model) -> None:
+        """Into an ``onnx.ModelProto``'s metadata, replacing what was there under its keys."""
+        values = {
+            METADATA_KEY: self.preprocess.to_json() if self.preprocess else None,
+            CLASSES_KEY: json.dumps(list(self.class_names)) if self.class_names else None,
+            DATA_KEY: json.dumps(self.data, sort_keys=True) if self.data else None,
+        }
+        kept = [(p.key, p.value) for p in model.metadata_props if p.key not in values and p.key != _OLD_CONFIG_KEY]
+        del model.metadata_props[:]
+        for key, value in kept + [(key, value) for key, value in values.items() if value is not None]:
+            model.metadata_props.add(key=key, value=value)
+
 
 FLAG_KEYS = ("resize", "crop", "mean", "std", "channel_order", "interpolation", "layout")
 
 
 @dataclass(frozen=True)
 class PreprocessFlags:
-    """The preprocessing a user gave on the command line (each value parsed), and the file's keys."""
-
     values: dict[str, Any] = field(default_factory=dict)  # flag key -> parsed value, only the flags given
     file: str | None = None
     file_values: dict[str, Any] = field(default_factory=dict)
@@ -64,9 +114,7 @@ class PreprocessFlags:
                 Preprocess(**{key: numbers, "channels": len(numbers)})  # 0-255 units or a zero std fail here
         return cls(values, None if file is None else str(file), file_values)
 
-    @property
-    def given(self) -> bool:
-        return bool(self.values) or self.file is not None
+    given = property(lambda self: bool(self.values) or self.file is not None)
 
     def flag_names(self) -> list[str]:
         return [f"--{key.replace('_', '-')}" for key in self.values] + (["--preprocess"] if self.file else [])
@@ -101,8 +149,6 @@ class PreprocessFlags:
 
 @dataclass(frozen=True)
 class ModelInput:
-    """A model's image input (``info``), the preprocessing that feeds it, and its classes when it is a classifier."""
-
     info: ModelInfo
     preprocess: Preprocess
     origin: str  # "default", "stored" (the model's record), "given" (flags or file), or "stored, then given"
@@ -111,7 +157,6 @@ class ModelInput:
 
     @classmethod
     def of_onnx(cls, model: str | Path | onnx.ModelProto, flags: PreprocessFlags | None = None) -> ModelInput:
-        """The input of any single-image-input ONNX model and its preprocessing (stored, file, flags, or default)."""
         flags = flags or PreprocessFlags()
         proto = load_model(model)
         info = describe(proto, layout=flags.values.get("layout") or flags.file_values.get("layout"))
@@ -120,7 +165,6 @@ class ModelInput:
 
     @classmethod
     def of_config(cls, config: dict[str, Any], flags: PreprocessFlags | None = None, name: str = "the checkpoint"):
-        """The input of an edgepipe checkpoint: its recorded NCHW input shape, classes and record."""
         record = Record.of_config(config, name)
         logits = TensorInfo("logits", ("batch", len(config["class_names"])), "float32")
         info = ModelInfo(
@@ -134,8 +178,7 @@ class ModelInput:
         origin = {(True, True): "stored, then given", (True, False): "stored", (False, True): "given"}
         return cls(info, flags.resolve(info, stored), origin.get((bool(stored), flags.given), "default"), record, name)
 
-    def require_size(self) -> None:
-        """Raise when images of many sizes would reach a model with dynamic height/width: no fixed size given."""
+    def require_size(self) -> None:  # images of many sizes would reach a model with dynamic height/width
         if self.info.dynamic_hw and self.preprocess.output_hw is None:
             raise EdgepipeError(
                 f"input '{self.info.input_name}' has dynamic height/width ({self.info.input.text()}) and the preprocessing gives no fixed size",
@@ -149,8 +192,7 @@ class ModelInput:
         return first.shape[-1] if first.rank == 2 and isinstance(first.shape[-1], int) and first.shape[-1] > 0 else None
 
     @property
-    def sample_shape(self) -> tuple[int, ...]:
-        """One preprocessed image in the model's layout: (C, H, W) or (H, W, C)."""
+    def sample_shape(self) -> tuple[int, ...]:  # one preprocessed image in the model's layout
         height, width = self.preprocess.output_hw or (None, None)
         return self.info.sample_shape(height, width)
 
@@ -185,22 +227,17 @@ class ModelInput:
         )
         return Path(output)
 
-    def import_settings(self, class_names: tuple[str, ...] | None) -> dict[str, Any]:
-        """What an imported copy of the model is made with besides the ONNX: its preprocessing and class names."""
+    def import_settings(self, class_names: tuple[str, ...] | None) -> dict[str, Any]:  # besides the ONNX
         return {"precision": "fp32", "preprocess": self.preprocess.to_dict(), "class_names": class_names}
 
     def describe(self) -> str:
-        """One line for the user, e.g. 'no preprocessing given: images are resized to 224x224 and scaled to [0, 1]'."""
         if self.origin == "default":
             return self.preprocess.describe()
-        where = {
-            "stored": " (stored in the model)",
-            "stored, then given": " (stored in the model, with the flags given)",
-        }
-        return f"preprocessing{where.get(self.origin, '')}: {self.preprocess.describe()}"
+        flags = ", with the flags given" if "given" in self.origin else ""
+        where = f" (stored in the model{flags})" if "stored" in self.origin else ""
+        return f"preprocessing{where}: {self.preprocess.describe()}"
 
-    def summary(self) -> dict[str, Any]:
-        """What manifests and results store of it."""
+    def summary(self) -> dict[str, Any]:  # what manifests and results store of it
         return {
             "preprocess": self.preprocess.to_dict(),
             "origin": self.origin,

@@ -1,8 +1,7 @@
-"""An .npz as an image source: pixels ``x`` (read through the model's preprocessing) or model ``inputs``.
-
-``numpy.savez`` stores arrays uncompressed, so they are memory-mapped from inside the archive; an
-.npz from ``savez_compressed`` cannot be read row by row and is loaded whole.
-"""
+"""An .npz as an image source: pixels ``x`` (read through the model's preprocessing) or model ``inputs`` (fed
+as they are), and optionally integer labels ``y`` and ``class_names``. ``numpy.savez`` stores arrays
+uncompressed, so they are memory-mapped from inside the archive; an .npz from ``savez_compressed`` cannot
+be read row by row and is loaded whole."""
 
 from __future__ import annotations
 
@@ -24,9 +23,6 @@ _NPZ_FIX = "save pixels as x (N,H,W | N,H,W,C | N,C,H,W; uint8 0..255 or float 0
 
 
 class NpzSource(ImageSource):
-    """An .npz with pixels ``x`` (read through the model's preprocessing) or preprocessed model ``inputs``
-    (fed as they are), and optionally integer labels ``y`` (and ``class_names``)."""
-
     kind = ".npz"
 
     def __init__(self, path: Path, names: list[str] | None):
@@ -46,7 +42,7 @@ class NpzSource(ImageSource):
                 raise EdgepipeError(f"{path}: inputs has shape {x.shape} and dtype {x.dtype}", fix=_NPZ_FIX)
         else:
             _check_pixels(path, x)
-        self.path, self._x, self._shape = path, (x if not isinstance(x, np.memmap) else None), x.shape
+        self.path, self._x = path, (x if not isinstance(x, np.memmap) else None)
         self.channels_first = x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3)
         self.channels = 1 if x.ndim == 3 else int(x.shape[1] if self.channels_first else x.shape[-1])
         labels = _check_y(path, y, len(x), len(names or stored_names or []) or None) if y is not None else None
@@ -56,10 +52,7 @@ class NpzSource(ImageSource):
         super().__init__(str(path), len(x), labels, class_names)
 
     def __getstate__(self):  # workers map the file themselves instead of receiving a copy
-        state = dict(self.__dict__)
-        if isinstance(state.get("_x"), np.memmap):
-            state["_x"] = None
-        return state
+        return {**self.__dict__, "_x": None if isinstance(self._x, np.memmap) else self._x}
 
     def _array(self) -> np.ndarray:
         if self._x is None:
@@ -84,8 +77,7 @@ class NpzSource(ImageSource):
         return bytes.fromhex(sha256_file(self.path))
 
 
-def _npz_key(path: Path, members: list[str]) -> str:
-    """ "x" (pixels) or "inputs" (preprocessed model inputs): exactly one of them."""
+def _npz_key(path: Path, members: list[str]) -> str:  # exactly one of "x" and "inputs"
     present = [key for key in ("x", "inputs") if key in members]
     if len(present) != 1:
         what = "both x and inputs" if present else f"neither x nor inputs (it has: {', '.join(members) or 'nothing'})"
@@ -94,7 +86,6 @@ def _npz_key(path: Path, members: list[str]) -> str:
 
 
 def _check_pixels(path: Path, x: np.ndarray) -> None:
-    """``x`` holds pixels: 1 or 3 channels, uint8 0..255 or float 0..1."""
     if x.ndim not in (3, 4) or (
         x.ndim == 4 and 1 not in (x.shape[1], x.shape[-1]) and 3 not in (x.shape[1], x.shape[-1])
     ):

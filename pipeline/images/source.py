@@ -1,13 +1,10 @@
 """What every kind of image source is: images listed, not decoded; labels in the model's order; splits.
-
-Pixels are read only when a batch is streamed (``stream.py``), so a folder of 100,000 photos costs a
-file list, not 60 GB of float32. ``--labels FILE`` maps ImageFolder sub-folder names to the model's
-indices (``folder_labels``), because sorted folder names rarely match it ("0, 180, 270, 90").
-"""
+Pixels are read only when a batch is streamed, so a folder of 100,000 photos costs a file list, not 60 GB
+of float32. ``--labels FILE`` maps ImageFolder sub-folder names to the model's indices, because sorted
+folder names rarely match it ("0, 180, 270, 90")."""
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -20,7 +17,7 @@ import numpy as np
 from pipeline.defaults import DEFAULT_DATA
 from pipeline.errors import EdgepipeError
 from pipeline.images.stream import BatchStream
-from pipeline.preprocess import Preprocess
+from pipeline.preprocess import Preprocess, did_you_mean
 
 DIGITS = DEFAULT_DATA  # the bundled digits
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -51,24 +48,18 @@ class ImageSource:
     def __len__(self) -> int:
         return self._count
 
-    @property
-    def labelled(self) -> bool:
-        return self.labels is not None
+    labelled = property(lambda self: self.labels is not None)
 
     @cached_property
     def sha256(self) -> str:
         """Identity of the data without reading every pixel (file list, sizes, mtimes; or file content)."""
-        digest = hashlib.sha256(self._identity())
-        digest.update(repr(self.class_names).encode())
-        return digest.hexdigest()
+        return hashlib.sha256(self._identity() + repr(self.class_names).encode()).hexdigest()
 
-    def describe(self) -> str:
-        """E.g. '2,000 images in 4 classes from /data/rotations (ImageFolder)'."""
+    def describe(self) -> str:  # e.g. '2,000 images in 4 classes from /data/rotations (ImageFolder)'
         labels = f"in {len(self.class_names)} classes" if self.labelled else "unlabelled"
         return f"{len(self):,} images {labels} from {self.spec} ({self.kind})"
 
-    def split(self, seed: int = 0, val_fraction: float = VAL_FRACTION) -> Split:
-        """Seeded split into calibration pool and held-out images; stratified when labelled."""
+    def split(self, seed: int = 0, val_fraction: float = VAL_FRACTION) -> Split:  # stratified when labelled
         if not 0.0 < val_fraction < 1.0:
             raise EdgepipeError(f"held-out fraction {val_fraction} must lie between 0 and 1", fix="use e.g. 0.2")
         if len(self) < 2:
@@ -96,8 +87,7 @@ class ImageSource:
         }
         return Split(np.asarray(pool, dtype=np.int64), np.asarray(held_out, dtype=np.int64), record)
 
-    def redraw(self, record: dict[str, Any]) -> Split:
-        """The split ``record`` describes, drawn again; raises when the data changed since."""
+    def redraw(self, record: dict[str, Any]) -> Split:  # raises when the data changed since
         if record.get("source_sha256") != self.sha256:
             raise EdgepipeError(
                 f"{self.spec} changed since its split was drawn (images added, removed, modified or relabelled)",
@@ -123,9 +113,7 @@ class ImageSource:
         ]
         return np.sort(np.asarray(picked[:num], dtype=np.int64))
 
-    def batches(self, preprocess: Preprocess, indices=None, **options: Any) -> BatchStream:
-        """Stream ``indices`` (default: all) as preprocessed ``(x, y_or_None)`` batches; ``options``: ``BatchStream``'s
-        (batch_size, workers, progress)."""
+    def batches(self, preprocess: Preprocess, indices=None, **options: Any) -> BatchStream:  # options: BatchStream's
         return BatchStream(self, preprocess, indices, **options)
 
     # What each kind of source implements:
@@ -143,7 +131,6 @@ class ImageSource:
 
 
 def read_labels(path: str | Path) -> list[str]:
-    """Class names, one per line, in the model's output order (blank lines are ignored)."""
     path = Path(path)
     if not path.is_file():
         raise EdgepipeError(
@@ -170,14 +157,12 @@ def read_labels(path: str | Path) -> list[str]:
 def folder_labels(
     folder_names: list[str], names: list[str] | None, labels_file: str | None
 ) -> tuple[list[int], list[str]]:
-    """Each class folder's label index, and the class names: through the labels file, or sorted folders."""
     if names is None:
         return list(range(len(folder_names))), list(folder_names)
     missing = [folder for folder in folder_names if folder not in names]
     if missing:
         unused = [name for name in names if name not in folder_names]  # a renamed folder matches a name no folder has
-        hints = [f"{m} -> {c[0]}" for m in missing if (c := difflib.get_close_matches(m, unused, n=1, cutoff=0.6))]
-        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        hint = did_you_mean(missing, unused)
         raise EdgepipeError(
             f"class folder{'s' if len(missing) > 1 else ''} {', '.join(missing)} {'are' if len(missing) > 1 else 'is'} not in labels file {labels_file}{hint}",
             fix="rename the folders to names from the labels file, or add the missing names in the model's output order",
@@ -188,7 +173,6 @@ def folder_labels(
 def split_indices(
     labels: np.ndarray, seed: int = SPLIT_SEED, val_fraction: float = VAL_FRACTION
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded pool/held-out split (scikit-learn's); sorted index arrays."""
     from sklearn.model_selection import train_test_split  # only when a labelled source is split
 
     indices = np.arange(len(labels))
@@ -200,7 +184,6 @@ def split_indices(
 
 
 def list_images(folder: Path, recursive: bool) -> list[Path]:
-    """Image files (by suffix) under ``folder``, sorted, hidden files and folders skipped."""
     found = []
     for root, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []

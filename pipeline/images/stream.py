@@ -1,5 +1,4 @@
 """Preprocessed images in batches, decoded by parallel workers, never the whole set in memory.
-
 Torch DataLoader workers each decode, resize and crop a whole batch into one uint8 array (a quarter
 of float32's bytes, in shared memory); the main process scales it while the next batches are
 decoded, at most ``workers x 2`` in flight. A file that does not decode is reported by name when its
@@ -21,8 +20,7 @@ from PIL import Image
 
 from pipeline.defaults import DEFAULT_BATCH_SIZE
 from pipeline.errors import EdgepipeError
-from pipeline.preprocess import Preprocess
-from pipeline.preprocess_options import dims
+from pipeline.preprocess import Preprocess, dims
 from pipeline.progress import progress_bar
 
 _PREFETCH = 2  # batches decoded ahead per worker: bounds memory at workers x 2 batches
@@ -31,20 +29,14 @@ Progress = Callable[[int, int], None]  # called with (images done, images in all
 
 
 def default_workers(beside_model: bool = False) -> int:
-    """Decoding processes: min(4, CPUs); none ``beside_model`` on 2 CPUs or fewer.
-
-    ONNX Runtime keeps every core busy, so on 2 cores workers only take CPU from it: `validate` of an
-    SE-ResNet-18 on 2,000 images ran at 0.83x a bare ONNX Runtime loop decoding in the main process,
-    0.75x with 2 workers (docs/data.md).
-    """
+    """Decoding processes: min(4, CPUs); none ``beside_model`` on 2 CPUs or fewer, where ONNX Runtime keeps
+    every core busy and workers only take CPU from it (measured in docs/data.md)."""
     cpus = os.cpu_count() or 1
     return 0 if beside_model and cpus <= 2 else min(4, cpus)
 
 
 @dataclass
-class _Failure:
-    """What went wrong with one image, carried back from a worker as a value."""
-
+class _Failure:  # what went wrong with one image, carried back from a worker as a value
     message: str
     fix: str
 
@@ -107,13 +99,10 @@ class _BatchDecoder:
 
 
 def _init_worker(worker_id: int) -> None:
-    """Keep the worker's heap from creeping up: reuse image buffers, map big arrays whole.
-
-    In a forked worker every decoded image's fresh allocation fills free space in the inherited heap
-    (copying those pages) and fragments it: ~60 MB per worker over the first ~20,000 images. Pillow's
-    buffer reuse removes most of that churn; glibc's M_MMAP_THRESHOLD sends the rest to mappings
-    that are returned whole when freed.
-    """
+    """Keep the worker's heap from creeping up. In a forked worker every decoded image's fresh allocation
+    fills free space in the inherited heap (copying those pages) and fragments it: ~60 MB per worker over
+    the first ~20,000 images. Pillow's buffer reuse removes most of that churn; glibc's M_MMAP_THRESHOLD
+    sends the rest to mappings that are returned whole when freed."""
     from PIL import Image
 
     set_blocks_max = getattr(Image.core, "set_blocks_max", None)
@@ -136,12 +125,9 @@ def _shared_memory_fits(in_flight_bytes: int) -> bool:
 
 
 def _start_workers(loader):
-    """``iter(loader)``, which forks the workers, with the garbage collector's objects frozen.
-
-    A forked worker shares the main process's memory until it writes to it, and a full garbage
-    collection in the worker writes to every object it inherited (60 MB with torch loaded, more
-    with a model runtime): frozen, those pages stay shared instead of being copied into each worker.
-    """
+    """``iter(loader)``, which forks the workers, with the garbage collector's objects frozen: a full garbage
+    collection in a worker writes to every object it inherited (60 MB with torch loaded, more with a model
+    runtime), and frozen, those pages stay shared instead of being copied into each worker."""
     if gc.get_freeze_count():  # the caller manages frozen objects itself
         return iter(loader)
     gc.freeze()
@@ -156,11 +142,9 @@ def _identity(item):
 
 
 class BatchStream:
-    """An iterable of ``(x, y_or_None)``: x float32 (batch, C, H, W) or (batch, H, W, C), y int64.
-
-    Batches follow ``indices`` in order. Each iteration is a fresh pass with fresh workers.
-    ``progress``: True or a description for a rich bar with ETA on stderr, or a callable hook.
-    """
+    """An iterable of ``(x, y_or_None)``: x float32 (batch, C, H, W) or (batch, H, W, C), y int64, following
+    ``indices`` in order; each iteration is a fresh pass with fresh workers. ``progress``: True or a
+    description for a rich bar with ETA on stderr, or a callable hook."""
 
     def __init__(
         self,
@@ -174,22 +158,18 @@ class BatchStream:
         if batch_size < 1:
             raise EdgepipeError(f"batch size must be at least 1, got {batch_size}", fix="use a batch size of 1 or more")
         self.indices = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
-        if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= len(source)):
+        self.count = len(self.indices)
+        if self.count and (self.indices.min() < 0 or self.indices.max() >= len(source)):
             raise EdgepipeError(
                 f"image indices must lie in 0..{len(source) - 1}", fix="draw them from this source's split"
             )
-        self.source, self.preprocess, self.batch_size = source, preprocess, batch_size
+        self.source, self.preprocess, self.batch_size, self.progress = source, preprocess, batch_size, progress
         self.workers = default_workers() if workers is None else workers
         if self.workers < 0:
             raise EdgepipeError(
                 f"--workers must be 0 or more, got {workers}",
                 fix="pass --workers 0 to decode in the main process, or a positive number",
             )
-        self.progress = progress
-
-    @property
-    def count(self) -> int:
-        return len(self.indices)
 
     def __len__(self) -> int:
         return -(-self.count // self.batch_size)
@@ -246,7 +226,6 @@ class BatchStream:
 
 
 def _reason(exc: Exception, name: str) -> str:
-    """The decoder's complaint in a few words, without repeating the file's name."""
     text = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
     text = text.replace(f" '{name}'", "").replace(name, "").strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
