@@ -32,10 +32,8 @@ from pipeline.progress import out
     help="PyTorch checkpoint: the reference measured beside the artifacts.",
 )
 @batches_option("--batch", default="1", help="Batch sizes to measure (a fixed-batch artifact only at its own).")
-@click.option(
-    "--warmup-ms", default=200.0, show_default=True, help="Warm-up time before timing, per artifact and batch."
-)
-@click.option("--duration-s", default=3.0, show_default=True, help="Timed duration per artifact and batch.")
+@click.option("--warmup-ms", default=200.0, help="Warm-up time before timing, per artifact and batch.")
+@click.option("--duration-s", default=3.0, help="Timed duration per artifact and batch.")
 @click.option("--iterations", type=int, help="Timed iterations per artifact and batch (instead of --duration-s).")
 @click.option(
     "--sustain",
@@ -49,7 +47,6 @@ from pipeline.progress import out
     "--sustain-window",
     "sustain_window_s",
     default="1m",
-    show_default=True,
     metavar="DURATION",
     callback=callback(parse_duration, "--sustain-window"),
     help="The window of --sustain's medians.",
@@ -68,7 +65,6 @@ from pipeline.progress import out
 @click.option(
     "--device",
     default="cpu",
-    show_default=True,
     type=click.Choice(["cpu", "cuda"]),
     help="Where PyTorch and ONNX Runtime run; engines always run on the GPU.",
 )

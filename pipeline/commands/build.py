@@ -61,7 +61,6 @@ def _trtexec(flag: str, metavar: str | None, help: str, dest: str | None = None,
     "--backend",
     type=click.Choice(["auto", *BACKENDS]),
     default="auto",
-    show_default=True,
     help="auto: standard TensorRT where installed, else TensorRT-RTX.",
 )
 @_trtexec("--minShapes", _SHAPES, "Smallest input shapes of the profile, e.g. input:1x1x32x32.")

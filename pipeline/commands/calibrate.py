@@ -23,10 +23,9 @@ from pipeline.progress import out
 @click.option(
     "--num",
     default=DEFAULT_CALIBRATION_SIZE,
-    show_default=True,
     help="Number of images (balanced over classes when labelled).",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the draw.")
+@click.option("--seed", default=0, help="Seed of the draw.")
 @click.option(
     "-o",
     "--output",

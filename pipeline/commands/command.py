@@ -94,7 +94,10 @@ class Guarded:
 
 
 class EdgepipeCommand(Guarded, click.Command):
-    """Every edgepipe command: ``@click.command("name", cls=EdgepipeCommand)``."""
+    """Every edgepipe command: ``@click.command("name", cls=EdgepipeCommand)``; ``--help`` shows every default."""
+
+    def __init__(self, *args: Any, context_settings: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, context_settings={"show_default": True, **(context_settings or {})}, **kwargs)
 
 
 def emit(

@@ -23,8 +23,8 @@ from pipeline.progress import out
     weights=True,
     help="The model: needed for a plain state dict or .safetensors, and to use the user code a checkpoint names (default: the checkpoint's).",
 )
-@click.option("--opset", default=DEFAULT_OPSET, show_default=True, help=f"ONNX opset ({MIN_OPSET}-{MAX_OPSET}).")
-@click.option("--batch", default=1, show_default=True, help="Fixed batch size of the exported model.")
+@click.option("--opset", default=DEFAULT_OPSET, help=f"ONNX opset ({MIN_OPSET}-{MAX_OPSET}).")
+@click.option("--batch", default=1, help="Fixed batch size of the exported model.")
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension instead.")
 @input_size_option(
     help="Size to export at: HxW keeps the model's channels, CxHxW also names them (default: the checkpoint's size, else the model's own)."

@@ -64,7 +64,6 @@ def model_options(
                 "--model",
                 "model_name",
                 default=default,
-                show_default=default is not None,
                 metavar="NAME|timm:NAME|module:callable|file.py:callable",
                 help=help,
             ),

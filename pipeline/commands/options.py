@@ -117,9 +117,7 @@ def force_option(help: str = "Overwrite an existing output file.") -> Callable:
 
 
 def data_option(default: str | None = None, help: str = DATA_HELP) -> Callable:
-    return click.option(
-        "--data", default=default, show_default=default is not None, metavar="digits|DIR|FILE.npz", help=help
-    )
+    return click.option("--data", default=default, metavar="digits|DIR|FILE.npz", help=help)
 
 
 def batches_option(name="--batch", default="1", help="Batch sizes to measure.", dest="batches") -> Callable:
@@ -128,7 +126,6 @@ def batches_option(name="--batch", default="1", help="Batch sizes to measure.", 
         name,
         dest,
         default=default,
-        show_default=True,
         metavar="1,8,32",
         callback=callback(parse_batches, name),
         help=help,
@@ -150,7 +147,6 @@ def max_drop_option(default: float | None = None) -> Callable:
         "--max-drop",
         "max_drop",
         default=None if default is None else str(default),
-        show_default=default is not None,
         metavar="PTS|none",
         callback=parse,
         help="INT8 accuracy budget: the most top-1 points INT8 may lose against FP32 on the held-out split; "
@@ -164,7 +160,6 @@ def precisions_option(help: str, default: str | None = None, metavar: str | None
         "--precisions",
         "precisions",
         default=default,
-        show_default=default is not None,
         metavar=metavar,
         callback=callback(parse_list, "--precisions"),
         help=help,

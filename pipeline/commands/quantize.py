@@ -67,7 +67,6 @@ def bounded(text: str, flag: str, what: str, low: float, high: float, example: s
 @click.option(
     "--method",
     default="auto",
-    show_default=True,
     metavar="METHOD",
     help="INT8 activation ranges: auto (one calibration pass; max, percentile-99.99, mse and trt-entropy each built and "
     "checked, the best kept, bias correction tried on it), max, percentile-P (0 < P <= 100, e.g. percentile-99.99), "
@@ -85,7 +84,6 @@ def bounded(text: str, flag: str, what: str, low: float, high: float, example: s
     "--high-precision",
     type=click.Choice(HIGH_PRECISIONS),
     default="fp16",
-    show_default=True,
     help="Precision of the INT8 model's non-quantized ops (fp16 builds faster engines).",
 )
 @click.option(

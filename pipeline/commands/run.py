@@ -47,9 +47,9 @@ from pipeline.defaults import DEFAULT_MAX_DROP
     type=int,
     help="Training epochs (default: the model's recipe; with --weights: none, the weights as they are).",
 )
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0)
 @batches_option("--batches", default="1,8", help="Batch sizes to bench.", dest="bench_batches")
-@click.option("--bench-seconds", default=1.0, show_default=True, help="Timed seconds per artifact and batch.")
+@click.option("--bench-seconds", default=1.0, help="Timed seconds per artifact and batch.")
 @max_drop_option(default=DEFAULT_MAX_DROP)
 @click.option("--no-engines", is_flag=True, help="Skip TensorRT engines even when a TensorRT flavour is installed.")
 @click.option("--strict", is_flag=True, help="Stop at the first failed stage instead of recording it and going on.")

@@ -33,27 +33,24 @@ from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_SWEEP_OUTPUT
     "-o",
     "--output",
     default=DEFAULT_SWEEP_OUTPUT,
-    show_default=True,
     metavar="DIR",
     help="Sweep directory: sweep.json, sweep.md and one run directory per model.",
 )
 @click.option(
     "--address",
     default="local",
-    show_default=True,
     metavar="local|auto|HOST:PORT",
     help="local: embedded Ray on this machine (nothing to start); auto: the cluster running here (e.g. under 'ray job submit'); HOST:PORT: a cluster's head.",
 )
 @data_option(help="Dataset (default: digits). GPU workers that validate need it at the same path.")
 @click.option("--epochs", type=int, help="Training epochs (default: each model's recipe).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0)
 @batches_option("--batches", default="1,8", help="Batch sizes to bench.", dest="bench_batches")
-@click.option("--bench-seconds", default=1.0, show_default=True, help="Timed seconds per artifact and batch.")
+@click.option("--bench-seconds", default=1.0, help="Timed seconds per artifact and batch.")
 @max_drop_option(default=DEFAULT_MAX_DROP)
 @click.option(
     "--retries",
     default=2,
-    show_default=True,
     help="Retries of a cell whose worker or node dies (a build error is never retried).",
 )
 @click.option(

@@ -27,7 +27,7 @@ from pipeline.progress import out
     help="Epochs (default: the model's recipe; 0 with --weights: take them as they are).",
 )
 @click.option("--lr", type=float, help="Peak learning rate (default: the model's recipe).")
-@click.option("--seed", default=0, show_default=True, help="Seed for the split, initialisation and batches.")
+@click.option("--seed", default=0, help="Seed for the split, initialisation and batches.")
 @input_size_option()
 @click.option(
     "--img-size",

@@ -38,21 +38,18 @@ from pipeline.progress import out
     "--split",
     type=click.Choice(SPLITS),
     default="auto",
-    show_default=True,
     help="Which of --data's images count: the held-out part of a seeded split, all, or auto (held-out when an artifact was calibrated on the rest).",
 )
 @click.option(
     "--atol",
     default=DEFAULT_ATOL,
-    show_default=True,
     help="Absolute tolerance of the pass/fail check, per output element (Polygraphy's).",
 )
-@click.option("--rtol", default=DEFAULT_RTOL, show_default=True, help="Relative tolerance of the pass/fail check.")
+@click.option("--rtol", default=DEFAULT_RTOL, help="Relative tolerance of the pass/fail check.")
 @click.option(
     "--batch-size",
     "batch_size",
     default=DEFAULT_BATCH_SIZE,
-    show_default=True,
     type=click.IntRange(min=1),
     help="Images per batch when --data is streamed through the models (memory for a big model's activations grows with it).",
 )
