@@ -1,5 +1,3 @@
-"""edgepipe bench: latency and throughput of every artifact beside the PyTorch reference."""
-
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +77,7 @@ from pipeline.progress import out
     metavar="DIR",
     help="Write bench.md and bench.png (latency against accuracy) to DIR.",
 )
-@click.option(
-    "--json-out",
-    type=click.Path(dir_okay=False),
-    metavar="FILE",
-    help="Also write the JSON result to FILE.",
-)
+@click.option("--json-out", type=click.Path(dir_okay=False), metavar="FILE", help="Also write the JSON result to FILE.")
 @model_options(help="The model of a --checkpoint that names your own code: --model again, or --trust-model-code.")
 @force_option()
 @json_option

@@ -1,5 +1,3 @@
-"""build-engine / edgepipe build: a TensorRT or TensorRT-RTX engine from an ONNX model, trtexec's flags."""
-
 import copy
 import re
 

@@ -1,5 +1,3 @@
-"""edgepipe calibrate: a calibration set from the model's training split, or from the user's images."""
-
 import click
 
 from pipeline.commands.options import EdgepipeCommand, data_option, emit, force_option, json_option, preprocess_options
@@ -20,11 +18,7 @@ from pipeline.progress import out
     "Default: an edgepipe model's own training data (training split only)."
 )
 @preprocess_options
-@click.option(
-    "--num",
-    default=DEFAULT_CALIBRATION_SIZE,
-    help="Number of images (balanced over classes when labelled).",
-)
+@click.option("--num", default=DEFAULT_CALIBRATION_SIZE, help="Number of images (balanced over classes when labelled).")
 @click.option("--seed", default=0, help="Seed of the draw.")
 @click.option(
     "-o",

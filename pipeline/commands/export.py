@@ -1,5 +1,3 @@
-"""edgepipe export: a checkpoint (or a weights file and --model) to ONNX, proven against PyTorch."""
-
 import click
 
 from pipeline.commands.options import (

@@ -1,7 +1,4 @@
-"""The flags that say which model and how it reads the user's images, parsed once into values.
-
-The values' types are imported when the command runs, never at ``--help``.
-"""
+"""The flags that say which model and how it reads the user's images, parsed when the command runs."""
 
 from __future__ import annotations
 

@@ -1,5 +1,3 @@
-"""edgepipe models: the model zoo with attention type, parameters and MACs."""
-
 import click
 from rich.table import Table
 

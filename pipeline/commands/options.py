@@ -1,11 +1,7 @@
-"""The options every edgepipe command shares, each parsed once, at the edge, into a value.
+"""The options every command shares, each parsed once into a value (a ``Precision``, never the raw text).
 
-A command's function receives a ``Precision``, a tuple of batch sizes, an accuracy budget or an
-``InputSize``, never the raw text; a flag it cannot use is one ``EdgepipeError`` naming it. This
-module is the one a command imports its options from: it also re-exports the command class and
-``emit`` (``pipeline.commands.command``, which says how a command ends) and the model and
-preprocessing options (``pipeline.commands.model_options``). Nothing here imports numpy, onnx or
-torch: ``--help`` starts at once.
+The one module a command imports its options from, the command class and ``emit`` included. Nothing here
+imports numpy, onnx or torch: ``--help`` starts at once.
 """
 
 from __future__ import annotations
@@ -123,12 +119,7 @@ def data_option(default: str | None = None, help: str = DATA_HELP) -> Callable:
 def batches_option(name="--batch", default="1", help="Batch sizes to measure.", dest="batches") -> Callable:
     """``--batch 1,8,32`` -> ``batches`` (or ``dest``): a tuple of batch sizes."""
     return click.option(
-        name,
-        dest,
-        default=default,
-        metavar="1,8,32",
-        callback=callback(parse_batches, name),
-        help=help,
+        name, dest, default=default, metavar="1,8,32", callback=callback(parse_batches, name), help=help
     )
 
 
@@ -199,9 +190,5 @@ def input_size_option(
 ) -> Callable:
     """``--input-size [CxHxW | HxW]`` -> ``input_size``: an ``InputSize``, or None. One format in every command."""
     return click.option(
-        "--input-size",
-        "input_size",
-        metavar=INPUT_SIZE_FORMAT,
-        callback=callback(InputSize.parse),
-        help=help,
+        "--input-size", "input_size", metavar=INPUT_SIZE_FORMAT, callback=callback(InputSize.parse), help=help
     )

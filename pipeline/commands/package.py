@@ -1,5 +1,3 @@
-"""edgepipe package: a bundle that builds and proves a model's engines on a Jetson or GPU server."""
-
 import click
 
 from pipeline.commands.options import EdgepipeCommand, emit, json_option
@@ -42,5 +40,5 @@ def package_command(models, output, as_json, **options):
 def _print(result) -> None:
     out.print(
         f"bundle {result['bundle']}: {', '.join(result['precisions'])} for {result['target']}, "
-        f"{result['golden']['images']} golden images; on the device: see README.txt",
+        f"{result['golden']['images']} golden images; on the device: see README.txt"
     )

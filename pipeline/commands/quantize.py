@@ -1,5 +1,3 @@
-"""edgepipe quantize: an FP16 or INT8 (Q/DQ) ONNX model of any single-image-input ONNX, checked against FP32."""
-
 import os
 
 import click

@@ -1,5 +1,3 @@
-"""edgepipe run: every stage end to end in one run directory, reusing what is current."""
-
 import click
 
 from pipeline.commands.options import (
@@ -25,11 +23,7 @@ from pipeline.defaults import DEFAULT_MAX_DROP
     "package.module:callable or path/to/file.py:callable. With --checkpoint: names the code the checkpoint was trained from.",
 )
 @input_size_option()
-@click.option(
-    "--checkpoint",
-    type=click.Path(dir_okay=False),
-    help="Start from this checkpoint instead of training.",
-)
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Start from this checkpoint instead of training.")
 @click.option(
     "--onnx",
     "onnx_model",

@@ -1,5 +1,3 @@
-"""edgepipe sweep: every model x precision x target GPU, fanned out on Ray."""
-
 import click
 
 from pipeline.commands.options import (
@@ -49,9 +47,7 @@ from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_SWEEP_OUTPUT
 @click.option("--bench-seconds", default=1.0, help="Timed seconds per artifact and batch.")
 @max_drop_option(default=DEFAULT_MAX_DROP)
 @click.option(
-    "--retries",
-    default=2,
-    help="Retries of a cell whose worker or node dies (a build error is never retried).",
+    "--retries", default=2, help="Retries of a cell whose worker or node dies (a build error is never retried)."
 )
 @click.option(
     "--strict", is_flag=True, help="Stop the sweep at the first failure instead of recording it and going on."

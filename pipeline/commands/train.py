@@ -1,5 +1,3 @@
-"""edgepipe train: a zoo model trained into a checkpoint with its config and held-out split."""
-
 from pathlib import Path
 
 import click
@@ -22,19 +20,12 @@ from pipeline.progress import out
 @model_options(default=DEFAULT_MODEL, weights=True, trust=False)
 @data_option(default=DEFAULT_DATA, help="Dataset: bundled digits, an ImageFolder directory, or an .npz with x and y.")
 @click.option(
-    "--epochs",
-    type=int,
-    help="Epochs (default: the model's recipe; 0 with --weights: take them as they are).",
+    "--epochs", type=int, help="Epochs (default: the model's recipe; 0 with --weights: take them as they are)."
 )
 @click.option("--lr", type=float, help="Peak learning rate (default: the model's recipe).")
 @click.option("--seed", default=0, help="Seed for the split, initialisation and batches.")
 @input_size_option()
-@click.option(
-    "--img-size",
-    type=int,
-    metavar="N",
-    help="N x N in the data's channels (a shorthand for --input-size).",
-)
+@click.option("--img-size", type=int, metavar="N", help="N x N in the data's channels (a shorthand for --input-size).")
 @click.option("-o", "--output", required=True, metavar="DIR|FILE.pt", help="Folder (gets MODEL.pt) or checkpoint path.")
 @force_option()
 @json_option

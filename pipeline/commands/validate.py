@@ -1,5 +1,3 @@
-"""edgepipe validate: every artifact against the FP32 reference, on its held-out split or the user's images."""
-
 from pathlib import Path
 
 import click
@@ -41,9 +39,7 @@ from pipeline.progress import out
     help="Which of --data's images count: the held-out part of a seeded split, all, or auto (held-out when an artifact was calibrated on the rest).",
 )
 @click.option(
-    "--atol",
-    default=DEFAULT_ATOL,
-    help="Absolute tolerance of the pass/fail check, per output element (Polygraphy's).",
+    "--atol", default=DEFAULT_ATOL, help="Absolute tolerance of the pass/fail check, per output element (Polygraphy's)."
 )
 @click.option("--rtol", default=DEFAULT_RTOL, help="Relative tolerance of the pass/fail check.")
 @click.option(
