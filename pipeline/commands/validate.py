@@ -3,21 +3,13 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from pipeline.commands.options import (
-    EdgepipeCommand,
-    cell,
-    data_option,
-    emit,
-    json_option,
-    model_options,
-    preprocess_options,
-)
+from pipeline.commands import options
 from pipeline.defaults import DEFAULT_ATOL, DEFAULT_BATCH_SIZE, DEFAULT_RTOL, SPLITS
 from pipeline.errors import EdgepipeError
 from pipeline.progress import out
 
 
-@click.command("validate", cls=EdgepipeCommand)
+@click.command("validate", cls=options.EdgepipeCommand)
 @click.option(
     "--reference",
     "--checkpoint",
@@ -27,11 +19,11 @@ from pipeline.progress import out
     "(any single-image-input ONNX), or your model's weights file with --model. Default: the first FP32 .onnx among the artifacts.",
 )
 @click.argument("artifacts", nargs=-1, required=True, metavar="[BUNDLE] ARTIFACT...")
-@data_option(
+@options.data_option(
     help="Images to validate on: an ImageFolder, a folder of images, an .npz with pixels x or model inputs (and y), or 'digits'. "
     "Default: the data an edgepipe model records; a model edgepipe did not export needs it."
 )
-@preprocess_options
+@options.preprocess_options
 @click.option(
     "--split",
     type=click.Choice(SPLITS),
@@ -49,10 +41,10 @@ from pipeline.progress import out
     type=click.IntRange(min=1),
     help="Images per batch when --data is streamed through the models (memory for a big model's activations grows with it).",
 )
-@model_options(
+@options.model_options(
     help="The model of a checkpoint reference that names your own code: --model again, or --trust-model-code."
 )
-@json_option
+@options.json_option
 def validate_command(reference, artifacts, data, model, as_json, **settings):
     """Compare artifacts (ONNX at any precision, engines) with PyTorch on the held-out split.
 
@@ -84,7 +76,7 @@ def validate_command(reference, artifacts, data, model, as_json, **settings):
 
     # ``model`` is the --model spec; what validate needs of it, the code it may import, is in ``code``.
     result = validate(reference, artifacts, data=data, **settings)
-    emit(result, as_json, _print_table, failed=not result["ok"])
+    options.emit(result, as_json, _print_table, failed=not result["ok"])
 
 
 def _validate_golden(artifacts, data, as_json) -> None:
@@ -97,7 +89,7 @@ def _validate_golden(artifacts, data, as_json) -> None:
     from pipeline.validate_golden import validate_golden
 
     result = validate_golden(artifacts[0], list(artifacts[1:]))
-    emit(result, as_json, _print_golden, failed=not result["ok"])
+    options.emit(result, as_json, _print_golden, failed=not result["ok"])
 
 
 def _print_golden(result) -> None:
@@ -138,7 +130,7 @@ def _print_table(result):
         table.add_column(column, justify="right" if column in FIGURES else "left")
     for row in result["rows"]:
         ok = row["status"] == "ok"
-        figures = [cell(row.get(key), spec) if ok else "" for key, spec in FIGURES.values()]
+        figures = [options.cell(row.get(key), spec) if ok else "" for key, spec in FIGURES.values()]
         table.add_row(row["artifact"], row["precision"] or "?", *figures, row["status"].split(":")[0])
     # Full width when piped (CI logs), so that numbers and paths are not cut.
     width = out.width
