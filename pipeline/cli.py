@@ -1,7 +1,5 @@
 """The edgepipe command line: ``COMMANDS`` lists every command, imported only when it runs (Click's lazy group)."""
 
-from __future__ import annotations
-
 import difflib
 import importlib
 

@@ -24,7 +24,6 @@ def tool_versions() -> dict[str, str]:
 
 
 def host() -> dict[str, Any]:
-    """The machine a run report was made on."""
     import psutil
 
     return {

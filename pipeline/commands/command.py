@@ -10,8 +10,6 @@
 - Ctrl-C: one line, exit status 130.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 import os

@@ -1,7 +1,5 @@
 """The flags that say which model and how it reads the user's images, parsed when the command runs."""
 
-from __future__ import annotations
-
 import functools
 from collections.abc import Callable
 from typing import Any

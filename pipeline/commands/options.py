@@ -4,8 +4,6 @@ The one module a command imports its options from, the command class and ``emit`
 imports numpy, onnx or torch: ``--help`` starts at once.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable
 from typing import Any
