@@ -86,7 +86,6 @@ def _trtexec(flag: str, metavar: str | None, help: str, dest: str | None = None,
 )
 @click.option(
     "--legacy-precision",
-    "legacy_precision",
     is_flag=True,
     help="TensorRT <= 10.x: use the builder's FP16/INT8 flags and an entropy calibrator instead of FP16/Q-DQ ONNX.",
 )

@@ -8,7 +8,6 @@ from pipeline.progress import out
 @click.command("calibrate", cls=EdgepipeCommand)
 @click.option(
     "--checkpoint",
-    "checkpoint",
     required=True,
     metavar="CKPT|MODEL.onnx",
     help="The model to calibrate for: a checkpoint, an edgepipe export, or any single-image-input .onnx (then --data is needed).",

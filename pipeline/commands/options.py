@@ -134,7 +134,6 @@ def max_drop_option(default: float | None = None) -> Callable:
 
     return click.option(
         "--max-drop",
-        "max_drop",
         default=None if default is None else str(default),
         metavar="PTS|none",
         callback=parse,
@@ -147,7 +146,6 @@ def precisions_option(help: str, default: str | None = None, metavar: str | None
     """``--precisions fp32,int8`` -> ``precisions``: a tuple of ``Precision`` (None when not given and no default)."""
     return click.option(
         "--precisions",
-        "precisions",
         default=default,
         metavar=metavar,
         callback=callback(parse_list, "--precisions"),

@@ -57,7 +57,6 @@ def bounded(text: str, flag: str, what: str, low: float, high: float, example: s
 )
 @click.option(
     "--bias-correction/--no-bias-correction",
-    "bias_correction",
     default=None,
     help="Correct each quantized Conv/Gemm output channel's mean INT8 error in its bias (default: auto tries it and "
     "keeps it where it does better; a named --method does not).",
@@ -85,7 +84,6 @@ def bounded(text: str, flag: str, what: str, low: float, high: float, example: s
 @options.max_drop_option()
 @click.option(
     "--min-agreement",
-    "min_agreement",
     metavar="PCT",
     callback=options.callback(bounded, "--min-agreement", "a percentage", 0, 100, "99", "%"),
     help="INT8 accuracy budget without labels: the least argmax agreement with FP32 in percent (per position for sequence outputs); "
@@ -93,7 +91,6 @@ def bounded(text: str, flag: str, what: str, low: float, high: float, example: s
 )
 @click.option(
     "--min-cosine",
-    "min_cosine",
     metavar="COS",
     callback=options.callback(bounded, "--min-cosine", "a cosine", -1, 1, "0.99"),
     help="INT8 accuracy budget for outputs that are neither classes nor sequences (maps, boxes): the least cosine "

@@ -13,7 +13,6 @@ from pipeline.progress import out
 @click.option(
     "--reference",
     "--checkpoint",
-    "reference",
     metavar="CKPT|MODEL.onnx|WEIGHTS",
     help="The FP32 model every artifact is compared with: the PyTorch checkpoint, an FP32 .onnx on ONNX Runtime "
     "(any single-image-input ONNX), or your model's weights file with --model. Default: the first FP32 .onnx among the artifacts.",
@@ -36,7 +35,6 @@ from pipeline.progress import out
 @click.option("--rtol", default=DEFAULT_RTOL, help="Relative tolerance of the pass/fail check.")
 @click.option(
     "--batch-size",
-    "batch_size",
     default=DEFAULT_BATCH_SIZE,
     type=click.IntRange(min=1),
     help="Images per batch when --data is streamed through the models (memory for a big model's activations grows with it).",
