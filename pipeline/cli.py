@@ -1,12 +1,4 @@
-"""The edgepipe command line: an explicit list of commands, each loaded only when it runs.
-
-``COMMANDS`` names every command and its one-line help. ``edgepipe --help`` prints
-the list from the table alone, so it starts at once; running a command imports only its own module
-(and so only the model runtime that command needs). This is Click's documented lazy-group pattern.
-A new command: one thin module in ``pipeline/commands/`` and one row here.
-"""
-
-from __future__ import annotations
+"""The edgepipe command line: ``COMMANDS`` lists every command, imported only when it runs (Click's lazy group)."""
 
 import difflib
 import importlib
@@ -65,10 +57,7 @@ class LazyGroup(Guarded, click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(
-    cls=LazyGroup,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-)
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edgepipe")
 def main() -> None:
     """edgepipe: attention CNNs from PyTorch to validated FP16/INT8 ONNX models and TensorRT engines.

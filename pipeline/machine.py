@@ -1,7 +1,4 @@
-"""The machine and the tools: host description, tool versions, the device a figure came from, peak memory.
-
-One place for what reports, manifests and benchmarks say about where they ran.
-"""
+"""What reports, manifests and benchmarks say about where they ran: host, tools, device, peak memory."""
 
 from __future__ import annotations
 
@@ -27,7 +24,6 @@ def tool_versions() -> dict[str, str]:
 
 
 def host() -> dict[str, Any]:
-    """The machine a run report was made on."""
     import psutil
 
     return {

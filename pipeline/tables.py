@@ -1,7 +1,5 @@
 """Figures of human and Markdown tables (no third-party import: command options load it at --help)."""
 
-from __future__ import annotations
-
 from typing import Any
 
 

@@ -1,5 +1,3 @@
-"""edgepipe bench: latency and throughput of every artifact beside the PyTorch reference."""
-
 from pathlib import Path
 from typing import Any
 
@@ -7,23 +5,11 @@ import click
 from rich import box
 from rich.table import Table
 
-from pipeline.commands.options import (
-    EdgepipeCommand,
-    batches_option,
-    callback,
-    cell,
-    emit,
-    force_option,
-    input_size_option,
-    json_option,
-    model_options,
-    onnx_input_hw,
-    parse_duration,
-)
+from pipeline.commands import options
 from pipeline.progress import out
 
 
-@click.command("bench", cls=EdgepipeCommand)
+@click.command("bench", cls=options.EdgepipeCommand)
 @click.argument("artifacts", nargs=-1, type=click.Path(dir_okay=False))
 @click.option(
     "--checkpoint",
@@ -31,17 +17,15 @@ from pipeline.progress import out
     metavar="CKPT",
     help="PyTorch checkpoint: the reference measured beside the artifacts.",
 )
-@batches_option("--batch", default="1", help="Batch sizes to measure (a fixed-batch artifact only at its own).")
-@click.option(
-    "--warmup-ms", default=200.0, show_default=True, help="Warm-up time before timing, per artifact and batch."
-)
-@click.option("--duration-s", default=3.0, show_default=True, help="Timed duration per artifact and batch.")
+@options.batches_option("--batch", default="1", help="Batch sizes to measure (a fixed-batch artifact only at its own).")
+@click.option("--warmup-ms", default=200.0, help="Warm-up time before timing, per artifact and batch.")
+@click.option("--duration-s", default=3.0, help="Timed duration per artifact and batch.")
 @click.option("--iterations", type=int, help="Timed iterations per artifact and batch (instead of --duration-s).")
 @click.option(
     "--sustain",
     "sustain_s",
     metavar="DURATION",
-    callback=callback(parse_duration, "--sustain"),
+    callback=options.callback(options.parse_duration, "--sustain"),
     help="Run each artifact and batch this long (10m, 90s, 1h) instead of --duration-s; report the median "
     "per window and its drift, first window to last.",
 )
@@ -49,9 +33,8 @@ from pipeline.progress import out
     "--sustain-window",
     "sustain_window_s",
     default="1m",
-    show_default=True,
     metavar="DURATION",
-    callback=callback(parse_duration, "--sustain-window"),
+    callback=options.callback(options.parse_duration, "--sustain-window"),
     help="The window of --sustain's medians.",
 )
 @click.option(
@@ -68,11 +51,10 @@ from pipeline.progress import out
 @click.option(
     "--device",
     default="cpu",
-    show_default=True,
     type=click.Choice(["cpu", "cuda"]),
     help="Where PyTorch and ONNX Runtime run; engines always run on the GPU.",
 )
-@input_size_option(
+@options.input_size_option(
     help="Size for ONNX models whose input leaves height and width open: HxW, or CxHxW to also check the channels. "
     "Default: the size of the preprocessing stored in the model."
 )
@@ -83,15 +65,12 @@ from pipeline.progress import out
     metavar="DIR",
     help="Write bench.md and bench.png (latency against accuracy) to DIR.",
 )
-@click.option(
-    "--json-out",
-    type=click.Path(dir_okay=False),
-    metavar="FILE",
-    help="Also write the JSON result to FILE.",
+@click.option("--json-out", type=click.Path(dir_okay=False), metavar="FILE", help="Also write the JSON result to FILE.")
+@options.model_options(
+    help="The model of a --checkpoint that names your own code: --model again, or --trust-model-code."
 )
-@model_options(help="The model of a --checkpoint that names your own code: --model again, or --trust-model-code.")
-@force_option()
-@json_option
+@options.force_option()
+@options.json_option
 def bench_command(artifacts, checkpoint, report_dir, json_out, model, force, as_json, input_size, **measuring):
     """Measure latency and throughput of the PyTorch reference and every artifact, side by side.
 
@@ -119,7 +98,7 @@ def bench_command(artifacts, checkpoint, report_dir, json_out, model, force, as_
     for path in outputs:
         check_output(path, force)  # fail before measuring, not after
     for path in artifacts:  # channels named in --input-size are checked against every ONNX model
-        onnx_input_hw(input_size, path)
+        options.onnx_input_hw(input_size, path)
     # ``model`` is the --model spec; what bench needs of it, the code it may import, is in ``code``.
     settings = bench.BenchSettings(input_size=input_size.hw if input_size else None, **measuring)
     result = bench.bench(list(artifacts), checkpoint=checkpoint, settings=settings)
@@ -128,7 +107,7 @@ def bench_command(artifacts, checkpoint, report_dir, json_out, model, force, as_
         result["report"] = {"markdown": str(md), "plot": str(png)}
     if json_out:
         write_json_atomic(json_out, result)
-    emit(result, as_json, _print_table, failed=bool(result["failed"]))
+    options.emit(result, as_json, _print_table, failed=bool(result["failed"]))
 
 
 # The figures of the table: column -> (key of the row, format); the engine columns only when an engine ran.
@@ -161,7 +140,7 @@ def _print_table(result) -> None:
         name = Path(r["artifact"]).name
         if r["status"] != "ok":
             reasons.setdefault(f"{name}: {r['status']}", r.get("reason", ""))
-        cells = [cell(r.get(key), spec) for key, spec in figures.values()]
+        cells = [options.cell(r.get(key), spec) for key, spec in figures.values()]
         table.add_row(
             name, r.get("runtime") or "", r.get("precision") or "", str(r["batch"]), r["status"].split(":")[0], *cells
         )

@@ -1,20 +1,9 @@
-"""build-engine / edgepipe build: a TensorRT or TensorRT-RTX engine from an ONNX model, trtexec's flags."""
-
 import copy
 import re
 
 import click
 
-from pipeline.commands.options import (
-    EdgepipeCommand,
-    check_folder_flags,
-    data_option,
-    emit,
-    force_option,
-    json_option,
-    precision_flags,
-    preprocess_options,
-)
+from pipeline.commands import options
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.progress import out
@@ -31,11 +20,13 @@ def _trtexec(flag: str, metavar: str | None, help: str, dest: str | None = None,
 
 
 @click.command(
-    "build", cls=EdgepipeCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+    "build",
+    cls=options.EdgepipeCommand,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.argument("onnx_file", required=False, metavar="MODEL.onnx", type=click.Path(dir_okay=False))
 @_trtexec("--onnx", "MODEL.onnx", "The ONNX model (trtexec spelling; same as the argument).", dest="onnx_option")
-@precision_flags(
+@options.precision_flags(
     {
         Precision.FP16: "FP16 engine: converts the ONNX to FP16 first (MODEL.fp16.onnx beside the engine).",
         Precision.INT8: "INT8 engine: quantizes the ONNX with Q/DQ nodes first (MODEL.int8.onnx beside the engine).",
@@ -50,18 +41,17 @@ def _trtexec(flag: str, metavar: str | None, help: str, dest: str | None = None,
     "(read through the model's preprocessing), or an .npz with model inputs (fed as they are). "
     "Default: drawn from the calibration pool of the data the model records (another model needs --calib or --data).",
 )
-@data_option(
+@options.data_option(
     help="Your images to check the FP16/INT8 model against FP32 on (and draw INT8 calibration from): for a model edgepipe did not "
     "export, a folder of images or an .npz with pixels x, read through its preprocessing, or an .npz with model inputs [, y]. "
     "Default: the held-out data of an edgepipe model; seeded synthetic inputs for FP16 of another model."
 )
-@preprocess_options
+@options.preprocess_options
 @_trtexec("--saveEngine", "PATH", "Engine file to write. Default: MODEL.<precision>.engine beside the ONNX.")
 @click.option(
     "--backend",
     type=click.Choice(["auto", *BACKENDS]),
     default="auto",
-    show_default=True,
     help="auto: standard TensorRT where installed, else TensorRT-RTX.",
 )
 @_trtexec("--minShapes", _SHAPES, "Smallest input shapes of the profile, e.g. input:1x1x32x32.")
@@ -96,13 +86,12 @@ def _trtexec(flag: str, metavar: str | None, help: str, dest: str | None = None,
 )
 @click.option(
     "--legacy-precision",
-    "legacy_precision",
     is_flag=True,
     help="TensorRT <= 10.x: use the builder's FP16/INT8 flags and an entropy calibrator instead of FP16/Q-DQ ONNX.",
 )
 @click.option("--verbose", is_flag=True, help="Print the builder's log on stderr.")
-@force_option()
-@json_option
+@options.force_option()
+@options.json_option
 def build_command(onnx_file, onnx_option, save_engine, force, as_json, **flags):
     """Build a TensorRT or TensorRT-RTX engine from an ONNX model, like trtexec.
 
@@ -137,9 +126,9 @@ def build_command(onnx_file, onnx_option, save_engine, force, as_json, **flags):
     shapes = {kind: flags.pop(f"{kind}_shapes") for kind in SHAPE_KINDS}
     reading = {"preprocess": preprocess if preprocess.given else None, "labels": labels, "workers": workers}
     settings = BuildSettings.parse(reading=reading, shapes=shapes, **flags)  # trtexec's controls, by their names
-    check_folder_flags(preprocess, labels, settings.folder_given)
+    options.check_folder_flags(preprocess, labels, settings.folder_given)
     result = build_engine(onnx_path, settings, save_engine=save_engine, force=force)
-    emit(result, as_json, _print_human)
+    options.emit(result, as_json, _print_human)
 
 
 def _print_human(r):

@@ -1,5 +1,3 @@
-"""edgepipe calibrate: a calibration set from the model's training split, or from the user's images."""
-
 import click
 
 from pipeline.commands.options import EdgepipeCommand, data_option, emit, force_option, json_option, preprocess_options
@@ -10,7 +8,6 @@ from pipeline.progress import out
 @click.command("calibrate", cls=EdgepipeCommand)
 @click.option(
     "--checkpoint",
-    "checkpoint",
     required=True,
     metavar="CKPT|MODEL.onnx",
     help="The model to calibrate for: a checkpoint, an edgepipe export, or any single-image-input .onnx (then --data is needed).",
@@ -20,13 +17,8 @@ from pipeline.progress import out
     "Default: an edgepipe model's own training data (training split only)."
 )
 @preprocess_options
-@click.option(
-    "--num",
-    default=DEFAULT_CALIBRATION_SIZE,
-    show_default=True,
-    help="Number of images (balanced over classes when labelled).",
-)
-@click.option("--seed", default=0, show_default=True, help="Seed of the draw.")
+@click.option("--num", default=DEFAULT_CALIBRATION_SIZE, help="Number of images (balanced over classes when labelled).")
+@click.option("--seed", default=0, help="Seed of the draw.")
 @click.option(
     "-o",
     "--output",

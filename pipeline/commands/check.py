@@ -1,5 +1,3 @@
-"""edgepipe check: the CI gate, a run report against a baseline."""
-
 import click
 
 from pipeline.commands.options import EdgepipeCommand, emit, json_option
@@ -52,5 +50,5 @@ def _print(result) -> None:
     out.print(f"FAILED: {len(result['regressions'])} regression(s)")
     for r in result["regressions"]:
         out.print(
-            f"  {r['artifact']}: {r['metric']} baseline {r['baseline']} now {r['now']} (tolerance {r['tolerance']})",
+            f"  {r['artifact']}: {r['metric']} baseline {r['baseline']} now {r['now']} (tolerance {r['tolerance']})"
         )

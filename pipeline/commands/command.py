@@ -10,8 +10,6 @@
 - Ctrl-C: one line, exit status 130.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 import os
@@ -56,25 +54,18 @@ def _guarded(call: Callable[[], Any], what: str = "this command") -> Any:
         if module not in MISSING_EXTRAS:
             raise
         package, extra = MISSING_EXTRAS[module]
-        _exit_with(
-            EdgepipeError(f"{what} needs {package}, which is not installed", fix=f"pip install 'edgepipe[{extra}]'"),
-            FAILED,
-        )
+        error = EdgepipeError(f"{what} needs {package}, which is not installed", fix=f"pip install 'edgepipe[{extra}]'")
     except click.UsageError as exc:
         where = f"'{exc.ctx.command_path} --help'" if exc.ctx is not None else "--help"
-        _exit_with(EdgepipeError(exc.format_message(), fix=f"see {where}"), exc.exit_code)
+        error = EdgepipeError(exc.format_message(), fix=f"see {where}")
+        error.exit_code = exc.exit_code
     except EdgepipeError as exc:
-        _exit_with(exc, exc.exit_code)
+        error = exc
     except KeyboardInterrupt:
-        click.echo(
-            "Error: interrupted; nothing half-written was kept. Fix: run the same command again to resume.", err=True
-        )
-        raise click.exceptions.Exit(INTERRUPTED) from None
-
-
-def _exit_with(error: EdgepipeError, status: int) -> None:
+        error = EdgepipeError("interrupted; nothing half-written was kept", fix="run the same command again to resume")
+        error.exit_code = INTERRUPTED
     click.echo(f"Error: {error}", err=True)
-    raise click.exceptions.Exit(status) from None
+    raise click.exceptions.Exit(error.exit_code)
 
 
 class Guarded:
@@ -94,7 +85,10 @@ class Guarded:
 
 
 class EdgepipeCommand(Guarded, click.Command):
-    """Every edgepipe command: ``@click.command("name", cls=EdgepipeCommand)``."""
+    """Every edgepipe command: ``@click.command("name", cls=EdgepipeCommand)``; ``--help`` shows every default."""
+
+    def __init__(self, *args: Any, context_settings: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, context_settings={"show_default": True, **(context_settings or {})}, **kwargs)
 
 
 def emit(

@@ -1,38 +1,28 @@
-"""edgepipe export: a checkpoint (or a weights file and --model) to ONNX, proven against PyTorch."""
-
 import click
 
-from pipeline.commands.options import (
-    EdgepipeCommand,
-    data_option,
-    emit,
-    force_option,
-    input_size_option,
-    json_option,
-    model_options,
-)
+from pipeline.commands import options
 from pipeline.defaults import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from pipeline.errors import EdgepipeError
 from pipeline.progress import out
 
 
-@click.command("export", cls=EdgepipeCommand)
+@click.command("export", cls=options.EdgepipeCommand)
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False), metavar="[CHECKPOINT|WEIGHTS]")
 @click.option("-o", "--output", required=True, metavar="MODEL.onnx", help="ONNX file to write.")
-@model_options(
+@options.model_options(
     weights=True,
     help="The model: needed for a plain state dict or .safetensors, and to use the user code a checkpoint names (default: the checkpoint's).",
 )
-@click.option("--opset", default=DEFAULT_OPSET, show_default=True, help=f"ONNX opset ({MIN_OPSET}-{MAX_OPSET}).")
-@click.option("--batch", default=1, show_default=True, help="Fixed batch size of the exported model.")
+@click.option("--opset", default=DEFAULT_OPSET, help=f"ONNX opset ({MIN_OPSET}-{MAX_OPSET}).")
+@click.option("--batch", default=1, help="Fixed batch size of the exported model.")
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension instead.")
-@input_size_option(
+@options.input_size_option(
     help="Size to export at: HxW keeps the model's channels, CxHxW also names them (default: the checkpoint's size, else the model's own)."
 )
 @click.option("--dynamic-size", is_flag=True, help="Also leave the input's height and width open (dynamic H/W).")
-@data_option()
-@force_option()
-@json_option
+@options.data_option()
+@options.force_option()
+@options.json_option
 def export_command(checkpoint, model, code, weights, input_size, as_json, **flags):
     """Export a checkpoint or weights file to ONNX and prove it against PyTorch (held-out images, else synthetic inputs).
 
@@ -53,7 +43,7 @@ def export_command(checkpoint, model, code, weights, input_size, as_json, **flag
     result = export(
         _source(checkpoint, weights), model_name=model, trust_model_code=code.trust, input_shape=shape, **flags
     )
-    emit(result, as_json, _print)
+    options.emit(result, as_json, _print)
 
 
 def _print(r) -> None:

@@ -1,9 +1,4 @@
-"""The flags that say which model and how it reads the user's images, parsed once into values.
-
-The values' types are imported when the command runs, never at ``--help``.
-"""
-
-from __future__ import annotations
+"""The flags that say which model and how it reads the user's images, parsed when the command runs."""
 
 import functools
 from collections.abc import Callable
@@ -64,7 +59,6 @@ def model_options(
                 "--model",
                 "model_name",
                 default=default,
-                show_default=default is not None,
                 metavar="NAME|timm:NAME|module:callable|file.py:callable",
                 help=help,
             ),
@@ -84,7 +78,6 @@ def model_options(
             options.append(
                 click.option(
                     "--trust-model-code",
-                    "trust_model_code",
                     is_flag=True,
                     help="Import the user code a checkpoint names without --model (only for checkpoints you trust).",
                 )
@@ -140,14 +133,12 @@ def preprocess_options(fn: Callable) -> Callable:
         ),
         click.option(
             "--labels",
-            "labels",
             type=click.Path(dir_okay=False),
             metavar="FILE",
             help="Class names, one per line, in the model's output order; ImageFolder sub-folders are mapped through it.",
         ),
         click.option(
             "--workers",
-            "workers",
             type=click.IntRange(min=0),
             metavar="N",
             help="Processes decoding images in parallel (0: in the main process). Default: min(4, CPUs); "

@@ -1,5 +1,3 @@
-"""edgepipe models: the model zoo with attention type, parameters and MACs."""
-
 import click
 from rich.table import Table
 
@@ -8,8 +6,8 @@ from pipeline.progress import out
 
 
 @click.command("models", cls=EdgepipeCommand)
-@click.option("--img-size", default=32, show_default=True, help="Input size for the MAC count.")
-@click.option("--in-chans", default=1, show_default=True, help="Input channels for the MAC count.")
+@click.option("--img-size", default=32, help="Input size for the MAC count.")
+@click.option("--in-chans", default=1, help="Input channels for the MAC count.")
 @json_option
 def models_command(img_size: int, in_chans: int, as_json: bool) -> None:
     """List the model zoo: attention type, parameters and MACs.

@@ -1,14 +1,8 @@
-"""The options every edgepipe command shares, each parsed once, at the edge, into a value.
+"""The options every command shares, each parsed once into a value (a ``Precision``, never the raw text).
 
-A command's function receives a ``Precision``, a tuple of batch sizes, an accuracy budget or an
-``InputSize``, never the raw text; a flag it cannot use is one ``EdgepipeError`` naming it. This
-module is the one a command imports its options from: it also re-exports the command class and
-``emit`` (``pipeline.commands.command``, which says how a command ends) and the model and
-preprocessing options (``pipeline.commands.model_options``). Nothing here imports numpy, onnx or
-torch: ``--help`` starts at once.
+The one module a command imports its options from, the command class and ``emit`` included. Nothing here
+imports numpy, onnx or torch: ``--help`` starts at once.
 """
-
-from __future__ import annotations
 
 import math
 from collections.abc import Callable
@@ -117,21 +111,13 @@ def force_option(help: str = "Overwrite an existing output file.") -> Callable:
 
 
 def data_option(default: str | None = None, help: str = DATA_HELP) -> Callable:
-    return click.option(
-        "--data", default=default, show_default=default is not None, metavar="digits|DIR|FILE.npz", help=help
-    )
+    return click.option("--data", default=default, metavar="digits|DIR|FILE.npz", help=help)
 
 
 def batches_option(name="--batch", default="1", help="Batch sizes to measure.", dest="batches") -> Callable:
     """``--batch 1,8,32`` -> ``batches`` (or ``dest``): a tuple of batch sizes."""
     return click.option(
-        name,
-        dest,
-        default=default,
-        show_default=True,
-        metavar="1,8,32",
-        callback=callback(parse_batches, name),
-        help=help,
+        name, dest, default=default, metavar="1,8,32", callback=callback(parse_batches, name), help=help
     )
 
 
@@ -148,9 +134,7 @@ def max_drop_option(default: float | None = None) -> Callable:
 
     return click.option(
         "--max-drop",
-        "max_drop",
         default=None if default is None else str(default),
-        show_default=default is not None,
         metavar="PTS|none",
         callback=parse,
         help="INT8 accuracy budget: the most top-1 points INT8 may lose against FP32 on the held-out split; "
@@ -162,9 +146,7 @@ def precisions_option(help: str, default: str | None = None, metavar: str | None
     """``--precisions fp32,int8`` -> ``precisions``: a tuple of ``Precision`` (None when not given and no default)."""
     return click.option(
         "--precisions",
-        "precisions",
         default=default,
-        show_default=default is not None,
         metavar=metavar,
         callback=callback(parse_list, "--precisions"),
         help=help,
@@ -204,9 +186,5 @@ def input_size_option(
 ) -> Callable:
     """``--input-size [CxHxW | HxW]`` -> ``input_size``: an ``InputSize``, or None. One format in every command."""
     return click.option(
-        "--input-size",
-        "input_size",
-        metavar=INPUT_SIZE_FORMAT,
-        callback=callback(InputSize.parse),
-        help=help,
+        "--input-size", "input_size", metavar=INPUT_SIZE_FORMAT, callback=callback(InputSize.parse), help=help
     )

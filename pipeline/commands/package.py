@@ -1,5 +1,3 @@
-"""edgepipe package: a bundle that builds and proves a model's engines on a Jetson or GPU server."""
-
 import click
 
 from pipeline.commands.options import EdgepipeCommand, emit, json_option
@@ -16,10 +14,8 @@ from pipeline.progress import out
 )
 @click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one a line, in output order.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="The bundle folder to write.")
-@click.option("--images", default=8, show_default=True, type=click.IntRange(1, 256), help="Golden held-out images.")
-@click.option(
-    "--max-batch", default=32, show_default=True, type=click.IntRange(1), help="Largest batch of the engines' profile."
-)
+@click.option("--images", default=8, type=click.IntRange(1, 256), help="Golden held-out images.")
+@click.option("--max-batch", default=32, type=click.IntRange(1), help="Largest batch of the engines' profile.")
 @click.option("--triton-max-batch", type=click.IntRange(1), help="Triton's max_batch_size (default: --max-batch).")
 @click.option("--dla", is_flag=True, help="Build for DLA core 0 with GPU fallback (Orin: jp5, jp6; FP16 only).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
@@ -44,5 +40,5 @@ def package_command(models, output, as_json, **options):
 def _print(result) -> None:
     out.print(
         f"bundle {result['bundle']}: {', '.join(result['precisions'])} for {result['target']}, "
-        f"{result['golden']['images']} golden images; on the device: see README.txt",
+        f"{result['golden']['images']} golden images; on the device: see README.txt"
     )

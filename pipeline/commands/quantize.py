@@ -1,25 +1,8 @@
-"""edgepipe quantize: an FP16 or INT8 (Q/DQ) ONNX model of any single-image-input ONNX, checked against FP32."""
-
 import os
 
 import click
 
-from pipeline.commands.options import (
-    EdgepipeCommand,
-    as_number,
-    callback,
-    check_folder_flags,
-    data_option,
-    emit,
-    force_option,
-    input_size_option,
-    json_option,
-    max_drop_option,
-    model_options,
-    onnx_input_hw,
-    precision_flags,
-    preprocess_options,
-)
+from pipeline.commands import options
 from pipeline.defaults import (
     BUDGET_DEFAULT,
     DEFAULT_MAX_DROP,
@@ -37,7 +20,7 @@ SMOOTHQUANT_HELP = "SmoothQuant: LayerNorm outlier channels moved into the MatMu
 
 def bounded(text: str, flag: str, what: str, low: float, high: float, example: str, unit: str = "") -> float:
     """The flag's number (``unit`` after it allowed) from ``low`` to ``high``."""
-    value = as_number(str(text).strip().rstrip(unit))
+    value = options.as_number(str(text).strip().rstrip(unit))
     if not low <= value <= high:
         raise EdgepipeError(
             f"{flag} {text!r} is not {what} from {low:g} to {high:g}", fix=f"pass e.g. {flag} {example}"
@@ -45,9 +28,9 @@ def bounded(text: str, flag: str, what: str, low: float, high: float, example: s
     return value
 
 
-@click.command("quantize", cls=EdgepipeCommand)
+@click.command("quantize", cls=options.EdgepipeCommand)
 @click.argument("onnx_model", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
-@precision_flags(
+@options.precision_flags(
     {
         Precision.FP16: "FP16 (ModelOpt AutoCast): I/O and overflow-prone ops stay FP32.",
         Precision.INT8: "INT8 with explicit Q/DQ (ModelOpt PTQ), calibrated on --calib.",
@@ -67,7 +50,6 @@ def bounded(text: str, flag: str, what: str, low: float, high: float, example: s
 @click.option(
     "--method",
     default="auto",
-    show_default=True,
     metavar="METHOD",
     help="INT8 activation ranges: auto (one calibration pass; max, percentile-99.99, mse and trt-entropy each built and "
     "checked, the best kept, bias correction tried on it), max, percentile-P (0 < P <= 100, e.g. percentile-99.99), "
@@ -75,7 +57,6 @@ def bounded(text: str, flag: str, what: str, low: float, high: float, example: s
 )
 @click.option(
     "--bias-correction/--no-bias-correction",
-    "bias_correction",
     default=None,
     help="Correct each quantized Conv/Gemm output channel's mean INT8 error in its bias (default: auto tries it and "
     "keeps it where it does better; a named --method does not).",
@@ -85,7 +66,6 @@ def bounded(text: str, flag: str, what: str, low: float, high: float, example: s
     "--high-precision",
     type=click.Choice(HIGH_PRECISIONS),
     default="fp16",
-    show_default=True,
     help="Precision of the INT8 model's non-quantized ops (fp16 builds faster engines).",
 )
 @click.option(
@@ -101,20 +81,18 @@ def bounded(text: str, flag: str, what: str, low: float, high: float, example: s
     metavar="OP",
     help="Quantize an op type edgepipe keeps out of INT8 by default (Sigmoid, Softmax).",
 )
-@max_drop_option()
+@options.max_drop_option()
 @click.option(
     "--min-agreement",
-    "min_agreement",
     metavar="PCT",
-    callback=callback(bounded, "--min-agreement", "a percentage", 0, 100, "99", "%"),
+    callback=options.callback(bounded, "--min-agreement", "a percentage", 0, 100, "99", "%"),
     help="INT8 accuracy budget without labels: the least argmax agreement with FP32 in percent (per position for sequence outputs); "
     "the most sensitive nodes stay in higher precision until it holds.",
 )
 @click.option(
     "--min-cosine",
-    "min_cosine",
     metavar="COS",
-    callback=callback(bounded, "--min-cosine", "a cosine", -1, 1, "0.99"),
+    callback=options.callback(bounded, "--min-cosine", "a cosine", -1, 1, "0.99"),
     help="INT8 accuracy budget for outputs that are neither classes nor sequences (maps, boxes): the least cosine "
     f"with FP32 of every output. Given no budget, INT8 keeps --max-drop {DEFAULT_MAX_DROP:g} for labelled classes, "
     f"--min-agreement {DEFAULT_MIN_AGREEMENT:g} for unlabelled classes and sequences, --min-cosine "
@@ -122,17 +100,17 @@ def bounded(text: str, flag: str, what: str, low: float, high: float, example: s
     "images, so that images they do not show hold it too; a --min-cosine given is checked as given); --max-drop none: "
     "plain PTQ.",
 )
-@input_size_option(
+@options.input_size_option(
     help="Size to convert and check a model with dynamic height and width at: HxW, or CxHxW to also check its channels "
     "(default: the model's, or the images')."
 )
-@data_option(
+@options.data_option(
     help="Images to check against FP32 on (default: the data the model records): 'digits', a folder of images (class "
     "sub-folders for labels) or an .npz with pixels x, read through the model's preprocessing, or an .npz with model "
     "inputs [, y]; split into a calibration pool and held-out images. "
     "Without any, FP16 is checked on seeded synthetic inputs."
 )
-@preprocess_options
+@options.preprocess_options
 @click.option(
     "--qat",
     type=click.IntRange(min=1),
@@ -147,11 +125,11 @@ def bounded(text: str, flag: str, what: str, low: float, high: float, example: s
     metavar="CKPT|WEIGHTS",
     help="For --qat: the checkpoint or weights file MODEL.onnx was exported from (its sha256 is recorded in the ONNX).",
 )
-@model_options(
+@options.model_options(
     help="For --qat: the model of a --checkpoint that names your own code (--model again, or --trust-model-code)."
 )
-@force_option()
-@json_option
+@options.force_option()
+@options.json_option
 @click.pass_context
 def quantize_command(
     ctx, onnx_model, precision, output, input_size, qat, checkpoint, model, code, force, as_json, **int8
@@ -175,10 +153,12 @@ def quantize_command(
     from pipeline import quantize
 
     data, preprocess, labels, workers = (int8.pop(key) for key in ("data", "preprocess", "labels", "workers"))
-    check_folder_flags(preprocess, labels, data is not None or bool(int8["calib"] and os.path.isdir(int8["calib"])))
+    options.check_folder_flags(
+        preprocess, labels, data is not None or bool(int8["calib"] and os.path.isdir(int8["calib"]))
+    )
     reading = {
         "data": data,
-        "size": onnx_input_hw(input_size, onnx_model),
+        "size": options.onnx_input_hw(input_size, onnx_model),
         "size_flag": "--input-size",
         "preprocess": preprocess if preprocess.given else None,
         "labels": labels,
@@ -205,7 +185,7 @@ def quantize_command(
         if ctx.get_parameter_source("max_drop") is click.core.ParameterSource.DEFAULT:
             int8["max_drop"] = BUDGET_DEFAULT  # none given: the default budget for the model's outputs
         result = quantize.to_int8(onnx_model, output, force=force, **int8, **reading)
-    emit(result, as_json, _print_result)
+    options.emit(result, as_json, _print_result)
 
 
 def _given(ctx: click.Context, values: dict, names) -> list[str]:

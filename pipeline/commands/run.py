@@ -1,60 +1,42 @@
-"""edgepipe run: every stage end to end in one run directory, reusing what is current."""
-
 import click
 
-from pipeline.commands.options import (
-    EdgepipeCommand,
-    batches_option,
-    data_option,
-    emit,
-    force_option,
-    input_size_option,
-    json_option,
-    max_drop_option,
-    model_options,
-    precisions_option,
-    preprocess_options,
-)
+from pipeline.commands import options
 from pipeline.defaults import DEFAULT_MAX_DROP
 
 
-@click.command("run", cls=EdgepipeCommand)
-@model_options(
+@click.command("run", cls=options.EdgepipeCommand)
+@options.model_options(
     weights=True,
     help="The model to train: a zoo name (default: se_resnet when nothing else is given), timm:NAME, "
     "package.module:callable or path/to/file.py:callable. With --checkpoint: names the code the checkpoint was trained from.",
 )
-@input_size_option()
-@click.option(
-    "--checkpoint",
-    type=click.Path(dir_okay=False),
-    help="Start from this checkpoint instead of training.",
-)
+@options.input_size_option()
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Start from this checkpoint instead of training.")
 @click.option(
     "--onnx",
     "onnx_model",
     type=click.Path(dir_okay=False),
     help="Start from this ONNX model: an edgepipe export, or any single-image-input ONNX (then give --data). No PyTorch reference then.",
 )
-@data_option(
+@options.data_option(
     help="Dataset: 'digits' (the default), an ImageFolder, a folder of images, or an .npz with pixels x or model inputs (and y)."
 )
-@preprocess_options
-@precisions_option("Comma-separated precisions to make and measure.", default="fp32,fp16,int8")
+@options.preprocess_options
+@options.precisions_option("Comma-separated precisions to make and measure.", default="fp32,fp16,int8")
 @click.option("-o", "--output", metavar="DIR", help="Run directory (default: runs/MODEL).")
 @click.option(
     "--epochs",
     type=int,
     help="Training epochs (default: the model's recipe; with --weights: none, the weights as they are).",
 )
-@click.option("--seed", default=0, show_default=True)
-@batches_option("--batches", default="1,8", help="Batch sizes to bench.", dest="bench_batches")
-@click.option("--bench-seconds", default=1.0, show_default=True, help="Timed seconds per artifact and batch.")
-@max_drop_option(default=DEFAULT_MAX_DROP)
+@click.option("--seed", default=0)
+@options.batches_option("--batches", default="1,8", help="Batch sizes to bench.", dest="bench_batches")
+@click.option("--bench-seconds", default=1.0, help="Timed seconds per artifact and batch.")
+@options.max_drop_option(default=DEFAULT_MAX_DROP)
 @click.option("--no-engines", is_flag=True, help="Skip TensorRT engines even when a TensorRT flavour is installed.")
 @click.option("--strict", is_flag=True, help="Stop at the first failed stage instead of recording it and going on.")
-@force_option(help="Redo every stage, even those whose inputs have not changed.")
-@json_option
+@options.force_option(help="Redo every stage, even those whose inputs have not changed.")
+@options.json_option
 def run_command(input_size, no_engines, as_json, **flags):
     """Train (or load), export, calibrate, quantize, build engines, validate and bench, in one run directory.
 
@@ -77,7 +59,7 @@ def run_command(input_size, no_engines, as_json, **flags):
 
     report = run(input_shape=input_size.chw() if input_size else None, engines=not no_engines, **flags)
     failed = [name for name, stage in report["stages"].items() if stage["status"] in ("failed", "skipped")]
-    emit(report, as_json, _print, failed=bool(failed))
+    options.emit(report, as_json, _print, failed=bool(failed))
 
 
 def _print(report) -> None:

@@ -1,21 +1,10 @@
-"""edgepipe sweep: every model x precision x target GPU, fanned out on Ray."""
-
 import click
 
-from pipeline.commands.options import (
-    EdgepipeCommand,
-    batches_option,
-    data_option,
-    emit,
-    force_option,
-    json_option,
-    max_drop_option,
-    precisions_option,
-)
+from pipeline.commands import options
 from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_SWEEP_OUTPUT
 
 
-@click.command("sweep", cls=EdgepipeCommand)
+@click.command("sweep", cls=options.EdgepipeCommand)
 @click.option("--models", metavar="A,B", help="Zoo models to sweep, comma-separated.")
 @click.option(
     "--models-file",
@@ -23,7 +12,9 @@ from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_SWEEP_OUTPUT
     metavar="sweep.yaml",
     help="YAML with 'models:' (names, or {name, checkpoint|onnx, epochs}) and optional 'precisions:'/'targets:'.",
 )
-@precisions_option("Precisions to build (default: the models file's, else fp32,fp16,int8).", metavar="fp32,fp16,int8")
+@options.precisions_option(
+    "Precisions to build (default: the models file's, else fp32,fp16,int8).", metavar="fp32,fp16,int8"
+)
 @click.option(
     "--targets",
     metavar="sm_89,sm_87",
@@ -33,34 +24,29 @@ from pipeline.defaults import DEFAULT_MAX_DROP, DEFAULT_SWEEP_OUTPUT
     "-o",
     "--output",
     default=DEFAULT_SWEEP_OUTPUT,
-    show_default=True,
     metavar="DIR",
     help="Sweep directory: sweep.json, sweep.md and one run directory per model.",
 )
 @click.option(
     "--address",
     default="local",
-    show_default=True,
     metavar="local|auto|HOST:PORT",
     help="local: embedded Ray on this machine (nothing to start); auto: the cluster running here (e.g. under 'ray job submit'); HOST:PORT: a cluster's head.",
 )
-@data_option(help="Dataset (default: digits). GPU workers that validate need it at the same path.")
+@options.data_option(help="Dataset (default: digits). GPU workers that validate need it at the same path.")
 @click.option("--epochs", type=int, help="Training epochs (default: each model's recipe).")
-@click.option("--seed", default=0, show_default=True)
-@batches_option("--batches", default="1,8", help="Batch sizes to bench.", dest="bench_batches")
-@click.option("--bench-seconds", default=1.0, show_default=True, help="Timed seconds per artifact and batch.")
-@max_drop_option(default=DEFAULT_MAX_DROP)
+@click.option("--seed", default=0)
+@options.batches_option("--batches", default="1,8", help="Batch sizes to bench.", dest="bench_batches")
+@click.option("--bench-seconds", default=1.0, help="Timed seconds per artifact and batch.")
+@options.max_drop_option(default=DEFAULT_MAX_DROP)
 @click.option(
-    "--retries",
-    default=2,
-    show_default=True,
-    help="Retries of a cell whose worker or node dies (a build error is never retried).",
+    "--retries", default=2, help="Retries of a cell whose worker or node dies (a build error is never retried)."
 )
 @click.option(
     "--strict", is_flag=True, help="Stop the sweep at the first failure instead of recording it and going on."
 )
-@force_option(help="Redo every stage and rebuild every engine, even those that are current.")
-@json_option
+@options.force_option(help="Redo every stage and rebuild every engine, even those that are current.")
+@options.json_option
 def sweep_command(models, models_file, precisions, targets, output, as_json, **flags):
     """Build and measure every model x precision x target GPU, fanned out on Ray.
 
@@ -79,7 +65,7 @@ def sweep_command(models, models_file, precisions, targets, output, as_json, **f
     from pipeline.sweep import SweepSettings, as_list, sweep
 
     report = sweep(as_list(models), models_file, precisions, as_list(targets), output, SweepSettings(**flags))
-    emit(report, as_json, _print, failed=not report["ok"])
+    options.emit(report, as_json, _print, failed=not report["ok"])
 
 
 def _print(report) -> None:

@@ -1,43 +1,28 @@
-"""edgepipe train: a zoo model trained into a checkpoint with its config and held-out split."""
-
 from pathlib import Path
 
 import click
 
-from pipeline.commands.options import (
-    EdgepipeCommand,
-    data_option,
-    emit,
-    force_option,
-    input_size_option,
-    json_option,
-    model_options,
-)
+from pipeline.commands import options
 from pipeline.defaults import DEFAULT_DATA, DEFAULT_MODEL
 from pipeline.errors import EdgepipeError
 from pipeline.progress import out
 
 
-@click.command("train", cls=EdgepipeCommand)
-@model_options(default=DEFAULT_MODEL, weights=True, trust=False)
-@data_option(default=DEFAULT_DATA, help="Dataset: bundled digits, an ImageFolder directory, or an .npz with x and y.")
+@click.command("train", cls=options.EdgepipeCommand)
+@options.model_options(default=DEFAULT_MODEL, weights=True, trust=False)
+@options.data_option(
+    default=DEFAULT_DATA, help="Dataset: bundled digits, an ImageFolder directory, or an .npz with x and y."
+)
 @click.option(
-    "--epochs",
-    type=int,
-    help="Epochs (default: the model's recipe; 0 with --weights: take them as they are).",
+    "--epochs", type=int, help="Epochs (default: the model's recipe; 0 with --weights: take them as they are)."
 )
 @click.option("--lr", type=float, help="Peak learning rate (default: the model's recipe).")
-@click.option("--seed", default=0, show_default=True, help="Seed for the split, initialisation and batches.")
-@input_size_option()
-@click.option(
-    "--img-size",
-    type=int,
-    metavar="N",
-    help="N x N in the data's channels (a shorthand for --input-size).",
-)
+@click.option("--seed", default=0, help="Seed for the split, initialisation and batches.")
+@options.input_size_option()
+@click.option("--img-size", type=int, metavar="N", help="N x N in the data's channels (a shorthand for --input-size).")
 @click.option("-o", "--output", required=True, metavar="DIR|FILE.pt", help="Folder (gets MODEL.pt) or checkpoint path.")
-@force_option()
-@json_option
+@options.force_option()
+@options.json_option
 def train_command(model, code, input_size, img_size, output, force, as_json, **training):
     """Train a model and write a checkpoint with its config, model spec and held-out split.
 
@@ -68,7 +53,7 @@ def train_command(model, code, input_size, img_size, output, force, as_json, **t
         **{k: config["train"][k] for k in ("val_top1", "epochs", "seconds")},
         "val_samples": config["split"]["counts"]["held_out"],
     }
-    emit(result, as_json, _print)
+    options.emit(result, as_json, _print)
 
 
 def _print(r) -> None:

@@ -1,65 +1,48 @@
-"""edgepipe validate: every artifact against the FP32 reference, on its held-out split or the user's images."""
-
 from pathlib import Path
 
 import click
 from rich.table import Table
 
-from pipeline.commands.options import (
-    EdgepipeCommand,
-    cell,
-    data_option,
-    emit,
-    json_option,
-    model_options,
-    preprocess_options,
-)
+from pipeline.commands import options
 from pipeline.defaults import DEFAULT_ATOL, DEFAULT_BATCH_SIZE, DEFAULT_RTOL, SPLITS
 from pipeline.errors import EdgepipeError
 from pipeline.progress import out
 
 
-@click.command("validate", cls=EdgepipeCommand)
+@click.command("validate", cls=options.EdgepipeCommand)
 @click.option(
     "--reference",
     "--checkpoint",
-    "reference",
     metavar="CKPT|MODEL.onnx|WEIGHTS",
     help="The FP32 model every artifact is compared with: the PyTorch checkpoint, an FP32 .onnx on ONNX Runtime "
     "(any single-image-input ONNX), or your model's weights file with --model. Default: the first FP32 .onnx among the artifacts.",
 )
 @click.argument("artifacts", nargs=-1, required=True, metavar="[BUNDLE] ARTIFACT...")
-@data_option(
+@options.data_option(
     help="Images to validate on: an ImageFolder, a folder of images, an .npz with pixels x or model inputs (and y), or 'digits'. "
     "Default: the data an edgepipe model records; a model edgepipe did not export needs it."
 )
-@preprocess_options
+@options.preprocess_options
 @click.option(
     "--split",
     type=click.Choice(SPLITS),
     default="auto",
-    show_default=True,
     help="Which of --data's images count: the held-out part of a seeded split, all, or auto (held-out when an artifact was calibrated on the rest).",
 )
 @click.option(
-    "--atol",
-    default=DEFAULT_ATOL,
-    show_default=True,
-    help="Absolute tolerance of the pass/fail check, per output element (Polygraphy's).",
+    "--atol", default=DEFAULT_ATOL, help="Absolute tolerance of the pass/fail check, per output element (Polygraphy's)."
 )
-@click.option("--rtol", default=DEFAULT_RTOL, show_default=True, help="Relative tolerance of the pass/fail check.")
+@click.option("--rtol", default=DEFAULT_RTOL, help="Relative tolerance of the pass/fail check.")
 @click.option(
     "--batch-size",
-    "batch_size",
     default=DEFAULT_BATCH_SIZE,
-    show_default=True,
     type=click.IntRange(min=1),
     help="Images per batch when --data is streamed through the models (memory for a big model's activations grows with it).",
 )
-@model_options(
+@options.model_options(
     help="The model of a checkpoint reference that names your own code: --model again, or --trust-model-code."
 )
-@json_option
+@options.json_option
 def validate_command(reference, artifacts, data, model, as_json, **settings):
     """Compare artifacts (ONNX at any precision, engines) with PyTorch on the held-out split.
 
@@ -91,7 +74,7 @@ def validate_command(reference, artifacts, data, model, as_json, **settings):
 
     # ``model`` is the --model spec; what validate needs of it, the code it may import, is in ``code``.
     result = validate(reference, artifacts, data=data, **settings)
-    emit(result, as_json, _print_table, failed=not result["ok"])
+    options.emit(result, as_json, _print_table, failed=not result["ok"])
 
 
 def _validate_golden(artifacts, data, as_json) -> None:
@@ -104,7 +87,7 @@ def _validate_golden(artifacts, data, as_json) -> None:
     from pipeline.validate_golden import validate_golden
 
     result = validate_golden(artifacts[0], list(artifacts[1:]))
-    emit(result, as_json, _print_golden, failed=not result["ok"])
+    options.emit(result, as_json, _print_golden, failed=not result["ok"])
 
 
 def _print_golden(result) -> None:
@@ -145,7 +128,7 @@ def _print_table(result):
         table.add_column(column, justify="right" if column in FIGURES else "left")
     for row in result["rows"]:
         ok = row["status"] == "ok"
-        figures = [cell(row.get(key), spec) if ok else "" for key, spec in FIGURES.values()]
+        figures = [options.cell(row.get(key), spec) if ok else "" for key, spec in FIGURES.values()]
         table.add_row(row["artifact"], row["precision"] or "?", *figures, row["status"].split(":")[0])
     # Full width when piped (CI logs), so that numbers and paths are not cut.
     width = out.width

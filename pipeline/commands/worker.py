@@ -1,5 +1,3 @@
-"""edgepipe worker: join a Ray cluster advertising this machine's target GPU (a thin wrapper of 'ray start')."""
-
 import json
 import os
 import shlex
