@@ -38,6 +38,7 @@ from pipeline.report import latency
 from pipeline.report import write as write_report
 from pipeline.tables import cell
 from pipeline.tensorrt.backend import TENSORRT, TENSORRT_RTX, get_backend, installed_backends
+from pipeline.tensorrt.targets import cc_key
 
 DIGITS = images.DIGITS  # the bundled data's name, which a models file may give as data
 

@@ -1,12 +1,12 @@
-"""Ray for `edgepipe sweep`: read the nodes, submit cell tasks, take results back (connecting: ``connection``).
+"""Ray for `edgepipe sweep`: target GPUs, the nodes, cell tasks and their results (connecting: ``connection``).
 
 Ray Core is the engine; edgepipe adds no scheduler. A target GPU is a Ray custom resource named
-``sm_XY`` (``sm_89: 1`` on a machine with an RTX 4090, one task at a time per GPU so timings are
-honest); a task that needs it asks for it and Ray places it. Before anything is submitted the
-driver probes every node (edgepipe, Ray and Python versions, GPU, TensorRT flavours), because a
-node with another edgepipe would build other engines and Ray waits forever for a resource no node
-has. ``import ray`` happens inside functions: a missing Ray is one clear error, and nothing else
-pays for it.
+``sm_XY`` after its compute capability (``sm_89`` RTX 40xx, ``sm_87`` Jetson Orin, ``sm_120`` RTX 50xx):
+``sm_89: 1`` on a machine with an RTX 4090, one task at a time per GPU so timings are honest; a task
+that needs it asks for it and Ray places it. Before anything is submitted the driver probes every
+node (edgepipe, Ray and Python versions, GPU, TensorRT flavours), because a node with another
+edgepipe would build other engines and Ray waits forever for a resource no node has. ``import ray``
+happens inside functions: a missing Ray is one clear error, and nothing else pays for it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,11 +23,40 @@ from typing import Any
 
 import pipeline.sweep.adapter as edgepipe
 from pipeline.errors import EdgepipeError
-from pipeline.sweep.targets import is_target, parse_target, target_name
 
 INSTALL_FIX = "pip install 'edgepipe[ray]' (it pins the Ray version every node must run)"
 PROBE_TIMEOUT_S = 120.0
 DEFAULT_RETRIES = 2
+TARGET = re.compile(r"sm_(\d+)(\d)", re.IGNORECASE)
+# The compute capabilities NVIDIA GPUs have (CUDA's list, Maxwell to Blackwell): a target outside it is a typo.
+KNOWN = (50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90, 100, 101, 103, 110, 120, 121)
+
+
+def parse_target(name: str) -> str:
+    """ "sm_89" -> "8.9", "sm_120" -> "12.0"; anything else is an error naming the fix."""
+    match = TARGET.fullmatch(name.strip())
+    if not match:
+        raise EdgepipeError(
+            f"target {name.strip()!r} is not sm_XY",
+            fix="name targets by compute capability, e.g. --targets sm_89,sm_87 (RTX 4090 sm_89, Jetson Orin sm_87, A100 sm_80, H100 sm_90)",
+        )
+    if int(match.group(1) + match.group(2)) not in KNOWN:
+        raise EdgepipeError(
+            f"target {name.strip()!r} is no NVIDIA GPU architecture",
+            fix=f"name a compute capability GPUs have: {', '.join(f'sm_{cc}' for cc in KNOWN)}",
+        )
+    return f"{int(match.group(1))}.{match.group(2)}"
+
+
+def target_name(compute_capability: str) -> str:
+    """ "8.9" -> "sm_89": the Ray resource a worker with that GPU advertises."""
+    major, _, minor = compute_capability.partition(".")
+    return f"sm_{major}{minor}"
+
+
+def is_target(resource: str) -> bool:
+    """True for a Ray resource that names a target GPU (``sm_89``), not CPU, memory or a node."""
+    return TARGET.fullmatch(resource) is not None
 
 
 def require_ray() -> Any:

@@ -24,10 +24,8 @@ import pipeline.sweep.report as sweep_report
 from pipeline.defaults import DEFAULT_SWEEP_OUTPUT
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
-from pipeline.sweep.cell import build_cell, choose_backend
+from pipeline.sweep.cell import Cell, build_cell, choose_backend, previous_rows, receive
 from pipeline.sweep.inputs import SweepModel, SweepSettings
-from pipeline.sweep.results import Cell, previous_rows, receive
-from pipeline.sweep.targets import cc_order
 
 ORPHAN_CHECK_S = 15.0  # how often pending cells are checked against the nodes still alive
 
@@ -52,7 +50,9 @@ def sweep(
     with contextlib.closing(ray_output), connection.connect(settings, ray_output) as cluster:
         nodes = cluster.nodes()
         connected = time.perf_counter() - started
-        chosen_targets = chosen_targets or sorted({t for n in nodes for t in n.targets}, key=cc_order)
+        chosen_targets = chosen_targets or sorted(
+            {t for n in nodes for t in n.targets}, key=lambda t: edgepipe.cc_key(clustermod.parse_target(t))
+        )
         if not chosen_targets:
             raise EdgepipeError(
                 "no worker advertises a target GPU, and --targets was not given",

@@ -15,8 +15,7 @@ import pipeline.sweep.adapter as edgepipe
 from pipeline.defaults import BUDGET_DEFAULT, DEFAULT_BENCH_BATCHES
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
-from pipeline.sweep.cluster import DEFAULT_RETRIES
-from pipeline.sweep.targets import parse_target, target_name
+from pipeline.sweep.cluster import DEFAULT_RETRIES, parse_target, target_name
 from pipeline.yamlfile import read_yaml
 
 
