@@ -1,8 +1,5 @@
-"""The run report: one row per artifact, like the benchmark tables users know, as JSON and Markdown.
-
-Rows: the PyTorch reference, then ONNX and TensorRT artifacts per precision. ``edgepipe check`` reads
-the JSON.
-"""
+"""The run report, report.json (which ``edgepipe check`` reads) and report.md: one row per artifact, the
+PyTorch reference first, then the ONNX and TensorRT artifacts per precision."""
 
 from __future__ import annotations
 

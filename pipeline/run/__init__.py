@@ -1,10 +1,8 @@
 """`edgepipe run`: every stage end to end into one run directory, redoing only what changed.
 
-The stages and the one reuse rule are the table of ``pipeline.run.plan``; then the report. The
-primary input is checked before the run directory is made. A failed stage is recorded in the report
-with its reason and the stages that need it are skipped; the rest goes on, unless ``strict``. Every
-file is written atomically, so a run stopped by Ctrl-C leaves nothing half-written and the next run
-resumes where it stopped.
+The stages and the one reuse rule are the table of ``pipeline.run.plan``. The primary input is checked
+before the run directory is made; a failed stage is recorded with its reason and what needs it skipped,
+the rest goes on unless ``strict``. Files are written atomically: a run stopped by Ctrl-C resumes.
 """
 
 from __future__ import annotations

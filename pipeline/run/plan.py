@@ -1,9 +1,6 @@
-"""The plan of `edgepipe run`: its stages as a table, the reuse rule, and how each stage makes its file.
-
-``Stages`` runs the rows in order with the one reuse rule (``artifacts.why_stale``), records failures
-and skips what needs them. The start (a model to train, a checkpoint, an ONNX) decides only the
-first stage ("train"/"export", or "import"); every later stage is the same.
-"""
+"""The plan of `edgepipe run`: its stages as a table, run in order by ``Stages`` with the one reuse rule
+(``artifacts.why_stale``), failures recorded and what needs them skipped. The start (a model to train, a
+checkpoint, an ONNX) decides only the first stage ("train"/"export", or "import")."""
 
 from __future__ import annotations
 
@@ -23,11 +20,10 @@ from pipeline.defaults import BENCH_WARMUP_MS, BUDGET_DEFAULT
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.images import DATA_FIX, DIGITS, Record
+from pipeline.precision import ALL as PRECISIONS
 from pipeline.precision import Precision
 from pipeline.progress import info
 from pipeline.runsource import RunStart
-
-PRECISIONS = tuple(Precision)
 
 
 @dataclass
@@ -80,17 +76,14 @@ class Stages:
             if self.strict:
                 raise
             info(f"{stage.name} failed: {exc}", "red")
-            self.record[stage.name] = {"status": "failed", "seconds": _since(started), "reason": str(exc)}
-            return
-        self.record[stage.name] = {"status": "done", "seconds": _since(started)}
+            self.record[stage.name] = {"status": "failed", "reason": str(exc)}
+        else:
+            self.record[stage.name] = {"status": "done"}
+        self.record[stage.name]["seconds"] = round(time.perf_counter() - started, 2)
 
     def result(self, stage: str, path: Path) -> dict[str, Any] | None:
         """A validate or bench result, when that stage finished."""
         return json.loads(path.read_text()) if self.ok(stage) else None
-
-
-def _since(started: float) -> float:
-    return round(time.perf_counter() - started, 2)
 
 
 def _why_stale(stage: Stage, inputs: dict[str, str]) -> str | None:

@@ -1,11 +1,8 @@
-"""A cell of the sweep (model x precision x target GPU): its task on a worker, and what comes back for it.
+"""A cell of the sweep (model x precision x target GPU): its task on a worker, and what comes back.
 
-On the worker: build the engine, and where the worker has that GPU, validate and bench it there. The
-worker keeps nothing: the models come in as bytes, the engine and its manifest go back as bytes with
-their sha256. A build error is a result ("failed" with its reason), not an exception, so Ray does not
-retry it; only a worker or node that dies is retried. An engine that comes back is written only if it
-hashes to what the worker reported and matches the manifest built with it: the run directory is the
-truth, whatever happened to the workers.
+The worker keeps nothing: the models come as bytes, the engine and its manifest go back as bytes with
+their sha256 and are written only if they match (the run directory is the truth). A build error is a
+result ("failed" with its reason), not an exception, so Ray retries only a worker or node that dies.
 """
 
 from __future__ import annotations
@@ -48,11 +45,8 @@ class Cell:
 def previous_rows(folder: Path) -> dict[str, dict[str, Any]]:
     """Rows of the last sweep.json, so a reused engine keeps the measurements made on its GPU."""
     try:
-        return {
-            row["artifact"]: row
-            for row in json.loads((folder / "sweep.json").read_text())["rows"]
-            if row.get("kind") == "cell"
-        }
+        rows = json.loads((folder / "sweep.json").read_text())["rows"]
+        return {row["artifact"]: row for row in rows if row.get("kind") == "cell"}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
@@ -70,9 +64,7 @@ def receive(model_dir: Path, cell: Cell, result: dict[str, Any], onnx: Path) -> 
         receive_file(engine, result["engine"], result["sha256"])
     except EdgepipeError as exc:
         return f"failed: {exc}", where
-    manifest.update(
-        onnx=str(onnx), built_on={"host": result["host"], "node_id": result["node_id"], "gpu": result["gpu"]}
-    )
+    manifest.update(onnx=str(onnx), built_on={key: result[key] for key in ("host", "node_id", "gpu")})
     manifest["network_onnx"] = {**manifest.get("network_onnx", {}), "file": str(onnx)}
     edgepipe.write_json_atomic(edgepipe.manifest_path(engine), manifest)
     measured = dict(result.get("measured", {}))
@@ -103,12 +95,8 @@ def build_cell(cell: dict[str, Any], onnx_bytes: bytes, reference_bytes: bytes |
 
     started = time.perf_counter()
     gpu, flavours = edgepipe.gpu_compute_capability(), edgepipe.tensorrt_flavours()
-    result: dict[str, Any] = {
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "gpu": gpu,
-    }
+    node_id = ray.get_runtime_context().get_node_id()
+    result: dict[str, Any] = {"node_id": node_id, "host": socket.gethostname(), "pid": os.getpid(), "gpu": gpu}
     backend, why = choose_backend(cell["cc"], gpu, flavours)
     if backend is None:
         return {**result, "status": "failed", "reason": f"{result['host']} advertises {cell['target']} but {why}"}

@@ -1,12 +1,10 @@
 """Ray for `edgepipe sweep`: target GPUs, the nodes, cell tasks and their results (connecting: ``connection``).
 
-Ray Core is the engine; edgepipe adds no scheduler. A target GPU is a Ray custom resource named
-``sm_XY`` after its compute capability (``sm_89`` RTX 40xx, ``sm_87`` Jetson Orin, ``sm_120`` RTX 50xx):
-``sm_89: 1`` on a machine with an RTX 4090, one task at a time per GPU so timings are honest; a task
-that needs it asks for it and Ray places it. Before anything is submitted the driver probes every
-node (edgepipe, Ray and Python versions, GPU, TensorRT flavours), because a node with another
-edgepipe would build other engines and Ray waits forever for a resource no node has. ``import ray``
-happens inside functions: a missing Ray is one clear error, and nothing else pays for it.
+Ray Core is the engine; edgepipe adds no scheduler. A target GPU is a Ray custom resource named after its
+compute capability, ``sm_XY`` (``sm_89: 1`` on an RTX 4090 machine: one task at a time per GPU, so timings
+are honest). Nodes are probed before anything is submitted: one with another edgepipe would build other
+engines, and Ray waits forever for a resource no node has. ``import ray`` happens inside functions: a
+missing Ray is one clear error, and nothing else pays for it.
 """
 
 from __future__ import annotations
@@ -59,6 +57,11 @@ def is_target(resource: str) -> bool:
     return TARGET.fullmatch(resource) is not None
 
 
+def node_name(node: dict[str, Any]) -> str:
+    """Host (or address) and the start of the node id, as nodes may share a machine; "" for a cell never placed."""
+    return f"{node.get('host') or node.get('address', '')} ({node['node_id'][:8]})" if node.get("node_id") else ""
+
+
 def require_ray() -> Any:
     try:
         import ray  # heavy (about a second): only sweep and worker need it
@@ -78,8 +81,7 @@ class Node:
 
     @property
     def name(self) -> str:
-        """Host (or address) and the start of the node id: nodes may share a machine."""
-        return f"{self.probe.get('host') or self.address} ({self.node_id[:8]})"
+        return node_name(self.describe())
 
     @property
     def targets(self) -> list[str]:
@@ -157,9 +159,6 @@ class Cluster:
                     fix=f"install edgepipe {edgepipe.EDGEPIPE_VERSION} there, then restart its Ray node with 'edgepipe worker'",
                 )
             refs[ref].probe = outcome.value
-
-    def put(self, data: bytes) -> Any:
-        return self.ray.put(data)
 
     def submit(self, fn: Callable, *args: Any, resources: dict[str, float], name: str) -> Any:
         """Run ``fn(*args)`` where ``resources`` are; a dead worker or node is retried, an exception is not."""

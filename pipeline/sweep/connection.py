@@ -36,14 +36,17 @@ class RayOutput:
         self.path = None if verbose else Path(tempfile.mkstemp(prefix="edgepipe-ray-", suffix=".log")[1])
 
     @contextlib.contextmanager
-    def captured(self) -> Iterator[None]:
-        """This process's stdout and stderr (Ray's start-up and shutdown lines) and Ray's logger into the file."""
+    def captured(self, fds: bool = True) -> Iterator[None]:
+        """Ray's Python logger (its warnings while tasks run) into the file, and with ``fds`` this process's
+        stdout and stderr too (Ray's start-up and shutdown lines); without, the terminal keeps edgepipe's output."""
         if self.path is None:
             yield
             return
-        with open(self.path, "ab") as log, self.logger_to_file():
-            saved = [os.dup(fd) for fd in (1, 2)]
-            for fd in (1, 2):
+        ray_logger = logging.getLogger("ray")
+        handlers, ray_logger.handlers = ray_logger.handlers, [logging.FileHandler(self.path)]
+        with open(self.path, "ab") as log:
+            saved = [os.dup(fd) for fd in (1, 2)] if fds else []
+            for fd in (1, 2)[: len(saved)]:
                 os.dup2(log.fileno(), fd)
             try:
                 yield
@@ -51,21 +54,8 @@ class RayOutput:
                 for fd, copy in zip((1, 2), saved):
                     os.dup2(copy, fd)
                     os.close(copy)
-
-    @contextlib.contextmanager
-    def logger_to_file(self) -> Iterator[None]:
-        """Ray's Python logger (its warnings while tasks run) into the file; the terminal keeps edgepipe's output."""
-        if self.path is None:
-            yield
-            return
-        ray_logger = logging.getLogger("ray")
-        saved = ray_logger.handlers
-        ray_logger.handlers = [logging.FileHandler(self.path)]
-        try:
-            yield
-        finally:
-            ray_logger.handlers[0].close()
-            ray_logger.handlers = saved
+                ray_logger.handlers[0].close()
+                ray_logger.handlers = handlers
 
     def keep(self, folder: Path) -> None:
         """Keep what is captured in ``folder/ray.log`` (once the sweep directory exists), now and at ``close``."""
@@ -104,7 +94,7 @@ def connect(settings: Any, output: RayOutput | None = None) -> Iterator[Cluster]
     with output.captured():
         _init(ray, address, dict(address=address, **quiet))
     try:
-        with output.logger_to_file():
+        with output.captured(fds=False):
             yield Cluster(ray, address, retries)
     finally:
         with output.captured():

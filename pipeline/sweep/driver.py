@@ -1,12 +1,7 @@
-"""`edgepipe sweep`: every model x precision x target GPU, fanned out on Ray.
+"""`edgepipe sweep` (docs/sweep.md): prepare each model, decide each cell, submit, write what comes back.
 
-For each model the target-independent stages run once on the driver into ``DIR/<model>/``, exactly
-as ``edgepipe run`` does; then one cell per (precision, target) is built on a worker advertising the
-target's ``sm_XY`` resource, and validated and benched there when that worker has the GPU.
-
-The driver decides everything before submitting: a target no worker serves is skipped with that
-reason (Ray would wait for it forever), and an engine whose manifest still matches its ONNX model,
-target and builder is reused, so a sweep with nothing changed submits no task.
+Everything is decided before submitting, so a target no worker serves is skipped with that reason (Ray
+would wait for it forever) and a sweep with nothing changed submits no task.
 """
 
 from __future__ import annotations
@@ -19,13 +14,12 @@ from typing import Any
 import pipeline.sweep.adapter as edgepipe
 import pipeline.sweep.cluster as clustermod
 import pipeline.sweep.connection as connection
-import pipeline.sweep.inputs as sweep_inputs
 import pipeline.sweep.report as sweep_report
 from pipeline.defaults import DEFAULT_SWEEP_OUTPUT
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.sweep.cell import Cell, build_cell, choose_backend, previous_rows, receive
-from pipeline.sweep.inputs import SweepModel, SweepSettings
+from pipeline.sweep.inputs import SweepModel, SweepSettings, resolve
 
 ORPHAN_CHECK_S = 15.0  # how often pending cells are checked against the nodes still alive
 
@@ -41,7 +35,7 @@ def sweep(
 ) -> dict[str, Any]:
     """Run the sweep into ``output``; returns the report (also written as sweep.json and sweep.md).
     ``targets`` None sweeps every target a worker advertises; ``flags``: the fields of ``SweepSettings``."""
-    specs, chosen_precisions, chosen_targets = sweep_inputs.resolve(models, models_file, precisions, targets)
+    specs, chosen_precisions, chosen_targets = resolve(models, models_file, precisions, targets)
     settings = settings or SweepSettings(**flags)
     folder, address = Path(output), settings.address
     if address not in ("local", "auto"):
@@ -192,7 +186,7 @@ class _Driver:
     def _object(self, path: Path) -> Any:
         """The file's bytes in Ray's object store, put once for every cell that needs them."""
         if path not in self.objects:
-            self.objects[path] = self.cluster.put(path.read_bytes())
+            self.objects[path] = self.cluster.ray.put(path.read_bytes())
         return self.objects[path]
 
     def _builders(self, cell: Cell) -> set[tuple[str, str]]:

@@ -1,8 +1,5 @@
-"""What a sweep is asked for: models (names, or a models file), precisions and target GPUs.
-
-Everything is checked before a cluster is touched, so bad input ends as one line and nothing is
-submitted.
-"""
+"""What a sweep is asked for: models (names, or a models file), precisions and target GPUs, all checked
+before a cluster is touched, so bad input ends as one line and nothing is submitted."""
 
 from __future__ import annotations
 
@@ -30,6 +27,9 @@ class SweepModel:
     data: str | None = None  # this model's images (default: the sweep's --data)
     labels: str | None = None  # a labels file, for an ONNX edgepipe did not export
     preprocess: str | None = None  # a preprocessing file (resize, crop, mean, std ...), for such an ONNX
+
+
+MODEL_KEYS = set(SweepModel.__annotations__)  # what an entry of a models file may give
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,7 @@ def load_models_file(path: str | Path) -> dict[str, Any]:
 def _spec(entry: Any, source: Path) -> SweepModel:
     if isinstance(entry, str):
         return SweepModel(entry)
-    if (
-        not isinstance(entry, dict)
-        or not isinstance(entry.get("name"), str)
-        or set(entry) - set(SweepModel.__annotations__)
-    ):
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or set(entry) - MODEL_KEYS:
         raise EdgepipeError(
             f"models file {source} has an entry {entry!r} that is not a model",
             fix="write a name, or {name: N, checkpoint: PATH} / {name: N, onnx: PATH, data: DIR, labels: FILE, preprocess: FILE} / {name: N, epochs: E}",
