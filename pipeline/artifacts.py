@@ -40,15 +40,8 @@ class Kind(str, Enum):
         return self.value
 
 
-SUFFIXES = {
-    ".pt": Kind.CHECKPOINT,
-    ".pth": Kind.CHECKPOINT,
-    ".onnx": Kind.ONNX,
-    ".npz": Kind.CALIBRATION,
-    ".engine": Kind.ENGINE,
-    ".plan": Kind.ENGINE,
-    ".trt": Kind.ENGINE,
-}
+SUFFIXES = {".pt": Kind.CHECKPOINT, ".pth": Kind.CHECKPOINT, ".onnx": Kind.ONNX, ".npz": Kind.CALIBRATION}
+SUFFIXES |= dict.fromkeys((".engine", ".plan", ".trt"), Kind.ENGINE)  # the names TensorRT's tools give engines
 
 
 @dataclass(frozen=True)

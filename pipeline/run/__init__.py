@@ -79,9 +79,8 @@ def run(
     backend, engines_note = _backend(chosen.engines)
     if chosen.engines and backend is None:
         info(f"engines skipped: {engines_note}", "yellow")
-    for stage in table(plan, backend):
-        if stage.when:
-            plan.stages.run(stage)
+    for stage in (row for row in table(plan, backend) if row.when):
+        plan.stages.run(stage)
     return _report(plan, engines_note, started)
 
 
@@ -135,10 +134,8 @@ def _report(plan: Plan, engines_note: str | None, started: float) -> dict[str, A
 
 def _model_record(checkpoint: Path | None) -> dict[str, Any]:
     """The model spec and the weights' sha256 the report names, from the checkpoint's config."""
-    if checkpoint is None:
-        return {}
     try:
-        record = model_record(config_of(checkpoint))
+        record = model_record(config_of(checkpoint)) if checkpoint is not None else {}
     except EdgepipeError:
-        return {}
-    return {key: record[key] for key in ("model_spec", "weights_sha256", "input_shape")}
+        record = {}
+    return {key: record[key] for key in ("model_spec", "weights_sha256", "input_shape")} if record else {}

@@ -140,11 +140,9 @@ class Plan:
         return data.class_names if data is not None else self.start.model_input.record.class_names
 
     def import_onnx(self) -> Path:
-        """The given ONNX with the merged preprocessing and the class names stored in it.
-
-        The data and its split are not stored: every later stage is given ``--data``, and the split is
-        recorded by the calibration set. So changing only ``--data`` leaves the import as it is.
-        """
+        """The given ONNX with the merged preprocessing and the class names stored in it; not the data and its
+        split (every later stage is given ``--data``, the calibration set records the split), so changing only
+        ``--data`` leaves the import as it is."""
         model_input = self.start.model_input
         record = Record(model_input.preprocess, self.class_names, model_input.record.data)
         return model_input.write_onnx(self.start.file, self.onnx[Precision.FP32], record)
@@ -197,13 +195,9 @@ def table(plan: Plan, backend) -> list[Stage]:
 def _first(plan: Plan) -> list[Stage]:
     """The stages that make the FP32 ONNX: import, or train (when the run trains) and export."""
     start, chosen, fp32 = plan.start, plan.chosen, plan.onnx[Precision.FP32]
-    train_settings = {
-        "model": start.name,
-        "model_spec": start.spec and start.spec.to_json(),
-        "input_size": list(chosen.input_shape) if chosen.input_shape else None,
-        "epochs": plan.epochs,
-        "seed": chosen.seed,
-    }
+    size = list(chosen.input_shape) if chosen.input_shape else None
+    train_settings = {"model": start.name, "model_spec": start.spec and start.spec.to_json(), "input_size": size}
+    train_settings |= {"epochs": plan.epochs, "seed": chosen.seed}
     weights = {"weights": sha256_file(chosen.weights)} if chosen.weights else {}
     return [
         Stage(

@@ -45,16 +45,8 @@ def prepare_model(model: Any, folder: Path, precisions: tuple[Precision, ...], s
 
     own = model.checkpoint or model.onnx
     preprocess = PreprocessFlags.parse(file=model.preprocess) if model.preprocess else None
-    return run.run(
-        model=None if own else model.name,
-        checkpoint=model.checkpoint,
-        onnx_model=model.onnx,
-        precisions=precisions,
-        output=folder,
-        labels=model.labels,
-        preprocess=preprocess,
-        **settings,
-    )
+    given = {"checkpoint": model.checkpoint, "onnx_model": model.onnx, "labels": model.labels, "preprocess": preprocess}
+    return run.run(model=None if own else model.name, precisions=precisions, output=folder, **given, **settings)
 
 
 def onnx_models(report: dict[str, Any], folder: Path) -> dict[Precision, Path]:
@@ -94,11 +86,6 @@ def build_engine(onnx_path: Path, engine_path: Path, compute_capability: str, ba
         compute_capability=[compute_capability],
         force=True,
     )
-
-
-def validate_engine(reference: Path, engine: Path, data: str | None) -> dict[str, Any]:
-    """The engine's row against the reference (a PyTorch checkpoint, or an FP32 ONNX model)."""
-    return validate.validate(reference, [engine], data=data)["rows"][-1]
 
 
 def bench_engine(engine: Path, batches: tuple[int, ...], seconds: float) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 import pipeline.sweep.adapter as edgepipe
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
-from pipeline.sweep.cluster import parse_target, receive_file, target_name
+from pipeline.sweep.cluster import parse_target, target_name
 
 
 @dataclass
@@ -56,21 +56,26 @@ def receive(model_dir: Path, cell: Cell, result: dict[str, Any], onnx: Path) -> 
     where = {k: result.get(k) for k in ("host", "node_id", "pid", "gpu")}
     if result["status"] != "built":
         return f"failed: {result['reason']}", where
-    engine = model_dir / cell.engine_name
-    manifest = dict(result["manifest"] or {})
-    try:
-        if manifest.get("sha256") != result["sha256"]:
+    engine, sha256 = model_dir / cell.engine_name, result["sha256"]
+    manifest, actual = dict(result["manifest"] or {}), edgepipe.sha256_bytes(result["engine"])
+    try:  # the engine is written only if it hashes to what the worker reported
+        if manifest.get("sha256") != sha256:
             raise EdgepipeError(f"{engine.name} does not match the manifest built with it", fix="sweep again")
-        receive_file(engine, result["engine"], result["sha256"])
+        if actual != sha256:
+            raise EdgepipeError(
+                f"{engine.name} arrived damaged (sha256 {actual[:12]}, the worker reported {sha256[:12]})",
+                fix="sweep again; the cell is rebuilt",
+            )
     except EdgepipeError as exc:
         return f"failed: {exc}", where
+    with edgepipe.atomic_output(engine) as tmp:
+        tmp.write_bytes(result["engine"])
     manifest.update(onnx=str(onnx), built_on={key: result[key] for key in ("host", "node_id", "gpu")})
     manifest["network_onnx"] = {**manifest.get("network_onnx", {}), "file": str(onnx)}
     edgepipe.write_json_atomic(edgepipe.manifest_path(engine), manifest)
     measured = dict(result.get("measured", {}))
-    validation = measured.pop("status", None)
-    fields = {**measured, "validation": validation, "seconds": result["seconds"]}
-    return "built", {**where, **fields, **edgepipe.engine_fields(engine, model_dir)}
+    fields = {"validation": measured.pop("status", None), "seconds": result["seconds"]}
+    return "built", {**where, **measured, **fields, **edgepipe.engine_fields(engine, model_dir)}
 
 
 def choose_backend(target_cc: str, gpu: str | None, flavours: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
@@ -125,16 +130,15 @@ def _measure(
 ) -> dict[str, Any]:
     """Top-1 against the PyTorch reference and latency, on this node's GPU when it is the target."""
     if gpu != cell["cc"]:
-        return {
-            "status": f"skipped: no {cell['target']} GPU on {host}" + (f" (it has {target_name(gpu)})" if gpu else "")
-        }
+        has = f" (it has {target_name(gpu)})" if gpu else ""
+        return {"status": f"skipped: no {cell['target']} GPU on {host}{has}"}
     measured: dict[str, Any] = {"status": "skipped: no reference model came with the cell"}
     if reference_bytes is None:
         return measured
     reference = tmp / f"reference{cell['reference']}"  # a PyTorch checkpoint (.pt), else the FP32 ONNX model
     reference.write_bytes(reference_bytes)
     try:
-        row = edgepipe.validate_engine(reference, engine, cell["data"])
+        row = edgepipe.validate.validate(reference, [engine], data=cell["data"])["rows"][-1]
         measured.update({k: row.get(k) for k in ("top1", "delta", "agreement", "max_abs_diff", "cosine")})
         measured["status"] = row.get("status", "ok")
         timing = edgepipe.bench_engine(engine, tuple(cell["bench_batches"]), cell["bench_seconds"])

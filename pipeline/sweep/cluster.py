@@ -16,7 +16,6 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pipeline.sweep.adapter as edgepipe
@@ -52,11 +51,6 @@ def target_name(compute_capability: str) -> str:
     return f"sm_{major}{minor}"
 
 
-def is_target(resource: str) -> bool:
-    """True for a Ray resource that names a target GPU (``sm_89``), not CPU, memory or a node."""
-    return TARGET.fullmatch(resource) is not None
-
-
 def node_name(node: dict[str, Any]) -> str:
     """Host (or address) and the start of the node id, as nodes may share a machine; "" for a cell never placed."""
     return f"{node.get('host') or node.get('address', '')} ({node['node_id'][:8]})" if node.get("node_id") else ""
@@ -85,7 +79,8 @@ class Node:
 
     @property
     def targets(self) -> list[str]:
-        return sorted(name for name in self.resources if is_target(name))
+        """The resources that name a target GPU (``sm_89``), not CPU, memory or the node."""
+        return sorted(name for name in self.resources if TARGET.fullmatch(name))
 
     @property
     def gpu(self) -> str | None:
@@ -96,27 +91,17 @@ class Node:
         return self.probe.get("flavours", {})
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "node_id": self.node_id,
-            "address": self.address,
-            "cpus": self.resources.get("CPU", 0),
-            "targets": {t: self.resources[t] for t in self.targets},
-            **self.probe,
-        }
+        cpus, targets = self.resources.get("CPU", 0), {t: self.resources[t] for t in self.targets}
+        return {"node_id": self.node_id, "address": self.address, "cpus": cpus, "targets": targets, **self.probe}
 
 
 def probe_node() -> dict[str, Any]:
     """Runs on each node before a sweep: the versions and hardware the driver must agree with."""
     import ray  # runs inside a Ray task: Ray is there
 
-    return {
-        "host": socket.gethostname(),
-        "edgepipe": edgepipe.EDGEPIPE_VERSION,
-        "ray": ray.__version__,
-        "python": platform.python_version(),
-        "gpu": edgepipe.gpu_compute_capability(),
-        "flavours": edgepipe.tensorrt_flavours(),
-    }
+    versions = {"edgepipe": edgepipe.EDGEPIPE_VERSION, "ray": ray.__version__, "python": platform.python_version()}
+    hardware = {"gpu": edgepipe.gpu_compute_capability(), "flavours": edgepipe.tensorrt_flavours()}
+    return {"host": socket.gethostname(), **versions, **hardware}
 
 
 class Cluster:
@@ -128,9 +113,8 @@ class Cluster:
 
     def nodes(self, probe: bool = True) -> list[Node]:
         """Alive nodes; with ``probe``, each one's versions, checked against this driver's."""
-        nodes = [
-            Node(n["NodeID"], n["NodeManagerAddress"], dict(n["Resources"])) for n in self.ray.nodes() if n["Alive"]
-        ]
+        alive = [n for n in self.ray.nodes() if n["Alive"]]
+        nodes = [Node(n["NodeID"], n["NodeManagerAddress"], dict(n["Resources"])) for n in alive]
         if probe:
             self._probe(nodes)
             check_versions(nodes, {"edgepipe": edgepipe.EDGEPIPE_VERSION, "ray": self.ray.__version__})
@@ -166,9 +150,7 @@ class Cluster:
         return self._function(fn).options(**options).remote(*args)
 
     def wait(self, refs: list[Any], timeout: float) -> tuple[list[Any], list[Any]]:
-        if not refs:
-            return [], []
-        return self.ray.wait(refs, num_returns=1, timeout=timeout)
+        return self.ray.wait(refs, num_returns=1, timeout=timeout) if refs else ([], [])
 
     def result(self, ref: Any) -> Outcome:
         """A finished task's value, or why it failed (an exception in the task or a system failure)."""
@@ -229,18 +211,6 @@ def worker_resources(targets: list[str] | None = None, num_cpus: int | None = No
         return {target_name(gpu): 1.0}
     slots = float(num_cpus or os.cpu_count() or 1)
     return {target_name(cc): slots for cc in rtx if int(cc.split(".")[0]) >= 8}
-
-
-def receive_file(path: Path, data: bytes, sha256: str) -> None:
-    """Write bytes that came back from a worker, only if they hash to what the worker reported."""
-    actual = edgepipe.sha256_bytes(data)
-    if actual != sha256:
-        raise EdgepipeError(
-            f"{path.name} arrived damaged (sha256 {actual[:12]}, the worker reported {sha256[:12]})",
-            fix="sweep again; the cell is rebuilt",
-        )
-    with edgepipe.atomic_output(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def first_line(exc: BaseException) -> str:

@@ -1,9 +1,6 @@
-"""Connecting to Ray for `edgepipe sweep`: an embedded one-machine Ray, the cluster running here, or a head.
-
-The address is checked, the head reached and its versions read before ``ray.init``, which would
-otherwise retry for minutes. Ray's own output (token authentication warnings among it) goes to
-``ray.log`` in the sweep directory, not to the terminal, unless ``EDGEPIPE_RAY_VERBOSE=1``.
-"""
+"""Connecting to Ray for `edgepipe sweep`: an embedded one-machine Ray, the cluster running here, or a head,
+checked before ``ray.init`` (which would retry for minutes). Ray's own output (token authentication warnings
+among it) goes to ``ray.log`` in the sweep directory, not to the terminal, unless ``EDGEPIPE_RAY_VERBOSE=1``."""
 
 from __future__ import annotations
 
@@ -23,7 +20,6 @@ from pipeline.sweep.cluster import INSTALL_FIX, Cluster, first_line, require_ray
 
 CONNECT_TIMEOUT_S = 5.0
 VERBOSE_ENV = "EDGEPIPE_RAY_VERBOSE"  # 1: Ray's own output on the terminal, as Ray prints it
-LOG_NAME = "ray.log"
 
 
 class RayOutput:
@@ -61,7 +57,7 @@ class RayOutput:
         """Keep what is captured in ``folder/ray.log`` (once the sweep directory exists), now and at ``close``."""
         self.folder = folder
         if self.path is not None and self.path.exists() and self.path.stat().st_size:
-            with open(folder / LOG_NAME, "ab") as log:
+            with open(folder / "ray.log", "ab") as log:
                 log.write(self.path.read_bytes())
             self.path.write_bytes(b"")
 
@@ -74,7 +70,7 @@ class RayOutput:
 
 
 @contextlib.contextmanager
-def connect(settings: Any, output: RayOutput | None = None) -> Iterator[Cluster]:
+def connect(settings: Any, output: RayOutput) -> Iterator[Cluster]:
     """A Ray connection for a ``SweepSettings``' ``address``: "local" starts an embedded one-machine Ray
     (of ``resources`` and ``num_cpus``; stopped afterwards), "auto" joins the cluster running here,
     "HOST:PORT" a cluster's head. A connection the caller already made is used as it is and left open."""
@@ -83,7 +79,6 @@ def connect(settings: Any, output: RayOutput | None = None) -> Iterator[Cluster]
     if ray.is_initialized():
         yield Cluster(ray, address, retries)
         return
-    output = output or RayOutput()
     quiet = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
     if address not in ("local", "auto"):
         check_reachable(*split_address(address))

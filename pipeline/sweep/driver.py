@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pipeline.sweep.adapter as edgepipe
-import pipeline.sweep.cluster as clustermod
 import pipeline.sweep.connection as connection
 import pipeline.sweep.report as sweep_report
 from pipeline.defaults import DEFAULT_SWEEP_OUTPUT
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.sweep.cell import Cell, build_cell, choose_backend, previous_rows, receive
+from pipeline.sweep.cluster import Cluster, Node, parse_target
 from pipeline.sweep.inputs import SweepModel, SweepSettings, resolve
 
 ORPHAN_CHECK_S = 15.0  # how often pending cells are checked against the nodes still alive
@@ -45,7 +45,7 @@ def sweep(
         nodes = cluster.nodes()
         connected = time.perf_counter() - started
         chosen_targets = chosen_targets or sorted(
-            {t for n in nodes for t in n.targets}, key=lambda t: edgepipe.cc_key(clustermod.parse_target(t))
+            {t for n in nodes for t in n.targets}, key=lambda t: edgepipe.cc_key(parse_target(t))
         )
         if not chosen_targets:
             raise EdgepipeError(
@@ -70,9 +70,7 @@ def sweep(
 class _Driver:
     """Prepares models, decides each cell, submits what must be built and writes what comes back."""
 
-    def __init__(
-        self, cluster: clustermod.Cluster, nodes: list[clustermod.Node], folder: Path, settings: SweepSettings
-    ):
+    def __init__(self, cluster: Cluster, nodes: list[Node], folder: Path, settings: SweepSettings):
         self.cluster, self.nodes, self.folder, self.settings = cluster, nodes, folder, settings
         self.previous = previous_rows(folder)
         self.cells: list[Cell] = []
@@ -87,10 +85,8 @@ class _Driver:
     def run(
         self, specs: list[SweepModel], precisions: tuple[Precision, ...], targets: list[str], overlap: bool
     ) -> None:
-        """Prepare each model and submit its cells. With ``overlap`` the cluster builds one model's
-        engines while the driver prepares the next; without it (embedded Ray, where the cells share
-        this machine's CPU and GPU) every model is prepared first, so neither slows the other and
-        GPU timings are taken on a quiet machine."""
+        """Prepare each model and submit its cells: with ``overlap`` the cluster builds one model's engines while
+        the driver prepares the next, without it (embedded Ray) every model is prepared first (docs/sweep.md)."""
         prepared = []
         for spec in specs:
             cells = [Cell(spec.name, p, t) for p in precisions for t in targets]
@@ -133,18 +129,15 @@ class _Driver:
                 self._stop(f"{spec.name}: {exc}")
             return None
         self.model_reports[spec.name] = report
-        self.sources[spec.name] = {
-            "onnx": edgepipe.onnx_models(report, self.folder / spec.name),
-            "reference": edgepipe.reference_of(report),
-        }
+        onnx = edgepipe.onnx_models(report, self.folder / spec.name)
+        self.sources[spec.name] = {"onnx": onnx, "reference": edgepipe.reference_of(report)}
         return report
 
     def _decide(self, cell: Cell, report: dict[str, Any] | None) -> None:
         """Skip, reuse, or submit one cell."""
         if report is None:
-            return self._finish(
-                cell, f"skipped: {cell.model} could not be prepared ({self.model_reports[cell.model]['error']})"
-            )
+            why = self.model_reports[cell.model]["error"]
+            return self._finish(cell, f"skipped: {cell.model} could not be prepared ({why})")
         model_dir = self.folder / cell.model
         onnx = self.sources[cell.model]["onnx"].get(cell.precision)
         builders = self._builders(cell)
@@ -172,13 +165,9 @@ class _Driver:
         payload = {key: getattr(cell, key) for key in ("model", "precision", "target", "cc", "engine_name")}
         payload |= {key: getattr(self.settings, key) for key in ("data", "bench_batches", "bench_seconds")}
         payload |= {"onnx_name": onnx.name, "onnx_sha256": onnx_sha, "reference": reference and reference.suffix}
+        objects = (self._object(onnx), self._object(reference) if reference else None)
         ref = self.cluster.submit(
-            build_cell,
-            payload,
-            self._object(onnx),
-            self._object(reference) if reference else None,
-            resources={cell.target: 1},
-            name=f"cell:{cell.artifact}",
+            build_cell, payload, *objects, resources={cell.target: 1}, name=f"cell:{cell.artifact}"
         )
         self.pending[ref] = cell
         self.submitted += 1

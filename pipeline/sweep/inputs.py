@@ -34,24 +34,19 @@ MODEL_KEYS = set(SweepModel.__annotations__)  # what an entry of a models file m
 
 @dataclass(frozen=True)
 class SweepSettings:
-    """How the sweep prepares each model and measures each cell: ``edgepipe sweep``'s flags, parsed once.
+    """How the sweep prepares each model and measures each cell: ``edgepipe sweep``'s flags, parsed once."""
 
-    ``address``: "local" (embedded Ray, its node described by ``resources``/``num_cpus``; default: this
-    machine's GPU, or the TensorRT-RTX targets it builds ahead of time), "auto" or a head's HOST:PORT.
-    ``max_drop``: the INT8 budget in top-1 points, None for plain PTQ, or "default": edgepipe run's own.
-    """
-
-    address: str = "local"
+    address: str = "local"  # "local" (embedded Ray of ``resources``/``num_cpus``), "auto" or a head's HOST:PORT
     data: str | None = None
     epochs: int | None = None
     seed: int = 0
-    max_drop: float | None | str = BUDGET_DEFAULT
+    max_drop: float | None | str = BUDGET_DEFAULT  # top-1 points; None: plain PTQ; "default": edgepipe run's own
     bench_batches: tuple[int, ...] = DEFAULT_BENCH_BATCHES
     bench_seconds: float = 1.0
     strict: bool = False
     force: bool = False
     retries: int = DEFAULT_RETRIES
-    resources: dict[str, float] | None = None
+    resources: dict[str, float] | None = None  # default: this machine's GPU, or the TensorRT-RTX targets it builds
     num_cpus: int | None = None
 
     def __post_init__(self) -> None:

@@ -75,13 +75,8 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{row.get('validation') or ''} | {edgepipe.cell(row.get('top1'), '.2f')} | {edgepipe.cell(row.get('delta'), '+.2f')} | {edgepipe.cell(row.get('latency_ms'), '.3f')} | "
             f"{row.get('engine') or ''} | {(row.get('sha256') or '')[:12]} |"
         )
-    lines += [
-        "",
-        "## Models (target-independent stages, on the driver)",
-        "",
-        "| artifact | status | top-1 (%) | vs PyTorch (pts) | agreement (%) | latency (ms) |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
+    models = "| artifact | status | top-1 (%) | vs PyTorch (pts) | agreement (%) | latency (ms) |"
+    lines += ["", "## Models (target-independent stages, on the driver)", "", models, "|---|---|" + "---:|" * 4]
     for row in (r for r in report["rows"] if r["kind"] == "run"):
         lines.append(
             f"| {row['artifact']} | {row['status']} | {edgepipe.cell(row.get('top1'), '.2f')} | {edgepipe.cell(row.get('delta'), '+.2f')} | "
@@ -89,13 +84,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         )
     for name, problem in report["model_problems"].items():
         lines.append(f"\n{name}: {problem}")
-    lines += [
-        "",
-        "## Cluster",
-        "",
-        "| node | targets | GPU | TensorRT | edgepipe | Ray | Python |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines += ["", "## Cluster", "", "| node | targets | GPU | TensorRT | edgepipe | Ray | Python |", "|" + "---|" * 7]
     for node in report["cluster"]["nodes"]:
         flavours = ", ".join(f"{k} {v['version']}" for k, v in node.get("flavours", {}).items()) or "none"
         targets = ", ".join(f"{t}: {n:g}" for t, n in node["targets"].items()) or "none"
