@@ -39,7 +39,7 @@ def one_process(args, folder: Path) -> dict:
     from pipeline.build import build_engine
     from pipeline.precision import Precision
     from pipeline.sweep.adapter import onnx_models
-    from pipeline.sweep.targets import parse_target
+    from pipeline.sweep.cluster import parse_target
 
     timings = {"prepare": 0.0, "build": 0.0}
     for model in args.models:

@@ -1,10 +1,8 @@
-"""Artifacts: a file edgepipe made (or was given) plus the manifest that says what it is.
+"""Artifacts: a file edgepipe made (or was given) plus its manifest (``<artifact>.manifest.json``).
 
-``Artifact.open`` reads a file and its manifest (``<artifact>.manifest.json``) once; later stages read
-facts from it and never work them out again. The one reuse rule is ``why_stale``: an artifact is
-reused when its manifest names the same inputs and settings and the file is the one it describes.
-Writes are atomic; finished files get the permissions of the user's umask, as any tool's.
-"""
+``Artifact.open`` reads both once; later stages read facts from it and never work them out again. The one
+reuse rule is ``why_stale``: reused when the manifest names the same inputs and settings and the file is
+the one it describes. Writes are atomic; finished files get the permissions of the user's umask."""
 
 from __future__ import annotations
 
@@ -42,15 +40,8 @@ class Kind(str, Enum):
         return self.value
 
 
-SUFFIXES = {
-    ".pt": Kind.CHECKPOINT,
-    ".pth": Kind.CHECKPOINT,
-    ".onnx": Kind.ONNX,
-    ".npz": Kind.CALIBRATION,
-    ".engine": Kind.ENGINE,
-    ".plan": Kind.ENGINE,
-    ".trt": Kind.ENGINE,
-}
+SUFFIXES = {".pt": Kind.CHECKPOINT, ".pth": Kind.CHECKPOINT, ".onnx": Kind.ONNX, ".npz": Kind.CALIBRATION}
+SUFFIXES |= dict.fromkeys((".engine", ".plan", ".trt"), Kind.ENGINE)  # the names TensorRT's tools give engines
 
 
 @dataclass(frozen=True)

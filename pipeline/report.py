@@ -1,8 +1,5 @@
-"""The run report: one row per artifact, like the benchmark tables users know, as JSON and Markdown.
-
-Rows: the PyTorch reference, then ONNX and TensorRT artifacts per precision. ``edgepipe check`` reads
-the JSON.
-"""
+"""The run report, report.json (which ``edgepipe check`` reads) and report.md: one row per artifact, the
+PyTorch reference first, then the ONNX and TensorRT artifacts per precision."""
 
 from __future__ import annotations
 
@@ -25,19 +22,14 @@ def assemble(
     """The report of a run. ``head``: model, data, source ({"start": "training" | "checkpoint" | "onnx",
     "file": the reference}), engines (why they were skipped, or None) and seconds."""
     source = head["source"]
-    reference = {
-        "format": "ONNX" if source["start"] == "onnx" else "PyTorch",
-        "file": source.get("file"),
-        **((validation or {}).get("reference") or {}),
-    }
+    measured = (validation or {}).get("reference") or {}
+    reference = {"format": "ONNX" if source["start"] == "onnx" else "PyTorch", "file": source.get("file"), **measured}
     return {
         "format": REPORT_FORMAT,
         "edgepipe": __version__,
         "folder": str(folder),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": head["model"],
-        "data": head["data"],
-        "source": source,
+        **head,
         "reference": reference,
         "rows": [_row(i, path, validation, bench, reference) for i, path in artifacts.items()],
         "engines": head.get("engines") or "built",
@@ -60,32 +52,24 @@ def _row(artifact_id: str, path: Path | None, validation, bench, reference: dict
         "size_mb": round(path.stat().st_size / 2**20, 3) if path and path.is_file() else None,
     }
     if kind == "pytorch":
-        row.update(
-            status="ok" if reference.get("top1") is not None else "error: no PyTorch reference",
-            top1=reference.get("top1"),
-            delta=0.0,
-            agreement=100.0,
-        )
+        status = "ok" if reference.get("top1") is not None else "error: no PyTorch reference"
+        row.update(status=status, top1=reference.get("top1"), delta=0.0, agreement=100.0)
     else:
         val_rows = {Path(r["artifact"]).name: r for r in (validation or {}).get("rows", [])}
         measured = val_rows.get(path.name, {}) if path else {}
         row.update({k: measured.get(k) for k in ("top1", "delta", "agreement", "max_abs_diff", "cosine")})
         row["status"] = measured.get("status", "error: not validated")
-    row.update(
-        latency(_bench_by_artifact(bench).get("pytorch" if kind == "pytorch" else (path.name if path else ""), []))
-    )
+    measured_as = "pytorch" if kind == "pytorch" else (path.name if path else "")
+    row.update(latency([r for r in (bench or {}).get("rows", []) if _measured_as(r) == measured_as]))
     if row["status"] == "ok" and row.get("latency_status", "ok") != "ok" and kind == "engine":
         row["status"] = row["latency_status"]
     return row
 
 
-def _bench_by_artifact(bench) -> dict[str, list[dict[str, Any]]]:
-    grouped: dict[str, list[dict[str, Any]]] = {}
-    for row in (bench or {}).get("rows", []):
-        runtime = str(row.get("runtime", ""))
-        key = "pytorch" if runtime.startswith("pytorch") else Path(str(row.get("artifact", ""))).name
-        grouped.setdefault(key, []).append(row)
-    return grouped
+def _measured_as(bench_row: dict[str, Any]) -> str:
+    """What a bench row measured: "pytorch", or the artifact's file name."""
+    runtime, artifact = str(bench_row.get("runtime", "")), str(bench_row.get("artifact", ""))
+    return "pytorch" if runtime.startswith("pytorch") else Path(artifact).name
 
 
 def latency(bench_rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -94,13 +78,8 @@ def latency(bench_rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not ok:
         status = bench_rows[0].get("status") if bench_rows else "not measured"
         return {"latency_ms": None, "throughput": None, "latency_status": status}
-    return {
-        "latency_ms": ok[0]["median_ms"],
-        "latency_batch": ok[0]["batch"],
-        "throughput": ok[-1]["throughput"],
-        "throughput_batch": ok[-1]["batch"],
-        "latency_status": "ok",
-    }
+    smallest = {"latency_ms": ok[0]["median_ms"], "latency_batch": ok[0]["batch"], "latency_status": "ok"}
+    return {**smallest, "throughput": ok[-1]["throughput"], "throughput_batch": ok[-1]["batch"]}
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -121,20 +100,16 @@ def to_markdown(report: dict[str, Any]) -> str:
         )
     batches = sorted({r[key] for r in report["rows"] for key in ("latency_batch", "throughput_batch") if r.get(key)})
     if batches:
+        device = report["bench"].get("device", "this machine")
         lines += [
             "",
-            f"Latency is the median at batch {min(batches)}; throughput at batch {max(batches)}, on {report['bench'].get('device', 'this machine')}.",
+            f"Latency is the median at batch {min(batches)}; throughput at batch {max(batches)}, on {device}.",
         ]
     if report.get("plot"):
         lines += ["", f"![latency against accuracy]({report['plot']})"]
     machine = report["machine"]
-    lines += [
-        "",
-        "## Machine and tools",
-        "",
-        f"{machine['platform']}, {machine['cpus']} CPUs, {machine['memory_gb']} GiB",
-        "",
-    ]
+    system = f"{machine['platform']}, {machine['cpus']} CPUs, {machine['memory_gb']} GiB"
+    lines += ["", "## Machine and tools", "", system, ""]
     lines += [f"- {name} {version}" for name, version in sorted(machine["tools"].items())]
     lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---:|"]
     lines += [

@@ -1,15 +1,9 @@
 """The runner contract: one interface (feed a batch, get the outputs) over every runtime.
 
-Like Polygraphy's runners, each wraps one runtime and is a context manager, so whatever it holds
-(GPU buffers, CUDA contexts, sessions) is always released::
-
-    with open_runner(artifact) as runner:
-        logits = predict(runner, images)
-
-``infer`` is the template: it checks the batch (type, shape, batch size) and calls the runtime's
-``infer_impl``, which returns every output of the model; ``infer`` gives the first (the logits of
-a classifier), ``infer_all`` all of them. A batch of the wrong type, shape or size is a clear
-``EdgepipeError`` naming what was expected and what came.
+Like Polygraphy's runners, each wraps one runtime and is a context manager, so whatever it holds (GPU
+buffers, CUDA contexts, sessions) is always released: ``with open_runner(artifact) as runner: ...``.
+``infer_all`` checks the batch (type, shape, batch size: a clear error naming expected and got) and
+calls the runtime's ``infer_impl``; ``infer`` gives the first output (a classifier's logits).
 """
 
 from __future__ import annotations

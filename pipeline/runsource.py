@@ -1,8 +1,6 @@
 """What `edgepipe run` starts from: a model to train, a checkpoint or an ONNX, checked before any write.
-
-A checkpoint that names the user's own code is refused here, before the run directory is made and
-before anything is imported, unless ``--model`` names that code again or ``--trust-model-code``.
-"""
+A checkpoint naming the user's own code is refused here, before the run directory is made or anything
+is imported, unless ``--model`` names that code again or ``--trust-model-code``."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """`edgepipe run`: every stage end to end into one run directory, redoing only what changed.
 
-The stages and the one reuse rule are the table of ``pipeline.run.plan``; then the report. The
-primary input is checked before the run directory is made. A failed stage is recorded in the report
-with its reason and the stages that need it are skipped; the rest goes on, unless ``strict``. Every
-file is written atomically, so a run stopped by Ctrl-C leaves nothing half-written and the next run
-resumes where it stopped.
+The stages and the one reuse rule are the table of ``pipeline.run.plan``. The primary input is checked
+before the run directory is made; a failed stage is recorded with its reason and what needs it skipped,
+the rest goes on unless ``strict``. Files are written atomically: a run stopped by Ctrl-C resumes.
 """
 
 from __future__ import annotations
@@ -81,9 +79,8 @@ def run(
     backend, engines_note = _backend(chosen.engines)
     if chosen.engines and backend is None:
         info(f"engines skipped: {engines_note}", "yellow")
-    for stage in table(plan, backend):
-        if stage.when:
-            plan.stages.run(stage)
+    for stage in (row for row in table(plan, backend) if row.when):
+        plan.stages.run(stage)
     return _report(plan, engines_note, started)
 
 
@@ -137,10 +134,8 @@ def _report(plan: Plan, engines_note: str | None, started: float) -> dict[str, A
 
 def _model_record(checkpoint: Path | None) -> dict[str, Any]:
     """The model spec and the weights' sha256 the report names, from the checkpoint's config."""
-    if checkpoint is None:
-        return {}
     try:
-        record = model_record(config_of(checkpoint))
+        record = model_record(config_of(checkpoint)) if checkpoint is not None else {}
     except EdgepipeError:
-        return {}
-    return {key: record[key] for key in ("model_spec", "weights_sha256", "input_shape")}
+        record = {}
+    return {key: record[key] for key in ("model_spec", "weights_sha256", "input_shape")} if record else {}

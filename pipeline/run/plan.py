@@ -1,9 +1,6 @@
-"""The plan of `edgepipe run`: its stages as a table, the reuse rule, and how each stage makes its file.
-
-``Stages`` runs the rows in order with the one reuse rule (``artifacts.why_stale``), records failures
-and skips what needs them. The start (a model to train, a checkpoint, an ONNX) decides only the
-first stage ("train"/"export", or "import"); every later stage is the same.
-"""
+"""The plan of `edgepipe run`: its stages as a table, run in order by ``Stages`` with the one reuse rule
+(``artifacts.why_stale``), failures recorded and what needs them skipped. The start (a model to train, a
+checkpoint, an ONNX) decides only the first stage ("train"/"export", or "import")."""
 
 from __future__ import annotations
 
@@ -23,11 +20,10 @@ from pipeline.defaults import BENCH_WARMUP_MS, BUDGET_DEFAULT
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.images import DATA_FIX, DIGITS, Record
+from pipeline.precision import ALL as PRECISIONS
 from pipeline.precision import Precision
 from pipeline.progress import info
 from pipeline.runsource import RunStart
-
-PRECISIONS = tuple(Precision)
 
 
 @dataclass
@@ -80,17 +76,14 @@ class Stages:
             if self.strict:
                 raise
             info(f"{stage.name} failed: {exc}", "red")
-            self.record[stage.name] = {"status": "failed", "seconds": _since(started), "reason": str(exc)}
-            return
-        self.record[stage.name] = {"status": "done", "seconds": _since(started)}
+            self.record[stage.name] = {"status": "failed", "reason": str(exc)}
+        else:
+            self.record[stage.name] = {"status": "done"}
+        self.record[stage.name]["seconds"] = round(time.perf_counter() - started, 2)
 
     def result(self, stage: str, path: Path) -> dict[str, Any] | None:
         """A validate or bench result, when that stage finished."""
         return json.loads(path.read_text()) if self.ok(stage) else None
-
-
-def _since(started: float) -> float:
-    return round(time.perf_counter() - started, 2)
 
 
 def _why_stale(stage: Stage, inputs: dict[str, str]) -> str | None:
@@ -147,11 +140,9 @@ class Plan:
         return data.class_names if data is not None else self.start.model_input.record.class_names
 
     def import_onnx(self) -> Path:
-        """The given ONNX with the merged preprocessing and the class names stored in it.
-
-        The data and its split are not stored: every later stage is given ``--data``, and the split is
-        recorded by the calibration set. So changing only ``--data`` leaves the import as it is.
-        """
+        """The given ONNX with the merged preprocessing and the class names stored in it; not the data and its
+        split (every later stage is given ``--data``, the calibration set records the split), so changing only
+        ``--data`` leaves the import as it is."""
         model_input = self.start.model_input
         record = Record(model_input.preprocess, self.class_names, model_input.record.data)
         return model_input.write_onnx(self.start.file, self.onnx[Precision.FP32], record)
@@ -204,13 +195,9 @@ def table(plan: Plan, backend) -> list[Stage]:
 def _first(plan: Plan) -> list[Stage]:
     """The stages that make the FP32 ONNX: import, or train (when the run trains) and export."""
     start, chosen, fp32 = plan.start, plan.chosen, plan.onnx[Precision.FP32]
-    train_settings = {
-        "model": start.name,
-        "model_spec": start.spec and start.spec.to_json(),
-        "input_size": list(chosen.input_shape) if chosen.input_shape else None,
-        "epochs": plan.epochs,
-        "seed": chosen.seed,
-    }
+    size = list(chosen.input_shape) if chosen.input_shape else None
+    train_settings = {"model": start.name, "model_spec": start.spec and start.spec.to_json(), "input_size": size}
+    train_settings |= {"epochs": plan.epochs, "seed": chosen.seed}
     weights = {"weights": sha256_file(chosen.weights)} if chosen.weights else {}
     return [
         Stage(

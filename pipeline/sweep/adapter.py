@@ -1,12 +1,9 @@
 """The one room of the sweep that calls into the rest of edgepipe.
 
-The sweep speaks only to the names below, read as ``edgepipe.NAME`` (ruff's unused-import check is
-off for this file): when a stage moves, this file is the only one to re-point. The types every room
-shares (``EdgepipeError``, ``Precision``) are imported where they are used.
-
-``pipeline.run`` and the model zoo import torch (a second or more), so they are imported when
-called: every node answers the driver's version probe, and a cell that only builds an engine never
-needs torch.
+The sweep reads the names below as ``edgepipe.NAME`` (ruff's unused-import check is off for this file),
+so when a stage moves only this file is re-pointed; shared types (``EdgepipeError``, ``Precision``) are
+imported where used. ``pipeline.run`` and the model zoo import torch, so they are imported when called:
+every node answers the version probe, and a cell that only builds an engine never needs torch.
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__ as EDGEPIPE_VERSION
-from pipeline import bench, build, images, validate
+from pipeline import bench, build, validate
 from pipeline.artifacts import (
     ARTIFACT_FORMAT,
     Artifact,
@@ -30,7 +27,7 @@ from pipeline.cuda import current_compute_capability as gpu_compute_capability
 from pipeline.defaults import BENCH_WARMUP_MS
 from pipeline.digest import sha256_bytes, sha256_file
 from pipeline.errors import EdgepipeError
-from pipeline.images import PreprocessFlags
+from pipeline.images import DIGITS, PreprocessFlags  # DIGITS: the bundled data, which a models file may name
 from pipeline.precision import ALL as PRECISIONS
 from pipeline.precision import Precision, parse_list
 from pipeline.progress import info
@@ -38,8 +35,7 @@ from pipeline.report import latency
 from pipeline.report import write as write_report
 from pipeline.tables import cell
 from pipeline.tensorrt.backend import TENSORRT, TENSORRT_RTX, get_backend, installed_backends
-
-DIGITS = images.DIGITS  # the bundled data's name, which a models file may give as data
+from pipeline.tensorrt.targets import cc_key
 
 
 def prepare_model(model: Any, folder: Path, precisions: tuple[Precision, ...], settings: dict[str, Any]):
@@ -49,16 +45,8 @@ def prepare_model(model: Any, folder: Path, precisions: tuple[Precision, ...], s
 
     own = model.checkpoint or model.onnx
     preprocess = PreprocessFlags.parse(file=model.preprocess) if model.preprocess else None
-    return run.run(
-        model=None if own else model.name,
-        checkpoint=model.checkpoint,
-        onnx_model=model.onnx,
-        precisions=precisions,
-        output=folder,
-        labels=model.labels,
-        preprocess=preprocess,
-        **settings,
-    )
+    given = {"checkpoint": model.checkpoint, "onnx_model": model.onnx, "labels": model.labels, "preprocess": preprocess}
+    return run.run(model=None if own else model.name, precisions=precisions, output=folder, **given, **settings)
 
 
 def onnx_models(report: dict[str, Any], folder: Path) -> dict[Precision, Path]:
@@ -98,11 +86,6 @@ def build_engine(onnx_path: Path, engine_path: Path, compute_capability: str, ba
         compute_capability=[compute_capability],
         force=True,
     )
-
-
-def validate_engine(reference: Path, engine: Path, data: str | None) -> dict[str, Any]:
-    """The engine's row against the reference (a PyTorch checkpoint, or an FP32 ONNX model)."""
-    return validate.validate(reference, [engine], data=data)["rows"][-1]
 
 
 def bench_engine(engine: Path, batches: tuple[int, ...], seconds: float) -> dict[str, Any]:

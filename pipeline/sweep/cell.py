@@ -1,23 +1,81 @@
-"""One sweep cell on a worker: build the engine of one model, precision and target GPU, and where
-the worker has that GPU, validate and bench it there.
+"""A cell of the sweep (model x precision x target GPU): its task on a worker, and what comes back.
 
-The worker keeps nothing: the models come in as bytes, the engine and its manifest go back as bytes
-with their sha256. A build error is a result ("failed" with its reason), not an exception, so Ray
-does not retry it; only a worker or node that dies is retried.
+The worker keeps nothing: the models come as bytes, the engine and its manifest go back as bytes with
+their sha256 and are written only if they match (the run directory is the truth). A build error is a
+result ("failed" with its reason), not an exception, so Ray retries only a worker or node that dies.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pipeline.sweep.adapter as edgepipe
 from pipeline.errors import EdgepipeError
-from pipeline.sweep.targets import target_name
+from pipeline.precision import Precision
+from pipeline.sweep.cluster import parse_target, target_name
+
+
+@dataclass
+class Cell:
+    model: str
+    precision: Precision
+    target: str
+    row: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cc(self) -> str:
+        return parse_target(self.target)
+
+    @property
+    def artifact(self) -> str:
+        return f"{self.model}/engine-{self.precision}-{self.target}"
+
+    @property
+    def engine_name(self) -> str:
+        return f"model.{self.precision}.{self.target}.engine"
+
+
+def previous_rows(folder: Path) -> dict[str, dict[str, Any]]:
+    """Rows of the last sweep.json, so a reused engine keeps the measurements made on its GPU."""
+    try:
+        rows = json.loads((folder / "sweep.json").read_text())["rows"]
+        return {row["artifact"]: row for row in rows if row.get("kind") == "cell"}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def receive(model_dir: Path, cell: Cell, result: dict[str, Any], onnx: Path) -> tuple[str, dict[str, Any]]:
+    """(status, row fields) of a cell's result; a built engine and its manifest written into ``model_dir``."""
+    where = {k: result.get(k) for k in ("host", "node_id", "pid", "gpu")}
+    if result["status"] != "built":
+        return f"failed: {result['reason']}", where
+    engine, sha256 = model_dir / cell.engine_name, result["sha256"]
+    manifest, actual = dict(result["manifest"] or {}), edgepipe.sha256_bytes(result["engine"])
+    try:  # the engine is written only if it hashes to what the worker reported
+        if manifest.get("sha256") != sha256:
+            raise EdgepipeError(f"{engine.name} does not match the manifest built with it", fix="sweep again")
+        if actual != sha256:
+            raise EdgepipeError(
+                f"{engine.name} arrived damaged (sha256 {actual[:12]}, the worker reported {sha256[:12]})",
+                fix="sweep again; the cell is rebuilt",
+            )
+    except EdgepipeError as exc:
+        return f"failed: {exc}", where
+    with edgepipe.atomic_output(engine) as tmp:
+        tmp.write_bytes(result["engine"])
+    manifest.update(onnx=str(onnx), built_on={key: result[key] for key in ("host", "node_id", "gpu")})
+    manifest["network_onnx"] = {**manifest.get("network_onnx", {}), "file": str(onnx)}
+    edgepipe.write_json_atomic(edgepipe.manifest_path(engine), manifest)
+    measured = dict(result.get("measured", {}))
+    fields = {"validation": measured.pop("status", None), "seconds": result["seconds"]}
+    return "built", {**where, **measured, **fields, **edgepipe.engine_fields(engine, model_dir)}
 
 
 def choose_backend(target_cc: str, gpu: str | None, flavours: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
@@ -42,12 +100,8 @@ def build_cell(cell: dict[str, Any], onnx_bytes: bytes, reference_bytes: bytes |
 
     started = time.perf_counter()
     gpu, flavours = edgepipe.gpu_compute_capability(), edgepipe.tensorrt_flavours()
-    result: dict[str, Any] = {
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "gpu": gpu,
-    }
+    node_id = ray.get_runtime_context().get_node_id()
+    result: dict[str, Any] = {"node_id": node_id, "host": socket.gethostname(), "pid": os.getpid(), "gpu": gpu}
     backend, why = choose_backend(cell["cc"], gpu, flavours)
     if backend is None:
         return {**result, "status": "failed", "reason": f"{result['host']} advertises {cell['target']} but {why}"}
@@ -76,16 +130,15 @@ def _measure(
 ) -> dict[str, Any]:
     """Top-1 against the PyTorch reference and latency, on this node's GPU when it is the target."""
     if gpu != cell["cc"]:
-        return {
-            "status": f"skipped: no {cell['target']} GPU on {host}" + (f" (it has {target_name(gpu)})" if gpu else "")
-        }
+        has = f" (it has {target_name(gpu)})" if gpu else ""
+        return {"status": f"skipped: no {cell['target']} GPU on {host}{has}"}
     measured: dict[str, Any] = {"status": "skipped: no reference model came with the cell"}
     if reference_bytes is None:
         return measured
     reference = tmp / f"reference{cell['reference']}"  # a PyTorch checkpoint (.pt), else the FP32 ONNX model
     reference.write_bytes(reference_bytes)
     try:
-        row = edgepipe.validate_engine(reference, engine, cell["data"])
+        row = edgepipe.validate.validate(reference, [engine], data=cell["data"])["rows"][-1]
         measured.update({k: row.get(k) for k in ("top1", "delta", "agreement", "max_abs_diff", "cosine")})
         measured["status"] = row.get("status", "ok")
         timing = edgepipe.bench_engine(engine, tuple(cell["bench_batches"]), cell["bench_seconds"])

@@ -1,12 +1,10 @@
-"""Ray for `edgepipe sweep`: read the nodes, submit cell tasks, take results back (connecting: ``connection``).
+"""Ray for `edgepipe sweep`: target GPUs, the nodes, cell tasks and their results (connecting: ``connection``).
 
-Ray Core is the engine; edgepipe adds no scheduler. A target GPU is a Ray custom resource named
-``sm_XY`` (``sm_89: 1`` on a machine with an RTX 4090, one task at a time per GPU so timings are
-honest); a task that needs it asks for it and Ray places it. Before anything is submitted the
-driver probes every node (edgepipe, Ray and Python versions, GPU, TensorRT flavours), because a
-node with another edgepipe would build other engines and Ray waits forever for a resource no node
-has. ``import ray`` happens inside functions: a missing Ray is one clear error, and nothing else
-pays for it.
+Ray Core is the engine; edgepipe adds no scheduler. A target GPU is a Ray custom resource named after its
+compute capability, ``sm_XY`` (``sm_89: 1`` on an RTX 4090 machine: one task at a time per GPU, so timings
+are honest). Nodes are probed before anything is submitted: one with another edgepipe would build other
+engines, and Ray waits forever for a resource no node has. ``import ray`` happens inside functions: a
+missing Ray is one clear error, and nothing else pays for it.
 """
 
 from __future__ import annotations
@@ -14,19 +12,48 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pipeline.sweep.adapter as edgepipe
 from pipeline.errors import EdgepipeError
-from pipeline.sweep.targets import is_target, parse_target, target_name
 
 INSTALL_FIX = "pip install 'edgepipe[ray]' (it pins the Ray version every node must run)"
 PROBE_TIMEOUT_S = 120.0
 DEFAULT_RETRIES = 2
+TARGET = re.compile(r"sm_(\d+)(\d)", re.IGNORECASE)
+# The compute capabilities NVIDIA GPUs have (CUDA's list, Maxwell to Blackwell): a target outside it is a typo.
+KNOWN = (50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90, 100, 101, 103, 110, 120, 121)
+
+
+def parse_target(name: str) -> str:
+    """ "sm_89" -> "8.9", "sm_120" -> "12.0"; anything else is an error naming the fix."""
+    match = TARGET.fullmatch(name.strip())
+    if not match:
+        raise EdgepipeError(
+            f"target {name.strip()!r} is not sm_XY",
+            fix="name targets by compute capability, e.g. --targets sm_89,sm_87 (RTX 4090 sm_89, Jetson Orin sm_87, A100 sm_80, H100 sm_90)",
+        )
+    if int(match.group(1) + match.group(2)) not in KNOWN:
+        raise EdgepipeError(
+            f"target {name.strip()!r} is no NVIDIA GPU architecture",
+            fix=f"name a compute capability GPUs have: {', '.join(f'sm_{cc}' for cc in KNOWN)}",
+        )
+    return f"{int(match.group(1))}.{match.group(2)}"
+
+
+def target_name(compute_capability: str) -> str:
+    """ "8.9" -> "sm_89": the Ray resource a worker with that GPU advertises."""
+    major, _, minor = compute_capability.partition(".")
+    return f"sm_{major}{minor}"
+
+
+def node_name(node: dict[str, Any]) -> str:
+    """Host (or address) and the start of the node id, as nodes may share a machine; "" for a cell never placed."""
+    return f"{node.get('host') or node.get('address', '')} ({node['node_id'][:8]})" if node.get("node_id") else ""
 
 
 def require_ray() -> Any:
@@ -48,12 +75,12 @@ class Node:
 
     @property
     def name(self) -> str:
-        """Host (or address) and the start of the node id: nodes may share a machine."""
-        return f"{self.probe.get('host') or self.address} ({self.node_id[:8]})"
+        return node_name(self.describe())
 
     @property
     def targets(self) -> list[str]:
-        return sorted(name for name in self.resources if is_target(name))
+        """The resources that name a target GPU (``sm_89``), not CPU, memory or the node."""
+        return sorted(name for name in self.resources if TARGET.fullmatch(name))
 
     @property
     def gpu(self) -> str | None:
@@ -64,27 +91,17 @@ class Node:
         return self.probe.get("flavours", {})
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "node_id": self.node_id,
-            "address": self.address,
-            "cpus": self.resources.get("CPU", 0),
-            "targets": {t: self.resources[t] for t in self.targets},
-            **self.probe,
-        }
+        cpus, targets = self.resources.get("CPU", 0), {t: self.resources[t] for t in self.targets}
+        return {"node_id": self.node_id, "address": self.address, "cpus": cpus, "targets": targets, **self.probe}
 
 
 def probe_node() -> dict[str, Any]:
     """Runs on each node before a sweep: the versions and hardware the driver must agree with."""
     import ray  # runs inside a Ray task: Ray is there
 
-    return {
-        "host": socket.gethostname(),
-        "edgepipe": edgepipe.EDGEPIPE_VERSION,
-        "ray": ray.__version__,
-        "python": platform.python_version(),
-        "gpu": edgepipe.gpu_compute_capability(),
-        "flavours": edgepipe.tensorrt_flavours(),
-    }
+    versions = {"edgepipe": edgepipe.EDGEPIPE_VERSION, "ray": ray.__version__, "python": platform.python_version()}
+    hardware = {"gpu": edgepipe.gpu_compute_capability(), "flavours": edgepipe.tensorrt_flavours()}
+    return {"host": socket.gethostname(), **versions, **hardware}
 
 
 class Cluster:
@@ -96,9 +113,8 @@ class Cluster:
 
     def nodes(self, probe: bool = True) -> list[Node]:
         """Alive nodes; with ``probe``, each one's versions, checked against this driver's."""
-        nodes = [
-            Node(n["NodeID"], n["NodeManagerAddress"], dict(n["Resources"])) for n in self.ray.nodes() if n["Alive"]
-        ]
+        alive = [n for n in self.ray.nodes() if n["Alive"]]
+        nodes = [Node(n["NodeID"], n["NodeManagerAddress"], dict(n["Resources"])) for n in alive]
         if probe:
             self._probe(nodes)
             check_versions(nodes, {"edgepipe": edgepipe.EDGEPIPE_VERSION, "ray": self.ray.__version__})
@@ -128,18 +144,13 @@ class Cluster:
                 )
             refs[ref].probe = outcome.value
 
-    def put(self, data: bytes) -> Any:
-        return self.ray.put(data)
-
     def submit(self, fn: Callable, *args: Any, resources: dict[str, float], name: str) -> Any:
         """Run ``fn(*args)`` where ``resources`` are; a dead worker or node is retried, an exception is not."""
         options = dict(resources=resources, num_cpus=1, name=name, max_retries=self.retries, retry_exceptions=False)
         return self._function(fn).options(**options).remote(*args)
 
     def wait(self, refs: list[Any], timeout: float) -> tuple[list[Any], list[Any]]:
-        if not refs:
-            return [], []
-        return self.ray.wait(refs, num_returns=1, timeout=timeout)
+        return self.ray.wait(refs, num_returns=1, timeout=timeout) if refs else ([], [])
 
     def result(self, ref: Any) -> Outcome:
         """A finished task's value, or why it failed (an exception in the task or a system failure)."""
@@ -200,18 +211,6 @@ def worker_resources(targets: list[str] | None = None, num_cpus: int | None = No
         return {target_name(gpu): 1.0}
     slots = float(num_cpus or os.cpu_count() or 1)
     return {target_name(cc): slots for cc in rtx if int(cc.split(".")[0]) >= 8}
-
-
-def receive_file(path: Path, data: bytes, sha256: str) -> None:
-    """Write bytes that came back from a worker, only if they hash to what the worker reported."""
-    actual = edgepipe.sha256_bytes(data)
-    if actual != sha256:
-        raise EdgepipeError(
-            f"{path.name} arrived damaged (sha256 {actual[:12]}, the worker reported {sha256[:12]})",
-            fix="sweep again; the cell is rebuilt",
-        )
-    with edgepipe.atomic_output(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def first_line(exc: BaseException) -> str:

@@ -1,9 +1,6 @@
-"""Connecting to Ray for `edgepipe sweep`: an embedded one-machine Ray, the cluster running here, or a head.
-
-The address is checked, the head reached and its versions read before ``ray.init``, which would
-otherwise retry for minutes. Ray's own output (token authentication warnings among it) goes to
-``ray.log`` in the sweep directory, not to the terminal, unless ``EDGEPIPE_RAY_VERBOSE=1``.
-"""
+"""Connecting to Ray for `edgepipe sweep`: an embedded one-machine Ray, the cluster running here, or a head,
+checked before ``ray.init`` (which would retry for minutes). Ray's own output (token authentication warnings
+among it) goes to ``ray.log`` in the sweep directory, not to the terminal, unless ``EDGEPIPE_RAY_VERBOSE=1``."""
 
 from __future__ import annotations
 
@@ -23,7 +20,6 @@ from pipeline.sweep.cluster import INSTALL_FIX, Cluster, first_line, require_ray
 
 CONNECT_TIMEOUT_S = 5.0
 VERBOSE_ENV = "EDGEPIPE_RAY_VERBOSE"  # 1: Ray's own output on the terminal, as Ray prints it
-LOG_NAME = "ray.log"
 
 
 class RayOutput:
@@ -36,14 +32,17 @@ class RayOutput:
         self.path = None if verbose else Path(tempfile.mkstemp(prefix="edgepipe-ray-", suffix=".log")[1])
 
     @contextlib.contextmanager
-    def captured(self) -> Iterator[None]:
-        """This process's stdout and stderr (Ray's start-up and shutdown lines) and Ray's logger into the file."""
+    def captured(self, fds: bool = True) -> Iterator[None]:
+        """Ray's Python logger (its warnings while tasks run) into the file, and with ``fds`` this process's
+        stdout and stderr too (Ray's start-up and shutdown lines); without, the terminal keeps edgepipe's output."""
         if self.path is None:
             yield
             return
-        with open(self.path, "ab") as log, self.logger_to_file():
-            saved = [os.dup(fd) for fd in (1, 2)]
-            for fd in (1, 2):
+        ray_logger = logging.getLogger("ray")
+        handlers, ray_logger.handlers = ray_logger.handlers, [logging.FileHandler(self.path)]
+        with open(self.path, "ab") as log:
+            saved = [os.dup(fd) for fd in (1, 2)] if fds else []
+            for fd in (1, 2)[: len(saved)]:
                 os.dup2(log.fileno(), fd)
             try:
                 yield
@@ -51,27 +50,14 @@ class RayOutput:
                 for fd, copy in zip((1, 2), saved):
                     os.dup2(copy, fd)
                     os.close(copy)
-
-    @contextlib.contextmanager
-    def logger_to_file(self) -> Iterator[None]:
-        """Ray's Python logger (its warnings while tasks run) into the file; the terminal keeps edgepipe's output."""
-        if self.path is None:
-            yield
-            return
-        ray_logger = logging.getLogger("ray")
-        saved = ray_logger.handlers
-        ray_logger.handlers = [logging.FileHandler(self.path)]
-        try:
-            yield
-        finally:
-            ray_logger.handlers[0].close()
-            ray_logger.handlers = saved
+                ray_logger.handlers[0].close()
+                ray_logger.handlers = handlers
 
     def keep(self, folder: Path) -> None:
         """Keep what is captured in ``folder/ray.log`` (once the sweep directory exists), now and at ``close``."""
         self.folder = folder
         if self.path is not None and self.path.exists() and self.path.stat().st_size:
-            with open(folder / LOG_NAME, "ab") as log:
+            with open(folder / "ray.log", "ab") as log:
                 log.write(self.path.read_bytes())
             self.path.write_bytes(b"")
 
@@ -84,7 +70,7 @@ class RayOutput:
 
 
 @contextlib.contextmanager
-def connect(settings: Any, output: RayOutput | None = None) -> Iterator[Cluster]:
+def connect(settings: Any, output: RayOutput) -> Iterator[Cluster]:
     """A Ray connection for a ``SweepSettings``' ``address``: "local" starts an embedded one-machine Ray
     (of ``resources`` and ``num_cpus``; stopped afterwards), "auto" joins the cluster running here,
     "HOST:PORT" a cluster's head. A connection the caller already made is used as it is and left open."""
@@ -93,7 +79,6 @@ def connect(settings: Any, output: RayOutput | None = None) -> Iterator[Cluster]
     if ray.is_initialized():
         yield Cluster(ray, address, retries)
         return
-    output = output or RayOutput()
     quiet = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
     if address not in ("local", "auto"):
         check_reachable(*split_address(address))
@@ -104,7 +89,7 @@ def connect(settings: Any, output: RayOutput | None = None) -> Iterator[Cluster]
     with output.captured():
         _init(ray, address, dict(address=address, **quiet))
     try:
-        with output.logger_to_file():
+        with output.captured(fds=False):
             yield Cluster(ray, address, retries)
     finally:
         with output.captured():

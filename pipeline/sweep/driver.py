@@ -1,12 +1,7 @@
-"""`edgepipe sweep`: every model x precision x target GPU, fanned out on Ray.
+"""`edgepipe sweep` (docs/sweep.md): prepare each model, decide each cell, submit, write what comes back.
 
-For each model the target-independent stages run once on the driver into ``DIR/<model>/``, exactly
-as ``edgepipe run`` does; then one cell per (precision, target) is built on a worker advertising the
-target's ``sm_XY`` resource, and validated and benched there when that worker has the GPU.
-
-The driver decides everything before submitting: a target no worker serves is skipped with that
-reason (Ray would wait for it forever), and an engine whose manifest still matches its ONNX model,
-target and builder is reused, so a sweep with nothing changed submits no task.
+Everything is decided before submitting, so a target no worker serves is skipped with that reason (Ray
+would wait for it forever) and a sweep with nothing changed submits no task.
 """
 
 from __future__ import annotations
@@ -17,17 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pipeline.sweep.adapter as edgepipe
-import pipeline.sweep.cluster as clustermod
 import pipeline.sweep.connection as connection
-import pipeline.sweep.inputs as sweep_inputs
 import pipeline.sweep.report as sweep_report
 from pipeline.defaults import DEFAULT_SWEEP_OUTPUT
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
-from pipeline.sweep.cell import build_cell, choose_backend
-from pipeline.sweep.inputs import SweepModel, SweepSettings
-from pipeline.sweep.results import Cell, previous_rows, receive
-from pipeline.sweep.targets import cc_order
+from pipeline.sweep.cell import Cell, build_cell, choose_backend, previous_rows, receive
+from pipeline.sweep.cluster import Cluster, Node, parse_target
+from pipeline.sweep.inputs import SweepModel, SweepSettings, resolve
 
 ORPHAN_CHECK_S = 15.0  # how often pending cells are checked against the nodes still alive
 
@@ -43,7 +35,7 @@ def sweep(
 ) -> dict[str, Any]:
     """Run the sweep into ``output``; returns the report (also written as sweep.json and sweep.md).
     ``targets`` None sweeps every target a worker advertises; ``flags``: the fields of ``SweepSettings``."""
-    specs, chosen_precisions, chosen_targets = sweep_inputs.resolve(models, models_file, precisions, targets)
+    specs, chosen_precisions, chosen_targets = resolve(models, models_file, precisions, targets)
     settings = settings or SweepSettings(**flags)
     folder, address = Path(output), settings.address
     if address not in ("local", "auto"):
@@ -52,7 +44,9 @@ def sweep(
     with contextlib.closing(ray_output), connection.connect(settings, ray_output) as cluster:
         nodes = cluster.nodes()
         connected = time.perf_counter() - started
-        chosen_targets = chosen_targets or sorted({t for n in nodes for t in n.targets}, key=cc_order)
+        chosen_targets = chosen_targets or sorted(
+            {t for n in nodes for t in n.targets}, key=lambda t: edgepipe.cc_key(parse_target(t))
+        )
         if not chosen_targets:
             raise EdgepipeError(
                 "no worker advertises a target GPU, and --targets was not given",
@@ -76,9 +70,7 @@ def sweep(
 class _Driver:
     """Prepares models, decides each cell, submits what must be built and writes what comes back."""
 
-    def __init__(
-        self, cluster: clustermod.Cluster, nodes: list[clustermod.Node], folder: Path, settings: SweepSettings
-    ):
+    def __init__(self, cluster: Cluster, nodes: list[Node], folder: Path, settings: SweepSettings):
         self.cluster, self.nodes, self.folder, self.settings = cluster, nodes, folder, settings
         self.previous = previous_rows(folder)
         self.cells: list[Cell] = []
@@ -93,10 +85,8 @@ class _Driver:
     def run(
         self, specs: list[SweepModel], precisions: tuple[Precision, ...], targets: list[str], overlap: bool
     ) -> None:
-        """Prepare each model and submit its cells. With ``overlap`` the cluster builds one model's
-        engines while the driver prepares the next; without it (embedded Ray, where the cells share
-        this machine's CPU and GPU) every model is prepared first, so neither slows the other and
-        GPU timings are taken on a quiet machine."""
+        """Prepare each model and submit its cells: with ``overlap`` the cluster builds one model's engines while
+        the driver prepares the next, without it (embedded Ray) every model is prepared first (docs/sweep.md)."""
         prepared = []
         for spec in specs:
             cells = [Cell(spec.name, p, t) for p in precisions for t in targets]
@@ -139,18 +129,15 @@ class _Driver:
                 self._stop(f"{spec.name}: {exc}")
             return None
         self.model_reports[spec.name] = report
-        self.sources[spec.name] = {
-            "onnx": edgepipe.onnx_models(report, self.folder / spec.name),
-            "reference": edgepipe.reference_of(report),
-        }
+        onnx = edgepipe.onnx_models(report, self.folder / spec.name)
+        self.sources[spec.name] = {"onnx": onnx, "reference": edgepipe.reference_of(report)}
         return report
 
     def _decide(self, cell: Cell, report: dict[str, Any] | None) -> None:
         """Skip, reuse, or submit one cell."""
         if report is None:
-            return self._finish(
-                cell, f"skipped: {cell.model} could not be prepared ({self.model_reports[cell.model]['error']})"
-            )
+            why = self.model_reports[cell.model]["error"]
+            return self._finish(cell, f"skipped: {cell.model} could not be prepared ({why})")
         model_dir = self.folder / cell.model
         onnx = self.sources[cell.model]["onnx"].get(cell.precision)
         builders = self._builders(cell)
@@ -178,13 +165,9 @@ class _Driver:
         payload = {key: getattr(cell, key) for key in ("model", "precision", "target", "cc", "engine_name")}
         payload |= {key: getattr(self.settings, key) for key in ("data", "bench_batches", "bench_seconds")}
         payload |= {"onnx_name": onnx.name, "onnx_sha256": onnx_sha, "reference": reference and reference.suffix}
+        objects = (self._object(onnx), self._object(reference) if reference else None)
         ref = self.cluster.submit(
-            build_cell,
-            payload,
-            self._object(onnx),
-            self._object(reference) if reference else None,
-            resources={cell.target: 1},
-            name=f"cell:{cell.artifact}",
+            build_cell, payload, *objects, resources={cell.target: 1}, name=f"cell:{cell.artifact}"
         )
         self.pending[ref] = cell
         self.submitted += 1
@@ -192,7 +175,7 @@ class _Driver:
     def _object(self, path: Path) -> Any:
         """The file's bytes in Ray's object store, put once for every cell that needs them."""
         if path not in self.objects:
-            self.objects[path] = self.cluster.put(path.read_bytes())
+            self.objects[path] = self.cluster.ray.put(path.read_bytes())
         return self.objects[path]
 
     def _builders(self, cell: Cell) -> set[tuple[str, str]]:

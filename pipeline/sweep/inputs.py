@@ -1,8 +1,5 @@
-"""What a sweep is asked for: models (names, or a models file), precisions and target GPUs.
-
-Everything is checked before a cluster is touched, so bad input ends as one line and nothing is
-submitted.
-"""
+"""What a sweep is asked for: models (names, or a models file), precisions and target GPUs, all checked
+before a cluster is touched, so bad input ends as one line and nothing is submitted."""
 
 from __future__ import annotations
 
@@ -15,8 +12,7 @@ import pipeline.sweep.adapter as edgepipe
 from pipeline.defaults import BUDGET_DEFAULT, DEFAULT_BENCH_BATCHES
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
-from pipeline.sweep.cluster import DEFAULT_RETRIES
-from pipeline.sweep.targets import parse_target, target_name
+from pipeline.sweep.cluster import DEFAULT_RETRIES, parse_target, target_name
 from pipeline.yamlfile import read_yaml
 
 
@@ -33,26 +29,24 @@ class SweepModel:
     preprocess: str | None = None  # a preprocessing file (resize, crop, mean, std ...), for such an ONNX
 
 
+MODEL_KEYS = set(SweepModel.__annotations__)  # what an entry of a models file may give
+
+
 @dataclass(frozen=True)
 class SweepSettings:
-    """How the sweep prepares each model and measures each cell: ``edgepipe sweep``'s flags, parsed once.
+    """How the sweep prepares each model and measures each cell: ``edgepipe sweep``'s flags, parsed once."""
 
-    ``address``: "local" (embedded Ray, its node described by ``resources``/``num_cpus``; default: this
-    machine's GPU, or the TensorRT-RTX targets it builds ahead of time), "auto" or a head's HOST:PORT.
-    ``max_drop``: the INT8 budget in top-1 points, None for plain PTQ, or "default": edgepipe run's own.
-    """
-
-    address: str = "local"
+    address: str = "local"  # "local" (embedded Ray of ``resources``/``num_cpus``), "auto" or a head's HOST:PORT
     data: str | None = None
     epochs: int | None = None
     seed: int = 0
-    max_drop: float | None | str = BUDGET_DEFAULT
+    max_drop: float | None | str = BUDGET_DEFAULT  # top-1 points; None: plain PTQ; "default": edgepipe run's own
     bench_batches: tuple[int, ...] = DEFAULT_BENCH_BATCHES
     bench_seconds: float = 1.0
     strict: bool = False
     force: bool = False
     retries: int = DEFAULT_RETRIES
-    resources: dict[str, float] | None = None
+    resources: dict[str, float] | None = None  # default: this machine's GPU, or the TensorRT-RTX targets it builds
     num_cpus: int | None = None
 
     def __post_init__(self) -> None:
@@ -86,11 +80,7 @@ def load_models_file(path: str | Path) -> dict[str, Any]:
 def _spec(entry: Any, source: Path) -> SweepModel:
     if isinstance(entry, str):
         return SweepModel(entry)
-    if (
-        not isinstance(entry, dict)
-        or not isinstance(entry.get("name"), str)
-        or set(entry) - set(SweepModel.__annotations__)
-    ):
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or set(entry) - MODEL_KEYS:
         raise EdgepipeError(
             f"models file {source} has an entry {entry!r} that is not a model",
             fix="write a name, or {name: N, checkpoint: PATH} / {name: N, onnx: PATH, data: DIR, labels: FILE, preprocess: FILE} / {name: N, epochs: E}",

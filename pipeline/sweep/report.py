@@ -1,8 +1,5 @@
-"""The sweep report: one row per model x precision x target, as sweep.json and sweep.md (docs/sweep.md).
-
-``kind: "run"`` rows are each model's run report rows, ``kind: "cell"`` rows its engines. With
-``rows``, ``reference`` and ``format`` laid out as in a run report, ``edgepipe check`` gates a sweep.
-"""
+"""The sweep report, sweep.json and sweep.md (docs/sweep.md): each model's run rows (``kind: "run"``) and
+its engines (``kind: "cell"``), laid out as in a run report so that ``edgepipe check`` gates a sweep."""
 
 from __future__ import annotations
 
@@ -10,6 +7,7 @@ import time
 from typing import Any
 
 import pipeline.sweep.adapter as edgepipe
+from pipeline.sweep.cluster import node_name
 
 
 def assemble(driver, specs, precisions, targets, seconds: float) -> dict[str, Any]:
@@ -23,20 +21,9 @@ def assemble(driver, specs, precisions, targets, seconds: float) -> dict[str, An
         for row in report.get("rows", []):
             rows.append({**row, "kind": "run", "model": spec.name, "artifact": f"{spec.name}/{row['artifact']}"})
     for cell in driver.cells:
-        rows.append(
-            {
-                "kind": "cell",
-                "artifact": cell.artifact,
-                "role": "artifact",
-                "format": "TensorRT",
-                "model": cell.model,
-                "precision": cell.precision,
-                "target": cell.target,
-                **cell.row,
-            }
-        )
-    cells = [r for r in rows if r["kind"] == "cell"]
-    states = [r["status"].split(":")[0] for r in cells]
+        named = {key: getattr(cell, key) for key in ("artifact", "model", "precision", "target")}
+        rows.append({"kind": "cell", "role": "artifact", "format": "TensorRT", **named, **cell.row})
+    states = [r["status"].split(":")[0] for r in rows if r["kind"] == "cell"]
     counts = {name: states.count(name) for name in ("built", "reused", "skipped", "failed")}
     model_problems = {name: _model_problem(r) for name, r in driver.model_reports.items() if _model_problem(r)}
     return {
@@ -84,17 +71,12 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     for row in (r for r in report["rows"] if r["kind"] == "cell"):
         lines.append(
-            f"| {row['model']} | {row['precision']} | {row['target']} | {row['status']} | {_node(row)} | {edgepipe.cell(row.get('build_seconds'), '.2f')} | "
+            f"| {row['model']} | {row['precision']} | {row['target']} | {row['status']} | {node_name(row)} | {edgepipe.cell(row.get('build_seconds'), '.2f')} | "
             f"{row.get('validation') or ''} | {edgepipe.cell(row.get('top1'), '.2f')} | {edgepipe.cell(row.get('delta'), '+.2f')} | {edgepipe.cell(row.get('latency_ms'), '.3f')} | "
             f"{row.get('engine') or ''} | {(row.get('sha256') or '')[:12]} |"
         )
-    lines += [
-        "",
-        "## Models (target-independent stages, on the driver)",
-        "",
-        "| artifact | status | top-1 (%) | vs PyTorch (pts) | agreement (%) | latency (ms) |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
+    models = "| artifact | status | top-1 (%) | vs PyTorch (pts) | agreement (%) | latency (ms) |"
+    lines += ["", "## Models (target-independent stages, on the driver)", "", models, "|---|---|" + "---:|" * 4]
     for row in (r for r in report["rows"] if r["kind"] == "run"):
         lines.append(
             f"| {row['artifact']} | {row['status']} | {edgepipe.cell(row.get('top1'), '.2f')} | {edgepipe.cell(row.get('delta'), '+.2f')} | "
@@ -102,25 +84,12 @@ def to_markdown(report: dict[str, Any]) -> str:
         )
     for name, problem in report["model_problems"].items():
         lines.append(f"\n{name}: {problem}")
-    lines += [
-        "",
-        "## Cluster",
-        "",
-        "| node | targets | GPU | TensorRT | edgepipe | Ray | Python |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines += ["", "## Cluster", "", "| node | targets | GPU | TensorRT | edgepipe | Ray | Python |", "|" + "---|" * 7]
     for node in report["cluster"]["nodes"]:
         flavours = ", ".join(f"{k} {v['version']}" for k, v in node.get("flavours", {}).items()) or "none"
         targets = ", ".join(f"{t}: {n:g}" for t, n in node["targets"].items()) or "none"
         lines.append(
-            f"| {_node(node)} | {targets} | {node.get('gpu') or 'none'} | {flavours} | "
+            f"| {node_name(node)} | {targets} | {node.get('gpu') or 'none'} | {flavours} | "
             f"{node.get('edgepipe')} | {node.get('ray')} | {node.get('python')} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _node(row: dict[str, Any]) -> str:
-    """Host and the start of the node id (several nodes may share a machine)."""
-    if not row.get("node_id"):
-        return ""
-    return f"{row.get('host') or row.get('address', '')} ({row['node_id'][:8]})"
