@@ -202,10 +202,7 @@ def current_compute_capability() -> str | None:
     if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
         return None
     # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76
-    if (
-        cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, 0) != 0
-        or cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, 0) != 0
-    ):
+    if any(cuda.cuDeviceGetAttribute(ctypes.byref(value), a, 0) != 0 for value, a in ((major, 75), (minor, 76))):
         return None
     return f"{major.value}.{minor.value}"
 
@@ -256,11 +253,9 @@ class CudaGraph:
     @classmethod
     def capture(cls, driver: Driver, stream: int, enqueue, label: str) -> CudaGraph:
         lib = driver.lib
-        driver.check(
-            lib.cuStreamBeginCapture_v2(ctypes.c_void_p(stream), 1),  # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL, as trtexec
-            "starting CUDA graph capture",
-            label,
-        )
+        # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL, as trtexec
+        begun = lib.cuStreamBeginCapture_v2(ctypes.c_void_p(stream), 1)
+        driver.check(begun, "starting CUDA graph capture", label)
         graph = ctypes.c_void_p()
         try:
             enqueue()
@@ -269,17 +264,13 @@ class CudaGraph:
             ended = lib.cuStreamEndCapture(ctypes.c_void_p(stream), ctypes.byref(graph))
         driver.check(ended, "capturing the engine in a CUDA graph (the engine may not be capturable)", label)
         executable = ctypes.c_void_p()
-        driver.check(
-            lib.cuGraphInstantiateWithFlags(ctypes.byref(executable), graph, 0), "instantiating the CUDA graph", label
-        )
+        instantiated = lib.cuGraphInstantiateWithFlags(ctypes.byref(executable), graph, 0)
+        driver.check(instantiated, "instantiating the CUDA graph", label)
         return cls(driver, graph, executable, label)
 
     def launch(self, stream: int) -> None:
-        self.driver.check(
-            self.driver.lib.cuGraphLaunch(self.executable, ctypes.c_void_p(stream)),
-            "launching the CUDA graph",
-            self.label,
-        )
+        launched = self.driver.lib.cuGraphLaunch(self.executable, ctypes.c_void_p(stream))
+        self.driver.check(launched, "launching the CUDA graph", self.label)
 
     def destroy(self) -> None:
         if self.executable:

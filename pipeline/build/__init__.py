@@ -2,17 +2,11 @@
 
 Precision is explicit by default: ``--fp16``/``--int8`` first make an FP16 or Q/DQ INT8 ONNX
 (the precision stage, written beside the engine and reused while it is current), then the engine
-is built from it as a strongly typed network, which TensorRT 10.x, 11.x and TensorRT-RTX all
-support. That works for any single-image-input ONNX, with or without edgepipe's metadata: the
-converted model is checked against FP32 (held-out data, the user's ``--data``, or seeded
-synthetic inputs for FP16) and the engine's manifest records the check. A dynamic-H/W model is
-converted at its --optShapes size. An ONNX that already holds Q/DQ nodes, or is already FP16, is
-built as it is. On TensorRT <= 10.x ``legacy_precision`` uses the builder's FP16/INT8 flags and
-an entropy calibrator instead.
-
-The settings are a value (``pipeline.tensorrt.options.BuildSettings``), resolved against the model
-and backend into a ``plan.Plan`` before anything prints; ``network`` makes the ONNX the network is
-parsed from and ``engine`` runs the builder. Reuse follows the one rule of ``pipeline.artifacts``.
+is built from it as a strongly typed network. The converted model is checked against FP32
+(held-out data, the user's ``--data``, or seeded synthetic inputs for FP16) and the engine's
+manifest records the check; a dynamic-H/W model is converted at its --optShapes size. An ONNX that
+already holds Q/DQ nodes, or is already FP16, is built as it is. On TensorRT <= 10.x
+``legacy_precision`` uses the builder's FP16/INT8 flags and an entropy calibrator instead.
 """
 
 from __future__ import annotations

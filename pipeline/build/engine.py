@@ -1,8 +1,4 @@
-"""The engine itself: the network parsed, the builder run, the engine and its manifest written atomically.
-
-On TensorRT <= 10.x with ``--legacy-precision`` an INT8 build is calibrated by the classic entropy
-calibrator, fed the calibration set's images as batches (``pipeline.tensorrt.calibrator``).
-"""
+"""The engine itself: the network parsed, the builder run, the engine and its manifest written atomically."""
 
 from __future__ import annotations
 

@@ -2,10 +2,7 @@
 
 The FP16/INT8 ONNX is made by the precision stage (``pipeline.quantize``) and reused while its
 manifest records the same source, calibration set and params as the build would (one rule:
-``artifacts.why_stale``). A file of that name made otherwise is kept; the build then writes its own
-under a name keyed by the settings.
-The calibration set an engine records is the one the INT8 ONNX was calibrated on, by the sha256
-the precision stage records: the set given with ``--calib``, or the set drawn when none was.
+``artifacts.why_stale``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,4 @@
-"""`Plan`: a build's settings resolved against the model and the backend, every refusal before any output.
-
-What the engine will be (precision, explicit or legacy precision, profiles, targets, builder
-options) and where it goes are decided here, from the ONNX and the installed backend; a setting
-that cannot be honoured is one clear error before anything prints or is written.
-"""
+"""`Plan`: a build's settings resolved against the model and the backend, every refusal before any output."""
 
 from __future__ import annotations
 

@@ -1,13 +1,9 @@
 """The backend seam: the one module that imports ``tensorrt`` or ``tensorrt_rtx``.
 
-edgepipe builds and loads engines with either flavour of TensorRT:
-
-- standard TensorRT (``tensorrt``): Jetson (JetPack) and data-centre GPUs; versions 8.5 to 11.x.
-- TensorRT-RTX (``tensorrt_rtx``): RTX GPUs; installs from PyPI everywhere and builds engines
-  ahead of time on the CPU for a list of target compute capabilities.
-
-Their Python APIs are nearly the same. What differs is handled here, by feature detection
-(``hasattr``) rather than version strings, so the rest of edgepipe speaks to one ``Backend``.
+Standard TensorRT (Jetson's JetPack and data-centre GPUs, 8.5 to 11.x) and TensorRT-RTX (RTX GPUs;
+from PyPI everywhere, building ahead of time on the CPU for a list of target compute capabilities)
+have nearly the same Python API. What differs is handled here, by feature detection (``hasattr``)
+rather than version strings, so the rest of edgepipe speaks to one ``Backend``.
 """
 
 from __future__ import annotations
@@ -19,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import EdgepipeError
-from pipeline.tensorrt.messages import build_fix, parse_error
-from pipeline.tensorrt.monitor import make_logger, progress_monitor, sigint_cancels
+from pipeline.tensorrt.messages import build_fix, make_logger, parse_error, progress_monitor, sigint_cancels
 from pipeline.tensorrt.options import HARDWARE_COMPATIBILITY, MEMORY_POOLS, BuildSettings
 from pipeline.tensorrt.targets import cc_key, normalize_compute_capability
 
@@ -107,11 +102,7 @@ class Backend:
         calibration: tuple[Any, dict[str, tuple[int, ...]]] | None = None,
     ) -> Any:
         """A builder config with one optimization profile (``{input: (min, opt, max)}``), the precision and
-        build controls of ``settings``, a timing cache and the legacy INT8 calibrator with its fixed shapes.
-
-        ``settings`` are resolved by the build plan (the engine's precision, the compute capabilities
-        the builder is given); an option the backend lacks is a clear error naming the backend.
-        """
+        build controls of the plan's resolved ``settings``, a timing cache and the legacy INT8 calibrator."""
         trt = self.trt
         config = builder.create_builder_config()
         for shapes in [profiles] if profiles else []:

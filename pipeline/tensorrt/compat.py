@@ -1,8 +1,7 @@
 """Before an engine is deserialized: was it built for this TensorRT, this version and this GPU?
 
 A mismatch is a clear error naming both sides and the rebuild command, instead of a crash inside
-TensorRT. The checks need no GPU, so a CPU-only machine still says an engine was built for
-another TensorRT.
+TensorRT; the checks need no GPU.
 """
 
 from __future__ import annotations

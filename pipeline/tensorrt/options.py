@@ -1,8 +1,5 @@
 """A build's settings, parsed once at the edge into one frozen value: ``BuildSettings``.
 
-trtexec's raw flags (``input:1x3x224x224``, ``workspace:1024``, ``ampere+``) become values here, each
-bad flag one ``Error: ... Fix: ...`` line; ``resolve_profiles`` checks the shapes against the model.
-
 A dynamic-batch model built without shapes gets the profile batch 1 (min) / 1 (opt) / 64 (max):
 batch 1 is the latency case the engine is tuned for, and 64 is the batch edgepipe's validation
 and benchmarks feed, so they run without splitting batches.
@@ -24,7 +21,6 @@ SHAPE_KINDS = ("min", "opt", "max")
 
 # trtexec's names for --hardwareCompatibilityLevel, and the enum member each one means.
 HARDWARE_COMPATIBILITY = {"none": "NONE", "ampere+": "AMPERE_PLUS", "sameComputeCapability": "SAME_COMPUTE_CAPABILITY"}
-
 
 # trtexec's names for --memPoolSize pools.
 MEMORY_POOLS = {
