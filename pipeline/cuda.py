@@ -1,14 +1,9 @@
 """The one door to the GPU: pycuda or cuda-python (buffers, streams, events) and libcuda (CUDA graphs, device facts).
 
-Engines run through pycuda when it is installed (no wheels: it builds from source against the CUDA
-toolkit), else through NVIDIA's cuda-python (``cuda-bindings``: wheels for x86 and aarch64, what
-TensorRT's own samples use) behind the few pycuda calls the engine runner makes. Either is imported
-only when a GPU path runs. ``current_compute_capability`` asks libcuda (microseconds), not torch.
-
-CUDA graphs: pycuda (up to 2026.1) has no stream-capture API, so the engine's enqueue is captured
-with the CUDA driver's own functions (cuStreamBeginCapture_v2, cuStreamEndCapture,
-cuGraphInstantiateWithFlags, cuGraphLaunch) through ctypes on the same libcuda either binding uses,
-on its stream. Like trtexec, only the enqueue is captured; the copies stay outside and timed.
+Engines run through pycuda when it is installed (it builds from source against the CUDA toolkit),
+else through NVIDIA's cuda-python (wheels for x86 and aarch64) behind the few pycuda calls the engine
+runner makes; either is imported only when a GPU path runs. pycuda has no stream-capture API, so CUDA
+graphs capture the engine's enqueue (only, like trtexec) with the driver's own functions, by ctypes.
 """
 
 from __future__ import annotations
@@ -62,11 +57,9 @@ def _cuda_python_runtime() -> Any | None:
 
 
 class CudaPython:
-    """The pycuda calls the engine runner makes (``pycuda.driver``'s names), on cuda-python's runtime API.
-
-    The runtime API works on the device's primary context, the one TensorRT uses, so a context is
-    made current by ``cudaSetDevice`` and ``Context.pop`` has nothing to undo.
-    """
+    """The pycuda calls the engine runner makes (``pycuda.driver``'s names), on cuda-python's runtime API. It
+    works on the device's primary context, the one TensorRT uses: ``cudaSetDevice`` makes a context current and
+    ``Context.pop`` has nothing to undo."""
 
     def __init__(self, runtime: Any):
         self.rt = runtime
@@ -205,9 +198,6 @@ def current_compute_capability() -> str | None:
     if any(cuda.cuDeviceGetAttribute(ctypes.byref(value), a, 0) != 0 for value, a in ((major, 75), (minor, 76))):
         return None
     return f"{major.value}.{minor.value}"
-
-
-# --- CUDA graphs through the driver API ---------------------------------------------------------
 
 
 class Driver:

@@ -42,12 +42,8 @@ def fixed_batches(images: Iterable[np.ndarray], batch_size: int) -> Iterator[np.
 def legacy_calibrator(
     be: Any, model: Any, profiles: dict, images: Iterable[np.ndarray], cache: Path, inputs: dict
 ) -> tuple[Any, dict]:
-    """An entropy calibrator fed ``images`` (float32 batches of any size) and its fixed-shape calibration profile.
-
-    Batches are padded (by repeating their images) to the profile's fixed batch. The calibration
-    cache ``cache`` is read while its manifest matches ``inputs`` and the shape, and written
-    atomically, with its manifest, after calibration.
-    """
+    """An entropy calibrator fed ``images`` (float32 batches of any size) and its fixed-shape calibration profile;
+    ``cache`` is read while its manifest matches ``inputs`` and the shape, and written after calibration."""
     (name, shape), *others = onnx_inputs(model)
     if others:
         raise EdgepipeError(

@@ -35,8 +35,7 @@ def parse_error(backend: Any, path: Any, errors: list, log_errors: list[str]) ->
         reason = f"{reason}: {detail}"
     more = f" (+{len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return EdgepipeError(
-        f"{backend.display} cannot parse {path}: node '{node_name}' ({op}): {reason}{more}",
-        fix=_parser_fix(op, reason),
+        f"{backend.display} cannot parse {path}: node '{node_name}' ({op}): {reason}{more}", fix=_parser_fix(op, reason)
     )
 
 
@@ -116,11 +115,7 @@ def progress_monitor(trt: Any, on_step: Callable[[str, int], None] | None) -> An
             trt.IProgressMonitor.__init__(self)
             self.exception: BaseException | None = None
 
-        def phase_start(self, phase_name, parent_phase, num_steps):
-            pass
-
-        def phase_finish(self, phase_name):
-            pass
+        phase_start = phase_finish = lambda self, *args: None  # noqa: E731 - the interface's other callbacks
 
         def step_complete(self, phase_name, step):
             try:
