@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import Kind, read_manifest
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.tensorrt.messages import build_fix, make_logger, parse_error, progress_monitor, sigint_cancels
@@ -270,6 +269,8 @@ def check_engine_runtime(
 ) -> dict[str, Any]:
     """The engine's manifest, after checking it was built for ``backend`` (a ``Backend`` or a name), its
     version and the GPU of compute capability ``device_compute_capability`` ("X.Y"; None skips that check)."""
+    from pipeline.artifacts import Kind, read_manifest  # imports onnx: not when `build-engine --help` loads this module
+
     engine = Path(engine_path)
     if not engine.is_file():
         raise EdgepipeError(f"engine {engine} does not exist", fix="build it with 'build-engine MODEL.onnx'")
