@@ -1,10 +1,9 @@
 """`edgepipe bench`: latency and throughput of the PyTorch reference and every artifact, side by side.
 
 Per artifact and batch, trtexec's figures (``pipeline.timing``) and the device memory an engine
-needs. A failing artifact is a row with status "error" and its reason; engines on a machine
-without an NVIDIA GPU are rows "skipped: no NVIDIA GPU". On a Jetson the result's ``jetson``
-records the device's state and each row's ``power`` each rail's mean power over its timed window
-(``pipeline.deploy.jetson``); elsewhere ``jetson`` says it is not one.
+needs; a failing artifact is a row "error" with its reason, an engine without an NVIDIA GPU a row
+"skipped: no NVIDIA GPU". On a Jetson, ``jetson`` records the device's state and each row's
+``power`` each rail's mean power over its timed window (``pipeline.deploy.jetson``).
 """
 
 from __future__ import annotations
@@ -42,9 +41,8 @@ ROW_KEYS = (
 class BenchSettings:
     """How each artifact is measured: batches, warm-up, how long, on which device, at which input size.
 
-    ``input_size``: (height, width) for ONNX models whose input leaves them open; without it such a
-    model is measured at the output size of the preprocessing stored in it. ``code``: the user code
-    the checkpoint's model may be rebuilt from (--model, --trust-model-code).
+    ``input_size``: (height, width) for ONNX models whose input leaves them open, else the output size of the
+    preprocessing stored in them. ``code``: the user code the checkpoint's model may be rebuilt from.
     """
 
     batches: tuple[int, ...] = (1,)
@@ -61,7 +59,6 @@ class BenchSettings:
     sysfs_root: str | None = None  # where a Jetson's state is read; None: $EDGEPIPE_SYSFS_ROOT, else "/"
 
     def __post_init__(self) -> None:
-        """A clear error for any bad setting."""
         object.__setattr__(self, "batches", _check_batches(self.batches))
         if self.warmup_ms < 0:
             raise EdgepipeError(f"--warmup-ms must be 0 or more, got {self.warmup_ms}", fix="pass e.g. --warmup-ms 200")
@@ -110,10 +107,8 @@ def bench(
     settings: BenchSettings | None = None,
     **flags: Any,
 ) -> dict[str, Any]:
-    """Measure the PyTorch reference (``checkpoint``) and every artifact; the --json object.
-
-    ``settings``, or its fields as keywords (``batches=(1, 8)``, ``iterations=3``, ``progress=False``).
-    """
+    """Measure the PyTorch reference (``checkpoint``) and every artifact; the --json object. ``settings``, or
+    its fields as keywords (``batches=(1, 8)``, ``iterations=3``, ``progress=False``)."""
     settings = settings or BenchSettings(**flags)
     if not artifacts and checkpoint is None:
         raise EdgepipeError(
@@ -125,7 +120,10 @@ def bench(
         check_model_code(checkpoint, settings.code)  # user code refused before anything is measured
     telemetry = jetson.open_telemetry(settings.sysfs_root)  # unknown rail names are refused before measuring
     start = jetson.read_state(telemetry.root) if telemetry is not None else {"jetson": False}
-    reference_shape = _reference_input_shape(checkpoint)
+    try:  # the input shape the checkpoint records, read without building its model (its row reports any error)
+        reference_shape = None if checkpoint is None else tuple(config_of(checkpoint)["input_shape"]) or None
+    except EdgepipeError:
+        reference_shape = None
     measured = [_bench_artifact(path, settings, reference_shape, telemetry) for path in entries]
     rows = [row for artifact_rows, _ in measured for row in artifact_rows]
     # the fastest runtime shows the harness's own cost best
@@ -141,7 +139,6 @@ def bench(
 
 
 def _check_batches(batches) -> tuple[int, ...]:
-    """The batches as a sorted tuple of distinct positive ints."""
     try:
         values = sorted({int(b) for b in batches})
     except (TypeError, ValueError):
@@ -149,17 +146,6 @@ def _check_batches(batches) -> tuple[int, ...]:
     if not values or values[0] < 1:
         raise EdgepipeError(f"--batch must be 1 or more, got {batches!r}", fix="pass e.g. --batch 1,8,32")
     return tuple(values)
-
-
-def _reference_input_shape(checkpoint) -> tuple[int, ...] | None:
-    """The input shape the checkpoint records, read without building its model (its own row reports any error)."""
-    try:
-        return None if checkpoint is None else tuple(config_of(checkpoint)["input_shape"]) or None
-    except EdgepipeError:
-        return None
-
-
-# --- one artifact -----------------------------------------------------------------------------
 
 
 def _input_shape(
@@ -189,8 +175,7 @@ def _input_shape(
 
 def _bench_artifact(path: str, settings: BenchSettings, reference_shape, telemetry) -> tuple[list[dict], dict | None]:
     """The rows of one artifact (one per batch) and, at its smallest batch, the harness's overhead."""
-    base = dict.fromkeys(ROW_KEYS)
-    base["artifact"] = path
+    base = dict.fromkeys(ROW_KEYS) | {"artifact": path}
     try:
         artifact = Artifact.open(path)
         base.update(format=FORMATS[artifact.kind], precision=str(artifact.precision) if artifact.precision else None)
@@ -201,11 +186,9 @@ def _bench_artifact(path: str, settings: BenchSettings, reference_shape, telemet
     rows, overhead = [], None
     with runner:
         base["runtime"] = runner.name
-        measured_batches, note = list(settings.batches), None
-        if runner.batch_size:
-            measured_batches = [runner.batch_size]
-            if list(settings.batches) != measured_batches:
-                note = f"fixed batch {runner.batch_size}: measured only at batch {runner.batch_size}"
+        measured_batches = [runner.batch_size] if runner.batch_size else list(settings.batches)
+        fixed = measured_batches != list(settings.batches)
+        note = f"fixed batch {runner.batch_size}: measured only at batch {runner.batch_size}" if fixed else None
         for b in measured_batches:
             row = dict(base, batch=b, note=note)
             try:

@@ -10,17 +10,11 @@ from pipeline.tables import cell
 
 
 def write_report(
-    result: dict[str, Any],
-    folder: str | Path,
-    accuracy: dict[str, float],
-    labels: dict[str, str] | None = None,
+    result: dict[str, Any], folder: str | Path, accuracy: dict[str, float], labels: dict[str, str] | None = None
 ) -> tuple[Path, Path]:
-    """Write bench.md (the table) and bench.png (latency against accuracy, one point per artifact) to ``folder``.
-
-    ``accuracy`` maps artifact paths (or file names) to held-out top-1 (the validate stage measures
-    it; empty when nothing was validated). ``labels`` names the points (a run's artifact ids: pytorch, onnx-fp16, engine-int8);
-    an artifact without one is labelled by its file name.
-    """
+    """Write bench.md (the table) and bench.png (latency against accuracy, one point per artifact) to ``folder``;
+    ``accuracy``: held-out top-1 by artifact path or file name (empty when nothing was validated); ``labels``:
+    the points' names (a run's artifact ids: pytorch, onnx-fp16, engine-int8), else the file name."""
     folder = Path(folder)
     md_path, png_path = folder / "bench.md", folder / "bench.png"
     check_output(md_path, force=True)
@@ -121,6 +115,8 @@ def row_lines(rows: list[dict[str, Any]]) -> list[str]:
 COLOURS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green"}
 MARKERS = {"pytorch": "o", "onnx": "s", "engine": "^"}
 SPARE_MARKERS = ("D", "v", "P", "X", "*", "h", "<", ">")
+POINT_STYLE = {"edgecolors": "black", "linewidths": 0.5, "clip_on": False}
+LEGEND_STYLE = {"borderaxespad": 0.0, "fontsize": 8, "title": "artifact", "title_fontsize": 8}
 
 
 def plot_points(result: dict[str, Any], accuracy: dict[str, float], labels: dict[str, str]) -> list[dict[str, Any]]:
@@ -133,16 +129,8 @@ def plot_points(result: dict[str, Any], accuracy: dict[str, float], labels: dict
             continue
         first = min(ok, key=lambda r: r["batch"])
         label = _by_path_or_name(labels, artifact) or Path(str(artifact)).name
-        points.append(
-            {
-                "label": label,
-                "latency_ms": first["median_ms"],
-                "batch": first["batch"],
-                "top1": float(top1),
-                "precision": first.get("precision"),
-                "format": first.get("format"),
-            }
-        )
+        point = {"label": label, "latency_ms": first["median_ms"], "batch": first["batch"], "top1": float(top1)}
+        points.append({**point, "precision": first.get("precision"), "format": first.get("format")})
     return points
 
 
@@ -172,27 +160,12 @@ def figure(result: dict[str, Any], accuracy: dict[str, float], labels: dict[str,
             marker = next(spare, "o")
         used.add((colour, marker))
         # Each point a little smaller than the one before: artifacts with the same figures show as rings.
+        size, label = max(24, 110 - 14 * i), f"{p['label']} (batch {p['batch']})"
         ax.scatter(
-            p["latency_ms"],
-            p["top1"],
-            color=colour,
-            marker=marker,
-            s=max(24, 110 - 14 * i),
-            edgecolors="black",
-            linewidths=0.5,
-            clip_on=False,
-            zorder=3 + i,
-            label=f"{p['label']} (batch {p['batch']})",
+            p["latency_ms"], p["top1"], color=colour, marker=marker, s=size, zorder=3 + i, label=label, **POINT_STYLE
         )
     if points:
-        ax.legend(
-            loc="upper left",
-            bbox_to_anchor=(1.02, 1.0),
-            borderaxespad=0.0,
-            fontsize=8,
-            title="artifact",
-            title_fontsize=8,
-        )
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), **LEGEND_STYLE)
     else:
         ax.text(
             0.5, 0.5, "no artifact with both latency and accuracy", ha="center", va="center", transform=ax.transAxes

@@ -1,17 +1,11 @@
 """CI accuracy-regression gate: compare a run report with a stored baseline, metric by metric.
 
-Like MMDeploy's regression check, accuracy is judged against the fresh PyTorch run in the same
-report: an artifact's top-1 is compared as its change vs PyTorch (``delta``), so retraining that
-moves every number together is not mistaken for a quantization regression, while the PyTorch
-row itself is compared on its own top-1.
-
-Tolerances (YAML) name a metric and how far it may move the wrong way: a number is in the metric's
-own unit (points for accuracy), "N%" is relative to the baseline (``top1: 0.3``, ``latency_ms: 10%``).
-
-A sweep report has the same layout, plus one row per engine cell: ``built`` or ``reused`` counts as
-ok, ``skipped`` (no worker serves its target) is no regression, ``failed`` always is. A bench result
-is read as one row per artifact and batch; latency from Jetsons in different power modes or clock
-states is refused (docs/device.md).
+Like MMDeploy's regression check, an artifact's top-1 is compared as its change vs the fresh PyTorch run in
+the same report (``delta``), so retraining that moves every number together is not mistaken for a quantization
+regression; the PyTorch row is compared on its own top-1. A tolerance (YAML) is how far a metric may move the
+wrong way, in its own unit or "N%" of the baseline (``top1: 0.3``, ``latency_ms: 10%``). A sweep's engine cells
+count ``built``/``reused`` as ok, ``skipped`` as no regression, ``failed`` always as one; a bench result is one
+row per artifact and batch (docs/device.md).
 """
 
 from __future__ import annotations
@@ -162,9 +156,7 @@ def check(
     regressions, skipped, compared = [], [], 0
 
     def regressed(artifact: str, metric: str, was: Any, now: Any, tolerance: Any = None) -> None:
-        regressions.append(
-            {"artifact": artifact, "metric": metric, "baseline": was, "now": now, "tolerance": tolerance}
-        )
+        regressions.append(dict(artifact=artifact, metric=metric, baseline=was, now=now, tolerance=tolerance))
 
     for artifact, base in base_rows.items():
         row = now_rows.get(artifact)
@@ -174,9 +166,8 @@ def check(
             skipped.append({"artifact": artifact, "status": row["status"]})
             continue
         if row is None or row_state(row) != "ok":
-            regressed(
-                artifact, "status", "ok", "missing from the report" if row is None else f"status {row.get('status')}"
-            )
+            now = "missing from the report" if row is None else f"status {row.get('status')}"
+            regressed(artifact, "status", "ok", now)
             continue
         for metric, (amount, relative) in tolerances.items():
             base_value = _value(base, metric)
@@ -193,9 +184,8 @@ def check(
             worse = (base_value - now_value) if METRICS[metric] else (now_value - base_value)
             if worse > allowed + 1e-9:
                 name = "top1 vs PyTorch" if metric == "top1" and base.get("role") != "reference" else metric
-                regressed(
-                    artifact, name, round(base_value, 4), round(now_value, 4), f"{amount:g}%" if relative else amount
-                )
+                tolerance = f"{amount:g}%" if relative else amount
+                regressed(artifact, name, round(base_value, 4), round(now_value, 4), tolerance)
     flagged = {r["artifact"] for r in regressions}
     for artifact, row in now_rows.items():  # a failed sweep cell fails the gate, whatever the baseline held
         if row.get("kind") == "cell" and row_state(row) == "error" and artifact not in flagged:

@@ -1,14 +1,9 @@
 """The one door to the GPU: pycuda or cuda-python (buffers, streams, events) and libcuda (CUDA graphs, device facts).
 
-Engines run through pycuda when it is installed (no wheels: it builds from source against the CUDA
-toolkit), else through NVIDIA's cuda-python (``cuda-bindings``: wheels for x86 and aarch64, what
-TensorRT's own samples use) behind the few pycuda calls the engine runner makes. Either is imported
-only when a GPU path runs. ``current_compute_capability`` asks libcuda (microseconds), not torch.
-
-CUDA graphs: pycuda (up to 2026.1) has no stream-capture API, so the engine's enqueue is captured
-with the CUDA driver's own functions (cuStreamBeginCapture_v2, cuStreamEndCapture,
-cuGraphInstantiateWithFlags, cuGraphLaunch) through ctypes on the same libcuda either binding uses,
-on its stream. Like trtexec, only the enqueue is captured; the copies stay outside and timed.
+Engines run through pycuda when it is installed (it builds from source against the CUDA toolkit),
+else through NVIDIA's cuda-python (wheels for x86 and aarch64) behind the few pycuda calls the engine
+runner makes; either is imported only when a GPU path runs. pycuda has no stream-capture API, so CUDA
+graphs capture the engine's enqueue (only, like trtexec) with the driver's own functions, by ctypes.
 """
 
 from __future__ import annotations
@@ -62,11 +57,9 @@ def _cuda_python_runtime() -> Any | None:
 
 
 class CudaPython:
-    """The pycuda calls the engine runner makes (``pycuda.driver``'s names), on cuda-python's runtime API.
-
-    The runtime API works on the device's primary context, the one TensorRT uses, so a context is
-    made current by ``cudaSetDevice`` and ``Context.pop`` has nothing to undo.
-    """
+    """The pycuda calls the engine runner makes (``pycuda.driver``'s names), on cuda-python's runtime API. It
+    works on the device's primary context, the one TensorRT uses: ``cudaSetDevice`` makes a context current and
+    ``Context.pop`` has nothing to undo."""
 
     def __init__(self, runtime: Any):
         self.rt = runtime
@@ -202,15 +195,9 @@ def current_compute_capability() -> str | None:
     if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
         return None
     # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76
-    if (
-        cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, 0) != 0
-        or cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, 0) != 0
-    ):
+    if any(cuda.cuDeviceGetAttribute(ctypes.byref(value), a, 0) != 0 for value, a in ((major, 75), (minor, 76))):
         return None
     return f"{major.value}.{minor.value}"
-
-
-# --- CUDA graphs through the driver API ---------------------------------------------------------
 
 
 class Driver:
@@ -256,11 +243,9 @@ class CudaGraph:
     @classmethod
     def capture(cls, driver: Driver, stream: int, enqueue, label: str) -> CudaGraph:
         lib = driver.lib
-        driver.check(
-            lib.cuStreamBeginCapture_v2(ctypes.c_void_p(stream), 1),  # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL, as trtexec
-            "starting CUDA graph capture",
-            label,
-        )
+        # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL, as trtexec
+        begun = lib.cuStreamBeginCapture_v2(ctypes.c_void_p(stream), 1)
+        driver.check(begun, "starting CUDA graph capture", label)
         graph = ctypes.c_void_p()
         try:
             enqueue()
@@ -269,17 +254,13 @@ class CudaGraph:
             ended = lib.cuStreamEndCapture(ctypes.c_void_p(stream), ctypes.byref(graph))
         driver.check(ended, "capturing the engine in a CUDA graph (the engine may not be capturable)", label)
         executable = ctypes.c_void_p()
-        driver.check(
-            lib.cuGraphInstantiateWithFlags(ctypes.byref(executable), graph, 0), "instantiating the CUDA graph", label
-        )
+        instantiated = lib.cuGraphInstantiateWithFlags(ctypes.byref(executable), graph, 0)
+        driver.check(instantiated, "instantiating the CUDA graph", label)
         return cls(driver, graph, executable, label)
 
     def launch(self, stream: int) -> None:
-        self.driver.check(
-            self.driver.lib.cuGraphLaunch(self.executable, ctypes.c_void_p(stream)),
-            "launching the CUDA graph",
-            self.label,
-        )
+        launched = self.driver.lib.cuGraphLaunch(self.executable, ctypes.c_void_p(stream))
+        self.driver.check(launched, "launching the CUDA graph", self.label)
 
     def destroy(self) -> None:
         if self.executable:

@@ -34,7 +34,6 @@ class Fidelity:
     def update(
         self, reference_outputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray], labels: np.ndarray | None = None
     ) -> None:
-        """Add one batch: every output of the reference and of the candidate, and optional labels."""
         # one array is the output of a model with one output
         reference_outputs, outputs = (
             [v] if isinstance(v, np.ndarray) else list(map(np.asarray, v)) for v in (reference_outputs, outputs)
@@ -67,7 +66,6 @@ class Fidelity:
             self._reference_correct += int((reference_outputs[0].argmax(axis=-1) == labels).sum())
 
     def result(self, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
-        """Figures per output under "outputs"; the first output's also at the top level."""
         if atol < 0 or rtol < 0:
             raise EdgepipeError(
                 f"--atol and --rtol must be 0 or more, got {atol:g} and {rtol:g}",
@@ -108,9 +106,7 @@ class _OutputStats:
         self.hull = np.empty((0, 2))  # (|reference|, |diff|) points deciding pass/fail
 
     def update(self, reference: np.ndarray, output: np.ndarray) -> None:
-        reference64, output64 = reference.astype(np.float64), output.astype(np.float64)
-        if reference64.ndim == 0:
-            reference64, output64 = reference64.reshape(1), output64.reshape(1)
+        reference64, output64 = np.atleast_1d(reference.astype(np.float64), output.astype(np.float64))
         if self.sample_shape is None:
             self.sample_shape = tuple(reference64.shape[1:])
         diff = np.abs(output64 - reference64)
@@ -164,12 +160,9 @@ def _cosines(reference: np.ndarray, output: np.ndarray) -> np.ndarray:
 
 
 def _hull_with(hull: np.ndarray, r: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """The pass/fail hull of ``hull``'s points and the new points (r, d).
-
-    A hull of a sample of the new points screens them all first: a point on or under its concave
-    chain (flat to the right of its last point), and not left of its first point, can never decide
-    pass/fail, so a large batch is never sorted whole.
-    """
+    """The pass/fail hull of ``hull``'s points and the new points (r, d). A hull of a sample of the new points
+    screens them all first: a point on or under its concave chain (flat to the right of its last point), and
+    not left of its first point, can never decide pass/fail, so a large batch is never sorted whole."""
     step = max(len(r) // _SAMPLE, 1)
     screen = _upper_hull(np.concatenate([hull, np.stack([r[::step], d[::step]], axis=1)]))
     if len(screen) == 0:
@@ -189,11 +182,9 @@ def _frontier(points: np.ndarray) -> np.ndarray:
 
 
 def _upper_hull(points: np.ndarray) -> np.ndarray:
-    """The points that decide ``all(d <= atol + rtol * r)`` for every atol, rtol >= 0.
-
-    max(d - rtol * r) over all points is reached on the upper convex hull of the points that no
-    other point dominates (smaller or equal r with larger or equal d). Typically a handful remain.
-    """
+    """The points that decide ``all(d <= atol + rtol * r)`` for every atol, rtol >= 0: max(d - rtol * r) over
+    all points is reached on the upper convex hull of the points that no other point dominates (smaller or
+    equal r with larger or equal d). Typically a handful remain."""
     hull: list[np.ndarray] = []
     for point in _frontier(points):
         while len(hull) >= 2 and _cross(hull[-2], hull[-1], point) >= 0:

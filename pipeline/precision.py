@@ -1,8 +1,6 @@
 """The precision of a model or engine: one type, parsed once at the edge, read from a graph once.
 
-``Precision`` is what every stage passes around; commands turn ``--fp16``/``--precisions fp32,int8``
-into it with ``parse``/``parse_list``; ``of_onnx`` reads it from a graph that has no manifest (an
-ONNX exported elsewhere). Nothing else guesses a precision, least of all from a file name.
+Nothing else guesses a precision, least of all from a file name.
 """
 
 from __future__ import annotations

@@ -2,9 +2,7 @@
 
 Each timed iteration is one ``runner.infer(batch)`` between two ``perf_counter`` calls. To show the
 harness adds nothing measurable, the same runner is also timed in a bare loop (N calls, timed once
-overall) and the ratio is reported. A sustained run (``window_s``) also reports the median of each
-window of the timed run and its drift; a ``telemetry`` (anything with ``start()`` and
-``stop(inferences, seconds)``, such as a Jetson's) is started and stopped around the timed loop only.
+overall) and the ratio is reported.
 """
 
 from __future__ import annotations
@@ -54,11 +52,9 @@ def measure(
     window_s: float | None = None,
     telemetry: Any = None,
 ) -> dict[str, Any]:
-    """Warm up for ``warmup_ms``, then time ``iterations`` calls (or calls for ``duration_s``).
-
-    ``window_s``: also the median per window of that length and the drift (``sustained``).
-    ``telemetry``: its ``stop(iterations, seconds)`` record, taken over the timed loop, is the result's ``telemetry``.
-    """
+    """Warm up for ``warmup_ms``, then time ``iterations`` calls (or calls for ``duration_s``); ``window_s``: also
+    the median per window of that length and the drift (``sustained``); ``telemetry`` (``start()``,
+    ``stop(iterations, seconds)``, a Jetson's): started and stopped around the timed loop only, its record kept."""
     clock = time.perf_counter
     warm, warm_until = 0, clock() + warmup_ms / 1000.0
     while warmup_ms > 0 and (warm == 0 or clock() < warm_until):
@@ -69,8 +65,11 @@ def measure(
     latencies, splits, total = _timed_loop(runner, x, iterations, duration_s)
     recorded = telemetry.stop(len(latencies), total) if telemetry is not None else None
     latencies_ms = np.asarray(latencies) * 1000.0
-    result = latency_stats(latencies_ms, batch=len(x))
-    result.update(iterations=len(latencies), warmup_iterations=warm, timed_s=round(total, 4))
+    mean = float(latencies_ms.mean())
+    figures = (latencies_ms.min(), mean, *np.percentile(latencies_ms, [50, 90, 95, 99]))  # trtexec's summary
+    result: dict[str, Any] = {k: round(float(v), 4) for k, v in zip(LATENCY_KEYS, figures)}
+    result.update(throughput=round(len(x) * 1000.0 / mean, 2), iterations=len(latencies), warmup_iterations=warm)
+    result["timed_s"] = round(total, 4)
     if window_s:
         result["sustained"] = sustained(latencies_ms, window_s)
     if recorded is not None:
@@ -82,22 +81,10 @@ def measure(
     return result
 
 
-def latency_stats(latencies_ms: np.ndarray, batch: int) -> dict[str, float]:
-    """trtexec's summary of per-iteration latencies (ms); throughput in images per second."""
-    mean = float(latencies_ms.mean())
-    figures = (latencies_ms.min(), mean, *np.percentile(latencies_ms, [50, 90, 95, 99]))
-    return {
-        **{k: round(float(v), 4) for k, v in zip(LATENCY_KEYS, figures)},
-        "throughput": round(batch * 1000.0 / mean, 2),
-    }
-
-
 def sustained(latencies_ms: np.ndarray, window_s: float) -> dict[str, Any]:
-    """The median latency of each window of about ``window_s`` seconds, and the drift of the last from the first.
-
-    The run is cut into ``round(inference time / window_s)`` windows of equal length (at least one), by each
-    iteration's end on the clock of summed latencies, so no window is a stub of a few iterations.
-    """
+    """The median latency of each window of about ``window_s`` seconds, and the drift of the last from the first:
+    ``round(inference time / window_s)`` windows of equal length (at least one), by each iteration's end on the
+    clock of summed latencies, so no window is a stub of a few iterations."""
     ends = np.cumsum(latencies_ms) / 1000.0
     count = max(1, int(round(ends[-1] / window_s)))
     index = np.minimum((ends * count / ends[-1]).astype(int), count - 1)  # iteration -> its window
@@ -112,11 +99,8 @@ def sustained(latencies_ms: np.ndarray, window_s: float) -> dict[str, Any]:
 
 
 def measure_overhead(runner: Runner, x: np.ndarray, mean_ms: float) -> dict[str, Any]:
-    """Per-iteration time of the harness loop against a bare loop of the same calls.
-
-    Both loops run the same number of calls, alternated three times; the fastest of each counts,
-    so a burst of noise from other processes does not decide the ratio.
-    """
+    """Per-iteration time of the harness loop against a bare loop of the same calls, alternated three times;
+    the fastest of each counts, so a burst of noise from other processes does not decide the ratio."""
     n = int(min(max(OVERHEAD_SECONDS * 1000.0 / max(mean_ms, 1e-3), 10), 5000))
     harness, bare = [], []
     for _ in range(3):

@@ -1,8 +1,7 @@
 """Validate artifacts against the FP32 reference model, one road for every model.
 
-One row per artifact (ONNX at any precision, TensorRT engine) with its ``Fidelity`` figures. An
-artifact that cannot be run is a row with status "error" (an engine without a GPU: "skipped"), not
-the end of the run, as in Ultralytics' benchmark table. Every runner is closed, whatever happens.
+One row per artifact (ONNX at any precision, TensorRT engine) with its ``Fidelity`` figures; one that
+cannot be run is a row with status "error" (an engine without a GPU: "skipped"), not the end of the run.
 
 The reference is a checkpoint, a weights file with ``--model``, or an FP32 ONNX; the images are its
 ``ModelData``, streamed once: each batch is decoded once and run through the reference and every
@@ -134,8 +133,7 @@ def _weights_reference(weights: Path, onnx_models: list[Path], code: ModelCode, 
 def _compare(ref: _Reference, model_data: ModelData, paths: list[Path], chosen: Settings) -> dict[str, Any]:
     """Stream the images once through the reference and every artifact; one row per artifact."""
     indices, judged = model_data.judged(chosen.split, paths)
-    use_labels = model_data.labelled
-    output_names = ref.model_input.info.output_names
+    use_labels, output_names = model_data.labelled, ref.model_input.info.output_names
     correct, started = 0, time.perf_counter()
     with contextlib.ExitStack() as stack:
         reference_runner = stack.enter_context(ref.open())
@@ -193,11 +191,8 @@ class _Candidate:
     failed: dict[str, Any] = field(default_factory=dict)
 
     def row(self, atol: float, rtol: float, config: dict[str, Any] | None = None) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "artifact": str(self.path),
-            "precision": self.precision,
-            "runner": self.runner.name if self.runner else None,
-        }
+        runner = self.runner.name if self.runner else None
+        row = {"artifact": str(self.path), "precision": self.precision, "runner": runner}
         if self.failed:
             return {**row, **self.failed}
         figures = self.fidelity.result(atol, rtol)

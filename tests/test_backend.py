@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 from pipeline import cuda
 from pipeline.errors import EdgepipeError
 from pipeline.tensorrt import backend as backendmod
-from pipeline.tensorrt import targets
+from pipeline.tensorrt import options
 from pipeline.tensorrt.options import BuildSettings
 
 
@@ -44,12 +44,12 @@ def test_unknown_backend_is_an_error():
     "text, expected", [("8.9", "8.9"), ("sm89", "8.9"), ("SM_120", "12.0"), ("120", "12.0"), ("current", "current")]
 )
 def test_compute_capability_spellings(text, expected):
-    assert targets.normalize_compute_capability(text) == expected
+    assert options.normalize_compute_capability(text) == expected
 
 
 def test_bad_compute_capability_is_an_error():
     with pytest.raises(EdgepipeError, match="is not a compute capability"):
-        targets.normalize_compute_capability("ada")
+        options.normalize_compute_capability("ada")
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision
 from pipeline.tensorrt import backend as backendmod
-from pipeline.tensorrt import compat, options
+from pipeline.tensorrt import options
 
 DEFAULT_MODEL = "se_resnet"
 RTX_DEFAULT_TARGETS = ["8.0", "8.6", "8.9", "12.0", "12.1"]
@@ -398,21 +398,21 @@ def test_ctrl_c_exits_130_on_the_command_line(model_onnx, monkeypatch):
 def test_check_engine_runtime(model_onnx):
     result = build.build_engine(model_onnx, compute_capability=["8.6", "8.9"])
     engine = Path(result["engine"])
-    assert compat.check_engine_runtime(engine, "tensorrt-rtx", "8.9")["precision"] == "fp32"
+    assert backendmod.check_engine_runtime(engine, "tensorrt-rtx", "8.9")["precision"] == "fp32"
     with pytest.raises(EdgepipeError, match="targets compute capability 8.6, 8.9, but this GPU is 12.0"):
-        compat.check_engine_runtime(engine, backendmod.get_backend(), "12.0")
+        backendmod.check_engine_runtime(engine, backendmod.get_backend(), "12.0")
     manifest_file = Path(str(engine) + ".manifest.json")
     manifest = json.loads(manifest_file.read_text())
     manifest_file.write_text(json.dumps({**manifest, "backend_version": "0.9.0"}))
     with pytest.raises(EdgepipeError, match="built with TensorRT-RTX 0.9.0, but this runtime is TensorRT-RTX"):
-        compat.check_engine_runtime(engine, "tensorrt-rtx", None)
+        backendmod.check_engine_runtime(engine, "tensorrt-rtx", None)
     manifest_file.write_text(json.dumps(manifest))
     engine.write_bytes(engine.read_bytes()[:1000])
     with pytest.raises(EdgepipeError, match="does not match its manifest"):
-        compat.check_engine_runtime(engine, "tensorrt-rtx", "8.9")
+        backendmod.check_engine_runtime(engine, "tensorrt-rtx", "8.9")
     manifest_file.unlink()
     with pytest.raises(EdgepipeError, match="no edgepipe (engine )?manifest"):
-        compat.check_engine_runtime(engine, "tensorrt-rtx", "8.9")
+        backendmod.check_engine_runtime(engine, "tensorrt-rtx", "8.9")
 
 
 # --- through the precision stage ----------------------------------------------------------------
@@ -494,7 +494,7 @@ def test_build_for_this_gpu_and_deserialize(model_onnx):
     result = build.build_engine(model_onnx, compute_capability=["current"])
     be = backendmod.get_backend()
     device = cuda.current_compute_capability()
-    compat.check_engine_runtime(result["engine"], be, device)
+    backendmod.check_engine_runtime(result["engine"], be, device)
     engine = be.deserialize(Path(result["engine"]).read_bytes())
     assert engine.num_io_tensors == 2
 

@@ -1,18 +1,9 @@
 """Build a TensorRT or TensorRT-RTX engine from an ONNX model, with a manifest beside it.
 
-Precision is explicit by default: ``--fp16``/``--int8`` first make an FP16 or Q/DQ INT8 ONNX
-(the precision stage, written beside the engine and reused while it is current), then the engine
-is built from it as a strongly typed network, which TensorRT 10.x, 11.x and TensorRT-RTX all
-support. That works for any single-image-input ONNX, with or without edgepipe's metadata: the
-converted model is checked against FP32 (held-out data, the user's ``--data``, or seeded
-synthetic inputs for FP16) and the engine's manifest records the check. A dynamic-H/W model is
-converted at its --optShapes size. An ONNX that already holds Q/DQ nodes, or is already FP16, is
-built as it is. On TensorRT <= 10.x ``legacy_precision`` uses the builder's FP16/INT8 flags and
-an entropy calibrator instead.
-
-The settings are a value (``pipeline.tensorrt.options.BuildSettings``), resolved against the model
-and backend into a ``plan.Plan`` before anything prints; ``network`` makes the ONNX the network is
-parsed from and ``engine`` runs the builder. Reuse follows the one rule of ``pipeline.artifacts``.
+Precision is explicit by default: ``--fp16``/``--int8`` first make an FP16 or Q/DQ INT8 ONNX beside the
+engine (checked against FP32, the check recorded in the engine's manifest), then build it as a strongly
+typed network; an ONNX already FP16 or Q/DQ is built as it is. On TensorRT <= 10.x ``legacy_precision``
+uses the builder's FP16/INT8 flags and an entropy calibrator instead.
 """
 
 from __future__ import annotations
@@ -23,7 +14,6 @@ from typing import Any
 
 from pipeline.artifacts import Kind, read_manifest, why_stale
 from pipeline.build import engine as builder
-from pipeline.build import network
 from pipeline.build.plan import Plan, default_engine_path, make_plan
 from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
@@ -40,20 +30,17 @@ def build_engine(
     force: bool = False,
     **flags: Any,
 ) -> dict[str, Any]:
-    """Build (or reuse) the engine for ``onnx_path`` and return what --json prints.
-
-    ``settings``, or the keywords ``BuildSettings.parse`` reads (``precision="fp16"``,
-    ``shapes={"opt": "input:8x3x224x224"}``, ``compute_capability=["8.6"]``, trtexec's controls).
-    Every refusal comes before the first message.
-    """
+    """Build (or reuse) the engine for ``onnx_path`` and return what --json prints; every refusal comes before
+    the first message. ``settings``, or the keywords ``BuildSettings.parse`` reads (``precision="fp16"``,
+    ``shapes={"opt": "input:8x3x224x224"}``, ``compute_capability=["8.6"]``, trtexec's controls)."""
     if settings is not None and flags:
         raise TypeError("pass a BuildSettings or its keywords, not both")
     started = time.perf_counter()
     plan = make_plan(onnx_path, settings or BuildSettings.parse(**flags), save_engine)
     plan.backend.logger.verbose = plan.settings.verbose
-    made = network.conversion(plan)
+    made = builder.conversion(plan)
     inputs = {"onnx": sha256_file(plan.source)}
-    calibration = network.known_calibration(plan, inputs["onnx"], made) if plan.calibrated else None
+    calibration = builder.known_calibration(plan, inputs["onnx"], made) if plan.calibrated else None
     params = builder.params(plan, made.preprocess if made else None)
     if plan.settings.backend == "auto":
         installed = "is installed" if plan.backend.name == TENSORRT else "is not installed"
@@ -65,7 +52,7 @@ def build_engine(
         _refuse_stale(plan, {**inputs, "calibration": recorded}, params, force)
     elif reused := _reuse(plan, inputs, params, force, started):
         return reused
-    network_onnx, check = network.network_onnx(plan, inputs["onnx"], made, force)
+    network_onnx, check = builder.network_onnx(plan, inputs["onnx"], made, force)
     if drawn:
         inputs["calibration"] = read_manifest(network_onnx)["inputs"]["calibration"]
         if reused := _reuse(plan, inputs, params, force, started):

@@ -1,9 +1,4 @@
-"""`Plan`: a build's settings resolved against the model and the backend, every refusal before any output.
-
-What the engine will be (precision, explicit or legacy precision, profiles, targets, builder
-options) and where it goes are decided here, from the ONNX and the installed backend; a setting
-that cannot be honoured is one clear error before anything prints or is written.
-"""
+"""`Plan`: a build's settings resolved against the model and the backend, every refusal before any output."""
 
 from __future__ import annotations
 
@@ -18,17 +13,14 @@ from pipeline.onnxfile import load_onnx
 from pipeline.onnxinfo import ModelInfo, check_profile_shapes, describe, onnx_inputs
 from pipeline.precision import Precision, of_onnx
 from pipeline.tensorrt.backend import Backend, get_backend
-from pipeline.tensorrt.options import SHAPE_KINDS, BuildSettings, resolve_profiles
-from pipeline.tensorrt.targets import resolve_compute_capabilities
+from pipeline.tensorrt.options import SHAPE_KINDS, BuildSettings, resolve_compute_capabilities, resolve_profiles
 
 
 @dataclass(frozen=True)
 class Plan:
-    """One build, decided: the source, the engine file, the backend and what the engine will be.
-
-    ``settings`` are the user's, resolved: ``precision`` is the engine's, ``compute_capability``
-    what the builder is given ("current" or "X.Y"; none for standard TensorRT).
-    """
+    """One build, decided: the source, the engine file, the backend and what the engine will be. ``settings``
+    are the user's, resolved: ``precision`` is the engine's, ``compute_capability`` what the builder is given
+    ("current" or "X.Y"; none for standard TensorRT)."""
 
     settings: BuildSettings
     source: Path
@@ -62,7 +54,6 @@ class Plan:
 
 
 def make_plan(onnx_path: str | Path, settings: BuildSettings, save_engine: str | Path | None) -> Plan:
-    """The plan of a build, or one clear error naming what cannot be done (nothing printed, nothing written)."""
     source = Path(onnx_path)
     model = load_onnx(source)
     be = get_backend(settings.backend)
@@ -96,10 +87,8 @@ def make_plan(onnx_path: str | Path, settings: BuildSettings, save_engine: str |
 
 def default_engine_path(onnx_path: Path, precision: str) -> Path:
     """model.onnx -> model.fp16.engine beside it (model.fp16.onnx -> model.fp16.engine too)."""
-    stem = onnx_path.stem
-    base, _, suffix = stem.rpartition(".")
-    if base and suffix in {p.value for p in Precision}:
-        stem = base
+    base, _, suffix = onnx_path.stem.rpartition(".")
+    stem = base if base and suffix in {p.value for p in Precision} else onnx_path.stem
     return onnx_path.with_name(f"{stem}.{precision}.engine")
 
 

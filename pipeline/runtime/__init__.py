@@ -3,10 +3,8 @@
     with open_runner(Artifact.open("model.int8.onnx")) as runner:
         logits = predict(runner, images)
 
-``device`` places PyTorch and ONNX Runtime (without ONNX Runtime, an ONNX runs on onnx's reference
-evaluator); engines always run on the GPU. An engine is checked against the installed TensorRT and
-the GPU (from its manifest) before anything touches the GPU; without a GPU it then raises
-``NoGpuError``, a skip rather than a failure.
+``device`` places PyTorch and ONNX Runtime; engines run on the GPU, checked against the installed
+TensorRT and the GPU (from their manifest) before anything touches it; without a GPU, ``NoGpuError``.
 """
 
 from __future__ import annotations
@@ -19,8 +17,7 @@ from pipeline.cuda import current_compute_capability
 from pipeline.errors import EdgepipeError
 from pipeline.modelspec import ModelCode
 from pipeline.runner import NoGpuError, Runner, batch_step, predict, predict_batch
-from pipeline.tensorrt.backend import BACKENDS, get_backend
-from pipeline.tensorrt.compat import check_engine_runtime
+from pipeline.tensorrt.backend import BACKENDS, check_engine_runtime, get_backend
 
 
 def _pytorch(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode) -> Runner:
@@ -30,11 +27,10 @@ def _pytorch(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode)
 
 
 def _onnx(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode) -> Runner:
-    """ONNX Runtime; where it is not installed (a light device install), onnx's reference evaluator."""
     try:
         import onnxruntime  # noqa: F401 - only asked whether it is installed; the runner imports it
     except ModuleNotFoundError:
-        from pipeline.runtime.onnxref import OnnxReferenceRunner  # numpy only: the light install's ONNX runner
+        from pipeline.runtime.ort import OnnxReferenceRunner  # numpy only: the light install's ONNX runner
 
         return OnnxReferenceRunner(artifact.path)
     from pipeline.runtime.ort import OnnxRuntimeRunner  # imports onnxruntime: only for ONNX models
@@ -58,10 +54,8 @@ def _engine(artifact: Artifact, device: str, cuda_graph: bool, code: ModelCode, 
 
 
 def open_unrecorded_engine(artifact: Artifact) -> Runner:
-    """The runner of an engine built outside edgepipe (trtexec on the device, by a bundle's build.sh).
-
-    It has no manifest to check against this runtime: TensorRT's own deserialization is the check.
-    """
+    """The runner of an engine built outside edgepipe (trtexec on the device, by a bundle's build.sh), which
+    has no manifest to check against this runtime: TensorRT's own deserialization is the check."""
     return _engine(artifact, "cuda", cuda_graph=False, code=ModelCode(), recorded=False)
 
 

@@ -1,11 +1,9 @@
 """Running TensorRT engines on the GPU, through ``pipeline.cuda`` (pycuda or cuda-python, libcuda for CUDA graphs).
 
-Four CUDA events per inference (before H2D, after H2D, after compute, after D2H) report H2D, GPU
-compute and D2H apart, like trtexec. Buffers are page-locked and sized once for the largest batch
-of the engine's optimization profile. Two TensorRT APIs, chosen by what the engine object has:
-bindings (TensorRT 8.x/9.x, JetPack 5's 8.5: ``set_binding_shape``, ``execute_async_v2``), used
-whenever the engine still has it; tensor addresses (TensorRT 10.x/11.x and TensorRT-RTX:
-``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``).
+Four CUDA events per inference report H2D, GPU compute and D2H apart, like trtexec. Buffers are
+page-locked and sized once for the largest batch of the engine's optimization profile. Two TensorRT
+APIs, chosen by what the engine has: bindings (TensorRT 8.x/9.x, JetPack 5's 8.5) while it has them,
+else tensor addresses (TensorRT 10.x/11.x and TensorRT-RTX).
 """
 
 from __future__ import annotations
@@ -35,8 +33,7 @@ class TensorRTRunner(Runner):
     def __init__(
         self, engine_bytes: bytes, backend: Any, cuda_graph: bool = False, device_index: int = 0, label: str = "engine"
     ):
-        cuda = import_cuda()
-        self._cuda = cuda
+        self._cuda = cuda = import_cuda()
         self.backend = backend
         self.label = label
         self.name = f"{backend.name}-{backend.version}"
@@ -133,10 +130,8 @@ class TensorRTRunner(Runner):
         if n == self._current_batch:
             return
         shape = (n, *self.input.shape[1:])
-        if self.api == "bindings":
-            ok = self.context.set_binding_shape(self.input.index, shape)
-        else:
-            ok = self.context.set_input_shape(self.input.name, shape)
+        c, t = self.context, self.input
+        ok = c.set_binding_shape(t.index, shape) if self.api == "bindings" else c.set_input_shape(t.name, shape)
         if ok is False:
             raise EdgepipeError(
                 f"{self.label}: TensorRT refused input shape {shape}",
@@ -180,22 +175,16 @@ class TensorRTRunner(Runner):
         copied_in.record(self.stream)
         self._compute(n)
         computed.record(self.stream)
-        results = []
+        results, context, bindings = [], self.context, self.api == "bindings"
         for t in self.outputs:
-            context = self.context
-            shape = tuple(
-                context.get_binding_shape(t.index) if self.api == "bindings" else context.get_tensor_shape(t.name)
-            )
+            shape = tuple(context.get_binding_shape(t.index) if bindings else context.get_tensor_shape(t.name))
             host_out = t.host.reshape(-1)[: int(np.prod(shape))].reshape(shape)
             cuda.memcpy_dtoh_async(host_out, t.device, self.stream)
             results.append(host_out)
         copied_out.record(self.stream)
         copied_out.synchronize()
-        self._timing = {
-            "h2d_ms": start.time_till(copied_in),
-            "compute_ms": copied_in.time_till(computed),
-            "d2h_ms": computed.time_till(copied_out),
-        }
+        splits = zip(("h2d_ms", "compute_ms", "d2h_ms"), self._events, self._events[1:])
+        self._timing = {key: begin.time_till(end) for key, begin, end in splits}  # H2D, compute, D2H apart
         return [np.array(r, dtype=np.float32) for r in results]  # copies: the host buffers are reused
 
     def last_timing(self) -> dict[str, float] | None:

@@ -26,8 +26,7 @@ class TorchRunner(Runner):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "cpu", code: ModelCode = ModelCode()) -> TorchRunner:
-        """The PyTorch reference for a checkpoint, with the input shape its config records; user code it
-        names is imported only as ``code`` allows (--model, --trust-model-code)."""
+        """The PyTorch reference for a checkpoint, at its recorded input shape; its user code only as ``code`` allows."""
         model, config = load_checkpoint(checkpoint, model_name=code.given, trust_model_code=code.trust)
         runner = cls(model, device=device, input_shape=tuple(config["input_shape"]))
         runner.config = config

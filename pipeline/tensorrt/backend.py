@@ -1,28 +1,33 @@
 """The backend seam: the one module that imports ``tensorrt`` or ``tensorrt_rtx``.
 
-edgepipe builds and loads engines with either flavour of TensorRT:
-
-- standard TensorRT (``tensorrt``): Jetson (JetPack) and data-centre GPUs; versions 8.5 to 11.x.
-- TensorRT-RTX (``tensorrt_rtx``): RTX GPUs; installs from PyPI everywhere and builds engines
-  ahead of time on the CPU for a list of target compute capabilities.
-
-Their Python APIs are nearly the same. What differs is handled here, by feature detection
-(``hasattr``) rather than version strings, so the rest of edgepipe speaks to one ``Backend``.
+Standard TensorRT (Jetson's JetPack and data-centre GPUs, 8.5 to 11.x) and TensorRT-RTX (RTX GPUs;
+from PyPI everywhere, building ahead of time on the CPU for a list of target compute capabilities)
+have nearly the same Python API. What differs is handled here, by feature detection (``hasattr``)
+rather than version strings, so the rest of edgepipe speaks to one ``Backend``. Before an engine is
+deserialized, ``check_engine_runtime`` says whether it was built for this TensorRT, version and GPU:
+a mismatch is one clear error naming both sides and the rebuild command, not a crash inside TensorRT.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from pipeline.digest import sha256_file
 from pipeline.errors import EdgepipeError
-from pipeline.tensorrt.messages import build_fix, parse_error
-from pipeline.tensorrt.monitor import make_logger, progress_monitor, sigint_cancels
-from pipeline.tensorrt.options import HARDWARE_COMPATIBILITY, MEMORY_POOLS, BuildSettings
-from pipeline.tensorrt.targets import cc_key, normalize_compute_capability
+from pipeline.tensorrt.messages import build_fix, make_logger, parse_error, progress_monitor, sigint_cancels
+from pipeline.tensorrt.options import (
+    HARDWARE_COMPATIBILITY,
+    MEMORY_POOLS,
+    BuildSettings,
+    cc_key,
+    normalize_compute_capability,
+)
 
 TENSORRT, TENSORRT_RTX = "tensorrt", "tensorrt-rtx"
 BACKENDS = (TENSORRT, TENSORRT_RTX)
@@ -67,8 +72,6 @@ class Backend:
         names = [n for n in dir(self.trt.ComputeCapability) if n.startswith("SM") and n[2:].isdigit()]
         return sorted((normalize_compute_capability(n) for n in names), key=cc_key)
 
-    # --- building ---------------------------------------------------------------------------
-
     def parse_onnx(self, path: str, strongly_typed: bool = True) -> tuple[Any, Any, Any]:
         """(builder, network, parser) for the ONNX file; one clear error naming the failing node."""
         trt = self.trt
@@ -82,8 +85,7 @@ class Backend:
         return builder, network, parser
 
     def _network_flags(self, strongly_typed: bool) -> int:
-        trt, flags = self.trt, 0
-        creation = trt.NetworkDefinitionCreationFlag
+        trt, flags, creation = self.trt, 0, self.trt.NetworkDefinitionCreationFlag
         if self.name == TENSORRT_RTX:
             return 0  # TensorRT-RTX networks are always strongly typed
         if hasattr(creation, "EXPLICIT_BATCH"):  # required on 8.x, ignored (deprecated) on 10.x
@@ -107,11 +109,7 @@ class Backend:
         calibration: tuple[Any, dict[str, tuple[int, ...]]] | None = None,
     ) -> Any:
         """A builder config with one optimization profile (``{input: (min, opt, max)}``), the precision and
-        build controls of ``settings``, a timing cache and the legacy INT8 calibrator with its fixed shapes.
-
-        ``settings`` are resolved by the build plan (the engine's precision, the compute capabilities
-        the builder is given); an option the backend lacks is a clear error naming the backend.
-        """
+        build controls of the plan's resolved ``settings``, a timing cache and the legacy INT8 calibrator."""
         trt = self.trt
         config = builder.create_builder_config()
         for shapes in [profiles] if profiles else []:
@@ -217,8 +215,6 @@ class Backend:
             raise EdgepipeError(f"{self.display} could not build the engine: {reason}", fix=build_fix(reason))
         return bytes(engine)
 
-    # --- loading ----------------------------------------------------------------------------
-
     def deserialize(self, engine_bytes: bytes) -> Any:
         """An ICudaEngine from serialized bytes; a clear error instead of a crash on failure."""
         self.logger.clear()
@@ -237,9 +233,6 @@ class Backend:
             )
         self._runtimes.append(runtime)
         return engine
-
-
-# --- finding a backend ----------------------------------------------------------------------------
 
 
 def installed_backends() -> list[str]:
@@ -262,13 +255,70 @@ def get_backend(which: str = "auto") -> Backend:
         try:
             module = importlib.import_module(_MODULES[name])
         except Exception as exc:  # ImportError, or OSError when the shared libraries are missing
-            failures.append(
-                f"{DISPLAY_NAMES[name]}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'not importable'}"
-            )
+            reason = str(exc).splitlines()[0] if str(exc) else "not importable"
+            failures.append(f"{DISPLAY_NAMES[name]}: {type(exc).__name__}: {reason}")
             continue
-        _loaded[name] = Backend(
-            name=name, version=module.__version__, trt=module, logger=make_logger(module, DISPLAY_NAMES[name])
-        )
+        _loaded[name] = Backend(name, module.__version__, module, make_logger(module, DISPLAY_NAMES[name]))
         return _loaded[name]
     what = "no TensorRT is installed" if which == "auto" else f"{DISPLAY_NAMES[which]} is not installed"
     raise EdgepipeError(f"{what} ({'; '.join(failures)})", fix=INSTALL_FIX)
+
+
+def check_engine_runtime(
+    engine_path: str | Path, backend: Any, device_compute_capability: str | None
+) -> dict[str, Any]:
+    """The engine's manifest, after checking it was built for ``backend`` (a ``Backend`` or a name), its
+    version and the GPU of compute capability ``device_compute_capability`` ("X.Y"; None skips that check)."""
+    from pipeline.artifacts import Kind, read_manifest  # imports onnx: not when `build-engine --help` loads this module
+
+    engine = Path(engine_path)
+    if not engine.is_file():
+        raise EdgepipeError(f"engine {engine} does not exist", fix="build it with 'build-engine MODEL.onnx'")
+    be = backend if isinstance(backend, Backend) else get_backend(backend)
+    manifest = read_manifest(engine)
+    rebuild = f"rebuild it here with 'build-engine {manifest.get('onnx', 'MODEL.onnx') if manifest else 'MODEL.onnx'} --saveEngine {engine} --force'"
+    if manifest is None or manifest.get("kind") != Kind.ENGINE:
+        raise EdgepipeError(
+            f"{engine} has no edgepipe engine manifest, so it cannot be checked against this runtime", fix=rebuild
+        )
+    if manifest.get("bytes") != engine.stat().st_size or manifest.get("sha256") != sha256_file(engine):
+        raise EdgepipeError(
+            f"{engine} does not match its manifest (truncated or replaced since it was built)", fix=rebuild
+        )
+    built = f"{DISPLAY_NAMES.get(manifest['backend'], manifest['backend'])} {manifest['backend_version']}"
+    if manifest["backend"] != be.name:
+        raise EdgepipeError(
+            f"{engine} was built with {built}, but this runtime is {be.display}",
+            fix=f"load it with --backend {manifest['backend']}, or {rebuild}",
+        )
+    if not _version_can_load(manifest, be.version):
+        raise EdgepipeError(
+            f"{engine} was built with {built}, but this runtime is {be.display}; engines load only with the version that built them",
+            fix=rebuild,
+        )
+    if device_compute_capability:
+        device = normalize_compute_capability(device_compute_capability)
+        targets = manifest.get("target_compute_capabilities") or []
+        if manifest["backend"] == TENSORRT_RTX and targets and device not in targets:
+            raise EdgepipeError(
+                f"{engine} targets compute capability {', '.join(targets)}, but this GPU is {device}",
+                fix=f"{rebuild} (or add --computeCapability {device} when building ahead of time)",
+            )
+        built_on = manifest.get("gpu_compute_capability")
+        ampere_plus = manifest.get("params", {}).get("hardware_compatibility_level") == "ampere+"
+        runs_here = cc_key(device)[0] >= 8 if ampere_plus else device == built_on
+        if manifest["backend"] == TENSORRT and built_on and not runs_here:
+            raise EdgepipeError(
+                f"{engine} was built on a GPU of compute capability {built_on}, but this GPU is {device}",
+                fix=f"{rebuild} (or build with --hardwareCompatibilityLevel ampere+ for Ampere and newer GPUs)",
+            )
+    return manifest
+
+
+def _version_can_load(manifest: dict, runtime_version: str) -> bool:
+    built = manifest["backend_version"]
+    if built == runtime_version or not manifest.get("params", {}).get("version_compatible"):
+        return built == runtime_version
+    # Version-compatible engines load on the same or a later release of the same major version.
+    b, r = (tuple(int(x) for x in re.findall(r"\d+", v)[:3]) for v in (built, runtime_version))
+    return b[0] == r[0] and r >= b

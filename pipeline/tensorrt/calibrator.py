@@ -2,10 +2,9 @@
 
 TensorRT 10.1 deprecated implicit INT8 calibration and TensorRT 11 / TensorRT-RTX removed it;
 it remains the only INT8 path for DLA on JetPack 5 and 6. The calibrator class derives from the
-backend module's ``IInt8EntropyCalibrator2``, so the factory takes that module. It takes the
-images as float32 batches of any size (the build stage reads the calibration set), so the TensorRT
-seam stands below ``calibration``. pycuda, needed to put batches in GPU memory, comes through
-``pipeline.cuda`` when a calibrator is made: nothing else in edgepipe's build path needs a GPU.
+backend module's ``IInt8EntropyCalibrator2``. It takes float32 batches of any size (the build stage
+reads the calibration set), so the TensorRT seam stands below ``calibration``; pycuda comes through
+``pipeline.cuda`` only when a calibrator is made.
 """
 
 from __future__ import annotations
@@ -43,12 +42,8 @@ def fixed_batches(images: Iterable[np.ndarray], batch_size: int) -> Iterator[np.
 def legacy_calibrator(
     be: Any, model: Any, profiles: dict, images: Iterable[np.ndarray], cache: Path, inputs: dict
 ) -> tuple[Any, dict]:
-    """An entropy calibrator fed ``images`` (float32 batches of any size) and its fixed-shape calibration profile.
-
-    Batches are padded (by repeating their images) to the profile's fixed batch. The calibration
-    cache ``cache`` is read while its manifest matches ``inputs`` and the shape, and written
-    atomically, with its manifest, after calibration.
-    """
+    """An entropy calibrator fed ``images`` (float32 batches of any size) and its fixed-shape calibration profile;
+    ``cache`` is read while its manifest matches ``inputs`` and the shape, and written after calibration."""
     (name, shape), *others = onnx_inputs(model)
     if others:
         raise EdgepipeError(

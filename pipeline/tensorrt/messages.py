@@ -1,9 +1,18 @@
-"""What the TensorRT parser and builder say, turned into one clear error with a fix."""
+"""The builder's voice and its off switch: what the parser and builder say, as one clear error with a fix;
+a logger that keeps messages, a progress monitor, Ctrl-C.
+
+The builder calls back into Python only through the progress monitor and swallows exceptions raised
+there: the monitor records them and cancels the build, and ``Backend.build`` raises them once it returns.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline.errors import EdgepipeError
@@ -26,8 +35,7 @@ def parse_error(backend: Any, path: Any, errors: list, log_errors: list[str]) ->
         reason = f"{reason}: {detail}"
     more = f" (+{len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return EdgepipeError(
-        f"{backend.display} cannot parse {path}: node '{node_name}' ({op}): {reason}{more}",
-        fix=_parser_fix(op, reason),
+        f"{backend.display} cannot parse {path}: node '{node_name}' ({op}): {reason}{more}", fix=_parser_fix(op, reason)
     )
 
 
@@ -69,3 +77,69 @@ def _safe(getter: Callable[[], Any]) -> Any:
         return getter()
     except Exception:
         return None
+
+
+def make_logger(trt: Any, label: str) -> Any:
+    class EdgepipeLogger(trt.ILogger):
+        """Keeps the builder's messages; prints them to stderr only with ``verbose``."""
+
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.messages: list[tuple[Any, str]] = []
+            self.verbose = False
+
+        def log(self, severity, msg):
+            self.messages.append((severity, msg))
+            if self.verbose and severity <= trt.ILogger.INFO:
+                print(f"[{label}] {msg}", file=sys.stderr)
+
+        def clear(self):
+            self.messages = []
+
+        def errors(self) -> list[str]:
+            return [m for s, m in self.messages if s <= trt.ILogger.ERROR]
+
+        def last_error(self) -> str | None:
+            errors = self.errors()
+            return errors[-1].strip() if errors else None
+
+    return EdgepipeLogger()
+
+
+def progress_monitor(trt: Any, on_step: Callable[[str, int], None] | None) -> Any:
+    if not hasattr(trt, "IProgressMonitor"):
+        return None  # TensorRT 8.x: no monitor, so Ctrl-C waits for the build to end
+
+    class CancellableMonitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.exception: BaseException | None = None
+
+        phase_start = phase_finish = lambda self, *args: None  # noqa: E731 - the interface's other callbacks
+
+        def step_complete(self, phase_name, step):
+            try:
+                if self.exception is None and on_step is not None:
+                    on_step(phase_name, step)
+            except BaseException as exc:  # noqa: BLE001 - re-raised after the builder returns
+                self.exception = exc
+            return self.exception is None  # False cancels the build
+
+    return CancellableMonitor()
+
+
+@contextlib.contextmanager
+def sigint_cancels(monitor: Any) -> Iterator[None]:
+    """While building, Ctrl-C asks the progress monitor to cancel instead of being lost in C++."""
+    if monitor is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def cancel(signum, frame):
+        monitor.exception = monitor.exception or KeyboardInterrupt()
+
+    previous = signal.signal(signal.SIGINT, cancel)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,11 +1,5 @@
-"""A build's settings, parsed once at the edge into one frozen value: ``BuildSettings``.
-
-trtexec's raw flags (``input:1x3x224x224``, ``workspace:1024``, ``ampere+``) become values here, each
-bad flag one ``Error: ... Fix: ...`` line; ``resolve_profiles`` checks the shapes against the model.
-
-A dynamic-batch model built without shapes gets the profile batch 1 (min) / 1 (opt) / 64 (max):
-batch 1 is the latency case the engine is tuned for, and 64 is the batch edgepipe's validation
-and benchmarks feed, so they run without splitting batches.
+"""A build's settings, parsed once at the edge into one frozen value: ``BuildSettings``; target GPUs
+(compute capabilities) as users write them and as a build resolves them for a backend.
 """
 
 from __future__ import annotations
@@ -16,15 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.cuda import current_compute_capability
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision, parse
 
-DEFAULT_BATCH = (1, 1, 64)  # min, opt, max of a dynamic batch when no shapes are given
+# min, opt, max of a dynamic batch when no shapes are given: 1 is the latency case the engine is tuned for,
+# 64 the batch validation and benchmarks feed, so they run without splitting batches
+DEFAULT_BATCH = (1, 1, 64)
 SHAPE_KINDS = ("min", "opt", "max")
+DEFAULT_MIN_MAJOR = 8  # default TensorRT-RTX targets without a GPU: Ampere and newer
 
 # trtexec's names for --hardwareCompatibilityLevel, and the enum member each one means.
 HARDWARE_COMPATIBILITY = {"none": "NONE", "ampere+": "AMPERE_PLUS", "sameComputeCapability": "SAME_COMPUTE_CAPABILITY"}
-
 
 # trtexec's names for --memPoolSize pools.
 MEMORY_POOLS = {
@@ -128,11 +125,9 @@ def parse_shapes(text: str | dict | None, option: str = "--shapes") -> dict[str,
 
 
 def resolve_profiles(inputs: list[tuple[str, tuple[int, ...]]], shapes: dict[str, dict]) -> tuple[dict, str | None]:
-    """{input: (min, opt, max)} for the dynamic inputs, from the parsed shape flags checked against the model; plus a note.
-
-    A missing min or max takes the opt shape, a missing opt takes max (trtexec fills them the same
-    way). Static models need no profile; shapes given for them must equal their shape.
-    """
+    """{input: (min, opt, max)} for the dynamic inputs, from the parsed shape flags checked against the model; plus
+    a note. A missing min or max takes the opt shape, a missing opt takes max (trtexec fills them the same way);
+    static models need no profile, and shapes given for them must equal their shape."""
     given = {kind: (shapes or {}).get(kind) or {} for kind in SHAPE_KINDS}
     known = dict(inputs)
     for kind, by_name in given.items():
@@ -232,6 +227,58 @@ def _hardware_compatibility(level: str | None) -> str | None:
             f"--hardwareCompatibilityLevel {level!r} is unknown", fix=f"use one of {', '.join(HARDWARE_COMPATIBILITY)}"
         )
     return aliases[level.lower()]
+
+
+def normalize_compute_capability(text: str) -> str:
+    """ "8.9", "sm89", "SM_89", "89" -> "8.9"; "current" stays. An unreadable value is an error."""
+    value = text.strip().lower().replace("_", "")
+    if value == "current":
+        return value
+    value = value.removeprefix("sm")
+    major, _, minor = value.partition(".") if "." in value else (value[:-1], "", value[-1:])
+    if not (major.isdigit() and minor.isdigit()):
+        raise EdgepipeError(
+            f"--computeCapability {text!r} is not a compute capability",
+            fix="pass it as X.Y, e.g. --computeCapability 8.9, or 'current'",
+        )
+    return f"{int(major)}.{int(minor)}"
+
+
+def cc_key(cc: str) -> tuple[int, int]:
+    """ "8.9" -> (8, 9): compute capabilities in order, and the major at [0]."""
+    return tuple(map(int, cc.split(".")))
+
+
+def resolve_compute_capabilities(be: Any, requested) -> tuple[list[str], list[str]]:
+    """(what the builder is given, the concrete "X.Y" targets recorded in the manifest).
+
+    TensorRT-RTX: the requested list; otherwise the GPU here (CURRENT), or without a GPU every target from
+    Ampere (8.0) on, so one engine runs on any recent RTX GPU. Turing (7.5) is left out of that default: its
+    FP32 matrix multiplies do not compile; name it with --computeCapability 7.5 for FP16/INT8 engines.
+    """
+    if not be.has_compute_capability_targets:
+        return [], []  # standard TensorRT builds for the GPU it runs on
+    supported = be.compute_capability_targets()
+    device = current_compute_capability()
+    requested = [normalize_compute_capability(cc) for cc in (requested or [])]
+    if not requested:
+        requested = ["current"] if device else [cc for cc in supported if cc_key(cc)[0] >= DEFAULT_MIN_MAJOR]
+    if "current" in requested and not device:
+        raise EdgepipeError(
+            "--computeCapability current needs a GPU, and none was found here",
+            fix=f"name the target GPUs, e.g. --computeCapability 8.9 (supported: {', '.join(supported)})",
+        )
+    targets = []
+    for cc in dict.fromkeys(requested):
+        concrete = device if cc == "current" else cc
+        if concrete not in supported:
+            where = "this GPU's compute capability" if cc == "current" else "compute capability"
+            raise EdgepipeError(
+                f"{be.display} cannot build for {where} {concrete}",
+                fix=f"pass --computeCapability with targets it supports ({', '.join(supported)}), or use standard TensorRT (--backend tensorrt) for this GPU",
+            )
+        targets.append(concrete)
+    return list(dict.fromkeys(requested)), targets
 
 
 # trtexec's flag names (the Python API's keywords) -> the field each one sets, and how a raw value is read.
