@@ -35,7 +35,7 @@ from pipeline.report import latency
 from pipeline.report import write as write_report
 from pipeline.tables import cell
 from pipeline.tensorrt.backend import TENSORRT, TENSORRT_RTX, get_backend, installed_backends
-from pipeline.tensorrt.targets import cc_key
+from pipeline.tensorrt.options import cc_key
 
 
 def prepare_model(model: Any, folder: Path, precisions: tuple[Precision, ...], settings: dict[str, Any]):
