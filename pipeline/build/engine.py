@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import calibration
 from pipeline import quantize
 from pipeline.artifacts import Kind, atomic_output, check_output, read_manifest, why_stale, write_manifest
 from pipeline.build.plan import Plan, default_engine_path
@@ -219,6 +218,8 @@ def _legacy_calibration(plan: Plan, inputs: dict) -> tuple[Any, dict] | None:
     """The legacy entropy calibrator, fed the calibration set, and its shapes, where a legacy INT8 build needs one."""
     if plan.mode != "legacy" or plan.target != "int8" or is_quantized(plan.model):
         return None
+    import calibration  # PIL and the draw: only a legacy INT8 build pays for them
+
     calib = plan.settings.calib
     calib_set = calib if isinstance(calib, calibration.CalibrationSet) else calibration.load(calib)
     calibration.check_matches(calib_set, ModelInput.of_onnx(plan.model))

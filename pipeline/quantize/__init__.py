@@ -22,53 +22,56 @@ compared with the FP32 model, one way for every model (``compare.py``): on the h
 images (``--data``, or the data it records), else the calibration images or seeded synthetic inputs.
 ``modelopt_log.py`` keeps ModelOpt quiet and turns its failures into one-line errors.
 
-``QUANTIZERS`` is the one table from a precision to its converter; ``convert`` calls it.
+``QUANTIZERS`` is the one table from a precision to its converter; ``convert`` calls it. The names below are
+imported when first asked for (PEP 562): a cached engine build reads a manifest's check figures
+(``compare.py``) without paying for the INT8 machinery it does not run.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import EdgepipeError
 from pipeline.precision import Precision, parse
-from pipeline.quantize.budget import Budget
-from pipeline.quantize.calib import calibration_sha256
-from pipeline.quantize.compare import Reading, check_summary, folder_preprocess
-from pipeline.quantize.fp16 import FP16_FP32_OPS, to_fp16
-from pipeline.quantize.graph import count_macs, int8_share, keep_in_high_precision
-from pipeline.quantize.int8 import HIGH_PRECISIONS, INT8_DEFAULT_EXCLUDED_OPS, METHODS, Int8Settings, to_int8
-from pipeline.quantize.qat import to_int8_qat
-from pipeline.quantize.qdq_rules import MIN_OPSET, check_tensorrt_qdq_rules
-from pipeline.quantize.sensitivity import rank_sensitive_nodes
-from pipeline.quantize.source import PRECISION_KEY
 
-__all__ = [
-    "FP16_FP32_OPS",
-    "HIGH_PRECISIONS",
-    "INT8_DEFAULT_EXCLUDED_OPS",
-    "METHODS",
-    "MIN_OPSET",
-    "PRECISION_KEY",
-    "QUANTIZERS",
-    "Budget",
-    "Int8Settings",
-    "Reading",
-    "calibration_sha256",
-    "check_summary",
-    "check_tensorrt_qdq_rules",
-    "convert",
-    "count_macs",
-    "folder_preprocess",
-    "int8_share",
-    "keep_in_high_precision",
-    "rank_sensitive_nodes",
-    "to_fp16",
-    "to_int8",
-    "to_int8_qat",
-]
+# Each public name and the module that defines it, imported on first use.
+_HOMES = {
+    "Budget": "budget",
+    "calibration_sha256": "calib",
+    "Reading": "compare",
+    "check_summary": "compare",
+    "folder_preprocess": "compare",
+    "FP16_FP32_OPS": "fp16",
+    "to_fp16": "fp16",
+    "count_macs": "graph",
+    "int8_share": "graph",
+    "keep_in_high_precision": "graph",
+    "HIGH_PRECISIONS": "int8",
+    "INT8_DEFAULT_EXCLUDED_OPS": "int8",
+    "METHODS": "int8",
+    "Int8Settings": "int8",
+    "to_int8": "int8",
+    "to_int8_qat": "qat",
+    "MIN_OPSET": "qdq_rules",
+    "check_tensorrt_qdq_rules": "qdq_rules",
+    "rank_sensitive_nodes": "sensitivity",
+    "PRECISION_KEY": "source",
+}
 
-QUANTIZERS = {Precision.FP16: to_fp16, Precision.INT8: to_int8}
+__all__ = sorted([*_HOMES, "QUANTIZERS", "convert"])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "QUANTIZERS":
+        value: Any = {Precision.FP16: __getattr__("to_fp16"), Precision.INT8: __getattr__("to_int8")}
+    elif name in _HOMES:
+        value = getattr(importlib.import_module(f"pipeline.quantize.{_HOMES[name]}"), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def convert(
@@ -86,9 +89,10 @@ def convert(
     preprocess, labels, workers) and, for INT8, ``Int8Settings``'s.
     """
     precision = parse(precision)
-    if precision not in QUANTIZERS:
+    quantizers = __getattr__("QUANTIZERS")
+    if precision not in quantizers:
         raise EdgepipeError(
             f"there is no {precision.label} conversion: an exported ONNX model is already {precision.label}",
-            fix=f"convert to one of {', '.join(p.value for p in QUANTIZERS)}",
+            fix=f"convert to one of {', '.join(p.value for p in quantizers)}",
         )
-    return QUANTIZERS[precision](onnx_path, output, calib=calib, force=force, **options)
+    return quantizers[precision](onnx_path, output, calib=calib, force=force, **options)
