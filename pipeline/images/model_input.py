@@ -37,8 +37,13 @@ class Record:
     class_names: tuple[str, ...] | None = None
     data: dict[str, Any] | None = None  # {"source": spec, "sha256": identity, "split": Split.record}
 
-    source = property(lambda self: (self.data or {}).get("source"))
-    split = property(lambda self: (self.data or {}).get("split"))
+    @property
+    def source(self) -> Any:
+        return (self.data or {}).get("source")
+
+    @property
+    def split(self) -> Any:
+        return (self.data or {}).get("split")
 
     @classmethod
     def of_onnx(cls, model, name: str | Path = "the model") -> Record:
@@ -114,7 +119,9 @@ class PreprocessFlags:
                 Preprocess(**{key: numbers, "channels": len(numbers)})  # 0-255 units or a zero std fail here
         return cls(values, None if file is None else str(file), file_values)
 
-    given = property(lambda self: bool(self.values) or self.file is not None)
+    @property
+    def given(self) -> bool:
+        return bool(self.values) or self.file is not None
 
     def flag_names(self) -> list[str]:
         return [f"--{key.replace('_', '-')}" for key in self.values] + (["--preprocess"] if self.file else [])

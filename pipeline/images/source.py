@@ -48,7 +48,9 @@ class ImageSource:
     def __len__(self) -> int:
         return self._count
 
-    labelled = property(lambda self: self.labels is not None)
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
 
     @cached_property
     def sha256(self) -> str:

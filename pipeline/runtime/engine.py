@@ -130,8 +130,10 @@ class TensorRTRunner(Runner):
         if n == self._current_batch:
             return
         shape = (n, *self.input.shape[1:])
-        c, t = self.context, self.input
-        ok = c.set_binding_shape(t.index, shape) if self.api == "bindings" else c.set_input_shape(t.name, shape)
+        if self.api == "bindings":
+            ok = self.context.set_binding_shape(self.input.index, shape)
+        else:
+            ok = self.context.set_input_shape(self.input.name, shape)
         if ok is False:
             raise EdgepipeError(
                 f"{self.label}: TensorRT refused input shape {shape}",
